@@ -1,0 +1,16 @@
+//! Cordon broker: answers "may this process make this syscall?" from Rego
+//! policies and records every decision in a tamper-evident audit store.
+//!
+//! - [`policy`]: load, hot-reload and evaluate the policy (package `cordon`).
+//! - [`audit`]: the append-only, hash-chained audit store and its queries.
+//! - [`decide`]: the broker core that ties the two together, used in process by
+//!   `cordon run` and behind gRPC by [`service`].
+//! - [`request`]: request validation and the Rego `input` document.
+
+#![forbid(unsafe_code)]
+
+pub mod errno;
+pub mod policy;
+pub mod request;
+
+pub use cordon_proto::v1 as proto;

@@ -1,0 +1,716 @@
+//! Loading, hot-reloading and evaluating the Rego policy (package `cordon`).
+//!
+//! Invariants:
+//! - Evaluation never fails open: a runtime error, a timeout or an answer of the
+//!   wrong shape is a denial whose reason says what went wrong.
+//! - A loaded policy is immutable; a reload builds a new [`LoadedPolicy`] and
+//!   swaps it in only if every file parses and compiles, so a broken edit never
+//!   replaces a working revision.
+//! - `revision` is a hash of every loaded source and data file, so an audit
+//!   record names exactly what decided it.
+//!
+//! On the hot path the policy runs in regorus's compiled VM (RVM) when the
+//! policy compiles for it and answers the self-check inputs the same way as the
+//! interpreter; otherwise in the interpreter. Evaluators are pooled per revision.
+
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use regorus::{
+    CompiledPolicy, Engine, Value,
+    languages::rego::compiler::Compiler,
+    rvm::{Program, RegoVM},
+    utils::limits::ExecutionTimerConfig,
+};
+use sha2::{Digest, Sha256};
+
+use crate::errno;
+
+/// The built-in default policy, used when no policy is given.
+pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.rego");
+
+/// The rule the broker evaluates: a wrapper that gathers the contract's
+/// `allow`, `deny` and `errno` into one value, with the contract's defaults.
+const WRAPPER_PATH: &str = "cordon-internal/decision.rego";
+const WRAPPER: &str = r#"package cordon_internal
+
+default allow := false
+allow := data.cordon.allow
+
+default deny := set()
+deny := data.cordon.deny
+
+default errno := ""
+errno := data.cordon.errno
+
+result := {"allow": allow, "deny": deny, "errno": errno}
+"#;
+const RESULT_RULE: &str = "data.cordon_internal.result";
+
+/// A failure to load a policy. Parse and compile errors carry
+/// `file:line:col: message` as their first line.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy path {path} does not exist")]
+    NotFound { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid UTF-8")]
+    NotUtf8 { path: PathBuf },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{path}: invalid data: {message}")]
+    Data { path: PathBuf, message: String },
+    #[error("no policy file declares package cordon (in {0})")]
+    NoCordonPackage(String),
+    #[error("policy does not compile: {0}")]
+    Compile(String),
+}
+
+/// Where the policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// `policies/default.rego`, compiled into the binary.
+    Builtin,
+    /// Files and directories (`.rego`, `.json`, `.yaml`/`.yml`; directories
+    /// are walked recursively; `*_test.rego` files are skipped).
+    Paths(Vec<PathBuf>),
+}
+
+/// Which evaluator to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// The compiled VM when the policy compiles for it, else the interpreter.
+    #[default]
+    Auto,
+    Interpreter,
+}
+
+/// Settings for loading and evaluating.
+#[derive(Debug, Clone)]
+pub struct PolicyOptions {
+    /// An evaluation that runs longer than this is a denial.
+    pub eval_timeout: Duration,
+    pub engine: EngineChoice,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        Self { eval_timeout: Duration::from_millis(50), engine: EngineChoice::Auto }
+    }
+}
+
+/// The answer of the policy to one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub allow: bool,
+    /// The errno name for a denial; empty when allowed.
+    pub errno: String,
+    pub errno_code: i32,
+    pub reason: String,
+    /// The members of `deny`, sorted.
+    pub deny: Vec<String>,
+    pub eval_time: Duration,
+    pub revision: Arc<str>,
+}
+
+/// One file read from a policy source.
+#[derive(Debug, Clone)]
+struct SourceFile {
+    /// Path as shown in errors and status.
+    display: String,
+    /// Directory prefix under `data` for data files (OPA's layout).
+    data_prefix: Vec<String>,
+    text: String,
+}
+
+/// The files of a policy source, read once.
+#[derive(Debug, Clone, Default)]
+struct SourceSet {
+    rego: Vec<SourceFile>,
+    data: Vec<SourceFile>,
+}
+
+impl SourceSet {
+    fn read(source: &PolicySource) -> Result<Self, PolicyError> {
+        let mut set = SourceSet::default();
+        match source {
+            PolicySource::Builtin => set.rego.push(SourceFile {
+                display: "builtin:policies/default.rego".into(),
+                data_prefix: vec![],
+                text: DEFAULT_POLICY.into(),
+            }),
+            PolicySource::Paths(paths) => {
+                for root in paths {
+                    set.read_root(root)?;
+                }
+            }
+        }
+        set.rego.sort_by(|a, b| a.display.cmp(&b.display));
+        set.data.sort_by(|a, b| a.display.cmp(&b.display));
+        Ok(set)
+    }
+
+    fn read_root(&mut self, root: &Path) -> Result<(), PolicyError> {
+        let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => PolicyError::NotFound { path: root.into() },
+            _ => PolicyError::Io { path: root.into(), source: e },
+        })?;
+        if meta.is_file() {
+            return self.read_file(root, vec![], true);
+        }
+        let mut stack = vec![(root.to_path_buf(), Vec::<String>::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            let entries = std::fs::read_dir(&dir)
+                .map_err(|e| PolicyError::Io { path: dir.clone(), source: e })?;
+            for entry in entries {
+                let entry = entry.map_err(|e| PolicyError::Io { path: dir.clone(), source: e })?;
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let ft = std::fs::metadata(&path)
+                    .map_err(|e| PolicyError::Io { path: path.clone(), source: e })?;
+                if ft.is_dir() {
+                    let mut p = prefix.clone();
+                    p.push(name);
+                    stack.push((path, p));
+                } else {
+                    self.read_file(&path, prefix.clone(), false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_file(&mut self, path: &Path, prefix: Vec<String>, explicit: bool) -> Result<(), PolicyError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let is_rego = name.ends_with(".rego");
+        let is_data = name.ends_with(".json") || name.ends_with(".yaml") || name.ends_with(".yml");
+        if !(is_rego || is_data) || (is_rego && name.ends_with("_test.rego") && !explicit) {
+            return Ok(());
+        }
+        let bytes =
+            std::fs::read(path).map_err(|e| PolicyError::Io { path: path.into(), source: e })?;
+        let text = String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8 { path: path.into() })?;
+        let file = SourceFile { display: path.display().to_string(), data_prefix: prefix, text };
+        if is_rego { self.rego.push(file) } else { self.data.push(file) }
+        Ok(())
+    }
+
+    fn revision(&self) -> String {
+        let mut h = Sha256::new();
+        for (tag, files) in [("rego", &self.rego), ("data", &self.data)] {
+            for f in files {
+                h.update(tag.as_bytes());
+                h.update(f.data_prefix.join("/").as_bytes());
+                h.update([0]);
+                h.update((f.text.len() as u64).to_le_bytes());
+                h.update(f.text.as_bytes());
+            }
+        }
+        hex::encode(&h.finalize()[..8])
+    }
+
+    /// All data files merged into one document, each under its directory prefix.
+    fn data_document(&self) -> Result<serde_json::Value, PolicyError> {
+        let mut root = serde_json::Value::Object(Default::default());
+        for f in &self.data {
+            let path = PathBuf::from(&f.display);
+            let value: serde_json::Value = if f.display.ends_with(".json") {
+                serde_json::from_str(&f.text)
+                    .map_err(|e| PolicyError::Data { path: path.clone(), message: e.to_string() })?
+            } else {
+                serde_yaml::from_str(&f.text)
+                    .map_err(|e| PolicyError::Data { path: path.clone(), message: e.to_string() })?
+            };
+            let mut slot = &mut root;
+            for key in &f.data_prefix {
+                slot = slot
+                    .as_object_mut()
+                    .ok_or_else(|| PolicyError::Data {
+                        path: path.clone(),
+                        message: format!("data at {key} conflicts with another file"),
+                    })?
+                    .entry(key.clone())
+                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            }
+            merge(slot, value).map_err(|message| PolicyError::Data { path, message })?;
+        }
+        Ok(root)
+    }
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) -> Result<(), String> {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(existing) => merge(existing, v).map_err(|e| format!("{k}.{e}"))?,
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+            Ok(())
+        }
+        (_, _) => Err("conflicts with a value from another data file".into()),
+    }
+}
+
+/// An engine with every policy module and the data loaded, but no input.
+fn build_engine(sources: &SourceSet, data: &Value, with_wrapper: bool) -> Result<Engine, PolicyError> {
+    let mut engine = Engine::new();
+    for f in &sources.rego {
+        engine.add_policy(f.display.clone(), f.text.clone()).map_err(|e| PolicyError::Parse(first_lines(&e)))?;
+    }
+    if with_wrapper {
+        engine
+            .add_policy(WRAPPER_PATH.into(), WRAPPER.into())
+            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+    }
+    engine.add_data(data.clone()).map_err(|e| PolicyError::Compile(e.to_string()))?;
+    Ok(engine)
+}
+
+/// regorus formats errors as `file:line:col: error: message` followed by a
+/// source excerpt; keep the first line and the excerpt but drop trailing blanks.
+fn first_lines(e: &impl std::fmt::Display) -> String {
+    e.to_string().trim_end().to_owned()
+}
+
+/// Reads a source and checks that it parses and compiles, without building
+/// evaluators. Used by `cordon policy check`.
+pub fn check(source: &PolicySource) -> Result<Vec<String>, PolicyError> {
+    let loaded = LoadedPolicy::load(source, &PolicyOptions::default())?;
+    Ok(loaded.files.clone())
+}
+
+enum Evaluator {
+    Vm(Box<RegoVM>),
+    Interpreter(Box<Engine>),
+}
+
+struct VmTemplate {
+    compiled: CompiledPolicy,
+    program: Arc<Program>,
+}
+
+/// One immutable revision of the policy, ready to evaluate.
+pub struct LoadedPolicy {
+    revision: Arc<str>,
+    files: Vec<String>,
+    loaded_at: SystemTime,
+    timer: ExecutionTimerConfig,
+    data: Value,
+    interpreter: Engine,
+    vm: Option<VmTemplate>,
+    /// Why the compiled VM is not used, when it is not.
+    vm_unavailable: Option<String>,
+    pool: Mutex<Vec<Evaluator>>,
+}
+
+impl std::fmt::Debug for LoadedPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPolicy")
+            .field("revision", &self.revision)
+            .field("files", &self.files)
+            .field("engine", &self.engine_name())
+            .finish()
+    }
+}
+
+/// The three values of the contract, as the policy produced them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawDecision {
+    pub allow: Value,
+    pub deny: Value,
+    pub errno: Value,
+}
+
+impl LoadedPolicy {
+    /// Reads, parses and compiles a policy source.
+    pub fn load(source: &PolicySource, opts: &PolicyOptions) -> Result<Self, PolicyError> {
+        let sources = SourceSet::read(source)?;
+        let files: Vec<String> =
+            sources.rego.iter().chain(&sources.data).map(|f| f.display.clone()).collect();
+        if sources.rego.is_empty() {
+            return Err(PolicyError::NoCordonPackage(files_or_source(source)));
+        }
+        let data_json = sources.data_document()?;
+        let data = Value::from_json_str(&data_json.to_string())
+            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let mut interpreter = build_engine(&sources, &data, true)?;
+        let packages = interpreter.get_packages().map_err(|e| PolicyError::Compile(e.to_string()))?;
+        if !packages.iter().any(|p| p == "data.cordon") {
+            return Err(PolicyError::NoCordonPackage(files_or_source(source)));
+        }
+        let timer = ExecutionTimerConfig {
+            limit: opts.eval_timeout,
+            check_interval: NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN),
+        };
+        interpreter.set_execution_timer_config(timer);
+        // Evaluate once with an empty input so that compile-time errors
+        // (unknown functions, conflicting rules) surface at load, not per call.
+        interpreter.set_input(Value::new_object());
+        if let Err(e) = interpreter.eval_rule(RESULT_RULE.into()) {
+            let msg = first_lines(&e);
+            if !msg.contains("time limit") {
+                return Err(PolicyError::Compile(msg));
+            }
+        }
+        let (vm, vm_unavailable) = match opts.engine {
+            EngineChoice::Interpreter => (None, Some("interpreter chosen".to_owned())),
+            EngineChoice::Auto => match compile_vm(&mut interpreter.clone()) {
+                Ok(t) => (Some(t), None),
+                Err(e) => (None, Some(e)),
+            },
+        };
+        let policy = LoadedPolicy {
+            revision: sources.revision().into(),
+            files,
+            loaded_at: SystemTime::now(),
+            timer,
+            data,
+            interpreter,
+            vm,
+            vm_unavailable,
+            pool: Mutex::new(Vec::new()),
+        };
+        Ok(policy.self_checked())
+    }
+
+    /// Drops the compiled VM if it disagrees with the interpreter on a few
+    /// representative inputs, so a VM bug cannot change a decision.
+    fn self_checked(mut self) -> Self {
+        if self.vm.is_none() {
+            return self;
+        }
+        for input in self_check_inputs() {
+            let a = self.evaluate_with(&input, true);
+            let b = self.evaluate_with(&input, false);
+            if a.as_ref().ok() != b.as_ref().ok() || a.is_err() != b.is_err() {
+                tracing::warn!(revision = %self.revision, "compiled policy disagrees with the interpreter; using the interpreter");
+                self.vm = None;
+                self.vm_unavailable = Some("compiled VM disagreed with the interpreter on a self-check input".into());
+                self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                break;
+            }
+        }
+        self
+    }
+
+    pub fn revision(&self) -> &Arc<str> {
+        &self.revision
+    }
+
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// `"rvm"` or `"interpreter"`.
+    pub fn engine_name(&self) -> &'static str {
+        if self.vm.is_some() { "rvm" } else { "interpreter" }
+    }
+
+    /// Why the compiled VM is not in use, if it is not.
+    pub fn vm_unavailable(&self) -> Option<&str> {
+        self.vm_unavailable.as_deref()
+    }
+
+    /// Evaluates one input document. Never fails: every error is a denial.
+    pub fn evaluate(&self, input: &serde_json::Value) -> Verdict {
+        let start = Instant::now();
+        let raw = self.evaluate_with(input, self.vm.is_some());
+        let eval_time = start.elapsed();
+        let mut v = interpret(raw);
+        v.eval_time = eval_time;
+        v.revision = self.revision.clone();
+        v
+    }
+
+    /// Evaluates with the compiled VM (`use_vm`, when available) or the
+    /// interpreter, returning the raw values. For tests and `policy eval`.
+    pub fn evaluate_with(&self, input: &serde_json::Value, use_vm: bool) -> Result<RawDecision, String> {
+        let input = Value::from_json_str(&input.to_string()).map_err(|e| e.to_string())?;
+        let use_vm = use_vm && self.vm.is_some();
+        let mut evaluator = self.take_evaluator(use_vm)?;
+        let result = match &mut evaluator {
+            Evaluator::Vm(vm) => {
+                vm.set_input(input);
+                vm.execute_entry_point_by_name(RESULT_RULE).map_err(|e| e.to_string())
+            }
+            Evaluator::Interpreter(engine) => {
+                engine.set_input(input);
+                engine.eval_rule(RESULT_RULE.into()).map_err(|e| first_lines(&e))
+            }
+        };
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(evaluator);
+        let result = result?;
+        let field = |name: &str| result[&Value::from(name)].clone();
+        Ok(RawDecision { allow: field("allow"), deny: field("deny"), errno: field("errno") })
+    }
+
+    fn take_evaluator(&self, vm: bool) -> Result<Evaluator, String> {
+        {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = pool.iter().rposition(|e| matches!(e, Evaluator::Vm(_)) == vm) {
+                return Ok(pool.swap_remove(i));
+            }
+        }
+        match (&self.vm, vm) {
+            (Some(t), true) => {
+                let mut machine = RegoVM::new_with_policy(t.compiled.clone());
+                machine.load_program(t.program.clone());
+                machine.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+                machine.set_execution_timer_config(Some(self.timer));
+                Ok(Evaluator::Vm(Box::new(machine)))
+            }
+            _ => Ok(Evaluator::Interpreter(Box::new(self.interpreter.clone()))),
+        }
+    }
+}
+
+fn files_or_source(source: &PolicySource) -> String {
+    match source {
+        PolicySource::Builtin => "the built-in policy".into(),
+        PolicySource::Paths(p) => p.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+    }
+}
+
+fn compile_vm(engine: &mut Engine) -> Result<VmTemplate, String> {
+    let rule: regorus::Rc<str> = RESULT_RULE.into();
+    let compiled = engine.compile_with_entrypoint(&rule).map_err(|e| e.to_string())?;
+    let program =
+        Compiler::compile_from_policy(&compiled, &[RESULT_RULE]).map_err(|e| e.to_string())?;
+    Ok(VmTemplate { compiled, program })
+}
+
+/// Inputs of each kind used to cross-check the VM against the interpreter at load.
+fn self_check_inputs() -> Vec<serde_json::Value> {
+    let base = |kind: &str, subject: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "sandbox": {"id": "self-check", "labels": {"tool": "self-check"}},
+            "process": {"pid": 1, "ppid": 0, "uid": 1000, "gid": 1000, "exe": "/usr/bin/true", "cwd": "/tmp", "comm": "true"},
+            "syscall": "openat", "kind": kind,
+        });
+        v[kind] = subject;
+        v
+    };
+    vec![
+        base("file", serde_json::json!({"path": "/etc/passwd", "access": ["read"], "create": false, "truncate": false, "flags": ["O_RDONLY"]})),
+        base("file", serde_json::json!({"path": "/etc/shadow", "access": ["read", "write"], "create": true, "truncate": true, "flags": ["O_RDWR"]})),
+        base("file", serde_json::json!({"path": "/tmp/x", "access": ["write"], "create": true, "truncate": false, "flags": ["O_WRONLY", "O_CREAT"]})),
+        base("network", serde_json::json!({"op": "connect", "family": "inet", "protocol": "tcp", "address": "127.0.0.1", "port": 80})),
+        base("network", serde_json::json!({"op": "connect", "family": "inet", "protocol": "tcp", "address": "169.254.169.254", "port": 80})),
+        base("exec", serde_json::json!({"path": "/usr/bin/git", "argv": ["git", "status"]})),
+    ]
+}
+
+/// Turns the policy's raw answer into a verdict, failing closed on any shape
+/// the contract does not allow.
+fn interpret(raw: Result<RawDecision, String>) -> Verdict {
+    let deny_with = |reason: String| Verdict {
+        allow: false,
+        errno: errno::DEFAULT.into(),
+        errno_code: errno::code(errno::DEFAULT).unwrap_or(13),
+        reason,
+        deny: vec![],
+        eval_time: Duration::ZERO,
+        revision: Arc::from(""),
+    };
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(e) if e.contains("time limit") => {
+            return deny_with(format!("policy evaluation timed out: {}", one_line(&e)));
+        }
+        Err(e) => return deny_with(format!("policy evaluation failed: {}", one_line(&e))),
+    };
+    let allow = match raw.allow {
+        Value::Bool(b) => b,
+        other => return deny_with(format!("policy error: allow is {}, not a boolean", type_name(&other))),
+    };
+    let mut deny = Vec::new();
+    let members: Vec<Value> = match &raw.deny {
+        Value::Set(s) => s.iter().cloned().collect(),
+        Value::Array(a) => a.iter().cloned().collect(),
+        other => return deny_with(format!("policy error: deny is {}, not a set of strings", type_name(other))),
+    };
+    for m in members {
+        match m {
+            Value::String(s) => deny.push(s.to_string()),
+            other => return deny_with(format!("policy error: deny has a member that is {}, not a string", type_name(&other))),
+        }
+    }
+    deny.sort();
+    deny.dedup();
+    let allowed = allow && deny.is_empty();
+    if allowed {
+        return Verdict { allow: true, errno: String::new(), errno_code: 0, reason: "allowed".into(), deny, eval_time: Duration::ZERO, revision: Arc::from("") };
+    }
+    let mut reason = if deny.is_empty() { "no rule allowed (default deny)".to_owned() } else { deny.join("; ") };
+    let (errno_name, errno_code) = match &raw.errno {
+        Value::String(s) if s.is_empty() => (errno::DEFAULT.to_owned(), 13),
+        Value::String(s) => match errno::code(s) {
+            Some(c) => (s.to_string(), c),
+            None => {
+                reason.push_str(&format!(" (unknown errno {s:?}, used EACCES)"));
+                (errno::DEFAULT.to_owned(), 13)
+            }
+        },
+        other => {
+            reason.push_str(&format!(" (errno is {}, not a string; used EACCES)", type_name(other)));
+            (errno::DEFAULT.to_owned(), 13)
+        }
+    };
+    Verdict { allow: false, errno: errno_name, errno_code, reason, deny, eval_time: Duration::ZERO, revision: Arc::from("") }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Set(_) => "a set",
+        Value::Object(_) => "an object",
+        _ => "undefined",
+    }
+}
+
+/// A fingerprint of the files behind a source (path, size, mtime), cheap to
+/// compute, used to notice edits.
+fn fingerprint(source: &PolicySource) -> Vec<(PathBuf, u64, SystemTime)> {
+    let PolicySource::Paths(paths) = source else { return vec![] };
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.clone();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            out.push((p, u64::MAX, SystemTime::UNIX_EPOCH));
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        out.push((p, meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+    }
+    out.sort();
+    out
+}
+
+/// The policy in force, with hot reload.
+pub struct PolicyEngine {
+    source: PolicySource,
+    opts: PolicyOptions,
+    current: RwLock<Arc<LoadedPolicy>>,
+    last_error: Mutex<Option<String>>,
+    seen: Mutex<Vec<(PathBuf, u64, SystemTime)>>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine").field("source", &self.source).finish()
+    }
+}
+
+impl PolicyEngine {
+    /// Loads the policy; fails if it does not load.
+    pub fn new(source: PolicySource, opts: PolicyOptions) -> Result<Self, PolicyError> {
+        let seen = fingerprint(&source);
+        let loaded = LoadedPolicy::load(&source, &opts)?;
+        tracing::info!(revision = %loaded.revision, engine = loaded.engine_name(), files = loaded.files.len(), "policy loaded");
+        Ok(Self {
+            source,
+            opts,
+            current: RwLock::new(Arc::new(loaded)),
+            last_error: Mutex::new(None),
+            seen: Mutex::new(seen),
+        })
+    }
+
+    /// The revision in force.
+    pub fn current(&self) -> Arc<LoadedPolicy> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The error of the last refused reload, while the files on disk stay invalid.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Evaluates against the revision in force.
+    pub fn evaluate(&self, input: &serde_json::Value) -> Verdict {
+        self.current().evaluate(input)
+    }
+
+    /// Re-reads the source. On error the previous revision stays in force and
+    /// the error is kept for [`PolicyEngine::last_error`]. Returns whether the
+    /// revision changed.
+    pub fn reload(&self) -> Result<bool, PolicyError> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = fingerprint(&self.source);
+        match LoadedPolicy::load(&self.source, &self.opts) {
+            Ok(new) => {
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+                let changed = cur.revision != new.revision;
+                if changed {
+                    tracing::info!(old = %cur.revision, new = %new.revision, engine = new.engine_name(), "policy reloaded");
+                    *cur = Arc::new(new);
+                }
+                Ok(changed)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; keeping revision {}", self.current().revision);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads if any file behind the source changed since the last look.
+    pub fn reload_if_changed(&self) -> Option<Result<bool, PolicyError>> {
+        let now = fingerprint(&self.source);
+        let changed = *self.seen.lock().unwrap_or_else(|p| p.into_inner()) != now;
+        changed.then(|| self.reload())
+    }
+
+    /// Polls the policy files for changes every `interval` on a background
+    /// thread, for as long as the engine is alive.
+    pub fn watch(self: &Arc<Self>, interval: Duration) {
+        if self.source == PolicySource::Builtin {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("cordon-policy-watch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    let _ = engine.reload_if_changed();
+                    drop(engine);
+                    std::thread::sleep(interval);
+                }
+            })
+            .map(drop)
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the policy watcher"));
+    }
+}

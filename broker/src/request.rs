@@ -1,0 +1,332 @@
+//! Validation of decision requests and their conversion into the Rego `input`
+//! document of the contract (../shared/design.md, "Rego contract").
+//!
+//! Invariants: every request that reaches the policy engine has passed
+//! [`validate`], so sizes are bounded (PATH_MAX paths, bounded argv and labels)
+//! and exactly one subject matching its `kind` is present. Paths that are not
+//! UTF-8 are shown to the policy with each invalid byte escaped as `\xNN` and
+//! `path_utf8: false`.
+
+use std::net::IpAddr;
+
+use cordon_proto::v1::{DecideRequest, decide_request::Subject};
+use serde_json::{Map, Value, json};
+
+/// Linux PATH_MAX, including the terminating NUL the kernel counts.
+pub const PATH_MAX: usize = 4096;
+/// `sizeof(sockaddr_un.sun_path)`.
+pub const UNIX_PATH_MAX: usize = 108;
+const MAX_ARGV: usize = 4096;
+const MAX_ARGV_BYTES: usize = 2 * 1024 * 1024;
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_KEY: usize = 63;
+const MAX_LABEL_VALUE: usize = 256;
+const MAX_ID: usize = 128;
+const MAX_FLAGS: usize = 32;
+
+/// A request that cannot be decided because it is malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid request: {0}")]
+pub struct InvalidRequest(pub String);
+
+fn invalid(msg: impl Into<String>) -> InvalidRequest {
+    InvalidRequest(msg.into())
+}
+
+/// The syscall kinds of the contract.
+pub fn kind_of(subject: &Subject) -> &'static str {
+    match subject {
+        Subject::File(_) => "file",
+        Subject::Network(_) => "network",
+        Subject::Exec(_) => "exec",
+    }
+}
+
+/// Checks a request against the contract's shapes and size bounds.
+pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
+    let syscall = req.syscall.as_str();
+    if syscall.is_empty() || syscall.len() > 32 {
+        return Err(invalid("syscall must be a name of 1 to 32 characters"));
+    }
+    if !syscall
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(invalid(format!("syscall {syscall:?} is not a syscall name")));
+    }
+    if let Some(sandbox) = &req.sandbox {
+        if sandbox.id.len() > MAX_ID {
+            return Err(invalid(format!("sandbox.id is longer than {MAX_ID} bytes")));
+        }
+        validate_labels(&sandbox.labels)?;
+        check_path("sandbox.workdir", &sandbox.workdir, true)?;
+        check_path("sandbox.tmpdir", &sandbox.tmpdir, true)?;
+    }
+    if let Some(process) = &req.process {
+        check_path("process.exe", &process.exe, true)?;
+        check_path("process.cwd", &process.cwd, true)?;
+        if process.comm.len() > 64 {
+            return Err(invalid("process.comm is longer than 64 bytes"));
+        }
+    }
+    match &req.subject {
+        None => Err(invalid("one of file, network or exec is required")),
+        Some(Subject::File(file)) => {
+            check_path("file.path", &file.path, false)?;
+            if let Some(a) = file.access.iter().find(|a| !matches!(a.as_str(), "read" | "write")) {
+                return Err(invalid(format!("file.access {a:?} is not \"read\" or \"write\"")));
+            }
+            if file.flags.len() > MAX_FLAGS || file.flags.iter().any(|f| f.len() > 32) {
+                return Err(invalid("file.flags has too many or too long entries"));
+            }
+            Ok(())
+        }
+        Some(Subject::Network(net)) => {
+            if !matches!(
+                net.op.as_str(),
+                "connect" | "sendto" | "sendmsg" | "sendmmsg" | "bind" | "listen"
+            ) {
+                return Err(invalid(format!("network.op {:?} is not a known operation", net.op)));
+            }
+            if net.protocol.len() > 16 {
+                return Err(invalid("network.protocol is longer than 16 bytes"));
+            }
+            match net.family.as_str() {
+                "inet" | "inet6" => {
+                    let ip: IpAddr = net.address.parse().map_err(|_| {
+                        invalid(format!("network.address {:?} is not an IP address", net.address))
+                    })?;
+                    if ip.is_ipv4() != (net.family == "inet") {
+                        return Err(invalid(format!(
+                            "network.address {} does not match family {}",
+                            net.address, net.family
+                        )));
+                    }
+                    if net.port > u32::from(u16::MAX) {
+                        return Err(invalid(format!("network.port {} is out of range", net.port)));
+                    }
+                    Ok(())
+                }
+                "unix" => {
+                    if net.path.is_empty() && net.op != "listen" {
+                        return Err(invalid("network.path is required for family unix"));
+                    }
+                    if net.path.len() > UNIX_PATH_MAX + 1 {
+                        return Err(invalid(format!(
+                            "network.path is longer than {UNIX_PATH_MAX} bytes"
+                        )));
+                    }
+                    Ok(())
+                }
+                other => Err(invalid(format!(
+                    "network.family {other:?} is not \"inet\", \"inet6\" or \"unix\""
+                ))),
+            }
+        }
+        Some(Subject::Exec(exec)) => {
+            check_path("exec.path", &exec.path, false)?;
+            if exec.argv.len() > MAX_ARGV {
+                return Err(invalid(format!("exec.argv has more than {MAX_ARGV} entries")));
+            }
+            let total: usize = exec.argv.iter().map(Vec::len).sum();
+            if total > MAX_ARGV_BYTES {
+                return Err(invalid(format!("exec.argv is larger than {MAX_ARGV_BYTES} bytes")));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn validate_labels(
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<(), InvalidRequest> {
+    if labels.len() > MAX_LABELS {
+        return Err(invalid(format!("more than {MAX_LABELS} labels")));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY {
+            return Err(invalid(format!("label key {k:?} must have 1 to {MAX_LABEL_KEY} bytes")));
+        }
+        if v.len() > MAX_LABEL_VALUE {
+            return Err(invalid(format!("label {k:?} is longer than {MAX_LABEL_VALUE} bytes")));
+        }
+    }
+    Ok(())
+}
+
+fn check_path(field: &str, path: &[u8], may_be_empty: bool) -> Result<(), InvalidRequest> {
+    if path.is_empty() {
+        return if may_be_empty { Ok(()) } else { Err(invalid(format!("{field} is empty"))) };
+    }
+    if path.len() >= PATH_MAX {
+        return Err(invalid(format!(
+            "{field} is {} bytes, longer than PATH_MAX ({PATH_MAX})",
+            path.len()
+        )));
+    }
+    if path[0] != b'/' {
+        return Err(invalid(format!("{field} is not absolute")));
+    }
+    if path.contains(&0) {
+        return Err(invalid(format!("{field} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+/// Text form of bytes that may not be UTF-8: invalid bytes become `\xNN`.
+/// Returns the text and whether the input was valid UTF-8.
+pub fn escape_bytes(bytes: &[u8]) -> (String, bool) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_owned(), true),
+        Err(_) => {
+            let mut out = String::with_capacity(bytes.len() + 8);
+            for chunk in bytes.utf8_chunks() {
+                out.push_str(chunk.valid());
+                for b in chunk.invalid() {
+                    out.push_str(&format!("\\x{b:02X}"));
+                }
+            }
+            (out, false)
+        }
+    }
+}
+
+/// The escaped text form alone (see [`escape_bytes`]).
+pub fn display_bytes(bytes: &[u8]) -> String {
+    escape_bytes(bytes).0
+}
+
+/// Builds the contract's `input` document for a validated request.
+pub fn input_document(req: &DecideRequest) -> Value {
+    let mut input = Map::new();
+    let sandbox = req.sandbox.clone().unwrap_or_default();
+    let labels: Map<String, Value> = sandbox
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    input.insert(
+        "sandbox".into(),
+        json!({
+            "id": sandbox.id, "labels": labels,
+            "workdir": display_bytes(&sandbox.workdir), "tmpdir": display_bytes(&sandbox.tmpdir),
+        }),
+    );
+    let p = req.process.clone().unwrap_or_default();
+    input.insert(
+        "process".into(),
+        json!({
+            "pid": p.pid, "ppid": p.ppid, "uid": p.uid, "gid": p.gid,
+            "exe": display_bytes(&p.exe), "cwd": display_bytes(&p.cwd), "comm": p.comm,
+        }),
+    );
+    input.insert("syscall".into(), Value::String(req.syscall.clone()));
+    let Some(subject) = &req.subject else {
+        return Value::Object(input);
+    };
+    input.insert("kind".into(), Value::String(kind_of(subject).into()));
+    match subject {
+        Subject::File(f) => {
+            let mut file = Map::new();
+            insert_path(&mut file, &f.path);
+            file.insert("access".into(), json!(f.access));
+            file.insert("create".into(), json!(f.create));
+            file.insert("truncate".into(), json!(f.truncate));
+            file.insert("flags".into(), json!(f.flags));
+            input.insert("file".into(), Value::Object(file));
+        }
+        Subject::Network(n) => {
+            let mut net = Map::new();
+            net.insert("op".into(), json!(n.op));
+            net.insert("family".into(), json!(n.family));
+            net.insert("protocol".into(), json!(n.protocol));
+            if n.family == "unix" {
+                insert_path(&mut net, &n.path);
+            } else {
+                net.insert("address".into(), json!(n.address));
+                net.insert("port".into(), json!(n.port));
+                if n.v4_mapped {
+                    net.insert("v4_mapped".into(), json!(true));
+                }
+            }
+            input.insert("network".into(), Value::Object(net));
+        }
+        Subject::Exec(e) => {
+            let mut exec = Map::new();
+            insert_path(&mut exec, &e.path);
+            let argv: Vec<String> = e.argv.iter().map(|a| display_bytes(a)).collect();
+            exec.insert("argv".into(), json!(argv));
+            input.insert("exec".into(), Value::Object(exec));
+        }
+    }
+    Value::Object(input)
+}
+
+fn insert_path(obj: &mut Map<String, Value>, path: &[u8]) {
+    let (text, utf8) = escape_bytes(path);
+    obj.insert("path".into(), Value::String(text));
+    if !utf8 {
+        obj.insert("path_utf8".into(), Value::Bool(false));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cordon_proto::v1::{FileAccess, NetworkAccess};
+
+    fn file_req(path: &[u8]) -> DecideRequest {
+        DecideRequest {
+            syscall: "openat".into(),
+            subject: Some(Subject::File(FileAccess {
+                path: path.to_vec(),
+                access: vec!["read".into()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn escapes_non_utf8_paths() {
+        let doc = input_document(&file_req(b"/tmp/a\xffb"));
+        assert_eq!(doc["file"]["path"], "/tmp/a\\xFFb");
+        assert_eq!(doc["file"]["path_utf8"], false);
+        let doc = input_document(&file_req(b"/tmp/ok"));
+        assert_eq!(doc["file"]["path"], "/tmp/ok");
+        assert!(doc["file"].get("path_utf8").is_none());
+        assert_eq!(doc["kind"], "file");
+        assert!(doc.get("network").is_none());
+    }
+
+    #[test]
+    fn rejects_malformed_requests() {
+        assert!(validate(&file_req(b"/etc/passwd")).is_ok());
+        assert!(validate(&file_req(b"relative")).unwrap_err().0.contains("not absolute"));
+        assert!(validate(&file_req(b"")).is_err());
+        let long = [b"/".as_slice(), &vec![b'a'; PATH_MAX]].concat();
+        assert!(validate(&file_req(&long)).unwrap_err().0.contains("PATH_MAX"));
+        assert!(validate(&file_req(b"/a\0b")).is_err());
+        let mut no_subject = file_req(b"/x");
+        no_subject.subject = None;
+        assert!(validate(&no_subject).is_err());
+        let mut bad_syscall = file_req(b"/x");
+        bad_syscall.syscall = "Open At".into();
+        assert!(validate(&bad_syscall).is_err());
+        let net = |family: &str, address: &str| DecideRequest {
+            syscall: "connect".into(),
+            subject: Some(Subject::Network(NetworkAccess {
+                op: "connect".into(),
+                family: family.into(),
+                address: address.into(),
+                port: 443,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(validate(&net("inet", "10.0.0.1")).is_ok());
+        assert!(validate(&net("inet", "::1")).is_err());
+        assert!(validate(&net("inet", "example.com")).is_err());
+        assert!(validate(&net("netlink", "1.2.3.4")).is_err());
+    }
+}

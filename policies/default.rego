@@ -1,0 +1,153 @@
+# Cordon's built-in policy: what `cordon run` enforces when given no --policy.
+#
+# Intent: run an untrusted tool in the current directory. It may read the
+# system, read and write its working directory and a private temp dir, exec
+# system binaries, and nothing else: no credentials, no network unless
+# data.cordon.network.allow lists it, no cloud metadata endpoint.
+#
+# Contract (docs/policy-authoring.md): `allow` (default false), `deny` (a set
+# of reasons; any member denies), `errno` (name; EACCES by default).
+package cordon
+
+import rego.v1
+
+default allow := false
+
+# --- files -------------------------------------------------------------------
+
+# Read-only system locations: shared libraries, binaries, configuration.
+# /etc secrets are excluded by the deny rules below.
+system_read_prefixes := [
+	"/usr/", "/lib/", "/lib64/", "/lib32/", "/bin/", "/sbin/", "/etc/",
+	"/opt/", "/var/lib/dpkg/", "/sys/devices/system/cpu/",
+]
+
+# Devices every program expects; none of them reaches other processes' data.
+device_files := {"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full", "/dev/tty"}
+
+is_read_only if {
+	input.file.access == ["read"]
+	not input.file.create
+	not input.file.truncate
+}
+
+# Reading system files, including directory listings of them.
+allow if {
+	input.kind == "file"
+	is_read_only
+	some prefix in system_read_prefixes
+	startswith(input.file.path, prefix)
+}
+
+# The system directories themselves (opened by ls, find, path lookups).
+allow if {
+	input.kind == "file"
+	is_read_only
+	input.file.path in {"/", "/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin", "/tmp", "/dev", "/proc"}
+}
+
+# Standard devices, read and write (writing to /dev/null is normal output).
+allow if {
+	input.kind == "file"
+	not input.file.create
+	input.file.path in device_files
+}
+
+# The tool's own /proc entries (the shim resolves /proc/self to /proc/PID).
+allow if {
+	input.kind == "file"
+	is_read_only
+	some own in {sprintf("/proc/%d", [input.process.pid]), "/proc/self", "/proc/thread-self"}
+	under(input.file.path, own)
+}
+
+# /proc files that describe the system, not other processes.
+allow if {
+	input.kind == "file"
+	is_read_only
+	input.file.path in {"/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/filesystems", "/proc/sys/kernel/random/uuid", "/proc/sys/vm/overcommit_memory"}
+}
+
+# Everything in the working directory the sandbox started in, and its private
+# temp dir. These are fixed at start; the tool's own cwd is not trusted.
+allow if {
+	input.kind == "file"
+	some dir in writable_dirs
+	under(input.file.path, dir)
+}
+
+writable_dirs contains input.sandbox.workdir if input.sandbox.workdir != ""
+
+writable_dirs contains input.sandbox.tmpdir if input.sandbox.tmpdir != ""
+
+# --- exec --------------------------------------------------------------------
+
+# Programs from the system's binary directories; never from the working
+# directory, so a tool cannot write a binary and run it.
+exec_prefixes := ["/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/", "/usr/local/bin/", "/usr/libexec/", "/usr/lib/"]
+
+allow if {
+	input.kind == "exec"
+	some prefix in exec_prefixes
+	startswith(input.exec.path, prefix)
+}
+
+# --- network -----------------------------------------------------------------
+
+# Network access only to what data.cordon.network.allow lists, e.g.
+#   {"cordon": {"network": {"allow": [{"cidr": "10.0.0.0/8", "ports": [443]}]}}}
+allow if {
+	input.kind == "network"
+	input.network.family in {"inet", "inet6"}
+	input.network.op in {"connect", "sendto", "sendmsg", "sendmmsg"}
+	some entry in object.get(data, ["cordon", "network", "allow"], [])
+	net.cidr_contains(entry.cidr, input.network.address)
+	input.network.port in entry.ports
+}
+
+# --- denials that override every allow ------------------------------------------
+
+# Credentials and secrets, wherever they live.
+secret_patterns := [
+	"/.ssh/", "/.aws/", "/.config/gcloud/", "/.azure/", "/.kube/", "/.docker/config.json",
+	"/.gnupg/", "/.local/share/keyrings/", "/.netrc", "/.git-credentials", "/.pgpass",
+]
+
+deny contains sprintf("%s is a credential store", [input.file.path]) if {
+	input.kind == "file"
+	some pattern in secret_patterns
+	contains(concat("", [input.file.path, "/"]), pattern)
+}
+
+# .env files hold application secrets by convention.
+deny contains sprintf("%s is a .env file", [input.file.path]) if {
+	input.kind == "file"
+	parts := split(input.file.path, "/")
+	startswith(parts[count(parts) - 1], ".env")
+}
+
+deny contains sprintf("%s holds password hashes or privileges", [input.file.path]) if {
+	input.kind == "file"
+	input.file.path in {"/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers"}
+}
+
+deny contains "the cloud metadata endpoint hands out credentials" if {
+	input.kind == "network"
+	input.network.address in {"169.254.169.254", "fd00:ec2::254"}
+}
+
+# A server needs explicit policy.
+deny contains sprintf("%s needs a policy that allows listening", [input.network.op]) if {
+	input.kind == "network"
+	input.network.op in {"bind", "listen"}
+	input.network.family != "unix"
+}
+
+errno := "ECONNREFUSED" if input.kind == "network"
+
+# --- helpers -------------------------------------------------------------------
+
+# path is dir itself or inside it (not merely sharing a prefix: /work2 is not under /work).
+under(path, dir) if path == dir
+
+under(path, dir) if startswith(path, concat("", [trim_right(dir, "/"), "/"]))

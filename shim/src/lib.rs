@@ -1,0 +1,1 @@
+//! Cordon shim: not yet implemented (see the shim issue).
