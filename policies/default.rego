@@ -100,7 +100,7 @@ allow if {
 	input.kind == "network"
 	input.network.family in {"inet", "inet6"}
 	input.network.op in {"connect", "sendto", "sendmsg", "sendmmsg"}
-	some entry in object.get(data, ["cordon", "network", "allow"], [])
+	some entry in data.cordon.network.allow
 	net.cidr_contains(entry.cidr, input.network.address)
 	input.network.port in entry.ports
 }

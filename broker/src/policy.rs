@@ -282,10 +282,17 @@ fn build_engine(sources: &SourceSet, data: &Value, with_wrapper: bool) -> Result
     Ok(engine)
 }
 
-/// regorus formats errors as `file:line:col: error: message` followed by a
-/// source excerpt; keep the first line and the excerpt but drop trailing blanks.
+/// regorus formats errors as `--> file:line:col`, a source excerpt, then
+/// `error: message`. Cordon reports them as one line, `file:line:col: message`,
+/// the form editors and CI annotations understand.
 fn first_lines(e: &impl std::fmt::Display) -> String {
-    e.to_string().trim_end().to_owned()
+    let text = e.to_string();
+    let location = text.lines().find_map(|l| l.trim_start().strip_prefix("--> "));
+    let message = text.lines().rev().find_map(|l| l.trim_start().strip_prefix("error: "));
+    match (location, message) {
+        (Some(loc), Some(msg)) => format!("{}: {}", loc.trim(), msg.trim()),
+        _ => text.trim().lines().map(str::trim).collect::<Vec<_>>().join(" "),
+    }
 }
 
 /// Reads a source and checks that it parses and compiles, without building
