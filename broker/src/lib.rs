@@ -9,8 +9,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod decide;
 pub mod errno;
 pub mod policy;
 pub mod request;
+pub mod service;
 
 pub use cordon_proto::v1 as proto;
+pub use decide::Broker;

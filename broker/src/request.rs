@@ -55,8 +55,12 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
         return Err(invalid(format!("syscall {syscall:?} is not a syscall name")));
     }
     if let Some(sandbox) = &req.sandbox {
-        if sandbox.id.len() > MAX_ID {
-            return Err(invalid(format!("sandbox.id is longer than {MAX_ID} bytes")));
+        if sandbox.id.len() > MAX_ID
+            || !sandbox.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        {
+            return Err(invalid(format!(
+                "sandbox.id must be at most {MAX_ID} letters, digits, '.', '_', ':' or '-'"
+            )));
         }
         validate_labels(&sandbox.labels)?;
         check_path("sandbox.workdir", &sandbox.workdir, true)?;

@@ -1,0 +1,715 @@
+//! The audit store: one append-only, hash-chained record per decision and per
+//! sandbox lifecycle event, in sled, with indexes for the contract's filters.
+//!
+//! Invariants:
+//! - Records get consecutive sequence numbers from 1, and times that never go
+//!   backwards, in the order of the chain.
+//! - Each stored value is `sha256(body) ‖ body`, where `body` is the record's
+//!   canonical JSON and includes `prev_hash`, the hash of the record before it.
+//!   Editing, inserting or removing a record breaks the chain at that record;
+//!   the `head` (last sequence number and hash), written before every flush,
+//!   catches removal of the newest records.
+//! - An append either stores the record or returns an error, which the broker
+//!   turns into a denial: a decision is never answered without its record
+//!   (strict: flushed to disk; batched: in the store, flushed within the window).
+//! - Index entries are derived data, written in groups by the flusher and
+//!   rebuilt from the records after a crash.
+//!
+//! sled's `flush` uses `sync_file_range`, not `fsync`: a process crash loses
+//! nothing that was flushed, a power cut may. See docs/threat-model.md.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+/// Hash that the first record chains to.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// A failure of the audit store. Any of them on the decision path is a denial.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open the audit store at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("audit store write failed: {0}")]
+    Write(#[from] sled::Error),
+    #[error("audit store flush failed: {0}")]
+    Flush(String),
+    #[error("audit write queue is full ({0} records not yet on disk)")]
+    Backlog(u64),
+    #[error("audit record {seq} cannot be decoded: {message}")]
+    Corrupt { seq: u64, message: String },
+    #[error("audit store is closed")]
+    Closed,
+}
+
+/// When an append returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the record is flushed; concurrent appends share one flush.
+    Strict,
+    /// After the record is in the store; flushes happen in groups, at most
+    /// `window` after the append.
+    Batched { window: Duration },
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Batched { window: Duration::from_millis(10) }
+    }
+}
+
+/// One audit record. Field order is the canonical order of the hashed JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub id: String,
+    /// RFC 3339, nanoseconds, UTC.
+    pub time: String,
+    /// `decision`, `sandbox_started` or `sandbox_exited`.
+    pub event: String,
+    pub sandbox_id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub pid: i32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub exe: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub syscall: String,
+    /// `file`, `network`, `exec` or `lifecycle`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    pub allow: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub errno: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy_revision: String,
+    #[serde(default)]
+    pub latency_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    pub prev_hash: String,
+    /// Not part of the hashed body: the SHA-256 of the body, filled on read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// Unix time of the record in nanoseconds (0 if the time does not parse).
+    pub fn time_ns(&self) -> i64 {
+        humantime::parse_rfc3339(&self.time)
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64)
+    }
+}
+
+/// Which records a query returns. Empty fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+    pub sandbox_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub syscall: Option<String>,
+    pub kind: Option<String>,
+    /// `Some(true)`: allowed decisions; `Some(false)`: denials.
+    pub decision: Option<bool>,
+    pub path_prefix: Option<String>,
+    pub limit: Option<u64>,
+    /// Only records after this sequence number (resume point).
+    pub after_seq: u64,
+}
+
+impl AuditFilter {
+    /// Whether a record passes every filter but the sequence and limit bounds.
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        let t = || r.time_ns();
+        self.since_ns.is_none_or(|s| t() >= s)
+            && self.until_ns.is_none_or(|u| t() <= u)
+            && self.sandbox_id.as_ref().is_none_or(|s| &r.sandbox_id == s)
+            && self.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+            && self.syscall.as_ref().is_none_or(|s| &r.syscall == s)
+            && self.kind.as_ref().is_none_or(|k| &r.kind == k)
+            && self.decision.is_none_or(|d| r.event == "decision" && r.allow == d)
+            && self.path_prefix.as_ref().is_none_or(|p| r.path.as_ref().is_some_and(|rp| rp.starts_with(p.as_str())))
+    }
+}
+
+/// The result of walking the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub records_checked: u64,
+    /// The first record at which the chain fails; 0 when ok.
+    pub first_bad_seq: u64,
+    pub problem: String,
+    /// Hash of the newest record: keep it elsewhere to detect a rewritten tail.
+    pub head_hash: String,
+}
+
+/// Appended record's place in the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+}
+
+/// The store behind the broker. A trait so the broker's logic does not depend
+/// on sled; [`SledAudit`] is the implementation.
+pub trait AuditLog: Send + Sync + std::fmt::Debug {
+    /// Assigns seq, id, time and prev_hash, stores the record, and returns when
+    /// the durability mode is satisfied.
+    fn append(&self, record: AuditRecord) -> Result<Appended, AuditError>;
+    /// Calls `each` for matching records in sequence order until it returns
+    /// false or `limit` records were delivered. Returns the highest sequence
+    /// number examined (a resume point).
+    fn scan(&self, filter: &AuditFilter, each: &mut dyn FnMut(AuditRecord) -> bool) -> Result<u64, AuditError>;
+    /// Walks the whole chain.
+    fn verify(&self) -> Result<VerifyReport, AuditError>;
+    /// Sequence number of the newest record (0 when empty).
+    fn last_seq(&self) -> u64;
+    /// Changes whenever a record is appended; carries the newest seq.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+    /// Flushes everything appended so far.
+    fn flush(&self) -> Result<(), AuditError>;
+}
+
+struct Chain {
+    next_seq: u64,
+    last_hash: [u8; 32],
+    last_time_ns: i64,
+}
+
+#[derive(Default)]
+struct FlushState {
+    durable_seq: u64,
+    flushing: bool,
+    /// The last flush failed; appends up to this seq could not be made durable.
+    failed: Option<(u64, String)>,
+}
+
+struct IndexEntry {
+    seq: u64,
+    sandbox_id: String,
+    syscall: String,
+    decision: Option<bool>,
+}
+
+struct Inner {
+    db: sled::Db,
+    records: sled::Tree,
+    index: sled::Tree,
+    meta: sled::Tree,
+    chain: Mutex<Chain>,
+    pending_index: Mutex<Vec<IndexEntry>>,
+    inserted_seq: AtomicU64,
+    flush: Mutex<FlushState>,
+    flushed: Condvar,
+    dirty: Mutex<bool>,
+    wake_flusher: Condvar,
+    shutdown: AtomicBool,
+    durability: Durability,
+    max_backlog: u64,
+    notify: watch::Sender<u64>,
+}
+
+/// The sled-backed audit store.
+pub struct SledAudit {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SledAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledAudit")
+            .field("durability", &self.inner.durability)
+            .field("last_seq", &self.last_seq())
+            .finish()
+    }
+}
+
+const HEAD_KEY: &[u8] = b"head";
+const INDEXED_KEY: &[u8] = b"indexed";
+
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn decode(seq: u64, value: &[u8]) -> Result<AuditRecord, AuditError> {
+    if value.len() < 32 {
+        return Err(AuditError::Corrupt { seq, message: "value shorter than its hash".into() });
+    }
+    let mut r: AuditRecord = serde_json::from_slice(&value[32..])
+        .map_err(|e| AuditError::Corrupt { seq, message: e.to_string() })?;
+    r.hash = hex::encode(&value[..32]);
+    Ok(r)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn format_time(ns: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+impl SledAudit {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, AuditError> {
+        let open_err = |source| AuditError::Open { path: dir.display().to_string(), source };
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(open_err)?;
+        let records = db.open_tree("records").map_err(open_err)?;
+        let index = db.open_tree("index").map_err(open_err)?;
+        let meta = db.open_tree("meta").map_err(open_err)?;
+        let (next_seq, last_hash, last_time_ns) = match records.last().map_err(open_err)? {
+            Some((k, v)) => {
+                let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                let r = decode(seq, &v)?;
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&v[..32]);
+                (seq + 1, h, r.time_ns())
+            }
+            None => (1, [0u8; 32], 0),
+        };
+        let last = next_seq - 1;
+        let (notify, _) = watch::channel(last);
+        let inner = Arc::new(Inner {
+            db,
+            records,
+            index,
+            meta,
+            chain: Mutex::new(Chain { next_seq, last_hash, last_time_ns }),
+            pending_index: Mutex::new(Vec::new()),
+            inserted_seq: AtomicU64::new(last),
+            flush: Mutex::new(FlushState { durable_seq: last, ..Default::default() }),
+            flushed: Condvar::new(),
+            dirty: Mutex::new(false),
+            wake_flusher: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            durability,
+            max_backlog: 100_000,
+            notify,
+        });
+        inner.reindex_after_crash()?;
+        let flusher = match durability {
+            Durability::Batched { window } => {
+                let inner = inner.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("cordon-audit-flush".into())
+                        .spawn(move || inner.flusher_loop(window))
+                        .map_err(|e| AuditError::Flush(format!("cannot start the flusher: {e}")))?,
+                )
+            }
+            Durability::Strict => None,
+        };
+        Ok(Self { inner, flusher: Mutex::new(flusher) })
+    }
+
+    /// The durability mode in force.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+}
+
+impl Drop for SledAudit {
+    fn drop(&mut self) {
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        self.inner.wake_flusher.notify_all();
+        if let Some(h) = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+        if let Err(e) = self.inner.flush_now() {
+            tracing::error!(error = %e, "final audit flush failed");
+        }
+    }
+}
+
+impl Inner {
+    /// Index entries are written in groups; after a crash the records past the
+    /// last indexed sequence number are indexed again.
+    fn reindex_after_crash(&self) -> Result<(), AuditError> {
+        let indexed = self.indexed_upto()?;
+        let mut pending = Vec::new();
+        for item in self.records.range(seq_key(indexed + 1)..) {
+            let (k, v) = item?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let Ok(r) = decode(seq, &v) else { continue };
+            pending.push(index_entry(&r));
+        }
+        if !pending.is_empty() {
+            *self.pending_index.lock().unwrap_or_else(|p| p.into_inner()) = pending;
+            self.flush_now()?;
+        }
+        Ok(())
+    }
+
+    fn indexed_upto(&self) -> Result<u64, AuditError> {
+        Ok(self
+            .meta
+            .get(INDEXED_KEY)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Writes pending index entries and the head, then flushes. Returns the
+    /// sequence number now known durable.
+    fn flush_now(&self) -> Result<u64, AuditError> {
+        let (target, head_hash) = {
+            let chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+            (chain.next_seq - 1, chain.last_hash)
+        };
+        let pending = std::mem::take(&mut *self.pending_index.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(max) = pending.iter().map(|e| e.seq).max() {
+            let mut batch = sled::Batch::default();
+            for e in &pending {
+                let k = seq_key(e.seq);
+                batch.insert([b"s", e.sandbox_id.as_bytes(), &[0], &k].concat(), &[][..]);
+                if !e.syscall.is_empty() {
+                    batch.insert([b"c", e.syscall.as_bytes(), &[0], &k].concat(), &[][..]);
+                }
+                if let Some(d) = e.decision {
+                    batch.insert([b"d", &[u8::from(d)][..], &k].concat(), &[][..]);
+                }
+            }
+            self.index.apply_batch(batch)?;
+            self.meta.insert(INDEXED_KEY, &seq_key(max))?;
+        }
+        if target > 0 {
+            self.meta.insert(HEAD_KEY, [&seq_key(target)[..], &head_hash[..]].concat())?;
+        }
+        self.db.flush().map_err(|e| AuditError::Flush(e.to_string()))?;
+        Ok(target)
+    }
+
+    /// Group commit: wait until `seq` is durable, flushing as the leader when
+    /// no flush is under way.
+    fn wait_durable(&self, seq: u64) -> Result<(), AuditError> {
+        let mut st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.durable_seq >= seq {
+                return Ok(());
+            }
+            if let Some((upto, msg)) = &st.failed {
+                if *upto >= seq {
+                    return Err(AuditError::Flush(msg.clone()));
+                }
+            }
+            if !st.flushing {
+                st.flushing = true;
+                drop(st);
+                let result = self.flush_now();
+                st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+                st.flushing = false;
+                match result {
+                    Ok(t) => {
+                        st.durable_seq = st.durable_seq.max(t);
+                        st.failed = None;
+                    }
+                    Err(e) => {
+                        let attempted = self.inserted_seq.load(Ordering::SeqCst);
+                        tracing::error!(error = %e, "audit flush failed");
+                        st.failed = Some((attempted, e.to_string()));
+                    }
+                }
+                self.flushed.notify_all();
+                continue;
+            }
+            st = self.flushed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn flusher_loop(&self, window: Duration) {
+        // Flush at most `window` after the first unflushed append: wait half the
+        // window to gather a group, leaving the other half for the flush itself.
+        let gather = window / 2;
+        loop {
+            {
+                let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+                while !*dirty && !self.shutdown.load(Ordering::SeqCst) {
+                    dirty = self.wake_flusher.wait(dirty).unwrap_or_else(|p| p.into_inner());
+                }
+                *dirty = false;
+            }
+            if self.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(gather);
+            let result = self.flush_now();
+            let mut st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(t) => {
+                    st.durable_seq = st.durable_seq.max(t);
+                    st.failed = None;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit flush failed; denying until a flush succeeds");
+                    st.failed = Some((u64::MAX, e.to_string()));
+                    // Try again after the window.
+                    *self.dirty.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                }
+            }
+        }
+    }
+
+    fn append(&self, mut record: AuditRecord) -> Result<Appended, AuditError> {
+        if self.shutdown.load(Ordering::SeqCst) {
+            return Err(AuditError::Closed);
+        }
+        if let Durability::Batched { .. } = self.durability {
+            let st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, msg)) = &st.failed {
+                return Err(AuditError::Flush(msg.clone()));
+            }
+            let backlog = self.inserted_seq.load(Ordering::SeqCst).saturating_sub(st.durable_seq);
+            if backlog >= self.max_backlog {
+                return Err(AuditError::Backlog(backlog));
+            }
+        }
+        let seq = {
+            let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = chain.next_seq;
+            let time_ns = now_ns().max(chain.last_time_ns + 1);
+            record.seq = seq;
+            record.id = uuid::Uuid::now_v7().to_string();
+            record.time = format_time(time_ns);
+            record.prev_hash = if seq == 1 { GENESIS.to_owned() } else { hex::encode(chain.last_hash) };
+            record.hash = String::new();
+            let body = serde_json::to_vec(&record)
+                .map_err(|e| AuditError::Corrupt { seq, message: e.to_string() })?;
+            let hash: [u8; 32] = Sha256::digest(&body).into();
+            let mut value = Vec::with_capacity(32 + body.len());
+            value.extend_from_slice(&hash);
+            value.extend_from_slice(&body);
+            self.records.insert(seq_key(seq), value)?;
+            chain.next_seq = seq + 1;
+            chain.last_hash = hash;
+            chain.last_time_ns = time_ns;
+            self.inserted_seq.store(seq, Ordering::SeqCst);
+            self.pending_index.lock().unwrap_or_else(|p| p.into_inner()).push(index_entry(&record));
+            seq
+        };
+        self.notify.send_replace(seq);
+        match self.durability {
+            Durability::Strict => self.wait_durable(seq)?,
+            Durability::Batched { .. } => {
+                let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+                if !*dirty {
+                    *dirty = true;
+                    self.wake_flusher.notify_one();
+                }
+            }
+        }
+        Ok(Appended { seq })
+    }
+
+    fn record(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
+        self.records.get(seq_key(seq))?.map(|v| decode(seq, &v)).transpose()
+    }
+
+    /// The first sequence number whose time is at or after `ns` (times are
+    /// monotonic in seq, so this is a binary search over the records).
+    fn first_seq_at_or_after(&self, ns: i64) -> Result<u64, AuditError> {
+        let last = self.inserted_seq.load(Ordering::SeqCst);
+        let (mut lo, mut hi) = (1u64, last + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            // A missing record (tampering) is skipped over to the next present one.
+            let t = match self.records.range(seq_key(mid)..).next() {
+                Some(item) => {
+                    let (k, v) = item?;
+                    let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                    decode(seq, &v)?.time_ns()
+                }
+                None => i64::MAX,
+            };
+            if t >= ns { hi = mid } else { lo = mid + 1 }
+        }
+        Ok(lo)
+    }
+}
+
+fn index_entry(r: &AuditRecord) -> IndexEntry {
+    IndexEntry {
+        seq: r.seq,
+        sandbox_id: r.sandbox_id.clone(),
+        syscall: r.syscall.clone(),
+        decision: (r.event == "decision").then_some(r.allow),
+    }
+}
+
+impl AuditLog for SledAudit {
+    fn append(&self, record: AuditRecord) -> Result<Appended, AuditError> {
+        self.inner.append(record)
+    }
+
+    fn scan(&self, filter: &AuditFilter, each: &mut dyn FnMut(AuditRecord) -> bool) -> Result<u64, AuditError> {
+        let inner = &self.inner;
+        let last = inner.inserted_seq.load(Ordering::SeqCst);
+        let mut start = filter.after_seq + 1;
+        if let Some(since) = filter.since_ns {
+            start = start.max(inner.first_seq_at_or_after(since)?);
+        }
+        let limit = filter.limit.unwrap_or(u64::MAX);
+        let mut delivered = 0u64;
+        let mut examined = filter.after_seq;
+        // Returns false to stop.
+        let mut visit = |seq: u64, record: AuditRecord| -> bool {
+            examined = seq;
+            if filter.until_ns.is_some_and(|u| record.time_ns() > u) {
+                return false;
+            }
+            if filter.matches(&record) {
+                delivered += 1;
+                if !each(record) || delivered >= limit {
+                    return false;
+                }
+            }
+            true
+        };
+        // Pick the most selective index; records past the indexed range are
+        // read directly.
+        let prefix: Option<Vec<u8>> = if let Some(s) = &filter.sandbox_id {
+            Some([b"s", s.as_bytes(), &[0]].concat())
+        } else if let Some(c) = &filter.syscall {
+            Some([b"c", c.as_bytes(), &[0]].concat())
+        } else {
+            filter.decision.map(|d| vec![b'd', u8::from(d)])
+        };
+        let mut tail_from = start;
+        if let Some(prefix) = prefix {
+            let indexed = inner.indexed_upto()?.min(last);
+            let lo = [&prefix[..], &seq_key(start)].concat();
+            let hi = [&prefix[..], &seq_key(indexed)].concat();
+            if start <= indexed {
+                for item in inner.index.range(lo..=hi) {
+                    let (k, _) = item?;
+                    let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
+                    let Some(record) = inner.record(seq)? else { continue };
+                    if !visit(seq, record) {
+                        return Ok(examined);
+                    }
+                }
+                tail_from = indexed + 1;
+            }
+        }
+        for item in inner.records.range(seq_key(tail_from)..=seq_key(last)) {
+            let (k, v) = item?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            if !visit(seq, decode(seq, &v)?) {
+                return Ok(examined);
+            }
+        }
+        Ok(examined.max(last))
+    }
+
+    fn verify(&self) -> Result<VerifyReport, AuditError> {
+        let inner = &self.inner;
+        let mut expected = 1u64;
+        let mut prev = GENESIS.to_owned();
+        let fail = |seq: u64, checked: u64, problem: String, prev: &str| VerifyReport {
+            ok: false,
+            records_checked: checked,
+            first_bad_seq: seq,
+            problem,
+            head_hash: prev.to_owned(),
+        };
+        for item in inner.records.iter() {
+            let (k, v) = item?;
+            let Ok(key) = <[u8; 8]>::try_from(k.as_ref()) else {
+                return Ok(fail(expected, expected - 1, "a record has a malformed key".into(), &prev));
+            };
+            let seq = u64::from_be_bytes(key);
+            let checked = expected - 1;
+            if seq != expected {
+                let problem = if seq == expected + 1 {
+                    format!("record {expected} is missing")
+                } else {
+                    format!("records {expected} to {} are missing", seq - 1)
+                };
+                return Ok(fail(expected, checked, problem, &prev));
+            }
+            if v.len() < 32 || Sha256::digest(&v[32..]).as_slice() != &v[..32] {
+                return Ok(fail(seq, checked, format!("record {seq} was altered: its contents do not match its hash"), &prev));
+            }
+            let record = match decode(seq, &v) {
+                Ok(r) => r,
+                Err(e) => return Ok(fail(seq, checked, e.to_string(), &prev)),
+            };
+            if record.seq != seq {
+                return Ok(fail(seq, checked, format!("record {seq} was altered: it claims sequence number {}", record.seq), &prev));
+            }
+            if record.prev_hash != prev {
+                return Ok(fail(
+                    seq,
+                    checked,
+                    format!("record {seq} does not chain to record {}: one of them was replaced", seq - 1),
+                    &prev,
+                ));
+            }
+            prev = record.hash;
+            expected += 1;
+        }
+        let checked = expected - 1;
+        if let Some(head) = inner.meta.get(HEAD_KEY)? {
+            if head.len() == 40 {
+                let head_seq = u64::from_be_bytes(head[..8].try_into().unwrap_or([0; 8]));
+                if head_seq > checked {
+                    return Ok(fail(
+                        checked + 1,
+                        checked,
+                        format!("records {} to {head_seq} are missing (the store's head is {head_seq})", checked + 1),
+                        &prev,
+                    ));
+                }
+                if head_seq == checked && hex::encode(&head[8..]) != prev {
+                    return Ok(fail(head_seq, checked, format!("record {head_seq} was replaced: it does not match the store's head"), &prev));
+                }
+            }
+        }
+        Ok(VerifyReport { ok: true, records_checked: checked, first_bad_seq: 0, problem: String::new(), head_hash: prev })
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.inner.inserted_seq.load(Ordering::SeqCst)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.notify.subscribe()
+    }
+
+    fn flush(&self) -> Result<(), AuditError> {
+        let t = self.inner.flush_now()?;
+        let mut st = self.inner.flush.lock().unwrap_or_else(|p| p.into_inner());
+        st.durable_seq = st.durable_seq.max(t);
+        Ok(())
+    }
+}

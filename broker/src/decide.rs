@@ -1,0 +1,156 @@
+//! The broker core: validate, evaluate, record, answer. Shared by the gRPC
+//! service and the embedded broker of `cordon run`.
+//!
+//! Invariant: an answer is an allow only if the policy allowed it *and* its
+//! audit record was stored (per the durability mode). Every failure on this
+//! path is a denial with a reason that says what failed.
+
+use std::{sync::Arc, time::Instant};
+
+use cordon_proto::v1::{
+    DecideRequest, Decision, Lifecycle, decide_request::Subject, lifecycle::Event,
+};
+
+use crate::{
+    audit::{AuditError, AuditLog, AuditRecord},
+    errno,
+    policy::{PolicyEngine, Verdict},
+    request::{self, InvalidRequest, display_bytes},
+};
+
+/// Decides requests against the policy in force and records each decision.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    policy: Arc<PolicyEngine>,
+    audit: Arc<dyn AuditLog>,
+}
+
+impl Broker {
+    pub fn new(policy: Arc<PolicyEngine>, audit: Arc<dyn AuditLog>) -> Self {
+        Self { policy, audit }
+    }
+
+    pub fn policy(&self) -> &Arc<PolicyEngine> {
+        &self.policy
+    }
+
+    pub fn audit(&self) -> &Arc<dyn AuditLog> {
+        &self.audit
+    }
+
+    /// Decides one request. A malformed request is an error (the caller must
+    /// deny); anything else is a [`Decision`], allow only when recorded.
+    pub fn decide(&self, req: &DecideRequest) -> Result<Decision, InvalidRequest> {
+        let start = Instant::now();
+        request::validate(req)?;
+        let verdict = self.policy.evaluate(&request::input_document(req));
+        let latency_us = start.elapsed().as_micros() as u64;
+        let record = decision_record(req, &verdict, latency_us);
+        Ok(match self.audit.append(record) {
+            Ok(appended) => Decision {
+                allow: verdict.allow,
+                errno: verdict.errno,
+                errno_code: verdict.errno_code,
+                reason: verdict.reason,
+                policy_revision: verdict.revision.to_string(),
+                audit_seq: appended.seq,
+                eval_us: verdict.eval_time.as_micros() as u64,
+            },
+            Err(e) => unrecorded_denial(&e, &verdict),
+        })
+    }
+
+    /// Records a sandbox start or exit. Returns the record's sequence number.
+    pub fn record_lifecycle(&self, event: &Lifecycle) -> Result<u64, LifecycleError> {
+        let sandbox = event.sandbox.clone().unwrap_or_default();
+        let mut record = AuditRecord {
+            sandbox_id: sandbox.id,
+            labels: sandbox.labels.into_iter().collect(),
+            kind: "lifecycle".into(),
+            allow: true,
+            policy_revision: self.policy.current().revision().to_string(),
+            ..Default::default()
+        };
+        match &event.event {
+            Some(Event::Started(s)) => {
+                record.event = "sandbox_started".into();
+                record.pid = s.pid;
+                record.argv = Some(s.argv.iter().map(|a| display_bytes(a)).collect());
+                record.reason = "started".into();
+            }
+            Some(Event::Exited(e)) => {
+                record.event = "sandbox_exited".into();
+                record.pid = e.pid;
+                record.exit_status = Some(e.status);
+                record.reason = if e.detail.is_empty() { format!("exited with status {}", e.status) } else { e.detail.clone() };
+            }
+            None => return Err(LifecycleError::Invalid(InvalidRequest("lifecycle event is empty".into()))),
+        }
+        Ok(self.audit.append(record)?.seq)
+    }
+}
+
+/// A lifecycle event that could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// The audit store refused the record: deny, and say why.
+fn unrecorded_denial(e: &AuditError, verdict: &Verdict) -> Decision {
+    tracing::error!(error = %e, "decision could not be recorded; denying");
+    Decision {
+        allow: false,
+        errno: errno::DEFAULT.into(),
+        errno_code: errno::code(errno::DEFAULT).unwrap_or(13),
+        reason: format!("denied because the decision could not be recorded: {e}"),
+        policy_revision: verdict.revision.to_string(),
+        audit_seq: 0,
+        eval_us: verdict.eval_time.as_micros() as u64,
+    }
+}
+
+/// The audit record of a decision.
+pub fn decision_record(req: &DecideRequest, verdict: &Verdict, latency_us: u64) -> AuditRecord {
+    let sandbox = req.sandbox.clone().unwrap_or_default();
+    let process = req.process.clone().unwrap_or_default();
+    let mut r = AuditRecord {
+        event: "decision".into(),
+        sandbox_id: sandbox.id,
+        labels: sandbox.labels.into_iter().collect(),
+        pid: process.pid,
+        exe: display_bytes(&process.exe),
+        syscall: req.syscall.clone(),
+        allow: verdict.allow,
+        errno: verdict.errno.clone(),
+        reason: verdict.reason.clone(),
+        policy_revision: verdict.revision.to_string(),
+        latency_us,
+        ..Default::default()
+    };
+    match &req.subject {
+        Some(s @ Subject::File(f)) => {
+            r.kind = request::kind_of(s).into();
+            r.path = Some(display_bytes(&f.path));
+        }
+        Some(s @ Subject::Network(n)) => {
+            r.kind = request::kind_of(s).into();
+            if n.family == "unix" {
+                r.path = Some(display_bytes(&n.path));
+            } else {
+                r.address = Some(n.address.clone());
+                r.port = Some(n.port);
+            }
+        }
+        Some(s @ Subject::Exec(e)) => {
+            r.kind = request::kind_of(s).into();
+            r.path = Some(display_bytes(&e.path));
+            r.argv = Some(e.argv.iter().map(|a| display_bytes(a)).collect());
+        }
+        None => {}
+    }
+    r
+}

@@ -1,0 +1,444 @@
+//! The gRPC face of the broker: `cordon.v1.Broker`, `grpc.health.v1` and
+//! server reflection, on Unix sockets (and TCP with TLS when built with the
+//! `tls` feature).
+//!
+//! The service is thin: it checks the caller, converts messages and hands off
+//! to [`Broker`]. Internal errors become a gRPC `Status` here and only here.
+//!
+//! Access control (Unix sockets): the socket is created mode 0660 in a
+//! directory owned by the broker's uid and not writable by others; every call
+//! is checked against the peer's credentials, captured by the kernel at
+//! connect time: the uid must be allowed, and the peer must not itself run
+//! under a seccomp filter, so that a sandboxed tool can never ask for or read
+//! decisions.
+
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use cordon_proto::v1::{
+    self as pb, AuditRecord as PbRecord, DecideRequest, DecideResponse, DecisionFilter,
+    PolicyStatusRequest, PolicyStatusResponse, QueryAuditRequest, ReloadPolicyRequest,
+    ReloadPolicyResponse, SessionError, SessionRequest, SessionResponse, VerifyAuditRequest,
+    VerifyAuditResponse,
+    broker_server::{self, BrokerServer},
+    session_request, session_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming, transport::server::UdsConnectInfo};
+
+use crate::{
+    audit::{AuditFilter, AuditRecord, Durability},
+    decide::{Broker, LifecycleError},
+};
+
+/// The largest message the broker accepts (an exec with a full-size argv fits).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A failure to start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot prepare socket directory {path}: {message}")]
+    SocketDir { path: PathBuf, message: String },
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+/// Who may call the broker over a Unix socket.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    pub allowed_uids: Vec<u32>,
+}
+
+impl Default for AccessPolicy {
+    /// The broker's own uid and root.
+    fn default() -> Self {
+        let me = nix_uid();
+        let mut allowed_uids = vec![0, me];
+        allowed_uids.dedup();
+        Self { allowed_uids }
+    }
+}
+
+fn nix_uid() -> u32 {
+    // The uid of this process, from /proc to avoid unsafe libc calls.
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+}
+
+/// The seccomp mode of a process (0: none, 1: strict, 2: filter).
+fn seccomp_mode(pid: i32) -> std::io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no Seccomp line"))
+}
+
+fn check_peer(req: &Request<()>, access: &AccessPolicy) -> Result<(), Status> {
+    let Some(info) = req.extensions().get::<UdsConnectInfo>() else {
+        // TCP connections exist only with TLS; there is no uid to check.
+        return Ok(());
+    };
+    let cred = info
+        .peer_cred
+        .ok_or_else(|| Status::permission_denied("peer credentials are unavailable"))?;
+    if !access.allowed_uids.contains(&cred.uid()) {
+        return Err(Status::permission_denied(format!(
+            "uid {} is not allowed to use this broker",
+            cred.uid()
+        )));
+    }
+    let pid = cred
+        .pid()
+        .ok_or_else(|| Status::permission_denied("peer pid is unavailable"))?;
+    match seccomp_mode(pid) {
+        Ok(0) => Ok(()),
+        Ok(mode) => Err(Status::permission_denied(format!(
+            "process {pid} runs under a seccomp filter (mode {mode}); sandboxed processes may not use the broker"
+        ))),
+        Err(e) => Err(Status::permission_denied(format!(
+            "cannot check process {pid}: {e}"
+        ))),
+    }
+}
+
+/// The `cordon.v1.Broker` service.
+#[derive(Debug, Clone)]
+pub struct BrokerService {
+    broker: Broker,
+    strict: bool,
+}
+
+impl BrokerService {
+    /// `durability` tells whether appends may block for a flush; those run on
+    /// the blocking pool so that they do not stall the async workers.
+    pub fn new(broker: Broker, durability: Durability) -> Self {
+        Self { broker, strict: durability == Durability::Strict }
+    }
+
+    async fn run_decide(&self, req: DecideRequest) -> Result<pb::Decision, Status> {
+        let broker = self.broker.clone();
+        let result = if self.strict {
+            tokio::task::spawn_blocking(move || broker.decide(&req))
+                .await
+                .map_err(|e| Status::internal(format!("decision task failed: {e}")))?
+        } else {
+            broker.decide(&req)
+        };
+        result.map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+}
+
+fn handle_session_message(broker: &Broker, msg: SessionRequest) -> SessionResponse {
+    let request_id = msg.request_id;
+    let error = |code: tonic::Code, message: String| SessionResponse {
+        request_id,
+        msg: Some(session_response::Msg::Error(SessionError { code: code as i32, message })),
+    };
+    match msg.msg {
+        Some(session_request::Msg::Decide(req)) => match broker.decide(&req) {
+            Ok(d) => SessionResponse { request_id, msg: Some(session_response::Msg::Decision(d)) },
+            Err(e) => error(tonic::Code::InvalidArgument, e.to_string()),
+        },
+        Some(session_request::Msg::Lifecycle(ev)) => match broker.record_lifecycle(&ev) {
+            Ok(seq) => SessionResponse { request_id, msg: Some(session_response::Msg::RecordedSeq(seq)) },
+            Err(LifecycleError::Invalid(e)) => error(tonic::Code::InvalidArgument, e.to_string()),
+            Err(LifecycleError::Audit(e)) => error(tonic::Code::Unavailable, e.to_string()),
+        },
+        None => error(tonic::Code::InvalidArgument, "invalid request: empty session message".into()),
+    }
+}
+
+/// Converts a stored record to its wire form.
+pub fn record_to_proto(r: &AuditRecord) -> PbRecord {
+    PbRecord {
+        seq: r.seq,
+        id: r.id.clone(),
+        time: r.time.clone(),
+        sandbox_id: r.sandbox_id.clone(),
+        labels: r.labels.clone().into_iter().collect(),
+        pid: r.pid,
+        exe: r.exe.clone(),
+        syscall: r.syscall.clone(),
+        kind: r.kind.clone(),
+        path: r.path.clone().unwrap_or_default(),
+        address: r.address.clone().unwrap_or_default(),
+        port: r.port.unwrap_or_default(),
+        argv: r.argv.clone().unwrap_or_default(),
+        allow: r.allow,
+        errno: r.errno.clone(),
+        reason: r.reason.clone(),
+        policy_revision: r.policy_revision.clone(),
+        latency_us: r.latency_us,
+        prev_hash: r.prev_hash.clone(),
+        hash: r.hash.clone(),
+        json: serde_json::to_string(r).unwrap_or_default(),
+    }
+}
+
+/// Converts a wire query to a store filter, rejecting values that cannot match.
+pub fn filter_from_proto(q: &QueryAuditRequest) -> Result<AuditFilter, Status> {
+    let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let decision = match DecisionFilter::try_from(q.decision) {
+        Ok(DecisionFilter::Any) => None,
+        Ok(DecisionFilter::Allow) => Some(true),
+        Ok(DecisionFilter::Deny) => Some(false),
+        Err(_) => return Err(Status::invalid_argument(format!("unknown decision filter {}", q.decision))),
+    };
+    if !q.kind.is_empty() && !matches!(q.kind.as_str(), "file" | "network" | "exec" | "lifecycle") {
+        return Err(Status::invalid_argument(format!(
+            "kind {:?} is not file, network, exec or lifecycle",
+            q.kind
+        )));
+    }
+    Ok(AuditFilter {
+        since_ns: (q.since_unix_ns != 0).then_some(q.since_unix_ns),
+        until_ns: (q.until_unix_ns != 0).then_some(q.until_unix_ns),
+        sandbox_id: nonempty(&q.sandbox_id),
+        labels: q.labels.clone().into_iter().collect(),
+        syscall: nonempty(&q.syscall),
+        kind: nonempty(&q.kind),
+        decision,
+        path_prefix: (!q.path_prefix.is_empty()).then(|| crate::request::display_bytes(&q.path_prefix)),
+        limit: (q.limit != 0).then_some(q.limit),
+        after_seq: q.after_seq,
+    })
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl broker_server::Broker for BrokerService {
+    async fn decide(&self, request: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
+        let req = request.into_inner();
+        let request_id = req.request_id;
+        let decision = self.run_decide(req).await?;
+        Ok(Response::new(DecideResponse { request_id, decision: Some(decision) }))
+    }
+
+    type SessionStream = BoxStream<SessionResponse>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<SessionResponse, Status>>(1024);
+        let broker = self.broker.clone();
+        let strict = self.strict;
+        tokio::spawn(async move {
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "session stream ended with an error");
+                        break;
+                    }
+                };
+                if strict {
+                    // Each request waits for a flush; run them side by side so
+                    // that they share flushes (group commit).
+                    let (broker, tx) = (broker.clone(), tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let _ = tx.blocking_send(Ok(handle_session_message(&broker, msg)));
+                    });
+                } else if tx.send(Ok(handle_session_message(&broker, msg))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type QueryAuditStream = BoxStream<PbRecord>;
+
+    async fn query_audit(
+        &self,
+        request: Request<QueryAuditRequest>,
+    ) -> Result<Response<Self::QueryAuditStream>, Status> {
+        let q = request.into_inner();
+        let mut filter = filter_from_proto(&q)?;
+        let audit = self.broker.audit().clone();
+        let (tx, rx) = mpsc::channel::<Result<PbRecord, Status>>(256);
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut changes = audit.subscribe();
+            let mut remaining = filter.limit;
+            loop {
+                changes.borrow_and_update();
+                let mut open = true;
+                let result = audit.scan(&filter, &mut |r| {
+                    open = tx.blocking_send(Ok(record_to_proto(&r))).is_ok();
+                    if let Some(n) = remaining.as_mut() {
+                        *n -= 1;
+                    }
+                    open && remaining != Some(0)
+                });
+                match result {
+                    Ok(last) => filter.after_seq = last,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::data_loss(e.to_string())));
+                        return;
+                    }
+                }
+                filter.limit = remaining;
+                if !q.follow || !open || remaining == Some(0) {
+                    return;
+                }
+                let next = handle.block_on(async {
+                    tokio::select! {
+                        r = changes.changed() => r.is_ok(),
+                        _ = tx.closed() => false,
+                    }
+                });
+                if !next {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn verify_audit(
+        &self,
+        _request: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditResponse>, Status> {
+        let audit = self.broker.audit().clone();
+        let report = tokio::task::spawn_blocking(move || audit.verify())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::data_loss(e.to_string()))?;
+        Ok(Response::new(VerifyAuditResponse {
+            ok: report.ok,
+            records_checked: report.records_checked,
+            first_bad_seq: report.first_bad_seq,
+            problem: report.problem,
+        }))
+    }
+
+    async fn policy_status(
+        &self,
+        _request: Request<PolicyStatusRequest>,
+    ) -> Result<Response<PolicyStatusResponse>, Status> {
+        let engine = self.broker.policy();
+        let current = engine.current();
+        Ok(Response::new(PolicyStatusResponse {
+            revision: current.revision().to_string(),
+            files: current.files().to_vec(),
+            engine: current.engine_name().into(),
+            loaded_at: humantime::format_rfc3339_nanos(current.loaded_at()).to_string(),
+            last_error: engine.last_error().unwrap_or_default(),
+        }))
+    }
+
+    async fn reload_policy(
+        &self,
+        _request: Request<ReloadPolicyRequest>,
+    ) -> Result<Response<ReloadPolicyResponse>, Status> {
+        let engine = self.broker.policy().clone();
+        let result = tokio::task::spawn_blocking(move || engine.reload().map(|c| (c, engine.current())))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match result {
+            Ok((changed, current)) => Ok(Response::new(ReloadPolicyResponse {
+                revision: current.revision().to_string(),
+                changed,
+            })),
+            Err(e) => Err(Status::invalid_argument(e.to_string())),
+        }
+    }
+}
+
+/// Creates the socket's directory if needed and checks that nobody but the
+/// broker's uid can replace the socket; removes a stale socket.
+fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir_err = |message: String| ServeError::SocketDir { path: dir.to_path_buf(), message };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| dir_err(e.to_string()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+            .map_err(|e| dir_err(e.to_string()))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| dir_err(e.to_string()))?;
+    if meta.uid() != nix_uid() {
+        return Err(dir_err(format!("it is owned by uid {}, not by the broker (uid {})", meta.uid(), nix_uid())));
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err(dir_err("it is writable by everyone; use a directory only the broker can write".into()));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(path).map_err(|e| ServeError::Bind { path: path.into(), source: e })?;
+        }
+        Ok(_) => {
+            return Err(ServeError::Bind {
+                path: path.into(),
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"),
+            });
+        }
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Binds a Unix listener with mode 0660.
+pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+    prepare_socket_path(path)?;
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| ServeError::Bind { path: path.into(), source: e })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| ServeError::Bind { path: path.into(), source: e })?;
+    Ok(listener)
+}
+
+/// Serves the broker, health and reflection on a bound Unix listener until
+/// `shutdown` completes.
+pub async fn serve_unix(
+    broker: Broker,
+    durability: Durability,
+    access: AccessPolicy,
+    listener: tokio::net::UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let access = Arc::new(access);
+    let svc = BrokerService::new(broker, durability);
+    let server = BrokerServer::new(svc)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let guarded = tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
+        check_peer(&req, &access)?;
+        Ok(req)
+    });
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("cordon.v1.Broker", tonic_health::ServingStatus::Serving)
+        .await;
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cordon_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(guarded)
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
