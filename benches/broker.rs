@@ -1,1 +1,236 @@
-fn main() {}
+//! Broker micro-benchmarks (criterion). Run with `cargo bench --bench broker`;
+//! `scripts/bench-broker.sh` runs these plus the load generator
+//! (`examples/broker_load.rs`) and prints a summary. Results: BENCHMARKS.md.
+//!
+//! Every bench uses the built-in policy (`policies/default.rego`) and the
+//! fixture `policies/cases/read-system-lib` (a read-only `openat` of libc by a
+//! sandboxed python: the most common request a real tool makes), so the numbers
+//! of the different layers can be subtracted from each other.
+//!
+//! Sample sizes and measurement times are kept small so that the whole suite
+//! finishes in about two minutes on a 2-core VM.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use cordon_broker::{
+    Broker,
+    audit::{AuditLog, AuditRecord, Durability, SledAudit},
+    client::{BrokerUri, connect},
+    decide::decision_record,
+    policy::{EngineChoice, LoadedPolicy, PolicyEngine, PolicyOptions, PolicySource},
+    service::{AccessPolicy, bind_unix, serve_unix},
+};
+use cordon_proto::v1::{
+    DecideRequest, FileAccess, Process, Sandbox, SessionRequest, decide_request::Subject,
+    session_request, session_response,
+};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use tokio_stream::wrappers::ReceiverStream;
+
+const BATCHED: Durability = Durability::Batched { window: Duration::from_millis(10) };
+
+fn fixture(case: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/cases").join(case).join("input.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The wire form of the `read-system-lib` fixture.
+fn file_request(request_id: u64) -> DecideRequest {
+    DecideRequest {
+        request_id,
+        sandbox: Some(Sandbox {
+            id: "s1".into(),
+            labels: [("tool".to_owned(), "t".to_owned())].into_iter().collect(),
+            workdir: b"/home/agent/job".to_vec(),
+            tmpdir: b"/tmp/cordon-s1".to_vec(),
+        }),
+        process: Some(Process {
+            pid: 4242,
+            ppid: 4241,
+            uid: 1000,
+            gid: 1000,
+            exe: b"/usr/bin/python3".to_vec(),
+            cwd: b"/home/agent/job".to_vec(),
+            comm: "python3".into(),
+        }),
+        syscall: "openat".into(),
+        subject: Some(Subject::File(FileAccess {
+            path: b"/usr/lib/x86_64-linux-gnu/libc.so.6".to_vec(),
+            access: vec!["read".into()],
+            create: false,
+            truncate: false,
+            flags: vec!["O_RDONLY".into(), "O_CLOEXEC".into()],
+        })),
+    }
+}
+
+fn engine() -> Arc<PolicyEngine> {
+    Arc::new(PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).expect("built-in policy loads"))
+}
+
+/// A record exactly as `Broker::decide` would append it for the fixture.
+fn sample_record(engine: &PolicyEngine) -> AuditRecord {
+    let req = file_request(1);
+    let verdict = engine.evaluate(&cordon_broker::request::input_document(&req));
+    assert!(verdict.allow, "fixture must be allowed: {}", verdict.reason);
+    decision_record(&req, &verdict, 7)
+}
+
+/// Policy evaluation alone: `LoadedPolicy::evaluate` on the fixture input
+/// (serde_json input -> regorus value, evaluate `data.cordon_internal.result`,
+/// interpret the answer), with a pooled evaluator. Compiled VM (RVM, what the
+/// broker uses by default) and the tree-walking interpreter.
+fn bench_policy(c: &mut Criterion) {
+    let input = fixture("read-system-lib");
+    let mut g = c.benchmark_group("policy_eval");
+    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for (name, choice) in [("rvm", EngineChoice::Auto), ("interpreter", EngineChoice::Interpreter)] {
+        let opts = PolicyOptions { engine: choice, ..Default::default() };
+        let policy = LoadedPolicy::load(&PolicySource::Builtin, &opts).expect("built-in policy loads");
+        if choice == EngineChoice::Auto {
+            assert_eq!(policy.engine_name(), "rvm", "VM unavailable: {:?}", policy.vm_unavailable());
+        }
+        let v = policy.evaluate(&input);
+        assert!(v.allow, "{}", v.reason);
+        g.bench_function(format!("default_rego_file_read/{name}"), |b| b.iter(|| policy.evaluate(&input)));
+    }
+    g.finish();
+}
+
+/// Audit append alone: hash-chain, serialize, sled insert, queue the index
+/// entry. Batched returns once the record is in sled (the flusher thread makes
+/// it durable within 10 ms); strict returns after the flush (`sync_file_range`),
+/// one appender at a time, so no group commit helps here.
+fn bench_audit(c: &mut Criterion) {
+    let record = sample_record(&engine());
+    let mut g = c.benchmark_group("audit_append");
+    g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = SledAudit::open(&dir.path().join("batched"), BATCHED).expect("open audit");
+    g.bench_function("batched_10ms", |b| {
+        b.iter_batched(|| record.clone(), |r| audit.append(r).expect("append"), BatchSize::SmallInput)
+    });
+    drop(audit);
+    g.sample_size(10);
+    let audit = SledAudit::open(&dir.path().join("strict"), Durability::Strict).expect("open audit");
+    g.bench_function("strict", |b| {
+        b.iter_batched(|| record.clone(), |r| audit.append(r).expect("append"), BatchSize::SmallInput)
+    });
+    drop(audit);
+    g.finish();
+}
+
+/// The broker core in process, as `cordon run`'s embedded broker calls it:
+/// validate, build the input document, evaluate (RVM), append (batched).
+fn bench_decide(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit: Arc<dyn AuditLog> = Arc::new(SledAudit::open(dir.path(), BATCHED).expect("open audit"));
+    let broker = Broker::new(engine(), audit);
+    let req = file_request(1);
+    assert!(broker.decide(&req).expect("valid").allow);
+    let mut g = c.benchmark_group("broker_decide");
+    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    g.bench_function("in_process/batched", |b| b.iter(|| broker.decide(&req).expect("valid")));
+    g.finish();
+}
+
+/// A broker served over a real Unix socket in its own tokio runtime.
+struct Server {
+    rt: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(durability: Durability) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run/broker.sock");
+        let audit: Arc<dyn AuditLog> =
+            Arc::new(SledAudit::open(&dir.path().join("audit"), durability).expect("open audit"));
+        let broker = Broker::new(engine(), audit);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("bench-broker")
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let listener = rt.block_on(async { bind_unix(&socket) }).expect("bind");
+        rt.spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = serve_unix(broker, durability, AccessPolicy::default(), listener, shutdown).await {
+                eprintln!("broker failed: {e}");
+            }
+        });
+        Server { rt: Some(rt), stop: Some(stop), socket, _dir: dir }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// One request/response on an open `Session` stream over a Unix socket, one
+/// request in flight: client encode + HTTP/2 + server decode, validate,
+/// evaluate (RVM), batched append, encode, and back. The client runs on the
+/// bench thread (a current-thread runtime, like a supervisor's), the server on
+/// its own multi-thread runtime. Run the bench pinned (`taskset -c 0`) for the
+/// same-core figure.
+fn bench_session(c: &mut Criterion) {
+    let server = Server::start(BATCHED);
+    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
+    let uri = BrokerUri::Unix(server.socket.clone());
+    let (tx, mut responses) = client_rt.block_on(async {
+        let mut client = connect(&uri).await.expect("connect");
+        let (tx, rx) = tokio::sync::mpsc::channel::<SessionRequest>(16);
+        let responses = client.session(ReceiverStream::new(rx)).await.expect("session").into_inner();
+        (tx, responses)
+    });
+    let mut next_id = 0u64;
+    let template = file_request(0);
+    let mut round_trip = |n: u64| {
+        client_rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..n {
+                next_id += 1;
+                let msg = SessionRequest {
+                    request_id: next_id,
+                    msg: Some(session_request::Msg::Decide(DecideRequest { request_id: next_id, ..template.clone() })),
+                };
+                tx.send(msg).await.expect("send");
+                let resp = responses.message().await.expect("stream").expect("answer");
+                assert_eq!(resp.request_id, next_id);
+                match resp.msg {
+                    Some(session_response::Msg::Decision(d)) => assert!(d.allow, "{}", d.reason),
+                    other => panic!("unexpected answer: {other:?}"),
+                }
+            }
+            start.elapsed()
+        })
+    };
+    round_trip(1000);
+    let mut g = c.benchmark_group("session_round_trip");
+    g.sample_size(30).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
+    g.bench_function("unix_socket/batched", |b| b.iter_custom(&mut round_trip));
+    g.finish();
+    drop(tx);
+    drop(responses);
+    drop(server);
+}
+
+criterion_group!(benches, bench_policy, bench_audit, bench_decide, bench_session);
+criterion_main!(benches);

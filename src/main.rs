@@ -1,1 +1,68 @@
-fn main() {}
+//! `cordon`: run untrusted tools under a syscall broker. This file only parses
+//! arguments, sets up logging and maps results to exit codes; the work is in
+//! the `cordon-broker` and `cordon-shim` libraries.
+
+#![forbid(unsafe_code)]
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for a negative answer: a denial, a failed check or verify.
+pub const EXIT_NEGATIVE: u8 = 1;
+/// Exit status for bad usage.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cordon",
+    version,
+    about = "Run untrusted tools under a seccomp syscall broker with Rego policies and a tamper-evident audit log",
+    long_about = "Cordon stops a sandboxed tool's sensitive syscalls (opens, connects, sends, execs) in the kernel, \
+asks a broker that evaluates Rego policies, and records every decision in a hash-chained audit store.",
+    after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy policies/ --audit-db /var/lib/cordon/audit\n  cordon audit --decision deny --since 1h\n  cordon policy eval --policy policies/ --input request.json"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = cmd::LogFormat::Text)]
+    log_format: cmd::LogFormat,
+    /// Log filter, e.g. `info` or `cordon_broker=debug` (RUST_LOG also works).
+    #[arg(long, global = true, env = "CORDON_LOG", default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Serve(cmd::serve::ServeArgs),
+    Audit(cmd::audit::AuditArgs),
+    /// Evaluate and check policies without a broker.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.log_level == "warn" && matches!(cli.command, Command::Serve(_)) {
+        "info".to_owned()
+    } else {
+        cli.log_level.clone()
+    };
+    cmd::init_logging(cli.log_format, &level);
+    let result = match cli.command {
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Audit(args) => cmd::audit::run(args),
+        Command::Policy(c) => cmd::policy::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = if e.downcast_ref::<cmd::UsageError>().is_some() { EXIT_USAGE } else { EXIT_NEGATIVE };
+            eprintln!("cordon: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod client;
 pub mod decide;
 pub mod errno;
 pub mod policy;

@@ -81,7 +81,8 @@ pub enum PolicySource {
     /// `policies/default.rego`, compiled into the binary.
     Builtin,
     /// Files and directories (`.rego`, `.json`, `.yaml`/`.yml`; directories
-    /// are walked recursively; `*_test.rego` files are skipped).
+    /// are walked recursively; `*_test.rego` files, hidden entries and
+    /// `cases/` or `testdata/` fixture directories are skipped).
     Paths(Vec<PathBuf>),
 }
 
@@ -181,6 +182,10 @@ impl SourceSet {
                 let ft = std::fs::metadata(&path)
                     .map_err(|e| PolicyError::Io { path: path.clone(), source: e })?;
                 if ft.is_dir() {
+                    // Test fixtures live beside policies; they are not data.
+                    if matches!(name.as_str(), "cases" | "testdata") {
+                        continue;
+                    }
                     let mut p = prefix.clone();
                     p.push(name);
                     stack.push((path, p));

@@ -1,0 +1,83 @@
+//! Connecting to a broker by URI: `unix:///path/to.sock`, `http://host:port`
+//! (and `https://` when built with TLS).
+
+use std::path::PathBuf;
+
+use cordon_proto::v1::broker_client::BrokerClient;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::service::MAX_MESSAGE_BYTES;
+
+/// A failure to reach a broker.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("broker URI {0:?} is not unix:///PATH, http://HOST:PORT or https://HOST:PORT")]
+    BadUri(String),
+    #[error("cannot connect to the broker at {uri}: {message}")]
+    Connect { uri: String, message: String },
+}
+
+/// A parsed broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerUri {
+    Unix(PathBuf),
+    Http(String),
+}
+
+impl std::str::FromStr for BrokerUri {
+    type Err = ConnectError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.starts_with('/') {
+                return Ok(BrokerUri::Unix(PathBuf::from(path)));
+            }
+        } else if (s.starts_with("http://") || s.starts_with("https://")) && s.parse::<Uri>().is_ok() {
+            return Ok(BrokerUri::Http(s.to_owned()));
+        }
+        Err(ConnectError::BadUri(s.to_owned()))
+    }
+}
+
+/// Opens a channel to the broker.
+pub async fn connect(uri: &BrokerUri) -> Result<BrokerClient<Channel>, ConnectError> {
+    let fail = |message: String| ConnectError::Connect {
+        uri: match uri {
+            BrokerUri::Unix(p) => format!("unix://{}", p.display()),
+            BrokerUri::Http(h) => h.clone(),
+        },
+        message,
+    };
+    let channel = match uri {
+        BrokerUri::Unix(path) => {
+            let path = path.clone();
+            // The URI is required by the API but unused: the connector dials the socket.
+            Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+                }))
+                .await
+                .map_err(|e| fail(error_chain(&e)))?
+        }
+        BrokerUri::Http(h) => Endpoint::from_shared(h.clone())
+            .map_err(|e| fail(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| fail(error_chain(&e)))?,
+    };
+    Ok(BrokerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,324 @@
+//! `cordon audit` and `cordon audit verify`: read and check the decision log,
+//! from the store directly (`--db`) or through a running broker (`--broker`).
+
+use std::{collections::BTreeMap, io::Write, path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+use cordon_broker::{
+    audit::{AuditFilter, AuditLog, AuditRecord, Durability, SledAudit, VerifyReport},
+    client::{self, BrokerUri},
+    proto::{DecisionFilter, QueryAuditRequest, VerifyAuditRequest},
+};
+
+use super::{parse_label, parse_time, usage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecisionArg {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindArg {
+    File,
+    Network,
+    Exec,
+    Lifecycle,
+}
+
+/// Where to read the audit log from.
+#[derive(Debug, clap::Args)]
+pub struct Source {
+    /// Audit store directory (the broker must not be running on it). Default: ${XDG_STATE_HOME:-~/.local/state}/cordon/audit.
+    #[arg(long, value_name = "DIR", conflicts_with = "broker", global = true)]
+    db: Option<PathBuf>,
+    /// Ask a running broker instead: unix:///PATH or http://HOST:PORT.
+    #[arg(long, value_name = "URI", global = true)]
+    broker: Option<String>,
+}
+
+/// Query the decision log; `cordon audit verify` checks its hash chain.
+#[derive(Debug, clap::Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  cordon audit --decision deny --since 1h\n  cordon audit --broker unix:///run/cordon/broker.sock --follow --format json\n  cordon audit --sandbox 0193f5c2-... --kind file --path-prefix /home --format csv\n  cordon audit verify --db /var/lib/cordon/audit\n\n--format json prints one JSON object per line (JSON Lines), each with every field of the record."
+)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    verify: Option<AuditCommand>,
+    #[command(flatten)]
+    source: Source,
+    /// Records at or after this time: a duration ago (15m, 2h) or an RFC 3339 time.
+    #[arg(long, value_name = "DUR|TIME")]
+    since: Option<String>,
+    /// Records at or before this time.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only this sandbox.
+    #[arg(long, value_name = "ID")]
+    sandbox: Option<String>,
+    /// Only records with this label; repeatable (all must match).
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    label: Vec<(String, String)>,
+    /// Only this syscall (openat, connect, execve, ...).
+    #[arg(long, value_name = "NAME")]
+    syscall: Option<String>,
+    #[arg(long, value_enum)]
+    kind: Option<KindArg>,
+    #[arg(long, value_enum)]
+    decision: Option<DecisionArg>,
+    /// Only records whose path starts with this.
+    #[arg(long, value_name = "P")]
+    path_prefix: Option<String>,
+    /// At most this many records.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// Only records after this sequence number (to resume).
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    after_seq: u64,
+    /// Keep running and print new records as they are written (needs --broker).
+    #[arg(long)]
+    follow: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; names the first altered or missing record. Exit 1 if broken.
+    #[command(after_help = "Examples:\n  cordon audit verify --db /var/lib/cordon/audit\n  cordon audit verify --broker unix:///run/cordon/broker.sock --format json")]
+    Verify {
+        #[arg(long, value_enum, default_value_t = VerifyFormat::Text)]
+        format: VerifyFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyFormat {
+    Text,
+    Json,
+}
+
+pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    match args.verify {
+        Some(AuditCommand::Verify { format }) => verify(&args.source, format),
+        None => query(args),
+    }
+}
+
+fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
+    let db = db.cloned().unwrap_or_else(super::default_audit_db);
+    if !db.exists() {
+        anyhow::bail!("no audit store at {}", db.display());
+    }
+    SledAudit::open(&db, Durability::Strict).map(Arc::new).with_context(|| {
+        "the store may be in use by a running broker; query it with --broker".to_string()
+    })
+}
+
+fn broker_uri(s: &str) -> anyhow::Result<BrokerUri> {
+    s.parse::<BrokerUri>().map_err(|e| usage(e.to_string()))
+}
+
+fn verify(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
+    let report = match &source.broker {
+        Some(uri) => {
+            let uri = broker_uri(uri)?;
+            super::runtime()?.block_on(async {
+                let mut c = client::connect(&uri).await?;
+                let r = c.verify_audit(VerifyAuditRequest {}).await?.into_inner();
+                anyhow::Ok(VerifyReport {
+                    ok: r.ok,
+                    records_checked: r.records_checked,
+                    first_bad_seq: r.first_bad_seq,
+                    problem: r.problem,
+                    head_hash: String::new(),
+                })
+            })?
+        }
+        None => open_local(source.db.as_ref())?.verify()?,
+    };
+    match format {
+        VerifyFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        VerifyFormat::Text if report.ok => {
+            println!("ok: {} records, hash chain intact", report.records_checked);
+            if !report.head_hash.is_empty() {
+                println!("head: {}", report.head_hash);
+            }
+        }
+        VerifyFormat::Text => {
+            eprintln!("cordon: audit chain broken at record {}: {}", report.first_bad_seq, report.problem);
+            println!("{} records intact before record {}", report.records_checked, report.first_bad_seq);
+        }
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_NEGATIVE) })
+}
+
+fn filter_of(args: &AuditArgs) -> anyhow::Result<AuditFilter> {
+    Ok(AuditFilter {
+        since_ns: args.since.as_deref().map(parse_time).transpose()?,
+        until_ns: args.until.as_deref().map(parse_time).transpose()?,
+        sandbox_id: args.sandbox.clone(),
+        labels: args.label.iter().cloned().collect::<BTreeMap<_, _>>(),
+        syscall: args.syscall.clone(),
+        kind: args.kind.map(|k| format!("{k:?}").to_lowercase()),
+        decision: args.decision.map(|d| d == DecisionArg::Allow),
+        path_prefix: args.path_prefix.clone(),
+        limit: args.limit,
+        after_seq: args.after_seq,
+    })
+}
+
+fn query(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let filter = filter_of(&args)?;
+    let mut out = Printer::new(args.format);
+    match &args.source.broker {
+        None => {
+            if args.follow {
+                return Err(usage("--follow needs --broker: only a running broker has new records"));
+            }
+            let store = open_local(args.source.db.as_ref())?;
+            let mut err = None;
+            store.scan(&filter, &mut |r| match out.print(&r) {
+                Ok(()) => true,
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            })?;
+            if let Some(e) = err {
+                return broken_pipe_ok(e);
+            }
+        }
+        Some(uri) => {
+            let uri = broker_uri(uri)?;
+            let req = QueryAuditRequest {
+                since_unix_ns: filter.since_ns.unwrap_or(0),
+                until_unix_ns: filter.until_ns.unwrap_or(0),
+                sandbox_id: filter.sandbox_id.clone().unwrap_or_default(),
+                labels: filter.labels.clone().into_iter().collect(),
+                syscall: filter.syscall.clone().unwrap_or_default(),
+                kind: filter.kind.clone().unwrap_or_default(),
+                decision: match filter.decision {
+                    None => DecisionFilter::Any,
+                    Some(true) => DecisionFilter::Allow,
+                    Some(false) => DecisionFilter::Deny,
+                } as i32,
+                path_prefix: filter.path_prefix.clone().unwrap_or_default().into_bytes(),
+                limit: filter.limit.unwrap_or(0),
+                follow: args.follow,
+                after_seq: filter.after_seq,
+            };
+            let result: anyhow::Result<()> = super::runtime()?.block_on(async {
+                let mut c = client::connect(&uri).await?;
+                let mut stream = c.query_audit(req).await?.into_inner();
+                while let Some(rec) = stream.message().await? {
+                    let r: AuditRecord = serde_json::from_str(&rec.json)
+                        .with_context(|| format!("record {} from the broker is not valid JSON", rec.seq))?;
+                    out.print(&r)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                return broken_pipe_ok(e);
+            }
+        }
+    }
+    out.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cordon audit | head` closes the pipe early: that is not an error.
+fn broken_pipe_ok(e: anyhow::Error) -> anyhow::Result<ExitCode> {
+    match e.downcast_ref::<std::io::Error>() {
+        Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        _ => Err(e),
+    }
+}
+
+fn subject(r: &AuditRecord) -> String {
+    match (&r.path, &r.address, &r.argv) {
+        (_, Some(a), _) => format!("{a}:{}", r.port.unwrap_or(0)),
+        (Some(p), _, Some(argv)) if r.kind == "exec" => format!("{p} {}", argv.join(" ")),
+        (Some(p), _, _) => p.clone(),
+        (None, None, Some(argv)) => argv.join(" "),
+        _ => String::new(),
+    }
+}
+
+struct Printer {
+    format: Format,
+    out: std::io::BufWriter<std::io::Stdout>,
+    csv: Option<csv::Writer<std::io::Stdout>>,
+    header_done: bool,
+}
+
+const CSV_HEADER: [&str; 20] = [
+    "seq", "id", "time", "event", "sandbox_id", "labels", "pid", "exe", "syscall", "kind", "path",
+    "address", "port", "argv", "allow", "errno", "reason", "policy_revision", "latency_us", "hash",
+];
+
+impl Printer {
+    fn new(format: Format) -> Self {
+        Self {
+            format,
+            out: std::io::BufWriter::new(std::io::stdout()),
+            csv: (format == Format::Csv).then(|| csv::Writer::from_writer(std::io::stdout())),
+            header_done: false,
+        }
+    }
+
+    fn print(&mut self, r: &AuditRecord) -> anyhow::Result<()> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, r)?;
+                self.out.write_all(b"\n")?;
+                self.out.flush()?;
+            }
+            Format::Csv => {
+                let w = self.csv.as_mut().context("csv writer")?;
+                if !self.header_done {
+                    w.write_record(CSV_HEADER)?;
+                    self.header_done = true;
+                }
+                let labels = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                w.write_record([
+                    r.seq.to_string(), r.id.clone(), r.time.clone(), r.event.clone(), r.sandbox_id.clone(), labels,
+                    r.pid.to_string(), r.exe.clone(), r.syscall.clone(), r.kind.clone(), r.path.clone().unwrap_or_default(),
+                    r.address.clone().unwrap_or_default(), r.port.map(|p| p.to_string()).unwrap_or_default(),
+                    r.argv.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default()).unwrap_or_default(),
+                    r.allow.to_string(), r.errno.clone(), r.reason.clone(), r.policy_revision.clone(),
+                    r.latency_us.to_string(), r.hash.clone(),
+                ])?;
+                w.flush()?;
+            }
+            Format::Table => {
+                if !self.header_done {
+                    writeln!(self.out, "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<5}  {:<6}  SUBJECT / REASON", "SEQ", "TIME", "SANDBOX", "PID", "SYSCALL", "ALLOW", "ERRNO")?;
+                    self.header_done = true;
+                }
+                let sandbox: String = r.sandbox_id.chars().take(20).collect();
+                let syscall = if r.syscall.is_empty() { r.event.as_str() } else { r.syscall.as_str() };
+                writeln!(
+                    self.out,
+                    "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<5}  {:<6}  {}  ({})",
+                    r.seq, r.time, sandbox, r.pid, syscall, if r.allow { "allow" } else { "deny" }, r.errno, subject(r), r.reason
+                )?;
+                self.out.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.out.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! The subcommands, one module each, and what they share: logging, default
+//! paths, time parsing and the usage-error type (exit status 2).
+
+pub mod audit;
+pub mod policy;
+pub mod serve;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// An error in how cordon was called: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr; `--log-format json` for machine consumption.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `${XDG_STATE_HOME:-~/.local/state}/cordon/audit`.
+pub fn default_audit_db() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/".into());
+            home.join(".local/state")
+        });
+    state.join("cordon/audit")
+}
+
+/// `unix:///run/cordon/broker.sock` for root, else under `$XDG_RUNTIME_DIR`.
+pub fn default_socket() -> String {
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|_| !is_root) {
+        Some(dir) => format!("unix://{}/cordon/broker.sock", PathBuf::from(dir).display()),
+        None => "unix:///run/cordon/broker.sock".into(),
+    }
+}
+
+/// A point in time given as a duration ago (`15m`, `2h`) or an RFC 3339 time.
+pub fn parse_time(s: &str) -> Result<i64, anyhow::Error> {
+    let t = if let Ok(d) = humantime::parse_duration(s) {
+        SystemTime::now().checked_sub(d).unwrap_or(UNIX_EPOCH)
+    } else {
+        humantime::parse_rfc3339_weak(s).map_err(|_| {
+            usage(format!("{s:?} is neither a duration (like 15m) nor a time (like 2026-11-22T10:00:00Z)"))
+        })?
+    };
+    Ok(t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos() as i64)
+}
+
+/// `K=V` for labels.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// A runtime for the async parts of a command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,135 @@
+//! `cordon serve`: the broker as a daemon.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use cordon_broker::{
+    Broker,
+    audit::{Durability, SledAudit},
+    client::BrokerUri,
+    policy::{EngineChoice, PolicyEngine, PolicyOptions, PolicySource},
+    service::{self, AccessPolicy},
+};
+
+use super::usage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityArg {
+    /// Answer only after the decision's record is flushed (concurrent decisions share a flush).
+    Strict,
+    /// Answer once the record is stored; flush in groups within --flush-window.
+    Batched,
+}
+
+/// Run the broker: answer decisions over gRPC and record them.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit is refused and the previous revision kept.\nSIGINT/SIGTERM stop the broker after flushing the audit store.")]
+pub struct ServeArgs {
+    /// Where to listen: unix:///PATH (tcp://HOST:PORT needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "URI")]
+    listen: Vec<String>,
+    /// Policy file or directory (.rego, .json, .yaml); repeatable. Default: the built-in policy.
+    #[arg(long, value_name = "PATH")]
+    policy: Vec<PathBuf>,
+    /// Audit store directory. Default: ${XDG_STATE_HOME:-~/.local/state}/cordon/audit.
+    #[arg(long, value_name = "DIR")]
+    audit_db: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Batched)]
+    durability: DurabilityArg,
+    /// Longest time a batched record waits for its flush.
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = humantime::parse_duration)]
+    flush_window: Duration,
+    /// An evaluation running longer than this is a denial.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = humantime::parse_duration)]
+    eval_timeout: Duration,
+    /// Evaluate with the interpreter instead of the compiled VM.
+    #[arg(long)]
+    interpreter: bool,
+    /// A uid allowed to call the broker; repeatable. Default: the broker's own uid and root.
+    #[arg(long, value_name = "UID")]
+    allow_uid: Vec<u32>,
+    /// How often to look for policy file changes.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    watch_interval: Duration,
+    /// TLS certificate (PEM) for a tcp:// listener.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for a tcp:// listener.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let listens = if args.listen.is_empty() { vec![super::default_socket()] } else { args.listen.clone() };
+    let mut sockets = Vec::new();
+    for l in &listens {
+        if l.starts_with("tcp://") {
+            if args.tls_cert.is_none() || args.tls_key.is_none() {
+                return Err(usage(format!("{l}: TCP listening requires --tls-cert and --tls-key")));
+            }
+            anyhow::bail!("{l}: this build of cordon has no TLS support; listen on a unix:// socket");
+        }
+        match l.parse::<BrokerUri>() {
+            Ok(BrokerUri::Unix(p)) => sockets.push(p),
+            _ => return Err(usage(format!("--listen {l:?} is not unix:///PATH or tcp://HOST:PORT"))),
+        }
+    }
+    let source = if args.policy.is_empty() { PolicySource::Builtin } else { PolicySource::Paths(args.policy.clone()) };
+    let opts = PolicyOptions {
+        eval_timeout: args.eval_timeout,
+        engine: if args.interpreter { EngineChoice::Interpreter } else { EngineChoice::Auto },
+    };
+    let policy = Arc::new(PolicyEngine::new(source, opts).context("cannot load the policy")?);
+    policy.watch(args.watch_interval);
+    let durability = match args.durability {
+        DurabilityArg::Strict => Durability::Strict,
+        DurabilityArg::Batched => Durability::Batched { window: args.flush_window },
+    };
+    let db = args.audit_db.clone().unwrap_or_else(super::default_audit_db);
+    if let Some(parent) = db.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let audit = Arc::new(SledAudit::open(&db, durability)?);
+    let broker = Broker::new(policy.clone(), audit.clone());
+    let access = if args.allow_uid.is_empty() {
+        AccessPolicy::default()
+    } else {
+        AccessPolicy { allowed_uids: args.allow_uid.clone() }
+    };
+    let rt = super::runtime()?;
+    rt.block_on(async move {
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut servers = Vec::new();
+        for path in &sockets {
+            let listener = service::bind_unix(path)?;
+            tracing::info!(socket = %path.display(), audit_db = %db.display(), revision = %policy.current().revision(),
+                durability = ?durability, uids = ?access.allowed_uids, "broker listening");
+            let mut stop = stop_tx.subscribe();
+            servers.push(tokio::spawn(service::serve_unix(
+                broker.clone(),
+                durability,
+                access.clone(),
+                listener,
+                async move {
+                    let _ = stop.recv().await;
+                },
+            )));
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(());
+        for s in servers {
+            s.await??;
+        }
+        for path in &sockets {
+            let _ = std::fs::remove_file(path);
+        }
+        anyhow::Ok(())
+    })?;
+    cordon_broker::audit::AuditLog::flush(audit.as_ref()).context("final audit flush failed")?;
+    Ok(ExitCode::SUCCESS)
+}
