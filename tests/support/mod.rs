@@ -1,0 +1,198 @@
+//! Shared fixtures for the end-to-end tests: a real `cordon serve` process on
+//! a Unix socket in a temporary directory, and request builders.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cordon_broker::{
+    client::{self, BrokerUri},
+    proto::{
+        DecideRequest, ExecAccess, FileAccess, NetworkAccess, Process, Sandbox, broker_client::BrokerClient,
+        decide_request::Subject,
+    },
+};
+use tonic::transport::Channel;
+
+/// The `cordon` binary under test.
+pub fn cordon() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cordon"))
+}
+
+/// A `cordon serve` child process with its own socket, policy dir and audit DB.
+pub struct Serve {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub db: PathBuf,
+    pub policy: PathBuf,
+    pub extra: Vec<String>,
+}
+
+pub const ALLOW_ALL_BUT_TMP: &str = r#"package cordon
+
+allow if input.kind == "file"
+allow if input.kind == "network"
+
+deny contains "writes to /etc are never allowed" if {
+    input.kind == "file"
+    startswith(input.file.path, "/etc/")
+    "write" in input.file.access
+}
+
+errno := "EPERM" if startswith(input.file.path, "/secret/")
+deny contains "secret" if startswith(input.file.path, "/secret/")
+
+"#;
+
+impl Serve {
+    /// Starts a broker with `policy` as `p.rego` in its policy directory.
+    pub fn start(policy: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_dir = dir.path().join("policy");
+        std::fs::create_dir(&policy_dir).unwrap();
+        std::fs::write(policy_dir.join("p.rego"), policy).unwrap();
+        let mut s = Serve {
+            child: None,
+            socket: dir.path().join("run/broker.sock"),
+            db: dir.path().join("audit"),
+            policy: policy_dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn uri(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
+        let child = cordon()
+            .args(["serve", "--listen", &self.uri(), "--audit-db"])
+            .arg(&self.db)
+            .arg("--policy")
+            .arg(&self.policy)
+            .args(["--eval-timeout", "20ms", "--watch-interval", "100ms"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("cordon serve exited with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cordon serve did not start listening:\n{}", self.log());
+    }
+
+    /// SIGKILL: no flush, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let status = c.wait().unwrap();
+            assert!(status.success(), "cordon serve exited with {status}:\n{}", self.log());
+        }
+    }
+
+    pub async fn client(&self) -> BrokerClient<Channel> {
+        client::connect(&self.uri().parse::<BrokerUri>().unwrap()).await.unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn sandbox(id: &str, tool: &str) -> Option<Sandbox> {
+    Some(Sandbox {
+        id: id.into(),
+        labels: [("tool".to_string(), tool.to_string())].into_iter().collect(),
+        workdir: b"/home/agent/job".to_vec(),
+        tmpdir: b"/tmp/cordon-test".to_vec(),
+    })
+}
+
+pub fn process() -> Option<Process> {
+    Some(Process { pid: 4242, ppid: 4241, uid: 1000, gid: 1000, exe: b"/usr/bin/python3".to_vec(), cwd: b"/home/agent/job".to_vec(), comm: "python3".into() })
+}
+
+pub fn file_request(id: u64, path: &[u8], access: &[&str]) -> DecideRequest {
+    DecideRequest {
+        request_id: id,
+        sandbox: sandbox("sb-1", "test"),
+        process: process(),
+        syscall: "openat".into(),
+        subject: Some(Subject::File(FileAccess {
+            path: path.to_vec(),
+            access: access.iter().map(|s| s.to_string()).collect(),
+            create: access.contains(&"write"),
+            truncate: false,
+            flags: vec!["O_RDONLY".into()],
+        })),
+    }
+}
+
+pub fn connect_request(id: u64, address: &str, port: u32) -> DecideRequest {
+    DecideRequest {
+        request_id: id,
+        sandbox: sandbox("sb-2", "web-fetch"),
+        process: process(),
+        syscall: "connect".into(),
+        subject: Some(Subject::Network(NetworkAccess {
+            op: "connect".into(),
+            family: if address.contains(':') { "inet6" } else { "inet" }.into(),
+            protocol: "tcp".into(),
+            address: address.into(),
+            port,
+            ..Default::default()
+        })),
+    }
+}
+
+pub fn exec_request(id: u64, path: &str, argv: &[&str]) -> DecideRequest {
+    DecideRequest {
+        request_id: id,
+        sandbox: sandbox("sb-3", "shell"),
+        process: process(),
+        syscall: "execve".into(),
+        subject: Some(Subject::Exec(ExecAccess { path: path.as_bytes().to_vec(), argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect() })),
+    }
+}
+
+/// Runs `cordon` with args and returns (exit code, stdout, stderr).
+pub fn run_cordon(args: &[&str]) -> (i32, String, String) {
+    let out = cordon().args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
