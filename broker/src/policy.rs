@@ -489,6 +489,9 @@ impl LoadedPolicy {
                 machine.load_program(t.program.clone());
                 machine.set_data(self.data.clone()).map_err(|e| e.to_string())?;
                 machine.set_execution_timer_config(Some(self.timer));
+                // The VM's default budget of 25,000 instructions would deny
+                // legitimate large policies; the time limit bounds the cost.
+                machine.set_max_instructions(usize::MAX);
                 Ok(Evaluator::Vm(Box::new(machine)))
             }
             _ => Ok(Evaluator::Interpreter(Box::new(self.interpreter.clone()))),
