@@ -60,7 +60,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let code = if e.downcast_ref::<cmd::UsageError>().is_some() { EXIT_USAGE } else { EXIT_NEGATIVE };
+            let code = if e.downcast_ref::<cmd::UsageError>().is_some() {
+                EXIT_USAGE
+            } else {
+                EXIT_NEGATIVE
+            };
             eprintln!("cordon: {e:#}");
             ExitCode::from(code)
         }

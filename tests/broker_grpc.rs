@@ -6,14 +6,21 @@ mod support;
 use std::{os::unix::fs::PermissionsExt, process::Command, time::Duration};
 
 use cordon_broker::proto::{
-    DecideRequest, PolicyStatusRequest, QueryAuditRequest, ReloadPolicyRequest, SessionRequest, session_request,
-    session_response,
+    DecideRequest, PolicyStatusRequest, QueryAuditRequest, ReloadPolicyRequest, SessionRequest,
+    session_request, session_response,
 };
 use support::*;
 use tokio_stream::StreamExt;
 
 async fn decide(s: &Serve, req: DecideRequest) -> cordon_broker::proto::Decision {
-    s.client().await.decide(req).await.unwrap().into_inner().decision.unwrap()
+    s.client()
+        .await
+        .decide(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +40,10 @@ async fn decides_allow_deny_errno_and_override() {
     // The policy names its errno.
     let d = decide(&s, file_request(3, b"/secret/key", &["read"])).await;
     assert!(!d.allow);
-    assert_eq!((d.errno.as_str(), d.errno_code, d.reason.as_str()), ("EPERM", 1, "secret"));
+    assert_eq!(
+        (d.errno.as_str(), d.errno_code, d.reason.as_str()),
+        ("EPERM", 1, "secret")
+    );
 
     // Default deny: no allow rule for exec.
     let d = decide(&s, exec_request(4, "/usr/bin/git", &["git", "status"])).await;
@@ -51,11 +61,21 @@ async fn evaluation_timeout_denies() {
     let started = std::time::Instant::now();
     let d = decide(&s, file_request(1, b"/anything", &["read"])).await;
     assert!(!d.allow);
-    assert!(d.reason.starts_with("policy evaluation timed out"), "{}", d.reason);
+    assert!(
+        d.reason.starts_with("policy evaluation timed out"),
+        "{}",
+        d.reason
+    );
     assert_eq!(d.errno, "EACCES");
     assert!(started.elapsed() < Duration::from_secs(5));
     // The timeout is recorded like any decision.
-    let mut stream = s.client().await.query_audit(QueryAuditRequest::default()).await.unwrap().into_inner();
+    let mut stream = s
+        .client()
+        .await
+        .query_audit(QueryAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let rec = stream.next().await.unwrap().unwrap();
     assert!(!rec.allow && rec.reason.starts_with("policy evaluation timed out"));
 }
@@ -66,19 +86,39 @@ async fn malformed_requests_are_invalid_argument() {
     let mut c = s.client().await;
     let cases: Vec<(DecideRequest, &str)> = vec![
         (file_request(1, b"relative/path", &["read"]), "not absolute"),
-        (file_request(2, &[b"/".as_slice(), &[b'a'; 5000]].concat(), &["read"]), "PATH_MAX"),
+        (
+            file_request(2, &[b"/".as_slice(), &[b'a'; 5000]].concat(), &["read"]),
+            "PATH_MAX",
+        ),
         (file_request(3, b"/x", &["execute"]), "file.access"),
-        (DecideRequest { syscall: "openat".into(), ..Default::default() }, "one of file, network or exec"),
+        (
+            DecideRequest {
+                syscall: "openat".into(),
+                ..Default::default()
+            },
+            "one of file, network or exec",
+        ),
         (connect_request(5, "not-an-ip", 80), "not an IP address"),
         (connect_request(6, "10.0.0.1", 70000), "out of range"),
     ];
     for (req, needle) in cases {
         let err = c.decide(req).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-        assert!(err.message().contains(needle), "{:?} should mention {needle:?}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{:?} should mention {needle:?}",
+            err.message()
+        );
     }
     // Nothing malformed reached the audit store.
-    let n = c.query_audit(QueryAuditRequest::default()).await.unwrap().into_inner().collect::<Vec<_>>().await.len();
+    let n = c
+        .query_audit(QueryAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await
+        .len();
     assert_eq!(n, 0);
 }
 
@@ -86,13 +126,37 @@ async fn malformed_requests_are_invalid_argument() {
 async fn session_stream_answers_by_request_id() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut answers = s.client().await.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut answers = s
+        .client()
+        .await
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     for i in 0..50u64 {
-        let req = if i % 2 == 0 { file_request(i, b"/etc/hosts", &["read"]) } else { file_request(i, b"/etc/passwd", &["write"]) };
-        tx.send(SessionRequest { request_id: i, msg: Some(session_request::Msg::Decide(req)) }).await.unwrap();
+        let req = if i % 2 == 0 {
+            file_request(i, b"/etc/hosts", &["read"])
+        } else {
+            file_request(i, b"/etc/passwd", &["write"])
+        };
+        tx.send(SessionRequest {
+            request_id: i,
+            msg: Some(session_request::Msg::Decide(req)),
+        })
+        .await
+        .unwrap();
     }
     // A malformed request gets an error answer, not a broken stream.
-    tx.send(SessionRequest { request_id: 999, msg: Some(session_request::Msg::Decide(file_request(999, b"x", &["read"]))) }).await.unwrap();
+    tx.send(SessionRequest {
+        request_id: 999,
+        msg: Some(session_request::Msg::Decide(file_request(
+            999,
+            b"x",
+            &["read"],
+        ))),
+    })
+    .await
+    .unwrap();
     let mut seen = std::collections::BTreeMap::new();
     while seen.len() < 51 {
         let r = answers.next().await.unwrap().unwrap();
@@ -100,7 +164,9 @@ async fn session_stream_answers_by_request_id() {
     }
     for i in 0..50u64 {
         match &seen[&i] {
-            session_response::Msg::Decision(d) => assert_eq!(d.allow, i % 2 == 0, "request {i}: {}", d.reason),
+            session_response::Msg::Decision(d) => {
+                assert_eq!(d.allow, i % 2 == 0, "request {i}: {}", d.reason)
+            }
             other => panic!("request {i}: {other:?}"),
         }
     }
@@ -125,7 +191,10 @@ fn socket_is_0660_and_sandboxed_or_foreign_callers_are_refused() {
 
     // The same client under a seccomp filter is refused.
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/under_seccomp.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/under_seccomp.py"
+        ))
         .arg(env!("CARGO_BIN_EXE_cordon"))
         .args(["audit", "verify", "--broker", &s.uri()])
         .output()
@@ -170,35 +239,70 @@ fn allow_uid_admits_another_user() {
         .args(["audit", "verify", "--broker", &s.uri()])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_refuses_broken_edit_and_applies_good_one() {
     let s = Serve::start("package cordon\nallow := true\n", &[]);
     let mut c = s.client().await;
-    let rev1 = c.policy_status(PolicyStatusRequest {}).await.unwrap().into_inner().revision;
+    let rev1 = c
+        .policy_status(PolicyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
     let d1 = decide(&s, file_request(1, b"/a", &["read"])).await;
     assert!(d1.allow);
     assert_eq!(d1.policy_revision, rev1);
 
     // A broken edit: refused with file:line:col, the old revision keeps serving.
-    std::fs::write(s.policy.join("p.rego"), "package cordon\nallow := true\ndeny contains x if {\n  x := \n}\n").unwrap();
+    std::fs::write(
+        s.policy.join("p.rego"),
+        "package cordon\nallow := true\ndeny contains x if {\n  x := \n}\n",
+    )
+    .unwrap();
     let err = c.reload_policy(ReloadPolicyRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let want = format!("{}:4:5:", s.policy.join("p.rego").display());
-    assert!(err.message().starts_with(&want), "{} should start with {want}", err.message());
-    let status = c.policy_status(PolicyStatusRequest {}).await.unwrap().into_inner();
+    assert!(
+        err.message().starts_with(&want),
+        "{} should start with {want}",
+        err.message()
+    );
+    let status = c
+        .policy_status(PolicyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.revision, rev1);
-    assert!(status.last_error.contains("p.rego:4:5"), "{}", status.last_error);
+    assert!(
+        status.last_error.contains("p.rego:4:5"),
+        "{}",
+        status.last_error
+    );
     assert!(decide(&s, file_request(2, b"/a", &["read"])).await.allow);
 
     // A good edit, picked up by the file watcher without a ReloadPolicy call.
-    std::fs::write(s.policy.join("p.rego"), "package cordon\nallow if input.file.path != \"/a\"\n").unwrap();
+    std::fs::write(
+        s.policy.join("p.rego"),
+        "package cordon\nallow if input.file.path != \"/a\"\n",
+    )
+    .unwrap();
     let mut rev2 = rev1.clone();
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        rev2 = c.policy_status(PolicyStatusRequest {}).await.unwrap().into_inner().revision;
+        rev2 = c
+            .policy_status(PolicyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .revision;
         if rev2 != rev1 {
             break;
         }
@@ -208,8 +312,17 @@ async fn hot_reload_refuses_broken_edit_and_applies_good_one() {
     assert!(!d3.allow);
     assert_eq!(d3.policy_revision, rev2);
     // New audit records carry the new revision, old ones the old.
-    let records: Vec<_> = c.query_audit(QueryAuditRequest::default()).await.unwrap().into_inner().collect::<Vec<_>>().await;
-    let revs: Vec<String> = records.into_iter().map(|r| r.unwrap().policy_revision).collect();
+    let records: Vec<_> = c
+        .query_audit(QueryAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await;
+    let revs: Vec<String> = records
+        .into_iter()
+        .map(|r| r.unwrap().policy_revision)
+        .collect();
     assert_eq!(revs, vec![rev1.clone(), rev1, rev2]);
 }
 
@@ -219,20 +332,31 @@ fn health_is_served() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let uri: cordon_broker::client::BrokerUri = s.uri().parse().unwrap();
-        let cordon_broker::client::BrokerUri::Unix(path) = uri else { unreachable!() };
+        let cordon_broker::client::BrokerUri::Unix(path) = uri else {
+            unreachable!()
+        };
         let channel = tonic::transport::Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_| {
                 let path = path.clone();
-                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
             }))
             .await
             .unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let r = health
-            .check(tonic_health::pb::HealthCheckRequest { service: "cordon.v1.Broker".into() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "cordon.v1.Broker".into(),
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
     });
 }

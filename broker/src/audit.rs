@@ -69,7 +69,9 @@ pub enum Durability {
 
 impl Default for Durability {
     fn default() -> Self {
-        Durability::Batched { window: Duration::from_millis(10) }
+        Durability::Batched {
+            window: Duration::from_millis(10),
+        }
     }
 }
 
@@ -153,8 +155,13 @@ impl AuditFilter {
             && self.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
             && self.syscall.as_ref().is_none_or(|s| &r.syscall == s)
             && self.kind.as_ref().is_none_or(|k| &r.kind == k)
-            && self.decision.is_none_or(|d| r.event == "decision" && r.allow == d)
-            && self.path_prefix.as_ref().is_none_or(|p| r.path.as_ref().is_some_and(|rp| rp.starts_with(p.as_str())))
+            && self
+                .decision
+                .is_none_or(|d| r.event == "decision" && r.allow == d)
+            && self
+                .path_prefix
+                .as_ref()
+                .is_none_or(|p| r.path.as_ref().is_some_and(|rp| rp.starts_with(p.as_str())))
     }
 }
 
@@ -185,7 +192,11 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// Calls `each` for matching records in sequence order until it returns
     /// false or `limit` records were delivered. Returns the highest sequence
     /// number examined (a resume point).
-    fn scan(&self, filter: &AuditFilter, each: &mut dyn FnMut(AuditRecord) -> bool) -> Result<u64, AuditError>;
+    fn scan(
+        &self,
+        filter: &AuditFilter,
+        each: &mut dyn FnMut(AuditRecord) -> bool,
+    ) -> Result<u64, AuditError>;
     /// Walks the whole chain.
     fn verify(&self) -> Result<VerifyReport, AuditError>;
     /// Sequence number of the newest record (0 when empty).
@@ -259,16 +270,24 @@ fn seq_key(seq: u64) -> [u8; 8] {
 
 fn decode(seq: u64, value: &[u8]) -> Result<AuditRecord, AuditError> {
     if value.len() < 32 {
-        return Err(AuditError::Corrupt { seq, message: "value shorter than its hash".into() });
+        return Err(AuditError::Corrupt {
+            seq,
+            message: "value shorter than its hash".into(),
+        });
     }
-    let mut r: AuditRecord = serde_json::from_slice(&value[32..])
-        .map_err(|e| AuditError::Corrupt { seq, message: e.to_string() })?;
+    let mut r: AuditRecord =
+        serde_json::from_slice(&value[32..]).map_err(|e| AuditError::Corrupt {
+            seq,
+            message: e.to_string(),
+        })?;
     r.hash = hex::encode(&value[..32]);
     Ok(r)
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn format_time(ns: i64) -> String {
@@ -279,7 +298,10 @@ fn format_time(ns: i64) -> String {
 impl SledAudit {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, AuditError> {
-        let open_err = |source| AuditError::Open { path: dir.display().to_string(), source };
+        let open_err = |source| AuditError::Open {
+            path: dir.display().to_string(),
+            source,
+        };
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
@@ -306,10 +328,17 @@ impl SledAudit {
             records,
             index,
             meta,
-            chain: Mutex::new(Chain { next_seq, last_hash, last_time_ns }),
+            chain: Mutex::new(Chain {
+                next_seq,
+                last_hash,
+                last_time_ns,
+            }),
             pending_index: Mutex::new(Vec::new()),
             inserted_seq: AtomicU64::new(last),
-            flush: Mutex::new(FlushState { durable_seq: last, ..Default::default() }),
+            flush: Mutex::new(FlushState {
+                durable_seq: last,
+                ..Default::default()
+            }),
             flushed: Condvar::new(),
             dirty: Mutex::new(false),
             wake_flusher: Condvar::new(),
@@ -331,7 +360,10 @@ impl SledAudit {
             }
             Durability::Strict => None,
         };
-        Ok(Self { inner, flusher: Mutex::new(flusher) })
+        Ok(Self {
+            inner,
+            flusher: Mutex::new(flusher),
+        })
     }
 
     /// The durability mode in force.
@@ -344,7 +376,12 @@ impl Drop for SledAudit {
     fn drop(&mut self) {
         self.inner.shutdown.store(true, Ordering::SeqCst);
         self.inner.wake_flusher.notify_all();
-        if let Some(h) = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = h.join();
         }
         if let Err(e) = self.inner.flush_now() {
@@ -387,7 +424,8 @@ impl Inner {
             let chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
             (chain.next_seq - 1, chain.last_hash)
         };
-        let pending = std::mem::take(&mut *self.pending_index.lock().unwrap_or_else(|p| p.into_inner()));
+        let pending =
+            std::mem::take(&mut *self.pending_index.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(max) = pending.iter().map(|e| e.seq).max() {
             let mut batch = sled::Batch::default();
             for e in &pending {
@@ -404,9 +442,12 @@ impl Inner {
             self.meta.insert(INDEXED_KEY, &seq_key(max))?;
         }
         if target > 0 {
-            self.meta.insert(HEAD_KEY, [&seq_key(target)[..], &head_hash[..]].concat())?;
+            self.meta
+                .insert(HEAD_KEY, [&seq_key(target)[..], &head_hash[..]].concat())?;
         }
-        self.db.flush().map_err(|e| AuditError::Flush(e.to_string()))?;
+        self.db
+            .flush()
+            .map_err(|e| AuditError::Flush(e.to_string()))?;
         Ok(target)
     }
 
@@ -418,10 +459,10 @@ impl Inner {
             if st.durable_seq >= seq {
                 return Ok(());
             }
-            if let Some((upto, msg)) = &st.failed {
-                if *upto >= seq {
-                    return Err(AuditError::Flush(msg.clone()));
-                }
+            if let Some((upto, msg)) = &st.failed
+                && *upto >= seq
+            {
+                return Err(AuditError::Flush(msg.clone()));
             }
             if !st.flushing {
                 st.flushing = true;
@@ -455,7 +496,10 @@ impl Inner {
             {
                 let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
                 while !*dirty && !self.shutdown.load(Ordering::SeqCst) {
-                    dirty = self.wake_flusher.wait(dirty).unwrap_or_else(|p| p.into_inner());
+                    dirty = self
+                        .wake_flusher
+                        .wait(dirty)
+                        .unwrap_or_else(|p| p.into_inner());
                 }
                 *dirty = false;
             }
@@ -489,7 +533,10 @@ impl Inner {
             if let Some((_, msg)) = &st.failed {
                 return Err(AuditError::Flush(msg.clone()));
             }
-            let backlog = self.inserted_seq.load(Ordering::SeqCst).saturating_sub(st.durable_seq);
+            let backlog = self
+                .inserted_seq
+                .load(Ordering::SeqCst)
+                .saturating_sub(st.durable_seq);
             if backlog >= self.max_backlog {
                 return Err(AuditError::Backlog(backlog));
             }
@@ -501,10 +548,16 @@ impl Inner {
             record.seq = seq;
             record.id = uuid::Uuid::now_v7().to_string();
             record.time = format_time(time_ns);
-            record.prev_hash = if seq == 1 { GENESIS.to_owned() } else { hex::encode(chain.last_hash) };
+            record.prev_hash = if seq == 1 {
+                GENESIS.to_owned()
+            } else {
+                hex::encode(chain.last_hash)
+            };
             record.hash = String::new();
-            let body = serde_json::to_vec(&record)
-                .map_err(|e| AuditError::Corrupt { seq, message: e.to_string() })?;
+            let body = serde_json::to_vec(&record).map_err(|e| AuditError::Corrupt {
+                seq,
+                message: e.to_string(),
+            })?;
             let hash: [u8; 32] = Sha256::digest(&body).into();
             let mut value = Vec::with_capacity(32 + body.len());
             value.extend_from_slice(&hash);
@@ -514,7 +567,10 @@ impl Inner {
             chain.last_hash = hash;
             chain.last_time_ns = time_ns;
             self.inserted_seq.store(seq, Ordering::SeqCst);
-            self.pending_index.lock().unwrap_or_else(|p| p.into_inner()).push(index_entry(&record));
+            self.pending_index
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(index_entry(&record));
             seq
         };
         self.notify.send_replace(seq);
@@ -532,7 +588,10 @@ impl Inner {
     }
 
     fn record(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
-        self.records.get(seq_key(seq))?.map(|v| decode(seq, &v)).transpose()
+        self.records
+            .get(seq_key(seq))?
+            .map(|v| decode(seq, &v))
+            .transpose()
     }
 
     /// The first sequence number whose time is at or after `ns` (times are
@@ -571,7 +630,11 @@ impl AuditLog for SledAudit {
         self.inner.append(record)
     }
 
-    fn scan(&self, filter: &AuditFilter, each: &mut dyn FnMut(AuditRecord) -> bool) -> Result<u64, AuditError> {
+    fn scan(
+        &self,
+        filter: &AuditFilter,
+        each: &mut dyn FnMut(AuditRecord) -> bool,
+    ) -> Result<u64, AuditError> {
         let inner = &self.inner;
         let last = inner.inserted_seq.load(Ordering::SeqCst);
         let mut start = filter.after_seq + 1;
@@ -613,7 +676,9 @@ impl AuditLog for SledAudit {
                 for item in inner.index.range(lo..=hi) {
                     let (k, _) = item?;
                     let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
-                    let Some(record) = inner.record(seq)? else { continue };
+                    let Some(record) = inner.record(seq)? else {
+                        continue;
+                    };
                     if !visit(seq, record) {
                         return Ok(examined);
                     }
@@ -645,7 +710,12 @@ impl AuditLog for SledAudit {
         for item in inner.records.iter() {
             let (k, v) = item?;
             let Ok(key) = <[u8; 8]>::try_from(k.as_ref()) else {
-                return Ok(fail(expected, expected - 1, "a record has a malformed key".into(), &prev));
+                return Ok(fail(
+                    expected,
+                    expected - 1,
+                    "a record has a malformed key".into(),
+                    &prev,
+                ));
             };
             let seq = u64::from_be_bytes(key);
             let checked = expected - 1;
@@ -658,20 +728,36 @@ impl AuditLog for SledAudit {
                 return Ok(fail(expected, checked, problem, &prev));
             }
             if v.len() < 32 || Sha256::digest(&v[32..]).as_slice() != &v[..32] {
-                return Ok(fail(seq, checked, format!("record {seq} was altered: its contents do not match its hash"), &prev));
+                return Ok(fail(
+                    seq,
+                    checked,
+                    format!("record {seq} was altered: its contents do not match its hash"),
+                    &prev,
+                ));
             }
             let record = match decode(seq, &v) {
                 Ok(r) => r,
                 Err(e) => return Ok(fail(seq, checked, e.to_string(), &prev)),
             };
             if record.seq != seq {
-                return Ok(fail(seq, checked, format!("record {seq} was altered: it claims sequence number {}", record.seq), &prev));
+                return Ok(fail(
+                    seq,
+                    checked,
+                    format!(
+                        "record {seq} was altered: it claims sequence number {}",
+                        record.seq
+                    ),
+                    &prev,
+                ));
             }
             if record.prev_hash != prev {
                 return Ok(fail(
                     seq,
                     checked,
-                    format!("record {seq} does not chain to record {}: one of them was replaced", seq - 1),
+                    format!(
+                        "record {seq} does not chain to record {}: one of them was replaced",
+                        seq - 1
+                    ),
                     &prev,
                 ));
             }
@@ -679,23 +765,37 @@ impl AuditLog for SledAudit {
             expected += 1;
         }
         let checked = expected - 1;
-        if let Some(head) = inner.meta.get(HEAD_KEY)? {
-            if head.len() == 40 {
-                let head_seq = u64::from_be_bytes(head[..8].try_into().unwrap_or([0; 8]));
-                if head_seq > checked {
-                    return Ok(fail(
-                        checked + 1,
-                        checked,
-                        format!("records {} to {head_seq} are missing (the store's head is {head_seq})", checked + 1),
-                        &prev,
-                    ));
-                }
-                if head_seq == checked && hex::encode(&head[8..]) != prev {
-                    return Ok(fail(head_seq, checked, format!("record {head_seq} was replaced: it does not match the store's head"), &prev));
-                }
+        if let Some(head) = inner.meta.get(HEAD_KEY)?
+            && head.len() == 40
+        {
+            let head_seq = u64::from_be_bytes(head[..8].try_into().unwrap_or([0; 8]));
+            if head_seq > checked {
+                return Ok(fail(
+                    checked + 1,
+                    checked,
+                    format!(
+                        "records {} to {head_seq} are missing (the store's head is {head_seq})",
+                        checked + 1
+                    ),
+                    &prev,
+                ));
+            }
+            if head_seq == checked && hex::encode(&head[8..]) != prev {
+                return Ok(fail(
+                    head_seq,
+                    checked,
+                    format!("record {head_seq} was replaced: it does not match the store's head"),
+                    &prev,
+                ));
             }
         }
-        Ok(VerifyReport { ok: true, records_checked: checked, first_bad_seq: 0, problem: String::new(), head_hash: prev })
+        Ok(VerifyReport {
+            ok: true,
+            records_checked: checked,
+            first_bad_seq: 0,
+            problem: String::new(),
+            head_hash: prev,
+        })
     }
 
     fn last_seq(&self) -> u64 {

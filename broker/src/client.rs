@@ -32,7 +32,9 @@ impl std::str::FromStr for BrokerUri {
             if path.starts_with('/') {
                 return Ok(BrokerUri::Unix(PathBuf::from(path)));
             }
-        } else if (s.starts_with("http://") || s.starts_with("https://")) && s.parse::<Uri>().is_ok() {
+        } else if (s.starts_with("http://") || s.starts_with("https://"))
+            && s.parse::<Uri>().is_ok()
+        {
             return Ok(BrokerUri::Http(s.to_owned()));
         }
         Err(ConnectError::BadUri(s.to_owned()))
@@ -55,7 +57,11 @@ pub async fn connect(uri: &BrokerUri) -> Result<BrokerClient<Channel>, ConnectEr
             Endpoint::from_static("http://localhost")
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
-                    async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+                    async move {
+                        tokio::net::UnixStream::connect(path)
+                            .await
+                            .map(TokioIo::new)
+                    }
                 }))
                 .await
                 .map_err(|e| fail(error_chain(&e)))?

@@ -82,9 +82,17 @@ impl Broker {
                 record.event = "sandbox_exited".into();
                 record.pid = e.pid;
                 record.exit_status = Some(e.status);
-                record.reason = if e.detail.is_empty() { format!("exited with status {}", e.status) } else { e.detail.clone() };
+                record.reason = if e.detail.is_empty() {
+                    format!("exited with status {}", e.status)
+                } else {
+                    e.detail.clone()
+                };
             }
-            None => return Err(LifecycleError::Invalid(InvalidRequest("lifecycle event is empty".into()))),
+            None => {
+                return Err(LifecycleError::Invalid(InvalidRequest(
+                    "lifecycle event is empty".into(),
+                )));
+            }
         }
         Ok(self.audit.append(record)?.seq)
     }

@@ -105,7 +105,10 @@ pub struct PolicyOptions {
 
 impl Default for PolicyOptions {
     fn default() -> Self {
-        Self { eval_timeout: Duration::from_millis(50), engine: EngineChoice::Auto }
+        Self {
+            eval_timeout: Duration::from_millis(50),
+            engine: EngineChoice::Auto,
+        }
     }
 }
 
@@ -163,24 +166,34 @@ impl SourceSet {
     fn read_root(&mut self, root: &Path) -> Result<(), PolicyError> {
         let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => PolicyError::NotFound { path: root.into() },
-            _ => PolicyError::Io { path: root.into(), source: e },
+            _ => PolicyError::Io {
+                path: root.into(),
+                source: e,
+            },
         })?;
         if meta.is_file() {
             return self.read_file(root, vec![], true);
         }
         let mut stack = vec![(root.to_path_buf(), Vec::<String>::new())];
         while let Some((dir, prefix)) = stack.pop() {
-            let entries = std::fs::read_dir(&dir)
-                .map_err(|e| PolicyError::Io { path: dir.clone(), source: e })?;
+            let entries = std::fs::read_dir(&dir).map_err(|e| PolicyError::Io {
+                path: dir.clone(),
+                source: e,
+            })?;
             for entry in entries {
-                let entry = entry.map_err(|e| PolicyError::Io { path: dir.clone(), source: e })?;
+                let entry = entry.map_err(|e| PolicyError::Io {
+                    path: dir.clone(),
+                    source: e,
+                })?;
                 let path = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.') {
                     continue;
                 }
-                let ft = std::fs::metadata(&path)
-                    .map_err(|e| PolicyError::Io { path: path.clone(), source: e })?;
+                let ft = std::fs::metadata(&path).map_err(|e| PolicyError::Io {
+                    path: path.clone(),
+                    source: e,
+                })?;
                 if ft.is_dir() {
                     // Test fixtures live beside policies; they are not data.
                     if matches!(name.as_str(), "cases" | "testdata") {
@@ -197,18 +210,37 @@ impl SourceSet {
         Ok(())
     }
 
-    fn read_file(&mut self, path: &Path, prefix: Vec<String>, explicit: bool) -> Result<(), PolicyError> {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    fn read_file(
+        &mut self,
+        path: &Path,
+        prefix: Vec<String>,
+        explicit: bool,
+    ) -> Result<(), PolicyError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let is_rego = name.ends_with(".rego");
         let is_data = name.ends_with(".json") || name.ends_with(".yaml") || name.ends_with(".yml");
         if !(is_rego || is_data) || (is_rego && name.ends_with("_test.rego") && !explicit) {
             return Ok(());
         }
-        let bytes =
-            std::fs::read(path).map_err(|e| PolicyError::Io { path: path.into(), source: e })?;
-        let text = String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8 { path: path.into() })?;
-        let file = SourceFile { display: path.display().to_string(), data_prefix: prefix, text };
-        if is_rego { self.rego.push(file) } else { self.data.push(file) }
+        let bytes = std::fs::read(path).map_err(|e| PolicyError::Io {
+            path: path.into(),
+            source: e,
+        })?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8 { path: path.into() })?;
+        let file = SourceFile {
+            display: path.display().to_string(),
+            data_prefix: prefix,
+            text,
+        };
+        if is_rego {
+            self.rego.push(file)
+        } else {
+            self.data.push(file)
+        }
         Ok(())
     }
 
@@ -232,11 +264,15 @@ impl SourceSet {
         for f in &self.data {
             let path = PathBuf::from(&f.display);
             let value: serde_json::Value = if f.display.ends_with(".json") {
-                serde_json::from_str(&f.text)
-                    .map_err(|e| PolicyError::Data { path: path.clone(), message: e.to_string() })?
+                serde_json::from_str(&f.text).map_err(|e| PolicyError::Data {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
             } else {
-                serde_yaml::from_str(&f.text)
-                    .map_err(|e| PolicyError::Data { path: path.clone(), message: e.to_string() })?
+                serde_yaml::from_str(&f.text).map_err(|e| PolicyError::Data {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
             };
             let mut slot = &mut root;
             for key in &f.data_prefix {
@@ -273,17 +309,25 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) -> Result<(), St
 }
 
 /// An engine with every policy module and the data loaded, but no input.
-fn build_engine(sources: &SourceSet, data: &Value, with_wrapper: bool) -> Result<Engine, PolicyError> {
+fn build_engine(
+    sources: &SourceSet,
+    data: &Value,
+    with_wrapper: bool,
+) -> Result<Engine, PolicyError> {
     let mut engine = Engine::new();
     for f in &sources.rego {
-        engine.add_policy(f.display.clone(), f.text.clone()).map_err(|e| PolicyError::Parse(first_lines(&e)))?;
+        engine
+            .add_policy(f.display.clone(), f.text.clone())
+            .map_err(|e| PolicyError::Parse(first_lines(&e)))?;
     }
     if with_wrapper {
         engine
             .add_policy(WRAPPER_PATH.into(), WRAPPER.into())
             .map_err(|e| PolicyError::Compile(e.to_string()))?;
     }
-    engine.add_data(data.clone()).map_err(|e| PolicyError::Compile(e.to_string()))?;
+    engine
+        .add_data(data.clone())
+        .map_err(|e| PolicyError::Compile(e.to_string()))?;
     Ok(engine)
 }
 
@@ -292,11 +336,21 @@ fn build_engine(sources: &SourceSet, data: &Value, with_wrapper: bool) -> Result
 /// the form editors and CI annotations understand.
 fn first_lines(e: &impl std::fmt::Display) -> String {
     let text = e.to_string();
-    let location = text.lines().find_map(|l| l.trim_start().strip_prefix("--> "));
-    let message = text.lines().rev().find_map(|l| l.trim_start().strip_prefix("error: "));
+    let location = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("--> "));
+    let message = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim_start().strip_prefix("error: "));
     match (location, message) {
         (Some(loc), Some(msg)) => format!("{}: {}", loc.trim(), msg.trim()),
-        _ => text.trim().lines().map(str::trim).collect::<Vec<_>>().join(" "),
+        _ => text
+            .trim()
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -353,8 +407,12 @@ impl LoadedPolicy {
     /// Reads, parses and compiles a policy source.
     pub fn load(source: &PolicySource, opts: &PolicyOptions) -> Result<Self, PolicyError> {
         let sources = SourceSet::read(source)?;
-        let files: Vec<String> =
-            sources.rego.iter().chain(&sources.data).map(|f| f.display.clone()).collect();
+        let files: Vec<String> = sources
+            .rego
+            .iter()
+            .chain(&sources.data)
+            .map(|f| f.display.clone())
+            .collect();
         if sources.rego.is_empty() {
             return Err(PolicyError::NoCordonPackage(files_or_source(source)));
         }
@@ -362,7 +420,9 @@ impl LoadedPolicy {
         let data = Value::from_json_str(&data_json.to_string())
             .map_err(|e| PolicyError::Compile(e.to_string()))?;
         let mut interpreter = build_engine(&sources, &data, true)?;
-        let packages = interpreter.get_packages().map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let packages = interpreter
+            .get_packages()
+            .map_err(|e| PolicyError::Compile(e.to_string()))?;
         if !packages.iter().any(|p| p == "data.cordon") {
             return Err(PolicyError::NoCordonPackage(files_or_source(source)));
         }
@@ -413,7 +473,8 @@ impl LoadedPolicy {
             if a.as_ref().ok() != b.as_ref().ok() || a.is_err() != b.is_err() {
                 tracing::warn!(revision = %self.revision, "compiled policy disagrees with the interpreter; using the interpreter");
                 self.vm = None;
-                self.vm_unavailable = Some("compiled VM disagreed with the interpreter on a self-check input".into());
+                self.vm_unavailable =
+                    Some("compiled VM disagreed with the interpreter on a self-check input".into());
                 self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 break;
             }
@@ -435,7 +496,11 @@ impl LoadedPolicy {
 
     /// `"rvm"` or `"interpreter"`.
     pub fn engine_name(&self) -> &'static str {
-        if self.vm.is_some() { "rvm" } else { "interpreter" }
+        if self.vm.is_some() {
+            "rvm"
+        } else {
+            "interpreter"
+        }
     }
 
     /// Why the compiled VM is not in use, if it is not.
@@ -456,30 +521,47 @@ impl LoadedPolicy {
 
     /// Evaluates with the compiled VM (`use_vm`, when available) or the
     /// interpreter, returning the raw values. For tests and `policy eval`.
-    pub fn evaluate_with(&self, input: &serde_json::Value, use_vm: bool) -> Result<RawDecision, String> {
+    pub fn evaluate_with(
+        &self,
+        input: &serde_json::Value,
+        use_vm: bool,
+    ) -> Result<RawDecision, String> {
         let input = Value::from_json_str(&input.to_string()).map_err(|e| e.to_string())?;
         let use_vm = use_vm && self.vm.is_some();
         let mut evaluator = self.take_evaluator(use_vm)?;
         let result = match &mut evaluator {
             Evaluator::Vm(vm) => {
                 vm.set_input(input);
-                vm.execute_entry_point_by_name(RESULT_RULE).map_err(|e| e.to_string())
+                vm.execute_entry_point_by_name(RESULT_RULE)
+                    .map_err(|e| e.to_string())
             }
             Evaluator::Interpreter(engine) => {
                 engine.set_input(input);
-                engine.eval_rule(RESULT_RULE.into()).map_err(|e| first_lines(&e))
+                engine
+                    .eval_rule(RESULT_RULE.into())
+                    .map_err(|e| first_lines(&e))
             }
         };
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(evaluator);
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(evaluator);
         let result = result?;
         let field = |name: &str| result[&Value::from(name)].clone();
-        Ok(RawDecision { allow: field("allow"), deny: field("deny"), errno: field("errno") })
+        Ok(RawDecision {
+            allow: field("allow"),
+            deny: field("deny"),
+            errno: field("errno"),
+        })
     }
 
     fn take_evaluator(&self, vm: bool) -> Result<Evaluator, String> {
         {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = pool.iter().rposition(|e| matches!(e, Evaluator::Vm(_)) == vm) {
+            if let Some(i) = pool
+                .iter()
+                .rposition(|e| matches!(e, Evaluator::Vm(_)) == vm)
+            {
                 return Ok(pool.swap_remove(i));
             }
         }
@@ -487,7 +569,9 @@ impl LoadedPolicy {
             (Some(t), true) => {
                 let mut machine = RegoVM::new_with_policy(t.compiled.clone());
                 machine.load_program(t.program.clone());
-                machine.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+                machine
+                    .set_data(self.data.clone())
+                    .map_err(|e| e.to_string())?;
                 machine.set_execution_timer_config(Some(self.timer));
                 // The VM's default budget of 25,000 instructions would deny
                 // legitimate large policies; the time limit bounds the cost.
@@ -502,13 +586,19 @@ impl LoadedPolicy {
 fn files_or_source(source: &PolicySource) -> String {
     match source {
         PolicySource::Builtin => "the built-in policy".into(),
-        PolicySource::Paths(p) => p.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        PolicySource::Paths(p) => p
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
 fn compile_vm(engine: &mut Engine) -> Result<VmTemplate, String> {
     let rule: regorus::Rc<str> = RESULT_RULE.into();
-    let compiled = engine.compile_with_entrypoint(&rule).map_err(|e| e.to_string())?;
+    let compiled = engine
+        .compile_with_entrypoint(&rule)
+        .map_err(|e| e.to_string())?;
     let program =
         Compiler::compile_from_policy(&compiled, &[RESULT_RULE]).map_err(|e| e.to_string())?;
     Ok(VmTemplate { compiled, program })
@@ -526,12 +616,30 @@ fn self_check_inputs() -> Vec<serde_json::Value> {
         v
     };
     vec![
-        base("file", serde_json::json!({"path": "/etc/passwd", "access": ["read"], "create": false, "truncate": false, "flags": ["O_RDONLY"]})),
-        base("file", serde_json::json!({"path": "/etc/shadow", "access": ["read", "write"], "create": true, "truncate": true, "flags": ["O_RDWR"]})),
-        base("file", serde_json::json!({"path": "/tmp/x", "access": ["write"], "create": true, "truncate": false, "flags": ["O_WRONLY", "O_CREAT"]})),
-        base("network", serde_json::json!({"op": "connect", "family": "inet", "protocol": "tcp", "address": "127.0.0.1", "port": 80})),
-        base("network", serde_json::json!({"op": "connect", "family": "inet", "protocol": "tcp", "address": "169.254.169.254", "port": 80})),
-        base("exec", serde_json::json!({"path": "/usr/bin/git", "argv": ["git", "status"]})),
+        base(
+            "file",
+            serde_json::json!({"path": "/etc/passwd", "access": ["read"], "create": false, "truncate": false, "flags": ["O_RDONLY"]}),
+        ),
+        base(
+            "file",
+            serde_json::json!({"path": "/etc/shadow", "access": ["read", "write"], "create": true, "truncate": true, "flags": ["O_RDWR"]}),
+        ),
+        base(
+            "file",
+            serde_json::json!({"path": "/tmp/x", "access": ["write"], "create": true, "truncate": false, "flags": ["O_WRONLY", "O_CREAT"]}),
+        ),
+        base(
+            "network",
+            serde_json::json!({"op": "connect", "family": "inet", "protocol": "tcp", "address": "127.0.0.1", "port": 80}),
+        ),
+        base(
+            "network",
+            serde_json::json!({"op": "connect", "family": "inet", "protocol": "tcp", "address": "169.254.169.254", "port": 80}),
+        ),
+        base(
+            "exec",
+            serde_json::json!({"path": "/usr/bin/git", "argv": ["git", "status"]}),
+        ),
     ]
 }
 
@@ -556,27 +664,54 @@ fn interpret(raw: Result<RawDecision, String>) -> Verdict {
     };
     let allow = match raw.allow {
         Value::Bool(b) => b,
-        other => return deny_with(format!("policy error: allow is {}, not a boolean", type_name(&other))),
+        other => {
+            return deny_with(format!(
+                "policy error: allow is {}, not a boolean",
+                type_name(&other)
+            ));
+        }
     };
     let mut deny = Vec::new();
     let members: Vec<Value> = match &raw.deny {
         Value::Set(s) => s.iter().cloned().collect(),
         Value::Array(a) => a.iter().cloned().collect(),
-        other => return deny_with(format!("policy error: deny is {}, not a set of strings", type_name(other))),
+        other => {
+            return deny_with(format!(
+                "policy error: deny is {}, not a set of strings",
+                type_name(other)
+            ));
+        }
     };
     for m in members {
         match m {
             Value::String(s) => deny.push(s.to_string()),
-            other => return deny_with(format!("policy error: deny has a member that is {}, not a string", type_name(&other))),
+            other => {
+                return deny_with(format!(
+                    "policy error: deny has a member that is {}, not a string",
+                    type_name(&other)
+                ));
+            }
         }
     }
     deny.sort();
     deny.dedup();
     let allowed = allow && deny.is_empty();
     if allowed {
-        return Verdict { allow: true, errno: String::new(), errno_code: 0, reason: "allowed".into(), deny, eval_time: Duration::ZERO, revision: Arc::from("") };
+        return Verdict {
+            allow: true,
+            errno: String::new(),
+            errno_code: 0,
+            reason: "allowed".into(),
+            deny,
+            eval_time: Duration::ZERO,
+            revision: Arc::from(""),
+        };
     }
-    let mut reason = if deny.is_empty() { "no rule allowed (default deny)".to_owned() } else { deny.join("; ") };
+    let mut reason = if deny.is_empty() {
+        "no rule allowed (default deny)".to_owned()
+    } else {
+        deny.join("; ")
+    };
     let (errno_name, errno_code) = match &raw.errno {
         Value::String(s) if s.is_empty() => (errno::DEFAULT.to_owned(), 13),
         Value::String(s) => match errno::code(s) {
@@ -587,11 +722,22 @@ fn interpret(raw: Result<RawDecision, String>) -> Verdict {
             }
         },
         other => {
-            reason.push_str(&format!(" (errno is {}, not a string; used EACCES)", type_name(other)));
+            reason.push_str(&format!(
+                " (errno is {}, not a string; used EACCES)",
+                type_name(other)
+            ));
             (errno::DEFAULT.to_owned(), 13)
         }
     };
-    Verdict { allow: false, errno: errno_name, errno_code, reason, deny, eval_time: Duration::ZERO, revision: Arc::from("") }
+    Verdict {
+        allow: false,
+        errno: errno_name,
+        errno_code,
+        reason,
+        deny,
+        eval_time: Duration::ZERO,
+        revision: Arc::from(""),
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -614,7 +760,9 @@ fn type_name(v: &Value) -> &'static str {
 /// A fingerprint of the files behind a source (path, size, mtime), cheap to
 /// compute, used to notice edits.
 fn fingerprint(source: &PolicySource) -> Vec<(PathBuf, u64, SystemTime)> {
-    let PolicySource::Paths(paths) = source else { return vec![] };
+    let PolicySource::Paths(paths) = source else {
+        return vec![];
+    };
     let mut out = Vec::new();
     let mut stack: Vec<PathBuf> = paths.clone();
     while let Some(p) = stack.pop() {
@@ -622,12 +770,16 @@ fn fingerprint(source: &PolicySource) -> Vec<(PathBuf, u64, SystemTime)> {
             out.push((p, u64::MAX, SystemTime::UNIX_EPOCH));
             continue;
         };
-        if meta.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
-            }
+        if meta.is_dir()
+            && let Ok(rd) = std::fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
         }
-        out.push((p, meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+        out.push((
+            p,
+            meta.len(),
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        ));
     }
     out.sort();
     out
@@ -644,7 +796,9 @@ pub struct PolicyEngine {
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyEngine").field("source", &self.source).finish()
+        f.debug_struct("PolicyEngine")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -665,12 +819,18 @@ impl PolicyEngine {
 
     /// The revision in force.
     pub fn current(&self) -> Arc<LoadedPolicy> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The error of the last refused reload, while the files on disk stay invalid.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Evaluates against the revision in force.

@@ -52,11 +52,16 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
-        return Err(invalid(format!("syscall {syscall:?} is not a syscall name")));
+        return Err(invalid(format!(
+            "syscall {syscall:?} is not a syscall name"
+        )));
     }
     if let Some(sandbox) = &req.sandbox {
         if sandbox.id.len() > MAX_ID
-            || !sandbox.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+            || !sandbox
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
         {
             return Err(invalid(format!(
                 "sandbox.id must be at most {MAX_ID} letters, digits, '.', '_', ':' or '-'"
@@ -77,8 +82,14 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
         None => Err(invalid("one of file, network or exec is required")),
         Some(Subject::File(file)) => {
             check_path("file.path", &file.path, false)?;
-            if let Some(a) = file.access.iter().find(|a| !matches!(a.as_str(), "read" | "write")) {
-                return Err(invalid(format!("file.access {a:?} is not \"read\" or \"write\"")));
+            if let Some(a) = file
+                .access
+                .iter()
+                .find(|a| !matches!(a.as_str(), "read" | "write"))
+            {
+                return Err(invalid(format!(
+                    "file.access {a:?} is not \"read\" or \"write\""
+                )));
             }
             if file.flags.len() > MAX_FLAGS || file.flags.iter().any(|f| f.len() > 32) {
                 return Err(invalid("file.flags has too many or too long entries"));
@@ -90,7 +101,10 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                 net.op.as_str(),
                 "connect" | "sendto" | "sendmsg" | "sendmmsg" | "bind" | "listen"
             ) {
-                return Err(invalid(format!("network.op {:?} is not a known operation", net.op)));
+                return Err(invalid(format!(
+                    "network.op {:?} is not a known operation",
+                    net.op
+                )));
             }
             if net.protocol.len() > 16 {
                 return Err(invalid("network.protocol is longer than 16 bytes"));
@@ -98,7 +112,10 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
             match net.family.as_str() {
                 "inet" | "inet6" => {
                     let ip: IpAddr = net.address.parse().map_err(|_| {
-                        invalid(format!("network.address {:?} is not an IP address", net.address))
+                        invalid(format!(
+                            "network.address {:?} is not an IP address",
+                            net.address
+                        ))
                     })?;
                     if ip.is_ipv4() != (net.family == "inet") {
                         return Err(invalid(format!(
@@ -107,7 +124,10 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                         )));
                     }
                     if net.port > u32::from(u16::MAX) {
-                        return Err(invalid(format!("network.port {} is out of range", net.port)));
+                        return Err(invalid(format!(
+                            "network.port {} is out of range",
+                            net.port
+                        )));
                     }
                     Ok(())
                 }
@@ -130,11 +150,15 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
         Some(Subject::Exec(exec)) => {
             check_path("exec.path", &exec.path, false)?;
             if exec.argv.len() > MAX_ARGV {
-                return Err(invalid(format!("exec.argv has more than {MAX_ARGV} entries")));
+                return Err(invalid(format!(
+                    "exec.argv has more than {MAX_ARGV} entries"
+                )));
             }
             let total: usize = exec.argv.iter().map(Vec::len).sum();
             if total > MAX_ARGV_BYTES {
-                return Err(invalid(format!("exec.argv is larger than {MAX_ARGV_BYTES} bytes")));
+                return Err(invalid(format!(
+                    "exec.argv is larger than {MAX_ARGV_BYTES} bytes"
+                )));
             }
             Ok(())
         }
@@ -149,10 +173,14 @@ fn validate_labels(
     }
     for (k, v) in labels {
         if k.is_empty() || k.len() > MAX_LABEL_KEY {
-            return Err(invalid(format!("label key {k:?} must have 1 to {MAX_LABEL_KEY} bytes")));
+            return Err(invalid(format!(
+                "label key {k:?} must have 1 to {MAX_LABEL_KEY} bytes"
+            )));
         }
         if v.len() > MAX_LABEL_VALUE {
-            return Err(invalid(format!("label {k:?} is longer than {MAX_LABEL_VALUE} bytes")));
+            return Err(invalid(format!(
+                "label {k:?} is longer than {MAX_LABEL_VALUE} bytes"
+            )));
         }
     }
     Ok(())
@@ -160,7 +188,11 @@ fn validate_labels(
 
 fn check_path(field: &str, path: &[u8], may_be_empty: bool) -> Result<(), InvalidRequest> {
     if path.is_empty() {
-        return if may_be_empty { Ok(()) } else { Err(invalid(format!("{field} is empty"))) };
+        return if may_be_empty {
+            Ok(())
+        } else {
+            Err(invalid(format!("{field} is empty")))
+        };
     }
     if path.len() >= PATH_MAX {
         return Err(invalid(format!(
@@ -306,10 +338,20 @@ mod tests {
     #[test]
     fn rejects_malformed_requests() {
         assert!(validate(&file_req(b"/etc/passwd")).is_ok());
-        assert!(validate(&file_req(b"relative")).unwrap_err().0.contains("not absolute"));
+        assert!(
+            validate(&file_req(b"relative"))
+                .unwrap_err()
+                .0
+                .contains("not absolute")
+        );
         assert!(validate(&file_req(b"")).is_err());
         let long = [b"/".as_slice(), &vec![b'a'; PATH_MAX]].concat();
-        assert!(validate(&file_req(&long)).unwrap_err().0.contains("PATH_MAX"));
+        assert!(
+            validate(&file_req(&long))
+                .unwrap_err()
+                .0
+                .contains("PATH_MAX")
+        );
         assert!(validate(&file_req(b"/a\0b")).is_err());
         let mut no_subject = file_req(b"/x");
         no_subject.subject = None;

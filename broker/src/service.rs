@@ -75,7 +75,9 @@ impl Default for AccessPolicy {
 
 fn nix_uid() -> u32 {
     // The uid of this process, from /proc to avoid unsafe libc calls.
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
 }
 
 /// The seccomp mode of a process (0: none, 1: strict, 2: filter).
@@ -127,7 +129,10 @@ impl BrokerService {
     /// `durability` tells whether appends may block for a flush; those run on
     /// the blocking pool so that they do not stall the async workers.
     pub fn new(broker: Broker, durability: Durability) -> Self {
-        Self { broker, strict: durability == Durability::Strict }
+        Self {
+            broker,
+            strict: durability == Durability::Strict,
+        }
     }
 
     async fn run_decide(&self, req: DecideRequest) -> Result<pb::Decision, Status> {
@@ -147,19 +152,31 @@ fn handle_session_message(broker: &Broker, msg: SessionRequest) -> SessionRespon
     let request_id = msg.request_id;
     let error = |code: tonic::Code, message: String| SessionResponse {
         request_id,
-        msg: Some(session_response::Msg::Error(SessionError { code: code as i32, message })),
+        msg: Some(session_response::Msg::Error(SessionError {
+            code: code as i32,
+            message,
+        })),
     };
     match msg.msg {
         Some(session_request::Msg::Decide(req)) => match broker.decide(&req) {
-            Ok(d) => SessionResponse { request_id, msg: Some(session_response::Msg::Decision(d)) },
+            Ok(d) => SessionResponse {
+                request_id,
+                msg: Some(session_response::Msg::Decision(d)),
+            },
             Err(e) => error(tonic::Code::InvalidArgument, e.to_string()),
         },
         Some(session_request::Msg::Lifecycle(ev)) => match broker.record_lifecycle(&ev) {
-            Ok(seq) => SessionResponse { request_id, msg: Some(session_response::Msg::RecordedSeq(seq)) },
+            Ok(seq) => SessionResponse {
+                request_id,
+                msg: Some(session_response::Msg::RecordedSeq(seq)),
+            },
             Err(LifecycleError::Invalid(e)) => error(tonic::Code::InvalidArgument, e.to_string()),
             Err(LifecycleError::Audit(e)) => error(tonic::Code::Unavailable, e.to_string()),
         },
-        None => error(tonic::Code::InvalidArgument, "invalid request: empty session message".into()),
+        None => error(
+            tonic::Code::InvalidArgument,
+            "invalid request: empty session message".into(),
+        ),
     }
 }
 
@@ -197,7 +214,12 @@ pub fn filter_from_proto(q: &QueryAuditRequest) -> Result<AuditFilter, Status> {
         Ok(DecisionFilter::Any) => None,
         Ok(DecisionFilter::Allow) => Some(true),
         Ok(DecisionFilter::Deny) => Some(false),
-        Err(_) => return Err(Status::invalid_argument(format!("unknown decision filter {}", q.decision))),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown decision filter {}",
+                q.decision
+            )));
+        }
     };
     if !q.kind.is_empty() && !matches!(q.kind.as_str(), "file" | "network" | "exec" | "lifecycle") {
         return Err(Status::invalid_argument(format!(
@@ -213,7 +235,8 @@ pub fn filter_from_proto(q: &QueryAuditRequest) -> Result<AuditFilter, Status> {
         syscall: nonempty(&q.syscall),
         kind: nonempty(&q.kind),
         decision,
-        path_prefix: (!q.path_prefix.is_empty()).then(|| crate::request::display_bytes(&q.path_prefix)),
+        path_prefix: (!q.path_prefix.is_empty())
+            .then(|| crate::request::display_bytes(&q.path_prefix)),
         limit: (q.limit != 0).then_some(q.limit),
         after_seq: q.after_seq,
     })
@@ -223,11 +246,17 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl broker_server::Broker for BrokerService {
-    async fn decide(&self, request: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
+    async fn decide(
+        &self,
+        request: Request<DecideRequest>,
+    ) -> Result<Response<DecideResponse>, Status> {
         let req = request.into_inner();
         let request_id = req.request_id;
         let decision = self.run_decide(req).await?;
-        Ok(Response::new(DecideResponse { request_id, decision: Some(decision) }))
+        Ok(Response::new(DecideResponse {
+            request_id,
+            decision: Some(decision),
+        }))
     }
 
     type SessionStream = BoxStream<SessionResponse>;
@@ -257,7 +286,11 @@ impl broker_server::Broker for BrokerService {
                     tokio::task::spawn_blocking(move || {
                         let _ = tx.blocking_send(Ok(handle_session_message(&broker, msg)));
                     });
-                } else if tx.send(Ok(handle_session_message(&broker, msg))).await.is_err() {
+                } else if tx
+                    .send(Ok(handle_session_message(&broker, msg)))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -351,9 +384,10 @@ impl broker_server::Broker for BrokerService {
         _request: Request<ReloadPolicyRequest>,
     ) -> Result<Response<ReloadPolicyResponse>, Status> {
         let engine = self.broker.policy().clone();
-        let result = tokio::task::spawn_blocking(move || engine.reload().map(|c| (c, engine.current())))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let result =
+            tokio::task::spawn_blocking(move || engine.reload().map(|c| (c, engine.current())))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
         match result {
             Ok((changed, current)) => Ok(Response::new(ReloadPolicyResponse {
                 revision: current.revision().to_string(),
@@ -367,8 +401,14 @@ impl broker_server::Broker for BrokerService {
 /// Creates the socket's directory if needed and checks that nobody but the
 /// broker's uid can replace the socket; removes a stale socket.
 fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let dir_err = |message: String| ServeError::SocketDir { path: dir.to_path_buf(), message };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir_err = |message: String| ServeError::SocketDir {
+        path: dir.to_path_buf(),
+        message,
+    };
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|e| dir_err(e.to_string()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
@@ -376,19 +416,31 @@ fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
     }
     let meta = std::fs::metadata(dir).map_err(|e| dir_err(e.to_string()))?;
     if meta.uid() != nix_uid() {
-        return Err(dir_err(format!("it is owned by uid {}, not by the broker (uid {})", meta.uid(), nix_uid())));
+        return Err(dir_err(format!(
+            "it is owned by uid {}, not by the broker (uid {})",
+            meta.uid(),
+            nix_uid()
+        )));
     }
     if meta.mode() & 0o002 != 0 {
-        return Err(dir_err("it is writable by everyone; use a directory only the broker can write".into()));
+        return Err(dir_err(
+            "it is writable by everyone; use a directory only the broker can write".into(),
+        ));
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-            std::fs::remove_file(path).map_err(|e| ServeError::Bind { path: path.into(), source: e })?;
+            std::fs::remove_file(path).map_err(|e| ServeError::Bind {
+                path: path.into(),
+                source: e,
+            })?;
         }
         Ok(_) => {
             return Err(ServeError::Bind {
                 path: path.into(),
-                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                ),
             });
         }
         Err(_) => {}
@@ -399,9 +451,16 @@ fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
 /// Binds a Unix listener with mode 0660.
 pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     prepare_socket_path(path)?;
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| ServeError::Bind { path: path.into(), source: e })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| ServeError::Bind { path: path.into(), source: e })?;
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| ServeError::Bind {
+        path: path.into(),
+        source: e,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
+        ServeError::Bind {
+            path: path.into(),
+            source: e,
+        }
+    })?;
     Ok(listener)
 }
 
@@ -419,15 +478,18 @@ pub async fn serve_unix(
     let server = BrokerServer::new(svc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let guarded = tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
-        check_peer(&req, &access)?;
-        Ok(req)
-    });
+    let guarded =
+        tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
+            check_peer(&req, &access)?;
+            Ok(req)
+        });
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("cordon.v1.Broker", tonic_health::ServingStatus::Serving)
         .await;
-    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cordon_proto::FILE_DESCRIPTOR_SET)
         .build_v1()

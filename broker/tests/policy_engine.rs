@@ -3,7 +3,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use cordon_broker::policy::{EngineChoice, LoadedPolicy, PolicyEngine, PolicyOptions, PolicySource};
+use cordon_broker::policy::{
+    EngineChoice, LoadedPolicy, PolicyEngine, PolicyOptions, PolicySource,
+};
 
 fn cases() -> Vec<(String, serde_json::Value, serde_json::Value)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/cases");
@@ -13,10 +15,18 @@ fn cases() -> Vec<(String, serde_json::Value, serde_json::Value)> {
         let read = |f: &str| -> serde_json::Value {
             serde_json::from_slice(&std::fs::read(path.join(f)).unwrap()).unwrap()
         };
-        out.push((path.file_name().unwrap().to_string_lossy().into_owned(), read("input.json"), read("expected.json")));
+        out.push((
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            read("input.json"),
+            read("expected.json"),
+        ));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(out.len() >= 10, "expected the fixture cases, found {}", out.len());
+    assert!(
+        out.len() >= 10,
+        "expected the fixture cases, found {}",
+        out.len()
+    );
     out
 }
 
@@ -27,13 +37,30 @@ fn write_policy(dir: &std::path::Path, name: &str, text: &str) {
 #[test]
 fn default_policy_decides_every_case_as_expected() {
     for choice in [EngineChoice::Auto, EngineChoice::Interpreter] {
-        let policy = LoadedPolicy::load(&PolicySource::Builtin, &PolicyOptions { engine: choice, ..Default::default() }).unwrap();
+        let policy = LoadedPolicy::load(
+            &PolicySource::Builtin,
+            &PolicyOptions {
+                engine: choice,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         if choice == EngineChoice::Auto {
-            assert_eq!(policy.engine_name(), "rvm", "the default policy should run compiled: {:?}", policy.vm_unavailable());
+            assert_eq!(
+                policy.engine_name(),
+                "rvm",
+                "the default policy should run compiled: {:?}",
+                policy.vm_unavailable()
+            );
         }
         for (name, input, expected) in cases() {
             let v = policy.evaluate(&input);
-            assert_eq!(v.allow, expected["allow"].as_bool().unwrap(), "{name} ({choice:?}): {}", v.reason);
+            assert_eq!(
+                v.allow,
+                expected["allow"].as_bool().unwrap(),
+                "{name} ({choice:?}): {}",
+                v.reason
+            );
             if let Some(errno) = expected.get("errno") {
                 assert_eq!(v.errno, errno.as_str().unwrap(), "{name}");
             }
@@ -51,15 +78,26 @@ fn compiled_vm_agrees_with_interpreter_on_every_case() {
     for (name, input, _) in cases() {
         let vm = policy.evaluate_with(&input, true).unwrap();
         let interp = policy.evaluate_with(&input, false).unwrap();
-        assert_eq!(vm, interp, "{name}: the compiled VM and the interpreter disagree");
+        assert_eq!(
+            vm, interp,
+            "{name}: the compiled VM and the interpreter disagree"
+        );
     }
 }
 
 #[test]
 fn deny_overrides_allow_and_errno_is_applied() {
     let dir = tempfile::tempdir().unwrap();
-    write_policy(dir.path(), "p.rego", "package cordon\nallow := true\ndeny contains \"no tmp\" if startswith(input.file.path, \"/tmp\")\ndeny contains \"really no tmp\" if startswith(input.file.path, \"/tmp\")\nerrno := \"EPERM\"\n");
-    let p = LoadedPolicy::load(&PolicySource::Paths(vec![dir.path().into()]), &PolicyOptions::default()).unwrap();
+    write_policy(
+        dir.path(),
+        "p.rego",
+        "package cordon\nallow := true\ndeny contains \"no tmp\" if startswith(input.file.path, \"/tmp\")\ndeny contains \"really no tmp\" if startswith(input.file.path, \"/tmp\")\nerrno := \"EPERM\"\n",
+    );
+    let p = LoadedPolicy::load(
+        &PolicySource::Paths(vec![dir.path().into()]),
+        &PolicyOptions::default(),
+    )
+    .unwrap();
     let v = p.evaluate(&serde_json::json!({"kind": "file", "file": {"path": "/tmp/x"}}));
     assert!(!v.allow);
     assert_eq!(v.errno, "EPERM");
@@ -75,69 +113,150 @@ fn malformed_answers_and_unknown_errno_deny() {
     let dir = tempfile::tempdir().unwrap();
     let src = PolicySource::Paths(vec![dir.path().into()]);
     write_policy(dir.path(), "p.rego", "package cordon\nallow := \"yes\"\n");
-    let v = LoadedPolicy::load(&src, &PolicyOptions::default()).unwrap().evaluate(&serde_json::json!({}));
+    let v = LoadedPolicy::load(&src, &PolicyOptions::default())
+        .unwrap()
+        .evaluate(&serde_json::json!({}));
     assert!(!v.allow);
     assert_eq!(v.reason, "policy error: allow is a string, not a boolean");
-    write_policy(dir.path(), "p.rego", "package cordon\nallow := true\ndeny contains 7 if true\n");
-    let v = LoadedPolicy::load(&src, &PolicyOptions::default()).unwrap().evaluate(&serde_json::json!({}));
+    write_policy(
+        dir.path(),
+        "p.rego",
+        "package cordon\nallow := true\ndeny contains 7 if true\n",
+    );
+    let v = LoadedPolicy::load(&src, &PolicyOptions::default())
+        .unwrap()
+        .evaluate(&serde_json::json!({}));
     assert!(!v.allow);
     assert!(v.reason.contains("not a string"), "{}", v.reason);
-    write_policy(dir.path(), "p.rego", "package cordon\nerrno := \"EBOGUS\"\n");
-    let v = LoadedPolicy::load(&src, &PolicyOptions::default()).unwrap().evaluate(&serde_json::json!({}));
+    write_policy(
+        dir.path(),
+        "p.rego",
+        "package cordon\nerrno := \"EBOGUS\"\n",
+    );
+    let v = LoadedPolicy::load(&src, &PolicyOptions::default())
+        .unwrap()
+        .evaluate(&serde_json::json!({}));
     assert_eq!((v.allow, v.errno.as_str()), (false, "EACCES"));
-    assert!(v.reason.contains("unknown errno \"EBOGUS\""), "{}", v.reason);
+    assert!(
+        v.reason.contains("unknown errno \"EBOGUS\""),
+        "{}",
+        v.reason
+    );
 }
 
 #[test]
 fn evaluation_timeout_denies() {
     let dir = tempfile::tempdir().unwrap();
-    write_policy(dir.path(), "p.rego", "package cordon\nallow if {\n  some i in numbers.range(1, 4000)\n  some j in numbers.range(1, 4000)\n  i * j == -1\n}\n");
+    write_policy(
+        dir.path(),
+        "p.rego",
+        "package cordon\nallow if {\n  some i in numbers.range(1, 4000)\n  some j in numbers.range(1, 4000)\n  i * j == -1\n}\n",
+    );
     for engine in [EngineChoice::Auto, EngineChoice::Interpreter] {
-        let opts = PolicyOptions { eval_timeout: Duration::from_millis(5), engine };
+        let opts = PolicyOptions {
+            eval_timeout: Duration::from_millis(5),
+            engine,
+        };
         let p = LoadedPolicy::load(&PolicySource::Paths(vec![dir.path().into()]), &opts).unwrap();
         let v = p.evaluate(&serde_json::json!({}));
         assert!(!v.allow);
-        assert!(v.reason.starts_with("policy evaluation timed out"), "{engine:?}: {}", v.reason);
-        assert!(v.eval_time < Duration::from_millis(500), "{engine:?}: took {:?}", v.eval_time);
+        assert!(
+            v.reason.starts_with("policy evaluation timed out"),
+            "{engine:?}: {}",
+            v.reason
+        );
+        assert!(
+            v.eval_time < Duration::from_millis(500),
+            "{engine:?}: took {:?}",
+            v.eval_time
+        );
     }
 }
 
 #[test]
 fn parse_errors_name_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    write_policy(dir.path(), "broken.rego", "package cordon\n\nallow if {\n  input.x ==\n}\n");
-    let err = LoadedPolicy::load(&PolicySource::Paths(vec![dir.path().into()]), &PolicyOptions::default()).unwrap_err();
+    write_policy(
+        dir.path(),
+        "broken.rego",
+        "package cordon\n\nallow if {\n  input.x ==\n}\n",
+    );
+    let err = LoadedPolicy::load(
+        &PolicySource::Paths(vec![dir.path().into()]),
+        &PolicyOptions::default(),
+    )
+    .unwrap_err();
     let first = err.to_string().lines().next().unwrap().to_owned();
     let expected = format!("{}:5:1:", dir.path().join("broken.rego").display());
-    assert!(first.starts_with(&expected), "got {first:?}, want prefix {expected:?}");
+    assert!(
+        first.starts_with(&expected),
+        "got {first:?}, want prefix {expected:?}"
+    );
 }
 
 #[test]
 fn missing_policy_and_missing_package_are_clear_errors() {
-    let err = LoadedPolicy::load(&PolicySource::Paths(vec!["/nonexistent/policy".into()]), &PolicyOptions::default()).unwrap_err();
-    assert_eq!(err.to_string(), "policy path /nonexistent/policy does not exist");
+    let err = LoadedPolicy::load(
+        &PolicySource::Paths(vec!["/nonexistent/policy".into()]),
+        &PolicyOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "policy path /nonexistent/policy does not exist"
+    );
     let dir = tempfile::tempdir().unwrap();
     write_policy(dir.path(), "p.rego", "package other\nallow := true\n");
-    let err = LoadedPolicy::load(&PolicySource::Paths(vec![dir.path().into()]), &PolicyOptions::default()).unwrap_err();
-    assert!(err.to_string().starts_with("no policy file declares package cordon"), "{err}");
+    let err = LoadedPolicy::load(
+        &PolicySource::Paths(vec![dir.path().into()]),
+        &PolicyOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("no policy file declares package cordon"),
+        "{err}"
+    );
 }
 
 #[test]
 fn data_files_are_loaded_under_their_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("tools")).unwrap();
-    write_policy(dir.path(), "p.rego", "package cordon\nallow if input.sandbox.labels.tool in data.tools.allowed\n");
-    write_policy(&dir.path().join("tools"), "allowed.yaml", "allowed: [web-fetch]\n");
-    let p = LoadedPolicy::load(&PolicySource::Paths(vec![dir.path().into()]), &PolicyOptions::default()).unwrap();
-    assert!(p.evaluate(&serde_json::json!({"sandbox": {"labels": {"tool": "web-fetch"}}})).allow);
-    assert!(!p.evaluate(&serde_json::json!({"sandbox": {"labels": {"tool": "other"}}})).allow);
+    write_policy(
+        dir.path(),
+        "p.rego",
+        "package cordon\nallow if input.sandbox.labels.tool in data.tools.allowed\n",
+    );
+    write_policy(
+        &dir.path().join("tools"),
+        "allowed.yaml",
+        "allowed: [web-fetch]\n",
+    );
+    let p = LoadedPolicy::load(
+        &PolicySource::Paths(vec![dir.path().into()]),
+        &PolicyOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        p.evaluate(&serde_json::json!({"sandbox": {"labels": {"tool": "web-fetch"}}}))
+            .allow
+    );
+    assert!(
+        !p.evaluate(&serde_json::json!({"sandbox": {"labels": {"tool": "other"}}}))
+            .allow
+    );
 }
 
 #[test]
 fn reload_keeps_old_revision_on_broken_edit() {
     let dir = tempfile::tempdir().unwrap();
     write_policy(dir.path(), "p.rego", "package cordon\nallow := true\n");
-    let engine = PolicyEngine::new(PolicySource::Paths(vec![dir.path().into()]), PolicyOptions::default()).unwrap();
+    let engine = PolicyEngine::new(
+        PolicySource::Paths(vec![dir.path().into()]),
+        PolicyOptions::default(),
+    )
+    .unwrap();
     let rev1 = engine.current().revision().clone();
     write_policy(dir.path(), "p.rego", "package cordon\nallow := \n");
     let err = engine.reload().unwrap_err();

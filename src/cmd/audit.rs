@@ -93,7 +93,9 @@ pub struct AuditArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain; names the first altered or missing record. Exit 1 if broken.
-    #[command(after_help = "Examples:\n  cordon audit verify --db /var/lib/cordon/audit\n  cordon audit verify --broker unix:///run/cordon/broker.sock --format json")]
+    #[command(
+        after_help = "Examples:\n  cordon audit verify --db /var/lib/cordon/audit\n  cordon audit verify --broker unix:///run/cordon/broker.sock --format json"
+    )]
     Verify {
         #[arg(long, value_enum, default_value_t = VerifyFormat::Text)]
         format: VerifyFormat,
@@ -118,9 +120,11 @@ fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
     if !db.exists() {
         anyhow::bail!("no audit store at {}", db.display());
     }
-    SledAudit::open(&db, Durability::Strict).map(Arc::new).with_context(|| {
-        "the store may be in use by a running broker; query it with --broker".to_string()
-    })
+    SledAudit::open(&db, Durability::Strict)
+        .map(Arc::new)
+        .with_context(|| {
+            "the store may be in use by a running broker; query it with --broker".to_string()
+        })
 }
 
 fn broker_uri(s: &str) -> anyhow::Result<BrokerUri> {
@@ -154,11 +158,21 @@ fn verify(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
             }
         }
         VerifyFormat::Text => {
-            eprintln!("cordon: audit chain broken at record {}: {}", report.first_bad_seq, report.problem);
-            println!("{} records intact before record {}", report.records_checked, report.first_bad_seq);
+            eprintln!(
+                "cordon: audit chain broken at record {}: {}",
+                report.first_bad_seq, report.problem
+            );
+            println!(
+                "{} records intact before record {}",
+                report.records_checked, report.first_bad_seq
+            );
         }
     }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_NEGATIVE) })
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_NEGATIVE)
+    })
 }
 
 fn filter_of(args: &AuditArgs) -> anyhow::Result<AuditFilter> {
@@ -182,7 +196,9 @@ fn query(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match &args.source.broker {
         None => {
             if args.follow {
-                return Err(usage("--follow needs --broker: only a running broker has new records"));
+                return Err(usage(
+                    "--follow needs --broker: only a running broker has new records",
+                ));
             }
             let store = open_local(args.source.db.as_ref())?;
             let mut err = None;
@@ -220,8 +236,9 @@ fn query(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 let mut c = client::connect(&uri).await?;
                 let mut stream = c.query_audit(req).await?.into_inner();
                 while let Some(rec) = stream.message().await? {
-                    let r: AuditRecord = serde_json::from_str(&rec.json)
-                        .with_context(|| format!("record {} from the broker is not valid JSON", rec.seq))?;
+                    let r: AuditRecord = serde_json::from_str(&rec.json).with_context(|| {
+                        format!("record {} from the broker is not valid JSON", rec.seq)
+                    })?;
                     out.print(&r)?;
                 }
                 Ok(())
@@ -261,8 +278,26 @@ struct Printer {
 }
 
 const CSV_HEADER: [&str; 20] = [
-    "seq", "id", "time", "event", "sandbox_id", "labels", "pid", "exe", "syscall", "kind", "path",
-    "address", "port", "argv", "allow", "errno", "reason", "policy_revision", "latency_us", "hash",
+    "seq",
+    "id",
+    "time",
+    "event",
+    "sandbox_id",
+    "labels",
+    "pid",
+    "exe",
+    "syscall",
+    "kind",
+    "path",
+    "address",
+    "port",
+    "argv",
+    "allow",
+    "errno",
+    "reason",
+    "policy_revision",
+    "latency_us",
+    "hash",
 ];
 
 impl Printer {
@@ -288,28 +323,66 @@ impl Printer {
                     w.write_record(CSV_HEADER)?;
                     self.header_done = true;
                 }
-                let labels = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                let labels = r
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 w.write_record([
-                    r.seq.to_string(), r.id.clone(), r.time.clone(), r.event.clone(), r.sandbox_id.clone(), labels,
-                    r.pid.to_string(), r.exe.clone(), r.syscall.clone(), r.kind.clone(), r.path.clone().unwrap_or_default(),
-                    r.address.clone().unwrap_or_default(), r.port.map(|p| p.to_string()).unwrap_or_default(),
-                    r.argv.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default()).unwrap_or_default(),
-                    r.allow.to_string(), r.errno.clone(), r.reason.clone(), r.policy_revision.clone(),
-                    r.latency_us.to_string(), r.hash.clone(),
+                    r.seq.to_string(),
+                    r.id.clone(),
+                    r.time.clone(),
+                    r.event.clone(),
+                    r.sandbox_id.clone(),
+                    labels,
+                    r.pid.to_string(),
+                    r.exe.clone(),
+                    r.syscall.clone(),
+                    r.kind.clone(),
+                    r.path.clone().unwrap_or_default(),
+                    r.address.clone().unwrap_or_default(),
+                    r.port.map(|p| p.to_string()).unwrap_or_default(),
+                    r.argv
+                        .as_ref()
+                        .map(|a| serde_json::to_string(a).unwrap_or_default())
+                        .unwrap_or_default(),
+                    r.allow.to_string(),
+                    r.errno.clone(),
+                    r.reason.clone(),
+                    r.policy_revision.clone(),
+                    r.latency_us.to_string(),
+                    r.hash.clone(),
                 ])?;
                 w.flush()?;
             }
             Format::Table => {
                 if !self.header_done {
-                    writeln!(self.out, "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<5}  {:<6}  SUBJECT / REASON", "SEQ", "TIME", "SANDBOX", "PID", "SYSCALL", "ALLOW", "ERRNO")?;
+                    writeln!(
+                        self.out,
+                        "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<5}  {:<6}  SUBJECT / REASON",
+                        "SEQ", "TIME", "SANDBOX", "PID", "SYSCALL", "ALLOW", "ERRNO"
+                    )?;
                     self.header_done = true;
                 }
                 let sandbox: String = r.sandbox_id.chars().take(20).collect();
-                let syscall = if r.syscall.is_empty() { r.event.as_str() } else { r.syscall.as_str() };
+                let syscall = if r.syscall.is_empty() {
+                    r.event.as_str()
+                } else {
+                    r.syscall.as_str()
+                };
                 writeln!(
                     self.out,
                     "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<5}  {:<6}  {}  ({})",
-                    r.seq, r.time, sandbox, r.pid, syscall, if r.allow { "allow" } else { "deny" }, r.errno, subject(r), r.reason
+                    r.seq,
+                    r.time,
+                    sandbox,
+                    r.pid,
+                    syscall,
+                    if r.allow { "allow" } else { "deny" },
+                    r.errno,
+                    subject(r),
+                    r.reason
                 )?;
                 self.out.flush()?;
             }

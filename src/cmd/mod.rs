@@ -30,7 +30,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -43,7 +45,9 @@ pub fn default_audit_db() -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/".into());
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/".into());
             home.join(".local/state")
         });
     state.join("cordon/audit")
@@ -66,10 +70,14 @@ pub fn parse_time(s: &str) -> Result<i64, anyhow::Error> {
         SystemTime::now().checked_sub(d).unwrap_or(UNIX_EPOCH)
     } else {
         humantime::parse_rfc3339_weak(s).map_err(|_| {
-            usage(format!("{s:?} is neither a duration (like 15m) nor a time (like 2026-11-22T10:00:00Z)"))
+            usage(format!(
+                "{s:?} is neither a duration (like 15m) nor a time (like 2026-11-22T10:00:00Z)"
+            ))
         })?
     };
-    Ok(t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos() as i64)
+    Ok(t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos() as i64)
 }
 
 /// `K=V` for labels.
@@ -82,5 +90,7 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
 
 /// A runtime for the async parts of a command.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

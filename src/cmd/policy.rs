@@ -10,7 +10,9 @@ use super::usage;
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCommand {
     /// Evaluate one input document: decision, reason, errno, evaluation time. Exit 1 on a denial.
-    #[command(after_help = "Examples:\n  cordon policy eval --policy policies/ --input policies/cases/etc-shadow/input.json\n  echo '{\"kind\":\"file\",\"file\":{\"path\":\"/etc/hosts\",\"access\":[\"read\"]}}' | cordon policy eval --input - --format json")]
+    #[command(
+        after_help = "Examples:\n  cordon policy eval --policy policies/ --input policies/cases/etc-shadow/input.json\n  echo '{\"kind\":\"file\",\"file\":{\"path\":\"/etc/hosts\",\"access\":[\"read\"]}}' | cordon policy eval --input - --format json"
+    )]
     Eval {
         /// Policy file or directory; repeatable. Default: the built-in policy.
         #[arg(long, value_name = "PATH")]
@@ -22,7 +24,9 @@ pub enum PolicyCommand {
         format: EvalFormat,
     },
     /// Parse and compile policies; errors as file:line:col: message. Exit 1 if any.
-    #[command(after_help = "Examples:\n  cordon policy check policies/\n  cordon policy check my-policy.rego data.json")]
+    #[command(
+        after_help = "Examples:\n  cordon policy check policies/\n  cordon policy check my-policy.rego data.json"
+    )]
     Check {
         /// Policy files or directories.
         #[arg(required = true, value_name = "PATH")]
@@ -40,19 +44,29 @@ pub enum EvalFormat {
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCommand::Eval { policy, input, format } => eval(policy, &input, format),
+        PolicyCommand::Eval {
+            policy,
+            input,
+            format,
+        } => eval(policy, &input, format),
         PolicyCommand::Check { paths, format } => check(paths, format),
     }
 }
 
 fn source_of(paths: Vec<PathBuf>) -> PolicySource {
-    if paths.is_empty() { PolicySource::Builtin } else { PolicySource::Paths(paths) }
+    if paths.is_empty() {
+        PolicySource::Builtin
+    } else {
+        PolicySource::Paths(paths)
+    }
 }
 
 fn eval(policy: Vec<PathBuf>, input: &str, format: EvalFormat) -> anyhow::Result<ExitCode> {
     let text = if input == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read the input from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the input from stdin")?;
         s
     } else {
         std::fs::read_to_string(input).with_context(|| format!("cannot read {input}"))?
@@ -80,7 +94,11 @@ fn eval(policy: Vec<PathBuf>, input: &str, format: EvalFormat) -> anyhow::Result
             println!("eval:     {:.1} µs", v.eval_time.as_secs_f64() * 1e6);
         }
     }
-    Ok(if v.allow { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_NEGATIVE) })
+    Ok(if v.allow {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_NEGATIVE)
+    })
 }
 
 fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
@@ -91,13 +109,21 @@ fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
                     "{}",
                     serde_json::json!({"ok": true, "files": p.files(), "revision": p.revision().as_ref(), "engine": p.engine_name()})
                 ),
-                EvalFormat::Text => println!("ok: {} files, revision {} ({})", p.files().len(), p.revision(), p.engine_name()),
+                EvalFormat::Text => println!(
+                    "ok: {} files, revision {} ({})",
+                    p.files().len(),
+                    p.revision(),
+                    p.engine_name()
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             match format {
-                EvalFormat::Json => println!("{}", serde_json::json!({"ok": false, "errors": [e.to_string()]})),
+                EvalFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "errors": [e.to_string()]})
+                ),
                 EvalFormat::Text => eprintln!("{e}"),
             }
             Ok(ExitCode::from(crate::EXIT_NEGATIVE))

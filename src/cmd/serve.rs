@@ -23,7 +23,9 @@ pub enum DurabilityArg {
 
 /// Run the broker: answer decisions over gRPC and record them.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit is refused and the previous revision kept.\nSIGINT/SIGTERM stop the broker after flushing the audit store.")]
+#[command(
+    after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit is refused and the previous revision kept.\nSIGINT/SIGTERM stop the broker after flushing the audit store."
+)]
 pub struct ServeArgs {
     /// Where to listen: unix:///PATH (tcp://HOST:PORT needs --tls-cert and --tls-key).
     #[arg(long, value_name = "URI")]
@@ -60,41 +62,69 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let listens = if args.listen.is_empty() { vec![super::default_socket()] } else { args.listen.clone() };
+    let listens = if args.listen.is_empty() {
+        vec![super::default_socket()]
+    } else {
+        args.listen.clone()
+    };
     let mut sockets = Vec::new();
     for l in &listens {
         if l.starts_with("tcp://") {
             if args.tls_cert.is_none() || args.tls_key.is_none() {
-                return Err(usage(format!("{l}: TCP listening requires --tls-cert and --tls-key")));
+                return Err(usage(format!(
+                    "{l}: TCP listening requires --tls-cert and --tls-key"
+                )));
             }
-            anyhow::bail!("{l}: this build of cordon has no TLS support; listen on a unix:// socket");
+            anyhow::bail!(
+                "{l}: this build of cordon has no TLS support; listen on a unix:// socket"
+            );
         }
         match l.parse::<BrokerUri>() {
             Ok(BrokerUri::Unix(p)) => sockets.push(p),
-            _ => return Err(usage(format!("--listen {l:?} is not unix:///PATH or tcp://HOST:PORT"))),
+            _ => {
+                return Err(usage(format!(
+                    "--listen {l:?} is not unix:///PATH or tcp://HOST:PORT"
+                )));
+            }
         }
     }
-    let source = if args.policy.is_empty() { PolicySource::Builtin } else { PolicySource::Paths(args.policy.clone()) };
+    let source = if args.policy.is_empty() {
+        PolicySource::Builtin
+    } else {
+        PolicySource::Paths(args.policy.clone())
+    };
     let opts = PolicyOptions {
         eval_timeout: args.eval_timeout,
-        engine: if args.interpreter { EngineChoice::Interpreter } else { EngineChoice::Auto },
+        engine: if args.interpreter {
+            EngineChoice::Interpreter
+        } else {
+            EngineChoice::Auto
+        },
     };
     let policy = Arc::new(PolicyEngine::new(source, opts).context("cannot load the policy")?);
     policy.watch(args.watch_interval);
     let durability = match args.durability {
         DurabilityArg::Strict => Durability::Strict,
-        DurabilityArg::Batched => Durability::Batched { window: args.flush_window },
+        DurabilityArg::Batched => Durability::Batched {
+            window: args.flush_window,
+        },
     };
-    let db = args.audit_db.clone().unwrap_or_else(super::default_audit_db);
+    let db = args
+        .audit_db
+        .clone()
+        .unwrap_or_else(super::default_audit_db);
     if let Some(parent) = db.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let audit = Arc::new(SledAudit::open(&db, durability)?);
     let broker = Broker::new(policy.clone(), audit.clone());
     let access = if args.allow_uid.is_empty() {
         AccessPolicy::default()
     } else {
-        AccessPolicy { allowed_uids: args.allow_uid.clone() }
+        AccessPolicy {
+            allowed_uids: args.allow_uid.clone(),
+        }
     };
     let rt = super::runtime()?;
     rt.block_on(async move {

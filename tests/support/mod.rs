@@ -11,8 +11,8 @@ use std::{
 use cordon_broker::{
     client::{self, BrokerUri},
     proto::{
-        DecideRequest, ExecAccess, FileAccess, NetworkAccess, Process, Sandbox, broker_client::BrokerClient,
-        decide_request::Subject,
+        DecideRequest, ExecAccess, FileAccess, NetworkAccess, Process, Sandbox,
+        broker_client::BrokerClient, decide_request::Subject,
     },
 };
 use tonic::transport::Channel;
@@ -76,7 +76,11 @@ impl Serve {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
         let child = cordon()
             .args(["serve", "--listen", &self.uri(), "--audit-db"])
             .arg(&self.db)
@@ -114,14 +118,22 @@ impl Serve {
     /// SIGTERM and wait: a clean shutdown.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let status = c.wait().unwrap();
-            assert!(status.success(), "cordon serve exited with {status}:\n{}", self.log());
+            assert!(
+                status.success(),
+                "cordon serve exited with {status}:\n{}",
+                self.log()
+            );
         }
     }
 
     pub async fn client(&self) -> BrokerClient<Channel> {
-        client::connect(&self.uri().parse::<BrokerUri>().unwrap()).await.unwrap()
+        client::connect(&self.uri().parse::<BrokerUri>().unwrap())
+            .await
+            .unwrap()
     }
 }
 
@@ -134,14 +146,24 @@ impl Drop for Serve {
 pub fn sandbox(id: &str, tool: &str) -> Option<Sandbox> {
     Some(Sandbox {
         id: id.into(),
-        labels: [("tool".to_string(), tool.to_string())].into_iter().collect(),
+        labels: [("tool".to_string(), tool.to_string())]
+            .into_iter()
+            .collect(),
         workdir: b"/home/agent/job".to_vec(),
         tmpdir: b"/tmp/cordon-test".to_vec(),
     })
 }
 
 pub fn process() -> Option<Process> {
-    Some(Process { pid: 4242, ppid: 4241, uid: 1000, gid: 1000, exe: b"/usr/bin/python3".to_vec(), cwd: b"/home/agent/job".to_vec(), comm: "python3".into() })
+    Some(Process {
+        pid: 4242,
+        ppid: 4241,
+        uid: 1000,
+        gid: 1000,
+        exe: b"/usr/bin/python3".to_vec(),
+        cwd: b"/home/agent/job".to_vec(),
+        comm: "python3".into(),
+    })
 }
 
 pub fn file_request(id: u64, path: &[u8], access: &[&str]) -> DecideRequest {
@@ -168,7 +190,12 @@ pub fn connect_request(id: u64, address: &str, port: u32) -> DecideRequest {
         syscall: "connect".into(),
         subject: Some(Subject::Network(NetworkAccess {
             op: "connect".into(),
-            family: if address.contains(':') { "inet6" } else { "inet" }.into(),
+            family: if address.contains(':') {
+                "inet6"
+            } else {
+                "inet"
+            }
+            .into(),
             protocol: "tcp".into(),
             address: address.into(),
             port,
@@ -183,14 +210,21 @@ pub fn exec_request(id: u64, path: &str, argv: &[&str]) -> DecideRequest {
         sandbox: sandbox("sb-3", "shell"),
         process: process(),
         syscall: "execve".into(),
-        subject: Some(Subject::Exec(ExecAccess { path: path.as_bytes().to_vec(), argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect() })),
+        subject: Some(Subject::Exec(ExecAccess {
+            path: path.as_bytes().to_vec(),
+            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        })),
     }
 }
 
 /// Runs `cordon` with args and returns (exit code, stdout, stderr).
 pub fn run_cordon(args: &[&str]) -> (i32, String, String) {
     let out = cordon().args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn path_str(p: &Path) -> &str {
