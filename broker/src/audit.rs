@@ -55,6 +55,12 @@ pub enum AuditError {
     Corrupt { seq: u64, message: String },
     #[error("audit store is closed")]
     Closed,
+    #[error("audit store is open read-only")]
+    ReadOnly,
+    #[error(
+        "audit store at {path} is damaged: {problem}; run `cordon audit verify` and keep a copy before starting a new store"
+    )]
+    Damaged { path: String, problem: String },
 }
 
 /// When an append returns.
@@ -242,6 +248,8 @@ struct Inner {
     wake_flusher: Condvar,
     shutdown: AtomicBool,
     durability: Durability,
+    /// Opened for reading: never appends, never moves the head.
+    read_only: bool,
     max_backlog: u64,
     notify: watch::Sender<u64>,
 }
@@ -296,8 +304,19 @@ fn format_time(ns: i64) -> String {
 }
 
 impl SledAudit {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` for appending. Refuses a store
+    /// whose newest records were removed, rather than chain onto the gap.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, AuditError> {
+        Self::open_with(dir, durability, false)
+    }
+
+    /// Opens an existing store to query and verify it, without ever writing
+    /// records or moving its head (so verifying twice gives the same answer).
+    pub fn open_read_only(dir: &Path) -> Result<Self, AuditError> {
+        Self::open_with(dir, Durability::Strict, true)
+    }
+
+    fn open_with(dir: &Path, durability: Durability, read_only: bool) -> Result<Self, AuditError> {
         let open_err = |source| AuditError::Open {
             path: dir.display().to_string(),
             source,
@@ -322,6 +341,20 @@ impl SledAudit {
             None => (1, [0u8; 32], 0),
         };
         let last = next_seq - 1;
+        if !read_only
+            && let Some(head) = meta.get(HEAD_KEY).map_err(open_err)?
+            && head.len() == 40
+        {
+            let head_seq = u64::from_be_bytes(head[..8].try_into().unwrap_or([0; 8]));
+            if head_seq > last {
+                return Err(AuditError::Damaged {
+                    path: dir.display().to_string(),
+                    problem: format!(
+                        "its head is record {head_seq} but the newest record is {last}"
+                    ),
+                });
+            }
+        }
         let (notify, _) = watch::channel(last);
         let inner = Arc::new(Inner {
             db,
@@ -344,6 +377,7 @@ impl SledAudit {
             wake_flusher: Condvar::new(),
             shutdown: AtomicBool::new(false),
             durability,
+            read_only,
             max_backlog: 100_000,
             notify,
         });
@@ -441,7 +475,7 @@ impl Inner {
             self.index.apply_batch(batch)?;
             self.meta.insert(INDEXED_KEY, &seq_key(max))?;
         }
-        if target > 0 {
+        if target > 0 && !self.read_only {
             self.meta
                 .insert(HEAD_KEY, [&seq_key(target)[..], &head_hash[..]].concat())?;
         }
@@ -527,6 +561,9 @@ impl Inner {
     fn append(&self, mut record: AuditRecord) -> Result<Appended, AuditError> {
         if self.shutdown.load(Ordering::SeqCst) {
             return Err(AuditError::Closed);
+        }
+        if self.read_only {
+            return Err(AuditError::ReadOnly);
         }
         if let Durability::Batched { .. } = self.durability {
             let st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
@@ -773,10 +810,14 @@ impl AuditLog for SledAudit {
                 return Ok(fail(
                     checked + 1,
                     checked,
-                    format!(
-                        "records {} to {head_seq} are missing (the store's head is {head_seq})",
-                        checked + 1
-                    ),
+                    if head_seq == checked + 1 {
+                        format!("record {head_seq} is missing (the store's head is {head_seq})")
+                    } else {
+                        format!(
+                            "records {} to {head_seq} are missing (the store's head is {head_seq})",
+                            checked + 1
+                        )
+                    },
                     &prev,
                 ));
             }

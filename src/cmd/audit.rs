@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, io::Write, path::PathBuf, process::ExitCode, sy
 
 use anyhow::Context;
 use cordon_broker::{
-    audit::{AuditFilter, AuditLog, AuditRecord, Durability, SledAudit, VerifyReport},
+    audit::{AuditFilter, AuditLog, AuditRecord, SledAudit, VerifyReport},
     client::{self, BrokerUri},
     proto::{DecisionFilter, QueryAuditRequest, VerifyAuditRequest},
 };
@@ -120,7 +120,7 @@ fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
     if !db.exists() {
         anyhow::bail!("no audit store at {}", db.display());
     }
-    SledAudit::open(&db, Durability::Strict)
+    SledAudit::open_read_only(&db)
         .map(Arc::new)
         .with_context(|| {
             "the store may be in use by a running broker; query it with --broker".to_string()

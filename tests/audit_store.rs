@@ -1,0 +1,410 @@
+//! The audit store through real `cordon serve` processes and the `cordon audit`
+//! command: durability under SIGKILL, tamper evidence, query filters, follow.
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use support::*;
+
+/// Keeps 16 clients deciding until the broker is killed; returns the audit
+/// sequence numbers of every decision a client received an answer for.
+async fn decide_until_killed(s: &mut Serve) -> BTreeSet<u64> {
+    let answered = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop_at = Instant::now() + Duration::from_millis(1500);
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let mut c = s.client().await;
+        let answered = answered.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            loop {
+                match c
+                    .decide(file_request(t * 1_000_000 + i, b"/etc/hosts", &["read"]))
+                    .await
+                {
+                    Ok(r) => {
+                        let d = r.into_inner().decision.unwrap();
+                        assert!(d.allow, "{}", d.reason);
+                        answered.lock().unwrap().insert(d.audit_seq);
+                    }
+                    Err(_) => return, // the broker is gone
+                }
+                i += 1;
+            }
+        }));
+    }
+    while Instant::now() < stop_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let set = answered.lock().unwrap().clone();
+    assert!(
+        set.len() > 100,
+        "only {} decisions before the kill",
+        set.len()
+    );
+    set
+}
+
+fn stored_seqs(db: &std::path::Path) -> BTreeSet<u64> {
+    let (code, out, err) = run_cordon(&["audit", "--db", path_str(db), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn assert_verifies(db: &std::path::Path) {
+    let (code, out, err) = run_cordon(&["audit", "verify", "--db", path_str(db)]);
+    assert_eq!(code, 0, "verify failed: {out}{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_loses_no_answered_decision_on_sigkill() {
+    let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &["--durability", "strict"]);
+    let answered = decide_until_killed(&mut s).await;
+    let stored = stored_seqs(&s.db);
+    let lost: Vec<_> = answered.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} answered decisions are not in the store: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert_verifies(&s.db);
+    eprintln!(
+        "strict: {} answered, {} stored, 0 lost",
+        answered.len(),
+        stored.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_mode_loses_at_most_the_unflushed_tail_on_sigkill() {
+    let mut s = Serve::start(
+        ALLOW_ALL_BUT_TMP,
+        &["--durability", "batched", "--flush-window", "10ms"],
+    );
+    let answered = decide_until_killed(&mut s).await;
+    let stored = stored_seqs(&s.db);
+    let lost: Vec<u64> = answered.difference(&stored).copied().collect();
+    // What survives is a prefix of the chain: only the newest records can be lost.
+    let max_stored = stored.iter().max().copied().unwrap_or(0);
+    assert_eq!(
+        stored.len() as u64,
+        max_stored,
+        "stored records are not a contiguous prefix"
+    );
+    assert!(lost.iter().all(|&seq| seq > max_stored));
+    // About 1.5 s of decisions; a 10 ms window (plus the flush itself) can lose
+    // only a small fraction of them.
+    assert!(
+        lost.len() * 20 < answered.len(),
+        "lost {} of {}",
+        lost.len(),
+        answered.len()
+    );
+    assert_verifies(&s.db);
+    eprintln!(
+        "batched: {} answered, {} stored, {} lost (the unflushed tail)",
+        answered.len(),
+        stored.len(),
+        lost.len()
+    );
+}
+
+/// Makes `n` decisions, then stops the broker cleanly.
+async fn store_with_records(n: u64) -> Serve {
+    let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let mut c = s.client().await;
+    for i in 0..n {
+        c.decide(file_request(
+            i,
+            format!("/data/file-{i}").as_bytes(),
+            &["read"],
+        ))
+        .await
+        .unwrap();
+    }
+    s.stop();
+    s
+}
+
+fn with_records_tree(db: &std::path::Path, f: impl FnOnce(&sled::Tree)) {
+    let db = sled::open(db).unwrap();
+    let tree = db.open_tree("records").unwrap();
+    f(&tree);
+    db.flush().unwrap();
+}
+
+fn verify_fails_naming(db: &std::path::Path, needle: &str) {
+    let (code, out, err) = run_cordon(&["audit", "verify", "--db", path_str(db)]);
+    assert_eq!(code, 1, "verify should fail: {out}{err}");
+    assert!(
+        err.contains(needle),
+        "stderr should name the record ({needle}): {err}"
+    );
+    let (code, out, _) = run_cordon(&["audit", "verify", "--db", path_str(db), "--format", "json"]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["ok"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altering_a_record_is_detected_and_named() {
+    let s = store_with_records(10).await;
+    assert_verifies(&s.db);
+    with_records_tree(&s.db, |t| {
+        let v = t.get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let text = String::from_utf8(v[32..].to_vec()).unwrap();
+        let forged = text.replace("/data/file-2", "/data/file-X");
+        assert_ne!(text, forged);
+        t.insert(3u64.to_be_bytes(), [&v[..32], forged.as_bytes()].concat())
+            .unwrap();
+    });
+    verify_fails_naming(&s.db, "record 3 was altered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehashed_forgery_breaks_the_chain_at_the_next_record() {
+    use sha2::Digest;
+    let s = store_with_records(10).await;
+    with_records_tree(&s.db, |t| {
+        let v = t.get(4u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let forged = String::from_utf8(v[32..].to_vec())
+            .unwrap()
+            .replace("\"allow\":true", "\"allow\":false");
+        let hash = sha2::Sha256::digest(forged.as_bytes());
+        t.insert(
+            4u64.to_be_bytes(),
+            [hash.as_slice(), forged.as_bytes()].concat(),
+        )
+        .unwrap();
+    });
+    verify_fails_naming(&s.db, "record 5 does not chain to record 4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_record_is_detected_and_named() {
+    let s = store_with_records(10).await;
+    with_records_tree(&s.db, |t| {
+        t.remove(5u64.to_be_bytes()).unwrap();
+    });
+    verify_fails_naming(&s.db, "record 5 is missing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_newest_records_is_detected() {
+    let s = store_with_records(10).await;
+    with_records_tree(&s.db, |t| {
+        t.remove(9u64.to_be_bytes()).unwrap();
+        t.remove(10u64.to_be_bytes()).unwrap();
+    });
+    verify_fails_naming(&s.db, "records 9 to 10 are missing");
+}
+
+/// A store with a known mix: 4 file reads (sb-1, allowed), 2 writes to /etc
+/// (sb-1, denied), 3 connects (sb-2, allowed), 2 execs (sb-3, denied).
+async fn mixed_store() -> (Serve, Vec<serde_json::Value>) {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let mut c = s.client().await;
+    for i in 0..4 {
+        c.decide(file_request(
+            i,
+            format!("/home/agent/job/f{i}").as_bytes(),
+            &["read"],
+        ))
+        .await
+        .unwrap();
+    }
+    for i in 0..2 {
+        c.decide(file_request(10 + i, b"/etc/passwd", &["write"]))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        c.decide(connect_request(20 + i, "10.1.2.3", 443))
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        c.decide(exec_request(30 + i, "/usr/bin/curl", &["curl", "x"]))
+            .await
+            .unwrap();
+    }
+    let (code, out, err) = run_cordon(&["audit", "--broker", &s.uri(), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let all: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(all.len(), 11);
+    (s, all)
+}
+
+fn seqs(out: &str) -> Vec<u64> {
+    out.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_filter_selects_exactly_its_records_locally_and_through_the_broker() {
+    let (mut s, all) = mixed_store().await;
+    let since = all[6]["time"].as_str().unwrap().to_owned();
+    let until = all[8]["time"].as_str().unwrap().to_owned();
+    let cases: Vec<(Vec<&str>, Vec<u64>)> = vec![
+        (vec!["--sandbox", "sb-2"], vec![7, 8, 9]),
+        (vec!["--syscall", "execve"], vec![10, 11]),
+        (vec!["--kind", "network"], vec![7, 8, 9]),
+        (vec!["--kind", "file"], vec![1, 2, 3, 4, 5, 6]),
+        (vec!["--decision", "deny"], vec![5, 6, 10, 11]),
+        (vec!["--decision", "allow"], vec![1, 2, 3, 4, 7, 8, 9]),
+        (vec!["--label", "tool=web-fetch"], vec![7, 8, 9]),
+        (vec!["--path-prefix", "/etc/"], vec![5, 6]),
+        (vec!["--limit", "2"], vec![1, 2]),
+        (vec!["--decision", "deny", "--limit", "3"], vec![5, 6, 10]),
+        (vec!["--after-seq", "9"], vec![10, 11]),
+        (vec!["--since", &since], vec![7, 8, 9, 10, 11]),
+        (vec!["--since", &since, "--until", &until], vec![7, 8, 9]),
+        (
+            vec!["--since", "1h", "--sandbox", "sb-1", "--decision", "deny"],
+            vec![5, 6],
+        ),
+        (vec!["--sandbox", "nope"], vec![]),
+    ];
+    let check = |source: &[&str], phase: &str| {
+        for (args, want) in &cases {
+            let mut full = vec!["audit", "--format", "json"];
+            full.extend_from_slice(source);
+            full.extend_from_slice(args);
+            let (code, out, err) = run_cordon(&full);
+            assert_eq!(code, 0, "{phase} {args:?}: {err}");
+            assert_eq!(&seqs(&out), want, "{phase} {args:?}");
+        }
+    };
+    let uri = s.uri();
+    check(&["--broker", &uri], "broker");
+    s.stop();
+    let db = s.db.clone();
+    check(&["--db", path_str(&db)], "local");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_csv_output_parse_and_table_is_readable() {
+    let (s, all) = mixed_store().await;
+    for r in &all {
+        for field in [
+            "seq",
+            "id",
+            "time",
+            "sandbox_id",
+            "labels",
+            "pid",
+            "exe",
+            "syscall",
+            "kind",
+            "allow",
+            "reason",
+            "policy_revision",
+            "latency_us",
+            "prev_hash",
+            "hash",
+        ] {
+            assert!(r.get(field).is_some(), "record lacks {field}: {r}");
+        }
+    }
+    assert_eq!(all[4]["errno"], "EACCES");
+    assert_eq!(all[4]["reason"], "writes to /etc are never allowed");
+    assert_eq!(all[6]["address"], "10.1.2.3");
+    assert_eq!(all[6]["port"], 443);
+    assert_eq!(all[9]["argv"], serde_json::json!(["curl", "x"]));
+
+    let (code, out, err) = run_cordon(&["audit", "--broker", &s.uri(), "--format", "csv"]);
+    assert_eq!(code, 0, "{err}");
+    let mut rdr = csv::Reader::from_reader(out.as_bytes());
+    let headers = rdr.headers().unwrap().clone();
+    assert_eq!(&headers[0], "seq");
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 11);
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    assert_eq!(&rows[4][col("path")], "/etc/passwd");
+    assert_eq!(&rows[4][col("allow")], "false");
+    assert_eq!(&rows[4][col("reason")], "writes to /etc are never allowed");
+
+    let (code, out, _) = run_cordon(&["audit", "--broker", &s.uri()]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().contains("SEQ"));
+    assert!(out.contains("/etc/passwd") && out.contains("10.1.2.3:443"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_delivers_records_written_after_it_started() {
+    let (s, _) = mixed_store().await;
+    let mut child = cordon()
+        .args([
+            "audit",
+            "--broker",
+            &s.uri(),
+            "--follow",
+            "--format",
+            "json",
+            "--decision",
+            "deny",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The existing denials first.
+    let old: Vec<u64> = (0..4)
+        .map(|_| seqs(&lines.next().unwrap().unwrap())[0])
+        .collect();
+    assert_eq!(old, vec![5, 6, 10, 11]);
+    let mut c = s.client().await;
+    c.decide(file_request(100, b"/tmp/ok", &["read"]))
+        .await
+        .unwrap(); // allowed: filtered out
+    c.decide(file_request(101, b"/etc/new-denial", &["write"]))
+        .await
+        .unwrap();
+    let line = lines.next().unwrap().unwrap();
+    let r: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (r["seq"].as_u64(), r["path"].as_str()),
+        (Some(13), Some("/etc/new-denial"))
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn follow_without_broker_is_a_usage_error() {
+    let (code, _, err) = run_cordon(&["audit", "--db", "/nonexistent", "--follow"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--follow needs --broker"), "{err}");
+    let (code, _, err) = run_cordon(&["audit", "--db", "/nonexistent/db"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no audit store at /nonexistent/db"), "{err}");
+    let (code, _, err) = run_cordon(&["audit", "--since", "yesterday-ish", "--db", "/tmp"]);
+    assert_eq!(code, 2, "{err}");
+}
