@@ -56,8 +56,9 @@ async fn decides_allow_deny_errno_and_override() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluation_timeout_denies() {
-    let policy = "package cordon\nallow if {\n  some i in numbers.range(1, 5000)\n  some j in numbers.range(1, 5000)\n  i * j == -1\n}\n";
-    let s = Serve::start(policy, &[]);
+    // 400 million iterations: far past the 100 ms limit on any machine.
+    let policy = "package cordon\nallow if {\n  some i in numbers.range(1, 20000)\n  some j in numbers.range(1, 20000)\n  i * j == -1\n}\n";
+    let s = Serve::start(policy, &["--eval-timeout", "100ms"]);
     let started = std::time::Instant::now();
     let d = decide(&s, file_request(1, b"/anything", &["read"])).await;
     assert!(!d.allow);

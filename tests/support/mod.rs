@@ -86,7 +86,14 @@ impl Serve {
             .arg(&self.db)
             .arg("--policy")
             .arg(&self.policy)
-            .args(["--eval-timeout", "20ms", "--watch-interval", "100ms"])
+            .args(["--watch-interval", "100ms"])
+            // Generous: a loaded 2-core machine can stall a short evaluation for
+            // tens of milliseconds, and the timeout counts wall time.
+            .args(if self.extra.iter().any(|a| a == "--eval-timeout") {
+                &[][..]
+            } else {
+                &["--eval-timeout", "2s"][..]
+            })
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
