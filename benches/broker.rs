@@ -7,8 +7,11 @@
 //! sandboxed python: the most common request a real tool makes), so the numbers
 //! of the different layers can be subtracted from each other.
 //!
+//! Criterion reports time per call averaged over each sample; its "median" is
+//! the median of those sample means, so rare stalls (sled I/O, flushes) are
+//! included in proportion. Per-request percentiles come from the load generator.
 //! Sample sizes and measurement times are kept small so that the whole suite
-//! finishes in about two minutes on a 2-core VM.
+//! runs in about a minute on a 2-core VM (plus the build).
 
 use std::{
     path::{Path, PathBuf},
@@ -31,10 +34,15 @@ use cordon_proto::v1::{
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tokio_stream::wrappers::ReceiverStream;
 
-const BATCHED: Durability = Durability::Batched { window: Duration::from_millis(10) };
+const BATCHED: Durability = Durability::Batched {
+    window: Duration::from_millis(10),
+};
 
 fn fixture(case: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/cases").join(case).join("input.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies/cases")
+        .join(case)
+        .join("input.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -70,7 +78,10 @@ fn file_request(request_id: u64) -> DecideRequest {
 }
 
 fn engine() -> Arc<PolicyEngine> {
-    Arc::new(PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).expect("built-in policy loads"))
+    Arc::new(
+        PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default())
+            .expect("built-in policy loads"),
+    )
 }
 
 /// A record exactly as `Broker::decide` would append it for the fixture.
@@ -88,18 +99,100 @@ fn sample_record(engine: &PolicyEngine) -> AuditRecord {
 fn bench_policy(c: &mut Criterion) {
     let input = fixture("read-system-lib");
     let mut g = c.benchmark_group("policy_eval");
-    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
-    for (name, choice) in [("rvm", EngineChoice::Auto), ("interpreter", EngineChoice::Interpreter)] {
-        let opts = PolicyOptions { engine: choice, ..Default::default() };
-        let policy = LoadedPolicy::load(&PolicySource::Builtin, &opts).expect("built-in policy loads");
+    g.sample_size(60)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for (name, choice) in [
+        ("rvm", EngineChoice::Auto),
+        ("interpreter", EngineChoice::Interpreter),
+    ] {
+        let opts = PolicyOptions {
+            engine: choice,
+            ..Default::default()
+        };
+        let policy =
+            LoadedPolicy::load(&PolicySource::Builtin, &opts).expect("built-in policy loads");
         if choice == EngineChoice::Auto {
-            assert_eq!(policy.engine_name(), "rvm", "VM unavailable: {:?}", policy.vm_unavailable());
+            assert_eq!(
+                policy.engine_name(),
+                "rvm",
+                "VM unavailable: {:?}",
+                policy.vm_unavailable()
+            );
         }
         let v = policy.evaluate(&input);
         assert!(v.allow, "{}", v.reason);
-        g.bench_function(format!("default_rego_file_read/{name}"), |b| b.iter(|| policy.evaluate(&input)));
+        g.bench_function(format!("default_rego_file_read/{name}"), |b| {
+            b.iter(|| policy.evaluate(&input))
+        });
     }
+    // Reference lines, regorus used directly (not what the broker runs): the
+    // input conversion the broker does per call (serde_json -> text -> regorus
+    // value), and the compiled VM alone on an already converted input, without
+    // the execution timer.
+    g.bench_function("native/input_json_to_regorus_value", |b| {
+        b.iter(|| regorus::Value::from_json_str(&input.to_string()).expect("valid json"))
+    });
+    let (mut vm, value) = native_vm(&input);
+    g.bench_function("native/regorus_rvm_eval", |b| {
+        b.iter(|| {
+            vm.set_input(value.clone());
+            vm.execute_entry_point_by_name(NATIVE_RULE)
+                .expect("evaluates")
+        })
+    });
     g.finish();
+}
+
+/// Mirrors the wrapper in broker/src/policy.rs: the one rule the broker evaluates.
+const NATIVE_WRAPPER: &str = r#"package cordon_internal
+
+default allow := false
+allow := data.cordon.allow
+
+default deny := set()
+deny := data.cordon.deny
+
+default errno := ""
+errno := data.cordon.errno
+
+result := {"allow": allow, "deny": deny, "errno": errno}
+"#;
+const NATIVE_RULE: &str = "data.cordon_internal.result";
+
+/// regorus's compiled VM for the built-in policy plus the wrapper, and the
+/// fixture input already converted to a regorus value.
+fn native_vm(input: &serde_json::Value) -> (regorus::rvm::RegoVM, regorus::Value) {
+    let mut engine = regorus::Engine::new();
+    engine
+        .add_policy(
+            "default.rego".into(),
+            cordon_broker::policy::DEFAULT_POLICY.into(),
+        )
+        .expect("default.rego parses");
+    engine
+        .add_policy("wrapper.rego".into(), NATIVE_WRAPPER.into())
+        .expect("wrapper parses");
+    let rule: regorus::Rc<str> = NATIVE_RULE.into();
+    let compiled = engine.compile_with_entrypoint(&rule).expect("compiles");
+    let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(
+        &compiled,
+        &[NATIVE_RULE],
+    )
+    .expect("compiles for the VM");
+    let mut vm = regorus::rvm::RegoVM::new_with_policy(compiled);
+    vm.load_program(program);
+    vm.set_data(regorus::Value::new_object()).expect("data");
+    let value = regorus::Value::from_json_str(&input.to_string()).expect("valid json");
+    vm.set_input(value.clone());
+    let out = vm
+        .execute_entry_point_by_name(NATIVE_RULE)
+        .expect("evaluates");
+    assert_eq!(
+        out[&regorus::Value::from("allow")],
+        regorus::Value::from(true)
+    );
+    (vm, value)
 }
 
 /// Audit append alone: hash-chain, serialize, sled insert, queue the index
@@ -109,17 +202,28 @@ fn bench_policy(c: &mut Criterion) {
 fn bench_audit(c: &mut Criterion) {
     let record = sample_record(&engine());
     let mut g = c.benchmark_group("audit_append");
-    g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    g.sample_size(40)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = SledAudit::open(&dir.path().join("batched"), BATCHED).expect("open audit");
     g.bench_function("batched_10ms", |b| {
-        b.iter_batched(|| record.clone(), |r| audit.append(r).expect("append"), BatchSize::SmallInput)
+        b.iter_batched(
+            || record.clone(),
+            |r| audit.append(r).expect("append"),
+            BatchSize::SmallInput,
+        )
     });
     drop(audit);
-    g.sample_size(10);
-    let audit = SledAudit::open(&dir.path().join("strict"), Durability::Strict).expect("open audit");
+    g.sample_size(10).measurement_time(Duration::from_secs(4));
+    let audit =
+        SledAudit::open(&dir.path().join("strict"), Durability::Strict).expect("open audit");
     g.bench_function("strict", |b| {
-        b.iter_batched(|| record.clone(), |r| audit.append(r).expect("append"), BatchSize::SmallInput)
+        b.iter_batched(
+            || record.clone(),
+            |r| audit.append(r).expect("append"),
+            BatchSize::SmallInput,
+        )
     });
     drop(audit);
     g.finish();
@@ -129,13 +233,18 @@ fn bench_audit(c: &mut Criterion) {
 /// validate, build the input document, evaluate (RVM), append (batched).
 fn bench_decide(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let audit: Arc<dyn AuditLog> = Arc::new(SledAudit::open(dir.path(), BATCHED).expect("open audit"));
+    let audit: Arc<dyn AuditLog> =
+        Arc::new(SledAudit::open(dir.path(), BATCHED).expect("open audit"));
     let broker = Broker::new(engine(), audit);
     let req = file_request(1);
     assert!(broker.decide(&req).expect("valid").allow);
     let mut g = c.benchmark_group("broker_decide");
-    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
-    g.bench_function("in_process/batched", |b| b.iter(|| broker.decide(&req).expect("valid")));
+    g.sample_size(60)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("in_process/batched", |b| {
+        b.iter(|| broker.decide(&req).expect("valid"))
+    });
     g.finish();
 }
 
@@ -165,11 +274,24 @@ impl Server {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(e) = serve_unix(broker, durability, AccessPolicy::default(), listener, shutdown).await {
+            if let Err(e) = serve_unix(
+                broker,
+                durability,
+                AccessPolicy::default(),
+                listener,
+                shutdown,
+            )
+            .await
+            {
                 eprintln!("broker failed: {e}");
             }
         });
-        Server { rt: Some(rt), stop: Some(stop), socket, _dir: dir }
+        Server {
+            rt: Some(rt),
+            stop: Some(stop),
+            socket,
+            _dir: dir,
+        }
     }
 }
 
@@ -192,12 +314,19 @@ impl Drop for Server {
 /// same-core figure.
 fn bench_session(c: &mut Criterion) {
     let server = Server::start(BATCHED);
-    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
     let uri = BrokerUri::Unix(server.socket.clone());
     let (tx, mut responses) = client_rt.block_on(async {
         let mut client = connect(&uri).await.expect("connect");
         let (tx, rx) = tokio::sync::mpsc::channel::<SessionRequest>(16);
-        let responses = client.session(ReceiverStream::new(rx)).await.expect("session").into_inner();
+        let responses = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .expect("session")
+            .into_inner();
         (tx, responses)
     });
     let mut next_id = 0u64;
@@ -209,7 +338,10 @@ fn bench_session(c: &mut Criterion) {
                 next_id += 1;
                 let msg = SessionRequest {
                     request_id: next_id,
-                    msg: Some(session_request::Msg::Decide(DecideRequest { request_id: next_id, ..template.clone() })),
+                    msg: Some(session_request::Msg::Decide(DecideRequest {
+                        request_id: next_id,
+                        ..template.clone()
+                    })),
                 };
                 tx.send(msg).await.expect("send");
                 let resp = responses.message().await.expect("stream").expect("answer");
@@ -224,13 +356,25 @@ fn bench_session(c: &mut Criterion) {
     };
     round_trip(1000);
     let mut g = c.benchmark_group("session_round_trip");
-    g.sample_size(30).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
-    g.bench_function("unix_socket/batched", |b| b.iter_custom(&mut round_trip));
+    g.sample_size(40)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6));
+    // The id records how many CPUs the bench may use: 1 under `taskset -c 0`.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    g.bench_function(format!("unix_socket/batched/cpus={cpus}"), |b| {
+        b.iter_custom(&mut round_trip)
+    });
     g.finish();
     drop(tx);
     drop(responses);
     drop(server);
 }
 
-criterion_group!(benches, bench_policy, bench_audit, bench_decide, bench_session);
+criterion_group!(
+    benches,
+    bench_policy,
+    bench_audit,
+    bench_decide,
+    bench_session
+);
 criterion_main!(benches);
