@@ -144,21 +144,9 @@ fn bench_policy(c: &mut Criterion) {
     g.finish();
 }
 
-/// Mirrors the wrapper in broker/src/policy.rs: the one rule the broker evaluates.
-const NATIVE_WRAPPER: &str = r#"package cordon_internal
-
-default allow := false
-allow := data.cordon.allow
-
-default deny := set()
-deny := data.cordon.deny
-
-default errno := ""
-errno := data.cordon.errno
-
-result := {"allow": allow, "deny": deny, "errno": errno}
-"#;
-const NATIVE_RULE: &str = "data.cordon_internal.result";
+/// The one rule the broker evaluates (shared with broker/src/policy.rs).
+const NATIVE_WRAPPER: &str = cordon_broker::policy::WRAPPER;
+const NATIVE_RULE: &str = cordon_broker::policy::RESULT_RULE;
 
 /// regorus's compiled VM for the built-in policy plus the wrapper, and the
 /// fixture input already converted to a regorus value.

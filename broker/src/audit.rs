@@ -252,6 +252,10 @@ struct Inner {
     read_only: bool,
     max_backlog: u64,
     notify: watch::Sender<u64>,
+    /// Serializes flushes: two concurrent flushes could otherwise write the
+    /// `indexed` mark past index entries the other has not applied yet, and a
+    /// crash in between would leave those entries missing for good.
+    flush_serial: Mutex<()>,
 }
 
 /// The sled-backed audit store.
@@ -380,6 +384,7 @@ impl SledAudit {
             read_only,
             max_backlog: 100_000,
             notify,
+            flush_serial: Mutex::new(()),
         });
         inner.reindex_after_crash()?;
         let flusher = match durability {
@@ -454,6 +459,7 @@ impl Inner {
     /// Writes pending index entries and the head, then flushes. Returns the
     /// sequence number now known durable.
     fn flush_now(&self) -> Result<u64, AuditError> {
+        let _serial = self.flush_serial.lock().unwrap_or_else(|p| p.into_inner());
         let (target, head_hash) = {
             let chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
             (chain.next_seq - 1, chain.last_hash)

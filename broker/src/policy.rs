@@ -35,8 +35,8 @@ pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.rego");
 
 /// The rule the broker evaluates: a wrapper that gathers the contract's
 /// `allow`, `deny` and `errno` into one value, with the contract's defaults.
-const WRAPPER_PATH: &str = "cordon-internal/decision.rego";
-const WRAPPER: &str = r#"package cordon_internal
+pub const WRAPPER_PATH: &str = "cordon-internal/decision.rego";
+pub const WRAPPER: &str = r#"package cordon_internal
 
 default allow := false
 allow := data.cordon.allow
@@ -49,7 +49,7 @@ errno := data.cordon.errno
 
 result := {"allow": allow, "deny": deny, "errno": errno}
 "#;
-const RESULT_RULE: &str = "data.cordon_internal.result";
+pub const RESULT_RULE: &str = "data.cordon_internal.result";
 
 /// A failure to load a policy. Parse and compile errors carry
 /// `file:line:col: message` as their first line.
