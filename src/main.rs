@@ -22,7 +22,7 @@ pub const EXIT_USAGE: u8 = 2;
     about = "Run untrusted tools under a seccomp syscall broker with Rego policies and a tamper-evident audit log",
     long_about = "Cordon stops a sandboxed tool's sensitive syscalls (opens, connects, sends, execs) in the kernel, \
 asks a broker that evaluates Rego policies, and records every decision in a hash-chained audit store.",
-    after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy policies/ --audit-db /var/lib/cordon/audit\n  cordon audit --decision deny --since 1h\n  cordon policy eval --policy policies/ --input request.json"
+    after_help = "Examples:\n  cordon run -- python3 -c 'print(open(\"/etc/hostname\").read())'\n  cordon serve --listen unix:///run/cordon/broker.sock --policy policies/ --audit-db /var/lib/cordon/audit\n  cordon audit --decision deny --since 1h\n  cordon policy eval --policy policies/ --input request.json"
 )]
 struct Cli {
     /// Log format on stderr.
@@ -37,6 +37,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a command under the sandbox.
+    Run(cmd::run::RunArgs),
     Serve(cmd::serve::ServeArgs),
     Audit(cmd::audit::AuditArgs),
     /// Evaluate and check policies without a broker.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
     };
     cmd::init_logging(cli.log_format, &level);
     let result = match cli.command {
+        Command::Run(args) => return cmd::run::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Audit(args) => cmd::audit::run(args),
         Command::Policy(c) => cmd::policy::run(c),

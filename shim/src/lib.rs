@@ -1,1 +1,27 @@
-//! Cordon shim: not yet implemented (see the shim issue).
+//! Cordon shim: runs a tool under a seccomp user-notification filter so that
+//! each sensitive syscall it (or any descendant) makes is decided by the
+//! broker, and the decision is what actually happens.
+//!
+//! - [`filter`]: the seccomp program (brokered, forbidden, allowed).
+//! - [`notify`]: the supervisor loop: decode, decide, act.
+//! - [`resolve`]: path resolution as the kernel would do it for the tool.
+//! - [`emulate`]: performing allowed opens, connects and sends ourselves.
+//! - [`exec`]: verifying that an allowed exec runs the approved image.
+//! - [`client`]: embedded or remote (gRPC `Session`) decisions.
+//! - [`sandbox`]: the public API around `std::process::Command`.
+//! - `sys`: the only module with `unsafe`.
+
+pub mod client;
+pub mod emulate;
+pub mod exec;
+pub mod filter;
+pub mod memory;
+pub mod notify;
+pub mod process;
+pub mod resolve;
+pub mod sandbox;
+mod sys;
+
+pub use client::{Decider, Embedded, Remote};
+pub use notify::DEFAULT_DEADLINE;
+pub use sandbox::{Sandbox, Sandboxed, SpawnError};

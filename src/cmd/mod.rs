@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod policy;
+pub mod run;
 pub mod serve;
 
 use std::{

@@ -1,0 +1,333 @@
+//! Performing an allowed call on the tool's behalf, on exactly the object the
+//! policy saw: opens reopen the resolved `O_PATH` fd (or create the checked
+//! name under the checked parent, never following a link) and are injected
+//! with `SECCOMP_IOCTL_NOTIF_ADDFD`; network calls run on a `pidfd_getfd`
+//! duplicate of the tool's socket with the address we decoded, rebuilt from
+//! the parsed values rather than re-read from the tool.
+
+use std::{
+    ffi::OsStr,
+    io::IoSlice,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::unix::ffi::OsStrExt,
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{OFlag, open, openat},
+    sys::{
+        socket::{self, MsgFlags, NetlinkAddr, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr},
+        stat::Mode,
+    },
+};
+
+use crate::resolve::Found;
+
+/// Opens what the lookup found, with the tool's open flags.
+pub fn open_found(found: &Found, flags: i32, mode: u32, umask: u32) -> Result<OwnedFd, Errno> {
+    // Never let the supervisor acquire a controlling terminal; our copy is
+    // closed once injected, so close-on-exec is only about our own children.
+    let base = OFlag::from_bits_retain(flags) | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    match found {
+        Found::Existing(fd) => {
+            if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
+                return Err(Errno::EEXIST);
+            }
+            let st = nix::sys::stat::fstat(fd)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                // O_NOFOLLOW on a symlink, as the kernel says it.
+                return Err(Errno::ELOOP);
+            }
+            // Reopening through our O_PATH fd opens the very inode we checked.
+            let flags = base & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW);
+            open(
+                format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+                flags,
+                Mode::empty(),
+            )
+        }
+        Found::Missing { parent, name } => {
+            let mode = Mode::from_bits_truncate(mode & 0o7777 & !umask);
+            // O_NOFOLLOW: if someone planted a symlink since the check, fail
+            // (ELOOP) instead of creating or opening its target.
+            openat(
+                parent,
+                OsStr::from_bytes(name),
+                base | OFlag::O_NOFOLLOW,
+                mode,
+            )
+        }
+    }
+}
+
+/// A decoded socket address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Inet {
+        addr: SocketAddr,
+        /// `::ffff:a.b.c.d` given by the tool; `addr` holds the IPv6 form.
+        v4_mapped: bool,
+    },
+    /// Filesystem path as given (relative to the tool's cwd if relative).
+    UnixPath(Vec<u8>),
+    /// Abstract name, without the leading NUL.
+    UnixAbstract(Vec<u8>),
+    /// `sun_family` only: autobind (bind) or an unnamed peer.
+    UnixUnnamed,
+    Netlink {
+        pid: u32,
+        groups: u32,
+    },
+    /// `AF_UNSPEC`: dissolves a datagram association.
+    Unspec,
+}
+
+/// Decodes a `struct sockaddr` of `bytes.len()` bytes as the kernel would.
+pub fn parse_sockaddr(bytes: &[u8]) -> Result<Address, Errno> {
+    if bytes.len() < 2 {
+        return Err(Errno::EINVAL);
+    }
+    let family = u16::from_ne_bytes([bytes[0], bytes[1]]) as i32;
+    match family {
+        libc::AF_INET => {
+            if bytes.len() < 16 {
+                return Err(Errno::EINVAL);
+            }
+            let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+            let ip = Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]);
+            Ok(Address::Inet {
+                addr: SocketAddr::V4(SocketAddrV4::new(ip, port)),
+                v4_mapped: false,
+            })
+        }
+        libc::AF_INET6 => {
+            if bytes.len() < 24 {
+                return Err(Errno::EINVAL);
+            }
+            let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+            let flowinfo = u32::from_be_bytes(bytes[4..8].try_into().expect("4"));
+            let octets: [u8; 16] = bytes[8..24].try_into().expect("16");
+            let scope = if bytes.len() >= 28 {
+                u32::from_ne_bytes(bytes[24..28].try_into().expect("4"))
+            } else {
+                0
+            };
+            let ip = std::net::Ipv6Addr::from(octets);
+            Ok(Address::Inet {
+                addr: SocketAddr::V6(SocketAddrV6::new(ip, port, flowinfo, scope)),
+                v4_mapped: ip.to_ipv4_mapped().is_some(),
+            })
+        }
+        libc::AF_UNIX => {
+            let path = &bytes[2..bytes.len().min(2 + 108)];
+            if path.is_empty() {
+                Ok(Address::UnixUnnamed)
+            } else if path[0] == 0 {
+                Ok(Address::UnixAbstract(path[1..].to_vec()))
+            } else {
+                let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+                Ok(Address::UnixPath(path[..end].to_vec()))
+            }
+        }
+        libc::AF_NETLINK => {
+            if bytes.len() < 12 {
+                return Err(Errno::EINVAL);
+            }
+            Ok(Address::Netlink {
+                pid: u32::from_ne_bytes(bytes[4..8].try_into().expect("4")),
+                groups: u32::from_ne_bytes(bytes[8..12].try_into().expect("4")),
+            })
+        }
+        libc::AF_UNSPEC => Ok(Address::Unspec),
+        _ => Err(Errno::EAFNOSUPPORT),
+    }
+}
+
+/// A sockaddr of one of the families we send to.
+#[derive(Debug)]
+pub enum Built {
+    In(SockaddrIn),
+    In6(SockaddrIn6),
+    Unix(UnixAddr),
+    Netlink(NetlinkAddr),
+}
+
+/// Runs `$body` with `$s` bound to the concrete sockaddr inside a [`Built`].
+macro_rules! with_sockaddr {
+    ($built:expr, |$s:ident| $body:expr) => {
+        match $built {
+            Built::In($s) => $body,
+            Built::In6($s) => $body,
+            Built::Unix($s) => $body,
+            Built::Netlink($s) => $body,
+        }
+    };
+}
+
+/// The address we will actually use, rebuilt from decoded values. Unix
+/// paths are passed in already resolved (see [`unix_via_fd`]).
+pub fn build_sockaddr(a: &Address, unix_path: Option<&[u8]>) -> Result<Built, Errno> {
+    Ok(match a {
+        Address::Inet {
+            addr: SocketAddr::V4(v4),
+            ..
+        } => Built::In(SockaddrIn::from(*v4)),
+        Address::Inet {
+            addr: SocketAddr::V6(v6),
+            ..
+        } => Built::In6(SockaddrIn6::from(*v6)),
+        Address::UnixPath(_) => {
+            let p = unix_path.ok_or(Errno::EINVAL)?;
+            Built::Unix(UnixAddr::new(OsStr::from_bytes(p))?)
+        }
+        Address::UnixAbstract(name) => Built::Unix(UnixAddr::new_abstract(name)?),
+        Address::UnixUnnamed => Built::Unix(UnixAddr::new_unnamed()),
+        Address::Netlink { pid, groups } => Built::Netlink(NetlinkAddr::new(*pid, *groups)),
+        Address::Unspec => return Err(Errno::EAFNOSUPPORT),
+    })
+}
+
+/// A path under `/proc/self/fd/N` naming a resolved unix socket (or, with a
+/// name, an entry in a resolved directory), short enough for `sun_path`.
+pub fn unix_via_fd(fd: &OwnedFd, name: Option<&[u8]>) -> Result<Vec<u8>, Errno> {
+    let mut p = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
+    if let Some(n) = name {
+        p.push(b'/');
+        p.extend_from_slice(n);
+    }
+    if p.len() >= 108 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(p)
+}
+
+/// The policy's view of an address: family, address text, port, unix path.
+pub fn describe(a: &Address) -> (&'static str, String, u32, bool) {
+    match a {
+        Address::Inet { addr, v4_mapped } => {
+            let ip = match addr.ip() {
+                IpAddr::V6(v6) if *v4_mapped => IpAddr::V4(v6.to_ipv4_mapped().expect("mapped")),
+                ip => ip,
+            };
+            let family = if ip.is_ipv4() { "inet" } else { "inet6" };
+            (family, ip.to_string(), addr.port() as u32, *v4_mapped)
+        }
+        _ => ("unix", String::new(), 0, false),
+    }
+}
+
+/// `SO_TYPE` of a socket we duplicated.
+pub fn socket_type(sock: &OwnedFd) -> Result<i32, Errno> {
+    socket::getsockopt(sock, socket::sockopt::SockType).map(|t| t as i32)
+}
+
+pub fn protocol_name(family: &str, sock_type: i32) -> &'static str {
+    match (family, sock_type) {
+        ("inet" | "inet6", libc::SOCK_STREAM) => "tcp",
+        ("inet" | "inet6", libc::SOCK_DGRAM) => "udp",
+        (_, libc::SOCK_RAW) => "raw",
+        (_, libc::SOCK_STREAM) => "stream",
+        (_, libc::SOCK_SEQPACKET) => "seqpacket",
+        _ => "dgram",
+    }
+}
+
+/// Whether an operation on `sock` may block (the socket is in blocking mode).
+pub fn is_blocking(sock: &OwnedFd) -> bool {
+    nix::fcntl::fcntl(sock, nix::fcntl::FcntlArg::F_GETFL)
+        .map(|f| f & libc::O_NONBLOCK == 0)
+        .unwrap_or(true)
+}
+
+pub fn connect(sock: &OwnedFd, addr: &Address, unix_path: Option<&[u8]>) -> Result<i64, Errno> {
+    if *addr == Address::Unspec {
+        return disconnect(sock);
+    }
+    let sa = build_sockaddr(addr, unix_path)?;
+    with_sockaddr!(&sa, |s| socket::connect(sock.as_raw_fd(), s)).map(|_| 0)
+}
+
+/// `connect(AF_UNSPEC)` (nix has no sockaddr type for it).
+fn disconnect(sock: &OwnedFd) -> Result<i64, Errno> {
+    crate::sys::connect_unspec(sock)
+        .map(|_| 0)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+pub fn bind(sock: &OwnedFd, addr: &Address, unix_path: Option<&[u8]>) -> Result<i64, Errno> {
+    let sa = build_sockaddr(addr, unix_path)?;
+    with_sockaddr!(&sa, |s| socket::bind(sock.as_raw_fd(), s)).map(|_| 0)
+}
+
+pub fn listen(sock: &OwnedFd, backlog: i32) -> Result<i64, Errno> {
+    let backlog =
+        socket::Backlog::new(backlog.clamp(0, i32::MAX)).unwrap_or(socket::Backlog::MAXCONN);
+    socket::listen(&sock.as_fd(), backlog).map(|_| 0)
+}
+
+/// One datagram, sent on the duplicate with the checked address (or the
+/// connected peer when `addr` is `None`).
+pub fn send(
+    sock: &OwnedFd,
+    iov: &[Vec<u8>],
+    flags: i32,
+    addr: Option<(&Address, Option<&[u8]>)>,
+) -> Result<i64, Errno> {
+    let slices: Vec<IoSlice<'_>> = iov.iter().map(|b| IoSlice::new(b)).collect();
+    let flags = MsgFlags::from_bits_retain(flags);
+    match addr {
+        Some((a, unix)) => {
+            let sa = build_sockaddr(a, unix)?;
+            with_sockaddr!(&sa, |s| socket::sendmsg(
+                sock.as_raw_fd(),
+                &slices,
+                &[],
+                flags,
+                Some(s)
+            ))
+        }
+        None => socket::sendmsg::<SockaddrStorage>(sock.as_raw_fd(), &slices, &[], flags, None),
+    }
+    .map(|n| n as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddrs_decode_like_the_kernel() {
+        let mut v4 = vec![0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&443u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[10, 1, 2, 3]);
+        let a = parse_sockaddr(&v4).unwrap();
+        assert_eq!(describe(&a), ("inet", "10.1.2.3".into(), 443, false));
+
+        let mut v6 = vec![0u8; 28];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&80u16.to_be_bytes());
+        v6[8..24].copy_from_slice(
+            &"::ffff:127.0.0.2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        let a = parse_sockaddr(&v6).unwrap();
+        assert_eq!(describe(&a), ("inet", "127.0.0.2".into(), 80, true));
+
+        let mut un = vec![0u8; 2];
+        un[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+        assert_eq!(parse_sockaddr(&un).unwrap(), Address::UnixUnnamed);
+        un.extend_from_slice(b"\0abc");
+        assert_eq!(
+            parse_sockaddr(&un).unwrap(),
+            Address::UnixAbstract(b"abc".to_vec())
+        );
+
+        assert_eq!(parse_sockaddr(&[1]), Err(Errno::EINVAL));
+        assert_eq!(parse_sockaddr(&[17, 0, 0, 0]), Err(Errno::EAFNOSUPPORT));
+        assert_eq!(parse_sockaddr(&v4[..8]), Err(Errno::EINVAL));
+    }
+}

@@ -1,0 +1,236 @@
+//! Making an approved exec the exec that happens.
+//!
+//! The kernel reads `execve`'s path and argv from the tool's memory *after*
+//! we answer "continue", so another thread (or a process sharing the memory)
+//! could swap them in between. We therefore verify the result, not the
+//! request: before continuing, the exec'ing thread is attached with
+//! `PTRACE_SEIZE` + `PTRACE_O_TRACEEXEC` (+ `EXITKILL`, so a dead supervisor
+//! means a dead tracee), then interrupted. The kernel stops it at
+//! `PTRACE_EVENT_EXEC` — after the new image is loaded, before its first
+//! instruction — and we compare `/proc/PID/exe` (device and inode) and
+//! `/proc/PID/cmdline` with what the policy approved. A mismatch is killed
+//! with `SIGKILL`; the unapproved program never runs. If the exec fails, the
+//! interrupt stops the thread on its way back to user space and we detach.
+//!
+//! All ptrace requests come from one thread (ptrace is per tracer thread),
+//! which handles execs one at a time.
+
+use std::{
+    os::unix::fs::MetadataExt,
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use nix::{
+    errno::Errno,
+    sys::{
+        ptrace,
+        signal::{Signal, kill},
+        wait::{Id, WaitPidFlag, WaitStatus, waitid},
+    },
+    unistd::Pid,
+};
+
+use crate::sys::Listener;
+
+/// The image and arguments the policy approved.
+#[derive(Debug, Clone)]
+pub struct Approved {
+    pub dev: u64,
+    pub ino: u64,
+    /// The expected `/proc/PID/cmdline`, or only its tail (for `#!` scripts,
+    /// whose argv the kernel prefixes with the interpreter and script name).
+    pub argv: Vec<Vec<u8>>,
+    pub argv_is_tail: bool,
+}
+
+/// How a verified exec ended, for the supervisor's counters and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The approved image is running.
+    Verified,
+    /// The exec failed in the kernel (the tool sees the error).
+    Failed,
+    /// The task died before or during the exec.
+    Gone,
+    /// Something else ran or would have run; killed.
+    Killed(String),
+    /// Could not attach; the exec was denied.
+    Refused(String),
+}
+
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    tid: i32,
+    tgid: i32,
+    approved: Approved,
+    done: mpsc::Sender<Outcome>,
+}
+
+/// Handle to the verifier thread.
+#[derive(Debug, Clone)]
+pub struct ExecVerifier {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl ExecVerifier {
+    /// `main_pid` is the sandbox's first process: our own child, whose exit
+    /// status belongs to the waiter, so the verifier never reaps it.
+    pub fn start(listener: Arc<Listener>, main_pid: Arc<std::sync::atomic::AtomicI32>) -> Self {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("cordon-exec".into())
+            .spawn(move || {
+                for job in rx {
+                    let main = main_pid.load(std::sync::atomic::Ordering::SeqCst);
+                    let outcome = verify(&listener, &job, main);
+                    let _ = job.done.send(outcome);
+                }
+            })
+            .expect("spawn exec verifier thread");
+        Self { jobs }
+    }
+
+    /// Lets the exec proceed under verification and returns how it ended.
+    /// Answers the notification in every case.
+    pub fn run(&self, id: u64, tid: i32, tgid: i32, approved: Approved) -> Outcome {
+        let (done, rx) = mpsc::channel();
+        if self
+            .jobs
+            .send(Job {
+                id,
+                tid,
+                tgid,
+                approved,
+                done,
+            })
+            .is_err()
+        {
+            return Outcome::Refused("the exec verifier is not running".into());
+        }
+        rx.recv()
+            .unwrap_or(Outcome::Refused("the exec verifier stopped".into()))
+    }
+}
+
+fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
+    let tid = Pid::from_raw(job.tid);
+    let opts = ptrace::Options::PTRACE_O_TRACEEXEC | ptrace::Options::PTRACE_O_EXITKILL;
+    if let Err(e) = ptrace::seize(tid, opts) {
+        let _ = listener.fail(job.id, libc::EACCES);
+        return Outcome::Refused(format!("cannot attach to verify the exec: {e}"));
+    }
+    if listener.allow_continue(job.id).is_err() {
+        // The notification is gone (the task was killed): nothing runs.
+        let _ = ptrace::detach(tid, None);
+        return Outcome::Gone;
+    }
+    // Stop the thread if the exec fails and it heads back to user space.
+    let _ = ptrace::interrupt(tid);
+    loop {
+        let status = match next_stop(job, main_pid) {
+            Ok(s) => s,
+            Err(_) => return Outcome::Gone,
+        };
+        match status {
+            WaitStatus::PtraceEvent(pid, _, libc::PTRACE_EVENT_EXEC) => {
+                let outcome = check_image(pid, &job.approved);
+                match &outcome {
+                    Outcome::Verified => {
+                        let _ = ptrace::detach(pid, None);
+                    }
+                    _ => {
+                        let _ = kill(pid, Signal::SIGKILL);
+                        let _ = ptrace::detach(pid, None);
+                    }
+                }
+                return outcome;
+            }
+            WaitStatus::PtraceEvent(pid, _, _) => {
+                // Our interrupt, before any exec event: the exec failed.
+                let _ = ptrace::detach(pid, None);
+                return Outcome::Failed;
+            }
+            WaitStatus::Stopped(pid, sig) => {
+                // A signal arrived meanwhile; deliver it and keep waiting.
+                let _ = ptrace::cont(pid, sig);
+            }
+            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => {
+                if pid.as_raw() != main_pid {
+                    // A traced process that is not our child is reported to
+                    // us first; reaping hands it back to its real parent.
+                    let _ = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::__WALL);
+                }
+                return Outcome::Gone;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The next state change of the exec'ing thread. A non-leader that execs
+/// takes over the thread-group id, so then both ids are watched (polling:
+/// a blocking wait on one id would miss the other).
+fn next_stop(job: &Job, _main_pid: i32) -> Result<WaitStatus, Errno> {
+    let flags =
+        WaitPidFlag::WSTOPPED | WaitPidFlag::WEXITED | WaitPidFlag::__WALL | WaitPidFlag::WNOWAIT;
+    if job.tid == job.tgid {
+        return waitid(Id::Pid(Pid::from_raw(job.tid)), flags);
+    }
+    loop {
+        let mut quiet_ids = 0;
+        for id in [job.tid, job.tgid] {
+            match waitid(Id::Pid(Pid::from_raw(id)), flags | WaitPidFlag::WNOHANG) {
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(s) => return Ok(s),
+                Err(Errno::ECHILD) => quiet_ids += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        if quiet_ids == 2 {
+            return Err(Errno::ECHILD);
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Whether the stopped, freshly exec'd process is the approved image with
+/// the approved arguments.
+fn check_image(pid: Pid, approved: &Approved) -> Outcome {
+    let exe = match std::fs::metadata(format!("/proc/{pid}/exe")) {
+        Ok(m) => m,
+        Err(e) => return Outcome::Killed(format!("cannot inspect the new image: {e}")),
+    };
+    if (exe.dev(), exe.ino()) != (approved.dev, approved.ino) {
+        return Outcome::Killed(format!(
+            "the image that ran ({}:{}) is not the one the policy approved ({}:{})",
+            exe.dev(),
+            exe.ino(),
+            approved.dev,
+            approved.ino
+        ));
+    }
+    let cmdline = match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Killed(format!("cannot read the new arguments: {e}")),
+    };
+    let args: Vec<&[u8]> = cmdline
+        .strip_suffix(b"\0")
+        .unwrap_or(&cmdline)
+        .split(|&b| b == 0)
+        .collect();
+    let want: Vec<&[u8]> = approved.argv.iter().map(Vec::as_slice).collect();
+    let matches = if approved.argv_is_tail {
+        args.len() >= want.len() && args[args.len() - want.len()..] == want[..]
+    } else {
+        // An empty argv is run with argv[0] = "" by Linux 5.18+.
+        args == want || (want.is_empty() && args == [b""])
+    };
+    if !matches {
+        return Outcome::Killed(
+            "the arguments that ran are not the ones the policy approved".into(),
+        );
+    }
+    Outcome::Verified
+}

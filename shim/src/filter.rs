@@ -1,0 +1,281 @@
+//! The seccomp program every sandboxed task runs under.
+//!
+//! Three outcomes, decided in the kernel:
+//! - **brokered** (`USER_NOTIF`, then policy): the open family, `connect`,
+//!   `bind`, `listen`, `sendto` with an address, `sendmsg`, `sendmmsg`, the
+//!   exec family;
+//! - **forbidden** (`USER_NOTIF`, answered by the supervisor with an errno and
+//!   counted, never sent to the policy): calls that would let a tool escape or
+//!   blind the supervisor — see [`forbidden_errno`];
+//! - everything else runs.
+//!
+//! Forbidden calls go through the supervisor rather than `SECCOMP_RET_ERRNO`
+//! so they can be counted in the sandbox's exit record; if the supervisor is
+//! gone they still fail (the kernel answers `ENOSYS`). A syscall from any ABI
+//! but the native one (`int 0x80`, x32) kills the process.
+
+use std::{io::Read, os::fd::AsFd};
+
+use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+
+use crate::sys::BpfProgram;
+
+/// A failure to build the filter.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("building the seccomp filter failed at {step}: {source}")]
+    Build {
+        step: String,
+        #[source]
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("exporting the seccomp filter failed: {0}")]
+    Export(#[from] std::io::Error),
+}
+
+/// Which supervisor the filter protects from signals.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterParams {
+    pub supervisor_pid: i32,
+    pub supervisor_pgid: i32,
+}
+
+/// Syscalls decided by the policy.
+pub const BROKERED: &[i64] = &[
+    libc::SYS_open,
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_creat,
+    libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_sendmsg,
+    libc::SYS_sendmmsg,
+    libc::SYS_execve,
+    libc::SYS_execveat,
+];
+
+/// Syscalls the supervisor inspects without asking the policy: their
+/// arguments are registers, so answering "continue" cannot be raced.
+pub const INSPECTED: &[i64] = &[libc::SYS_socket, libc::SYS_personality];
+
+/// The errno a forbidden syscall fails with, or `None` if it is not
+/// forbidden outright. `ENOSYS` where libc or liburing fall back gracefully.
+pub fn forbidden_errno(nr: i64) -> Option<i32> {
+    Some(match nr {
+        libc::SYS_io_uring_setup | libc::SYS_io_uring_enter | libc::SYS_io_uring_register => {
+            libc::ENOSYS
+        }
+        libc::SYS_clone3 => libc::ENOSYS,
+        libc::SYS_ptrace
+        | libc::SYS_process_vm_readv
+        | libc::SYS_process_vm_writev
+        | libc::SYS_bpf
+        | libc::SYS_perf_event_open
+        | libc::SYS_userfaultfd
+        | libc::SYS_mount
+        | libc::SYS_umount2
+        | libc::SYS_fsopen
+        | libc::SYS_fsconfig
+        | libc::SYS_fsmount
+        | libc::SYS_fspick
+        | libc::SYS_move_mount
+        | libc::SYS_open_tree
+        | libc::SYS_mount_setattr
+        | libc::SYS_pivot_root
+        | libc::SYS_chroot
+        | libc::SYS_unshare
+        | libc::SYS_setns
+        | libc::SYS_open_by_handle_at
+        | libc::SYS_name_to_handle_at
+        | libc::SYS_keyctl
+        | libc::SYS_add_key
+        | libc::SYS_request_key
+        | libc::SYS_kexec_load
+        | libc::SYS_kexec_file_load
+        | libc::SYS_init_module
+        | libc::SYS_finit_module
+        | libc::SYS_delete_module
+        | libc::SYS_tkill
+        // Conditional rules below: only the dangerous argument values reach us.
+        | libc::SYS_clone
+        | libc::SYS_ioctl
+        | libc::SYS_kill
+        | libc::SYS_tgkill
+        | libc::SYS_pidfd_open => libc::EPERM,
+        _ => return None,
+    })
+}
+
+/// Every unconditionally forbidden syscall.
+const FORBIDDEN_ALWAYS: &[i64] = &[
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_clone3,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_tkill,
+];
+
+/// Namespace-creating `clone` flags (the ones `clone` accepts).
+pub const CLONE_NAMESPACE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+
+/// `ioctl(fd, TIOCSTI, …)` pushes input into the terminal: a classic escape.
+const TIOCSTI: u64 = 0x5412;
+
+/// Builds the filter and exports it as a BPF program.
+pub fn build(params: FilterParams) -> Result<BpfProgram, FilterError> {
+    let step = |step: &str| {
+        let step = step.to_owned();
+        move |source| FilterError::Build { step, source }
+    };
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(step("init"))?;
+    // Any other ABI (int 0x80 on x86-64, x32) kills the process: the
+    // supervisor decodes native syscall numbers only.
+    ctx.set_act_badarch(ScmpAction::KillProcess)
+        .map_err(step("bad-arch action"))?;
+
+    for &nr in BROKERED.iter().chain(INSPECTED).chain(FORBIDDEN_ALWAYS) {
+        ctx.add_rule(ScmpAction::Notify, ScmpSyscall::from(nr as i32))
+            .map_err(step(&format!("syscall {nr}")))?;
+    }
+    let notify_if = |ctx: &mut ScmpFilterContext, nr: i64, cmp: ScmpArgCompare| {
+        ctx.add_rule_conditional(ScmpAction::Notify, ScmpSyscall::from(nr as i32), &[cmp])
+            .map(|_| ())
+            .map_err(step(&format!("conditional rule for syscall {nr}")))
+    };
+    // A 32-bit argument: compare the low half only (the upper half of the
+    // register is not guaranteed to be zero or sign-extended).
+    let low32 = ScmpCompareOp::MaskedEqual(0xffff_ffff);
+    // sendto with a destination address (arg 4 non-null) or MSG_FASTOPEN,
+    // which makes a TCP send connect; a plain send on a connected socket runs.
+    notify_if(
+        &mut ctx,
+        libc::SYS_sendto,
+        ScmpArgCompare::new(4, ScmpCompareOp::NotEqual, 0),
+    )?;
+    notify_if(
+        &mut ctx,
+        libc::SYS_sendto,
+        ScmpArgCompare::new(
+            3,
+            ScmpCompareOp::MaskedEqual(libc::MSG_FASTOPEN as u64),
+            libc::MSG_FASTOPEN as u64,
+        ),
+    )?;
+    for &flag in CLONE_NAMESPACE_FLAGS {
+        notify_if(
+            &mut ctx,
+            libc::SYS_clone,
+            ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(flag), flag),
+        )?;
+    }
+    notify_if(
+        &mut ctx,
+        libc::SYS_ioctl,
+        ScmpArgCompare::new(1, low32, TIOCSTI),
+    )?;
+    // Signals to the supervisor: by pid, to its process group, to "every
+    // process in my group" (0) and to "every process I may signal" (-1).
+    let sup = params.supervisor_pid as u32 as u64;
+    for target in [
+        sup,
+        0,
+        u32::MAX as u64,
+        (-params.supervisor_pgid) as u32 as u64,
+    ] {
+        notify_if(
+            &mut ctx,
+            libc::SYS_kill,
+            ScmpArgCompare::new(0, low32, target),
+        )?;
+    }
+    notify_if(
+        &mut ctx,
+        libc::SYS_tgkill,
+        ScmpArgCompare::new(0, low32, sup),
+    )?;
+    notify_if(
+        &mut ctx,
+        libc::SYS_pidfd_open,
+        ScmpArgCompare::new(0, low32, sup),
+    )?;
+
+    let mut memfd = std::fs::File::from(
+        nix::sys::memfd::memfd_create(c"cordon-filter", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(std::io::Error::from)?,
+    );
+    ctx.export_bpf(memfd.as_fd()).map_err(step("export"))?;
+    let mut bytes = Vec::new();
+    use std::io::Seek;
+    memfd.seek(std::io::SeekFrom::Start(0))?;
+    memfd.read_to_end(&mut bytes)?;
+    BpfProgram::from_bytes(&bytes).ok_or_else(|| {
+        FilterError::Export(std::io::Error::other(format!(
+            "libseccomp exported {} bytes, not a BPF program",
+            bytes.len()
+        )))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_forbidden_syscall_has_an_errno_and_none_is_brokered() {
+        for nr in FORBIDDEN_ALWAYS {
+            assert!(forbidden_errno(*nr).is_some(), "{nr}");
+            assert!(!BROKERED.contains(nr), "{nr}");
+        }
+        for nr in BROKERED.iter().chain(INSPECTED) {
+            assert_eq!(forbidden_errno(*nr), None, "{nr}");
+        }
+    }
+
+    #[test]
+    fn the_filter_builds() {
+        let prog = build(FilterParams {
+            supervisor_pid: 1234,
+            supervisor_pgid: 1234,
+        })
+        .unwrap();
+        assert!(prog.len() > 20, "{} instructions", prog.len());
+    }
+}

@@ -1,0 +1,963 @@
+//! The supervisor: receives each notification, decodes the call from the
+//! tool's memory, asks the policy, and makes the decision what happens.
+//!
+//! Invariants:
+//! - every error on the decision path is a denial ([`Supervisor::ask`]);
+//! - the notification id is re-validated after reading the tool's memory
+//!   and before acting on what was read;
+//! - an allowed open, connect, bind or datagram send is performed by us on
+//!   the object the policy saw; "continue" is only answered for calls whose
+//!   arguments are registers (socket, personality, listen's fd via a dup) or
+//!   whose meaning cannot change (stream sends, `O_PATH` opens — see
+//!   docs/threat-model.md), and for exec under verification ([`crate::exec`]).
+
+use std::{
+    collections::BTreeMap,
+    os::{fd::OwnedFd, unix::ffi::OsStrExt},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use cordon_broker::proto::{
+    DecideRequest, ExecAccess, FileAccess, NetworkAccess, Process, Sandbox, decide_request::Subject,
+};
+use nix::{errno::Errno, poll::PollTimeout};
+
+use crate::{
+    client::Decider,
+    emulate::{self, Address},
+    exec::{Approved, ExecVerifier, Outcome},
+    filter,
+    memory::ToolMemory,
+    process::{Creds, Task, with_creds},
+    resolve::{self, Found, Lookup},
+    sys::{self, Listener, Notification},
+};
+
+const PATH_MAX: usize = 4096;
+const MAX_ARGV: usize = 4096;
+const MAX_ARGV_BYTES: usize = 1024 * 1024;
+/// The largest datagram we copy out of the tool for an emulated send.
+const MAX_DATAGRAM: usize = 1024 * 1024;
+const MAX_IOV: usize = 1024;
+const MAX_MMSG: usize = 1024;
+
+/// A decision as the supervisor applies it.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub allow: bool,
+    pub errno: i32,
+    pub reason: String,
+}
+
+/// Counters reported in the sandbox's exit record.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub decisions: u64,
+    pub denied: u64,
+    /// Forbidden calls answered by the filter rules, by name.
+    pub forbidden: BTreeMap<String, u64>,
+    /// Calls denied because no decision could be obtained.
+    pub undecided: u64,
+    pub exec_killed: u64,
+}
+
+/// One sandbox's supervisor.
+#[derive(Debug)]
+pub struct Supervisor {
+    listener: Arc<Listener>,
+    decider: Arc<dyn Decider>,
+    sandbox: Sandbox,
+    me: Creds,
+    /// A unix socket the tool must never reach (the broker's own).
+    broker_socket: Option<PathBuf>,
+    exec: ExecVerifier,
+    counters: Mutex<Counters>,
+}
+
+fn syscall_name(nr: i64) -> &'static str {
+    match nr {
+        libc::SYS_open => "open",
+        libc::SYS_openat => "openat",
+        libc::SYS_openat2 => "openat2",
+        libc::SYS_creat => "creat",
+        libc::SYS_connect => "connect",
+        libc::SYS_bind => "bind",
+        libc::SYS_listen => "listen",
+        libc::SYS_sendto => "sendto",
+        libc::SYS_sendmsg => "sendmsg",
+        libc::SYS_sendmmsg => "sendmmsg",
+        libc::SYS_execve => "execve",
+        libc::SYS_execveat => "execveat",
+        libc::SYS_socket => "socket",
+        libc::SYS_personality => "personality",
+        libc::SYS_io_uring_setup => "io_uring_setup",
+        libc::SYS_io_uring_enter => "io_uring_enter",
+        libc::SYS_io_uring_register => "io_uring_register",
+        libc::SYS_clone => "clone",
+        libc::SYS_clone3 => "clone3",
+        libc::SYS_ptrace => "ptrace",
+        libc::SYS_ioctl => "ioctl",
+        libc::SYS_kill => "kill",
+        libc::SYS_tgkill => "tgkill",
+        libc::SYS_tkill => "tkill",
+        libc::SYS_pidfd_open => "pidfd_open",
+        libc::SYS_mount => "mount",
+        libc::SYS_unshare => "unshare",
+        libc::SYS_setns => "setns",
+        libc::SYS_bpf => "bpf",
+        libc::SYS_process_vm_readv => "process_vm_readv",
+        libc::SYS_process_vm_writev => "process_vm_writev",
+        libc::SYS_perf_event_open => "perf_event_open",
+        libc::SYS_userfaultfd => "userfaultfd",
+        libc::SYS_chroot => "chroot",
+        libc::SYS_pivot_root => "pivot_root",
+        libc::SYS_keyctl => "keyctl",
+        _ => "other",
+    }
+}
+
+fn open_flag_names(flags: i32) -> Vec<String> {
+    let mut out = vec![match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => "O_WRONLY",
+        libc::O_RDWR => "O_RDWR",
+        _ => "O_RDONLY",
+    }];
+    for (bit, name) in [
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_TRUNC, "O_TRUNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_DIRECTORY, "O_DIRECTORY"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_CLOEXEC, "O_CLOEXEC"),
+        (libc::O_PATH, "O_PATH"),
+        (libc::O_NOCTTY, "O_NOCTTY"),
+        (libc::O_SYNC, "O_SYNC"),
+        (libc::O_DIRECT, "O_DIRECT"),
+        (libc::O_NOATIME, "O_NOATIME"),
+    ] {
+        if flags & bit == bit {
+            out.push(name);
+        }
+    }
+    if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        out.retain(|n| *n != "O_DIRECTORY");
+        out.push("O_TMPFILE");
+    }
+    out.into_iter().map(String::from).collect()
+}
+
+/// A decoded open-family call.
+struct OpenCall {
+    dirfd: i32,
+    path_ptr: u64,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+}
+
+impl Supervisor {
+    pub fn new(
+        listener: Arc<Listener>,
+        decider: Arc<dyn Decider>,
+        sandbox: Sandbox,
+        broker_socket: Option<PathBuf>,
+        exec: ExecVerifier,
+    ) -> Self {
+        Self {
+            listener,
+            decider,
+            sandbox,
+            me: Creds::of_self(),
+            broker_socket,
+            exec,
+            counters: Mutex::default(),
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters.lock().expect("counters lock").clone()
+    }
+
+    /// Serves notifications until no task uses the filter any more.
+    pub fn run(self: Arc<Self>) {
+        // Files we create take the tool's umask, not ours: give this thread
+        // its own fs context with umask 0 and apply the tool's by hand.
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS) {
+            tracing::warn!(error = %e, "cannot unshare the supervisor thread's fs context");
+        } else {
+            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        }
+        let _ = self.listener.set_sync_wakeup();
+        loop {
+            let fd = std::os::fd::AsFd::as_fd(&*self.listener);
+            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "polling the listener failed");
+                    return;
+                }
+            }
+            let revents = fds[0].revents().unwrap_or(nix::poll::PollFlags::POLLHUP);
+            if !revents.contains(nix::poll::PollFlags::POLLIN) {
+                // POLLHUP: every sandboxed task is gone.
+                return;
+            }
+            match self.listener.recv() {
+                Ok(n) => self.handle(n),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "receiving a notification failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Counters)) {
+        f(&mut self.counters.lock().expect("counters lock"));
+    }
+
+    fn forbid(&self, n: &Notification, what: String, errno: i32) {
+        tracing::debug!(pid = n.tid, call = %what, "forbidden by the filter");
+        self.count(|c| *c.forbidden.entry(what).or_default() += 1);
+        let _ = self.listener.fail(n.id, errno);
+    }
+
+    fn handle(self: &Arc<Self>, n: Notification) {
+        let result = match n.nr {
+            libc::SYS_open | libc::SYS_openat | libc::SYS_openat2 | libc::SYS_creat => {
+                self.handle_open(&n)
+            }
+            libc::SYS_connect | libc::SYS_bind | libc::SYS_sendto => self.handle_addressed(&n),
+            libc::SYS_sendmsg | libc::SYS_sendmmsg => self.handle_sendmsg(&n),
+            libc::SYS_listen => self.handle_listen(&n),
+            libc::SYS_execve | libc::SYS_execveat => self.handle_exec(&n),
+            libc::SYS_socket => {
+                let (domain, protocol) = (n.args[0] as i32, n.args[2] as i32);
+                let ok = matches!(domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6)
+                    || (domain == libc::AF_NETLINK && protocol == libc::NETLINK_ROUTE);
+                if ok {
+                    let _ = self.listener.allow_continue(n.id);
+                } else {
+                    self.forbid(&n, format!("socket(family {domain})"), libc::EAFNOSUPPORT);
+                }
+                Ok(())
+            }
+            libc::SYS_personality => {
+                let persona = n.args[0] as u32;
+                if persona == 0 || persona == u32::MAX {
+                    let _ = self.listener.allow_continue(n.id);
+                } else {
+                    self.forbid(&n, "personality".into(), libc::EPERM);
+                }
+                Ok(())
+            }
+            nr => {
+                let errno = filter::forbidden_errno(nr).unwrap_or(libc::ENOSYS);
+                self.forbid(&n, syscall_name(nr).into(), errno);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            // ESRCH: the task went away; the answer does not matter.
+            let _ = self.listener.fail(n.id, e as i32);
+        }
+    }
+
+    /// The task behind a notification, read after the arguments: if the id
+    /// is still valid the task is the one that made the call.
+    fn task(&self, n: &Notification) -> Result<Task, Errno> {
+        let task = Task::inspect(n.tid)?;
+        if !self.listener.id_valid(n.id) {
+            return Err(Errno::ESRCH);
+        }
+        Ok(task)
+    }
+
+    fn request(&self, task: &Task, n: &Notification, subject: Subject) -> DecideRequest {
+        DecideRequest {
+            request_id: 0,
+            sandbox: Some(self.sandbox.clone()),
+            process: Some(Process {
+                pid: task.tgid,
+                ppid: task.ppid,
+                uid: task.uid,
+                gid: task.gid,
+                exe: task.exe.clone(),
+                cwd: task.cwd.clone(),
+                comm: task.comm.clone(),
+            }),
+            syscall: syscall_name(n.nr).into(),
+            subject: Some(subject),
+        }
+    }
+
+    /// Asks for a decision. Fail-closed: anything but a clear answer denies.
+    pub fn ask(&self, req: DecideRequest) -> Verdict {
+        let verdict = match self.decider.decide(req) {
+            Ok(d) => Verdict {
+                allow: d.allow,
+                errno: if d.allow {
+                    0
+                } else if d.errno_code > 0 {
+                    d.errno_code
+                } else {
+                    libc::EACCES
+                },
+                reason: d.reason,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no decision; denying");
+                self.count(|c| c.undecided += 1);
+                Verdict {
+                    allow: false,
+                    errno: libc::EACCES,
+                    reason: e.to_string(),
+                }
+            }
+        };
+        self.count(|c| {
+            c.decisions += 1;
+            if !verdict.allow {
+                c.denied += 1;
+            }
+        });
+        verdict
+    }
+
+    // --- files ---------------------------------------------------------------
+
+    fn decode_open(&self, n: &Notification, mem: &ToolMemory) -> Result<OpenCall, Errno> {
+        let a = n.args;
+        Ok(match n.nr {
+            libc::SYS_open => OpenCall {
+                dirfd: libc::AT_FDCWD,
+                path_ptr: a[0],
+                flags: a[1] as i32,
+                mode: a[2] as u32,
+                resolve: 0,
+            },
+            libc::SYS_creat => OpenCall {
+                dirfd: libc::AT_FDCWD,
+                path_ptr: a[0],
+                flags: libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+                mode: a[1] as u32,
+                resolve: 0,
+            },
+            libc::SYS_openat => OpenCall {
+                dirfd: a[0] as i32,
+                path_ptr: a[1],
+                flags: a[2] as i32,
+                mode: a[3] as u32,
+                resolve: 0,
+            },
+            _ => {
+                // openat2(dirfd, path, struct open_how *how, size_t size)
+                let size = a[3] as usize;
+                if size < 24 {
+                    return Err(Errno::EINVAL);
+                }
+                if size > 4096 {
+                    return Err(Errno::E2BIG);
+                }
+                let how = mem.read(a[2], size)?;
+                if how[24..].iter().any(|&b| b != 0) {
+                    return Err(Errno::E2BIG);
+                }
+                let word = |i: usize| u64::from_ne_bytes(how[i..i + 8].try_into().expect("8"));
+                if word(0) > u32::MAX as u64 {
+                    return Err(Errno::EINVAL);
+                }
+                OpenCall {
+                    dirfd: a[0] as i32,
+                    path_ptr: a[1],
+                    flags: word(0) as i32,
+                    mode: word(8) as u32,
+                    resolve: word(16),
+                }
+            }
+        })
+    }
+
+    fn handle_open(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
+        let mem = ToolMemory::new(n.tid);
+        let call = self.decode_open(n, &mem)?;
+        let path = mem.read_cstr(call.path_ptr, PATH_MAX - 1)?;
+        let task = self.task(n)?;
+        let flags = call.flags;
+        let is_tmpfile = flags & libc::O_TMPFILE == libc::O_TMPFILE;
+        let creates = flags & libc::O_CREAT != 0 && !is_tmpfile;
+        let resolved = with_creds(&task.creds, &self.me, || {
+            resolve::resolve(&Lookup {
+                tid: n.tid,
+                tgid: task.tgid,
+                dirfd: call.dirfd,
+                path: &path,
+                follow: flags & libc::O_NOFOLLOW == 0,
+                create: creates,
+                resolve: call.resolve,
+            })
+        })?;
+        // A path that does not resolve fails as the kernel would have failed
+        // it; there is nothing to open, so nothing to decide.
+        let found = resolved.found?;
+        let access: Vec<String> = if flags & libc::O_PATH != 0 {
+            vec![]
+        } else {
+            match flags & libc::O_ACCMODE {
+                libc::O_WRONLY => vec!["write".into()],
+                libc::O_RDWR => vec!["read".into(), "write".into()],
+                _ => vec!["read".into()],
+            }
+        };
+        let file = FileAccess {
+            path: resolved.path,
+            access,
+            create: creates && matches!(found, Found::Missing { .. }) || is_tmpfile,
+            truncate: flags & libc::O_TRUNC != 0,
+            flags: open_flag_names(flags),
+        };
+        let verdict = self.ask(self.request(&task, n, Subject::File(file)));
+        if !verdict.allow {
+            return Err(Errno::from_raw(verdict.errno));
+        }
+        if flags & libc::O_PATH != 0 {
+            // ADDFD cannot install O_PATH files. An O_PATH fd grants no
+            // access to contents; every use that would (reopen, exec) is
+            // brokered again through /proc/PID/fd/N.
+            let _ = self.listener.allow_continue(n.id);
+            return Ok(());
+        }
+        let blocking_fifo = flags & libc::O_NONBLOCK == 0
+            && matches!(&found, Found::Existing(fd)
+                if nix::sys::stat::fstat(fd).is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFIFO));
+        let me = self.clone();
+        let id = n.id;
+        let open_and_inject = move || {
+            let opened = with_creds(&task.creds, &me.me, || {
+                emulate::open_found(&found, flags, call.mode, task.umask)
+            })
+            .and_then(|r| r);
+            match opened {
+                Ok(fd) => {
+                    if let Err(e) =
+                        me.listener
+                            .inject_fd_and_return(id, &fd, flags & libc::O_CLOEXEC != 0)
+                        && e.raw_os_error() != Some(libc::ENOENT)
+                    {
+                        let _ = me.listener.fail(id, e.raw_os_error().unwrap_or(libc::EIO));
+                    }
+                }
+                Err(e) => {
+                    let _ = me.listener.fail(id, e as i32);
+                }
+            }
+        };
+        if blocking_fifo {
+            // Opening a FIFO waits for the other end: not on this thread.
+            std::thread::spawn(open_and_inject);
+        } else {
+            open_and_inject();
+        }
+        Ok(())
+    }
+
+    // --- network -------------------------------------------------------------
+
+    fn tool_socket(&self, task: &Task, fd: i32) -> Result<OwnedFd, Errno> {
+        let pidfd = sys::pidfd_open(task.tgid).map_err(|_| Errno::ESRCH)?;
+        sys::pidfd_getfd(&pidfd, fd)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))
+    }
+
+    /// For unix paths: the resolved object (or parent + name for bind) and the
+    /// `/proc/self/fd/...` path that names it for our own call.
+    fn resolve_unix(
+        &self,
+        task: &Task,
+        n: &Notification,
+        path: &[u8],
+        create: bool,
+    ) -> Result<(Vec<u8>, Found), Errno> {
+        let resolved = with_creds(&task.creds, &self.me, || {
+            resolve::resolve(&Lookup {
+                tid: n.tid,
+                tgid: task.tgid,
+                dirfd: libc::AT_FDCWD,
+                path,
+                follow: true,
+                create,
+                resolve: 0,
+            })
+        })?;
+        let found = resolved.found?;
+        if create && matches!(found, Found::Existing(_)) {
+            return Err(Errno::EADDRINUSE);
+        }
+        Ok((resolved.path, found))
+    }
+
+    /// Runs `op` now, or on its own thread when it may block (a blocking
+    /// socket), and answers the notification with its result.
+    fn perform(
+        self: &Arc<Self>,
+        n: &Notification,
+        task: &Task,
+        may_block: bool,
+        op: impl FnOnce() -> Result<i64, Errno> + Send + 'static,
+    ) {
+        let me = self.clone();
+        let creds = task.creds.clone();
+        let id = n.id;
+        let run = move || {
+            let result = with_creds(&creds, &me.me, op).and_then(|r| r);
+            let _ = match result {
+                Ok(v) => me.listener.succeed(id, v),
+                Err(e) => me.listener.fail(id, e as i32),
+            };
+        };
+        if may_block {
+            std::thread::spawn(run);
+        } else {
+            run();
+        }
+    }
+
+    /// Builds the network subject for an address; for unix paths resolves
+    /// them and returns the path our own call must use.
+    #[allow(clippy::type_complexity)]
+    fn network_subject(
+        &self,
+        task: &Task,
+        n: &Notification,
+        op: &str,
+        addr: &Address,
+        sock_type: i32,
+    ) -> Result<(NetworkAccess, Option<(Vec<u8>, Found)>), Errno> {
+        let (family, address, port, v4_mapped) = emulate::describe(addr);
+        let mut access = NetworkAccess {
+            op: op.into(),
+            family: family.into(),
+            protocol: emulate::protocol_name(family, sock_type).into(),
+            address,
+            port,
+            path: vec![],
+            v4_mapped,
+        };
+        let mut unix = None;
+        match addr {
+            Address::UnixPath(p) => {
+                let (canonical, found) = self.resolve_unix(task, n, p, op == "bind")?;
+                if let Some(broker) = &self.broker_socket
+                    && canonical == broker.as_os_str().as_bytes()
+                {
+                    self.count(|c| {
+                        *c.forbidden
+                            .entry("connect(broker socket)".into())
+                            .or_default() += 1
+                    });
+                    return Err(Errno::EACCES);
+                }
+                access.path = canonical.clone();
+                unix = Some((canonical, found));
+            }
+            Address::UnixAbstract(name) => {
+                access.path = [b"@".as_slice(), name].concat();
+            }
+            Address::UnixUnnamed => access.path = b"@".to_vec(),
+            _ => {}
+        }
+        Ok((access, unix))
+    }
+
+    /// connect, bind, and sendto with an address.
+    fn handle_addressed(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
+        let op = syscall_name(n.nr);
+        let mem = ToolMemory::new(n.tid);
+        let (fd, addr_ptr, addr_len) = match n.nr {
+            libc::SYS_sendto => (n.args[0] as i32, n.args[4], n.args[5] as usize),
+            _ => (n.args[0] as i32, n.args[1], n.args[2] as usize),
+        };
+        if n.nr == libc::SYS_sendto && n.args[3] as i32 & libc::MSG_FASTOPEN != 0 {
+            // A TCP send that connects; make the tool use connect instead.
+            self.forbid(n, "sendto(MSG_FASTOPEN)".into(), libc::EOPNOTSUPP);
+            return Ok(());
+        }
+        if addr_len > std::mem::size_of::<libc::sockaddr_storage>() {
+            return Err(Errno::EINVAL);
+        }
+        let raw = mem.read(addr_ptr, addr_len)?;
+        let payload = if n.nr == libc::SYS_sendto {
+            let len = n.args[2] as usize;
+            if len > MAX_DATAGRAM {
+                return Err(Errno::EMSGSIZE);
+            }
+            Some(mem.read(n.args[1], len)?)
+        } else {
+            None
+        };
+        let task = self.task(n)?;
+        let sock = self.tool_socket(&task, fd)?;
+        let sock_type = emulate::socket_type(&sock)?;
+        if n.nr == libc::SYS_sendto && sock_type == libc::SOCK_STREAM {
+            // A connected stream ignores the address (MSG_FASTOPEN is
+            // refused above): the destination was decided at connect.
+            let _ = self.listener.allow_continue(n.id);
+            return Ok(());
+        }
+        let addr = emulate::parse_sockaddr(&raw)?;
+        let may_block = emulate::is_blocking(&sock);
+        let needs_policy = !matches!(addr, Address::Netlink { .. } | Address::Unspec)
+            && !(n.nr == libc::SYS_bind && addr == Address::UnixUnnamed);
+        let mut unix_call_path = None;
+        let mut keep_alive = None;
+        if needs_policy {
+            let (access, unix) = self.network_subject(&task, n, op, &addr, sock_type)?;
+            let verdict = self.ask(self.request(&task, n, Subject::Network(access)));
+            if !verdict.allow {
+                return Err(Errno::from_raw(verdict.errno));
+            }
+            if let Some((_, found)) = unix {
+                unix_call_path = Some(match &found {
+                    Found::Existing(fd) => emulate::unix_via_fd(fd, None)?,
+                    Found::Missing { parent, name } => emulate::unix_via_fd(parent, Some(name))?,
+                });
+                keep_alive = Some(found);
+            }
+        }
+        let nr = n.nr;
+        let flags = n.args[3] as i32;
+        self.perform(n, &task, may_block && nr != libc::SYS_bind, move || {
+            let _pinned = keep_alive;
+            let unix = unix_call_path.as_deref();
+            match nr {
+                libc::SYS_connect => emulate::connect(&sock, &addr, unix),
+                libc::SYS_bind => emulate::bind(&sock, &addr, unix),
+                _ => emulate::send(
+                    &sock,
+                    &[payload.unwrap_or_default()],
+                    flags,
+                    Some((&addr, unix)),
+                ),
+            }
+        });
+        Ok(())
+    }
+
+    fn handle_listen(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
+        let task = self.task(n)?;
+        let sock = self.tool_socket(&task, n.args[0] as i32)?;
+        let sock_type = emulate::socket_type(&sock)?;
+        let local: nix::sys::socket::SockaddrStorage =
+            nix::sys::socket::getsockname(std::os::fd::AsRawFd::as_raw_fd(&sock))?;
+        let mut access = NetworkAccess {
+            op: "listen".into(),
+            ..Default::default()
+        };
+        if let Some(v4) = local.as_sockaddr_in() {
+            access.family = "inet".into();
+            access.address = v4.ip().to_string();
+            access.port = v4.port() as u32;
+        } else if let Some(v6) = local.as_sockaddr_in6() {
+            access.family = "inet6".into();
+            access.address = v6.ip().to_string();
+            access.port = v6.port() as u32;
+        } else if let Some(un) = local.as_unix_addr() {
+            access.family = "unix".into();
+            access.path = match (un.path(), un.as_abstract()) {
+                (Some(p), _) => p.as_os_str().as_bytes().to_vec(),
+                (None, Some(a)) => [b"@".as_slice(), a].concat(),
+                _ => b"@".to_vec(),
+            };
+        } else {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        access.protocol = emulate::protocol_name(&access.family, sock_type).into();
+        let verdict = self.ask(self.request(&task, n, Subject::Network(access)));
+        if !verdict.allow {
+            return Err(Errno::from_raw(verdict.errno));
+        }
+        // listen on our duplicate: the same socket even if the tool's fd
+        // number is reused meanwhile.
+        let backlog = n.args[1] as i32;
+        self.perform(n, &task, false, move || emulate::listen(&sock, backlog));
+        Ok(())
+    }
+
+    /// Reads one `struct msghdr` at `at`: (name bytes, iovecs, has control).
+    fn read_msghdr(
+        &self,
+        mem: &ToolMemory,
+        at: u64,
+    ) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>, bool), Errno> {
+        let h = mem.read(at, 56)?;
+        let word = |i: usize| u64::from_ne_bytes(h[i..i + 8].try_into().expect("8"));
+        let (name_ptr, name_len) = (word(0), u32::from_ne_bytes(h[8..12].try_into().expect("4")));
+        let (iov_ptr, iov_len) = (word(16), word(24) as usize);
+        let control_len = word(40);
+        let name = if name_ptr != 0 && name_len > 0 {
+            if name_len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
+                return Err(Errno::EINVAL);
+            }
+            Some(mem.read(name_ptr, name_len as usize)?)
+        } else {
+            None
+        };
+        if iov_len > MAX_IOV {
+            return Err(Errno::EMSGSIZE);
+        }
+        let mut iov = Vec::with_capacity(iov_len);
+        let mut total = 0usize;
+        for i in 0..iov_len {
+            let base = mem.read_u64(iov_ptr + 16 * i as u64)?;
+            let len = mem.read_u64(iov_ptr + 16 * i as u64 + 8)? as usize;
+            total = total.saturating_add(len);
+            if total > MAX_DATAGRAM {
+                return Err(Errno::EMSGSIZE);
+            }
+            iov.push(mem.read(base, len)?);
+        }
+        Ok((name, iov, control_len > 0))
+    }
+
+    /// sendmsg and sendmmsg. Stream sockets run as they are (the peer was
+    /// decided at connect); datagrams are sent by us, each destination
+    /// decided, so no thread can swap the address after the check.
+    fn handle_sendmsg(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
+        let mem = ToolMemory::new(n.tid);
+        let task = self.task(n)?;
+        let sock = self.tool_socket(&task, n.args[0] as i32)?;
+        let sock_type = emulate::socket_type(&sock)?;
+        let flags = n.args[if n.nr == libc::SYS_sendmsg { 2 } else { 3 }] as i32;
+        if flags & libc::MSG_FASTOPEN != 0 {
+            self.forbid(n, "sendmsg(MSG_FASTOPEN)".into(), libc::EOPNOTSUPP);
+            return Ok(());
+        }
+        if sock_type == libc::SOCK_STREAM {
+            let _ = self.listener.allow_continue(n.id);
+            return Ok(());
+        }
+        let (headers, stride) = if n.nr == libc::SYS_sendmsg {
+            (vec![n.args[1]], 0)
+        } else {
+            let vlen = (n.args[2] as usize).min(MAX_MMSG);
+            ((0..vlen).map(|i| n.args[1] + 64 * i as u64).collect(), 64)
+        };
+        let mut messages = Vec::with_capacity(headers.len());
+        for at in &headers {
+            let (name, iov, control) = self.read_msghdr(&mem, *at)?;
+            if control {
+                // Ancillary data names the tool's fds and credentials;
+                // we cannot send it for the tool. Refuse rather than drop.
+                self.forbid(
+                    n,
+                    format!("{}(control data on a datagram)", syscall_name(n.nr)),
+                    libc::EOPNOTSUPP,
+                );
+                return Ok(());
+            }
+            messages.push((name.map(|b| emulate::parse_sockaddr(&b)).transpose()?, iov));
+        }
+        if !self.listener.id_valid(n.id) {
+            return Err(Errno::ESRCH);
+        }
+        let mut planned = Vec::with_capacity(messages.len());
+        for (addr, iov) in messages {
+            let mut unix = None;
+            if let Some(a) = &addr
+                && !matches!(a, Address::Netlink { .. } | Address::Unspec)
+            {
+                let (access, u) =
+                    self.network_subject(&task, n, syscall_name(n.nr), a, sock_type)?;
+                let verdict = self.ask(self.request(&task, n, Subject::Network(access)));
+                if !verdict.allow {
+                    if planned.is_empty() {
+                        return Err(Errno::from_raw(verdict.errno));
+                    }
+                    break; // send the allowed prefix, as a partial sendmmsg
+                }
+                if let Some((_, found)) = u {
+                    let path = match &found {
+                        Found::Existing(fd) => emulate::unix_via_fd(fd, None)?,
+                        Found::Missing { .. } => return Err(Errno::ECONNREFUSED),
+                    };
+                    unix = Some((path, found));
+                }
+            }
+            planned.push((addr, iov, unix));
+        }
+        let is_mmsg = n.nr == libc::SYS_sendmmsg;
+        let first_hdr = n.args[1];
+        let may_block = emulate::is_blocking(&sock);
+        self.perform(n, &task, may_block, move || {
+            let mut sent = 0i64;
+            for (i, (addr, iov, unix)) in planned.iter().enumerate() {
+                let dest = addr
+                    .as_ref()
+                    .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
+                match emulate::send(&sock, iov, flags, dest) {
+                    Ok(bytes) if is_mmsg => {
+                        // msg_len of mmsghdr i, as sendmmsg reports it.
+                        let at = first_hdr + (stride * i) as u64 + 56;
+                        mem.write(at, &(bytes as u32).to_ne_bytes())?;
+                        sent += 1;
+                    }
+                    Ok(bytes) => return Ok(bytes),
+                    Err(e) if sent == 0 => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            Ok(sent)
+        });
+        Ok(())
+    }
+
+    // --- exec ----------------------------------------------------------------
+
+    fn handle_exec(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
+        let mem = ToolMemory::new(n.tid);
+        let (dirfd, path_ptr, argv_ptr, flags) = match n.nr {
+            libc::SYS_execve => (libc::AT_FDCWD, n.args[0], n.args[1], 0),
+            _ => (n.args[0] as i32, n.args[1], n.args[2], n.args[4] as i32),
+        };
+        let path = mem.read_cstr(path_ptr, PATH_MAX - 1)?;
+        let argv = mem.read_argv(argv_ptr, MAX_ARGV, MAX_ARGV_BYTES)?;
+        let task = self.task(n)?;
+        let empty_path = path.is_empty() && flags & libc::AT_EMPTY_PATH != 0;
+        let lookup_path = if empty_path {
+            format!("/proc/{}/fd/{dirfd}", n.tid).into_bytes()
+        } else {
+            path.clone()
+        };
+        let resolved = with_creds(&task.creds, &self.me, || {
+            resolve::resolve(&Lookup {
+                tid: n.tid,
+                tgid: task.tgid,
+                dirfd,
+                path: &lookup_path,
+                follow: flags & libc::AT_SYMLINK_NOFOLLOW == 0,
+                create: false,
+                resolve: 0,
+            })
+        })?;
+        let Found::Existing(file) = resolved.found? else {
+            return Err(Errno::ENOENT);
+        };
+        let verdict = self.ask(self.request(
+            &task,
+            n,
+            Subject::Exec(ExecAccess {
+                path: resolved.path.clone(),
+                argv: argv.clone(),
+            }),
+        ));
+        if !verdict.allow {
+            return Err(Errno::from_raw(verdict.errno));
+        }
+        // A `#!` script runs its interpreter: that must be allowed too, and
+        // it is the interpreter's image we will find after the exec.
+        let mut image = file;
+        let mut argv_is_tail = false;
+        let mut script_path = resolved.path;
+        for _ in 0..4 {
+            let Some((interp, arg)) = shebang(&image) else {
+                break;
+            };
+            let resolved = with_creds(&task.creds, &self.me, || {
+                resolve::resolve(&Lookup {
+                    tid: n.tid,
+                    tgid: task.tgid,
+                    dirfd: libc::AT_FDCWD,
+                    path: &interp,
+                    follow: true,
+                    create: false,
+                    resolve: 0,
+                })
+            })?;
+            let Found::Existing(interp_fd) = resolved.found? else {
+                return Err(Errno::ENOENT);
+            };
+            let mut interp_argv = vec![interp.clone()];
+            interp_argv.extend(arg);
+            interp_argv.push(script_path.clone());
+            interp_argv.extend(argv.iter().skip(1).cloned());
+            let verdict = self.ask(self.request(
+                &task,
+                n,
+                Subject::Exec(ExecAccess {
+                    path: resolved.path.clone(),
+                    argv: interp_argv,
+                }),
+            ));
+            if !verdict.allow {
+                return Err(Errno::from_raw(verdict.errno));
+            }
+            image = interp_fd;
+            script_path = resolved.path;
+            argv_is_tail = true;
+        }
+        let st = nix::sys::stat::fstat(&image)?;
+        let approved = Approved {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            argv: if argv_is_tail {
+                argv.iter().skip(1).cloned().collect()
+            } else {
+                argv
+            },
+            argv_is_tail,
+        };
+        let me = self.clone();
+        let (id, tid, tgid) = (n.id, n.tid, task.tgid);
+        // The verifier answers the notification; do not hold up other calls.
+        std::thread::spawn(move || match me.exec.run(id, tid, tgid, approved) {
+            Outcome::Killed(why) => {
+                tracing::error!(pid = tgid, reason = %why, "exec did not match the decision; killed");
+                me.count(|c| c.exec_killed += 1);
+            }
+            Outcome::Refused(why) => {
+                tracing::error!(pid = tgid, reason = %why, "exec denied: cannot verify it");
+                me.count(|c| c.undecided += 1);
+            }
+            _ => {}
+        });
+        Ok(())
+    }
+}
+
+/// The interpreter (and its optional argument) of a `#!` file.
+fn shebang(file: &OwnedFd) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(file)
+    ))
+    .ok()?;
+    let mut buf = [0u8; 256];
+    let len = f.read(&mut buf).ok()?;
+    let line = buf[..len].strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let trimmed: &[u8] = {
+        let start = line.iter().position(|&b| b != b' ' && b != b'\t')?;
+        let end = line.iter().rposition(|&b| b != b' ' && b != b'\t')? + 1;
+        &line[start..end]
+    };
+    match trimmed.iter().position(|&b| b == b' ' || b == b'\t') {
+        None => Some((trimmed.to_vec(), None)),
+        Some(i) => {
+            let rest = &trimmed[i..];
+            let arg_start = rest.iter().position(|&b| b != b' ' && b != b'\t')?;
+            Some((trimmed[..i].to_vec(), Some(rest[arg_start..].to_vec())))
+        }
+    }
+}
+
+/// How long a notification may wait for a remote decision by default.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);

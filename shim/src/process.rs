@@ -1,0 +1,129 @@
+//! What the supervisor knows about the task behind a notification (from
+//! `/proc/TID`), and running an operation with that task's file-system
+//! credentials so an allowed call never gets more than the tool could do.
+
+use std::{fs, os::unix::ffi::OsStrExt};
+
+use nix::errno::Errno;
+
+use crate::sys;
+
+/// The file-system identity that permission checks use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    pub fsuid: u32,
+    pub fsgid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// One task, as `/proc` describes it at the time of the notification.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub tid: i32,
+    pub tgid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub creds: Creds,
+    pub umask: u32,
+    pub comm: String,
+    pub exe: Vec<u8>,
+    pub cwd: Vec<u8>,
+}
+
+fn field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+fn ids(s: Option<&str>) -> Option<Vec<u32>> {
+    s?.split_whitespace().map(|v| v.parse().ok()).collect()
+}
+
+fn missing() -> Errno {
+    // The task exited between the notification and our look at it.
+    Errno::ESRCH
+}
+
+impl Task {
+    pub fn inspect(tid: i32) -> Result<Task, Errno> {
+        let status = fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| missing())?;
+        let uids = ids(field(&status, "Uid"))
+            .filter(|v| v.len() == 4)
+            .ok_or_else(missing)?;
+        let gids = ids(field(&status, "Gid"))
+            .filter(|v| v.len() == 4)
+            .ok_or_else(missing)?;
+        let groups = ids(field(&status, "Groups")).unwrap_or_default();
+        let num = |name| {
+            field(&status, name)
+                .and_then(|v| v.parse::<i32>().ok())
+                .ok_or_else(missing)
+        };
+        let umask = field(&status, "Umask")
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .unwrap_or(0o022);
+        let link = |what: &str| {
+            fs::read_link(format!("/proc/{tid}/{what}"))
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default()
+        };
+        Ok(Task {
+            tid,
+            tgid: num("Tgid")?,
+            ppid: num("PPid")?,
+            uid: uids[0],
+            gid: gids[0],
+            creds: Creds {
+                fsuid: uids[3],
+                fsgid: gids[3],
+                groups,
+            },
+            umask,
+            comm: field(&status, "Name").unwrap_or_default().to_owned(),
+            exe: link("exe"),
+            cwd: link("cwd"),
+        })
+    }
+}
+
+impl Creds {
+    /// The supervisor's own, read once at start.
+    pub fn of_self() -> Creds {
+        Task::inspect(std::process::id() as i32)
+            .map(|t| t.creds)
+            .unwrap_or(Creds {
+                fsuid: nix::unistd::geteuid().as_raw(),
+                fsgid: nix::unistd::getegid().as_raw(),
+                groups: vec![],
+            })
+    }
+}
+
+/// Runs `f` on this thread with the tool's fs uid, fs gid and groups when
+/// they differ from the supervisor's, then switches back. If the switch is
+/// not possible the answer is `EACCES`: the supervisor never opens with
+/// credentials the tool does not have.
+pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<R, Errno> {
+    if tool == me {
+        return Ok(f());
+    }
+    let switch = |c: &Creds| -> std::io::Result<()> {
+        sys::set_thread_groups(&c.groups)?;
+        sys::set_thread_fs_ids(c.fsuid, c.fsgid)
+    };
+    if let Err(e) = switch(tool) {
+        tracing::warn!(error = %e, "cannot take on the tool's credentials; denying");
+        let _ = switch(me);
+        return Err(Errno::EACCES);
+    }
+    let out = f();
+    if let Err(e) = switch(me) {
+        // Continuing with the tool's identity would be wrong either way.
+        tracing::error!(error = %e, "cannot restore the supervisor's credentials");
+        std::process::abort();
+    }
+    Ok(out)
+}

@@ -1,0 +1,302 @@
+//! Resolving a path the way the kernel would for the tool, once, and keeping
+//! what was found open so the allowed call acts on exactly that file.
+//!
+//! The lookup starts from the tool's cwd (`/proc/TID/cwd`) or dirfd
+//! (`/proc/TID/fd/N`) and follows `..` and symlinks with `openat2(O_PATH)`,
+//! honouring the tool's `O_NOFOLLOW` and `openat2` resolve flags. The
+//! canonical path the policy sees is read back from the `O_PATH` fd, and the
+//! allowed open later reopens that fd: a rename or symlink swap after the
+//! check cannot redirect it. `/proc/self` and `/proc/thread-self` are
+//! rewritten to the tool's pid (they would otherwise name the supervisor).
+
+use std::os::{
+    fd::{AsFd, AsRawFd, OwnedFd},
+    unix::ffi::OsStrExt,
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, openat2},
+};
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Found {
+    /// The path exists; `O_PATH` fd on it (on the link itself with nofollow).
+    Existing(OwnedFd),
+    /// The last component does not exist (yet); its parent directory does.
+    Missing { parent: OwnedFd, name: Vec<u8> },
+}
+
+/// A lookup's outcome: the absolute path the policy sees, and the file or the
+/// reason the kernel would have failed.
+#[derive(Debug)]
+pub struct Resolved {
+    pub path: Vec<u8>,
+    pub found: Result<Found, Errno>,
+}
+
+/// A path lookup on behalf of a tool thread.
+#[derive(Debug, Clone)]
+pub struct Lookup<'a> {
+    pub tid: i32,
+    pub tgid: i32,
+    /// `AT_FDCWD` or the tool's fd number.
+    pub dirfd: i32,
+    pub path: &'a [u8],
+    pub follow: bool,
+    /// Whether a missing last component is acceptable (`O_CREAT`, bind).
+    pub create: bool,
+    pub resolve: u64,
+}
+
+/// The absolute path behind an fd of ours, as the kernel names it.
+pub fn fd_path(fd: &impl AsRawFd) -> Option<Vec<u8>> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+}
+
+/// `/proc/self…` → `/proc/TGID…`, `/proc/thread-self…` → `/proc/TGID/task/TID…`.
+pub fn rewrite_proc_self(path: &[u8], tid: i32, tgid: i32) -> Vec<u8> {
+    for (prefix, with) in [
+        (&b"/proc/self"[..], format!("/proc/{tgid}")),
+        (
+            &b"/proc/thread-self"[..],
+            format!("/proc/{tgid}/task/{tid}"),
+        ),
+    ] {
+        if let Some(rest) = path.strip_prefix(prefix)
+            && (rest.is_empty() || rest[0] == b'/')
+        {
+            let mut out = with.into_bytes();
+            out.extend_from_slice(rest);
+            return out;
+        }
+    }
+    path.to_vec()
+}
+
+/// Joins and normalises lexically (`.`, `..`, repeated `/`): only used to
+/// name a path that could not be resolved.
+pub fn lexical(base: &[u8], path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let joined: Vec<&[u8]> = if path.first() == Some(&b'/') {
+        path.split(|&b| b == b'/').collect()
+    } else {
+        base.split(|&b| b == b'/')
+            .chain(path.split(|&b| b == b'/'))
+            .collect()
+    };
+    for c in joined {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = dir.to_vec();
+    if out.last() != Some(&b'/') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
+    out
+}
+
+/// The directory a relative lookup starts from: an `O_PATH` fd and its path.
+fn start_dir(tid: i32, dirfd: i32) -> Result<(OwnedFd, Vec<u8>), Errno> {
+    let magic = if dirfd == libc::AT_FDCWD {
+        format!("/proc/{tid}/cwd")
+    } else if dirfd < 0 {
+        return Err(Errno::EBADF);
+    } else {
+        format!("/proc/{tid}/fd/{dirfd}")
+    };
+    let fd = openat2(
+        AT_FDCWD,
+        magic.as_str(),
+        OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC),
+    )
+    .map_err(|e| if e == Errno::ENOENT { Errno::EBADF } else { e })?;
+    let st = nix::sys::stat::fstat(&fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(Errno::ENOTDIR);
+    }
+    let path = fd_path(&fd).ok_or(Errno::EBADF)?;
+    Ok((fd, path))
+}
+
+fn how(flags: OFlag, resolve: u64) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::from_bits_truncate(resolve))
+}
+
+/// The path to report for an fd we resolved: its canonical name, or, for
+/// objects without one (pipes, sockets, anonymous files), the lexical path.
+fn reported(fd: &OwnedFd, fallback: &[u8]) -> Vec<u8> {
+    match fd_path(fd) {
+        Some(p) if p.first() == Some(&b'/') => p,
+        _ => fallback.to_vec(),
+    }
+}
+
+/// Resolves `l.path` for the tool.
+pub fn resolve(l: &Lookup) -> Resolved {
+    let path = rewrite_proc_self(l.path, l.tid, l.tgid);
+    let absolute = path.first() == Some(&b'/');
+    let (base, base_path) = if absolute {
+        (None, b"/".to_vec())
+    } else {
+        match start_dir(l.tid, l.dirfd) {
+            Ok((fd, p)) => (Some(fd), p),
+            Err(e) => {
+                return Resolved {
+                    path: lexical(b"/", &path),
+                    found: Err(e),
+                };
+            }
+        }
+    };
+    let lexical_path = lexical(&base_path, &path);
+    let fail = |e| Resolved {
+        path: lexical_path.clone(),
+        found: Err(e),
+    };
+    if path.is_empty() {
+        return fail(Errno::ENOENT);
+    }
+    fn dir(b: &Option<OwnedFd>) -> std::os::fd::BorrowedFd<'_> {
+        match b {
+            Some(fd) => fd.as_fd(),
+            None => AT_FDCWD,
+        }
+    }
+    let nofollow = if l.follow {
+        OFlag::empty()
+    } else {
+        OFlag::O_NOFOLLOW
+    };
+    match openat2(
+        dir(&base),
+        std::ffi::OsStr::from_bytes(&path),
+        how(nofollow, l.resolve),
+    ) {
+        Ok(fd) => Resolved {
+            path: reported(&fd, &lexical_path),
+            found: Ok(Found::Existing(fd)),
+        },
+        Err(Errno::ENOENT) if l.create => {
+            let trimmed = path.strip_suffix(b"/").unwrap_or(&path);
+            if trimmed.len() != path.len() {
+                return fail(Errno::EISDIR);
+            }
+            let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
+                Some(0) => (&b"/"[..], &path[1..]),
+                Some(i) => (&path[..i], &path[i + 1..]),
+                None => (&b"."[..], &path[..]),
+            };
+            if name.is_empty() || name == b"." || name == b".." {
+                return fail(Errno::EISDIR);
+            }
+            match openat2(
+                dir(&base),
+                std::ffi::OsStr::from_bytes(parent),
+                how(OFlag::O_DIRECTORY, l.resolve),
+            ) {
+                Ok(pfd) => {
+                    let parent_path = reported(&pfd, &lexical(&base_path, parent));
+                    Resolved {
+                        path: join(&parent_path, name),
+                        found: Ok(Found::Missing {
+                            parent: pfd,
+                            name: name.to_vec(),
+                        }),
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_normalises() {
+        assert_eq!(lexical(b"/a/b", b"../c/./d"), b"/a/c/d");
+        assert_eq!(lexical(b"/a", b"/x/../../y"), b"/y");
+        assert_eq!(lexical(b"/", b".."), b"/");
+    }
+
+    #[test]
+    fn proc_self_names_the_tool() {
+        assert_eq!(rewrite_proc_self(b"/proc/self/fd/3", 7, 5), b"/proc/5/fd/3");
+        assert_eq!(
+            rewrite_proc_self(b"/proc/thread-self/comm", 7, 5),
+            b"/proc/5/task/7/comm"
+        );
+        assert_eq!(rewrite_proc_self(b"/proc/selfish", 7, 5), b"/proc/selfish");
+        assert_eq!(rewrite_proc_self(b"/proc/self", 7, 5), b"/proc/5");
+    }
+
+    #[test]
+    fn existing_and_missing_files_resolve_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("real"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let me = std::process::id() as i32;
+        let target = dir.path().join("link");
+        let l = Lookup {
+            tid: me,
+            tgid: me,
+            dirfd: libc::AT_FDCWD,
+            path: target.as_os_str().as_bytes(),
+            follow: true,
+            create: false,
+            resolve: 0,
+        };
+        let r = resolve(&l);
+        assert_eq!(r.path, dir.path().join("real").as_os_str().as_bytes());
+        assert!(matches!(r.found, Ok(Found::Existing(_))));
+
+        let nofollow = resolve(&Lookup {
+            follow: false,
+            ..l.clone()
+        });
+        assert_eq!(nofollow.path, target.as_os_str().as_bytes());
+
+        let new = dir.path().join("sub/../new");
+        let r = resolve(&Lookup {
+            path: new.as_os_str().as_bytes(),
+            create: true,
+            ..l.clone()
+        });
+        assert!(r.found.is_err(), "sub does not exist");
+        let new = dir.path().join("new");
+        let r = resolve(&Lookup {
+            path: new.as_os_str().as_bytes(),
+            create: true,
+            ..l
+        });
+        assert_eq!(r.path, new.as_os_str().as_bytes());
+        assert!(matches!(r.found, Ok(Found::Missing { .. })));
+    }
+}

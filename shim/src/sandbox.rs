@@ -1,0 +1,329 @@
+//! The public API: run a `std::process::Command` under the filter, with a
+//! supervisor that brokers its sensitive calls.
+//!
+//! Launch sequence: the filter is compiled before fork. In the child, after
+//! fork and before exec, `no_new_privs` is set, the filter is loaded with a
+//! new listener, and the child writes its pid and the listener's fd number
+//! to a pipe. A supervisor thread takes the listener with `pidfd_getfd` and
+//! starts answering; the child's exec of the tool is the first brokered call,
+//! so the tool cannot run before its supervisor does.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Read},
+    os::{
+        fd::{AsFd, AsRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, process::ExitStatusExt},
+    },
+    path::PathBuf,
+    process::{Command, ExitStatus},
+    sync::{Arc, atomic::AtomicI32, mpsc},
+};
+
+use cordon_broker::proto::{
+    Lifecycle, Sandbox as SandboxInfo, SandboxExited, SandboxStarted, lifecycle::Event,
+};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+
+use crate::{
+    client::Decider,
+    exec::ExecVerifier,
+    filter::{self, FilterParams},
+    notify::{Counters, Supervisor},
+    sys::{self, CHILD_REPORT_LEN, Listener},
+};
+
+/// A failure to start a sandboxed command.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(transparent)]
+    Filter(#[from] filter::FilterError),
+    /// The command could not be started (not found, not executable, or its
+    /// exec denied by policy): the `io::Error` says which.
+    #[error("cannot run {program}: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the supervisor could not take over the filter: {0}")]
+    Supervisor(io::Error),
+    #[error("the sandbox start could not be recorded: {0}")]
+    Record(String),
+}
+
+/// A sandbox definition: who decides, and what the policy is told about it.
+///
+/// ```no_run
+/// use std::{process::Command, sync::Arc};
+/// use cordon_shim::{Sandbox, client::Remote};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let broker = Remote::connect(&"unix:///run/cordon/broker.sock".parse()?,
+///                              std::time::Duration::from_secs(2))?;
+/// let sandbox = Sandbox::new(Arc::new(broker)).label("tool", "web-fetch");
+/// let mut child = sandbox.spawn(&mut Command::new("/usr/bin/curl"))?;
+/// let status = child.wait()?;
+/// println!("{status}");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    decider: Arc<dyn Decider>,
+    info: SandboxInfo,
+    broker_socket: Option<PathBuf>,
+}
+
+impl Sandbox {
+    /// A sandbox with a fresh id, working directory = the current directory.
+    pub fn new(decider: Arc<dyn Decider>) -> Self {
+        let workdir = std::env::current_dir()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        Self {
+            decider,
+            info: SandboxInfo {
+                id: uuid::Uuid::now_v7().to_string(),
+                labels: Default::default(),
+                workdir,
+                tmpdir: vec![],
+            },
+            broker_socket: None,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.info.labels.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.info.labels.extend(labels);
+        self
+    }
+
+    /// The directory the policy treats as the tool's workspace.
+    pub fn workdir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.info.workdir = dir.into().as_os_str().as_bytes().to_vec();
+        self
+    }
+
+    /// The tool's private temporary directory (the caller creates it).
+    pub fn tmpdir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.info.tmpdir = dir.into().as_os_str().as_bytes().to_vec();
+        self
+    }
+
+    /// The broker's unix socket, which the tool may never connect to.
+    pub fn broker_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.broker_socket = Some(path.into());
+        self
+    }
+
+    /// Starts `cmd` under the filter. Returns once the tool's exec was
+    /// decided: an `Exec` error if it was refused or failed.
+    pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
+        let me = nix::unistd::getpid().as_raw();
+        let program = Arc::new(filter::build(FilterParams {
+            supervisor_pid: me,
+            supervisor_pgid: nix::unistd::getpgrp().as_raw(),
+        })?);
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SpawnError::Supervisor(e.into()))?;
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Arc<Supervisor>, i32)>>();
+        let decider = self.decider.clone();
+        let info = self.info.clone();
+        let broker_socket = self.broker_socket.clone();
+        std::thread::Builder::new()
+            .name("cordon-supervisor".into())
+            .spawn(move || {
+                match take_listener(report_r) {
+                    Ok(Some((pid, listener))) => {
+                        let listener = Arc::new(listener);
+                        let exec =
+                            ExecVerifier::start(listener.clone(), Arc::new(AtomicI32::new(pid)));
+                        let sup = Arc::new(Supervisor::new(
+                            listener,
+                            decider,
+                            info,
+                            broker_socket,
+                            exec,
+                        ));
+                        let _ = ready_tx.send(Ok((sup.clone(), pid)));
+                        sup.run();
+                    }
+                    Ok(None) => {} // the child failed before loading the filter
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(SpawnError::Supervisor)?;
+        sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd());
+        let spawned = cmd.spawn();
+        drop(report_w);
+        let program_name = String::from_utf8_lossy(cmd.get_program().as_bytes()).into_owned();
+        let child = spawned.map_err(|source| SpawnError::Exec {
+            program: program_name,
+            source,
+        })?;
+        let (supervisor, pid) = match ready_rx.recv() {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(SpawnError::Supervisor(e)),
+            Err(_) => {
+                return Err(SpawnError::Supervisor(io::Error::other(
+                    "supervisor thread ended",
+                )));
+            }
+        };
+        debug_assert_eq!(pid as u32, child.id());
+        let pidfd = sys::pidfd_open(pid).map_err(SpawnError::Supervisor)?;
+        let argv: Vec<Vec<u8>> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.as_bytes().to_vec())
+            .collect();
+        let started = self.decider.lifecycle(Lifecycle {
+            sandbox: Some(self.info.clone()),
+            event: Some(Event::Started(SandboxStarted { pid, argv })),
+        });
+        let running = Sandboxed {
+            pid,
+            pidfd,
+            supervisor,
+            decider: self.decider.clone(),
+            info: self.info.clone(),
+        };
+        if let Err(e) = started {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = running.reap();
+            return Err(SpawnError::Record(e.to_string()));
+        }
+        Ok(running)
+    }
+}
+
+/// Reads the child's report and duplicates its listener. `None` when the
+/// child closed the pipe without reporting (its setup failed; spawn says why).
+fn take_listener(report: OwnedFd) -> io::Result<Option<(i32, Listener)>> {
+    let mut buf = [0u8; CHILD_REPORT_LEN];
+    let mut f = std::fs::File::from(report);
+    match f.read_exact(&mut buf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let pid = i32::from_ne_bytes(buf[..4].try_into().expect("4"));
+    let fd = i32::from_ne_bytes(buf[4..].try_into().expect("4"));
+    let pidfd = sys::pidfd_open(pid)?;
+    let listener = sys::pidfd_getfd(&pidfd, fd)?;
+    Ok(Some((pid, Listener::from_fd(listener))))
+}
+
+/// A running sandboxed command.
+#[derive(Debug)]
+pub struct Sandboxed {
+    pid: i32,
+    pidfd: OwnedFd,
+    supervisor: Arc<Supervisor>,
+    decider: Arc<dyn Decider>,
+    info: SandboxInfo,
+}
+
+impl Sandboxed {
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    pub fn sandbox_id(&self) -> &str {
+        &self.info.id
+    }
+
+    /// For command-line front ends: survive SIGINT/SIGQUIT (the terminal
+    /// delivers them to the tool too) and relay SIGTERM/SIGHUP to the tool,
+    /// so the supervisor outlives the tool it guards.
+    pub fn relay_signals(&self) -> io::Result<()> {
+        sys::relay_signals_to(self.pid)
+    }
+
+    /// What the supervisor has seen so far.
+    pub fn counters(&self) -> Counters {
+        self.supervisor.counters()
+    }
+
+    fn reap(&self) -> io::Result<ExitStatus> {
+        // Wait for exit through the pidfd, never with waitpid on the pid: the
+        // exec verifier may have the process attached, and a plain waitpid
+        // would consume its ptrace stops.
+        loop {
+            let mut fds = [nix::poll::PollFd::new(
+                self.pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        loop {
+            match waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED) {
+                Ok(WaitStatus::Exited(_, code)) => {
+                    return Ok(ExitStatus::from_raw((code & 0xff) << 8));
+                }
+                Ok(WaitStatus::Signaled(_, sig, core)) => {
+                    return Ok(ExitStatus::from_raw(
+                        sig as i32 | if core { 0x80 } else { 0 },
+                    ));
+                }
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits for the command to exit and records the exit (with the
+    /// supervisor's counters) in the audit store.
+    pub fn wait(self) -> io::Result<ExitStatus> {
+        let status = self.reap()?;
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let c = self.supervisor.counters();
+        let mut detail = format!(
+            "exited with status {code}; {} decisions, {} denied",
+            c.decisions, c.denied
+        );
+        if c.undecided > 0 {
+            detail.push_str(&format!(", {} denied without a decision", c.undecided));
+        }
+        if c.exec_killed > 0 {
+            detail.push_str(&format!(", {} execs killed on mismatch", c.exec_killed));
+        }
+        if !c.forbidden.is_empty() {
+            let list: Vec<String> = c
+                .forbidden
+                .iter()
+                .map(|(k, v)| format!("{k}×{v}"))
+                .collect();
+            detail.push_str(&format!("; forbidden by the filter: {}", list.join(", ")));
+        }
+        if let Err(e) = self.decider.lifecycle(Lifecycle {
+            sandbox: Some(self.info.clone()),
+            event: Some(Event::Exited(SandboxExited {
+                pid: self.pid,
+                status: code,
+                detail,
+            })),
+        }) {
+            tracing::error!(error = %e, "the sandbox exit could not be recorded");
+        }
+        Ok(status)
+    }
+}

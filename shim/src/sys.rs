@@ -1,0 +1,347 @@
+//! The only module with `unsafe`: raw kernel interfaces that neither `nix` nor
+//! the `libseccomp` crate wraps (the seccomp notification ioctls, loading a
+//! prepared BPF program with our own flags, `pidfd_getfd`, per-thread
+//! `setgroups`), plus the code that runs in the forked child before exec.
+//!
+//! Everything here hands out owned, safe types: [`Listener`] owns the
+//! notification fd, [`Notification`] is a plain copy of the kernel's struct,
+//! fds come back as `OwnedFd`.
+
+#![allow(unsafe_code)]
+
+use std::{
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::process::CommandExt,
+    },
+    process::Command,
+    sync::Arc,
+};
+
+/// One pending syscall, copied out of the kernel's `struct seccomp_notif`.
+#[derive(Debug, Clone, Copy)]
+pub struct Notification {
+    /// Cookie for the answer; valid until answered or the task is interrupted.
+    pub id: u64,
+    /// Thread id of the caller, in the supervisor's pid namespace.
+    pub tid: i32,
+    pub nr: i64,
+    pub arch: u32,
+    pub args: [u64; 6],
+}
+
+/// The seccomp user-notification listener of one sandbox.
+#[derive(Debug)]
+pub struct Listener(OwnedFd);
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl Listener {
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self(fd)
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Blocks until a notification arrives. `ENOENT` means the caller went
+    /// away before we could read it: callers skip it.
+    pub fn recv(&self) -> io::Result<Notification> {
+        // The kernel rejects a non-zeroed buffer with EINVAL.
+        // SAFETY: seccomp_notif is a plain C struct of integers; all-zero is valid.
+        let mut raw: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: RECV writes one seccomp_notif into the buffer we own.
+        cvt(unsafe { libc::ioctl(self.fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut raw) })?;
+        Ok(Notification {
+            id: raw.id,
+            tid: raw.pid as i32,
+            nr: raw.data.nr as i64,
+            arch: raw.data.arch,
+            args: raw.data.args,
+        })
+    }
+
+    fn send(&self, id: u64, val: i64, error: i32, flags: u32) -> io::Result<()> {
+        let mut resp = libc::seccomp_notif_resp {
+            id,
+            val,
+            error,
+            flags,
+        };
+        // SAFETY: SEND reads one seccomp_notif_resp from memory we own.
+        cvt(unsafe { libc::ioctl(self.fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) })?;
+        Ok(())
+    }
+
+    /// Lets the syscall run as the tool made it. Only for calls whose
+    /// meaning cannot change after our check (no pointers we relied on).
+    pub fn allow_continue(&self, id: u64) -> io::Result<()> {
+        self.send(id, 0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32)
+    }
+
+    /// Fails the syscall with `errno`.
+    pub fn fail(&self, id: u64, errno: i32) -> io::Result<()> {
+        self.send(id, 0, -errno.abs(), 0)
+    }
+
+    /// Completes the syscall with a return value, without running it.
+    pub fn succeed(&self, id: u64, val: i64) -> io::Result<()> {
+        self.send(id, val, 0, 0)
+    }
+
+    /// Whether the notification is still pending (the task did not die or
+    /// get interrupted, so its pid and memory are still the ones we read).
+    pub fn id_valid(&self, id: u64) -> bool {
+        let mut id = id;
+        // SAFETY: ID_VALID reads one u64 from memory we own.
+        unsafe { libc::ioctl(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id) == 0 }
+    }
+
+    /// Installs `fd` in the tool and completes the syscall with the new fd
+    /// number, atomically (`SECCOMP_ADDFD_FLAG_SEND`).
+    pub fn inject_fd_and_return(&self, id: u64, fd: &OwnedFd, cloexec: bool) -> io::Result<i32> {
+        let mut addfd = libc::seccomp_notif_addfd {
+            id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+            srcfd: fd.as_raw_fd() as u32,
+            newfd: 0,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: ADDFD reads one seccomp_notif_addfd from memory we own;
+        // srcfd is a live fd borrowed for the duration of the call.
+        cvt(unsafe { libc::ioctl(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd) })
+    }
+
+    /// Asks the kernel to wake the tool on the CPU that answers it
+    /// (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux 6.6+). Best effort.
+    pub fn set_sync_wakeup(&self) -> io::Result<()> {
+        const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
+        // SAFETY: SET_FLAGS takes its argument by value, no memory is touched.
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_getfd(pidfd, fd, 0)`: a duplicate of another process's fd (the
+/// same open file description, so the same socket).
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; returns a new fd or -1.
+    let new = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new as RawFd) })
+}
+
+/// Sets the supplementary groups of the calling thread only. glibc's
+/// `setgroups` changes every thread of the process; the raw syscall does not.
+pub fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: the kernel reads `len` gids from a slice we borrow.
+    let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the fs uid/gid of the calling thread only (raw syscalls; they are
+/// per-thread in the kernel). Returns an error when the change did not take.
+pub fn set_thread_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // Order: gid first, while we may still have the privilege to change it.
+    // SAFETY: plain syscalls with integer arguments.
+    unsafe {
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+    }
+    // setfs*id return the previous value and never fail; read back to check.
+    // SAFETY: as above; -1 is an invalid id, so these calls only query.
+    let (now_uid, now_gid) = unsafe {
+        (
+            libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+            libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+        )
+    };
+    if now_uid != uid || now_gid != gid {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    Ok(())
+}
+
+/// `connect(fd, {AF_UNSPEC}, sizeof(sockaddr))`: dissolves a datagram
+/// socket's association. nix cannot express this address.
+pub fn connect_unspec(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: sockaddr is plain integers; all-zero is AF_UNSPEC.
+    let addr: libc::sockaddr = unsafe { std::mem::zeroed() };
+    let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: the kernel reads `len` bytes from a struct we own.
+    cvt(unsafe { libc::connect(fd.as_raw_fd(), &addr, len) })?;
+    Ok(())
+}
+
+/// A BPF program ready to load, prepared before fork so the child does not
+/// allocate.
+#[derive(Debug)]
+pub struct BpfProgram(Vec<libc::sock_filter>);
+
+impl BpfProgram {
+    /// From the bytes libseccomp exports (an array of `struct sock_filter`).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        const SIZE: usize = std::mem::size_of::<libc::sock_filter>();
+        if bytes.is_empty() || bytes.len() % SIZE != 0 || bytes.len() / SIZE > u16::MAX as usize {
+            return None;
+        }
+        Some(Self(
+            bytes
+                .chunks_exact(SIZE)
+                .map(|c| libc::sock_filter {
+                    code: u16::from_ne_bytes([c[0], c[1]]),
+                    jt: c[2],
+                    jf: c[3],
+                    k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+                })
+                .collect(),
+        ))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What the child reports to the parent once its filter is loaded: its pid
+/// and the fd number of its listener, so the parent can `pidfd_getfd` it.
+/// (Passing the fd with `sendmsg` would itself be a brokered call.)
+pub const CHILD_REPORT_LEN: usize = 8;
+
+/// Arranges for `cmd`'s child to set `no_new_privs`, load `program` with a
+/// new listener, and write `[pid, listener fd]` to `report` before exec.
+pub fn install_filter_before_exec(cmd: &mut Command, program: Arc<BpfProgram>, report: RawFd) {
+    let hook = move || -> io::Result<()> {
+        // Only async-signal-safe calls from here on: we are in a forked child
+        // of a possibly multi-threaded parent. No allocation.
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let prog = libc::sock_fprog {
+            len: program.0.len() as u16,
+            filter: program.0.as_ptr() as *mut libc::sock_filter,
+        };
+        const NEW_LISTENER: libc::c_ulong = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+        // SAFETY: the kernel copies the program from memory that `program`
+        // keeps alive; it returns a new fd (the listener) or -1.
+        let mut fd = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // Kernels before 5.19 lack WAIT_KILLABLE_RECV.
+            // SAFETY: as above.
+            fd = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    NEW_LISTENER,
+                    &prog as *const libc::sock_fprog,
+                )
+            };
+        }
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut msg = [0u8; CHILD_REPORT_LEN];
+        // SAFETY: getpid has no arguments and cannot fail.
+        let pid = unsafe { libc::getpid() };
+        msg[..4].copy_from_slice(&pid.to_ne_bytes());
+        msg[4..].copy_from_slice(&(fd as i32).to_ne_bytes());
+        // SAFETY: write reads CHILD_REPORT_LEN bytes from a stack buffer; a
+        // pipe write this small is atomic.
+        let n = unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
+        if n != msg.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+        // The listener is O_CLOEXEC: the tool never sees it. The exec that
+        // follows is itself brokered; it blocks until the parent answers.
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe syscalls (prctl, seccomp,
+    // getpid, write) on memory captured before fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// The process that termination signals are relayed to (0: none).
+static RELAY_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn relay(sig: libc::c_int) {
+    let pid = RELAY_TO.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 && (sig == libc::SIGTERM || sig == libc::SIGHUP) {
+        // SAFETY: kill is async-signal-safe and takes integers.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+    // SIGINT and SIGQUIT come from the terminal, which sends them to the tool
+    // as well: the supervisor survives them and lets the tool decide.
+}
+
+/// Keeps the supervisor alive through terminal and termination signals while
+/// the tool runs, relaying SIGTERM and SIGHUP to it. Handlers (unlike
+/// ignored dispositions) are reset by exec, so the tool starts with defaults.
+pub fn relay_signals_to(pid: i32) -> io::Result<()> {
+    RELAY_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
+    for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: sigaction is all-integer plus a handler that only loads an
+        // atomic and calls kill, both async-signal-safe.
+        let ret = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = relay as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        cvt(ret)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `cordon run`: run a command under the sandbox, with an embedded broker
+//! (default) or a running `cordon serve`.
+
+use std::{
+    ffi::OsString,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use cordon_broker::{
+    Broker,
+    audit::{Durability, SledAudit},
+    client::BrokerUri,
+    policy::{EngineChoice, PolicyEngine, PolicyOptions, PolicySource},
+};
+use cordon_shim::{Decider, Embedded, Remote, Sandbox, SpawnError};
+
+use super::{parse_label, serve::DurabilityArg};
+
+/// Exit statuses of `cordon run` itself (like `env`, `nohup`, `timeout`).
+pub const EXIT_CORDON_FAILED: u8 = 125;
+pub const EXIT_CANNOT_EXECUTE: u8 = 126;
+pub const EXIT_NOT_FOUND: u8 = 127;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+cordon run -- python3 script.py\n  \
+cordon run --policy policies/ --label tool=web-fetch -- curl https://example.com\n  \
+cordon run --broker unix:///run/cordon/broker.sock -- ./build.sh\n\n\
+Every open, connect, datagram send, bind, listen and exec of the command and its descendants is decided by\n\
+the policy and recorded in the audit store; see `cordon audit`. Without --broker the broker runs inside this\n\
+process with the built-in default policy (read the system, read/write the current directory and a private\n\
+TMPDIR, exec system binaries, no network).\n\n\
+Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad policy);\n\
+126 if the command could not be executed (including a denied exec); 127 if it was not found.")]
+pub struct RunArgs {
+    /// Policy file or directory (repeatable). Default: the built-in policy.
+    #[arg(long, value_name = "PATH")]
+    policy: Vec<PathBuf>,
+    /// Use a running broker instead of the embedded one: unix:///PATH.
+    #[arg(long, value_name = "URI")]
+    broker: Option<String>,
+    /// Audit store of the embedded broker
+    /// [default: ${XDG_STATE_HOME:-~/.local/state}/cordon/audit].
+    #[arg(long, value_name = "DIR")]
+    audit_db: Option<PathBuf>,
+    /// Label for the policy and the audit records (repeatable), e.g. tool=git.
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    label: Vec<(String, String)>,
+    /// How long a brokered call waits for a remote decision before it is denied.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
+    /// Embedded broker: when an answer may be given relative to its audit flush.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Batched)]
+    durability: DurabilityArg,
+    /// Embedded broker: longest policy evaluation before the call is denied.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
+    eval_timeout: Duration,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Runs the command; errors are reported here so they map to 125/126/127.
+pub fn run(args: RunArgs) -> ExitCode {
+    match run_inner(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cordon: {e:#}");
+            ExitCode::from(EXIT_CORDON_FAILED)
+        }
+    }
+}
+
+/// `PATH` lookup like a shell's, so "not found" is ours to report (127).
+fn find_program(name: &OsString) -> Option<PathBuf> {
+    if name.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn embedded(args: &RunArgs) -> anyhow::Result<Embedded> {
+    let source = if args.policy.is_empty() {
+        PolicySource::Builtin
+    } else {
+        PolicySource::Paths(args.policy.clone())
+    };
+    let opts = PolicyOptions {
+        eval_timeout: args.eval_timeout,
+        engine: EngineChoice::Auto,
+    };
+    let policy = Arc::new(PolicyEngine::new(source, opts).context("cannot load the policy")?);
+    let db = args
+        .audit_db
+        .clone()
+        .unwrap_or_else(super::default_audit_db);
+    if let Some(parent) = db.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let durability = match args.durability {
+        DurabilityArg::Strict => Durability::Strict,
+        DurabilityArg::Batched => Durability::Batched {
+            window: Duration::from_millis(10),
+        },
+    };
+    let audit = SledAudit::open(&db, durability).with_context(|| {
+        format!(
+            "cannot open the audit store {} (another cordon using it? give each run its own \
+             --audit-db, or share one `cordon serve` with --broker)",
+            db.display()
+        )
+    })?;
+    Ok(Embedded(Broker::new(policy, Arc::new(audit))))
+}
+
+fn private_tmpdir(sandbox_id: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let dir = base.join(format!("cordon-{sandbox_id}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create the private temp dir {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(program) = find_program(&args.command[0]) else {
+        eprintln!(
+            "cordon: {}: command not found",
+            Path::new(&args.command[0]).display()
+        );
+        return Ok(ExitCode::from(EXIT_NOT_FOUND));
+    };
+    let (decider, broker_socket): (Arc<dyn Decider>, Option<PathBuf>) = match &args.broker {
+        Some(uri) => {
+            let parsed: BrokerUri = uri.parse()?;
+            let socket = match &parsed {
+                BrokerUri::Unix(p) => Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+                BrokerUri::Http(_) => None,
+            };
+            let remote = Remote::connect(&parsed, args.deadline)
+                .context("refusing to start the tool without its broker")?;
+            (Arc::new(remote), socket)
+        }
+        None => (Arc::new(embedded(&args)?), None),
+    };
+    let mut sandbox = Sandbox::new(decider).labels(args.label.iter().cloned().collect());
+    if let Some(s) = broker_socket {
+        sandbox = sandbox.broker_socket(s);
+    }
+    let tmpdir = private_tmpdir(sandbox.id())?;
+    let sandbox = sandbox.tmpdir(&tmpdir);
+
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&args.command[0])
+        .args(&args.command[1..])
+        .env("TMPDIR", &tmpdir);
+    let result = sandbox.spawn(&mut cmd);
+    let code = match result {
+        Ok(child) => {
+            child
+                .relay_signals()
+                .context("cannot install signal relays")?;
+            let status = child.wait().context("waiting for the command")?;
+            let code = status.code().unwrap_or_else(|| {
+                128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+            });
+            ExitCode::from(code as u8)
+        }
+        Err(SpawnError::Exec { program, source }) => {
+            let code = match source.kind() {
+                std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+                _ => EXIT_CANNOT_EXECUTE,
+            };
+            eprintln!("cordon: cannot run {program}: {source}");
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmpdir);
+            return Err(e.into());
+        }
+    };
+    let _ = std::fs::remove_dir_all(&tmpdir);
+    Ok(code)
+}
+
+use std::os::unix::process::CommandExt;
