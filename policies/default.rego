@@ -143,7 +143,12 @@ deny contains sprintf("%s needs a policy that allows listening", [input.network.
 	input.network.family != "unix"
 }
 
-errno := "ECONNREFUSED" if input.kind == "network"
+# A refused connection is what clients handle best; binding or listening
+# without permission is an access error.
+errno := "ECONNREFUSED" if {
+	input.kind == "network"
+	not input.network.op in {"bind", "listen"}
+}
 
 # --- helpers -------------------------------------------------------------------
 

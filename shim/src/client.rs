@@ -188,19 +188,14 @@ async fn open_stream(uri: &BrokerUri, shared: &Arc<Shared>) -> Result<(), Connec
     let shared = shared.clone();
     tokio::spawn(async move {
         let mut inbound = inbound;
-        loop {
-            match inbound.message().await {
-                Ok(Some(resp)) => {
-                    let waiter = shared
-                        .pending
-                        .lock()
-                        .expect("pending lock")
-                        .remove(&resp.request_id);
-                    if let (Some(tx), Some(msg)) = (waiter, resp.msg) {
-                        let _ = tx.try_send(Ok(msg));
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some(resp)) = inbound.message().await {
+            let waiter = shared
+                .pending
+                .lock()
+                .expect("pending lock")
+                .remove(&resp.request_id);
+            if let (Some(tx), Some(msg)) = (waiter, resp.msg) {
+                let _ = tx.try_send(Ok(msg));
             }
         }
         tracing::warn!("lost the broker stream; denying until reconnected");

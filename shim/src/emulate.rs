@@ -40,11 +40,12 @@ pub fn open_found(found: &Found, flags: i32, mode: u32, umask: u32) -> Result<Ow
                 return Err(Errno::ELOOP);
             }
             // Reopening through our O_PATH fd opens the very inode we checked.
+            // (O_TMPFILE creates in that directory: it needs the mode.)
             let flags = base & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW);
             open(
                 format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
                 flags,
-                Mode::empty(),
+                Mode::from_bits_truncate(mode & 0o7777 & !umask),
             )
         }
         Found::Missing { parent, name } => {
@@ -266,15 +267,20 @@ pub fn listen(sock: &OwnedFd, backlog: i32) -> Result<i64, Errno> {
     socket::listen(&sock.as_fd(), backlog).map(|_| 0)
 }
 
-/// One datagram, sent on the duplicate with the checked address (or the
-/// connected peer when `addr` is `None`).
+/// One message, sent on the duplicate with the checked address (or the
+/// connected peer when `addr` is `None`), carrying `fds` (ours, duplicated
+/// from the tool's) as `SCM_RIGHTS`.
 pub fn send(
     sock: &OwnedFd,
     iov: &[Vec<u8>],
+    fds: &[OwnedFd],
     flags: i32,
     addr: Option<(&Address, Option<&[u8]>)>,
 ) -> Result<i64, Errno> {
     let slices: Vec<IoSlice<'_>> = iov.iter().map(|b| IoSlice::new(b)).collect();
+    let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = [socket::ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[socket::ControlMessage] = if raw.is_empty() { &[] } else { &rights };
     let flags = MsgFlags::from_bits_retain(flags);
     match addr {
         Some((a, unix)) => {
@@ -282,19 +288,59 @@ pub fn send(
             with_sockaddr!(&sa, |s| socket::sendmsg(
                 sock.as_raw_fd(),
                 &slices,
-                &[],
+                cmsgs,
                 flags,
                 Some(s)
             ))
         }
-        None => socket::sendmsg::<SockaddrStorage>(sock.as_raw_fd(), &slices, &[], flags, None),
+        None => socket::sendmsg::<SockaddrStorage>(sock.as_raw_fd(), &slices, cmsgs, flags, None),
     }
     .map(|n| n as i64)
+}
+
+/// The fd numbers in a control buffer, if it holds nothing but `SCM_RIGHTS`
+/// (anything else — credentials, IP options — we cannot send for the tool).
+pub fn scm_rights(control: &[u8]) -> Result<Vec<i32>, Errno> {
+    const HDR: usize = 16; // cmsg_len (8), cmsg_level (4), cmsg_type (4)
+    let mut fds = Vec::new();
+    let mut at = 0;
+    while at + HDR <= control.len() {
+        let len = u64::from_ne_bytes(control[at..at + 8].try_into().expect("8")) as usize;
+        let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().expect("4"));
+        let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().expect("4"));
+        if len < HDR || at + len > control.len() {
+            return Err(Errno::EINVAL);
+        }
+        if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        for c in control[at + HDR..at + len].chunks_exact(4) {
+            fds.push(i32::from_ne_bytes(c.try_into().expect("4")));
+        }
+        at += (len + 7) & !7;
+    }
+    Ok(fds)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_data_is_scm_rights_or_refused() {
+        let mut c = Vec::new();
+        c.extend_from_slice(&24u64.to_ne_bytes());
+        c.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        c.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
+        c.extend_from_slice(&3i32.to_ne_bytes());
+        c.extend_from_slice(&7i32.to_ne_bytes());
+        assert_eq!(scm_rights(&c), Ok(vec![3, 7]));
+        c[12..16].copy_from_slice(&libc::SCM_CREDENTIALS.to_ne_bytes());
+        assert_eq!(scm_rights(&c), Err(Errno::EOPNOTSUPP));
+        c[..8].copy_from_slice(&400u64.to_ne_bytes());
+        assert_eq!(scm_rights(&c), Err(Errno::EINVAL));
+        assert_eq!(scm_rights(&[]), Ok(vec![]));
+    }
 
     #[test]
     fn sockaddrs_decode_like_the_kernel() {

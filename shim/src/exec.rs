@@ -94,7 +94,14 @@ impl ExecVerifier {
 
     /// Lets the exec proceed under verification and returns how it ended.
     /// Answers the notification in every case.
-    pub fn run(&self, id: u64, tid: i32, tgid: i32, approved: Approved) -> Outcome {
+    pub fn run(
+        &self,
+        id: u64,
+        tid: i32,
+        tgid: i32,
+        approved: Approved,
+        _image: std::os::fd::OwnedFd,
+    ) -> Outcome {
         let (done, rx) = mpsc::channel();
         if self
             .jobs
@@ -142,7 +149,7 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
                     }
                     _ => {
                         let _ = kill(pid, Signal::SIGKILL);
-                        let _ = ptrace::detach(pid, None);
+                        reap_killed(pid, main_pid);
                     }
                 }
                 return outcome;
@@ -157,15 +164,24 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
                 let _ = ptrace::cont(pid, sig);
             }
             WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => {
-                if pid.as_raw() != main_pid {
-                    // A traced process that is not our child is reported to
-                    // us first; reaping hands it back to its real parent.
-                    let _ = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::__WALL);
-                }
+                reap_killed(pid, main_pid);
                 return Outcome::Gone;
             }
             _ => {}
         }
+    }
+}
+
+/// Waits for a tracee we killed to die. A tracee that is not our child is
+/// reported to us (its tracer) first: reaping it hands it back to its real
+/// parent, whose wait would otherwise hang on a zombie nobody releases.
+fn reap_killed(pid: Pid, main_pid: i32) {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::__WALL;
+    if pid.as_raw() == main_pid {
+        // Our own child: the sandbox's waiter reaps it.
+        let _ = waitid(Id::Pid(pid), flags | WaitPidFlag::WNOWAIT);
+    } else {
+        let _ = waitid(Id::Pid(pid), flags);
     }
 }
 

@@ -33,13 +33,6 @@ pub enum FilterError {
     Export(#[from] std::io::Error),
 }
 
-/// Which supervisor the filter protects from signals.
-#[derive(Debug, Clone, Copy)]
-pub struct FilterParams {
-    pub supervisor_pid: i32,
-    pub supervisor_pgid: i32,
-}
-
 /// Syscalls decided by the policy.
 pub const BROKERED: &[i64] = &[
     libc::SYS_open,
@@ -57,7 +50,18 @@ pub const BROKERED: &[i64] = &[
 
 /// Syscalls the supervisor inspects without asking the policy: their
 /// arguments are registers, so answering "continue" cannot be raced.
-pub const INSPECTED: &[i64] = &[libc::SYS_socket, libc::SYS_personality];
+pub const INSPECTED: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_personality,
+    // Signals: the supervisor refuses those aimed at itself (any of its
+    // threads, its process group, or everyone) and lets the rest run.
+    libc::SYS_kill,
+    libc::SYS_tkill,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigqueueinfo,
+    libc::SYS_rt_tgsigqueueinfo,
+    libc::SYS_pidfd_open,
+];
 
 /// The errno a forbidden syscall fails with, or `None` if it is not
 /// forbidden outright. `ENOSYS` where libc or liburing fall back gracefully.
@@ -96,13 +100,10 @@ pub fn forbidden_errno(nr: i64) -> Option<i32> {
         | libc::SYS_init_module
         | libc::SYS_finit_module
         | libc::SYS_delete_module
-        | libc::SYS_tkill
         // Conditional rules below: only the dangerous argument values reach us.
         | libc::SYS_clone
         | libc::SYS_ioctl
-        | libc::SYS_kill
-        | libc::SYS_tgkill
-        | libc::SYS_pidfd_open => libc::EPERM,
+        | libc::SYS_fcntl => libc::EPERM,
         _ => return None,
     })
 }
@@ -142,7 +143,6 @@ const FORBIDDEN_ALWAYS: &[i64] = &[
     libc::SYS_init_module,
     libc::SYS_finit_module,
     libc::SYS_delete_module,
-    libc::SYS_tkill,
 ];
 
 /// Namespace-creating `clone` flags (the ones `clone` accepts).
@@ -156,11 +156,14 @@ pub const CLONE_NAMESPACE_FLAGS: &[u64] = &[
     libc::CLONE_NEWNET as u64,
 ];
 
+/// `fcntl` command that takes a pointer to `struct f_owner_ex` (libc lacks it).
+pub const F_SETOWN_EX: i32 = 15;
+
 /// `ioctl(fd, TIOCSTI, …)` pushes input into the terminal: a classic escape.
 const TIOCSTI: u64 = 0x5412;
 
 /// Builds the filter and exports it as a BPF program.
-pub fn build(params: FilterParams) -> Result<BpfProgram, FilterError> {
+pub fn build() -> Result<BpfProgram, FilterError> {
     let step = |step: &str| {
         let step = step.to_owned();
         move |source| FilterError::Build { step, source }
@@ -211,30 +214,17 @@ pub fn build(params: FilterParams) -> Result<BpfProgram, FilterError> {
         libc::SYS_ioctl,
         ScmpArgCompare::new(1, low32, TIOCSTI),
     )?;
-    // Signals to the supervisor: by pid, to its process group, to "every
-    // process in my group" (0) and to "every process I may signal" (-1).
-    let sup = params.supervisor_pid as u32 as u64;
-    for target in [
-        sup,
-        0,
-        u32::MAX as u64,
-        (-params.supervisor_pgid) as u32 as u64,
-    ] {
-        notify_if(
-            &mut ctx,
-            libc::SYS_kill,
-            ScmpArgCompare::new(0, low32, target),
-        )?;
-    }
+    // F_SETOWN_EX would point SIGIO at a pid read from memory; refused.
+    // (F_SETOWN with a register argument is checked by the supervisor.)
     notify_if(
         &mut ctx,
-        libc::SYS_tgkill,
-        ScmpArgCompare::new(0, low32, sup),
+        libc::SYS_fcntl,
+        ScmpArgCompare::new(1, low32, F_SETOWN_EX as u64),
     )?;
     notify_if(
         &mut ctx,
-        libc::SYS_pidfd_open,
-        ScmpArgCompare::new(0, low32, sup),
+        libc::SYS_fcntl,
+        ScmpArgCompare::new(1, low32, libc::F_SETOWN as u64),
     )?;
 
     let mut memfd = std::fs::File::from(
@@ -271,11 +261,7 @@ mod tests {
 
     #[test]
     fn the_filter_builds() {
-        let prog = build(FilterParams {
-            supervisor_pid: 1234,
-            supervisor_pgid: 1234,
-        })
-        .unwrap();
+        let prog = build().unwrap();
         assert!(prog.len() > 20, "{} instructions", prog.len());
     }
 }

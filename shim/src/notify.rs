@@ -114,6 +114,26 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_chroot => "chroot",
         libc::SYS_pivot_root => "pivot_root",
         libc::SYS_keyctl => "keyctl",
+        libc::SYS_rt_sigqueueinfo => "rt_sigqueueinfo",
+        libc::SYS_rt_tgsigqueueinfo => "rt_tgsigqueueinfo",
+        libc::SYS_fcntl => "fcntl",
+        libc::SYS_umount2 => "umount2",
+        libc::SYS_fsopen => "fsopen",
+        libc::SYS_fsconfig => "fsconfig",
+        libc::SYS_fsmount => "fsmount",
+        libc::SYS_fspick => "fspick",
+        libc::SYS_move_mount => "move_mount",
+        libc::SYS_open_tree => "open_tree",
+        libc::SYS_mount_setattr => "mount_setattr",
+        libc::SYS_open_by_handle_at => "open_by_handle_at",
+        libc::SYS_name_to_handle_at => "name_to_handle_at",
+        libc::SYS_add_key => "add_key",
+        libc::SYS_request_key => "request_key",
+        libc::SYS_kexec_load => "kexec_load",
+        libc::SYS_kexec_file_load => "kexec_file_load",
+        libc::SYS_init_module => "init_module",
+        libc::SYS_finit_module => "finit_module",
+        libc::SYS_delete_module => "delete_module",
         _ => "other",
     }
 }
@@ -149,6 +169,17 @@ fn open_flag_names(flags: i32) -> Vec<String> {
     }
     out.into_iter().map(String::from).collect()
 }
+
+/// One message of a send, read from the tool.
+struct Message {
+    name: Option<Address>,
+    iov: Vec<Vec<u8>>,
+    /// Tool fd numbers passed as `SCM_RIGHTS`.
+    fds: Vec<i32>,
+}
+
+/// The largest control buffer we read (room for 250+ fds).
+const MAX_CONTROL: usize = 1024;
 
 /// A decoded open-family call.
 struct OpenCall {
@@ -235,8 +266,8 @@ impl Supervisor {
             libc::SYS_open | libc::SYS_openat | libc::SYS_openat2 | libc::SYS_creat => {
                 self.handle_open(&n)
             }
-            libc::SYS_connect | libc::SYS_bind | libc::SYS_sendto => self.handle_addressed(&n),
-            libc::SYS_sendmsg | libc::SYS_sendmmsg => self.handle_sendmsg(&n),
+            libc::SYS_connect | libc::SYS_bind => self.handle_addressed(&n),
+            libc::SYS_sendto | libc::SYS_sendmsg | libc::SYS_sendmmsg => self.handle_send(&n),
             libc::SYS_listen => self.handle_listen(&n),
             libc::SYS_execve | libc::SYS_execveat => self.handle_exec(&n),
             libc::SYS_socket => {
@@ -247,6 +278,26 @@ impl Supervisor {
                     let _ = self.listener.allow_continue(n.id);
                 } else {
                     self.forbid(&n, format!("socket(family {domain})"), libc::EAFNOSUPPORT);
+                }
+                Ok(())
+            }
+            libc::SYS_kill
+            | libc::SYS_tkill
+            | libc::SYS_tgkill
+            | libc::SYS_rt_sigqueueinfo
+            | libc::SYS_rt_tgsigqueueinfo
+            | libc::SYS_pidfd_open
+            | libc::SYS_fcntl => {
+                if n.nr == libc::SYS_fcntl && n.args[1] as i32 == filter::F_SETOWN_EX {
+                    self.forbid(&n, "fcntl(F_SETOWN_EX)".into(), libc::EPERM);
+                } else if self.targets_supervisor(&n) {
+                    self.forbid(
+                        &n,
+                        format!("{}(supervisor)", syscall_name(n.nr)),
+                        libc::EPERM,
+                    );
+                } else {
+                    let _ = self.listener.allow_continue(n.id);
                 }
                 Ok(())
             }
@@ -268,6 +319,58 @@ impl Supervisor {
         if let Err(e) = result {
             // ESRCH: the task went away; the answer does not matter.
             let _ = self.listener.fail(n.id, e as i32);
+        }
+    }
+
+    /// The broker's own socket, by path or by inode (a hard link or another
+    /// mount of it is the same socket).
+    fn is_broker_socket(&self, canonical: &[u8], found: &Found) -> bool {
+        let Some(broker) = &self.broker_socket else {
+            return false;
+        };
+        if canonical == broker.as_os_str().as_bytes() {
+            return true;
+        }
+        let Found::Existing(fd) = found else {
+            return false;
+        };
+        match (
+            nix::sys::stat::fstat(fd),
+            nix::sys::stat::stat(broker.as_path()),
+        ) {
+            (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+            _ => false,
+        }
+    }
+
+    /// Whether a signal (or a pidfd, or SIGIO ownership) would reach the
+    /// supervisor: any of its threads, its process group, or everyone. The
+    /// arguments are registers, so "continue" after this check is safe.
+    fn targets_supervisor(&self, n: &Notification) -> bool {
+        let me = std::process::id() as i32;
+        let my_pgid = nix::unistd::getpgrp().as_raw();
+        let mine = |id: i32| id == me || (id > 0 && tgid_of(id) == Some(me));
+        let group = |pgid: i32| pgid == my_pgid;
+        let caller_group = || {
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(n.tid)))
+                .map(|p| p.as_raw() == my_pgid)
+                .unwrap_or(true)
+        };
+        let a0 = n.args[0] as i32;
+        match n.nr {
+            libc::SYS_kill | libc::SYS_rt_sigqueueinfo => match a0 {
+                -1 => true,
+                0 => caller_group(),
+                p if p < 0 => group(-p),
+                p => mine(p),
+            },
+            libc::SYS_tkill | libc::SYS_pidfd_open => mine(a0),
+            libc::SYS_tgkill | libc::SYS_rt_tgsigqueueinfo => a0 == me || mine(n.args[1] as i32),
+            libc::SYS_fcntl => match n.args[2] as i32 {
+                p if p < 0 => group(-p),
+                p => mine(p),
+            },
+            _ => false,
         }
     }
 
@@ -555,9 +658,7 @@ impl Supervisor {
         match addr {
             Address::UnixPath(p) => {
                 let (canonical, found) = self.resolve_unix(task, n, p, op == "bind")?;
-                if let Some(broker) = &self.broker_socket
-                    && canonical == broker.as_os_str().as_bytes()
-                {
+                if self.is_broker_socket(&canonical, &found) {
                     self.count(|c| {
                         *c.forbidden
                             .entry("connect(broker socket)".into())
@@ -577,45 +678,22 @@ impl Supervisor {
         Ok((access, unix))
     }
 
-    /// connect, bind, and sendto with an address.
+    /// connect and bind.
     fn handle_addressed(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
         let op = syscall_name(n.nr);
         let mem = ToolMemory::new(n.tid);
-        let (fd, addr_ptr, addr_len) = match n.nr {
-            libc::SYS_sendto => (n.args[0] as i32, n.args[4], n.args[5] as usize),
-            _ => (n.args[0] as i32, n.args[1], n.args[2] as usize),
-        };
-        if n.nr == libc::SYS_sendto && n.args[3] as i32 & libc::MSG_FASTOPEN != 0 {
-            // A TCP send that connects; make the tool use connect instead.
-            self.forbid(n, "sendto(MSG_FASTOPEN)".into(), libc::EOPNOTSUPP);
-            return Ok(());
-        }
+        let (fd, addr_ptr, addr_len) = (n.args[0] as i32, n.args[1], n.args[2] as usize);
         if addr_len > std::mem::size_of::<libc::sockaddr_storage>() {
             return Err(Errno::EINVAL);
         }
         let raw = mem.read(addr_ptr, addr_len)?;
-        let payload = if n.nr == libc::SYS_sendto {
-            let len = n.args[2] as usize;
-            if len > MAX_DATAGRAM {
-                return Err(Errno::EMSGSIZE);
-            }
-            Some(mem.read(n.args[1], len)?)
-        } else {
-            None
-        };
         let task = self.task(n)?;
         let sock = self.tool_socket(&task, fd)?;
         let sock_type = emulate::socket_type(&sock)?;
-        if n.nr == libc::SYS_sendto && sock_type == libc::SOCK_STREAM {
-            // A connected stream ignores the address (MSG_FASTOPEN is
-            // refused above): the destination was decided at connect.
-            let _ = self.listener.allow_continue(n.id);
-            return Ok(());
-        }
         let addr = emulate::parse_sockaddr(&raw)?;
-        let may_block = emulate::is_blocking(&sock);
-        let needs_policy = !matches!(addr, Address::Netlink { .. } | Address::Unspec)
-            && !(n.nr == libc::SYS_bind && addr == Address::UnixUnnamed);
+        let may_block = n.nr == libc::SYS_connect && emulate::is_blocking(&sock);
+        let needs_policy = !(matches!(addr, Address::Netlink { .. } | Address::Unspec)
+            || n.nr == libc::SYS_bind && addr == Address::UnixUnnamed);
         let mut unix_call_path = None;
         let mut keep_alive = None;
         if needs_policy {
@@ -633,19 +711,21 @@ impl Supervisor {
             }
         }
         let nr = n.nr;
-        let flags = n.args[3] as i32;
-        self.perform(n, &task, may_block && nr != libc::SYS_bind, move || {
+        let umask = task.umask;
+        self.perform(n, &task, may_block, move || {
             let _pinned = keep_alive;
             let unix = unix_call_path.as_deref();
             match nr {
                 libc::SYS_connect => emulate::connect(&sock, &addr, unix),
-                libc::SYS_bind => emulate::bind(&sock, &addr, unix),
-                _ => emulate::send(
-                    &sock,
-                    &[payload.unwrap_or_default()],
-                    flags,
-                    Some((&addr, unix)),
-                ),
+                _ => {
+                    // A unix bind creates a file: with the tool's umask. This
+                    // runs on the supervisor thread, whose fs context is its own.
+                    let old =
+                        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+                    let r = emulate::bind(&sock, &addr, unix);
+                    nix::sys::stat::umask(old);
+                    r
+                }
             }
         });
         Ok(())
@@ -691,22 +771,20 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Reads one `struct msghdr` at `at`: (name bytes, iovecs, has control).
-    fn read_msghdr(
-        &self,
-        mem: &ToolMemory,
-        at: u64,
-    ) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>, bool), Errno> {
+    /// Reads one `struct msghdr` at `at`. Stream payloads are cut at
+    /// [`MAX_DATAGRAM`] (a short write, which stream callers handle);
+    /// larger datagrams are `EMSGSIZE`.
+    fn read_msghdr(&self, mem: &ToolMemory, at: u64, stream: bool) -> Result<Message, Errno> {
         let h = mem.read(at, 56)?;
         let word = |i: usize| u64::from_ne_bytes(h[i..i + 8].try_into().expect("8"));
-        let (name_ptr, name_len) = (word(0), u32::from_ne_bytes(h[8..12].try_into().expect("4")));
-        let (iov_ptr, iov_len) = (word(16), word(24) as usize);
-        let control_len = word(40);
+        let name_len = u32::from_ne_bytes(h[8..12].try_into().expect("4")) as usize;
+        let (name_ptr, iov_ptr, iov_len) = (word(0), word(16), word(24) as usize);
+        let (control_ptr, control_len) = (word(32), word(40) as usize);
         let name = if name_ptr != 0 && name_len > 0 {
-            if name_len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
+            if name_len > std::mem::size_of::<libc::sockaddr_storage>() {
                 return Err(Errno::EINVAL);
             }
-            Some(mem.read(name_ptr, name_len as usize)?)
+            Some(mem.read(name_ptr, name_len)?)
         } else {
             None
         };
@@ -714,64 +792,108 @@ impl Supervisor {
             return Err(Errno::EMSGSIZE);
         }
         let mut iov = Vec::with_capacity(iov_len);
-        let mut total = 0usize;
+        let mut room = MAX_DATAGRAM;
         for i in 0..iov_len {
             let base = mem.read_u64(iov_ptr + 16 * i as u64)?;
             let len = mem.read_u64(iov_ptr + 16 * i as u64 + 8)? as usize;
-            total = total.saturating_add(len);
-            if total > MAX_DATAGRAM {
+            if len > room && !stream {
                 return Err(Errno::EMSGSIZE);
             }
-            iov.push(mem.read(base, len)?);
+            let take = len.min(room);
+            iov.push(mem.read(base, take)?);
+            room -= take;
+            if room == 0 {
+                break;
+            }
         }
-        Ok((name, iov, control_len > 0))
+        if control_len > MAX_CONTROL {
+            return Err(Errno::ENOBUFS);
+        }
+        let control = mem.read(control_ptr, control_len)?;
+        Ok(Message {
+            name: name.map(|b| emulate::parse_sockaddr(&b)).transpose()?,
+            iov,
+            fds: emulate::scm_rights(&control)?,
+        })
     }
 
-    /// sendmsg and sendmmsg. Stream sockets run as they are (the peer was
-    /// decided at connect); datagrams are sent by us, each destination
-    /// decided, so no thread can swap the address after the check.
-    fn handle_sendmsg(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
+    /// sendmsg, sendmmsg, and sendto with an address. Every one is performed
+    /// by us on a duplicate of the socket: a stream's peer was decided at
+    /// connect (its address argument is ignored), each datagram destination
+    /// is decided here. Continuing instead would let another thread swap the
+    /// fd number or the address after our check.
+    fn handle_send(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
         let mem = ToolMemory::new(n.tid);
         let task = self.task(n)?;
         let sock = self.tool_socket(&task, n.args[0] as i32)?;
         let sock_type = emulate::socket_type(&sock)?;
-        let flags = n.args[if n.nr == libc::SYS_sendmsg { 2 } else { 3 }] as i32;
+        let stream = sock_type == libc::SOCK_STREAM;
+        let flags = n.args[match n.nr {
+            libc::SYS_sendmsg => 2,
+            _ => 3,
+        }] as i32;
         if flags & libc::MSG_FASTOPEN != 0 {
-            self.forbid(n, "sendmsg(MSG_FASTOPEN)".into(), libc::EOPNOTSUPP);
+            // A send that connects: make the tool use connect instead.
+            self.forbid(
+                n,
+                format!("{}(MSG_FASTOPEN)", syscall_name(n.nr)),
+                libc::EOPNOTSUPP,
+            );
             return Ok(());
         }
-        if sock_type == libc::SOCK_STREAM {
-            let _ = self.listener.allow_continue(n.id);
-            return Ok(());
-        }
-        let (headers, stride) = if n.nr == libc::SYS_sendmsg {
-            (vec![n.args[1]], 0)
-        } else {
-            let vlen = (n.args[2] as usize).min(MAX_MMSG);
-            ((0..vlen).map(|i| n.args[1] + 64 * i as u64).collect(), 64)
-        };
-        let mut messages = Vec::with_capacity(headers.len());
-        for at in &headers {
-            let (name, iov, control) = self.read_msghdr(&mem, *at)?;
-            if control {
-                // Ancillary data names the tool's fds and credentials;
-                // we cannot send it for the tool. Refuse rather than drop.
-                self.forbid(
-                    n,
-                    format!("{}(control data on a datagram)", syscall_name(n.nr)),
-                    libc::EOPNOTSUPP,
-                );
-                return Ok(());
+        let (headers, stride) = match n.nr {
+            libc::SYS_sendmsg => (vec![n.args[1]], 0),
+            libc::SYS_sendmmsg => {
+                let vlen = (n.args[2] as usize).min(MAX_MMSG);
+                ((0..vlen).map(|i| n.args[1] + 64 * i as u64).collect(), 64)
             }
-            messages.push((name.map(|b| emulate::parse_sockaddr(&b)).transpose()?, iov));
+            _ => (vec![], 0),
+        };
+        let mut messages = Vec::with_capacity(headers.len().max(1));
+        if n.nr == libc::SYS_sendto {
+            let len = (n.args[2] as usize).min(if stream { MAX_DATAGRAM } else { usize::MAX });
+            if len > MAX_DATAGRAM {
+                return Err(Errno::EMSGSIZE);
+            }
+            let addr_len = n.args[5] as usize;
+            if addr_len > std::mem::size_of::<libc::sockaddr_storage>() {
+                return Err(Errno::EINVAL);
+            }
+            let name = if n.args[4] != 0 {
+                Some(emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?)
+            } else {
+                None
+            };
+            messages.push(Message {
+                name,
+                iov: vec![mem.read(n.args[1], len)?],
+                fds: vec![],
+            });
+        }
+        for at in &headers {
+            match self.read_msghdr(&mem, *at, stream) {
+                Ok(m) => messages.push(m),
+                Err(Errno::EOPNOTSUPP) => {
+                    self.forbid(
+                        n,
+                        format!("{}(control data other than SCM_RIGHTS)", syscall_name(n.nr)),
+                        libc::EOPNOTSUPP,
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
         }
         if !self.listener.id_valid(n.id) {
             return Err(Errno::ESRCH);
         }
+        let pidfd = sys::pidfd_open(task.tgid).map_err(|_| Errno::ESRCH)?;
         let mut planned = Vec::with_capacity(messages.len());
-        for (addr, iov) in messages {
+        for m in messages {
             let mut unix = None;
-            if let Some(a) = &addr
+            // A stream's destination is its peer; datagram addresses are decided.
+            let dest = if stream { None } else { m.name };
+            if let Some(a) = &dest
                 && !matches!(a, Address::Netlink { .. } | Address::Unspec)
             {
                 let (access, u) =
@@ -791,18 +913,24 @@ impl Supervisor {
                     unix = Some((path, found));
                 }
             }
-            planned.push((addr, iov, unix));
+            // The fds the tool passes, as ours: the same open files.
+            let fds = m
+                .fds
+                .iter()
+                .map(|&fd| sys::pidfd_getfd(&pidfd, fd).map_err(|_| Errno::EBADF))
+                .collect::<Result<Vec<_>, _>>()?;
+            planned.push((dest, m.iov, fds, unix));
         }
         let is_mmsg = n.nr == libc::SYS_sendmmsg;
         let first_hdr = n.args[1];
-        let may_block = emulate::is_blocking(&sock);
+        let may_block = emulate::is_blocking(&sock) && flags & libc::MSG_DONTWAIT == 0;
         self.perform(n, &task, may_block, move || {
             let mut sent = 0i64;
-            for (i, (addr, iov, unix)) in planned.iter().enumerate() {
+            for (i, (addr, iov, fds, unix)) in planned.iter().enumerate() {
                 let dest = addr
                     .as_ref()
                     .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
-                match emulate::send(&sock, iov, flags, dest) {
+                match emulate::send(&sock, iov, fds, flags, dest) {
                     Ok(bytes) if is_mmsg => {
                         // msg_len of mmsghdr i, as sendmmsg reports it.
                         let at = first_hdr + (stride * i) as u64 + 56;
@@ -917,7 +1045,9 @@ impl Supervisor {
         let me = self.clone();
         let (id, tid, tgid) = (n.id, n.tid, task.tgid);
         // The verifier answers the notification; do not hold up other calls.
-        std::thread::spawn(move || match me.exec.run(id, tid, tgid, approved) {
+        // `image` stays open until the exec is verified, so its inode
+        // number cannot be reused by another file meanwhile.
+        std::thread::spawn(move || match me.exec.run(id, tid, tgid, approved, image) {
             Outcome::Killed(why) => {
                 tracing::error!(pid = tgid, reason = %why, "exec did not match the decision; killed");
                 me.count(|c| c.exec_killed += 1);
@@ -930,6 +1060,15 @@ impl Supervisor {
         });
         Ok(())
     }
+}
+
+/// The thread group of a pid or tid (`/proc/ID/status` exists for both).
+fn tgid_of(id: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{id}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The interpreter (and its optional argument) of a `#!` file.

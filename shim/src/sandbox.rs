@@ -28,7 +28,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use crate::{
     client::Decider,
     exec::ExecVerifier,
-    filter::{self, FilterParams},
+    filter,
     notify::{Counters, Supervisor},
     sys::{self, CHILD_REPORT_LEN, Listener},
 };
@@ -127,11 +127,7 @@ impl Sandbox {
     /// Starts `cmd` under the filter. Returns once the tool's exec was
     /// decided: an `Exec` error if it was refused or failed.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
-        let me = nix::unistd::getpid().as_raw();
-        let program = Arc::new(filter::build(FilterParams {
-            supervisor_pid: me,
-            supervisor_pgid: nix::unistd::getpgrp().as_raw(),
-        })?);
+        let program = Arc::new(filter::build()?);
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SpawnError::Supervisor(e.into()))?;
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Arc<Supervisor>, i32)>>();
@@ -221,9 +217,19 @@ fn take_listener(report: OwnedFd) -> io::Result<Option<(i32, Listener)>> {
     }
     let pid = i32::from_ne_bytes(buf[..4].try_into().expect("4"));
     let fd = i32::from_ne_bytes(buf[4..].try_into().expect("4"));
-    let pidfd = sys::pidfd_open(pid)?;
-    let listener = sys::pidfd_getfd(&pidfd, fd)?;
-    Ok(Some((pid, Listener::from_fd(listener))))
+    let listener = sys::pidfd_open(pid).and_then(|pidfd| sys::pidfd_getfd(&pidfd, fd));
+    match listener {
+        Ok(l) => Ok(Some((pid, Listener::from_fd(l)))),
+        Err(e) => {
+            // Nobody will answer the child's exec: it would wait forever
+            // (it holds its own listener). It must not run unsupervised.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(e)
+        }
+    }
 }
 
 /// A running sandboxed command.

@@ -219,7 +219,10 @@ impl BpfProgram {
     /// From the bytes libseccomp exports (an array of `struct sock_filter`).
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         const SIZE: usize = std::mem::size_of::<libc::sock_filter>();
-        if bytes.is_empty() || bytes.len() % SIZE != 0 || bytes.len() / SIZE > u16::MAX as usize {
+        if bytes.is_empty()
+            || !bytes.len().is_multiple_of(SIZE)
+            || bytes.len() / SIZE > u16::MAX as usize
+        {
             return None;
         }
         Some(Self(

@@ -1,0 +1,169 @@
+// Test probe for the shim's end-to-end tests: races and raw syscalls that
+// Python cannot express. Compiled by the tests with `cc -O2 -pthread`.
+//
+//   probe open-race ALLOWED DENIED SECONDS
+//   probe connect-race IP_OK PORT_OK IP_DENIED PORT_DENIED SECONDS
+//   probe exec-race ALLOWED DENIED SECONDS
+//   probe int80          (i386 getpid through int 0x80)
+//   probe io-uring       (io_uring_setup)
+//   probe clone3         (clone3: ENOSYS so libc falls back)
+//
+// Races print "ok=N denied=N violations=N" and exit 0; a violation means a
+// denied object was reached.
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile int stop;
+static char path_buf[4096];
+static char path_a[4096], path_b[4096];
+static struct sockaddr_in addr_buf, addr_a, addr_b;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void *flip_path(void *arg) {
+    (void)arg;
+    while (!stop) {
+        memcpy(path_buf, path_a, sizeof path_buf);
+        __asm__ volatile("" ::: "memory"); // keep both stores: this is the race
+        memcpy(path_buf, path_b, sizeof path_buf);
+        __asm__ volatile("" ::: "memory");
+    }
+    return NULL;
+}
+
+static void *flip_addr(void *arg) {
+    (void)arg;
+    while (!stop) {
+        memcpy(&addr_buf, &addr_a, sizeof addr_buf);
+        __asm__ volatile("" ::: "memory");
+        memcpy(&addr_buf, &addr_b, sizeof addr_buf);
+        __asm__ volatile("" ::: "memory");
+    }
+    return NULL;
+}
+
+static int open_race(const char *allowed, const char *denied, double secs) {
+    struct stat bad;
+    if (stat(denied, &bad) != 0) { perror("stat denied"); return 2; }
+    strncpy(path_a, allowed, sizeof path_a - 1);
+    strncpy(path_b, denied, sizeof path_b - 1);
+    memcpy(path_buf, path_a, sizeof path_buf);
+    pthread_t t;
+    pthread_create(&t, NULL, flip_path, NULL);
+    long ok = 0, denied_n = 0, violations = 0;
+    double end = now() + secs;
+    while (now() < end) {
+        int fd = open(path_buf, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) { denied_n++; continue; }
+        struct stat st;
+        fstat(fd, &st);
+        if (st.st_ino == bad.st_ino && st.st_dev == bad.st_dev) violations++; else ok++;
+        close(fd);
+    }
+    stop = 1;
+    pthread_join(t, NULL);
+    printf("ok=%ld denied=%ld violations=%ld\n", ok, denied_n, violations);
+    return 0;
+}
+
+static int connect_race(const char *ip_ok, int port_ok, const char *ip_bad, int port_bad, double secs) {
+    addr_a.sin_family = AF_INET; addr_a.sin_port = htons(port_ok);
+    inet_pton(AF_INET, ip_ok, &addr_a.sin_addr);
+    addr_b.sin_family = AF_INET; addr_b.sin_port = htons(port_bad);
+    inet_pton(AF_INET, ip_bad, &addr_b.sin_addr);
+    addr_buf = addr_a;
+    pthread_t t;
+    pthread_create(&t, NULL, flip_addr, NULL);
+    long ok = 0, denied_n = 0, violations = 0;
+    double end = now() + secs;
+    while (now() < end) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct linger l = {1, 0};
+        setsockopt(s, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+        if (connect(s, (struct sockaddr *)&addr_buf, sizeof addr_buf) == 0) {
+            struct sockaddr_in peer; socklen_t len = sizeof peer;
+            getpeername(s, (struct sockaddr *)&peer, &len);
+            if (peer.sin_addr.s_addr == addr_b.sin_addr.s_addr && peer.sin_port == addr_b.sin_port) violations++;
+            else ok++;
+        } else {
+            denied_n++;
+        }
+        close(s);
+    }
+    stop = 1;
+    pthread_join(t, NULL);
+    printf("ok=%ld denied=%ld violations=%ld\n", ok, denied_n, violations);
+    return 0;
+}
+
+static int exec_race(const char *allowed, const char *denied, double secs) {
+    strncpy(path_a, allowed, sizeof path_a - 1);
+    strncpy(path_b, denied, sizeof path_b - 1);
+    long ok = 0, denied_n = 0, killed = 0;
+    double end = now() + secs;
+    while (now() < end) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            memcpy(path_buf, path_a, sizeof path_buf);
+            pthread_t t;
+            pthread_create(&t, NULL, flip_path, NULL);
+            char *argv[] = {"probe-child", NULL};
+            char *envp[] = {NULL};
+            execve(path_buf, argv, envp);
+            _exit(errno == EACCES ? 13 : 127);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) ok++;
+        else if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) killed++;
+        else denied_n++;
+    }
+    printf("ok=%ld denied=%ld killed=%ld violations=0\n", ok, denied_n, killed);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc < 2) return 2;
+    const char *mode = argv[1];
+    if (!strcmp(mode, "open-race") && argc == 5) return open_race(argv[2], argv[3], atof(argv[4]));
+    if (!strcmp(mode, "connect-race") && argc == 7)
+        return connect_race(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atof(argv[6]));
+    if (!strcmp(mode, "exec-race") && argc == 5) return exec_race(argv[2], argv[3], atof(argv[4]));
+    if (!strcmp(mode, "int80")) {
+        long r;
+        __asm__ volatile("int $0x80" : "=a"(r) : "a"(20L) : "memory");
+        printf("int80 returned %ld\n", r);
+        return 0;
+    }
+    if (!strcmp(mode, "io-uring")) {
+        char params[120] = {0};
+        long r = syscall(425, 8, params);
+        printf("io_uring_setup=%ld errno=%d\n", r, r < 0 ? errno : 0);
+        return r < 0 ? 0 : 1;
+    }
+    if (!strcmp(mode, "clone3")) {
+        long r = syscall(435, NULL, 0);
+        printf("clone3=%ld errno=%d\n", r, r < 0 ? errno : 0);
+        return 0;
+    }
+    fprintf(stderr, "unknown mode\n");
+    return 2;
+}
