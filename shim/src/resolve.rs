@@ -57,7 +57,10 @@ pub fn fd_path(fd: &impl AsRawFd) -> Option<Vec<u8>> {
         .map(|p| p.as_os_str().as_bytes().to_vec())
 }
 
-/// `/proc/self…` → `/proc/TGID…`, `/proc/thread-self…` → `/proc/TGID/task/TID…`.
+/// Names that the kernel resolves relative to the *calling* process, so
+/// resolved by the supervisor they would name the supervisor:
+/// `/proc/self…` → `/proc/TGID…`, `/proc/thread-self…` → `/proc/TGID/task/TID…`,
+/// `/dev/fd…` → `/proc/TGID/fd…`, `/dev/stdin|stdout|stderr` → `/proc/TGID/fd/0|1|2`.
 pub fn rewrite_proc_self(path: &[u8], tid: i32, tgid: i32) -> Vec<u8> {
     for (prefix, with) in [
         (&b"/proc/self"[..], format!("/proc/{tgid}")),
@@ -65,6 +68,10 @@ pub fn rewrite_proc_self(path: &[u8], tid: i32, tgid: i32) -> Vec<u8> {
             &b"/proc/thread-self"[..],
             format!("/proc/{tgid}/task/{tid}"),
         ),
+        (&b"/dev/fd"[..], format!("/proc/{tgid}/fd")),
+        (&b"/dev/stdin"[..], format!("/proc/{tgid}/fd/0")),
+        (&b"/dev/stdout"[..], format!("/proc/{tgid}/fd/1")),
+        (&b"/dev/stderr"[..], format!("/proc/{tgid}/fd/2")),
     ] {
         if let Some(rest) = path.strip_prefix(prefix)
             && (rest.is_empty() || rest[0] == b'/')
@@ -147,11 +154,16 @@ fn how(flags: OFlag, resolve: u64) -> OpenHow {
 }
 
 /// The path to report for an fd we resolved: its canonical name, or, for
-/// objects without one (pipes, sockets, anonymous files), the lexical path.
-fn reported(fd: &OwnedFd, fallback: &[u8]) -> Vec<u8> {
+/// objects without one (pipes, sockets, anonymous files), the lexical path —
+/// but only if that path is the tool's own `/proc/TGID/fd/N` entry. Reached
+/// any other way (say, a symlink to `/proc/self/fd/N`, which the supervisor
+/// resolves as its own), a path-less object may be one of the supervisor's
+/// fds: `EACCES`, whatever the policy would say.
+fn reported(fd: &OwnedFd, fallback: &[u8], tgid: i32) -> Result<Vec<u8>, Errno> {
     match fd_path(fd) {
-        Some(p) if p.first() == Some(&b'/') => p,
-        _ => fallback.to_vec(),
+        Some(p) if p.first() == Some(&b'/') => Ok(p),
+        _ if fallback.starts_with(format!("/proc/{tgid}/").as_bytes()) => Ok(fallback.to_vec()),
+        _ => Err(Errno::EACCES),
     }
 }
 
@@ -196,9 +208,12 @@ pub fn resolve(l: &Lookup) -> Resolved {
         std::ffi::OsStr::from_bytes(&path),
         how(nofollow, l.resolve),
     ) {
-        Ok(fd) => Resolved {
-            path: reported(&fd, &lexical_path),
-            found: Ok(Found::Existing(fd)),
+        Ok(fd) => match reported(&fd, &lexical_path, l.tgid) {
+            Ok(path) => Resolved {
+                path,
+                found: Ok(Found::Existing(fd)),
+            },
+            Err(e) => fail(e),
         },
         Err(Errno::ENOENT) if l.create => {
             let trimmed = path.strip_suffix(b"/").unwrap_or(&path);
@@ -219,7 +234,10 @@ pub fn resolve(l: &Lookup) -> Resolved {
                 how(OFlag::O_DIRECTORY, l.resolve),
             ) {
                 Ok(pfd) => {
-                    let parent_path = reported(&pfd, &lexical(&base_path, parent));
+                    let parent_path = match fd_path(&pfd) {
+                        Some(p) if p.first() == Some(&b'/') => p,
+                        _ => return fail(Errno::ENOENT),
+                    };
                     Resolved {
                         path: join(&parent_path, name),
                         found: Ok(Found::Missing {
@@ -255,6 +273,24 @@ mod tests {
         );
         assert_eq!(rewrite_proc_self(b"/proc/selfish", 7, 5), b"/proc/selfish");
         assert_eq!(rewrite_proc_self(b"/proc/self", 7, 5), b"/proc/5");
+        assert_eq!(rewrite_proc_self(b"/dev/fd/3", 7, 5), b"/proc/5/fd/3");
+        assert_eq!(rewrite_proc_self(b"/dev/stdout", 7, 5), b"/proc/5/fd/1");
+        assert_eq!(rewrite_proc_self(b"/dev/stdoutx", 7, 5), b"/dev/stdoutx");
+    }
+
+    #[test]
+    fn pathless_objects_only_through_the_tools_own_fd_entries() {
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert_eq!(
+            reported(&r, b"/proc/1234/fd/3", 1234).unwrap(),
+            b"/proc/1234/fd/3"
+        );
+        // A symlink in the workdir to /proc/self/fd/N reaches the supervisor's fd.
+        assert_eq!(reported(&r, b"/work/link", 1234), Err(Errno::EACCES));
+        assert_eq!(reported(&r, b"/proc/99/fd/3", 1234), Err(Errno::EACCES));
+        let f = tempfile::tempfile().unwrap();
+        let f: OwnedFd = f.into();
+        assert!(reported(&f, b"/anything", 1234).unwrap().starts_with(b"/"));
     }
 
     #[test]
