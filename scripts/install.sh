@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Cordon needs on a Debian machine and builds it.
 # System packages: protoc (gRPC code generation), libseccomp (the shim),
-# strace (benchmark comparisons), python3 (test helpers), util-linux (setpriv).
+# strace (benchmark comparisons), python3 and a C compiler (test tools),
+# util-linux (setpriv, taskset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -e /usr/include/seccomp.h ] || need+=(libseccomp-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v strace >/dev/null 2>&1 || need+=(strace)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
+[ -x /usr/bin/python3 ] || need+=(python3)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

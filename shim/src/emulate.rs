@@ -281,7 +281,9 @@ pub fn send(
     let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let rights = [socket::ControlMessage::ScmRights(&raw)];
     let cmsgs: &[socket::ControlMessage] = if raw.is_empty() { &[] } else { &rights };
-    let flags = MsgFlags::from_bits_retain(flags);
+    // Never let a broken pipe signal the supervisor; the caller relays
+    // SIGPIPE to the tool when the tool asked for it.
+    let flags = MsgFlags::from_bits_retain(flags) | MsgFlags::MSG_NOSIGNAL;
     match addr {
         Some((a, unix)) => {
             let sa = build_sockaddr(a, unix)?;

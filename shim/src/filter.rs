@@ -162,6 +162,9 @@ pub const F_SETOWN_EX: i32 = 15;
 /// `ioctl(fd, TIOCSTI, …)` pushes input into the terminal: a classic escape.
 const TIOCSTI: u64 = 0x5412;
 
+const FIOSETOWN: u64 = 0x8901;
+const SIOCSPGRP: u64 = 0x8902;
+
 /// Builds the filter and exports it as a BPF program.
 pub fn build() -> Result<BpfProgram, FilterError> {
     let step = |step: &str| {
@@ -209,11 +212,15 @@ pub fn build() -> Result<BpfProgram, FilterError> {
             ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(flag), flag),
         )?;
     }
-    notify_if(
-        &mut ctx,
-        libc::SYS_ioctl,
-        ScmpArgCompare::new(1, low32, TIOCSTI),
-    )?;
+    // TIOCSTI; and FIOSETOWN/SIOCSPGRP, which like F_SETOWN_EX aim SIGIO at
+    // a pid read from memory (a way to signal the supervisor).
+    for cmd in [TIOCSTI, FIOSETOWN, SIOCSPGRP] {
+        notify_if(
+            &mut ctx,
+            libc::SYS_ioctl,
+            ScmpArgCompare::new(1, low32, cmd),
+        )?;
+    }
     // F_SETOWN_EX would point SIGIO at a pid read from memory; refused.
     // (F_SETOWN with a register argument is checked by the supervisor.)
     notify_if(

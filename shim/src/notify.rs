@@ -870,9 +870,16 @@ impl Supervisor {
                 fds: vec![],
             });
         }
+        let mut copied = 0usize;
         for at in &headers {
+            if copied >= MAX_DATAGRAM && !messages.is_empty() {
+                break; // the rest is for the tool's next call (a partial sendmmsg)
+            }
             match self.read_msghdr(&mem, *at, stream) {
-                Ok(m) => messages.push(m),
+                Ok(m) => {
+                    copied += m.iov.iter().map(Vec::len).sum::<usize>();
+                    messages.push(m)
+                }
                 Err(Errno::EOPNOTSUPP) => {
                     self.forbid(
                         n,
@@ -924,7 +931,15 @@ impl Supervisor {
         let is_mmsg = n.nr == libc::SYS_sendmmsg;
         let first_hdr = n.args[1];
         let may_block = emulate::is_blocking(&sock) && flags & libc::MSG_DONTWAIT == 0;
+        let (tid, tgid) = (n.tid, task.tgid);
         self.perform(n, &task, may_block, move || {
+            let sigpipe = |e: Errno| {
+                if e == Errno::EPIPE && flags & libc::MSG_NOSIGNAL == 0 {
+                    // What the kernel would have done for the tool's own send.
+                    let _ = tgkill_sigpipe(tgid, tid);
+                }
+                e
+            };
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix)) in planned.iter().enumerate() {
                 let dest = addr
@@ -938,7 +953,7 @@ impl Supervisor {
                         sent += 1;
                     }
                     Ok(bytes) => return Ok(bytes),
-                    Err(e) if sent == 0 => return Err(e),
+                    Err(e) if sent == 0 => return Err(sigpipe(e)),
                     Err(_) => break,
                 }
             }
@@ -1060,6 +1075,12 @@ impl Supervisor {
         });
         Ok(())
     }
+}
+
+/// SIGPIPE to one tool thread (what a failed send on a broken stream does).
+fn tgkill_sigpipe(tgid: i32, tid: i32) -> nix::Result<()> {
+    crate::sys::tgkill(tgid, tid, libc::SIGPIPE)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH)))
 }
 
 /// The thread group of a pid or tid (`/proc/ID/status` exists for both).

@@ -153,6 +153,21 @@ fn how(flags: OFlag, resolve: u64) -> OpenHow {
         .resolve(ResolveFlag::from_bits_truncate(resolve))
 }
 
+/// `/proc/TGID/fd/N` or `/proc/TGID/task/TID/fd/N`, and nothing longer
+/// (`/proc/TGID/root/dev/stdin` would pass through `/proc/self` again).
+fn is_own_fd_entry(path: &[u8], tgid: i32) -> bool {
+    let Some(rest) = path.strip_prefix(format!("/proc/{tgid}/").as_bytes()) else {
+        return false;
+    };
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let parts: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
+    match parts.as_slice() {
+        [b"fd", n] => digits(n),
+        [b"task", tid, b"fd", n] => digits(tid) && digits(n),
+        _ => false,
+    }
+}
+
 /// The path to report for an fd we resolved: its canonical name, or, for
 /// objects without one (pipes, sockets, anonymous files), the lexical path —
 /// but only if that path is the tool's own `/proc/TGID/fd/N` entry. Reached
@@ -162,7 +177,7 @@ fn how(flags: OFlag, resolve: u64) -> OpenHow {
 fn reported(fd: &OwnedFd, fallback: &[u8], tgid: i32) -> Result<Vec<u8>, Errno> {
     match fd_path(fd) {
         Some(p) if p.first() == Some(&b'/') => Ok(p),
-        _ if fallback.starts_with(format!("/proc/{tgid}/").as_bytes()) => Ok(fallback.to_vec()),
+        _ if is_own_fd_entry(fallback, tgid) => Ok(fallback.to_vec()),
         _ => Err(Errno::EACCES),
     }
 }
@@ -288,6 +303,11 @@ mod tests {
         // A symlink in the workdir to /proc/self/fd/N reaches the supervisor's fd.
         assert_eq!(reported(&r, b"/work/link", 1234), Err(Errno::EACCES));
         assert_eq!(reported(&r, b"/proc/99/fd/3", 1234), Err(Errno::EACCES));
+        assert_eq!(
+            reported(&r, b"/proc/1234/root/dev/stdin", 1234),
+            Err(Errno::EACCES)
+        );
+        assert!(reported(&r, b"/proc/1234/task/1240/fd/0", 1234).is_ok());
         let f = tempfile::tempfile().unwrap();
         let f: OwnedFd = f.into();
         assert!(reported(&f, b"/anything", 1234).unwrap().starts_with(b"/"));

@@ -165,6 +165,17 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new as RawFd) })
 }
 
+/// `tgkill(tgid, tid, sig)`: a signal to one thread of a process (nix has
+/// no wrapper).
+pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets the supplementary groups of the calling thread only. glibc's
 /// `setgroups` changes every thread of the process; the raw syscall does not.
 pub fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {

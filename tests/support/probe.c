@@ -4,6 +4,7 @@
 //   probe open-race ALLOWED DENIED SECONDS
 //   probe connect-race IP_OK PORT_OK IP_DENIED PORT_DENIED SECONDS
 //   probe exec-race ALLOWED DENIED SECONDS
+//   probe open-loop PATH N   (per-call latency of openat+close: median/p99 ns)
 //   probe int80          (i386 getpid through int 0x80)
 //   probe io-uring       (io_uring_setup)
 //   probe clone3         (clone3: ENOSYS so libc falls back)
@@ -139,6 +140,27 @@ static int exec_race(const char *allowed, const char *denied, double secs) {
     return 0;
 }
 
+static int cmp_long(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+static int open_loop(const char *path, long n) {
+    long *ns = calloc(n, sizeof *ns);
+    for (long i = 0; i < n; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        int fd = openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) { perror("open"); return 1; }
+        close(fd);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        ns[i] = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+    }
+    qsort(ns, n, sizeof *ns, cmp_long);
+    printf("median_ns=%ld p99_ns=%ld\n", ns[n / 2], ns[n * 99 / 100]);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc < 2) return 2;
@@ -147,6 +169,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "connect-race") && argc == 7)
         return connect_race(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atof(argv[6]));
     if (!strcmp(mode, "exec-race") && argc == 5) return exec_race(argv[2], argv[3], atof(argv[4]));
+    if (!strcmp(mode, "open-loop") && argc == 4) return open_loop(argv[2], atol(argv[3]));
     if (!strcmp(mode, "int80")) {
         long r;
         __asm__ volatile("int $0x80" : "=a"(r) : "a"(20L) : "memory");
