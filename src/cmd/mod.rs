@@ -89,6 +89,53 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
+/// The policy from `--policy` paths (the built-in one when none are given).
+pub fn load_policy(
+    paths: &[PathBuf],
+    eval_timeout: Duration,
+    interpreter: bool,
+) -> anyhow::Result<std::sync::Arc<cordon_broker::policy::PolicyEngine>> {
+    use anyhow::Context;
+    use cordon_broker::policy::{EngineChoice, PolicyEngine, PolicyOptions, PolicySource};
+    let source = if paths.is_empty() {
+        PolicySource::Builtin
+    } else {
+        PolicySource::Paths(paths.to_vec())
+    };
+    let engine = if interpreter {
+        EngineChoice::Interpreter
+    } else {
+        EngineChoice::Auto
+    };
+    let opts = PolicyOptions {
+        eval_timeout,
+        engine,
+    };
+    Ok(std::sync::Arc::new(
+        PolicyEngine::new(source, opts).context("cannot load the policy")?,
+    ))
+}
+
+/// The audit store at `--audit-db` (or the default), creating its parent.
+pub fn open_audit(
+    db: Option<&PathBuf>,
+    durability: cordon_broker::audit::Durability,
+) -> anyhow::Result<cordon_broker::audit::SledAudit> {
+    use anyhow::Context;
+    let db = db.cloned().unwrap_or_else(default_audit_db);
+    if let Some(parent) = db.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    cordon_broker::audit::SledAudit::open(&db, durability).with_context(|| {
+        format!(
+            "cannot open the audit store {} (is another cordon using it? give each embedded \
+             broker its own --audit-db, or share one `cordon serve`)",
+            db.display()
+        )
+    })
+}
+
 /// A runtime for the async parts of a command.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

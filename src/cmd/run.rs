@@ -11,12 +11,7 @@ use std::{
 };
 
 use anyhow::Context;
-use cordon_broker::{
-    Broker,
-    audit::{Durability, SledAudit},
-    client::BrokerUri,
-    policy::{EngineChoice, PolicyEngine, PolicyOptions, PolicySource},
-};
+use cordon_broker::{Broker, audit::Durability, client::BrokerUri};
 use cordon_shim::{Decider, Embedded, Remote, Sandbox, SpawnError};
 
 use super::{parse_label, serve::DurabilityArg};
@@ -88,37 +83,14 @@ fn find_program(name: &OsString) -> Option<PathBuf> {
 }
 
 fn embedded(args: &RunArgs) -> anyhow::Result<Embedded> {
-    let source = if args.policy.is_empty() {
-        PolicySource::Builtin
-    } else {
-        PolicySource::Paths(args.policy.clone())
-    };
-    let opts = PolicyOptions {
-        eval_timeout: args.eval_timeout,
-        engine: EngineChoice::Auto,
-    };
-    let policy = Arc::new(PolicyEngine::new(source, opts).context("cannot load the policy")?);
-    let db = args
-        .audit_db
-        .clone()
-        .unwrap_or_else(super::default_audit_db);
-    if let Some(parent) = db.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
+    let policy = super::load_policy(&args.policy, args.eval_timeout, false)?;
     let durability = match args.durability {
         DurabilityArg::Strict => Durability::Strict,
         DurabilityArg::Batched => Durability::Batched {
             window: Duration::from_millis(10),
         },
     };
-    let audit = SledAudit::open(&db, durability).with_context(|| {
-        format!(
-            "cannot open the audit store {} (another cordon using it? give each run its own \
-             --audit-db, or share one `cordon serve` with --broker)",
-            db.display()
-        )
-    })?;
+    let audit = super::open_audit(args.audit_db.as_ref(), durability)?;
     Ok(Embedded(Broker::new(policy, Arc::new(audit))))
 }
 

@@ -5,9 +5,8 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 use cordon_broker::{
     Broker,
-    audit::{Durability, SledAudit},
+    audit::Durability,
     client::BrokerUri,
-    policy::{EngineChoice, PolicyEngine, PolicyOptions, PolicySource},
     service::{self, AccessPolicy},
 };
 
@@ -88,20 +87,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let source = if args.policy.is_empty() {
-        PolicySource::Builtin
-    } else {
-        PolicySource::Paths(args.policy.clone())
-    };
-    let opts = PolicyOptions {
-        eval_timeout: args.eval_timeout,
-        engine: if args.interpreter {
-            EngineChoice::Interpreter
-        } else {
-            EngineChoice::Auto
-        },
-    };
-    let policy = Arc::new(PolicyEngine::new(source, opts).context("cannot load the policy")?);
+    let policy = super::load_policy(&args.policy, args.eval_timeout, args.interpreter)?;
     policy.watch(args.watch_interval);
     let durability = match args.durability {
         DurabilityArg::Strict => Durability::Strict,
@@ -113,11 +99,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .audit_db
         .clone()
         .unwrap_or_else(super::default_audit_db);
-    if let Some(parent) = db.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let audit = Arc::new(SledAudit::open(&db, durability)?);
+    let audit = Arc::new(super::open_audit(Some(&db), durability)?);
     let broker = Broker::new(policy.clone(), audit.clone());
     let access = if args.allow_uid.is_empty() {
         AccessPolicy::default()
