@@ -569,9 +569,17 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
         "import os, ctypes\n\
          libc = ctypes.CDLL(None, use_errno=True)\n\
          print('unshare', libc.unshare(0x10000000), ctypes.get_errno())\n\
-         print('ptrace', libc.ptrace(16, os.getppid(), 0, 0), ctypes.get_errno())\n",
+         print('ptrace', libc.ptrace(16, os.getppid(), 0, 0), ctypes.get_errno())\n\
+         import socket\n\
+         for name, fam, proto in (('packet', socket.AF_PACKET, 0), ('netlink-audit', socket.AF_NETLINK, 9),\n\
+                                  ('netlink-route', socket.AF_NETLINK, 0), ('inet6', socket.AF_INET6, 0)):\n    \
+             try:\n        socket.socket(fam, socket.SOCK_RAW if fam == socket.AF_PACKET else socket.SOCK_DGRAM, proto).close(); print(name, 'ok')\n    \
+             except OSError as e:\n        print(name, 'err', e.errno)\n",
     );
     let stdout = assert_ok(&out);
+    for line in ["packet err 97", "netlink-audit err 97", "netlink-route ok", "inet6 ok"] {
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    }
     assert!(stdout.contains("unshare -1 1"), "{stdout}");
     assert!(stdout.contains("ptrace -1 1"), "{stdout}");
     let records = env.audit();
