@@ -577,7 +577,12 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
              except OSError as e:\n        print(name, 'err', e.errno)\n",
     );
     let stdout = assert_ok(&out);
-    for line in ["packet err 97", "netlink-audit err 97", "netlink-route ok", "inet6 ok"] {
+    for line in [
+        "packet err 97",
+        "netlink-audit err 97",
+        "netlink-route ok",
+        "inet6 ok",
+    ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }
     assert!(stdout.contains("unshare -1 1"), "{stdout}");

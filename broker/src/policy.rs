@@ -526,7 +526,8 @@ impl LoadedPolicy {
         input: &serde_json::Value,
         use_vm: bool,
     ) -> Result<RawDecision, String> {
-        let input = Value::from_json_str(&input.to_string()).map_err(|e| e.to_string())?;
+        // Straight from the JSON tree: no text round trip.
+        let input = <Value as serde::Deserialize>::deserialize(input).map_err(|e| e.to_string())?;
         let use_vm = use_vm && self.vm.is_some();
         let mut evaluator = self.take_evaluator(use_vm)?;
         let result = match &mut evaluator {

@@ -30,7 +30,7 @@ use crate::{
     exec::{Approved, ExecVerifier, Outcome},
     filter,
     memory::ToolMemory,
-    process::{Creds, Task, with_creds},
+    process::{Creds, StatusFiles, Task, with_creds},
     resolve::{self, Found, Lookup},
     sys::{self, Listener, Notification},
 };
@@ -74,6 +74,7 @@ pub struct Supervisor {
     broker_socket: Option<PathBuf>,
     exec: ExecVerifier,
     counters: Mutex<Counters>,
+    status_files: StatusFiles,
 }
 
 fn syscall_name(nr: i64) -> &'static str {
@@ -206,6 +207,7 @@ impl Supervisor {
             broker_socket,
             exec,
             counters: Mutex::default(),
+            status_files: StatusFiles::default(),
         }
     }
 
@@ -377,7 +379,7 @@ impl Supervisor {
     /// The task behind a notification, read after the arguments: if the id
     /// is still valid the task is the one that made the call.
     fn task(&self, n: &Notification) -> Result<Task, Errno> {
-        let task = Task::inspect(n.tid)?;
+        let task = Task::inspect(n.tid, &self.status_files)?;
         if !self.listener.id_valid(n.id) {
             return Err(Errno::ESRCH);
         }

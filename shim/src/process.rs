@@ -47,9 +47,47 @@ fn missing() -> Errno {
     Errno::ESRCH
 }
 
+/// Open `/proc/TID/status` files, reread with `pread`: generating the file is
+/// the kernel's cost, but opening it each time doubles it. A cached fd is
+/// tied to its task: once the task is gone reads fail and we reopen, so a
+/// reused tid never reads a dead task's status.
+#[derive(Debug, Default)]
+pub struct StatusFiles(std::sync::Mutex<std::collections::HashMap<i32, fs::File>>);
+
+/// Few enough open fds that a fork-heavy tool cannot exhaust ours.
+const MAX_CACHED_STATUS: usize = 128;
+
+impl StatusFiles {
+    pub fn read(&self, tid: i32) -> Result<String, Errno> {
+        use std::os::unix::fs::FileExt;
+        let mut files = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..2 {
+            if !files.contains_key(&tid) {
+                if files.len() >= MAX_CACHED_STATUS {
+                    files.clear();
+                }
+                let f = fs::File::open(format!("/proc/{tid}/status")).map_err(|_| missing())?;
+                files.insert(tid, f);
+            }
+            let mut buf = vec![0u8; 16 * 1024];
+            match files[&tid].read_at(&mut buf, 0) {
+                Ok(n) if n > 0 && n < buf.len() => {
+                    buf.truncate(n);
+                    return String::from_utf8(buf).map_err(|_| missing());
+                }
+                _ => {
+                    files.remove(&tid);
+                }
+            }
+        }
+        Err(missing())
+    }
+}
+
 impl Task {
-    pub fn inspect(tid: i32) -> Result<Task, Errno> {
-        let status = fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| missing())?;
+    /// Reads the task through `files`.
+    pub fn inspect(tid: i32, files: &StatusFiles) -> Result<Task, Errno> {
+        let status = files.read(tid)?;
         let uids = ids(field(&status, "Uid"))
             .filter(|v| v.len() == 4)
             .ok_or_else(missing)?;
@@ -92,7 +130,7 @@ impl Task {
 impl Creds {
     /// The supervisor's own, read once at start.
     pub fn of_self() -> Creds {
-        Task::inspect(std::process::id() as i32)
+        Task::inspect(std::process::id() as i32, &StatusFiles::default())
             .map(|t| t.creds)
             .unwrap_or(Creds {
                 fsuid: nix::unistd::geteuid().as_raw(),
