@@ -12,7 +12,8 @@ Workloads:
   python     python3 -c "import json, email, http.client, sqlite3"
   tar        tar cf - /usr/lib/python3.11 | wc -c  (file-heavy)
   openat     per-call latency of openat+close inside the tool (C probe),
-             pinned (everything on CPU 0) and unpinned
+             pinned (everything on CPU 0) and unpinned; also through a
+             `cordon serve` over the Session stream (`cordon run --broker`)
 """
 import json
 import os
@@ -81,11 +82,30 @@ def main():
         kv = dict(x.split("=") for x in out.split())
         return int(kv["median_ns"]), int(kv["p99_ns"])
 
+    # A broker daemon with the same policy, for the remote path.
+    policy_dir = os.path.join(work, "policy")
+    os.makedirs(policy_dir)
+    shutil.copy(os.path.join(ROOT, "policies/default.rego"), policy_dir)
+    shutil.copy(extra, policy_dir)
+    sock = os.path.join(work, "run/broker.sock")
+    serve = subprocess.Popen([CORDON, "serve", "--listen", f"unix://{sock}", "--audit-db",
+                              os.path.join(work, "serve-audit"), "--policy", policy_dir],
+                             stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.05)
+
+    def remote(cmd):
+        return [CORDON, "run", "--broker", f"unix://{sock}", "--", *cmd]
+
     lat = {}
     for pin in (True, False):
-        for m, wrap in modes.items():
+        for m, wrap in {**modes, "cordon --broker (serve)": remote}.items():
             runs = [probe_run(wrap, pin) for _ in range(3)]
             lat[(m, pin)] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+    serve.terminate()
+    serve.wait()
 
     with open(os.path.join(out_dir, "raw.json"), "w") as f:
         json.dump({"wall_s": wall, "openat_ns": {f"{m} pinned={p}": v for (m, p), v in lat.items()}}, f, indent=1)

@@ -839,6 +839,45 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
         "the policy allowed it; the kernel did not"
     );
 
+    // A root tool without capabilities cannot borrow the supervisor's: a
+    // mode-000 file stays unreadable to it, though root owns it.
+    let locked = env.work.join("locked.txt");
+    std::fs::write(&locked, "locked").unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = cordon()
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(&allow_all)
+        .args([
+            "--",
+            "/usr/bin/setpriv",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "/bin/cat",
+            "locked.txt",
+        ])
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    // With its capabilities, the same root tool reads it (the check is real).
+    let out_allow = cordon()
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/bin/cat", "locked.txt"])
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out_allow), "locked");
+
     // The whole of cordon as nobody: same answer, and it still works.
     let nobody_dir = tempfile::tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(nobody_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -14,6 +14,9 @@ pub struct Creds {
     pub fsuid: u32,
     pub fsgid: u32,
     pub groups: Vec<u32>,
+    /// Effective capabilities (`CapEff`): a root tool that dropped
+    /// capabilities must not borrow the supervisor's.
+    pub cap_eff: u64,
 }
 
 /// One task, as `/proc` describes it at the time of the notification.
@@ -118,6 +121,9 @@ impl Task {
                 fsuid: uids[3],
                 fsgid: gids[3],
                 groups,
+                cap_eff: field(&status, "CapEff")
+                    .and_then(|v| u64::from_str_radix(v, 16).ok())
+                    .unwrap_or(0),
             },
             umask,
             comm: field(&status, "Name").unwrap_or_default().to_owned(),
@@ -128,6 +134,14 @@ impl Task {
 }
 
 impl Creds {
+    /// The calling thread's own (capabilities are per thread).
+    pub fn of_thread() -> Creds {
+        let tid = nix::unistd::gettid().as_raw();
+        Task::inspect(tid, &StatusFiles::default())
+            .map(|t| t.creds)
+            .unwrap_or_else(|_| Creds::of_self())
+    }
+
     /// The supervisor's own, read once at start.
     pub fn of_self() -> Creds {
         Task::inspect(std::process::id() as i32, &StatusFiles::default())
@@ -136,32 +150,76 @@ impl Creds {
                 fsuid: nix::unistd::geteuid().as_raw(),
                 fsgid: nix::unistd::getegid().as_raw(),
                 groups: vec![],
+                cap_eff: 0,
             })
     }
 }
 
-/// Runs `f` on this thread with the tool's fs uid, fs gid and groups when
-/// they differ from the supervisor's, then switches back. If the switch is
-/// not possible the answer is `EACCES`: the supervisor never opens with
-/// credentials the tool does not have.
+/// Runs `f` on this thread with the tool's fs uid, fs gid and groups, and no
+/// effective capability the tool lacks, when they differ from the
+/// supervisor's; then switches back. If the switch is not possible the
+/// answer is `EACCES`: the supervisor never opens with credentials the tool
+/// does not have.
 pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<R, Errno> {
-    if tool == me {
+    let same_ids = (tool.fsuid, tool.fsgid, &tool.groups) == (me.fsuid, me.fsgid, &me.groups);
+    // Capabilities the supervisor has and the tool does not.
+    let extra_caps = me.cap_eff & !tool.cap_eff;
+    if same_ids && extra_caps == 0 {
         return Ok(f());
     }
-    let switch = |c: &Creds| -> std::io::Result<()> {
+    let switch_ids = |c: &Creds| -> std::io::Result<()> {
         sys::set_thread_groups(&c.groups)?;
         sys::set_thread_fs_ids(c.fsuid, c.fsgid)
     };
-    if let Err(e) = switch(tool) {
+    let restore = |caps: Option<u64>| {
+        // Capabilities first: switching the ids back needs CAP_SETUID and
+        // CAP_SETGID. Back to the supervisor's own set, not the one saved
+        // after the id switch (which had the fs capabilities cleared).
+        let caps = caps.map_or(Ok(0), |_| sys::set_thread_effective_caps(me.cap_eff));
+        let ids = if same_ids { Ok(()) } else { switch_ids(me) };
+        if let Err(e) = caps.map(|_| ()).and(ids) {
+            // Continuing with the tool's identity would be wrong either way.
+            tracing::error!(error = %e, "cannot restore the supervisor's credentials");
+            std::process::abort();
+        }
+    };
+    if !same_ids && let Err(e) = switch_ids(tool) {
         tracing::warn!(error = %e, "cannot take on the tool's credentials; denying");
-        let _ = switch(me);
+        restore(None);
         return Err(Errno::EACCES);
     }
+    // After the fs id switch (which itself clears the fs capabilities when
+    // leaving uid 0), keep only what both have.
+    let saved = if extra_caps != 0 {
+        match sys::set_thread_effective_caps(me.cap_eff & tool.cap_eff) {
+            Ok(prev) => Some(prev),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot drop capabilities the tool lacks; denying");
+                restore(None);
+                return Err(Errno::EACCES);
+            }
+        }
+    } else {
+        None
+    };
     let out = f();
-    if let Err(e) = switch(me) {
-        // Continuing with the tool's identity would be wrong either way.
-        tracing::error!(error = %e, "cannot restore the supervisor's credentials");
-        std::process::abort();
-    }
+    restore(saved);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_drop_and_come_back_on_this_thread() {
+        let me = Creds::of_self();
+        let tool = Creds {
+            cap_eff: 0,
+            ..me.clone()
+        };
+        let inside = with_creds(&tool, &me, || Creds::of_thread().cap_eff).unwrap();
+        assert_eq!(inside, 0);
+        assert_eq!(Creds::of_thread().cap_eff, me.cap_eff);
+    }
 }

@@ -187,6 +187,29 @@ pub fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the effective capability set of the calling thread only (raw
+/// `capget`/`capset` are per thread), keeping the permitted and inheritable
+/// sets so the previous set can be restored. Returns the previous set.
+pub fn set_thread_effective_caps(effective: u64) -> io::Result<u64> {
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = [VERSION_3, 0]; // version, pid 0 = this thread
+    let mut data = [0u32; 6]; // two {effective, permitted, inheritable}
+    // SAFETY: capget writes two __user_cap_data_struct (6 u32) into `data`
+    // and reads the header; both are ours and sized for version 3.
+    if unsafe { libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let previous = data[0] as u64 | (data[3] as u64) << 32;
+    data[0] = effective as u32;
+    data[3] = (effective >> 32) as u32;
+    header[1] = 0;
+    // SAFETY: capset reads the same two structs; pid 0 is this thread.
+    if unsafe { libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(previous)
+}
+
 /// Sets the fs uid/gid of the calling thread only (raw syscalls; they are
 /// per-thread in the kernel). Returns an error when the change did not take.
 pub fn set_thread_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
