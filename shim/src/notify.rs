@@ -75,7 +75,13 @@ pub struct Supervisor {
     exec: ExecVerifier,
     counters: Mutex<Counters>,
     status_files: StatusFiles,
+    /// Helper threads in flight (blocking calls, exec verification).
+    helpers: std::sync::atomic::AtomicUsize,
 }
+
+/// At most this many calls wait on helper threads at once; beyond, a call
+/// fails with `EAGAIN` rather than letting a tool make us spawn without bound.
+const MAX_HELPERS: usize = 256;
 
 fn syscall_name(nr: i64) -> &'static str {
     match nr {
@@ -208,6 +214,7 @@ impl Supervisor {
             exec,
             counters: Mutex::default(),
             status_files: StatusFiles::default(),
+            helpers: Default::default(),
         }
     }
 
@@ -250,6 +257,32 @@ impl Supervisor {
                     return;
                 }
             }
+        }
+    }
+
+    /// Runs `work` (which answers notification `id`) on a helper thread.
+    fn spawn_helper(self: &Arc<Self>, id: u64, work: impl FnOnce() + Send + 'static) {
+        use std::sync::atomic::Ordering;
+        if self.helpers.fetch_add(1, Ordering::SeqCst) >= MAX_HELPERS {
+            self.helpers.fetch_sub(1, Ordering::SeqCst);
+            self.count(|c| {
+                *c.forbidden
+                    .entry("helper threads exhausted".into())
+                    .or_default() += 1
+            });
+            let _ = self.listener.fail(id, libc::EAGAIN);
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cordon-helper".into())
+            .spawn(move || {
+                work();
+                me.helpers.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.helpers.fetch_sub(1, Ordering::SeqCst);
+            let _ = self.listener.fail(id, libc::EAGAIN);
         }
     }
 
@@ -567,7 +600,7 @@ impl Supervisor {
         };
         if blocking_fifo {
             // Opening a FIFO waits for the other end: not on this thread.
-            std::thread::spawn(open_and_inject);
+            self.spawn_helper(n.id, open_and_inject);
         } else {
             open_and_inject();
         }
@@ -629,7 +662,7 @@ impl Supervisor {
             };
         };
         if may_block {
-            std::thread::spawn(run);
+            self.spawn_helper(id, run);
         } else {
             run();
         }
@@ -1064,7 +1097,7 @@ impl Supervisor {
         // The verifier answers the notification; do not hold up other calls.
         // `image` stays open until the exec is verified, so its inode
         // number cannot be reused by another file meanwhile.
-        std::thread::spawn(move || match me.exec.run(id, tid, tgid, approved, image) {
+        self.clone().spawn_helper(id, move || match me.exec.run(id, tid, tgid, approved, image) {
             Outcome::Killed(why) => {
                 tracing::error!(pid = tgid, reason = %why, "exec did not match the decision; killed");
                 me.count(|c| c.exec_killed += 1);
