@@ -964,3 +964,24 @@ fn file_descriptors_pass_over_unix_sockets() {
     let stdout = assert_ok(&out);
     assert_eq!(stdout.matches("b'x' b'passed'").count(), 2, "{stdout}");
 }
+
+#[test]
+fn a_send_on_a_broken_stream_raises_sigpipe_in_the_tool() {
+    let env = Env::new(&[]);
+    let out = env.python(
+        "import socket, signal\n\
+         got = []\n\
+         signal.signal(signal.SIGPIPE, lambda *a: got.append('sigpipe'))\n\
+         a, b = socket.socketpair()\n\
+         b.close()\n\
+         try:\n    a.sendmsg([b'x'])\nexcept OSError as e:\n    print('err', e.errno)\n\
+         try:\n    a.sendmsg([b'x'], [], socket.MSG_NOSIGNAL)\nexcept OSError as e:\n    print('err', e.errno)\n\
+         print(got)\n",
+    );
+    let stdout = assert_ok(&out);
+    assert_eq!(stdout.matches("err 32").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("['sigpipe']"),
+        "exactly one SIGPIPE: {stdout}"
+    );
+}

@@ -4,16 +4,14 @@
 //! Fail-closed lives in the caller (`notify::Supervisor::ask`): every
 //! [`ClientError`] becomes a denial. The remote client answers each request
 //! within its deadline or not at all, never blocks the supervisor longer, and
-//! reconnects in the background with backoff while calls are denied.
+//! reconnects with backoff while calls are denied.
 
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Mutex,
         atomic::{AtomicU64, Ordering},
-        mpsc as std_mpsc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use cordon_broker::{
@@ -61,96 +59,130 @@ impl Decider for Embedded {
     }
 }
 
-type Answer = Result<session_response::Msg, ClientError>;
-
-#[derive(Debug, Default)]
-struct Shared {
-    /// Sender into the current stream; `None` while disconnected.
-    outbound: Mutex<Option<mpsc::Sender<SessionRequest>>>,
-    pending: Mutex<HashMap<u64, std_mpsc::SyncSender<Answer>>>,
+/// An open `Session` stream.
+#[derive(Debug)]
+struct Stream {
+    outbound: mpsc::Sender<SessionRequest>,
+    inbound: tonic::Streaming<cordon_broker::proto::SessionResponse>,
 }
 
-impl Shared {
-    fn fail_all(&self, why: fn() -> ClientError) {
-        for (_, tx) in self.pending.lock().expect("pending lock").drain() {
-            let _ = tx.try_send(Err(why()));
-        }
-    }
+#[derive(Debug)]
+struct Connection {
+    stream: Option<Stream>,
+    /// When the next reconnect may be tried, and the backoff after that.
+    retry_at: Instant,
+    backoff: Duration,
 }
 
-/// A `cordon serve` reached over the `Session` stream.
+/// A `cordon serve` reached over one `Session` stream.
+///
+/// The calling thread drives the stream itself (a current-thread tokio
+/// runtime, entered per call): no hand-off to another thread and back, which
+/// on a small machine costs more than the call. Calls are serialized; a call
+/// that misses its deadline drops the stream (a late answer is never applied)
+/// and the next call reconnects, with exponential backoff while the broker
+/// stays unreachable.
 #[derive(Debug)]
 pub struct Remote {
-    shared: Arc<Shared>,
+    uri: BrokerUri,
+    runtime: tokio::runtime::Runtime,
+    conn: Mutex<Connection>,
     next_id: AtomicU64,
     deadline: Duration,
-    /// Owns the stream tasks; dropped with the client.
-    _runtime: tokio::runtime::Runtime,
 }
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Remote {
     /// Connects and opens the stream. Fails if the broker cannot be reached
     /// now: a sandbox must not start without its broker.
     pub fn connect(uri: &BrokerUri, deadline: Duration) -> Result<Remote, ConnectError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("cordon-client")
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ConnectError::Connect {
                 uri: format!("{uri:?}"),
                 message: e.to_string(),
             })?;
-        let shared = Arc::new(Shared::default());
-        runtime.block_on(open_stream(uri, &shared))?;
-        let (uri2, shared2) = (uri.clone(), shared.clone());
-        runtime.spawn(async move { keep_connected(uri2, shared2).await });
+        let stream = runtime.block_on(open_stream(uri))?;
         Ok(Remote {
-            shared,
+            uri: uri.clone(),
+            runtime,
+            conn: Mutex::new(Connection {
+                stream: Some(stream),
+                retry_at: Instant::now(),
+                backoff: FIRST_BACKOFF,
+            }),
             next_id: AtomicU64::new(1),
             deadline,
-            _runtime: runtime,
         })
     }
 
-    fn call(&self, msg: session_request::Msg) -> Answer {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = std_mpsc::sync_channel(1);
-        let outbound = self
-            .shared
-            .outbound
-            .lock()
-            .expect("outbound lock")
-            .clone()
-            .ok_or(ClientError::Disconnected)?;
-        self.shared
-            .pending
-            .lock()
-            .expect("pending lock")
-            .insert(id, tx);
-        let req = SessionRequest {
-            request_id: id,
-            msg: Some(msg),
-        };
-        if outbound.try_send(req).is_err() {
-            self.shared
-                .pending
-                .lock()
-                .expect("pending lock")
-                .remove(&id);
-            return Err(ClientError::Disconnected);
-        }
-        match rx.recv_timeout(self.deadline) {
-            Ok(answer) => answer,
-            Err(_) => {
-                self.shared
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .remove(&id);
-                Err(ClientError::Timeout(self.deadline))
+    fn call(&self, msg: session_request::Msg) -> Result<session_response::Msg, ClientError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.stream.is_none() {
+            if Instant::now() < conn.retry_at {
+                return Err(ClientError::Disconnected);
+            }
+            let deadline = self.deadline;
+            match self
+                .runtime
+                .block_on(async { tokio::time::timeout(deadline, open_stream(&self.uri)).await })
+            {
+                Ok(Ok(stream)) => {
+                    tracing::info!("reconnected to the broker");
+                    conn.stream = Some(stream);
+                    conn.backoff = FIRST_BACKOFF;
+                }
+                _ => {
+                    conn.retry_at = Instant::now() + conn.backoff;
+                    conn.backoff = (conn.backoff * 2).min(MAX_BACKOFF);
+                    return Err(ClientError::Disconnected);
+                }
             }
         }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stream = conn.stream.as_mut().expect("connected above");
+        let exchange = async {
+            stream
+                .outbound
+                .send(SessionRequest {
+                    request_id: id,
+                    msg: Some(msg),
+                })
+                .await
+                .map_err(|_| ClientError::Disconnected)?;
+            loop {
+                match stream.inbound.message().await {
+                    Ok(Some(resp)) if resp.request_id == id => {
+                        return resp
+                            .msg
+                            .ok_or_else(|| ClientError::Refused("empty answer".into()));
+                    }
+                    // An answer to a call that already timed out: not ours.
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => return Err(ClientError::Disconnected),
+                }
+            }
+        };
+        let deadline = self.deadline;
+        let result = match self
+            .runtime
+            .block_on(async { tokio::time::timeout(deadline, exchange).await })
+        {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout(self.deadline)),
+        };
+        if matches!(
+            result,
+            Err(ClientError::Disconnected | ClientError::Timeout(_))
+        ) {
+            tracing::warn!(error = ?result.as_ref().err(), "dropping the broker stream; denying until reconnected");
+            conn.stream = None;
+            conn.retry_at = Instant::now();
+        }
+        result
     }
 }
 
@@ -172,10 +204,10 @@ impl Decider for Remote {
     }
 }
 
-/// Opens a Session stream and starts routing its answers to callers.
-async fn open_stream(uri: &BrokerUri, shared: &Arc<Shared>) -> Result<(), ConnectError> {
+/// Opens a Session stream.
+async fn open_stream(uri: &BrokerUri) -> Result<Stream, ConnectError> {
     let mut client = connect(uri).await?;
-    let (tx, rx) = mpsc::channel::<SessionRequest>(1024);
+    let (outbound, rx) = mpsc::channel::<SessionRequest>(16);
     let inbound = client
         .session(ReceiverStream::new(rx))
         .await
@@ -184,44 +216,5 @@ async fn open_stream(uri: &BrokerUri, shared: &Arc<Shared>) -> Result<(), Connec
             message: s.message().to_owned(),
         })?
         .into_inner();
-    *shared.outbound.lock().expect("outbound lock") = Some(tx);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let mut inbound = inbound;
-        while let Ok(Some(resp)) = inbound.message().await {
-            let waiter = shared
-                .pending
-                .lock()
-                .expect("pending lock")
-                .remove(&resp.request_id);
-            if let (Some(tx), Some(msg)) = (waiter, resp.msg) {
-                let _ = tx.try_send(Ok(msg));
-            }
-        }
-        tracing::warn!("lost the broker stream; denying until reconnected");
-        *shared.outbound.lock().expect("outbound lock") = None;
-        shared.fail_all(|| ClientError::Disconnected);
-    });
-    Ok(())
-}
-
-/// Reconnects whenever the stream is gone, with exponential backoff.
-async fn keep_connected(uri: BrokerUri, shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let connected = shared.outbound.lock().expect("outbound lock").is_some();
-        if connected {
-            backoff = Duration::from_millis(50);
-            continue;
-        }
-        match open_stream(&uri, &shared).await {
-            Ok(()) => tracing::info!("reconnected to the broker"),
-            Err(e) => {
-                tracing::debug!(error = %e, "broker still unreachable");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+    Ok(Stream { outbound, inbound })
 }

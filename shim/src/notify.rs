@@ -651,11 +651,26 @@ impl Supervisor {
         may_block: bool,
         op: impl FnOnce() -> Result<i64, Errno> + Send + 'static,
     ) {
+        self.perform_then(n, task, may_block, None, op)
+    }
+
+    /// [`Self::perform`], and on `EPIPE` a SIGPIPE to `(tgid, tid)` if given.
+    fn perform_then(
+        self: &Arc<Self>,
+        n: &Notification,
+        task: &Task,
+        may_block: bool,
+        sigpipe: Option<(i32, i32)>,
+        op: impl FnOnce() -> Result<i64, Errno> + Send + 'static,
+    ) {
         let me = self.clone();
         let creds = task.creds.clone();
         let id = n.id;
         let run = move || {
             let result = with_creds(&creds, &me.me, op).and_then(|r| r);
+            if let (Err(Errno::EPIPE), Some((tgid, tid))) = (&result, sigpipe) {
+                let _ = tgkill_sigpipe(tgid, tid);
+            }
             let _ = match result {
                 Ok(v) => me.listener.succeed(id, v),
                 Err(e) => me.listener.fail(id, e as i32),
@@ -966,15 +981,11 @@ impl Supervisor {
         let is_mmsg = n.nr == libc::SYS_sendmmsg;
         let first_hdr = n.args[1];
         let may_block = emulate::is_blocking(&sock) && flags & libc::MSG_DONTWAIT == 0;
-        let (tid, tgid) = (n.tid, task.tgid);
-        self.perform(n, &task, may_block, move || {
-            let sigpipe = |e: Errno| {
-                if e == Errno::EPIPE && flags & libc::MSG_NOSIGNAL == 0 {
-                    // What the kernel would have done for the tool's own send.
-                    let _ = tgkill_sigpipe(tgid, tid);
-                }
-                e
-            };
+        // A failed send on a broken stream raises SIGPIPE in the sender
+        // unless it asked otherwise: relayed to the tool thread by `perform`,
+        // with the supervisor's own credentials.
+        let sigpipe = (stream && flags & libc::MSG_NOSIGNAL == 0).then_some((task.tgid, n.tid));
+        self.perform_then(n, &task, may_block, sigpipe, move || {
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix)) in planned.iter().enumerate() {
                 let dest = addr
@@ -988,7 +999,7 @@ impl Supervisor {
                         sent += 1;
                     }
                     Ok(bytes) => return Ok(bytes),
-                    Err(e) if sent == 0 => return Err(sigpipe(e)),
+                    Err(e) if sent == 0 => return Err(e),
                     Err(_) => break,
                 }
             }

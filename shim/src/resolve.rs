@@ -115,6 +115,10 @@ pub fn lexical(base: &[u8], path: &[u8]) -> Vec<u8> {
     out
 }
 
+fn has_dotdot(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').any(|c| c == b"..")
+}
+
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut out = dir.to_vec();
     if out.last() != Some(&b'/') {
@@ -174,10 +178,14 @@ fn is_own_fd_entry(path: &[u8], tgid: i32) -> bool {
 /// any other way (say, a symlink to `/proc/self/fd/N`, which the supervisor
 /// resolves as its own), a path-less object may be one of the supervisor's
 /// fds: `EACCES`, whatever the policy would say.
-fn reported(fd: &OwnedFd, fallback: &[u8], tgid: i32) -> Result<Vec<u8>, Errno> {
+///
+/// A path with `..` never qualifies: the kernel applies `..` to wherever a
+/// magic link led (`/proc/TGID/cwd/../fd/N` is the fd of whatever process's
+/// directory the tool's cwd is in), while the lexical path pretends otherwise.
+fn reported(fd: &OwnedFd, fallback: &[u8], tgid: i32, dotdot: bool) -> Result<Vec<u8>, Errno> {
     match fd_path(fd) {
         Some(p) if p.first() == Some(&b'/') => Ok(p),
-        _ if is_own_fd_entry(fallback, tgid) => Ok(fallback.to_vec()),
+        _ if !dotdot && is_own_fd_entry(fallback, tgid) => Ok(fallback.to_vec()),
         _ => Err(Errno::EACCES),
     }
 }
@@ -223,7 +231,7 @@ pub fn resolve(l: &Lookup) -> Resolved {
         std::ffi::OsStr::from_bytes(&path),
         how(nofollow, l.resolve),
     ) {
-        Ok(fd) => match reported(&fd, &lexical_path, l.tgid) {
+        Ok(fd) => match reported(&fd, &lexical_path, l.tgid, has_dotdot(&path)) {
             Ok(path) => Resolved {
                 path,
                 found: Ok(Found::Existing(fd)),
@@ -297,20 +305,32 @@ mod tests {
     fn pathless_objects_only_through_the_tools_own_fd_entries() {
         let (r, _w) = nix::unistd::pipe().unwrap();
         assert_eq!(
-            reported(&r, b"/proc/1234/fd/3", 1234).unwrap(),
+            reported(&r, b"/proc/1234/fd/3", 1234, false).unwrap(),
             b"/proc/1234/fd/3"
         );
         // A symlink in the workdir to /proc/self/fd/N reaches the supervisor's fd.
-        assert_eq!(reported(&r, b"/work/link", 1234), Err(Errno::EACCES));
-        assert_eq!(reported(&r, b"/proc/99/fd/3", 1234), Err(Errno::EACCES));
+        assert_eq!(reported(&r, b"/work/link", 1234, false), Err(Errno::EACCES));
         assert_eq!(
-            reported(&r, b"/proc/1234/root/dev/stdin", 1234),
+            reported(&r, b"/proc/99/fd/3", 1234, false),
             Err(Errno::EACCES)
         );
-        assert!(reported(&r, b"/proc/1234/task/1240/fd/0", 1234).is_ok());
+        assert_eq!(
+            reported(&r, b"/proc/1234/root/dev/stdin", 1234, false),
+            Err(Errno::EACCES)
+        );
+        assert!(reported(&r, b"/proc/1234/task/1240/fd/0", 1234, false).is_ok());
+        // Lexically /proc/1234/fd/3, physically wherever cwd/.. is.
+        assert_eq!(
+            reported(&r, b"/proc/1234/fd/3", 1234, true),
+            Err(Errno::EACCES)
+        );
         let f = tempfile::tempfile().unwrap();
         let f: OwnedFd = f.into();
-        assert!(reported(&f, b"/anything", 1234).unwrap().starts_with(b"/"));
+        assert!(
+            reported(&f, b"/anything", 1234, false)
+                .unwrap()
+                .starts_with(b"/")
+        );
     }
 
     #[test]

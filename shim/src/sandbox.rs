@@ -150,7 +150,16 @@ impl Sandbox {
                             exec,
                         ));
                         let _ = ready_tx.send(Ok((sup.clone(), pid)));
-                        sup.run();
+                        let run = std::panic::AssertUnwindSafe(|| sup.run());
+                        if std::panic::catch_unwind(run).is_err() {
+                            // Fail closed: without its supervisor the tool must
+                            // not go on (before its exec it would wait forever).
+                            tracing::error!(pid, "the supervisor panicked; killing the sandbox");
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
                     }
                     Ok(None) => {} // the child failed before loading the filter
                     Err(e) => {
