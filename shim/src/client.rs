@@ -39,6 +39,11 @@ pub enum ClientError {
 pub trait Decider: Send + Sync + std::fmt::Debug {
     fn decide(&self, req: DecideRequest) -> Result<Decision, ClientError>;
     fn lifecycle(&self, event: Lifecycle) -> Result<u64, ClientError>;
+    /// Makes everything recorded so far durable (the embedded store's
+    /// batched tail); a remote broker owns its own durability.
+    fn flush(&self) -> Result<(), ClientError> {
+        Ok(())
+    }
 }
 
 /// The broker core in this process: no gRPC hop.
@@ -55,6 +60,13 @@ impl Decider for Embedded {
     fn lifecycle(&self, event: Lifecycle) -> Result<u64, ClientError> {
         self.0
             .record_lifecycle(&event)
+            .map_err(|e| ClientError::Refused(e.to_string()))
+    }
+
+    fn flush(&self) -> Result<(), ClientError> {
+        self.0
+            .audit()
+            .flush()
             .map_err(|e| ClientError::Refused(e.to_string()))
     }
 }

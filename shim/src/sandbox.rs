@@ -128,6 +128,7 @@ impl Sandbox {
     /// decided: an `Exec` error if it was refused or failed.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
         let program = Arc::new(filter::build()?);
+        tracing::debug!("filter built");
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SpawnError::Supervisor(e.into()))?;
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Arc<Supervisor>, i32)>>();
@@ -191,6 +192,7 @@ impl Sandbox {
             .chain(cmd.get_args())
             .map(|a| a.as_bytes().to_vec())
             .collect();
+        tracing::debug!("tool exec'd");
         let started = self.decider.lifecycle(Lifecycle {
             sandbox: Some(self.info.clone()),
             event: Some(Event::Started(SandboxStarted { pid, argv })),
@@ -307,6 +309,7 @@ impl Sandboxed {
     /// supervisor's counters) in the audit store.
     pub fn wait(self) -> io::Result<ExitStatus> {
         let status = self.reap()?;
+        tracing::debug!("tool exited");
         let code = status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
@@ -338,6 +341,11 @@ impl Sandboxed {
             })),
         }) {
             tracing::error!(error = %e, "the sandbox exit could not be recorded");
+        }
+        // Durable before the caller moves on (or exits without dropping the
+        // store, as `cordon run` does).
+        if let Err(e) = self.decider.flush() {
+            tracing::error!(error = %e, "the audit store could not be flushed");
         }
         Ok(status)
     }
