@@ -155,10 +155,9 @@ fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .context("cannot install signal relays")?;
             let status = child.wait().context("waiting for the command")?;
             tracing::debug!("exit recorded");
-            let code = status.code().unwrap_or_else(|| {
+            status.code().unwrap_or_else(|| {
                 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-            });
-            code
+            })
         }
         Err(SpawnError::Exec { program, source }) => {
             let code = match source.kind() {
