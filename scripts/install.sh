@@ -2,7 +2,7 @@
 # Installs what Cordon needs on a Debian machine and builds it.
 # System packages: protoc (gRPC code generation), libseccomp (the shim),
 # strace (benchmark comparisons), python3 and a C compiler (test tools),
-# util-linux (setpriv, taskset).
+# util-linux (setpriv, taskset), openssl (test certificates for the tls feature).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,7 @@ command -v strace >/dev/null 2>&1 || need+=(strace)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

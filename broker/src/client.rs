@@ -66,15 +66,47 @@ pub async fn connect(uri: &BrokerUri) -> Result<BrokerClient<Channel>, ConnectEr
                 .await
                 .map_err(|e| fail(error_chain(&e)))?
         }
-        BrokerUri::Http(h) => Endpoint::from_shared(h.clone())
-            .map_err(|e| fail(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| fail(error_chain(&e)))?,
+        BrokerUri::Http(h) => {
+            let endpoint = Endpoint::from_shared(h.clone()).map_err(|e| fail(e.to_string()))?;
+            let endpoint = if h.starts_with("https://") {
+                with_client_tls(endpoint).map_err(fail)?
+            } else {
+                endpoint
+            };
+            endpoint
+                .connect()
+                .await
+                .map_err(|e| fail(error_chain(&e)))?
+        }
     };
     Ok(BrokerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Mutual TLS from `CORDON_TLS_CA` (the CA that signed the broker's
+/// certificate) and `CORDON_TLS_CERT`/`CORDON_TLS_KEY` (this client's
+/// certificate and key), all PEM files.
+#[cfg(feature = "tls")]
+fn with_client_tls(endpoint: Endpoint) -> Result<Endpoint, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |var: &str| -> Result<Vec<u8>, String> {
+        let path = std::env::var_os(var)
+            .ok_or_else(|| format!("https:// brokers need {var} (a PEM file)"))?;
+        std::fs::read(&path).map_err(|e| format!("{var}={}: {e}", PathBuf::from(&path).display()))
+    };
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("CORDON_TLS_CA")?))
+        .identity(Identity::from_pem(
+            read("CORDON_TLS_CERT")?,
+            read("CORDON_TLS_KEY")?,
+        ));
+    endpoint.tls_config(config).map_err(|e| error_chain(&e))
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_client_tls(_: Endpoint) -> Result<Endpoint, String> {
+    Err("this build of cordon has no TLS support (build with --features tls)".into())
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -466,13 +466,12 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
 
 /// Serves the broker, health and reflection on a bound Unix listener until
 /// `shutdown` completes.
-pub async fn serve_unix(
+/// The broker service behind its peer check, plus health and reflection.
+async fn routes(
     broker: Broker,
     durability: Durability,
     access: AccessPolicy,
-    listener: tokio::net::UnixListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) -> Result<tonic::service::Routes, ServeError> {
     let access = Arc::new(access);
     let svc = BrokerService::new(broker, durability);
     let server = BrokerServer::new(svc)
@@ -494,13 +493,58 @@ pub async fn serve_unix(
         .register_encoded_file_descriptor_set(cordon_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    Ok(tonic::service::Routes::new(guarded)
+        .add_service(health)
+        .add_service(reflection))
+}
+
+pub async fn serve_unix(
+    broker: Broker,
+    durability: Durability,
+    access: AccessPolicy,
+    listener: tokio::net::UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let routes = routes(broker, durability, access).await?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(guarded)
-        .add_service(health)
-        .add_service(reflection)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// PEM files for a TCP listener with mutual TLS: the broker's certificate
+/// and key, and the CA whose client certificates it accepts. There is no
+/// uid to check on TCP, so a client certificate is required.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Vec<u8>,
+}
+
+/// Serves on TCP with mutual TLS.
+#[cfg(feature = "tls")]
+pub async fn serve_tcp_tls(
+    broker: Broker,
+    durability: Durability,
+    addr: std::net::SocketAddr,
+    tls: TlsFiles,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let routes = routes(broker, durability, AccessPolicy::default()).await?;
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(tls.cert_pem, tls.key_pem))
+        .client_ca_root(Certificate::from_pem(tls.client_ca_pem));
+    tonic::transport::Server::builder()
+        .tls_config(config)?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_routes(routes)
+        .serve_with_shutdown(addr, shutdown)
         .await?;
     Ok(())
 }

@@ -26,7 +26,8 @@ pub enum DurabilityArg {
     after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit is refused and the previous revision kept.\nSIGINT/SIGTERM stop the broker after flushing the audit store."
 )]
 pub struct ServeArgs {
-    /// Where to listen: unix:///PATH (tcp://HOST:PORT needs --tls-cert and --tls-key).
+    /// Where to listen: unix:///PATH, or tcp://HOST:PORT with mutual TLS (needs --tls-cert,
+    /// --tls-key, --tls-client-ca and a build with `--features tls`).
     #[arg(long, value_name = "URI")]
     listen: Vec<String>,
     /// Policy file or directory (.rego, .json, .yaml); repeatable. Default: the built-in policy.
@@ -58,6 +59,34 @@ pub struct ServeArgs {
     /// TLS private key (PEM) for a tcp:// listener.
     #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates a tcp:// listener accepts; required
+    /// (mutual TLS: on TCP there is no uid to check).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// A tcp:// listener's address and TLS files.
+#[cfg(feature = "tls")]
+fn tcp_listener(
+    l: &str,
+    args: &ServeArgs,
+) -> anyhow::Result<(std::net::SocketAddr, service::TlsFiles)> {
+    let addr = l
+        .strip_prefix("tcp://")
+        .and_then(|a| std::net::ToSocketAddrs::to_socket_addrs(a).ok()?.next())
+        .ok_or_else(|| usage(format!("--listen {l:?}: not tcp://HOST:PORT")))?;
+    let read = |p: &Option<PathBuf>| -> anyhow::Result<Vec<u8>> {
+        let p = p.as_ref().expect("checked by the caller");
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    Ok((
+        addr,
+        service::TlsFiles {
+            cert_pem: read(&args.tls_cert)?,
+            key_pem: read(&args.tls_key)?,
+            client_ca_pem: read(&args.tls_client_ca)?,
+        },
+    ))
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -67,15 +96,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.listen.clone()
     };
     let mut sockets = Vec::new();
+    #[cfg(feature = "tls")]
+    let mut tcp = Vec::new();
     for l in &listens {
         if l.starts_with("tcp://") {
-            if args.tls_cert.is_none() || args.tls_key.is_none() {
+            if args.tls_cert.is_none() || args.tls_key.is_none() || args.tls_client_ca.is_none() {
                 return Err(usage(format!(
-                    "{l}: TCP listening requires --tls-cert and --tls-key"
+                    "{l}: TCP listening requires --tls-cert, --tls-key and --tls-client-ca"
                 )));
             }
+            #[cfg(feature = "tls")]
+            {
+                tcp.push(tcp_listener(l, &args)?);
+                continue;
+            }
+            #[cfg(not(feature = "tls"))]
             anyhow::bail!(
-                "{l}: this build of cordon has no TLS support; listen on a unix:// socket"
+                "{l}: this build of cordon has no TLS support (build with --features tls); \
+                 listen on a unix:// socket"
             );
         }
         match l.parse::<BrokerUri>() {
@@ -122,6 +160,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 durability,
                 access.clone(),
                 listener,
+                async move {
+                    let _ = stop.recv().await;
+                },
+            )));
+        }
+        #[cfg(feature = "tls")]
+        for (addr, tls) in tcp {
+            tracing::info!(%addr, "broker listening with mutual TLS");
+            let mut stop = stop_tx.subscribe();
+            servers.push(tokio::spawn(service::serve_tcp_tls(
+                broker.clone(),
+                durability,
+                addr,
+                tls,
                 async move {
                     let _ = stop.recv().await;
                 },

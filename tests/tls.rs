@@ -1,0 +1,211 @@
+//! `cordon serve` on TCP with mutual TLS, and `cordon run`/`cordon audit`
+//! reaching it over https:// (built with `--features tls`). Certificates are
+//! made for each run with the `openssl` command.
+#![cfg(feature = "tls")]
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::cordon;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a certificate signed by it (`name.pem`, `name.key`).
+fn make_ca(dir: &Path, ca: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={ca}"),
+        ],
+    );
+}
+
+fn make_cert(dir: &Path, ca: &str, name: &str, ext: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn serve_over_tcp_with_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_ca(d, "other-ca");
+    let server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n";
+    let client_ext = "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n";
+    make_cert(d, "ca", "server", server_ext);
+    make_cert(d, "ca", "client", client_ext);
+    make_cert(d, "other-ca", "stranger", client_ext);
+    let port = free_port();
+    let listen = format!("tcp://127.0.0.1:{port}");
+
+    // Without a client CA, TCP is refused: there would be no way to know the caller.
+    let out = cordon()
+        .args(["serve", "--listen", &listen, "--tls-cert"])
+        .arg(d.join("server.pem"))
+        .arg("--tls-key")
+        .arg(d.join("server.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--tls-client-ca"));
+
+    let log = std::fs::File::create(d.join("serve.log")).unwrap();
+    let mut serve = cordon()
+        .args(["serve", "--listen", &listen, "--audit-db"])
+        .arg(d.join("audit"))
+        .arg("--tls-cert")
+        .arg(d.join("server.pem"))
+        .arg("--tls-key")
+        .arg(d.join("server.key"))
+        .arg("--tls-client-ca")
+        .arg(d.join("ca.pem"))
+        .stderr(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "serve did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uri = format!("https://localhost:{port}");
+    let work = d.join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("in.txt"), "over tls").unwrap();
+    let run = |cert: &str| -> Output {
+        let mut c = cordon();
+        c.args(["run", "--broker", &uri, "--", "/bin/cat", "in.txt"])
+            .current_dir(&work)
+            .env("CORDON_TLS_CA", d.join("ca.pem"));
+        if !cert.is_empty() {
+            c.env("CORDON_TLS_CERT", d.join(format!("{cert}.pem")))
+                .env("CORDON_TLS_KEY", d.join(format!("{cert}.key")));
+        }
+        c.output().unwrap()
+    };
+
+    let out = run("client");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "over tls");
+
+    // No client certificate, or one from another CA: no broker, no tool.
+    let out = run("");
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("CORDON_TLS_CERT"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run("stranger");
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+
+    // Auditors read the decisions over the same channel.
+    let out = cordon()
+        .args([
+            "audit",
+            "--broker",
+            &uri,
+            "--format",
+            "json",
+            "--path-prefix",
+        ])
+        .arg(work.join("in.txt"))
+        .env("CORDON_TLS_CA", d.join("ca.pem"))
+        .env("CORDON_TLS_CERT", d.join("client.pem"))
+        .env("CORDON_TLS_KEY", d.join("client.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let records: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["allow"] == true && r["syscall"] == "openat"),
+        "{records:?}"
+    );
+
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
