@@ -116,8 +116,11 @@ secret_patterns := [
 deny contains sprintf("%s is a credential store", [input.file.path]) if {
 	input.kind == "file"
 	some pattern in secret_patterns
-	contains(concat("", [input.file.path, "/"]), pattern)
+	contains(path_with_slash, pattern)
 }
+
+# Computed once per request, not once per pattern.
+path_with_slash := concat("", [input.file.path, "/"])
 
 # .env files hold application secrets by convention.
 deny contains sprintf("%s is a .env file", [input.file.path]) if {
