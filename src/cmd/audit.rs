@@ -260,14 +260,33 @@ fn broken_pipe_ok(e: anyhow::Error) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The table's subject column: one line, whatever the tool put in its
+/// arguments (a newline or escape sequence in argv must not forge rows or
+/// drive the auditor's terminal). JSON and CSV carry the exact text.
 fn subject(r: &AuditRecord) -> String {
-    match (&r.path, &r.address, &r.argv) {
+    let s = match (&r.path, &r.address, &r.argv) {
         (_, Some(a), _) => format!("{a}:{}", r.port.unwrap_or(0)),
         (Some(p), _, Some(argv)) if r.kind == "exec" => format!("{p} {}", argv.join(" ")),
         (Some(p), _, _) => p.clone(),
         (None, None, Some(argv)) => argv.join(" "),
         _ => String::new(),
+    };
+    one_line(&s)
+}
+
+/// Control characters as `\n`, `\t`, `\x1b`…
+fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
     }
+    out
 }
 
 struct Printer {
@@ -382,7 +401,7 @@ impl Printer {
                     if r.allow { "allow" } else { "deny" },
                     r.errno,
                     subject(r),
-                    r.reason
+                    one_line(&r.reason)
                 )?;
                 self.out.flush()?;
             }
@@ -393,5 +412,16 @@ impl Printer {
     fn finish(&mut self) -> anyhow::Result<()> {
         self.out.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_cells_stay_on_one_line() {
+        assert_eq!(one_line("a\nb\tc\u{1b}[2J"), "a\\nb\\tc\\x1b[2J");
+        assert_eq!(one_line("plain /path ü"), "plain /path ü");
     }
 }
