@@ -406,6 +406,16 @@ fn exec_follows_the_policy_including_scripts_and_memfd() {
     let out = env.run(&[bad_script.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
 
+    // An exec from a thread that is not the main one: the kernel moves the
+    // thread to the process's pid mid-exec; verification must follow it.
+    let out = env.python(
+        "import threading, os, time\n\
+         threading.Thread(target=lambda: os.execv('/bin/echo', ['echo', 'from a thread'])).start()\n\
+         time.sleep(10)\n\
+         print('not replaced')\n",
+    );
+    assert_eq!(assert_ok(&out), "from a thread\n");
+
     // The tool's own exec is decided too: a denied command is exit 126.
     let out = env.run(&["./mytrue"]);
     assert_eq!(out.status.code(), Some(126));

@@ -138,8 +138,30 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
     loop {
         let status = match next_stop(job, main_pid) {
             Ok(s) => s,
-            Err(_) => return Outcome::Gone,
+            Err(e) => {
+                // Never leave a task stopped under our trace: it would hang.
+                for id in [job.tgid, job.tid] {
+                    let _ = ptrace::detach(Pid::from_raw(id), None);
+                }
+                return if e == Errno::ETIMEDOUT {
+                    let _ = kill(Pid::from_raw(job.tgid), Signal::SIGKILL);
+                    Outcome::Killed("the exec could not be followed to its end".into())
+                } else {
+                    Outcome::Gone
+                };
+            }
         };
+        tracing::debug!(?status, tid = job.tid, tgid = job.tgid, "exec verifier");
+        if let WaitStatus::PtraceEvent(pid, ..) | WaitStatus::Stopped(pid, _) = status {
+            // Consume the stop (it was only peeked at): after a non-leader
+            // exec the kernel refuses ptrace requests (ESRCH) until the
+            // PTRACE_EVENT_EXEC stop has been waited for, because the
+            // tracee's pid changed under it.
+            let _ = waitid(
+                Id::Pid(pid),
+                WaitPidFlag::WSTOPPED | WaitPidFlag::__WALL | WaitPidFlag::WNOHANG,
+            );
+        }
         match status {
             WaitStatus::PtraceEvent(pid, _, libc::PTRACE_EVENT_EXEC) => {
                 let outcome = check_image(pid, &job.approved);
@@ -186,29 +208,26 @@ fn reap_killed(pid: Pid, main_pid: i32) {
 }
 
 /// The next state change of the exec'ing thread. A non-leader that execs
-/// takes over the thread-group id, so then both ids are watched (polling:
-/// a blocking wait on one id would miss the other).
+/// takes over the thread-group id mid-exec (its own id disappears), so then
+/// both ids are polled, ignoring "no such child" while the identity moves,
+/// until a state change shows up or a generous deadline passes.
 fn next_stop(job: &Job, _main_pid: i32) -> Result<WaitStatus, Errno> {
     let flags =
         WaitPidFlag::WSTOPPED | WaitPidFlag::WEXITED | WaitPidFlag::__WALL | WaitPidFlag::WNOWAIT;
     if job.tid == job.tgid {
         return waitid(Id::Pid(Pid::from_raw(job.tid)), flags);
     }
-    loop {
-        let mut quiet_ids = 0;
-        for id in [job.tid, job.tgid] {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        for id in [job.tgid, job.tid] {
             match waitid(Id::Pid(Pid::from_raw(id)), flags | WaitPidFlag::WNOHANG) {
-                Ok(WaitStatus::StillAlive) => {}
+                Ok(WaitStatus::StillAlive) | Err(_) => {}
                 Ok(s) => return Ok(s),
-                Err(Errno::ECHILD) => quiet_ids += 1,
-                Err(e) => return Err(e),
             }
-        }
-        if quiet_ids == 2 {
-            return Err(Errno::ECHILD);
         }
         std::thread::sleep(Duration::from_micros(50));
     }
+    Err(Errno::ETIMEDOUT)
 }
 
 /// Whether the stopped, freshly exec'd process is the approved image with
