@@ -106,6 +106,20 @@ impl Env {
         self.command(&[], tool).output().unwrap()
     }
 
+    /// `cordon run` with `policy` alone instead of the default set.
+    fn run_with_policy(&self, policy: &Path, tool: &[&str]) -> Output {
+        cordon()
+            .args(["run", "--audit-db"])
+            .arg(&self.db)
+            .arg("--policy")
+            .arg(policy)
+            .arg("--")
+            .args(tool)
+            .current_dir(&self.work)
+            .output()
+            .unwrap()
+    }
+
     fn python(&self, script: &str) -> Output {
         self.run(&["/usr/bin/python3", "-c", script])
     }
@@ -818,23 +832,17 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
     std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
     // Root supervisor, tool that dropped to nobody: the policy allows the
     // read, the supervisor opens with the tool's credentials, the kernel says no.
-    let out = cordon()
-        .args(["run", "--audit-db"])
-        .arg(&env.db)
-        .arg("--policy")
-        .arg(&allow_all)
-        .args([
-            "--",
+    let out = env.run_with_policy(
+        &allow_all,
+        &[
             "/usr/bin/setpriv",
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
             "/bin/cat",
             "/etc/shadow",
-        ])
-        .current_dir(&env.work)
-        .output()
-        .unwrap();
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("Permission denied"),
@@ -854,22 +862,16 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
     let locked = env.work.join("locked.txt");
     std::fs::write(&locked, "locked").unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let out = cordon()
-        .args(["run", "--audit-db"])
-        .arg(&env.db)
-        .arg("--policy")
-        .arg(&allow_all)
-        .args([
-            "--",
+    let out = env.run_with_policy(
+        &allow_all,
+        &[
             "/usr/bin/setpriv",
             "--bounding-set=-all",
             "--inh-caps=-all",
             "/bin/cat",
             "locked.txt",
-        ])
-        .current_dir(&env.work)
-        .output()
-        .unwrap();
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("Permission denied"),
@@ -877,15 +879,7 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
         text(&out.stderr)
     );
     // With its capabilities, the same root tool reads it (the check is real).
-    let out_allow = cordon()
-        .args(["run", "--audit-db"])
-        .arg(&env.db)
-        .arg("--policy")
-        .arg(&allow_all)
-        .args(["--", "/bin/cat", "locked.txt"])
-        .current_dir(&env.work)
-        .output()
-        .unwrap();
+    let out_allow = env.run_with_policy(&allow_all, &["/bin/cat", "locked.txt"]);
     assert_eq!(assert_ok(&out_allow), "locked");
 
     // The whole of cordon as nobody: same answer, and it still works.

@@ -26,49 +26,38 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA, and a certificate signed by it (`name.pem`, `name.key`).
+/// `openssl req` with a new unencrypted P-256 key in `name.key`, then `rest`.
+fn req_with_new_key(dir: &Path, name: &str, rest: &[&str]) {
+    let key = format!("{name}.key");
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+    ];
+    args.extend_from_slice(rest);
+    openssl(dir, &args);
+}
+
+/// A self-signed CA (`ca.pem`, `ca.key`).
 fn make_ca(dir: &Path, ca: &str) {
-    openssl(
+    let (pem, subj) = (format!("{ca}.pem"), format!("/CN={ca}"));
+    req_with_new_key(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.pem"),
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={ca}"),
-        ],
+        ca,
+        &["-x509", "-out", &pem, "-days", "1", "-subj", &subj],
     );
 }
 
+/// A certificate signed by `ca` (`name.pem`, `name.key`), with extensions `ext`.
 fn make_cert(dir: &Path, ca: &str, name: &str, ext: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
+    let (csr, subj) = (format!("{name}.csr"), format!("/CN={name}"));
+    req_with_new_key(dir, name, &["-out", &csr, "-subj", &subj]);
     openssl(
         dir,
         &[
