@@ -14,7 +14,7 @@
 //! runs in about a minute on a 2-core VM (plus the build).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -27,55 +27,16 @@ use cordon_broker::{
     policy::{EngineChoice, LoadedPolicy, PolicyEngine, PolicyOptions, PolicySource},
     service::{AccessPolicy, bind_unix, serve_unix},
 };
-use cordon_proto::v1::{
-    DecideRequest, FileAccess, Process, Sandbox, SessionRequest, decide_request::Subject,
-    session_request, session_response,
-};
+use cordon_proto::v1::{DecideRequest, SessionRequest, session_request, session_response};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tokio_stream::wrappers::ReceiverStream;
+
+#[path = "../tests/support/requests.rs"]
+mod support;
 
 const BATCHED: Durability = Durability::Batched {
     window: Duration::from_millis(10),
 };
-
-fn fixture(case: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("policies/cases")
-        .join(case)
-        .join("input.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The wire form of the `read-system-lib` fixture.
-fn file_request(request_id: u64) -> DecideRequest {
-    DecideRequest {
-        request_id,
-        sandbox: Some(Sandbox {
-            id: "s1".into(),
-            labels: [("tool".to_owned(), "t".to_owned())].into_iter().collect(),
-            workdir: b"/home/agent/job".to_vec(),
-            tmpdir: b"/tmp/cordon-s1".to_vec(),
-        }),
-        process: Some(Process {
-            pid: 4242,
-            ppid: 4241,
-            uid: 1000,
-            gid: 1000,
-            exe: b"/usr/bin/python3".to_vec(),
-            cwd: b"/home/agent/job".to_vec(),
-            comm: "python3".into(),
-        }),
-        syscall: "openat".into(),
-        subject: Some(Subject::File(FileAccess {
-            path: b"/usr/lib/x86_64-linux-gnu/libc.so.6".to_vec(),
-            access: vec!["read".into()],
-            create: false,
-            truncate: false,
-            flags: vec!["O_RDONLY".into(), "O_CLOEXEC".into()],
-        })),
-    }
-}
 
 fn engine() -> Arc<PolicyEngine> {
     Arc::new(
@@ -86,7 +47,7 @@ fn engine() -> Arc<PolicyEngine> {
 
 /// A record exactly as `Broker::decide` would append it for the fixture.
 fn sample_record(engine: &PolicyEngine) -> AuditRecord {
-    let req = file_request(1);
+    let req = support::read_system_lib(1);
     let verdict = engine.evaluate(&cordon_broker::request::input_document(&req));
     assert!(verdict.allow, "fixture must be allowed: {}", verdict.reason);
     decision_record(&req, &verdict, 7)
@@ -97,7 +58,7 @@ fn sample_record(engine: &PolicyEngine) -> AuditRecord {
 /// interpret the answer), with a pooled evaluator. Compiled VM (RVM, what the
 /// broker uses by default) and the tree-walking interpreter.
 fn bench_policy(c: &mut Criterion) {
-    let input = fixture("read-system-lib");
+    let input = support::fixture_input("read-system-lib");
     let mut g = c.benchmark_group("policy_eval");
     g.sample_size(60)
         .warm_up_time(Duration::from_secs(1))
@@ -224,7 +185,7 @@ fn bench_decide(c: &mut Criterion) {
     let audit: Arc<dyn AuditLog> =
         Arc::new(SledAudit::open(dir.path(), BATCHED).expect("open audit"));
     let broker = Broker::new(engine(), audit);
-    let req = file_request(1);
+    let req = support::read_system_lib(1);
     assert!(broker.decide(&req).expect("valid").allow);
     let mut g = c.benchmark_group("broker_decide");
     g.sample_size(60)
@@ -318,7 +279,7 @@ fn bench_session(c: &mut Criterion) {
         (tx, responses)
     });
     let mut next_id = 0u64;
-    let template = file_request(0);
+    let template = support::read_system_lib(0);
     let mut round_trip = |n: u64| {
         client_rt.block_on(async {
             let start = Instant::now();

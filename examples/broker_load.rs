@@ -21,6 +21,9 @@
 //!
 //! The last line of output is machine-readable (`RESULT key=value ...`).
 
+#[path = "../tests/support/requests.rs"]
+mod support;
+
 use std::{
     path::PathBuf,
     sync::Arc,
@@ -35,8 +38,7 @@ use cordon_broker::{
     service::{AccessPolicy, bind_unix, serve_unix},
 };
 use cordon_proto::v1::{
-    DecideRequest, FileAccess, Process, Sandbox, SessionRequest, broker_client::BrokerClient,
-    decide_request::Subject, session_request, session_response,
+    DecideRequest, SessionRequest, broker_client::BrokerClient, session_request, session_response,
 };
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -109,36 +111,13 @@ fn parse_args() -> Args {
     a
 }
 
-/// The wire form of the `policies/cases/read-system-lib` fixture (allowed).
+/// The `read-system-lib` fixture request, from its own sandbox per stream.
 fn file_request(request_id: u64, stream: usize) -> DecideRequest {
-    DecideRequest {
-        request_id,
-        sandbox: Some(Sandbox {
-            id: format!("load-{stream}"),
-            labels: [("tool".to_owned(), "broker_load".to_owned())]
-                .into_iter()
-                .collect(),
-            workdir: b"/home/agent/job".to_vec(),
-            tmpdir: b"/tmp/cordon-s1".to_vec(),
-        }),
-        process: Some(Process {
-            pid: 4242,
-            ppid: 4241,
-            uid: 1000,
-            gid: 1000,
-            exe: b"/usr/bin/python3".to_vec(),
-            cwd: b"/home/agent/job".to_vec(),
-            comm: "python3".into(),
-        }),
-        syscall: "openat".into(),
-        subject: Some(Subject::File(FileAccess {
-            path: b"/usr/lib/x86_64-linux-gnu/libc.so.6".to_vec(),
-            access: vec!["read".into()],
-            create: false,
-            truncate: false,
-            flags: vec!["O_RDONLY".into(), "O_CLOEXEC".into()],
-        })),
+    let mut req = support::read_system_lib(request_id);
+    if let Some(sb) = &mut req.sandbox {
+        sb.id = format!("load-{stream}");
     }
+    req
 }
 
 #[derive(Debug, Default)]

@@ -332,19 +332,7 @@ fn health_is_served() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let uri: cordon_broker::client::BrokerUri = s.uri().parse().unwrap();
-        let cordon_broker::client::BrokerUri::Unix(path) = uri else {
-            unreachable!()
-        };
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    tokio::net::UnixStream::connect(path)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
+        let channel = cordon_broker::client::channel(&s.uri().parse().unwrap())
             .await
             .unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);

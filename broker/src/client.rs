@@ -43,6 +43,13 @@ impl std::str::FromStr for BrokerUri {
 
 /// Opens a channel to the broker.
 pub async fn connect(uri: &BrokerUri) -> Result<BrokerClient<Channel>, ConnectError> {
+    Ok(BrokerClient::new(channel(uri).await?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A channel to the broker, for any service it serves (health, reflection).
+pub async fn channel(uri: &BrokerUri) -> Result<Channel, ConnectError> {
     let fail = |message: String| ConnectError::Connect {
         uri: match uri {
             BrokerUri::Unix(p) => format!("unix://{}", p.display()),
@@ -50,7 +57,7 @@ pub async fn connect(uri: &BrokerUri) -> Result<BrokerClient<Channel>, ConnectEr
         },
         message,
     };
-    let channel = match uri {
+    Ok(match uri {
         BrokerUri::Unix(path) => {
             let path = path.clone();
             // The URI is required by the API but unused: the connector dials the socket.
@@ -78,10 +85,7 @@ pub async fn connect(uri: &BrokerUri) -> Result<BrokerClient<Channel>, ConnectEr
                 .await
                 .map_err(|e| fail(error_chain(&e)))?
         }
-    };
-    Ok(BrokerClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    })
 }
 
 /// Mutual TLS from `CORDON_TLS_CA` (the CA that signed the broker's

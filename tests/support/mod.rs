@@ -10,12 +10,13 @@ use std::{
 
 use cordon_broker::{
     client::{self, BrokerUri},
-    proto::{
-        DecideRequest, ExecAccess, FileAccess, NetworkAccess, Process, Sandbox,
-        broker_client::BrokerClient, decide_request::Subject,
-    },
+    proto::broker_client::BrokerClient,
 };
 use tonic::transport::Channel;
+
+mod requests;
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use requests::*;
 
 /// The `cordon` binary under test.
 pub fn cordon() -> Command {
@@ -147,80 +148,6 @@ impl Serve {
 impl Drop for Serve {
     fn drop(&mut self) {
         self.kill9();
-    }
-}
-
-pub fn sandbox(id: &str, tool: &str) -> Option<Sandbox> {
-    Some(Sandbox {
-        id: id.into(),
-        labels: [("tool".to_string(), tool.to_string())]
-            .into_iter()
-            .collect(),
-        workdir: b"/home/agent/job".to_vec(),
-        tmpdir: b"/tmp/cordon-test".to_vec(),
-    })
-}
-
-pub fn process() -> Option<Process> {
-    Some(Process {
-        pid: 4242,
-        ppid: 4241,
-        uid: 1000,
-        gid: 1000,
-        exe: b"/usr/bin/python3".to_vec(),
-        cwd: b"/home/agent/job".to_vec(),
-        comm: "python3".into(),
-    })
-}
-
-pub fn file_request(id: u64, path: &[u8], access: &[&str]) -> DecideRequest {
-    DecideRequest {
-        request_id: id,
-        sandbox: sandbox("sb-1", "test"),
-        process: process(),
-        syscall: "openat".into(),
-        subject: Some(Subject::File(FileAccess {
-            path: path.to_vec(),
-            access: access.iter().map(|s| s.to_string()).collect(),
-            create: access.contains(&"write"),
-            truncate: false,
-            flags: vec!["O_RDONLY".into()],
-        })),
-    }
-}
-
-pub fn connect_request(id: u64, address: &str, port: u32) -> DecideRequest {
-    DecideRequest {
-        request_id: id,
-        sandbox: sandbox("sb-2", "web-fetch"),
-        process: process(),
-        syscall: "connect".into(),
-        subject: Some(Subject::Network(NetworkAccess {
-            op: "connect".into(),
-            family: if address.contains(':') {
-                "inet6"
-            } else {
-                "inet"
-            }
-            .into(),
-            protocol: "tcp".into(),
-            address: address.into(),
-            port,
-            ..Default::default()
-        })),
-    }
-}
-
-pub fn exec_request(id: u64, path: &str, argv: &[&str]) -> DecideRequest {
-    DecideRequest {
-        request_id: id,
-        sandbox: sandbox("sb-3", "shell"),
-        process: process(),
-        syscall: "execve".into(),
-        subject: Some(Subject::Exec(ExecAccess {
-            path: path.as_bytes().to_vec(),
-            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        })),
     }
 }
 
