@@ -88,11 +88,11 @@ fn bench_policy(c: &mut Criterion) {
         });
     }
     // Reference lines, regorus used directly (not what the broker runs): the
-    // input conversion the broker does per call (serde_json -> text -> regorus
-    // value), and the compiled VM alone on an already converted input, without
-    // the execution timer.
+    // input conversion the broker does per call (regorus value deserialized
+    // from the serde_json tree), and the compiled VM alone on an already
+    // converted input, without the execution timer.
     g.bench_function("native/input_json_to_regorus_value", |b| {
-        b.iter(|| regorus::Value::from_json_str(&input.to_string()).expect("valid json"))
+        b.iter(|| <regorus::Value as serde::Deserialize>::deserialize(&input).expect("valid json"))
     });
     let (mut vm, value) = native_vm(&input);
     g.bench_function("native/regorus_rvm_eval", |b| {

@@ -39,7 +39,8 @@ pub struct Source {
     /// Audit store directory (the broker must not be running on it). Default: ${XDG_STATE_HOME:-~/.local/state}/cordon/audit.
     #[arg(long, value_name = "DIR", conflicts_with = "broker", global = true)]
     db: Option<PathBuf>,
-    /// Ask a running broker instead: unix:///PATH or http://HOST:PORT.
+    /// Ask a running broker instead: unix:///PATH, http://HOST:PORT or https://HOST:PORT
+    /// (mutual TLS from CORDON_TLS_CA, CORDON_TLS_CERT, CORDON_TLS_KEY; `tls` builds).
     #[arg(long, value_name = "URI", global = true)]
     broker: Option<String>,
 }

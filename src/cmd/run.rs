@@ -26,8 +26,8 @@ pub const EXIT_NOT_FOUND: u8 = 127;
 cordon run -- python3 script.py\n  \
 cordon run --policy policies/ --label tool=web-fetch -- curl https://example.com\n  \
 cordon run --broker unix:///run/cordon/broker.sock -- ./build.sh\n\n\
-Every open, connect, datagram send, bind, listen and exec of the command and its descendants is decided by\n\
-the policy and recorded in the audit store; see `cordon audit`. Without --broker the broker runs inside this\n\
+Every open, connect, bind, listen, datagram send to an explicit address and exec of the command and its\n\
+descendants is decided by the policy and recorded in the audit store; see `cordon audit`. Without --broker the broker runs inside this\n\
 process with the built-in default policy (read the system, read/write the current directory and a private\n\
 TMPDIR, exec system binaries, no network).\n\n\
 Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad policy);\n\
@@ -36,7 +36,8 @@ pub struct RunArgs {
     /// Policy file or directory (repeatable). Default: the built-in policy.
     #[arg(long, value_name = "PATH")]
     policy: Vec<PathBuf>,
-    /// Use a running broker instead of the embedded one: unix:///PATH.
+    /// Use a running broker instead of the embedded one: unix:///PATH, or https://HOST:PORT
+    /// (mutual TLS from CORDON_TLS_CA, CORDON_TLS_CERT, CORDON_TLS_KEY; `tls` builds).
     #[arg(long, value_name = "URI")]
     broker: Option<String>,
     /// Audit store of the embedded broker
@@ -52,6 +53,9 @@ pub struct RunArgs {
     /// Embedded broker: when an answer may be given relative to its audit flush.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Batched)]
     durability: DurabilityArg,
+    /// Embedded broker, batched durability: longest time a record waits for its flush.
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = humantime::parse_duration)]
+    flush_window: Duration,
     /// Embedded broker: longest policy evaluation before the call is denied.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
     eval_timeout: Duration,
@@ -86,7 +90,7 @@ fn embedded(args: &RunArgs) -> anyhow::Result<Embedded> {
     let durability = match args.durability {
         DurabilityArg::Strict => Durability::Strict,
         DurabilityArg::Batched => Durability::Batched {
-            window: Duration::from_millis(10),
+            window: args.flush_window,
         },
     };
     // Opening sled (~9 ms) and compiling the policy (~3 ms) are independent.
