@@ -252,6 +252,16 @@ fd = os.open('../f.txt', os.O_RDONLY)
 attempt('proc-self-fd', lambda: open('/proc/self/fd/%d' % fd).read())
 attempt('proc-parent-environ', lambda: open('/proc/%d/environ' % os.getppid()).read()[:5])
 attempt('nofollow-link', lambda: os.open('../ok-link', os.O_RDONLY | os.O_NOFOLLOW))
+import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def openat2(flags):
+    how = ctypes.create_string_buffer(struct.pack('QQQ', flags, 0, 0))
+    r = libc.syscall(437, -100, b'../f.txt', how, 24)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), 'openat2')
+    return os.read(r, 10).decode() if flags == os.O_RDONLY else 'fd'
+attempt('openat2-read', lambda: openat2(os.O_RDONLY))
+attempt('openat2-opath', lambda: openat2(os.O_PATH))
 "#;
     let out = env.python(script);
     let stdout = assert_ok(&out);
@@ -265,6 +275,9 @@ attempt('nofollow-link', lambda: os.open('../ok-link', os.O_RDONLY | os.O_NOFOLL
         "proc-self-fd ok top",
         "proc-parent-environ err 13",
         "nofollow-link err 40",
+        "openat2-read ok top",
+        // O_PATH flags in memory could be swapped after the check: refused.
+        "openat2-opath err 38",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }

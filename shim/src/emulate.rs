@@ -310,7 +310,8 @@ pub fn scm_rights(control: &[u8]) -> Result<Vec<i32>, Errno> {
         let len = u64::from_ne_bytes(control[at..at + 8].try_into().expect("8")) as usize;
         let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().expect("4"));
         let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().expect("4"));
-        if len < HDR || at + len > control.len() {
+        // `len` comes from the tool: compare without overflowing.
+        if len < HDR || len > control.len() - at {
             return Err(Errno::EINVAL);
         }
         if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
@@ -319,7 +320,8 @@ pub fn scm_rights(control: &[u8]) -> Result<Vec<i32>, Errno> {
         for c in control[at + HDR..at + len].chunks_exact(4) {
             fds.push(i32::from_ne_bytes(c.try_into().expect("4")));
         }
-        at += (len + 7) & !7;
+        // Aligned to 8; `len` ≤ control.len() so this cannot overflow.
+        at += len.next_multiple_of(8);
     }
     Ok(fds)
 }
@@ -342,6 +344,15 @@ mod tests {
         c[..8].copy_from_slice(&400u64.to_ne_bytes());
         assert_eq!(scm_rights(&c), Err(Errno::EINVAL));
         assert_eq!(scm_rights(&[]), Ok(vec![]));
+        // A second header whose length would wrap the offset.
+        let mut wrap = Vec::new();
+        wrap.extend_from_slice(&16u64.to_ne_bytes());
+        wrap.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        wrap.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
+        wrap.extend_from_slice(&(u64::MAX - 15).to_ne_bytes());
+        wrap.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        wrap.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
+        assert_eq!(scm_rights(&wrap), Err(Errno::EINVAL));
     }
 
     #[test]

@@ -72,28 +72,30 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct ExecVerifier {
     jobs: mpsc::Sender<Job>,
+    /// To answer a notification the verifier thread never got.
+    listener: Arc<Listener>,
 }
 
 impl ExecVerifier {
     /// `main_pid` is the sandbox's first process: our own child, whose exit
     /// status belongs to the waiter, so the verifier never reaps it.
-    pub fn start(listener: Arc<Listener>, main_pid: Arc<std::sync::atomic::AtomicI32>) -> Self {
+    pub fn start(listener: Arc<Listener>, main_pid: i32) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let thread_listener = listener.clone();
         std::thread::Builder::new()
             .name("cordon-exec".into())
             .spawn(move || {
                 for job in rx {
-                    let main = main_pid.load(std::sync::atomic::Ordering::SeqCst);
-                    let outcome = verify(&listener, &job, main);
+                    let outcome = verify(&thread_listener, &job, main_pid);
                     let _ = job.done.send(outcome);
                 }
-            })
-            .expect("spawn exec verifier thread");
-        Self { jobs }
+            })?;
+        Ok(Self { jobs, listener })
     }
 
     /// Lets the exec proceed under verification and returns how it ended.
-    /// Answers the notification in every case.
+    /// Answers the notification in every case (`EACCES` when the verifier
+    /// cannot take the job).
     pub fn run(
         &self,
         id: u64,
@@ -103,21 +105,23 @@ impl ExecVerifier {
         _image: std::os::fd::OwnedFd,
     ) -> Outcome {
         let (done, rx) = mpsc::channel();
-        if self
-            .jobs
-            .send(Job {
-                id,
-                tid,
-                tgid,
-                approved,
-                done,
-            })
-            .is_err()
-        {
+        let job = Job {
+            id,
+            tid,
+            tgid,
+            approved,
+            done,
+        };
+        if self.jobs.send(job).is_err() {
+            let _ = self.listener.fail(id, libc::EACCES);
             return Outcome::Refused("the exec verifier is not running".into());
         }
-        rx.recv()
-            .unwrap_or(Outcome::Refused("the exec verifier stopped".into()))
+        rx.recv().unwrap_or_else(|_| {
+            // The verifier died with the job: whether it answered is unknown;
+            // a second answer to an answered id is refused by the kernel.
+            let _ = self.listener.fail(id, libc::EACCES);
+            Outcome::Refused("the exec verifier stopped".into())
+        })
     }
 }
 
@@ -136,7 +140,7 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
     // Stop the thread if the exec fails and it heads back to user space.
     let _ = ptrace::interrupt(tid);
     loop {
-        let status = match next_stop(job, main_pid) {
+        let status = match next_stop(job) {
             Ok(s) => s,
             Err(e) => {
                 // Never leave a task stopped under our trace: it would hang.
@@ -211,7 +215,7 @@ fn reap_killed(pid: Pid, main_pid: i32) {
 /// takes over the thread-group id mid-exec (its own id disappears), so then
 /// both ids are polled, ignoring "no such child" while the identity moves,
 /// until a state change shows up or a generous deadline passes.
-fn next_stop(job: &Job, _main_pid: i32) -> Result<WaitStatus, Errno> {
+fn next_stop(job: &Job) -> Result<WaitStatus, Errno> {
     let flags =
         WaitPidFlag::WSTOPPED | WaitPidFlag::WEXITED | WaitPidFlag::__WALL | WaitPidFlag::WNOWAIT;
     if job.tid == job.tgid {

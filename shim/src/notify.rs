@@ -43,14 +43,6 @@ const MAX_DATAGRAM: usize = 1024 * 1024;
 const MAX_IOV: usize = 1024;
 const MAX_MMSG: usize = 1024;
 
-/// A decision as the supervisor applies it.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    pub allow: bool,
-    pub errno: i32,
-    pub reason: String,
-}
-
 /// Counters reported in the sandbox's exit record.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -223,7 +215,9 @@ impl Supervisor {
     }
 
     /// Serves notifications until no task uses the filter any more.
-    pub fn run(self: Arc<Self>) {
+    /// An `Err` means the loop broke down while tasks may still use the
+    /// filter: the caller must end the sandbox.
+    pub fn run(self: Arc<Self>) -> Result<(), Errno> {
         // Files we create take the tool's umask, not ours: give this thread
         // its own fs context with umask 0 and apply the tool's by hand.
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS) {
@@ -240,13 +234,16 @@ impl Supervisor {
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "polling the listener failed");
-                    return;
+                    return Err(e);
                 }
             }
-            let revents = fds[0].revents().unwrap_or(nix::poll::PollFlags::POLLHUP);
+            let revents = fds[0].revents().unwrap_or(nix::poll::PollFlags::POLLERR);
             if !revents.contains(nix::poll::PollFlags::POLLIN) {
-                // POLLHUP: every sandboxed task is gone.
-                return;
+                if revents.contains(nix::poll::PollFlags::POLLHUP) {
+                    return Ok(()); // every sandboxed task is gone
+                }
+                tracing::error!(?revents, "the listener reported an error");
+                return Err(Errno::EIO);
             }
             match self.listener.recv() {
                 Ok(n) => self.handle(n),
@@ -254,7 +251,7 @@ impl Supervisor {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "receiving a notification failed");
-                    return;
+                    return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
                 }
             }
         }
@@ -277,7 +274,11 @@ impl Supervisor {
         let spawned = std::thread::Builder::new()
             .name("cordon-helper".into())
             .spawn(move || {
-                work();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+                    // Denied if it was not answered yet (else the kernel
+                    // refuses this second answer).
+                    let _ = me.listener.fail(id, libc::EACCES);
+                }
                 me.helpers.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -437,37 +438,26 @@ impl Supervisor {
         }
     }
 
-    /// Asks for a decision. Fail-closed: anything but a clear answer denies.
-    pub fn ask(&self, req: DecideRequest) -> Verdict {
-        let verdict = match self.decider.decide(req) {
-            Ok(d) => Verdict {
-                allow: d.allow,
-                errno: if d.allow {
-                    0
-                } else if d.errno_code > 0 {
-                    d.errno_code
-                } else {
-                    libc::EACCES
-                },
-                reason: d.reason,
-            },
+    /// Asks for a decision. Fail-closed: anything but a clear allow is an
+    /// `Err` carrying a real, non-zero errno (an errno the shim does not know,
+    /// or none, is `EACCES`: a zero would complete the call as a success).
+    pub fn ask(&self, req: DecideRequest) -> Result<(), Errno> {
+        let answer = match self.decider.decide(req) {
+            Ok(d) if d.allow => Ok(()),
+            Ok(d) => Err(denial_errno(d.errno_code)),
             Err(e) => {
                 tracing::warn!(error = %e, "no decision; denying");
                 self.count(|c| c.undecided += 1);
-                Verdict {
-                    allow: false,
-                    errno: libc::EACCES,
-                    reason: e.to_string(),
-                }
+                Err(Errno::EACCES)
             }
         };
         self.count(|c| {
             c.decisions += 1;
-            if !verdict.allow {
+            if answer.is_err() {
                 c.denied += 1;
             }
         });
-        verdict
+        answer
     }
 
     // --- files ---------------------------------------------------------------
@@ -527,6 +517,14 @@ impl Supervisor {
     fn handle_open(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
         let mem = ToolMemory::new(n.tid);
         let call = self.decode_open(n, &mem)?;
+        if n.nr == libc::SYS_openat2 && call.flags & libc::O_PATH != 0 {
+            // O_PATH opens are answered "continue" (ADDFD cannot install
+            // them), and openat2's flags live in the tool's memory: another
+            // thread could swap O_PATH for O_RDWR after the check. ENOSYS
+            // makes callers fall back to openat, whose flags are a register.
+            self.forbid(n, "openat2(O_PATH)".into(), libc::ENOSYS);
+            return Ok(());
+        }
         let path = mem.read_cstr(call.path_ptr, PATH_MAX - 1)?;
         let task = self.task(n)?;
         let flags = call.flags;
@@ -551,8 +549,9 @@ impl Supervisor {
         } else {
             match flags & libc::O_ACCMODE {
                 libc::O_WRONLY => vec!["write".into()],
-                libc::O_RDWR => vec!["read".into(), "write".into()],
-                _ => vec!["read".into()],
+                libc::O_RDONLY => vec!["read".into()],
+                // O_RDWR, and 3, for which the kernel checks both too.
+                _ => vec!["read".into(), "write".into()],
             }
         };
         let file = FileAccess {
@@ -562,10 +561,7 @@ impl Supervisor {
             truncate: flags & libc::O_TRUNC != 0,
             flags: open_flag_names(flags),
         };
-        let verdict = self.ask(self.request(&task, n, Subject::File(file)));
-        if !verdict.allow {
-            return Err(Errno::from_raw(verdict.errno));
-        }
+        self.ask(self.request(&task, n, Subject::File(file)))?;
         if flags & libc::O_PATH != 0 {
             // ADDFD cannot install O_PATH files. An O_PATH fd grants no
             // access to contents; every use that would (reopen, exec) is
@@ -748,10 +744,7 @@ impl Supervisor {
         let mut keep_alive = None;
         if needs_policy {
             let (access, unix) = self.network_subject(&task, n, op, &addr, sock_type)?;
-            let verdict = self.ask(self.request(&task, n, Subject::Network(access)));
-            if !verdict.allow {
-                return Err(Errno::from_raw(verdict.errno));
-            }
+            self.ask(self.request(&task, n, Subject::Network(access)))?;
             if let Some((_, found)) = unix {
                 unix_call_path = Some(match &found {
                     Found::Existing(fd) => emulate::unix_via_fd(fd, None)?,
@@ -810,10 +803,7 @@ impl Supervisor {
             return Err(Errno::EOPNOTSUPP);
         }
         access.protocol = emulate::protocol_name(&access.family, sock_type).into();
-        let verdict = self.ask(self.request(&task, n, Subject::Network(access)));
-        if !verdict.allow {
-            return Err(Errno::from_raw(verdict.errno));
-        }
+        self.ask(self.request(&task, n, Subject::Network(access)))?;
         // listen on our duplicate: the same socket even if the tool's fd
         // number is reused meanwhile.
         let backlog = n.args[1] as i32;
@@ -955,10 +945,9 @@ impl Supervisor {
             {
                 let (access, u) =
                     self.network_subject(&task, n, syscall_name(n.nr), a, sock_type)?;
-                let verdict = self.ask(self.request(&task, n, Subject::Network(access)));
-                if !verdict.allow {
+                if let Err(denied) = self.ask(self.request(&task, n, Subject::Network(access))) {
                     if planned.is_empty() {
-                        return Err(Errno::from_raw(verdict.errno));
+                        return Err(denied);
                     }
                     break; // send the allowed prefix, as a partial sendmmsg
                 }
@@ -1039,17 +1028,14 @@ impl Supervisor {
         let Found::Existing(file) = resolved.found? else {
             return Err(Errno::ENOENT);
         };
-        let verdict = self.ask(self.request(
+        self.ask(self.request(
             &task,
             n,
             Subject::Exec(ExecAccess {
                 path: resolved.path.clone(),
                 argv: argv.clone(),
             }),
-        ));
-        if !verdict.allow {
-            return Err(Errno::from_raw(verdict.errno));
-        }
+        ))?;
         // A `#!` script runs its interpreter: that must be allowed too, and
         // it is the interpreter's image we will find after the exec.
         let mut image = file;
@@ -1077,17 +1063,14 @@ impl Supervisor {
             interp_argv.extend(arg);
             interp_argv.push(script_path.clone());
             interp_argv.extend(argv.iter().skip(1).cloned());
-            let verdict = self.ask(self.request(
+            self.ask(self.request(
                 &task,
                 n,
                 Subject::Exec(ExecAccess {
                     path: resolved.path.clone(),
                     argv: interp_argv,
                 }),
-            ));
-            if !verdict.allow {
-                return Err(Errno::from_raw(verdict.errno));
-            }
+            ))?;
             image = interp_fd;
             script_path = resolved.path;
             argv_is_tail = true;
@@ -1129,6 +1112,15 @@ fn tgkill_sigpipe(tgid: i32, tid: i32) -> nix::Result<()> {
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH)))
 }
 
+/// The errno a denial fails the call with: the broker's, if it is a real
+/// one; `EACCES` for 0, negative or unknown codes.
+fn denial_errno(code: i32) -> Errno {
+    match Errno::from_raw(code) {
+        Errno::UnknownErrno => Errno::EACCES,
+        e => e,
+    }
+}
+
 /// The thread group of a pid or tid (`/proc/ID/status` exists for both).
 fn tgid_of(id: i32) -> Option<i32> {
     let status = std::fs::read_to_string(format!("/proc/{id}/status")).ok()?;
@@ -1167,3 +1159,16 @@ fn shebang(file: &OwnedFd) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
 
 /// How long a notification may wait for a remote decision by default.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_never_carries_errno_zero() {
+        assert_eq!(denial_errno(libc::ECONNREFUSED), Errno::ECONNREFUSED);
+        for bad in [0, -1, 4095, 100_000, i32::MIN, i32::MAX] {
+            assert_eq!(denial_errno(bad), Errno::EACCES, "{bad}");
+        }
+    }
+}

@@ -17,7 +17,7 @@ use std::{
     },
     path::PathBuf,
     process::{Command, ExitStatus},
-    sync::{Arc, atomic::AtomicI32, mpsc},
+    sync::{Arc, mpsc},
 };
 
 use cordon_broker::proto::{
@@ -140,9 +140,22 @@ impl Sandbox {
             .spawn(move || {
                 match take_listener(report_r) {
                     Ok(Some((pid, listener))) => {
+                        let kill_child = || {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        };
                         let listener = Arc::new(listener);
-                        let exec =
-                            ExecVerifier::start(listener.clone(), Arc::new(AtomicI32::new(pid)));
+                        let exec = match ExecVerifier::start(listener.clone(), pid) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                // Nobody would answer the child's exec.
+                                kill_child();
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        };
                         let sup = Arc::new(Supervisor::new(
                             listener,
                             decider,
@@ -152,14 +165,19 @@ impl Sandbox {
                         ));
                         let _ = ready_tx.send(Ok((sup.clone(), pid)));
                         let run = std::panic::AssertUnwindSafe(|| sup.run());
-                        if std::panic::catch_unwind(run).is_err() {
+                        match std::panic::catch_unwind(run) {
+                            Ok(Ok(())) => {}
                             // Fail closed: without its supervisor the tool must
-                            // not go on (before its exec it would wait forever).
-                            tracing::error!(pid, "the supervisor panicked; killing the sandbox");
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
+                            // not go on (before its exec it would wait forever,
+                            // after it its brokered calls would hang).
+                            Ok(Err(e)) => {
+                                tracing::error!(pid, error = %e, "the supervisor failed; killing the sandbox");
+                                kill_child();
+                            }
+                            Err(_) => {
+                                tracing::error!(pid, "the supervisor panicked; killing the sandbox");
+                                kill_child();
+                            }
                         }
                     }
                     Ok(None) => {} // the child failed before loading the filter
@@ -309,6 +327,7 @@ impl Sandboxed {
     /// supervisor's counters) in the audit store.
     pub fn wait(self) -> io::Result<ExitStatus> {
         let status = self.reap()?;
+        sys::stop_relaying();
         tracing::debug!("tool exited");
         let code = status
             .code()

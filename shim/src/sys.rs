@@ -93,9 +93,15 @@ impl Listener {
         self.send(id, 0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32)
     }
 
-    /// Fails the syscall with `errno`.
+    /// Fails the syscall with `errno`. Anything that is not a real errno
+    /// (0 would complete the call as a success) becomes `EACCES`.
     pub fn fail(&self, id: u64, errno: i32) -> io::Result<()> {
-        self.send(id, 0, -errno.abs(), 0)
+        let errno = if (1..4096).contains(&errno) {
+            errno
+        } else {
+            libc::EACCES
+        };
+        self.send(id, 0, -errno, 0)
     }
 
     /// Completes the syscall with a return value, without running it.
@@ -354,13 +360,22 @@ static RELAY_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::ne
 extern "C" fn relay(sig: libc::c_int) {
     let pid = RELAY_TO.load(std::sync::atomic::Ordering::Relaxed);
     if pid > 0 && (sig == libc::SIGTERM || sig == libc::SIGHUP) {
-        // SAFETY: kill is async-signal-safe and takes integers.
+        // SAFETY: __errno_location returns this thread's errno slot, valid
+        // for the thread's life; kill is async-signal-safe and takes
+        // integers. errno is restored so the interrupted code reads its own.
         unsafe {
+            let saved = *libc::__errno_location();
             libc::kill(pid, sig);
+            *libc::__errno_location() = saved;
         }
     }
     // SIGINT and SIGQUIT come from the terminal, which sends them to the tool
     // as well: the supervisor survives them and lets the tool decide.
+}
+
+/// Stops relaying (the tool was reaped: its pid may be reused).
+pub fn stop_relaying() {
+    RELAY_TO.store(0, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Keeps the supervisor alive through terminal and termination signals while
