@@ -576,6 +576,30 @@ fn racing_threads_never_run_a_denied_program() {
     let (ok, denied_n, _) = race_counts(&stdout);
     assert!(!marker.exists(), "the denied program ran: {stdout}");
     assert!(ok > 0 && denied_n > 0, "{stdout}");
+
+    // Two scripts with the same interpreter: the new image is /bin/sh either
+    // way, so only the script name in the kernel's argv tells them apart.
+    let allowed = env.bin.join("ok.sh");
+    std::fs::write(
+        &allowed,
+        "#!/bin/sh
+exit 0
+",
+    )
+    .unwrap();
+    std::fs::set_permissions(&allowed, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = env.run(&[
+        &env.probe(),
+        "exec-race",
+        allowed.to_str().unwrap(),
+        denied.to_str().unwrap(),
+        "2",
+    ]);
+    let stdout = assert_ok(&out);
+    eprintln!("script exec race: {stdout}");
+    let (ok, denied_n, _) = race_counts(&stdout);
+    assert!(!marker.exists(), "the denied script ran: {stdout}");
+    assert!(ok > 0 && denied_n > 0, "{stdout}");
 }
 
 #[test]

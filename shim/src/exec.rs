@@ -38,10 +38,10 @@ use crate::sys::Listener;
 pub struct Approved {
     pub dev: u64,
     pub ino: u64,
-    /// The expected `/proc/PID/cmdline`, or only its tail (for `#!` scripts,
-    /// whose argv the kernel prefixes with the interpreter and script name).
+    /// The expected `/proc/PID/cmdline`: argv as the kernel builds it (for
+    /// `#!` scripts, prefixed with the interpreter, its argument and the
+    /// script's name).
     pub argv: Vec<Vec<u8>>,
-    pub argv_is_tail: bool,
 }
 
 /// How a verified exec ended, for the supervisor's counters and logs.
@@ -250,22 +250,22 @@ fn check_image(pid: Pid, approved: &Approved) -> Outcome {
             approved.ino
         ));
     }
-    let cmdline = match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(c) => c,
-        Err(e) => return Outcome::Killed(format!("cannot read the new arguments: {e}")),
-    };
-    let args: Vec<&[u8]> = cmdline
-        .strip_suffix(b"\0")
-        .unwrap_or(&cmdline)
-        .split(|&b| b == 0)
+    // The approved arguments with their NULs, and one byte more to see a
+    // longer cmdline: never read more than that from the new image.
+    let expected: Vec<u8> = approved
+        .argv
+        .iter()
+        .flat_map(|a| a.iter().copied().chain([0]))
         .collect();
-    let want: Vec<&[u8]> = approved.argv.iter().map(Vec::as_slice).collect();
-    let matches = if approved.argv_is_tail {
-        args.len() >= want.len() && args[args.len() - want.len()..] == want[..]
-    } else {
-        // An empty argv is run with argv[0] = "" by Linux 5.18+.
-        args == want || (want.is_empty() && args == [b""])
-    };
+    let mut cmdline = Vec::new();
+    let read = std::fs::File::open(format!("/proc/{pid}/cmdline")).and_then(|f| {
+        use std::io::Read;
+        f.take(expected.len() as u64 + 1).read_to_end(&mut cmdline)
+    });
+    if let Err(e) = read {
+        return Outcome::Killed(format!("cannot read the new arguments: {e}"));
+    }
+    let matches = cmdline == expected;
     if !matches {
         return Outcome::Killed(
             "the arguments that ran are not the ones the policy approved".into(),

@@ -1028,19 +1028,31 @@ impl Supervisor {
         let Found::Existing(file) = resolved.found? else {
             return Err(Errno::ENOENT);
         };
+        // Only regular files execute (the kernel says EACCES too); this also
+        // keeps `shebang` from opening a FIFO or device.
+        if nix::sys::stat::fstat(&file)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EACCES);
+        }
+        // The argv the kernel will build. Linux ≥ 5.18 runs an empty argv as [""].
+        let mut kernel_argv = if argv.is_empty() {
+            vec![Vec::new()]
+        } else {
+            argv
+        };
         self.ask(self.request(
             &task,
             n,
             Subject::Exec(ExecAccess {
-                path: resolved.path.clone(),
-                argv: argv.clone(),
+                path: resolved.path,
+                argv: kernel_argv.clone(),
             }),
         ))?;
-        // A `#!` script runs its interpreter: that must be allowed too, and
-        // it is the interpreter's image we will find after the exec.
+        // A `#!` script runs its interpreter: that must be allowed too, and it
+        // is the interpreter's image, with the argv binfmt_script builds
+        // (interpreter, its argument, the name the script was run by, then
+        // argv[1..]), that we must find after the exec.
         let mut image = file;
-        let mut argv_is_tail = false;
-        let mut script_path = resolved.path;
+        let mut run_as = kernel_exec_name(&path, dirfd, empty_path);
         for _ in 0..4 {
             let Some((interp, arg)) = shebang(&image) else {
                 break;
@@ -1059,32 +1071,30 @@ impl Supervisor {
             let Found::Existing(interp_fd) = resolved.found? else {
                 return Err(Errno::ENOENT);
             };
-            let mut interp_argv = vec![interp.clone()];
-            interp_argv.extend(arg);
-            interp_argv.push(script_path.clone());
-            interp_argv.extend(argv.iter().skip(1).cloned());
+            if nix::sys::stat::fstat(&interp_fd)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(Errno::EACCES);
+            }
+            let mut next = vec![interp.clone()];
+            next.extend(arg);
+            next.push(run_as);
+            next.extend(kernel_argv.drain(..).skip(1));
+            kernel_argv = next;
             self.ask(self.request(
                 &task,
                 n,
                 Subject::Exec(ExecAccess {
-                    path: resolved.path.clone(),
-                    argv: interp_argv,
+                    path: resolved.path,
+                    argv: kernel_argv.clone(),
                 }),
             ))?;
             image = interp_fd;
-            script_path = resolved.path;
-            argv_is_tail = true;
+            run_as = interp;
         }
         let st = nix::sys::stat::fstat(&image)?;
         let approved = Approved {
             dev: st.st_dev,
             ino: st.st_ino,
-            argv: if argv_is_tail {
-                argv.iter().skip(1).cloned().collect()
-            } else {
-                argv
-            },
-            argv_is_tail,
+            argv: kernel_argv,
         };
         let me = self.clone();
         let (id, tid, tgid) = (n.id, n.tid, task.tgid);
@@ -1103,6 +1113,19 @@ impl Supervisor {
             _ => {}
         });
         Ok(())
+    }
+}
+
+/// The name the kernel gives the executed file (`bprm->filename`), which
+/// binfmt_script passes to the interpreter: the path as given, or
+/// `/dev/fd/N[/path]` for `execveat` relative to a directory fd.
+fn kernel_exec_name(path: &[u8], dirfd: i32, empty_path: bool) -> Vec<u8> {
+    if dirfd == libc::AT_FDCWD || path.first() == Some(&b'/') {
+        path.to_vec()
+    } else if empty_path {
+        format!("/dev/fd/{dirfd}").into_bytes()
+    } else {
+        [format!("/dev/fd/{dirfd}/").as_bytes(), path].concat()
     }
 }
 
@@ -1132,12 +1155,17 @@ fn tgid_of(id: i32) -> Option<i32> {
 
 /// The interpreter (and its optional argument) of a `#!` file.
 fn shebang(file: &OwnedFd) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(file)
-    ))
-    .ok()?;
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    // The caller checked it is a regular file; O_NONBLOCK regardless, this
+    // runs on the thread that answers every notification.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(file)
+        ))
+        .ok()?;
     let mut buf = [0u8; 256];
     let len = f.read(&mut buf).ok()?;
     let line = buf[..len].strip_prefix(b"#!")?;
@@ -1163,6 +1191,17 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scripts_see_the_name_the_kernel_gives_them() {
+        assert_eq!(
+            kernel_exec_name(b"./s.sh", libc::AT_FDCWD, false),
+            b"./s.sh"
+        );
+        assert_eq!(kernel_exec_name(b"/bin/s.sh", 5, false), b"/bin/s.sh");
+        assert_eq!(kernel_exec_name(b"s.sh", 5, false), b"/dev/fd/5/s.sh");
+        assert_eq!(kernel_exec_name(b"", 7, true), b"/dev/fd/7");
+    }
 
     #[test]
     fn a_denial_never_carries_errno_zero() {
