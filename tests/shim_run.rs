@@ -403,6 +403,51 @@ attempt('bind', lambda: l.bind(('127.0.0.1', 0)))
 }
 
 #[test]
+fn sendmmsg_sends_the_allowed_prefix_and_reports_its_lengths() {
+    let ok = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let denied = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (ok_port, denied_port) = (
+        ok.local_addr().unwrap().port(),
+        denied.local_addr().unwrap().port(),
+    );
+    let env = Env::new(&[("127.0.0.1/32", ok_port)]);
+    let out = env.run(&[
+        &env.probe(),
+        "sendmmsg",
+        "127.0.0.1",
+        &ok_port.to_string(),
+        &denied_port.to_string(),
+    ]);
+    // Two sent, the third denied: sendmmsg reports 2 and each sent length,
+    // written back into the tool's mmsghdr array; the third is untouched.
+    assert_eq!(assert_ok(&out), "sendmmsg=2 lens=3,3,999\n");
+    ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let n = ok.recv(&mut buf).unwrap();
+        got.push(text(&buf[..n]));
+    }
+    assert_eq!(got, vec!["one", "two"]);
+    denied.set_nonblocking(true).unwrap();
+    assert!(
+        denied.recv(&mut buf).is_err(),
+        "the denied datagram arrived"
+    );
+    let records = env.audit();
+    let sends: Vec<_> = records
+        .iter()
+        .filter(|r| r["syscall"] == "sendmmsg")
+        .collect();
+    assert_eq!(
+        sends.len(),
+        3,
+        "one decision per addressed message: {sends:?}"
+    );
+    assert_eq!(sends[2]["allow"], false);
+}
+
+#[test]
 fn exec_follows_the_policy_including_scripts_and_memfd() {
     let env = Env::new(&[]);
     // A copy of /bin/true in the workdir: not a system binary, denied.

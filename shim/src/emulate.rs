@@ -84,6 +84,17 @@ pub enum Address {
     Unspec,
 }
 
+impl Address {
+    /// Whether `op` on this address is put to the policy. Netlink (route
+    /// only: `socket()` refuses other netlink protocols) and `AF_UNSPEC`
+    /// reach nobody outside the machine's routing tables or the socket
+    /// itself, and an autobind names nothing.
+    pub fn needs_decision(&self, op: &str) -> bool {
+        !(matches!(self, Address::Netlink { .. } | Address::Unspec)
+            || op == "bind" && *self == Address::UnixUnnamed)
+    }
+}
+
 /// Decodes a `struct sockaddr` of `bytes.len()` bytes as the kernel would.
 pub fn parse_sockaddr(bytes: &[u8]) -> Result<Address, Errno> {
     if bytes.len() < 2 {

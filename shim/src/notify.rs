@@ -173,12 +173,16 @@ fn open_flag_names(flags: i32) -> Vec<String> {
 struct Message {
     name: Option<Address>,
     iov: Vec<Vec<u8>>,
+    /// How many iovecs the tool gave (empty ones included).
+    iovecs: usize,
     /// Tool fd numbers passed as `SCM_RIGHTS`.
     fds: Vec<i32>,
 }
 
 /// The largest control buffer we read (room for 250+ fds).
 const MAX_CONTROL: usize = 1024;
+/// The most fds one call may make us duplicate (the kernel's SCM_MAX_FD).
+const MAX_FDS: usize = 253;
 
 /// A decoded open-family call.
 struct OpenCall {
@@ -503,6 +507,9 @@ impl Supervisor {
                 if word(0) > u32::MAX as u64 {
                     return Err(Errno::EINVAL);
                 }
+                if nix::fcntl::ResolveFlag::from_bits(word(16)).is_none() {
+                    return Err(Errno::EINVAL); // unknown RESOLVE_* bits, as the kernel says
+                }
                 OpenCall {
                     dirfd: a[0] as i32,
                     path_ptr: a[1],
@@ -605,9 +612,19 @@ impl Supervisor {
 
     // --- network -------------------------------------------------------------
 
-    fn tool_socket(&self, task: &Task, fd: i32) -> Result<OwnedFd, Errno> {
+    /// A pidfd on the caller's process, taken before re-checking the
+    /// notification: if the id is still valid, the pid was not reused.
+    fn tool_pidfd(&self, n: &Notification, task: &Task) -> Result<OwnedFd, Errno> {
         let pidfd = sys::pidfd_open(task.tgid).map_err(|_| Errno::ESRCH)?;
-        sys::pidfd_getfd(&pidfd, fd)
+        if !self.listener.id_valid(n.id) {
+            return Err(Errno::ESRCH);
+        }
+        Ok(pidfd)
+    }
+
+    /// Our duplicate of the tool's fd `fd` (the same open socket).
+    fn tool_socket(&self, pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, Errno> {
+        sys::pidfd_getfd(pidfd, fd)
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))
     }
 
@@ -728,21 +745,19 @@ impl Supervisor {
     fn handle_addressed(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
         let op = syscall_name(n.nr);
         let mem = ToolMemory::new(n.tid);
-        let (fd, addr_ptr, addr_len) = (n.args[0] as i32, n.args[1], n.args[2] as usize);
+        let (fd, addr_ptr, addr_len) = (n.args[0] as i32, n.args[1], n.args[2] as u32 as usize);
         if addr_len > std::mem::size_of::<libc::sockaddr_storage>() {
             return Err(Errno::EINVAL);
         }
         let raw = mem.read(addr_ptr, addr_len)?;
         let task = self.task(n)?;
-        let sock = self.tool_socket(&task, fd)?;
+        let sock = self.tool_socket(&self.tool_pidfd(n, &task)?, fd)?;
         let sock_type = emulate::socket_type(&sock)?;
         let addr = emulate::parse_sockaddr(&raw)?;
         let may_block = n.nr == libc::SYS_connect && emulate::is_blocking(&sock);
-        let needs_policy = !(matches!(addr, Address::Netlink { .. } | Address::Unspec)
-            || n.nr == libc::SYS_bind && addr == Address::UnixUnnamed);
         let mut unix_call_path = None;
         let mut keep_alive = None;
-        if needs_policy {
+        if addr.needs_decision(op) {
             let (access, unix) = self.network_subject(&task, n, op, &addr, sock_type)?;
             self.ask(self.request(&task, n, Subject::Network(access)))?;
             if let Some((_, found)) = unix {
@@ -776,7 +791,7 @@ impl Supervisor {
 
     fn handle_listen(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
         let task = self.task(n)?;
-        let sock = self.tool_socket(&task, n.args[0] as i32)?;
+        let sock = self.tool_socket(&self.tool_pidfd(n, &task)?, n.args[0] as i32)?;
         let sock_type = emulate::socket_type(&sock)?;
         let local: nix::sys::socket::SockaddrStorage =
             nix::sys::socket::getsockname(std::os::fd::AsRawFd::as_raw_fd(&sock))?;
@@ -817,42 +832,48 @@ impl Supervisor {
     fn read_msghdr(&self, mem: &ToolMemory, at: u64, stream: bool) -> Result<Message, Errno> {
         let h = mem.read(at, 56)?;
         let word = |i: usize| u64::from_ne_bytes(h[i..i + 8].try_into().expect("8"));
-        let name_len = u32::from_ne_bytes(h[8..12].try_into().expect("4")) as usize;
-        let (name_ptr, iov_ptr, iov_len) = (word(0), word(16), word(24) as usize);
-        let (control_ptr, control_len) = (word(32), word(40) as usize);
+        // The kernel clamps an oversized name length rather than failing.
+        let name_len = (u32::from_ne_bytes(h[8..12].try_into().expect("4")) as usize)
+            .min(std::mem::size_of::<libc::sockaddr_storage>());
+        let (name_ptr, iov_ptr, iov_len) = (word(0), word(16), word(24));
+        let (control_ptr, control_len) = (word(32), word(40));
         let name = if name_ptr != 0 && name_len > 0 {
-            if name_len > std::mem::size_of::<libc::sockaddr_storage>() {
-                return Err(Errno::EINVAL);
-            }
             Some(mem.read(name_ptr, name_len)?)
         } else {
             None
         };
-        if iov_len > MAX_IOV {
+        if iov_len > MAX_IOV as u64 {
             return Err(Errno::EMSGSIZE);
         }
-        let mut iov = Vec::with_capacity(iov_len);
+        // The iovec array in one read (at most 16 KiB).
+        let iovecs = iov_len as usize;
+        let table = mem.read(iov_ptr, 16 * iovecs)?;
+        let mut iov = Vec::with_capacity(iovecs);
         let mut room = MAX_DATAGRAM;
-        for i in 0..iov_len {
-            let base = mem.read_u64(iov_ptr + 16 * i as u64)?;
-            let len = mem.read_u64(iov_ptr + 16 * i as u64 + 8)? as usize;
-            if len > room && !stream {
+        for entry in table.chunks_exact(16) {
+            let base = u64::from_ne_bytes(entry[..8].try_into().expect("8"));
+            let len = u64::from_ne_bytes(entry[8..].try_into().expect("8"));
+            if len == 0 {
+                continue;
+            }
+            if len > room as u64 && !stream {
                 return Err(Errno::EMSGSIZE);
             }
-            let take = len.min(room);
+            let take = (len as usize).min(room);
             iov.push(mem.read(base, take)?);
             room -= take;
             if room == 0 {
                 break;
             }
         }
-        if control_len > MAX_CONTROL {
+        if control_len > MAX_CONTROL as u64 {
             return Err(Errno::ENOBUFS);
         }
-        let control = mem.read(control_ptr, control_len)?;
+        let control = mem.read(control_ptr, control_len as usize)?;
         Ok(Message {
             name: name.map(|b| emulate::parse_sockaddr(&b)).transpose()?,
             iov,
+            iovecs,
             fds: emulate::scm_rights(&control)?,
         })
     }
@@ -865,7 +886,8 @@ impl Supervisor {
     fn handle_send(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
         let mem = ToolMemory::new(n.tid);
         let task = self.task(n)?;
-        let sock = self.tool_socket(&task, n.args[0] as i32)?;
+        let pidfd = self.tool_pidfd(n, &task)?;
+        let sock = self.tool_socket(&pidfd, n.args[0] as i32)?;
         let sock_type = emulate::socket_type(&sock)?;
         let stream = sock_type == libc::SOCK_STREAM;
         let flags = n.args[match n.nr {
@@ -884,7 +906,7 @@ impl Supervisor {
         let (headers, stride) = match n.nr {
             libc::SYS_sendmsg => (vec![n.args[1]], 0),
             libc::SYS_sendmmsg => {
-                let vlen = (n.args[2] as usize).min(MAX_MMSG);
+                let vlen = (n.args[2] as u32 as usize).min(MAX_MMSG);
                 ((0..vlen).map(|i| n.args[1] + 64 * i as u64).collect(), 64)
             }
             _ => (vec![], 0),
@@ -895,11 +917,12 @@ impl Supervisor {
             if len > MAX_DATAGRAM {
                 return Err(Errno::EMSGSIZE);
             }
-            let addr_len = n.args[5] as usize;
+            let addr_len = n.args[5] as u32 as usize;
             if addr_len > std::mem::size_of::<libc::sockaddr_storage>() {
                 return Err(Errno::EINVAL);
             }
-            let name = if n.args[4] != 0 {
+            // A zero length means no address, as the kernel reads it.
+            let name = if n.args[4] != 0 && addr_len > 0 {
                 Some(emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?)
             } else {
                 None
@@ -907,18 +930,28 @@ impl Supervisor {
             messages.push(Message {
                 name,
                 iov: vec![mem.read(n.args[1], len)?],
+                iovecs: 1,
                 fds: vec![],
             });
         }
-        let mut copied = 0usize;
+        // What one call may cost us, whatever the number of messages: bytes
+        // copied, iovecs read, fds duplicated. Past any, the rest is for the
+        // tool's next call (a partial sendmmsg).
+        let (mut copied, mut iovecs, mut fds) = (0usize, 0usize, 0usize);
         for at in &headers {
-            if copied >= MAX_DATAGRAM && !messages.is_empty() {
-                break; // the rest is for the tool's next call (a partial sendmmsg)
-            }
             match self.read_msghdr(&mem, *at, stream) {
                 Ok(m) => {
                     copied += m.iov.iter().map(Vec::len).sum::<usize>();
-                    messages.push(m)
+                    iovecs += m.iovecs;
+                    fds += m.fds.len();
+                    let over = copied > MAX_DATAGRAM || iovecs > MAX_IOV || fds > MAX_FDS;
+                    if over && !messages.is_empty() {
+                        break;
+                    }
+                    messages.push(m);
+                    if over {
+                        break;
+                    }
                 }
                 Err(Errno::EOPNOTSUPP) => {
                     self.forbid(
@@ -934,14 +967,13 @@ impl Supervisor {
         if !self.listener.id_valid(n.id) {
             return Err(Errno::ESRCH);
         }
-        let pidfd = sys::pidfd_open(task.tgid).map_err(|_| Errno::ESRCH)?;
         let mut planned = Vec::with_capacity(messages.len());
         for m in messages {
             let mut unix = None;
             // A stream's destination is its peer; datagram addresses are decided.
             let dest = if stream { None } else { m.name };
             if let Some(a) = &dest
-                && !matches!(a, Address::Netlink { .. } | Address::Unspec)
+                && a.needs_decision(syscall_name(n.nr))
             {
                 let (access, u) =
                     self.network_subject(&task, n, syscall_name(n.nr), a, sock_type)?;

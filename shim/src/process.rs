@@ -106,10 +106,12 @@ impl Task {
         let umask = field(&status, "Umask")
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .unwrap_or(0o022);
+        // The policy may key on exe or cwd: one it cannot be told (a cwd
+        // deeper than a page makes readlink fail) is a denial, not "".
         let link = |what: &str| {
             fs::read_link(format!("/proc/{tid}/{what}"))
                 .map(|p| p.as_os_str().as_bytes().to_vec())
-                .unwrap_or_default()
+                .map_err(|_| Errno::EACCES)
         };
         Ok(Task {
             tid,
@@ -127,8 +129,8 @@ impl Task {
             },
             umask,
             comm: field(&status, "Name").unwrap_or_default().to_owned(),
-            exe: link("exe"),
-            cwd: link("cwd"),
+            exe: link("exe")?,
+            cwd: link("cwd")?,
         })
     }
 }

@@ -5,6 +5,7 @@
 //   probe connect-race IP_OK PORT_OK IP_DENIED PORT_DENIED SECONDS
 //   probe exec-race ALLOWED DENIED SECONDS
 //   probe open-loop PATH N   (per-call latency of openat+close: median/p99 ns)
+//   probe sendmmsg IP PORT_OK PORT_DENIED   (3 datagrams: ok, ok, denied)
 //   probe int80          (i386 getpid through int 0x80)
 //   probe io-uring       (io_uring_setup)
 //   probe clone3         (clone3: ENOSYS so libc falls back)
@@ -161,6 +162,31 @@ static int open_loop(const char *path, long n) {
     return 0;
 }
 
+static int send_mmsg(const char *ip, int port_ok, int port_bad) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to[3];
+    struct iovec iov[3];
+    struct mmsghdr msgs[3];
+    char *payload[3] = {"one", "two", "three"};
+    memset(msgs, 0, sizeof msgs);
+    for (int i = 0; i < 3; i++) {
+        memset(&to[i], 0, sizeof to[i]);
+        to[i].sin_family = AF_INET;
+        to[i].sin_port = htons(i < 2 ? port_ok : port_bad);
+        inet_pton(AF_INET, ip, &to[i].sin_addr);
+        iov[i].iov_base = payload[i];
+        iov[i].iov_len = strlen(payload[i]);
+        msgs[i].msg_hdr.msg_name = &to[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof to[i];
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_len = 999;
+    }
+    int r = sendmmsg(s, msgs, 3, 0);
+    printf("sendmmsg=%d lens=%u,%u,%u\n", r, msgs[0].msg_len, msgs[1].msg_len, msgs[2].msg_len);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc < 2) return 2;
@@ -169,6 +195,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "connect-race") && argc == 7)
         return connect_race(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atof(argv[6]));
     if (!strcmp(mode, "exec-race") && argc == 5) return exec_race(argv[2], argv[3], atof(argv[4]));
+    if (!strcmp(mode, "sendmmsg") && argc == 5) return send_mmsg(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (!strcmp(mode, "open-loop") && argc == 4) return open_loop(argv[2], atol(argv[3]));
     if (!strcmp(mode, "int80")) {
         long r;
