@@ -960,6 +960,27 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
         "{}",
         text(&out.stderr)
     );
+    // The supervisor's /proc entries stay out of reach even under an
+    // allow-everything policy: the supervisor could open them, the tool not.
+    let out = env.run_with_policy(
+        &allow_all,
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import os\n\
+             for p in ('/proc/%d/environ' % os.getppid(), '/proc/%d' % os.getppid(), '/proc/self/status'):\n    \
+                 try:\n        os.close(os.open(p, os.O_RDONLY)); print(p.split('/')[-1], 'ok')\n    \
+                 except OSError as e:\n        print(p.split('/')[-1], 'err', e.errno)\n",
+        ],
+    );
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("environ err 13"), "{stdout}");
+    assert_eq!(stdout.matches("err 13").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("status ok"),
+        "the tool's own /proc works: {stdout}"
+    );
+
     // With its capabilities, the same root tool reads it (the check is real).
     let out_allow = env.run_with_policy(&allow_all, &["/bin/cat", "locked.txt"]);
     assert_eq!(assert_ok(&out_allow), "locked");

@@ -55,6 +55,13 @@ pub struct Counters {
     pub exec_killed: u64,
 }
 
+/// The broker's unix socket: its path, and its device and inode (read once).
+#[derive(Debug)]
+struct BrokerSocket {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
 /// One sandbox's supervisor.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -63,7 +70,7 @@ pub struct Supervisor {
     sandbox: Sandbox,
     me: Creds,
     /// A unix socket the tool must never reach (the broker's own).
-    broker_socket: Option<PathBuf>,
+    broker_socket: Option<BrokerSocket>,
     exec: ExecVerifier,
     counters: Mutex<Counters>,
     status_files: StatusFiles,
@@ -206,7 +213,12 @@ impl Supervisor {
             decider,
             sandbox,
             me: Creds::of_self(),
-            broker_socket,
+            broker_socket: broker_socket.map(|path| BrokerSocket {
+                id: nix::sys::stat::stat(path.as_path())
+                    .ok()
+                    .map(|st| (st.st_dev, st.st_ino)),
+                path,
+            }),
             exec,
             counters: Mutex::default(),
             status_files: StatusFiles::default(),
@@ -362,24 +374,60 @@ impl Supervisor {
         }
     }
 
-    /// The broker's own socket, by path or by inode (a hard link or another
-    /// mount of it is the same socket).
-    fn is_broker_socket(&self, canonical: &[u8], found: &Found) -> bool {
-        let Some(broker) = &self.broker_socket else {
-            return false;
-        };
-        if canonical == broker.as_os_str().as_bytes() {
-            return true;
+    /// Objects the tool may never reach, whatever the policy says, named
+    /// for the exit record:
+    /// - the supervisor's `/proc` entries, which the supervisor — a
+    ///   ptrace-capable parent — could open where the tool could not (its
+    ///   memory, environment, fds; and a `/proc/PID` directory fd is a
+    ///   signal target for `pidfd_send_signal`);
+    /// - for unix connects (`socket`), the broker's own socket, by path or by
+    ///   inode (a hard link or another mount of it is the same socket).
+    fn protected(&self, canonical: &[u8], found: &Found, socket: bool) -> Option<&'static str> {
+        if let Some(rest) = canonical.strip_prefix(b"/proc/") {
+            let id = rest.split(|&b| b == b'/').next().unwrap_or_default();
+            let me = std::process::id() as i32;
+            if let Some(id) = std::str::from_utf8(id)
+                .ok()
+                .and_then(|v| v.parse::<i32>().ok())
+                && (id == me || tgid_of(id) == Some(me))
+            {
+                return Some("supervisor /proc");
+            }
         }
-        let Found::Existing(fd) = found else {
-            return false;
-        };
-        match (
-            nix::sys::stat::fstat(fd),
-            nix::sys::stat::stat(broker.as_path()),
-        ) {
-            (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
-            _ => false,
+        if !socket {
+            return None;
+        }
+        let broker = self.broker_socket.as_ref()?;
+        if canonical == broker.path.as_os_str().as_bytes() {
+            return Some("broker socket");
+        }
+        match (found, broker.id) {
+            (Found::Existing(fd), Some(id)) => nix::sys::stat::fstat(fd)
+                .ok()
+                .filter(|st| (st.st_dev, st.st_ino) == id)
+                .map(|_| "broker socket"),
+            _ => None,
+        }
+    }
+
+    /// Refuses a protected object (see [`Self::protected`]), counting it.
+    fn refuse_protected(
+        &self,
+        n: &Notification,
+        canonical: &[u8],
+        found: &Found,
+        socket: bool,
+    ) -> Result<(), Errno> {
+        match self.protected(canonical, found, socket) {
+            Some(what) => {
+                self.count(|c| {
+                    *c.forbidden
+                        .entry(format!("{}({what})", syscall_name(n.nr)))
+                        .or_default() += 1
+                });
+                Err(Errno::EACCES)
+            }
+            None => Ok(()),
         }
     }
 
@@ -551,6 +599,7 @@ impl Supervisor {
         // A path that does not resolve fails as the kernel would have failed
         // it; there is nothing to open, so nothing to decide.
         let found = resolved.found?;
+        self.refuse_protected(n, &resolved.path, &found, false)?;
         let access: Vec<String> = if flags & libc::O_PATH != 0 {
             vec![]
         } else {
@@ -721,14 +770,7 @@ impl Supervisor {
         match addr {
             Address::UnixPath(p) => {
                 let (canonical, found) = self.resolve_unix(task, n, p, op == "bind")?;
-                if self.is_broker_socket(&canonical, &found) {
-                    self.count(|c| {
-                        *c.forbidden
-                            .entry("connect(broker socket)".into())
-                            .or_default() += 1
-                    });
-                    return Err(Errno::EACCES);
-                }
+                self.refuse_protected(n, &canonical, &found, true)?;
                 access.path = canonical.clone();
                 unix = Some((canonical, found));
             }
@@ -1057,7 +1099,9 @@ impl Supervisor {
                 resolve: 0,
             })
         })?;
-        let Found::Existing(file) = resolved.found? else {
+        let found = resolved.found?;
+        self.refuse_protected(n, &resolved.path, &found, false)?;
+        let Found::Existing(file) = found else {
             return Err(Errno::ENOENT);
         };
         // Only regular files execute (the kernel says EACCES too); this also
