@@ -403,6 +403,50 @@ attempt('bind', lambda: l.bind(('127.0.0.1', 0)))
 }
 
 #[test]
+fn a_unix_server_binds_and_listens_under_its_own_name_and_umask() {
+    let env = Env::new(&[]);
+    let sock = env.work.join("app.sock");
+    let policy = env.dir.path().join("unix-server.rego");
+    std::fs::write(
+        &policy,
+        format!(
+            "package cordon\nimport rego.v1\nallow if {{\n  input.network.family == \"unix\"\n  \
+             input.network.path == \"{}\"\n}}\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let mut policies = env.policies.clone();
+    policies.push(policy);
+    let mut c = cordon();
+    c.arg("run").arg("--audit-db").arg(&env.db);
+    for p in &policies {
+        c.arg("--policy").arg(p);
+    }
+    let out = c
+        .args(["--", "/usr/bin/python3", "-c"])
+        .arg(
+            "import socket, os\nos.umask(0o077)\ns = socket.socket(socket.AF_UNIX)\n\
+             s.bind('app.sock')\ns.listen()\nprint(oct(os.stat('app.sock').st_mode & 0o777))\n",
+        )
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out), "0o700\n", "the tool's umask applies");
+    let records = env.audit();
+    for op in ["bind", "listen"] {
+        let r: Vec<_> = records.iter().filter(|r| r["syscall"] == op).collect();
+        assert_eq!(r.len(), 1, "{op}: {records:?}");
+        assert_eq!(
+            r[0]["path"],
+            sock.to_str().unwrap(),
+            "{op} decided on the canonical path"
+        );
+        assert_eq!(r[0]["allow"], true);
+    }
+}
+
+#[test]
 fn sendmmsg_sends_the_allowed_prefix_and_reports_its_lengths() {
     let ok = UdpSocket::bind("127.0.0.1:0").unwrap();
     let denied = UdpSocket::bind("127.0.0.1:0").unwrap();

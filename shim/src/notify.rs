@@ -76,7 +76,12 @@ pub struct Supervisor {
     status_files: StatusFiles,
     /// Helper threads in flight (blocking calls, exec verification).
     helpers: std::sync::atomic::AtomicUsize,
+    /// Canonical paths of unix sockets we bound, by socket inode.
+    unix_binds: Mutex<std::collections::HashMap<u64, Vec<u8>>>,
 }
+
+/// Unix bind names remembered at once (see `remember_unix_bind`).
+const MAX_BOUND_NAMES: usize = 1024;
 
 /// At most this many calls wait on helper threads at once; beyond, a call
 /// fails with `EAGAIN` rather than letting a tool make us spawn without bound.
@@ -223,6 +228,7 @@ impl Supervisor {
             counters: Mutex::default(),
             status_files: StatusFiles::default(),
             helpers: Default::default(),
+            unix_binds: Mutex::default(),
         }
     }
 
@@ -429,6 +435,25 @@ impl Supervisor {
             }
             None => Ok(()),
         }
+    }
+
+    /// Remembers the canonical path a unix socket was bound to (by socket
+    /// inode), for `listen`'s decision. Bounded: forgotten wholesale past
+    /// [`MAX_BOUND_NAMES`].
+    fn remember_unix_bind(&self, sock: &OwnedFd, name: Vec<u8>) {
+        if let Ok(st) = nix::sys::stat::fstat(sock) {
+            let mut names = self.unix_binds.lock().unwrap_or_else(|p| p.into_inner());
+            if names.len() >= MAX_BOUND_NAMES {
+                names.clear();
+            }
+            names.insert(st.st_ino, name);
+        }
+    }
+
+    fn bound_unix_name(&self, sock: &OwnedFd) -> Option<Vec<u8>> {
+        let st = nix::sys::stat::fstat(sock).ok()?;
+        let names = self.unix_binds.lock().unwrap_or_else(|p| p.into_inner());
+        names.get(&st.st_ino).cloned()
     }
 
     /// Whether a signal (or a pidfd, or SIGIO ownership) would reach the
@@ -799,10 +824,12 @@ impl Supervisor {
         let may_block = n.nr == libc::SYS_connect && emulate::is_blocking(&sock);
         let mut unix_call_path = None;
         let mut keep_alive = None;
+        let mut bound_name = None;
         if addr.needs_decision(op) {
             let (access, unix) = self.network_subject(&task, n, op, &addr, sock_type)?;
             self.ask(self.request(&task, n, Subject::Network(access)))?;
-            if let Some((_, found)) = unix {
+            if let Some((canonical, found)) = unix {
+                bound_name = Some(canonical);
                 unix_call_path = Some(match &found {
                     Found::Existing(fd) => emulate::unix_via_fd(fd, None)?,
                     Found::Missing { parent, name } => emulate::unix_via_fd(parent, Some(name))?,
@@ -812,6 +839,7 @@ impl Supervisor {
         }
         let nr = n.nr;
         let umask = task.umask;
+        let me = self.clone();
         self.perform(n, &task, may_block, move || {
             let _pinned = keep_alive;
             let unix = unix_call_path.as_deref();
@@ -824,6 +852,9 @@ impl Supervisor {
                         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
                     let r = emulate::bind(&sock, &addr, unix);
                     nix::sys::stat::umask(old);
+                    if let (Ok(_), Some(name)) = (&r, bound_name) {
+                        me.remember_unix_bind(&sock, name);
+                    }
                     r
                 }
             }
@@ -851,9 +882,12 @@ impl Supervisor {
             access.port = v6.port() as u32;
         } else if let Some(un) = local.as_unix_addr() {
             access.family = "unix".into();
-            access.path = match (un.path(), un.as_abstract()) {
-                (Some(p), _) => p.as_os_str().as_bytes().to_vec(),
-                (None, Some(a)) => [b"@".as_slice(), a].concat(),
+            // A path we bound reads back as our /proc/self/fd/N/name: the
+            // policy gets the canonical path it decided at bind.
+            access.path = match (self.bound_unix_name(&sock), un.path(), un.as_abstract()) {
+                (Some(name), _, _) => name,
+                (None, Some(p), _) => p.as_os_str().as_bytes().to_vec(),
+                (None, None, Some(a)) => [b"@".as_slice(), a].concat(),
                 _ => b"@".to_vec(),
             };
         } else {
