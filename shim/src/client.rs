@@ -192,7 +192,7 @@ impl Remote {
         ) {
             tracing::warn!(error = ?result.as_ref().err(), "dropping the broker stream; denying until reconnected");
             conn.stream = None;
-            conn.retry_at = Instant::now();
+            conn.retry_at = Instant::now() + FIRST_BACKOFF;
         }
         result
     }

@@ -55,7 +55,15 @@ fn missing() -> Errno {
 /// tied to its task: once the task is gone reads fail and we reopen, so a
 /// reused tid never reads a dead task's status.
 #[derive(Debug, Default)]
-pub struct StatusFiles(std::sync::Mutex<std::collections::HashMap<i32, fs::File>>);
+pub struct StatusFiles(std::sync::Mutex<Cached>);
+
+#[derive(Debug, Default)]
+pub struct Cached {
+    files: std::collections::HashMap<i32, fs::File>,
+    /// Reused for every read (a status file is ~1.5 KiB; 16 KiB is room for
+    /// thousands of groups).
+    buf: Vec<u8>,
+}
 
 /// Few enough open fds that a fork-heavy tool cannot exhaust ours.
 const MAX_CACHED_STATUS: usize = 128;
@@ -63,7 +71,9 @@ const MAX_CACHED_STATUS: usize = 128;
 impl StatusFiles {
     pub fn read(&self, tid: i32) -> Result<String, Errno> {
         use std::os::unix::fs::FileExt;
-        let mut files = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Cached { files, buf } = &mut *cached;
+        buf.resize(16 * 1024, 0);
         for _ in 0..2 {
             if !files.contains_key(&tid) {
                 if files.len() >= MAX_CACHED_STATUS {
@@ -72,11 +82,11 @@ impl StatusFiles {
                 let f = fs::File::open(format!("/proc/{tid}/status")).map_err(|_| missing())?;
                 files.insert(tid, f);
             }
-            let mut buf = vec![0u8; 16 * 1024];
-            match files[&tid].read_at(&mut buf, 0) {
+            match files[&tid].read_at(buf, 0) {
                 Ok(n) if n > 0 && n < buf.len() => {
-                    buf.truncate(n);
-                    return String::from_utf8(buf).map_err(|_| missing());
+                    return std::str::from_utf8(&buf[..n])
+                        .map(str::to_owned)
+                        .map_err(|_| missing());
                 }
                 _ => {
                     files.remove(&tid);
