@@ -1056,6 +1056,32 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
         "{}",
         text(&out.stderr)
     );
+
+    // After a "continue" the kernel resolves paths for the tool, with the
+    // tool's rights: cordon is non-dumpable, so /proc/SUPERVISOR/fd/N stays
+    // closed to a same-uid tool there too. (Our own check only sees the
+    // link's target, a plain file the policy allows.)
+    let input = nobody_dir.path().join("in.txt");
+    std::fs::write(&input, "x").unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(nobody_dir.path().join("audit"))
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/usr/bin/python3", "-c"])
+        .arg(
+            "import os\nos.symlink('/proc/%d/fd/0' % os.getppid(), 'sup-stdin')\n\
+             try:\n    os.open('sup-stdin', os.O_PATH); print('opened')\n\
+             except OSError as e:\n    print('err', e.errno)\n",
+        )
+        .stdin(std::fs::File::open(&input).unwrap())
+        .env("TMPDIR", nobody_dir.path())
+        .current_dir(nobody_dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out), "err 13\n");
 }
 
 #[test]

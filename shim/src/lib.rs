@@ -24,4 +24,4 @@ mod sys;
 
 pub use client::{Decider, Embedded, Remote};
 pub use notify::DEFAULT_DEADLINE;
-pub use sandbox::{Sandbox, Sandboxed, SpawnError};
+pub use sandbox::{Sandbox, Sandboxed, SpawnError, harden_supervisor};

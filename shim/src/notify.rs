@@ -580,8 +580,11 @@ impl Supervisor {
                 if word(0) > u32::MAX as u64 {
                     return Err(Errno::EINVAL);
                 }
-                if nix::fcntl::ResolveFlag::from_bits(word(16)).is_none() {
-                    return Err(Errno::EINVAL); // unknown RESOLVE_* bits, as the kernel says
+                // RESOLVE_NO_XDEV … RESOLVE_CACHED; anything else is EINVAL, as
+                // the kernel says. (CACHED is a hint we may drop.)
+                const KNOWN_RESOLVE: u64 = 0x3f;
+                if word(16) & !KNOWN_RESOLVE != 0 {
+                    return Err(Errno::EINVAL);
                 }
                 OpenCall {
                     dirfd: a[0] as i32,
@@ -997,8 +1000,9 @@ impl Supervisor {
             if addr_len > std::mem::size_of::<libc::sockaddr_storage>() {
                 return Err(Errno::EINVAL);
             }
-            // A zero length means no address, as the kernel reads it.
-            let name = if n.args[4] != 0 && addr_len > 0 {
+            // A stream ignores the address; on a datagram socket even a
+            // zero length is an address (and EINVAL), as the kernel reads it.
+            let name = if n.args[4] != 0 && !stream {
                 Some(emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?)
             } else {
                 None

@@ -261,6 +261,16 @@ fn take_listener(report: OwnedFd) -> io::Result<Option<(i32, Listener)>> {
     }
 }
 
+/// For command-line front ends: make this process non-dumpable, so the
+/// kernel refuses same-uid processes — the tool — access to its
+/// `/proc/PID/{mem,environ,fd/…}`. The supervisor already refuses such
+/// opens it performs; this also covers the ones the kernel performs after
+/// a "continue" (an `O_PATH` open whose path was swapped after the check).
+/// Library hosts decide for themselves: it also disables core dumps.
+pub fn harden_supervisor() -> io::Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
+}
+
 /// A running sandboxed command.
 #[derive(Debug)]
 pub struct Sandboxed {

@@ -302,6 +302,13 @@ pub fn install_filter_before_exec(cmd: &mut Command, program: Arc<BpfProgram>, r
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        // A supervisor may have made itself non-dumpable (`cordon run` does);
+        // the child inherits that until exec, and the supervisor must be able
+        // to take the listener with pidfd_getfd before then.
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         let prog = libc::sock_fprog {
             len: program.0.len() as u16,
             filter: program.0.as_ptr() as *mut libc::sock_filter,

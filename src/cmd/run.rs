@@ -150,6 +150,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
         .args(&args.command[1..])
         .env("TMPDIR", &tmpdir);
     tracing::debug!("spawning");
+    cordon_shim::harden_supervisor().context("cannot make cordon non-dumpable")?;
     let result = sandbox.spawn(&mut cmd);
     tracing::debug!("spawned");
     let code = match result {
