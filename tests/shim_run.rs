@@ -478,6 +478,16 @@ fn sendmmsg_sends_the_allowed_prefix_and_reports_its_lengths() {
         denied.recv(&mut buf).is_err(),
         "the denied datagram arrived"
     );
+    // An array at the very top of the address space: EFAULT, not a
+    // supervisor that overflows computing the next header's address.
+    let out = env.python(
+        "import ctypes, socket\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         r = libc.sendmmsg(s.fileno(), ctypes.c_void_p(0xffffffffffffffc0), 3, 0)\n\
+         print(r, ctypes.get_errno())\n",
+    );
+    assert_eq!(assert_ok(&out), "-1 14\n");
     let records = env.audit();
     let sends: Vec<_> = records
         .iter()

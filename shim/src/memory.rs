@@ -78,7 +78,9 @@ impl ToolMemory {
             if out.len() > max {
                 return Err(Errno::ENAMETOOLONG);
             }
-            at += want as u64;
+            // Tool-given addresses may sit at the top of the range: wrap
+            // rather than overflow (the read then fails: EFAULT).
+            at = at.wrapping_add(want as u64);
         }
     }
 
@@ -99,7 +101,7 @@ impl ToolMemory {
             if i >= max_count {
                 return Err(Errno::E2BIG);
             }
-            let ptr = self.read_u64(addr + 8 * i as u64)?;
+            let ptr = self.read_u64(addr.wrapping_add(8 * i as u64))?;
             if ptr == 0 {
                 break;
             }

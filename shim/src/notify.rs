@@ -986,7 +986,13 @@ impl Supervisor {
             libc::SYS_sendmsg => (vec![n.args[1]], 0),
             libc::SYS_sendmmsg => {
                 let vlen = (n.args[2] as u32 as usize).min(MAX_MMSG);
-                ((0..vlen).map(|i| n.args[1] + 64 * i as u64).collect(), 64)
+                // Tool-given: wrap, never overflow (a wrapped read is EFAULT).
+                (
+                    (0..vlen)
+                        .map(|i| n.args[1].wrapping_add(64 * i as u64))
+                        .collect(),
+                    64,
+                )
             }
             _ => (vec![], 0),
         };
@@ -1095,7 +1101,7 @@ impl Supervisor {
                 match emulate::send(&sock, iov, fds, flags, dest) {
                     Ok(bytes) if is_mmsg => {
                         // msg_len of mmsghdr i, as sendmmsg reports it.
-                        let at = first_hdr + (stride * i) as u64 + 56;
+                        let at = first_hdr.wrapping_add((stride * i) as u64 + 56);
                         mem.write(at, &(bytes as u32).to_ne_bytes())?;
                         sent += 1;
                     }
