@@ -1117,6 +1117,56 @@ impl Supervisor {
 
     // --- exec ----------------------------------------------------------------
 
+    /// A program (or `#!` interpreter) as the kernel would find it: its
+    /// canonical path and an `O_PATH` fd on it. Only regular files execute
+    /// (the kernel says EACCES too; it also keeps `shebang` off FIFOs).
+    fn resolve_executable(
+        &self,
+        task: &Task,
+        n: &Notification,
+        dirfd: i32,
+        path: &[u8],
+        follow: bool,
+    ) -> Result<(Vec<u8>, OwnedFd), Errno> {
+        let resolved = with_creds(&task.creds, &self.me, || {
+            resolve::resolve(&Lookup {
+                tid: n.tid,
+                tgid: task.tgid,
+                dirfd,
+                path,
+                follow,
+                create: false,
+                resolve: 0,
+            })
+        })?;
+        let found = resolved.found?;
+        self.refuse_protected(n, &resolved.path, &found, false)?;
+        let Found::Existing(file) = found else {
+            return Err(Errno::ENOENT);
+        };
+        if nix::sys::stat::fstat(&file)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EACCES);
+        }
+        Ok((resolved.path, file))
+    }
+
+    fn ask_exec(
+        &self,
+        task: &Task,
+        n: &Notification,
+        path: Vec<u8>,
+        argv: &[Vec<u8>],
+    ) -> Result<(), Errno> {
+        self.ask(self.request(
+            task,
+            n,
+            Subject::Exec(ExecAccess {
+                path,
+                argv: argv.to_vec(),
+            }),
+        ))
+    }
+
     fn handle_exec(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
         let mem = ToolMemory::new(n.tid);
         let (dirfd, path_ptr, argv_ptr, flags) = match n.nr {
@@ -1132,41 +1182,15 @@ impl Supervisor {
         } else {
             path.clone()
         };
-        let resolved = with_creds(&task.creds, &self.me, || {
-            resolve::resolve(&Lookup {
-                tid: n.tid,
-                tgid: task.tgid,
-                dirfd,
-                path: &lookup_path,
-                follow: flags & libc::AT_SYMLINK_NOFOLLOW == 0,
-                create: false,
-                resolve: 0,
-            })
-        })?;
-        let found = resolved.found?;
-        self.refuse_protected(n, &resolved.path, &found, false)?;
-        let Found::Existing(file) = found else {
-            return Err(Errno::ENOENT);
-        };
-        // Only regular files execute (the kernel says EACCES too); this also
-        // keeps `shebang` from opening a FIFO or device.
-        if nix::sys::stat::fstat(&file)?.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(Errno::EACCES);
-        }
+        let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+        let (canonical, file) = self.resolve_executable(&task, n, dirfd, &lookup_path, follow)?;
         // The argv the kernel will build. Linux ≥ 5.18 runs an empty argv as [""].
         let mut kernel_argv = if argv.is_empty() {
             vec![Vec::new()]
         } else {
             argv
         };
-        self.ask(self.request(
-            &task,
-            n,
-            Subject::Exec(ExecAccess {
-                path: resolved.path,
-                argv: kernel_argv.clone(),
-            }),
-        ))?;
+        self.ask_exec(&task, n, canonical, &kernel_argv)?;
         // A `#!` script runs its interpreter: that must be allowed too, and it
         // is the interpreter's image, with the argv binfmt_script builds
         // (interpreter, its argument, the name the script was run by, then
@@ -1177,36 +1201,14 @@ impl Supervisor {
             let Some((interp, arg)) = shebang(&image) else {
                 break;
             };
-            let resolved = with_creds(&task.creds, &self.me, || {
-                resolve::resolve(&Lookup {
-                    tid: n.tid,
-                    tgid: task.tgid,
-                    dirfd: libc::AT_FDCWD,
-                    path: &interp,
-                    follow: true,
-                    create: false,
-                    resolve: 0,
-                })
-            })?;
-            let Found::Existing(interp_fd) = resolved.found? else {
-                return Err(Errno::ENOENT);
-            };
-            if nix::sys::stat::fstat(&interp_fd)?.st_mode & libc::S_IFMT != libc::S_IFREG {
-                return Err(Errno::EACCES);
-            }
+            let (canonical, interp_fd) =
+                self.resolve_executable(&task, n, libc::AT_FDCWD, &interp, true)?;
             let mut next = vec![interp.clone()];
             next.extend(arg);
             next.push(run_as);
             next.extend(kernel_argv.drain(..).skip(1));
             kernel_argv = next;
-            self.ask(self.request(
-                &task,
-                n,
-                Subject::Exec(ExecAccess {
-                    path: resolved.path,
-                    argv: kernel_argv.clone(),
-                }),
-            ))?;
+            self.ask_exec(&task, n, canonical, &kernel_argv)?;
             image = interp_fd;
             run_as = interp;
         }
