@@ -13,6 +13,16 @@ import rego.v1
 
 default allow := false
 
+# The rules below decide, unless the sandbox's tool (input.sandbox.labels.tool)
+# has its own policy in the library (policies/library, loaded beside this
+# file), which then decides alone. The denials at the end hold for every tool.
+allow if {
+	not tool_selected
+	builtin_allow
+}
+
+default tool_selected := false
+
 # --- files -------------------------------------------------------------------
 
 # Read-only system locations: shared libraries, binaries, configuration.
@@ -32,7 +42,7 @@ is_read_only if {
 }
 
 # Reading system files, including directory listings of them.
-allow if {
+builtin_allow if {
 	input.kind == "file"
 	is_read_only
 	some prefix in system_read_prefixes
@@ -40,21 +50,21 @@ allow if {
 }
 
 # The system directories themselves (opened by ls, find, path lookups).
-allow if {
+builtin_allow if {
 	input.kind == "file"
 	is_read_only
 	input.file.path in {"/", "/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin", "/tmp", "/dev", "/proc"}
 }
 
 # Standard devices, read and write (writing to /dev/null is normal output).
-allow if {
+builtin_allow if {
 	input.kind == "file"
 	not input.file.create
 	input.file.path in device_files
 }
 
 # The tool's own /proc entries (the shim resolves /proc/self to /proc/PID).
-allow if {
+builtin_allow if {
 	input.kind == "file"
 	is_read_only
 	some own in {sprintf("/proc/%d", [input.process.pid]), "/proc/self", "/proc/thread-self"}
@@ -62,7 +72,7 @@ allow if {
 }
 
 # /proc files that describe the system, not other processes.
-allow if {
+builtin_allow if {
 	input.kind == "file"
 	is_read_only
 	input.file.path in {"/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/filesystems", "/proc/sys/kernel/random/uuid", "/proc/sys/vm/overcommit_memory"}
@@ -70,7 +80,7 @@ allow if {
 
 # Everything in the working directory the sandbox started in, and its private
 # temp dir. These are fixed at start; the tool's own cwd is not trusted.
-allow if {
+builtin_allow if {
 	input.kind == "file"
 	some dir in writable_dirs
 	under(input.file.path, dir)
@@ -86,7 +96,7 @@ writable_dirs contains input.sandbox.tmpdir if input.sandbox.tmpdir != ""
 # directory, so a tool cannot write a binary and run it.
 exec_prefixes := ["/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/", "/usr/local/bin/", "/usr/libexec/", "/usr/lib/"]
 
-allow if {
+builtin_allow if {
 	input.kind == "exec"
 	some prefix in exec_prefixes
 	startswith(input.exec.path, prefix)
@@ -96,7 +106,7 @@ allow if {
 
 # Network access only to what data.cordon.network.allow lists, e.g.
 #   {"cordon": {"network": {"allow": [{"cidr": "10.0.0.0/8", "ports": [443]}]}}}
-allow if {
+builtin_allow if {
 	input.kind == "network"
 	input.network.family in {"inet", "inet6"}
 	input.network.op in {"connect", "sendto", "sendmsg", "sendmmsg"}
@@ -149,6 +159,7 @@ deny contains sprintf("%s needs a policy that allows listening", [input.network.
 # A refused connection is what clients handle best; binding or listening
 # without permission is an access error.
 errno := "ECONNREFUSED" if {
+	not tool_selected
 	input.kind == "network"
 	not input.network.op in {"bind", "listen"}
 }

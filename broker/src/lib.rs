@@ -5,6 +5,7 @@
 //! - [`audit`]: the append-only, hash-chained audit store and its queries.
 //! - [`decide`]: the broker core that ties the two together, used in process by
 //!   `cordon run` and behind gRPC by [`service`].
+//! - [`testing`]: policy unit tests (`test_` rules), like `opa test`.
 //! - [`request`]: request validation and the Rego `input` document.
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod errno;
 pub mod policy;
 pub mod request;
 pub mod service;
+pub mod testing;
 
 pub use cordon_proto::v1 as proto;
 pub use decide::Broker;

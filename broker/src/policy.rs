@@ -138,14 +138,28 @@ struct SourceFile {
 
 /// The files of a policy source, read once.
 #[derive(Debug, Clone, Default)]
-struct SourceSet {
+pub(crate) struct SourceSet {
     rego: Vec<SourceFile>,
     data: Vec<SourceFile>,
+    /// Whether `*_test.rego` files found in directories are read too.
+    with_tests: bool,
 }
 
 impl SourceSet {
     fn read(source: &PolicySource) -> Result<Self, PolicyError> {
-        let mut set = SourceSet::default();
+        Self::read_set(source, false)
+    }
+
+    /// The source with its `*_test.rego` files, for `cordon policy test`.
+    pub(crate) fn read_including_tests(source: &PolicySource) -> Result<Self, PolicyError> {
+        Self::read_set(source, true)
+    }
+
+    fn read_set(source: &PolicySource, with_tests: bool) -> Result<Self, PolicyError> {
+        let mut set = SourceSet {
+            with_tests,
+            ..Default::default()
+        };
         match source {
             PolicySource::Builtin => set.rego.push(SourceFile {
                 display: "builtin:policies/default.rego".into(),
@@ -222,7 +236,9 @@ impl SourceSet {
             .unwrap_or_default();
         let is_rego = name.ends_with(".rego");
         let is_data = name.ends_with(".json") || name.ends_with(".yaml") || name.ends_with(".yml");
-        if !(is_rego || is_data) || (is_rego && name.ends_with("_test.rego") && !explicit) {
+        if !(is_rego || is_data)
+            || (is_rego && name.ends_with("_test.rego") && !explicit && !self.with_tests)
+        {
             return Ok(());
         }
         let bytes = std::fs::read(path).map_err(|e| PolicyError::Io {
@@ -259,7 +275,7 @@ impl SourceSet {
     }
 
     /// All data files merged into one document, each under its directory prefix.
-    fn data_document(&self) -> Result<serde_json::Value, PolicyError> {
+    pub(crate) fn data_document(&self) -> Result<serde_json::Value, PolicyError> {
         let mut root = serde_json::Value::Object(Default::default());
         for f in &self.data {
             let path = PathBuf::from(&f.display);
@@ -309,7 +325,7 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) -> Result<(), St
 }
 
 /// An engine with every policy module and the data loaded, but no input.
-fn build_engine(
+pub(crate) fn build_engine(
     sources: &SourceSet,
     data: &Value,
     with_wrapper: bool,
@@ -334,7 +350,7 @@ fn build_engine(
 /// regorus formats errors as `--> file:line:col`, a source excerpt, then
 /// `error: message`. Cordon reports them as one line, `file:line:col: message`,
 /// the form editors and CI annotations understand.
-fn first_lines(e: &impl std::fmt::Display) -> String {
+pub(crate) fn first_lines(e: &impl std::fmt::Display) -> String {
     let text = e.to_string();
     let location = text
         .lines()

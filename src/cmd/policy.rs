@@ -1,9 +1,12 @@
-//! `cordon policy eval|check`: try and lint policies without a broker.
+//! `cordon policy eval|check|test`: try, lint and test policies without a broker.
 
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use cordon_broker::policy::{LoadedPolicy, PolicyOptions, PolicySource};
+use cordon_broker::{
+    policy::{LoadedPolicy, PolicyOptions, PolicySource},
+    testing,
+};
 
 use super::usage;
 
@@ -20,6 +23,29 @@ pub enum PolicyCommand {
         /// The input document (JSON), or - for stdin.
         #[arg(long, value_name = "FILE|-")]
         input: String,
+        #[arg(long, value_enum, default_value_t = EvalFormat::Text)]
+        format: EvalFormat,
+    },
+    /// Run the policy unit tests: every `test_` rule in *_test.rego, like `opa test`. Exit 1 if any fails.
+    #[command(
+        after_help = "A test passes when its rule is true; false or undefined fails, an evaluation error is an ERROR.\n\nExamples:\n  cordon policy test policies/\n  cordon policy test -v --coverage policies/\n  cordon policy test --run shadow --format json policies/"
+    )]
+    Test {
+        /// Policy directories or files (with their *_test.rego files). Default: the current directory.
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Print every test, and the inputs and print() output of failing ones.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Report which rules the tests did not fully evaluate.
+        #[arg(long)]
+        coverage: bool,
+        /// Only run tests whose name (data.PKG.test_…) contains this.
+        #[arg(long, value_name = "SUBSTRING")]
+        run: Option<String>,
+        /// Per-test evaluation limit.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
         #[arg(long, value_enum, default_value_t = EvalFormat::Text)]
         format: EvalFormat,
     },
@@ -50,6 +76,14 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             format,
         } => eval(policy, &input, format),
         PolicyCommand::Check { paths, format } => check(paths, format),
+        PolicyCommand::Test {
+            paths,
+            verbose,
+            coverage,
+            run,
+            timeout,
+            format,
+        } => test(paths, verbose, run, timeout, coverage, format),
     }
 }
 
@@ -128,5 +162,124 @@ fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(crate::EXIT_NEGATIVE))
         }
+    }
+}
+
+fn test(
+    paths: Vec<PathBuf>,
+    verbose: bool,
+    filter: Option<String>,
+    timeout: std::time::Duration,
+    coverage: bool,
+    format: EvalFormat,
+) -> anyhow::Result<ExitCode> {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        paths
+    };
+    let opts = testing::TestOptions {
+        coverage,
+        filter,
+        timeout,
+    };
+    let report = match testing::run(&paths, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(crate::EXIT_NEGATIVE));
+        }
+    };
+    match format {
+        EvalFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        EvalFormat::Text => print_tests(&report, verbose),
+    }
+    if report.tests.is_empty() {
+        eprintln!(
+            "no test_ rules found in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_NEGATIVE)
+    })
+}
+
+fn print_tests(report: &testing::TestReport, verbose: bool) {
+    let mut file = "";
+    for t in &report.tests {
+        let failed = t.outcome != testing::Outcome::Pass;
+        if !(verbose || failed) {
+            continue;
+        }
+        if t.file != file {
+            file = &t.file;
+            println!("{file}:");
+        }
+        let label = match t.outcome {
+            testing::Outcome::Pass => "PASS",
+            testing::Outcome::Fail => "FAIL",
+            testing::Outcome::Error => "ERROR",
+        };
+        println!(
+            "{}:{}: {label} ({})",
+            t.name,
+            t.line,
+            humantime::format_duration(std::time::Duration::from_micros(
+                t.duration.as_micros() as u64
+            ))
+        );
+        if let Some(e) = &t.error {
+            println!("  error: {e}");
+        }
+        if verbose && failed {
+            for input in &t.inputs {
+                println!("  input: {input}");
+            }
+            for p in &t.prints {
+                println!("  print: {p}");
+            }
+        }
+    }
+    if let Some(c) = &report.coverage {
+        println!(
+            "coverage: {:.1}% of policy lines ({} of {})",
+            c.percent,
+            c.covered_lines,
+            c.covered_lines + c.not_covered_lines
+        );
+        for r in c.rules.iter().filter(|r| !r.not_covered.is_empty()) {
+            let lines: Vec<String> = r.not_covered.iter().map(u32::to_string).collect();
+            println!(
+                "  {}:{}: {} not fully covered (lines {})",
+                r.file,
+                r.line,
+                r.rule,
+                lines.join(", ")
+            );
+        }
+    }
+    let line = "-".repeat(80);
+    println!("{line}");
+    let total = report.tests.len();
+    let (pass, fail, error) = (
+        report.passed(),
+        report.count(testing::Outcome::Fail),
+        report.count(testing::Outcome::Error),
+    );
+    if pass > 0 {
+        println!("PASS: {pass}/{total}");
+    }
+    if fail > 0 {
+        println!("FAIL: {fail}/{total}");
+    }
+    if error > 0 {
+        println!("ERROR: {error}/{total}");
     }
 }

@@ -1,0 +1,139 @@
+# Unit tests of the built-in policy: `cordon policy test policies/`.
+# One test per allow and per deny rule, and the edges between them.
+package cordon_test
+
+import data.cordon
+import rego.v1
+
+workdir := "/home/agent/job"
+
+sandbox := {"id": "t", "labels": {"tool": "test"}, "workdir": workdir, "tmpdir": "/tmp/cordon-t"}
+
+process := {"pid": 4242, "ppid": 4241, "uid": 1000, "gid": 1000, "exe": "/usr/bin/python3", "cwd": workdir, "comm": "python3"}
+
+read(path) := {
+	"sandbox": sandbox, "process": process, "syscall": "openat", "kind": "file",
+	"file": {"path": path, "access": ["read"], "create": false, "truncate": false, "flags": ["O_RDONLY"]},
+}
+
+write(path) := {
+	"sandbox": sandbox, "process": process, "syscall": "openat", "kind": "file",
+	"file": {"path": path, "access": ["write"], "create": true, "truncate": true, "flags": ["O_WRONLY", "O_CREAT", "O_TRUNC"]},
+}
+
+connect(address, port) := {
+	"sandbox": sandbox, "process": process, "syscall": "connect", "kind": "network",
+	"network": {"op": "connect", "family": "inet", "protocol": "tcp", "address": address, "port": port},
+}
+
+bind(address, port) := {
+	"sandbox": sandbox, "process": process, "syscall": "bind", "kind": "network",
+	"network": {"op": "bind", "family": "inet", "protocol": "tcp", "address": address, "port": port},
+}
+
+exec(path) := {
+	"sandbox": sandbox, "process": process, "syscall": "execve", "kind": "exec",
+	"exec": {"path": path, "argv": [path]},
+}
+
+allowed(request) if {
+	cordon.allow with input as request
+	count(cordon.deny) == 0 with input as request
+}
+
+# --- files ---
+
+test_read_system_library if allowed(read("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+
+test_read_etc if allowed(read("/etc/hosts"))
+
+test_list_system_directory if allowed(read("/usr"))
+
+test_write_system_library_denied if not allowed(write("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+
+test_device_write if {
+	request := object.union(write("/dev/null"), {"file": {"create": false, "truncate": false}})
+	allowed(request)
+}
+
+test_device_create_denied if not allowed(write("/dev/null"))
+
+test_own_proc if allowed(read("/proc/4242/status"))
+
+test_proc_self if allowed(read("/proc/self/maps"))
+
+test_other_proc_denied if not allowed(read("/proc/1/environ"))
+
+test_proc_system_file if allowed(read("/proc/cpuinfo"))
+
+test_write_workdir if allowed(write("/home/agent/job/out/result.csv"))
+
+test_workdir_itself if allowed(read(workdir))
+
+test_sibling_of_workdir_denied if not allowed(write("/home/agent/job2/x"))
+
+test_tmpdir if allowed(write("/tmp/cordon-t/scratch"))
+
+test_shared_tmp_denied if not allowed(write("/tmp/other"))
+
+test_unrelated_home_denied if not allowed(read("/home/agent/.bash_history"))
+
+# --- credentials, whatever allows them ---
+
+test_ssh_key_in_workdir_denied if {
+	not allowed(read("/home/agent/job/.ssh/id_ed25519"))
+	"/home/agent/job/.ssh/id_ed25519 is a credential store" in cordon.deny with input as read("/home/agent/job/.ssh/id_ed25519")
+}
+
+test_aws_denied if not allowed(read("/home/agent/job/.aws/credentials"))
+
+test_gcloud_denied if not allowed(read("/home/agent/job/.config/gcloud/credentials.db"))
+
+test_netrc_denied if not allowed(read("/home/agent/job/.netrc"))
+
+test_keyring_denied if not allowed(read("/home/agent/job/.local/share/keyrings/login.keyring"))
+
+test_dotenv_denied if {
+	not allowed(read("/home/agent/job/.env.local"))
+	"/home/agent/job/.env.local is a .env file" in cordon.deny with input as read("/home/agent/job/.env.local")
+}
+
+test_environment_named_file_allowed if allowed(read("/home/agent/job/environment.txt"))
+
+test_shadow_denied if {
+	not allowed(read("/etc/shadow"))
+	"/etc/shadow holds password hashes or privileges" in cordon.deny with input as read("/etc/shadow")
+}
+
+# --- exec ---
+
+test_exec_system_binary if allowed(exec("/usr/bin/git"))
+
+test_exec_from_workdir_denied if not allowed(exec("/home/agent/job/run.sh"))
+
+# --- network ---
+
+test_connect_default_denied if not allowed(connect("93.184.216.34", 443))
+
+test_connect_errno_is_econnrefused if {
+	cordon.errno == "ECONNREFUSED" with input as connect("93.184.216.34", 443)
+}
+
+test_connect_allowed_by_data if {
+	allowed(connect("10.1.2.3", 443)) with data.cordon.network.allow as [{"cidr": "10.0.0.0/8", "ports": [443]}]
+}
+
+test_connect_port_not_listed_denied if {
+	not allowed(connect("10.1.2.3", 22)) with data.cordon.network.allow as [{"cidr": "10.0.0.0/8", "ports": [443]}]
+}
+
+test_metadata_denied_even_when_listed if {
+	request := connect("169.254.169.254", 80)
+	not allowed(request) with data.cordon.network.allow as [{"cidr": "0.0.0.0/0", "ports": [80]}]
+	"the cloud metadata endpoint hands out credentials" in cordon.deny with input as request
+}
+
+test_bind_denied_with_eacces if {
+	not allowed(bind("0.0.0.0", 8080))
+	not cordon.errno with input as bind("0.0.0.0", 8080)
+}
