@@ -109,6 +109,10 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
     pub allow: bool,
+    /// Permissive mode: the call was allowed, but the policy denied it;
+    /// `errno` and `reason` are the policy's denial.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub would_deny: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub errno: String,
     pub reason: String,
@@ -118,10 +122,18 @@ pub struct AuditRecord {
     pub latency_us: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
+    /// The policy's `input` document for a decision, exactly as evaluated, so
+    /// that `cordon policy replay` can re-evaluate it under another policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
     pub prev_hash: String,
     /// Not part of the hashed body: the SHA-256 of the body, filled on read.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl AuditRecord {

@@ -23,11 +23,46 @@ use crate::{
 pub struct Broker {
     policy: Arc<PolicyEngine>,
     audit: Arc<dyn AuditLog>,
+    permissive: Permissive,
+}
+
+/// Which sandboxes run in permissive mode: every call is allowed, and what
+/// the policy would have denied is recorded as `would_deny` with its reason.
+/// For writing policies (`cordon learn`), never for enforcement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Permissive {
+    #[default]
+    Off,
+    All,
+    /// Sandboxes carrying any of these labels (`key`, `value`).
+    Labels(Vec<(String, String)>),
+}
+
+impl Permissive {
+    fn applies(&self, labels: &std::collections::HashMap<String, String>) -> bool {
+        match self {
+            Permissive::Off => false,
+            Permissive::All => true,
+            Permissive::Labels(wanted) => wanted
+                .iter()
+                .any(|(k, v)| labels.get(k).is_some_and(|l| l == v)),
+        }
+    }
 }
 
 impl Broker {
     pub fn new(policy: Arc<PolicyEngine>, audit: Arc<dyn AuditLog>) -> Self {
-        Self { policy, audit }
+        Self {
+            policy,
+            audit,
+            permissive: Permissive::Off,
+        }
+    }
+
+    /// The same broker in permissive mode for the sandboxes `permissive` selects.
+    pub fn with_permissive(mut self, permissive: Permissive) -> Self {
+        self.permissive = permissive;
+        self
     }
 
     pub fn policy(&self) -> &Arc<PolicyEngine> {
@@ -43,10 +78,30 @@ impl Broker {
     pub fn decide(&self, req: &DecideRequest) -> Result<Decision, InvalidRequest> {
         let start = Instant::now();
         request::validate(req)?;
-        let verdict = self.policy.evaluate(&request::input_document(req));
+        let input = request::input_document(req);
+        let verdict = self.policy.evaluate(&input);
         let latency_us = start.elapsed().as_micros() as u64;
-        let record = decision_record(req, &verdict, latency_us);
+        let mut record = decision_record(req, &verdict, latency_us);
+        record.input = Some(input);
+        let would_deny = !verdict.allow
+            && match &req.sandbox {
+                Some(s) => self.permissive.applies(&s.labels),
+                None => self.permissive == Permissive::All,
+            };
+        if would_deny {
+            record.allow = true;
+            record.would_deny = true;
+        }
         Ok(match self.audit.append(record) {
+            Ok(appended) if would_deny => Decision {
+                allow: true,
+                errno: String::new(),
+                errno_code: 0,
+                reason: format!("permissive: the policy would deny: {}", verdict.reason),
+                policy_revision: verdict.revision.to_string(),
+                audit_seq: appended.seq,
+                eval_us: verdict.eval_time.as_micros() as u64,
+            },
             Ok(appended) => Decision {
                 allow: verdict.allow,
                 errno: verdict.errno,

@@ -6,6 +6,7 @@
 //! - [`decide`]: the broker core that ties the two together, used in process by
 //!   `cordon run` and behind gRPC by [`service`].
 //! - [`testing`]: policy unit tests (`test_` rules), like `opa test`.
+//! - [`replay`]: recorded decisions re-evaluated under another policy.
 //! - [`request`]: request validation and the Rego `input` document.
 
 #![forbid(unsafe_code)]
@@ -15,9 +16,10 @@ pub mod client;
 pub mod decide;
 pub mod errno;
 pub mod policy;
+pub mod replay;
 pub mod request;
 pub mod service;
 pub mod testing;
 
 pub use cordon_proto::v1 as proto;
-pub use decide::Broker;
+pub use decide::{Broker, Permissive};

@@ -194,25 +194,46 @@ fn filter_of(args: &AuditArgs) -> anyhow::Result<AuditFilter> {
 fn query(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let filter = filter_of(&args)?;
     let mut out = Printer::new(args.format);
-    match &args.source.broker {
+    let result = each_record(
+        args.source.db.as_ref(),
+        args.source.broker.as_deref(),
+        &filter,
+        args.follow,
+        &mut |r| out.print(&r),
+    );
+    if let Err(e) = result {
+        return broken_pipe_ok(e);
+    }
+    out.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Calls `each` for every record matching `filter`, in sequence order, from
+/// the store at `db` (default path when both are None) or from a broker.
+pub(super) fn each_record(
+    db: Option<&PathBuf>,
+    broker: Option<&str>,
+    filter: &AuditFilter,
+    follow: bool,
+    each: &mut dyn FnMut(AuditRecord) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    match broker {
         None => {
-            if args.follow {
+            if follow {
                 return Err(usage(
                     "--follow needs --broker: only a running broker has new records",
                 ));
             }
-            let store = open_local(args.source.db.as_ref())?;
+            let store = open_local(db)?;
             let mut err = None;
-            store.scan(&filter, &mut |r| match out.print(&r) {
+            store.scan(filter, &mut |r| match each(r) {
                 Ok(()) => true,
                 Err(e) => {
                     err = Some(e);
                     false
                 }
             })?;
-            if let Some(e) = err {
-                return broken_pipe_ok(e);
-            }
+            err.map_or(Ok(()), Err)
         }
         Some(uri) => {
             let uri = broker_uri(uri)?;
@@ -230,27 +251,22 @@ fn query(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 } as i32,
                 path_prefix: filter.path_prefix.clone().unwrap_or_default().into_bytes(),
                 limit: filter.limit.unwrap_or(0),
-                follow: args.follow,
+                follow,
                 after_seq: filter.after_seq,
             };
-            let result: anyhow::Result<()> = super::runtime()?.block_on(async {
+            super::runtime()?.block_on(async {
                 let mut c = client::connect(&uri).await?;
                 let mut stream = c.query_audit(req).await?.into_inner();
                 while let Some(rec) = stream.message().await? {
                     let r: AuditRecord = serde_json::from_str(&rec.json).with_context(|| {
                         format!("record {} from the broker is not valid JSON", rec.seq)
                     })?;
-                    out.print(&r)?;
+                    each(r)?;
                 }
                 Ok(())
-            });
-            if let Err(e) = result {
-                return broken_pipe_ok(e);
-            }
+            })
         }
     }
-    out.finish()?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `cordon audit | head` closes the pipe early: that is not an error.
@@ -276,7 +292,7 @@ fn subject(r: &AuditRecord) -> String {
 }
 
 /// Control characters as `\n`, `\t`, `\x1b`…
-fn one_line(s: &str) -> String {
+pub(super) fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -297,7 +313,7 @@ struct Printer {
     header_done: bool,
 }
 
-const CSV_HEADER: [&str; 20] = [
+const CSV_HEADER: [&str; 21] = [
     "seq",
     "id",
     "time",
@@ -313,6 +329,7 @@ const CSV_HEADER: [&str; 20] = [
     "port",
     "argv",
     "allow",
+    "would_deny",
     "errno",
     "reason",
     "policy_revision",
@@ -368,6 +385,7 @@ impl Printer {
                         .map(|a| serde_json::to_string(a).unwrap_or_default())
                         .unwrap_or_default(),
                     r.allow.to_string(),
+                    r.would_deny.to_string(),
                     r.errno.clone(),
                     r.reason.clone(),
                     r.policy_revision.clone(),
@@ -380,7 +398,7 @@ impl Printer {
                 if !self.header_done {
                     writeln!(
                         self.out,
-                        "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<5}  {:<6}  SUBJECT / REASON",
+                        "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<10}  {:<6}  SUBJECT / REASON",
                         "SEQ", "TIME", "SANDBOX", "PID", "SYSCALL", "ALLOW", "ERRNO"
                     )?;
                     self.header_done = true;
@@ -393,13 +411,17 @@ impl Printer {
                 };
                 writeln!(
                     self.out,
-                    "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<5}  {:<6}  {}  ({})",
+                    "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<10}  {:<6}  {}  ({})",
                     r.seq,
                     r.time,
                     sandbox,
                     r.pid,
                     syscall,
-                    if r.allow { "allow" } else { "deny" },
+                    match (r.allow, r.would_deny) {
+                        (true, true) => "would-deny",
+                        (true, false) => "allow",
+                        (false, _) => "deny",
+                    },
                     r.errno,
                     subject(r),
                     one_line(&r.reason)

@@ -4,7 +4,9 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use cordon_broker::{
+    audit::AuditFilter,
     policy::{LoadedPolicy, PolicyOptions, PolicySource},
+    replay::{Direction, Replayer},
     testing,
 };
 
@@ -49,6 +51,38 @@ pub enum PolicyCommand {
         #[arg(long, value_enum, default_value_t = EvalFormat::Text)]
         format: EvalFormat,
     },
+    /// Re-evaluate recorded decisions under a new policy and report which would change.
+    #[command(
+        after_help = "Every decision record carries the input the policy saw; the new policy is asked the same\n\
+question. Changes are grouped by direction (allow->deny first: what would break agents), tool label and\n\
+subject, with counts. A permissive-mode record counts as what the policy said (a denial).\n\
+Exit status: 0 when no decision changes, 1 when some do, so CI can gate a policy change.\n\n\
+Examples:\n  cordon policy replay --audit-db ~/.local/state/cordon/audit --policy policies/ --since 7d\n  \
+cordon policy replay --broker unix:///run/cordon/broker.sock --policy new/ --label tool=web-fetch --format json"
+    )]
+    Replay {
+        /// The new policy: files or directories (repeatable).
+        #[arg(long, required = true, value_name = "PATH")]
+        policy: Vec<PathBuf>,
+        /// Audit store to read (no broker may be running on it).
+        #[arg(long, value_name = "DIR", conflicts_with = "broker")]
+        audit_db: Option<PathBuf>,
+        /// Read the records from a running broker instead.
+        #[arg(long, value_name = "URI")]
+        broker: Option<String>,
+        /// Only decisions since DURATION ago (1h, 7d) or TIME (RFC 3339).
+        #[arg(long, value_name = "DUR|TIME")]
+        since: Option<String>,
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        #[arg(long, value_name = "ID")]
+        sandbox: Option<String>,
+        /// Only sandboxes with this label (repeatable).
+        #[arg(long, value_name = "K=V", value_parser = super::parse_label)]
+        label: Vec<(String, String)>,
+        #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
+        format: ReplayFormat,
+    },
     /// Parse and compile policies; errors as file:line:col: message. Exit 1 if any.
     #[command(
         after_help = "Examples:\n  cordon policy check policies/\n  cordon policy check my-policy.rego data.json"
@@ -60,6 +94,12 @@ pub enum PolicyCommand {
         #[arg(long, value_enum, default_value_t = EvalFormat::Text)]
         format: EvalFormat,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -76,6 +116,26 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             format,
         } => eval(policy, &input, format),
         PolicyCommand::Check { paths, format } => check(paths, format),
+        PolicyCommand::Replay {
+            policy,
+            audit_db,
+            broker,
+            since,
+            until,
+            sandbox,
+            label,
+            format,
+        } => {
+            let filter = AuditFilter {
+                since_ns: since.as_deref().map(super::parse_time).transpose()?,
+                until_ns: until.as_deref().map(super::parse_time).transpose()?,
+                sandbox_id: sandbox,
+                labels: label.into_iter().collect(),
+                kind: None,
+                ..Default::default()
+            };
+            replay(policy, audit_db, broker, &filter, format)
+        }
         PolicyCommand::Test {
             paths,
             verbose,
@@ -282,4 +342,72 @@ fn print_tests(report: &testing::TestReport, verbose: bool) {
     if error > 0 {
         println!("ERROR: {error}/{total}");
     }
+}
+
+fn replay(
+    policy: Vec<PathBuf>,
+    audit_db: Option<PathBuf>,
+    broker: Option<String>,
+    filter: &AuditFilter,
+    format: ReplayFormat,
+) -> anyhow::Result<ExitCode> {
+    let loaded = LoadedPolicy::load(&PolicySource::Paths(policy), &PolicyOptions::default())?;
+    let mut replayer = Replayer::new(&loaded);
+    super::audit::each_record(
+        audit_db.as_ref(),
+        broker.as_deref(),
+        filter,
+        false,
+        &mut |r| {
+            replayer.add(&r);
+            Ok(())
+        },
+    )?;
+    let report = replayer.finish();
+    match format {
+        ReplayFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReplayFormat::Table => {
+            println!(
+                "replayed {} of {} decisions under revision {}: {} unchanged, {} allow->deny, {} deny->allow",
+                report.replayed,
+                report.decisions,
+                report.new_revision,
+                report.unchanged,
+                report.allow_to_deny,
+                report.deny_to_allow
+            );
+            if report.without_input > 0 {
+                println!(
+                    "{} decisions were recorded without their input and cannot be replayed",
+                    report.without_input
+                );
+            }
+            if !report.changes.is_empty() {
+                println!(
+                    "{:<12}  {:>6}  {:<16}  {:<8}  {:<40}  REASON (THE DENIAL)",
+                    "CHANGE", "COUNT", "TOOL", "SYSCALL", "SUBJECT"
+                );
+            }
+            for c in &report.changes {
+                let reason = match c.direction {
+                    Direction::AllowToDeny => &c.new_reason,
+                    Direction::DenyToAllow => &c.old_reason,
+                };
+                println!(
+                    "{:<12}  {:>6}  {:<16}  {:<8}  {:<40}  {}",
+                    c.direction.to_string(),
+                    c.count,
+                    c.tool,
+                    c.syscall,
+                    super::audit::one_line(&c.subject),
+                    super::audit::one_line(reason)
+                );
+            }
+        }
+    }
+    Ok(if report.changed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_NEGATIVE)
+    })
 }

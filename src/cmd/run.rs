@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context;
-use cordon_broker::{Broker, audit::Durability, client::BrokerUri};
+use cordon_broker::{Broker, Permissive, audit::Durability, client::BrokerUri};
 use cordon_shim::{Decider, Embedded, Remote, Sandbox, SpawnError};
 
 use super::{parse_label, serve::DurabilityArg};
@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// Embedded broker: longest policy evaluation before the call is denied.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
     eval_timeout: Duration,
+    /// Enforce nothing: allow every brokered call and record what the policy would deny as
+    /// `would_deny`, with its reason (for writing policies; see `cordon learn`). Embedded broker
+    /// only: a shared broker is made permissive by its operator (`cordon serve --permissive-label`).
+    #[arg(long, conflicts_with = "broker")]
+    permissive: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -101,7 +106,14 @@ fn embedded(args: &RunArgs) -> anyhow::Result<Embedded> {
         .join()
         .map_err(|_| anyhow::anyhow!("opening the audit store panicked"))??;
     tracing::debug!("embedded broker ready");
-    Ok(Embedded(Broker::new(policy?, Arc::new(audit))))
+    let permissive = if args.permissive {
+        Permissive::All
+    } else {
+        Permissive::Off
+    };
+    Ok(Embedded(
+        Broker::new(policy?, Arc::new(audit)).with_permissive(permissive),
+    ))
 }
 
 fn private_tmpdir(sandbox_id: &str) -> anyhow::Result<PathBuf> {
@@ -118,13 +130,50 @@ fn private_tmpdir(sandbox_id: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (code, _) = execute(&args)?;
+    // Everything is recorded and flushed (`wait` flushes): exit now rather
+    // than wait for the store's threads to wind down in its destructor.
+    tracing::debug!("exiting");
+    std::process::exit(code);
+}
+
+impl RunArgs {
+    /// The run `cordon learn` makes: permissive, embedded broker, default policy.
+    pub(super) fn learning(
+        command: Vec<OsString>,
+        audit_db: PathBuf,
+        label: Vec<(String, String)>,
+    ) -> Self {
+        Self {
+            policy: vec![],
+            broker: None,
+            audit_db: Some(audit_db),
+            label,
+            deadline: Duration::from_secs(2),
+            durability: DurabilityArg::Batched,
+            flush_window: Duration::from_millis(10),
+            eval_timeout: Duration::from_millis(250),
+            permissive: true,
+            command,
+        }
+    }
+}
+
+/// Runs the command to its end. Returns its exit code (or cordon's 126/127)
+/// and the sandbox id.
+pub(super) fn execute(args: &RunArgs) -> anyhow::Result<(i32, String)> {
     let Some(program) = find_program(&args.command[0]) else {
         eprintln!(
             "cordon: {}: command not found",
             Path::new(&args.command[0]).display()
         );
-        return Ok(ExitCode::from(EXIT_NOT_FOUND));
+        return Ok((EXIT_NOT_FOUND.into(), String::new()));
     };
+    if args.permissive {
+        eprintln!(
+            "cordon: permissive mode: nothing is enforced; denials are recorded as would_deny"
+        );
+    }
     let (decider, broker_socket): (Arc<dyn Decider>, Option<PathBuf>) = match &args.broker {
         Some(uri) => {
             let parsed: BrokerUri = uri.parse()?;
@@ -136,13 +185,14 @@ fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .context("refusing to start the tool without its broker")?;
             (Arc::new(remote), socket)
         }
-        None => (Arc::new(embedded(&args)?), None),
+        None => (Arc::new(embedded(args)?), None),
     };
     let mut sandbox = Sandbox::new(decider).labels(args.label.iter().cloned().collect());
     if let Some(s) = broker_socket {
         sandbox = sandbox.broker_socket(s);
     }
-    let tmpdir = private_tmpdir(sandbox.id())?;
+    let sandbox_id = sandbox.id().to_owned();
+    let tmpdir = private_tmpdir(&sandbox_id)?;
     let sandbox = sandbox.tmpdir(&tmpdir);
 
     let mut cmd = Command::new(&program);
@@ -178,10 +228,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let _ = std::fs::remove_dir_all(&tmpdir);
-    // Everything is recorded and flushed (`wait` flushes): exit now rather
-    // than wait for the store's threads to wind down in its destructor.
-    tracing::debug!("exiting");
-    std::process::exit(code);
+    Ok((code, sandbox_id))
 }
 
 use std::os::unix::process::CommandExt;

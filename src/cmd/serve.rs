@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use cordon_broker::{
-    Broker,
+    Broker, Permissive,
     audit::Durability,
     client::BrokerUri,
     service::{self, AccessPolicy},
@@ -63,6 +63,13 @@ pub struct ServeArgs {
     /// (mutual TLS: on TCP there is no uid to check).
     #[arg(long, value_name = "FILE")]
     tls_client_ca: Option<PathBuf>,
+    /// Enforce nothing for sandboxes with this label (repeatable): allow, and record what the
+    /// policy would deny as `would_deny` with its reason. For rolling out a new tool's policy.
+    #[arg(long, value_name = "K=V", value_parser = super::parse_label)]
+    permissive_label: Vec<(String, String)>,
+    /// Enforce nothing for any sandbox (as --permissive-label for every label).
+    #[arg(long)]
+    permissive: bool,
 }
 
 /// A tcp:// listener's address and TLS files.
@@ -138,7 +145,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(super::default_audit_db);
     let audit = Arc::new(super::open_audit(Some(&db), durability)?);
-    let broker = Broker::new(policy.clone(), audit.clone());
+    let permissive = if args.permissive {
+        tracing::warn!("permissive mode: nothing is enforced; denials are recorded as would_deny");
+        Permissive::All
+    } else if args.permissive_label.is_empty() {
+        Permissive::Off
+    } else {
+        tracing::warn!(labels = ?args.permissive_label, "permissive mode for sandboxes with these labels");
+        Permissive::Labels(args.permissive_label.clone())
+    };
+    let broker = Broker::new(policy.clone(), audit.clone()).with_permissive(permissive);
     let access = if args.allow_uid.is_empty() {
         AccessPolicy::default()
     } else {
