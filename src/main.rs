@@ -41,9 +41,11 @@ enum Command {
     Run(cmd::run::RunArgs),
     Serve(cmd::serve::ServeArgs),
     Audit(cmd::audit::AuditArgs),
-    /// Evaluate and check policies without a broker.
+    /// Evaluate, check, test and replay policies without a broker.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
+    /// Run a command permissively and write a starting policy that allows what it did.
+    Learn(cmd::learn::LearnArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
     cmd::init_logging(cli.log_format, &level);
     let result = match cli.command {
         Command::Run(args) => return cmd::run::run(args),
+        Command::Learn(args) => return cmd::learn::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Audit(args) => cmd::audit::run(args),
         Command::Policy(c) => cmd::policy::run(c),

@@ -2,6 +2,7 @@
 //! paths, time parsing and the usage-error type (exit status 2).
 
 pub mod audit;
+pub mod learn;
 pub mod policy;
 pub mod run;
 pub mod serve;

@@ -11,7 +11,11 @@ use std::{
 };
 
 use anyhow::Context;
-use cordon_broker::{Broker, Permissive, audit::Durability, client::BrokerUri};
+use cordon_broker::{
+    Broker, Permissive,
+    audit::{AuditLog, Durability},
+    client::BrokerUri,
+};
 use cordon_shim::{Decider, Embedded, Remote, Sandbox, SpawnError};
 
 use super::{parse_label, serve::DurabilityArg};
@@ -130,7 +134,7 @@ fn private_tmpdir(sandbox_id: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let (code, _) = execute(&args)?;
+    let code = execute(&args)?.code;
     // Everything is recorded and flushed (`wait` flushes): exit now rather
     // than wait for the store's threads to wind down in its destructor.
     tracing::debug!("exiting");
@@ -159,21 +163,34 @@ impl RunArgs {
     }
 }
 
-/// Runs the command to its end. Returns its exit code (or cordon's 126/127)
-/// and the sandbox id.
-pub(super) fn execute(args: &RunArgs) -> anyhow::Result<(i32, String)> {
+/// How a run ended.
+pub(super) struct Outcome {
+    /// The command's exit code, or cordon's 126/127.
+    pub code: i32,
+    pub sandbox_id: String,
+    /// The embedded broker's audit store, flushed.
+    pub audit: Option<Arc<dyn AuditLog>>,
+}
+
+/// Runs the command to its end.
+pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     let Some(program) = find_program(&args.command[0]) else {
         eprintln!(
             "cordon: {}: command not found",
             Path::new(&args.command[0]).display()
         );
-        return Ok((EXIT_NOT_FOUND.into(), String::new()));
+        return Ok(Outcome {
+            code: EXIT_NOT_FOUND.into(),
+            sandbox_id: String::new(),
+            audit: None,
+        });
     };
     if args.permissive {
         eprintln!(
             "cordon: permissive mode: nothing is enforced; denials are recorded as would_deny"
         );
     }
+    let mut audit = None;
     let (decider, broker_socket): (Arc<dyn Decider>, Option<PathBuf>) = match &args.broker {
         Some(uri) => {
             let parsed: BrokerUri = uri.parse()?;
@@ -185,7 +202,11 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<(i32, String)> {
                 .context("refusing to start the tool without its broker")?;
             (Arc::new(remote), socket)
         }
-        None => (Arc::new(embedded(args)?), None),
+        None => {
+            let e = embedded(args)?;
+            audit = Some(e.0.audit().clone());
+            (Arc::new(e), None)
+        }
     };
     let mut sandbox = Sandbox::new(decider).labels(args.label.iter().cloned().collect());
     if let Some(s) = broker_socket {
@@ -228,7 +249,11 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<(i32, String)> {
         }
     };
     let _ = std::fs::remove_dir_all(&tmpdir);
-    Ok((code, sandbox_id))
+    Ok(Outcome {
+        code,
+        sandbox_id,
+        audit,
+    })
 }
 
 use std::os::unix::process::CommandExt;

@@ -1,0 +1,514 @@
+//! `cordon learn`: run a tool permissively and write the policy that allows
+//! what it did, with tests that replay what it did.
+//!
+//! The policy is a starting point for a human, so it is small and readable:
+//! one rule per kind of access, and the observed paths, programs and
+//! addresses as data. Paths are written relative to the sandbox where they
+//! depend on it (`$WORKDIR`, `$TMPDIR`, `/proc/$PID`), so the next run of the
+//! same tool, with a new temp dir and new pids, is allowed the same things.
+//! A directory is collapsed into a prefix only when the tool used at least
+//! [`COLLAPSE_AT`] entries in it, and never a top-level directory such as
+//! `/etc`, so learning never grants a whole tree for one file.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use cordon_broker::audit::{AuditFilter, AuditRecord};
+use serde_json::{Value, json};
+
+use super::{parse_label, run};
+
+/// Entries used in one directory before the directory becomes a prefix.
+pub const COLLAPSE_AT: usize = 3;
+
+/// Run a tool in permissive mode and write a starting policy that allows what it did.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Writes DIR/policy.rego (package cordon), DIR/data.json (what was observed) and\n\
+DIR/policy_test.rego (one test per distinct observed call). Nothing is enforced during the run: every call\n\
+is allowed and recorded. Review the result, then:\n  \
+cordon policy test DIR\n  cordon run --policy DIR -- CMD\n\n\
+Exit status: the tool's own (the policy is written either way); 125 if cordon failed.\n\n\
+Examples:\n  cordon learn --output policies/my-tool -- python3 job.py\n  \
+cordon learn --label tool=fetch --audit-db /tmp/learn-db -- curl -sS https://example.com"
+)]
+pub struct LearnArgs {
+    /// Directory to write the policy to; must not exist or be empty.
+    #[arg(long, short, value_name = "DIR", default_value = "cordon-learned")]
+    output: PathBuf,
+    /// Keep the run's audit records in this store (default: a temporary one, removed after).
+    #[arg(long, value_name = "DIR")]
+    audit_db: Option<PathBuf>,
+    /// Label of the sandbox (repeatable), e.g. tool=fetch.
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    label: Vec<(String, String)>,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+pub fn run(args: LearnArgs) -> ExitCode {
+    match learn(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cordon: {e:#}");
+            if e.downcast_ref::<super::UsageError>().is_some() {
+                ExitCode::from(crate::EXIT_USAGE)
+            } else {
+                ExitCode::from(run::EXIT_CORDON_FAILED)
+            }
+        }
+    }
+}
+
+fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
+    if args.output.exists()
+        && std::fs::read_dir(&args.output)
+            .with_context(|| format!("cannot read {}", args.output.display()))?
+            .next()
+            .is_some()
+    {
+        return Err(super::usage(format!(
+            "{} exists and is not empty; choose another --output",
+            args.output.display()
+        )));
+    }
+    let temp_db = args
+        .audit_db
+        .is_none()
+        .then(|| std::env::temp_dir().join(format!("cordon-learn-{}", std::process::id())));
+    let db = args
+        .audit_db
+        .clone()
+        .or(temp_db.clone())
+        .unwrap_or_default();
+    let command_line = args
+        .command
+        .iter()
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let result = (|| {
+        let outcome = run::execute(&run::RunArgs::learning(
+            args.command.clone(),
+            db.clone(),
+            args.label.clone(),
+        ))?;
+        let audit = outcome
+            .audit
+            .context("the run made no audit store (the command was not found?)")?;
+        let mut records = Vec::new();
+        audit.scan(
+            &AuditFilter {
+                sandbox_id: Some(outcome.sandbox_id.clone()),
+                ..Default::default()
+            },
+            &mut |r| {
+                records.push(r);
+                true
+            },
+        )?;
+        anyhow::Ok((outcome.code, outcome.sandbox_id, records))
+    })();
+    if let Some(t) = &temp_db {
+        let _ = std::fs::remove_dir_all(t);
+    }
+    let (code, sandbox_id, records) = result?;
+    let learned = Learned::from_records(&records);
+    write_policy(&args.output, &learned, &command_line, &sandbox_id)?;
+    eprintln!(
+        "cordon: learned {} calls ({} distinct) from `{command_line}`; wrote {}",
+        learned.calls,
+        learned.tests.len(),
+        args.output.display()
+    );
+    eprintln!(
+        "cordon: next: cordon policy test {0}; cordon run --policy {0} -- {command_line}",
+        args.output.display()
+    );
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `arg` as a shell word, so the printed command can be pasted.
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c));
+    if plain {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// What one run did, ready to be written as data.
+#[derive(Debug, Default, PartialEq)]
+pub struct Learned {
+    read_files: BTreeSet<String>,
+    read_dirs: BTreeSet<String>,
+    write_files: BTreeSet<String>,
+    write_dirs: BTreeSet<String>,
+    exec: BTreeSet<String>,
+    network: BTreeSet<String>,
+    /// One recorded input per distinct call, for the tests.
+    tests: Vec<Value>,
+    calls: u64,
+}
+
+impl Learned {
+    pub fn from_records(records: &[AuditRecord]) -> Self {
+        let mut learned = Learned::default();
+        let mut reads = BTreeSet::new();
+        let mut writes = BTreeSet::new();
+        let mut seen_calls = BTreeSet::new();
+        for r in records.iter().filter(|r| r.event == "decision") {
+            let Some(input) = &r.input else { continue };
+            learned.calls += 1;
+            match input["kind"].as_str() {
+                Some("file") => {
+                    let Some(path) = input["file"]["path"].as_str() else {
+                        continue;
+                    };
+                    let path = relative_to_sandbox(path, input);
+                    let writes_it = input["file"]["access"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|m| m == "write"))
+                        || input["file"]["create"] == true
+                        || input["file"]["truncate"] == true;
+                    if writes_it {
+                        writes.insert(path);
+                    } else {
+                        reads.insert(path);
+                    }
+                }
+                Some("exec") => {
+                    if let Some(p) = input["exec"]["path"].as_str() {
+                        learned.exec.insert(p.to_owned());
+                    }
+                }
+                Some("network") => {
+                    let n = &input["network"];
+                    let entry = if n["family"] == "unix" {
+                        json!({"op": n["op"], "family": "unix", "path": n["path"]})
+                    } else {
+                        json!({"op": n["op"], "family": n["family"], "address": n["address"], "port": n["port"]})
+                    };
+                    learned.network.insert(entry.to_string());
+                }
+                _ => continue,
+            }
+            // One test per distinct question (the same call from another pid is the same question).
+            let mut key = input.clone();
+            if let Some(o) = key.as_object_mut() {
+                o.remove("process");
+                o.remove("sandbox");
+            }
+            if seen_calls.insert(key.to_string()) {
+                learned.tests.push(input.clone());
+            }
+        }
+        // A file both read and written needs only the write entry (it allows both).
+        reads.retain(|p| !writes.contains(p));
+        (learned.write_files, learned.write_dirs) = collapse(&writes);
+        let (read_files, read_dirs) = collapse(&reads);
+        learned.read_files = read_files
+            .into_iter()
+            .filter(|f| !learned.write_dirs.iter().any(|d| f.starts_with(d.as_str())))
+            .collect();
+        learned.read_dirs = read_dirs;
+        learned
+    }
+
+    fn data(&self) -> Value {
+        let network: Vec<Value> = self
+            .network
+            .iter()
+            .filter_map(|s| serde_json::from_str(s).ok())
+            .collect();
+        json!({"learned": {
+            "read": {"files": self.read_files, "dirs": self.read_dirs},
+            "write": {"files": self.write_files, "dirs": self.write_dirs},
+            "exec": self.exec,
+            "network": network,
+        }})
+    }
+}
+
+/// `$WORKDIR/…`, `$TMPDIR/…` and `/proc/$PID/…` for paths that depend on
+/// the sandbox or the caller; others as they are.
+fn relative_to_sandbox(path: &str, input: &Value) -> String {
+    let under = |dir: &str| -> Option<String> {
+        if dir.is_empty() || dir == "/" {
+            return None;
+        }
+        let dir = dir.trim_end_matches('/');
+        if path == dir {
+            Some(String::new())
+        } else {
+            path.strip_prefix(dir)
+                .filter(|rest| rest.starts_with('/'))
+                .map(str::to_owned)
+        }
+    };
+    // The temp dir first: it may lie inside the working directory.
+    if let Some(rest) = input["sandbox"]["tmpdir"].as_str().and_then(under) {
+        return format!("$TMPDIR{rest}");
+    }
+    if let Some(rest) = input["sandbox"]["workdir"].as_str().and_then(under) {
+        return format!("$WORKDIR{rest}");
+    }
+    if let Some(pid) = input["process"]["pid"].as_i64()
+        && let Some(rest) = under(&format!("/proc/{pid}"))
+    {
+        return format!("/proc/$PID{rest}");
+    }
+    path.to_owned()
+}
+
+/// Files, and directory prefixes (ending in `/`) where at least
+/// [`COLLAPSE_AT`] entries of one directory were used. Top-level directories
+/// (`/etc`, `/tmp`) and the sandbox roots themselves are never collapsed.
+fn collapse(paths: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut by_dir: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+    for p in paths {
+        if let Some((dir, _)) = p.rsplit_once('/') {
+            by_dir.entry(dir.to_owned()).or_default().push(p);
+        }
+    }
+    let mut files = BTreeSet::new();
+    let mut dirs = BTreeSet::new();
+    for (dir, entries) in by_dir {
+        let depth = dir.matches('/').count();
+        let collapsible = entries.len() >= COLLAPSE_AT && (depth >= 2 || dir.starts_with('$'));
+        if collapsible {
+            dirs.insert(format!("{dir}/"));
+        } else {
+            files.extend(entries.into_iter().cloned());
+        }
+    }
+    // A file inside a collapsed directory needs no entry of its own.
+    files.retain(|f: &String| !dirs.iter().any(|d| f.starts_with(d.as_str())));
+    (files, dirs)
+}
+
+const POLICY: &str = r#"package cordon
+
+import rego.v1
+
+default allow := false
+
+# $WORKDIR, $TMPDIR and $PID stand for this sandbox's working directory, its
+# private temp dir and the calling process, so that the next run (new temp
+# dir, new pids) is allowed the same things.
+expand(p) := replace(
+	replace(replace(p, "$WORKDIR", input.sandbox.workdir), "$TMPDIR", input.sandbox.tmpdir),
+	"$PID", sprintf("%d", [input.process.pid]),
+)
+
+read_only if {
+	input.file.access == ["read"]
+	not input.file.create
+	not input.file.truncate
+}
+
+# Files the tool read.
+allow if {
+	input.kind == "file"
+	read_only
+	some p in data.learned.read.files
+	input.file.path == expand(p)
+}
+
+# Directories it read many entries of (each ends in /).
+allow if {
+	input.kind == "file"
+	read_only
+	some d in data.learned.read.dirs
+	startswith(input.file.path, expand(d))
+}
+
+# Files it wrote or created (and may read).
+allow if {
+	input.kind == "file"
+	some p in data.learned.write.files
+	input.file.path == expand(p)
+}
+
+# Directories it wrote many entries of.
+allow if {
+	input.kind == "file"
+	some d in data.learned.write.dirs
+	startswith(input.file.path, expand(d))
+}
+
+# Programs it ran.
+allow if {
+	input.kind == "exec"
+	input.exec.path in data.learned.exec
+}
+
+# Addresses it connected, sent to, bound or listened on.
+allow if {
+	input.kind == "network"
+	input.network.family != "unix"
+	some n in data.learned.network
+	n.op == input.network.op
+	n.family == input.network.family
+	n.address == input.network.address
+	n.port == input.network.port
+}
+
+# Unix sockets it used.
+allow if {
+	input.kind == "network"
+	input.network.family == "unix"
+	some n in data.learned.network
+	n.op == input.network.op
+	n.path == input.network.path
+}
+"#;
+
+fn write_policy(
+    dir: &Path,
+    learned: &Learned,
+    command_line: &str,
+    sandbox_id: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let header = format!(
+        "# Learned by `cordon learn` from one run of: {}\n# (sandbox {sandbox_id}). A starting point: review it, tighten it, keep the tests passing.\n",
+        command_line.replace('\n', " ")
+    );
+    let write = |name: &str, text: String| -> anyhow::Result<()> {
+        let path: PathBuf = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("policy.rego", format!("{header}{POLICY}"))?;
+    write(
+        "data.json",
+        serde_json::to_string_pretty(&learned.data())? + "\n",
+    )?;
+    let mut tests = format!(
+        "{header}# Each test replays one call the tool made; all must stay allowed.\npackage cordon_learned_test\n\nimport data.cordon\nimport rego.v1\n"
+    );
+    for (i, input) in learned.tests.iter().enumerate() {
+        tests.push_str(&format!(
+            "\n# {}\ntest_observed_{i} if cordon.allow with input as {}\n",
+            describe(input).replace('\n', " "),
+            serde_json::to_string(input)?
+        ));
+    }
+    write("policy_test.rego", tests)
+}
+
+/// One line saying what a call was, for the test's comment.
+fn describe(input: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    match input["kind"].as_str() {
+        Some("file") => format!("{} {}", s(&input["syscall"]), s(&input["file"]["path"])),
+        Some("exec") => format!("{} {}", s(&input["syscall"]), s(&input["exec"]["path"])),
+        Some("network") => {
+            let n = &input["network"];
+            if n["family"] == "unix" {
+                format!("{} unix {}", s(&n["op"]), s(&n["path"]))
+            } else {
+                format!(
+                    "{} {} {}:{}",
+                    s(&n["op"]),
+                    s(&n["family"]),
+                    s(&n["address"]),
+                    n["port"]
+                )
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn collapses_busy_directories_only() {
+        let (files, dirs) = collapse(&set(&[
+            "/usr/lib/locale/C.utf8/LC_CTYPE",
+            "/usr/lib/locale/C.utf8/LC_TIME",
+            "/usr/lib/locale/C.utf8/LC_NUMERIC",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/etc/ld.so.cache",
+            "/etc/hostname",
+            "/etc/passwd",
+            "$WORKDIR/a",
+            "$WORKDIR/b",
+            "$WORKDIR/c",
+        ]));
+        assert_eq!(dirs, set(&["/usr/lib/locale/C.utf8/", "$WORKDIR/"]));
+        // Three files in /etc do not grant /etc (and so /etc/shadow).
+        assert_eq!(
+            files,
+            set(&[
+                "/etc/hostname",
+                "/etc/ld.so.cache",
+                "/etc/passwd",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6"
+            ])
+        );
+    }
+
+    #[test]
+    fn paths_are_made_relative_to_the_sandbox() {
+        let input = json!({"sandbox": {"workdir": "/w", "tmpdir": "/w/tmp/cordon-x"}, "process": {"pid": 42}});
+        assert_eq!(
+            relative_to_sandbox("/w/out.txt", &input),
+            "$WORKDIR/out.txt"
+        );
+        assert_eq!(relative_to_sandbox("/w", &input), "$WORKDIR");
+        assert_eq!(relative_to_sandbox("/w2/x", &input), "/w2/x");
+        assert_eq!(
+            relative_to_sandbox("/w/tmp/cordon-x/f", &input),
+            "$TMPDIR/f"
+        );
+        assert_eq!(
+            relative_to_sandbox("/proc/42/maps", &input),
+            "/proc/$PID/maps"
+        );
+        assert_eq!(
+            relative_to_sandbox("/proc/420/maps", &input),
+            "/proc/420/maps"
+        );
+    }
+
+    #[test]
+    fn writes_subsume_reads_and_tests_are_distinct_calls() {
+        let rec = |pid: i64, path: &str, access: &str| AuditRecord {
+            event: "decision".into(),
+            input: Some(json!({
+                "sandbox": {"workdir": "/w", "tmpdir": "/t"}, "process": {"pid": pid},
+                "syscall": "openat", "kind": "file",
+                "file": {"path": path, "access": [access], "create": access == "write", "truncate": false},
+            })),
+            ..Default::default()
+        };
+        let learned = Learned::from_records(&[
+            rec(1, "/w/out", "read"),
+            rec(1, "/w/out", "write"),
+            rec(2, "/w/out", "write"),
+            rec(1, "/etc/hosts", "read"),
+        ]);
+        assert_eq!(learned.write_files, set(&["$WORKDIR/out"]));
+        assert_eq!(learned.read_files, set(&["/etc/hosts"]));
+        assert_eq!(learned.calls, 4);
+        assert_eq!(learned.tests.len(), 3);
+    }
+}

@@ -1,0 +1,308 @@
+//! The policy author's tools, end to end with real processes: `cordon policy
+//! test`, permissive mode (`cordon run --permissive`, `cordon serve
+//! --permissive-label`), `cordon policy replay` over a recorded run, and the
+//! `cordon learn` round trip.
+
+mod support;
+
+use std::{path::Path, process::Command};
+
+use support::*;
+
+/// `cordon run` in `dir` with its own audit store; returns (code, stdout, stderr).
+fn run_in(dir: &Path, db: &Path, extra: &[&str], script: &str) -> (i32, String, String) {
+    let out = cordon()
+        .current_dir(dir)
+        .args(["run", "--audit-db", path_str(db)])
+        .args(extra)
+        .args(["--", "/bin/sh", "-c", script])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn audit_json(db: &Path) -> Vec<serde_json::Value> {
+    let (code, out, err) = run_cordon(&["audit", "--db", path_str(db), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn policy_test_runs_the_shipped_tests_and_reports_failures_with_their_inputs() {
+    let (code, out, err) = run_cordon(&["policy", "test", "policies/"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let pass = out.lines().find(|l| l.starts_with("PASS: ")).unwrap();
+    let (passed, total) = pass["PASS: ".len()..].split_once('/').unwrap();
+    assert_eq!(passed, total, "{out}");
+    assert!(passed.parse::<u32>().unwrap() >= 30, "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package cordon\n\nimport rego.v1\n\nallow if input.kind == \"exec\"\n\nallow if {\n\tinput.kind == \"network\"\n\tinput.network.port == 1\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p_test.rego"),
+        "package cordon_test\n\nimport rego.v1\n\nfile(p) := {\"kind\": \"file\", \"file\": {\"path\": p}}\n\ntest_exec if data.cordon.allow with input as {\"kind\": \"exec\"}\n\ntest_file_wrongly_expected if data.cordon.allow with input as file(\"/etc/hosts\")\n\ntest_error if 1 / 0 == 1\n",
+    )
+    .unwrap();
+    let d = path_str(dir.path());
+    let (code, out, _) = run_cordon(&["policy", "test", "-v", "--coverage", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("data.cordon_test.test_exec:7: PASS"), "{out}");
+    assert!(
+        out.contains("data.cordon_test.test_file_wrongly_expected:9: FAIL"),
+        "{out}"
+    );
+    // The failing test's input, evaluated from the helper call.
+    assert!(
+        out.contains(r#"input: {"file":{"path":"/etc/hosts"},"kind":"file"}"#),
+        "{out}"
+    );
+    assert!(
+        out.contains("data.cordon_test.test_error:11: ERROR"),
+        "{out}"
+    );
+    assert!(
+        out.contains("PASS: 1/3") && out.contains("FAIL: 1/3") && out.contains("ERROR: 1/3"),
+        "{out}"
+    );
+    // The second allow never got past its first condition.
+    assert!(
+        out.contains(&format!("{d}/p.rego:7: allow not fully covered (lines 9)")),
+        "{out}"
+    );
+
+    let (code, out, _) = run_cordon(&[
+        "policy",
+        "test",
+        "--format",
+        "json",
+        "--run",
+        "test_exec",
+        d,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["tests"].as_array().unwrap().len(), 1);
+    assert_eq!(report["tests"][0]["outcome"], "pass");
+
+    // No tests at all is a failure, not a silent pass.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("p.rego"), "package cordon\n").unwrap();
+    let (code, _, err) = run_cordon(&["policy", "test", path_str(empty.path())]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no test_ rules found"), "{err}");
+}
+
+#[test]
+fn permissive_run_allows_and_records_what_would_be_denied() {
+    let work = tempfile::tempdir().unwrap();
+    let db = work.path().join("audit");
+    std::fs::write(work.path().join(".env"), "TOKEN=1\n").unwrap();
+    // Enforced: the default policy denies .env files.
+    let (code, _, err) = run_in(work.path(), &db, &[], "cat .env");
+    assert_ne!(code, 0, "{err}");
+    // Permissive: allowed, and recorded as would_deny with the policy's reason.
+    let (code, out, err) = run_in(work.path(), &db, &["--permissive"], "cat .env");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "TOKEN=1\n");
+    assert!(err.contains("permissive mode"), "{err}");
+    let records = audit_json(&db);
+    let env = format!("{}/.env", work.path().canonicalize().unwrap().display());
+    let for_env: Vec<_> = records
+        .iter()
+        .filter(|r| r["path"] == env.as_str())
+        .collect();
+    assert_eq!(for_env.len(), 2, "{records:?}");
+    assert_eq!(for_env[0]["allow"], false);
+    assert!(for_env[0].get("would_deny").is_none());
+    assert_eq!(for_env[1]["allow"], true);
+    assert_eq!(for_env[1]["would_deny"], true);
+    assert_eq!(for_env[1]["reason"], format!("{env} is a .env file"));
+    assert_eq!(for_env[1]["errno"], "EACCES");
+    // The input the policy saw is in the record.
+    assert_eq!(for_env[1]["input"]["file"]["path"], env.as_str());
+    let (code, _, _) = run_cordon(&["audit", "verify", "--db", path_str(&db)]);
+    assert_eq!(code, 0);
+    // --permissive cannot be asked of a shared broker.
+    let (code, _, err) = run_cordon(&[
+        "run",
+        "--permissive",
+        "--broker",
+        "unix:///nonexistent",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_is_permissive_only_for_the_labels_it_names() {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &["--permissive-label", "tool=new-tool"]);
+    let mut enforced = exec_request(1, "/usr/bin/git", &["git"]);
+    enforced.sandbox = sandbox("sb-1", "old-tool");
+    let mut trial = exec_request(2, "/usr/bin/git", &["git"]);
+    trial.sandbox = sandbox("sb-2", "new-tool");
+    let mut c = s.client().await;
+    let d = c
+        .decide(enforced)
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert!(!d.allow);
+    let d = c
+        .decide(trial)
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert!(d.allow);
+    assert_eq!(
+        d.reason,
+        "permissive: the policy would deny: no rule allowed (default deny)"
+    );
+    let (code, out, err) = run_cordon(&["audit", "--broker", &s.uri(), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let would: Vec<_> = records.iter().filter(|r| r["would_deny"] == true).collect();
+    assert_eq!(would.len(), 1, "{records:?}");
+    assert_eq!(would[0]["sandbox_id"], "sb-2");
+}
+
+#[test]
+fn replay_reports_exactly_the_decisions_a_policy_change_flips() {
+    let work = tempfile::tempdir().unwrap();
+    let db = work.path().join("audit");
+    for f in ["a.txt", "b.txt"] {
+        std::fs::write(work.path().join(f), f).unwrap();
+    }
+    // Recorded under the default policy: a.txt and b.txt read (allowed, with
+    // the system files sh and cat need), /etc/shadow denied.
+    let (code, out, err) = run_in(
+        work.path(),
+        &db,
+        &[],
+        "cat a.txt b.txt; cat /etc/shadow 2>/dev/null; echo done",
+    );
+    assert_eq!((code, out.as_str()), (0, "a.txtb.txtdone\n"), "{err}");
+
+    // The new policy: the default, plus b.txt off limits, and /etc/shadow let through.
+    let new = tempfile::tempdir().unwrap();
+    let default = std::fs::read_to_string("policies/default.rego").unwrap();
+    let changed = default.replace("\"/etc/shadow\", ", "")
+        + "\ndeny contains \"b.txt is off limits\" if endswith(input.file.path, \"/b.txt\")\n\nbuiltin_allow if input.file.path == \"/etc/shadow\"\n";
+    assert_ne!(changed, default);
+    std::fs::write(new.path().join("p.rego"), changed).unwrap();
+
+    let (code, out, err) = run_cordon(&[
+        "policy",
+        "replay",
+        "--audit-db",
+        path_str(&db),
+        "--policy",
+        path_str(new.path()),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b = format!("{}/b.txt", work.path().canonicalize().unwrap().display());
+    let changes = report["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{out}");
+    assert_eq!(changes[0]["direction"], "allow->deny");
+    assert_eq!(changes[0]["subject"], b.as_str());
+    assert_eq!(changes[0]["count"], 1);
+    assert_eq!(changes[0]["new_reason"], "b.txt is off limits");
+    assert_eq!(changes[1]["direction"], "deny->allow");
+    assert_eq!(changes[1]["subject"], "/etc/shadow");
+    assert_eq!(report["allow_to_deny"], 1);
+    assert_eq!(report["deny_to_allow"], 1);
+    let decisions = report["decisions"].as_u64().unwrap();
+    assert_eq!(report["replayed"].as_u64().unwrap(), decisions);
+    assert_eq!(report["unchanged"].as_u64().unwrap(), decisions - 2);
+
+    // The unchanged policy changes nothing: exit 0.
+    let (code, out, err) = run_cordon(&[
+        "policy",
+        "replay",
+        "--audit-db",
+        path_str(&db),
+        "--policy",
+        "policies/default.rego",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 allow->deny, 0 deny->allow"), "{out}");
+}
+
+#[test]
+fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("in.txt"), "data\n").unwrap();
+    let learned = work.path().join("learned");
+    let script = "cat in.txt > out.txt; cat /etc/hostname >/dev/null; wc -l < out.txt";
+    let out = cordon()
+        .current_dir(work.path())
+        .args([
+            "learn",
+            "--output",
+            path_str(&learned),
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+    for f in ["policy.rego", "data.json", "policy_test.rego"] {
+        assert!(learned.join(f).is_file(), "{f} missing: {err}");
+    }
+    // Its tests replay the observed calls, and pass.
+    let (code, out, err) = run_cordon(&["policy", "test", path_str(&learned)]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The same tool again, in a fresh sandbox (new temp dir, new pids): allowed.
+    std::fs::remove_file(work.path().join("out.txt")).unwrap();
+    let db = work.path().join("audit");
+    let policy = ["--policy", path_str(&learned)];
+    let (code, out, err) = run_in(work.path(), &db, &policy, script);
+    assert_eq!((code, out.as_str()), (0, "1\n"), "{err}");
+    let denied = audit_json(&db)
+        .into_iter()
+        .filter(|r| r["event"] == "decision" && r["allow"] == false)
+        .count();
+    assert_eq!(denied, 0);
+
+    // Another tool under the learned policy: what it did not learn is denied.
+    let (code, _, err) = run_in(work.path(), &db, &policy, "cat /etc/passwd");
+    assert_ne!(code, 0);
+    assert!(err.contains("Permission denied"), "{err}");
+    let (code, _, _) = run_in(work.path(), &db, &policy, "echo x > other.txt");
+    assert_ne!(code, 0);
+    let (code, _, _) = run_in(work.path(), &db, &policy, "head -1 in.txt");
+    assert_eq!(code, 126, "exec of head was never learned");
+
+    // A non-empty output directory is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .current_dir(work.path())
+        .args(["learn", "--output", path_str(&learned), "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
