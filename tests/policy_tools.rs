@@ -306,3 +306,106 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn check_names_the_broken_line_and_lints_quiet_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.rego"),
+        "package cordon\n\nimport rego.v1\n\nallow if input.kind == \"file\"\n\ndeny if input.file.path == \"/x\"\n\nerrno := \"EWHAT\" if input.kind == \"network\"\n\nports := data.settings.ports\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("other.rego"),
+        "package myorg.rules\n\nimport rego.v1\n\nallow if true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("data.json"),
+        r#"{"settings": {"ports": [1]}, "setings": {"typo": true}}"#,
+    )
+    .unwrap();
+    let (code, out, err) = run_cordon(&["policy", "check", path_str(d)]);
+    assert_eq!(code, 1, "{out}{err}");
+    let dp = path_str(d);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{dp}/data.json:1:1: data.setings.typo is not used by any policy"),
+            format!(
+                "{dp}/other.rego:5:1: rule allow is in package myorg.rules and nothing refers to it: the broker evaluates only package cordon"
+            ),
+            format!(
+                "{dp}/p.rego:7:1: deny must be a set of reasons: write `deny contains \"why\" if {{ … }}`"
+            ),
+            format!(
+                "{dp}/p.rego:9:1: errno \"EWHAT\" is not an errno name (EACCES, EPERM, ECONNREFUSED, …)"
+            ),
+        ],
+        "{err}"
+    );
+    let (code, out, _) = run_cordon(&["policy", "check", "--format", "json", dp]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["lints"].as_array().unwrap().len(), 4);
+
+    // A syntax error: file:line:col of the line that breaks.
+    std::fs::write(
+        d.join("p.rego"),
+        "package cordon\n\nallow if {\n  input.kind ==\n}\n",
+    )
+    .unwrap();
+    std::fs::remove_file(d.join("other.rego")).unwrap();
+    let (code, _, err) = run_cordon(&["policy", "check", dp]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with(&format!("{dp}/p.rego:5:1: ")), "{err}");
+
+    // The shipped policies are clean.
+    let (code, out, err) = run_cordon(&["policy", "check", "policies/"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn eval_explains_which_rules_held() {
+    let (code, out, err) = run_cordon(&[
+        "policy",
+        "eval",
+        "--input",
+        "policies/cases/etc-shadow/input.json",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["allow"], false);
+    let held: Vec<(String, serde_json::Value)> = v["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["rule"].as_str().unwrap().to_owned(), h["value"].clone()))
+        .collect();
+    // The system-read rule held, and the deny that overrode it, with its message.
+    assert!(
+        held.iter().any(|(r, _)| r == "cordon.builtin_allow"),
+        "{held:?}"
+    );
+    assert!(
+        held.contains(&(
+            "cordon.deny".into(),
+            serde_json::json!(["/etc/shadow holds password hashes or privileges"])
+        )),
+        "{held:?}"
+    );
+    let sys = v["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["rule"] == "cordon.builtin_allow")
+        .unwrap();
+    assert_eq!(
+        sys["comment"],
+        "Reading system files, including directory listings of them."
+    );
+}

@@ -6,6 +6,7 @@
 //! - [`decide`]: the broker core that ties the two together, used in process by
 //!   `cordon run` and behind gRPC by [`service`].
 //! - [`testing`]: policy unit tests (`test_` rules), like `opa test`.
+//! - [`lint`]: mistakes `cordon policy check` reports beyond parse errors.
 //! - [`replay`]: recorded decisions re-evaluated under another policy.
 //! - [`request`]: request validation and the Rego `input` document.
 
@@ -15,6 +16,7 @@ pub mod audit;
 pub mod client;
 pub mod decide;
 pub mod errno;
+pub mod lint;
 pub mod policy;
 pub mod replay;
 pub mod request;

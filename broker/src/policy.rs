@@ -146,7 +146,7 @@ pub(crate) struct SourceSet {
 }
 
 impl SourceSet {
-    fn read(source: &PolicySource) -> Result<Self, PolicyError> {
+    pub(crate) fn read(source: &PolicySource) -> Result<Self, PolicyError> {
         Self::read_set(source, false)
     }
 
@@ -272,6 +272,39 @@ impl SourceSet {
             }
         }
         hex::encode(&h.finalize()[..8])
+    }
+
+    /// The text of every Rego file.
+    pub(crate) fn rego_texts(&self) -> impl Iterator<Item = &str> {
+        self.rego.iter().map(|f| f.text.as_str())
+    }
+
+    /// The data file that provides `key` (`a` or `a.b`), for locating lints.
+    pub(crate) fn data_file_for(&self, key: &str) -> String {
+        let wanted: Vec<&str> = key.split('.').collect();
+        for f in &self.data {
+            let value: Option<serde_json::Value> = if f.display.ends_with(".json") {
+                serde_json::from_str(&f.text).ok()
+            } else {
+                serde_yaml::from_str(&f.text).ok()
+            };
+            let Some(mut value) = value else { continue };
+            let mut path = f.data_prefix.iter().map(String::as_str);
+            let provides = wanted.iter().all(|k| match path.next() {
+                Some(p) => p == *k,
+                None => match value.get(*k) {
+                    Some(v) => {
+                        value = v.clone();
+                        true
+                    }
+                    None => false,
+                },
+            });
+            if provides {
+                return f.display.clone();
+            }
+        }
+        "data".into()
     }
 
     /// All data files merged into one document, each under its directory prefix.
@@ -419,7 +452,90 @@ pub struct RawDecision {
     pub errno: Value,
 }
 
+/// A rule definition that held for an input (see [`LoadedPolicy::explain`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeldRule {
+    /// `data.<package>.<rule>`.
+    pub rule: String,
+    pub file: String,
+    pub line: u32,
+    /// The comment lines just above the definition: why the rule exists.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+    /// What the definition produced (`true`, the deny messages, the errno).
+    pub value: serde_json::Value,
+}
+
 impl LoadedPolicy {
+    /// Which rule definitions with a body held for `input`, in file order:
+    /// the `allow` and `deny` definitions and the helpers they used. Each
+    /// definition is evaluated on its own in the interpreter; for `policy
+    /// eval`, not the hot path.
+    pub fn explain(&self, input: &serde_json::Value) -> Vec<HeldRule> {
+        use regorus::unstable::{Rule, RuleHead};
+        let Ok(input) = <Value as serde::Deserialize>::deserialize(input) else {
+            return vec![];
+        };
+        let mut engine = self.interpreter.clone();
+        engine.set_input(input);
+        let modules = engine.get_modules().clone();
+        let mut held = Vec::new();
+        for module in &modules {
+            let package = module
+                .package
+                .refr
+                .span()
+                .text()
+                .trim_start_matches("data.")
+                .to_owned();
+            if package == "cordon_internal" {
+                continue;
+            }
+            for rule in &module.policy {
+                let Rule::Spec { span, head, bodies } = rule.as_ref() else {
+                    continue;
+                };
+                let refr = match head {
+                    RuleHead::Compr { refr, .. } | RuleHead::Set { refr, .. } => refr,
+                    // Functions hold per call, not per input.
+                    RuleHead::Func { .. } => continue,
+                };
+                if bodies.is_empty() {
+                    continue;
+                }
+                let name = refr.span().text().to_owned();
+                let Ok(data) = engine.eval_rule_in_module(module, rule, false) else {
+                    continue;
+                };
+                let mut value = &data;
+                for part in package.split('.').chain(name.split('.')) {
+                    value = &value[&Value::from(part)];
+                }
+                let produced = match value {
+                    Value::Undefined | Value::Bool(false) => false,
+                    Value::Set(s) => !s.is_empty(),
+                    _ => true,
+                };
+                if !produced {
+                    continue;
+                }
+                let value = value
+                    .to_json_str()
+                    .ok()
+                    .and_then(|s| serde_json::from_str(&s).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                held.push(HeldRule {
+                    rule: format!("{package}.{name}"),
+                    file: span.source.file().clone(),
+                    line: span.line,
+                    comment: comment_above(span.source.contents(), span.line),
+                    value,
+                });
+            }
+        }
+        held
+    }
+
     /// Reads, parses and compiles a policy source.
     pub fn load(source: &PolicySource, opts: &PolicyOptions) -> Result<Self, PolicyError> {
         let sources = SourceSet::read(source)?;
@@ -598,6 +714,22 @@ impl LoadedPolicy {
             _ => Ok(Evaluator::Interpreter(Box::new(self.interpreter.clone()))),
         }
     }
+}
+
+/// The `#` comment block ending on the line above `line` (1-based), joined.
+fn comment_above(text: &str, line: u32) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = line as usize - 1;
+    while i > 0 {
+        i -= 1;
+        match lines.get(i).map(|l| l.trim()) {
+            Some(l) if l.starts_with('#') => out.push(l.trim_start_matches('#').trim()),
+            _ => break,
+        }
+    }
+    out.reverse();
+    out.join(" ")
 }
 
 fn files_or_source(source: &PolicySource) -> String {

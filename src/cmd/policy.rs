@@ -5,6 +5,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use cordon_broker::{
     audit::AuditFilter,
+    lint,
     policy::{LoadedPolicy, PolicyOptions, PolicySource},
     replay::{Direction, Replayer},
     testing,
@@ -14,7 +15,7 @@ use super::usage;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCommand {
-    /// Evaluate one input document: decision, reason, errno, evaluation time. Exit 1 on a denial.
+    /// Evaluate one input document: decision, reason, errno, the rules that held, evaluation time. Exit 1 on a denial.
     #[command(
         after_help = "Examples:\n  cordon policy eval --policy policies/ --input policies/cases/etc-shadow/input.json\n  echo '{\"kind\":\"file\",\"file\":{\"path\":\"/etc/hosts\",\"access\":[\"read\"]}}' | cordon policy eval --input - --format json"
     )]
@@ -83,9 +84,11 @@ cordon policy replay --broker unix:///run/cordon/broker.sock --policy new/ --lab
         #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
         format: ReplayFormat,
     },
-    /// Parse and compile policies; errors as file:line:col: message. Exit 1 if any.
+    /// Parse, compile and lint policies; problems as file:line:col: message. Exit 1 if any.
     #[command(
-        after_help = "Examples:\n  cordon policy check policies/\n  cordon policy check my-policy.rego data.json"
+        after_help = "Lints: allow/deny/errno in a package nothing refers to (only package cordon is evaluated), a deny\n\
+that is not a set of reasons, an errno that names no errno, data no policy refers to.\n\n\
+Examples:\n  cordon policy check policies/\n  cordon policy check my-policy.rego data.json"
     )]
     Check {
         /// Policy files or directories.
@@ -169,13 +172,14 @@ fn eval(policy: Vec<PathBuf>, input: &str, format: EvalFormat) -> anyhow::Result
         serde_json::from_str(&text).map_err(|e| usage(format!("{input}: not valid JSON: {e}")))?;
     let loaded = LoadedPolicy::load(&source_of(policy), &PolicyOptions::default())?;
     let v = loaded.evaluate(&doc);
+    let held = loaded.explain(&doc);
     match format {
         EvalFormat::Json => println!(
             "{}",
             serde_json::json!({
                 "allow": v.allow, "errno": v.errno, "errno_code": v.errno_code, "reason": v.reason,
                 "deny": v.deny, "revision": v.revision.as_ref(), "engine": loaded.engine_name(),
-                "eval_us": v.eval_time.as_secs_f64() * 1e6,
+                "eval_us": v.eval_time.as_secs_f64() * 1e6, "held": held,
             })
         ),
         EvalFormat::Text => {
@@ -186,6 +190,21 @@ fn eval(policy: Vec<PathBuf>, input: &str, format: EvalFormat) -> anyhow::Result
             }
             println!("revision: {} ({})", v.revision, loaded.engine_name());
             println!("eval:     {:.1} µs", v.eval_time.as_secs_f64() * 1e6);
+            if held.is_empty() {
+                println!("held:     no rule with a body held");
+            } else {
+                println!("held:");
+            }
+            for h in &held {
+                let value = match &h.value {
+                    serde_json::Value::Bool(true) => String::new(),
+                    other => format!(" = {other}"),
+                };
+                println!("  {}:{}: {}{value}", h.file, h.line, h.rule);
+                if !h.comment.is_empty() {
+                    println!("      # {}", h.comment);
+                }
+            }
         }
     }
     Ok(if v.allow {
@@ -196,21 +215,35 @@ fn eval(policy: Vec<PathBuf>, input: &str, format: EvalFormat) -> anyhow::Result
 }
 
 fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
-    match LoadedPolicy::load(&source_of(paths), &PolicyOptions::default()) {
-        Ok(p) => {
+    let source = source_of(paths);
+    let loaded = LoadedPolicy::load(&source, &PolicyOptions::default())
+        .and_then(|p| Ok((lint::lint(&source)?, p)));
+    match loaded {
+        Ok((lints, p)) => {
             match format {
                 EvalFormat::Json => println!(
                     "{}",
-                    serde_json::json!({"ok": true, "files": p.files(), "revision": p.revision().as_ref(), "engine": p.engine_name()})
+                    serde_json::json!({"ok": lints.is_empty(), "files": p.files(), "revision": p.revision().as_ref(), "engine": p.engine_name(), "lints": lints})
                 ),
-                EvalFormat::Text => println!(
-                    "ok: {} files, revision {} ({})",
-                    p.files().len(),
-                    p.revision(),
-                    p.engine_name()
-                ),
+                EvalFormat::Text => {
+                    for l in &lints {
+                        eprintln!("{l}");
+                    }
+                    if lints.is_empty() {
+                        println!(
+                            "ok: {} files, revision {} ({})",
+                            p.files().len(),
+                            p.revision(),
+                            p.engine_name()
+                        );
+                    }
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if lints.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(crate::EXIT_NEGATIVE)
+            })
         }
         Err(e) => {
             match format {

@@ -1,0 +1,194 @@
+//! Lints for `cordon policy check`: mistakes that parse and compile but make
+//! a policy quietly wrong.
+//!
+//! - a contract rule (`allow`, `deny`, `errno`) in a package nothing refers
+//!   to: the broker evaluates only `data.cordon`, so it is never used;
+//! - `deny` written as a boolean or a single value instead of a set of reasons;
+//! - an `errno` that names no errno;
+//! - data that no policy refers to (a typo in a key leaves a rule without
+//!   the data it was meant to use).
+//!
+//! Unused data is found by reference text (`data.a.b`), so data used only
+//! through a computed key (`data.a[k]`) counts as used for all of `data.a`.
+
+use regorus::unstable::{Expr, Rule, RuleHead};
+
+use crate::{
+    errno,
+    policy::{PolicyError, PolicySource, SourceSet, build_engine},
+};
+
+/// One finding, located where it can be fixed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Lint {
+    pub file: String,
+    pub line: u32,
+    pub col: u32,
+    pub message: String,
+}
+
+impl std::fmt::Display for Lint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+const CONTRACT_RULES: [&str; 3] = ["allow", "deny", "errno"];
+
+/// Lints a policy source that already loads.
+pub fn lint(source: &PolicySource) -> Result<Vec<Lint>, PolicyError> {
+    let sources = SourceSet::read(source)?;
+    let data = sources.data_document()?;
+    let regorus_data = regorus::Value::from_json_str(&data.to_string())
+        .map_err(|e| PolicyError::Compile(e.to_string()))?;
+    let mut engine = build_engine(&sources, &regorus_data, false)?;
+    let all_text: String = sources.rego_texts().collect::<Vec<_>>().join("\n");
+    let mut lints = Vec::new();
+    let mut unreferenced = std::collections::BTreeSet::new();
+    for module in engine.get_modules() {
+        let package = module
+            .package
+            .refr
+            .span()
+            .text()
+            .trim_start_matches("data.")
+            .to_owned();
+        let file = module.package.span.source.file().clone();
+        for rule in &module.policy {
+            let (span, head_name, is_set, assigned) = match rule.as_ref() {
+                Rule::Spec { span, head, .. } => match head {
+                    RuleHead::Compr { refr, assign, .. } => (
+                        span,
+                        refr.span().text().to_owned(),
+                        false,
+                        assign.as_ref().map(|a| a.value.clone()),
+                    ),
+                    RuleHead::Set { refr, .. } => (span, refr.span().text().to_owned(), true, None),
+                    RuleHead::Func { .. } => continue,
+                },
+                Rule::Default { .. } => continue,
+            };
+            if !CONTRACT_RULES.contains(&head_name.as_str()) {
+                continue;
+            }
+            let at = |message: String| Lint {
+                file: file.clone(),
+                line: span.line,
+                col: span.col,
+                message,
+            };
+            if package != "cordon" && !refers_to(&all_text, &package) {
+                // Once per rule name and package, at its first definition.
+                if !unreferenced.insert((package.clone(), head_name.clone())) {
+                    continue;
+                }
+                lints.push(at(format!(
+                    "rule {head_name} is in package {} and nothing refers to it: the broker evaluates only package cordon",
+                    package
+                )));
+                continue;
+            }
+            if head_name == "deny" && !is_set {
+                lints.push(at(
+                    "deny must be a set of reasons: write `deny contains \"why\" if { … }`".into(),
+                ));
+            }
+            if head_name == "errno"
+                && let Some(value) = assigned
+                && let Expr::String { value, .. } = value.as_ref()
+                && let Ok(name) = value.as_string()
+                && errno::code(name).is_none()
+            {
+                lints.push(at(format!(
+                    "errno {name:?} is not an errno name (EACCES, EPERM, ECONNREFUSED, …)"
+                )));
+            }
+        }
+    }
+    for (key, file) in data_keys(&data, &sources) {
+        if !data_used(&all_text, &key) {
+            lints.push(Lint {
+                file,
+                line: 1,
+                col: 1,
+                message: format!("data.{key} is not used by any policy"),
+            });
+        }
+    }
+    lints.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+    Ok(lints)
+}
+
+/// Whether any policy file mentions the package (`data.a.b`).
+fn refers_to(all_text: &str, package: &str) -> bool {
+    // The package's own text mentions itself in its `package` line only as
+    // `package a.b`, never as `data.a.b`, so any `data.a.b` is a reference.
+    all_text.contains(&format!("data.{package}.")) || all_text.contains(&format!("data.{package}["))
+}
+
+/// The data paths to check: each key at depth one and two, with the file
+/// that provides it.
+fn data_keys(data: &serde_json::Value, sources: &SourceSet) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Some(top) = data.as_object() else {
+        return out;
+    };
+    for (k1, v1) in top {
+        match v1.as_object() {
+            Some(inner) if !inner.is_empty() => {
+                for k2 in inner.keys() {
+                    let key = format!("{k1}.{k2}");
+                    out.push((key.clone(), sources.data_file_for(&key)));
+                }
+            }
+            _ => out.push((k1.clone(), sources.data_file_for(k1))),
+        }
+    }
+    out
+}
+
+/// `a.b` is used when the text mentions `data.a.b`, `data.a["b"]`, or uses
+/// `data.a` as a whole (`data.a[`, `data.a ` …).
+fn data_used(all_text: &str, key: &str) -> bool {
+    let mut parts = key.splitn(2, '.');
+    let k1 = parts.next().unwrap_or_default();
+    let k2 = parts.next();
+    let whole = |prefix: &str| {
+        all_text.match_indices(prefix).any(|(i, m)| {
+            let rest = &all_text[i + m.len()..];
+            let next = rest.chars().next();
+            // `data.a["b"]` names one key; `data.a[k]` or `data.a` alone uses all of them.
+            !rest.starts_with("[\"")
+                && !matches!(next, Some(c) if c.is_alphanumeric() || c == '_' || c == '.' || c == '-')
+        })
+    };
+    let k1_ref = [format!("data.{k1}"), format!("data[\"{k1}\"]")];
+    match k2 {
+        None => k1_ref.iter().any(|r| all_text.contains(r.as_str())),
+        Some(k2) => k1_ref.iter().any(|r| {
+            all_text.contains(&format!("{r}.{k2}"))
+                || all_text.contains(&format!("{r}[\"{k2}\"]"))
+                || whole(r)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_used;
+
+    #[test]
+    fn data_references() {
+        let text = "x := data.cordon.network.allow\ny := data.library[\"web-fetch\"].ports\nz := data.whole\n";
+        assert!(data_used(text, "cordon.network"));
+        assert!(!data_used(text, "cordon.netwrk"));
+        assert!(data_used(text, "library.web-fetch"));
+        assert!(!data_used(text, "library.coding-agent"));
+        assert!(data_used(text, "whole.anything"));
+        assert!(!data_used(text, "other"));
+    }
+}
