@@ -204,6 +204,7 @@ pub fn record_to_proto(r: &AuditRecord) -> PbRecord {
         prev_hash: r.prev_hash.clone(),
         hash: r.hash.clone(),
         json: serde_json::to_string(r).unwrap_or_default(),
+        would_deny: r.would_deny,
     }
 }
 
