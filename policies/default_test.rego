@@ -2,7 +2,7 @@
 # One test per allow and per deny rule, and the edges between them.
 package cordon_test
 
-import data.cordon
+
 import rego.v1
 
 workdir := "/home/agent/job"
@@ -37,8 +37,8 @@ exec(path) := {
 }
 
 allowed(request) if {
-	cordon.allow with input as request
-	count(cordon.deny) == 0 with input as request
+	data.cordon.allow with input as request
+	count(data.cordon.deny) == 0 with input as request
 }
 
 # --- files ---
@@ -82,7 +82,7 @@ test_unrelated_home_denied if not allowed(read("/home/agent/.bash_history"))
 
 test_ssh_key_in_workdir_denied if {
 	not allowed(read("/home/agent/job/.ssh/id_ed25519"))
-	"/home/agent/job/.ssh/id_ed25519 is a credential store" in cordon.deny with input as read("/home/agent/job/.ssh/id_ed25519")
+	"/home/agent/job/.ssh/id_ed25519 is a credential store" in data.cordon.deny with input as read("/home/agent/job/.ssh/id_ed25519")
 }
 
 test_aws_denied if not allowed(read("/home/agent/job/.aws/credentials"))
@@ -95,14 +95,14 @@ test_keyring_denied if not allowed(read("/home/agent/job/.local/share/keyrings/l
 
 test_dotenv_denied if {
 	not allowed(read("/home/agent/job/.env.local"))
-	"/home/agent/job/.env.local is a .env file" in cordon.deny with input as read("/home/agent/job/.env.local")
+	"/home/agent/job/.env.local is a .env file" in data.cordon.deny with input as read("/home/agent/job/.env.local")
 }
 
 test_environment_named_file_allowed if allowed(read("/home/agent/job/environment.txt"))
 
 test_shadow_denied if {
 	not allowed(read("/etc/shadow"))
-	"/etc/shadow holds password hashes or privileges" in cordon.deny with input as read("/etc/shadow")
+	"/etc/shadow holds password hashes or privileges" in data.cordon.deny with input as read("/etc/shadow")
 }
 
 # --- exec ---
@@ -116,7 +116,7 @@ test_exec_from_workdir_denied if not allowed(exec("/home/agent/job/run.sh"))
 test_connect_default_denied if not allowed(connect("93.184.216.34", 443))
 
 test_connect_errno_is_econnrefused if {
-	cordon.errno == "ECONNREFUSED" with input as connect("93.184.216.34", 443)
+	data.cordon.errno == "ECONNREFUSED" with input as connect("93.184.216.34", 443)
 }
 
 test_connect_allowed_by_data if {
@@ -130,10 +130,10 @@ test_connect_port_not_listed_denied if {
 test_metadata_denied_even_when_listed if {
 	request := connect("169.254.169.254", 80)
 	not allowed(request) with data.cordon.network.allow as [{"cidr": "0.0.0.0/0", "ports": [80]}]
-	"the cloud metadata endpoint hands out credentials" in cordon.deny with input as request
+	"the cloud metadata endpoint hands out credentials" in data.cordon.deny with input as request
 }
 
 test_bind_denied_with_eacces if {
 	not allowed(bind("0.0.0.0", 8080))
-	not cordon.errno with input as bind("0.0.0.0", 8080)
+	not data.cordon.errno with input as bind("0.0.0.0", 8080)
 }
