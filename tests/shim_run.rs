@@ -1120,6 +1120,7 @@ fn signals_aimed_at_the_supervisor_are_refused() {
          attempt('kill-supervisor', lambda: os.kill(os.getppid(), signal.SIGTERM))\n\
          attempt('kill-everyone', lambda: os.kill(-1, 0))\n\
          attempt('kill-own-group', lambda: os.kill(0, 0))\n\
+         attempt('kill-supervisor-group', lambda: os.kill(-os.getpgid(os.getppid()), 0))\n\
          attempt('pidfd-supervisor', lambda: os.pidfd_open(os.getppid()))\n\
          attempt('kill-self', lambda: os.kill(os.getpid(), 0))\n",
     );
@@ -1127,7 +1128,9 @@ fn signals_aimed_at_the_supervisor_are_refused() {
     for line in [
         "kill-supervisor err 1",
         "kill-everyone err 1",
-        "kill-own-group err 1",
+        // The tool leads its own session and group: its group is its own.
+        "kill-own-group ok",
+        "kill-supervisor-group err 1",
         "pidfd-supervisor err 1",
         "kill-self ok",
     ] {

@@ -122,6 +122,12 @@ pub struct AuditRecord {
     pub latency_us: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
+    /// Exit records: the resource limit that stopped the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// Exit records: peak use (`memory_peak_bytes`, `cpu_usec`, `pids_peak`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<BTreeMap<String, u64>>,
     /// The policy's `input` document for a decision, exactly as evaluated, so
     /// that `cordon policy replay` can re-evaluate it under another policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]

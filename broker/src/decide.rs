@@ -137,6 +137,16 @@ impl Broker {
                 record.event = "sandbox_exited".into();
                 record.pid = e.pid;
                 record.exit_status = Some(e.status);
+                record.limit = (!e.limit.is_empty()).then(|| e.limit.clone());
+                let usage: std::collections::BTreeMap<String, u64> = [
+                    ("memory_peak_bytes", e.memory_peak_bytes),
+                    ("cpu_usec", e.cpu_usec),
+                    ("pids_peak", e.pids_peak),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+                .collect();
+                record.usage = (!usage.is_empty()).then_some(usage);
                 record.reason = if e.detail.is_empty() {
                     format!("exited with status {}", e.status)
                 } else {

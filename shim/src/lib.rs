@@ -8,6 +8,7 @@
 //! - [`emulate`]: performing allowed opens, connects and sends ourselves.
 //! - [`exec`]: verifying that an allowed exec runs the approved image.
 //! - [`client`]: embedded or remote (gRPC `Session`) decisions.
+//! - [`limits`]: memory, CPU, process, time and file caps (cgroup or rlimits).
 //! - [`sandbox`]: the public API around `std::process::Command`.
 //! - `sys`: the only module with `unsafe`.
 
@@ -15,6 +16,7 @@ pub mod client;
 pub mod emulate;
 pub mod exec;
 pub mod filter;
+pub mod limits;
 pub mod memory;
 pub mod notify;
 pub mod process;
@@ -23,5 +25,6 @@ pub mod sandbox;
 mod sys;
 
 pub use client::{Decider, Embedded, Remote};
+pub use limits::Limits;
 pub use notify::DEFAULT_DEADLINE;
-pub use sandbox::{Sandbox, Sandboxed, SpawnError, harden_supervisor};
+pub use sandbox::{Sandbox, Sandboxed, SpawnError, become_subreaper, harden_supervisor};

@@ -13,7 +13,10 @@ use std::{
     io::{self, Read},
     os::{
         fd::{AsFd, AsRawFd, OwnedFd},
-        unix::{ffi::OsStrExt, process::ExitStatusExt},
+        unix::{
+            ffi::{OsStrExt, OsStringExt},
+            process::ExitStatusExt,
+        },
     },
     path::PathBuf,
     process::{Command, ExitStatus},
@@ -29,6 +32,7 @@ use crate::{
     client::Decider,
     exec::ExecVerifier,
     filter,
+    limits::{LimitError, Limits, Plan},
     notify::{Counters, Supervisor},
     sys::{self, CHILD_REPORT_LEN, Listener},
 };
@@ -50,6 +54,8 @@ pub enum SpawnError {
     Supervisor(io::Error),
     #[error("the sandbox start could not be recorded: {0}")]
     Record(String),
+    #[error(transparent)]
+    Limits(#[from] LimitError),
 }
 
 /// A sandbox definition: who decides, and what the policy is told about it.
@@ -72,6 +78,10 @@ pub struct Sandbox {
     decider: Arc<dyn Decider>,
     info: SandboxInfo,
     broker_socket: Option<PathBuf>,
+    limits: Limits,
+    network_none: bool,
+    user: Option<(u32, u32)>,
+    new_session: bool,
 }
 
 impl Sandbox {
@@ -89,7 +99,42 @@ impl Sandbox {
                 tmpdir: vec![],
             },
             broker_socket: None,
+            limits: Limits::default(),
+            network_none: false,
+            user: None,
+            new_session: true,
         }
+    }
+
+    /// Resource limits (see [`Limits`]); memory, CPU and process caps use a
+    /// cgroup where one can be made, else weaker rlimits
+    /// ([`Sandboxed::warnings`] says which).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// A network namespace of its own with only loopback: nothing outside
+    /// is reachable whatever the policy says (filesystem unix sockets still
+    /// are, and stay brokered). Without root, a user namespace is made first.
+    pub fn network_none(mut self, none: bool) -> Self {
+        self.network_none = none;
+        self
+    }
+
+    /// Run the tool as `uid`/`gid` (with only `gid` as group); needs root.
+    /// The supervisor's emulated opens use the tool's credentials, so this
+    /// also bounds what the policy can grant.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
+        self
+    }
+
+    /// Whether the tool gets a session and process group of its own
+    /// (default: yes — no controlling terminal, one group to signal).
+    pub fn new_session(mut self, yes: bool) -> Self {
+        self.new_session = yes;
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -129,6 +174,42 @@ impl Sandbox {
     pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
         let program = Arc::new(filter::build()?);
         tracing::debug!("filter built");
+        let plan = Plan::new(&self.info.id, &self.limits)?;
+        match self.spawn_planned(cmd, program, &plan) {
+            Ok(mut s) => {
+                s.plan = plan;
+                Ok(s)
+            }
+            Err(e) => {
+                plan.kill_all();
+                plan.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn child_setup(&self, plan: &Plan) -> sys::ChildSetup {
+        let cstring =
+            |p: PathBuf| std::ffi::CString::new(p.into_os_string().into_vec()).unwrap_or_default();
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        sys::ChildSetup {
+            new_session: self.new_session,
+            cgroup_procs: plan.procs_files().into_iter().map(cstring).collect(),
+            rlimits: plan.rlimits.iter().map(|r| (r.resource, r.value)).collect(),
+            network_none: self
+                .network_none
+                .then(|| sys::NetworkNone::new(uid != 0, uid, gid)),
+            user: self.user,
+        }
+    }
+
+    fn spawn_planned(
+        &self,
+        cmd: &mut Command,
+        program: Arc<sys::BpfProgram>,
+        plan: &Plan,
+    ) -> Result<Sandboxed, SpawnError> {
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SpawnError::Supervisor(e.into()))?;
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Arc<Supervisor>, i32)>>();
@@ -187,6 +268,7 @@ impl Sandbox {
                 }
             })
             .map_err(SpawnError::Supervisor)?;
+        sys::prepare_child(cmd, self.child_setup(plan));
         sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd());
         let spawned = cmd.spawn();
         drop(report_w);
@@ -221,6 +303,10 @@ impl Sandbox {
             supervisor,
             decider: self.decider.clone(),
             info: self.info.clone(),
+            plan: Plan::default(),
+            timeout: self.limits.timeout,
+            started: std::time::Instant::now(),
+            group: self.new_session,
         };
         if let Err(e) = started {
             let _ = nix::sys::signal::kill(
@@ -271,6 +357,13 @@ pub fn harden_supervisor() -> io::Result<()> {
     nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
 }
 
+/// For command-line front ends: become the subreaper of the sandbox, so
+/// descendants that detach (double fork, `setsid`) are re-parented here and
+/// can be found and killed when the tool ends.
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
 /// A running sandboxed command.
 #[derive(Debug)]
 pub struct Sandboxed {
@@ -279,6 +372,11 @@ pub struct Sandboxed {
     supervisor: Arc<Supervisor>,
     decider: Arc<dyn Decider>,
     info: SandboxInfo,
+    plan: Plan,
+    timeout: Option<std::time::Duration>,
+    started: std::time::Instant,
+    /// The tool leads its own process group.
+    group: bool,
 }
 
 impl Sandboxed {
@@ -294,7 +392,24 @@ impl Sandboxed {
     /// delivers them to the tool too) and relay SIGTERM/SIGHUP to the tool,
     /// so the supervisor outlives the tool it guards.
     pub fn relay_signals(&self) -> io::Result<()> {
-        sys::relay_signals_to(self.pid)
+        sys::relay_signals_to(self.pid, self.group)
+    }
+
+    /// Limits that could not be enforced as asked (no cgroup).
+    pub fn warnings(&self) -> &[String] {
+        &self.plan.warnings
+    }
+
+    /// Kills everything the sandbox started: its cgroup, its process group,
+    /// and (for a subreaper) descendants that detached from both.
+    fn kill_tree(&self) {
+        if self.plan.has_cgroup() {
+            self.plan.kill_all();
+        }
+        if self.group {
+            sys::kill_group(self.pid, libc::SIGKILL);
+        }
+        kill_orphans(self.pid);
     }
 
     /// What the supervisor has seen so far.
@@ -302,16 +417,36 @@ impl Sandboxed {
         self.supervisor.counters()
     }
 
-    fn reap(&self) -> io::Result<ExitStatus> {
+    /// Waits for the tool to exit; when the timeout runs out first, kills
+    /// the whole tree. Returns the status and whether the timeout struck.
+    fn reap(&self) -> io::Result<(ExitStatus, bool)> {
         // Wait for exit through the pidfd, never with waitpid on the pid: the
         // exec verifier may have the process attached, and a plain waitpid
         // would consume its ptrace stops.
+        let mut timed_out = false;
         loop {
             let mut fds = [nix::poll::PollFd::new(
                 self.pidfd.as_fd(),
                 nix::poll::PollFlags::POLLIN,
             )];
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+            let wait = match self.timeout {
+                Some(t) if !timed_out => {
+                    let left = t.saturating_sub(self.started.elapsed());
+                    nix::poll::PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                        .unwrap_or(nix::poll::PollTimeout::MAX)
+                }
+                _ => nix::poll::PollTimeout::NONE,
+            };
+            match nix::poll::poll(&mut fds, wait) {
+                Ok(0) => {
+                    tracing::warn!(pid = self.pid, "timeout: killing the sandbox");
+                    timed_out = true;
+                    self.kill_tree();
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(self.pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
                 Ok(_) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -320,11 +455,12 @@ impl Sandboxed {
         loop {
             match waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED) {
                 Ok(WaitStatus::Exited(_, code)) => {
-                    return Ok(ExitStatus::from_raw((code & 0xff) << 8));
+                    return Ok((ExitStatus::from_raw((code & 0xff) << 8), timed_out));
                 }
                 Ok(WaitStatus::Signaled(_, sig, core)) => {
-                    return Ok(ExitStatus::from_raw(
-                        sig as i32 | if core { 0x80 } else { 0 },
+                    return Ok((
+                        ExitStatus::from_raw(sig as i32 | if core { 0x80 } else { 0 }),
+                        timed_out,
                     ));
                 }
                 Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
@@ -336,9 +472,22 @@ impl Sandboxed {
     /// Waits for the command to exit and records the exit (with the
     /// supervisor's counters) in the audit store.
     pub fn wait(self) -> io::Result<ExitStatus> {
-        let status = self.reap()?;
+        let (status, timed_out) = self.reap()?;
         sys::stop_relaying();
         tracing::debug!("tool exited");
+        // Nothing outlives the tool.
+        self.kill_tree();
+        let usage = self.plan.usage();
+        let limit = if timed_out {
+            "timeout"
+        } else if let Some(l) = self.plan.limit_hit() {
+            l
+        } else if status.signal() == Some(libc::SIGXFSZ) {
+            "max-file-size"
+        } else {
+            ""
+        };
+        self.plan.remove();
         let code = status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
@@ -361,12 +510,19 @@ impl Sandboxed {
                 .collect();
             detail.push_str(&format!("; forbidden by the filter: {}", list.join(", ")));
         }
+        if !limit.is_empty() {
+            detail.push_str(&format!("; stopped by the {limit} limit"));
+        }
         if let Err(e) = self.decider.lifecycle(Lifecycle {
             sandbox: Some(self.info.clone()),
             event: Some(Event::Exited(SandboxExited {
                 pid: self.pid,
                 status: code,
                 detail,
+                limit: limit.into(),
+                memory_peak_bytes: usage.memory_peak,
+                cpu_usec: usage.cpu_usec,
+                pids_peak: usage.pids_peak,
             })),
         }) {
             tracing::error!(error = %e, "the sandbox exit could not be recorded");
@@ -378,4 +534,41 @@ impl Sandboxed {
         }
         Ok(status)
     }
+}
+
+/// Kills and reaps the processes re-parented to this one (as a subreaper):
+/// descendants of the tool that detached. Repeats while killing one
+/// re-parents its own children here. The tool itself (`tool`) is left to
+/// its pidfd wait.
+fn kill_orphans(tool: i32) {
+    for _ in 0..100 {
+        let children: Vec<i32> = own_children().into_iter().filter(|&p| p != tool).collect();
+        if children.is_empty() {
+            return;
+        }
+        for pid in children {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+    }
+}
+
+/// Children of every thread of this process.
+fn own_children() -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }

@@ -361,12 +361,179 @@ pub fn install_filter_before_exec(cmd: &mut Command, program: Arc<BpfProgram>, r
     }
 }
 
+/// What the child does before its filter is loaded, prepared before fork so
+/// the child only makes syscalls.
+#[derive(Debug, Default)]
+pub struct ChildSetup {
+    /// A new session and process group: no controlling terminal to inject
+    /// input into (`TIOCSTI`), and one group to signal.
+    pub new_session: bool,
+    /// `cgroup.procs` files to join by writing `0`.
+    pub cgroup_procs: Vec<std::ffi::CString>,
+    /// `(resource, value)`: soft and hard limit.
+    pub rlimits: Vec<(i32, u64)>,
+    /// A network namespace with only loopback.
+    pub network_none: Option<NetworkNone>,
+    /// `(uid, gid)` to become, from root.
+    pub user: Option<(u32, u32)>,
+}
+
+/// How to make the network namespace: unprivileged callers first make a
+/// user namespace that maps only their own ids.
+#[derive(Debug)]
+pub struct NetworkNone {
+    pub user_ns: Option<(std::ffi::CString, std::ffi::CString)>,
+}
+
+impl NetworkNone {
+    pub fn new(unprivileged: bool, uid: u32, gid: u32) -> Self {
+        let map = |id: u32| std::ffi::CString::new(format!("{id} {id} 1\n")).unwrap_or_default();
+        Self {
+            user_ns: unprivileged.then(|| (map(uid), map(gid))),
+        }
+    }
+}
+
+/// Writes `data` to the file at `path` (async-signal-safe).
+fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: open with a NUL-terminated path, write from a live slice, close
+    // the fd we opened.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Brings `lo` up in the current network namespace.
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: a socket we close; SIOCGIFFLAGS/SIOCSIFFLAGS read and write
+    // the ifreq on our stack, which names "lo".
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        let mut ret = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req);
+        if ret == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            ret = libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
+        }
+        let err = io::Error::last_os_error();
+        libc::close(s);
+        if ret != 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Arranges for `cmd`'s child to apply `setup` after fork, before the
+/// filter hook (hooks run in the order they are added).
+pub fn prepare_child(cmd: &mut Command, setup: ChildSetup) {
+    let hook = move || -> io::Result<()> {
+        // Async-signal-safe syscalls only, on memory prepared before fork.
+        if setup.new_session {
+            // SAFETY: setsid takes no arguments.
+            cvt(unsafe { libc::setsid() })?;
+        }
+        for procs in &setup.cgroup_procs {
+            write_file(procs, b"0")?;
+        }
+        for &(resource, value) in &setup.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            // SAFETY: setrlimit reads the struct on our stack.
+            cvt(unsafe { libc::setrlimit(resource as _, &lim) })?;
+        }
+        if let Some(net) = &setup.network_none {
+            if let Some((uid_map, gid_map)) = &net.user_ns {
+                // A non-dumpable process (the supervisor makes itself one)
+                // has root-owned /proc files: it could not write its maps.
+                // The filter hook makes the child dumpable anyway.
+                // SAFETY: prctl with integer arguments.
+                cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
+                // SAFETY: unshare with flags only.
+                cvt(unsafe { libc::unshare(libc::CLONE_NEWUSER) })?;
+                write_file(c"/proc/self/setgroups", b"deny")?;
+                write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
+                write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
+            }
+            // SAFETY: unshare with flags only.
+            cvt(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+            loopback_up()?;
+        }
+        if let Some((uid, gid)) = setup.user {
+            // SAFETY: setgroups reads one gid from our stack; setgid and
+            // setuid take integers. The gid first, while we may still.
+            unsafe {
+                cvt(libc::setgroups(1, &gid))?;
+                cvt(libc::setgid(gid))?;
+                cvt(libc::setuid(uid))?;
+            }
+        }
+        // Nothing of cordon's reaches the tool: every inherited fd above
+        // stdio closes at exec (the report pipe and listener already do).
+        // SAFETY: close_range with integer arguments.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe syscalls (setsid, open,
+    // write, close, setrlimit, unshare, socket, ioctl, setgroups, setgid,
+    // setuid, close_range) on data built before fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Sends `sig` to the process group `pgid`.
+pub fn kill_group(pgid: i32, sig: i32) {
+    // SAFETY: kill with integers; a negative pid names a process group.
+    unsafe {
+        libc::kill(-pgid, sig);
+    }
+}
+
 /// The process that termination signals are relayed to (0: none).
 static RELAY_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// The tool leads its own process group (and session): relay to the group,
+/// terminal signals included, since the terminal no longer reaches it.
+static RELAY_GROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn relay(sig: libc::c_int) {
     let pid = RELAY_TO.load(std::sync::atomic::Ordering::Relaxed);
-    if pid > 0 && (sig == libc::SIGTERM || sig == libc::SIGHUP) {
+    let group = RELAY_GROUP.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 && group {
+        // SAFETY: as below; a negative pid names the tool's process group.
+        unsafe {
+            let saved = *libc::__errno_location();
+            libc::kill(-pid, sig);
+            *libc::__errno_location() = saved;
+        }
+    } else if pid > 0 && (sig == libc::SIGTERM || sig == libc::SIGHUP) {
         // SAFETY: __errno_location returns this thread's errno slot, valid
         // for the thread's life; kill is async-signal-safe and takes
         // integers. errno is restored so the interrupted code reads its own.
@@ -388,7 +555,8 @@ pub fn stop_relaying() {
 /// Keeps the supervisor alive through terminal and termination signals while
 /// the tool runs, relaying SIGTERM and SIGHUP to it. Handlers (unlike
 /// ignored dispositions) are reset by exec, so the tool starts with defaults.
-pub fn relay_signals_to(pid: i32) -> io::Result<()> {
+pub fn relay_signals_to(pid: i32, group: bool) -> io::Result<()> {
+    RELAY_GROUP.store(group, std::sync::atomic::Ordering::Relaxed);
     RELAY_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
     for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: sigaction is all-integer plus a handler that only loads an

@@ -16,7 +16,7 @@ use cordon_broker::{
     audit::{AuditLog, Durability},
     client::BrokerUri,
 };
-use cordon_shim::{Decider, Embedded, Remote, Sandbox, SpawnError};
+use cordon_shim::{Decider, Embedded, Limits, Remote, Sandbox, SpawnError};
 
 use super::{parse_label, serve::DurabilityArg};
 
@@ -68,9 +68,101 @@ pub struct RunArgs {
     /// only: a shared broker is made permissive by its operator (`cordon serve --permissive-label`).
     #[arg(long, conflicts_with = "broker")]
     permissive: bool,
+    /// Memory cap for the whole tree (512M, 2G, bytes), swap off; the tool is OOM-killed past it.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    memory: Option<u64>,
+    /// CPU time cap, in CPUs (fractional: 0.5 is half of one CPU).
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    cpus: Option<f64>,
+    /// Most processes and threads at once (a fork bomb stops here).
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pids: Option<u64>,
+    /// Wall-clock limit; the whole tree is killed when it runs out (exit 137).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    timeout: Option<Duration>,
+    /// Largest file the tool may write (writes past it fail with EFBIG / SIGXFSZ).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
+    max_file_size: Option<u64>,
+    /// Most open file descriptors per process.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    max_open_files: Option<u64>,
+    /// `none`: a network namespace with only loopback (nothing else reachable, whatever the
+    /// policy says); `brokered` (default): the host's network, every connect decided by policy.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Brokered, help_heading = "Isolation")]
+    network: NetworkMode,
+    /// Run the tool as this user (name or UID[:GID]); needs root. The supervisor's opens on the
+    /// tool's behalf use the same credentials.
+    #[arg(long, value_name = "USER", help_heading = "Isolation")]
+    user: Option<String>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkMode {
+    Brokered,
+    None,
+}
+
+/// `512M`, `2G`, `1048576`: binary units (K = 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches('B')
+        .trim_end_matches('I')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit (K, M, G, T)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `nobody`, `65534`, `65534:65534`: the uid and gid to run as.
+fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (user, group) = s.split_once(':').map_or((s, None), |(u, g)| (u, Some(g)));
+    let (uid, default_gid) = match user.parse::<u32>() {
+        Ok(uid) => (
+            uid,
+            nix::unistd::User::from_uid(uid.into())
+                .ok()
+                .flatten()
+                .map_or(uid, |u| u.gid.as_raw()),
+        ),
+        Err(_) => {
+            let u = nix::unistd::User::from_name(user)
+                .ok()
+                .flatten()
+                .ok_or_else(|| super::usage(format!("--user {s}: no such user")))?;
+            (u.uid.as_raw(), u.gid.as_raw())
+        }
+    };
+    let gid = match group {
+        None => default_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(g) => g,
+            Err(_) => nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .ok_or_else(|| super::usage(format!("--user {s}: no such group")))?
+                .gid
+                .as_raw(),
+        },
+    };
+    Ok((uid, gid))
 }
 
 /// Runs the command; errors are reported here so they map to 125/126/127.
@@ -158,6 +250,14 @@ impl RunArgs {
             flush_window: Duration::from_millis(10),
             eval_timeout: Duration::from_millis(250),
             permissive: true,
+            memory: None,
+            cpus: None,
+            pids: None,
+            timeout: None,
+            max_file_size: None,
+            max_open_files: None,
+            network: NetworkMode::Brokered,
+            user: None,
             command,
         }
     }
@@ -208,12 +308,33 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
             (Arc::new(e), None)
         }
     };
-    let mut sandbox = Sandbox::new(decider).labels(args.label.iter().cloned().collect());
+    let user = args.user.as_deref().map(parse_user).transpose()?;
+    if user.is_some() && !nix::unistd::geteuid().is_root() {
+        return Err(super::usage("--user needs root"));
+    }
+    let mut sandbox = Sandbox::new(decider)
+        .labels(args.label.iter().cloned().collect())
+        .limits(Limits {
+            memory: args.memory,
+            cpus: args.cpus,
+            pids: args.pids,
+            timeout: args.timeout,
+            max_file_size: args.max_file_size,
+            max_open_files: args.max_open_files,
+        })
+        .network_none(args.network == NetworkMode::None);
+    if let Some((uid, gid)) = user {
+        sandbox = sandbox.user(uid, gid);
+    }
     if let Some(s) = broker_socket {
         sandbox = sandbox.broker_socket(s);
     }
     let sandbox_id = sandbox.id().to_owned();
     let tmpdir = private_tmpdir(&sandbox_id)?;
+    if let Some((uid, gid)) = user {
+        nix::unistd::chown(&tmpdir, Some(uid.into()), Some(gid.into()))
+            .with_context(|| format!("cannot give {} to --user", tmpdir.display()))?;
+    }
     let sandbox = sandbox.tmpdir(&tmpdir);
 
     let mut cmd = Command::new(&program);
@@ -222,10 +343,14 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         .env("TMPDIR", &tmpdir);
     tracing::debug!("spawning");
     cordon_shim::harden_supervisor().context("cannot make cordon non-dumpable")?;
+    cordon_shim::become_subreaper().context("cannot become the sandbox's subreaper")?;
     let result = sandbox.spawn(&mut cmd);
     tracing::debug!("spawned");
     let code = match result {
         Ok(child) => {
+            for w in child.warnings() {
+                eprintln!("cordon: warning: {w}");
+            }
             child
                 .relay_signals()
                 .context("cannot install signal relays")?;

@@ -1,0 +1,373 @@
+//! Resource limits and isolation of `cordon run`, end to end: real tools
+//! under the real filter, in real cgroups and namespaces. The exit record in
+//! the audit store says which limit stopped a sandbox and its peak use.
+//!
+//! Run as root (CI does): cgroups need it. Unprivileged paths are tested by
+//! switching to `nobody` with setpriv.
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::*;
+
+const ALLOW_ALL: &str = "package cordon\n\nimport rego.v1\n\nallow if true\n";
+
+struct Box_ {
+    dir: tempfile::TempDir,
+}
+
+impl Box_ {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("allow.rego"), ALLOW_ALL).unwrap();
+        Box_ { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn db(&self) -> String {
+        path_str(&self.path().join("audit")).to_owned()
+    }
+
+    fn cmd(&self, flags: &[&str], script: &str) -> Command {
+        let mut c = cordon();
+        c.current_dir(self.path())
+            .args(["run", "--audit-db", &self.db()])
+            .args(["--policy", path_str(&self.path().join("allow.rego"))])
+            .args(flags)
+            .args(["--", "/bin/sh", "-c", script]);
+        c
+    }
+
+    fn run(&self, flags: &[&str], script: &str) -> Output {
+        self.cmd(flags, script).output().unwrap()
+    }
+
+    /// The last sandbox_exited record.
+    fn exit_record(&self) -> serde_json::Value {
+        let (code, out, err) = run_cordon(&[
+            "audit",
+            "--db",
+            &self.db(),
+            "--kind",
+            "lifecycle",
+            "--format",
+            "json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .rfind(|r| r["event"] == "sandbox_exited")
+            .expect("an exit record")
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn a_memory_hog_is_stopped_and_the_exit_record_says_so() {
+    let b = Box_::new();
+    let out = b.run(
+        &["--memory", "64M"],
+        "exec /usr/bin/python3 -c 'x = [bytearray(1 << 20) for _ in range(512)]; print(\"survived\")'",
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("survived"));
+    let r = b.exit_record();
+    assert_eq!(r["limit"], "memory", "{r}");
+    let peak = r["usage"]["memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak > 32 << 20 && peak <= 64 << 20, "peak {peak}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("stopped by the memory limit"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_fork_bomb_stops_at_pids_and_the_machine_stays_responsive() {
+    let b = Box_::new();
+    let start = Instant::now();
+    // 500 sleepers wanted; 20 allowed. (A bounded bomb: a failure of the
+    // limit must not take the test machine down.)
+    let out = b.run(
+        &["--pids", "20", "--timeout", "20s"],
+        "for i in $(seq 500); do sleep 2 & done 2>/dev/null; wait",
+    );
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert!(!out.status.success());
+    let r = b.exit_record();
+    assert_eq!(r["limit"], "pids", "{r}");
+    assert_eq!(r["usage"]["pids_peak"].as_u64(), Some(20), "{r}");
+    // Something else still runs fine meanwhile.
+    assert!(Command::new("/bin/true").status().unwrap().success());
+}
+
+#[test]
+fn cpus_half_gives_about_half_a_cpu() {
+    let b = Box_::new();
+    let busy = "timeout 2 sh -c 'while :; do :; done'";
+    b.run(&["--cpus", "0.5"], busy);
+    let limited = b.exit_record()["usage"]["cpu_usec"].as_u64().unwrap();
+    // Measured over 2 s of wall time: ~1 s of CPU at 0.5 CPUs, against
+    // ~2 s unlimited (the busy loop keeps one CPU busy).
+    b.run(&["--cpus", "4"], busy);
+    let free = b.exit_record()["usage"]["cpu_usec"].as_u64().unwrap();
+    let ratio = limited as f64 / free as f64;
+    assert!(
+        (0.3..0.7).contains(&ratio),
+        "limited {limited} µs, free {free} µs, ratio {ratio:.2}"
+    );
+}
+
+#[test]
+fn timeout_kills_the_whole_tree_including_a_detached_grandchild() {
+    let b = Box_::new();
+    let marker = b.path().join("survived");
+    let script = format!(
+        "(setsid sh -c 'sleep 3; touch {}' &); sleep 30",
+        path_str(&marker)
+    );
+    let start = Instant::now();
+    let out = b.run(&["--timeout", "1s"], &script);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    let r = b.exit_record();
+    assert_eq!(r["limit"], "timeout", "{r}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !marker.exists(),
+        "the detached grandchild outlived the sandbox"
+    );
+}
+
+#[test]
+fn descendants_die_with_the_tool() {
+    let b = Box_::new();
+    let marker = b.path().join("survived");
+    let out = b.run(
+        &[],
+        &format!(
+            "(setsid sh -c 'sleep 2; touch {}' &); exit 0",
+            path_str(&marker)
+        ),
+    );
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !marker.exists(),
+        "a detached descendant outlived cordon run"
+    );
+}
+
+#[test]
+fn ctrl_c_reaches_the_tool_in_its_own_session() {
+    let b = Box_::new();
+    let child = b
+        .cmd(
+            &[],
+            "echo $$ > pid; trap 'echo got-int; exit 3' INT; sleep 20 & wait",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pidfile = b.path().join("pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pidfile.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let tool: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Its own session: no controlling terminal shared with cordon.
+    let stat = std::fs::read_to_string(format!("/proc/{tool}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    assert_eq!(
+        fields[3],
+        tool.to_string(),
+        "session id is the tool's pid: {stat}"
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got-int\n");
+}
+
+#[test]
+fn file_size_and_open_file_caps() {
+    let b = Box_::new();
+    let out = b.run(
+        &["--max-file-size", "1M"],
+        "head -c 3000000 /dev/zero > big",
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::metadata(b.path().join("big")).unwrap().len(),
+        1 << 20
+    );
+    let out = b.run(
+        &["--max-open-files", "16"],
+        "exec /usr/bin/python3 -c 'fs = [open(\"/dev/null\") for _ in range(32)]'",
+    );
+    assert!(
+        text(&out.stderr).contains("Too many open files"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+fn network_probe(b: &Box_, port: u16, as_nobody: bool) -> Output {
+    let probe = format!(
+        "import socket\n\
+         try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('host reached')\n\
+         except OSError as e: print('host:', e.errno)\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()\n\
+         c = socket.create_connection(l.getsockname(), timeout=2); print('own loopback ok')\n"
+    );
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_cordon"),
+        ]);
+        c
+    } else {
+        cordon()
+    };
+    cmd.current_dir(b.path())
+        .env("HOME", b.path())
+        .args(["run", "--audit-db", &b.db(), "--network", "none"])
+        .args(["--policy", path_str(&b.path().join("allow.rego"))])
+        .args(["--", "/usr/bin/python3", "-c", &probe])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn network_none_reaches_only_its_own_loopback_with_and_without_root() {
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let b = Box_::new();
+    let out = network_probe(&b, port, false);
+    assert_eq!(
+        text(&out.stdout),
+        "host: 111\nown loopback ok\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // Brokered (the default), the same policy lets the host's listener be reached.
+    let out = b.run(&[], &format!("exec /usr/bin/python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port})); print('reached')\""));
+    assert_eq!(text(&out.stdout), "reached\n", "{}", text(&out.stderr));
+
+    // Unprivileged: a user namespace first.
+    let nb = Box_::new();
+    Command::new("chown")
+        .args(["-R", "nobody", path_str(nb.path())])
+        .status()
+        .unwrap();
+    let out = network_probe(&nb, port, true);
+    assert_eq!(
+        text(&out.stdout),
+        "host: 111\nown loopback ok\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn user_nobody_cannot_read_a_root_only_file_the_policy_allows() {
+    let b = Box_::new();
+    let secret = b.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = b.run(
+        &["--user", "nobody"],
+        &format!("id -u; cat {}", path_str(&secret)),
+    );
+    assert_eq!(text(&out.stdout), "65534\n");
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Without --user (root), the same policy lets it through: the denial is the user's.
+    let out = b.run(&[], &format!("cat {}", path_str(&secret)));
+    assert_eq!(text(&out.stdout), "s3cret\n");
+}
+
+#[test]
+fn no_cordon_fd_reaches_the_tool() {
+    let b = Box_::new();
+    let out = b
+        .cmd(&[], "ls /proc/self/fd")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // 0-2, and 3: the directory ls itself opened to list.
+    assert_eq!(text(&out.stdout), "0\n1\n2\n3\n");
+}
+
+#[test]
+fn limits_without_a_cgroup_fall_back_with_a_warning() {
+    let b = Box_::new();
+    Command::new("chown")
+        .args(["-R", "nobody", path_str(b.path())])
+        .status()
+        .unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_cordon"),
+        ])
+        .current_dir(b.path())
+        .env("HOME", b.path())
+        .args([
+            "run",
+            "--audit-db",
+            &b.db(),
+            "--memory",
+            "64M",
+            "--cpus",
+            "1",
+        ])
+        .args(["--", "/usr/bin/python3", "-c", "x = bytearray(200 << 20)"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no memory cgroup: --memory 67108864 is enforced as an address-space rlimit"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no cpu cgroup: --cpus cannot be enforced"),
+        "{err}"
+    );
+    assert!(err.contains("MemoryError"), "{err}");
+}
