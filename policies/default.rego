@@ -164,6 +164,31 @@ errno := "ECONNREFUSED" if {
 	not input.network.op in {"bind", "listen"}
 }
 
+# --- kernel backstop -------------------------------------------------------------
+
+# Landlock bounds applied to the tool before it starts, and to the opens the
+# supervisor performs for it: even if the shim were bypassed, the tool writes
+# (creates, removes, renames) only in its working directory, its temp dir and
+# the standard devices, and executes only system programs. Reads stay with the
+# rules above. See docs/threat-model.md.
+# A policy that allows more adds it with data, e.g.
+#   {"cordon": {"backstop_extra": {"execute": ["/opt/tools"], "write": ["/srv/out"]}}}
+backstop := {
+	"write": array.concat(
+		array.concat([dir | some dir in writable_dirs], ["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts"]),
+		backstop_extra_write,
+	),
+	"execute": array.concat(["/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt"], backstop_extra_execute),
+}
+
+default backstop_extra_write := []
+
+backstop_extra_write := data.cordon.backstop_extra.write
+
+default backstop_extra_execute := []
+
+backstop_extra_execute := data.cordon.backstop_extra.execute
+
 # --- helpers -------------------------------------------------------------------
 
 # path is dir itself or inside it (not merely sharing a prefix: /work2 is not under /work).

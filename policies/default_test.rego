@@ -137,3 +137,22 @@ test_bind_denied_with_eacces if {
 	not allowed(bind("0.0.0.0", 8080))
 	not data.cordon.errno with input as bind("0.0.0.0", 8080)
 }
+
+# --- kernel backstop ---
+
+test_backstop_writes_workdir_tmpdir_and_devices if {
+	b := data.cordon.backstop with input as {"sandbox": sandbox}
+	workdir in b.write
+	"/tmp/cordon-t" in b.write
+	"/dev/null" in b.write
+	not "/" in b.write
+	"/usr" in b.execute
+	not workdir in b.execute
+}
+
+test_backstop_extends_with_data if {
+	b := data.cordon.backstop with input as {"sandbox": sandbox}
+		with data.cordon.backstop_extra as {"execute": ["/opt/tools"], "write": ["/srv/out"]}
+	"/opt/tools" in b.execute
+	"/srv/out" in b.write
+}

@@ -371,3 +371,97 @@ fn limits_without_a_cgroup_fall_back_with_a_warning() {
     );
     assert!(err.contains("MemoryError"), "{err}");
 }
+
+/// An allow-all policy with a backstop that lets the tool write only its
+/// working directory.
+fn backstopped(b: &Box_) {
+    std::fs::write(
+        b.path().join("backstop.rego"),
+        "package cordon\n\nimport rego.v1\n\nallow if true\n\nbackstop := {\"write\": [input.sandbox.workdir, \"/dev/null\"]}\n",
+    )
+    .unwrap();
+    std::fs::remove_file(b.path().join("allow.rego")).unwrap();
+    std::fs::rename(b.path().join("backstop.rego"), b.path().join("allow.rego")).unwrap();
+}
+
+#[test]
+fn landlock_backstop_holds_where_the_policy_allows() {
+    let b = Box_::new();
+    backstopped(&b);
+    let outside = tempfile::tempdir().unwrap();
+    let o = path_str(outside.path());
+    std::fs::write(outside.path().join("kept"), "").unwrap();
+    // The policy allows the open; the supervisor's open for the tool runs
+    // inside the backstop too, so it fails. mkdir and rm are not brokered at
+    // all: the kernel's backstop is what stops them.
+    let out = b.run(
+        &["--explain-backstop"],
+        &format!(
+            "echo in > inside.txt && cat inside.txt; echo out > {o}/f; mkdir {o}/d; rm {o}/kept; echo done"
+        ),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout), "in\ndone\n", "{err}");
+    assert!(err.contains(&format!("{o}/f: Permission denied")), "{err}");
+    assert!(err.contains("mkdir: cannot create directory"), "{err}");
+    assert!(!outside.path().join("f").exists() && !outside.path().join("d").exists());
+    assert!(
+        outside.path().join("kept").exists(),
+        "rm outside the backstop succeeded"
+    );
+    assert!(err.contains("backstop: Landlock ABI"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "applied: write {}",
+            path_str(&b.path().canonicalize().unwrap())
+        )),
+        "{err}"
+    );
+    // The same run without the backstop writes outside: the layering is real.
+    std::fs::write(b.path().join("allow.rego"), ALLOW_ALL).unwrap();
+    let out = b.run(
+        &[],
+        &format!("echo out > {o}/f && mkdir {o}/d && echo done"),
+    );
+    assert_eq!(text(&out.stdout), "done\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_backstop_comes_from_a_remote_broker_too() {
+    let mut s = Serve::start(
+        "package cordon\n\nimport rego.v1\n\nallow if true\n\nbackstop := {\"write\": [input.sandbox.workdir, \"/dev/null\"]}\n",
+        &[],
+    );
+    let b = Box_::new();
+    let outside = tempfile::tempdir().unwrap();
+    let out = cordon()
+        .current_dir(b.path())
+        .args(["run", "--broker", &s.uri(), "--", "/bin/sh", "-c"])
+        .arg(format!(
+            "mkdir {0}/d; echo x > here.txt && echo ok",
+            path_str(outside.path())
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
+    assert!(!outside.path().join("d").exists());
+    s.stop();
+}
+
+#[test]
+fn a_malformed_backstop_refuses_to_start() {
+    let b = Box_::new();
+    std::fs::write(
+        b.path().join("allow.rego"),
+        "package cordon\n\nimport rego.v1\n\nallow if true\n\nbackstop := {\"wirte\": [\"/tmp\"]}\n",
+    )
+    .unwrap();
+    let out = b.run(&[], "echo should-not-run");
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains("unknown field `wirte`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -79,7 +79,12 @@ impl Env {
             .collect();
         std::fs::write(
             &data,
-            serde_json::json!({"cordon": {"network": {"allow": entries}}}).to_string(),
+            // The default backstop executes only system programs; bin/ is added.
+            serde_json::json!({"cordon": {
+                "network": {"allow": entries},
+                "backstop_extra": {"execute": [bin]},
+            }})
+            .to_string(),
         )
         .unwrap();
         let db = dir.path().join("audit");

@@ -115,6 +115,16 @@ impl Broker {
         })
     }
 
+    /// The policy's kernel backstop for `sandbox` (`data.cordon.backstop`).
+    pub fn backstop(
+        &self,
+        sandbox: &cordon_proto::v1::Sandbox,
+    ) -> Result<Option<serde_json::Value>, String> {
+        self.policy
+            .current()
+            .backstop(&request::sandbox_document(sandbox))
+    }
+
     /// Records a sandbox start or exit. Returns the record's sequence number.
     pub fn record_lifecycle(&self, event: &Lifecycle) -> Result<u64, LifecycleError> {
         let sandbox = event.sandbox.clone().unwrap_or_default();

@@ -536,6 +536,38 @@ impl LoadedPolicy {
         held
     }
 
+    /// `data.cordon.backstop` evaluated with `input` = `{"sandbox": …}`
+    /// (so it may name the sandbox's workdir and tmpdir). `None` when the
+    /// policy defines none.
+    pub fn backstop(
+        &self,
+        sandbox: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, String> {
+        let input =
+            <Value as serde::Deserialize>::deserialize(&serde_json::json!({"sandbox": sandbox}))
+                .map_err(|e| e.to_string())?;
+        let mut engine = self.interpreter.clone();
+        engine.set_input(input);
+        let results = engine
+            .eval_query("data.cordon.backstop".into(), false)
+            .map_err(|e| first_lines(&e))?;
+        let Some(value) = results
+            .result
+            .first()
+            .and_then(|r| r.expressions.first())
+            .map(|e| e.value.clone())
+        else {
+            return Ok(None);
+        };
+        if value == Value::Undefined {
+            return Ok(None);
+        }
+        let text = value.to_json_str().map_err(|e| e.to_string())?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
     /// Reads, parses and compiles a policy source.
     pub fn load(source: &PolicySource, opts: &PolicyOptions) -> Result<Self, PolicyError> {
         let sources = SourceSet::read(source)?;

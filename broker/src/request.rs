@@ -233,21 +233,23 @@ pub fn display_bytes(bytes: &[u8]) -> String {
 }
 
 /// Builds the contract's `input` document for a validated request.
-pub fn input_document(req: &DecideRequest) -> Value {
-    let mut input = Map::new();
-    let sandbox = req.sandbox.clone().unwrap_or_default();
+/// `input.sandbox`.
+pub fn sandbox_document(sandbox: &crate::proto::Sandbox) -> Value {
     let labels: Map<String, Value> = sandbox
         .labels
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    input.insert(
-        "sandbox".into(),
-        json!({
-            "id": sandbox.id, "labels": labels,
-            "workdir": display_bytes(&sandbox.workdir), "tmpdir": display_bytes(&sandbox.tmpdir),
-        }),
-    );
+    json!({
+        "id": sandbox.id, "labels": labels,
+        "workdir": display_bytes(&sandbox.workdir), "tmpdir": display_bytes(&sandbox.tmpdir),
+    })
+}
+
+pub fn input_document(req: &DecideRequest) -> Value {
+    let mut input = Map::new();
+    let sandbox = req.sandbox.clone().unwrap_or_default();
+    input.insert("sandbox".into(), sandbox_document(&sandbox));
     let p = req.process.clone().unwrap_or_default();
     input.insert(
         "process".into(),

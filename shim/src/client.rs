@@ -18,7 +18,8 @@ use cordon_broker::{
     Broker,
     client::{BrokerUri, ConnectError, connect},
     proto::{
-        DecideRequest, Decision, Lifecycle, SessionRequest, session_request, session_response,
+        DecideRequest, Decision, Lifecycle, Sandbox as SandboxInfo, SessionRequest,
+        session_request, session_response,
     },
 };
 use tokio::sync::mpsc;
@@ -39,6 +40,8 @@ pub enum ClientError {
 pub trait Decider: Send + Sync + std::fmt::Debug {
     fn decide(&self, req: DecideRequest) -> Result<Decision, ClientError>;
     fn lifecycle(&self, event: Lifecycle) -> Result<u64, ClientError>;
+    /// The policy's kernel backstop for this sandbox, if it defines one.
+    fn backstop(&self, sandbox: &SandboxInfo) -> Result<Option<serde_json::Value>, ClientError>;
     /// Makes everything recorded so far durable (the embedded store's
     /// batched tail); a remote broker owns its own durability.
     fn flush(&self) -> Result<(), ClientError> {
@@ -61,6 +64,10 @@ impl Decider for Embedded {
         self.0
             .record_lifecycle(&event)
             .map_err(|e| ClientError::Refused(e.to_string()))
+    }
+
+    fn backstop(&self, sandbox: &SandboxInfo) -> Result<Option<serde_json::Value>, ClientError> {
+        self.0.backstop(sandbox).map_err(ClientError::Refused)
     }
 
     fn flush(&self) -> Result<(), ClientError> {
@@ -210,6 +217,17 @@ impl Decider for Remote {
     fn lifecycle(&self, event: Lifecycle) -> Result<u64, ClientError> {
         match self.call(session_request::Msg::Lifecycle(event))? {
             session_response::Msg::RecordedSeq(seq) => Ok(seq),
+            session_response::Msg::Error(e) => Err(ClientError::Refused(e.message)),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn backstop(&self, sandbox: &SandboxInfo) -> Result<Option<serde_json::Value>, ClientError> {
+        match self.call(session_request::Msg::Backstop(sandbox.clone()))? {
+            session_response::Msg::BackstopJson(j) if j.is_empty() => Ok(None),
+            session_response::Msg::BackstopJson(j) => serde_json::from_str(&j)
+                .map(Some)
+                .map_err(|e| ClientError::Refused(format!("backstop from the broker: {e}"))),
             session_response::Msg::Error(e) => Err(ClientError::Refused(e.message)),
             other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
         }

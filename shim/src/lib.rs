@@ -8,10 +8,12 @@
 //! - [`emulate`]: performing allowed opens, connects and sends ourselves.
 //! - [`exec`]: verifying that an allowed exec runs the approved image.
 //! - [`client`]: embedded or remote (gRPC `Session`) decisions.
+//! - [`backstop`]: the Landlock ruleset applied beneath the broker.
 //! - [`limits`]: memory, CPU, process, time and file caps (cgroup or rlimits).
 //! - [`sandbox`]: the public API around `std::process::Command`.
 //! - `sys`: the only module with `unsafe`.
 
+pub mod backstop;
 pub mod client;
 pub mod emulate;
 pub mod exec;

@@ -25,6 +25,7 @@ use cordon_broker::proto::{
 use nix::{errno::Errno, poll::PollTimeout};
 
 use crate::{
+    backstop::Opener,
     client::Decider,
     emulate::{self, Address},
     exec::{Approved, ExecVerifier, Outcome},
@@ -78,6 +79,8 @@ pub struct Supervisor {
     helpers: std::sync::atomic::AtomicUsize,
     /// Canonical paths of unix sockets we bound, by socket inode.
     unix_binds: Mutex<std::collections::HashMap<u64, Vec<u8>>>,
+    /// With a kernel backstop: the restricted thread that performs opens.
+    opener: Option<Opener>,
 }
 
 /// Unix bind names remembered at once (see `remember_unix_bind`).
@@ -212,6 +215,7 @@ impl Supervisor {
         sandbox: Sandbox,
         broker_socket: Option<PathBuf>,
         exec: ExecVerifier,
+        opener: Option<Opener>,
     ) -> Self {
         Self {
             listener,
@@ -229,6 +233,7 @@ impl Supervisor {
             status_files: StatusFiles::default(),
             helpers: Default::default(),
             unix_binds: Mutex::default(),
+            opener,
         }
     }
 
@@ -659,10 +664,24 @@ impl Supervisor {
         let me = self.clone();
         let id = n.id;
         let open_and_inject = move || {
-            let opened = with_creds(&task.creds, &me.me, || {
-                emulate::open_found(&found, flags, call.mode, task.umask)
-            })
-            .and_then(|r| r);
+            let (creds, mine, umask) = (task.creds.clone(), me.me.clone(), task.umask);
+            let open = move || {
+                with_creds(&creds, &mine, || {
+                    emulate::open_found(&found, flags, call.mode, umask)
+                })
+                .and_then(|r| r)
+            };
+            // Inside the kernel backstop too, when there is one: on the
+            // restricted opener thread, or (a blocking FIFO, on a helper
+            // thread of its own) by restricting this thread first.
+            let opened = match &me.opener {
+                None => open(),
+                Some(o) if blocking_fifo => match o.restrict_this_thread() {
+                    Ok(()) => open(),
+                    Err(_) => Err(Errno::EACCES),
+                },
+                Some(o) => o.run(open).unwrap_or(Err(Errno::EACCES)),
+            };
             match opened {
                 Ok(fd) => {
                     if let Err(e) =

@@ -29,6 +29,7 @@ use cordon_broker::proto::{
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 
 use crate::{
+    backstop::{Applied, BackstopError, Opener, Spec},
     client::Decider,
     exec::ExecVerifier,
     filter,
@@ -56,6 +57,8 @@ pub enum SpawnError {
     Record(String),
     #[error(transparent)]
     Limits(#[from] LimitError),
+    #[error(transparent)]
+    Backstop(#[from] BackstopError),
 }
 
 /// A sandbox definition: who decides, and what the policy is told about it.
@@ -82,6 +85,7 @@ pub struct Sandbox {
     network_none: bool,
     user: Option<(u32, u32)>,
     new_session: bool,
+    backstop: Option<Spec>,
 }
 
 impl Sandbox {
@@ -103,7 +107,16 @@ impl Sandbox {
             network_none: false,
             user: None,
             new_session: true,
+            backstop: None,
         }
+    }
+
+    /// A Landlock backstop (see [`crate::backstop`]) for the tool and for the
+    /// supervisor's opens on its behalf. Default: the policy's
+    /// `data.cordon.backstop`, asked of the broker at spawn.
+    pub fn backstop(mut self, spec: Spec) -> Self {
+        self.backstop = Some(spec);
+        self
     }
 
     /// Resource limits (see [`Limits`]); memory, CPU and process caps use a
@@ -174,10 +187,23 @@ impl Sandbox {
     pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
         let program = Arc::new(filter::build()?);
         tracing::debug!("filter built");
+        // The policy's backstop unless the caller gave one; an error asking
+        // for it fails the start (a backstop the policy wants is not optional).
+        let spec = match &self.backstop {
+            Some(s) => Some(s.clone()),
+            None => self
+                .decider
+                .backstop(&self.info)
+                .map_err(|e| BackstopError::Invalid(e.to_string()))?
+                .map(|v| Spec::from_json(&v))
+                .transpose()?,
+        };
+        let applied = spec.as_ref().map(crate::backstop::build).transpose()?;
         let plan = Plan::new(&self.info.id, &self.limits)?;
-        match self.spawn_planned(cmd, program, &plan) {
+        match self.spawn_planned(cmd, program, &plan, applied.as_ref()) {
             Ok(mut s) => {
                 s.plan = plan;
+                s.backstop = applied;
                 Ok(s)
             }
             Err(e) => {
@@ -188,7 +214,7 @@ impl Sandbox {
         }
     }
 
-    fn child_setup(&self, plan: &Plan) -> sys::ChildSetup {
+    fn child_setup(&self, plan: &Plan, backstop: Option<&Applied>) -> sys::ChildSetup {
         let cstring =
             |p: PathBuf| std::ffi::CString::new(p.into_os_string().into_vec()).unwrap_or_default();
         let uid = nix::unistd::geteuid().as_raw();
@@ -201,6 +227,7 @@ impl Sandbox {
                 .network_none
                 .then(|| sys::NetworkNone::new(uid != 0, uid, gid)),
             user: self.user,
+            landlock: backstop.and_then(|b| b.ruleset.clone()),
         }
     }
 
@@ -209,7 +236,9 @@ impl Sandbox {
         cmd: &mut Command,
         program: Arc<sys::BpfProgram>,
         plan: &Plan,
+        backstop: Option<&Applied>,
     ) -> Result<Sandboxed, SpawnError> {
+        let ruleset = backstop.and_then(|b| b.ruleset.clone());
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SpawnError::Supervisor(e.into()))?;
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Arc<Supervisor>, i32)>>();
@@ -237,12 +266,21 @@ impl Sandbox {
                                 return;
                             }
                         };
+                        let opener = match ruleset.map(Opener::start).transpose() {
+                            Ok(o) => o,
+                            Err(e) => {
+                                kill_child();
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        };
                         let sup = Arc::new(Supervisor::new(
                             listener,
                             decider,
                             info,
                             broker_socket,
                             exec,
+                            opener,
                         ));
                         let _ = ready_tx.send(Ok((sup.clone(), pid)));
                         let run = std::panic::AssertUnwindSafe(|| sup.run());
@@ -268,7 +306,7 @@ impl Sandbox {
                 }
             })
             .map_err(SpawnError::Supervisor)?;
-        sys::prepare_child(cmd, self.child_setup(plan));
+        sys::prepare_child(cmd, self.child_setup(plan, backstop));
         sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd());
         let spawned = cmd.spawn();
         drop(report_w);
@@ -304,6 +342,7 @@ impl Sandbox {
             decider: self.decider.clone(),
             info: self.info.clone(),
             plan: Plan::default(),
+            backstop: None,
             timeout: self.limits.timeout,
             started: std::time::Instant::now(),
             group: self.new_session,
@@ -373,6 +412,7 @@ pub struct Sandboxed {
     decider: Arc<dyn Decider>,
     info: SandboxInfo,
     plan: Plan,
+    backstop: Option<Applied>,
     timeout: Option<std::time::Duration>,
     started: std::time::Instant,
     /// The tool leads its own process group.
@@ -393,6 +433,11 @@ impl Sandboxed {
     /// so the supervisor outlives the tool it guards.
     pub fn relay_signals(&self) -> io::Result<()> {
         sys::relay_signals_to(self.pid, self.group)
+    }
+
+    /// The kernel backstop applied, if one was asked for.
+    pub fn backstop(&self) -> Option<&Applied> {
+        self.backstop.as_ref()
     }
 
     /// Limits that could not be enforced as asked (no cgroup).

@@ -376,6 +376,8 @@ pub struct ChildSetup {
     pub network_none: Option<NetworkNone>,
     /// `(uid, gid)` to become, from root.
     pub user: Option<(u32, u32)>,
+    /// A Landlock ruleset to restrict the child with (after the user change).
+    pub landlock: Option<Arc<OwnedFd>>,
 }
 
 /// How to make the network namespace: unprivileged callers first make a
@@ -485,6 +487,9 @@ pub fn prepare_child(cmd: &mut Command, setup: ChildSetup) {
                 cvt(libc::setuid(uid))?;
             }
         }
+        if let Some(ruleset) = &setup.landlock {
+            restrict_raw(ruleset.as_raw_fd())?;
+        }
         // Nothing of cordon's reaches the tool: every inherited fd above
         // stdio closes at exec (the report pipe and listener already do).
         // SAFETY: close_range with integer arguments.
@@ -503,10 +508,141 @@ pub fn prepare_child(cmd: &mut Command, setup: ChildSetup) {
     };
     // SAFETY: the hook only makes async-signal-safe syscalls (setsid, open,
     // write, close, setrlimit, unshare, socket, ioctl, setgroups, setgid,
-    // setuid, close_range) on data built before fork, and allocates nothing.
+    // setuid, prctl, landlock_restrict_self, close_range) on data built
+    // before fork, and allocates nothing.
     unsafe {
         cmd.pre_exec(hook);
     }
+}
+
+// --- Landlock (not wrapped by libc or nix) ---------------------------------
+
+/// `struct landlock_ruleset_attr` (with `scoped`, zero: ignored as trailing
+/// zeros by kernels that predate it).
+#[repr(C)]
+struct RulesetAttr {
+    handled_access_fs: u64,
+    handled_access_net: u64,
+    scoped: u64,
+}
+
+/// `struct landlock_path_beneath_attr`, packed.
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// `struct landlock_net_port_attr`.
+#[repr(C)]
+struct NetPortAttr {
+    allowed_access: u64,
+    port: u64,
+}
+
+const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+const LANDLOCK_RULE_PATH_BENEATH: i32 = 1;
+const LANDLOCK_RULE_NET_PORT: i32 = 2;
+
+/// The Landlock ABI version the kernel supports (0: none).
+pub fn landlock_abi() -> i32 {
+    // SAFETY: the version query takes a null attribute and size 0.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0) as i32
+}
+
+/// A new ruleset handling these rights.
+pub fn landlock_ruleset(handled_fs: u64, handled_net: u64) -> io::Result<OwnedFd> {
+    let attr = RulesetAttr {
+        handled_access_fs: handled_fs,
+        handled_access_net: handled_net,
+        scoped: 0,
+    };
+    // SAFETY: the kernel reads `size_of` bytes of `attr`; it returns a new
+    // fd (close-on-exec) or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const RulesetAttr,
+            std::mem::size_of::<RulesetAttr>(),
+            0u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Allows `access` beneath the file or directory `parent`.
+pub fn landlock_allow_path(ruleset: &OwnedFd, parent: &OwnedFd, access: u64) -> io::Result<()> {
+    let attr = PathBeneathAttr {
+        allowed_access: access,
+        parent_fd: parent.as_raw_fd(),
+    };
+    // SAFETY: the kernel reads the packed attribute from our stack.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Allows `access` (bind/connect) on TCP `port`.
+pub fn landlock_allow_port(ruleset: &OwnedFd, port: u16, access: u64) -> io::Result<()> {
+    let attr = NetPortAttr {
+        allowed_access: access,
+        port: port.into(),
+    };
+    // SAFETY: the kernel reads the attribute from our stack.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            LANDLOCK_RULE_NET_PORT,
+            &attr as *const NetPortAttr,
+            0u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Restricts the calling thread (Landlock domains are per thread) with
+/// `ruleset`, setting the thread's `no_new_privs` first as Landlock requires
+/// of unprivileged callers.
+pub fn landlock_restrict_thread(ruleset: &OwnedFd) -> io::Result<()> {
+    restrict_raw(ruleset.as_raw_fd())
+}
+
+/// The body of [`landlock_restrict_thread`], async-signal-safe for the child.
+fn restrict_raw(ruleset: RawFd) -> io::Result<()> {
+    // SAFETY: prctl and landlock_restrict_self take integers.
+    unsafe {
+        cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        if libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Sends `sig` to the process group `pgid`.

@@ -94,6 +94,10 @@ pub struct RunArgs {
     /// tool's behalf use the same credentials.
     #[arg(long, value_name = "USER", help_heading = "Isolation")]
     user: Option<String>,
+    /// Print the kernel backstop (Landlock rules from the policy's data.cordon.backstop) that was
+    /// applied, and what this kernel could not enforce, on stderr.
+    #[arg(long, help_heading = "Isolation")]
+    explain_backstop: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -258,6 +262,7 @@ impl RunArgs {
             max_open_files: None,
             network: NetworkMode::Brokered,
             user: None,
+            explain_backstop: false,
             command,
         }
     }
@@ -350,6 +355,14 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         Ok(child) => {
             for w in child.warnings() {
                 eprintln!("cordon: warning: {w}");
+            }
+            if args.explain_backstop {
+                match child.backstop() {
+                    Some(b) => eprint!("cordon: backstop: {}", b.explain()),
+                    None => eprintln!(
+                        "cordon: backstop: the policy defines none (data.cordon.backstop)"
+                    ),
+                }
             }
             child
                 .relay_signals()

@@ -1,0 +1,280 @@
+//! The kernel backstop: a Landlock ruleset applied to the tool before exec,
+//! so that even if the shim were bypassed (a kernel path it does not
+//! broker, a bug in it), the tool stays inside these bounds. The same
+//! ruleset restricts the supervisor thread that performs the tool's allowed
+//! opens, so a policy that allows more than the backstop still cannot open
+//! past it.
+//!
+//! Its shape comes from the policy's `data.cordon.backstop`:
+//!
+//! ```json
+//! {"read": ["/"], "write": ["/home/agent/job", "/dev/null"],
+//!  "execute": ["/usr", "/bin"], "connect_tcp": [443], "bind_tcp": []}
+//! ```
+//!
+//! A category that is absent is not restricted; one that is present allows
+//! only what it lists. The kernel's Landlock ABI is detected at start; what
+//! it cannot enforce is reported ([`Applied::not_enforced`]) and the rest is
+//! applied (best effort, as Landlock intends).
+
+use std::{
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use nix::{fcntl::OFlag, sys::stat::Mode};
+
+use crate::sys;
+
+const EXECUTE: u64 = 1 << 0;
+const WRITE_FILE: u64 = 1 << 1;
+const READ_FILE: u64 = 1 << 2;
+const READ_DIR: u64 = 1 << 3;
+/// REMOVE_DIR … MAKE_SYM: creating and removing entries (ABI 1).
+const MAKE_AND_REMOVE: u64 = 0b1_1111_1111 << 4;
+const REFER: u64 = 1 << 13;
+const TRUNCATE: u64 = 1 << 14;
+/// Rights that apply to a file (not a directory) rule.
+const FILE_RIGHTS: u64 = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE;
+const BIND_TCP: u64 = 1 << 0;
+const CONNECT_TCP: u64 = 1 << 1;
+
+/// What the policy asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub read: Option<Vec<PathBuf>>,
+    pub write: Option<Vec<PathBuf>>,
+    pub execute: Option<Vec<PathBuf>>,
+    pub connect_tcp: Option<Vec<u16>>,
+    pub bind_tcp: Option<Vec<u16>>,
+}
+
+/// A backstop that cannot be built as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BackstopError {
+    #[error("data.cordon.backstop is not valid: {0}")]
+    Invalid(String),
+    #[error("cannot build the Landlock ruleset: {0}")]
+    Kernel(std::io::Error),
+}
+
+impl Spec {
+    /// From the JSON value of `data.cordon.backstop`.
+    pub fn from_json(v: &serde_json::Value) -> Result<Spec, BackstopError> {
+        serde_json::from_value(v.clone()).map_err(|e| BackstopError::Invalid(e.to_string()))
+    }
+}
+
+/// The ruleset built from a [`Spec`], and what it does and does not cover.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub abi: i32,
+    /// `None` when the kernel has no Landlock: nothing is applied.
+    pub ruleset: Option<Arc<OwnedFd>>,
+    /// One line per rule applied.
+    pub rules: Vec<String>,
+    /// One line per thing asked for that the kernel cannot enforce.
+    pub not_enforced: Vec<String>,
+}
+
+impl Applied {
+    /// Lines for `cordon run --explain-backstop`.
+    pub fn explain(&self) -> String {
+        let mut out = format!("Landlock ABI {}", self.abi);
+        if self.ruleset.is_none() {
+            out.push_str(": not available, nothing applied");
+        }
+        out.push('\n');
+        for r in &self.rules {
+            out.push_str(&format!("  applied: {r}\n"));
+        }
+        for r in &self.not_enforced {
+            out.push_str(&format!("  NOT enforced: {r}\n"));
+        }
+        out
+    }
+}
+
+fn names(access: u64) -> String {
+    let mut n = Vec::new();
+    for (bit, name) in [
+        (READ_FILE | READ_DIR, "read"),
+        (WRITE_FILE | MAKE_AND_REMOVE | TRUNCATE | REFER, "write"),
+        (EXECUTE, "execute"),
+    ] {
+        if access & bit != 0 {
+            n.push(name);
+        }
+    }
+    n.join("+")
+}
+
+/// Builds the ruleset for `spec` on this kernel.
+pub fn build(spec: &Spec) -> Result<Applied, BackstopError> {
+    let abi = sys::landlock_abi();
+    let mut applied = Applied {
+        abi,
+        ruleset: None,
+        rules: vec![],
+        not_enforced: vec![],
+    };
+    let wants_net = spec.connect_tcp.is_some() || spec.bind_tcp.is_some();
+    if abi < 1 {
+        applied
+            .not_enforced
+            .push("the kernel has no Landlock: no filesystem or network backstop".into());
+        return Ok(applied);
+    }
+    let mut write_rights = WRITE_FILE | MAKE_AND_REMOVE;
+    if abi >= 2 {
+        write_rights |= REFER;
+    } else if spec.write.is_some() {
+        applied
+            .not_enforced
+            .push("ABI < 2: renames and links across directories are refused altogether".into());
+    }
+    if abi >= 3 {
+        write_rights |= TRUNCATE;
+    } else if spec.write.is_some() {
+        applied
+            .not_enforced
+            .push("ABI < 3: truncate(2) is not restricted".into());
+    }
+    let mut handled_fs = 0;
+    let mut categories: Vec<(&Vec<PathBuf>, u64)> = Vec::new();
+    if let Some(r) = &spec.read {
+        handled_fs |= READ_FILE | READ_DIR;
+        categories.push((r, READ_FILE | READ_DIR));
+    }
+    if let Some(w) = &spec.write {
+        handled_fs |= write_rights;
+        // What may be written may be read: reads are not narrowed by a write rule.
+        categories.push((w, write_rights | READ_FILE | READ_DIR));
+    }
+    if let Some(x) = &spec.execute {
+        handled_fs |= EXECUTE;
+        categories.push((x, EXECUTE | READ_FILE | READ_DIR));
+    }
+    let mut handled_net = 0;
+    if wants_net {
+        if abi >= 4 {
+            if spec.connect_tcp.is_some() {
+                handled_net |= CONNECT_TCP;
+            }
+            if spec.bind_tcp.is_some() {
+                handled_net |= BIND_TCP;
+            }
+        } else {
+            applied.not_enforced.push(format!(
+                "ABI {abi} < 4: TCP connect/bind ports are not restricted"
+            ));
+        }
+    }
+    applied.not_enforced.push(
+        "unix-socket connects, UDP and other protocols are not covered by Landlock (the broker decides them)".into(),
+    );
+    if handled_fs == 0 && handled_net == 0 {
+        return Ok(applied);
+    }
+    let ruleset = sys::landlock_ruleset(handled_fs, handled_net).map_err(BackstopError::Kernel)?;
+    for (paths, rights) in categories {
+        for path in paths {
+            match allow_path(&ruleset, path, rights & handled_fs) {
+                Ok(r) => applied
+                    .rules
+                    .push(format!("{} {}", names(r), path.display())),
+                Err(e) => applied
+                    .not_enforced
+                    .push(format!("{}: {e} (no rule: stays denied)", path.display())),
+            }
+        }
+    }
+    for (ports, right, name) in [
+        (&spec.connect_tcp, CONNECT_TCP, "connect"),
+        (&spec.bind_tcp, BIND_TCP, "bind"),
+    ] {
+        if let (Some(ports), true) = (ports, handled_net & right != 0) {
+            for port in ports {
+                sys::landlock_allow_port(&ruleset, *port, right).map_err(BackstopError::Kernel)?;
+                applied.rules.push(format!("tcp {name} port {port}"));
+            }
+        }
+    }
+    applied.ruleset = Some(Arc::new(ruleset));
+    Ok(applied)
+}
+
+/// One path rule; a file gets only the file rights. Returns the rights given.
+fn allow_path(ruleset: &OwnedFd, path: &Path, rights: u64) -> std::io::Result<u64> {
+    let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+    let is_dir =
+        nix::sys::stat::fstat(&fd).is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
+    let rights = if is_dir { rights } else { rights & FILE_RIGHTS };
+    sys::landlock_allow_path(ruleset, &fd, rights)?;
+    Ok(rights)
+}
+
+/// A thread restricted by the backstop that performs the tool's allowed
+/// opens, so they stay inside it too (Landlock domains are per thread).
+#[derive(Debug)]
+pub struct Opener {
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    ruleset: Arc<OwnedFd>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl Opener {
+    pub fn start(ruleset: Arc<OwnedFd>) -> std::io::Result<Opener> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let rs = ruleset.clone();
+        std::thread::Builder::new()
+            .name("cordon-opener".into())
+            .spawn(move || {
+                // Files created here take the tool's umask, applied by hand
+                // (as on the supervisor thread): our own umask must not.
+                if nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).is_ok() {
+                    nix::sys::stat::umask(Mode::empty());
+                }
+                let restricted = sys::landlock_restrict_thread(&rs);
+                let ok = restricted.is_ok();
+                let _ = ready_tx.send(restricted);
+                if !ok {
+                    return;
+                }
+                for job in rx {
+                    job();
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the opener thread ended"))??;
+        Ok(Opener {
+            jobs: std::sync::Mutex::new(tx),
+            ruleset,
+        })
+    }
+
+    /// Runs `f` on the restricted thread and returns its result.
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .ok()?;
+        rx.recv().ok()
+    }
+
+    /// For a thread of its own (a blocking FIFO open): restricts the calling
+    /// thread the same way.
+    pub fn restrict_this_thread(&self) -> std::io::Result<()> {
+        sys::landlock_restrict_thread(&self.ruleset)
+    }
+}
