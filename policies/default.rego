@@ -171,6 +171,7 @@ errno := "ECONNREFUSED" if {
 # (creates, removes, renames) only in its working directory, its temp dir and
 # the standard devices, and executes only system programs. Reads stay with the
 # rules above. See docs/threat-model.md.
+# A library tool policy (tool_selected) brings its own bounds, or none.
 # A policy that allows more adds it with data, e.g.
 #   {"cordon": {"backstop_extra": {"execute": ["/opt/tools"], "write": ["/srv/out"]}}}
 backstop := {
@@ -179,7 +180,7 @@ backstop := {
 		backstop_extra_write,
 	),
 	"execute": array.concat(["/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt"], backstop_extra_execute),
-}
+} if not tool_selected
 
 default backstop_extra_write := []
 

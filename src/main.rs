@@ -61,7 +61,10 @@ fn main() -> ExitCode {
         Command::Learn(args) => return cmd::learn::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Audit(args) => cmd::audit::run(args),
-        Command::Policy(c) => cmd::policy::run(c),
+        Command::Policy(c) => {
+            cordon_shim::default_sigpipe();
+            cmd::policy::run(c)
+        }
     };
     match result {
         Ok(code) => code,

@@ -132,6 +132,19 @@ fn permissive_run_allows_and_records_what_would_be_denied() {
     assert_eq!(for_env[1]["input"]["file"]["path"], env.as_str());
     let (code, _, _) = run_cordon(&["audit", "verify", "--db", path_str(&db)]);
     assert_eq!(code, 0);
+    // Nothing is enforced: not the policy, not its kernel backstop (the
+    // default's allows exec only of system programs).
+    let script = work.path().join("hello.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hello from the workdir\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (code, _, _) = run_in(work.path(), &db, &[], "./hello.sh");
+    assert_eq!(code, 126);
+    let (code, out, err) = run_in(work.path(), &db, &["--permissive"], "./hello.sh");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello from the workdir\n"),
+        "{err}"
+    );
     // --permissive cannot be asked of a shared broker.
     let (code, _, err) = run_cordon(&[
         "run",

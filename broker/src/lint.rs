@@ -123,8 +123,20 @@ pub fn lint(source: &PolicySource) -> Result<Vec<Lint>, PolicyError> {
     Ok(lints)
 }
 
-/// Whether any policy file mentions the package (`data.a.b`).
+/// Whether any policy file mentions the package (`data.a.b`), or reaches
+/// it through a computed key on a parent (`data.a[name]`).
 fn refers_to(all_text: &str, package: &str) -> bool {
+    let parts: Vec<&str> = package.split('.').collect();
+    let computed = (1..parts.len()).any(|n| {
+        let parent = parts[..n].join(".");
+        all_text
+            .match_indices(&format!("data.{parent}["))
+            .any(|(i, m)| !all_text[i + m.len()..].starts_with('"'))
+    });
+    computed || refers_directly(all_text, package)
+}
+
+fn refers_directly(all_text: &str, package: &str) -> bool {
     // The package's own text mentions itself in its `package` line only as
     // `package a.b`, never as `data.a.b`, so any `data.a.b` is a reference.
     all_text.contains(&format!("data.{package}.")) || all_text.contains(&format!("data.{package}["))
@@ -179,7 +191,17 @@ fn data_used(all_text: &str, key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::data_used;
+    use super::{data_used, refers_to};
+
+    #[test]
+    fn package_references() {
+        let text = "allow if data.cordon.tools[name].allow\nx := data.org.rules.y\nz := data.lib[\"fixed\"]\n";
+        assert!(refers_to(text, "cordon.tools.web_fetch"));
+        assert!(refers_to(text, "org.rules"));
+        assert!(!refers_to(text, "org.other"));
+        // A literal key names one package, not every one below.
+        assert!(!refers_to(text, "lib.other"));
+    }
 
     #[test]
     fn data_references() {

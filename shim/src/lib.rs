@@ -29,4 +29,6 @@ mod sys;
 pub use client::{Decider, Embedded, Remote};
 pub use limits::Limits;
 pub use notify::DEFAULT_DEADLINE;
-pub use sandbox::{Sandbox, Sandboxed, SpawnError, become_subreaper, harden_supervisor};
+pub use sandbox::{
+    Sandbox, Sandboxed, SpawnError, become_subreaper, default_sigpipe, harden_supervisor,
+};

@@ -403,6 +403,12 @@ pub fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
 
+/// For command-line front ends that print to a pipe (`cordon policy eval |
+/// head`): die of SIGPIPE like other Unix tools instead of failing to print.
+pub fn default_sigpipe() {
+    sys::default_sigpipe();
+}
+
 /// A running sandboxed command.
 #[derive(Debug)]
 pub struct Sandboxed {

@@ -645,6 +645,14 @@ fn restrict_raw(ruleset: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Restores the default SIGPIPE disposition (Rust starts with it ignored).
+pub fn default_sigpipe() {
+    // SAFETY: signal with a constant disposition, no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Sends `sig` to the process group `pgid`.
 pub fn kill_group(pgid: i32, sig: i32) {
     // SAFETY: kill with integers; a negative pid names a process group.
