@@ -465,3 +465,37 @@ fn a_malformed_backstop_refuses_to_start() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_backstop_binds_the_supervisors_connects_and_no_terminal_leaks() {
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let b = Box_::new();
+    // The policy allows every connect; the backstop allows TCP port 443 only.
+    std::fs::write(
+        b.path().join("allow.rego"),
+        "package cordon\n\nimport rego.v1\n\nallow if true\n\nbackstop := {\"connect_tcp\": [443]}\n",
+    )
+    .unwrap();
+    let probe = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port})); print('connected')\nexcept OSError as e: print(e.errno)\n"
+    );
+    let out = b.run(&[], &format!("exec /usr/bin/python3 -c \"{probe}\""));
+    assert_eq!(text(&out.stdout), "13\n", "{}", text(&out.stderr));
+    // cordon run on a terminal (script(1) gives it one); the tool, in its own
+    // session, has none, and /dev/tty must not open the supervisor's for it.
+    let inner = format!(
+        "{} run --audit-db {} --policy {} -- /bin/sh -c 'echo hi > /dev/tty; echo rc=$?'",
+        env!("CARGO_BIN_EXE_cordon"),
+        b.db(),
+        path_str(&b.path().join("allow.rego"))
+    );
+    let out = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .current_dir(b.path())
+        .output()
+        .unwrap();
+    let all = text(&out.stdout);
+    assert!(all.contains("No such device or address"), "{all}");
+    assert!(all.contains("rc=2"), "{all}");
+}

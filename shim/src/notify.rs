@@ -90,6 +90,17 @@ const MAX_BOUND_NAMES: usize = 1024;
 /// fails with `EAGAIN` rather than letting a tool make us spawn without bound.
 const MAX_HELPERS: usize = 256;
 
+/// Whether task `tid` has a controlling terminal (`tty_nr` in its stat).
+fn has_controlling_tty(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(") ")?.1;
+            rest.split(' ').nth(4)?.parse::<i64>().ok()
+        })
+        .is_some_and(|tty| tty != 0)
+}
+
 fn syscall_name(nr: i64) -> &'static str {
     match nr {
         libc::SYS_open => "open",
@@ -632,6 +643,16 @@ impl Supervisor {
         // A path that does not resolve fails as the kernel would have failed
         // it; there is nothing to open, so nothing to decide.
         let found = resolved.found?;
+        // /dev/tty means the opener's controlling terminal: ours, were we to
+        // open it. A tool without one gets what the kernel gives it.
+        if let Found::Existing(fd) = &found
+            && nix::sys::stat::fstat(fd).is_ok_and(|s| {
+                s.st_mode & libc::S_IFMT == libc::S_IFCHR && s.st_rdev == libc::makedev(5, 0)
+            })
+            && !has_controlling_tty(n.tid)
+        {
+            return Err(Errno::ENXIO);
+        }
         self.refuse_protected(n, &resolved.path, &found, false)?;
         let access: Vec<String> = if flags & libc::O_PATH != 0 {
             vec![]
@@ -760,23 +781,35 @@ impl Supervisor {
         may_block: bool,
         op: impl FnOnce() -> Result<i64, Errno> + Send + 'static,
     ) {
-        self.perform_then(n, task, may_block, None, op)
+        self.perform_then(n, task, may_block, None, false, op)
     }
 
     /// [`Self::perform`], and on `EPIPE` a SIGPIPE to `(tgid, tid)` if given.
+    /// `in_backstop`: the call is one Landlock governs (connect, bind), so it
+    /// runs inside the kernel backstop when there is one.
     fn perform_then(
         self: &Arc<Self>,
         n: &Notification,
         task: &Task,
         may_block: bool,
         sigpipe: Option<(i32, i32)>,
+        in_backstop: bool,
         op: impl FnOnce() -> Result<i64, Errno> + Send + 'static,
     ) {
         let me = self.clone();
         let creds = task.creds.clone();
         let id = n.id;
         let run = move || {
-            let result = with_creds(&creds, &me.me, op).and_then(|r| r);
+            let mine = me.me.clone();
+            let direct = move || with_creds(&creds, &mine, op).and_then(|r| r);
+            let result = match (&me.opener, in_backstop) {
+                (Some(o), true) if may_block => match o.restrict_this_thread() {
+                    Ok(()) => direct(),
+                    Err(_) => Err(Errno::EACCES),
+                },
+                (Some(o), true) => o.run(direct).unwrap_or(Err(Errno::EACCES)),
+                _ => direct(),
+            };
             if let (Err(Errno::EPIPE), Some((tgid, tid))) = (&result, sigpipe) {
                 let _ = tgkill_sigpipe(tgid, tid);
             }
@@ -862,7 +895,7 @@ impl Supervisor {
         let nr = n.nr;
         let umask = task.umask;
         let me = self.clone();
-        self.perform(n, &task, may_block, move || {
+        self.perform_then(n, &task, may_block, None, true, move || {
             let _pinned = keep_alive;
             let unix = unix_call_path.as_deref();
             match nr {
@@ -1111,7 +1144,7 @@ impl Supervisor {
         // unless it asked otherwise: relayed to the tool thread by `perform`,
         // with the supervisor's own credentials.
         let sigpipe = (stream && flags & libc::MSG_NOSIGNAL == 0).then_some((task.tgid, n.tid));
-        self.perform_then(n, &task, may_block, sigpipe, move || {
+        self.perform_then(n, &task, may_block, sigpipe, false, move || {
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix)) in planned.iter().enumerate() {
                 let dest = addr

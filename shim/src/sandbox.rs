@@ -399,9 +399,17 @@ pub fn harden_supervisor() -> io::Result<()> {
 /// For command-line front ends: become the subreaper of the sandbox, so
 /// descendants that detach (double fork, `setsid`) are re-parented here and
 /// can be found and killed when the tool ends.
+/// Only for a process whose children are all sandboxes: when a sandbox
+/// ends, every other child of this process is taken for one of its detached
+/// descendants and killed.
 pub fn become_subreaper() -> io::Result<()> {
-    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
+    SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
+
+/// Set by [`become_subreaper`]: orphans re-parented here are the sandbox's.
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// For command-line front ends that print to a pipe (`cordon policy eval |
 /// head`): die of SIGPIPE like other Unix tools instead of failing to print.
@@ -592,6 +600,10 @@ impl Sandboxed {
 /// re-parents its own children here. The tool itself (`tool`) is left to
 /// its pidfd wait.
 fn kill_orphans(tool: i32) {
+    // A library host's children are its own business unless it asked.
+    if !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     for _ in 0..100 {
         let children: Vec<i32> = own_children().into_iter().filter(|&p| p != tool).collect();
         if children.is_empty() {
