@@ -499,3 +499,19 @@ fn the_backstop_binds_the_supervisors_connects_and_no_terminal_leaks() {
     assert!(all.contains("No such device or address"), "{all}");
     assert!(all.contains("rc=2"), "{all}");
 }
+
+#[test]
+fn a_setup_step_that_fails_is_cordons_failure() {
+    let b = Box_::new();
+    // No one may raise the hard limit on open files this far: the child's
+    // setup fails before the tool exists. That is exit 125 (cordon failed),
+    // not 126 (the command could not be executed).
+    let out = b.run(&["--max-open-files", "99999999999"], "echo should-not-run");
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains("cannot set a resource limit: Operation not permitted"),
+        "{}",
+        text(&out.stderr)
+    );
+}

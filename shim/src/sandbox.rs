@@ -59,6 +59,14 @@ pub enum SpawnError {
     Limits(#[from] LimitError),
     #[error(transparent)]
     Backstop(#[from] BackstopError),
+    /// A step of the child's setup before the tool (cgroup, namespaces,
+    /// user, Landlock…) failed: the tool never ran.
+    #[error("{step}")]
+    Setup {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A sandbox definition: who decides, and what the policy is told about it.
@@ -242,6 +250,8 @@ impl Sandbox {
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SpawnError::Supervisor(e.into()))?;
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Arc<Supervisor>, i32)>>();
+        let setup_failed = Arc::new(std::sync::Mutex::new(None));
+        let failed_in_thread = setup_failed.clone();
         let decider = self.decider.clone();
         let info = self.info.clone();
         let broker_socket = self.broker_socket.clone();
@@ -249,7 +259,11 @@ impl Sandbox {
             .name("cordon-supervisor".into())
             .spawn(move || {
                 match take_listener(report_r) {
-                    Ok(Some((pid, listener))) => {
+                    Ok(Report::SetupFailed(step, errno)) => {
+                        *failed_in_thread.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((step, errno));
+                    }
+                    Ok(Report::Listener(pid, listener)) => {
                         let kill_child = || {
                             let _ = nix::sys::signal::kill(
                                 nix::unistd::Pid::from_raw(pid),
@@ -299,22 +313,37 @@ impl Sandbox {
                             }
                         }
                     }
-                    Ok(None) => {} // the child failed before loading the filter
+                    Ok(Report::Nothing) => {} // the child failed before loading the filter
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
                 }
             })
             .map_err(SpawnError::Supervisor)?;
-        sys::prepare_child(cmd, self.child_setup(plan, backstop));
+        sys::prepare_child(cmd, self.child_setup(plan, backstop), report_w.as_raw_fd());
         sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd());
         let spawned = cmd.spawn();
         drop(report_w);
         let program_name = String::from_utf8_lossy(cmd.get_program().as_bytes()).into_owned();
-        let child = spawned.map_err(|source| SpawnError::Exec {
-            program: program_name,
-            source,
-        })?;
+        let child = match spawned {
+            Ok(c) => c,
+            Err(source) => {
+                // Wait for the supervisor thread to read the child's report:
+                // a setup step that failed is cordon's failure, not the exec's.
+                let _ = ready_rx.recv();
+                let failed = *setup_failed.lock().unwrap_or_else(|p| p.into_inner());
+                return Err(match failed {
+                    Some((step, errno)) => SpawnError::Setup {
+                        step: step.describe(),
+                        source: io::Error::from_raw_os_error(errno),
+                    },
+                    None => SpawnError::Exec {
+                        program: program_name,
+                        source,
+                    },
+                });
+            }
+        };
         let (supervisor, pid) = match ready_rx.recv() {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return Err(SpawnError::Supervisor(e)),
@@ -359,21 +388,36 @@ impl Sandbox {
     }
 }
 
-/// Reads the child's report and duplicates its listener. `None` when the
-/// child closed the pipe without reporting (its setup failed; spawn says why).
-fn take_listener(report: OwnedFd) -> io::Result<Option<(i32, Listener)>> {
+/// What the child reported before exec.
+enum Report {
+    Listener(i32, Listener),
+    /// A setup step failed with this errno; the child exits.
+    SetupFailed(sys::SetupStep, i32),
+    /// The child closed the pipe without reporting (its exec failed, or it
+    /// died before loading the filter; spawn says why).
+    Nothing,
+}
+
+/// Reads the child's report and duplicates its listener.
+fn take_listener(report: OwnedFd) -> io::Result<Report> {
     let mut buf = [0u8; CHILD_REPORT_LEN];
     let mut f = std::fs::File::from(report);
     match f.read_exact(&mut buf) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Report::Nothing),
         Err(e) => return Err(e),
     }
     let pid = i32::from_ne_bytes(buf[..4].try_into().expect("4"));
     let fd = i32::from_ne_bytes(buf[4..].try_into().expect("4"));
+    if pid < 0 {
+        return Ok(match sys::SetupStep::from_code(-pid) {
+            Some(step) => Report::SetupFailed(step, fd),
+            None => Report::Nothing,
+        });
+    }
     let listener = sys::pidfd_open(pid).and_then(|pidfd| sys::pidfd_getfd(&pidfd, fd));
     match listener {
-        Ok(l) => Ok(Some((pid, Listener::from_fd(l)))),
+        Ok(l) => Ok(Report::Listener(pid, Listener::from_fd(l))),
         Err(e) => {
             // Nobody will answer the child's exec: it would wait forever
             // (it holds its own listener). It must not run unsupervised.

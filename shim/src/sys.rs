@@ -443,68 +443,124 @@ fn loopback_up() -> io::Result<()> {
 
 /// Arranges for `cmd`'s child to apply `setup` after fork, before the
 /// filter hook (hooks run in the order they are added).
-pub fn prepare_child(cmd: &mut Command, setup: ChildSetup) {
+/// The steps of [`prepare_child`], reported when one fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum SetupStep {
+    Session = 1,
+    Cgroup,
+    Rlimit,
+    Network,
+    User,
+    Landlock,
+    CloseRange,
+}
+
+impl SetupStep {
+    pub fn from_code(code: i32) -> Option<Self> {
+        use SetupStep::*;
+        [Session, Cgroup, Rlimit, Network, User, Landlock, CloseRange]
+            .into_iter()
+            .find(|s| *s as i32 == code)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            SetupStep::Session => "cannot start a new session",
+            SetupStep::Cgroup => "cannot join the sandbox's cgroup",
+            SetupStep::Rlimit => "cannot set a resource limit",
+            SetupStep::Network => "cannot make the network namespace",
+            SetupStep::User => "cannot switch to --user",
+            SetupStep::Landlock => "cannot apply the Landlock backstop",
+            SetupStep::CloseRange => "cannot close cordon's file descriptors",
+        }
+    }
+}
+
+fn apply_setup(setup: &ChildSetup, step: &mut SetupStep) -> io::Result<()> {
+    *step = SetupStep::Session;
+    if setup.new_session {
+        // SAFETY: setsid takes no arguments.
+        cvt(unsafe { libc::setsid() })?;
+    }
+    *step = SetupStep::Cgroup;
+    for procs in &setup.cgroup_procs {
+        write_file(procs, b"0")?;
+    }
+    *step = SetupStep::Rlimit;
+    for &(resource, value) in &setup.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: setrlimit reads the struct on our stack.
+        cvt(unsafe { libc::setrlimit(resource as _, &lim) })?;
+    }
+    *step = SetupStep::Network;
+    if let Some(net) = &setup.network_none {
+        if let Some((uid_map, gid_map)) = &net.user_ns {
+            // A non-dumpable process (the supervisor makes itself one)
+            // has root-owned /proc files: it could not write its maps.
+            // The filter hook makes the child dumpable anyway.
+            // SAFETY: prctl with integer arguments.
+            cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
+            // SAFETY: unshare with flags only.
+            cvt(unsafe { libc::unshare(libc::CLONE_NEWUSER) })?;
+            write_file(c"/proc/self/setgroups", b"deny")?;
+            write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
+            write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
+        }
+        // SAFETY: unshare with flags only.
+        cvt(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+        loopback_up()?;
+    }
+    *step = SetupStep::User;
+    if let Some((uid, gid)) = setup.user {
+        // SAFETY: setgroups reads one gid from our stack; setgid and
+        // setuid take integers. The gid first, while we may still.
+        unsafe {
+            cvt(libc::setgroups(1, &gid))?;
+            cvt(libc::setgid(gid))?;
+            cvt(libc::setuid(uid))?;
+        }
+    }
+    *step = SetupStep::Landlock;
+    if let Some(ruleset) = &setup.landlock {
+        restrict_raw(ruleset.as_raw_fd())?;
+    }
+    *step = SetupStep::CloseRange;
+    // Nothing of cordon's reaches the tool: every inherited fd above
+    // stdio closes at exec (the report pipe and listener already do).
+    // SAFETY: close_range with integer arguments.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn prepare_child(cmd: &mut Command, setup: ChildSetup, report: RawFd) {
     let hook = move || -> io::Result<()> {
         // Async-signal-safe syscalls only, on memory prepared before fork.
-        if setup.new_session {
-            // SAFETY: setsid takes no arguments.
-            cvt(unsafe { libc::setsid() })?;
+        let mut step = SetupStep::Session;
+        let result = apply_setup(&setup, &mut step);
+        if let Err(e) = &result {
+            // Tell the parent which step failed (a negative "pid"), so it can
+            // say so rather than report an exec failure.
+            let mut msg = [0u8; CHILD_REPORT_LEN];
+            msg[..4].copy_from_slice(&(-(step as i32)).to_ne_bytes());
+            msg[4..].copy_from_slice(&e.raw_os_error().unwrap_or(0).to_ne_bytes());
+            // SAFETY: write reads CHILD_REPORT_LEN bytes from a stack buffer.
+            unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
         }
-        for procs in &setup.cgroup_procs {
-            write_file(procs, b"0")?;
-        }
-        for &(resource, value) in &setup.rlimits {
-            let lim = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
-            // SAFETY: setrlimit reads the struct on our stack.
-            cvt(unsafe { libc::setrlimit(resource as _, &lim) })?;
-        }
-        if let Some(net) = &setup.network_none {
-            if let Some((uid_map, gid_map)) = &net.user_ns {
-                // A non-dumpable process (the supervisor makes itself one)
-                // has root-owned /proc files: it could not write its maps.
-                // The filter hook makes the child dumpable anyway.
-                // SAFETY: prctl with integer arguments.
-                cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
-                // SAFETY: unshare with flags only.
-                cvt(unsafe { libc::unshare(libc::CLONE_NEWUSER) })?;
-                write_file(c"/proc/self/setgroups", b"deny")?;
-                write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
-                write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
-            }
-            // SAFETY: unshare with flags only.
-            cvt(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
-            loopback_up()?;
-        }
-        if let Some((uid, gid)) = setup.user {
-            // SAFETY: setgroups reads one gid from our stack; setgid and
-            // setuid take integers. The gid first, while we may still.
-            unsafe {
-                cvt(libc::setgroups(1, &gid))?;
-                cvt(libc::setgid(gid))?;
-                cvt(libc::setuid(uid))?;
-            }
-        }
-        if let Some(ruleset) = &setup.landlock {
-            restrict_raw(ruleset.as_raw_fd())?;
-        }
-        // Nothing of cordon's reaches the tool: every inherited fd above
-        // stdio closes at exec (the report pipe and listener already do).
-        // SAFETY: close_range with integer arguments.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        result
     };
     // SAFETY: the hook only makes async-signal-safe syscalls (setsid, open,
     // write, close, setrlimit, unshare, socket, ioctl, setgroups, setgid,
