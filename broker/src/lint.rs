@@ -50,13 +50,7 @@ pub fn lint(source: &PolicySource) -> Result<Vec<Lint>, PolicyError> {
     let mut lints = Vec::new();
     let mut unreferenced = std::collections::BTreeSet::new();
     for module in engine.get_modules() {
-        let package = module
-            .package
-            .refr
-            .span()
-            .text()
-            .trim_start_matches("data.")
-            .to_owned();
+        let package = crate::policy::package_name(module);
         let file = module.package.span.source.file().clone();
         for rule in &module.policy {
             let (span, head_name, is_set, assigned) = match rule.as_ref() {

@@ -481,13 +481,7 @@ impl LoadedPolicy {
         let modules = engine.get_modules().clone();
         let mut held = Vec::new();
         for module in &modules {
-            let package = module
-                .package
-                .refr
-                .span()
-                .text()
-                .trim_start_matches("data.")
-                .to_owned();
+            let package = package_name(module);
             if package == "cordon_internal" {
                 continue;
             }
@@ -746,6 +740,17 @@ impl LoadedPolicy {
             _ => Ok(Evaluator::Interpreter(Box::new(self.interpreter.clone()))),
         }
     }
+}
+
+/// A module's package without the `data.` prefix (`cordon`, `cordon.library.x`).
+pub(crate) fn package_name(module: &regorus::unstable::Module) -> String {
+    module
+        .package
+        .refr
+        .span()
+        .text()
+        .trim_start_matches("data.")
+        .to_owned()
 }
 
 /// The `#` comment block ending on the line above `line` (1-based), joined.

@@ -187,13 +187,7 @@ pub fn run(paths: &[PathBuf], opts: &TestOptions) -> Result<TestReport, PolicyEr
 fn discover(engine: &mut Engine, filter: Option<&str>) -> Result<Vec<Discovered>, PolicyError> {
     let mut found: Vec<Discovered> = Vec::new();
     for module in engine.get_modules() {
-        let package = module
-            .package
-            .refr
-            .span()
-            .text()
-            .trim_start_matches("data.")
-            .to_owned();
+        let package = crate::policy::package_name(module);
         for rule in &module.policy {
             let Rule::Spec { span, head, .. } = rule.as_ref() else {
                 continue;
