@@ -48,11 +48,15 @@ def main():
     with open(extra, "w") as f:
         f.write('package cordon\nimport rego.v1\nallow if {\n  input.kind == "exec"\n'
                 f'  input.exec.path == "{probe}"\n}}\n')
+    # The default backstop runs only system programs: the probe's dir is added.
+    extra_data = os.path.join(work, "bench.json")
+    with open(extra_data, "w") as f:
+        json.dump({"cordon": {"backstop_extra": {"execute": [os.path.dirname(probe)]}}}, f)
     target = os.path.join(work, "target.txt")
     with open(target, "w") as f:
         f.write("x")
     db = os.path.join(work, "audit")
-    policy = ["--policy", os.path.join(ROOT, "policies/default.rego"), "--policy", extra]
+    policy = ["--policy", os.path.join(ROOT, "policies/default.rego"), "--policy", extra, "--policy", extra_data]
 
     def cordon(cmd):
         return [CORDON, "run", "--audit-db", db, *policy, "--", *cmd]
@@ -87,6 +91,7 @@ def main():
     os.makedirs(policy_dir)
     shutil.copy(os.path.join(ROOT, "policies/default.rego"), policy_dir)
     shutil.copy(extra, policy_dir)
+    shutil.copy(extra_data, policy_dir)
     sock = os.path.join(work, "run/broker.sock")
     serve = subprocess.Popen([CORDON, "serve", "--listen", f"unix://{sock}", "--audit-db",
                               os.path.join(work, "serve-audit"), "--policy", policy_dir],
