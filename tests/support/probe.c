@@ -4,7 +4,9 @@
 //   probe open-race ALLOWED DENIED SECONDS
 //   probe connect-race IP_OK PORT_OK IP_DENIED PORT_DENIED SECONDS
 //   probe exec-race ALLOWED DENIED SECONDS
-//   probe open-loop PATH N   (per-call latency of openat+close: median/p99 ns)
+//   probe open-loop PATH N   (per-call latency of openat+close: median/p99/total ns)
+//   probe connect-loop IP PORT N   (socket+connect+close to a TCP listener)
+//   probe exec-loop PROG N   (fork+execve+wait)
 //   probe sendmmsg IP PORT_OK PORT_DENIED   (3 datagrams: ok, ok, denied)
 //   probe int80          (i386 getpid through int 0x80)
 //   probe io-uring       (io_uring_setup)
@@ -146,6 +148,15 @@ static int cmp_long(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* median, p99 and total of per-call times. */
+static int report_loop(long *ns, long n) {
+    long total = 0;
+    for (long i = 0; i < n; i++) total += ns[i];
+    qsort(ns, n, sizeof *ns, cmp_long);
+    printf("median_ns=%ld p99_ns=%ld total_ns=%ld\n", ns[n / 2], ns[n * 99 / 100], total);
+    return 0;
+}
+
 static int open_loop(const char *path, long n) {
     long *ns = calloc(n, sizeof *ns);
     for (long i = 0; i < n; i++) {
@@ -157,9 +168,48 @@ static int open_loop(const char *path, long n) {
         clock_gettime(CLOCK_MONOTONIC, &b);
         ns[i] = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
     }
-    qsort(ns, n, sizeof *ns, cmp_long);
-    printf("median_ns=%ld p99_ns=%ld\n", ns[n / 2], ns[n * 99 / 100]);
-    return 0;
+    return report_loop(ns, n);
+}
+
+/* socket + connect + close to a TCP listener, n times. */
+static int connect_loop(const char *ip, int port, long n) {
+    long *ns = calloc(n, sizeof *ns);
+    struct sockaddr_in to;
+    memset(&to, 0, sizeof to);
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    inet_pton(AF_INET, ip, &to.sin_addr);
+    for (long i = 0; i < n; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (s < 0 || connect(s, (struct sockaddr *)&to, sizeof to) != 0) { perror("connect"); return 1; }
+        close(s);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        ns[i] = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+    }
+    return report_loop(ns, n);
+}
+
+/* fork + execve(prog) + wait, n times. */
+static int exec_loop(const char *prog, long n) {
+    long *ns = calloc(n, sizeof *ns);
+    for (long i = 0; i < n; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        pid_t pid = fork();
+        if (pid == 0) {
+            char *argv[] = {(char *)prog, NULL};
+            execv(prog, argv);
+            _exit(127);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) { fprintf(stderr, "exec failed\n"); return 1; }
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        ns[i] = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+    }
+    return report_loop(ns, n);
 }
 
 static int send_mmsg(const char *ip, int port_ok, int port_bad) {
@@ -197,6 +247,8 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "exec-race") && argc == 5) return exec_race(argv[2], argv[3], atof(argv[4]));
     if (!strcmp(mode, "sendmmsg") && argc == 5) return send_mmsg(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (!strcmp(mode, "open-loop") && argc == 4) return open_loop(argv[2], atol(argv[3]));
+    if (!strcmp(mode, "connect-loop") && argc == 5) return connect_loop(argv[2], atoi(argv[3]), atol(argv[4]));
+    if (!strcmp(mode, "exec-loop") && argc == 4) return exec_loop(argv[2], atol(argv[3]));
     if (!strcmp(mode, "int80")) {
         long r;
         __asm__ volatile("int $0x80" : "=a"(r) : "a"(20L) : "memory");
