@@ -515,3 +515,27 @@ fn a_setup_step_that_fails_is_cordons_failure() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_read_backstop_holds_for_reads_the_policy_allows() {
+    let b = Box_::new();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "s\n").unwrap();
+    std::fs::write(b.path().join("in.txt"), "in\n").unwrap();
+    // Reads restricted to the system and the workdir; the policy allows all.
+    std::fs::write(
+        b.path().join("allow.rego"),
+        "package cordon\n\nimport rego.v1\n\nallow if true\n\nbackstop := {\"read\": [\"/usr\", \"/lib\", \"/lib64\", \"/etc\", \"/proc\", \"/dev\", input.sandbox.workdir]}\n",
+    )
+    .unwrap();
+    let out = b.run(
+        &[],
+        &format!("cat in.txt; cat {}/secret", path_str(outside.path())),
+    );
+    assert_eq!(text(&out.stdout), "in\n", "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -77,6 +77,9 @@ pub struct Applied {
     pub rules: Vec<String>,
     /// One line per thing asked for that the kernel cannot enforce.
     pub not_enforced: Vec<String>,
+    /// The rights the ruleset handles (restricts); all others are allowed.
+    pub handled_fs: u64,
+    pub handled_net: u64,
 }
 
 impl Applied {
@@ -119,6 +122,8 @@ pub fn build(spec: &Spec) -> Result<Applied, BackstopError> {
         ruleset: None,
         rules: vec![],
         not_enforced: vec![],
+        handled_fs: 0,
+        handled_net: 0,
     };
     let wants_net = spec.connect_tcp.is_some() || spec.bind_tcp.is_some();
     if abi < 1 {
@@ -203,6 +208,8 @@ pub fn build(spec: &Spec) -> Result<Applied, BackstopError> {
         }
     }
     applied.ruleset = Some(Arc::new(ruleset));
+    applied.handled_fs = handled_fs;
+    applied.handled_net = handled_net;
     Ok(applied)
 }
 
@@ -222,12 +229,27 @@ fn allow_path(ruleset: &OwnedFd, path: &Path, rights: u64) -> std::io::Result<u6
 pub struct Opener {
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
     ruleset: Arc<OwnedFd>,
+    handled_fs: u64,
+    handled_net: u64,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
 impl Opener {
-    pub fn start(ruleset: Arc<OwnedFd>) -> std::io::Result<Opener> {
+    pub fn start(applied: &Applied) -> std::io::Result<Option<Opener>> {
+        match &applied.ruleset {
+            Some(r) => {
+                Self::start_with(r.clone(), applied.handled_fs, applied.handled_net).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn start_with(
+        ruleset: Arc<OwnedFd>,
+        handled_fs: u64,
+        handled_net: u64,
+    ) -> std::io::Result<Opener> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let rs = ruleset.clone();
@@ -255,7 +277,32 @@ impl Opener {
         Ok(Opener {
             jobs: std::sync::Mutex::new(tx),
             ruleset,
+            handled_fs,
+            handled_net,
         })
+    }
+
+    /// Whether Landlock could refuse an open with these flags: only rights
+    /// the ruleset handles are checked, so an open that needs none of them
+    /// (a read, when reads are not restricted) is the same on any thread and
+    /// skips the hand-off.
+    pub fn governs_open(&self, flags: i32) -> bool {
+        let acc = flags & libc::O_ACCMODE;
+        let mut need = 0;
+        if acc != libc::O_WRONLY {
+            need |= READ_FILE | READ_DIR;
+        }
+        let tmpfile = flags & libc::O_TMPFILE == libc::O_TMPFILE;
+        if acc != libc::O_RDONLY || flags & (libc::O_CREAT | libc::O_TRUNC) != 0 || tmpfile {
+            need |= WRITE_FILE | TRUNCATE | MAKE_AND_REMOVE;
+        }
+        need & self.handled_fs != 0
+    }
+
+    /// Whether Landlock could refuse a connect or bind: TCP port rules, or
+    /// for a unix bind, the socket file it creates.
+    pub fn governs_connect_or_bind(&self, unix_bind: bool) -> bool {
+        self.handled_net != 0 || (unix_bind && self.handled_fs & MAKE_AND_REMOVE != 0)
     }
 
     /// Runs `f` on the restricted thread and returns its result.

@@ -697,6 +697,7 @@ impl Supervisor {
             // thread of its own) by restricting this thread first.
             let opened = match &me.opener {
                 None => open(),
+                Some(o) if !o.governs_open(flags) => open(),
                 Some(o) if blocking_fifo => match o.restrict_this_thread() {
                     Ok(()) => open(),
                     Err(_) => Err(Errno::EACCES),
@@ -895,7 +896,10 @@ impl Supervisor {
         let nr = n.nr;
         let umask = task.umask;
         let me = self.clone();
-        self.perform_then(n, &task, may_block, None, true, move || {
+        let in_backstop = self.opener.as_ref().is_some_and(|o| {
+            o.governs_connect_or_bind(n.nr == libc::SYS_bind && unix_call_path.is_some())
+        });
+        self.perform_then(n, &task, may_block, None, in_backstop, move || {
             let _pinned = keep_alive;
             let unix = unix_call_path.as_deref();
             match nr {

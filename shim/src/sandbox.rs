@@ -246,7 +246,7 @@ impl Sandbox {
         plan: &Plan,
         backstop: Option<&Applied>,
     ) -> Result<Sandboxed, SpawnError> {
-        let ruleset = backstop.and_then(|b| b.ruleset.clone());
+        let backstop_for_opener = backstop.cloned();
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SpawnError::Supervisor(e.into()))?;
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Arc<Supervisor>, i32)>>();
@@ -280,8 +280,8 @@ impl Sandbox {
                                 return;
                             }
                         };
-                        let opener = match ruleset.map(Opener::start).transpose() {
-                            Ok(o) => o,
+                        let opener = match backstop_for_opener.as_ref().map(Opener::start).transpose() {
+                            Ok(o) => o.flatten(),
                             Err(e) => {
                                 kill_child();
                                 let _ = ready_tx.send(Err(e));
