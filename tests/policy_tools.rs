@@ -422,3 +422,25 @@ fn eval_explains_which_rules_held() {
         "Reading system files, including directory listings of them."
     );
 }
+
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    // `cordon policy eval … | head -0`: the reader is gone before cordon
+    // writes. It must end as Unix tools do (SIGPIPE), not panic.
+    use std::os::unix::process::ExitStatusExt;
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = cordon()
+        .args([
+            "policy",
+            "eval",
+            "--input",
+            "policies/cases/etc-shadow/input.json",
+        ])
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(13), "{:?} {err}", out.status);
+}

@@ -1,0 +1,41 @@
+//! The shim as a library, the way an agent runtime links it: an embedded
+//! broker, a sandbox spawned from a host process that has children of its own.
+
+use std::{process::Command, sync::Arc, time::Duration};
+
+use cordon_broker::{
+    Broker,
+    audit::{Durability, SledAudit},
+    policy::{PolicyEngine, PolicyOptions, PolicySource},
+};
+use cordon_shim::{Embedded, Sandbox};
+
+#[test]
+fn a_library_host_keeps_its_own_children_when_a_sandbox_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let audit = SledAudit::open(
+        &dir.path().join("audit"),
+        Durability::Batched {
+            window: Duration::from_millis(10),
+        },
+    )
+    .unwrap();
+    let broker = Broker::new(Arc::new(policy), Arc::new(audit));
+    // A child of the host that has nothing to do with the sandbox.
+    let mut own = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let sandbox = Sandbox::new(Arc::new(Embedded(broker))).workdir(dir.path());
+    let status = sandbox
+        .spawn(&mut Command::new("/bin/true"))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(status.success());
+    // Without become_subreaper the host's children are its own business.
+    assert!(
+        own.try_wait().unwrap().is_none(),
+        "the host's own child was killed when the sandbox ended"
+    );
+    own.kill().unwrap();
+    own.wait().unwrap();
+}
