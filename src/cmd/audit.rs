@@ -56,18 +56,8 @@ pub struct AuditArgs {
     verify: Option<AuditCommand>,
     #[command(flatten)]
     source: Source,
-    /// Records at or after this time: a duration ago (15m, 2h) or an RFC 3339 time.
-    #[arg(long, value_name = "DUR|TIME")]
-    since: Option<String>,
-    /// Records at or before this time.
-    #[arg(long, value_name = "TIME")]
-    until: Option<String>,
-    /// Only this sandbox.
-    #[arg(long, value_name = "ID")]
-    sandbox: Option<String>,
-    /// Only records with this label; repeatable (all must match).
-    #[arg(long, value_name = "K=V", value_parser = parse_label)]
-    label: Vec<(String, String)>,
+    #[command(flatten)]
+    scope: Scope,
     /// Only this syscall (openat, connect, execve, ...).
     #[arg(long, value_name = "NAME")]
     syscall: Option<String>,
@@ -176,18 +166,46 @@ fn verify(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Which records, by time, sandbox and label: shared by `cordon audit` and
+/// `cordon policy replay`.
+#[derive(Debug, clap::Args)]
+pub struct Scope {
+    /// Records at or after this time: a duration ago (15m, 2h) or an RFC 3339 time.
+    #[arg(long, value_name = "DUR|TIME")]
+    since: Option<String>,
+    /// Records at or before this time.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only this sandbox.
+    #[arg(long, value_name = "ID")]
+    sandbox: Option<String>,
+    /// Only records with this label; repeatable (all must match).
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    label: Vec<(String, String)>,
+}
+
+impl Scope {
+    /// A filter with these fields set and every other one open.
+    pub fn filter(&self) -> anyhow::Result<AuditFilter> {
+        Ok(AuditFilter {
+            since_ns: self.since.as_deref().map(parse_time).transpose()?,
+            until_ns: self.until.as_deref().map(parse_time).transpose()?,
+            sandbox_id: self.sandbox.clone(),
+            labels: self.label.iter().cloned().collect::<BTreeMap<_, _>>(),
+            ..Default::default()
+        })
+    }
+}
+
 fn filter_of(args: &AuditArgs) -> anyhow::Result<AuditFilter> {
     Ok(AuditFilter {
-        since_ns: args.since.as_deref().map(parse_time).transpose()?,
-        until_ns: args.until.as_deref().map(parse_time).transpose()?,
-        sandbox_id: args.sandbox.clone(),
-        labels: args.label.iter().cloned().collect::<BTreeMap<_, _>>(),
         syscall: args.syscall.clone(),
         kind: args.kind.map(|k| format!("{k:?}").to_lowercase()),
         decision: args.decision.map(|d| d == DecisionArg::Allow),
         path_prefix: args.path_prefix.clone(),
         limit: args.limit,
         after_seq: args.after_seq,
+        ..args.scope.filter()?
     })
 }
 

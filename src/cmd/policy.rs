@@ -71,16 +71,8 @@ cordon policy replay --broker unix:///run/cordon/broker.sock --policy new/ --lab
         /// Read the records from a running broker instead.
         #[arg(long, value_name = "URI")]
         broker: Option<String>,
-        /// Only decisions since DURATION ago (1h, 7d) or TIME (RFC 3339).
-        #[arg(long, value_name = "DUR|TIME")]
-        since: Option<String>,
-        #[arg(long, value_name = "TIME")]
-        until: Option<String>,
-        #[arg(long, value_name = "ID")]
-        sandbox: Option<String>,
-        /// Only sandboxes with this label (repeatable).
-        #[arg(long, value_name = "K=V", value_parser = super::parse_label)]
-        label: Vec<(String, String)>,
+        #[command(flatten)]
+        scope: super::audit::Scope,
         #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
         format: ReplayFormat,
     },
@@ -123,22 +115,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             policy,
             audit_db,
             broker,
-            since,
-            until,
-            sandbox,
-            label,
+            scope,
             format,
-        } => {
-            let filter = AuditFilter {
-                since_ns: since.as_deref().map(super::parse_time).transpose()?,
-                until_ns: until.as_deref().map(super::parse_time).transpose()?,
-                sandbox_id: sandbox,
-                labels: label.into_iter().collect(),
-                kind: None,
-                ..Default::default()
-            };
-            replay(policy, audit_db, broker, &filter, format)
-        }
+        } => replay(policy, audit_db, broker, &scope.filter()?, format),
         PolicyCommand::Test {
             paths,
             verbose,
