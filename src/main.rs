@@ -42,7 +42,10 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     Audit(cmd::audit::AuditArgs),
     /// Evaluate, check, test and replay policies without a broker.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cordon policy check policies/\n  cordon policy test -v --coverage policies/\n  cordon policy eval --policy policies/ --input policies/cases/etc-shadow/input.json\n  cordon policy replay --audit-db ~/.local/state/cordon/audit --policy policies/ --since 1d"
+    )]
     Policy(cmd::policy::PolicyCommand),
     /// Run a command permissively and write a starting policy that allows what it did.
     Learn(cmd::learn::LearnArgs),
