@@ -243,9 +243,13 @@ fn test_inputs(engine: &mut Engine, package: &str, text: &str) -> Vec<serde_json
         );
     }
     for (i, _) in body.match_indices('(') {
+        // Back to the start of the name; Rego names are ASCII, and the
+        // character before one may be anything (`"€(5)"`).
         let start = body[..i]
-            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
-            .map_or(0, |j| j + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .map_or(0, |(j, c)| j + c.len_utf8());
         let name = &body[start..i];
         if name.is_empty() || name.contains('.') || !name.starts_with(char::is_alphabetic) {
             continue;
@@ -379,6 +383,15 @@ fn coverage(engine: &mut Engine) -> Result<Coverage, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::leading_expression;
+
+    #[test]
+    fn test_inputs_survive_any_text() {
+        // A failing test's source with non-ASCII before a parenthesis must not
+        // split a character (it panicked once).
+        let mut engine = regorus::Engine::new();
+        let text = "test_x if {\n  msg := \"price €(5)\"\n  f(\"é\")\n}";
+        assert!(super::test_inputs(&mut engine, "p", text).is_empty());
+    }
 
     #[test]
     fn leading_expression_stops_at_depth_zero() {
