@@ -265,8 +265,12 @@ fn replay_reports_exactly_the_decisions_a_policy_change_flips() {
 fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("in.txt"), "data\n").unwrap();
+    // A "$" in a real name is that name, not a placeholder.
+    std::fs::write(work.path().join("rv$PID.txt"), "").unwrap();
     let learned = work.path().join("learned");
-    let script = "cat in.txt > out.txt; cat /etc/hostname >/dev/null; wc -l < out.txt";
+    // A program run from the private temp dir, which is new on every run.
+    let script = "cat in.txt > out.txt; cat /etc/hostname 'rv$PID.txt' >/dev/null; \
+                  cp /bin/true \"$TMPDIR/t\" && \"$TMPDIR/t\" && wc -l < out.txt";
     let out = cordon()
         .current_dir(work.path())
         .args([
@@ -310,6 +314,21 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     assert_ne!(code, 0);
     let (code, _, _) = run_in(work.path(), &db, &policy, "head -1 in.txt");
     assert_eq!(code, 126, "exec of head was never learned");
+
+    // A command that does not exist: 127, as for cordon run, and nothing written.
+    let out = cordon()
+        .current_dir(work.path())
+        .args([
+            "learn",
+            "--output",
+            "never-written",
+            "--",
+            "/nonexistent/tool",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert!(!work.path().join("never-written").exists());
 
     // A non-empty output directory is refused.
     let out = Command::new(env!("CARGO_BIN_EXE_cordon"))

@@ -78,10 +78,10 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
             args.output.display()
         )));
     }
-    let temp_db = args
-        .audit_db
-        .is_none()
-        .then(|| std::env::temp_dir().join(format!("cordon-learn-{}", std::process::id())));
+    let temp_db = match args.audit_db {
+        Some(_) => None,
+        None => Some(private_dir()?),
+    };
     let db = args
         .audit_db
         .clone()
@@ -99,9 +99,11 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
             db.clone(),
             args.label.clone(),
         ))?;
-        let audit = outcome
-            .audit
-            .context("the run made no audit store (the command was not found?)")?;
+        // The command never ran (not found, not executable: cordon said
+        // so): there is nothing to learn, and nothing is written.
+        let (Some(audit), true) = (outcome.audit, outcome.started) else {
+            return anyhow::Ok(Err(outcome.code));
+        };
         let mut records = Vec::new();
         audit.scan(
             &AuditFilter {
@@ -113,12 +115,15 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
                 true
             },
         )?;
-        anyhow::Ok((outcome.code, outcome.sandbox_id, records))
+        anyhow::Ok(Ok((outcome.code, outcome.sandbox_id, records)))
     })();
     if let Some(t) = &temp_db {
         let _ = std::fs::remove_dir_all(t);
     }
-    let (code, sandbox_id, records) = result?;
+    let (code, sandbox_id, records) = match result? {
+        Ok(r) => r,
+        Err(code) => return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+    };
     let learned = Learned::from_records(&records);
     write_policy(&args.output, &learned, &command_line, &sandbox_id)?;
     eprintln!(
@@ -132,6 +137,28 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
         args.output.display()
     );
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// A fresh directory only we can use, for the run's temporary audit store
+/// (created here, never an existing one another user could have planted).
+fn private_dir() -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = base.join(format!(
+            "cordon-learn-{}-{nanos}-{attempt}",
+            std::process::id()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    anyhow::bail!("cannot create a private directory in {}", base.display())
 }
 
 /// `arg` as a shell word, so the printed command can be pasted.
@@ -189,13 +216,15 @@ impl Learned {
                 }
                 Some("exec") => {
                     if let Some(p) = input["exec"]["path"].as_str() {
-                        learned.exec.insert(p.to_owned());
+                        learned.exec.insert(relative_to_sandbox(p, input));
                     }
                 }
                 Some("network") => {
                     let n = &input["network"];
                     let entry = if n["family"] == "unix" {
-                        json!({"op": n["op"], "family": "unix", "path": n["path"]})
+                        let path =
+                            relative_to_sandbox(n["path"].as_str().unwrap_or_default(), input);
+                        json!({"op": n["op"], "family": "unix", "path": path})
                     } else {
                         json!({"op": n["op"], "family": n["family"], "address": n["address"], "port": n["port"]})
                     };
@@ -271,9 +300,26 @@ fn relative_to_sandbox(path: &str, input: &Value) -> String {
     path.to_owned()
 }
 
+/// Directories never granted whole, however many of their files the tool
+/// used: homes and credential stores (a prefix there would grant the keys
+/// next to the files that were read).
+const NEVER_COLLAPSED: [&str; 9] = [
+    "/.ssh",
+    "/.aws",
+    "/.gnupg",
+    "/.config",
+    "/.kube",
+    "/.docker",
+    "/.local/share/keyrings",
+    "/.azure",
+    "/private",
+];
+
 /// Files, and directory prefixes (ending in `/`) where at least
 /// [`COLLAPSE_AT`] entries of one directory were used. Top-level directories
-/// (`/etc`, `/tmp`) and the sandbox roots themselves are never collapsed.
+/// (`/etc`, `/tmp`), a home directory itself (`/root`, `/home/NAME`) and
+/// credential directories ([`NEVER_COLLAPSED`]) are never collapsed; the
+/// sandbox's own `$WORKDIR` and `$TMPDIR` may be.
 fn collapse(paths: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut by_dir: BTreeMap<String, Vec<&String>> = BTreeMap::new();
     for p in paths {
@@ -285,7 +331,12 @@ fn collapse(paths: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut dirs = BTreeSet::new();
     for (dir, entries) in by_dir {
         let depth = dir.matches('/').count();
-        let collapsible = entries.len() >= COLLAPSE_AT && (depth >= 2 || dir.starts_with('$'));
+        let home = dir == "/root" || (dir.starts_with("/home/") && depth == 2);
+        let secret = NEVER_COLLAPSED.iter().any(|s| dir.contains(s));
+        let collapsible = entries.len() >= COLLAPSE_AT
+            && (depth >= 2 || dir.starts_with('$'))
+            && !home
+            && !secret;
         if collapsible {
             dirs.insert(format!("{dir}/"));
         } else {
@@ -303,16 +354,27 @@ import rego.v1
 
 default allow := false
 
-# $WORKDIR, $TMPDIR and $PID stand for this sandbox's working directory, its
-# private temp dir and the calling process, so that the next run (new temp
-# dir, new pids) is allowed the same things.
-expand(p) := replace(
-	replace(replace(p, "$WORKDIR", input.sandbox.workdir), "$TMPDIR", input.sandbox.tmpdir),
-	"$PID", sprintf("%d", [input.process.pid]),
-)
+# A leading $WORKDIR or $TMPDIR stands for this sandbox's working directory or
+# private temp dir, and /proc/$PID for the calling process, so that the next
+# run (new temp dir, new pids) is allowed the same things. Only as a prefix: a
+# "$" inside a real file name is that name.
+expand(p) := concat("", [input.sandbox.workdir, substring(p, 8, -1)]) if startswith(p, "$WORKDIR")
 
+expand(p) := concat("", [input.sandbox.tmpdir, substring(p, 7, -1)]) if startswith(p, "$TMPDIR")
+
+expand(p) := concat("", [sprintf("/proc/%d", [input.process.pid]), substring(p, 10, -1)]) if startswith(p, "/proc/$PID")
+
+expand(p) := p if {
+	not startswith(p, "$WORKDIR")
+	not startswith(p, "$TMPDIR")
+	not startswith(p, "/proc/$PID")
+}
+
+# Reading, or an O_PATH open (no access at all).
 read_only if {
-	input.file.access == ["read"]
+	every access in input.file.access {
+		access == "read"
+	}
 	not input.file.create
 	not input.file.truncate
 }
@@ -350,7 +412,8 @@ allow if {
 # Programs it ran.
 allow if {
 	input.kind == "exec"
-	input.exec.path in data.learned.exec
+	some p in data.learned.exec
+	input.exec.path == expand(p)
 }
 
 # Addresses it connected, sent to, bound or listened on.
@@ -370,7 +433,8 @@ allow if {
 	input.network.family == "unix"
 	some n in data.learned.network
 	n.op == input.network.op
-	n.path == input.network.path
+	n.family == "unix"
+	input.network.path == expand(n.path)
 }
 "#;
 
@@ -464,6 +528,23 @@ mod tests {
                 "/usr/lib/x86_64-linux-gnu/libc.so.6"
             ])
         );
+    }
+
+    #[test]
+    fn homes_and_credential_stores_are_never_granted_whole() {
+        let (files, dirs) = collapse(&set(&[
+            "/root/a",
+            "/root/b",
+            "/root/c",
+            "/home/alice/.ssh/config",
+            "/home/alice/.ssh/known_hosts",
+            "/home/alice/.ssh/id_ed25519.pub",
+            "$WORKDIR/.aws/x",
+            "$WORKDIR/.aws/y",
+            "$WORKDIR/.aws/z",
+        ]));
+        assert!(dirs.is_empty(), "{dirs:?}");
+        assert_eq!(files.len(), 9);
     }
 
     #[test]

@@ -273,6 +273,8 @@ pub(super) struct Outcome {
     /// The command's exit code, or cordon's 126/127.
     pub code: i32,
     pub sandbox_id: String,
+    /// Whether the command started at all (its exec succeeded).
+    pub started: bool,
     /// The embedded broker's audit store, flushed.
     pub audit: Option<Arc<dyn AuditLog>>,
 }
@@ -287,6 +289,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome {
             code: EXIT_NOT_FOUND.into(),
             sandbox_id: String::new(),
+            started: false,
             audit: None,
         });
     };
@@ -351,6 +354,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     cordon_shim::become_subreaper().context("cannot become the sandbox's subreaper")?;
     let result = sandbox.spawn(&mut cmd);
     tracing::debug!("spawned");
+    let started = result.is_ok();
     let code = match result {
         Ok(child) => {
             for w in child.warnings() {
@@ -390,6 +394,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         code,
         sandbox_id,
+        started,
         audit,
     })
 }
