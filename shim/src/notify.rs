@@ -90,15 +90,17 @@ const MAX_BOUND_NAMES: usize = 1024;
 /// fails with `EAGAIN` rather than letting a tool make us spawn without bound.
 const MAX_HELPERS: usize = 256;
 
-/// Whether task `tid` has a controlling terminal (`tty_nr` in its stat).
-fn has_controlling_tty(tid: i32) -> bool {
+/// The controlling terminal of task `tid` (`tty_nr` in its stat; 0: none,
+/// or unreadable). The file is a few hundred bytes; `comm` may hold any
+/// byte but not `) `-then-digits past its 16, so the last `) ` ends it.
+fn controlling_tty(tid: i32) -> i64 {
     std::fs::read_to_string(format!("/proc/{tid}/stat"))
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(") ")?.1;
             rest.split(' ').nth(4)?.parse::<i64>().ok()
         })
-        .is_some_and(|tty| tty != 0)
+        .unwrap_or(0)
 }
 
 fn syscall_name(nr: i64) -> &'static str {
@@ -643,15 +645,25 @@ impl Supervisor {
         // A path that does not resolve fails as the kernel would have failed
         // it; there is nothing to open, so nothing to decide.
         let found = resolved.found?;
+        // (file type, device) of an existing file, read once.
+        let existing = match &found {
+            Found::Existing(fd) => nix::sys::stat::fstat(fd)
+                .ok()
+                .map(|s| (s.st_mode & libc::S_IFMT, s.st_rdev)),
+            Found::Missing { .. } => None,
+        };
         // /dev/tty means the opener's controlling terminal: ours, were we to
-        // open it. A tool without one gets what the kernel gives it.
-        if let Found::Existing(fd) = &found
-            && nix::sys::stat::fstat(fd).is_ok_and(|s| {
-                s.st_mode & libc::S_IFMT == libc::S_IFCHR && s.st_rdev == libc::makedev(5, 0)
-            })
-            && !has_controlling_tty(n.tid)
-        {
-            return Err(Errno::ENXIO);
+        // open it. Only a tool whose terminal is ours may have it; one with
+        // none (its own session: the kernel's ENXIO) or with another (one it
+        // took with TIOCSCTTY, which we cannot open for it) gets ENXIO.
+        if existing == Some((libc::S_IFCHR, libc::makedev(5, 0))) {
+            let theirs = controlling_tty(n.tid);
+            if !self.listener.id_valid(n.id) {
+                return Err(Errno::ESRCH);
+            }
+            if theirs == 0 || theirs != controlling_tty(std::process::id() as i32) {
+                return Err(Errno::ENXIO);
+            }
         }
         self.refuse_protected(n, &resolved.path, &found, false)?;
         let access: Vec<String> = if flags & libc::O_PATH != 0 {
@@ -680,29 +692,34 @@ impl Supervisor {
             return Ok(());
         }
         let blocking_fifo = flags & libc::O_NONBLOCK == 0
-            && matches!(&found, Found::Existing(fd)
-                if nix::sys::stat::fstat(fd).is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFIFO));
+            && existing.is_some_and(|(kind, _)| kind == libc::S_IFIFO);
         let me = self.clone();
         let id = n.id;
         let open_and_inject = move || {
-            let (creds, mine, umask) = (task.creds.clone(), me.me.clone(), task.umask);
-            let open = move || {
-                with_creds(&creds, &mine, || {
-                    emulate::open_found(&found, flags, call.mode, umask)
+            let (creds, umask) = (task.creds, task.umask);
+            let mode = call.mode;
+            let open = move |creds: &Creds, mine: &Creds, found: &Found| {
+                with_creds(creds, mine, || {
+                    emulate::open_found(found, flags, mode, umask)
                 })
                 .and_then(|r| r)
             };
-            // Inside the kernel backstop too, when there is one: on the
-            // restricted opener thread, or (a blocking FIFO, on a helper
-            // thread of its own) by restricting this thread first.
+            // Inside the kernel backstop too, when it could refuse this open:
+            // on the restricted opener thread, or (a blocking FIFO, on a
+            // helper thread of its own) by restricting this thread first.
             let opened = match &me.opener {
-                None => open(),
-                Some(o) if !o.governs_open(flags) => open(),
-                Some(o) if blocking_fifo => match o.restrict_this_thread() {
-                    Ok(()) => open(),
-                    Err(_) => Err(Errno::EACCES),
-                },
-                Some(o) => o.run(open).unwrap_or(Err(Errno::EACCES)),
+                Some(o) if o.governs_open(flags) && blocking_fifo => {
+                    match o.restrict_this_thread() {
+                        Ok(()) => open(&creds, &me.me, &found),
+                        Err(_) => Err(Errno::EACCES),
+                    }
+                }
+                Some(o) if o.governs_open(flags) => {
+                    let mine = me.me.clone();
+                    o.run(move || open(&creds, &mine, &found))
+                        .unwrap_or(Err(Errno::EACCES))
+                }
+                _ => open(&creds, &me.me, &found),
             };
             match opened {
                 Ok(fd) => {
@@ -801,15 +818,17 @@ impl Supervisor {
         let creds = task.creds.clone();
         let id = n.id;
         let run = move || {
-            let mine = me.me.clone();
-            let direct = move || with_creds(&creds, &mine, op).and_then(|r| r);
             let result = match (&me.opener, in_backstop) {
                 (Some(o), true) if may_block => match o.restrict_this_thread() {
-                    Ok(()) => direct(),
+                    Ok(()) => with_creds(&creds, &me.me, op).and_then(|r| r),
                     Err(_) => Err(Errno::EACCES),
                 },
-                (Some(o), true) => o.run(direct).unwrap_or(Err(Errno::EACCES)),
-                _ => direct(),
+                (Some(o), true) => {
+                    let mine = me.me.clone();
+                    o.run(move || with_creds(&creds, &mine, op).and_then(|r| r))
+                        .unwrap_or(Err(Errno::EACCES))
+                }
+                _ => with_creds(&creds, &me.me, op).and_then(|r| r),
             };
             if let (Err(Errno::EPIPE), Some((tgid, tid))) = (&result, sigpipe) {
                 let _ = tgkill_sigpipe(tgid, tid);
