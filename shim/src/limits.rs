@@ -177,18 +177,18 @@ impl Plan {
         }
         let layout = Layout::read();
         let name = format!("cordon-{id}");
-        let mut made = Vec::new();
         for controller in CONTROLLERS {
+            // Inserted as made: later controllers reuse a directory already
+            // made (the one v2 directory; cpu and cpuacct sharing a v1 one).
             match plan.make_dir(&layout, controller, &name) {
-                Ok(Some(dir)) => made.push((controller, dir)),
+                Ok(Some(dir)) => {
+                    plan.dirs.insert(controller, dir);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(controller, error = %e, "no cgroup for this controller");
                 }
             }
-        }
-        for (controller, dir) in made {
-            plan.dirs.insert(controller, dir);
         }
         if let Err(e) = plan.apply(limits) {
             plan.remove();
