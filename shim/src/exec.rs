@@ -132,6 +132,9 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
         let _ = listener.fail(job.id, libc::EACCES);
         return Outcome::Refused(format!("cannot attach to verify the exec: {e}"));
     }
+    // Held from before the exec continues: a kill on timeout below reaches
+    // this process, never a later one that reused its pid.
+    let process = crate::sys::pidfd_open(job.tgid).ok();
     if listener.allow_continue(job.id).is_err() {
         // The notification is gone (the task was killed): nothing runs.
         let _ = ptrace::detach(tid, None);
@@ -148,7 +151,14 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
                     let _ = ptrace::detach(Pid::from_raw(id), None);
                 }
                 return if e == Errno::ETIMEDOUT {
-                    let _ = kill(Pid::from_raw(job.tgid), Signal::SIGKILL);
+                    match &process {
+                        Some(fd) => {
+                            let _ = crate::sys::pidfd_kill(fd, libc::SIGKILL);
+                        }
+                        None => {
+                            let _ = kill(Pid::from_raw(job.tgid), Signal::SIGKILL);
+                        }
+                    }
                     Outcome::Killed("the exec could not be followed to its end".into())
                 } else {
                     Outcome::Gone

@@ -154,7 +154,9 @@ impl Creds {
             .unwrap_or_else(|_| Creds::of_self())
     }
 
-    /// The supervisor's own, read once at start.
+    /// The supervisor's own, read once at start. If they cannot be read,
+    /// every capability is assumed, so that `with_creds` drops whatever the
+    /// tool lacks (or fails, denying) rather than keep what it does not know.
     pub fn of_self() -> Creds {
         Task::inspect(std::process::id() as i32, &StatusFiles::default())
             .map(|t| t.creds)
@@ -162,7 +164,7 @@ impl Creds {
                 fsuid: nix::unistd::geteuid().as_raw(),
                 fsgid: nix::unistd::getegid().as_raw(),
                 groups: vec![],
-                cap_eff: 0,
+                cap_eff: u64::MAX,
             })
     }
 }

@@ -409,11 +409,15 @@ fn take_listener(report: OwnedFd) -> io::Result<Report> {
     }
     let pid = i32::from_ne_bytes(buf[..4].try_into().expect("4"));
     let fd = i32::from_ne_bytes(buf[4..].try_into().expect("4"));
-    if pid < 0 {
-        return Ok(match sys::SetupStep::from_code(-pid) {
-            Some(step) => Report::SetupFailed(step, fd),
-            None => Report::Nothing,
-        });
+    if pid <= 0 {
+        // A failed setup step (negative) or nonsense (0: `kill(0)` below
+        // would hit our own group). Either way the child does not run.
+        return Ok(
+            match pid.checked_neg().and_then(sys::SetupStep::from_code) {
+                Some(step) => Report::SetupFailed(step, fd),
+                None => Report::Nothing,
+            },
+        );
     }
     let listener = sys::pidfd_open(pid).and_then(|pidfd| sys::pidfd_getfd(&pidfd, fd));
     match listener {
@@ -555,6 +559,9 @@ impl Sandboxed {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Nothing outlives the tool. Before reaping it: until then its pid,
+        // which names its process group, cannot be reused.
+        self.kill_tree();
         loop {
             match waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED) {
                 Ok(WaitStatus::Exited(_, code)) => {
@@ -578,8 +585,6 @@ impl Sandboxed {
         let (status, timed_out) = self.reap()?;
         sys::stop_relaying();
         tracing::debug!("tool exited");
-        // Nothing outlives the tool.
-        self.kill_tree();
         let usage = self.plan.usage();
         let limit = if timed_out {
             "timeout"

@@ -159,6 +159,25 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)`: a signal to exactly the process
+/// the pidfd was opened on, never to a later process with a reused pid.
+pub fn pidfd_kill(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: integer arguments and a null siginfo, which the kernel accepts.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `pidfd_getfd(pidfd, fd, 0)`: a duplicate of another process's fd (the
 /// same open file description, so the same socket).
 pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
@@ -406,7 +425,12 @@ fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         let n = libc::write(fd, data.as_ptr().cast(), data.len());
-        let err = io::Error::last_os_error();
+        let err = if n < 0 {
+            io::Error::last_os_error()
+        } else {
+            // A short write sets no errno.
+            io::Error::from_raw_os_error(libc::EIO)
+        };
         libc::close(fd);
         if n != data.len() as isize {
             return Err(err);
