@@ -96,6 +96,9 @@ impl Applied {
         for r in &self.not_enforced {
             out.push_str(&format!("  NOT enforced: {r}\n"));
         }
+        out.push_str(
+            "  never covered: unix-socket connects, UDP and other protocols (the broker decides them)\n",
+        );
         out
     }
 }
@@ -177,9 +180,6 @@ pub fn build(spec: &Spec) -> Result<Applied, BackstopError> {
             ));
         }
     }
-    applied.not_enforced.push(
-        "unix-socket connects, UDP and other protocols are not covered by Landlock (the broker decides them)".into(),
-    );
     if handled_fs == 0 && handled_net == 0 {
         return Ok(applied);
     }

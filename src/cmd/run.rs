@@ -360,6 +360,13 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
             for w in child.warnings() {
                 eprintln!("cordon: warning: {w}");
             }
+            // What the policy's backstop asked for and this kernel cannot
+            // enforce is said every time, not only on request.
+            if let (Some(b), false) = (child.backstop(), args.explain_backstop) {
+                for w in &b.not_enforced {
+                    eprintln!("cordon: warning: backstop not enforced: {w}");
+                }
+            }
             if args.explain_backstop {
                 match child.backstop() {
                     Some(b) => eprint!("cordon: backstop: {}", b.explain()),
