@@ -43,9 +43,7 @@ const CONTRACT_RULES: [&str; 3] = ["allow", "deny", "errno"];
 pub fn lint(source: &PolicySource) -> Result<Vec<Lint>, PolicyError> {
     let sources = SourceSet::read(source)?;
     let data = sources.data_document()?;
-    let regorus_data = regorus::Value::from_json_str(&data.to_string())
-        .map_err(|e| PolicyError::Compile(e.to_string()))?;
-    let mut engine = build_engine(&sources, &regorus_data, false)?;
+    let mut engine = build_engine(&sources, &sources.data_value()?, false)?;
     let all_text: String = sources.rego_texts().collect::<Vec<_>>().join("\n");
     let mut lints = Vec::new();
     let mut unreferenced = std::collections::BTreeSet::new();
@@ -132,8 +130,14 @@ fn refers_to(all_text: &str, package: &str) -> bool {
 
 fn refers_directly(all_text: &str, package: &str) -> bool {
     // The package's own text mentions itself in its `package` line only as
-    // `package a.b`, never as `data.a.b`, so any `data.a.b` is a reference.
-    all_text.contains(&format!("data.{package}.")) || all_text.contains(&format!("data.{package}["))
+    // `package a.b`, never as `data.a.b`, so any `data.a.b` not continued
+    // by more of a name (`data.a.bc`) is a reference: `data.a.b.rule`,
+    // `data.a.b[k]`, `import data.a.b`, `x := data.a.b`.
+    let needle = format!("data.{package}");
+    all_text.match_indices(&needle).any(|(i, m)| {
+        !all_text[i + m.len()..]
+            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    })
 }
 
 /// The data paths to check: each key at depth one and two, with the file
@@ -195,6 +199,9 @@ mod tests {
         assert!(!refers_to(text, "org.other"));
         // A literal key names one package, not every one below.
         assert!(!refers_to(text, "lib.other"));
+        // Through an import, and not by a longer name that starts the same.
+        assert!(refers_to("import data.tools.fetch\n", "tools.fetch"));
+        assert!(!refers_to("import data.tools.fetcher\n", "tools.fetch"));
     }
 
     #[test]
