@@ -143,6 +143,18 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl AuditRecord {
+    /// What the record is about, on one line: `address:port` (`[v6]:port`),
+    /// else the path (a file, a unix socket, an executable), else the argv.
+    pub fn subject(&self) -> String {
+        match (&self.path, &self.address, &self.argv) {
+            (_, Some(a), _) if a.contains(':') => format!("[{a}]:{}", self.port.unwrap_or(0)),
+            (_, Some(a), _) => format!("{a}:{}", self.port.unwrap_or(0)),
+            (Some(p), None, _) => p.clone(),
+            (None, None, Some(argv)) => argv.join(" "),
+            (None, None, None) => String::new(),
+        }
+    }
+
     /// Unix time of the record in nanoseconds (0 if the time does not parse).
     pub fn time_ns(&self) -> i64 {
         humantime::parse_rfc3339(&self.time)

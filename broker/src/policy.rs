@@ -307,6 +307,11 @@ impl SourceSet {
         "data".into()
     }
 
+    /// The merged data as the engine's value, straight from the JSON tree.
+    pub(crate) fn data_value(&self) -> Result<Value, PolicyError> {
+        to_engine_value(&self.data_document()?)
+    }
+
     /// All data files merged into one document, each under its directory prefix.
     pub(crate) fn data_document(&self) -> Result<serde_json::Value, PolicyError> {
         let mut root = serde_json::Value::Object(Default::default());
@@ -355,6 +360,11 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) -> Result<(), St
         }
         (_, _) => Err("conflicts with a value from another data file".into()),
     }
+}
+
+/// A JSON tree as regorus's value, without a text round trip.
+fn to_engine_value(v: &serde_json::Value) -> Result<Value, PolicyError> {
+    <Value as serde::Deserialize>::deserialize(v).map_err(|e| PolicyError::Compile(e.to_string()))
 }
 
 /// An engine with every policy module and the data loaded, but no input.
@@ -574,9 +584,7 @@ impl LoadedPolicy {
         if sources.rego.is_empty() {
             return Err(PolicyError::NoCordonPackage(files_or_source(source)));
         }
-        let data_json = sources.data_document()?;
-        let data = Value::from_json_str(&data_json.to_string())
-            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let data = sources.data_value()?;
         let mut interpreter = build_engine(&sources, &data, true)?;
         let packages = interpreter
             .get_packages()

@@ -123,12 +123,7 @@ impl<'a> Replayer<'a> {
             Direction::DenyToAllow => self.report.deny_to_allow += 1,
         }
         let tool = r.labels.get("tool").cloned().unwrap_or_else(|| "-".into());
-        let subject = match (&r.path, &r.address) {
-            (_, Some(a)) if a.contains(':') => format!("[{a}]:{}", r.port.unwrap_or(0)),
-            (_, Some(a)) => format!("{a}:{}", r.port.unwrap_or(0)),
-            (Some(p), None) => p.clone(),
-            (None, None) => String::new(),
-        };
+        let subject = r.subject();
         let key = (
             direction,
             tool.clone(),

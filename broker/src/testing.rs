@@ -131,9 +131,7 @@ struct Discovered {
 /// Loads `paths` with their `*_test.rego` files and runs every `test_` rule.
 pub fn run(paths: &[PathBuf], opts: &TestOptions) -> Result<TestReport, PolicyError> {
     let sources = SourceSet::read_including_tests(&PolicySource::Paths(paths.to_vec()))?;
-    let data_json = sources.data_document()?;
-    let data = Value::from_json_str(&data_json.to_string())
-        .map_err(|e| PolicyError::Compile(e.to_string()))?;
+    let data = sources.data_value()?;
     let mut engine = build_engine(&sources, &data, false)?;
     engine.set_execution_timer_config(ExecutionTimerConfig {
         limit: opts.timeout,

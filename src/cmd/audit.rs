@@ -299,12 +299,10 @@ fn broken_pipe_ok(e: anyhow::Error) -> anyhow::Result<ExitCode> {
 /// arguments (a newline or escape sequence in argv must not forge rows or
 /// drive the auditor's terminal). JSON and CSV carry the exact text.
 fn subject(r: &AuditRecord) -> String {
-    let s = match (&r.path, &r.address, &r.argv) {
-        (_, Some(a), _) => format!("{a}:{}", r.port.unwrap_or(0)),
-        (Some(p), _, Some(argv)) if r.kind == "exec" => format!("{p} {}", argv.join(" ")),
-        (Some(p), _, _) => p.clone(),
-        (None, None, Some(argv)) => argv.join(" "),
-        _ => String::new(),
+    let s = match (&r.argv, r.kind.as_str(), &r.path) {
+        // An exec: the program and the arguments it was given.
+        (Some(argv), "exec", Some(_)) => format!("{} {}", r.subject(), argv.join(" ")),
+        _ => r.subject(),
     };
     one_line(&s)
 }
