@@ -65,6 +65,7 @@ pub struct ServeArgs {
     tls_client_ca: Option<PathBuf>,
     /// Enforce nothing for sandboxes with this label (repeatable): allow, and record what the
     /// policy would deny as `would_deny` with its reason. For rolling out a new tool's policy.
+    /// Labels are the caller's to choose: every admitted caller can ask for this one.
     #[arg(long, value_name = "K=V", value_parser = super::parse_label)]
     permissive_label: Vec<(String, String)>,
     /// Enforce nothing for any sandbox (as --permissive-label for every label).
