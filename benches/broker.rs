@@ -38,12 +38,21 @@ const BATCHED: Durability = Durability::Batched {
     window: Duration::from_millis(10),
 };
 
-fn engine() -> Arc<PolicyEngine> {
-    Arc::new(
-        PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default())
-            .expect("built-in policy loads"),
-    )
+/// The built-in policy, keeping at most `memo` verdicts (0: every request is
+/// evaluated, which is what a tool's first call to each path costs).
+fn engine(memo: usize) -> Arc<PolicyEngine> {
+    let opts = PolicyOptions {
+        memo_capacity: memo,
+        ..Default::default()
+    };
+    Arc::new(PolicyEngine::new(PolicySource::Builtin, opts).expect("built-in policy loads"))
 }
+
+/// The benchmark's name suffix and memo capacity: evaluated, then memo hits.
+const MEMO_VARIANTS: [(&str, usize); 2] = [
+    ("", 0),
+    ("/memo_hit", cordon_broker::policy::DEFAULT_MEMO_CAPACITY),
+];
 
 /// A record exactly as `Broker::decide` would append it for the fixture.
 fn sample_record(engine: &PolicyEngine) -> AuditRecord {
@@ -56,7 +65,9 @@ fn sample_record(engine: &PolicyEngine) -> AuditRecord {
 /// Policy evaluation alone: `LoadedPolicy::evaluate` on the fixture input
 /// (serde_json input -> regorus value, evaluate `data.cordon_internal.result`,
 /// interpret the answer), with a pooled evaluator. Compiled VM (RVM, what the
-/// broker uses by default) and the tree-walking interpreter.
+/// broker uses by default) and the tree-walking interpreter, both with the
+/// decision memo off so that every iteration evaluates; then the memo's hit
+/// (the same input again, what a repeated call costs).
 fn bench_policy(c: &mut Criterion) {
     let input = support::fixture_input("read-system-lib");
     let mut g = c.benchmark_group("policy_eval");
@@ -69,6 +80,7 @@ fn bench_policy(c: &mut Criterion) {
     ] {
         let opts = PolicyOptions {
             engine: choice,
+            memo_capacity: 0,
             ..Default::default()
         };
         let policy =
@@ -87,6 +99,16 @@ fn bench_policy(c: &mut Criterion) {
             b.iter(|| policy.evaluate(&input))
         });
     }
+    let memoizing = LoadedPolicy::load(&PolicySource::Builtin, &PolicyOptions::default())
+        .expect("built-in policy loads");
+    assert!(!memoizing.evaluate(&input).memoized);
+    assert!(
+        memoizing.evaluate(&input).memoized,
+        "second evaluation is a memo hit"
+    );
+    g.bench_function("default_rego_file_read/memo_hit", |b| {
+        b.iter(|| memoizing.evaluate(&input))
+    });
     // Reference lines, regorus used directly (not what the broker runs): the
     // input conversion the broker does per call (regorus value deserialized
     // from the serde_json tree), and the compiled VM alone on an already
@@ -149,7 +171,7 @@ fn native_vm(input: &serde_json::Value) -> (regorus::rvm::RegoVM, regorus::Value
 /// it durable within 10 ms); strict returns after the flush (`sync_file_range`),
 /// one appender at a time, so no group commit helps here.
 fn bench_audit(c: &mut Criterion) {
-    let record = sample_record(&engine());
+    let record = sample_record(&engine(0));
     let mut g = c.benchmark_group("audit_append");
     g.sample_size(40)
         .warm_up_time(Duration::from_secs(1))
@@ -179,21 +201,24 @@ fn bench_audit(c: &mut Criterion) {
 }
 
 /// The broker core in process, as `cordon run`'s embedded broker calls it:
-/// validate, build the input document, evaluate (RVM), append (batched).
+/// validate, build the input document, evaluate (RVM) or hit the memo,
+/// append (batched).
 fn bench_decide(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let audit: Arc<dyn AuditLog> =
-        Arc::new(SledAudit::open(dir.path(), BATCHED).expect("open audit"));
-    let broker = Broker::new(engine(), audit);
-    let req = support::read_system_lib(1);
-    assert!(broker.decide(&req).expect("valid").allow);
     let mut g = c.benchmark_group("broker_decide");
     g.sample_size(60)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    g.bench_function("in_process/batched", |b| {
-        b.iter(|| broker.decide(&req).expect("valid"))
-    });
+    for (suffix, memo) in MEMO_VARIANTS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit: Arc<dyn AuditLog> =
+            Arc::new(SledAudit::open(dir.path(), BATCHED).expect("open audit"));
+        let broker = Broker::new(engine(memo), audit);
+        let req = support::read_system_lib(1);
+        assert!(broker.decide(&req).expect("valid").allow);
+        g.bench_function(format!("in_process/batched{suffix}"), |b| {
+            b.iter(|| broker.decide(&req).expect("valid"))
+        });
+    }
     g.finish();
 }
 
@@ -206,12 +231,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(durability: Durability) -> Self {
+    fn start(durability: Durability, memo: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("run/broker.sock");
         let audit: Arc<dyn AuditLog> =
             Arc::new(SledAudit::open(&dir.path().join("audit"), durability).expect("open audit"));
-        let broker = Broker::new(engine(), audit);
+        let broker = Broker::new(engine(memo), audit);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .thread_name("bench-broker")
             .enable_all()
@@ -262,7 +287,13 @@ impl Drop for Server {
 /// its own multi-thread runtime. Run the bench pinned (`taskset -c 0`) for the
 /// same-core figure.
 fn bench_session(c: &mut Criterion) {
-    let server = Server::start(BATCHED);
+    for (suffix, memo) in MEMO_VARIANTS {
+        bench_session_with(c, suffix, memo);
+    }
+}
+
+fn bench_session_with(c: &mut Criterion, suffix: &str, memo: usize) {
+    let server = Server::start(BATCHED, memo);
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -310,7 +341,7 @@ fn bench_session(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(6));
     // The id records how many CPUs the bench may use: 1 under `taskset -c 0`.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    g.bench_function(format!("unix_socket/batched/cpus={cpus}"), |b| {
+    g.bench_function(format!("unix_socket/batched/cpus={cpus}{suffix}"), |b| {
         b.iter_custom(&mut round_trip)
     });
     g.finish();

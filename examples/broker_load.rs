@@ -16,7 +16,9 @@
 //! not measured), `--durability batched|strict` (batched: 10 ms window),
 //! `--server-threads N` / `--client-threads N` (tokio workers; default: the
 //! number of CPUs this process may run on), `--shared-connection` (all streams
-//! on one HTTP/2 connection instead of one connection each).
+//! on one HTTP/2 connection instead of one connection each), `--memo N`
+//! (the policy's decision memo; 0, the default, evaluates every request, since
+//! every stream repeats one input and would otherwise measure memo hits).
 //! Pin with `taskset`, not in code: scripts/bench-broker.sh does.
 //!
 //! The last line of output is machine-readable (`RESULT key=value ...`).
@@ -51,13 +53,14 @@ struct Args {
     server_threads: usize,
     client_threads: usize,
     shared_connection: bool,
+    memo: usize,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("broker_load: {msg}");
     eprintln!(
         "usage: broker_load [--streams N] [--seconds S] [--warmup S] [--durability batched|strict] \
-         [--server-threads N] [--client-threads N] [--shared-connection]"
+         [--server-threads N] [--client-threads N] [--shared-connection] [--memo N]"
     );
     std::process::exit(2)
 }
@@ -74,6 +77,7 @@ fn parse_args() -> Args {
         server_threads: cpus,
         client_threads: cpus,
         shared_connection: false,
+        memo: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -101,6 +105,7 @@ fn parse_args() -> Args {
                 }
             }
             "--shared-connection" => a.shared_connection = true,
+            "--memo" => a.memo = num(&flag, value()),
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -220,10 +225,11 @@ fn main() {
         SledAudit::open(&dir.path().join("audit"), args.durability).expect("open the audit store"),
     );
     let audit: Arc<dyn AuditLog> = audit_impl.clone();
-    let engine = Arc::new(
-        PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default())
-            .expect("built-in policy"),
-    );
+    let opts = PolicyOptions {
+        memo_capacity: args.memo,
+        ..Default::default()
+    };
+    let engine = Arc::new(PolicyEngine::new(PolicySource::Builtin, opts).expect("built-in policy"));
     let engine_name = engine.current().engine_name();
     let broker = Broker::new(engine, audit.clone());
 

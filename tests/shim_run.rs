@@ -833,6 +833,48 @@ fn children_and_threads_are_covered_and_every_decision_is_recorded() {
 }
 
 #[test]
+fn a_repeated_call_is_answered_from_the_memo_and_still_recorded() {
+    let script = "import errno\n\
+                  for _ in range(3):\n    open('/etc/hostname').read()\n\
+                  for _ in range(2):\n    try:\n        open('/etc/shadow')\n    except OSError as e:\n        print('shadow', e.errno)\n";
+    for (memo, want_hits) in [("4096", true), ("0", false)] {
+        let env = Env::new(&[]);
+        let out = env
+            .command(
+                &["--decision-memo", memo],
+                &["/usr/bin/python3", "-c", script],
+            )
+            .output()
+            .unwrap();
+        let stdout = assert_ok(&out);
+        assert_eq!(stdout.matches("shadow 13").count(), 2, "{stdout}");
+        let records = env.audit();
+        for (path, allow) in [("/etc/hostname", true), ("/etc/shadow", false)] {
+            let calls = find(&records, "openat", path);
+            let n = if allow { 3 } else { 2 };
+            assert_eq!(
+                calls.len(),
+                n,
+                "memo {memo}: every call is recorded: {path}"
+            );
+            assert!(calls.iter().all(|r| r["allow"] == allow), "{calls:?}");
+            let memoized: Vec<bool> = calls.iter().map(|r| r["memoized"] == true).collect();
+            let expected: Vec<bool> = (0..n).map(|i| want_hits && i > 0).collect();
+            assert_eq!(memoized, expected, "memo {memo}: {path}");
+            // A memo hit carries the evaluated call's errno and reason.
+            assert_eq!(calls[0]["reason"], calls[n - 1]["reason"]);
+            assert_eq!(calls[0]["errno"], calls[n - 1]["errno"]);
+        }
+        let verify = cordon()
+            .args(["audit", "verify", "--db"])
+            .arg(&env.db)
+            .output()
+            .unwrap();
+        assert_ok(&verify);
+    }
+}
+
+#[test]
 fn no_broker_at_start_is_exit_125() {
     let env = Env::new(&[]);
     let out = cordon()

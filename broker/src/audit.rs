@@ -120,6 +120,10 @@ pub struct AuditRecord {
     pub policy_revision: String,
     #[serde(default)]
     pub latency_us: u64,
+    /// The verdict came from the policy revision's memo of inputs it had
+    /// already evaluated (same input, same revision: same answer).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub memoized: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
     /// Exit records: the resource limit that stopped the sandbox.

@@ -217,6 +217,7 @@ pub fn decision_record(req: &DecideRequest, verdict: &Verdict, latency_us: u64) 
         reason: verdict.reason.clone(),
         policy_revision: verdict.revision.to_string(),
         latency_us,
+        memoized: verdict.memoized,
         ..Default::default()
     };
     match &req.subject {

@@ -5,6 +5,7 @@
 //! - [`audit`]: the append-only, hash-chained audit store and its queries.
 //! - [`decide`]: the broker core that ties the two together, used in process by
 //!   `cordon run` and behind gRPC by [`service`].
+//! - [`memo`]: verdicts a policy revision keeps for inputs it has seen.
 //! - [`testing`]: policy unit tests (`test_` rules), like `opa test`.
 //! - [`lint`]: mistakes `cordon policy check` reports beyond parse errors.
 //! - [`replay`]: recorded decisions re-evaluated under another policy.
@@ -17,6 +18,7 @@ pub mod client;
 pub mod decide;
 pub mod errno;
 pub mod lint;
+pub mod memo;
 pub mod policy;
 pub mod replay;
 pub mod request;

@@ -28,7 +28,8 @@ use regorus::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::errno;
+use crate::memo;
+use crate::{errno, memo::Memo};
 
 /// The built-in default policy, used when no policy is given.
 pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.rego");
@@ -101,6 +102,8 @@ pub struct PolicyOptions {
     /// An evaluation that runs longer than this is a denial.
     pub eval_timeout: Duration,
     pub engine: EngineChoice,
+    /// Verdicts kept per revision for inputs seen before (0: none). See [`crate::memo`].
+    pub memo_capacity: usize,
 }
 
 impl Default for PolicyOptions {
@@ -108,9 +111,13 @@ impl Default for PolicyOptions {
         Self {
             eval_timeout: Duration::from_millis(50),
             engine: EngineChoice::Auto,
+            memo_capacity: DEFAULT_MEMO_CAPACITY,
         }
     }
 }
+
+/// Verdicts a revision keeps by default: a few thousand inputs, a few MiB.
+pub const DEFAULT_MEMO_CAPACITY: usize = 4096;
 
 /// The answer of the policy to one input.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +131,8 @@ pub struct Verdict {
     pub deny: Vec<String>,
     pub eval_time: Duration,
     pub revision: Arc<str>,
+    /// Answered from the revision's memo of inputs it already evaluated.
+    pub memoized: bool,
 }
 
 /// One file read from a policy source.
@@ -442,6 +451,9 @@ pub struct LoadedPolicy {
     /// Why the compiled VM is not used, when it is not.
     vm_unavailable: Option<String>,
     pool: Mutex<Vec<Evaluator>>,
+    memo: Option<Memo<Verdict>>,
+    /// Why there is no memo, when there is none.
+    memo_unavailable: Option<String>,
 }
 
 impl std::fmt::Debug for LoadedPolicy {
@@ -613,6 +625,20 @@ impl LoadedPolicy {
                 Err(e) => (None, Some(e)),
             },
         };
+        let impure = sources
+            .rego
+            .iter()
+            .find_map(|f| memo::impure_builtin(&f.text).map(|b| (b, &f.display)));
+        let (memo, memo_unavailable) = match impure {
+            _ if opts.memo_capacity == 0 => (None, Some("memo capacity is 0".to_owned())),
+            Some((builtin, file)) => (
+                None,
+                Some(format!(
+                    "{file} calls {builtin}, whose answer is not a function of the input"
+                )),
+            ),
+            None => (Some(Memo::new(opts.memo_capacity)), None),
+        };
         let policy = LoadedPolicy {
             revision: sources.revision().into(),
             files,
@@ -623,6 +649,8 @@ impl LoadedPolicy {
             vm,
             vm_unavailable,
             pool: Mutex::new(Vec::new()),
+            memo,
+            memo_unavailable,
         };
         Ok(policy.self_checked())
     }
@@ -674,14 +702,33 @@ impl LoadedPolicy {
         self.vm_unavailable.as_deref()
     }
 
+    /// Why this revision keeps no memo of its verdicts, if it keeps none.
+    pub fn memo_unavailable(&self) -> Option<&str> {
+        self.memo_unavailable.as_deref()
+    }
+
     /// Evaluates one input document. Never fails: every error is a denial.
+    /// An input this revision evaluated cleanly before is answered from its
+    /// memo (`memoized`).
     pub fn evaluate(&self, input: &serde_json::Value) -> Verdict {
         let start = Instant::now();
+        let key = self.memo.as_ref().map(|_| Memo::<Verdict>::key(input));
+        if let (Some(memo), Some(key)) = (&self.memo, &key)
+            && let Some(mut v) = memo.get(key)
+        {
+            v.eval_time = start.elapsed();
+            v.memoized = true;
+            return v;
+        }
         let raw = self.evaluate_with(input, self.vm.is_some());
+        let clean = raw.is_ok();
         let eval_time = start.elapsed();
         let mut v = interpret(raw);
         v.eval_time = eval_time;
         v.revision = self.revision.clone();
+        if clean && let (Some(memo), Some(key)) = (&self.memo, key) {
+            memo.insert(key, v.clone());
+        }
         v
     }
 
@@ -848,6 +895,7 @@ fn interpret(raw: Result<RawDecision, String>) -> Verdict {
         deny: vec![],
         eval_time: Duration::ZERO,
         revision: Arc::from(""),
+        memoized: false,
     };
     let raw = match raw {
         Ok(raw) => raw,
@@ -899,6 +947,7 @@ fn interpret(raw: Result<RawDecision, String>) -> Verdict {
             deny,
             eval_time: Duration::ZERO,
             revision: Arc::from(""),
+            memoized: false,
         };
     }
     let mut reason = if deny.is_empty() {
@@ -931,6 +980,7 @@ fn interpret(raw: Result<RawDecision, String>) -> Verdict {
         deny,
         eval_time: Duration::ZERO,
         revision: Arc::from(""),
+        memoized: false,
     }
 }
 
@@ -1001,7 +1051,7 @@ impl PolicyEngine {
     pub fn new(source: PolicySource, opts: PolicyOptions) -> Result<Self, PolicyError> {
         let seen = fingerprint(&source);
         let loaded = LoadedPolicy::load(&source, &opts)?;
-        tracing::info!(revision = %loaded.revision, engine = loaded.engine_name(), files = loaded.files.len(), "policy loaded");
+        tracing::info!(revision = %loaded.revision, engine = loaded.engine_name(), files = loaded.files.len(), memo_off = loaded.memo_unavailable(), "policy loaded");
         Ok(Self {
             source,
             opts,
@@ -1043,7 +1093,7 @@ impl PolicyEngine {
                 let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
                 let changed = cur.revision != new.revision;
                 if changed {
-                    tracing::info!(old = %cur.revision, new = %new.revision, engine = new.engine_name(), "policy reloaded");
+                    tracing::info!(old = %cur.revision, new = %new.revision, engine = new.engine_name(), memo_off = new.memo_unavailable(), "policy reloaded");
                     *cur = Arc::new(new);
                 }
                 Ok(changed)

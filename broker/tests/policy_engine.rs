@@ -156,10 +156,13 @@ fn evaluation_timeout_denies() {
         let opts = PolicyOptions {
             eval_timeout: Duration::from_millis(5),
             engine,
+            ..Default::default()
         };
         let p = LoadedPolicy::load(&PolicySource::Paths(vec![dir.path().into()]), &opts).unwrap();
         let v = p.evaluate(&serde_json::json!({}));
         assert!(!v.allow);
+        // A timeout is no answer of the policy's: the next call evaluates again.
+        assert!(!p.evaluate(&serde_json::json!({})).memoized);
         assert!(
             v.reason.starts_with("policy evaluation timed out"),
             "{engine:?}: {}",
@@ -264,9 +267,73 @@ fn reload_keeps_old_revision_on_broken_edit() {
     assert_eq!(engine.current().revision(), &rev1);
     assert!(engine.evaluate(&serde_json::json!({})).allow);
     assert!(engine.last_error().is_some());
+    let remembered = engine.evaluate(&serde_json::json!({}));
+    assert!(remembered.allow && remembered.memoized);
     write_policy(dir.path(), "p.rego", "package cordon\nallow := false\n");
     assert!(engine.reload().unwrap());
     assert_ne!(engine.current().revision(), &rev1);
-    assert!(!engine.evaluate(&serde_json::json!({})).allow);
+    // The old revision's memo went with it.
+    let fresh = engine.evaluate(&serde_json::json!({}));
+    assert!(!fresh.allow && !fresh.memoized, "{fresh:?}");
     assert!(engine.last_error().is_none());
+}
+
+#[test]
+fn memo_answers_a_repeated_input_exactly_as_evaluation_did() {
+    let policy = LoadedPolicy::load(&PolicySource::Builtin, &PolicyOptions::default()).unwrap();
+    assert_eq!(policy.memo_unavailable(), None);
+    for (name, input, _) in cases() {
+        let first = policy.evaluate(&input);
+        let again = policy.evaluate(&input);
+        assert!(!first.memoized, "{name}: first evaluation");
+        assert!(again.memoized, "{name}: repeated input");
+        let strip = |v: &cordon_broker::policy::Verdict| {
+            (
+                v.allow,
+                v.errno.clone(),
+                v.errno_code,
+                v.reason.clone(),
+                v.deny.clone(),
+                v.revision.clone(),
+            )
+        };
+        assert_eq!(strip(&first), strip(&again), "{name}");
+        // One field of difference is another input.
+        let mut other = input.clone();
+        other["process"]["pid"] = serde_json::json!(999_999);
+        assert!(!policy.evaluate(&other).memoized, "{name}: another pid");
+    }
+}
+
+#[test]
+fn memo_is_off_for_policies_with_impure_builtins_and_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(
+        dir.path(),
+        "p.rego",
+        "package cordon\nimport rego.v1\nallow if rand.intn(\"coin\", 2) == 0\n",
+    );
+    let p = LoadedPolicy::load(
+        &PolicySource::Paths(vec![dir.path().into()]),
+        &PolicyOptions::default(),
+    )
+    .unwrap();
+    let why = p
+        .memo_unavailable()
+        .expect("no memo for a policy that draws random numbers");
+    assert!(why.contains("p.rego calls rand.intn"), "{why}");
+    p.evaluate(&serde_json::json!({}));
+    assert!(!p.evaluate(&serde_json::json!({})).memoized);
+
+    let off = LoadedPolicy::load(
+        &PolicySource::Builtin,
+        &PolicyOptions {
+            memo_capacity: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let input = &cases()[0].1;
+    off.evaluate(input);
+    assert!(!off.evaluate(input).memoized);
 }

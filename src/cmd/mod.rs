@@ -95,6 +95,7 @@ pub fn load_policy(
     paths: &[PathBuf],
     eval_timeout: Duration,
     interpreter: bool,
+    memo_capacity: usize,
 ) -> anyhow::Result<std::sync::Arc<cordon_broker::policy::PolicyEngine>> {
     use anyhow::Context;
     use cordon_broker::policy::{EngineChoice, PolicyEngine, PolicyOptions, PolicySource};
@@ -111,6 +112,7 @@ pub fn load_policy(
     let opts = PolicyOptions {
         eval_timeout,
         engine,
+        memo_capacity,
     };
     Ok(std::sync::Arc::new(
         PolicyEngine::new(source, opts).context("cannot load the policy")?,

@@ -202,7 +202,7 @@ fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
             match format {
                 EvalFormat::Json => println!(
                     "{}",
-                    serde_json::json!({"ok": lints.is_empty(), "files": p.files(), "revision": p.revision().as_ref(), "engine": p.engine_name(), "lints": lints})
+                    serde_json::json!({"ok": lints.is_empty(), "files": p.files(), "revision": p.revision().as_ref(), "engine": p.engine_name(), "memo_off": p.memo_unavailable(), "lints": lints})
                 ),
                 EvalFormat::Text => {
                     for l in &lints {
@@ -214,6 +214,11 @@ fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
                             p.files().len(),
                             p.revision(),
                             p.engine_name()
+                        );
+                    }
+                    if let Some(why) = p.memo_unavailable() {
+                        eprintln!(
+                            "note: every call will be evaluated afresh (no decision memo): {why}"
                         );
                     }
                 }

@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// Embedded broker: longest policy evaluation before the call is denied.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
     eval_timeout: Duration,
+    /// Embedded broker: verdicts kept for inputs already evaluated (a repeated call skips
+    /// evaluation; every call is still recorded); 0 evaluates every call.
+    #[arg(long, value_name = "N", default_value_t = cordon_broker::policy::DEFAULT_MEMO_CAPACITY)]
+    decision_memo: usize,
     /// Enforce nothing: allow every brokered call and record what the policy would deny as
     /// `would_deny`, with its reason (for writing policies; see `cordon learn`). Embedded broker
     /// only: a shared broker is made permissive by its operator (`cordon serve --permissive-label`).
@@ -201,7 +205,7 @@ fn embedded(args: &RunArgs) -> anyhow::Result<Embedded> {
     // Opening sled (~9 ms) and compiling the policy (~3 ms) are independent.
     let db = args.audit_db.clone();
     let audit = std::thread::spawn(move || super::open_audit(db.as_ref(), durability));
-    let policy = super::load_policy(&args.policy, args.eval_timeout, false);
+    let policy = super::load_policy(&args.policy, args.eval_timeout, false, args.decision_memo);
     let audit = audit
         .join()
         .map_err(|_| anyhow::anyhow!("opening the audit store panicked"))??;
@@ -253,6 +257,7 @@ impl RunArgs {
             durability: DurabilityArg::Batched,
             flush_window: Duration::from_millis(10),
             eval_timeout: Duration::from_millis(250),
+            decision_memo: cordon_broker::policy::DEFAULT_MEMO_CAPACITY,
             permissive: true,
             memory: None,
             cpus: None,

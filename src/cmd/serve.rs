@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// Evaluate with the interpreter instead of the compiled VM.
     #[arg(long)]
     interpreter: bool,
+    /// Verdicts each policy revision keeps for inputs it has already evaluated, so a repeated
+    /// call (same process, same path, same everything) skips evaluation; 0 evaluates every call.
+    /// Off by itself for a policy that calls time.now_ns, rand.intn, http.send and the like.
+    #[arg(long, value_name = "N", default_value_t = cordon_broker::policy::DEFAULT_MEMO_CAPACITY)]
+    decision_memo: usize,
     /// A uid allowed to call the broker; repeatable. Default: the broker's own uid and root.
     #[arg(long, value_name = "UID")]
     allow_uid: Vec<u32>,
@@ -133,7 +138,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let policy = super::load_policy(&args.policy, args.eval_timeout, args.interpreter)?;
+    let policy = super::load_policy(
+        &args.policy,
+        args.eval_timeout,
+        args.interpreter,
+        args.decision_memo,
+    )?;
     policy.watch(args.watch_interval);
     let durability = match args.durability {
         DurabilityArg::Strict => Durability::Strict,
