@@ -9,9 +9,13 @@
 //!   Editing, inserting or removing a record breaks the chain at that record;
 //!   the `head` (last sequence number and hash), written before every flush,
 //!   catches removal of the newest records.
-//! - An append either stores the record or returns an error, which the broker
+//! - An append either takes the record or returns an error, which the broker
 //!   turns into a denial: a decision is never answered without its record
-//!   (strict: flushed to disk; batched: in the store, flushed within the window).
+//!   (strict: sealed into the chain and flushed to disk; batched: queued in
+//!   memory, then sealed, stored and flushed by the flusher within the window).
+//!   A batched record that cannot be stored stays queued and is retried, while
+//!   every new append is refused; readers drain the queue first, so a record
+//!   whose seq was handed out is visible to any query that follows.
 //! - Index entries are derived data, written in groups by the flusher and
 //!   rebuilt from the records after a crash.
 //!
@@ -245,12 +249,37 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// Flushes everything appended so far.
     fn flush(&self) -> Result<(), AuditError>;
+    /// Records that were answered for but are not known to be on disk (the
+    /// store failed: still queued, or in memory past the last good flush),
+    /// for the caller to keep elsewhere: for a process about to exit after a
+    /// failed flush.
+    fn take_unstored(&self) -> Vec<AuditRecord> {
+        Vec::new()
+    }
 }
 
+/// Writes records the store could not take to the log, one JSON line each,
+/// so that an operator can restore them: the last place they can go.
+pub fn log_unstored(records: Vec<AuditRecord>) {
+    for record in records {
+        let json = serde_json::to_string(&record).unwrap_or_else(|e| e.to_string());
+        tracing::error!(seq = record.seq, record = %json, "unstored audit record");
+    }
+}
+
+/// The append side: what the next record gets.
 struct Chain {
     next_seq: u64,
-    last_hash: [u8; 32],
     last_time_ns: i64,
+    /// Batched: records numbered and timed, in seq order, that the flusher
+    /// has not sealed and stored yet.
+    queue: Vec<AuditRecord>,
+}
+
+/// The newest record in the store: what the next sealed record chains to.
+struct Sealed {
+    seq: u64,
+    hash: [u8; 32],
 }
 
 #[derive(Default)]
@@ -274,7 +303,13 @@ struct Inner {
     index: sled::Tree,
     meta: sled::Tree,
     chain: Mutex<Chain>,
+    sealed: Mutex<Sealed>,
+    /// Held while the queue is taken and stored, so batches chain in order.
+    drain_serial: Mutex<()>,
     pending_index: Mutex<Vec<IndexEntry>>,
+    /// Newest seq handed out (queued or stored).
+    assigned_seq: AtomicU64,
+    /// Newest seq in the store.
     inserted_seq: AtomicU64,
     flush: Mutex<FlushState>,
     flushed: Condvar,
@@ -404,10 +439,16 @@ impl SledAudit {
             meta,
             chain: Mutex::new(Chain {
                 next_seq,
-                last_hash,
                 last_time_ns,
+                queue: Vec::new(),
             }),
+            sealed: Mutex::new(Sealed {
+                seq: last,
+                hash: last_hash,
+            }),
+            drain_serial: Mutex::new(()),
             pending_index: Mutex::new(Vec::new()),
+            assigned_seq: AtomicU64::new(last),
             inserted_seq: AtomicU64::new(last),
             flush: Mutex::new(FlushState {
                 durable_seq: last,
@@ -462,6 +503,7 @@ impl Drop for SledAudit {
         }
         if let Err(e) = self.inner.flush_now() {
             tracing::error!(error = %e, "final audit flush failed");
+            log_unstored(self.take_unstored());
         }
     }
 }
@@ -493,13 +535,14 @@ impl Inner {
             .unwrap_or(0))
     }
 
-    /// Writes pending index entries and the head, then flushes. Returns the
-    /// sequence number now known durable.
+    /// Stores the queued records, writes pending index entries and the head,
+    /// then flushes. Returns the sequence number now known durable.
     fn flush_now(&self) -> Result<u64, AuditError> {
         let _serial = self.flush_serial.lock().unwrap_or_else(|p| p.into_inner());
+        self.drain()?;
         let (target, head_hash) = {
-            let chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
-            (chain.next_seq - 1, chain.last_hash)
+            let sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+            (sealed.seq, sealed.hash)
         };
         let pending =
             std::mem::take(&mut *self.pending_index.lock().unwrap_or_else(|p| p.into_inner()));
@@ -608,13 +651,14 @@ impl Inner {
         if self.read_only {
             return Err(AuditError::ReadOnly);
         }
-        if let Durability::Batched { .. } = self.durability {
+        let batched = matches!(self.durability, Durability::Batched { .. });
+        if batched {
             let st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((_, msg)) = &st.failed {
                 return Err(AuditError::Flush(msg.clone()));
             }
             let backlog = self
-                .inserted_seq
+                .assigned_seq
                 .load(Ordering::SeqCst)
                 .saturating_sub(st.durable_seq);
             if backlog >= self.max_backlog {
@@ -628,43 +672,97 @@ impl Inner {
             record.seq = seq;
             record.id = uuid::Uuid::now_v7().to_string();
             record.time = format_time(time_ns);
-            record.prev_hash = if seq == 1 {
+            if batched {
+                // Sealing (canonical JSON, SHA-256) and storing are the
+                // flusher's, off the caller's path.
+                chain.queue.push(record);
+            } else {
+                self.store(vec![record]).map_err(|(e, _)| e)?;
+            }
+            chain.next_seq = seq + 1;
+            chain.last_time_ns = time_ns;
+            self.assigned_seq.store(seq, Ordering::SeqCst);
+            seq
+        };
+        if batched {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            if !*dirty {
+                *dirty = true;
+                self.wake_flusher.notify_one();
+            }
+        } else {
+            self.wait_durable(seq)?;
+        }
+        Ok(Appended { seq })
+    }
+
+    /// Seals `records` (consecutive, in seq order, after the newest stored
+    /// one) into the chain and stores them in one batch. On failure nothing
+    /// is stored and the records are handed back.
+    fn store(&self, mut records: Vec<AuditRecord>) -> Result<(), (AuditError, Vec<AuditRecord>)> {
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return Ok(());
+        };
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hash = sealed.hash;
+        let mut batch = sled::Batch::default();
+        for record in &mut records {
+            record.prev_hash = if record.seq == 1 {
                 GENESIS.to_owned()
             } else {
-                hex::encode(chain.last_hash)
+                hex::encode(hash)
             };
             record.hash = String::new();
-            let body = serde_json::to_vec(&record).map_err(|e| AuditError::Corrupt {
-                seq,
-                message: e.to_string(),
-            })?;
-            let hash: [u8; 32] = Sha256::digest(&body).into();
+            let body = match serde_json::to_vec(&*record) {
+                Ok(body) => body,
+                Err(e) => {
+                    let seq = record.seq;
+                    let e = AuditError::Corrupt {
+                        seq,
+                        message: e.to_string(),
+                    };
+                    return Err((e, records));
+                }
+            };
+            hash = Sha256::digest(&body).into();
             let mut value = Vec::with_capacity(32 + body.len());
             value.extend_from_slice(&hash);
             value.extend_from_slice(&body);
-            self.records.insert(seq_key(seq), value)?;
-            chain.next_seq = seq + 1;
-            chain.last_hash = hash;
-            chain.last_time_ns = time_ns;
-            self.inserted_seq.store(seq, Ordering::SeqCst);
-            self.pending_index
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(index_entry(&record));
-            seq
-        };
-        self.notify.send_replace(seq);
-        match self.durability {
-            Durability::Strict => self.wait_durable(seq)?,
-            Durability::Batched { .. } => {
-                let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-                if !*dirty {
-                    *dirty = true;
-                    self.wake_flusher.notify_one();
-                }
+            batch.insert(&seq_key(record.seq), value);
+        }
+        if let Err(e) = self.records.apply_batch(batch) {
+            return Err((e.into(), records));
+        }
+        *sealed = Sealed { seq: last, hash };
+        self.inserted_seq.store(last, Ordering::SeqCst);
+        self.pending_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(records.iter().map(index_entry));
+        drop(sealed);
+        self.notify.send_replace(last);
+        Ok(())
+    }
+
+    /// Stores every queued record. On failure they stay queued, in order, to
+    /// be retried; the error is what appends are refused with meanwhile.
+    fn drain(&self) -> Result<(), AuditError> {
+        let _serial = self.drain_serial.lock().unwrap_or_else(|p| p.into_inner());
+        let queued =
+            std::mem::take(&mut self.chain.lock().unwrap_or_else(|p| p.into_inner()).queue);
+        match self.store(queued) {
+            Ok(()) => Ok(()),
+            Err((e, records)) => {
+                tracing::error!(error = %e, records = records.len(), "cannot store audit records; they stay queued and new decisions are denied");
+                let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+                let newer = std::mem::replace(&mut chain.queue, records);
+                chain.queue.extend(newer);
+                drop(chain);
+                let mut st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+                st.failed = Some((u64::MAX, e.to_string()));
+                Err(e)
             }
         }
-        Ok(Appended { seq })
     }
 
     fn record(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
@@ -716,6 +814,9 @@ impl AuditLog for SledAudit {
         each: &mut dyn FnMut(AuditRecord) -> bool,
     ) -> Result<u64, AuditError> {
         let inner = &self.inner;
+        // Every seq handed out before this scan is visible to it. A failure
+        // is logged and refuses appends; the scan shows what is stored.
+        let _ = inner.drain();
         let last = inner.inserted_seq.load(Ordering::SeqCst);
         let mut start = filter.after_seq + 1;
         if let Some(since) = filter.since_ns {
@@ -778,6 +879,7 @@ impl AuditLog for SledAudit {
 
     fn verify(&self) -> Result<VerifyReport, AuditError> {
         let inner = &self.inner;
+        let _ = inner.drain();
         let mut expected = 1u64;
         let mut prev = GENESIS.to_owned();
         let fail = |seq: u64, checked: u64, problem: String, prev: &str| VerifyReport {
@@ -895,5 +997,23 @@ impl AuditLog for SledAudit {
         let mut st = self.inner.flush.lock().unwrap_or_else(|p| p.into_inner());
         st.durable_seq = st.durable_seq.max(t);
         Ok(())
+    }
+
+    fn take_unstored(&self) -> Vec<AuditRecord> {
+        let inner = &self.inner;
+        let _serial = inner.drain_serial.lock().unwrap_or_else(|p| p.into_inner());
+        // In sled's memory but not known flushed (the disk refused them)…
+        let durable = inner
+            .flush
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .durable_seq;
+        let stored = inner.inserted_seq.load(Ordering::SeqCst);
+        let mut out: Vec<AuditRecord> = (durable + 1..=stored)
+            .filter_map(|seq| inner.record(seq).ok().flatten())
+            .collect();
+        // …and still queued.
+        out.append(&mut inner.chain.lock().unwrap_or_else(|p| p.into_inner()).queue);
+        out
     }
 }

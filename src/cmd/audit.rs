@@ -111,11 +111,13 @@ fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
     if !db.exists() {
         anyhow::bail!("no audit store at {}", db.display());
     }
-    SledAudit::open_read_only(&db)
-        .map(Arc::new)
-        .with_context(|| {
-            "the store may be in use by a running broker; query it with --broker".to_string()
-        })
+    match SledAudit::open_read_only(&db) {
+        Ok(store) => Ok(Arc::new(store)),
+        // sled's lock: another process has the store open for writing.
+        Err(e) if e.to_string().contains("could not acquire lock") => Err(anyhow::Error::new(e)
+            .context("the store is in use by a running broker; query it with --broker")),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn broker_uri(s: &str) -> anyhow::Result<BrokerUri> {

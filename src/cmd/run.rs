@@ -234,7 +234,15 @@ fn private_tmpdir(sandbox_id: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let code = execute(&args)?.code;
+    let outcome = execute(&args)?;
+    let code = outcome.code;
+    // The sandbox flushed at its end; what a failing store still holds goes
+    // to the log before this process exits without dropping the store.
+    if let Some(audit) = outcome.audit
+        && audit.flush().is_err()
+    {
+        cordon_broker::audit::log_unstored(audit.take_unstored());
+    }
     // Everything is recorded and flushed (`wait` flushes): exit now rather
     // than wait for the store's threads to wind down in its destructor.
     tracing::debug!("exiting");
