@@ -11,7 +11,8 @@
 #      directly, from the repository root as cargo would): unpinned, all groups
 #   2. taskset -c 0 <that binary> --bench session_round_trip (same-core round trip)
 #   3. broker_load --streams 1, pinned (taskset -c 0) and unpinned, batched
-#   4. broker_load --streams 16, batched and strict
+#   4. broker_load --streams 16, batched and strict (decision memo off: every
+#      request evaluated), then batched with the memo on (every request a hit)
 # Raw output goes to target/bench-broker/<UTC timestamp>/. Needs python3 (to
 # read criterion's estimates.json) and taskset (util-linux).
 # The numbers depend heavily on what else the machine is doing: keep it idle,
@@ -99,6 +100,9 @@ run_load "1 stream batched, pinned cpu $PIN_CPU" taskset -c "$PIN_CPU" "$LOAD" -
 run_load "1 stream batched, unpinned" "$LOAD" --streams 1 --seconds "$SECS" --durability batched
 run_load "$STREAMS streams batched" "$LOAD" --streams "$STREAMS" --seconds "$SECS" --durability batched
 run_load "$STREAMS streams strict" "$LOAD" --streams "$STREAMS" --seconds "$SECS" --durability strict
+# Every stream repeats one input: with the decision memo on, all but the first are hits.
+run_load "$STREAMS streams batched, memo hits" "$LOAD" --streams "$STREAMS" --seconds "$SECS" --durability batched --memo 4096
+run_load "1 stream batched, memo hits, pinned cpu $PIN_CPU" taskset -c "$PIN_CPU" "$LOAD" --streams 1 --seconds "$SECS" --durability batched --memo 4096
 
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
 echo

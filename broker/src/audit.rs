@@ -267,6 +267,9 @@ pub fn log_unstored(records: Vec<AuditRecord>) {
     }
 }
 
+/// Queued records past which an append stores the queue itself.
+const INLINE_DRAIN_AT: usize = 1024;
+
 /// The append side: what the next record gets.
 struct Chain {
     next_seq: u64,
@@ -626,7 +629,24 @@ impl Inner {
             if self.shutdown.load(Ordering::SeqCst) {
                 return;
             }
-            std::thread::sleep(gather);
+            // Gather, but leave at once on shutdown (the store's drop flushes).
+            let deadline = std::time::Instant::now() + gather;
+            let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let now = std::time::Instant::now();
+                if self.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+                if now >= deadline {
+                    break;
+                }
+                dirty = self
+                    .wake_flusher
+                    .wait_timeout(dirty, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            drop(dirty);
             let result = self.flush_now();
             let mut st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
             match result {
@@ -665,6 +685,7 @@ impl Inner {
                 return Err(AuditError::Backlog(backlog));
             }
         }
+        let mut help_drain = false;
         let seq = {
             let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
             let seq = chain.next_seq;
@@ -676,6 +697,7 @@ impl Inner {
                 // Sealing (canonical JSON, SHA-256) and storing are the
                 // flusher's, off the caller's path.
                 chain.queue.push(record);
+                help_drain = chain.queue.len() >= INLINE_DRAIN_AT;
             } else {
                 self.store(vec![record]).map_err(|(e, _)| e)?;
             }
@@ -684,6 +706,15 @@ impl Inner {
             self.assigned_seq.store(seq, Ordering::SeqCst);
             seq
         };
+        if help_drain {
+            // Appends outrun the flusher: store the queue here, so a fast
+            // caller is slowed down to the store's pace instead of growing
+            // the queue (memory) or being refused (backlog). This record is
+            // queued either way: a failure here (logged, and refusing the
+            // appends after it) leaves it queued for the retry, and its
+            // answer stands as recorded.
+            let _ = self.drain();
+        }
         if batched {
             let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
             if !*dirty {
@@ -1015,5 +1046,49 @@ impl AuditLog for SledAudit {
         // …and still queued.
         out.append(&mut inner.chain.lock().unwrap_or_else(|p| p.into_inner()).queue);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(n: u64) -> AuditRecord {
+        AuditRecord {
+            event: "decision".into(),
+            sandbox_id: "sb".into(),
+            syscall: "openat".into(),
+            kind: "file".into(),
+            path: Some(format!("/f{n}")),
+            allow: true,
+            reason: "allowed".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn appends_that_outrun_the_flusher_store_the_queue_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        // A window the test never reaches: only appends can store the queue.
+        let window = Duration::from_secs(3600);
+        let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
+        let n = 3 * INLINE_DRAIN_AT as u64;
+        for i in 0..n {
+            audit.append(decision(i)).unwrap();
+            let queued = audit.inner.chain.lock().unwrap().queue.len();
+            assert!(queued < INLINE_DRAIN_AT, "queue grew to {queued}");
+        }
+        assert!(audit.inner.inserted_seq.load(Ordering::SeqCst) >= n - INLINE_DRAIN_AT as u64);
+        // A reader sees every record handed out, in order, chained.
+        let mut seqs = Vec::new();
+        audit
+            .scan(&AuditFilter::default(), &mut |r| {
+                seqs.push(r.seq);
+                true
+            })
+            .unwrap();
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+        let report = audit.verify().unwrap();
+        assert!(report.ok, "{report:?}");
     }
 }
