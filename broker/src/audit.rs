@@ -267,6 +267,11 @@ pub fn log_unstored(records: Vec<AuditRecord>) {
     }
 }
 
+/// Records per sled batch. sled pins its epoch for a whole batch, so the node
+/// copies of every insert in it stay allocated until it ends: a batch of
+/// 1,000 ~1 KiB records took `cordon serve` to 637 MiB peak RSS.
+const STORE_CHUNK: usize = 32;
+
 /// Queued records past which an append stores the queue itself.
 const INLINE_DRAIN_AT: usize = 1024;
 
@@ -730,7 +735,24 @@ impl Inner {
     /// Seals `records` (consecutive, in seq order, after the newest stored
     /// one) into the chain and stores them in one batch. On failure nothing
     /// is stored and the records are handed back.
-    fn store(&self, mut records: Vec<AuditRecord>) -> Result<(), (AuditError, Vec<AuditRecord>)> {
+    fn store(&self, records: Vec<AuditRecord>) -> Result<(), (AuditError, Vec<AuditRecord>)> {
+        let mut rest = records;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(STORE_CHUNK));
+            if let Err((e, mut unstored)) = self.store_chunk(rest) {
+                unstored.extend(tail);
+                return Err((e, unstored));
+            }
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// [`Inner::store`] for at most [`STORE_CHUNK`] records.
+    fn store_chunk(
+        &self,
+        mut records: Vec<AuditRecord>,
+    ) -> Result<(), (AuditError, Vec<AuditRecord>)> {
         let Some(last) = records.last().map(|r| r.seq) else {
             return Ok(());
         };
