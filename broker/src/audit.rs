@@ -499,8 +499,13 @@ impl SledAudit {
 
 impl Drop for SledAudit {
     fn drop(&mut self) {
-        self.inner.shutdown.store(true, Ordering::SeqCst);
-        self.inner.wake_flusher.notify_all();
+        {
+            // Under the flusher's lock, so the wake-up cannot fall between
+            // its check of `shutdown` and its wait.
+            let _dirty = self.inner.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            self.inner.shutdown.store(true, Ordering::SeqCst);
+            self.inner.wake_flusher.notify_all();
+        }
         if let Some(h) = self
             .flusher
             .lock()
@@ -657,7 +662,18 @@ impl Inner {
             match result {
                 Ok(t) => {
                     st.durable_seq = st.durable_seq.max(t);
-                    st.failed = None;
+                    // A drain that failed meanwhile (an append's, a reader's)
+                    // put its records back: the failure stands. Checked under
+                    // the flush lock, which that drain takes to record it.
+                    if self
+                        .chain
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .queue
+                        .is_empty()
+                    {
+                        st.failed = None;
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit flush failed; denying until a flush succeeds");
@@ -867,9 +883,9 @@ impl AuditLog for SledAudit {
         each: &mut dyn FnMut(AuditRecord) -> bool,
     ) -> Result<u64, AuditError> {
         let inner = &self.inner;
-        // Every seq handed out before this scan is visible to it. A failure
-        // is logged and refuses appends; the scan shows what is stored.
-        let _ = inner.drain();
+        // Every seq handed out before this scan is visible to it, or the scan
+        // fails: a partial answer would hide decisions that were answered.
+        inner.drain()?;
         let last = inner.inserted_seq.load(Ordering::SeqCst);
         let mut start = filter.after_seq + 1;
         if let Some(since) = filter.since_ns {
@@ -932,7 +948,7 @@ impl AuditLog for SledAudit {
 
     fn verify(&self) -> Result<VerifyReport, AuditError> {
         let inner = &self.inner;
-        let _ = inner.drain();
+        inner.drain()?;
         let mut expected = 1u64;
         let mut prev = GENESIS.to_owned();
         let fail = |seq: u64, checked: u64, problem: String, prev: &str| VerifyReport {
@@ -1063,7 +1079,17 @@ impl AuditLog for SledAudit {
             .durable_seq;
         let stored = inner.inserted_seq.load(Ordering::SeqCst);
         let mut out: Vec<AuditRecord> = (durable + 1..=stored)
-            .filter_map(|seq| inner.record(seq).ok().flatten())
+            .filter_map(|seq| match inner.record(seq) {
+                Ok(Some(r)) => Some(r),
+                Ok(None) => {
+                    tracing::error!(seq, "answered audit record not found in the store");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "answered audit record cannot be read");
+                    None
+                }
+            })
             .collect();
         // …and still queued.
         out.append(&mut inner.chain.lock().unwrap_or_else(|p| p.into_inner()).queue);

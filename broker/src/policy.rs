@@ -116,7 +116,9 @@ impl Default for PolicyOptions {
     }
 }
 
-/// Verdicts a revision keeps by default: a few thousand inputs, a few MiB.
+/// Verdicts a revision keeps by default: a few thousand inputs of at most
+/// 8 KiB each ([`memo::MAX_MEMO_INPUT`]), kept as a 32-byte hash and a verdict
+/// (1–2 MiB in all).
 pub const DEFAULT_MEMO_CAPACITY: usize = 4096;
 
 /// The answer of the policy to one input.
@@ -634,7 +636,7 @@ impl LoadedPolicy {
             Some((builtin, file)) => (
                 None,
                 Some(format!(
-                    "{file} calls {builtin}, whose answer is not a function of the input"
+                    "{file} has `{builtin}`: a builtin whose answer is not a function of its arguments"
                 )),
             ),
             None => (Some(Memo::new(opts.memo_capacity)), None),
@@ -712,7 +714,7 @@ impl LoadedPolicy {
     /// memo (`memoized`).
     pub fn evaluate(&self, input: &serde_json::Value) -> Verdict {
         let start = Instant::now();
-        let key = self.memo.as_ref().map(|_| Memo::<Verdict>::key(input));
+        let key = self.memo.as_ref().and_then(|_| Memo::<Verdict>::key(input));
         if let (Some(memo), Some(key)) = (&self.memo, &key)
             && let Some(mut v) = memo.get(key)
         {

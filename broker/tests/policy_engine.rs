@@ -321,9 +321,24 @@ fn memo_is_off_for_policies_with_impure_builtins_and_when_asked() {
     let why = p
         .memo_unavailable()
         .expect("no memo for a policy that draws random numbers");
-    assert!(why.contains("p.rego calls rand.intn"), "{why}");
+    assert!(why.contains("p.rego has `rand.`"), "{why}");
     p.evaluate(&serde_json::json!({}));
     assert!(!p.evaluate(&serde_json::json!({})).memoized);
+    // The same call written with brackets, as regorus also accepts it.
+    write_policy(
+        dir.path(),
+        "p.rego",
+        "package cordon\nimport rego.v1\nallow if rand[\"intn\"](\"coin\", 2) == 0\n",
+    );
+    let p = LoadedPolicy::load(
+        &PolicySource::Paths(vec![dir.path().into()]),
+        &PolicyOptions::default(),
+    )
+    .unwrap();
+    let why = p
+        .memo_unavailable()
+        .expect("no memo for the bracketed call");
+    assert!(why.contains("p.rego has `rand[`"), "{why}");
 
     let off = LoadedPolicy::load(
         &PolicySource::Builtin,

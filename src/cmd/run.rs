@@ -238,10 +238,8 @@ fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
     let code = outcome.code;
     // The sandbox flushed at its end; what a failing store still holds goes
     // to the log before this process exits without dropping the store.
-    if let Some(audit) = outcome.audit
-        && audit.flush().is_err()
-    {
-        cordon_broker::audit::log_unstored(audit.take_unstored());
+    if let Some(audit) = &outcome.audit {
+        flush_or_log(audit.as_ref());
     }
     // Everything is recorded and flushed (`wait` flushes): exit now rather
     // than wait for the store's threads to wind down in its destructor.
@@ -312,6 +310,9 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         );
     }
     let mut audit = None;
+    // Leaving with an error once the tool may have had answers: the records
+    // of those answers must reach the store or, failing that, the log.
+    let mut unstored_guard = UnstoredGuard(None);
     let (decider, broker_socket): (Arc<dyn Decider>, Option<PathBuf>) = match &args.broker {
         Some(uri) => {
             let parsed: BrokerUri = uri.parse()?;
@@ -326,6 +327,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         None => {
             let e = embedded(args)?;
             audit = Some(e.0.audit().clone());
+            unstored_guard.0 = audit.clone();
             (Arc::new(e), None)
         }
     };
@@ -411,12 +413,33 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         }
     };
     let _ = std::fs::remove_dir_all(&tmpdir);
+    // The caller flushes (and logs what cannot be stored) on this path.
+    unstored_guard.0 = None;
     Ok(Outcome {
         code,
         sandbox_id,
         started,
         audit,
     })
+}
+
+/// On drop, flushes the embedded store it holds and writes to the log the
+/// records that cannot be stored: for the paths that leave `execute` early.
+struct UnstoredGuard(Option<Arc<dyn AuditLog>>);
+
+impl Drop for UnstoredGuard {
+    fn drop(&mut self) {
+        if let Some(audit) = self.0.take() {
+            flush_or_log(audit.as_ref());
+        }
+    }
+}
+
+/// Makes the store durable, or writes what it cannot take to the log.
+fn flush_or_log(audit: &dyn AuditLog) {
+    if audit.flush().is_err() {
+        cordon_broker::audit::log_unstored(audit.take_unstored());
+    }
 }
 
 use std::os::unix::process::CommandExt;
