@@ -949,6 +949,19 @@ impl AuditLog for SledAudit {
     fn verify(&self) -> Result<VerifyReport, AuditError> {
         let inner = &self.inner;
         inner.drain()?;
+        // The head first: it only ever names stored records, so on a live
+        // store the walk below reaches it even if newer ones arrive meanwhile.
+        let head = inner
+            .meta
+            .get(HEAD_KEY)?
+            .filter(|h| h.len() == 40)
+            .map(|h| {
+                (
+                    u64::from_be_bytes(h[..8].try_into().unwrap_or([0; 8])),
+                    hex::encode(&h[8..]),
+                )
+            });
+        let mut hash_at_head = None;
         let mut expected = 1u64;
         let mut prev = GENESIS.to_owned();
         let fail = |seq: u64, checked: u64, problem: String, prev: &str| VerifyReport {
@@ -1012,14 +1025,14 @@ impl AuditLog for SledAudit {
                     &prev,
                 ));
             }
+            if head.as_ref().is_some_and(|(h, _)| *h == seq) {
+                hash_at_head = Some(record.hash.clone());
+            }
             prev = record.hash;
             expected += 1;
         }
         let checked = expected - 1;
-        if let Some(head) = inner.meta.get(HEAD_KEY)?
-            && head.len() == 40
-        {
-            let head_seq = u64::from_be_bytes(head[..8].try_into().unwrap_or([0; 8]));
+        if let Some((head_seq, head_hash)) = head {
             if head_seq > checked {
                 return Ok(fail(
                     checked + 1,
@@ -1035,7 +1048,7 @@ impl AuditLog for SledAudit {
                     &prev,
                 ));
             }
-            if head_seq == checked && hex::encode(&head[8..]) != prev {
+            if head_seq > 0 && hash_at_head.as_deref() != Some(head_hash.as_str()) {
                 return Ok(fail(
                     head_seq,
                     checked,
@@ -1138,5 +1151,37 @@ mod tests {
         assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
         let report = audit.verify().unwrap();
         assert!(report.ok, "{report:?}");
+    }
+
+    #[test]
+    fn verify_on_a_live_store_passes_while_records_keep_arriving() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_millis(1);
+        let audit = Arc::new(SledAudit::open(dir.path(), Durability::Batched { window }).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (audit, stop) = (audit.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    audit.append(decision(n)).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let mut checks = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            let report = audit.verify().unwrap();
+            assert!(report.ok, "verify #{checks} on a live store: {report:?}");
+            checks += 1;
+        }
+        stop.store(true, Ordering::SeqCst);
+        let appended = writer.join().unwrap();
+        assert!(
+            appended > 0 && checks > 1,
+            "{appended} appends, {checks} checks"
+        );
     }
 }
