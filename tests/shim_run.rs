@@ -978,6 +978,15 @@ fn a_full_disk_denies_and_every_answered_call_is_stored_or_logged() {
         logged.len(),
         read("audit.err")
     );
+    // The exit record could not be stored either: the log says what it held.
+    let exit_line = stderr
+        .lines()
+        .find(|l| l.contains("the sandbox exit could not be recorded"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        exit_line.contains("status=0") && exit_line.contains("decisions"),
+        "{exit_line}"
+    );
     // What did reach the disk is an intact chain.
     assert_eq!(read("verify.rc").trim(), "0", "{}", read("verify.out"));
 }

@@ -621,19 +621,29 @@ impl Sandboxed {
         if !limit.is_empty() {
             detail.push_str(&format!("; stopped by the {limit} limit"));
         }
+        let exited = SandboxExited {
+            pid: self.pid,
+            status: code,
+            detail,
+            limit: limit.into(),
+            memory_peak_bytes: usage.memory_peak,
+            cpu_usec: usage.cpu_usec,
+            pids_peak: usage.pids_peak,
+        };
         if let Err(e) = self.decider.lifecycle(Lifecycle {
             sandbox: Some(self.info.clone()),
-            event: Some(Event::Exited(SandboxExited {
-                pid: self.pid,
-                status: code,
-                detail,
-                limit: limit.into(),
-                memory_peak_bytes: usage.memory_peak,
-                cpu_usec: usage.cpu_usec,
-                pids_peak: usage.pids_peak,
-            })),
+            event: Some(Event::Exited(exited.clone())),
         }) {
-            tracing::error!(error = %e, "the sandbox exit could not be recorded");
+            // What the record would have said, so the log keeps it.
+            tracing::error!(
+                error = %e,
+                sandbox = %self.info.id,
+                pid = exited.pid,
+                status = exited.status,
+                detail = %exited.detail,
+                limit = %exited.limit,
+                "the sandbox exit could not be recorded"
+            );
         }
         // Durable before the caller moves on (or exits without dropping the
         // store, as `cordon run` does).
