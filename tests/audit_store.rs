@@ -298,6 +298,16 @@ async fn every_filter_selects_exactly_its_records_locally_and_through_the_broker
     let cases: Vec<(Vec<&str>, Vec<u64>)> = vec![
         (vec!["--sandbox", "sb-2"], vec![7, 8, 9]),
         (vec!["--syscall", "execve"], vec![10, 11]),
+        // The open family and allows are not indexed (most records): read in order.
+        (vec!["--syscall", "openat"], vec![1, 2, 3, 4, 5, 6]),
+        (
+            vec!["--syscall", "openat", "--decision", "deny"],
+            vec![5, 6],
+        ),
+        (
+            vec!["--syscall", "connect", "--decision", "allow"],
+            vec![7, 8, 9],
+        ),
         (vec!["--kind", "network"], vec![7, 8, 9]),
         (vec!["--kind", "file"], vec![1, 2, 3, 4, 5, 6]),
         (vec!["--decision", "deny"], vec![5, 6, 10, 11]),

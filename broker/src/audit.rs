@@ -564,10 +564,10 @@ impl Inner {
             for e in &pending {
                 let k = seq_key(e.seq);
                 batch.insert([b"s", e.sandbox_id.as_bytes(), &[0], &k].concat(), &[][..]);
-                if !e.syscall.is_empty() {
+                if indexed_syscall(&e.syscall) {
                     batch.insert([b"c", e.syscall.as_bytes(), &[0], &k].concat(), &[][..]);
                 }
-                if let Some(d) = e.decision {
+                if let Some(d) = e.decision.filter(|&d| indexed_decision(d)) {
                     batch.insert([b"d", &[u8::from(d)][..], &k].concat(), &[][..]);
                 }
             }
@@ -863,6 +863,19 @@ impl Inner {
     }
 }
 
+/// The syscall index covers the calls that are few among the records; the
+/// open family is most of them, and a query for it reads the records in
+/// order rather than an index entry per record (each entry is a sled insert,
+/// ~6 µs of the ~30 µs a record costs).
+fn indexed_syscall(syscall: &str) -> bool {
+    !syscall.is_empty() && !matches!(syscall, "open" | "openat" | "openat2" | "creat")
+}
+
+/// Likewise, only denials are indexed: allows are most decisions.
+fn indexed_decision(allow: bool) -> bool {
+    !allow
+}
+
 fn index_entry(r: &AuditRecord) -> IndexEntry {
     IndexEntry {
         seq: r.seq,
@@ -912,10 +925,13 @@ impl AuditLog for SledAudit {
         // read directly.
         let prefix: Option<Vec<u8>> = if let Some(s) = &filter.sandbox_id {
             Some([b"s", s.as_bytes(), &[0]].concat())
-        } else if let Some(c) = &filter.syscall {
+        } else if let Some(c) = filter.syscall.as_ref().filter(|c| indexed_syscall(c)) {
             Some([b"c", c.as_bytes(), &[0]].concat())
         } else {
-            filter.decision.map(|d| vec![b'd', u8::from(d)])
+            filter
+                .decision
+                .filter(|&d| indexed_decision(d))
+                .map(|d| vec![b'd', u8::from(d)])
         };
         let mut tail_from = start;
         if let Some(prefix) = prefix {
