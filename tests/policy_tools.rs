@@ -130,6 +130,23 @@ fn permissive_run_allows_and_records_what_would_be_denied() {
     assert_eq!(for_env[1]["errno"], "EACCES");
     // The input the policy saw is in the record.
     assert_eq!(for_env[1]["input"]["file"]["path"], env.as_str());
+    // `--decision would-deny` selects exactly what permissive mode let through.
+    let (code, out, err) = run_cordon(&[
+        "audit",
+        "--db",
+        path_str(&db),
+        "--decision",
+        "would-deny",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let would: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(would.len(), 1, "{out}");
+    assert_eq!(would[0]["seq"], for_env[1]["seq"]);
     let (code, _, _) = run_cordon(&["audit", "verify", "--db", path_str(&db)]);
     assert_eq!(code, 0);
     // Nothing is enforced: not the policy, not its kernel backstop (the
@@ -194,6 +211,23 @@ async fn serve_is_permissive_only_for_the_labels_it_names() {
     let would: Vec<_> = records.iter().filter(|r| r["would_deny"] == true).collect();
     assert_eq!(would.len(), 1, "{records:?}");
     assert_eq!(would[0]["sandbox_id"], "sb-2");
+    // The same selection, asked of the broker.
+    let (code, out, err) = run_cordon(&[
+        "audit",
+        "--broker",
+        &s.uri(),
+        "--decision",
+        "would-deny",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let selected: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(selected.len(), 1, "{out}");
+    assert_eq!(selected[0]["seq"], would[0]["seq"]);
 }
 
 #[test]

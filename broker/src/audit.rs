@@ -183,6 +183,9 @@ pub struct AuditFilter {
     pub kind: Option<String>,
     /// `Some(true)`: allowed decisions; `Some(false)`: denials.
     pub decision: Option<bool>,
+    /// Only decisions a permissive sandbox allowed that the policy would
+    /// have denied.
+    pub would_deny: bool,
     pub path_prefix: Option<String>,
     pub limit: Option<u64>,
     /// Only records after this sequence number (resume point).
@@ -202,6 +205,7 @@ impl AuditFilter {
             && self
                 .decision
                 .is_none_or(|d| r.event == "decision" && r.allow == d)
+            && (!self.would_deny || r.would_deny)
             && self
                 .path_prefix
                 .as_ref()

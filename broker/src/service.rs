@@ -220,10 +220,11 @@ pub fn record_to_proto(r: &AuditRecord) -> PbRecord {
 /// Converts a wire query to a store filter, rejecting values that cannot match.
 pub fn filter_from_proto(q: &QueryAuditRequest) -> Result<AuditFilter, Status> {
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let decision = match DecisionFilter::try_from(q.decision) {
-        Ok(DecisionFilter::Any) => None,
-        Ok(DecisionFilter::Allow) => Some(true),
-        Ok(DecisionFilter::Deny) => Some(false),
+    let (decision, would_deny) = match DecisionFilter::try_from(q.decision) {
+        Ok(DecisionFilter::Any) => (None, false),
+        Ok(DecisionFilter::Allow) => (Some(true), false),
+        Ok(DecisionFilter::Deny) => (Some(false), false),
+        Ok(DecisionFilter::WouldDeny) => (None, true),
         Err(_) => {
             return Err(Status::invalid_argument(format!(
                 "unknown decision filter {}",
@@ -245,6 +246,7 @@ pub fn filter_from_proto(q: &QueryAuditRequest) -> Result<AuditFilter, Status> {
         syscall: nonempty(&q.syscall),
         kind: nonempty(&q.kind),
         decision,
+        would_deny,
         path_prefix: (!q.path_prefix.is_empty())
             .then(|| crate::request::display_bytes(&q.path_prefix)),
         limit: (q.limit != 0).then_some(q.limit),

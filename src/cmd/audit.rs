@@ -23,6 +23,8 @@ pub enum Format {
 pub enum DecisionArg {
     Allow,
     Deny,
+    /// Allowed in permissive mode, but the policy would have denied it.
+    WouldDeny,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -63,6 +65,8 @@ pub struct AuditArgs {
     syscall: Option<String>,
     #[arg(long, value_enum)]
     kind: Option<KindArg>,
+    /// Only allowed or denied decisions, or those a permissive sandbox was allowed and the
+    /// policy would have denied (would-deny).
     #[arg(long, value_enum)]
     decision: Option<DecisionArg>,
     /// Only records whose path starts with this.
@@ -203,7 +207,12 @@ fn filter_of(args: &AuditArgs) -> anyhow::Result<AuditFilter> {
     Ok(AuditFilter {
         syscall: args.syscall.clone(),
         kind: args.kind.map(|k| format!("{k:?}").to_lowercase()),
-        decision: args.decision.map(|d| d == DecisionArg::Allow),
+        decision: match args.decision {
+            Some(DecisionArg::Allow) => Some(true),
+            Some(DecisionArg::Deny) => Some(false),
+            Some(DecisionArg::WouldDeny) | None => None,
+        },
+        would_deny: args.decision == Some(DecisionArg::WouldDeny),
         path_prefix: args.path_prefix.clone(),
         limit: args.limit,
         after_seq: args.after_seq,
@@ -264,10 +273,11 @@ pub(super) fn each_record(
                 labels: filter.labels.clone().into_iter().collect(),
                 syscall: filter.syscall.clone().unwrap_or_default(),
                 kind: filter.kind.clone().unwrap_or_default(),
-                decision: match filter.decision {
-                    None => DecisionFilter::Any,
-                    Some(true) => DecisionFilter::Allow,
-                    Some(false) => DecisionFilter::Deny,
+                decision: match (filter.decision, filter.would_deny) {
+                    (_, true) => DecisionFilter::WouldDeny,
+                    (None, false) => DecisionFilter::Any,
+                    (Some(true), false) => DecisionFilter::Allow,
+                    (Some(false), false) => DecisionFilter::Deny,
                 } as i32,
                 path_prefix: filter.path_prefix.clone().unwrap_or_default().into_bytes(),
                 limit: filter.limit.unwrap_or(0),
