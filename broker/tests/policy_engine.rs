@@ -308,37 +308,28 @@ fn memo_answers_a_repeated_input_exactly_as_evaluation_did() {
 #[test]
 fn memo_is_off_for_policies_with_impure_builtins_and_when_asked() {
     let dir = tempfile::tempdir().unwrap();
-    write_policy(
-        dir.path(),
-        "p.rego",
-        "package cordon\nimport rego.v1\nallow if rand.intn(\"coin\", 2) == 0\n",
-    );
-    let p = LoadedPolicy::load(
-        &PolicySource::Paths(vec![dir.path().into()]),
-        &PolicyOptions::default(),
-    )
-    .unwrap();
-    let why = p
-        .memo_unavailable()
-        .expect("no memo for a policy that draws random numbers");
-    assert!(why.contains("p.rego has `rand.`"), "{why}");
-    p.evaluate(&serde_json::json!({}));
-    assert!(!p.evaluate(&serde_json::json!({})).memoized);
-    // The same call written with brackets, as regorus also accepts it.
-    write_policy(
-        dir.path(),
-        "p.rego",
-        "package cordon\nimport rego.v1\nallow if rand[\"intn\"](\"coin\", 2) == 0\n",
-    );
-    let p = LoadedPolicy::load(
-        &PolicySource::Paths(vec![dir.path().into()]),
-        &PolicyOptions::default(),
-    )
-    .unwrap();
-    let why = p
-        .memo_unavailable()
-        .expect("no memo for the bracketed call");
-    assert!(why.contains("p.rego has `rand[`"), "{why}");
+    // The call as usually written, and with brackets, as regorus also accepts it.
+    for (call, named) in [
+        ("rand.intn(\"coin\", 2)", "rand."),
+        ("rand[\"intn\"](\"coin\", 2)", "rand["),
+    ] {
+        write_policy(
+            dir.path(),
+            "p.rego",
+            &format!("package cordon\nimport rego.v1\nallow if {call} == 0\n"),
+        );
+        let p = LoadedPolicy::load(
+            &PolicySource::Paths(vec![dir.path().into()]),
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        let why = p
+            .memo_unavailable()
+            .unwrap_or_else(|| panic!("no memo for a policy that calls {call}"));
+        assert!(why.contains(&format!("p.rego has `{named}`")), "{why}");
+        p.evaluate(&serde_json::json!({}));
+        assert!(!p.evaluate(&serde_json::json!({})).memoized, "{call}");
+    }
 
     let off = LoadedPolicy::load(
         &PolicySource::Builtin,
