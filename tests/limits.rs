@@ -456,14 +456,15 @@ fn a_malformed_backstop_refuses_to_start() {
         "package cordon\n\nimport rego.v1\n\nallow if true\n\nbackstop := {\"wirte\": [\"/tmp\"]}\n",
     )
     .unwrap();
-    let out = b.run(&[], "echo should-not-run");
-    assert_eq!(out.status.code(), Some(125));
+    assert_cordon_failed(&b.run(&[], "echo should-not-run"), "unknown field `wirte`");
+}
+
+/// Exit 125 (cordon itself failed, the tool never ran), for `why`.
+fn assert_cordon_failed(out: &std::process::Output, why: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert_eq!(text(&out.stdout), "");
-    assert!(
-        text(&out.stderr).contains("unknown field `wirte`"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(stderr.contains(why), "{stderr}");
 }
 
 #[test]
@@ -506,13 +507,9 @@ fn a_setup_step_that_fails_is_cordons_failure() {
     // No one may raise the hard limit on open files this far: the child's
     // setup fails before the tool exists. That is exit 125 (cordon failed),
     // not 126 (the command could not be executed).
-    let out = b.run(&["--max-open-files", "99999999999"], "echo should-not-run");
-    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "");
-    assert!(
-        text(&out.stderr).contains("cannot set a resource limit: Operation not permitted"),
-        "{}",
-        text(&out.stderr)
+    assert_cordon_failed(
+        &b.run(&["--max-open-files", "99999999999"], "echo should-not-run"),
+        "cannot set a resource limit: Operation not permitted",
     );
 }
 

@@ -26,7 +26,14 @@ fn run_in(dir: &Path, db: &Path, extra: &[&str], script: &str) -> (i32, String, 
 }
 
 fn audit_json(db: &Path) -> Vec<serde_json::Value> {
-    let (code, out, err) = run_cordon(&["audit", "--db", path_str(db), "--format", "json"]);
+    audit_query(&["--db", path_str(db)])
+}
+
+/// `cordon audit --format json` with `args` (a source and filters), parsed.
+fn audit_query(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut full = vec!["audit", "--format", "json"];
+    full.extend_from_slice(args);
+    let (code, out, err) = run_cordon(&full);
     assert_eq!(code, 0, "{err}");
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -131,21 +138,8 @@ fn permissive_run_allows_and_records_what_would_be_denied() {
     // The input the policy saw is in the record.
     assert_eq!(for_env[1]["input"]["file"]["path"], env.as_str());
     // `--decision would-deny` selects exactly what permissive mode let through.
-    let (code, out, err) = run_cordon(&[
-        "audit",
-        "--db",
-        path_str(&db),
-        "--decision",
-        "would-deny",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let would: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(would.len(), 1, "{out}");
+    let would = audit_query(&["--db", path_str(&db), "--decision", "would-deny"]);
+    assert_eq!(would.len(), 1, "{would:?}");
     assert_eq!(would[0]["seq"], for_env[1]["seq"]);
     let (code, _, _) = run_cordon(&["audit", "verify", "--db", path_str(&db)]);
     assert_eq!(code, 0);
@@ -202,31 +196,13 @@ async fn serve_is_permissive_only_for_the_labels_it_names() {
         d.reason,
         "permissive: the policy would deny: no rule allowed (default deny)"
     );
-    let (code, out, err) = run_cordon(&["audit", "--broker", &s.uri(), "--format", "json"]);
-    assert_eq!(code, 0, "{err}");
-    let records: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = audit_query(&["--broker", &s.uri()]);
     let would: Vec<_> = records.iter().filter(|r| r["would_deny"] == true).collect();
     assert_eq!(would.len(), 1, "{records:?}");
     assert_eq!(would[0]["sandbox_id"], "sb-2");
     // The same selection, asked of the broker.
-    let (code, out, err) = run_cordon(&[
-        "audit",
-        "--broker",
-        &s.uri(),
-        "--decision",
-        "would-deny",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let selected: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(selected.len(), 1, "{out}");
+    let selected = audit_query(&["--broker", &s.uri(), "--decision", "would-deny"]);
+    assert_eq!(selected.len(), 1, "{selected:?}");
     assert_eq!(selected[0]["seq"], would[0]["seq"]);
 }
 
