@@ -16,7 +16,7 @@ use super::usage;
 pub enum DurabilityArg {
     /// Answer only after the decision's record is flushed (concurrent decisions share a flush).
     Strict,
-    /// Answer once the record is stored; flush in groups within --flush-window.
+    /// Answer once the record is queued; store and flush it within --flush-window.
     Batched,
 }
 
