@@ -272,6 +272,60 @@ fn replay_reports_exactly_the_decisions_a_policy_change_flips() {
 }
 
 #[test]
+fn a_learned_directory_grant_never_covers_a_credential_store_below_it() {
+    // Learned in a directory that holds a .ssh (as a home directory does):
+    // the tool's three writes make the whole working directory a grant.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join(".ssh")).unwrap();
+    std::fs::write(work.path().join(".ssh/id_ed25519"), "KEY\n").unwrap();
+    std::fs::write(work.path().join("notes"), "n\n").unwrap();
+    let learned = work.path().join("learned");
+    let out = cordon()
+        .current_dir(work.path())
+        .args([
+            "learn",
+            "--output",
+            path_str(&learned),
+            "--",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg("echo a > a; echo b > b; echo c > c")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = std::fs::read_to_string(learned.join("data.json")).unwrap();
+    assert!(
+        data.contains("\"$WORKDIR/\""),
+        "the workdir is granted whole: {data}"
+    );
+    let db = work.path().join("audit");
+    let policy = ["--policy", path_str(&learned)];
+    // Another file of the directory: granted by the directory rule.
+    // (The shell's own redirections: only /bin/sh was learned as a program.)
+    let (code, out, err) = run_in(
+        work.path(),
+        &db,
+        &policy,
+        "echo d > d && read l < notes && echo $l",
+    );
+    assert_eq!((code, out.as_str()), (0, "n\n"), "{err}");
+    // The key next to it: not.
+    let (code, out, err) = run_in(
+        work.path(),
+        &db,
+        &policy,
+        "read l < .ssh/id_ed25519 && echo $l",
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+#[test]
 fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("in.txt"), "data\n").unwrap();

@@ -265,6 +265,7 @@ impl Learned {
             "write": {"files": self.write_files, "dirs": self.write_dirs},
             "exec": self.exec,
             "network": network,
+            "never_by_directory": NEVER_COLLAPSED.map(|d| format!("{d}/")),
         }})
     }
 }
@@ -393,6 +394,7 @@ allow if {
 	read_only
 	some d in data.learned.read.dirs
 	startswith(input.file.path, expand(d))
+	not in_credential_store
 }
 
 # Files it wrote or created (and may read).
@@ -407,6 +409,15 @@ allow if {
 	input.kind == "file"
 	some d in data.learned.write.dirs
 	startswith(input.file.path, expand(d))
+	not in_credential_store
+}
+
+# A directory grant never reaches a credential store below it: a learned
+# $WORKDIR/, from a run in a home directory, must not grant ~/.ssh. Files the
+# tool itself used there are granted one by one above.
+in_credential_store if {
+	some s in data.learned.never_by_directory
+	contains(input.file.path, s)
 }
 
 # Programs it ran.
