@@ -647,9 +647,11 @@ impl Supervisor {
         let found = resolved.found?;
         // (file type, device) of an existing file, read once.
         let existing = match &found {
+            // A file we hold but cannot stat is denied, not waved past the
+            // /dev/tty check below.
             Found::Existing(fd) => nix::sys::stat::fstat(fd)
-                .ok()
-                .map(|s| (s.st_mode & libc::S_IFMT, s.st_rdev)),
+                .map(|s| Some((s.st_mode & libc::S_IFMT, s.st_rdev)))
+                .map_err(|_| Errno::EACCES)?,
             Found::Missing { .. } => None,
         };
         // /dev/tty means the opener's controlling terminal: ours, were we to

@@ -107,7 +107,6 @@ impl Task {
         let gids = ids(field(&status, "Gid"))
             .filter(|v| v.len() == 4)
             .ok_or_else(missing)?;
-        let groups = ids(field(&status, "Groups")).unwrap_or_default();
         let num = |name| {
             field(&status, name)
                 .and_then(|v| v.parse::<i32>().ok())
@@ -129,14 +128,7 @@ impl Task {
             ppid: num("PPid")?,
             uid: uids[0],
             gid: gids[0],
-            creds: Creds {
-                fsuid: uids[3],
-                fsgid: gids[3],
-                groups,
-                cap_eff: field(&status, "CapEff")
-                    .and_then(|v| u64::from_str_radix(v, 16).ok())
-                    .unwrap_or(0),
-            },
+            creds: Creds::from_status(&status).ok_or_else(missing)?,
             umask,
             comm: field(&status, "Name").unwrap_or_default().to_owned(),
             exe: link("exe")?,
@@ -146,26 +138,44 @@ impl Task {
 }
 
 impl Creds {
-    /// The calling thread's own (capabilities are per thread).
-    pub fn of_thread() -> Creds {
-        let tid = nix::unistd::gettid().as_raw();
-        Task::inspect(tid, &StatusFiles::default())
-            .map(|t| t.creds)
-            .unwrap_or_else(|_| Creds::of_self())
+    /// The identity lines of a `/proc/TID/status` text.
+    fn from_status(status: &str) -> Option<Creds> {
+        let uids = ids(field(status, "Uid")).filter(|v| v.len() == 4)?;
+        let gids = ids(field(status, "Gid")).filter(|v| v.len() == 4)?;
+        Some(Creds {
+            fsuid: uids[3],
+            fsgid: gids[3],
+            groups: ids(field(status, "Groups")).unwrap_or_default(),
+            cap_eff: field(status, "CapEff").and_then(|v| u64::from_str_radix(v, 16).ok())?,
+        })
     }
 
-    /// The supervisor's own, read once at start. If they cannot be read,
-    /// every capability is assumed, so that `with_creds` drops whatever the
-    /// tool lacks (or fails, denying) rather than keep what it does not know.
+    /// Those of task `tid`, from its status alone (not its exe or cwd links,
+    /// which a deep working directory makes unreadable).
+    fn of_task(tid: i32) -> Option<Creds> {
+        Creds::from_status(&StatusFiles::default().read(tid).ok()?)
+    }
+
+    /// The calling thread's own (capabilities are per thread).
+    pub fn of_thread() -> Creds {
+        Creds::of_task(nix::unistd::gettid().as_raw()).unwrap_or_else(Creds::of_self)
+    }
+
+    /// The supervisor's own, read once at start. If `/proc` cannot tell
+    /// them, every capability is assumed, so that `with_creds` drops what
+    /// the tool lacks rather than keep what it does not know; restoring that
+    /// set then fails and the supervisor aborts: closed, not open. (The
+    /// tool's own status is unreadable then too, and every call is denied
+    /// before that.)
     pub fn of_self() -> Creds {
-        Task::inspect(std::process::id() as i32, &StatusFiles::default())
-            .map(|t| t.creds)
-            .unwrap_or(Creds {
-                fsuid: nix::unistd::geteuid().as_raw(),
-                fsgid: nix::unistd::getegid().as_raw(),
-                groups: vec![],
-                cap_eff: u64::MAX,
-            })
+        Creds::of_task(std::process::id() as i32).unwrap_or_else(|| Creds {
+            fsuid: nix::unistd::geteuid().as_raw(),
+            fsgid: nix::unistd::getegid().as_raw(),
+            groups: nix::unistd::getgroups()
+                .map(|g| g.iter().map(|g| g.as_raw()).collect())
+                .unwrap_or_default(),
+            cap_eff: u64::MAX,
+        })
     }
 }
 

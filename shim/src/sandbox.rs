@@ -192,6 +192,11 @@ impl Sandbox {
 
     /// Starts `cmd` under the filter. Returns once the tool's exec was
     /// decided: an `Exec` error if it was refused or failed.
+    ///
+    /// `cmd` is spent: this adds `pre_exec` hooks that speak to this spawn's
+    /// supervisor over fds that close when it returns. Build a new `Command`
+    /// for every spawn; spawning this one again (here or with `Command::spawn`)
+    /// would run those hooks against closed fd numbers.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
         let program = Arc::new(filter::build()?);
         tracing::debug!("filter built");

@@ -582,6 +582,11 @@ pub fn prepare_child(cmd: &mut Command, setup: ChildSetup, report: RawFd) {
             msg[..4].copy_from_slice(&(-(step as i32)).to_ne_bytes());
             msg[4..].copy_from_slice(&e.raw_os_error().unwrap_or(0).to_ne_bytes());
             // SAFETY: write reads CHILD_REPORT_LEN bytes from a stack buffer.
+            // `report` is the write end of the report pipe, which the caller
+            // (`Sandbox::spawn_planned`) keeps open until `spawn` has
+            // returned. The `Command` must be spawned only once (the contract
+            // of `Sandbox::spawn`, not enforced by its `&mut Command`): a second
+            // spawn would run this hook against a closed fd number.
             unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
         }
         result
