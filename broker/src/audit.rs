@@ -323,6 +323,10 @@ struct Inner {
     assigned_seq: AtomicU64,
     /// Newest seq in the store.
     inserted_seq: AtomicU64,
+    /// Stored records up to this seq were handed out by `take_unstored`
+    /// already (so a second call, say from the destructor, does not log them
+    /// again).
+    unstored_taken: AtomicU64,
     flush: Mutex<FlushState>,
     flushed: Condvar,
     dirty: Mutex<bool>,
@@ -462,6 +466,7 @@ impl SledAudit {
             pending_index: Mutex::new(Vec::new()),
             assigned_seq: AtomicU64::new(last),
             inserted_seq: AtomicU64::new(last),
+            unstored_taken: AtomicU64::new(0),
             flush: Mutex::new(FlushState {
                 durable_seq: last,
                 ..Default::default()
@@ -711,12 +716,13 @@ impl Inner {
             }
         }
         let mut help_drain = false;
+        // Outside the chain lock: it reads the clock and the random source.
+        record.id = uuid::Uuid::now_v7().to_string();
         let seq = {
             let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
             let seq = chain.next_seq;
             let time_ns = now_ns().max(chain.last_time_ns + 1);
             record.seq = seq;
-            record.id = uuid::Uuid::now_v7().to_string();
             record.time = format_time(time_ns);
             if batched {
                 // Sealing (canonical JSON, SHA-256) and storing are the
@@ -1111,7 +1117,8 @@ impl AuditLog for SledAudit {
             .unwrap_or_else(|p| p.into_inner())
             .durable_seq;
         let stored = inner.inserted_seq.load(Ordering::SeqCst);
-        let mut out: Vec<AuditRecord> = (durable + 1..=stored)
+        let from = durable.max(inner.unstored_taken.swap(stored, Ordering::SeqCst)) + 1;
+        let mut out: Vec<AuditRecord> = (from..=stored)
             .filter_map(|seq| match inner.record(seq) {
                 Ok(Some(r)) => Some(r),
                 Ok(None) => {
