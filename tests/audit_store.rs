@@ -168,11 +168,10 @@ async fn store_with_records(n: u64) -> Serve {
     s
 }
 
-fn with_records_tree(db: &std::path::Path, f: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(db).unwrap();
-    let tree = db.open_tree("records").unwrap();
-    f(&tree);
-    db.flush().unwrap();
+/// Edits record `seq` in a stopped broker's store, as someone with write
+/// access to its directory could; `f` returning false removes it.
+fn edit_record(db: &std::path::Path, seq: u64, f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> bool) {
+    cordon_broker::audit::tamper::edit_record(db, seq, f).unwrap();
 }
 
 fn verify_fails_naming(db: &std::path::Path, needle: &str) {
@@ -192,13 +191,12 @@ fn verify_fails_naming(db: &std::path::Path, needle: &str) {
 async fn altering_a_record_is_detected_and_named() {
     let s = store_with_records(10).await;
     assert_verifies(&s.db);
-    with_records_tree(&s.db, |t| {
-        let v = t.get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
-        let text = String::from_utf8(v[32..].to_vec()).unwrap();
+    edit_record(&s.db, 3, |_, body| {
+        let text = String::from_utf8(body.clone()).unwrap();
         let forged = text.replace("/data/file-2", "/data/file-X");
         assert_ne!(text, forged);
-        t.insert(3u64.to_be_bytes(), [&v[..32], forged.as_bytes()].concat())
-            .unwrap();
+        *body = forged.into_bytes();
+        true
     });
     verify_fails_naming(&s.db, "record 3 was altered");
 }
@@ -207,17 +205,14 @@ async fn altering_a_record_is_detected_and_named() {
 async fn a_rehashed_forgery_breaks_the_chain_at_the_next_record() {
     use sha2::Digest;
     let s = store_with_records(10).await;
-    with_records_tree(&s.db, |t| {
-        let v = t.get(4u64.to_be_bytes()).unwrap().unwrap().to_vec();
-        let forged = String::from_utf8(v[32..].to_vec())
+    edit_record(&s.db, 4, |hash, body| {
+        let forged = String::from_utf8(body.clone())
             .unwrap()
             .replace("\"allow\":true", "\"allow\":false");
-        let hash = sha2::Sha256::digest(forged.as_bytes());
-        t.insert(
-            4u64.to_be_bytes(),
-            [hash.as_slice(), forged.as_bytes()].concat(),
-        )
-        .unwrap();
+        assert_ne!(body.as_slice(), forged.as_bytes());
+        *hash = sha2::Sha256::digest(forged.as_bytes()).to_vec();
+        *body = forged.into_bytes();
+        true
     });
     verify_fails_naming(&s.db, "record 5 does not chain to record 4");
 }
@@ -225,19 +220,22 @@ async fn a_rehashed_forgery_breaks_the_chain_at_the_next_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_record_is_detected_and_named() {
     let s = store_with_records(10).await;
-    with_records_tree(&s.db, |t| {
-        t.remove(5u64.to_be_bytes()).unwrap();
-    });
+    edit_record(&s.db, 5, |_, _| false);
     verify_fails_naming(&s.db, "record 5 is missing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_first_record_of_a_page_is_detected_and_named() {
+    let s = store_with_records(10).await;
+    edit_record(&s.db, 1, |_, _| false);
+    verify_fails_naming(&s.db, "record 1 is missing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_newest_records_is_detected() {
     let s = store_with_records(10).await;
-    with_records_tree(&s.db, |t| {
-        t.remove(9u64.to_be_bytes()).unwrap();
-        t.remove(10u64.to_be_bytes()).unwrap();
-    });
+    edit_record(&s.db, 10, |_, _| false);
+    edit_record(&s.db, 9, |_, _| false);
     verify_fails_naming(&s.db, "records 9 to 10 are missing");
 }
 
