@@ -103,14 +103,15 @@ pub mod tamper {
         let Some((hash, body)) = list.get_mut(at) else {
             return Err("no page holds that record".into());
         };
-        if !f(hash, body) {
+        let removed = !f(hash, body);
+        if removed {
             list.remove(at);
         }
         records.remove(&k).map_err(|e| e.to_string())?;
         // A page whose first record went keeps its place under the next one,
         // as a rewrite by hand would.
         if !list.is_empty() {
-            let new_first = if at == 0 { first + 1 } else { first };
+            let new_first = if removed && at == 0 { first + 1 } else { first };
             let mut page = Vec::new();
             for (hash, body) in &list {
                 let hash: [u8; 32] = hash
