@@ -1363,6 +1363,8 @@ mod tests {
         assert!(report.ok, "{report:?}");
     }
 
+    type Edit = Box<dyn FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> bool>;
+
     /// Every record of a store in pages of 3, 4 and 3 (so first, middle and
     /// last places in a page, and the newest record), edited each way someone
     /// with write access to the directory could: verify names that record.
@@ -1397,11 +1399,7 @@ mod tests {
             }
         };
         for seq in 1..=10u64 {
-            let cases: [(
-                &str,
-                Box<dyn FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> bool>,
-                String,
-            ); 3] = [
+            let cases: [(&str, Edit, String); 3] = [
                 (
                     "altered",
                     Box::new(forge(false)),
