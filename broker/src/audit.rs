@@ -1324,6 +1324,21 @@ impl AuditLog for SledAudit {
 mod tests {
     use super::*;
 
+    /// sled lets go of its directory lock when its background threads drop
+    /// their last reference, a moment after the store is dropped: a test that
+    /// reopens in the same process waits for that.
+    fn reopen<T>(open: impl Fn() -> Result<T, AuditError>) -> T {
+        for _ in 0..300 {
+            match open() {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("the store stayed locked for 3 s after it was dropped");
+    }
+
     fn decision(n: u64) -> AuditRecord {
         AuditRecord {
             event: "decision".into(),
@@ -1363,7 +1378,7 @@ mod tests {
         assert!(report.ok, "{report:?}");
     }
 
-    type Edit = Box<dyn FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> bool>;
+    type Edit = Box<dyn Fn(&mut Vec<u8>, &mut Vec<u8>) -> bool>;
 
     /// Every record of a store in pages of 3, 4 and 3 (so first, middle and
     /// last places in a page, and the newest record), edited each way someone
@@ -1423,14 +1438,15 @@ mod tests {
             for (what, edit, want) in cases {
                 let dir = tempfile::tempdir().unwrap();
                 build(dir.path());
-                let before = SledAudit::open_read_only(dir.path())
-                    .unwrap()
+                let before = reopen(|| SledAudit::open_read_only(dir.path()))
                     .verify()
                     .unwrap();
                 assert!(before.ok && before.records_checked == 10, "{before:?}");
-                tamper::edit_record(dir.path(), seq, edit).unwrap();
-                let report = SledAudit::open_read_only(dir.path())
-                    .unwrap()
+                reopen(|| {
+                    tamper::edit_record(dir.path(), seq, |h, b| edit(h, b))
+                        .map_err(AuditError::Flush)
+                });
+                let report = reopen(|| SledAudit::open_read_only(dir.path()))
                     .verify()
                     .unwrap();
                 assert!(!report.ok, "{what} record {seq} passed verify");
@@ -1456,12 +1472,15 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        for opened in [
-            SledAudit::open(dir.path(), Durability::default()),
-            SledAudit::open_read_only(dir.path()),
+        let refusal = |opened: Result<SledAudit, AuditError>| match opened {
+            Err(e @ AuditError::OldFormat { .. }) => Ok(e),
+            Err(e) => Err(e),
+            Ok(_) => panic!("an old-format store was opened"),
+        };
+        for err in [
+            reopen(|| refusal(SledAudit::open(dir.path(), Durability::default()))),
+            reopen(|| refusal(SledAudit::open_read_only(dir.path()))),
         ] {
-            let err = opened.unwrap_err();
-            assert!(matches!(err, AuditError::OldFormat { .. }), "{err}");
             assert!(err.to_string().contains("earlier cordon"), "{err}");
         }
         // A new store is marked, and reopens.
@@ -1469,7 +1488,7 @@ mod tests {
         let audit = SledAudit::open(fresh.path(), Durability::Strict).unwrap();
         audit.append(decision(1)).unwrap();
         drop(audit);
-        let audit = SledAudit::open(fresh.path(), Durability::Strict).unwrap();
+        let audit = reopen(|| SledAudit::open(fresh.path(), Durability::Strict));
         assert_eq!(audit.last_seq(), 1);
     }
 
@@ -1510,7 +1529,7 @@ mod tests {
         let mut all = Vec::new();
         let mut i = 0u64;
         for round in 0..2 {
-            let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
+            let audit = reopen(|| SledAudit::open(dir.path(), Durability::Batched { window }));
             for size in [1u64, 5, 32, 33, 2, 70, 7] {
                 for _ in 0..size + round {
                     let seq = audit.append(make(i)).unwrap().seq;
@@ -1520,7 +1539,7 @@ mod tests {
                 audit.flush().unwrap();
             }
         }
-        let audit = SledAudit::open_read_only(dir.path()).unwrap();
+        let audit = reopen(|| SledAudit::open_read_only(dir.path()));
         assert!(audit.verify().unwrap().ok);
         let n = all.len() as u64;
         let mut filters = vec![AuditFilter::default()];
