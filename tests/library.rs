@@ -39,3 +39,31 @@ fn a_library_host_keeps_its_own_children_when_a_sandbox_ends() {
     own.kill().unwrap();
     own.wait().unwrap();
 }
+
+#[test]
+fn a_command_spawned_under_a_sandbox_cannot_be_spawned_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let audit = SledAudit::open(&dir.path().join("audit"), Durability::Strict).unwrap();
+    let broker = Broker::new(Arc::new(policy), Arc::new(audit));
+    let sandbox = Sandbox::new(Arc::new(Embedded(broker))).workdir(dir.path());
+    let marker = dir.path().join("ran");
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(format!("echo x >> {}", marker.display()));
+    let status = sandbox.spawn(&mut cmd).unwrap().wait().unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "x\n");
+    // Its hooks name fds of the first spawn, closed by now: both ways of
+    // spawning it again are refused before the tool runs.
+    let err = cmd.spawn().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EALREADY), "{err}");
+    let Err(err) = sandbox.spawn(&mut cmd) else {
+        panic!("a spent Command was spawned under a sandbox again");
+    };
+    assert!(err.to_string().contains("os error 114"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "x\n",
+        "the tool ran again"
+    );
+}

@@ -927,7 +927,10 @@ impl Supervisor {
                 libc::SYS_connect => emulate::connect(&sock, &addr, unix),
                 _ => {
                     // A unix bind creates a file: with the tool's umask. This
-                    // runs on the supervisor thread, whose fs context is its own.
+                    // runs on the supervisor thread or, under a backstop, the
+                    // opener thread (never a helper: a bind does not block);
+                    // each has an fs context of its own (`unshare(CLONE_FS)`),
+                    // so the umask set here is theirs alone.
                     let old =
                         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
                     let r = emulate::bind(&sock, &addr, unix);

@@ -196,7 +196,7 @@ impl Sandbox {
     /// `cmd` is spent: this adds `pre_exec` hooks that speak to this spawn's
     /// supervisor over fds that close when it returns. Build a new `Command`
     /// for every spawn; spawning this one again (here or with `Command::spawn`)
-    /// would run those hooks against closed fd numbers.
+    /// fails with `EALREADY` (os error 114) before the tool runs.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
         let program = Arc::new(filter::build()?);
         tracing::debug!("filter built");
@@ -325,9 +325,16 @@ impl Sandbox {
                 }
             })
             .map_err(SpawnError::Supervisor)?;
-        sys::prepare_child(cmd, self.child_setup(plan, backstop), report_w.as_raw_fd());
+        let spent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        sys::prepare_child(
+            cmd,
+            self.child_setup(plan, backstop),
+            report_w.as_raw_fd(),
+            spent.clone(),
+        );
         sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd());
         let spawned = cmd.spawn();
+        spent.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(report_w);
         let program_name = String::from_utf8_lossy(cmd.get_program().as_bytes()).into_owned();
         let child = match spawned {

@@ -465,8 +465,6 @@ fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// Arranges for `cmd`'s child to apply `setup` after fork, before the
-/// filter hook (hooks run in the order they are added).
 /// The steps of [`prepare_child`], reported when one fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
@@ -570,8 +568,24 @@ fn apply_setup(setup: &ChildSetup, step: &mut SetupStep) -> io::Result<()> {
     Ok(())
 }
 
-pub fn prepare_child(cmd: &mut Command, setup: ChildSetup, report: RawFd) {
+/// Arranges for `cmd`'s child to apply `setup` after fork, before the
+/// filter hook (hooks run in the order they are added).
+///
+/// `spent` is set by the caller once `cmd` has been spawned: a child forked
+/// after that (the same `Command` spawned again) fails with `EALREADY` before
+/// any of this spawn's hooks touch the fd numbers they were given, which are
+/// closed by then and may name other files.
+pub fn prepare_child(
+    cmd: &mut Command,
+    setup: ChildSetup,
+    report: RawFd,
+    spent: Arc<std::sync::atomic::AtomicBool>,
+) {
     let hook = move || -> io::Result<()> {
+        // The child's copy of the flag is the parent's at fork time.
+        if spent.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EALREADY));
+        }
         // Async-signal-safe syscalls only, on memory prepared before fork.
         let mut step = SetupStep::Session;
         let result = apply_setup(&setup, &mut step);
@@ -584,9 +598,8 @@ pub fn prepare_child(cmd: &mut Command, setup: ChildSetup, report: RawFd) {
             // SAFETY: write reads CHILD_REPORT_LEN bytes from a stack buffer.
             // `report` is the write end of the report pipe, which the caller
             // (`Sandbox::spawn_planned`) keeps open until `spawn` has
-            // returned. The `Command` must be spawned only once (the contract
-            // of `Sandbox::spawn`, not enforced by its `&mut Command`): a second
-            // spawn would run this hook against a closed fd number.
+            // returned; a second spawn of the `Command` stops at `spent`
+            // above, before this.
             unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
         }
         result
