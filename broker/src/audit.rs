@@ -434,10 +434,14 @@ struct Page {
 impl Page {
     fn from_item(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Self, AuditError> {
         let (k, value) = item?;
-        let first = page::seq_of(&k).ok_or_else(|| AuditError::Corrupt {
-            seq: 0,
-            message: "a page has a malformed key".into(),
-        })?;
+        // Exactly 8 bytes: a longer key would sort among the pages without
+        // being where its seq says, hiding it from lookups but not from a walk.
+        let first = <[u8; 8]>::try_from(k.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| AuditError::Corrupt {
+                seq: 0,
+                message: "a page has a malformed key".into(),
+            })?;
         Ok(Self { first, value })
     }
 
@@ -450,7 +454,20 @@ impl Page {
 
     /// Its records, each with the seq of its place in the page.
     fn records(&self) -> Result<impl Iterator<Item = (u64, page::Entry<'_>)>, AuditError> {
-        Ok((self.first..).zip(self.entries()?))
+        // Saturating: a damaged key near u64::MAX must not overflow (verify
+        // reports such a page; readers just see wrong seqs).
+        let first = self.first;
+        Ok(self
+            .entries()?
+            .into_iter()
+            .enumerate()
+            .map(move |(i, e)| (first.saturating_add(i as u64), e)))
+    }
+
+    /// The seq of its last record, as placed.
+    fn last(&self) -> Result<u64, AuditError> {
+        let n = self.entries()?.len() as u64;
+        Ok(self.first.saturating_add(n.saturating_sub(1)))
     }
 
     fn record(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
@@ -581,7 +598,11 @@ impl SledAudit {
             flush_serial: Mutex::new(()),
             ids: RecordIds::new(),
         });
-        inner.reindex_after_crash()?;
+        // A reader leaves the store as it found it: records past the index
+        // are read in order by `scan` anyway.
+        if !read_only {
+            inner.reindex_after_crash()?;
+        }
         let flusher = match durability {
             Durability::Batched { window } => {
                 let inner = inner.clone();
@@ -635,6 +656,9 @@ impl Inner {
     /// last indexed sequence number are indexed again.
     fn reindex_after_crash(&self) -> Result<(), AuditError> {
         let indexed = self.indexed_upto()?;
+        if indexed >= self.inserted_seq.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let mut pending = Vec::new();
         // Whole pages: a page's index entries are written together.
         for item in self.records.range(self.page_key_of(indexed + 1)?..) {
@@ -967,9 +991,13 @@ impl Inner {
             .transpose()
     }
 
-    /// Where reading from `seq` on starts: its page's key, or its own.
+    /// Where reading from `seq` on starts: the key of the page holding it, or
+    /// its own when no page does (past the newest record, say).
     fn page_key_of(&self, seq: u64) -> Result<[u8; 8], AuditError> {
-        Ok(seq_key(self.page_of(seq)?.map_or(seq, |p| p.first)))
+        Ok(seq_key(match self.page_of(seq)? {
+            Some(p) if p.last()? >= seq => p.first,
+            _ => seq,
+        }))
     }
 
     fn record(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
@@ -1456,6 +1484,113 @@ mod tests {
                     report.problem
                 );
             }
+        }
+    }
+
+    /// Reading a store (verify, scans) writes nothing to it: auditors query
+    /// evidence copies. Every file's bytes are compared.
+    #[test]
+    fn opening_a_store_to_read_it_leaves_its_files_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = SledAudit::open(dir.path(), Durability::Strict).unwrap();
+        for i in 0..40 {
+            audit.append(decision(i)).unwrap();
+        }
+        drop(audit);
+        let snapshot = || {
+            let mut files = BTreeMap::new();
+            let mut dirs = vec![dir.path().to_path_buf()];
+            while let Some(d) = dirs.pop() {
+                for e in std::fs::read_dir(d).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        dirs.push(p);
+                    } else {
+                        files.insert(p.clone(), std::fs::read(&p).unwrap());
+                    }
+                }
+            }
+            files
+        };
+        // Let go of the writer's lock, then take the picture.
+        drop(reopen(|| SledAudit::open_read_only(dir.path())));
+        std::thread::sleep(Duration::from_millis(200));
+        let before = snapshot();
+        for _ in 0..2 {
+            let reader = reopen(|| SledAudit::open_read_only(dir.path()));
+            assert!(reader.verify().unwrap().ok);
+            let mut n = 0;
+            reader
+                .scan(
+                    &AuditFilter {
+                        sandbox_id: Some("sb".into()),
+                        ..Default::default()
+                    },
+                    &mut |_| {
+                        n += 1;
+                        true
+                    },
+                )
+                .unwrap();
+            assert_eq!(n, 40);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let after = snapshot();
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>()
+        );
+        for (path, bytes) in &before {
+            assert!(after[path] == *bytes, "{} changed", path.display());
+        }
+    }
+
+    /// A page moved under a longer key sorts among the pages where its seq
+    /// does not belong: lookups would miss it while a walk still chains.
+    #[test]
+    fn a_page_under_a_key_of_the_wrong_length_is_reported() {
+        for moved in [2u64, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let audit = SledAudit::open(dir.path(), Durability::Strict).unwrap();
+            for i in 0..3 {
+                audit.append(decision(i)).unwrap();
+            }
+            drop(audit);
+            // Strict mode stores each record as its own page: 1, 2, 3. The
+            // moved page goes under key(moved - 1) ‖ key(moved).
+            reopen(|| {
+                let db = sled::open(dir.path()).map_err(|e| AuditError::Open {
+                    path: String::new(),
+                    source: e,
+                })?;
+                let records = db.open_tree("records")?;
+                let page = records.remove(seq_key(moved))?.expect("the page");
+                records.insert([seq_key(moved - 1), seq_key(moved)].concat(), page)?;
+                db.flush()?;
+                Ok(())
+            });
+            let opened = loop {
+                match SledAudit::open_read_only(dir.path()) {
+                    Err(e) if e.to_string().contains("could not acquire lock") => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    other => break other,
+                }
+            };
+            // The newest page is read at open, which refuses the store; an
+            // older one is found by verify.
+            let problem = match opened {
+                Err(e) => {
+                    assert_eq!(moved, 3, "only the newest page is read at open: {e}");
+                    e.to_string()
+                }
+                Ok(store) => {
+                    let report = store.verify().unwrap();
+                    assert!(!report.ok, "{report:?}");
+                    report.problem
+                }
+            };
+            assert!(problem.contains("malformed key"), "page {moved}: {problem}");
         }
     }
 

@@ -64,20 +64,22 @@ pub fn fd_path(fd: &impl AsRawFd) -> Option<Vec<u8>> {
     .map(|p| p.as_bytes().to_vec())
 }
 
-/// `/proc/PID/fd` of this process, opened once per process: the pid is
+/// `/proc/self/fd` of this process, opened once per process: the pid is
 /// checked on every use, so a child forked after the first call (a library
-/// user's worker) opens its own instead of reading its parent's fds.
+/// user's worker) opens its own instead of reading its parent's fds. Only
+/// `try_lock`: a child forked while another thread held the lock must not
+/// wait for it forever; it falls back to the path, as does a contended call.
 fn own_fd_dir() -> Option<std::os::fd::BorrowedFd<'static>> {
     static DIR: std::sync::Mutex<Option<(u32, &'static OwnedFd)>> = std::sync::Mutex::new(None);
     let pid = std::process::id();
-    let mut dir = DIR.lock().unwrap_or_else(|p| p.into_inner());
+    let mut dir = DIR.try_lock().ok()?;
     if let Some((owner, fd)) = *dir
         && owner == pid
     {
         return Some(fd.as_fd());
     }
     let fd = nix::fcntl::open(
-        format!("/proc/{pid}/fd").as_str(),
+        "/proc/self/fd",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )

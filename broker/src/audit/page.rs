@@ -5,8 +5,8 @@
 //!
 //! Why pages: a sled insert costs ~23 µs of CPU for a 1 KiB value, about the
 //! same as for a 25 KiB one, and the store's work is what bounds a busy broker
-//! (BENCHMARKS.md). A flush stores the records it has as one page (up to
-//! `MAX_RECORDS`); strict mode's group commits make small pages.
+//! (BENCHMARKS.md). A store of the batched queue writes its records as pages
+//! of up to `MAX_RECORDS`; strict mode stores each record as a page of one.
 //!
 //! Tamper evidence does not depend on the framing: every record still carries
 //! its seq and its predecessor's hash inside its hashed body, and `verify`
@@ -56,7 +56,7 @@ pub(super) fn entries(page: &[u8]) -> Result<Vec<Entry<'_>>, String> {
             return Err(format!("entry {} has a truncated length", out.len() + 1));
         };
         let len = u32::from_be_bytes(*len) as usize;
-        if after.len() < 32 + len {
+        if after.len() < 32 || after.len() - 32 < len {
             return Err(format!(
                 "entry {} is longer than what is left of the page",
                 out.len() + 1
