@@ -5,11 +5,21 @@
 
 mod support;
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use support::*;
 
 /// `cordon run` in `dir` with its own audit store; returns (code, stdout, stderr).
+/// `cordon learn --output OUTPUT -- COMMAND…` run in `dir`.
+fn learn_in(dir: &Path, output: &Path, command: &[&str]) -> std::process::Output {
+    cordon()
+        .current_dir(dir)
+        .args(["learn", "--output", path_str(output), "--"])
+        .args(command)
+        .output()
+        .unwrap()
+}
+
 fn run_in(dir: &Path, db: &Path, extra: &[&str], script: &str) -> (i32, String, String) {
     let out = cordon()
         .current_dir(dir)
@@ -280,24 +290,12 @@ fn a_learned_directory_grant_never_covers_a_credential_store_below_it() {
     std::fs::write(work.path().join(".ssh/id_ed25519"), "KEY\n").unwrap();
     std::fs::write(work.path().join("notes"), "n\n").unwrap();
     let learned = work.path().join("learned");
-    let out = cordon()
-        .current_dir(work.path())
-        .args([
-            "learn",
-            "--output",
-            path_str(&learned),
-            "--",
-            "/bin/sh",
-            "-c",
-        ])
-        .arg("echo a > a; echo b > b; echo c > c")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = learn_in(
+        work.path(),
+        &learned,
+        &["/bin/sh", "-c", "echo a > a; echo b > b; echo c > c"],
     );
+    assert_ok(&out);
     let data = std::fs::read_to_string(learned.join("data.json")).unwrap();
     assert!(
         data.contains("\"$WORKDIR/\""),
@@ -335,19 +333,7 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     // A program run from the private temp dir, which is new on every run.
     let script = "cat in.txt > out.txt; cat /etc/hostname 'rv$PID.txt' >/dev/null; \
                   cp /bin/true \"$TMPDIR/t\" && \"$TMPDIR/t\" && wc -l < out.txt";
-    let out = cordon()
-        .current_dir(work.path())
-        .args([
-            "learn",
-            "--output",
-            path_str(&learned),
-            "--",
-            "/bin/sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap();
+    let out = learn_in(work.path(), &learned, &["/bin/sh", "-c", script]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
@@ -380,26 +366,16 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     assert_eq!(code, 126, "exec of head was never learned");
 
     // A command that does not exist: 127, as for cordon run, and nothing written.
-    let out = cordon()
-        .current_dir(work.path())
-        .args([
-            "learn",
-            "--output",
-            "never-written",
-            "--",
-            "/nonexistent/tool",
-        ])
-        .output()
-        .unwrap();
+    let out = learn_in(
+        work.path(),
+        Path::new("never-written"),
+        &["/nonexistent/tool"],
+    );
     assert_eq!(out.status.code(), Some(127));
     assert!(!work.path().join("never-written").exists());
 
     // A non-empty output directory is refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .current_dir(work.path())
-        .args(["learn", "--output", path_str(&learned), "--", "true"])
-        .output()
-        .unwrap();
+    let out = learn_in(work.path(), &learned, &["true"]);
     assert_eq!(out.status.code(), Some(2));
 }
 

@@ -16,7 +16,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::cordon;
+use support::{assert_ok, cordon};
 
 const DEFAULT_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.rego");
 
@@ -149,13 +149,7 @@ impl Env {
             .arg(&self.db)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
+        assert_ok(&out)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
@@ -164,18 +158,6 @@ impl Env {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 fn find<'a>(records: &'a [Value], syscall: &str, path_suffix: &str) -> Vec<&'a Value> {

@@ -161,6 +161,20 @@ pub fn run_cordon(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Asserts a command succeeded (showing its output if not); its stdout.
+#[track_caller]
+pub fn assert_ok(out: &std::process::Output) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
