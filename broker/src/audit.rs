@@ -471,12 +471,17 @@ impl Page {
     }
 
     fn record(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
-        let Some(at) = seq.checked_sub(self.first) else {
-            return Ok(None);
-        };
-        let entries = self.entries()?;
-        usize::try_from(at)
-            .ok()
+        self.record_in(&self.entries()?, seq)
+    }
+
+    /// Record `seq` from this page's already parsed `entries`.
+    fn record_in(
+        &self,
+        entries: &[page::Entry<'_>],
+        seq: u64,
+    ) -> Result<Option<AuditRecord>, AuditError> {
+        seq.checked_sub(self.first)
+            .and_then(|at| usize::try_from(at).ok())
             .and_then(|at| entries.get(at))
             .map(|&e| decode(seq, e))
             .transpose()
@@ -1120,11 +1125,13 @@ impl AuditLog for SledAudit {
                         continue;
                     };
                     let page = page?;
+                    // Parsed once for all of the page's seqs in this entry.
+                    let entries = page.entries()?;
                     for seq in v.chunks_exact(8).filter_map(page::seq_of) {
                         if seq < start || seq > indexed {
                             continue;
                         }
-                        let Some(record) = page.record(seq)? else {
+                        let Some(record) = page.record_in(&entries, seq)? else {
                             continue;
                         };
                         if !visit(seq, record) {
