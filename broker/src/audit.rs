@@ -268,6 +268,14 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     fn take_unstored(&self) -> Vec<AuditRecord> {
         Vec::new()
     }
+    /// For a process about to exit: refuses appends from now on (they are
+    /// denied), then makes everything appended durable or, failing that,
+    /// writes it to the log. Reads still work. Calling it again is harmless.
+    fn close(&self) {
+        if self.flush().is_err() {
+            log_unstored(self.take_unstored());
+        }
+    }
 }
 
 /// Writes records the store could not take to the log, one JSON line each,
@@ -544,7 +552,11 @@ impl SledAudit {
                 })?;
                 let r = decode(seq, last)?;
                 let h: [u8; 32] = last.hash.try_into().unwrap_or([0; 32]);
-                (seq + 1, h, r.time_ns())
+                let next = seq.checked_add(1).ok_or_else(|| AuditError::Damaged {
+                    path: dir.display().to_string(),
+                    problem: "its newest record claims the last possible sequence number".into(),
+                })?;
+                (next, h, r.time_ns())
             }
             None => {
                 if !read_only && format.is_none() {
@@ -632,15 +644,20 @@ impl SledAudit {
     }
 }
 
+impl Inner {
+    /// Refuses appends from now on and tells the flusher to stop.
+    fn shut(&self) {
+        // Under the flusher's lock, so the wake-up cannot fall between its
+        // check of `shutdown` and its wait.
+        let _dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.wake_flusher.notify_all();
+    }
+}
+
 impl Drop for SledAudit {
     fn drop(&mut self) {
-        {
-            // Under the flusher's lock, so the wake-up cannot fall between
-            // its check of `shutdown` and its wait.
-            let _dirty = self.inner.dirty.lock().unwrap_or_else(|p| p.into_inner());
-            self.inner.shutdown.store(true, Ordering::SeqCst);
-            self.inner.wake_flusher.notify_all();
-        }
+        self.inner.shut();
         if let Some(h) = self
             .flusher
             .lock()
@@ -725,8 +742,18 @@ impl Inner {
             for (k, v) in entries {
                 batch.insert(k, v);
             }
-            self.index.apply_batch(batch)?;
-            self.meta.insert(INDEXED_KEY, &seq_key(max))?;
+            let written = self
+                .index
+                .apply_batch(batch)
+                .and_then(|()| self.meta.insert(INDEXED_KEY, &seq_key(max)).map(drop));
+            if let Err(e) = written {
+                // Kept for the next flush: the `indexed` mark that a later
+                // flush writes would otherwise pass these pages for good.
+                let mut queued = self.pending_index.lock().unwrap_or_else(|p| p.into_inner());
+                let newer = std::mem::replace(&mut *queued, pending);
+                queued.extend(newer);
+                return Err(e.into());
+            }
         }
         if target > 0 && !self.read_only {
             self.meta
@@ -865,6 +892,11 @@ impl Inner {
         record.id = self.ids.next();
         let seq = {
             let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+            // Again under the lock: `close` drains the queue after setting
+            // `shutdown`, so a record queued here is one that drain takes.
+            if self.shutdown.load(Ordering::SeqCst) {
+                return Err(AuditError::Closed);
+            }
             let seq = chain.next_seq;
             let time_ns = now_ns().max(chain.last_time_ns + 1);
             record.seq = seq;
@@ -1077,7 +1109,10 @@ impl AuditLog for SledAudit {
         // fails: a partial answer would hide decisions that were answered.
         inner.drain()?;
         let last = inner.inserted_seq.load(Ordering::SeqCst);
-        let mut start = filter.after_seq + 1;
+        // A resume point past every seq (from the wire, any u64) reads nothing.
+        let Some(mut start) = filter.after_seq.checked_add(1) else {
+            return Ok(filter.after_seq);
+        };
         if let Some(since) = filter.since_ns {
             start = start.max(inner.first_seq_at_or_after(since)?);
         }
@@ -1323,6 +1358,14 @@ impl AuditLog for SledAudit {
         let mut st = self.inner.flush.lock().unwrap_or_else(|p| p.into_inner());
         st.durable_seq = st.durable_seq.max(t);
         Ok(())
+    }
+
+    fn close(&self) {
+        self.inner.shut();
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "final audit flush failed");
+            log_unstored(self.take_unstored());
+        }
     }
 
     fn take_unstored(&self) -> Vec<AuditRecord> {
@@ -1635,6 +1678,26 @@ mod tests {
     }
 
     #[test]
+    fn close_refuses_later_appends_and_keeps_every_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_secs(3600);
+        let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
+        for i in 0..50 {
+            audit.append(decision(i)).unwrap();
+        }
+        audit.close();
+        assert!(matches!(
+            audit.append(decision(50)),
+            Err(AuditError::Closed)
+        ));
+        audit.close();
+        drop(audit);
+        let reader = reopen(|| SledAudit::open_read_only(dir.path()));
+        let report = reader.verify().unwrap();
+        assert!(report.ok && report.records_checked == 50, "{report:?}");
+    }
+
+    #[test]
     fn record_ids_are_distinct_version_7_uuids_and_never_go_back_in_time() {
         let ids = RecordIds::new();
         let other = RecordIds::new();
@@ -1713,7 +1776,7 @@ mod tests {
         }
         let mut cases = 0;
         for base in &filters {
-            for after_seq in [0, 1, 5, 31, 32, 33, 40, 100, n - 1, n] {
+            for after_seq in [0, 1, 5, 31, 32, 33, 40, 100, n - 1, n, u64::MAX] {
                 for limit in [None, Some(1), Some(7)] {
                     let filter = AuditFilter {
                         after_seq,

@@ -239,7 +239,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The sandbox flushed at its end; what a failing store still holds goes
     // to the log before this process exits without dropping the store.
     if let Some(audit) = &outcome.audit {
-        flush_or_log(audit.as_ref());
+        audit.close();
     }
     // Everything is recorded and flushed (`wait` flushes): exit now rather
     // than wait for the store's threads to wind down in its destructor.
@@ -423,22 +423,16 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-/// On drop, flushes the embedded store it holds and writes to the log the
-/// records that cannot be stored: for the paths that leave `execute` early.
+/// On drop, closes the embedded store it holds (later decisions are denied;
+/// what it cannot store goes to the log): for the paths that leave `execute`
+/// early, possibly with the tool still running.
 struct UnstoredGuard(Option<Arc<dyn AuditLog>>);
 
 impl Drop for UnstoredGuard {
     fn drop(&mut self) {
         if let Some(audit) = self.0.take() {
-            flush_or_log(audit.as_ref());
+            audit.close();
         }
-    }
-}
-
-/// Makes the store durable, or writes what it cannot take to the log.
-fn flush_or_log(audit: &dyn AuditLog) {
-    if audit.flush().is_err() {
-        cordon_broker::audit::log_unstored(audit.take_unstored());
     }
 }
 
