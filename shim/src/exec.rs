@@ -146,27 +146,38 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
         let status = match next_stop(job) {
             Ok(s) => s,
             Err(e) => {
-                // On a timeout, kill first: a detach before the kill would let
-                // an exec stop that arrives just now run its unverified image.
-                let killed = (e == Errno::ETIMEDOUT).then(|| match &process {
+                // Whatever stopped the wait (a timeout, most likely), kill
+                // first: a detach before the kill would let an exec stop
+                // that arrives just now run its unverified image.
+                let killed = match &process {
                     Some(fd) => crate::sys::pidfd_kill(fd, libc::SIGKILL)
                         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
                     None => kill(Pid::from_raw(job.tgid), Signal::SIGKILL),
-                });
-                // Never leave a task stopped under our trace: it would hang.
-                for id in [job.tgid, job.tid] {
-                    let _ = ptrace::detach(Pid::from_raw(id), None);
-                }
+                };
                 return match killed {
-                    Some(Ok(())) => {
-                        Outcome::Killed("the exec could not be followed to its end".into())
+                    Ok(()) | Err(Errno::ESRCH) => {
+                        // Never leave a task stopped under our trace: it
+                        // would hang. (Dead or dying, it runs nothing.)
+                        for id in [job.tgid, job.tid] {
+                            let _ = ptrace::detach(Pid::from_raw(id), None);
+                        }
+                        if killed.is_ok() {
+                            Outcome::Killed(format!(
+                                "the exec could not be followed to its end ({e})"
+                            ))
+                        } else {
+                            Outcome::Gone
+                        }
                     }
-                    Some(Err(e)) => {
-                        // ESRCH: it is gone already. Anything else is ours to say.
-                        tracing::error!(error = %e, tgid = job.tgid, "cannot kill a process whose exec could not be verified");
-                        Outcome::Gone
+                    Err(k) => {
+                        // Not killed, so not let go either: stopped under our
+                        // trace it runs nothing, and PTRACE_O_EXITKILL ends
+                        // it with us.
+                        tracing::error!(error = %k, tgid = job.tgid, "cannot kill a process whose exec could not be verified; it stays stopped");
+                        Outcome::Killed(format!(
+                            "the exec could not be verified ({e}) and the process could not be killed ({k}); it stays stopped"
+                        ))
                     }
-                    None => Outcome::Gone,
                 };
             }
         };

@@ -222,6 +222,9 @@ struct OpenCall {
 }
 
 impl Supervisor {
+    /// Call it on the thread that will run it: that thread's credentials are
+    /// the ones it switches back to after acting as the tool (they are per
+    /// thread, and the threads it starts inherit them).
     pub fn new(
         listener: Arc<Listener>,
         decider: Arc<dyn Decider>,
@@ -234,7 +237,7 @@ impl Supervisor {
             listener,
             decider,
             sandbox,
-            me: Creds::of_self(),
+            me: Creds::of_thread(),
             broker_socket: broker_socket.map(|path| BrokerSocket {
                 id: nix::sys::stat::stat(path.as_path())
                     .ok()

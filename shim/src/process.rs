@@ -74,14 +74,11 @@ pub struct Cached {
     buf: Vec<u8>,
 }
 
-/// Few enough open fds that a fork-heavy tool cannot exhaust ours.
-const MAX_CACHED_STATUS: usize = 128;
+/// Tasks whose files are kept (two fds each): few enough that a fork-heavy
+/// tool cannot exhaust our fds.
+const MAX_CACHED_TASKS: usize = 64;
 
 impl StatusFiles {
-    pub fn read(&self, tid: i32) -> Result<String, Errno> {
-        self.look(tid, |status, _| Ok(status.to_owned()))
-    }
-
     /// Calls `f` with the task's status text and its `/proc/TID` directory.
     fn look<T>(
         &self,
@@ -94,7 +91,7 @@ impl StatusFiles {
         buf.resize(16 * 1024, 0);
         for _ in 0..2 {
             if !files.contains_key(&tid) {
-                if files.len() >= MAX_CACHED_STATUS {
+                if files.len() >= MAX_CACHED_TASKS {
                     files.clear();
                 }
                 let dir = nix::fcntl::open(
@@ -188,37 +185,43 @@ impl Creds {
         Some(Creds {
             fsuid: uids[3],
             fsgid: gids[3],
-            groups: ids(field(status, "Groups")).unwrap_or_default(),
+            // Always present (empty when there are none): a status without
+            // it is not one to trust for the rest either.
+            groups: ids(field(status, "Groups"))?,
             cap_eff: field(status, "CapEff").and_then(|v| u64::from_str_radix(v, 16).ok())?,
         })
     }
 
-    /// Those of task `tid`, from its status alone (not its exe or cwd links,
-    /// which a deep working directory makes unreadable).
-    fn of_task(tid: i32) -> Option<Creds> {
-        Creds::from_status(&StatusFiles::default().read(tid).ok()?)
+    /// Those in a status file, from its identity lines alone (not the exe
+    /// or cwd links, which a deep working directory makes unreadable).
+    fn read(status: &str) -> Option<Creds> {
+        Creds::from_status(&fs::read_to_string(status).ok()?)
     }
 
-    /// The calling thread's own (capabilities are per thread).
+    /// The calling thread's own (fs ids and capabilities are per thread):
+    /// what the supervisor thread, and the threads it starts, switch back to.
+    /// If `/proc` cannot tell them, every capability is assumed, so that
+    /// `with_creds` drops what the tool lacks rather than keep what it does
+    /// not know. (The tool's own status is unreadable then too, and every
+    /// call is denied before that.)
     pub fn of_thread() -> Creds {
-        Creds::of_task(nix::unistd::gettid().as_raw()).unwrap_or_else(Creds::of_self)
+        Creds::read("/proc/thread-self/status").unwrap_or_else(Creds::assumed)
     }
 
-    /// The supervisor's own, read once at start. If `/proc` cannot tell
-    /// them, every capability is assumed, so that `with_creds` drops what
-    /// the tool lacks rather than keep what it does not know; restoring that
-    /// set then fails and the supervisor aborts: closed, not open. (The
-    /// tool's own status is unreadable then too, and every call is denied
-    /// before that.)
+    /// The process's (its main thread's), with the same fallback.
     pub fn of_self() -> Creds {
-        Creds::of_task(std::process::id() as i32).unwrap_or_else(|| Creds {
+        Creds::read("/proc/self/status").unwrap_or_else(Creds::assumed)
+    }
+
+    fn assumed() -> Creds {
+        Creds {
             fsuid: nix::unistd::geteuid().as_raw(),
             fsgid: nix::unistd::getegid().as_raw(),
             groups: nix::unistd::getgroups()
                 .map(|g| g.iter().map(|g| g.as_raw()).collect())
                 .unwrap_or_default(),
             cap_eff: u64::MAX,
-        })
+        }
     }
 }
 

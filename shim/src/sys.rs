@@ -364,7 +364,9 @@ pub fn install_filter_before_exec(cmd: &mut Command, program: Arc<BpfProgram>, r
         msg[..4].copy_from_slice(&pid.to_ne_bytes());
         msg[4..].copy_from_slice(&(fd as i32).to_ne_bytes());
         // SAFETY: write reads CHILD_REPORT_LEN bytes from a stack buffer; a
-        // pipe write this small is atomic.
+        // pipe write this small is atomic. `report` is open: the caller keeps
+        // it until `spawn` returns, and a second spawn of the `Command`
+        // stops in `prepare_child`'s hook, which runs before this one.
         let n = unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
         if n != msg.len() as isize {
             return Err(io::Error::last_os_error());
