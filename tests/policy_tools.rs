@@ -284,14 +284,18 @@ fn replay_reports_exactly_the_decisions_a_policy_change_flips() {
 #[test]
 fn a_learned_directory_grant_never_covers_a_credential_store_below_it() {
     // Learned in a directory that holds a .ssh (as a home directory does):
-    // the tool's three writes make the whole working directory a grant.
-    let work = tempfile::tempdir().unwrap();
-    std::fs::create_dir(work.path().join(".ssh")).unwrap();
-    std::fs::write(work.path().join(".ssh/id_ed25519"), "KEY\n").unwrap();
-    std::fs::write(work.path().join("notes"), "n\n").unwrap();
-    let learned = work.path().join("learned");
+    // the tool's three writes make the whole working directory a grant. Its
+    // own path passes through a "private" directory, which must not refuse
+    // the grant itself.
+    let top = tempfile::tempdir().unwrap();
+    let work = top.path().join("private/job");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir(work.as_path().join(".ssh")).unwrap();
+    std::fs::write(work.as_path().join(".ssh/id_ed25519"), "KEY\n").unwrap();
+    std::fs::write(work.as_path().join("notes"), "n\n").unwrap();
+    let learned = work.as_path().join("learned");
     let out = learn_in(
-        work.path(),
+        work.as_path(),
         &learned,
         &["/bin/sh", "-c", "echo a > a; echo b > b; echo c > c"],
     );
@@ -301,12 +305,12 @@ fn a_learned_directory_grant_never_covers_a_credential_store_below_it() {
         data.contains("\"$WORKDIR/\""),
         "the workdir is granted whole: {data}"
     );
-    let db = work.path().join("audit");
+    let db = work.as_path().join("audit");
     let policy = ["--policy", path_str(&learned)];
     // Another file of the directory: granted by the directory rule.
     // (The shell's own redirections: only /bin/sh was learned as a program.)
     let (code, out, err) = run_in(
-        work.path(),
+        work.as_path(),
         &db,
         &policy,
         "echo d > d && read l < notes && echo $l",
@@ -314,7 +318,7 @@ fn a_learned_directory_grant_never_covers_a_credential_store_below_it() {
     assert_eq!((code, out.as_str()), (0, "n\n"), "{err}");
     // The key next to it: not.
     let (code, out, err) = run_in(
-        work.path(),
+        work.as_path(),
         &db,
         &policy,
         "read l < .ssh/id_ed25519 && echo $l",

@@ -394,7 +394,7 @@ allow if {
 	read_only
 	some d in data.learned.read.dirs
 	startswith(input.file.path, expand(d))
-	not in_credential_store
+	not in_credential_store_below(expand(d))
 }
 
 # Files it wrote or created (and may read).
@@ -409,15 +409,17 @@ allow if {
 	input.kind == "file"
 	some d in data.learned.write.dirs
 	startswith(input.file.path, expand(d))
-	not in_credential_store
+	not in_credential_store_below(expand(d))
 }
 
 # A directory grant never reaches a credential store below it: a learned
 # $WORKDIR/, from a run in a home directory, must not grant ~/.ssh. Files the
-# tool itself used there are granted one by one above.
-in_credential_store if {
+# tool itself used there are granted one by one above. Only the part below
+# the grant counts: one learned inside ~/.config still covers its own files.
+in_credential_store_below(dir) if {
+	rest := substring(input.file.path, count(dir) - 1, -1)
 	some s in data.learned.never_by_directory
-	contains(input.file.path, s)
+	contains(rest, s)
 }
 
 # Programs it ran.
