@@ -959,10 +959,13 @@ impl Inner {
         let Some(last) = records.last().map(|r| r.seq) else {
             return Ok(());
         };
-        let first = records[0].seq;
         let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
         let mut hash = sealed.hash;
-        let mut value = Vec::with_capacity(records.len() * 1024);
+        // Pages of at most `page::MAX_BYTES` (a record larger than that is a
+        // page of its own), all inserted in one batch.
+        let mut batch = sled::Batch::default();
+        let mut first_of = Vec::with_capacity(records.len());
+        let (mut first, mut value) = (records[0].seq, Vec::new());
         for record in &mut records {
             record.prev_hash = if record.seq == 1 {
                 GENESIS.to_owned()
@@ -982,9 +985,15 @@ impl Inner {
                 }
             };
             hash = Sha256::digest(&body).into();
+            if !value.is_empty() && value.len() + page::framed_len(&body) > page::MAX_BYTES {
+                batch.insert(&seq_key(first), std::mem::take(&mut value));
+                first = record.seq;
+            }
             page::push(&mut value, &hash, &body);
+            first_of.push(first);
         }
-        if let Err(e) = self.records.insert(seq_key(first), value) {
+        batch.insert(&seq_key(first), value);
+        if let Err(e) = self.records.apply_batch(batch) {
             return Err((e.into(), records));
         }
         *sealed = Sealed { seq: last, hash };
@@ -992,7 +1001,12 @@ impl Inner {
         self.pending_index
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(records.iter().map(|r| index_entry(r, first)));
+            .extend(
+                records
+                    .iter()
+                    .zip(first_of)
+                    .map(|(r, page)| index_entry(r, page)),
+            );
         drop(sealed);
         self.notify.send_replace(last);
         Ok(())

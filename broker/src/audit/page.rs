@@ -6,7 +6,8 @@
 //! Why pages: a sled insert costs ~23 µs of CPU for a 1 KiB value, about the
 //! same as for a 25 KiB one, and the store's work is what bounds a busy broker
 //! (BENCHMARKS.md). A store of the batched queue writes its records as pages
-//! of up to `MAX_RECORDS`; strict mode stores each record as a page of one.
+//! of up to `MAX_RECORDS` and `MAX_BYTES`; strict mode stores each record as
+//! a page of one.
 //!
 //! Tamper evidence does not depend on the framing: every record still carries
 //! its seq and its predecessor's hash inside its hashed body, and `verify`
@@ -16,6 +17,19 @@ use std::path::Path;
 
 /// Records per page at most.
 pub(super) const MAX_RECORDS: usize = 32;
+
+/// Bytes per page at most (unless one record is larger). sled splits a leaf
+/// at 17 entries whatever their size, and writes a leaf of more than a
+/// quarter segment (128 KiB by default) as a separate blob file. Leaves of
+/// 25–50 KiB pages took that path, on which a full disk made sled lose
+/// records it had acknowledged or spin forever; 17 pages of 6 KiB stay
+/// inline, as single records always did.
+pub(super) const MAX_BYTES: usize = 6 * 1024;
+
+/// What `push` adds for a body.
+pub(super) fn framed_len(body: &[u8]) -> usize {
+    4 + 32 + body.len()
+}
 
 /// A record's bytes inside a page.
 #[derive(Clone, Copy)]
