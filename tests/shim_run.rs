@@ -727,6 +727,8 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
          libc = ctypes.CDLL(None, use_errno=True)\n\
          print('unshare', libc.unshare(0x10000000), ctypes.get_errno())\n\
          print('ptrace', libc.ptrace(16, os.getppid(), 0, 0), ctypes.get_errno())\n\
+         fd = os.open('/bin/true', os.O_RDONLY)\n\
+         print('set-exe', libc.prctl(35, 13, fd, 0, 0), ctypes.get_errno())  # PR_SET_MM_EXE_FILE\n\
          import socket\n\
          for name, fam, proto in (('packet', socket.AF_PACKET, 0), ('netlink-audit', socket.AF_NETLINK, 9),\n\
                                   ('netlink-route', socket.AF_NETLINK, 0), ('inet6', socket.AF_INET6, 0)):\n    \
@@ -744,6 +746,7 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
     }
     assert!(stdout.contains("unshare -1 1"), "{stdout}");
     assert!(stdout.contains("ptrace -1 1"), "{stdout}");
+    assert!(stdout.contains("set-exe -1 1"), "{stdout}");
     let records = env.audit();
     let exits: Vec<_> = records
         .iter()
@@ -755,9 +758,9 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
         "{exits:?}"
     );
     assert!(
-        exits
-            .iter()
-            .any(|r| r.contains("unshare×1") && r.contains("ptrace×1")),
+        exits.iter().any(|r| r.contains("unshare×1")
+            && r.contains("ptrace×1")
+            && r.contains("prctl(PR_SET_MM)×1")),
         "{exits:?}"
     );
 }
@@ -1238,6 +1241,67 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
         .output()
         .unwrap();
     assert_eq!(assert_ok(&out), "err 13\n");
+}
+
+/// The supervisor keeps a task's groups and capabilities between calls: a
+/// change of either within one image (and per thread, as the kernel has
+/// them) must be seen at the next call. Under an allow-everything policy the
+/// tool must get exactly the answers it gets natively.
+#[test]
+fn credential_changes_inside_a_running_tool_are_seen_at_the_next_call() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new(&[]);
+    let allow_all = env.dir.path().join("allow.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    // Readable by root only through CAP_DAC_OVERRIDE.
+    let locked = env.work.join("locked.txt");
+    std::fs::write(&locked, "locked").unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // Readable through group 4242 only (owned by someone else).
+    let group = env.work.join("group.txt");
+    std::fs::write(&group, "group").unwrap();
+    std::os::unix::fs::chown(&group, Some(65534), Some(4242)).unwrap();
+    std::fs::set_permissions(&group, std::fs::Permissions::from_mode(0o040)).unwrap();
+    let script = "import ctypes, os, threading\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+DAC = (1 << 1) | (1 << 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH\n\
+def dac(keep):\n    \
+    hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)\n    \
+    data = (ctypes.c_uint32 * 6)()\n    \
+    assert libc.capget(hdr, data) == 0\n    \
+    data[0] = (data[0] | (data[1] & DAC)) if keep else (data[0] & ~DAC)\n    \
+    assert libc.capset(hdr, data) == 0  # raw capset: this thread only\n\
+def read(p):\n    \
+    try:\n        \
+        os.close(os.open(p, os.O_RDONLY))\n        \
+        return 'ok'\n    \
+    except OSError as e:\n        \
+        return 'err%d' % e.errno\n\
+out = ['start ' + read('locked.txt')]\n\
+dac(False)\n\
+out += ['no-dac ' + read('locked.txt'), 'no-group ' + read('group.txt')]\n\
+os.setgroups([4242])\n\
+out.append('in-group ' + read('group.txt'))\n\
+t = threading.Thread(target=lambda: (dac(True), out.append('thread-with-dac ' + read('locked.txt'))))\n\
+t.start(); t.join()\n\
+out.append('main-no-dac ' + read('locked.txt'))\n\
+os.setgroups([])\n\
+out.append('groups-gone ' + read('group.txt'))\n\
+print(' '.join(out))\n";
+    let expected = "start ok no-dac err13 no-group err13 in-group ok \
+                    thread-with-dac ok main-no-dac err13 groups-gone err13\n";
+    let native = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&native), expected, "natively");
+    let sandboxed = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", script]);
+    assert_eq!(assert_ok(&sandboxed), expected, "under cordon run");
+    // Each answer was the supervisor's: the opens are in the audit store.
+    let records = env.audit();
+    assert_eq!(find(&records, "openat", "/work/locked.txt").len(), 4);
+    assert_eq!(find(&records, "openat", "/work/group.txt").len(), 3);
 }
 
 #[test]

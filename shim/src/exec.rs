@@ -31,7 +31,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::sys::Listener;
+use crate::{process::Invalidator, sys::Listener};
 
 /// The image and arguments the policy approved.
 #[derive(Debug, Clone)]
@@ -65,6 +65,9 @@ struct Job {
     tid: i32,
     tgid: i32,
     approved: Approved,
+    /// Told of the exec event, before the new image runs: what the
+    /// supervisor keeps of the task (`exe`, credentials) is stale.
+    on_exec: Invalidator,
     done: mpsc::Sender<Outcome>,
 }
 
@@ -103,6 +106,7 @@ impl ExecVerifier {
         tgid: i32,
         approved: Approved,
         _image: std::os::fd::OwnedFd,
+        on_exec: Invalidator,
     ) -> Outcome {
         let (done, rx) = mpsc::channel();
         let job = Job {
@@ -110,6 +114,7 @@ impl ExecVerifier {
             tid,
             tgid,
             approved,
+            on_exec,
             done,
         };
         if self.jobs.send(job).is_err() {
@@ -194,6 +199,7 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
         }
         match status {
             WaitStatus::PtraceEvent(pid, _, libc::PTRACE_EVENT_EXEC) => {
+                job.on_exec.invalidate();
                 let outcome = check_image(pid, &job.approved);
                 match &outcome {
                     Outcome::Verified => {

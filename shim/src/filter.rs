@@ -63,6 +63,22 @@ pub const INSPECTED: &[i64] = &[
     libc::SYS_pidfd_open,
 ];
 
+/// Credential changes, also inspected: the supervisor forgets what it keeps
+/// of the caller's credentials (`process::TaskCache`) before letting them
+/// run.
+pub const CREDENTIAL_CHANGES: &[i64] = &[
+    libc::SYS_setuid,
+    libc::SYS_setgid,
+    libc::SYS_setreuid,
+    libc::SYS_setregid,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_setfsuid,
+    libc::SYS_setfsgid,
+    libc::SYS_setgroups,
+    libc::SYS_capset,
+];
+
 /// The errno a forbidden syscall fails with, or `None` if it is not
 /// forbidden outright. `ENOSYS` where libc or liburing fall back gracefully.
 pub fn forbidden_errno(nr: i64) -> Option<i32> {
@@ -177,7 +193,12 @@ pub fn build() -> Result<BpfProgram, FilterError> {
     ctx.set_act_badarch(ScmpAction::KillProcess)
         .map_err(step("bad-arch action"))?;
 
-    for &nr in BROKERED.iter().chain(INSPECTED).chain(FORBIDDEN_ALWAYS) {
+    for &nr in BROKERED
+        .iter()
+        .chain(INSPECTED)
+        .chain(CREDENTIAL_CHANGES)
+        .chain(FORBIDDEN_ALWAYS)
+    {
         ctx.add_rule(ScmpAction::Notify, ScmpSyscall::from(nr as i32))
             .map_err(step(&format!("syscall {nr}")))?;
     }
@@ -234,6 +255,14 @@ pub fn build() -> Result<BpfProgram, FilterError> {
         ScmpArgCompare::new(1, low32, libc::F_SETOWN as u64),
     )?;
 
+    // prctl(PR_SET_MM) rewrites the memory map's description, the exe link
+    // among it: refused (the supervisor keeps `exe` until the next exec).
+    notify_if(
+        &mut ctx,
+        libc::SYS_prctl,
+        ScmpArgCompare::new(0, low32, libc::PR_SET_MM as u64),
+    )?;
+
     let mut memfd = std::fs::File::from(
         nix::sys::memfd::memfd_create(c"cordon-filter", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
             .map_err(std::io::Error::from)?,
@@ -261,7 +290,7 @@ mod tests {
             assert!(forbidden_errno(*nr).is_some(), "{nr}");
             assert!(!BROKERED.contains(nr), "{nr}");
         }
-        for nr in BROKERED.iter().chain(INSPECTED) {
+        for nr in BROKERED.iter().chain(INSPECTED).chain(CREDENTIAL_CHANGES) {
             assert_eq!(forbidden_errno(*nr), None, "{nr}");
         }
     }

@@ -31,7 +31,7 @@ use crate::{
     exec::{Approved, ExecVerifier, Outcome},
     filter,
     memory::ToolMemory,
-    process::{Creds, StatusFiles, Task, with_creds},
+    process::{Creds, Task, TaskCache, with_creds},
     resolve::{self, Found, Lookup},
     sys::{self, Listener, Notification},
 };
@@ -74,7 +74,7 @@ pub struct Supervisor {
     broker_socket: Option<BrokerSocket>,
     exec: ExecVerifier,
     counters: Mutex<Counters>,
-    status_files: StatusFiles,
+    tasks: TaskCache,
     /// Helper threads in flight (blocking calls, exec verification).
     helpers: std::sync::atomic::AtomicUsize,
     /// Canonical paths of unix sockets we bound, by socket inode.
@@ -246,7 +246,7 @@ impl Supervisor {
             }),
             exec,
             counters: Mutex::default(),
-            status_files: StatusFiles::default(),
+            tasks: TaskCache::default(),
             helpers: Default::default(),
             unix_binds: Mutex::default(),
             opener,
@@ -380,6 +380,17 @@ impl Supervisor {
                 }
                 Ok(())
             }
+            nr if filter::CREDENTIAL_CHANGES.contains(&nr) => {
+                // Forget first: the call runs once we answer, and the
+                // caller's next notification comes after it.
+                self.tasks.invalidate();
+                let _ = self.listener.allow_continue(n.id);
+                Ok(())
+            }
+            libc::SYS_prctl => {
+                self.forbid(&n, "prctl(PR_SET_MM)".into(), libc::EPERM);
+                Ok(())
+            }
             libc::SYS_personality => {
                 let persona = n.args[0] as u32;
                 if persona == 0 || persona == u32::MAX {
@@ -511,7 +522,7 @@ impl Supervisor {
     /// The task behind a notification, read after the arguments: if the id
     /// is still valid the task is the one that made the call.
     fn task(&self, n: &Notification) -> Result<Task, Errno> {
-        let task = Task::inspect(n.tid, &self.status_files)?;
+        let task = self.tasks.inspect(n.tid)?;
         if !self.listener.id_valid(n.id) {
             return Err(Errno::ESRCH);
         }
@@ -698,10 +709,17 @@ impl Supervisor {
         }
         let blocking_fifo = flags & libc::O_NONBLOCK == 0
             && existing.is_some_and(|(kind, _)| kind == libc::S_IFIFO);
+        // The umask (shared between threads, so not kept) only for a file
+        // this open may create.
+        let umask = if creates || is_tmpfile {
+            self.tasks.umask(n.tid)?
+        } else {
+            0
+        };
         let me = self.clone();
         let id = n.id;
         let open_and_inject = move || {
-            let (creds, umask) = (task.creds, task.umask);
+            let creds = task.creds;
             let mode = call.mode;
             let open = move |creds: &Creds, mine: &Creds, found: &Found| {
                 with_creds(creds, mine, || {
@@ -918,7 +936,11 @@ impl Supervisor {
             }
         }
         let nr = n.nr;
-        let umask = task.umask;
+        let umask = if nr == libc::SYS_bind && unix_call_path.is_some() {
+            self.tasks.umask(n.tid)?
+        } else {
+            0
+        };
         let me = self.clone();
         let in_backstop = self.opener.as_ref().is_some_and(|o| {
             o.governs_connect_or_bind(n.nr == libc::SYS_bind && unix_call_path.is_some())
@@ -1303,10 +1325,11 @@ impl Supervisor {
         };
         let me = self.clone();
         let (id, tid, tgid) = (n.id, n.tid, task.tgid);
+        let on_exec = self.tasks.invalidator();
         // The verifier answers the notification; do not hold up other calls.
         // `image` stays open until the exec is verified, so its inode
         // number cannot be reused by another file meanwhile.
-        self.clone().spawn_helper(id, move || match me.exec.run(id, tid, tgid, approved, image) {
+        self.clone().spawn_helper(id, move || match me.exec.run(id, tid, tgid, approved, image, on_exec) {
             Outcome::Killed(why) => {
                 tracing::error!(pid = tgid, reason = %why, "exec did not match the decision; killed");
                 me.count(|c| c.exec_killed += 1);

@@ -2,7 +2,7 @@
 //! `/proc/TID`), and running an operation with that task's file-system
 //! credentials so an allowed call never gets more than the tool could do.
 
-use std::{fs, os::unix::ffi::OsStrExt};
+use std::{fs, os::fd::OwnedFd, os::unix::ffi::OsStrExt};
 
 use nix::errno::Errno;
 
@@ -19,7 +19,7 @@ pub struct Creds {
     pub cap_eff: u64,
 }
 
-/// One task, as `/proc` describes it at the time of the notification.
+/// One task, as the kernel describes it at the time of the notification.
 #[derive(Debug, Clone)]
 pub struct Task {
     pub tid: i32,
@@ -28,7 +28,6 @@ pub struct Task {
     pub uid: u32,
     pub gid: u32,
     pub creds: Creds,
-    pub umask: u32,
     pub comm: String,
     pub exe: Vec<u8>,
     pub cwd: Vec<u8>,
@@ -45,134 +44,316 @@ fn ids(s: Option<&str>) -> Option<Vec<u32>> {
     s?.split_whitespace().map(|v| v.parse().ok()).collect()
 }
 
+fn four(s: Option<&str>) -> Option<[u32; 4]> {
+    ids(s)?.try_into().ok()
+}
+
 fn missing() -> Errno {
     // The task exited between the notification and our look at it.
     Errno::ESRCH
 }
 
-/// Open `/proc/TID` entries of the tasks that make calls, kept between calls:
-/// the status file is reread with `pread` (generating it is the kernel's
-/// cost, but opening it each time doubles it) and the `exe` and `cwd` links
-/// are read relative to the directory (a path walk through `/proc` per link
-/// was ~3 µs of each call). The fds are tied to their task: once it is gone
-/// reads fail and we reopen, so a reused tid never reads a dead task's files.
+/// What the supervisor keeps of the tasks that make calls, between calls.
+///
+/// Read per call is only what may change without a syscall the filter traps:
+/// the ids and the parent (`PIDFD_GET_INFO`, ~0.8 µs here), the name (any
+/// thread may rewrite it through `/proc`) and the working directory (shared
+/// between threads, and renamed along with its parents). Kept between calls,
+/// and read again from `/proc/TID/status` and the `exe` link only after
+/// [`TaskCache::invalidate`], are:
+/// - the groups and effective capabilities, which only the task's own
+///   credential syscalls change: the filter traps every one (`set*id`,
+///   `setgroups`, `capset`), and the supervisor invalidates before letting
+///   it run; a change of any id is also seen per call;
+/// - the executable, which only an exec changes: the exec verifier
+///   invalidates at the exec event, before the new image runs
+///   (`prctl(PR_SET_MM)`, the other way, is refused by the filter). A
+///   rename of the file after the first call is not seen: `exe` is the path
+///   the image had then.
+///
+/// Generating a status file costs ~8 µs of kernel time and each readlink
+/// ~2.5 µs, which per call was a quarter of the supervisor's work. Kernels
+/// without `PIDFD_GET_INFO` (before 6.13) or `PIDFD_THREAD` (6.9) read
+/// everything per call.
+///
+/// The fds are tied to their task: once it is gone, reads fail and we
+/// reopen, so a reused tid never reads a dead task's files.
 #[derive(Debug, Default)]
-pub struct StatusFiles(std::sync::Mutex<Cached>);
+pub struct TaskCache {
+    tasks: std::sync::Mutex<Cached>,
+    generation: Invalidator,
+    /// Set once `PIDFD_GET_INFO` or `PIDFD_THREAD` turns out to be missing.
+    per_call: std::sync::atomic::AtomicBool,
+}
+
+/// Marks every value a [`TaskCache`] keeps as stale; cloned into the
+/// threads that see the events (the exec verifier).
+#[derive(Debug, Clone, Default)]
+pub struct Invalidator(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Invalidator {
+    pub fn invalidate(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
 
 #[derive(Debug)]
 struct TaskFiles {
-    status: fs::File,
-    /// `/proc/TID`; the status file is opened through it (so the same task).
-    dir: std::os::fd::OwnedFd,
+    /// `/proc/TID`; the other files are opened through it (so the same task).
+    dir: OwnedFd,
+    /// A pidfd on the thread, opened before `dir` and checked after it.
+    pidfd: Option<OwnedFd>,
+    comm: fs::File,
+    kept: Option<Kept>,
+}
+
+/// Values read at generation `generation` for a task with ids `ids`.
+#[derive(Debug)]
+struct Kept {
+    generation: u64,
+    ids: sys::TaskIds,
+    groups: Vec<u32>,
+    cap_eff: u64,
+    exe: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
-pub struct Cached {
+struct Cached {
     files: std::collections::HashMap<i32, TaskFiles>,
     /// Reused for every read (a status file is ~1.5 KiB; 16 KiB is room for
     /// thousands of groups).
     buf: Vec<u8>,
 }
 
-/// Tasks whose files are kept (two fds each): few enough that a fork-heavy
-/// tool cannot exhaust our fds.
+/// Tasks whose files are kept (three fds each): few enough that a
+/// fork-heavy tool cannot exhaust our fds.
 const MAX_CACHED_TASKS: usize = 64;
 
-impl StatusFiles {
-    /// Calls `f` with the task's status text and its `/proc/TID` directory.
-    fn look<T>(
-        &self,
-        tid: i32,
-        f: impl FnOnce(&str, &std::os::fd::OwnedFd) -> Result<T, Errno>,
-    ) -> Result<T, Errno> {
-        use std::os::unix::fs::FileExt;
-        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+fn open_in(dir: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|_| missing())
+}
+
+/// A whole small `/proc` file, read at offset 0 into `buf`.
+fn read_whole<'a>(file: &fs::File, buf: &'a mut Vec<u8>) -> Result<&'a [u8], Errno> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(16 * 1024, 0);
+    match file.read_at(buf, 0) {
+        Ok(n) if n > 0 && n < buf.len() => Ok(&buf[..n]),
+        _ => Err(missing()),
+    }
+}
+
+fn status_text(dir: &OwnedFd, buf: &mut Vec<u8>) -> Result<String, Errno> {
+    let file = fs::File::from(open_in(dir, "status")?);
+    let bytes = read_whole(&file, buf)?;
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| missing())
+}
+
+/// The policy may key on exe or cwd: one it cannot be told (a cwd deeper
+/// than a page makes readlink fail) is a denial, not "".
+fn link(dir: &OwnedFd, what: &str) -> Result<Vec<u8>, Errno> {
+    nix::fcntl::readlinkat(dir, what)
+        .map(|p| p.as_bytes().to_vec())
+        .map_err(|_| Errno::EACCES)
+}
+
+impl TaskFiles {
+    fn open(tid: i32, with_pidfd: bool) -> Result<TaskFiles, Errno> {
+        let pidfd = if with_pidfd {
+            match sys::pidfd_open_thread(tid) {
+                Ok(fd) => Some(fd),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(missing()),
+                Err(_) => None, // no PIDFD_THREAD: read per call
+            }
+        } else {
+            None
+        };
+        let dir = nix::fcntl::open(
+            format!("/proc/{tid}").as_str(),
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|_| missing())?;
+        let comm = open_in(&dir, "comm")?.into();
+        Ok(TaskFiles {
+            dir,
+            pidfd,
+            comm,
+            kept: None,
+        })
+    }
+
+    /// The task's name: `comm` without its newline (raw bytes, where the
+    /// status file would escape them).
+    fn comm(&self, buf: &mut Vec<u8>) -> Result<String, Errno> {
+        let bytes = read_whole(&self.comm, buf)?;
+        let name = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        Ok(String::from_utf8_lossy(name).into_owned())
+    }
+}
+
+/// How a read of a task through its kept files went.
+enum Read {
+    Task(Task),
+    /// The kernel has no `PIDFD_GET_INFO`: read everything per call.
+    NoPidfdInfo,
+}
+
+impl TaskCache {
+    /// Marks every kept value stale (see the type's documentation).
+    pub fn invalidate(&self) {
+        self.generation.invalidate();
+    }
+
+    /// A handle for other threads to invalidate with.
+    pub fn invalidator(&self) -> Invalidator {
+        self.generation.clone()
+    }
+
+    /// The task `tid`, as it is now.
+    pub fn inspect(&self, tid: i32) -> Result<Task, Errno> {
+        use std::sync::atomic::Ordering;
+        let mut cached = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let Cached { files, buf } = &mut *cached;
-        buf.resize(16 * 1024, 0);
         for _ in 0..2 {
+            let per_call = self.per_call.load(Ordering::Relaxed);
             if !files.contains_key(&tid) {
                 if files.len() >= MAX_CACHED_TASKS {
                     files.clear();
                 }
-                let dir = nix::fcntl::open(
-                    format!("/proc/{tid}").as_str(),
-                    nix::fcntl::OFlag::O_PATH
-                        | nix::fcntl::OFlag::O_DIRECTORY
-                        | nix::fcntl::OFlag::O_CLOEXEC,
-                    nix::sys::stat::Mode::empty(),
-                )
-                .map_err(|_| missing())?;
-                let status = nix::fcntl::openat(
-                    &dir,
-                    "status",
-                    nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                    nix::sys::stat::Mode::empty(),
-                )
-                .map_err(|_| missing())?;
-                files.insert(
-                    tid,
-                    TaskFiles {
-                        status: status.into(),
-                        dir,
-                    },
-                );
+                files.insert(tid, TaskFiles::open(tid, !per_call)?);
             }
-            let task = &files[&tid];
-            match task.status.read_at(buf, 0) {
-                Ok(n) if n > 0 && n < buf.len() => {
-                    let status = std::str::from_utf8(&buf[..n]).map_err(|_| missing())?;
-                    return f(status, &task.dir);
+            let task = files.get_mut(&tid).expect("just inserted");
+            let read = match &task.pidfd {
+                Some(_) if !per_call => self.read_kept(tid, task, buf),
+                _ => Task::read_all(tid, task, buf).map(Read::Task),
+            };
+            match read {
+                Ok(Read::Task(t)) => return Ok(t),
+                Ok(Read::NoPidfdInfo) => {
+                    tracing::debug!("no PIDFD_GET_INFO: reading /proc/TID/status per call");
+                    self.per_call.store(true, Ordering::Relaxed);
+                    files.clear();
                 }
-                _ => {
+                // Gone, or a reused tid whose files name the dead task.
+                Err(_) => {
                     files.remove(&tid);
                 }
             }
         }
         Err(missing())
     }
+
+    fn read_kept(&self, tid: i32, task: &mut TaskFiles, buf: &mut Vec<u8>) -> Result<Read, Errno> {
+        // Before any read: an invalidation from now on discards what we keep.
+        let generation = self.generation.generation();
+        let pidfd = task.pidfd.as_ref().expect("checked by the caller");
+        let ids = match sys::pidfd_task_ids(pidfd) {
+            Ok(ids) => ids,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(missing()),
+            Err(_) => return Ok(Read::NoPidfdInfo),
+        };
+        let fresh = task
+            .kept
+            .as_ref()
+            .is_some_and(|k| k.generation == generation && k.ids == ids);
+        if !fresh {
+            task.kept = None;
+            let status = status_text(&task.dir, buf)?;
+            let (from_status, creds) = Task::ids_from_status(&status)?;
+            let exe = link(&task.dir, "exe")?;
+            if from_status != ids {
+                // Changed between the two reads: use this call's status and
+                // keep nothing.
+                return Task::read_all(tid, task, buf).map(Read::Task);
+            }
+            task.kept = Some(Kept {
+                generation,
+                ids,
+                groups: creds.groups,
+                cap_eff: creds.cap_eff,
+                exe,
+            });
+        }
+        let kept = task.kept.as_ref().expect("kept above");
+        Ok(Read::Task(Task {
+            tid,
+            tgid: ids.tgid,
+            ppid: ids.ppid,
+            uid: ids.uids[0],
+            gid: ids.gids[0],
+            creds: Creds {
+                fsuid: ids.uids[3],
+                fsgid: ids.gids[3],
+                groups: kept.groups.clone(),
+                cap_eff: kept.cap_eff,
+            },
+            comm: task.comm(buf)?,
+            exe: kept.exe.clone(),
+            cwd: link(&task.dir, "cwd")?,
+        }))
+    }
+
+    /// The task's umask (shared between threads, so read when needed: for
+    /// the calls that create files).
+    pub fn umask(&self, tid: i32) -> Result<u32, Errno> {
+        let mut cached = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let Cached { files, buf } = &mut *cached;
+        let status = match files.get(&tid) {
+            Some(task) => status_text(&task.dir, buf),
+            None => fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| missing()),
+        }?;
+        Ok(field(&status, "Umask")
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .unwrap_or(0o022))
+    }
 }
 
 impl Task {
-    /// Reads the task through `files`.
-    pub fn inspect(tid: i32, files: &StatusFiles) -> Result<Task, Errno> {
-        files.look(tid, |status, dir| Task::parse(tid, status, dir))
-    }
-
-    /// A task from its status text and its `/proc/TID` directory (for the
-    /// `exe` and `cwd` links).
-    fn parse(tid: i32, status: &str, dir: &std::os::fd::OwnedFd) -> Result<Task, Errno> {
-        let uids = ids(field(status, "Uid"))
-            .filter(|v| v.len() == 4)
-            .ok_or_else(missing)?;
-        let gids = ids(field(status, "Gid"))
-            .filter(|v| v.len() == 4)
-            .ok_or_else(missing)?;
+    /// The ids and credentials in a status text.
+    fn ids_from_status(status: &str) -> Result<(sys::TaskIds, Creds), Errno> {
         let num = |name| {
             field(status, name)
                 .and_then(|v| v.parse::<i32>().ok())
                 .ok_or_else(missing)
         };
-        let umask = field(status, "Umask")
-            .and_then(|v| u32::from_str_radix(v, 8).ok())
-            .unwrap_or(0o022);
-        // The policy may key on exe or cwd: one it cannot be told (a cwd
-        // deeper than a page makes readlink fail) is a denial, not "".
-        let link = |what: &str| {
-            nix::fcntl::readlinkat(dir, what)
-                .map(|p| p.as_bytes().to_vec())
-                .map_err(|_| Errno::EACCES)
-        };
-        Ok(Task {
-            tid,
+        let ids = sys::TaskIds {
             tgid: num("Tgid")?,
             ppid: num("PPid")?,
-            uid: uids[0],
-            gid: gids[0],
-            creds: Creds::from_status(status).ok_or_else(missing)?,
-            umask,
-            comm: field(status, "Name").unwrap_or_default().to_owned(),
-            exe: link("exe")?,
-            cwd: link("cwd")?,
+            uids: four(field(status, "Uid")).ok_or_else(missing)?,
+            gids: four(field(status, "Gid")).ok_or_else(missing)?,
+        };
+        Ok((ids, Creds::from_status(status).ok_or_else(missing)?))
+    }
+
+    /// Everything read now, from the status file and the links.
+    fn read_all(tid: i32, task: &TaskFiles, buf: &mut Vec<u8>) -> Result<Task, Errno> {
+        let status = status_text(&task.dir, buf)?;
+        let (ids, creds) = Task::ids_from_status(&status)?;
+        Ok(Task {
+            tid,
+            tgid: ids.tgid,
+            ppid: ids.ppid,
+            uid: ids.uids[0],
+            gid: ids.gids[0],
+            creds,
+            comm: task.comm(buf)?,
+            exe: link(&task.dir, "exe")?,
+            cwd: link(&task.dir, "cwd")?,
         })
     }
 }
@@ -180,8 +361,8 @@ impl Task {
 impl Creds {
     /// The identity lines of a `/proc/TID/status` text.
     fn from_status(status: &str) -> Option<Creds> {
-        let uids = ids(field(status, "Uid")).filter(|v| v.len() == 4)?;
-        let gids = ids(field(status, "Gid")).filter(|v| v.len() == 4)?;
+        let uids = four(field(status, "Uid"))?;
+        let gids = four(field(status, "Gid"))?;
         Some(Creds {
             fsuid: uids[3],
             fsgid: gids[3],
@@ -280,6 +461,69 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task as the cache tells it (ids from `PIDFD_GET_INFO`, the rest
+    /// kept) and as `/proc` tells it per call: the same, and again after an
+    /// invalidation and from the kept values.
+    #[test]
+    fn kept_and_per_call_reads_of_a_task_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "umask 027; exec sleep 30"])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let tid = child.id() as i32;
+        // Until the exec has happened (exe is sleep's).
+        let sleep = fs::canonicalize("/bin/sleep").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_link(format!("/proc/{tid}/exe")).ok().as_deref() != Some(sleep.as_path()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never ran sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let kept = TaskCache::default();
+        let per_call = TaskCache::default();
+        per_call
+            .per_call
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads = [
+            kept.inspect(tid).unwrap(),
+            kept.inspect(tid).unwrap(),
+            {
+                kept.invalidate();
+                kept.inspect(tid).unwrap()
+            },
+            per_call.inspect(tid).unwrap(),
+        ];
+        assert!(kept.tasks.lock().unwrap().files[&tid].pidfd.is_some());
+        for task in &reads {
+            assert_eq!(task.tgid, tid);
+            assert_eq!(task.ppid, std::process::id() as i32);
+            assert_eq!(task.comm, "sleep");
+            assert_eq!(task.exe, sleep.as_os_str().as_bytes());
+            assert_eq!(
+                task.cwd,
+                fs::canonicalize(dir.path()).unwrap().as_os_str().as_bytes()
+            );
+            assert_eq!(
+                (task.uid, task.gid),
+                (
+                    nix::unistd::getuid().as_raw(),
+                    nix::unistd::getgid().as_raw()
+                )
+            );
+            assert_eq!(task.creds, reads[3].creds);
+        }
+        assert_eq!(kept.umask(tid), Ok(0o027));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Gone: no answer from its files, kept or not.
+        assert_eq!(kept.inspect(tid).map(|_| ()), Err(Errno::ESRCH));
+        assert_eq!(per_call.inspect(tid).map(|_| ()), Err(Errno::ESRCH));
+    }
 
     #[test]
     fn capabilities_drop_and_come_back_on_this_thread() {
