@@ -433,10 +433,10 @@ fn decode(seq: u64, entry: page::Entry<'_>) -> Result<AuditRecord, AuditError> {
     Ok(r)
 }
 
-/// A stored page: its first seq and its records, in order.
+/// A stored page: its first seq and its records' frames, in order.
 struct Page {
     first: u64,
-    value: sled::IVec,
+    frames: Vec<u8>,
 }
 
 impl Page {
@@ -450,11 +450,17 @@ impl Page {
                 seq: 0,
                 message: "a page has a malformed key".into(),
             })?;
-        Ok(Self { first, value })
+        let frames = page::open(&value)
+            .map_err(|message| AuditError::Corrupt {
+                seq: first,
+                message: format!("the page starting at record {first}: {message}"),
+            })?
+            .into_owned();
+        Ok(Self { first, frames })
     }
 
     fn entries(&self) -> Result<Vec<page::Entry<'_>>, AuditError> {
-        page::entries(&self.value).map_err(|message| AuditError::Corrupt {
+        page::entries(&self.frames).map_err(|message| AuditError::Corrupt {
             seq: self.first,
             message: format!("the page starting at record {}: {message}", self.first),
         })
@@ -961,11 +967,9 @@ impl Inner {
         };
         let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
         let mut hash = sealed.hash;
-        // Pages of at most `page::MAX_BYTES` (a record larger than that is a
-        // page of its own), all inserted in one batch.
-        let mut batch = sled::Batch::default();
-        let mut first_of = Vec::with_capacity(records.len());
-        let (mut first, mut value) = (records[0].seq, Vec::new());
+        // Hashed and chained in order, then packed into pages that fit
+        // `page::MAX_BYTES` once compressed, all inserted in one batch.
+        let mut sealed_records = Vec::with_capacity(records.len());
         for record in &mut records {
             record.prev_hash = if record.seq == 1 {
                 GENESIS.to_owned()
@@ -985,14 +989,18 @@ impl Inner {
                 }
             };
             hash = Sha256::digest(&body).into();
-            if !value.is_empty() && value.len() + page::framed_len(&body) > page::MAX_BYTES {
-                batch.insert(&seq_key(first), std::mem::take(&mut value));
-                first = record.seq;
-            }
-            page::push(&mut value, &hash, &body);
-            first_of.push(first);
+            sealed_records.push(page::Hashed {
+                seq: record.seq,
+                hash,
+                body,
+            });
         }
-        batch.insert(&seq_key(first), value);
+        let mut batch = sled::Batch::default();
+        let mut first_of = Vec::with_capacity(records.len());
+        for (first, value, n) in page::pack(&sealed_records) {
+            batch.insert(&seq_key(first), value);
+            first_of.extend(std::iter::repeat_n(first, n));
+        }
         if let Err(e) = self.records.apply_batch(batch) {
             return Err((e.into(), records));
         }
@@ -1244,13 +1252,8 @@ impl AuditLog for SledAudit {
             let checked = expected - 1;
             let page = match Page::from_item(item) {
                 Ok(page) => page,
-                Err(AuditError::Corrupt { .. }) => {
-                    return Ok(fail(
-                        expected,
-                        checked,
-                        "a page has a malformed key".into(),
-                        &prev,
-                    ));
+                Err(AuditError::Corrupt { message, .. }) => {
+                    return Ok(fail(expected, checked, message, &prev));
                 }
                 Err(e) => return Err(e),
             };
@@ -1431,6 +1434,28 @@ mod tests {
         panic!("the store stayed locked for 3 s after it was dropped");
     }
 
+    /// A closed strict store of `n` decisions: each record its own page.
+    fn strict_store(dir: &Path, n: u64) {
+        let audit = SledAudit::open(dir, Durability::Strict).unwrap();
+        for i in 0..n {
+            audit.append(decision(i)).unwrap();
+        }
+    }
+
+    /// Runs `f` on the `records` tree of the closed store in `dir`, then
+    /// flushes: an edit by someone with write access to the directory.
+    fn with_records_tree<T>(dir: &Path, f: impl Fn(&sled::Tree) -> Result<T, AuditError>) -> T {
+        reopen(|| {
+            let db = sled::open(dir).map_err(|e| AuditError::Open {
+                path: String::new(),
+                source: e,
+            })?;
+            let out = f(&db.open_tree("records")?)?;
+            db.flush()?;
+            Ok(out)
+        })
+    }
+
     fn decision(n: u64) -> AuditRecord {
         AuditRecord {
             event: "decision".into(),
@@ -1556,11 +1581,7 @@ mod tests {
     #[test]
     fn opening_a_store_to_read_it_leaves_its_files_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        let audit = SledAudit::open(dir.path(), Durability::Strict).unwrap();
-        for i in 0..40 {
-            audit.append(decision(i)).unwrap();
-        }
-        drop(audit);
+        strict_store(dir.path(), 40);
         let snapshot = || {
             let mut files = BTreeMap::new();
             let mut dirs = vec![dir.path().to_path_buf()];
@@ -1609,28 +1630,56 @@ mod tests {
         }
     }
 
+    /// A page written before compression reads and verifies beside
+    /// compressed ones; a byte flipped in a compressed page is named.
+    #[test]
+    fn uncompressed_pages_still_read_and_damaged_compressed_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 4);
+        let rewrite = |seq: u64, f: &dyn Fn(Vec<u8>) -> Vec<u8>| {
+            with_records_tree(dir.path(), |records| {
+                let value = records.get(seq_key(seq))?.expect("the page").to_vec();
+                assert_eq!(value[0], b'Z', "stored compressed");
+                records.insert(seq_key(seq), f(value))?;
+                Ok(())
+            })
+        };
+        rewrite(2, &|v| page::open(&v).unwrap().into_owned());
+        let store = reopen(|| SledAudit::open_read_only(dir.path()));
+        let mut seqs = Vec::new();
+        store
+            .scan(&AuditFilter::default(), &mut |r| {
+                seqs.push(r.seq);
+                true
+            })
+            .unwrap();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let report = store.verify().unwrap();
+        assert!(report.ok, "{report:?}");
+        drop(store);
+        rewrite(3, &|mut v| {
+            let at = v.len() / 2;
+            v[at] ^= 0x5a;
+            v
+        });
+        let report = reopen(|| SledAudit::open_read_only(dir.path()))
+            .verify()
+            .unwrap();
+        assert!(!report.ok, "{report:?}");
+        assert_eq!(report.first_bad_seq, 3, "{report:?}");
+    }
+
     /// A page moved under a longer key sorts among the pages where its seq
     /// does not belong: lookups would miss it while a walk still chains.
     #[test]
     fn a_page_under_a_key_of_the_wrong_length_is_reported() {
         for moved in [2u64, 3] {
             let dir = tempfile::tempdir().unwrap();
-            let audit = SledAudit::open(dir.path(), Durability::Strict).unwrap();
-            for i in 0..3 {
-                audit.append(decision(i)).unwrap();
-            }
-            drop(audit);
-            // Strict mode stores each record as its own page: 1, 2, 3. The
-            // moved page goes under key(moved - 1) ‖ key(moved).
-            reopen(|| {
-                let db = sled::open(dir.path()).map_err(|e| AuditError::Open {
-                    path: String::new(),
-                    source: e,
-                })?;
-                let records = db.open_tree("records")?;
+            strict_store(dir.path(), 3);
+            // The moved page goes under key(moved - 1) ‖ key(moved).
+            with_records_tree(dir.path(), |records| {
                 let page = records.remove(seq_key(moved))?.expect("the page");
                 records.insert([seq_key(moved - 1), seq_key(moved)].concat(), page)?;
-                db.flush()?;
                 Ok(())
             });
             let opened = loop {

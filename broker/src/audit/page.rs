@@ -1,13 +1,18 @@
 //! How records lie in sled: a *page* is one value holding consecutive
 //! records, keyed by the big-endian seq of its first one. Each record in it is
 //! framed as `len: u32 BE ‖ sha256(body) ‖ body`, where `body` is the record's
-//! canonical JSON.
+//! canonical JSON, and the frames are stored LZ4-compressed:
+//! `COMPRESSED ‖ raw length: u32 BE ‖ LZ4 block` (`seal`, `open`). Pages
+//! written before compression (their first byte is a length's high byte, 0)
+//! are read as they are.
 //!
 //! Why pages: a sled insert costs ~23 µs of CPU for a 1 KiB value, about the
 //! same as for a 25 KiB one, and the store's work is what bounds a busy broker
 //! (BENCHMARKS.md). A store of the batched queue writes its records as pages
-//! of up to `MAX_RECORDS` and `MAX_BYTES`; strict mode stores each record as
-//! a page of one.
+//! of up to `MAX_RECORDS` and `MAX_BYTES` stored; strict mode stores each
+//! record as a page of one. Why compressed: consecutive records repeat most
+//! of their fields (sandbox, labels, process, policy revision), so 32 records
+//! of ~1 KiB take ~5 KiB; uncompressed, `MAX_BYTES` held six or seven.
 //!
 //! Tamper evidence does not depend on the framing: every record still carries
 //! its seq and its predecessor's hash inside its hashed body, and `verify`
@@ -18,7 +23,7 @@ use std::path::Path;
 /// Records per page at most.
 pub(super) const MAX_RECORDS: usize = 32;
 
-/// Bytes per page at most (unless one record is larger). sled splits a leaf
+/// Stored bytes per page at most (unless one record is larger). sled splits a leaf
 /// at 17 entries whatever their size, and writes a leaf of more than a
 /// quarter segment (128 KiB by default) as a separate blob file. Leaves of
 /// 25–50 KiB pages took that path, on which a full disk made sled lose
@@ -26,9 +31,84 @@ pub(super) const MAX_RECORDS: usize = 32;
 /// inline, as single records always did.
 pub(super) const MAX_BYTES: usize = 6 * 1024;
 
-/// What `push` adds for a body.
-pub(super) fn framed_len(body: &[u8]) -> usize {
-    4 + 32 + body.len()
+/// The first byte of a compressed page.
+const COMPRESSED: u8 = b'Z';
+
+/// A page's frames at most, uncompressed: 32 records far larger than any
+/// bounded request makes. A stored length beyond it is damage, not a reason
+/// to allocate.
+const MAX_RAW: usize = 64 << 20;
+
+/// A page's frames as stored.
+pub(super) fn seal(frames: &[u8]) -> Vec<u8> {
+    let block = lz4_flex::block::compress(frames);
+    let mut value = Vec::with_capacity(5 + block.len());
+    value.push(COMPRESSED);
+    // Pages are built from at most MAX_RECORDS bounded records.
+    let len = u32::try_from(frames.len()).unwrap_or(u32::MAX);
+    value.extend_from_slice(&len.to_be_bytes());
+    value.extend_from_slice(&block);
+    value
+}
+
+/// A stored page's frames.
+pub(super) fn open(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    match value.split_first() {
+        Some((&COMPRESSED, rest)) => {
+            let Some((len, block)) = rest.split_first_chunk::<4>() else {
+                return Err("the page's length is truncated".into());
+            };
+            let len = u32::from_be_bytes(*len) as usize;
+            if len > MAX_RAW {
+                return Err(format!("the page claims {len} bytes"));
+            }
+            let mut frames = vec![0; len];
+            match lz4_flex::block::decompress_into(block, &mut frames) {
+                Ok(n) if n == len => Ok(frames.into()),
+                Ok(n) => Err(format!("the page holds {n} bytes, not {len}")),
+                Err(e) => Err(format!("the page does not decompress: {e}")),
+            }
+        }
+        // Written uncompressed (the first byte of a frame's length).
+        Some((0, _)) => Ok(value.into()),
+        Some((b, _)) => Err(format!("the page starts with an unknown byte {b:#04x}")),
+        None => Err("the page is empty".into()),
+    }
+}
+
+/// One record to store: its seq, hash and body.
+pub(super) struct Hashed {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub body: Vec<u8>,
+}
+
+/// `records` as stored pages, `(first seq, value, records in it)`: as many
+/// consecutive records per page as fit `MAX_BYTES` once compressed (a page
+/// that does not is split in two).
+pub(super) fn pack(records: &[Hashed]) -> Vec<(u64, Vec<u8>, usize)> {
+    fn go(records: &[Hashed], out: &mut Vec<(u64, Vec<u8>, usize)>) {
+        let Some(first) = records.first() else {
+            return;
+        };
+        let mut frames = Vec::new();
+        for r in records {
+            push(&mut frames, &r.hash, &r.body);
+        }
+        let value = seal(&frames);
+        if value.len() <= MAX_BYTES || records.len() == 1 {
+            out.push((first.seq, value, records.len()));
+        } else {
+            let (a, b) = records.split_at(records.len() / 2);
+            go(a, out);
+            go(b, out);
+        }
+    }
+    let mut out = Vec::new();
+    for chunk in records.chunks(MAX_RECORDS) {
+        go(chunk, &mut out);
+    }
+    out
 }
 
 /// A record's bytes inside a page.
@@ -52,7 +132,7 @@ pub(super) fn seq_of(key: &[u8]) -> Option<u64> {
 }
 
 /// Appends one framed record to a page under construction.
-pub(super) fn push(page: &mut Vec<u8>, hash: &[u8; 32], body: &[u8]) {
+fn push(page: &mut Vec<u8>, hash: &[u8; 32], body: &[u8]) {
     // Bodies are JSON of bounded requests (paths ≤ PATH_MAX, argv capped), far
     // below 4 GiB.
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
@@ -109,7 +189,8 @@ pub mod tamper {
             .ok_or("no page holds that record")?
             .map_err(|e| e.to_string())?;
         let first = seq_of(&k).ok_or("malformed page key")?;
-        let mut list: Vec<(Vec<u8>, Vec<u8>)> = entries(&v)?
+        let frames = open(&v)?;
+        let mut list: Vec<(Vec<u8>, Vec<u8>)> = entries(&frames)?
             .into_iter()
             .map(|e| (e.hash.to_vec(), e.body.to_vec()))
             .collect();
@@ -135,10 +216,80 @@ pub mod tamper {
                 push(&mut page, &hash, body);
             }
             records
-                .insert(key(new_first), page)
+                .insert(key(new_first), seal(&page))
                 .map_err(|e| e.to_string())?;
         }
         db.flush().map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, len: usize) -> Hashed {
+        // Repetitive like real records, with a varying tail.
+        let mut body = format!("{{\"seq\":{seq},\"path\":\"/work/file-{seq}\"").into_bytes();
+        body.extend(std::iter::repeat_n(b'x', len.saturating_sub(body.len())));
+        Hashed {
+            seq,
+            hash: [seq as u8; 32],
+            body,
+        }
+    }
+
+    fn frames_of(records: &[Hashed]) -> Vec<u8> {
+        let mut frames = Vec::new();
+        for r in records {
+            push(&mut frames, &r.hash, &r.body);
+        }
+        frames
+    }
+
+    #[test]
+    fn pages_fit_the_cap_keep_order_and_read_back() {
+        for (count, len) in [(1, 100), (32, 1000), (70, 900), (5, 20_000), (40, 3000)] {
+            let records: Vec<Hashed> = (1..=count).map(|s| record(s, len)).collect();
+            let pages = pack(&records);
+            let mut next = 0usize;
+            for (first, value, n) in &pages {
+                assert_eq!(*first, records[next].seq);
+                assert!(*n <= MAX_RECORDS);
+                assert!(
+                    value.len() <= MAX_BYTES || *n == 1,
+                    "{n} records in {} bytes",
+                    value.len()
+                );
+                let frames = open(value).unwrap();
+                assert_eq!(
+                    frames.as_ref(),
+                    frames_of(&records[next..next + n]).as_slice()
+                );
+                next += n;
+            }
+            assert_eq!(next, records.len());
+        }
+        // Records like a decision's: 32 of ~1 KiB in one page.
+        let records: Vec<Hashed> = (1..=32).map(|s| record(s, 1000)).collect();
+        assert_eq!(pack(&records).len(), 1);
+    }
+
+    #[test]
+    fn uncompressed_pages_read_as_they_are_and_damage_is_named() {
+        let records: Vec<Hashed> = (1..=3).map(|s| record(s, 200)).collect();
+        let raw = frames_of(&records);
+        assert_eq!(open(&raw).unwrap().as_ref(), raw.as_slice());
+        let sealed = seal(&raw);
+        // A claimed length beyond any page: refused before allocating it.
+        let mut huge = sealed.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(open(&huge).unwrap_err().contains("claims"));
+        let mut short = sealed.clone();
+        short[1..5].copy_from_slice(&((raw.len() + 1) as u32).to_be_bytes());
+        assert!(open(&short).is_err());
+        assert!(open(&sealed[..sealed.len() - 3]).is_err());
+        assert!(open(&[]).is_err());
+        assert!(open(&[7, 1, 2]).unwrap_err().contains("unknown byte"));
     }
 }
