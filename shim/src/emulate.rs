@@ -24,8 +24,15 @@ use nix::{
 
 use crate::resolve::Found;
 
-/// Opens what the lookup found, with the tool's open flags.
-pub fn open_found(found: &Found, flags: i32, mode: u32, umask: u32) -> Result<OwnedFd, Errno> {
+/// Opens what the lookup found, with the tool's open flags. `kind` is the
+/// file type of an existing file (`st_mode & S_IFMT`), as the caller read it.
+pub fn open_found(
+    found: &Found,
+    kind: Option<u32>,
+    flags: i32,
+    mode: u32,
+    umask: u32,
+) -> Result<OwnedFd, Errno> {
     // Never let the supervisor acquire a controlling terminal; our copy is
     // closed once injected, so close-on-exec is only about our own children.
     let base = OFlag::from_bits_retain(flags) | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
@@ -34,19 +41,25 @@ pub fn open_found(found: &Found, flags: i32, mode: u32, umask: u32) -> Result<Ow
             if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
                 return Err(Errno::EEXIST);
             }
-            let st = nix::sys::stat::fstat(fd)?;
-            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            let kind = match kind {
+                Some(kind) => kind,
+                None => nix::sys::stat::fstat(fd)?.st_mode & libc::S_IFMT,
+            };
+            if kind == libc::S_IFLNK {
                 // O_NOFOLLOW on a symlink, as the kernel says it.
                 return Err(Errno::ELOOP);
             }
             // Reopening through our O_PATH fd opens the very inode we checked.
             // (O_TMPFILE creates in that directory: it needs the mode.)
             let flags = base & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW);
-            open(
-                format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
-                flags,
-                Mode::from_bits_truncate(mode & 0o7777 & !umask),
-            )
+            let mode = Mode::from_bits_truncate(mode & 0o7777 & !umask);
+            let name = fd.as_raw_fd().to_string();
+            match crate::resolve::own_fd_dir() {
+                // Relative to the kept `/proc/self/fd`: no walk through
+                // `/proc/self` per call.
+                Some(dir) => openat(dir, name.as_str(), flags, mode),
+                None => open(format!("/proc/self/fd/{name}").as_str(), flags, mode),
+            }
         }
         Found::Missing { parent, name } => {
             let mode = Mode::from_bits_truncate(mode & 0o7777 & !umask);

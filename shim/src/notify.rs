@@ -707,8 +707,8 @@ impl Supervisor {
             let _ = self.listener.allow_continue(n.id);
             return Ok(());
         }
-        let blocking_fifo = flags & libc::O_NONBLOCK == 0
-            && existing.is_some_and(|(kind, _)| kind == libc::S_IFIFO);
+        let kind = existing.map(|(kind, _)| kind);
+        let blocking_fifo = flags & libc::O_NONBLOCK == 0 && kind == Some(libc::S_IFIFO);
         // The umask (shared between threads, so not kept) only for a file
         // this open may create.
         let umask = if creates || is_tmpfile {
@@ -723,7 +723,7 @@ impl Supervisor {
             let mode = call.mode;
             let open = move |creds: &Creds, mine: &Creds, found: &Found| {
                 with_creds(creds, mine, || {
-                    emulate::open_found(found, flags, mode, umask)
+                    emulate::open_found(found, kind, flags, mode, umask)
                 })
                 .and_then(|r| r)
             };

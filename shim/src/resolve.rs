@@ -69,7 +69,7 @@ pub fn fd_path(fd: &impl AsRawFd) -> Option<Vec<u8>> {
 /// user's worker) opens its own instead of reading its parent's fds. Only
 /// `try_lock`: a child forked while another thread held the lock must not
 /// wait for it forever; it falls back to the path, as does a contended call.
-fn own_fd_dir() -> Option<std::os::fd::BorrowedFd<'static>> {
+pub fn own_fd_dir() -> Option<std::os::fd::BorrowedFd<'static>> {
     static DIR: std::sync::Mutex<Option<(u32, &'static OwnedFd)>> = std::sync::Mutex::new(None);
     let pid = std::process::id();
     let mut dir = DIR.try_lock().ok()?;
