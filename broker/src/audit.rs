@@ -73,6 +73,10 @@ pub enum AuditError {
         "audit store at {path} was written by an earlier cordon (one record per key); this version stores records in pages and cannot append to or read it: keep it with the cordon that wrote it, and start a new store"
     )]
     OldFormat { path: String },
+    #[error(
+        "audit store at {path} has format {format:?}, which this cordon does not know (a newer cordon wrote it?): read it with that cordon"
+    )]
+    UnknownFormat { path: String, format: String },
 }
 
 /// When an append returns.
@@ -417,7 +421,12 @@ const INDEXED_KEY: &[u8] = b"indexed";
 /// Marks a store whose records are in pages; stores written before pages have
 /// no mark and one record per key.
 const FORMAT_KEY: &[u8] = b"format";
+/// Pages, uncompressed (session 5's cordon): still read, and marked
+/// `FORMAT_PAGES_LZ4` once opened to append.
 const FORMAT_PAGES: &[u8] = b"pages";
+/// Pages, compressed. An older cordon refuses a store so marked instead of
+/// taking a compressed page for damage.
+const FORMAT_PAGES_LZ4: &[u8] = b"pages-lz4";
 
 fn seq_key(seq: u64) -> [u8; 8] {
     page::key(seq)
@@ -545,12 +554,24 @@ impl SledAudit {
         let meta = db.open_tree("meta").map_err(open_err)?;
         let format = meta.get(FORMAT_KEY).map_err(open_err)?;
         let (next_seq, last_hash, last_time_ns) = match records.last().map_err(open_err)? {
-            Some(_) if format.as_deref() != Some(FORMAT_PAGES) => {
+            Some(_) if format.is_none() => {
                 return Err(AuditError::OldFormat {
                     path: dir.display().to_string(),
                 });
             }
+            Some(_) if !matches!(format.as_deref(), Some(FORMAT_PAGES | FORMAT_PAGES_LZ4)) => {
+                return Err(AuditError::UnknownFormat {
+                    path: dir.display().to_string(),
+                    format: String::from_utf8_lossy(format.as_deref().unwrap_or_default())
+                        .into_owned(),
+                });
+            }
             Some(item) => {
+                if !read_only && format.as_deref() == Some(FORMAT_PAGES) {
+                    // Compressed pages follow: an older cordon must not read on.
+                    meta.insert(FORMAT_KEY, FORMAT_PAGES_LZ4)
+                        .map_err(open_err)?;
+                }
                 let page = Page::from_item(Ok(item))?;
                 let (seq, last) = page.records()?.last().ok_or_else(|| AuditError::Corrupt {
                     seq: page.first,
@@ -565,8 +586,9 @@ impl SledAudit {
                 (next, h, r.time_ns())
             }
             None => {
-                if !read_only && format.is_none() {
-                    meta.insert(FORMAT_KEY, FORMAT_PAGES).map_err(open_err)?;
+                if !read_only && format.as_deref() != Some(FORMAT_PAGES_LZ4) {
+                    meta.insert(FORMAT_KEY, FORMAT_PAGES_LZ4)
+                        .map_err(open_err)?;
                 }
                 (1, [0u8; 32], 0)
             }
@@ -690,7 +712,13 @@ impl Inner {
         let mut pending = Vec::new();
         // Whole pages: a page's index entries are written together.
         for item in self.records.range(self.page_key_of(indexed + 1)?..) {
-            let page = Page::from_item(item)?;
+            // A damaged page is skipped (verify names it), not a reason to
+            // refuse the store.
+            let page = match Page::from_item(item) {
+                Ok(page) => page,
+                Err(AuditError::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             let Ok(records) = page.records() else {
                 continue;
             };
@@ -1738,6 +1766,48 @@ mod tests {
         drop(audit);
         let audit = reopen(|| SledAudit::open(fresh.path(), Durability::Strict));
         assert_eq!(audit.last_seq(), 1);
+    }
+
+    /// A store of uncompressed pages (session 5) is read as it is, marked
+    /// compressed only when opened to append (so an older cordon then
+    /// refuses it rather than misreading it), and an unknown mark is refused.
+    #[test]
+    fn format_marks_follow_what_the_store_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 2);
+        // Sets (or only reads) the store's mark, the store closed.
+        let mark = |value: Option<&[u8]>| {
+            reopen(|| {
+                let db = sled::open(dir.path()).map_err(|e| AuditError::Open {
+                    path: String::new(),
+                    source: e,
+                })?;
+                let meta = db.open_tree("meta")?;
+                if let Some(v) = value {
+                    meta.insert(FORMAT_KEY, v)?;
+                    db.flush()?;
+                }
+                Ok(meta.get(FORMAT_KEY)?.map(|v| v.to_vec()))
+            })
+        };
+        assert_eq!(mark(None).as_deref(), Some(FORMAT_PAGES_LZ4));
+        mark(Some(FORMAT_PAGES));
+        let report = reopen(|| SledAudit::open_read_only(dir.path()))
+            .verify()
+            .unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(mark(None).as_deref(), Some(FORMAT_PAGES), "read-only");
+        let audit = reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+        audit.append(decision(3)).unwrap();
+        drop(audit);
+        assert_eq!(mark(None).as_deref(), Some(FORMAT_PAGES_LZ4));
+        mark(Some(b"pages-zstd"));
+        let refused = reopen(|| match SledAudit::open_read_only(dir.path()) {
+            Err(e @ AuditError::UnknownFormat { .. }) => Ok(e),
+            Err(e) => Err(e),
+            Ok(_) => panic!("a store of an unknown format was opened"),
+        });
+        assert!(refused.to_string().contains("\"pages-zstd\""), "{refused}");
     }
 
     #[test]

@@ -108,6 +108,8 @@ struct TaskFiles {
     /// A pidfd on the thread, opened before `dir` and checked after it.
     pidfd: Option<OwnedFd>,
     comm: fs::File,
+    /// Reread with `pread`: opening it each time doubled the cost of a read.
+    status: fs::File,
     kept: Option<Kept>,
 }
 
@@ -129,7 +131,7 @@ struct Cached {
     buf: Vec<u8>,
 }
 
-/// Tasks whose files are kept (three fds each): few enough that a
+/// Tasks whose files are kept (four fds each): few enough that a
 /// fork-heavy tool cannot exhaust our fds.
 const MAX_CACHED_TASKS: usize = 64;
 
@@ -153,12 +155,8 @@ fn read_whole<'a>(file: &fs::File, buf: &'a mut Vec<u8>) -> Result<&'a [u8], Err
     }
 }
 
-fn status_text(dir: &OwnedFd, buf: &mut Vec<u8>) -> Result<String, Errno> {
-    let file = fs::File::from(open_in(dir, "status")?);
-    let bytes = read_whole(&file, buf)?;
-    std::str::from_utf8(bytes)
-        .map(str::to_owned)
-        .map_err(|_| missing())
+fn status_text<'a>(file: &fs::File, buf: &'a mut Vec<u8>) -> Result<&'a str, Errno> {
+    std::str::from_utf8(read_whole(file, buf)?).map_err(|_| missing())
 }
 
 /// The policy may key on exe or cwd: one it cannot be told (a cwd deeper
@@ -170,12 +168,14 @@ fn link(dir: &OwnedFd, what: &str) -> Result<Vec<u8>, Errno> {
 }
 
 impl TaskFiles {
-    fn open(tid: i32, with_pidfd: bool) -> Result<TaskFiles, Errno> {
+    /// `Ok(None)` when a thread pidfd was asked for and this kernel has no
+    /// `PIDFD_THREAD` (Linux 6.9).
+    fn open(tid: i32, with_pidfd: bool) -> Result<Option<TaskFiles>, Errno> {
         let pidfd = if with_pidfd {
             match sys::pidfd_open_thread(tid) {
                 Ok(fd) => Some(fd),
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(missing()),
-                Err(_) => None, // no PIDFD_THREAD: read per call
+                Err(_) => return Ok(None),
             }
         } else {
             None
@@ -189,12 +189,14 @@ impl TaskFiles {
         )
         .map_err(|_| missing())?;
         let comm = open_in(&dir, "comm")?.into();
-        Ok(TaskFiles {
+        let status = open_in(&dir, "status")?.into();
+        Ok(Some(TaskFiles {
             dir,
             pidfd,
             comm,
+            status,
             kept: None,
-        })
+        }))
     }
 
     /// The task's name: `comm` without its newline (raw bytes, where the
@@ -209,8 +211,9 @@ impl TaskFiles {
 /// How a read of a task through its kept files went.
 enum Read {
     Task(Task),
-    /// The kernel has no `PIDFD_GET_INFO`: read everything per call.
-    NoPidfdInfo,
+    /// The kernel has no `PIDFD_GET_INFO` or `PIDFD_THREAD`: read everything
+    /// per call.
+    PerCall,
 }
 
 impl TaskCache {
@@ -229,33 +232,49 @@ impl TaskCache {
         use std::sync::atomic::Ordering;
         let mut cached = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let Cached { files, buf } = &mut *cached;
+        // Twice at most: kept files that fail with ESRCH may be a dead
+        // task's whose tid was reused; fresh ones settle it.
         for _ in 0..2 {
             let per_call = self.per_call.load(Ordering::Relaxed);
             if !files.contains_key(&tid) {
                 if files.len() >= MAX_CACHED_TASKS {
                     files.clear();
                 }
-                files.insert(tid, TaskFiles::open(tid, !per_call)?);
+                match TaskFiles::open(tid, !per_call)? {
+                    Some(task) => {
+                        files.insert(tid, task);
+                    }
+                    None => {
+                        self.read_per_call(files);
+                        continue;
+                    }
+                }
             }
-            let task = files.get_mut(&tid).expect("just inserted");
+            let task = files.get_mut(&tid).expect("present or just inserted");
             let read = match &task.pidfd {
                 Some(_) if !per_call => self.read_kept(tid, task, buf),
                 _ => Task::read_all(tid, task, buf).map(Read::Task),
             };
             match read {
                 Ok(Read::Task(t)) => return Ok(t),
-                Ok(Read::NoPidfdInfo) => {
-                    tracing::debug!("no PIDFD_GET_INFO: reading /proc/TID/status per call");
-                    self.per_call.store(true, Ordering::Relaxed);
-                    files.clear();
-                }
-                // Gone, or a reused tid whose files name the dead task.
-                Err(_) => {
+                Ok(Read::PerCall) => self.read_per_call(files),
+                Err(Errno::ESRCH) => {
                     files.remove(&tid);
                 }
+                // An unreadable link (`EACCES`): the caller's answer.
+                Err(e) => return Err(e),
             }
         }
         Err(missing())
+    }
+
+    /// From now on, everything per call (the kernel lacks what keeping
+    /// needs).
+    fn read_per_call(&self, files: &mut std::collections::HashMap<i32, TaskFiles>) {
+        tracing::debug!("no PIDFD_GET_INFO or PIDFD_THREAD: reading /proc/TID/status per call");
+        self.per_call
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        files.clear();
     }
 
     fn read_kept(&self, tid: i32, task: &mut TaskFiles, buf: &mut Vec<u8>) -> Result<Read, Errno> {
@@ -265,7 +284,7 @@ impl TaskCache {
         let ids = match sys::pidfd_task_ids(pidfd) {
             Ok(ids) => ids,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(missing()),
-            Err(_) => return Ok(Read::NoPidfdInfo),
+            Err(_) => return Ok(Read::PerCall),
         };
         let fresh = task
             .kept
@@ -273,8 +292,7 @@ impl TaskCache {
             .is_some_and(|k| k.generation == generation && k.ids == ids);
         if !fresh {
             task.kept = None;
-            let status = status_text(&task.dir, buf)?;
-            let (from_status, creds) = Task::ids_from_status(&status)?;
+            let (from_status, creds) = Task::ids_from_status(status_text(&task.status, buf)?)?;
             let exe = link(&task.dir, "exe")?;
             if from_status != ids {
                 // Changed between the two reads: use this call's status and
@@ -313,11 +331,11 @@ impl TaskCache {
     pub fn umask(&self, tid: i32) -> Result<u32, Errno> {
         let mut cached = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let Cached { files, buf } = &mut *cached;
-        let status = match files.get(&tid) {
-            Some(task) => status_text(&task.dir, buf),
-            None => fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| missing()),
-        }?;
-        Ok(field(&status, "Umask")
+        // The entry `inspect` made for this call (by tid alone, the file
+        // could be a later task's).
+        let task = files.get(&tid).ok_or_else(missing)?;
+        let status = status_text(&task.status, buf)?;
+        Ok(field(status, "Umask")
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .unwrap_or(0o022))
     }
@@ -342,8 +360,7 @@ impl Task {
 
     /// Everything read now, from the status file and the links.
     fn read_all(tid: i32, task: &TaskFiles, buf: &mut Vec<u8>) -> Result<Task, Errno> {
-        let status = status_text(&task.dir, buf)?;
-        let (ids, creds) = Task::ids_from_status(&status)?;
+        let (ids, creds) = Task::ids_from_status(status_text(&task.status, buf)?)?;
         Ok(Task {
             tid,
             tgid: ids.tgid,
@@ -462,6 +479,20 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
 mod tests {
     use super::*;
 
+    /// Waits until task `tid` has exec'd `/bin/sleep`; its canonical path.
+    fn until_sleep_runs(tid: i32) -> std::path::PathBuf {
+        let sleep = fs::canonicalize("/bin/sleep").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_link(format!("/proc/{tid}/exe")).ok().as_deref() != Some(sleep.as_path()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never ran sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        sleep
+    }
+
     /// A task as the cache tells it (ids from `PIDFD_GET_INFO`, the rest
     /// kept) and as `/proc` tells it per call: the same, and again after an
     /// invalidation and from the kept values.
@@ -474,16 +505,7 @@ mod tests {
             .spawn()
             .unwrap();
         let tid = child.id() as i32;
-        // Until the exec has happened (exe is sleep's).
-        let sleep = fs::canonicalize("/bin/sleep").unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while fs::read_link(format!("/proc/{tid}/exe")).ok().as_deref() != Some(sleep.as_path()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the child never ran sleep"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let sleep = until_sleep_runs(tid);
         let kept = TaskCache::default();
         let per_call = TaskCache::default();
         per_call
@@ -523,6 +545,38 @@ mod tests {
         // Gone: no answer from its files, kept or not.
         assert_eq!(kept.inspect(tid).map(|_| ()), Err(Errno::ESRCH));
         assert_eq!(per_call.inspect(tid).map(|_| ()), Err(Errno::ESRCH));
+    }
+
+    /// A working directory whose path is longer than a page cannot be told
+    /// to the policy: `EACCES`, the caller's answer, not "no such process".
+    #[test]
+    fn an_unreadable_cwd_is_eacces_kept_or_per_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "d".repeat(200);
+        // Relative chdirs one level at a time (a shell's `cd` would hand the
+        // kernel the whole path).
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                &format!(
+                    "import os\nfor _ in range(25):\n    os.mkdir('{name}'); os.chdir('{name}')\n\
+                     os.execv('/bin/sleep', ['sleep', '30'])"
+                ),
+            ])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let tid = child.id() as i32;
+        until_sleep_runs(tid);
+        let per_call = TaskCache::default();
+        per_call
+            .per_call
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for cache in [TaskCache::default(), per_call] {
+            assert_eq!(cache.inspect(tid).map(|_| ()), Err(Errno::EACCES));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -209,9 +209,10 @@ struct PidfdInfo {
 pub fn pidfd_task_ids(pidfd: &OwnedFd) -> io::Result<TaskIds> {
     const PIDFD_INFO_PID: u64 = 1;
     const PIDFD_INFO_CREDS: u64 = 2;
-    // _IOWR(0xFF, 11, struct pidfd_info)
-    const PIDFD_GET_INFO: libc::c_ulong =
-        (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
+    // _IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info), as this architecture
+    // encodes it.
+    const PIDFD_GET_INFO: nix::sys::ioctl::ioctl_num_type =
+        nix::request_code_readwrite!(0xFF, 11, std::mem::size_of::<PidfdInfo>());
     let mut info = PidfdInfo {
         mask: PIDFD_INFO_CREDS,
         ..PidfdInfo::default()

@@ -59,8 +59,13 @@ pub(super) fn open(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
                 return Err("the page's length is truncated".into());
             };
             let len = u32::from_be_bytes(*len) as usize;
-            if len > MAX_RAW {
-                return Err(format!("the page claims {len} bytes"));
+            // LZ4 expands a block at most ~255-fold: a larger claim is
+            // damage, refused before allocating it.
+            if len > MAX_RAW || len > block.len().saturating_mul(255).saturating_add(16) {
+                return Err(format!(
+                    "the page claims {len} bytes from {} compressed",
+                    block.len()
+                ));
             }
             let mut frames = vec![0; len];
             match lz4_flex::block::decompress_into(block, &mut frames) {
@@ -96,9 +101,13 @@ pub(super) fn pack(records: &[Hashed]) -> Vec<(u64, Vec<u8>, usize)> {
             push(&mut frames, &r.hash, &r.body);
         }
         let value = seal(&frames);
+        drop(frames);
         if value.len() <= MAX_BYTES || records.len() == 1 {
             out.push((first.seq, value, records.len()));
         } else {
+            // Halves until each fits (a record too large alone is a page of
+            // its own): at most log2(MAX_RECORDS) rounds of compression.
+            drop(value);
             let (a, b) = records.split_at(records.len() / 2);
             go(a, out);
             go(b, out);
