@@ -56,8 +56,9 @@ pub fn impure_builtin(text: &str) -> Option<&'static str> {
     })
 }
 
-/// Inputs whose JSON is longer than this are evaluated every time: an exec
-/// with a long argv is rare and would make the memo large.
+/// Inputs whose key encoding (about their JSON's length) is longer than
+/// this are evaluated every time: an exec with a long argv is rare and would
+/// make the memo large.
 pub const MAX_MEMO_INPUT: usize = 8 * 1024;
 
 /// A bounded map from an input document (the SHA-256 of its JSON text) to a
@@ -77,13 +78,19 @@ impl<V: Clone> Memo<V> {
         }
     }
 
-    /// The key of an input: the SHA-256 of its JSON text (32 bytes however
-    /// long the input), or none for an input longer than [`MAX_MEMO_INPUT`].
-    /// Two inputs with the same content built in a different key order
-    /// merely miss.
+    /// The key of an input: the SHA-256 of an unambiguous encoding of the
+    /// whole document (32 bytes however long the input), or none for an
+    /// input longer than [`MAX_MEMO_INPUT`]. The encoding walks the tree
+    /// (a tag per value, lengths before strings and containers), so two
+    /// different documents never share it; it costs a fraction of printing
+    /// the JSON, which was most of a memo hit.
     pub fn key(input: &serde_json::Value) -> Option<[u8; 32]> {
-        let text = input.to_string();
-        (text.len() <= MAX_MEMO_INPUT).then(|| Sha256::digest(text.as_bytes()).into())
+        let mut hasher = KeyHasher {
+            sha: Sha256::new(),
+            len: 0,
+        };
+        hasher.value(input);
+        (hasher.len <= MAX_MEMO_INPUT).then(|| hasher.sha.finalize().into())
     }
 
     pub fn get(&self, key: &[u8; 32]) -> Option<V> {
@@ -111,6 +118,67 @@ impl<V: Clone> Memo<V> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], V>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Feeds [`Memo::key`]'s encoding to SHA-256, counting its bytes.
+struct KeyHasher {
+    sha: Sha256,
+    len: usize,
+}
+
+impl KeyHasher {
+    fn bytes(&mut self, b: &[u8]) {
+        self.len += b.len();
+        self.sha.update(b);
+    }
+
+    fn tagged(&mut self, tag: u8, len: usize) {
+        self.bytes(&[tag]);
+        self.bytes(&(len as u64).to_le_bytes());
+    }
+
+    fn str(&mut self, tag: u8, s: &str) {
+        self.tagged(tag, s.len());
+        self.bytes(s.as_bytes());
+    }
+
+    fn value(&mut self, v: &serde_json::Value) {
+        use serde_json::Value;
+        // Past the limit the key is discarded: stop hashing.
+        if self.len > MAX_MEMO_INPUT {
+            return;
+        }
+        match v {
+            Value::Null => self.bytes(b"n"),
+            Value::Bool(b) => self.bytes(if *b { b"t" } else { b"f" }),
+            Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    self.bytes(b"i");
+                    self.bytes(&i.to_le_bytes());
+                } else if let Some(u) = n.as_u64() {
+                    self.bytes(b"u");
+                    self.bytes(&u.to_le_bytes());
+                } else {
+                    self.bytes(b"d");
+                    self.bytes(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
+                }
+            }
+            Value::String(s) => self.str(b's', s),
+            Value::Array(items) => {
+                self.tagged(b'a', items.len());
+                for item in items {
+                    self.value(item);
+                }
+            }
+            Value::Object(map) => {
+                self.tagged(b'o', map.len());
+                for (k, item) in map {
+                    self.str(b'k', k);
+                    self.value(item);
+                }
+            }
+        }
     }
 }
 
@@ -160,5 +228,30 @@ mod tests {
         assert!(Memo::<bool>::key(&a).is_some());
         let long = serde_json::json!({"exec": {"argv": ["x".repeat(MAX_MEMO_INPUT)]}});
         assert_eq!(Memo::<bool>::key(&long), None);
+        // Documents that print alike in parts but differ in shape, type or
+        // boundaries have different keys.
+        let distinct = [
+            serde_json::json!({"a": "bc"}),
+            serde_json::json!({"ab": "c"}),
+            serde_json::json!({"a": ["bc"]}),
+            serde_json::json!({"a": ["b", "c"]}),
+            serde_json::json!({"a": 1}),
+            serde_json::json!({"a": 1.0}),
+            serde_json::json!({"a": "1"}),
+            serde_json::json!({"a": -1}),
+            serde_json::json!({"a": u64::MAX}),
+            serde_json::json!({"a": true}),
+            serde_json::json!({"a": null}),
+            serde_json::json!({"a": {}}),
+            serde_json::json!({"a": []}),
+            serde_json::json!({"a": {"b": null}}),
+            serde_json::json!({"a": null, "b": null}),
+            serde_json::json!(["a", null]),
+        ];
+        let keys: std::collections::HashSet<_> = distinct
+            .iter()
+            .map(|d| Memo::<bool>::key(d).unwrap())
+            .collect();
+        assert_eq!(keys.len(), distinct.len());
     }
 }
