@@ -260,26 +260,6 @@ pub fn resolve(l: &Lookup) -> Resolved {
     } else {
         OFlag::O_NOFOLLOW
     };
-    // An absolute path with no `..` that resolves without any symlink
-    // (magic links included) names what it finds, once normalised: the
-    // kernel's own name for it (what `fd_path` reads back) is the same.
-    // That saves the readlink, a tenth of a call; anything else (a
-    // symlink on the way, an error, a lookup the tool bounded) takes the
-    // general path below.
-    if absolute
-        && l.resolve == 0
-        && !has_dotdot(&path)
-        && let Ok(fd) = openat2(
-            AT_FDCWD,
-            std::ffi::OsStr::from_bytes(&path),
-            how(nofollow, libc::RESOLVE_NO_SYMLINKS),
-        )
-    {
-        return Resolved {
-            path: lexical_path,
-            found: Ok(Found::Existing(fd)),
-        };
-    }
     match openat2(
         dir(&base),
         std::ffi::OsStr::from_bytes(&path),
@@ -428,48 +408,5 @@ mod tests {
         });
         assert_eq!(r.path, new.as_os_str().as_bytes());
         assert!(matches!(r.found, Ok(Found::Missing { .. })));
-    }
-
-    /// Whichever way a path resolves (the symlink-free shortcut or the
-    /// general lookup), the name reported is the kernel's own for the file
-    /// found: what `fd_path` reads back from the fd.
-    #[test]
-    fn the_reported_name_is_the_kernels_name_for_what_was_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = std::fs::canonicalize(dir.path()).unwrap();
-        std::fs::create_dir(base.join("sub")).unwrap();
-        std::fs::write(base.join("sub/real"), b"x").unwrap();
-        std::os::unix::fs::symlink(base.join("sub"), base.join("via")).unwrap();
-        std::os::unix::fs::symlink("real", base.join("sub/link")).unwrap();
-        let me = std::process::id() as i32;
-        let b = base.display();
-        let cases = [
-            (format!("{b}/sub/real"), true, "/sub/real"),
-            (format!("{b}//sub/./real"), true, "/sub/real"),
-            (format!("{b}/sub/"), true, "/sub"),
-            (format!("{b}/via/real"), true, "/sub/real"),
-            (format!("{b}/sub/link"), true, "/sub/real"),
-            (format!("{b}/sub/link"), false, "/sub/link"),
-            (format!("{b}/sub/../sub/real"), true, "/sub/real"),
-            ("/proc/self/cwd".to_string(), true, ""),
-        ];
-        for (path, follow, want) in cases {
-            let r = resolve(&Lookup {
-                tid: me,
-                tgid: me,
-                dirfd: libc::AT_FDCWD,
-                path: path.as_bytes(),
-                follow,
-                create: false,
-                resolve: 0,
-            });
-            let Ok(Found::Existing(fd)) = &r.found else {
-                panic!("{path}: {:?}", r.found.err());
-            };
-            assert_eq!(Some(r.path.clone()), fd_path(fd), "{path}");
-            if !want.is_empty() {
-                assert_eq!(r.path, format!("{b}{want}").into_bytes(), "{path}");
-            }
-        }
     }
 }
