@@ -56,13 +56,13 @@ pub fn impure_builtin(text: &str) -> Option<&'static str> {
     })
 }
 
-/// Inputs whose key encoding (about their JSON's length) is longer than
-/// this are evaluated every time: an exec with a long argv is rare and would
+/// Inputs whose key encoding (strings at their length plus a few bytes per
+/// value) is longer than this are evaluated every time: an exec with a long argv is rare and would
 /// make the memo large.
 pub const MAX_MEMO_INPUT: usize = 8 * 1024;
 
-/// A bounded map from an input document (the SHA-256 of its JSON text) to a
-/// verdict.
+/// A bounded map from an input document (the SHA-256 of its encoding, see
+/// [`Memo::key`]) to a verdict.
 #[derive(Debug)]
 pub struct Memo<V> {
     capacity: usize,
@@ -140,6 +140,11 @@ impl KeyHasher {
 
     fn str(&mut self, tag: u8, s: &str) {
         self.tagged(tag, s.len());
+        if self.len.saturating_add(s.len()) > MAX_MEMO_INPUT {
+            // Too long to keep: count it, skip hashing it.
+            self.len = self.len.saturating_add(s.len());
+            return;
+        }
         self.bytes(s.as_bytes());
     }
 
@@ -160,8 +165,9 @@ impl KeyHasher {
                     self.bytes(b"u");
                     self.bytes(&u.to_le_bytes());
                 } else {
-                    self.bytes(b"d");
-                    self.bytes(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
+                    // Floats are rare in inputs: their printed form is exact
+                    // whatever serde_json's number features.
+                    self.str(b'd', &n.to_string());
                 }
             }
             Value::String(s) => self.str(b's', s),
