@@ -1243,6 +1243,37 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
     assert_eq!(assert_ok(&out), "err 13\n");
 }
 
+/// Every route by which a path the supervisor follows could land on one of
+/// the supervisor's own fds — `/proc/self` reached by a name that is not
+/// rewritten — is refused, even under an allow-everything policy: the
+/// supervisor holds the audit store open, among others.
+#[test]
+fn no_route_reaches_the_supervisors_own_fds() {
+    let env = Env::new(&[]);
+    let allow_all = env.dir.path().join("allow.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let script = "import os\n\
+os.symlink('/proc/self/fd', 'selffd')\n\
+reached = []\n\
+for n in range(3, 64):\n    \
+    for route in ('/dev/./fd/%d', '//dev/fd/%d', '/proc/%d/root/proc/self/fd/%%d' % os.getpid(),\n                  \
+                  '/proc/%d/cwd/selffd/%%d' % os.getpid(), 'selffd/%d'):\n        \
+        try:\n            \
+            fd = os.open(route % n, os.O_RDONLY)\n        \
+        except OSError:\n            \
+            continue\n        \
+        reached.append(os.readlink('/proc/self/fd/%d' % fd))\n        \
+        os.close(fd)\n\
+print('\\n'.join(reached))\n";
+    let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", script]);
+    let stdout = assert_ok(&out);
+    let db = env.db.display().to_string();
+    assert!(
+        !stdout.contains(&db),
+        "the tool reached the supervisor's audit store:\n{stdout}"
+    );
+}
+
 /// The supervisor keeps a task's groups and capabilities between calls: a
 /// change of either within one image (and per thread, as the kernel has
 /// them) must be seen at the next call. Under an allow-everything policy the

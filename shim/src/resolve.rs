@@ -171,12 +171,17 @@ fn start_dir(tid: i32, dirfd: i32) -> Result<(OwnedFd, Vec<u8>), Errno> {
     } else {
         format!("/proc/{tid}/fd/{dirfd}")
     };
+    link_dir(&magic).map_err(|e| if e == Errno::ENOENT { Errno::EBADF } else { e })
+}
+
+/// The directory one of the tool's own magic links (`/proc/TID/cwd`, an fd)
+/// leads to: an `O_PATH` fd and its path.
+fn link_dir(magic: &str) -> Result<(OwnedFd, Vec<u8>), Errno> {
     let fd = openat2(
         AT_FDCWD,
-        magic.as_str(),
+        magic,
         OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC),
-    )
-    .map_err(|e| if e == Errno::ENOENT { Errno::EBADF } else { e })?;
+    )?;
     let st = nix::sys::stat::fstat(&fd)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(Errno::ENOTDIR);
@@ -185,7 +190,85 @@ fn start_dir(tid: i32, dirfd: i32) -> Result<(OwnedFd, Vec<u8>), Errno> {
     Ok((fd, path))
 }
 
+/// Splits an absolute path that starts with one of the caller's own magic
+/// links — `/proc/ID/{fd/N,cwd,root,exe}` or `/proc/ID/task/T/…` the same,
+/// for ID its tgid or tid — into that link and the rest (`.` and empty
+/// components dropped; a trailing `/` kept as `.`).
+///
+/// Every other lookup refuses magic links (`RESOLVE_NO_MAGICLINKS`): followed
+/// by the supervisor, `/proc/self` is the supervisor's, and a route such as
+/// `/dev/./fd/N`, `/proc/ID/root/proc/self/fd/N` or a symlink the tool made
+/// to `/proc/self/fd/N` would reach the supervisor's fd N — a file the tool
+/// may not be able to reach by its path (the magic link skips the search
+/// permission on its directories).
+fn own_magic_link(path: &[u8], tgid: i32, tid: i32) -> Option<(String, Vec<u8>)> {
+    if path.first() != Some(&b'/') {
+        return None;
+    }
+    let comps: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    let digits = |c: &[u8]| !c.is_empty() && c.iter().all(u8::is_ascii_digit);
+    let (tgid, tid) = (tgid.to_string(), tid.to_string());
+    if comps.first() != Some(&&b"proc"[..]) {
+        return None;
+    }
+    let id = comps.get(1)?;
+    if *id != tgid.as_bytes() && *id != tid.as_bytes() {
+        return None;
+    }
+    let mut at = 2;
+    if comps.get(at) == Some(&&b"task"[..]) {
+        if !comps.get(at + 1).is_some_and(|t| digits(t)) || *id != tgid.as_bytes() {
+            return None;
+        }
+        at += 2;
+    }
+    let len = match *comps.get(at)? {
+        b"cwd" | b"root" | b"exe" => at + 1,
+        b"fd" if comps.get(at + 1).is_some_and(|n| digits(n)) => at + 2,
+        _ => return None,
+    };
+    let mut link = String::new();
+    for c in &comps[..len] {
+        link.push('/');
+        link.push_str(std::str::from_utf8(c).ok()?);
+    }
+    let mut rest = comps[len..].join(&b'/');
+    if rest.is_empty() && path.ends_with(b"/") {
+        rest = b".".to_vec();
+    }
+    Some((link, rest))
+}
+
+/// A lookup on the tool's behalf: its flags and resolve bits, and never
+/// through a magic link (see [`own_magic_link`]).
 fn how(flags: OFlag, resolve: u64) -> OpenHow {
+    how_to_link(flags, resolve | libc::RESOLVE_NO_MAGICLINKS)
+}
+
+/// `openat2` of `path` from `dir` with [`how`]. A magic link on the way is
+/// `EACCES` (the object is not the tool's to reach that way), a symlink
+/// loop stays `ELOOP`: told apart by looking again with magic links
+/// allowed, a lookup whose result is dropped.
+fn lookup(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &[u8],
+    flags: OFlag,
+    resolve: u64,
+) -> Result<OwnedFd, Errno> {
+    let path = std::ffi::OsStr::from_bytes(path);
+    match openat2(dir, path, how(flags, resolve)) {
+        Err(Errno::ELOOP) if openat2(dir, path, how_to_link(flags, resolve)).is_ok() => {
+            Err(Errno::EACCES)
+        }
+        other => other,
+    }
+}
+
+/// The same, for the tool's own magic link as the object itself.
+fn how_to_link(flags: OFlag, resolve: u64) -> OpenHow {
     OpenHow::new()
         .flags(flags | OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::from_bits_truncate(resolve))
@@ -226,10 +309,31 @@ fn reported(fd: &OwnedFd, fallback: &[u8], tgid: i32, dotdot: bool) -> Result<Ve
 
 /// Resolves `l.path` for the tool.
 pub fn resolve(l: &Lookup) -> Resolved {
-    let path = rewrite_proc_self(l.path, l.tid, l.tgid);
+    let mut path = rewrite_proc_self(l.path, l.tid, l.tgid);
     let absolute = path.first() == Some(&b'/');
+    // The tool's own magic link as the object itself (`/proc/TGID/fd/3`).
+    let mut link_is_object = false;
     let (base, base_path) = if absolute {
-        (None, b"/".to_vec())
+        match own_magic_link(&path, l.tgid, l.tid) {
+            Some((_, rest)) if rest.is_empty() => {
+                link_is_object = true;
+                (None, b"/".to_vec())
+            }
+            // Through it, then the rest from where it leads.
+            Some((link, rest)) => match link_dir(&link) {
+                Ok((fd, p)) => {
+                    path = rest;
+                    (Some(fd), p)
+                }
+                Err(e) => {
+                    return Resolved {
+                        path: lexical(b"/", &path),
+                        found: Err(e),
+                    };
+                }
+            },
+            None => (None, b"/".to_vec()),
+        }
     } else {
         match start_dir(l.tid, l.dirfd) {
             Ok((fd, p)) => (Some(fd), p),
@@ -260,11 +364,16 @@ pub fn resolve(l: &Lookup) -> Resolved {
     } else {
         OFlag::O_NOFOLLOW
     };
-    match openat2(
-        dir(&base),
-        std::ffi::OsStr::from_bytes(&path),
-        how(nofollow, l.resolve),
-    ) {
+    let found = if link_is_object {
+        openat2(
+            dir(&base),
+            std::ffi::OsStr::from_bytes(&path),
+            how_to_link(nofollow, l.resolve),
+        )
+    } else {
+        lookup(dir(&base), &path, nofollow, l.resolve)
+    };
+    match found {
         Ok(fd) => match reported(&fd, &lexical_path, l.tgid, has_dotdot(&path)) {
             Ok(path) => Resolved {
                 path,
@@ -285,11 +394,7 @@ pub fn resolve(l: &Lookup) -> Resolved {
             if name.is_empty() || name == b"." || name == b".." {
                 return fail(Errno::EISDIR);
             }
-            match openat2(
-                dir(&base),
-                std::ffi::OsStr::from_bytes(parent),
-                how(OFlag::O_DIRECTORY, l.resolve),
-            ) {
+            match lookup(dir(&base), parent, OFlag::O_DIRECTORY, l.resolve) {
                 Ok(pfd) => {
                     let parent_path = match fd_path(&pfd) {
                         Some(p) if p.first() == Some(&b'/') => p,
@@ -408,5 +513,39 @@ mod tests {
         });
         assert_eq!(r.path, new.as_os_str().as_bytes());
         assert!(matches!(r.found, Ok(Found::Missing { .. })));
+    }
+
+    #[test]
+    fn only_the_callers_own_magic_links_are_split_off() {
+        let split = |p: &str| {
+            own_magic_link(p.as_bytes(), 50, 52)
+                .map(|(link, rest)| (link, String::from_utf8(rest).unwrap()))
+        };
+        let some = |l: &str, r: &str| Some((l.to_string(), r.to_string()));
+        assert_eq!(split("/proc/50/fd/3"), some("/proc/50/fd/3", ""));
+        assert_eq!(split("/proc/52/cwd/a/b"), some("/proc/52/cwd", "a/b"));
+        assert_eq!(
+            split("//proc/./50/root/etc/x"),
+            some("/proc/50/root", "etc/x")
+        );
+        assert_eq!(
+            split("/proc/50/task/52/fd/7/"),
+            some("/proc/50/task/52/fd/7", ".")
+        );
+        assert_eq!(split("/proc/50/exe"), some("/proc/50/exe", ""));
+        assert_eq!(split("/proc/50/cwd/../x"), some("/proc/50/cwd", "../x"));
+        for other in [
+            "/proc/49/fd/3",         // another process
+            "/proc/52/task/52/fd/3", // task/ under a tid, not the tgid
+            "/proc/50/fd",           // the directory, not a link
+            "/proc/50/fd/x",
+            "/proc/50/ns/net", // not one we pass through
+            "/proc/50/../50/fd/3",
+            "/dev/fd/3", // rewritten before, never here
+            "/proc/self/fd/3",
+            "proc/50/fd/3",
+        ] {
+            assert_eq!(split(other), None, "{other}");
+        }
     }
 }
