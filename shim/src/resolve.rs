@@ -202,7 +202,8 @@ fn link_dir(magic: &str) -> Result<(OwnedFd, Vec<u8>), Errno> {
 /// may not be able to reach by its path (the magic link skips the search
 /// permission on its directories).
 fn own_magic_link(path: &[u8], tgid: i32, tid: i32) -> Option<(String, Vec<u8>)> {
-    if path.first() != Some(&b'/') {
+    // Most paths are not under /proc: no allocation for them.
+    if path.first() != Some(&b'/') || !path.windows(5).any(|w| w == b"proc/") {
         return None;
     }
     let comps: Vec<&[u8]> = path
