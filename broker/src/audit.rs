@@ -754,23 +754,9 @@ impl Inner {
         let pending =
             std::mem::take(&mut *self.pending_index.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(max) = pending.iter().map(|e| e.seq).max() {
-            // One entry per page and key: the page's seqs that have it.
-            let mut entries: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut entries = BTreeMap::new();
             for e in &pending {
-                let page = seq_key(e.page);
-                let mut add = |prefix: Vec<u8>| {
-                    entries
-                        .entry([&prefix[..], &page].concat())
-                        .or_default()
-                        .extend_from_slice(&seq_key(e.seq));
-                };
-                add([b"s", e.sandbox_id.as_bytes(), &[0]].concat());
-                if indexed_syscall(&e.syscall) {
-                    add([b"c", e.syscall.as_bytes(), &[0]].concat());
-                }
-                if let Some(d) = e.decision.filter(|&d| indexed_decision(d)) {
-                    add(vec![b'd', u8::from(d)]);
-                }
+                add_index_entries(&mut entries, e);
             }
             let mut batch = sled::Batch::default();
             for (k, v) in entries {
@@ -1134,6 +1120,109 @@ fn indexed_decision(allow: bool) -> bool {
     !allow
 }
 
+/// Adds what the index holds for `e`: one entry per page and key (`s`
+/// sandbox, `c` syscall where indexed, `d` decision where indexed), whose
+/// value lists the page's seqs that have it.
+fn add_index_entries(entries: &mut BTreeMap<Vec<u8>, Vec<u8>>, e: &IndexEntry) {
+    let page = seq_key(e.page);
+    let mut add = |prefix: Vec<u8>| {
+        entries
+            .entry([&prefix[..], &page].concat())
+            .or_default()
+            .extend_from_slice(&seq_key(e.seq));
+    };
+    add([b"s", e.sandbox_id.as_bytes(), &[0]].concat());
+    if indexed_syscall(&e.syscall) {
+        add([b"c", e.syscall.as_bytes(), &[0]].concat());
+    }
+    if let Some(d) = e.decision.filter(|&d| indexed_decision(d)) {
+        add(vec![b'd', u8::from(d)]);
+    }
+}
+
+/// Where the index differs from what the records say, for the pages up to
+/// `indexed` (the newer ones are indexed at the next flush, or reindexed at
+/// the next open): the first difference, by the lowest record it concerns.
+fn index_difference(
+    index: &sled::Tree,
+    expected: &BTreeMap<Vec<u8>, Vec<u8>>,
+    indexed: u64,
+) -> Result<Option<(u64, String)>, AuditError> {
+    let describe = |k: &[u8]| -> String {
+        let name = String::from_utf8_lossy(k.get(1..k.len().saturating_sub(9)).unwrap_or_default());
+        match k.first() {
+            Some(b's') => format!("sandbox {name}"),
+            Some(b'c') => format!("syscall {name}"),
+            Some(b'd') => "denials".into(),
+            _ => format!("key {}", hex::encode(k)),
+        }
+    };
+    let seqs = |v: &[u8]| -> Vec<u64> { v.chunks(8).filter_map(page::seq_of).collect() };
+    let mut first: Option<(u64, String)> = None;
+    let mut note = |seq: u64, problem: String| {
+        if first.as_ref().is_none_or(|(s, _)| seq < *s) {
+            first = Some((seq, problem));
+        }
+    };
+    let mut seen = 0usize;
+    for item in index.iter() {
+        let (k, v) = item?;
+        let Some(page) = page::seq_of(&k).filter(|_| k.len() > 8) else {
+            note(
+                0,
+                format!("the index has a malformed key {}", hex::encode(&k)),
+            );
+            continue;
+        };
+        if page > indexed {
+            continue;
+        }
+        seen += 1;
+        match expected.get(k.as_ref()) {
+            Some(want) if want.as_slice() == v.as_ref() => {}
+            Some(want) => {
+                let (want, have) = (seqs(want), seqs(&v));
+                let seq = want
+                    .iter()
+                    .chain(&have)
+                    .filter(|s| want.contains(s) != have.contains(s))
+                    .min()
+                    .copied()
+                    .unwrap_or(page);
+                note(
+                    seq,
+                    format!(
+                        "the index for {} lists records {have:?} of the page starting at record {page}, but the records say {want:?}: queries by it would miss or invent records",
+                        describe(&k)
+                    ),
+                );
+            }
+            None => note(
+                seqs(&v).into_iter().min().unwrap_or(page),
+                format!(
+                    "the index has an entry for {} in the page starting at record {page} that no record there matches",
+                    describe(&k)
+                ),
+            ),
+        }
+    }
+    if seen != expected.len() {
+        for (k, want) in expected {
+            if index.get(k)?.is_none() {
+                let seq = seqs(want).into_iter().min().unwrap_or(0);
+                note(
+                    seq,
+                    format!(
+                        "the index has no entry for {} in the page holding record {seq}: queries by it would miss records",
+                        describe(k)
+                    ),
+                );
+            }
+        }
+    }
+    Ok(first)
+}
+
 fn index_entry(r: &AuditRecord, page: u64) -> IndexEntry {
     IndexEntry {
         seq: r.seq,
@@ -1259,6 +1348,9 @@ impl AuditLog for SledAudit {
                     hex::encode(&h[8..]),
                 )
             });
+        // Pages up to here are indexed: the index must say what they say.
+        let indexed = inner.indexed_upto()?;
+        let mut expected_index = BTreeMap::new();
         let mut hash_at_head = None;
         let mut expected = 1u64;
         let mut prev = GENESIS.to_owned();
@@ -1351,6 +1443,9 @@ impl AuditLog for SledAudit {
                 if head.as_ref().is_some_and(|(h, _)| *h == seq) {
                     hash_at_head = Some(record.hash.clone());
                 }
+                if page.first <= indexed {
+                    add_index_entries(&mut expected_index, &index_entry(&record, page.first));
+                }
                 prev = record.hash;
                 expected += 1;
             }
@@ -1380,6 +1475,9 @@ impl AuditLog for SledAudit {
                     &prev,
                 ));
             }
+        }
+        if let Some((seq, problem)) = index_difference(&inner.index, &expected_index, indexed)? {
+            return Ok(fail(seq, checked, problem, &prev));
         }
         Ok(VerifyReport {
             ok: true,
@@ -1473,12 +1571,17 @@ mod tests {
     /// Runs `f` on the `records` tree of the closed store in `dir`, then
     /// flushes: an edit by someone with write access to the directory.
     fn with_records_tree<T>(dir: &Path, f: impl Fn(&sled::Tree) -> Result<T, AuditError>) -> T {
+        with_tree(dir, "records", f)
+    }
+
+    /// The same for any tree of the store.
+    fn with_tree<T>(dir: &Path, tree: &str, f: impl Fn(&sled::Tree) -> Result<T, AuditError>) -> T {
         reopen(|| {
             let db = sled::open(dir).map_err(|e| AuditError::Open {
                 path: String::new(),
                 source: e,
             })?;
-            let out = f(&db.open_tree("records")?)?;
+            let out = f(&db.open_tree(tree)?)?;
             db.flush()?;
             Ok(out)
         })
@@ -1655,6 +1758,77 @@ mod tests {
         );
         for (path, bytes) in &before {
             assert!(after[path] == *bytes, "{} changed", path.display());
+        }
+    }
+
+    /// Someone who edits the index (to hide records from queries by sandbox,
+    /// syscall or denial) is named by verify, like an edited record.
+    #[test]
+    fn an_edited_index_is_named_by_verify() {
+        let build = |dir: &Path| {
+            let window = Duration::from_secs(3600);
+            let audit = SledAudit::open(dir, Durability::Batched { window }).unwrap();
+            for i in 0..10u64 {
+                let mut r = decision(i);
+                r.sandbox_id = if i % 2 == 0 { "a" } else { "b" }.into();
+                r.allow = i % 3 != 0;
+                audit.append(r).unwrap();
+            }
+            audit.close();
+        };
+        let verify = |dir: &Path| reopen(|| SledAudit::open_read_only(dir)).verify().unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        build(fresh.path());
+        let report = verify(fresh.path());
+        assert!(report.ok, "{report:?}");
+        // Records 1..=10 in one page; sandbox "b" holds 2, 4, .., 10 and the
+        // denials are 1, 4, 7, 10.
+        let key = |prefix: &[u8]| [prefix, &seq_key(1)[..]].concat();
+        type IndexEdit = Box<dyn Fn(&sled::Tree) -> Result<(), AuditError>>;
+        let cases: Vec<(&str, IndexEdit, u64, &str)> = vec![
+            (
+                "a record dropped from its sandbox's entry",
+                Box::new(move |index| {
+                    let v = index.get(key(b"sb\0"))?.expect("the entry").to_vec();
+                    let kept: Vec<u8> = v
+                        .chunks(8)
+                        .filter(|s| *s != seq_key(4))
+                        .flatten()
+                        .copied()
+                        .collect();
+                    index.insert(key(b"sb\0"), kept)?;
+                    Ok(())
+                }),
+                4,
+                "index for sandbox b",
+            ),
+            (
+                "the denials entry removed",
+                Box::new(move |index| {
+                    index.remove(key(&[b'd', 0]))?.expect("the entry");
+                    Ok(())
+                }),
+                1,
+                "no entry for denials",
+            ),
+            (
+                "an entry for a sandbox no record has",
+                Box::new(move |index| {
+                    index.insert(key(b"sghost\0"), &seq_key(3))?;
+                    Ok(())
+                }),
+                3,
+                "no record there matches",
+            ),
+        ];
+        for (what, edit, seq, says) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            build(dir.path());
+            with_tree(dir.path(), "index", |index| edit(index));
+            let report = verify(dir.path());
+            assert!(!report.ok, "{what}: {report:?}");
+            assert_eq!(report.first_bad_seq, seq, "{what}: {report:?}");
+            assert!(report.problem.contains(says), "{what}: {report:?}");
         }
     }
 
