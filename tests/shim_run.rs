@@ -1216,10 +1216,10 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
         text(&out.stderr)
     );
 
-    // After a "continue" the kernel resolves paths for the tool, with the
-    // tool's rights: cordon is non-dumpable, so /proc/SUPERVISOR/fd/N stays
-    // closed to a same-uid tool there too. (Our own check only sees the
-    // link's target, a plain file the policy allows.)
+    // A link to /proc/SUPERVISOR/fd/N: our lookup refuses the magic link on
+    // the way (ELOOP, as RESOLVE_NO_MAGICLINKS answers) before any decision.
+    // Were an O_PATH open answered "continue", the kernel would resolve it
+    // with the tool's rights and refuse it too: cordon is non-dumpable.
     let input = nobody_dir.path().join("in.txt");
     std::fs::write(&input, "x").unwrap();
     let out = Command::new("setpriv")
@@ -1240,7 +1240,7 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
         .current_dir(nobody_dir.path())
         .output()
         .unwrap();
-    assert_eq!(assert_ok(&out), "err 13\n");
+    assert_eq!(assert_ok(&out), "err 40\n");
 }
 
 /// Every route by which a path the supervisor follows could land on one of

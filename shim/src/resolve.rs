@@ -206,40 +206,52 @@ fn own_magic_link(path: &[u8], tgid: i32, tid: i32) -> Option<(String, Vec<u8>)>
     if path.first() != Some(&b'/') || !path.windows(5).any(|w| w == b"proc/") {
         return None;
     }
-    let comps: Vec<&[u8]> = path
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty() && *c != b".")
-        .collect();
+    // Components with where each ends, `.` and empty ones skipped.
+    let mut comps: Vec<(&[u8], usize)> = Vec::new();
+    let mut at = 0;
+    for c in path.split(|&b| b == b'/') {
+        at += c.len();
+        if !c.is_empty() && c != b"." {
+            comps.push((c, at));
+        }
+        at += 1;
+    }
+    let name = |i: usize| comps.get(i).map(|c| c.0);
     let digits = |c: &[u8]| !c.is_empty() && c.iter().all(u8::is_ascii_digit);
     let (tgid, tid) = (tgid.to_string(), tid.to_string());
-    if comps.first() != Some(&&b"proc"[..]) {
+    if name(0) != Some(b"proc") {
         return None;
     }
-    let id = comps.get(1)?;
-    if *id != tgid.as_bytes() && *id != tid.as_bytes() {
+    let id = name(1)?;
+    if id != tgid.as_bytes() && id != tid.as_bytes() {
         return None;
     }
-    let mut at = 2;
-    if comps.get(at) == Some(&&b"task"[..]) {
-        if !comps.get(at + 1).is_some_and(|t| digits(t)) || *id != tgid.as_bytes() {
+    let mut i = 2;
+    if name(i) == Some(b"task") {
+        if !name(i + 1).is_some_and(digits) || id != tgid.as_bytes() {
             return None;
         }
-        at += 2;
+        i += 2;
     }
-    let len = match *comps.get(at)? {
-        b"cwd" | b"root" | b"exe" => at + 1,
-        b"fd" if comps.get(at + 1).is_some_and(|n| digits(n)) => at + 2,
+    let len = match name(i)? {
+        b"cwd" | b"root" | b"exe" => i + 1,
+        b"fd" if name(i + 1).is_some_and(digits) => i + 2,
         _ => return None,
     };
     let mut link = String::new();
-    for c in &comps[..len] {
+    for (c, _) in &comps[..len] {
         link.push('/');
         link.push_str(std::str::from_utf8(c).ok()?);
     }
-    let mut rest = comps[len..].join(&b'/');
-    if rest.is_empty() && path.ends_with(b"/") {
-        rest = b".".to_vec();
-    }
+    // The rest exactly as given (a trailing `/` or `.` keeps its meaning),
+    // from the link's directory: only slashes left mean the link's target
+    // as a directory.
+    let tail = &path[comps[len - 1].1..];
+    let rest = match tail.iter().position(|&b| b != b'/') {
+        Some(from) => tail[from..].to_vec(),
+        None if tail.is_empty() => Vec::new(),
+        None => b".".to_vec(),
+    };
     Some((link, rest))
 }
 
@@ -249,23 +261,17 @@ fn how(flags: OFlag, resolve: u64) -> OpenHow {
     how_to_link(flags, resolve | libc::RESOLVE_NO_MAGICLINKS)
 }
 
-/// `openat2` of `path` from `dir` with [`how`]. A magic link on the way is
-/// `EACCES` (the object is not the tool's to reach that way), a symlink
-/// loop stays `ELOOP`: told apart by looking again with magic links
-/// allowed, a lookup whose result is dropped.
+/// `openat2` of `path` from `dir` with [`how`]: a magic link on the way
+/// is `ELOOP`, the kernel's answer for `RESOLVE_NO_MAGICLINKS`. (Telling it
+/// from a symlink loop by looking again with magic links allowed would walk
+/// the supervisor's own links for the tool: an oracle on its fds.)
 fn lookup(
     dir: std::os::fd::BorrowedFd<'_>,
     path: &[u8],
     flags: OFlag,
     resolve: u64,
 ) -> Result<OwnedFd, Errno> {
-    let path = std::ffi::OsStr::from_bytes(path);
-    match openat2(dir, path, how(flags, resolve)) {
-        Err(Errno::ELOOP) if openat2(dir, path, how_to_link(flags, resolve)).is_ok() => {
-            Err(Errno::EACCES)
-        }
-        other => other,
-    }
+    openat2(dir, std::ffi::OsStr::from_bytes(path), how(flags, resolve))
 }
 
 /// The same, for the tool's own magic link as the object itself.
@@ -314,8 +320,16 @@ pub fn resolve(l: &Lookup) -> Resolved {
     let absolute = path.first() == Some(&b'/');
     // The tool's own magic link as the object itself (`/proc/TGID/fd/3`).
     let mut link_is_object = false;
+    // The split is ours, so only for lookups the tool did not bound itself
+    // (`RESOLVE_BENEATH`, `IN_ROOT`, `NO_XDEV`, `NO_SYMLINKS`,
+    // `NO_MAGICLINKS` keep the kernel's answers).
+    let own_link = if l.resolve == 0 {
+        own_magic_link(&path, l.tgid, l.tid)
+    } else {
+        None
+    };
     let (base, base_path) = if absolute {
-        match own_magic_link(&path, l.tgid, l.tid) {
+        match own_link {
             Some((_, rest)) if rest.is_empty() => {
                 link_is_object = true;
                 (None, b"/".to_vec())
@@ -548,5 +562,47 @@ mod tests {
         ] {
             assert_eq!(split(other), None, "{other}");
         }
+    }
+
+    /// Through the caller's own magic link the rest of the path keeps the
+    /// kernel's meaning, a bounded lookup is never split, and any other
+    /// magic link on the way is refused.
+    #[test]
+    fn own_magic_links_keep_the_kernels_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("/proc/self/fd/0", dir.path().join("link")).unwrap();
+        let held = std::fs::File::open(dir.path()).unwrap();
+        let me = std::process::id() as i32;
+        let n = held.as_raw_fd();
+        let run = |path: String, create: bool, flags: u64| {
+            resolve(&Lookup {
+                tid: me,
+                tgid: me,
+                dirfd: libc::AT_FDCWD,
+                path: path.as_bytes(),
+                follow: true,
+                create,
+                resolve: flags,
+            })
+            .found
+            .map(|_| ())
+        };
+        assert_eq!(run(format!("/proc/{me}/fd/{n}/f"), false, 0), Ok(()));
+        assert_eq!(
+            run(format!("/proc/{me}/fd/{n}/f/"), false, 0),
+            Err(Errno::ENOTDIR)
+        );
+        assert_eq!(
+            run(format!("/proc/{me}/fd/{n}/new/"), true, 0),
+            Err(Errno::EISDIR)
+        );
+        assert_eq!(
+            run(format!("/proc/{me}/fd/{n}/f"), false, libc::RESOLVE_BENEATH),
+            Err(Errno::EXDEV)
+        );
+        let link = dir.path().join("link");
+        assert_eq!(run(link.display().to_string(), false, 0), Err(Errno::ELOOP));
+        drop(held);
     }
 }
