@@ -1140,87 +1140,125 @@ fn add_index_entries(entries: &mut BTreeMap<Vec<u8>, Vec<u8>>, e: &IndexEntry) {
     }
 }
 
-/// Where the index differs from what the records say, for the pages up to
-/// `indexed` (the newer ones are indexed at the next flush, or reindexed at
-/// the next open): the first difference, by the lowest record it concerns.
-fn index_difference(
-    index: &sled::Tree,
-    expected: &BTreeMap<Vec<u8>, Vec<u8>>,
-    indexed: u64,
-) -> Result<Option<(u64, String)>, AuditError> {
-    let describe = |k: &[u8]| -> String {
-        let name = String::from_utf8_lossy(k.get(1..k.len().saturating_sub(9)).unwrap_or_default());
-        match k.first() {
-            Some(b's') => format!("sandbox {name}"),
-            Some(b'c') => format!("syscall {name}"),
-            Some(b'd') => "denials".into(),
-            _ => format!("key {}", hex::encode(k)),
-        }
-    };
-    let seqs = |v: &[u8]| -> Vec<u64> { v.chunks(8).filter_map(page::seq_of).collect() };
-    let mut first: Option<(u64, String)> = None;
-    let mut note = |seq: u64, problem: String| {
-        if first.as_ref().is_none_or(|(s, _)| seq < *s) {
-            first = Some((seq, problem));
-        }
-    };
-    let mut seen = 0usize;
-    for item in index.iter() {
-        let (k, v) = item?;
-        let Some(page) = page::seq_of(&k).filter(|_| k.len() > 8) else {
-            note(
-                0,
-                format!("the index has a malformed key {}", hex::encode(&k)),
-            );
-            continue;
-        };
-        if page > indexed {
-            continue;
-        }
-        seen += 1;
-        match expected.get(k.as_ref()) {
-            Some(want) if want.as_slice() == v.as_ref() => {}
-            Some(want) => {
-                let (want, have) = (seqs(want), seqs(&v));
-                let seq = want
-                    .iter()
-                    .chain(&have)
-                    .filter(|s| want.contains(s) != have.contains(s))
-                    .min()
-                    .copied()
-                    .unwrap_or(page);
-                note(
-                    seq,
-                    format!(
-                        "the index for {} lists records {have:?} of the page starting at record {page}, but the records say {want:?}: queries by it would miss or invent records",
-                        describe(&k)
-                    ),
-                );
-            }
-            None => note(
-                seqs(&v).into_iter().min().unwrap_or(page),
-                format!(
-                    "the index has an entry for {} in the page starting at record {page} that no record there matches",
-                    describe(&k)
-                ),
-            ),
+/// What the index tree says against what the records say, page by page as
+/// verify walks them (pages up to the `indexed` mark; newer ones are indexed
+/// at the next flush, or reindexed at the next open), keeping only the
+/// first difference by the lowest record it concerns: memory stays a page's
+/// worth however large the store.
+#[derive(Default)]
+struct IndexCheck {
+    /// Expected entries found in the tree.
+    present: usize,
+    first: Option<(u64, String)>,
+}
+
+fn describe_index_key(k: &[u8]) -> String {
+    let name = String::from_utf8_lossy(k.get(1..k.len().saturating_sub(9)).unwrap_or_default());
+    match k.first() {
+        Some(b's') => format!("sandbox {name}"),
+        Some(b'c') => format!("syscall {name}"),
+        Some(b'd') => "denials".into(),
+        _ => format!("key {}", hex::encode(k)),
+    }
+}
+
+fn index_seqs(v: &[u8]) -> Vec<u64> {
+    v.chunks(8).filter_map(page::seq_of).collect()
+}
+
+impl IndexCheck {
+    fn note(&mut self, seq: u64, problem: String) {
+        if self.first.as_ref().is_none_or(|(s, _)| seq < *s) {
+            self.first = Some((seq, problem));
         }
     }
-    if seen != expected.len() {
+
+    /// One walked page's expected entries against the tree.
+    fn page(
+        &mut self,
+        index: &sled::Tree,
+        expected: &BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<(), AuditError> {
         for (k, want) in expected {
-            if index.get(k)?.is_none() {
-                let seq = seqs(want).into_iter().min().unwrap_or(0);
-                note(
-                    seq,
-                    format!(
-                        "the index has no entry for {} in the page holding record {seq}: queries by it would miss records",
-                        describe(k)
-                    ),
-                );
+            let Some(page) = page::seq_of(k) else {
+                continue;
+            };
+            match index.get(k)? {
+                Some(have) if have.as_ref() == want.as_slice() => self.present += 1,
+                Some(have) => {
+                    self.present += 1;
+                    let (want, have) = (index_seqs(want), index_seqs(&have));
+                    let seq = want
+                        .iter()
+                        .chain(&have)
+                        .filter(|s| want.contains(s) != have.contains(s))
+                        .min()
+                        .copied()
+                        .unwrap_or(page);
+                    self.note(
+                        seq,
+                        format!(
+                            "the index for {} lists records {have:?} of the page starting at record {page}, but the records say {want:?}: queries by it would miss or invent records",
+                            describe_index_key(k)
+                        ),
+                    );
+                }
+                None => {
+                    let seq = index_seqs(want).into_iter().min().unwrap_or(page);
+                    self.note(
+                        seq,
+                        format!(
+                            "the index has no entry for {} in the page holding record {seq}: queries by it would miss records",
+                            describe_index_key(k)
+                        ),
+                    );
+                }
             }
         }
+        Ok(())
     }
-    Ok(first)
+
+    /// After the walk: entries the records do not account for. Counted
+    /// first; only when some are, each is checked against its page.
+    fn finish(mut self, inner: &Inner, indexed: u64) -> Result<Option<(u64, String)>, AuditError> {
+        let mut in_tree = 0usize;
+        for item in inner.index.iter() {
+            let (k, _) = item?;
+            match page::seq_of(&k).filter(|_| k.len() > 8) {
+                Some(page) if page <= indexed => in_tree += 1,
+                Some(_) => {}
+                None => self.note(
+                    0,
+                    format!("the index has a malformed key {}", hex::encode(&k)),
+                ),
+            }
+        }
+        if in_tree > self.present {
+            for item in inner.index.iter() {
+                let (k, v) = item?;
+                let Some(page) = page::seq_of(&k).filter(|&p| k.len() > 8 && p <= indexed) else {
+                    continue;
+                };
+                let mut expected = BTreeMap::new();
+                if let Some(value) = inner.records.get(seq_key(page))? {
+                    let stored = Page::from_item(Ok((seq_key(page).to_vec().into(), value)))?;
+                    for (seq, entry) in stored.records()? {
+                        add_index_entries(&mut expected, &index_entry(&decode(seq, entry)?, page));
+                    }
+                }
+                if !expected.contains_key(k.as_ref()) {
+                    self.note(
+                        index_seqs(&v).into_iter().min().unwrap_or(page),
+                        format!(
+                            "the index has an entry for {} in the page starting at record {page} that no record there matches",
+                            describe_index_key(&k)
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(self.first)
+    }
 }
 
 fn index_entry(r: &AuditRecord, page: u64) -> IndexEntry {
@@ -1350,7 +1388,7 @@ impl AuditLog for SledAudit {
             });
         // Pages up to here are indexed: the index must say what they say.
         let indexed = inner.indexed_upto()?;
-        let mut expected_index = BTreeMap::new();
+        let mut index_check = IndexCheck::default();
         let mut hash_at_head = None;
         let mut expected = 1u64;
         let mut prev = GENESIS.to_owned();
@@ -1389,6 +1427,7 @@ impl AuditLog for SledAudit {
                 Ok(entries) => entries,
                 Err(e) => return Ok(fail(expected, checked, e.to_string(), &prev)),
             };
+            let mut page_index = BTreeMap::new();
             for (at, entry) in entries.into_iter().enumerate() {
                 // Where a record sits is not evidence; its hashed body is.
                 let checked = expected - 1;
@@ -1444,11 +1483,12 @@ impl AuditLog for SledAudit {
                     hash_at_head = Some(record.hash.clone());
                 }
                 if page.first <= indexed {
-                    add_index_entries(&mut expected_index, &index_entry(&record, page.first));
+                    add_index_entries(&mut page_index, &index_entry(&record, page.first));
                 }
                 prev = record.hash;
                 expected += 1;
             }
+            index_check.page(&inner.index, &page_index)?;
         }
         let checked = expected - 1;
         if let Some((head_seq, head_hash)) = head {
@@ -1476,7 +1516,7 @@ impl AuditLog for SledAudit {
                 ));
             }
         }
-        if let Some((seq, problem)) = index_difference(&inner.index, &expected_index, indexed)? {
+        if let Some((seq, problem)) = index_check.finish(inner, indexed)? {
             return Ok(fail(seq, checked, problem, &prev));
         }
         Ok(VerifyReport {
@@ -1810,6 +1850,16 @@ mod tests {
                 }),
                 1,
                 "no entry for denials",
+            ),
+            (
+                "one entry removed and one invented (the counts match)",
+                Box::new(move |index| {
+                    index.remove(key(b"sa\0"))?.expect("the entry");
+                    index.insert(key(b"sghost\0"), &seq_key(3))?;
+                    Ok(())
+                }),
+                1,
+                "no entry for sandbox a",
             ),
             (
                 "an entry for a sandbox no record has",
