@@ -1600,6 +1600,18 @@ mod tests {
         panic!("the store stayed locked for 3 s after it was dropped");
     }
 
+    /// The seqs a scan of every record returns, in order.
+    fn all_seqs(store: &SledAudit) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        store
+            .scan(&AuditFilter::default(), &mut |r| {
+                seqs.push(r.seq);
+                true
+            })
+            .unwrap();
+        seqs
+    }
+
     /// A closed strict store of `n` decisions: each record its own page.
     fn strict_store(dir: &Path, n: u64) {
         let audit = SledAudit::open(dir, Durability::Strict).unwrap();
@@ -1654,13 +1666,7 @@ mod tests {
         }
         assert!(audit.inner.inserted_seq.load(Ordering::SeqCst) >= n - INLINE_DRAIN_AT as u64);
         // A reader sees every record handed out, in order, chained.
-        let mut seqs = Vec::new();
-        audit
-            .scan(&AuditFilter::default(), &mut |r| {
-                seqs.push(r.seq);
-                true
-            })
-            .unwrap();
+        let seqs = all_seqs(&audit);
         assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
         let report = audit.verify().unwrap();
         assert!(report.ok, "{report:?}");
@@ -1898,13 +1904,7 @@ mod tests {
         };
         rewrite(2, &|v| page::open(&v).unwrap().into_owned());
         let store = reopen(|| SledAudit::open_read_only(dir.path()));
-        let mut seqs = Vec::new();
-        store
-            .scan(&AuditFilter::default(), &mut |r| {
-                seqs.push(r.seq);
-                true
-            })
-            .unwrap();
+        let seqs = all_seqs(&store);
         assert_eq!(seqs, [1, 2, 3, 4]);
         let report = store.verify().unwrap();
         assert!(report.ok, "{report:?}");
@@ -2001,15 +2001,9 @@ mod tests {
         strict_store(dir.path(), 2);
         // Sets (or only reads) the store's mark, the store closed.
         let mark = |value: Option<&[u8]>| {
-            reopen(|| {
-                let db = sled::open(dir.path()).map_err(|e| AuditError::Open {
-                    path: String::new(),
-                    source: e,
-                })?;
-                let meta = db.open_tree("meta")?;
+            with_tree(dir.path(), "meta", |meta| {
                 if let Some(v) = value {
                     meta.insert(FORMAT_KEY, v)?;
-                    db.flush()?;
                 }
                 Ok(meta.get(FORMAT_KEY)?.map(|v| v.to_vec()))
             })
