@@ -4,9 +4,10 @@
 //! Invariants:
 //! - Records get consecutive sequence numbers from 1, and times that never go
 //!   backwards, in the order of the chain.
-//! - Each record is stored as `sha256(body) ‖ body`, where `body` is the
+//! - Each record is framed as `len ‖ sha256(body) ‖ body`, where `body` is the
 //!   record's canonical JSON and includes `prev_hash`, the hash of the record
-//!   before it; consecutive records share one sled value, a page ([`page`]).
+//!   before it; consecutive records share one LZ4-compressed sled value, a
+//!   page ([`page`]).
 //!   Editing, inserting or removing a record breaks the chain at that record;
 //!   the `head` (last sequence number and hash), written before every flush,
 //!   catches removal of the newest records.
@@ -17,8 +18,9 @@
 //!   A batched record that cannot be stored stays queued and is retried, while
 //!   every new append is refused; readers drain the queue first, so a record
 //!   whose seq was handed out is visible to any query that follows.
-//! - Index entries are derived data, written in groups by the flusher and
-//!   rebuilt from the records after a crash.
+//! - Index entries are derived data, written in groups by the flusher,
+//!   rebuilt from the records past the `indexed` mark when a store is opened to
+//!   append after a crash, and checked against the records by `verify`.
 //!
 //! sled's `flush` uses `sync_file_range`, not `fsync`: a process crash loses
 //! nothing that was flushed, a power cut may. See docs/threat-model.md.
@@ -272,9 +274,10 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     fn take_unstored(&self) -> Vec<AuditRecord> {
         Vec::new()
     }
-    /// For a process about to exit: refuses appends from now on (they are
-    /// denied), then makes everything appended durable or, failing that,
-    /// writes it to the log. Reads still work. Calling it again is harmless.
+    /// For a process about to exit: makes everything appended durable or,
+    /// failing that, writes it to the log. A store that can refuse later
+    /// appends (as `SledAudit` does) must, so that none is answered after the
+    /// last flush. Reads still work. Calling it again is harmless.
     fn close(&self) {
         if self.flush().is_err() {
             log_unstored(self.take_unstored());
@@ -291,7 +294,7 @@ pub fn log_unstored(records: Vec<AuditRecord>) {
     }
 }
 
-/// Records per sled write: one page. Bigger writes hold more memory in
+/// Records per sled batch (one or more pages). Bigger writes hold more memory in
 /// flight (sled pins its epoch over a batch: a batch of 1,000 ~1 KiB records
 /// took `cordon serve` to 637 MiB peak RSS) and make each record lookup parse
 /// more.
@@ -559,7 +562,10 @@ impl SledAudit {
                     path: dir.display().to_string(),
                 });
             }
-            Some(_) if !matches!(format.as_deref(), Some(FORMAT_PAGES | FORMAT_PAGES_LZ4)) => {
+            _ if format
+                .as_deref()
+                .is_some_and(|f| f != FORMAT_PAGES && f != FORMAT_PAGES_LZ4) =>
+            {
                 return Err(AuditError::UnknownFormat {
                     path: dir.display().to_string(),
                     format: String::from_utf8_lossy(format.as_deref().unwrap_or_default())
@@ -567,11 +573,6 @@ impl SledAudit {
                 });
             }
             Some(item) => {
-                if !read_only && format.as_deref() == Some(FORMAT_PAGES) {
-                    // Compressed pages follow: an older cordon must not read on.
-                    meta.insert(FORMAT_KEY, FORMAT_PAGES_LZ4)
-                        .map_err(open_err)?;
-                }
                 let page = Page::from_item(Ok(item))?;
                 let (seq, last) = page.records()?.last().ok_or_else(|| AuditError::Corrupt {
                     seq: page.first,
@@ -585,13 +586,7 @@ impl SledAudit {
                 })?;
                 (next, h, r.time_ns())
             }
-            None => {
-                if !read_only && format.as_deref() != Some(FORMAT_PAGES_LZ4) {
-                    meta.insert(FORMAT_KEY, FORMAT_PAGES_LZ4)
-                        .map_err(open_err)?;
-                }
-                (1, [0u8; 32], 0)
-            }
+            None => (1, [0u8; 32], 0),
         };
         let last = next_seq - 1;
         if !read_only
@@ -607,6 +602,13 @@ impl SledAudit {
                     ),
                 });
             }
+        }
+        // Only once the store is known good: compressed pages follow, so an
+        // older cordon must refuse it from now on (session 5's would take a
+        // compressed page for damage); a store refused above keeps its mark.
+        if !read_only && format.as_deref() != Some(FORMAT_PAGES_LZ4) {
+            meta.insert(FORMAT_KEY, FORMAT_PAGES_LZ4)
+                .map_err(open_err)?;
         }
         let (notify, _) = watch::channel(last);
         let inner = Arc::new(Inner {
@@ -711,7 +713,14 @@ impl Inner {
         }
         let mut pending = Vec::new();
         // Whole pages: a page's index entries are written together.
-        for item in self.records.range(self.page_key_of(indexed + 1)?..) {
+        // From the page holding the first unindexed record, or from that
+        // record's own key if the page cannot be read (skipped below).
+        let start = match self.page_key_of(indexed + 1) {
+            Ok(key) => key,
+            Err(AuditError::Corrupt { .. }) => seq_key(indexed + 1),
+            Err(e) => return Err(e),
+        };
+        for item in self.records.range(start..) {
             // A damaged page is skipped (verify names it), not a reason to
             // refuse the store.
             let page = match Page::from_item(item) {
@@ -956,8 +965,8 @@ impl Inner {
     }
 
     /// Seals `records` (consecutive, in seq order, after the newest stored
-    /// one) into the chain and stores them in one batch. On failure nothing
-    /// is stored and the records are handed back.
+    /// one) into the chain and stores them, one batch per [`STORE_CHUNK`].
+    /// On failure the chunks before stay stored and the rest is handed back.
     fn store(&self, records: Vec<AuditRecord>) -> Result<(), (AuditError, Vec<AuditRecord>)> {
         let mut rest = records;
         while !rest.is_empty() {
@@ -1228,7 +1237,9 @@ impl IndexCheck {
                 Some(page) if page <= indexed => in_tree += 1,
                 Some(_) => {}
                 None => self.note(
-                    0,
+                    // Not tied to a record: named at the first, so the
+                    // report never says 0 (which means "no problem").
+                    1,
                     format!("the index has a malformed key {}", hex::encode(&k)),
                 ),
             }
@@ -1868,6 +1879,15 @@ mod tests {
                 "no entry for sandbox a",
             ),
             (
+                "a malformed key (no record to name: the first)",
+                Box::new(move |index| {
+                    index.insert(b"x", &seq_key(3))?;
+                    Ok(())
+                }),
+                1,
+                "malformed key",
+            ),
+            (
                 "an entry for a sandbox no record has",
                 Box::new(move |index| {
                     index.insert(key(b"sghost\0"), &seq_key(3))?;
@@ -2026,6 +2046,43 @@ mod tests {
             Ok(_) => panic!("a store of an unknown format was opened"),
         });
         assert!(refused.to_string().contains("\"pages-zstd\""), "{refused}");
+        // Empty, it is still not ours to re-mark.
+        let empty = tempfile::tempdir().unwrap();
+        with_tree(empty.path(), "meta", |meta| {
+            meta.insert(FORMAT_KEY, b"pages-zstd")?;
+            Ok(())
+        });
+        assert!(matches!(
+            reopen(|| match SledAudit::open(empty.path(), Durability::Strict) {
+                Err(e @ AuditError::UnknownFormat { .. }) => Ok(Err(e)),
+                other => other.map(Ok),
+            }),
+            Err(AuditError::UnknownFormat { .. })
+        ));
+    }
+
+    /// After a crash the records past the `indexed` mark are indexed again
+    /// when the store is opened to append; a damaged page there is left for
+    /// verify to name, not a reason to refuse the store.
+    #[test]
+    fn a_damaged_page_past_the_index_does_not_stop_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 3);
+        with_tree(dir.path(), "meta", |meta| {
+            meta.insert(INDEXED_KEY, &seq_key(1))?;
+            Ok(())
+        });
+        with_records_tree(dir.path(), |records| {
+            // Cut short: it no longer decompresses.
+            let mut v = records.get(seq_key(2))?.expect("page 2").to_vec();
+            v.truncate(v.len() / 2);
+            records.insert(seq_key(2), v)?;
+            Ok(())
+        });
+        let audit = reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+        let report = audit.verify().unwrap();
+        assert!(!report.ok, "{report:?}");
+        assert_eq!(report.first_bad_seq, 2, "{report:?}");
     }
 
     #[test]

@@ -56,9 +56,9 @@ pub fn impure_builtin(text: &str) -> Option<&'static str> {
     })
 }
 
-/// Inputs whose key encoding (strings at their length plus a few bytes per
-/// value) is longer than this are evaluated every time: an exec with a long argv is rare and would
-/// make the memo large.
+/// Inputs whose key encoding (9 bytes per string, key, container or number,
+/// besides the strings' bytes) is longer than this are evaluated every time:
+/// an exec with a long argv is rare and would make the memo large.
 pub const MAX_MEMO_INPUT: usize = 8 * 1024;
 
 /// A bounded map from an input document (the SHA-256 of its encoding, see

@@ -34,9 +34,10 @@ pub(super) const MAX_BYTES: usize = 6 * 1024;
 /// The first byte of a compressed page.
 const COMPRESSED: u8 = b'Z';
 
-/// A page's frames at most, uncompressed: 32 records far larger than any
-/// bounded request makes. A stored length beyond it is damage, not a reason
-/// to allocate.
+/// A page's frames at most, uncompressed. A page of several records is at
+/// most ~255 × `MAX_BYTES` (LZ4's greatest expansion); only a page of one
+/// large record (a long argv, in the record and in its input) comes near
+/// this. A stored length beyond it is damage, not a reason to allocate.
 const MAX_RAW: usize = 64 << 20;
 
 /// A page's frames as stored.
