@@ -13,7 +13,10 @@
 
 use std::{
     collections::BTreeMap,
-    os::{fd::OwnedFd, unix::ffi::OsStrExt},
+    os::{
+        fd::{AsFd, BorrowedFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -81,6 +84,57 @@ pub struct Supervisor {
     unix_binds: Mutex<std::collections::HashMap<u64, Vec<u8>>>,
     /// With a kernel backstop: the restricted thread that performs opens.
     opener: Option<Opener>,
+    /// Held by the serving thread that receives: see `serve`.
+    receiving: Mutex<()>,
+    injects: Injects,
+}
+
+/// Injects in flight. Until its ADDFD returns, the kernel holds a reference
+/// to the file it injects (and we our fd): the tool's own close does not end
+/// the open file then, so an exec of a file it has just written and closed
+/// would fail with `ETXTBSY`. With two serving threads, that exec can be
+/// handled while the other thread still waits in its ADDFD: exec waits for
+/// the injects in flight (`Injects::wait_idle`).
+#[derive(Debug, Default)]
+struct Injects {
+    count: Mutex<usize>,
+    done: std::sync::Condvar,
+}
+
+impl Injects {
+    /// Counts an inject until the guard (dropped after our fd) goes.
+    fn begin(&self) -> InjectGuard<'_> {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        InjectGuard(self)
+    }
+
+    /// Waits, at most `max`, until no inject is in flight (one ends when the
+    /// tool has installed the fd: microseconds, unless the tool is dying).
+    fn wait_idle(&self, max: Duration) {
+        let count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, timeout) = self
+            .done
+            .wait_timeout_while(count, max, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        if timeout.timed_out() {
+            tracing::warn!(
+                in_flight = *count,
+                "an exec went ahead of unfinished fd injects"
+            );
+        }
+    }
+}
+
+struct InjectGuard<'a>(&'a Injects);
+
+impl Drop for InjectGuard<'_> {
+    fn drop(&mut self) {
+        let mut n = self.0.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.0.done.notify_all();
+        }
+    }
 }
 
 /// Unix bind names remembered at once (see `remember_unix_bind`).
@@ -250,6 +304,8 @@ impl Supervisor {
             helpers: Default::default(),
             unix_binds: Mutex::default(),
             opener,
+            receiving: Mutex::new(()),
+            injects: Injects::default(),
         }
     }
 
@@ -261,18 +317,78 @@ impl Supervisor {
     /// An `Err` means the loop broke down while tasks may still use the
     /// filter: the caller must end the sandbox.
     pub fn run(self: Arc<Self>) -> Result<(), Errno> {
-        // Files we create take the tool's umask, not ours: give this thread
-        // its own fs context with umask 0 and apply the tool's by hand.
-        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS) {
-            tracing::warn!(error = %e, "cannot unshare the supervisor thread's fs context");
-        } else {
-            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-        }
         let _ = self.listener.set_sync_wakeup();
+        if let Err(e) = private_fs_context() {
+            tracing::warn!(error = %e, "cannot unshare the supervisor thread's fs context");
+            // Umask changes around binds would reach the whole process:
+            // one serving thread, as before there were two.
+            return self.serve(None);
+        }
+        // Two threads serve. An injected fd makes its thread wait until the
+        // tool has installed it, and that wake-up lands on the thread's own
+        // (idle, slow to wake) core; meanwhile the tool's next call is taken
+        // by the other thread, woken on the tool's core. The second thread
+        // holds `alive`'s write end: its end, however it comes, wakes us.
+        let Ok((alive, alive_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+            return self.serve(None);
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let me = self.clone();
+        let second = std::thread::Builder::new()
+            .name("cordon-notify".into())
+            .spawn(move || {
+                // Its own umask too: binds set it around the call.
+                if let Err(e) = private_fs_context() {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+                let _ = ready_tx.send(Ok(()));
+                let _alive = alive_w;
+                me.serve(None)
+            });
+        let second = match second {
+            Ok(t) => match ready_rx.recv() {
+                Ok(Ok(())) => t,
+                _ => {
+                    tracing::warn!("the second serving thread has no fs context of its own");
+                    let _ = t.join();
+                    return self.serve(None);
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a second serving thread");
+                return self.serve(None);
+            }
+        };
+        self.serve(Some(alive.as_fd()))?;
+        // Every task is gone: the second thread sees that too.
+        match second.join() {
+            Ok(result) => result,
+            Err(_) => Err(Errno::EIO),
+        }
+    }
+
+    /// One serving thread's loop. With `partner` (the read end of the pipe
+    /// the other serving thread holds open), its end is an error unless the
+    /// filter has no users left either.
+    fn serve(self: &Arc<Self>, partner: Option<BorrowedFd<'_>>) -> Result<(), Errno> {
+        use nix::poll::{PollFd, PollFlags};
+        let mut partner = partner;
         loop {
-            let fd = std::os::fd::AsFd::as_fd(&*self.listener);
-            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            let listener = PollFd::new(self.listener.as_fd(), PollFlags::POLLIN);
+            let mut one;
+            let mut both;
+            let polled: &mut [PollFd] = match partner {
+                Some(p) => {
+                    both = [listener, PollFd::new(p, PollFlags::POLLIN)];
+                    &mut both
+                }
+                None => {
+                    one = [listener];
+                    &mut one
+                }
+            };
+            match nix::poll::poll(polled, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -280,16 +396,55 @@ impl Supervisor {
                     return Err(e);
                 }
             }
-            let revents = fds[0].revents().unwrap_or(nix::poll::PollFlags::POLLERR);
-            if !revents.contains(nix::poll::PollFlags::POLLIN) {
-                if revents.contains(nix::poll::PollFlags::POLLHUP) {
+            let revents = polled[0].revents().unwrap_or(PollFlags::POLLERR);
+            if polled.len() > 1 && polled[1].revents().is_some_and(|r| !r.is_empty()) {
+                // The other thread ended. Fine only if the filter has no
+                // users left, which the listener itself reports (HUP).
+                if !revents.contains(PollFlags::POLLHUP) || revents.contains(PollFlags::POLLIN) {
+                    tracing::error!("the other serving thread ended while the tool runs");
+                    return Err(Errno::EIO);
+                }
+                partner = None;
+                continue;
+            }
+            if !revents.contains(PollFlags::POLLIN) {
+                if revents.contains(PollFlags::POLLHUP) {
                     return Ok(()); // every sandboxed task is gone
                 }
                 tracing::error!(?revents, "the listener reported an error");
                 return Err(Errno::EIO);
             }
-            match self.listener.recv() {
-                Ok(n) => self.handle(n),
+            // Both threads wake for one notification, and a receive with
+            // none pending sleeps in the kernel, deaf to the other thread's
+            // end: receive one at a time, and only what a fresh look shows.
+            let received = {
+                let _turn = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+                let mut again = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+                match nix::poll::poll(&mut again, PollTimeout::ZERO) {
+                    Ok(_)
+                        if again[0]
+                            .revents()
+                            .is_some_and(|r| r.contains(PollFlags::POLLIN)) => {}
+                    Ok(_) | Err(Errno::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "polling the listener failed");
+                        return Err(e);
+                    }
+                }
+                self.listener.recv()
+            };
+            match received {
+                Ok(n) => {
+                    let id = n.id;
+                    let handled =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(n)));
+                    if handled.is_err() {
+                        // Denied if not answered yet; the sandbox ends.
+                        let _ = self.listener.fail(id, libc::EACCES);
+                        tracing::error!("handling a notification panicked");
+                        return Err(Errno::EIO);
+                    }
+                }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => {
@@ -328,6 +483,18 @@ impl Supervisor {
             self.helpers.fetch_sub(1, Ordering::SeqCst);
             let _ = self.listener.fail(id, libc::EAGAIN);
         }
+    }
+
+    /// The tool's umask now. When its task's files were dropped since this
+    /// call's `task` (the other serving thread's clean-up), they are opened
+    /// again by tid: the notification, still valid after, says it is the same
+    /// task.
+    fn umask(&self, n: &Notification) -> Result<u32, Errno> {
+        let umask = self.tasks.umask(n.tid)?;
+        if !self.listener.id_valid(n.id) {
+            return Err(Errno::ESRCH);
+        }
+        Ok(umask)
     }
 
     fn count(&self, f: impl FnOnce(&mut Counters)) {
@@ -712,7 +879,7 @@ impl Supervisor {
         // The umask (shared between threads, so not kept) only for a file
         // this open may create.
         let umask = if creates || is_tmpfile {
-            self.tasks.umask(n.tid)?
+            self.umask(n)?
         } else {
             0
         };
@@ -746,6 +913,7 @@ impl Supervisor {
             };
             match opened {
                 Ok(fd) => {
+                    let _inject = me.injects.begin();
                     if let Err(e) =
                         me.listener
                             .inject_fd_and_return(id, &fd, flags & libc::O_CLOEXEC != 0)
@@ -753,6 +921,7 @@ impl Supervisor {
                     {
                         let _ = me.listener.fail(id, e.raw_os_error().unwrap_or(libc::EIO));
                     }
+                    drop(fd);
                 }
                 Err(e) => {
                     let _ = me.listener.fail(id, e as i32);
@@ -937,7 +1106,7 @@ impl Supervisor {
         }
         let nr = n.nr;
         let umask = if nr == libc::SYS_bind && unix_call_path.is_some() {
-            self.tasks.umask(n.tid)?
+            self.umask(n)?
         } else {
             0
         };
@@ -952,7 +1121,7 @@ impl Supervisor {
                 libc::SYS_connect => emulate::connect(&sock, &addr, unix),
                 _ => {
                     // A unix bind creates a file: with the tool's umask. This
-                    // runs on the supervisor thread or, under a backstop, the
+                    // runs on a serving thread or, under a backstop, the
                     // opener thread (never a helper: a bind does not block);
                     // each has an fs context of its own (`unshare(CLONE_FS)`),
                     // so the umask set here is theirs alone.
@@ -1326,6 +1495,8 @@ impl Supervisor {
         let me = self.clone();
         let (id, tid, tgid) = (n.id, n.tid, task.tgid);
         let on_exec = self.tasks.invalidator();
+        // An fd the tool has just closed may still be open here.
+        self.injects.wait_idle(Duration::from_secs(1));
         // The verifier answers the notification; do not hold up other calls.
         // `image` stays open until the exec is verified, so its inode
         // number cannot be reused by another file meanwhile.
@@ -1342,6 +1513,15 @@ impl Supervisor {
         });
         Ok(())
     }
+}
+
+/// Gives the calling thread an fs context of its own with umask 0: files we
+/// create take the tool's umask, applied by hand, and a bind sets it around
+/// the call without reaching any other thread.
+fn private_fs_context() -> nix::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    Ok(())
 }
 
 /// The name the kernel gives the executed file (`bprm->filename`), which
@@ -1385,7 +1565,7 @@ fn tgid_of(id: i32) -> Option<i32> {
 fn shebang(file: &OwnedFd) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
     use std::{io::Read, os::unix::fs::OpenOptionsExt};
     // The caller checked it is a regular file; O_NONBLOCK regardless, this
-    // runs on the thread that answers every notification.
+    // runs on a thread that answers notifications.
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)

@@ -331,10 +331,18 @@ impl TaskCache {
     pub fn umask(&self, tid: i32) -> Result<u32, Errno> {
         let mut cached = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let Cached { files, buf } = &mut *cached;
-        // The entry `inspect` made for this call (by tid alone, the file
-        // could be a later task's).
-        let task = files.get(&tid).ok_or_else(missing)?;
-        let status = status_text(&task.status, buf)?;
+        // The entry `inspect` made for this call or, if another call's
+        // clean-up dropped it since, the file opened again. By tid alone
+        // either could be a later task's: the caller checks.
+        let fresh;
+        let status = match files.get(&tid) {
+            Some(task) => &task.status,
+            None => {
+                fresh = TaskFiles::open(tid, false)?.ok_or_else(missing)?;
+                &fresh.status
+            }
+        };
+        let status = status_text(status, buf)?;
         Ok(field(status, "Umask")
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .unwrap_or(0o022))
