@@ -227,6 +227,7 @@ fn paths_resolve_like_the_kernel_relative_dirfd_symlink_proc() {
     let env = Env::new(&[]);
     std::fs::create_dir(env.work.join("sub")).unwrap();
     std::fs::write(env.work.join("f.txt"), "top").unwrap();
+    std::fs::write(env.work.join("sub/f.txt"), "jailed").unwrap();
     std::os::unix::fs::symlink("/etc/shadow", env.work.join("shadow-link")).unwrap();
     std::os::unix::fs::symlink(env.work.join("f.txt"), env.work.join("ok-link")).unwrap();
     let script = r#"
@@ -259,6 +260,17 @@ def openat2(flags):
     return os.read(r, 10).decode() if flags == os.O_RDONLY else 'fd'
 attempt('openat2-read', lambda: openat2(os.O_RDONLY))
 attempt('openat2-opath', lambda: openat2(os.O_PATH))
+# RESOLVE_IN_ROOT: an absolute path starts at the dirfd (here the cwd, sub;
+# never the supervisor's cwd or root), `..` stops there.
+jail = os.open('.', os.O_RDONLY | os.O_DIRECTORY)
+def in_root(path):
+    how = ctypes.create_string_buffer(struct.pack('QQQ', os.O_RDONLY, 0, 0x10))
+    r = libc.syscall(437, jail, path, how, 24)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), 'openat2')
+    return os.read(r, 10).decode()
+attempt('in-root-absolute', lambda: in_root(b'/f.txt'))
+attempt('in-root-dotdot', lambda: in_root(b'/../../f.txt'))
 "#;
     let out = env.python(script);
     let stdout = assert_ok(&out);
@@ -275,6 +287,8 @@ attempt('openat2-opath', lambda: openat2(os.O_PATH))
         "openat2-read ok top",
         // O_PATH flags in memory could be swapped after the check: refused.
         "openat2-opath err 38",
+        "in-root-absolute ok jailed",
+        "in-root-dotdot ok jailed",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }
@@ -282,6 +296,12 @@ attempt('openat2-opath', lambda: openat2(os.O_PATH))
     let records = env.audit();
     assert!(!find(&records, "openat", "/etc/shadow").is_empty());
     assert!(find(&records, "openat", "/shadow-link").is_empty());
+    // And the file a RESOLVE_IN_ROOT lookup reached, by its real name.
+    assert_eq!(
+        find(&records, "openat2", "/work/sub/f.txt").len(),
+        2,
+        "{records:?}"
+    );
 }
 
 #[test]

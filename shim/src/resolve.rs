@@ -328,7 +328,11 @@ pub fn resolve(l: &Lookup) -> Resolved {
     } else {
         None
     };
-    let (base, base_path) = if absolute {
+    // `RESOLVE_IN_ROOT` takes even an absolute path from the dirfd, as its
+    // root (and `RESOLVE_BENEATH` refuses one with `EXDEV` whatever the
+    // dirfd): never from the supervisor's `/`, let alone its cwd.
+    let from_dirfd = l.resolve & (libc::RESOLVE_IN_ROOT | libc::RESOLVE_BENEATH) != 0;
+    let (base, base_path) = if absolute && !from_dirfd {
         match own_link {
             Some((_, rest)) if rest.is_empty() => {
                 link_is_object = true;
@@ -360,7 +364,14 @@ pub fn resolve(l: &Lookup) -> Resolved {
             }
         }
     };
-    let lexical_path = lexical(&base_path, &path);
+    // Under `RESOLVE_IN_ROOT` a leading `/` names the dirfd (the name
+    // reported when the lookup fails; `..` is not clamped at that root).
+    let lexical_path = if absolute && from_dirfd {
+        let from = path.iter().position(|&b| b != b'/').unwrap_or(path.len());
+        lexical(&base_path, &path[from..])
+    } else {
+        lexical(&base_path, &path)
+    };
     let fail = |e| Resolved {
         path: lexical_path.clone(),
         found: Err(e),
