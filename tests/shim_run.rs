@@ -893,6 +893,17 @@ fn unstored_records(stderr: &str) -> Vec<Value> {
 
 #[test]
 fn a_full_disk_denies_and_every_answered_call_is_stored_or_logged() {
+    full_disk("batched");
+}
+
+#[test]
+fn a_full_disk_in_strict_mode_never_leaves_an_allow_for_a_denied_call() {
+    full_disk("strict");
+}
+
+/// Opens until the store's disk is full, then checks that the records (in the
+/// store or, as a last resort, the log) match the answers the tool got.
+fn full_disk(durability: &str) {
     let env = Env::new(&[]);
     let disk = env.dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
@@ -905,7 +916,13 @@ fn a_full_disk_denies_and_every_answered_call_is_stored_or_logged() {
          except OSError as e:\n    print('refused', e.errno, 'after', n)\n",
         path = target.display().to_string()
     );
-    let mut run = vec!["run".to_owned(), "--audit-db".into(), "$DISK/audit".into()];
+    let mut run = vec![
+        "run".to_owned(),
+        "--durability".into(),
+        durability.into(),
+        "--audit-db".into(),
+        "$DISK/audit".into(),
+    ];
     for p in &env.policies {
         run.extend(["--policy".into(), p.display().to_string()]);
     }
@@ -969,16 +986,30 @@ fn a_full_disk_denies_and_every_answered_call_is_stored_or_logged() {
             .collect()
     };
     let (in_store, in_log) = (seqs(&stored), seqs(&logged));
+    // An allow whose record could not be flushed was answered with a denial,
+    // and an `override` record (stored or logged) says so.
+    let overridden: std::collections::BTreeSet<u64> = stored
+        .iter()
+        .chain(&logged)
+        .filter(|r| r["event"] == "override" && r["allow"] == false)
+        .filter_map(|r| r["overrides"].as_u64())
+        .collect();
     eprintln!(
-        "{answered} opens answered: {} records stored, {} logged",
+        "{durability}: {answered} opens answered: {} records stored, {} logged, {} overridden",
         in_store.len(),
-        in_log.len()
+        in_log.len(),
+        overridden.len()
     );
-    // A record both stored and logged counts once.
-    let accounted = in_store.union(&in_log).count();
-    assert!(
-        accounted as u64 >= answered,
-        "{answered} opens answered, {accounted} recorded ({} stored, {} logged)\n{}",
+    // A record both stored and logged counts once; every allowed open has
+    // its allow record, and no denied one does.
+    let accounted = in_store
+        .union(&in_log)
+        .filter(|s| !overridden.contains(s))
+        .count();
+    assert_eq!(
+        accounted as u64,
+        answered,
+        "{answered} opens answered, {accounted} recorded as allowed ({} stored, {} logged)\n{}",
         stored.len(),
         logged.len(),
         read("audit.err")

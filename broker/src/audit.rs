@@ -59,6 +59,10 @@ pub enum AuditError {
     Write(#[from] sled::Error),
     #[error("audit store flush failed: {0}")]
     Flush(String),
+    /// Strict mode: record `seq` is in the store but its flush failed, so
+    /// the caller must not act on it as recorded (see `overrides`).
+    #[error("audit record {seq} is stored but its flush failed: {message}")]
+    Unflushed { seq: u64, message: String },
     #[error("audit write queue is full ({0} records not yet on disk)")]
     Backlog(u64),
     #[error("audit record {seq} cannot be decoded: {message}")]
@@ -106,7 +110,7 @@ pub struct AuditRecord {
     pub id: String,
     /// RFC 3339, nanoseconds, UTC.
     pub time: String,
-    /// `decision`, `sandbox_started` or `sandbox_exited`.
+    /// `decision`, `sandbox_started`, `sandbox_exited` or `override`.
     pub event: String,
     pub sandbox_id: String,
     #[serde(default)]
@@ -150,6 +154,12 @@ pub struct AuditRecord {
     /// Exit records: peak use (`memory_peak_bytes`, `cpu_usec`, `pids_peak`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<BTreeMap<String, u64>>,
+    /// `override` records: the decision record that says allow for a call
+    /// that was in fact denied, because that record could not be flushed
+    /// (strict mode). It is in the store's memory, so it may still reach
+    /// the disk, or the log at exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<u64>,
     /// The policy's `input` document for a decision, exactly as evaluated, so
     /// that `cordon policy replay` can re-evaluate it under another policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +194,12 @@ impl AuditRecord {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as i64)
     }
+
+    /// A decision's answer: allow or deny. An `override` record is the
+    /// denial that replaced an allow its record could not make durable.
+    pub fn decision(&self) -> Option<bool> {
+        matches!(self.event.as_str(), "decision" | "override").then_some(self.allow)
+    }
 }
 
 /// Which records a query returns. Empty fields do not filter.
@@ -216,9 +232,7 @@ impl AuditFilter {
             && self.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
             && self.syscall.as_ref().is_none_or(|s| &r.syscall == s)
             && self.kind.as_ref().is_none_or(|k| &r.kind == k)
-            && self
-                .decision
-                .is_none_or(|d| r.event == "decision" && r.allow == d)
+            && self.decision.is_none_or(|d| r.decision() == Some(d))
             && (!self.would_deny || r.would_deny)
             && self
                 .path_prefix
@@ -959,7 +973,13 @@ impl Inner {
                 self.wake_flusher.notify_one();
             }
         } else {
-            self.wait_durable(seq)?;
+            self.wait_durable(seq).map_err(|e| AuditError::Unflushed {
+                seq,
+                message: match e {
+                    AuditError::Flush(m) => m,
+                    other => other.to_string(),
+                },
+            })?;
         }
         Ok(Appended { seq })
     }
@@ -1278,7 +1298,7 @@ fn index_entry(r: &AuditRecord, page: u64) -> IndexEntry {
         page,
         sandbox_id: r.sandbox_id.clone(),
         syscall: r.syscall.clone(),
-        decision: (r.event == "decision").then_some(r.allow),
+        decision: r.decision(),
     }
 }
 

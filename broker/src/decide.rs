@@ -12,7 +12,7 @@ use cordon_proto::v1::{
 };
 
 use crate::{
-    audit::{AuditError, AuditLog, AuditRecord},
+    audit::{AuditError, AuditLog, AuditRecord, log_unstored},
     errno,
     policy::{PolicyEngine, Verdict},
     request::{self, InvalidRequest, display_bytes},
@@ -111,8 +111,34 @@ impl Broker {
                 audit_seq: appended.seq,
                 eval_us: verdict.eval_time.as_micros() as u64,
             },
-            Err(e) => unrecorded_denial(&e, &verdict),
+            Err(e) => {
+                if let AuditError::Unflushed { seq, .. } = e
+                    && (verdict.allow || would_deny)
+                {
+                    self.record_override(req, &verdict, seq, &e);
+                }
+                unrecorded_denial(&e, &verdict)
+            }
         })
+    }
+
+    /// Record `seq` says allow, and it is in the store's memory, but the
+    /// call is denied (its flush failed): a record that says so follows it,
+    /// in the store if it takes one more, else in the log.
+    fn record_override(&self, req: &DecideRequest, verdict: &Verdict, seq: u64, e: &AuditError) {
+        let mut r = decision_record(req, verdict, 0);
+        r.event = "override".into();
+        r.overrides = Some(seq);
+        r.allow = false;
+        r.memoized = false;
+        r.errno = errno::DEFAULT.into();
+        r.reason = format!("record {seq} allowed this call, but it was denied: {e}");
+        match self.audit.append(r.clone()) {
+            Ok(_) => {}
+            // In the store's memory: logged at exit if never flushed.
+            Err(AuditError::Unflushed { .. }) => {}
+            Err(_) => log_unstored(vec![r]),
+        }
     }
 
     /// The policy's kernel backstop for `sandbox` (`data.cordon.backstop`).

@@ -214,6 +214,7 @@ pub fn record_to_proto(r: &AuditRecord) -> PbRecord {
         hash: r.hash.clone(),
         json: serde_json::to_string(r).unwrap_or_default(),
         would_deny: r.would_deny,
+        overrides: r.overrides.unwrap_or_default(),
     }
 }
 

@@ -341,7 +341,7 @@ struct Printer {
     header_done: bool,
 }
 
-const CSV_HEADER: [&str; 21] = [
+const CSV_HEADER: [&str; 22] = [
     "seq",
     "id",
     "time",
@@ -363,6 +363,7 @@ const CSV_HEADER: [&str; 21] = [
     "policy_revision",
     "latency_us",
     "hash",
+    "overrides",
 ];
 
 impl Printer {
@@ -419,6 +420,7 @@ impl Printer {
                     r.policy_revision.clone(),
                     r.latency_us.to_string(),
                     r.hash.clone(),
+                    r.overrides.map(|s| s.to_string()).unwrap_or_default(),
                 ])?;
                 w.flush()?;
             }
