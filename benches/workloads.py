@@ -8,6 +8,8 @@ alternated run by run (A B C ... A B C ...) so machine noise hits all alike.
     RUNS=11 python3 benches/workloads.py
     ONLY=startup,scale python3 benches/workloads.py
     NO_SYD=1 python3 benches/workloads.py   # do not build syd
+    BASELINE=/tmp/old/cordon python3 benches/workloads.py
+                                # also an older build, side by side
 
 Prints Markdown tables (median wall time, ratio to native, p99 where it
 applies) and writes raw timings and SVG charts to target/bench-workloads/<UTC>/.
@@ -38,6 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = int(os.environ.get("RUNS", "7"))
 ONLY = set(filter(None, os.environ.get("ONLY", "").split(",")))
 CORDON = os.path.join(ROOT, "target/release/cordon")
+# Another cordon binary (say, the previous commit's) run alongside, so a
+# change is measured against its baseline in the same run.
+BASELINE = os.environ.get("BASELINE")
 SYD_VERSION = "3.23.6"  # later releases need a C23 compiler (hardened-malloc)
 SYD = os.path.join(ROOT, "target/syd-install/bin/syd")
 PY = "/usr/bin/python3"
@@ -148,6 +153,9 @@ class Setup:
 
     def cordon(self, cmd):
         return [CORDON, "run", "--audit-db", self.db, "--policy", self.policy_dir, "--", *cmd]
+
+    def cordon_baseline(self, cmd):
+        return [BASELINE, "run", "--audit-db", self.db + "-baseline", "--policy", self.policy_dir, "--", *cmd]
 
     def cordon_no_memo(self, cmd):
         # Every call evaluated: what a tool's first call to each path costs.
@@ -335,6 +343,9 @@ def main():
     s = Setup()
     variants = {"native": s.native, "cordon run": s.cordon, "cordon run --broker": s.cordon_broker,
                 "strace -f": s.strace}
+    if BASELINE:
+        variants = {"native": s.native, "cordon run": s.cordon, "cordon run (baseline)": s.cordon_baseline,
+                    **{k: v for k, v in variants.items() if k not in ("native", "cordon run")}}
     skipped = []
     if ensure_syd():
         try:
@@ -346,7 +357,7 @@ def main():
         skipped.append("syd: NO_SYD is set")
     else:
         skipped.append(f"syd {SYD_VERSION} could not be built from crates.io")
-    raw = {"runs": RUNS, "skipped": skipped}
+    raw = {"runs": RUNS, "skipped": skipped, "baseline": BASELINE}
     try:
         if not ONLY or "workloads" in ONLY:
             raw["workloads_s"] = bench_workloads(s, variants)
@@ -377,6 +388,8 @@ def report(raw, out_dir):
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"\n# Workload benchmarks ({raw['runs']} alternated runs; {os.cpu_count()} CPUs, {cpu}, "
           f"Linux {os.uname().release}, commit {commit})\n")
+    if raw.get("baseline"):
+        print(f"- baseline: {raw['baseline']}")
     for s in raw["skipped"]:
         print(f"- skipped: {s}")
     if "workloads_s" in raw:
