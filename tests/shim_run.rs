@@ -305,6 +305,31 @@ attempt('in-root-dotdot', lambda: in_root(b'/../../f.txt'))
 }
 
 #[test]
+fn long_paths_are_read_whole_and_too_long_ones_are_enametoolong() {
+    // The path is read from the tool's memory in steps, bounded by PATH_MAX:
+    // the longest path the kernel takes (4095 bytes) reaches the file, one
+    // byte more is ENAMETOOLONG, as natively.
+    let env = Env::new(&[]);
+    std::fs::write(env.work.join("f.txt"), "long").unwrap();
+    let script = r#"
+import os
+def attempt(label, path):
+    try:
+        print(label, 'ok', open(path).read())
+    except OSError as e:
+        print(label, 'err', e.errno)
+path = ('./' * 2045) + 'f.txt'
+print('len', len(path))
+attempt('longest', path)
+attempt('too-long', './' + path)
+"#;
+    let stdout = assert_ok(&env.python(script));
+    assert!(stdout.contains("len 4095"), "{stdout}");
+    assert!(stdout.contains("longest ok long"), "{stdout}");
+    assert!(stdout.contains("too-long err 36"), "{stdout}");
+}
+
+#[test]
 fn a_hard_link_made_outside_gives_the_path_policy_only_the_link_name() {
     // Hard links are names, not copies: a path policy sees the name used.
     // This documents the limit (docs/threat-model.md); the tool still gets

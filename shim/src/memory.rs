@@ -15,6 +15,8 @@ use nix::{
 };
 
 const PAGE: usize = 4096;
+/// The most of a string read in one step (see `read_cstr`).
+const CSTR_STEP: usize = 512;
 
 /// The address space of one tool thread.
 #[derive(Debug, Clone, Copy)]
@@ -32,15 +34,22 @@ impl ToolMemory {
     /// Exactly `len` bytes at `addr`, or `EFAULT`.
     pub fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, Errno> {
         let mut buf = vec![0u8; len];
+        self.read_into(addr, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Fills `buf` from `addr`, or `EFAULT`.
+    fn read_into(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let len = buf.len();
         if len == 0 {
-            return Ok(buf);
+            return Ok(());
         }
         if addr == 0 {
             return Err(Errno::EFAULT);
         }
         let n = process_vm_readv(
             self.pid,
-            &mut [IoSliceMut::new(&mut buf)],
+            &mut [IoSliceMut::new(buf)],
             &[RemoteIoVec {
                 base: addr as usize,
                 len,
@@ -50,12 +59,13 @@ impl ToolMemory {
         if n != len {
             return Err(Errno::EFAULT);
         }
-        Ok(buf)
+        Ok(())
     }
 
     pub fn read_u64(&self, addr: u64) -> Result<u64, Errno> {
-        let b = self.read(addr, 8)?;
-        Ok(u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+        let mut b = [0u8; 8];
+        self.read_into(addr, &mut b)?;
+        Ok(u64::from_ne_bytes(b))
     }
 
     /// A NUL-terminated string of at most `max` bytes (without the NUL).
@@ -66,15 +76,19 @@ impl ToolMemory {
         }
         let mut out = Vec::new();
         let mut at = addr;
+        // Most paths are short: read in stack-sized steps (never across a
+        // page end), not a page-sized buffer on the heap per call.
+        let mut step = [0u8; CSTR_STEP];
         loop {
             let to_page_end = PAGE - (at as usize % PAGE);
-            let want = to_page_end.min(max + 1 - out.len());
-            let chunk = self.read(at, want)?;
+            let want = to_page_end.min(max + 1 - out.len()).min(CSTR_STEP);
+            let chunk = &mut step[..want];
+            self.read_into(at, chunk)?;
             if let Some(nul) = chunk.iter().position(|&b| b == 0) {
                 out.extend_from_slice(&chunk[..nul]);
                 return Ok(out);
             }
-            out.extend_from_slice(&chunk);
+            out.extend_from_slice(chunk);
             if out.len() > max {
                 return Err(Errno::ENAMETOOLONG);
             }
@@ -134,5 +148,45 @@ impl ToolMemory {
             return Err(Errno::EFAULT);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own() -> ToolMemory {
+        ToolMemory::new(std::process::id() as i32)
+    }
+
+    #[test]
+    fn strings_are_read_whole_across_steps_and_pages() {
+        // Strings of every awkward length, each placed across a page end.
+        for len in [0, 1, CSTR_STEP - 1, CSTR_STEP, CSTR_STEP + 1, 3000, 4095] {
+            let mut b = vec![b'x'; 4 * PAGE];
+            let base = b.as_ptr() as usize;
+            let boundary = (base / PAGE + 2) * PAGE - base;
+            let start = boundary - len / 2;
+            b[start + len] = 0;
+            let addr = (base + start) as u64;
+            assert_eq!(
+                own().read_cstr(addr, 4095).unwrap(),
+                vec![b'x'; len],
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_string_longer_than_the_bound_is_refused_and_null_is_efault() {
+        let mut s = vec![b'a'; 5000];
+        s.push(0);
+        let addr = s.as_ptr() as u64;
+        assert_eq!(own().read_cstr(addr, 4095), Err(Errno::ENAMETOOLONG));
+        assert_eq!(own().read_cstr(addr, 5000).unwrap().len(), 5000);
+        assert_eq!(own().read_cstr(0, 4095), Err(Errno::EFAULT));
+        // The lowest page is never mapped.
+        assert_eq!(own().read_cstr(16, 4095), Err(Errno::EFAULT));
+        assert_eq!(own().read_u64(16), Err(Errno::EFAULT));
     }
 }
