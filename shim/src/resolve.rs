@@ -281,19 +281,23 @@ fn how_to_link(flags: OFlag, resolve: u64) -> OpenHow {
         .resolve(ResolveFlag::from_bits_truncate(resolve))
 }
 
-/// `/proc/TGID/fd/N` or `/proc/TGID/task/TID/fd/N`, and nothing longer
-/// (`/proc/TGID/root/dev/stdin` would pass through `/proc/self` again).
-fn is_own_fd_entry(path: &[u8], tgid: i32) -> bool {
-    let Some(rest) = path.strip_prefix(format!("/proc/{tgid}/").as_bytes()) else {
-        return false;
-    };
+/// `/proc/ID/fd/N` (ID the caller's tgid or its own tid) or
+/// `/proc/TGID/task/TID/fd/N`, and nothing longer (`/proc/TGID/root/dev/stdin`
+/// would pass through `/proc/self` again).
+fn is_own_fd_entry(path: &[u8], tgid: i32, tid: i32) -> bool {
     let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
-    let parts: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
-    match parts.as_slice() {
-        [b"fd", n] => digits(n),
-        [b"task", tid, b"fd", n] => digits(tid) && digits(n),
-        _ => false,
+    let under = |id: i32| path.strip_prefix(format!("/proc/{id}/").as_bytes());
+    if let Some(rest) = under(tgid) {
+        let parts: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
+        return match parts.as_slice() {
+            [b"fd", n] => digits(n),
+            [b"task", tid, b"fd", n] => digits(tid) && digits(n),
+            _ => false,
+        };
     }
+    under(tid)
+        .and_then(|rest| rest.strip_prefix(b"fd/"))
+        .is_some_and(digits)
 }
 
 /// The path to report for an fd we resolved: its canonical name, or, for
@@ -306,10 +310,15 @@ fn is_own_fd_entry(path: &[u8], tgid: i32) -> bool {
 /// A path with `..` never qualifies: the kernel applies `..` to wherever a
 /// magic link led (`/proc/TGID/cwd/../fd/N` is the fd of whatever process's
 /// directory the tool's cwd is in), while the lexical path pretends otherwise.
-fn reported(fd: &OwnedFd, fallback: &[u8], tgid: i32, dotdot: bool) -> Result<Vec<u8>, Errno> {
+fn reported(
+    fd: &OwnedFd,
+    fallback: &[u8],
+    (tgid, tid): (i32, i32),
+    dotdot: bool,
+) -> Result<Vec<u8>, Errno> {
     match fd_path(fd) {
         Some(p) if p.first() == Some(&b'/') => Ok(p),
-        _ if !dotdot && is_own_fd_entry(fallback, tgid) => Ok(fallback.to_vec()),
+        _ if !dotdot && is_own_fd_entry(fallback, tgid, tid) => Ok(fallback.to_vec()),
         _ => Err(Errno::EACCES),
     }
 }
@@ -400,7 +409,7 @@ pub fn resolve(l: &Lookup) -> Resolved {
         lookup(dir(&base), &path, nofollow, l.resolve)
     };
     match found {
-        Ok(fd) => match reported(&fd, &lexical_path, l.tgid, has_dotdot(&path)) {
+        Ok(fd) => match reported(&fd, &lexical_path, (l.tgid, l.tid), has_dotdot(&path)) {
             Ok(path) => Resolved {
                 path,
                 found: Ok(Found::Existing(fd)),
@@ -470,29 +479,46 @@ mod tests {
     fn pathless_objects_only_through_the_tools_own_fd_entries() {
         let (r, _w) = nix::unistd::pipe().unwrap();
         assert_eq!(
-            reported(&r, b"/proc/1234/fd/3", 1234, false).unwrap(),
+            reported(&r, b"/proc/1234/fd/3", (1234, 1240), false).unwrap(),
             b"/proc/1234/fd/3"
         );
         // A symlink in the workdir to /proc/self/fd/N reaches the supervisor's fd.
-        assert_eq!(reported(&r, b"/work/link", 1234, false), Err(Errno::EACCES));
         assert_eq!(
-            reported(&r, b"/proc/99/fd/3", 1234, false),
+            reported(&r, b"/work/link", (1234, 1240), false),
             Err(Errno::EACCES)
         );
         assert_eq!(
-            reported(&r, b"/proc/1234/root/dev/stdin", 1234, false),
+            reported(&r, b"/proc/99/fd/3", (1234, 1240), false),
             Err(Errno::EACCES)
         );
-        assert!(reported(&r, b"/proc/1234/task/1240/fd/0", 1234, false).is_ok());
+        assert_eq!(
+            reported(&r, b"/proc/1234/root/dev/stdin", (1234, 1240), false),
+            Err(Errno::EACCES)
+        );
+        assert!(reported(&r, b"/proc/1234/task/1240/fd/0", (1234, 1240), false).is_ok());
+        // A thread's own /proc/TID/fd/N, not another's, nor anything under it.
+        assert!(reported(&r, b"/proc/1240/fd/0", (1234, 1240), false).is_ok());
+        assert_eq!(
+            reported(&r, b"/proc/1241/fd/0", (1234, 1240), false),
+            Err(Errno::EACCES)
+        );
+        assert_eq!(
+            reported(&r, b"/proc/1240/task/1240/fd/0", (1234, 1240), false),
+            Err(Errno::EACCES)
+        );
+        assert_eq!(
+            reported(&r, b"/proc/1240/fd/0/x", (1234, 1240), false),
+            Err(Errno::EACCES)
+        );
         // Lexically /proc/1234/fd/3, physically wherever cwd/.. is.
         assert_eq!(
-            reported(&r, b"/proc/1234/fd/3", 1234, true),
+            reported(&r, b"/proc/1234/fd/3", (1234, 1240), true),
             Err(Errno::EACCES)
         );
         let f = tempfile::tempfile().unwrap();
         let f: OwnedFd = f.into();
         assert!(
-            reported(&f, b"/anything", 1234, false)
+            reported(&f, b"/anything", (1234, 1240), false)
                 .unwrap()
                 .starts_with(b"/")
         );
