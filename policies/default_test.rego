@@ -93,6 +93,15 @@ test_netrc_denied if not allowed(read("/home/agent/job/.netrc"))
 
 test_keyring_denied if not allowed(read("/home/agent/job/.local/share/keyrings/login.keyring"))
 
+# Each pattern, the store itself named without a trailing slash (the path
+# the deny rule sees gets one appended; its cheap "/." guard must pass).
+test_every_credential_pattern_is_denied if {
+	every pattern in data.cordon.secret_patterns {
+		path := concat("", ["/home/agent/job", trim_suffix(pattern, "/")])
+		sprintf("%s is a credential store", [path]) in data.cordon.deny with input as read(path)
+	}
+}
+
 test_dotenv_denied if {
 	not allowed(read("/home/agent/job/.env.local"))
 	"/home/agent/job/.env.local is a .env file" in data.cordon.deny with input as read("/home/agent/job/.env.local")
