@@ -228,6 +228,8 @@ fn paths_resolve_like_the_kernel_relative_dirfd_symlink_proc() {
     std::fs::create_dir(env.work.join("sub")).unwrap();
     std::fs::write(env.work.join("f.txt"), "top").unwrap();
     std::fs::write(env.work.join("sub/f.txt"), "jailed").unwrap();
+    std::fs::create_dir(env.work.join("sub/dev")).unwrap();
+    std::fs::write(env.work.join("sub/dev/stdin"), "jailed-stdin").unwrap();
     std::os::unix::fs::symlink("/etc/shadow", env.work.join("shadow-link")).unwrap();
     std::os::unix::fs::symlink(env.work.join("f.txt"), env.work.join("ok-link")).unwrap();
     let script = r#"
@@ -271,6 +273,15 @@ def in_root(path):
     return os.read(r, 10).decode()
 attempt('in-root-absolute', lambda: in_root(b'/f.txt'))
 attempt('in-root-dotdot', lambda: in_root(b'/../../f.txt'))
+# ...and /dev/stdin there is the jail's file, not the tool's fd 0.
+attempt('in-root-stdin', lambda: in_root(b'/dev/stdin'))
+# RESOLVE_BENEATH refuses an absolute path (EXDEV) before looking at the dirfd.
+def beneath(dirfd):
+    how = ctypes.create_string_buffer(struct.pack('QQQ', os.O_RDONLY, 0, 0x08))
+    r = libc.syscall(437, dirfd, b'/f.txt', how, 24)
+    return os.close(r) if r >= 0 else (_ for _ in ()).throw(OSError(ctypes.get_errno(), 'openat2'))
+attempt('beneath-absolute', lambda: beneath(jail))
+attempt('beneath-absolute-bad-dirfd', lambda: beneath(999))
 "#;
     let out = env.python(script);
     let stdout = assert_ok(&out);
@@ -289,6 +300,9 @@ attempt('in-root-dotdot', lambda: in_root(b'/../../f.txt'))
         "openat2-opath err 38",
         "in-root-absolute ok jailed",
         "in-root-dotdot ok jailed",
+        "in-root-stdin ok jailed-std",
+        "beneath-absolute err 18",
+        "beneath-absolute-bad-dirfd err 18",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }
@@ -930,16 +944,11 @@ fn a_full_disk_in_strict_mode_never_leaves_an_allow_for_a_denied_call() {
 /// of its own (gone with the test). Leaves in the env's dir: tool.out,
 /// run.err, audit.json (the store read from a copy, as an operator would:
 /// sled's open writes), audit.err, verify.out and verify.rc.
-fn run_on_a_small_disk(env: &Env, size: &str, durability: &str, tool: &[&str]) {
+fn run_on_a_small_disk(env: &Env, size: &str, options: &[&str], tool: &[&str]) {
     let disk = env.dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
-    let mut run = vec![
-        "run".to_owned(),
-        "--durability".into(),
-        durability.into(),
-        "--audit-db".into(),
-        "$DISK/audit".into(),
-    ];
+    let mut run = vec!["run".to_owned(), "--audit-db".into(), "$DISK/audit".into()];
+    run.extend(options.iter().map(|o| o.to_string()));
     for p in &env.policies {
         run.extend(["--policy".into(), p.display().to_string()]);
     }
@@ -993,7 +1002,15 @@ fn a_huge_exec_record_on_a_full_disk_is_stored_or_logged() {
         .collect();
     std::fs::write(&args, lines.join("\n")).unwrap();
     let script = format!("xargs -a '{}' -s 2000000 /bin/echo | wc -c", args.display());
-    run_on_a_small_disk(&env, "1m", "batched", &["/bin/sh", "-c", &script]);
+    // A window longer than the run: the record's only flush is the one at
+    // exit, so the exec and echo's own opens are answered first whatever the
+    // machine's load (the flusher would otherwise refuse them once it fails).
+    run_on_a_small_disk(
+        &env,
+        "1m",
+        &["--flush-window", "60s"],
+        &["/bin/sh", "-c", &script],
+    );
     let read = |f: &str| std::fs::read_to_string(env.dir.path().join(f)).unwrap();
     let (tool, stderr) = (read("tool.out"), read("run.err"));
     let stored: Vec<Value> = read("audit.json")
@@ -1034,7 +1051,12 @@ fn full_disk(durability: &str) {
          except OSError as e:\n    print('refused', e.errno, 'after', n)\n",
         path = target.display().to_string()
     );
-    run_on_a_small_disk(&env, "2m", durability, &["/usr/bin/python3", "-c", &script]);
+    run_on_a_small_disk(
+        &env,
+        "2m",
+        &["--durability", durability],
+        &["/usr/bin/python3", "-c", &script],
+    );
     let read = |f: &str| std::fs::read_to_string(env.dir.path().join(f)).unwrap();
     let (tool, stderr) = (read("tool.out"), read("run.err"));
     // Once the store cannot take records, calls are denied, with the reason.

@@ -325,7 +325,14 @@ fn reported(
 
 /// Resolves `l.path` for the tool.
 pub fn resolve(l: &Lookup) -> Resolved {
-    let mut path = rewrite_proc_self(l.path, l.tid, l.tgid);
+    // Under `RESOLVE_IN_ROOT` `/proc/self` and `/dev/stdin` name files under
+    // the dirfd, not the kernel's: no rewriting.
+    let in_root = l.resolve & libc::RESOLVE_IN_ROOT != 0;
+    let mut path = if in_root {
+        l.path.to_vec()
+    } else {
+        rewrite_proc_self(l.path, l.tid, l.tgid)
+    };
     let absolute = path.first() == Some(&b'/');
     // The tool's own magic link as the object itself (`/proc/TGID/fd/3`).
     let mut link_is_object = false;
@@ -338,10 +345,10 @@ pub fn resolve(l: &Lookup) -> Resolved {
         None
     };
     // `RESOLVE_IN_ROOT` takes even an absolute path from the dirfd, as its
-    // root (and `RESOLVE_BENEATH` refuses one with `EXDEV` whatever the
-    // dirfd): never from the supervisor's `/`, let alone its cwd.
-    let from_dirfd = l.resolve & (libc::RESOLVE_IN_ROOT | libc::RESOLVE_BENEATH) != 0;
-    let (base, base_path) = if absolute && !from_dirfd {
+    // root: never from the supervisor's `/`, let alone its cwd. (An absolute
+    // path under `RESOLVE_BENEATH` is `EXDEV` before the kernel looks at the
+    // dirfd: from `/`, the supervisor's lookup says so too.)
+    let (base, base_path) = if absolute && !in_root {
         match own_link {
             Some((_, rest)) if rest.is_empty() => {
                 link_is_object = true;
@@ -375,7 +382,7 @@ pub fn resolve(l: &Lookup) -> Resolved {
     };
     // Under `RESOLVE_IN_ROOT` a leading `/` names the dirfd (the name
     // reported when the lookup fails; `..` is not clamped at that root).
-    let lexical_path = if absolute && from_dirfd {
+    let lexical_path = if absolute && in_root {
         let from = path.iter().position(|&b| b != b'/').unwrap_or(path.len());
         lexical(&base_path, &path[from..])
     } else {
