@@ -15,8 +15,8 @@ use nix::{
 };
 
 const PAGE: usize = 4096;
-/// The most of a string read in one step (see `read_cstr`).
-const CSTR_STEP: usize = 512;
+/// The most of a string read in its first step (see `read_cstr`).
+const CSTR_FIRST_STEP: usize = 512;
 
 /// The address space of one tool thread.
 #[derive(Debug, Clone, Copy)]
@@ -76,19 +76,22 @@ impl ToolMemory {
         }
         let mut out = Vec::new();
         let mut at = addr;
-        // Most paths are short: read in stack-sized steps (never across a
-        // page end), not a page-sized buffer on the heap per call.
-        let mut step = [0u8; CSTR_STEP];
         loop {
+            // Never across a page end. Most strings are short: the first step
+            // is small (not a page-sized buffer per path); later ones go to
+            // the page end (an argv may be a MiB: few reads).
             let to_page_end = PAGE - (at as usize % PAGE);
-            let want = to_page_end.min(max + 1 - out.len()).min(CSTR_STEP);
-            let chunk = &mut step[..want];
-            self.read_into(at, chunk)?;
-            if let Some(nul) = chunk.iter().position(|&b| b == 0) {
-                out.extend_from_slice(&chunk[..nul]);
+            let mut want = to_page_end.min(max + 1 - out.len());
+            if out.is_empty() {
+                want = want.min(CSTR_FIRST_STEP);
+            }
+            let start = out.len();
+            out.resize(start + want, 0);
+            self.read_into(at, &mut out[start..])?;
+            if let Some(nul) = out[start..].iter().position(|&b| b == 0) {
+                out.truncate(start + nul);
                 return Ok(out);
             }
-            out.extend_from_slice(chunk);
             if out.len() > max {
                 return Err(Errno::ENAMETOOLONG);
             }
@@ -162,7 +165,15 @@ mod tests {
     #[test]
     fn strings_are_read_whole_across_steps_and_pages() {
         // Strings of every awkward length, each placed across a page end.
-        for len in [0, 1, CSTR_STEP - 1, CSTR_STEP, CSTR_STEP + 1, 3000, 4095] {
+        for len in [
+            0,
+            1,
+            CSTR_FIRST_STEP - 1,
+            CSTR_FIRST_STEP,
+            CSTR_FIRST_STEP + 1,
+            3000,
+            4095,
+        ] {
             let mut b = vec![b'x'; 4 * PAGE];
             let base = b.as_ptr() as usize;
             let boundary = (base / PAGE + 2) * PAGE - base;
@@ -188,5 +199,37 @@ mod tests {
         // The lowest page is never mapped.
         assert_eq!(own().read_cstr(16, 4095), Err(Errno::EFAULT));
         assert_eq!(own().read_u64(16), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn a_string_that_ends_where_its_mapping_ends_is_read() {
+        // A read across the page end would fail (the next page is not
+        // readable): every length up to a page, ending on its last byte.
+        let mut page = crate::sys::GuardedPage::new().unwrap();
+        let size = page.len();
+        for len in [
+            0,
+            1,
+            100,
+            CSTR_FIRST_STEP - 1,
+            CSTR_FIRST_STEP,
+            CSTR_FIRST_STEP + 1,
+            size - 1,
+        ] {
+            let bytes = page.bytes_mut();
+            bytes.fill(b'y');
+            bytes[size - 1] = 0;
+            let addr = bytes.as_ptr() as u64 + (size - 1 - len) as u64;
+            assert_eq!(
+                own().read_cstr(addr, 4095).unwrap(),
+                vec![b'y'; len],
+                "len {len}"
+            );
+        }
+        // Without its NUL, the string runs into the unreadable page: EFAULT.
+        let bytes = page.bytes_mut();
+        bytes.fill(b'y');
+        let addr = bytes.as_ptr() as u64 + (size - 10) as u64;
+        assert_eq!(own().read_cstr(addr, 4095), Err(Errno::EFAULT));
     }
 }

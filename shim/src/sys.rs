@@ -889,3 +889,62 @@ pub fn relay_signals_to(pid: i32, group: bool) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// For tests of reads from memory: one readable, writable page followed by
+/// one that cannot be read (a string that runs past the first cannot be
+/// read across). Unmapped on drop.
+#[cfg(test)]
+pub struct GuardedPage {
+    base: *mut u8,
+    page: usize,
+}
+
+#[cfg(test)]
+impl GuardedPage {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // SAFETY: a fresh anonymous private mapping of two pages, at an
+        // address the kernel picks; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let guarded = GuardedPage {
+            base: base.cast(),
+            page,
+        };
+        // SAFETY: the second page of the mapping made above.
+        cvt(unsafe { libc::mprotect(base.cast::<u8>().add(page).cast(), page, libc::PROT_NONE) })?;
+        Ok(guarded)
+    }
+
+    pub fn len(&self) -> usize {
+        self.page
+    }
+
+    /// The readable page.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the first page of our mapping is readable and writable and
+        // only reachable through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.page) }
+    }
+}
+
+#[cfg(test)]
+impl Drop for GuardedPage {
+    fn drop(&mut self) {
+        // SAFETY: the whole mapping made in `new`; no slice of it outlives
+        // `&mut self`.
+        unsafe { libc::munmap(self.base.cast(), 2 * self.page) };
+    }
+}
