@@ -66,7 +66,8 @@ pub struct AuditArgs {
     #[arg(long, value_enum)]
     kind: Option<KindArg>,
     /// Only allowed or denied decisions, or those a permissive sandbox was allowed and the
-    /// policy would have denied (would-deny).
+    /// policy would have denied (would-deny). In strict mode an allow whose record could not be
+    /// flushed was denied after all: an `override` record (deny; `overrides` = that seq) follows.
     #[arg(long, value_enum)]
     decision: Option<DecisionArg>,
     /// Only records whose path starts with this.
