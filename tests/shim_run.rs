@@ -1470,9 +1470,20 @@ t.start(); t.join()\n\
 out.append('main-no-dac ' + read('locked.txt'))\n\
 os.setgroups([])\n\
 out.append('groups-gone ' + read('group.txt'))\n\
+def fsuid():\n    \
+    dac(True)\n    \
+    libc.setfsuid(65534)  # drops the fs capabilities too\n    \
+    out.append('fsuid-nobody ' + read('locked.txt'))\n    \
+    assert libc.setfsuid(-1) == 65534  # a query: changes nothing\n    \
+    out.append('fsuid-query ' + read('locked.txt'))\n    \
+    libc.setfsuid(0)\n    \
+    out.append('fsuid-back ' + read('locked.txt'))\n\
+u = threading.Thread(target=fsuid)\n\
+u.start(); u.join()\n\
 print(' '.join(out))\n";
     let expected = "start ok no-dac err13 no-group err13 in-group ok \
-                    thread-with-dac ok main-no-dac err13 groups-gone err13\n";
+                    thread-with-dac ok main-no-dac err13 groups-gone err13 \
+                    fsuid-nobody err13 fsuid-query err13 fsuid-back ok\n";
     let native = Command::new("/usr/bin/python3")
         .args(["-c", script])
         .current_dir(&env.work)
@@ -1483,7 +1494,7 @@ print(' '.join(out))\n";
     assert_eq!(assert_ok(&sandboxed), expected, "under cordon run");
     // Each answer was the supervisor's: the opens are in the audit store.
     let records = env.audit();
-    assert_eq!(find(&records, "openat", "/work/locked.txt").len(), 4);
+    assert_eq!(find(&records, "openat", "/work/locked.txt").len(), 7);
     assert_eq!(find(&records, "openat", "/work/group.txt").len(), 3);
 }
 

@@ -548,14 +548,28 @@ impl Supervisor {
                 Ok(())
             }
             nr if filter::CREDENTIAL_CHANGES.contains(&nr) => {
-                // Forget first: the call runs once we answer, and the
-                // caller's next notification comes after it.
-                self.tasks.invalidate();
+                // `setfsuid(-1)` and `setfsgid(-1)` only ask (glibc's way to
+                // read the fs ids): nothing changes, nothing to forget.
+                let query = matches!(nr, libc::SYS_setfsuid | libc::SYS_setfsgid)
+                    && n.args[0] as u32 == u32::MAX;
+                if !query {
+                    // Forget first: the call runs once we answer, and the
+                    // caller's next notification comes after it.
+                    self.tasks.invalidate();
+                }
                 let _ = self.listener.allow_continue(n.id);
                 Ok(())
             }
             libc::SYS_prctl => {
-                self.forbid(&n, "prctl(PR_SET_MM)".into(), libc::EPERM);
+                // The filter notifies `PR_SET_MM` only; any other option
+                // that reaches us is refused too, under its own number.
+                let option = n.args[0] as u32 as i32;
+                let what = if option == libc::PR_SET_MM {
+                    "prctl(PR_SET_MM)".to_owned()
+                } else {
+                    format!("prctl({option})")
+                };
+                self.forbid(&n, what, libc::EPERM);
                 Ok(())
             }
             libc::SYS_personality => {
