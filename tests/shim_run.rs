@@ -250,6 +250,7 @@ attempt('proc-self-status', lambda: open('/proc/self/status').read().split()[0])
 attempt('proc-self-root', lambda: open('/proc/self/root/etc/shadow').read())
 fd = os.open('../f.txt', os.O_RDONLY)
 attempt('proc-self-fd', lambda: open('/proc/self/fd/%d' % fd).read())
+attempt('dev-dot-fd', lambda: open('//dev/./fd/%d' % fd).read())
 attempt('proc-parent-environ', lambda: open('/proc/%d/environ' % os.getppid()).read()[:5])
 attempt('nofollow-link', lambda: os.open('../ok-link', os.O_RDONLY | os.O_NOFOLLOW))
 import ctypes, struct
@@ -293,6 +294,7 @@ attempt('beneath-absolute-bad-dirfd', lambda: beneath(999))
         "proc-self-status ok Name:",
         "proc-self-root err 13",
         "proc-self-fd ok top",
+        "dev-dot-fd ok top",
         "proc-parent-environ err 13",
         "nofollow-link err 40",
         "openat2-read ok top",

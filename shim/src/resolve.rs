@@ -95,27 +95,46 @@ pub fn own_fd_dir() -> Option<std::os::fd::BorrowedFd<'static>> {
 /// resolved by the supervisor they would name the supervisor:
 /// `/proc/self…` → `/proc/TGID…`, `/proc/thread-self…` → `/proc/TGID/task/TID…`,
 /// `/dev/fd…` → `/proc/TGID/fd…`, `/dev/stdin|stdout|stderr` → `/proc/TGID/fd/0|1|2`.
+/// The two leading components are matched as the kernel walks them (`.` and
+/// repeated slashes are no-ops: `//dev/./fd/3` is `/dev/fd/3`); the rest of
+/// the path is kept exactly as given.
 pub fn rewrite_proc_self(path: &[u8], tid: i32, tgid: i32) -> Vec<u8> {
-    for (prefix, with) in [
-        (&b"/proc/self"[..], format!("/proc/{tgid}")),
-        (
-            &b"/proc/thread-self"[..],
-            format!("/proc/{tgid}/task/{tid}"),
-        ),
-        (&b"/dev/fd"[..], format!("/proc/{tgid}/fd")),
-        (&b"/dev/stdin"[..], format!("/proc/{tgid}/fd/0")),
-        (&b"/dev/stdout"[..], format!("/proc/{tgid}/fd/1")),
-        (&b"/dev/stderr"[..], format!("/proc/{tgid}/fd/2")),
-    ] {
-        if let Some(rest) = path.strip_prefix(prefix)
-            && (rest.is_empty() || rest[0] == b'/')
-        {
-            let mut out = with.into_bytes();
-            out.extend_from_slice(rest);
-            return out;
-        }
+    if path.first() != Some(&b'/') {
+        return path.to_vec();
     }
-    path.to_vec()
+    // The first two components that are not `.` or empty, with where the
+    // second ends.
+    let mut comps: [&[u8]; 2] = [b"", b""];
+    let mut found = 0;
+    let mut end = 0;
+    let mut at = 0;
+    for c in path.split(|&b| b == b'/') {
+        at += c.len();
+        if !c.is_empty() && c != b"." {
+            comps[found] = c;
+            found += 1;
+            if found == 2 {
+                end = at;
+                break;
+            }
+        }
+        at += 1;
+    }
+    if found < 2 {
+        return path.to_vec();
+    }
+    let with = match (comps[0], comps[1]) {
+        (b"proc", b"self") => format!("/proc/{tgid}"),
+        (b"proc", b"thread-self") => format!("/proc/{tgid}/task/{tid}"),
+        (b"dev", b"fd") => format!("/proc/{tgid}/fd"),
+        (b"dev", b"stdin") => format!("/proc/{tgid}/fd/0"),
+        (b"dev", b"stdout") => format!("/proc/{tgid}/fd/1"),
+        (b"dev", b"stderr") => format!("/proc/{tgid}/fd/2"),
+        _ => return path.to_vec(),
+    };
+    let mut out = with.into_bytes();
+    out.extend_from_slice(&path[end..]);
+    out
 }
 
 /// Joins and normalises lexically (`.`, `..`, repeated `/`): only used to
@@ -480,6 +499,22 @@ mod tests {
         assert_eq!(rewrite_proc_self(b"/dev/fd/3", 7, 5), b"/proc/5/fd/3");
         assert_eq!(rewrite_proc_self(b"/dev/stdout", 7, 5), b"/proc/5/fd/1");
         assert_eq!(rewrite_proc_self(b"/dev/stdoutx", 7, 5), b"/dev/stdoutx");
+        // `.` and repeated slashes on the way are no-ops, as for the kernel;
+        // the rest stays exactly as given (a trailing `/` or `.` matters).
+        assert_eq!(rewrite_proc_self(b"/dev/./fd/3", 7, 5), b"/proc/5/fd/3");
+        assert_eq!(rewrite_proc_self(b"//proc//self/fd/", 7, 5), b"/proc/5/fd/");
+        assert_eq!(
+            rewrite_proc_self(b"/./dev/stdin/.", 7, 5),
+            b"/proc/5/fd/0/."
+        );
+        assert_eq!(rewrite_proc_self(b"/proc/self", 7, 5), b"/proc/5");
+        // `..` is not lexical (a symlink may be on the way): left alone.
+        assert_eq!(
+            rewrite_proc_self(b"/dev/../dev/fd/3", 7, 5),
+            b"/dev/../dev/fd/3"
+        );
+        assert_eq!(rewrite_proc_self(b"dev/fd/3", 7, 5), b"dev/fd/3");
+        assert_eq!(rewrite_proc_self(b"/proc", 7, 5), b"/proc");
     }
 
     #[test]
