@@ -6,8 +6,9 @@
 //! honouring the tool's `O_NOFOLLOW` and `openat2` resolve flags. The
 //! canonical path the policy sees is read back from the `O_PATH` fd, and the
 //! allowed open later reopens that fd: a rename or symlink swap after the
-//! check cannot redirect it. `/proc/self` and `/proc/thread-self` are
-//! rewritten to the tool's pid (they would otherwise name the supervisor).
+//! check cannot redirect it. `/proc/self`, `/proc/thread-self`, `/dev/fd`
+//! and `/dev/std*` are rewritten to the tool's pid (they would otherwise name
+//! the supervisor).
 
 use std::os::{
     fd::{AsFd, AsRawFd, OwnedFd},
@@ -216,7 +217,7 @@ fn link_dir(magic: &str) -> Result<(OwnedFd, Vec<u8>), Errno> {
 ///
 /// Every other lookup refuses magic links (`RESOLVE_NO_MAGICLINKS`): followed
 /// by the supervisor, `/proc/self` is the supervisor's, and a route such as
-/// `/dev/./fd/N`, `/proc/ID/root/proc/self/fd/N` or a symlink the tool made
+/// `/dev/../dev/fd/N`, `/proc/ID/root/proc/self/fd/N` or a symlink the tool made
 /// to `/proc/self/fd/N` would reach the supervisor's fd N — a file the tool
 /// may not be able to reach by its path (the magic link skips the search
 /// permission on its directories).
@@ -345,9 +346,10 @@ fn reported(
 /// Resolves `l.path` for the tool.
 pub fn resolve(l: &Lookup) -> Resolved {
     // Under `RESOLVE_IN_ROOT` `/proc/self` and `/dev/stdin` name files under
-    // the dirfd, not the kernel's: no rewriting.
+    // the dirfd, not the kernel's: no rewriting. Under `RESOLVE_NO_SYMLINKS`
+    // they are symlinks, so `ELOOP`: the supervisor's lookup says so itself.
     let in_root = l.resolve & libc::RESOLVE_IN_ROOT != 0;
-    let mut path = if in_root {
+    let mut path = if in_root || l.resolve & libc::RESOLVE_NO_SYMLINKS != 0 {
         l.path.to_vec()
     } else {
         rewrite_proc_self(l.path, l.tid, l.tgid)
@@ -507,11 +509,14 @@ mod tests {
             rewrite_proc_self(b"/./dev/stdin/.", 7, 5),
             b"/proc/5/fd/0/."
         );
-        assert_eq!(rewrite_proc_self(b"/proc/self", 7, 5), b"/proc/5");
         // `..` is not lexical (a symlink may be on the way): left alone.
         assert_eq!(
             rewrite_proc_self(b"/dev/../dev/fd/3", 7, 5),
             b"/dev/../dev/fd/3"
+        );
+        assert_eq!(
+            rewrite_proc_self(b"/proc/../self/fd/3", 7, 5),
+            b"/proc/../self/fd/3"
         );
         assert_eq!(rewrite_proc_self(b"dev/fd/3", 7, 5), b"dev/fd/3");
         assert_eq!(rewrite_proc_self(b"/proc", 7, 5), b"/proc");
