@@ -293,9 +293,18 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// appends (as `SledAudit` does) must, so that none is answered after the
     /// last flush. Reads still work. Calling it again is harmless.
     fn close(&self) {
-        if self.flush().is_err() {
-            log_unstored(self.take_unstored());
-        }
+        log_if_unflushed(self.flush(), || self.take_unstored());
+    }
+}
+
+/// After a final flush: whatever it could not make durable goes to the log.
+fn log_if_unflushed<T>(
+    flushed: Result<T, AuditError>,
+    unstored: impl FnOnce() -> Vec<AuditRecord>,
+) {
+    if let Err(e) = flushed {
+        tracing::error!(error = %e, "final audit flush failed");
+        log_unstored(unstored());
     }
 }
 
@@ -710,10 +719,7 @@ impl Drop for SledAudit {
         {
             let _ = h.join();
         }
-        if let Err(e) = self.inner.flush_now() {
-            tracing::error!(error = %e, "final audit flush failed");
-            log_unstored(self.take_unstored());
-        }
+        log_if_unflushed(self.inner.flush_now(), || self.take_unstored());
     }
 }
 
@@ -1576,10 +1582,7 @@ impl AuditLog for SledAudit {
 
     fn close(&self) {
         self.inner.shut();
-        if let Err(e) = self.flush() {
-            tracing::error!(error = %e, "final audit flush failed");
-            log_unstored(self.take_unstored());
-        }
+        log_if_unflushed(self.flush(), || self.take_unstored());
     }
 
     fn take_unstored(&self) -> Vec<AuditRecord> {
