@@ -927,7 +927,9 @@ impl Supervisor {
             };
             match opened {
                 Ok(fd) => {
-                    let _inject = me.injects.begin();
+                    // Only a writable file makes an exec of it ETXTBSY.
+                    let _inject =
+                        (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| me.injects.begin());
                     if let Err(e) =
                         me.listener
                             .inject_fd_and_return(id, &fd, flags & libc::O_CLOEXEC != 0)
@@ -1509,21 +1511,24 @@ impl Supervisor {
         let me = self.clone();
         let (id, tid, tgid) = (n.id, n.tid, task.tgid);
         let on_exec = self.tasks.invalidator();
-        // An fd the tool has just closed may still be open here.
-        self.injects.wait_idle(Duration::from_secs(1));
         // The verifier answers the notification; do not hold up other calls.
         // `image` stays open until the exec is verified, so its inode
         // number cannot be reused by another file meanwhile.
-        self.clone().spawn_helper(id, move || match me.exec.run(id, tid, tgid, approved, image, on_exec) {
-            Outcome::Killed(why) => {
-                tracing::error!(pid = tgid, reason = %why, "exec did not match the decision; killed");
-                me.count(|c| c.exec_killed += 1);
+        self.clone().spawn_helper(id, move || {
+            // A file the tool has just written and closed may still be open
+            // here (an inject in flight): wait, off the serving thread.
+            me.injects.wait_idle(Duration::from_secs(1));
+            match me.exec.run(id, tid, tgid, approved, image, on_exec) {
+                Outcome::Killed(why) => {
+                    tracing::error!(pid = tgid, reason = %why, "exec did not match the decision; killed");
+                    me.count(|c| c.exec_killed += 1);
+                }
+                Outcome::Refused(why) => {
+                    tracing::error!(pid = tgid, reason = %why, "exec denied: cannot verify it");
+                    me.count(|c| c.undecided += 1);
+                }
+                _ => {}
             }
-            Outcome::Refused(why) => {
-                tracing::error!(pid = tgid, reason = %why, "exec denied: cannot verify it");
-                me.count(|c| c.undecided += 1);
-            }
-            _ => {}
         });
         Ok(())
     }

@@ -175,7 +175,10 @@ impl TaskFiles {
             match sys::pidfd_open_thread(tid) {
                 Ok(fd) => Some(fd),
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(missing()),
-                Err(_) => return Ok(None),
+                // The flag unknown: this kernel. Anything else (EMFILE…)
+                // is this call's failure, not a reason to stop keeping.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+                Err(e) => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
             }
         } else {
             None
@@ -284,7 +287,12 @@ impl TaskCache {
         let ids = match sys::pidfd_task_ids(pidfd) {
             Ok(ids) => ids,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(missing()),
-            Err(_) => return Ok(Read::PerCall),
+            // The ioctl unknown (ENOTTY) or its argument (EINVAL): this
+            // kernel. Anything else is this call's failure.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
+                return Ok(Read::PerCall);
+            }
+            Err(e) => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
         };
         let fresh = task
             .kept
@@ -343,9 +351,11 @@ impl TaskCache {
             }
         };
         let status = status_text(status, buf)?;
-        Ok(field(status, "Umask")
+        // No guess: a wrong umask would create files more open than the
+        // tool asked for (`Umask:` is there since Linux 4.7).
+        field(status, "Umask")
             .and_then(|v| u32::from_str_radix(v, 8).ok())
-            .unwrap_or(0o022))
+            .ok_or_else(missing)
     }
 }
 
