@@ -111,10 +111,22 @@ impl Broker {
                 audit_seq: appended.seq,
                 eval_us: verdict.eval_time.as_micros() as u64,
             },
+            // A denial whose record is stored but not flushed: the answer is
+            // what the record says (a denial needs no durability to be safe).
+            Err(AuditError::Unflushed { seq, .. }) if !verdict.allow && !would_deny => {
+                tracing::error!(seq, "a denial's audit record could not be flushed");
+                Decision {
+                    allow: false,
+                    errno: verdict.errno,
+                    errno_code: verdict.errno_code,
+                    reason: verdict.reason,
+                    policy_revision: verdict.revision.to_string(),
+                    audit_seq: seq,
+                    eval_us: verdict.eval_time.as_micros() as u64,
+                }
+            }
             Err(e) => {
-                if let AuditError::Unflushed { seq, .. } = e
-                    && (verdict.allow || would_deny)
-                {
+                if let AuditError::Unflushed { seq, .. } = e {
                     self.record_override(req, &verdict, seq, &e);
                 }
                 unrecorded_denial(&e, &verdict)
