@@ -55,6 +55,39 @@ async fn decides_allow_deny_errno_and_override() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reason_quoting_a_huge_argv_is_cut_in_the_answer_and_the_record() {
+    // Two messages that each quote the whole argv: ~2 MiB of reason uncut.
+    let policy = "package cordon\n\
+        deny contains concat(\" \", input.exec.argv) if input.kind == \"exec\"\n\
+        deny contains concat(\",\", input.exec.argv) if input.kind == \"exec\"\n";
+    let s = Serve::start(policy, &[]);
+    // 1001 bytes: 'a' and 500 two-byte characters, so that byte MAX_REASON
+    // falls inside a character.
+    let arg = format!("a{}", "é".repeat(500));
+    let argv: Vec<&str> = std::iter::repeat_n(arg.as_str(), 1000).collect();
+    let d = decide(&s, exec_request(1, "/usr/bin/env", &argv)).await;
+    assert!(!d.allow);
+    let mut messages = [argv.join(" "), argv.join(",")];
+    messages.sort();
+    let uncut = messages.join("; ");
+    let cap = cordon_broker::policy::MAX_REASON;
+    assert!(!uncut.is_char_boundary(cap));
+    assert_eq!(
+        d.reason,
+        format!("{}… (cut: {} bytes in all)", &uncut[..cap - 1], uncut.len())
+    );
+    let mut stream = s
+        .client()
+        .await
+        .query_audit(QueryAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let rec = stream.next().await.unwrap().unwrap();
+    assert_eq!(rec.reason, d.reason, "the record holds the answer's reason");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluation_timeout_denies() {
     // 400 million iterations: far past the 100 ms limit on any machine.
     let policy = "package cordon\nallow if {\n  some i in numbers.range(1, 20000)\n  some j in numbers.range(1, 20000)\n  i * j == -1\n}\n";

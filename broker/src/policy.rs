@@ -886,6 +886,26 @@ fn self_check_inputs() -> Vec<serde_json::Value> {
     ]
 }
 
+/// A denial's reason at most, in bytes. Deny messages may quote the input
+/// (an argv of up to 2 MiB, several times over), and the reason goes into the
+/// answer, the audit record and the tool's log line; beyond this it is cut.
+pub const MAX_REASON: usize = 4096;
+
+/// `reason` cut to [`MAX_REASON`] bytes (on a character boundary), saying so.
+fn capped(mut reason: String) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason;
+    }
+    let total = reason.len();
+    let mut cut = MAX_REASON;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    reason.truncate(cut);
+    reason.push_str(&format!("… (cut: {total} bytes in all)"));
+    reason
+}
+
 /// Turns the policy's raw answer into a verdict, failing closed on any shape
 /// the contract does not allow.
 fn interpret(raw: Result<RawDecision, String>) -> Verdict {
@@ -893,7 +913,7 @@ fn interpret(raw: Result<RawDecision, String>) -> Verdict {
         allow: false,
         errno: errno::DEFAULT.into(),
         errno_code: errno::code(errno::DEFAULT).unwrap_or(13),
-        reason,
+        reason: capped(reason),
         deny: vec![],
         eval_time: Duration::ZERO,
         revision: Arc::from(""),
@@ -978,7 +998,7 @@ fn interpret(raw: Result<RawDecision, String>) -> Verdict {
         allow: false,
         errno: errno_name,
         errno_code,
-        reason,
+        reason: capped(reason),
         deny,
         eval_time: Duration::ZERO,
         revision: Arc::from(""),
