@@ -327,9 +327,12 @@ impl Supervisor {
         // Two threads serve. An injected fd makes its thread wait until the
         // tool has installed it, and that wake-up lands on the thread's own
         // (idle, slow to wake) core; meanwhile the tool's next call is taken
-        // by the other thread, woken on the tool's core. The second thread
-        // holds `alive`'s write end: its end, however it comes, wakes us.
-        let Ok((alive, alive_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        // by the other thread, woken on the tool's core. Each thread's end,
+        // however it comes, wakes the other: the second thread holds
+        // `alive`'s write end, this one `stop`'s. One that fails ends both,
+        // so that nothing answers for a sandbox whose supervisor failed.
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+        let (Ok((alive, alive_w)), Ok((stop, stop_w))) = (pipe(), pipe()) else {
             return self.serve(None);
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -344,7 +347,7 @@ impl Supervisor {
                 }
                 let _ = ready_tx.send(Ok(()));
                 let _alive = alive_w;
-                me.serve(None)
+                me.serve(Some(stop.as_fd()))
             });
         let second = match second {
             Ok(t) => match ready_rx.recv() {
@@ -360,17 +363,20 @@ impl Supervisor {
                 return self.serve(None);
             }
         };
-        self.serve(Some(alive.as_fd()))?;
-        // Every task is gone: the second thread sees that too.
-        match second.join() {
+        let first = self.serve(Some(alive.as_fd()));
+        // Every task is gone (the second thread sees that too), or this
+        // thread failed: either way the second one ends now.
+        drop(stop_w);
+        let second = match second.join() {
             Ok(result) => result,
             Err(_) => Err(Errno::EIO),
-        }
+        };
+        first.and(second)
     }
 
-    /// One serving thread's loop. With `partner` (the read end of the pipe
-    /// the other serving thread holds open), its end is an error unless the
-    /// filter has no users left either.
+    /// One serving thread's loop. With `partner` (the read end of a pipe
+    /// the other serving thread holds open), the other's end ends this one
+    /// too: an error unless the filter has no users left either.
     fn serve(self: &Arc<Self>, partner: Option<BorrowedFd<'_>>) -> Result<(), Errno> {
         use nix::poll::{PollFd, PollFlags};
         let mut partner = partner;
