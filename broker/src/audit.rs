@@ -326,6 +326,10 @@ const STORE_CHUNK: usize = page::MAX_RECORDS;
 /// Queued records past which an append stores the queue itself.
 const INLINE_DRAIN_AT: usize = 1024;
 
+/// Index entries gathered before they are written when a whole store is
+/// indexed (~100 bytes each in memory).
+const REINDEX_CHUNK: usize = 8192;
+
 /// The append side: what the next record gets.
 struct Chain {
     next_seq: u64,
@@ -555,6 +559,24 @@ impl SledAudit {
         Self::open_with(dir, durability, false)
     }
 
+    /// Rebuilds the index of the store in `dir` (which no broker may have
+    /// open) from its records: for a store whose `verify` names an index
+    /// problem. The records, their chain and the head are not touched, and a
+    /// page that cannot be read is skipped (`verify` still names it). Returns
+    /// how many records were indexed.
+    pub fn reindex(dir: &Path) -> Result<u64, AuditError> {
+        let store = Self::open_with(dir, Durability::Strict, false)?;
+        let inner = &store.inner;
+        // The mark first: interrupted from here on, the next open indexes
+        // every record again.
+        inner.meta.insert(INDEXED_KEY, &seq_key(0))?;
+        inner.db.flush()?;
+        inner.index.clear()?;
+        let indexed = inner.index_after(0)?;
+        inner.db.flush()?;
+        Ok(indexed)
+    }
+
     /// Opens an existing store to query and verify it, without ever writing
     /// records or moving its head (so verifying twice gives the same answer).
     pub fn open_read_only(dir: &Path) -> Result<Self, AuditError> {
@@ -731,7 +753,23 @@ impl Inner {
         if indexed >= self.inserted_seq.load(Ordering::SeqCst) {
             return Ok(());
         }
+        self.index_after(indexed).map(drop)
+    }
+
+    /// Indexes the records after `indexed`, writing the entries (and moving
+    /// the `indexed` mark) every [`REINDEX_CHUNK`] records or so, so that
+    /// memory stays bounded on a large store. Returns how many it indexed.
+    fn index_after(&self, indexed: u64) -> Result<u64, AuditError> {
         let mut pending = Vec::new();
+        let mut count = 0;
+        let mut write = |pending: Vec<IndexEntry>| -> Result<(), AuditError> {
+            count += pending.len() as u64;
+            self.pending_index
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(pending);
+            self.flush_now().map(drop)
+        };
         // Whole pages: a page's index entries are written together.
         // From the page holding the first unindexed record, or from that
         // record's own key if the page cannot be read (skipped below).
@@ -755,12 +793,14 @@ impl Inner {
                 let Ok(r) = decode(seq, entry) else { continue };
                 pending.push(index_entry(&r, page.first));
             }
+            if pending.len() >= REINDEX_CHUNK {
+                write(std::mem::take(&mut pending))?;
+            }
         }
         if !pending.is_empty() {
-            *self.pending_index.lock().unwrap_or_else(|p| p.into_inner()) = pending;
-            self.flush_now()?;
+            write(pending)?;
         }
-        Ok(())
+        Ok(count)
     }
 
     fn indexed_upto(&self) -> Result<u64, AuditError> {
@@ -1684,6 +1724,32 @@ mod tests {
             reason: "allowed".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn reindex_rebuilds_the_index_of_a_store_larger_than_a_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 2 * REINDEX_CHUNK as u64 + 100;
+        {
+            let window = Duration::from_millis(10);
+            let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
+            for i in 0..n {
+                audit.append(decision(i)).unwrap();
+            }
+            audit.close();
+        }
+        with_tree(dir.path(), "index", |t| Ok(t.clear()?));
+        let report = SledAudit::open_read_only(dir.path())
+            .unwrap()
+            .verify()
+            .unwrap();
+        assert!(!report.ok, "an empty index is reported");
+        assert_eq!(SledAudit::reindex(dir.path()).unwrap(), n);
+        let audit = SledAudit::open_read_only(dir.path()).unwrap();
+        let report = audit.verify().unwrap();
+        assert!(report.ok, "{}", report.problem);
+        assert_eq!(report.records_checked, n);
+        assert_eq!(audit.inner.indexed_upto().unwrap(), n);
     }
 
     #[test]

@@ -47,11 +47,11 @@ pub struct Source {
     broker: Option<String>,
 }
 
-/// Query the decision log; `cordon audit verify` checks its hash chain.
+/// Query the decision log; `cordon audit verify` checks its hash chain, `reindex` mends its index.
 #[derive(Debug, clap::Args)]
 #[command(
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  cordon audit --decision deny --since 1h\n  cordon audit --broker unix:///run/cordon/broker.sock --follow --format json\n  cordon audit --sandbox 0193f5c2-... --kind file --path-prefix /home --format csv\n  cordon audit verify --db /var/lib/cordon/audit\n\n--format json prints one JSON object per line (JSON Lines), each with every field of the record."
+    after_help = "Examples:\n  cordon audit --decision deny --since 1h\n  cordon audit --broker unix:///run/cordon/broker.sock --follow --format json\n  cordon audit --sandbox 0193f5c2-... --kind file --path-prefix /home --format csv\n  cordon audit verify --db /var/lib/cordon/audit\n  cordon audit reindex --db /var/lib/cordon/audit\n\n--format json prints one JSON object per line (JSON Lines), each with every field of the record."
 )]
 pub struct AuditArgs {
     #[command(subcommand)]
@@ -96,6 +96,16 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value_t = VerifyFormat::Text)]
         format: VerifyFormat,
     },
+    /// Rebuild the index (what filters read) from the records, when `verify` names an index
+    /// problem. Records and their hash chain are not touched. Needs the store itself (--db),
+    /// with no broker running on it.
+    #[command(
+        after_help = "Examples:\n  cordon audit reindex --db /var/lib/cordon/audit\n  cordon audit reindex --db /var/lib/cordon/audit --format json"
+    )]
+    Reindex {
+        #[arg(long, value_enum, default_value_t = VerifyFormat::Text)]
+        format: VerifyFormat,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,6 +117,7 @@ pub enum VerifyFormat {
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match args.verify {
         Some(AuditCommand::Verify { format }) => verify(&args.source, format),
+        Some(AuditCommand::Reindex { format }) => reindex(&args.source, format),
         None => query(args),
     }
 }
@@ -123,6 +134,31 @@ fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
             .context("the store is in use by a running broker; query it with --broker")),
         Err(e) => Err(e.into()),
     }
+}
+
+fn reindex(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
+    if source.broker.is_some() {
+        return Err(usage(
+            "reindex works on the store itself: stop the broker and pass --db",
+        ));
+    }
+    let db = source.db.clone().unwrap_or_else(super::default_audit_db);
+    if !db.exists() {
+        anyhow::bail!("no audit store at {}", db.display());
+    }
+    let indexed = match SledAudit::reindex(&db) {
+        Ok(n) => n,
+        Err(e) if e.to_string().contains("could not acquire lock") => {
+            return Err(anyhow::Error::new(e)
+                .context("the store is in use by a running broker; stop it first"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match format {
+        VerifyFormat::Json => println!("{}", serde_json::json!({ "records_indexed": indexed })),
+        VerifyFormat::Text => println!("index rebuilt: {indexed} records indexed"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn broker_uri(s: &str) -> anyhow::Result<BrokerUri> {

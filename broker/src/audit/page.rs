@@ -232,6 +232,26 @@ pub mod tamper {
         db.flush().map_err(|e| e.to_string())?;
         Ok(())
     }
+
+    /// Removes the index entries whose keys start with `prefix` (`b"s"`: by
+    /// sandbox, `b"c"`: by syscall, `b"d"`: by decision) and adds one that no
+    /// record matches. Returns how many were removed.
+    pub fn damage_index(dir: &Path, prefix: &[u8]) -> Result<usize, String> {
+        let db = sled::open(dir).map_err(|e| e.to_string())?;
+        let index = db.open_tree("index").map_err(|e| e.to_string())?;
+        let keys: Vec<_> = index
+            .scan_prefix(prefix)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        for k in &keys {
+            index.remove(k).map_err(|e| e.to_string())?;
+        }
+        let bogus = [&b"sno-such-sandbox\0"[..], &key(1)].concat();
+        index.insert(bogus, &key(1)).map_err(|e| e.to_string())?;
+        db.flush().map_err(|e| e.to_string())?;
+        Ok(keys.len())
+    }
 }
 
 #[cfg(test)]
