@@ -157,6 +157,131 @@ async fn malformed_requests_are_invalid_argument() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lifecycle_and_backstop_messages_are_invalid_argument() {
+    use cordon_broker::proto::{Lifecycle, SandboxExited, SandboxStarted, lifecycle::Event};
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let started = |id: &str, argv: Vec<Vec<u8>>| {
+        session_request::Msg::Lifecycle(Lifecycle {
+            sandbox: sandbox(id, "shell"),
+            event: Some(Event::Started(SandboxStarted { pid: 7, argv })),
+        })
+    };
+    let exited = |detail: String, limit: &str| {
+        session_request::Msg::Lifecycle(Lifecycle {
+            sandbox: sandbox("sb-1", "shell"),
+            event: Some(Event::Exited(SandboxExited {
+                pid: 7,
+                status: 1,
+                detail,
+                limit: limit.into(),
+                ..Default::default()
+            })),
+        })
+    };
+    let mut many_labels = sandbox("sb-1", "shell");
+    if let Some(sb) = many_labels.as_mut() {
+        sb.labels = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    }
+    let cases: Vec<(session_request::Msg, &str)> = vec![
+        // A NUL would end the id early in the index's keys.
+        (started("sb\0other", vec![b"sh".to_vec()]), "sandbox.id"),
+        (
+            started("sb-1", vec![vec![b'a']; (1 << 18) + 1]),
+            "started.argv has more than 262144",
+        ),
+        (
+            started("sb-1", vec![vec![b'a'; 3 << 20]]),
+            "started.argv is larger",
+        ),
+        (
+            exited("x".repeat(5000), ""),
+            "exited.detail is longer than 4096",
+        ),
+        (exited(String::new(), "Memory\n"), "exited.limit"),
+        (
+            session_request::Msg::Lifecycle(Lifecycle {
+                sandbox: sandbox("sb-1", "shell"),
+                event: None,
+            }),
+            "lifecycle event is empty",
+        ),
+        (
+            session_request::Msg::Backstop(many_labels.unwrap()),
+            "more than 64 labels",
+        ),
+    ];
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut answers = s
+        .client()
+        .await
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for (i, (msg, needle)) in cases.into_iter().enumerate() {
+        tx.send(SessionRequest {
+            request_id: i as u64,
+            msg: Some(msg),
+        })
+        .await
+        .unwrap();
+        let answer = answers.next().await.unwrap().unwrap();
+        assert_eq!(answer.request_id, i as u64);
+        match answer.msg.unwrap() {
+            session_response::Msg::Error(e) => {
+                assert_eq!(
+                    e.code,
+                    tonic::Code::InvalidArgument as i32,
+                    "{needle}: {e:?}"
+                );
+                assert!(
+                    e.message.contains(needle),
+                    "{:?} should mention {needle:?}",
+                    e.message
+                );
+            }
+            other => panic!("{needle}: {other:?}"),
+        }
+    }
+    // Well-formed, both are recorded; the malformed ones were not.
+    for (i, msg) in [
+        started("sb-1", vec![b"sh".to_vec()]),
+        exited("killed".into(), "timeout"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        tx.send(SessionRequest {
+            request_id: 100 + i as u64,
+            msg: Some(msg),
+        })
+        .await
+        .unwrap();
+        let answer = answers.next().await.unwrap().unwrap();
+        assert!(
+            matches!(answer.msg, Some(session_response::Msg::RecordedSeq(_))),
+            "{answer:?}"
+        );
+    }
+    let records = s
+        .client()
+        .await
+        .query_audit(QueryAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await;
+    let events: Vec<(String, String)> = records
+        .into_iter()
+        .map(|r| r.unwrap())
+        .map(|r| (r.kind, r.reason))
+        .collect();
+    let lifecycle = |reason: &str| ("lifecycle".to_string(), reason.to_string());
+    assert_eq!(events, [lifecycle("started"), lifecycle("killed")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_stream_answers_by_request_id() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
     let (tx, rx) = tokio::sync::mpsc::channel(64);

@@ -993,6 +993,43 @@ fn run_on_a_small_disk(env: &Env, size: &str, options: &[&str], tool: &[&str]) {
 }
 
 #[test]
+fn execs_with_as_many_arguments_as_the_kernel_takes_run_as_natively() {
+    let env = Env::new(&[]);
+    // More strings than the old bound of 4096, as the tool's own exec.
+    let many: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+    let mut argv = vec!["/bin/echo"];
+    argv.extend(many.iter().map(String::as_str));
+    let out = env.run(&argv);
+    assert_eq!(assert_ok(&out), format!("{}\n", many.join(" ")));
+    // xargs packs as much into each command line as the kernel takes (~2 MiB
+    // with the pointers): over a MiB of arguments per exec, more than the
+    // old bound of 1 MiB.
+    let script = "seq 250000 | xargs -s 2000000 /bin/echo | wc -c";
+    let native = Command::new("/bin/sh")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    let sandboxed = env.run(&["/bin/sh", "-c", script]);
+    assert_eq!(assert_ok(&sandboxed), assert_ok(&native));
+    let longest = env
+        .audit()
+        .iter()
+        .filter(|r| r["syscall"] == "execve" && r["path"] == "/usr/bin/echo" && r["allow"] == true)
+        .filter_map(|r| r["argv"].as_array())
+        .map(|a| {
+            a.iter()
+                .map(|s| s.as_str().unwrap().len() + 1)
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest > 1 << 20,
+        "the longest echo command line was {longest} bytes"
+    );
+}
+
+#[test]
 fn a_huge_exec_record_on_a_full_disk_is_stored_or_logged() {
     // An exec with ~900 KB of arguments: its record (argv twice, in the
     // record and in its input) is far past sled's inline size, so sled

@@ -158,6 +158,7 @@ impl Broker {
         &self,
         sandbox: &cordon_proto::v1::Sandbox,
     ) -> Result<Option<serde_json::Value>, String> {
+        request::validate_sandbox(sandbox).map_err(|e| e.to_string())?;
         // Permissive means nothing is enforced: no kernel bounds either
         // (a would-deny exec must run, or `cordon learn` learns nothing).
         if self.permissive.applies(&sandbox.labels) {
@@ -170,6 +171,7 @@ impl Broker {
 
     /// Records a sandbox start or exit. Returns the record's sequence number.
     pub fn record_lifecycle(&self, event: &Lifecycle) -> Result<u64, LifecycleError> {
+        request::validate_lifecycle(event)?;
         let sandbox = event.sandbox.clone().unwrap_or_default();
         let mut record = AuditRecord {
             sandbox_id: sandbox.id,
@@ -206,11 +208,7 @@ impl Broker {
                     e.detail.clone()
                 };
             }
-            None => {
-                return Err(LifecycleError::Invalid(InvalidRequest(
-                    "lifecycle event is empty".into(),
-                )));
-            }
+            None => unreachable!("validated: the event is present"),
         }
         Ok(self.audit.append(record)?.seq)
     }

@@ -9,20 +9,25 @@
 
 use std::net::IpAddr;
 
-use cordon_proto::v1::{DecideRequest, decide_request::Subject};
+use cordon_proto::v1::{DecideRequest, Lifecycle, Sandbox, decide_request::Subject, lifecycle};
 use serde_json::{Map, Value, json};
 
 /// Linux PATH_MAX, including the terminating NUL the kernel counts.
 pub const PATH_MAX: usize = 4096;
 /// `sizeof(sockaddr_un.sun_path)`.
 pub const UNIX_PATH_MAX: usize = 108;
-const MAX_ARGV: usize = 4096;
+/// An argv at most: ARG_MAX (2 MiB by default) holds ~230,000 short
+/// arguments with their pointers.
+const MAX_ARGV: usize = 1 << 18;
+/// Its bytes at most, with their NULs as the kernel counts them.
 const MAX_ARGV_BYTES: usize = 2 * 1024 * 1024;
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY: usize = 63;
 const MAX_LABEL_VALUE: usize = 256;
 const MAX_ID: usize = 128;
 const MAX_FLAGS: usize = 32;
+/// An exit's detail (what ended the sandbox, in words).
+const MAX_DETAIL: usize = 4096;
 
 /// A request that cannot be decided because it is malformed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,19 +62,7 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
         )));
     }
     if let Some(sandbox) = &req.sandbox {
-        if sandbox.id.len() > MAX_ID
-            || !sandbox
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-        {
-            return Err(invalid(format!(
-                "sandbox.id must be at most {MAX_ID} letters, digits, '.', '_', ':' or '-'"
-            )));
-        }
-        validate_labels(&sandbox.labels)?;
-        check_path("sandbox.workdir", &sandbox.workdir, true)?;
-        check_path("sandbox.tmpdir", &sandbox.tmpdir, true)?;
+        validate_sandbox(sandbox)?;
     }
     if let Some(process) = &req.process {
         check_path("process.exe", &process.exe, true)?;
@@ -149,16 +142,65 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
         }
         Some(Subject::Exec(exec)) => {
             check_path("exec.path", &exec.path, false)?;
-            if exec.argv.len() > MAX_ARGV {
+            check_argv("exec.argv", &exec.argv)
+        }
+    }
+}
+
+fn check_argv(field: &str, argv: &[Vec<u8>]) -> Result<(), InvalidRequest> {
+    if argv.len() > MAX_ARGV {
+        return Err(invalid(format!("{field} has more than {MAX_ARGV} entries")));
+    }
+    let total: usize = argv.iter().map(|a| a.len() + 1).sum();
+    if total > MAX_ARGV_BYTES {
+        return Err(invalid(format!(
+            "{field} is larger than {MAX_ARGV_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a sandbox's id, labels and directories (every message that
+/// names one: decisions, lifecycle events, backstop queries).
+pub fn validate_sandbox(sandbox: &Sandbox) -> Result<(), InvalidRequest> {
+    // The id is an index key, ended by a NUL: no NUL, nothing odd.
+    if sandbox.id.len() > MAX_ID
+        || !sandbox
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    {
+        return Err(invalid(format!(
+            "sandbox.id must be at most {MAX_ID} letters, digits, '.', '_', ':' or '-'"
+        )));
+    }
+    validate_labels(&sandbox.labels)?;
+    check_path("sandbox.workdir", &sandbox.workdir, true)?;
+    check_path("sandbox.tmpdir", &sandbox.tmpdir, true)?;
+    Ok(())
+}
+
+/// Checks a lifecycle event against the same bounds as a decision: it is
+/// recorded as it comes.
+pub fn validate_lifecycle(event: &Lifecycle) -> Result<(), InvalidRequest> {
+    if let Some(sandbox) = &event.sandbox {
+        validate_sandbox(sandbox)?;
+    }
+    match &event.event {
+        None => Err(invalid("lifecycle event is empty")),
+        Some(lifecycle::Event::Started(s)) => check_argv("started.argv", &s.argv),
+        Some(lifecycle::Event::Exited(e)) => {
+            if e.detail.len() > MAX_DETAIL {
                 return Err(invalid(format!(
-                    "exec.argv has more than {MAX_ARGV} entries"
+                    "exited.detail is longer than {MAX_DETAIL} bytes"
                 )));
             }
-            let total: usize = exec.argv.iter().map(Vec::len).sum();
-            if total > MAX_ARGV_BYTES {
-                return Err(invalid(format!(
-                    "exec.argv is larger than {MAX_ARGV_BYTES} bytes"
-                )));
+            // A name ("memory", "pids", "timeout", "max-file-size"); not a
+            // closed list, so that a newer shim's exit is still recorded.
+            if e.limit.len() > 32 || !e.limit.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+                return Err(invalid(
+                    "exited.limit must be a name of at most 32 lowercase letters and '-'",
+                ));
             }
             Ok(())
         }

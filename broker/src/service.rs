@@ -173,15 +173,20 @@ fn handle_session_message(broker: &Broker, msg: SessionRequest) -> SessionRespon
             Err(LifecycleError::Invalid(e)) => error(tonic::Code::InvalidArgument, e.to_string()),
             Err(LifecycleError::Audit(e)) => error(tonic::Code::Unavailable, e.to_string()),
         },
-        Some(session_request::Msg::Backstop(sandbox)) => match broker.backstop(&sandbox) {
-            Ok(b) => SessionResponse {
-                request_id,
-                msg: Some(session_response::Msg::BackstopJson(
-                    b.map(|v| v.to_string()).unwrap_or_default(),
-                )),
-            },
-            Err(e) => error(tonic::Code::FailedPrecondition, format!("backstop: {e}")),
-        },
+        Some(session_request::Msg::Backstop(sandbox)) => {
+            if let Err(e) = crate::request::validate_sandbox(&sandbox) {
+                return error(tonic::Code::InvalidArgument, e.to_string());
+            }
+            match broker.backstop(&sandbox) {
+                Ok(b) => SessionResponse {
+                    request_id,
+                    msg: Some(session_response::Msg::BackstopJson(
+                        b.map(|v| v.to_string()).unwrap_or_default(),
+                    )),
+                },
+                Err(e) => error(tonic::Code::FailedPrecondition, format!("backstop: {e}")),
+            }
+        }
         None => error(
             tonic::Code::InvalidArgument,
             "invalid request: empty session message".into(),

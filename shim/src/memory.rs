@@ -103,6 +103,10 @@ impl ToolMemory {
 
     /// A NULL-terminated array of string pointers (argv), bounded in count
     /// and total size: `E2BIG` beyond, as the kernel would say.
+    /// A NULL-terminated array of string pointers (an `execve` argv): at
+    /// most `max_count` strings of `max_bytes` in all (with their NULs), else
+    /// `E2BIG`. The pointers are read a page's worth at a time, never across
+    /// a page end (the array may end just before an unreadable page).
     pub fn read_argv(
         &self,
         addr: u64,
@@ -114,27 +118,35 @@ impl ToolMemory {
             return Ok(argv);
         }
         let mut total = 0;
-        for i in 0.. {
-            if i >= max_count {
-                return Err(Errno::E2BIG);
+        let mut at = addr;
+        let mut block = Vec::new();
+        loop {
+            // A pointer that straddles the page end is read whole.
+            let in_page = ((PAGE - at as usize % PAGE) / 8).max(1);
+            block.resize(in_page * 8, 0);
+            self.read_into(at, &mut block)?;
+            for ptr in block.chunks_exact(8) {
+                let ptr = u64::from_ne_bytes(ptr.try_into().expect("8 bytes"));
+                if ptr == 0 {
+                    return Ok(argv);
+                }
+                if argv.len() >= max_count {
+                    return Err(Errno::E2BIG);
+                }
+                let arg = self
+                    .read_cstr(ptr, max_bytes.saturating_sub(total + 1))
+                    .map_err(|e| {
+                        if e == Errno::ENAMETOOLONG {
+                            Errno::E2BIG
+                        } else {
+                            e
+                        }
+                    })?;
+                total += arg.len() + 1;
+                argv.push(arg);
             }
-            let ptr = self.read_u64(addr.wrapping_add(8 * i as u64))?;
-            if ptr == 0 {
-                break;
-            }
-            let arg = self
-                .read_cstr(ptr, max_bytes.saturating_sub(total))
-                .map_err(|e| {
-                    if e == Errno::ENAMETOOLONG {
-                        Errno::E2BIG
-                    } else {
-                        e
-                    }
-                })?;
-            total += arg.len() + 1;
-            argv.push(arg);
+            at = at.wrapping_add(block.len() as u64);
         }
-        Ok(argv)
     }
 
     pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
@@ -199,6 +211,68 @@ mod tests {
         // The lowest page is never mapped.
         assert_eq!(own().read_cstr(16, 4095), Err(Errno::EFAULT));
         assert_eq!(own().read_u64(16), Err(Errno::EFAULT));
+    }
+
+    /// `argv`'s strings, NUL-ended, and a NULL-ended pointer array to them
+    /// placed `at` bytes into `area`. Returns the array's address.
+    fn lay_out_argv(area: &mut [u8], at: usize, argv: &[&[u8]], strings: &mut Vec<Vec<u8>>) -> u64 {
+        for a in argv {
+            strings.push([*a, b"\0"].concat());
+        }
+        let ptrs: Vec<u64> = strings
+            .iter()
+            .map(|s| s.as_ptr() as u64)
+            .chain([0])
+            .collect();
+        for (i, p) in ptrs.iter().enumerate() {
+            area[at + 8 * i..at + 8 * i + 8].copy_from_slice(&p.to_ne_bytes());
+        }
+        area.as_ptr() as u64 + at as u64
+    }
+
+    #[test]
+    fn argv_arrays_are_read_across_pages_up_to_their_bounds() {
+        let args: Vec<Vec<u8>> = (0..3000).map(|i| format!("arg-{i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let mut area = vec![0u8; 8 * (args.len() + 1) + 2 * PAGE];
+        let base = area.as_ptr() as usize;
+        // Odd placements: page-aligned, just before a page end, unaligned.
+        for at in [PAGE - base % PAGE, PAGE - base % PAGE + PAGE - 8, 3] {
+            let mut strings = Vec::new();
+            let addr = lay_out_argv(&mut area, at, &refs, &mut strings);
+            assert_eq!(
+                own().read_argv(addr, 3000, 1 << 20).unwrap(),
+                args,
+                "at {at}"
+            );
+            // Exactly the bound is allowed; one more string is E2BIG.
+            assert_eq!(own().read_argv(addr, 2999, 1 << 20), Err(Errno::E2BIG));
+            let bytes: usize = args.iter().map(|a| a.len() + 1).sum();
+            assert_eq!(own().read_argv(addr, 3000, bytes).unwrap().len(), 3000);
+            assert_eq!(own().read_argv(addr, 3000, bytes - 1), Err(Errno::E2BIG));
+        }
+        assert_eq!(own().read_argv(0, 10, 10).unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(own().read_argv(16, 10, 10), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn an_argv_array_that_ends_where_its_mapping_ends_is_read() {
+        let mut page = crate::sys::GuardedPage::new().unwrap();
+        let size = page.len();
+        for n in [0, 1, 5] {
+            let args: Vec<Vec<u8>> = (0..n).map(|i| vec![b'a' + i as u8; 3]).collect();
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            let mut strings = Vec::new();
+            // The NULL is the page's last 8 bytes.
+            let addr = lay_out_argv(page.bytes_mut(), size - 8 * (n + 1), &refs, &mut strings);
+            assert_eq!(own().read_argv(addr, 10, 100).unwrap(), args, "{n} strings");
+        }
+        // Without its NULL, the array runs into the unreadable page: EFAULT.
+        let bytes = page.bytes_mut();
+        let s = b"x\0";
+        bytes[size - 8..].copy_from_slice(&(s.as_ptr() as u64).to_ne_bytes());
+        let addr = bytes.as_ptr() as u64 + (size - 8) as u64;
+        assert_eq!(own().read_argv(addr, 10, 100), Err(Errno::EFAULT));
     }
 
     #[test]

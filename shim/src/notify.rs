@@ -40,8 +40,12 @@ use crate::{
 };
 
 const PATH_MAX: usize = 4096;
-const MAX_ARGV: usize = 4096;
-const MAX_ARGV_BYTES: usize = 1024 * 1024;
+/// An exec's argv at most, as the broker accepts it (`request.rs`): the
+/// kernel's own bound is ARG_MAX (a quarter of the stack limit, 2 MiB by
+/// default, for argv and the environment together), so past these the exec
+/// would mostly fail natively too. `E2BIG` beyond.
+const MAX_ARGV: usize = 1 << 18;
+const MAX_ARGV_BYTES: usize = 2 * 1024 * 1024;
 /// The largest datagram we copy out of the tool for an emulated send.
 const MAX_DATAGRAM: usize = 1024 * 1024;
 const MAX_IOV: usize = 1024;
