@@ -88,6 +88,28 @@ async fn a_reason_quoting_a_huge_argv_is_cut_in_the_answer_and_the_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_of_a_full_size_argv_is_served_to_auditors() {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    // ~1.9 MB of control bytes, each stored as \u0001 (six bytes), twice in
+    // the record and once more in the wire record's argv: over 20 MiB.
+    let arg = "\u{1}".repeat(1900);
+    let argv: Vec<&str> = std::iter::repeat_n(arg.as_str(), 1000).collect();
+    let d = decide(&s, exec_request(1, "/usr/bin/env", &argv)).await;
+    assert!(d.audit_seq > 0, "{}", d.reason);
+    let (code, out, err) = run_cordon(&["audit", "--broker", &s.uri(), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert!(out.len() > 20 << 20, "{} bytes", out.len());
+    let got = records[0]["argv"].as_array().unwrap();
+    assert_eq!(got.len(), 1000);
+    assert!(got.iter().all(|a| a.as_str() == Some(arg.as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluation_timeout_denies() {
     // 400 million iterations: far past the 100 ms limit on any machine.
     let policy = "package cordon\nallow if {\n  some i in numbers.range(1, 20000)\n  some j in numbers.range(1, 20000)\n  i * j == -1\n}\n";

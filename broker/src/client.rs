@@ -7,7 +7,7 @@ use cordon_proto::v1::broker_client::BrokerClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::service::MAX_MESSAGE_BYTES;
+use crate::service::{MAX_ANSWER_BYTES, MAX_MESSAGE_BYTES};
 
 /// A failure to reach a broker.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ impl std::str::FromStr for BrokerUri {
 /// Opens a channel to the broker.
 pub async fn connect(uri: &BrokerUri) -> Result<BrokerClient<Channel>, ConnectError> {
     Ok(BrokerClient::new(channel(uri).await?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_ANSWER_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 

@@ -40,6 +40,12 @@ use crate::{
 /// The largest message the broker accepts (an exec with a full-size argv fits).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// The largest message the broker sends and its clients take: a `QueryAudit`
+/// record carries an exec's argv three times (its `argv` field, and in `json`
+/// the record's and its input's), each control byte escaped to six: ~34 MiB
+/// for a full-size argv at worst.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
 /// A failure to start serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -494,7 +500,7 @@ async fn routes(
     let svc = BrokerService::new(broker, durability);
     let server = BrokerServer::new(svc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_encoding_message_size(MAX_ANSWER_BYTES);
     let guarded =
         tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
             check_peer(&req, &access)?;

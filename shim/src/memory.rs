@@ -101,8 +101,6 @@ impl ToolMemory {
         }
     }
 
-    /// A NULL-terminated array of string pointers (argv), bounded in count
-    /// and total size: `E2BIG` beyond, as the kernel would say.
     /// A NULL-terminated array of string pointers (an `execve` argv): at
     /// most `max_count` strings of `max_bytes` in all (with their NULs), else
     /// `E2BIG`. The pointers are read a page's worth at a time, never across
@@ -133,15 +131,15 @@ impl ToolMemory {
                 if argv.len() >= max_count {
                     return Err(Errno::E2BIG);
                 }
-                let arg = self
-                    .read_cstr(ptr, max_bytes.saturating_sub(total + 1))
-                    .map_err(|e| {
-                        if e == Errno::ENAMETOOLONG {
-                            Errno::E2BIG
-                        } else {
-                            e
-                        }
-                    })?;
+                // Room for this string's bytes, its NUL counted.
+                let room = max_bytes.checked_sub(total + 1).ok_or(Errno::E2BIG)?;
+                let arg = self.read_cstr(ptr, room).map_err(|e| {
+                    if e == Errno::ENAMETOOLONG {
+                        Errno::E2BIG
+                    } else {
+                        e
+                    }
+                })?;
                 total += arg.len() + 1;
                 argv.push(arg);
             }
@@ -251,6 +249,13 @@ mod tests {
             assert_eq!(own().read_argv(addr, 3000, bytes).unwrap().len(), 3000);
             assert_eq!(own().read_argv(addr, 3000, bytes - 1), Err(Errno::E2BIG));
         }
+        // At the byte bound, even an empty string (its NUL) is one too many.
+        let at = PAGE - base % PAGE;
+        let mut strings = Vec::new();
+        let addr = lay_out_argv(&mut area, at, &[b"abc", b"", b""], &mut strings);
+        assert_eq!(own().read_argv(addr, 10, 6).unwrap().len(), 3);
+        assert_eq!(own().read_argv(addr, 10, 5), Err(Errno::E2BIG));
+        assert_eq!(own().read_argv(addr, 10, 4), Err(Errno::E2BIG));
         assert_eq!(own().read_argv(0, 10, 10).unwrap(), Vec::<Vec<u8>>::new());
         assert_eq!(own().read_argv(16, 10, 10), Err(Errno::EFAULT));
     }

@@ -1457,6 +1457,13 @@ impl Supervisor {
         path: Vec<u8>,
         argv: &[Vec<u8>],
     ) -> Result<(), Errno> {
+        // A script's argv grows by its interpreter, that one's argument and
+        // its own name: past the bounds, E2BIG as the kernel would say
+        // (the broker would refuse the request).
+        let bytes: usize = argv.iter().map(|a| a.len() + 1).sum();
+        if argv.len() > MAX_ARGV || bytes > MAX_ARGV_BYTES {
+            return Err(Errno::E2BIG);
+        }
         self.ask(self.request(
             task,
             n,
