@@ -381,6 +381,19 @@ async fn reindex_rebuilds_a_damaged_index_and_filters_find_every_record_again() 
     assert_eq!(report["records_indexed"], 11);
     assert_verifies(&db);
 
+    // A broken chain is evidence: reindex refuses it and leaves it as it is.
+    edit_record(&db, 4, |_, body| {
+        let text = String::from_utf8(body.clone()).unwrap();
+        *body = text
+            .replace("/home/agent/job/f3", "/home/agent/job/fX")
+            .into_bytes();
+        true
+    });
+    let (code, _, err) = run_cordon(&["audit", "reindex", "--db", path_str(&db)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("chain is broken at record 4"), "{err}");
+    verify_fails_naming(&db, "record 4 was altered");
+
     // A store a broker has open is refused, and so is --broker.
     s.spawn();
     let (code, _, err) = run_cordon(&["audit", "reindex", "--db", path_str(&db)]);

@@ -76,6 +76,14 @@ pub enum AuditError {
     )]
     Damaged { path: String, problem: String },
     #[error(
+        "audit store at {path}: its chain is broken at record {seq} ({problem}); reindex mends only the index of an intact chain: keep a copy of the store as evidence"
+    )]
+    ChainBroken {
+        path: String,
+        seq: u64,
+        problem: String,
+    },
+    #[error(
         "audit store at {path} was written by an earlier cordon (one record per key); this version stores records in pages and cannot append to or read it: keep it with the cordon that wrote it, and start a new store"
     )]
     OldFormat { path: String },
@@ -448,6 +456,8 @@ impl std::fmt::Debug for SledAudit {
 
 const HEAD_KEY: &[u8] = b"head";
 const INDEXED_KEY: &[u8] = b"indexed";
+/// Present while the index is rebuilt (`rebuild_index`).
+const REINDEXING_KEY: &[u8] = b"reindexing";
 /// Marks a store whose records are in pages; stores written before pages have
 /// no mark and one record per key.
 const FORMAT_KEY: &[u8] = b"format";
@@ -559,22 +569,185 @@ impl SledAudit {
         Self::open_with(dir, durability, false)
     }
 
+    /// `verify`, or with `check_index` false the chain and head alone.
+    fn verify_with(&self, check_index: bool) -> Result<VerifyReport, AuditError> {
+        let inner = &self.inner;
+        inner.drain()?;
+        // The head first: it only ever names stored records, so on a live
+        // store the walk below reaches it even if newer ones arrive meanwhile.
+        let head = inner
+            .meta
+            .get(HEAD_KEY)?
+            .filter(|h| h.len() == 40)
+            .map(|h| {
+                (
+                    u64::from_be_bytes(h[..8].try_into().unwrap_or([0; 8])),
+                    hex::encode(&h[8..]),
+                )
+            });
+        // Pages up to here are indexed: the index must say what they say.
+        let indexed = inner.indexed_upto()?;
+        let mut index_check = IndexCheck::default();
+        let mut hash_at_head = None;
+        let mut expected = 1u64;
+        let mut prev = GENESIS.to_owned();
+        let fail = |seq: u64, checked: u64, problem: String, prev: &str| VerifyReport {
+            ok: false,
+            records_checked: checked,
+            first_bad_seq: seq,
+            problem,
+            head_hash: prev.to_owned(),
+        };
+        let missing = |expected: u64, seq: u64| {
+            if seq == expected + 1 {
+                format!("record {expected} is missing")
+            } else {
+                format!("records {expected} to {} are missing", seq - 1)
+            }
+        };
+        for item in inner.records.iter() {
+            let checked = expected - 1;
+            let page = match Page::from_item(item) {
+                Ok(page) => page,
+                Err(AuditError::Corrupt { message, .. }) => {
+                    return Ok(fail(expected, checked, message, &prev));
+                }
+                Err(e) => return Err(e),
+            };
+            if page.first > expected {
+                return Ok(fail(
+                    expected,
+                    checked,
+                    missing(expected, page.first),
+                    &prev,
+                ));
+            }
+            let entries = match page.entries() {
+                Ok(entries) => entries,
+                Err(e) => return Ok(fail(expected, checked, e.to_string(), &prev)),
+            };
+            let mut page_index = BTreeMap::new();
+            for (at, entry) in entries.into_iter().enumerate() {
+                // Where a record sits is not evidence; its hashed body is.
+                let checked = expected - 1;
+                if Sha256::digest(entry.body).as_slice() != entry.hash {
+                    return Ok(fail(
+                        expected,
+                        checked,
+                        format!(
+                            "record {expected} was altered: its contents do not match its hash"
+                        ),
+                        &prev,
+                    ));
+                }
+                let record = match decode(expected, entry) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(fail(expected, checked, e.to_string(), &prev)),
+                };
+                let seq = record.seq;
+                if seq > expected {
+                    return Ok(fail(expected, checked, missing(expected, seq), &prev));
+                }
+                if seq < expected {
+                    return Ok(fail(
+                        expected,
+                        checked,
+                        format!("record {expected} was altered: it claims sequence number {seq}"),
+                        &prev,
+                    ));
+                }
+                if at == 0 && page.first != seq {
+                    return Ok(fail(
+                        seq,
+                        checked,
+                        format!(
+                            "the page holding record {seq} is stored under record {}",
+                            page.first
+                        ),
+                        &prev,
+                    ));
+                }
+                if record.prev_hash != prev {
+                    return Ok(fail(
+                        seq,
+                        checked,
+                        format!(
+                            "record {seq} does not chain to record {}: one of them was replaced",
+                            seq - 1
+                        ),
+                        &prev,
+                    ));
+                }
+                if head.as_ref().is_some_and(|(h, _)| *h == seq) {
+                    hash_at_head = Some(record.hash.clone());
+                }
+                if page.first <= indexed {
+                    add_index_entries(&mut page_index, &index_entry(&record, page.first));
+                }
+                prev = record.hash;
+                expected += 1;
+            }
+            if check_index {
+                index_check.page(&inner.index, &page_index)?;
+            }
+        }
+        let checked = expected - 1;
+        if let Some((head_seq, head_hash)) = head {
+            if head_seq > checked {
+                return Ok(fail(
+                    checked + 1,
+                    checked,
+                    if head_seq == checked + 1 {
+                        format!("record {head_seq} is missing (the store's head is {head_seq})")
+                    } else {
+                        format!(
+                            "records {} to {head_seq} are missing (the store's head is {head_seq})",
+                            checked + 1
+                        )
+                    },
+                    &prev,
+                ));
+            }
+            if head_seq > 0 && hash_at_head.as_deref() != Some(head_hash.as_str()) {
+                return Ok(fail(
+                    head_seq,
+                    checked,
+                    format!("record {head_seq} was replaced: it does not match the store's head"),
+                    &prev,
+                ));
+            }
+        }
+        if check_index && let Some((seq, problem)) = index_check.finish(inner, indexed)? {
+            return Ok(fail(seq, checked, problem, &prev));
+        }
+        Ok(VerifyReport {
+            ok: true,
+            records_checked: checked,
+            first_bad_seq: 0,
+            problem: String::new(),
+            head_hash: prev,
+        })
+    }
+
     /// Rebuilds the index of the store in `dir` (which no broker may have
     /// open) from its records: for a store whose `verify` names an index
-    /// problem. The records, their chain and the head are not touched, and a
-    /// page that cannot be read is skipped (`verify` still names it). Returns
-    /// how many records were indexed.
+    /// problem. Refused when the chain itself is broken: the store is then
+    /// evidence, and a writable open would move its head. The records and
+    /// their chain are not touched. Interrupted, it is finished by the next
+    /// writable open. Returns how many records were indexed.
     pub fn reindex(dir: &Path) -> Result<u64, AuditError> {
-        let store = Self::open_with(dir, Durability::Strict, false)?;
-        let inner = &store.inner;
-        // The mark first: interrupted from here on, the next open indexes
-        // every record again.
-        inner.meta.insert(INDEXED_KEY, &seq_key(0))?;
-        inner.db.flush()?;
-        inner.index.clear()?;
-        let indexed = inner.index_after(0)?;
-        inner.db.flush()?;
-        Ok(indexed)
+        // The chain first, from a read-only open (which never writes).
+        let report = Self::open_read_only(dir)?.verify_with(false)?;
+        if !report.ok {
+            return Err(AuditError::ChainBroken {
+                path: dir.display().to_string(),
+                seq: report.first_bad_seq,
+                problem: report.problem,
+            });
+        }
+        Self::open_with(dir, Durability::Strict, false)?
+            .inner
+            .rebuild_index()
     }
 
     /// Opens an existing store to query and verify it, without ever writing
@@ -693,7 +866,12 @@ impl SledAudit {
         // A reader leaves the store as it found it: records past the index
         // are read in order by `scan` anyway.
         if !read_only {
-            inner.reindex_after_crash()?;
+            if inner.meta.get(REINDEXING_KEY)?.is_some() {
+                tracing::warn!(path = %dir.display(), "finishing an interrupted reindex");
+                inner.rebuild_index()?;
+            } else {
+                inner.reindex_after_crash()?;
+            }
         }
         let flusher = match durability {
             Durability::Batched { window } => {
@@ -754,6 +932,20 @@ impl Inner {
             return Ok(());
         }
         self.index_after(indexed).map(drop)
+    }
+
+    /// Clears the index and indexes every record again. The `reindexing`
+    /// flag, set first and cleared last, makes the next writable open start
+    /// over if this is interrupted (stale entries would otherwise survive).
+    fn rebuild_index(&self) -> Result<u64, AuditError> {
+        self.meta.insert(REINDEXING_KEY, b"1")?;
+        self.meta.insert(INDEXED_KEY, &seq_key(0))?;
+        self.db.flush()?;
+        self.index.clear()?;
+        let indexed = self.index_after(0)?;
+        self.meta.remove(REINDEXING_KEY)?;
+        self.db.flush()?;
+        Ok(indexed)
     }
 
     /// Indexes the records after `indexed`, writing the entries (and moving
@@ -1449,160 +1641,7 @@ impl AuditLog for SledAudit {
     }
 
     fn verify(&self) -> Result<VerifyReport, AuditError> {
-        let inner = &self.inner;
-        inner.drain()?;
-        // The head first: it only ever names stored records, so on a live
-        // store the walk below reaches it even if newer ones arrive meanwhile.
-        let head = inner
-            .meta
-            .get(HEAD_KEY)?
-            .filter(|h| h.len() == 40)
-            .map(|h| {
-                (
-                    u64::from_be_bytes(h[..8].try_into().unwrap_or([0; 8])),
-                    hex::encode(&h[8..]),
-                )
-            });
-        // Pages up to here are indexed: the index must say what they say.
-        let indexed = inner.indexed_upto()?;
-        let mut index_check = IndexCheck::default();
-        let mut hash_at_head = None;
-        let mut expected = 1u64;
-        let mut prev = GENESIS.to_owned();
-        let fail = |seq: u64, checked: u64, problem: String, prev: &str| VerifyReport {
-            ok: false,
-            records_checked: checked,
-            first_bad_seq: seq,
-            problem,
-            head_hash: prev.to_owned(),
-        };
-        let missing = |expected: u64, seq: u64| {
-            if seq == expected + 1 {
-                format!("record {expected} is missing")
-            } else {
-                format!("records {expected} to {} are missing", seq - 1)
-            }
-        };
-        for item in inner.records.iter() {
-            let checked = expected - 1;
-            let page = match Page::from_item(item) {
-                Ok(page) => page,
-                Err(AuditError::Corrupt { message, .. }) => {
-                    return Ok(fail(expected, checked, message, &prev));
-                }
-                Err(e) => return Err(e),
-            };
-            if page.first > expected {
-                return Ok(fail(
-                    expected,
-                    checked,
-                    missing(expected, page.first),
-                    &prev,
-                ));
-            }
-            let entries = match page.entries() {
-                Ok(entries) => entries,
-                Err(e) => return Ok(fail(expected, checked, e.to_string(), &prev)),
-            };
-            let mut page_index = BTreeMap::new();
-            for (at, entry) in entries.into_iter().enumerate() {
-                // Where a record sits is not evidence; its hashed body is.
-                let checked = expected - 1;
-                if Sha256::digest(entry.body).as_slice() != entry.hash {
-                    return Ok(fail(
-                        expected,
-                        checked,
-                        format!(
-                            "record {expected} was altered: its contents do not match its hash"
-                        ),
-                        &prev,
-                    ));
-                }
-                let record = match decode(expected, entry) {
-                    Ok(r) => r,
-                    Err(e) => return Ok(fail(expected, checked, e.to_string(), &prev)),
-                };
-                let seq = record.seq;
-                if seq > expected {
-                    return Ok(fail(expected, checked, missing(expected, seq), &prev));
-                }
-                if seq < expected {
-                    return Ok(fail(
-                        expected,
-                        checked,
-                        format!("record {expected} was altered: it claims sequence number {seq}"),
-                        &prev,
-                    ));
-                }
-                if at == 0 && page.first != seq {
-                    return Ok(fail(
-                        seq,
-                        checked,
-                        format!(
-                            "the page holding record {seq} is stored under record {}",
-                            page.first
-                        ),
-                        &prev,
-                    ));
-                }
-                if record.prev_hash != prev {
-                    return Ok(fail(
-                        seq,
-                        checked,
-                        format!(
-                            "record {seq} does not chain to record {}: one of them was replaced",
-                            seq - 1
-                        ),
-                        &prev,
-                    ));
-                }
-                if head.as_ref().is_some_and(|(h, _)| *h == seq) {
-                    hash_at_head = Some(record.hash.clone());
-                }
-                if page.first <= indexed {
-                    add_index_entries(&mut page_index, &index_entry(&record, page.first));
-                }
-                prev = record.hash;
-                expected += 1;
-            }
-            index_check.page(&inner.index, &page_index)?;
-        }
-        let checked = expected - 1;
-        if let Some((head_seq, head_hash)) = head {
-            if head_seq > checked {
-                return Ok(fail(
-                    checked + 1,
-                    checked,
-                    if head_seq == checked + 1 {
-                        format!("record {head_seq} is missing (the store's head is {head_seq})")
-                    } else {
-                        format!(
-                            "records {} to {head_seq} are missing (the store's head is {head_seq})",
-                            checked + 1
-                        )
-                    },
-                    &prev,
-                ));
-            }
-            if head_seq > 0 && hash_at_head.as_deref() != Some(head_hash.as_str()) {
-                return Ok(fail(
-                    head_seq,
-                    checked,
-                    format!("record {head_seq} was replaced: it does not match the store's head"),
-                    &prev,
-                ));
-            }
-        }
-        if let Some((seq, problem)) = index_check.finish(inner, indexed)? {
-            return Ok(fail(seq, checked, problem, &prev));
-        }
-        Ok(VerifyReport {
-            ok: true,
-            records_checked: checked,
-            first_bad_seq: 0,
-            problem: String::new(),
-            head_hash: prev,
-        })
+        self.verify_with(true)
     }
 
     fn last_seq(&self) -> u64 {
@@ -1750,6 +1789,32 @@ mod tests {
         assert!(report.ok, "{}", report.problem);
         assert_eq!(report.records_checked, n);
         assert_eq!(audit.inner.indexed_upto().unwrap(), n);
+    }
+
+    #[test]
+    fn an_interrupted_reindex_is_finished_by_the_next_writable_open() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 40);
+        // As if reindex stopped after setting its flag: a stale entry is
+        // still in the index, which the crash path alone would keep.
+        with_tree(dir.path(), "index", |t| {
+            t.insert([&b"sno-such\0"[..], &seq_key(1)].concat(), &seq_key(1))?;
+            Ok(())
+        });
+        with_tree(dir.path(), "meta", |t| {
+            t.insert(REINDEXING_KEY, b"1")?;
+            Ok(())
+        });
+        let report = SledAudit::open_read_only(dir.path())
+            .unwrap()
+            .verify()
+            .unwrap();
+        assert!(!report.ok, "the stale entry is reported");
+        drop(SledAudit::open(dir.path(), Durability::Strict).unwrap());
+        let audit = SledAudit::open_read_only(dir.path()).unwrap();
+        let report = audit.verify().unwrap();
+        assert!(report.ok, "{}", report.problem);
+        assert_eq!(audit.inner.meta.get(REINDEXING_KEY).unwrap(), None);
     }
 
     #[test]

@@ -97,8 +97,8 @@ pub enum AuditCommand {
         format: VerifyFormat,
     },
     /// Rebuild the index (what filters read) from the records, when `verify` names an index
-    /// problem. Records and their hash chain are not touched. Needs the store itself (--db),
-    /// with no broker running on it.
+    /// problem. Refused when the hash chain itself is broken (keep that store as evidence);
+    /// records and chain are not touched. Needs the store itself (--db), with no broker on it.
     #[command(
         after_help = "Examples:\n  cordon audit reindex --db /var/lib/cordon/audit\n  cordon audit reindex --db /var/lib/cordon/audit --format json"
     )]
