@@ -205,10 +205,10 @@ impl Broker {
                 record.reason = if e.detail.is_empty() {
                     format!("exited with status {}", e.status)
                 } else {
-                    e.detail.clone()
+                    crate::policy::capped(e.detail.clone())
                 };
             }
-            None => unreachable!("validated: the event is present"),
+            None => return Err(InvalidRequest("lifecycle event is empty".into()).into()),
         }
         Ok(self.audit.append(record)?.seq)
     }

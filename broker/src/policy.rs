@@ -886,13 +886,14 @@ fn self_check_inputs() -> Vec<serde_json::Value> {
     ]
 }
 
-/// A denial's reason at most, in bytes. Deny messages may quote the input
+/// Where a denial's reason is cut, in bytes (a short marker follows the
+/// cut). Deny messages may quote the input
 /// (an argv of up to 2 MiB, several times over), and the reason goes into the
 /// answer, the audit record and the tool's log line; beyond this it is cut.
 pub const MAX_REASON: usize = 4096;
 
 /// `reason` cut to [`MAX_REASON`] bytes (on a character boundary), saying so.
-fn capped(mut reason: String) -> String {
+pub(crate) fn capped(mut reason: String) -> String {
     if reason.len() <= MAX_REASON {
         return reason;
     }

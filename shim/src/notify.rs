@@ -46,6 +46,8 @@ const PATH_MAX: usize = 4096;
 /// would mostly fail natively too. `E2BIG` beyond.
 const MAX_ARGV: usize = 1 << 18;
 const MAX_ARGV_BYTES: usize = 2 * 1024 * 1024;
+/// Kinds of forbidden call counted apart (the exit record lists them).
+const MAX_FORBIDDEN_KINDS: usize = 32;
 /// The largest datagram we copy out of the tool for an emulated send.
 const MAX_DATAGRAM: usize = 1024 * 1024;
 const MAX_IOV: usize = 1024;
@@ -513,7 +515,17 @@ impl Supervisor {
 
     fn forbid(&self, n: &Notification, what: String, errno: i32) {
         tracing::debug!(pid = n.tid, call = %what, "forbidden by the filter");
-        self.count(|c| *c.forbidden.entry(what).or_default() += 1);
+        self.count(|c| {
+            // The tool picks some of these names (a socket family is any
+            // number): past a few dozen, the rest are counted together.
+            let key = if c.forbidden.len() < MAX_FORBIDDEN_KINDS || c.forbidden.contains_key(&what)
+            {
+                what
+            } else {
+                "other calls".to_owned()
+            };
+            *c.forbidden.entry(key).or_default() += 1
+        });
         let _ = self.listener.fail(n.id, errno);
     }
 
