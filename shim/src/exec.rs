@@ -40,8 +40,22 @@ pub struct Approved {
     pub ino: u64,
     /// The expected `/proc/PID/cmdline`: argv as the kernel builds it (for
     /// `#!` scripts, prefixed with the interpreter, its argument and the
-    /// script's name).
-    pub argv: Vec<Vec<u8>>,
+    /// script's name), each string with its NUL. Flat: an argv of 262,144
+    /// strings held as one buffer, not as as many allocations.
+    pub cmdline: Vec<u8>,
+}
+
+impl Approved {
+    pub fn new(dev: u64, ino: u64, argv: &[Vec<u8>]) -> Approved {
+        Approved {
+            dev,
+            ino,
+            cmdline: argv
+                .iter()
+                .flat_map(|a| a.iter().copied().chain([0]))
+                .collect(),
+        }
+    }
 }
 
 /// How a verified exec ended, for the supervisor's counters and logs.
@@ -284,11 +298,7 @@ fn check_image(pid: Pid, approved: &Approved) -> Outcome {
     }
     // The approved arguments with their NULs, and one byte more to see a
     // longer cmdline: never read more than that from the new image.
-    let expected: Vec<u8> = approved
-        .argv
-        .iter()
-        .flat_map(|a| a.iter().copied().chain([0]))
-        .collect();
+    let expected = &approved.cmdline;
     let mut cmdline = Vec::new();
     let read = std::fs::File::open(format!("/proc/{pid}/cmdline")).and_then(|f| {
         use std::io::Read;
@@ -298,8 +308,8 @@ fn check_image(pid: Pid, approved: &Approved) -> Outcome {
         return Outcome::Killed(format!("cannot read the new arguments: {e}"));
     }
     // Linux < 5.18 runs an empty argv as empty, later kernels as [""].
-    let empty_argv = approved.argv == [Vec::<u8>::new()];
-    let matches = cmdline == expected || (empty_argv && cmdline.is_empty());
+    let empty_argv = expected == b"\0";
+    let matches = cmdline == *expected || (empty_argv && cmdline.is_empty());
     if !matches {
         return Outcome::Killed(
             "the arguments that ran are not the ones the policy approved".into(),

@@ -1532,11 +1532,8 @@ impl Supervisor {
             run_as = interp;
         }
         let st = nix::sys::stat::fstat(&image)?;
-        let approved = Approved {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            argv: kernel_argv,
-        };
+        let approved = Approved::new(st.st_dev, st.st_ino, &kernel_argv);
+        drop(kernel_argv);
         let me = self.clone();
         let (id, tid, tgid) = (n.id, n.tid, task.tgid);
         let on_exec = self.tasks.invalidator();
