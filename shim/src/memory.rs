@@ -104,7 +104,9 @@ impl ToolMemory {
     /// A NULL-terminated array of string pointers (an `execve` argv): at
     /// most `max_count` strings of `max_bytes` in all (with their NULs), else
     /// `E2BIG`. The pointers are read a page's worth at a time, never across
-    /// a page end (the array may end just before an unreadable page).
+    /// a page end (the array may end just before an unreadable page); so are
+    /// the strings, which usually lie side by side: most come out of the
+    /// block read for an earlier one.
     pub fn read_argv(
         &self,
         addr: u64,
@@ -118,6 +120,7 @@ impl ToolMemory {
         let mut total = 0;
         let mut at = addr;
         let mut block = Vec::new();
+        let mut strings = StringBlock::default();
         loop {
             // A pointer that straddles the page end is read whole.
             let in_page = ((PAGE - at as usize % PAGE) / 8).max(1);
@@ -133,13 +136,29 @@ impl ToolMemory {
                 }
                 // Room for this string's bytes, its NUL counted.
                 let room = max_bytes.checked_sub(total + 1).ok_or(Errno::E2BIG)?;
-                let arg = self.read_cstr(ptr, room).map_err(|e| {
-                    if e == Errno::ENAMETOOLONG {
-                        Errno::E2BIG
-                    } else {
-                        e
+                let arg = match strings.take(ptr, room) {
+                    Some(found) => found?,
+                    None => {
+                        // From this string to its page end, in one read.
+                        strings.start = ptr;
+                        strings.bytes.resize(PAGE - ptr as usize % PAGE, 0);
+                        if let Err(e) = self.read_into(ptr, &mut strings.bytes) {
+                            strings.bytes.clear();
+                            return Err(e);
+                        }
+                        match strings.take(ptr, room) {
+                            Some(found) => found?,
+                            // Runs past the page end: read it whole.
+                            None => self.read_cstr(ptr, room).map_err(|e| {
+                                if e == Errno::ENAMETOOLONG {
+                                    Errno::E2BIG
+                                } else {
+                                    e
+                                }
+                            })?,
+                        }
                     }
-                })?;
+                };
                 total += arg.len() + 1;
                 argv.push(arg);
             }
@@ -161,6 +180,28 @@ impl ToolMemory {
             return Err(Errno::EFAULT);
         }
         Ok(())
+    }
+}
+
+/// The last block of the tool's memory read for an argv string.
+#[derive(Default)]
+struct StringBlock {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl StringBlock {
+    /// The string at `ptr` if the block holds it whole (its NUL included):
+    /// `E2BIG` when longer than `room`; `None` when not held.
+    fn take(&self, ptr: u64, room: usize) -> Option<Result<Vec<u8>, Errno>> {
+        let offset = usize::try_from(ptr.checked_sub(self.start)?).ok()?;
+        let rest = self.bytes.get(offset..)?;
+        let len = rest.iter().position(|&b| b == 0)?;
+        Some(if len > room {
+            Err(Errno::E2BIG)
+        } else {
+            Ok(rest[..len].to_vec())
+        })
     }
 }
 
@@ -258,6 +299,38 @@ mod tests {
         assert_eq!(own().read_argv(addr, 10, 4), Err(Errno::E2BIG));
         assert_eq!(own().read_argv(0, 10, 10).unwrap(), Vec::<Vec<u8>>::new());
         assert_eq!(own().read_argv(16, 10, 10), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn argv_strings_side_by_side_are_read_whole_across_page_ends() {
+        // Packed in one buffer as xargs builds them: a few pages, so some
+        // strings straddle a page end.
+        let args: Vec<Vec<u8>> = (0..3000).map(|i| format!("s{i}").into_bytes()).collect();
+        let packed: Vec<u8> = args
+            .iter()
+            .flat_map(|a| a.iter().copied().chain([0]))
+            .collect();
+        let mut ptrs = Vec::new();
+        let mut offset = 0;
+        for a in &args {
+            ptrs.push(packed.as_ptr() as u64 + offset as u64);
+            offset += a.len() + 1;
+        }
+        ptrs.push(0);
+        let addr = ptrs.as_ptr() as u64;
+        assert_eq!(own().read_argv(addr, 3000, 1 << 20).unwrap(), args);
+        assert_eq!(own().read_argv(addr, 3000, packed.len()).unwrap(), args);
+        assert_eq!(
+            own().read_argv(addr, 3000, packed.len() - 1),
+            Err(Errno::E2BIG)
+        );
+        // A string that is not NUL-ended in its block's page is read whole.
+        let long = vec![b'z'; 3 * PAGE];
+        let mut with_long = long.clone();
+        with_long.push(0);
+        let ptrs = [with_long.as_ptr() as u64, packed.as_ptr() as u64, 0];
+        let got = own().read_argv(ptrs.as_ptr() as u64, 10, 1 << 20).unwrap();
+        assert_eq!(got, vec![long, args[0].clone()]);
     }
 
     #[test]
