@@ -93,6 +93,17 @@ pub enum AuditError {
     UnknownFormat { path: String, format: String },
 }
 
+/// What a store is opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Queries and verify: nothing is ever written.
+    ReadOnly,
+    /// Appends (after finishing what a crash or an interrupted reindex left).
+    Append,
+    /// `reindex`: the chain is checked before anything is written.
+    Reindex,
+}
+
 /// When an append returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -566,12 +577,197 @@ impl SledAudit {
     /// Opens (or creates) the store in `dir` for appending. Refuses a store
     /// whose newest records were removed, rather than chain onto the gap.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, AuditError> {
-        Self::open_with(dir, durability, false)
+        Self::open_with(dir, durability, Access::Append)
     }
 
+    /// Rebuilds the index of the store in `dir` (which no broker may have
+    /// open) from its records: for a store whose `verify` names an index
+    /// problem. Refused when the chain itself is broken (checked before
+    /// anything is written): the store is then evidence, and writing would
+    /// move its head. The records and their chain are not touched; the head
+    /// is written again as the intact chain's newest record. Interrupted, it
+    /// is finished by the next writable open. Returns how many records were
+    /// indexed.
+    pub fn reindex(dir: &Path) -> Result<u64, AuditError> {
+        // One open: the chain is checked before anything is written (and a
+        // second open right after a first can find sled's lock still held).
+        Self::open_with(dir, Durability::Strict, Access::Reindex)?
+            .inner
+            .rebuild_index()
+    }
+
+    /// Opens an existing store to query and verify it, without ever writing
+    /// records or moving its head (so verifying twice gives the same answer).
+    pub fn open_read_only(dir: &Path) -> Result<Self, AuditError> {
+        Self::open_with(dir, Durability::Strict, Access::ReadOnly)
+    }
+
+    fn open_with(dir: &Path, durability: Durability, access: Access) -> Result<Self, AuditError> {
+        let read_only = access == Access::ReadOnly;
+        let open_err = |source| AuditError::Open {
+            path: dir.display().to_string(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            // An append-only log read by scans: sled's default 1 GiB page cache
+            // only grew the broker (506 MiB RSS after the scale benchmark).
+            .cache_capacity(64 << 20)
+            .open()
+            .map_err(open_err)?;
+        let records = db.open_tree("records").map_err(open_err)?;
+        let index = db.open_tree("index").map_err(open_err)?;
+        let meta = db.open_tree("meta").map_err(open_err)?;
+        let format = meta.get(FORMAT_KEY).map_err(open_err)?;
+        let (next_seq, last_hash, last_time_ns) = match records.last().map_err(open_err)? {
+            Some(_) if format.is_none() => {
+                return Err(AuditError::OldFormat {
+                    path: dir.display().to_string(),
+                });
+            }
+            _ if format
+                .as_deref()
+                .is_some_and(|f| f != FORMAT_PAGES && f != FORMAT_PAGES_LZ4) =>
+            {
+                return Err(AuditError::UnknownFormat {
+                    path: dir.display().to_string(),
+                    format: String::from_utf8_lossy(format.as_deref().unwrap_or_default())
+                        .into_owned(),
+                });
+            }
+            Some(item) => {
+                let page = Page::from_item(Ok(item))?;
+                let (seq, last) = page.records()?.last().ok_or_else(|| AuditError::Corrupt {
+                    seq: page.first,
+                    message: "an empty page".into(),
+                })?;
+                let r = decode(seq, last)?;
+                let h: [u8; 32] = last.hash.try_into().unwrap_or([0; 32]);
+                let next = seq.checked_add(1).ok_or_else(|| AuditError::Damaged {
+                    path: dir.display().to_string(),
+                    problem: "its newest record claims the last possible sequence number".into(),
+                })?;
+                (next, h, r.time_ns())
+            }
+            None => (1, [0u8; 32], 0),
+        };
+        let last = next_seq - 1;
+        if !read_only
+            && let Some(head) = meta.get(HEAD_KEY).map_err(open_err)?
+            && head.len() == 40
+        {
+            let head_seq = u64::from_be_bytes(head[..8].try_into().unwrap_or([0; 8]));
+            if head_seq > last {
+                return Err(AuditError::Damaged {
+                    path: dir.display().to_string(),
+                    problem: format!(
+                        "its head is record {head_seq} but the newest record is {last}"
+                    ),
+                });
+            }
+        }
+        let (notify, _) = watch::channel(last);
+        let inner = Arc::new(Inner {
+            db,
+            records,
+            index,
+            meta,
+            chain: Mutex::new(Chain {
+                next_seq,
+                last_time_ns,
+                queue: Vec::new(),
+            }),
+            sealed: Mutex::new(Sealed {
+                seq: last,
+                hash: last_hash,
+            }),
+            drain_serial: Mutex::new(()),
+            pending_index: Mutex::new(Vec::new()),
+            assigned_seq: AtomicU64::new(last),
+            inserted_seq: AtomicU64::new(last),
+            unstored_taken: AtomicU64::new(0),
+            flush: Mutex::new(FlushState {
+                durable_seq: last,
+                ..Default::default()
+            }),
+            flushed: Condvar::new(),
+            dirty: Mutex::new(false),
+            wake_flusher: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            durability,
+            read_only,
+            max_backlog: 100_000,
+            notify,
+            flush_serial: Mutex::new(()),
+            ids: RecordIds::new(),
+        });
+        if access == Access::Reindex {
+            // Before any write: a broken chain is evidence, left as it is.
+            let report = inner.verify(false)?;
+            if !report.ok {
+                return Err(AuditError::ChainBroken {
+                    path: dir.display().to_string(),
+                    seq: report.first_bad_seq,
+                    problem: report.problem,
+                });
+            }
+        }
+        // Only once the store is known good: compressed pages follow, so an
+        // older cordon must refuse it from now on (session 5's would take a
+        // compressed page for damage); a store refused above keeps its mark.
+        if !read_only && format.as_deref() != Some(FORMAT_PAGES_LZ4) {
+            inner
+                .meta
+                .insert(FORMAT_KEY, FORMAT_PAGES_LZ4)
+                .map_err(open_err)?;
+        }
+        let reindexing = inner.meta.get(REINDEXING_KEY)?.is_some();
+        match access {
+            // A reader leaves the store as it found it: records past the
+            // index are read in order by `scan` anyway.
+            Access::ReadOnly if reindexing => tracing::warn!(
+                path = %dir.display(),
+                "a reindex of this store was interrupted: filtered queries may miss records until `cordon audit reindex` runs"
+            ),
+            Access::ReadOnly => {}
+            Access::Append if reindexing => {
+                tracing::warn!(path = %dir.display(), "finishing an interrupted reindex");
+                inner.rebuild_index()?;
+            }
+            Access::Append => inner.reindex_after_crash()?,
+            // The caller rebuilds the whole index.
+            Access::Reindex => {}
+        }
+        let flusher = match durability {
+            Durability::Batched { window } => {
+                let inner = inner.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("cordon-audit-flush".into())
+                        .spawn(move || inner.flusher_loop(window))
+                        .map_err(|e| AuditError::Flush(format!("cannot start the flusher: {e}")))?,
+                )
+            }
+            Durability::Strict => None,
+        };
+        Ok(Self {
+            inner,
+            flusher: Mutex::new(flusher),
+        })
+    }
+
+    /// The durability mode in force.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+}
+
+impl Inner {
     /// `verify`, or with `check_index` false the chain and head alone.
-    fn verify_with(&self, check_index: bool) -> Result<VerifyReport, AuditError> {
-        let inner = &self.inner;
+    fn verify(&self, check_index: bool) -> Result<VerifyReport, AuditError> {
+        let inner = self;
         inner.drain()?;
         // The head first: it only ever names stored records, so on a live
         // store the walk below reaches it even if newer ones arrive meanwhile.
@@ -681,7 +877,7 @@ impl SledAudit {
                 if head.as_ref().is_some_and(|(h, _)| *h == seq) {
                     hash_at_head = Some(record.hash.clone());
                 }
-                if page.first <= indexed {
+                if check_index && page.first <= indexed {
                     add_index_entries(&mut page_index, &index_entry(&record, page.first));
                 }
                 prev = record.hash;
@@ -729,175 +925,6 @@ impl SledAudit {
         })
     }
 
-    /// Rebuilds the index of the store in `dir` (which no broker may have
-    /// open) from its records: for a store whose `verify` names an index
-    /// problem. Refused when the chain itself is broken: the store is then
-    /// evidence, and a writable open would move its head. The records and
-    /// their chain are not touched. Interrupted, it is finished by the next
-    /// writable open. Returns how many records were indexed.
-    pub fn reindex(dir: &Path) -> Result<u64, AuditError> {
-        // The chain first, from a read-only open (which never writes).
-        let report = Self::open_read_only(dir)?.verify_with(false)?;
-        if !report.ok {
-            return Err(AuditError::ChainBroken {
-                path: dir.display().to_string(),
-                seq: report.first_bad_seq,
-                problem: report.problem,
-            });
-        }
-        Self::open_with(dir, Durability::Strict, false)?
-            .inner
-            .rebuild_index()
-    }
-
-    /// Opens an existing store to query and verify it, without ever writing
-    /// records or moving its head (so verifying twice gives the same answer).
-    pub fn open_read_only(dir: &Path) -> Result<Self, AuditError> {
-        Self::open_with(dir, Durability::Strict, true)
-    }
-
-    fn open_with(dir: &Path, durability: Durability, read_only: bool) -> Result<Self, AuditError> {
-        let open_err = |source| AuditError::Open {
-            path: dir.display().to_string(),
-            source,
-        };
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            // An append-only log read by scans: sled's default 1 GiB page cache
-            // only grew the broker (506 MiB RSS after the scale benchmark).
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(open_err)?;
-        let records = db.open_tree("records").map_err(open_err)?;
-        let index = db.open_tree("index").map_err(open_err)?;
-        let meta = db.open_tree("meta").map_err(open_err)?;
-        let format = meta.get(FORMAT_KEY).map_err(open_err)?;
-        let (next_seq, last_hash, last_time_ns) = match records.last().map_err(open_err)? {
-            Some(_) if format.is_none() => {
-                return Err(AuditError::OldFormat {
-                    path: dir.display().to_string(),
-                });
-            }
-            _ if format
-                .as_deref()
-                .is_some_and(|f| f != FORMAT_PAGES && f != FORMAT_PAGES_LZ4) =>
-            {
-                return Err(AuditError::UnknownFormat {
-                    path: dir.display().to_string(),
-                    format: String::from_utf8_lossy(format.as_deref().unwrap_or_default())
-                        .into_owned(),
-                });
-            }
-            Some(item) => {
-                let page = Page::from_item(Ok(item))?;
-                let (seq, last) = page.records()?.last().ok_or_else(|| AuditError::Corrupt {
-                    seq: page.first,
-                    message: "an empty page".into(),
-                })?;
-                let r = decode(seq, last)?;
-                let h: [u8; 32] = last.hash.try_into().unwrap_or([0; 32]);
-                let next = seq.checked_add(1).ok_or_else(|| AuditError::Damaged {
-                    path: dir.display().to_string(),
-                    problem: "its newest record claims the last possible sequence number".into(),
-                })?;
-                (next, h, r.time_ns())
-            }
-            None => (1, [0u8; 32], 0),
-        };
-        let last = next_seq - 1;
-        if !read_only
-            && let Some(head) = meta.get(HEAD_KEY).map_err(open_err)?
-            && head.len() == 40
-        {
-            let head_seq = u64::from_be_bytes(head[..8].try_into().unwrap_or([0; 8]));
-            if head_seq > last {
-                return Err(AuditError::Damaged {
-                    path: dir.display().to_string(),
-                    problem: format!(
-                        "its head is record {head_seq} but the newest record is {last}"
-                    ),
-                });
-            }
-        }
-        // Only once the store is known good: compressed pages follow, so an
-        // older cordon must refuse it from now on (session 5's would take a
-        // compressed page for damage); a store refused above keeps its mark.
-        if !read_only && format.as_deref() != Some(FORMAT_PAGES_LZ4) {
-            meta.insert(FORMAT_KEY, FORMAT_PAGES_LZ4)
-                .map_err(open_err)?;
-        }
-        let (notify, _) = watch::channel(last);
-        let inner = Arc::new(Inner {
-            db,
-            records,
-            index,
-            meta,
-            chain: Mutex::new(Chain {
-                next_seq,
-                last_time_ns,
-                queue: Vec::new(),
-            }),
-            sealed: Mutex::new(Sealed {
-                seq: last,
-                hash: last_hash,
-            }),
-            drain_serial: Mutex::new(()),
-            pending_index: Mutex::new(Vec::new()),
-            assigned_seq: AtomicU64::new(last),
-            inserted_seq: AtomicU64::new(last),
-            unstored_taken: AtomicU64::new(0),
-            flush: Mutex::new(FlushState {
-                durable_seq: last,
-                ..Default::default()
-            }),
-            flushed: Condvar::new(),
-            dirty: Mutex::new(false),
-            wake_flusher: Condvar::new(),
-            shutdown: AtomicBool::new(false),
-            durability,
-            read_only,
-            max_backlog: 100_000,
-            notify,
-            flush_serial: Mutex::new(()),
-            ids: RecordIds::new(),
-        });
-        // A reader leaves the store as it found it: records past the index
-        // are read in order by `scan` anyway.
-        if !read_only {
-            if inner.meta.get(REINDEXING_KEY)?.is_some() {
-                tracing::warn!(path = %dir.display(), "finishing an interrupted reindex");
-                inner.rebuild_index()?;
-            } else {
-                inner.reindex_after_crash()?;
-            }
-        }
-        let flusher = match durability {
-            Durability::Batched { window } => {
-                let inner = inner.clone();
-                Some(
-                    std::thread::Builder::new()
-                        .name("cordon-audit-flush".into())
-                        .spawn(move || inner.flusher_loop(window))
-                        .map_err(|e| AuditError::Flush(format!("cannot start the flusher: {e}")))?,
-                )
-            }
-            Durability::Strict => None,
-        };
-        Ok(Self {
-            inner,
-            flusher: Mutex::new(flusher),
-        })
-    }
-
-    /// The durability mode in force.
-    pub fn durability(&self) -> Durability {
-        self.inner.durability
-    }
-}
-
-impl Inner {
     /// Refuses appends from now on and tells the flusher to stop.
     fn shut(&self) {
         // Under the flusher's lock, so the wake-up cannot fall between its
@@ -1641,7 +1668,7 @@ impl AuditLog for SledAudit {
     }
 
     fn verify(&self) -> Result<VerifyReport, AuditError> {
-        self.verify_with(true)
+        self.inner.verify(true)
     }
 
     fn last_seq(&self) -> u64 {

@@ -41,11 +41,20 @@ impl std::str::FromStr for BrokerUri {
     }
 }
 
-/// Opens a channel to the broker.
+/// Opens a channel to the broker, taking answers of up to 4 MiB (decisions,
+/// reports: a shim never reserves more for one).
 pub async fn connect(uri: &BrokerUri) -> Result<BrokerClient<Channel>, ConnectError> {
     Ok(BrokerClient::new(channel(uri).await?)
-        .max_decoding_message_size(MAX_ANSWER_BYTES)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// [`connect`] for reading `QueryAudit`: one record may carry a full-size
+/// argv three times, so answers of up to `MAX_ANSWER_BYTES` are taken.
+pub async fn connect_for_records(uri: &BrokerUri) -> Result<BrokerClient<Channel>, ConnectError> {
+    Ok(connect(uri)
+        .await?
+        .max_decoding_message_size(MAX_ANSWER_BYTES))
 }
 
 /// A channel to the broker, for any service it serves (health, reflection).

@@ -47,14 +47,12 @@ pub struct Approved {
 
 impl Approved {
     pub fn new(dev: u64, ino: u64, argv: &[Vec<u8>]) -> Approved {
-        Approved {
-            dev,
-            ino,
-            cmdline: argv
-                .iter()
-                .flat_map(|a| a.iter().copied().chain([0]))
-                .collect(),
+        let mut cmdline = Vec::with_capacity(argv.iter().map(|a| a.len() + 1).sum());
+        for a in argv {
+            cmdline.extend_from_slice(a);
+            cmdline.push(0);
         }
+        Approved { dev, ino, cmdline }
     }
 }
 

@@ -106,7 +106,7 @@ impl ToolMemory {
     /// `E2BIG`. The pointers are read a page's worth at a time, never across
     /// a page end (the array may end just before an unreadable page); so are
     /// the strings, which usually lie side by side: most come out of the
-    /// block read for an earlier one.
+    /// page read for an earlier one.
     pub fn read_argv(
         &self,
         addr: u64,
@@ -139,10 +139,11 @@ impl ToolMemory {
                 let arg = match strings.take(ptr, room) {
                     Some(found) => found?,
                     None => {
-                        // From this string to its page end, in one read.
-                        strings.start = ptr;
-                        strings.bytes.resize(PAGE - ptr as usize % PAGE, 0);
-                        if let Err(e) = self.read_into(ptr, &mut strings.bytes) {
+                        // The string's page, in one read (readable whole if
+                        // the string is: mappings are whole pages).
+                        strings.start = ptr - ptr % PAGE as u64;
+                        strings.bytes.resize(PAGE, 0);
+                        if let Err(e) = self.read_into(strings.start, &mut strings.bytes) {
                             strings.bytes.clear();
                             return Err(e);
                         }

@@ -46,8 +46,8 @@ const PATH_MAX: usize = 4096;
 /// would mostly fail natively too. `E2BIG` beyond.
 const MAX_ARGV: usize = 1 << 18;
 const MAX_ARGV_BYTES: usize = 2 * 1024 * 1024;
-/// Kinds of forbidden call counted apart (the exit record lists them).
-const MAX_FORBIDDEN_KINDS: usize = 32;
+/// Numbers of one forbidden call counted apart (the exit record lists them).
+const MAX_NUMBERED_KINDS: usize = 32;
 /// The largest datagram we copy out of the tool for an emulated send.
 const MAX_DATAGRAM: usize = 1024 * 1024;
 const MAX_IOV: usize = 1024;
@@ -515,14 +515,29 @@ impl Supervisor {
 
     fn forbid(&self, n: &Notification, what: String, errno: i32) {
         tracing::debug!(pid = n.tid, call = %what, "forbidden by the filter");
+        self.count(|c| *c.forbidden.entry(what).or_default() += 1);
+        let _ = self.listener.fail(n.id, errno);
+    }
+
+    /// [`Self::forbid`] for a call named by a number the tool picks (a socket
+    /// family, a prctl option), `call(label number)`: past
+    /// `MAX_NUMBERED_KINDS` numbers of one call the rest are counted as
+    /// `call(other label values)`, so the tool can grow neither the counters nor
+    /// the exit record without bound (the fixed names are a bounded set).
+    fn forbid_numbered(&self, n: &Notification, call: &str, label: &str, number: i64, errno: i32) {
+        let what = format!("{call}({label} {number})");
+        tracing::debug!(pid = n.tid, call = %what, "forbidden by the filter");
         self.count(|c| {
-            // The tool picks some of these names (a socket family is any
-            // number): past a few dozen, the rest are counted together.
-            let key = if c.forbidden.len() < MAX_FORBIDDEN_KINDS || c.forbidden.contains_key(&what)
-            {
+            let prefix = format!("{call}(");
+            let kinds = c
+                .forbidden
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .count();
+            let key = if kinds < MAX_NUMBERED_KINDS || c.forbidden.contains_key(&what) {
                 what
             } else {
-                "other calls".to_owned()
+                format!("{call}(other {label} values)")
             };
             *c.forbidden.entry(key).or_default() += 1
         });
@@ -545,7 +560,8 @@ impl Supervisor {
                 if ok {
                     let _ = self.listener.allow_continue(n.id);
                 } else {
-                    self.forbid(&n, format!("socket(family {domain})"), libc::EAFNOSUPPORT);
+                    let domain = i64::from(domain);
+                    self.forbid_numbered(&n, "socket", "family", domain, libc::EAFNOSUPPORT);
                 }
                 Ok(())
             }
@@ -586,12 +602,11 @@ impl Supervisor {
                 // The filter notifies `PR_SET_MM` only; any other option
                 // that reaches us is refused too, under its own number.
                 let option = n.args[0] as u32 as i32;
-                let what = if option == libc::PR_SET_MM {
-                    "prctl(PR_SET_MM)".to_owned()
+                if option == libc::PR_SET_MM {
+                    self.forbid(&n, "prctl(PR_SET_MM)".to_owned(), libc::EPERM);
                 } else {
-                    format!("prctl({option})")
-                };
-                self.forbid(&n, what, libc::EPERM);
+                    self.forbid_numbered(&n, "prctl", "option", i64::from(option), libc::EPERM);
+                }
                 Ok(())
             }
             libc::SYS_personality => {

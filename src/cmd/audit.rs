@@ -322,7 +322,7 @@ pub(super) fn each_record(
                 after_seq: filter.after_seq,
             };
             super::runtime()?.block_on(async {
-                let mut c = client::connect(&uri).await?;
+                let mut c = client::connect_for_records(&uri).await?;
                 let mut stream = c.query_audit(req).await?.into_inner();
                 while let Some(rec) = stream.message().await? {
                     let r: AuditRecord = serde_json::from_str(&rec.json).with_context(|| {
