@@ -704,7 +704,8 @@ impl SledAudit {
             ids: RecordIds::new(),
         });
         if access == Access::Reindex {
-            // Before any write: a broken chain is evidence, left as it is.
+            // Before any key is written: a broken chain is evidence, left as
+            // it is (sled itself may rewrite its own snapshot file on open).
             let report = inner.verify(false)?;
             if !report.ok {
                 return Err(AuditError::ChainBroken {
@@ -729,7 +730,7 @@ impl SledAudit {
             // index are read in order by `scan` anyway.
             Access::ReadOnly if reindexing => tracing::warn!(
                 path = %dir.display(),
-                "a reindex of this store was interrupted: filtered queries may miss records until `cordon audit reindex` runs"
+                "a reindex of this store was interrupted: filtered queries read unindexed records one by one until the next writable open or `cordon audit reindex` finishes it"
             ),
             Access::ReadOnly => {}
             Access::Append if reindexing => {
@@ -1816,6 +1817,38 @@ mod tests {
         assert!(report.ok, "{}", report.problem);
         assert_eq!(report.records_checked, n);
         assert_eq!(audit.inner.indexed_upto().unwrap(), n);
+    }
+
+    #[test]
+    fn a_refused_reindex_changes_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 40);
+        with_records_tree(dir.path(), |records| {
+            let (k, v) = records.iter().next().unwrap()?;
+            let mut frames = page::open(&v).unwrap().into_owned();
+            let at = frames.iter().position(|&b| b == b'/').unwrap();
+            frames[at + 1] ^= 1;
+            records.insert(k, page::seal(&frames))?;
+            Ok(())
+        });
+        let keys = |dir: &Path| {
+            with_tree(dir, "meta", |meta| {
+                let mut all = Vec::new();
+                for item in meta.iter() {
+                    let (k, v) = item?;
+                    all.push((k.to_vec(), v.to_vec()));
+                }
+                Ok(all)
+            })
+        };
+        let index = |dir: &Path| with_tree(dir, "index", |t| Ok(t.len()));
+        let (meta_before, index_before) = (keys(dir.path()), index(dir.path()));
+        match SledAudit::reindex(dir.path()) {
+            Err(AuditError::ChainBroken { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(keys(dir.path()), meta_before);
+        assert_eq!(index(dir.path()), index_before);
     }
 
     #[test]

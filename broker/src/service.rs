@@ -40,7 +40,8 @@ use crate::{
 /// The largest message the broker accepts (an exec with a full-size argv fits).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// The largest message the broker sends and its clients take: a `QueryAudit`
+/// The largest message the broker sends, and what a `QueryAudit` reader
+/// (`client::connect_for_records`) takes: a `QueryAudit`
 /// record carries an exec's argv three times (its `argv` field, and in `json`
 /// the record's and its input's), each control byte escaped to six: ~34 MiB
 /// for a full-size argv at worst.

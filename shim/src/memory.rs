@@ -137,8 +137,9 @@ impl ToolMemory {
                 // Room for this string's bytes, its NUL counted.
                 let room = max_bytes.checked_sub(total + 1).ok_or(Errno::E2BIG)?;
                 let arg = match strings.take(ptr, room) {
-                    Some(found) => found?,
-                    None => {
+                    Held::Whole(found) => found?,
+                    Held::Unended => self.read_cstr(ptr, room).map_err(too_big)?,
+                    Held::No => {
                         // The string's page, in one read (readable whole if
                         // the string is: mappings are whole pages).
                         strings.start = ptr - ptr % PAGE as u64;
@@ -148,15 +149,11 @@ impl ToolMemory {
                             return Err(e);
                         }
                         match strings.take(ptr, room) {
-                            Some(found) => found?,
+                            Held::Whole(found) => found?,
                             // Runs past the page end: read it whole.
-                            None => self.read_cstr(ptr, room).map_err(|e| {
-                                if e == Errno::ENAMETOOLONG {
-                                    Errno::E2BIG
-                                } else {
-                                    e
-                                }
-                            })?,
+                            Held::Unended | Held::No => {
+                                self.read_cstr(ptr, room).map_err(too_big)?
+                            }
                         }
                     }
                 };
@@ -191,18 +188,39 @@ struct StringBlock {
     bytes: Vec<u8>,
 }
 
+/// What a [`StringBlock`] holds of the string at an address.
+enum Held {
+    /// The whole string (`E2BIG` when longer than the room left).
+    Whole(Result<Vec<u8>, Errno>),
+    /// Its start, but no NUL before the block ends.
+    Unended,
+    No,
+}
+
 impl StringBlock {
-    /// The string at `ptr` if the block holds it whole (its NUL included):
-    /// `E2BIG` when longer than `room`; `None` when not held.
-    fn take(&self, ptr: u64, room: usize) -> Option<Result<Vec<u8>, Errno>> {
-        let offset = usize::try_from(ptr.checked_sub(self.start)?).ok()?;
-        let rest = self.bytes.get(offset..)?;
-        let len = rest.iter().position(|&b| b == 0)?;
-        Some(if len > room {
-            Err(Errno::E2BIG)
-        } else {
-            Ok(rest[..len].to_vec())
-        })
+    fn take(&self, ptr: u64, room: usize) -> Held {
+        let rest = ptr
+            .checked_sub(self.start)
+            .and_then(|offset| usize::try_from(offset).ok())
+            .and_then(|offset| self.bytes.get(offset..))
+            .filter(|rest| !rest.is_empty());
+        let Some(rest) = rest else {
+            return Held::No;
+        };
+        match rest.iter().position(|&b| b == 0) {
+            Some(len) if len > room => Held::Whole(Err(Errno::E2BIG)),
+            Some(len) => Held::Whole(Ok(rest[..len].to_vec())),
+            None => Held::Unended,
+        }
+    }
+}
+
+/// A string past its bound is, for an argv, one the kernel would not take.
+fn too_big(e: Errno) -> Errno {
+    if e == Errno::ENAMETOOLONG {
+        Errno::E2BIG
+    } else {
+        e
     }
 }
 
@@ -325,6 +343,13 @@ mod tests {
             own().read_argv(addr, 3000, packed.len() - 1),
             Err(Errno::E2BIG)
         );
+        // Backwards too: each page read serves the strings before as well.
+        let mut reversed: Vec<u64> = ptrs[..args.len()].iter().rev().copied().collect();
+        reversed.push(0);
+        let mut want = args.clone();
+        want.reverse();
+        let got = own().read_argv(reversed.as_ptr() as u64, 3000, 1 << 20);
+        assert_eq!(got.unwrap(), want);
         // A string that is not NUL-ended in its block's page is read whole.
         let long = vec![b'z'; 3 * PAGE];
         let mut with_long = long.clone();

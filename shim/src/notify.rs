@@ -528,7 +528,8 @@ impl Supervisor {
         let what = format!("{call}({label} {number})");
         tracing::debug!(pid = n.tid, call = %what, "forbidden by the filter");
         self.count(|c| {
-            let prefix = format!("{call}(");
+            // This call's numbered kinds only (not `prctl(PR_SET_MM)`).
+            let prefix = format!("{call}({label} ");
             let kinds = c
                 .forbidden
                 .keys()
