@@ -23,6 +23,19 @@ async fn decide(s: &Serve, req: DecideRequest) -> cordon_broker::proto::Decision
         .unwrap()
 }
 
+/// Every record in the broker's store, read through `QueryAudit`.
+async fn records(s: &Serve) -> Vec<cordon_broker::proto::AuditRecord> {
+    s.client()
+        .await
+        .query_audit(QueryAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decides_allow_deny_errno_and_override() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
@@ -76,14 +89,7 @@ async fn a_reason_quoting_a_huge_argv_is_cut_in_the_answer_and_the_record() {
         d.reason,
         format!("{}… (cut: {} bytes in all)", &uncut[..cap - 1], uncut.len())
     );
-    let mut stream = s
-        .client()
-        .await
-        .query_audit(QueryAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let rec = stream.next().await.unwrap().unwrap();
+    let rec = &records(&s).await[0];
     assert_eq!(rec.reason, d.reason, "the record holds the answer's reason");
 }
 
@@ -125,14 +131,7 @@ async fn evaluation_timeout_denies() {
     assert_eq!(d.errno, "EACCES");
     assert!(started.elapsed() < Duration::from_secs(5));
     // The timeout is recorded like any decision.
-    let mut stream = s
-        .client()
-        .await
-        .query_audit(QueryAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let rec = stream.next().await.unwrap().unwrap();
+    let rec = &records(&s).await[0];
     assert!(!rec.allow && rec.reason.starts_with("policy evaluation timed out"));
 }
 
@@ -167,15 +166,7 @@ async fn malformed_requests_are_invalid_argument() {
         );
     }
     // Nothing malformed reached the audit store.
-    let n = c
-        .query_audit(QueryAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Vec<_>>()
-        .await
-        .len();
-    assert_eq!(n, 0);
+    assert_eq!(records(&s).await.len(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,18 +273,9 @@ async fn malformed_lifecycle_and_backstop_messages_are_invalid_argument() {
             "{answer:?}"
         );
     }
-    let records = s
-        .client()
+    let events: Vec<(String, String)> = records(&s)
         .await
-        .query_audit(QueryAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Vec<_>>()
-        .await;
-    let events: Vec<(String, String)> = records
         .into_iter()
-        .map(|r| r.unwrap())
         .map(|r| (r.kind, r.reason))
         .collect();
     let lifecycle = |reason: &str| ("lifecycle".to_string(), reason.to_string());
@@ -491,16 +473,10 @@ async fn hot_reload_refuses_broken_edit_and_applies_good_one() {
     assert!(!d3.allow);
     assert_eq!(d3.policy_revision, rev2);
     // New audit records carry the new revision, old ones the old.
-    let records: Vec<_> = c
-        .query_audit(QueryAuditRequest::default())
+    let revs: Vec<String> = records(&s)
         .await
-        .unwrap()
-        .into_inner()
-        .collect::<Vec<_>>()
-        .await;
-    let revs: Vec<String> = records
         .into_iter()
-        .map(|r| r.unwrap().policy_revision)
+        .map(|r| r.policy_revision)
         .collect();
     assert_eq!(revs, vec![rev1.clone(), rev1, rev2]);
 }
