@@ -404,6 +404,22 @@ async fn reindex_rebuilds_a_damaged_index_and_filters_find_every_record_again() 
     assert!(err.contains("stop the broker and pass --db"), "{err}");
 }
 
+#[test]
+fn a_store_in_use_is_named_as_such_and_other_open_errors_are_not() {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&s.db), "--", "/bin/true"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("another cordon is using it"), "{err}");
+    // A path that is no store (a file): the error, without the lock hint.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a store").unwrap();
+    let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&file), "--", "/bin/true"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("cannot open the audit store"), "{err}");
+    assert!(!err.contains("another cordon"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_and_csv_output_parse_and_table_is_readable() {
     let (s, all) = mixed_store().await;

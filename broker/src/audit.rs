@@ -104,6 +104,14 @@ enum Access {
     Reindex,
 }
 
+impl AuditError {
+    /// Another process (or, a moment after a drop, this one) holds the
+    /// store's directory lock: sled says so only in its message.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, AuditError::Open { source, .. } if source.to_string().contains("could not acquire lock"))
+    }
+}
+
 /// When an append returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -1732,7 +1740,7 @@ mod tests {
     fn reopen<T>(open: impl Fn() -> Result<T, AuditError>) -> T {
         for _ in 0..300 {
             match open() {
-                Err(e) if e.to_string().contains("could not acquire lock") => {
+                Err(e) if e.is_locked() => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 other => return other.unwrap(),
@@ -2170,7 +2178,7 @@ mod tests {
             });
             let opened = loop {
                 match SledAudit::open_read_only(dir.path()) {
-                    Err(e) if e.to_string().contains("could not acquire lock") => {
+                    Err(e) if e.is_locked() => {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     other => break other,

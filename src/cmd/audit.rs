@@ -130,7 +130,7 @@ fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
     match SledAudit::open_read_only(&db) {
         Ok(store) => Ok(Arc::new(store)),
         // sled's lock: another process has the store open for writing.
-        Err(e) if e.to_string().contains("could not acquire lock") => Err(anyhow::Error::new(e)
+        Err(e) if e.is_locked() => Err(anyhow::Error::new(e)
             .context("the store is in use by a running broker; query it with --broker")),
         Err(e) => Err(e.into()),
     }
@@ -148,7 +148,7 @@ fn reindex(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
     }
     let indexed = match SledAudit::reindex(&db) {
         Ok(n) => n,
-        Err(e) if e.to_string().contains("could not acquire lock") => {
+        Err(e) if e.is_locked() => {
             return Err(anyhow::Error::new(e)
                 .context("the store is in use by a running broker; stop it first"));
         }

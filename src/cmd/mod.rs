@@ -132,12 +132,17 @@ pub fn open_audit(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    cordon_broker::audit::SledAudit::open(&db, durability).with_context(|| {
-        format!(
-            "cannot open the audit store {} (is another cordon using it? give each embedded \
-             broker its own --audit-db, or share one `cordon serve`)",
+    cordon_broker::audit::SledAudit::open(&db, durability).map_err(|e| {
+        let hint = if e.is_locked() {
+            " (another cordon is using it: give each embedded broker its own --audit-db, \
+             or share one `cordon serve`)"
+        } else {
+            ""
+        };
+        anyhow::Error::new(e).context(format!(
+            "cannot open the audit store {}{hint}",
             db.display()
-        )
+        ))
     })
 }
 
