@@ -18,9 +18,9 @@ pub const PATH_MAX: usize = 4096;
 pub const UNIX_PATH_MAX: usize = 108;
 /// An argv at most: ARG_MAX (2 MiB by default) holds ~230,000 short
 /// arguments with their pointers.
-const MAX_ARGV: usize = 1 << 18;
+pub const MAX_ARGV: usize = 1 << 18;
 /// Its bytes at most, with their NULs as the kernel counts them.
-const MAX_ARGV_BYTES: usize = 2 * 1024 * 1024;
+pub const MAX_ARGV_BYTES: usize = 2 * 1024 * 1024;
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY: usize = 63;
 const MAX_LABEL_VALUE: usize = 256;

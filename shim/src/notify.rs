@@ -27,6 +27,11 @@ use cordon_broker::proto::{
 };
 use nix::{errno::Errno, poll::PollTimeout};
 
+// An exec's argv at most: the broker's own bounds, one definition, so that
+// the shim never reads an argv the broker then refuses (`E2BIG` beyond, as
+// the kernel says past ARG_MAX).
+use cordon_broker::request::{MAX_ARGV, MAX_ARGV_BYTES};
+
 use crate::{
     backstop::Opener,
     client::Decider,
@@ -40,12 +45,6 @@ use crate::{
 };
 
 const PATH_MAX: usize = 4096;
-/// An exec's argv at most, as the broker accepts it (`request.rs`): the
-/// kernel's own bound is ARG_MAX (a quarter of the stack limit, 2 MiB by
-/// default, for argv and the environment together), so past these the exec
-/// would mostly fail natively too. `E2BIG` beyond.
-const MAX_ARGV: usize = 1 << 18;
-const MAX_ARGV_BYTES: usize = 2 * 1024 * 1024;
 /// Numbers of one forbidden call counted apart (the exit record lists them).
 const MAX_NUMBERED_KINDS: usize = 32;
 /// The largest datagram we copy out of the tool for an emulated send.
