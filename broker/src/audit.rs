@@ -344,11 +344,13 @@ pub fn log_unstored(records: Vec<AuditRecord>) {
     }
 }
 
-/// Records per sled batch (one or more pages). Bigger writes hold more memory in
-/// flight (sled pins its epoch over a batch: a batch of 1,000 ~1 KiB records
-/// took `cordon serve` to 637 MiB peak RSS) and make each record lookup parse
-/// more.
-const STORE_CHUNK: usize = page::MAX_RECORDS;
+/// Records per sled batch: eight pages. sled writes its log buffer out twice
+/// for every batch (before and after the batch's manifest), so a batch per
+/// page cost two writes, each a `sync_file_range`, per 32 records. Bigger
+/// batches hold more memory in flight (sled pins its epoch over a batch: one
+/// of 1,000 records, one insert each, took `cordon serve` to 637 MiB peak RSS);
+/// eight inserts of a page each do not.
+const STORE_CHUNK: usize = 8 * page::MAX_RECORDS;
 
 /// Queued records past which an append stores the queue itself.
 const INLINE_DRAIN_AT: usize = 1024;
@@ -1055,13 +1057,14 @@ impl Inner {
             for e in &pending {
                 add_index_entries(&mut entries, e);
             }
-            let mut batch = sled::Batch::default();
-            for (k, v) in entries {
-                batch.insert(k, v);
-            }
-            let written = self
-                .index
-                .apply_batch(batch)
+            // One insert per key, not a `sled::Batch` (two log writes each, see
+            // `STORE_CHUNK`): the index needs no atomicity. Each key holds a
+            // whole page's entries, written the same again by a retry or a
+            // reindex, and the `indexed` mark follows them in sled's log, so
+            // what a crash keeps never has the mark ahead of a key it covers.
+            let written = entries
+                .into_iter()
+                .try_for_each(|(k, v)| self.index.insert(k, v).map(drop))
                 .and_then(|()| self.meta.insert(INDEXED_KEY, &seq_key(max)).map(drop));
             if let Err(e) = written {
                 // Kept for the next flush: the `indexed` mark that a later
