@@ -1064,6 +1064,50 @@ fn execs_with_as_many_arguments_as_the_kernel_takes_run_as_natively() {
 }
 
 #[test]
+fn a_script_whose_argv_its_interpreter_grows_past_the_bounds_is_e2big() {
+    use cordon_broker::request::MAX_ARGV_BYTES;
+    let env = Env::new(&[]);
+    let script = env.bin.join("s.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The argv as the tool passes it is 4 bytes under the bound (NULs
+    // counted); the interpreter's argv ("/bin/sh", the script's path, then
+    // argv[1..]) is past it. The shim must say E2BIG, as the kernel would,
+    // not send the broker a request it refuses (a denial, EACCES).
+    let tool = format!(
+        "import os\n\
+         total = {MAX_ARGV_BYTES} - 4\n\
+         args = ['s']\n\
+         left = total - 2\n\
+         while left > 0:\n\
+         \x20   n = min(100000, left)\n\
+         \x20   args.append('a' * (n - 1))\n\
+         \x20   left -= n\n\
+         assert sum(len(a) + 1 for a in args) == total\n\
+         try:\n\
+         \x20   os.execv('{script}', args)\n\
+         except OSError as e:\n\
+         \x20   print(e.errno)\n",
+        script = script.display()
+    );
+    let out = env.python(&tool);
+    assert_eq!(assert_ok(&out).trim(), "7", "errno 7 is E2BIG");
+    // The script's own exec was decided (its argv within the bounds); the
+    // interpreter's grown argv was never sent.
+    let records = env.audit();
+    let execs = |grown: bool| {
+        records
+            .iter()
+            .filter(|r| r["syscall"] == "execve")
+            .filter_map(|r| r["argv"].as_array())
+            .filter(|a| a.len() > 10 && (a[0] == "/bin/sh") == grown)
+            .count()
+    };
+    assert_eq!(execs(false), 1, "the script's own exec is recorded once");
+    assert_eq!(execs(true), 0, "the interpreter's argv was sent");
+}
+
+#[test]
 fn a_huge_exec_record_on_a_full_disk_is_stored_or_logged() {
     // An exec with ~900 KB of arguments: its record (argv twice, in the
     // record and in its input) is far past sled's inline size, so sled
