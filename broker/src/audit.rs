@@ -348,8 +348,9 @@ pub fn log_unstored(records: Vec<AuditRecord>) {
 /// for every batch (before and after the batch's manifest), so a batch per
 /// page cost two writes, each a `sync_file_range`, per 32 records. Bigger
 /// batches hold more memory in flight (sled pins its epoch over a batch: one
-/// of 1,000 records, one insert each, took `cordon serve` to 637 MiB peak RSS);
-/// eight inserts of a page each do not.
+/// of 1,000 records, one insert each, took `cordon serve` to 637 MiB peak RSS;
+/// eight page inserts are ~40 KiB, their peak not measured apart) and hold
+/// sled's write lock longer (readers and index inserts wait meanwhile).
 const STORE_CHUNK: usize = 8 * page::MAX_RECORDS;
 
 /// Queued records past which an append stores the queue itself.
@@ -1316,6 +1317,18 @@ impl Inner {
             });
         }
         let mut batch = sled::Batch::default();
+        // sled applies a batch key by key and keeps the keys it inserted
+        // before an error. Records are only ever added past the sealed head,
+        // so a key from this group's first record on is such a leftover of a
+        // refused batch: removed here, or the retry's pages (packed
+        // differently once newer records joined the group) would overlap it.
+        // Removals first: in a batch the last operation on a key wins.
+        for key in self.records.range(seq_key(records[0].seq)..).keys() {
+            match key {
+                Ok(key) => batch.remove(key),
+                Err(e) => return Err((e.into(), records)),
+            }
+        }
         let mut first_of = Vec::with_capacity(records.len());
         for (first, value, n) in page::pack(&sealed_records) {
             batch.insert(&seq_key(first), value);
@@ -1904,6 +1917,35 @@ mod tests {
         // A reader sees every record handed out, in order, chained.
         let seqs = all_seqs(&audit);
         assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+        let report = audit.verify().unwrap();
+        assert!(report.ok, "{report:?}");
+    }
+
+    /// A refused sled batch may have inserted some of its pages; the retry
+    /// packs its group again, differently once newer records joined it, and
+    /// must not leave the leftover page beside its own.
+    #[test]
+    fn a_leftover_page_of_a_refused_batch_is_replaced_by_the_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_secs(3600);
+        let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
+        for i in 1..=3 {
+            audit.append(decision(i)).unwrap();
+        }
+        audit.flush().unwrap();
+        // What a refused batch of records 4 to 8 could leave: its second
+        // page, under record 6's key, past the head.
+        audit
+            .inner
+            .records
+            .insert(seq_key(6), b"a page of records 6 to 8".to_vec())
+            .unwrap();
+        // The retry's group has grown to 4..=40: pages under 4 and 36.
+        for i in 4..=40 {
+            audit.append(decision(i)).unwrap();
+        }
+        audit.flush().unwrap();
+        assert_eq!(all_seqs(&audit), (1..=40).collect::<Vec<_>>());
         let report = audit.verify().unwrap();
         assert!(report.ok, "{report:?}");
     }
