@@ -344,9 +344,10 @@ pub fn log_unstored(records: Vec<AuditRecord>) {
     }
 }
 
-/// Records per sled batch: eight pages. sled writes its log buffer out twice
-/// for every batch (before and after the batch's manifest), so a batch per
-/// page cost two writes, each a `sync_file_range`, per 32 records. Bigger
+/// Records per sled batch: eight pages. sled writes its log buffer out before
+/// and after every batch's manifest (the first write only if the buffer holds
+/// something), so a batch per page cost up to two writes, each a
+/// `sync_file_range`, per 32 records. Bigger
 /// batches hold more memory in flight (sled pins its epoch over a batch: one
 /// of 1,000 records, one insert each, took `cordon serve` to 637 MiB peak RSS;
 /// eight page inserts are ~40 KiB, their peak not measured apart) and hold
@@ -1058,7 +1059,7 @@ impl Inner {
             for e in &pending {
                 add_index_entries(&mut entries, e);
             }
-            // One insert per key, not a `sled::Batch` (two log writes each, see
+            // One insert per key, not a `sled::Batch` (up to two log writes, see
             // `STORE_CHUNK`): the index needs no atomicity. Each key holds a
             // whole page's entries, written the same again by a retry or a
             // reindex, and the `indexed` mark follows them in sled's log, so
