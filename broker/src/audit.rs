@@ -344,12 +344,15 @@ pub fn log_unstored(records: Vec<AuditRecord>) {
     }
 }
 
-/// Records per sled batch (one or more pages). Bigger writes hold more memory in
-/// flight (sled pins its epoch over a batch: a batch of 1,000 ~1 KiB records
-/// took `cordon serve` to 637 MiB peak RSS) and make each record lookup parse
-/// more. Eight pages per batch (a sixth of sled's log writes) was tried in
-/// session 9 and reverted: see BENCHMARKS.md.
-const STORE_CHUNK: usize = page::MAX_RECORDS;
+/// Records per sled batch: eight pages. sled writes its log buffer out before
+/// and after every batch's manifest (the first write only if the buffer holds
+/// something), so a batch per page cost up to two writes, each a
+/// `sync_file_range`, per 32 records. Bigger
+/// batches hold more memory in flight (sled pins its epoch over a batch: one
+/// of 1,000 records, one insert each, took `cordon serve` to 637 MiB peak RSS;
+/// eight page inserts are ~40 KiB, their peak not measured apart) and hold
+/// sled's write lock longer (readers and index inserts wait meanwhile).
+const STORE_CHUNK: usize = 8 * page::MAX_RECORDS;
 
 /// Queued records past which an append stores the queue itself.
 const INLINE_DRAIN_AT: usize = 1024;
@@ -1058,13 +1061,14 @@ impl Inner {
             for e in &pending {
                 add_index_entries(&mut entries, e);
             }
-            let mut batch = sled::Batch::default();
-            for (k, v) in entries {
-                batch.insert(k, v);
-            }
-            let written = self
-                .index
-                .apply_batch(batch)
+            // One insert per key, not a `sled::Batch` (up to two log writes, see
+            // `STORE_CHUNK`): the index needs no atomicity. Each key holds a
+            // whole page's entries, written the same again by a retry or a
+            // reindex, and the `indexed` mark follows them in sled's log, so
+            // what a crash keeps never has the mark ahead of a key it covers.
+            let written = entries
+                .into_iter()
+                .try_for_each(|(k, v)| self.index.insert(k, v).map(drop))
                 .and_then(|()| self.meta.insert(INDEXED_KEY, &seq_key(max)).map(drop));
             if let Err(e) = written {
                 // Kept for the next flush: the `indexed` mark that a later
@@ -1322,9 +1326,8 @@ impl Inner {
         // sled applies a batch key by key and keeps the keys it inserted
         // before an error. Records are only ever added past the sealed head,
         // so a key from this group's first record on is such a leftover of a
-        // refused batch of two or more pages (large records): removed here, or
-        // the retry's pages (packed differently once newer records joined the
-        // group) would overlap it.
+        // refused batch: removed here, or the retry's pages (packed
+        // differently once newer records joined the group) would overlap it.
         // Removals first: in a batch the last operation on a key wins.
         for key in self.records.range(seq_key(records[0].seq)..).keys() {
             match key {
