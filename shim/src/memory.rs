@@ -17,6 +17,9 @@ use nix::{
 const PAGE: usize = 4096;
 /// The most of a string read in its first step (see `read_cstr`).
 const CSTR_FIRST_STEP: usize = 512;
+/// The first step for an argv string once whole-page reads are spent (see
+/// `read_argv`).
+const ARGV_LONE_FIRST_STEP: usize = 64;
 
 /// The address space of one tool thread.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +50,8 @@ impl ToolMemory {
         if addr == 0 {
             return Err(Errno::EFAULT);
         }
+        #[cfg(test)]
+        tests::COPIED.with(|c| c.set(c.get() + len));
         let n = process_vm_readv(
             self.pid,
             &mut [IoSliceMut::new(buf)],
@@ -71,20 +76,26 @@ impl ToolMemory {
     /// A NUL-terminated string of at most `max` bytes (without the NUL).
     /// Longer strings are `ENAMETOOLONG` (or `E2BIG` as the caller maps it).
     pub fn read_cstr(&self, addr: u64, max: usize) -> Result<Vec<u8>, Errno> {
+        self.read_cstr_from(addr, max, CSTR_FIRST_STEP)
+    }
+
+    /// [`ToolMemory::read_cstr`] with a first step of at most `first_step`.
+    fn read_cstr_from(&self, addr: u64, max: usize, first_step: usize) -> Result<Vec<u8>, Errno> {
         if addr == 0 {
             return Err(Errno::EFAULT);
         }
         let mut out = Vec::new();
         let mut at = addr;
+        let mut step = first_step;
         loop {
             // Never across a page end. Most strings are short: the first step
-            // is small (not a page-sized buffer per path); later ones go to
-            // the page end (an argv may be a MiB: few reads).
+            // is small (not a page-sized buffer per path); each later one
+            // doubles, up to the page end (an argv string may be a MiB: few
+            // reads), so what is copied stays within twice the string and
+            // the first step.
             let to_page_end = PAGE - (at as usize % PAGE);
-            let mut want = to_page_end.min(max + 1 - out.len());
-            if out.is_empty() {
-                want = want.min(CSTR_FIRST_STEP);
-            }
+            let want = to_page_end.min(max + 1 - out.len()).min(step);
+            step = step.saturating_mul(2);
             let start = out.len();
             out.resize(start + want, 0);
             self.read_into(at, &mut out[start..])?;
@@ -121,6 +132,12 @@ impl ToolMemory {
         let mut at = addr;
         let mut block = Vec::new();
         let mut strings = StringBlock::default();
+        // Whole pages are read for strings only until they have copied twice
+        // the byte bound: pointers to strings on pages of their own would
+        // otherwise copy a page each (a GiB for 2^18 pointers to the zero
+        // page, in the supervisor, outside the tool's cgroup). Past that,
+        // each string not already held is read on its own, small step first.
+        let mut page_budget = max_bytes.saturating_mul(2);
         loop {
             // A pointer that straddles the page end is read whole.
             let in_page = ((PAGE - at as usize % PAGE) / 8).max(1);
@@ -139,7 +156,11 @@ impl ToolMemory {
                 let arg = match strings.take(ptr, room) {
                     Held::Whole(found) => found?,
                     Held::Unended => self.read_cstr(ptr, room).map_err(too_big)?,
+                    Held::No if page_budget < PAGE => self
+                        .read_cstr_from(ptr, room, ARGV_LONE_FIRST_STEP)
+                        .map_err(too_big)?,
                     Held::No => {
+                        page_budget -= PAGE;
                         // The string's page, in one read (readable whole if
                         // the string is: mappings are whole pages).
                         strings.start = ptr - ptr % PAGE as u64;
@@ -227,6 +248,11 @@ fn too_big(e: Errno) -> Errno {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Bytes this thread asked `read_into` for.
+        pub(super) static COPIED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     fn own() -> ToolMemory {
         ToolMemory::new(std::process::id() as i32)
@@ -377,6 +403,46 @@ mod tests {
         bytes[size - 8..].copy_from_slice(&(s.as_ptr() as u64).to_ne_bytes());
         let addr = bytes.as_ptr() as u64 + (size - 8) as u64;
         assert_eq!(own().read_argv(addr, 10, 100), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn argv_strings_each_on_a_page_of_their_own_copy_a_bounded_amount() {
+        // A string at the start of each of 64 pages: a tool can point 2^18
+        // pointers at pages of their own.
+        let n = 64;
+        let mut area = vec![0u8; (n + 1) * PAGE];
+        let base = area.as_ptr() as usize;
+        let first = PAGE - base % PAGE;
+        // Some longer than the small first step.
+        let args: Vec<Vec<u8>> = (0..n)
+            .map(|i| format!("a{i}{}", "x".repeat(3 * i)).into_bytes())
+            .collect();
+        let mut ptrs = Vec::new();
+        for (i, a) in args.iter().enumerate() {
+            let at = first + i * PAGE;
+            area[at..at + a.len()].copy_from_slice(a);
+            ptrs.push((base + at) as u64);
+        }
+        ptrs.push(0);
+        let array: Vec<u8> = ptrs.iter().flat_map(|p| p.to_ne_bytes()).collect();
+        let max_bytes = 4 * PAGE;
+        COPIED.with(|c| c.set(0));
+        assert_eq!(
+            own()
+                .read_argv(array.as_ptr() as u64, n, max_bytes)
+                .unwrap(),
+            args
+        );
+        // Whole pages up to twice the byte bound, then per string its first
+        // step and twice its bytes at most, and the pointer array (two page
+        // reads at most): not a page per string (256 KiB here).
+        let copied = COPIED.with(|c| c.get());
+        let per_string: usize = args
+            .iter()
+            .map(|a| ARGV_LONE_FIRST_STEP + 2 * (a.len() + 1))
+            .sum();
+        let bound = 2 * max_bytes + per_string + 2 * PAGE;
+        assert!(copied <= bound, "{copied} bytes copied, bound {bound}");
     }
 
     #[test]
