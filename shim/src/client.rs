@@ -1,5 +1,6 @@
 //! Getting decisions: from a broker embedded in this process, or from a
-//! `cordon serve` over one long-lived `Session` stream.
+//! `cordon serve` over long-lived `Session` streams (two, so that two calls
+//! need not wait for each other).
 //!
 //! Fail-closed lives in the caller (`notify::Supervisor::ask`): every
 //! [`ClientError`] becomes a denial. The remote client answers each request
@@ -8,7 +9,7 @@
 
 use std::{
     sync::{
-        Mutex,
+        Mutex, MutexGuard, TryLockError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -93,76 +94,156 @@ struct Connection {
     backoff: Duration,
 }
 
-/// A `cordon serve` reached over one `Session` stream.
+/// A `cordon serve` reached over `Session` streams, one per lane.
 ///
-/// The calling thread drives the stream itself (a current-thread tokio
-/// runtime, entered per call): no hand-off to another thread and back, which
-/// on a small machine costs more than the call. Calls are serialized; a call
-/// that misses its deadline drops the stream (a late answer is never applied)
-/// and the next call reconnects, with exponential backoff while the broker
-/// stays unreachable.
+/// The calling thread drives its lane's stream itself (a current-thread tokio
+/// runtime per lane, entered per call): no hand-off to another thread and
+/// back, which on a small machine costs more than the call. A call takes the
+/// first free lane, so the supervisor's serving threads do not wait for each
+/// other's round trips, and the broker serves their streams side by side; a
+/// single-threaded tool only ever uses the first lane, and a second is
+/// connected the first time two calls overlap. A call that misses its
+/// deadline drops its lane's stream (a late answer is never applied) and
+/// that lane's next call reconnects, with exponential backoff while the
+/// broker stays unreachable.
 #[derive(Debug)]
 pub struct Remote {
     uri: BrokerUri,
-    runtime: tokio::runtime::Runtime,
-    conn: Mutex<Connection>,
+    lanes: Vec<Lane>,
     next_id: AtomicU64,
     deadline: Duration,
 }
 
+/// One stream and the runtime that drives it; one call at a time.
+#[derive(Debug)]
+struct Lane {
+    runtime: tokio::runtime::Runtime,
+    conn: Mutex<Connection>,
+}
+
+/// As many as the supervisor has serving threads: a third caller (the main
+/// thread's lifecycle records) waits for the first lane.
+const LANES: usize = 2;
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+fn current_thread_runtime(uri: &BrokerUri) -> Result<tokio::runtime::Runtime, ConnectError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ConnectError::Connect {
+            uri: format!("{uri:?}"),
+            message: e.to_string(),
+        })
+}
+
 impl Remote {
-    /// Connects and opens the stream. Fails if the broker cannot be reached
-    /// now: a sandbox must not start without its broker.
+    /// Connects and opens the first lane's stream. Fails if the broker cannot
+    /// be reached now: a sandbox must not start without its broker.
     pub fn connect(uri: &BrokerUri, deadline: Duration) -> Result<Remote, ConnectError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ConnectError::Connect {
-                uri: format!("{uri:?}"),
-                message: e.to_string(),
-            })?;
-        let stream = runtime.block_on(open_stream(uri))?;
+        let mut lanes = Vec::with_capacity(LANES);
+        for i in 0..LANES {
+            let runtime = current_thread_runtime(uri)?;
+            let stream = if i == 0 {
+                Some(runtime.block_on(open_stream(uri))?)
+            } else {
+                None
+            };
+            lanes.push(Lane {
+                runtime,
+                conn: Mutex::new(Connection {
+                    stream,
+                    retry_at: Instant::now(),
+                    backoff: FIRST_BACKOFF,
+                }),
+            });
+        }
         Ok(Remote {
             uri: uri.clone(),
-            runtime,
-            conn: Mutex::new(Connection {
-                stream: Some(stream),
-                retry_at: Instant::now(),
-                backoff: FIRST_BACKOFF,
-            }),
+            lanes,
             next_id: AtomicU64::new(1),
             deadline,
         })
     }
 
-    fn call(&self, msg: session_request::Msg) -> Result<session_response::Msg, ClientError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if conn.stream.is_none() {
-            if Instant::now() < conn.retry_at {
-                return Err(ClientError::Disconnected);
-            }
-            let deadline = self.deadline;
-            match self
-                .runtime
-                .block_on(async { tokio::time::timeout(deadline, open_stream(&self.uri)).await })
-            {
-                Ok(Ok(stream)) => {
-                    tracing::info!("reconnected to the broker");
-                    conn.stream = Some(stream);
-                    conn.backoff = FIRST_BACKOFF;
-                }
-                _ => {
-                    conn.retry_at = Instant::now() + conn.backoff;
-                    conn.backoff = (conn.backoff * 2).min(MAX_BACKOFF);
-                    return Err(ClientError::Disconnected);
-                }
+    /// The first lane no other call holds, or else the first lane once it is
+    /// free. A spare lane that is down and waiting out its backoff is passed
+    /// over.
+    fn lane(&self) -> (usize, MutexGuard<'_, Connection>) {
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let conn = match lane.conn.try_lock() {
+                Ok(c) => c,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            if i == 0 || conn.stream.is_some() || Instant::now() >= conn.retry_at {
+                return (i, conn);
             }
         }
+        (0, self.first())
+    }
+
+    fn first(&self) -> MutexGuard<'_, Connection> {
+        self.lanes[0].conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn call(&self, msg: session_request::Msg) -> Result<session_response::Msg, ClientError> {
+        let (mut i, mut conn) = self.lane();
+        // A spare lane that cannot connect hands its call to the first lane
+        // rather than deny it: the broker may be up, only busy or at its limit.
+        if i > 0 && !self.lanes[i].connected(&mut conn, &self.uri, self.deadline) {
+            drop(conn);
+            (i, conn) = (0, self.first());
+        }
+        let lane = &self.lanes[i];
+        if !lane.connected(&mut conn, &self.uri, self.deadline) {
+            return Err(ClientError::Disconnected);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let stream = conn.stream.as_mut().expect("connected above");
+        lane.call(&mut conn, self.deadline, id, msg)
+    }
+}
+
+impl Lane {
+    /// Whether the lane has a stream, opening one if it has none and its
+    /// backoff has passed.
+    fn connected(&self, conn: &mut Connection, uri: &BrokerUri, deadline: Duration) -> bool {
+        if conn.stream.is_some() {
+            return true;
+        }
+        if Instant::now() < conn.retry_at {
+            return false;
+        }
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(deadline, open_stream(uri)).await })
+        {
+            Ok(Ok(stream)) => {
+                tracing::info!("broker stream opened");
+                conn.stream = Some(stream);
+                conn.backoff = FIRST_BACKOFF;
+                true
+            }
+            _ => {
+                conn.retry_at = Instant::now() + conn.backoff;
+                conn.backoff = (conn.backoff * 2).min(MAX_BACKOFF);
+                false
+            }
+        }
+    }
+
+    /// One request and its answer on the lane's open stream.
+    fn call(
+        &self,
+        conn: &mut Connection,
+        deadline: Duration,
+        id: u64,
+        msg: session_request::Msg,
+    ) -> Result<session_response::Msg, ClientError> {
+        let Some(stream) = conn.stream.as_mut() else {
+            return Err(ClientError::Disconnected);
+        };
         let exchange = async {
             stream
                 .outbound
@@ -185,13 +266,12 @@ impl Remote {
                 }
             }
         };
-        let deadline = self.deadline;
         let result = match self
             .runtime
             .block_on(async { tokio::time::timeout(deadline, exchange).await })
         {
             Ok(r) => r,
-            Err(_) => Err(ClientError::Timeout(self.deadline)),
+            Err(_) => Err(ClientError::Timeout(deadline)),
         };
         if matches!(
             result,

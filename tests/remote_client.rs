@@ -1,0 +1,236 @@
+//! The shim's client for a `cordon serve` (`Remote`) against the real broker
+//! service on a real Unix socket, through a relay that can hold back one
+//! connection's answers: what two supervisor threads get when one call's
+//! answer is slow.
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::{UnixListener, UnixStream},
+    path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex, mpsc},
+    time::Duration,
+};
+
+use cordon_broker::{
+    Broker,
+    audit::{AuditLog, Durability, SledAudit},
+    policy::{PolicyEngine, PolicyOptions, PolicySource},
+    service::{AccessPolicy, bind_unix, serve_unix},
+};
+use cordon_proto::v1::Decision;
+use cordon_shim::{Decider, Remote, client::ClientError};
+
+#[path = "support/requests.rs"]
+mod requests;
+
+/// The broker service in this process, on `socket`, with the built-in policy.
+fn serve(socket: &Path, audit_dir: &Path) -> tokio::runtime::Runtime {
+    let audit: Arc<dyn AuditLog> = Arc::new(
+        SledAudit::open(
+            audit_dir,
+            Durability::Batched {
+                window: Duration::from_millis(10),
+            },
+        )
+        .expect("open audit"),
+    );
+    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default())
+        .expect("built-in policy");
+    let broker = Broker::new(Arc::new(policy), audit);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = rt.block_on(async { bind_unix(socket) }).expect("bind");
+    rt.spawn(async move {
+        let _ = serve_unix(
+            broker,
+            Durability::Batched {
+                window: Duration::from_millis(10),
+            },
+            AccessPolicy::default(),
+            listener,
+            std::future::pending::<()>(),
+        )
+        .await;
+    });
+    rt
+}
+
+/// Which connections' broker-to-client bytes are held back, and how many
+/// bytes each has held.
+struct Gate {
+    held: Mutex<Vec<(bool, usize)>>,
+    changed: Condvar,
+    /// Connections from this one on are closed as soon as they are accepted.
+    refuse_from: usize,
+}
+
+impl Gate {
+    fn new(refuse_from: usize) -> Arc<Self> {
+        Arc::new(Gate {
+            held: Mutex::default(),
+            changed: Condvar::new(),
+            refuse_from,
+        })
+    }
+
+    fn set(&self, conn: usize, hold: bool) {
+        let mut held = self.held.lock().unwrap();
+        held[conn].0 = hold;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until connection `conn` has held back some bytes.
+    fn wait_held(&self, conn: usize) {
+        let held = self.held.lock().unwrap();
+        let (held, timeout) = self
+            .changed
+            .wait_timeout_while(held, Duration::from_secs(20), |h| h[conn].1 == 0)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "no answer reached the relay: {held:?}"
+        );
+    }
+
+    fn connections(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Blocks until the relay has accepted `n` connections.
+    fn wait_connections(&self, n: usize) {
+        let held = self.held.lock().unwrap();
+        let (held, timeout) = self
+            .changed
+            .wait_timeout_while(held, Duration::from_secs(20), |h| h.len() < n)
+            .unwrap();
+        assert!(!timeout.timed_out(), "{} connections, not {n}", held.len());
+    }
+}
+
+/// A relay from `front` to `back` that copies bytes both ways, except that
+/// the answers on a connection the gate holds wait until it is released.
+fn relay(front: &Path, back: PathBuf, gate: Arc<Gate>) {
+    let listener = UnixListener::bind(front).expect("bind relay");
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let conn = {
+                let mut held = gate.held.lock().unwrap();
+                held.push((false, 0));
+                gate.changed.notify_all();
+                held.len() - 1
+            };
+            if conn >= gate.refuse_from {
+                continue;
+            }
+            let broker = UnixStream::connect(&back).expect("reach the broker");
+            let (mut c_in, mut b_out) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c_in, &mut b_out));
+            let (mut b_in, mut c_out, gate) = (broker, client, gate.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    let n = match b_in.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let mut held = gate.held.lock().unwrap();
+                    if held[conn].0 {
+                        held[conn].1 += n;
+                        gate.changed.notify_all();
+                        held = gate.changed.wait_while(held, |h| h[conn].0).unwrap();
+                    }
+                    drop(held);
+                    if c_out.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A client of the broker at `socket` through a relay at `front`.
+fn relayed(socket: &Path, front: &Path, refuse_from: usize) -> (Arc<Gate>, Arc<Remote>) {
+    let gate = Gate::new(refuse_from);
+    relay(front, socket.to_owned(), gate.clone());
+    let uri = format!("unix://{}", front.display()).parse().unwrap();
+    let remote = Arc::new(Remote::connect(&uri, Duration::from_secs(60)).expect("connect"));
+    assert_eq!(gate.connections(), 1, "one stream at start");
+    (gate, remote)
+}
+
+/// A call on another thread whose answer the relay holds back (on the first
+/// stream) until the gate releases it.
+fn held_call(
+    gate: &Gate,
+    remote: &Arc<Remote>,
+) -> std::thread::JoinHandle<Result<Decision, ClientError>> {
+    gate.set(0, true);
+    let first = {
+        let remote = remote.clone();
+        std::thread::spawn(move || remote.decide(requests::read_system_lib(1)))
+    };
+    gate.wait_held(0);
+    first
+}
+
+#[test]
+fn a_slow_answer_does_not_hold_up_another_threads_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, front) = (
+        dir.path().join("broker.sock"),
+        dir.path().join("relay.sock"),
+    );
+    let _rt = serve(&socket, &dir.path().join("audit"));
+    let (gate, remote) = relayed(&socket, &front, usize::MAX);
+
+    let first = held_call(&gate, &remote);
+    let (tx, rx) = mpsc::channel();
+    {
+        let remote = remote.clone();
+        std::thread::spawn(move || tx.send(remote.decide(requests::read_system_lib(2))));
+    }
+    let second = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the second call waited for the first call's answer");
+    assert!(second.expect("decided").allow);
+    assert!(!first.is_finished(), "the first answer was released early");
+    assert_eq!(
+        gate.connections(),
+        2,
+        "the second call had a stream of its own"
+    );
+
+    gate.set(0, false);
+    assert!(first.join().unwrap().expect("decided").allow);
+    // Back to one caller: the first stream serves it, no third is opened.
+    assert!(remote.decide(requests::read_system_lib(3)).unwrap().allow);
+    assert_eq!(gate.connections(), 2);
+}
+
+#[test]
+fn a_call_whose_second_stream_is_refused_waits_for_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, front) = (
+        dir.path().join("broker.sock"),
+        dir.path().join("relay.sock"),
+    );
+    let _rt = serve(&socket, &dir.path().join("audit"));
+    let (gate, remote) = relayed(&socket, &front, 1);
+
+    let first = held_call(&gate, &remote);
+    let second = {
+        let remote = remote.clone();
+        std::thread::spawn(move || remote.decide(requests::read_system_lib(2)))
+    };
+    // The second call tried a stream of its own, which the relay closed.
+    gate.wait_connections(2);
+    gate.set(0, false);
+    assert!(first.join().unwrap().expect("decided").allow);
+    // Not denied for want of a second stream: decided on the first.
+    assert!(second.join().unwrap().expect("decided").allow);
+}
