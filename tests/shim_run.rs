@@ -326,6 +326,14 @@ attempt('nosymlinks-proc-self', lambda: nosym(b'/proc/self/status'))
         2,
         "{records:?}"
     );
+    // `process.cwd` is where the tool was, whether the path was relative to
+    // it (read from the directory the lookup opened), to a dirfd, or absolute.
+    let sub = std::fs::canonicalize(env.work.join("sub")).unwrap();
+    let after_chdir = find(&records, "openat", "/work/f.txt");
+    assert!(after_chdir.len() >= 4, "{after_chdir:?}");
+    for r in after_chdir {
+        assert_eq!(r["input"]["process"]["cwd"], sub.to_str().unwrap(), "{r}");
+    }
 }
 
 #[test]

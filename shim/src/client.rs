@@ -3,8 +3,9 @@
 //! need not wait for each other).
 //!
 //! Fail-closed lives in the caller (`notify::Supervisor::ask`): every
-//! [`ClientError`] becomes a denial. The remote client answers each request
-//! within its deadline or not at all, never blocks the supervisor longer, and
+//! [`ClientError`] becomes a denial. The remote client bounds each connect
+//! and each exchange by the deadline (a call may first wait for a lane, or
+//! try a spare lane's connect before it), never applies a late answer, and
 //! reconnects with backoff while calls are denied.
 
 use std::{

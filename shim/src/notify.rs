@@ -740,7 +740,17 @@ impl Supervisor {
     /// The task behind a notification, read after the arguments: if the id
     /// is still valid the task is the one that made the call.
     fn task(&self, n: &Notification) -> Result<Task, Errno> {
-        let task = self.tasks.inspect(n.tid)?;
+        self.task_with(n, true)
+    }
+
+    /// [`Supervisor::task`], with `cwd` empty (where the facts are kept)
+    /// unless `cwd`.
+    fn task_with(&self, n: &Notification, cwd: bool) -> Result<Task, Errno> {
+        let task = if cwd {
+            self.tasks.inspect(n.tid)?
+        } else {
+            self.tasks.inspect_without_cwd(n.tid)?
+        };
         if !self.listener.id_valid(n.id) {
             return Err(Errno::ESRCH);
         }
@@ -859,7 +869,14 @@ impl Supervisor {
             return Ok(());
         }
         let path = mem.read_cstr(call.path_ptr, PATH_MAX - 1)?;
-        let task = self.task(n)?;
+        // A lookup from the cwd opens it and reads its path: `process.cwd`
+        // comes from there, not from a second read of the link.
+        let from_cwd = call.dirfd == libc::AT_FDCWD && path.first() != Some(&b'/');
+        let mut task = if from_cwd {
+            self.task_with(n, false)?
+        } else {
+            self.task(n)?
+        };
         let flags = call.flags;
         let is_tmpfile = flags & libc::O_TMPFILE == libc::O_TMPFILE;
         let creates = flags & libc::O_CREAT != 0 && !is_tmpfile;
@@ -877,6 +894,12 @@ impl Supervisor {
         // A path that does not resolve fails as the kernel would have failed
         // it; there is nothing to open, so nothing to decide.
         let found = resolved.found?;
+        if from_cwd && task.cwd.is_empty() {
+            task.cwd = match resolved.cwd {
+                Some(cwd) => cwd,
+                None => self.task(n)?.cwd,
+            };
+        }
         // (file type, device) of an existing file, read once.
         let existing = match &found {
             // A file we hold but cannot stat is denied, not waved past the

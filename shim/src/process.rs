@@ -232,6 +232,17 @@ impl TaskCache {
 
     /// The task `tid`, as it is now.
     pub fn inspect(&self, tid: i32) -> Result<Task, Errno> {
+        self.inspect_with(tid, true)
+    }
+
+    /// [`TaskCache::inspect`], but `cwd` left empty where the facts are
+    /// kept: for a caller that opens the cwd itself and takes its path from
+    /// what it opened (one link read instead of two, and the same directory).
+    pub fn inspect_without_cwd(&self, tid: i32) -> Result<Task, Errno> {
+        self.inspect_with(tid, false)
+    }
+
+    fn inspect_with(&self, tid: i32, cwd: bool) -> Result<Task, Errno> {
         use std::sync::atomic::Ordering;
         let mut cached = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let Cached { files, buf } = &mut *cached;
@@ -255,7 +266,7 @@ impl TaskCache {
             }
             let task = files.get_mut(&tid).expect("present or just inserted");
             let read = match &task.pidfd {
-                Some(_) if !per_call => self.read_kept(tid, task, buf),
+                Some(_) if !per_call => self.read_kept(tid, task, buf, cwd),
                 _ => Task::read_all(tid, task, buf).map(Read::Task),
             };
             match read {
@@ -280,7 +291,13 @@ impl TaskCache {
         files.clear();
     }
 
-    fn read_kept(&self, tid: i32, task: &mut TaskFiles, buf: &mut Vec<u8>) -> Result<Read, Errno> {
+    fn read_kept(
+        &self,
+        tid: i32,
+        task: &mut TaskFiles,
+        buf: &mut Vec<u8>,
+        cwd: bool,
+    ) -> Result<Read, Errno> {
         // Before any read: an invalidation from now on discards what we keep.
         let generation = self.generation.generation();
         let pidfd = task.pidfd.as_ref().expect("checked by the caller");
@@ -330,7 +347,11 @@ impl TaskCache {
             },
             comm: task.comm(buf)?,
             exe: kept.exe.clone(),
-            cwd: link(&task.dir, "cwd")?,
+            cwd: if cwd {
+                link(&task.dir, "cwd")?
+            } else {
+                Vec::new()
+            },
         }))
     }
 

@@ -35,6 +35,9 @@ pub enum Found {
 pub struct Resolved {
     pub path: Vec<u8>,
     pub found: Result<Found, Errno>,
+    /// The tool's cwd, when the lookup started there: the path of the
+    /// directory it opened.
+    pub cwd: Option<Vec<u8>>,
 }
 
 /// A path lookup on behalf of a tool thread.
@@ -369,6 +372,8 @@ pub fn resolve(l: &Lookup) -> Resolved {
     // root: never from the supervisor's `/`, let alone its cwd. (An absolute
     // path under `RESOLVE_BENEATH` is `EXDEV` before the kernel looks at the
     // dirfd: from `/`, the supervisor's lookup says so too.)
+    // The tool's cwd as opened, for a lookup that starts there.
+    let mut cwd = None;
     let (base, base_path) = if absolute && !in_root {
         match own_link {
             Some((_, rest)) if rest.is_empty() => {
@@ -385,6 +390,7 @@ pub fn resolve(l: &Lookup) -> Resolved {
                     return Resolved {
                         path: lexical(b"/", &path),
                         found: Err(e),
+                        cwd: None,
                     };
                 }
             },
@@ -392,11 +398,17 @@ pub fn resolve(l: &Lookup) -> Resolved {
         }
     } else {
         match start_dir(l.tid, l.dirfd) {
-            Ok((fd, p)) => (Some(fd), p),
+            Ok((fd, p)) => {
+                if l.dirfd == libc::AT_FDCWD {
+                    cwd = Some(p.clone());
+                }
+                (Some(fd), p)
+            }
             Err(e) => {
                 return Resolved {
                     path: lexical(b"/", &path),
                     found: Err(e),
+                    cwd: None,
                 };
             }
         }
@@ -412,6 +424,7 @@ pub fn resolve(l: &Lookup) -> Resolved {
     let fail = |e| Resolved {
         path: lexical_path.clone(),
         found: Err(e),
+        cwd: cwd.clone(),
     };
     if path.is_empty() {
         return fail(Errno::ENOENT);
@@ -441,6 +454,7 @@ pub fn resolve(l: &Lookup) -> Resolved {
             Ok(path) => Resolved {
                 path,
                 found: Ok(Found::Existing(fd)),
+                cwd,
             },
             Err(e) => fail(e),
         },
@@ -469,6 +483,7 @@ pub fn resolve(l: &Lookup) -> Resolved {
                             parent: pfd,
                             name: name.to_vec(),
                         }),
+                        cwd,
                     }
                 }
                 Err(e) => fail(e),
