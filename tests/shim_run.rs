@@ -336,6 +336,24 @@ attempt('nosymlinks-proc-self', lambda: nosym(b'/proc/self/status'))
     }
 }
 
+/// A cwd whose path is longer than a page cannot be told to the policy, and
+/// neither can a path relative to it: `EACCES`, with or without an absolute
+/// path, never the supervisor's guess.
+#[test]
+fn calls_from_a_cwd_too_long_to_name_are_eacces() {
+    let env = Env::new(&[]);
+    let out = env.python(&format!(
+        "import os\nfor _ in range(25):\n    os.mkdir('{d}'); os.chdir('{d}')\n\
+         for label, path in (('relative', 'f.txt'), ('absolute', '/etc/hostname')):\n    \
+         try:\n        open(path, 'a' if label == 'relative' else 'r').close(); print(label, 'ok')\n    \
+         except OSError as e:\n        print(label, 'err', e.errno)\n",
+        d = "d".repeat(200)
+    ));
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("relative err 13"), "{stdout}");
+    assert!(stdout.contains("absolute err 13"), "{stdout}");
+}
+
 #[test]
 fn long_paths_are_read_whole_and_too_long_ones_are_enametoolong() {
     // The path is read from the tool's memory in steps, bounded by PATH_MAX:

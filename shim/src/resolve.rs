@@ -209,7 +209,9 @@ fn link_dir(magic: &str) -> Result<(OwnedFd, Vec<u8>), Errno> {
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(Errno::ENOTDIR);
     }
-    let path = fd_path(&fd).ok_or(Errno::EBADF)?;
+    // A directory whose path cannot be read (longer than a page) cannot be
+    // told to the policy: the caller's answer, as for an unreadable cwd link.
+    let path = fd_path(&fd).ok_or(Errno::EACCES)?;
     Ok((fd, path))
 }
 
