@@ -61,6 +61,8 @@ fn serve(socket: &Path, audit_dir: &Path) -> tokio::runtime::Runtime {
 /// Which connections' broker-to-client bytes are held back, and how many
 /// bytes each has held.
 struct Gate {
+    /// Per connection: its client end, to cut it as a broker would.
+    clients: Mutex<Vec<UnixStream>>,
     held: Mutex<Vec<(bool, usize)>>,
     changed: Condvar,
     /// Connections from this one on are closed as soon as they are accepted.
@@ -70,6 +72,7 @@ struct Gate {
 impl Gate {
     fn new(refuse_from: usize) -> Arc<Self> {
         Arc::new(Gate {
+            clients: Mutex::default(),
             held: Mutex::default(),
             changed: Condvar::new(),
             refuse_from,
@@ -95,6 +98,12 @@ impl Gate {
         );
     }
 
+    /// Closes connection `conn`, as the broker closes one that does not
+    /// answer its keepalive pings.
+    fn cut(&self, conn: usize) {
+        let _ = self.clients.lock().unwrap()[conn].shutdown(std::net::Shutdown::Both);
+    }
+
     fn connections(&self) -> usize {
         self.held.lock().unwrap().len()
     }
@@ -117,6 +126,10 @@ fn relay(front: &Path, back: PathBuf, gate: Arc<Gate>) {
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { return };
+            gate.clients
+                .lock()
+                .unwrap()
+                .push(client.try_clone().unwrap());
             let conn = {
                 let mut held = gate.held.lock().unwrap();
                 held.push((false, 0));
@@ -124,6 +137,7 @@ fn relay(front: &Path, back: PathBuf, gate: Arc<Gate>) {
                 held.len() - 1
             };
             if conn >= gate.refuse_from {
+                gate.cut(conn);
                 continue;
             }
             let broker = UnixStream::connect(&back).expect("reach the broker");
@@ -155,10 +169,25 @@ fn relay(front: &Path, back: PathBuf, gate: Arc<Gate>) {
 
 /// A client of the broker at `socket` through a relay at `front`.
 fn relayed(socket: &Path, front: &Path, refuse_from: usize) -> (Arc<Gate>, Arc<Remote>) {
+    relayed_with(
+        socket,
+        front,
+        refuse_from,
+        cordon_shim::client::DEFAULT_MAX_IDLE,
+    )
+}
+
+fn relayed_with(
+    socket: &Path,
+    front: &Path,
+    refuse_from: usize,
+    max_idle: Duration,
+) -> (Arc<Gate>, Arc<Remote>) {
     let gate = Gate::new(refuse_from);
     relay(front, socket.to_owned(), gate.clone());
     let uri = format!("unix://{}", front.display()).parse().unwrap();
-    let remote = Arc::new(Remote::connect(&uri, Duration::from_secs(60)).expect("connect"));
+    let remote = Remote::connect(&uri, Duration::from_secs(60)).expect("connect");
+    let remote = Arc::new(remote.max_idle(max_idle));
     assert_eq!(gate.connections(), 1, "one stream at start");
     (gate, remote)
 }
@@ -233,4 +262,28 @@ fn a_call_whose_second_stream_is_refused_waits_for_the_first() {
     assert!(first.join().unwrap().expect("decided").allow);
     // Not denied for want of a second stream: decided on the first.
     assert!(second.join().unwrap().expect("decided").allow);
+}
+
+#[test]
+fn a_stream_idle_past_the_brokers_keepalive_is_reopened_not_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, front) = (
+        dir.path().join("broker.sock"),
+        dir.path().join("relay.sock"),
+    );
+    let _rt = serve(&socket, &dir.path().join("audit"));
+    let max_idle = Duration::from_millis(300);
+    let (gate, remote) = relayed_with(&socket, &front, usize::MAX, max_idle);
+    assert!(remote.decide(requests::read_system_lib(1)).unwrap().allow);
+    // Unused for longer than the broker waits for pings to be answered: it
+    // has closed the connection.
+    gate.cut(0);
+    std::thread::sleep(max_idle * 2);
+    assert!(
+        remote
+            .decide(requests::read_system_lib(2))
+            .expect("decided on a fresh stream")
+            .allow
+    );
+    assert_eq!(gate.connections(), 2);
 }

@@ -90,6 +90,8 @@ struct Stream {
 #[derive(Debug)]
 struct Connection {
     stream: Option<Stream>,
+    /// When the stream last carried a call.
+    used_at: Instant,
     /// When the next reconnect may be tried, and the backoff after that.
     retry_at: Instant,
     backoff: Duration,
@@ -113,6 +115,7 @@ pub struct Remote {
     lanes: Vec<Lane>,
     next_id: AtomicU64,
     deadline: Duration,
+    max_idle: Duration,
 }
 
 /// One stream and the runtime that drives it; one call at a time.
@@ -125,6 +128,11 @@ struct Lane {
 /// As many as the supervisor has serving threads: a third caller (the main
 /// thread's lifecycle records) waits for the first lane.
 const LANES: usize = 2;
+
+/// How long a lane's stream may sit unused before it is reopened rather than
+/// used: `cordon serve` pings an idle connection every 30 s and closes it when
+/// no answer comes within 20 s, and between calls nothing answers.
+pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(20);
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -155,6 +163,7 @@ impl Remote {
                 runtime,
                 conn: Mutex::new(Connection {
                     stream,
+                    used_at: Instant::now(),
                     retry_at: Instant::now(),
                     backoff: FIRST_BACKOFF,
                 }),
@@ -165,7 +174,15 @@ impl Remote {
             lanes,
             next_id: AtomicU64::new(1),
             deadline,
+            max_idle: DEFAULT_MAX_IDLE,
         })
+    }
+
+    /// How long a stream may sit unused before a call reopens it
+    /// ([`DEFAULT_MAX_IDLE`]); for a broker whose keepalive is shorter.
+    pub fn max_idle(mut self, max_idle: Duration) -> Self {
+        self.max_idle = max_idle;
+        self
     }
 
     /// The first lane no other call holds, or else the first lane once it is
@@ -193,12 +210,12 @@ impl Remote {
         let (mut i, mut conn) = self.lane();
         // A spare lane that cannot connect hands its call to the first lane
         // rather than deny it: the broker may be up, only busy or at its limit.
-        if i > 0 && !self.lanes[i].connected(&mut conn, &self.uri, self.deadline) {
+        if i > 0 && !self.lanes[i].connected(&mut conn, &self.uri, self.deadline, self.max_idle) {
             drop(conn);
             (i, conn) = (0, self.first());
         }
         let lane = &self.lanes[i];
-        if !lane.connected(&mut conn, &self.uri, self.deadline) {
+        if !lane.connected(&mut conn, &self.uri, self.deadline, self.max_idle) {
             return Err(ClientError::Disconnected);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -209,9 +226,22 @@ impl Remote {
 impl Lane {
     /// Whether the lane has a stream, opening one if it has none and its
     /// backoff has passed.
-    fn connected(&self, conn: &mut Connection, uri: &BrokerUri, deadline: Duration) -> bool {
+    fn connected(
+        &self,
+        conn: &mut Connection,
+        uri: &BrokerUri,
+        deadline: Duration,
+        max_idle: Duration,
+    ) -> bool {
         if conn.stream.is_some() {
-            return true;
+            if conn.used_at.elapsed() < max_idle {
+                return true;
+            }
+            // Nothing answered the broker's keepalive pings while the lane
+            // sat unused (its runtime runs only inside a call), so the broker
+            // may have closed it: a fresh stream, not a denial.
+            tracing::debug!("reopening a broker stream idle since {:?}", conn.used_at);
+            conn.stream = None;
         }
         if Instant::now() < conn.retry_at {
             return false;
@@ -223,6 +253,7 @@ impl Lane {
             Ok(Ok(stream)) => {
                 tracing::info!("broker stream opened");
                 conn.stream = Some(stream);
+                conn.used_at = Instant::now();
                 conn.backoff = FIRST_BACKOFF;
                 true
             }
@@ -274,6 +305,7 @@ impl Lane {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(deadline)),
         };
+        conn.used_at = Instant::now();
         if matches!(
             result,
             Err(ClientError::Disconnected | ClientError::Timeout(_))

@@ -894,11 +894,11 @@ impl Supervisor {
         // A path that does not resolve fails as the kernel would have failed
         // it; there is nothing to open, so nothing to decide.
         let found = resolved.found?;
-        if from_cwd && task.cwd.is_empty() {
-            task.cwd = match resolved.cwd {
-                Some(cwd) => cwd,
-                None => self.task(n)?.cwd,
-            };
+        if from_cwd {
+            // Also where the task's facts were read per call (with a cwd
+            // read of their own): the one the path was resolved from. A
+            // lookup from the cwd that found something has opened it.
+            task.cwd = resolved.cwd.ok_or(Errno::EACCES)?;
         }
         // (file type, device) of an existing file, read once.
         let existing = match &found {
