@@ -108,7 +108,8 @@ struct Connection {
 /// connected the first time two calls overlap. A call that misses its
 /// deadline drops its lane's stream (a late answer is never applied) and
 /// that lane's next call reconnects, with exponential backoff while the
-/// broker stays unreachable.
+/// broker stays unreachable. A stream unused for longer than
+/// [`Remote::max_idle`] is reopened before a call uses it.
 #[derive(Debug)]
 pub struct Remote {
     uri: BrokerUri,
