@@ -18,7 +18,10 @@ use cordon_broker::{
     service::{AccessPolicy, bind_unix, serve_unix},
 };
 use cordon_proto::v1::Decision;
-use cordon_shim::{Decider, Remote, client::ClientError};
+use cordon_shim::{
+    Decider, Remote,
+    client::{ClientError, DEFAULT_MAX_IDLE},
+};
 
 #[path = "support/requests.rs"]
 mod requests;
@@ -167,29 +170,42 @@ fn relay(front: &Path, back: PathBuf, gate: Arc<Gate>) {
     });
 }
 
-/// A client of the broker at `socket` through a relay at `front`.
-fn relayed(socket: &Path, front: &Path, refuse_from: usize) -> (Arc<Gate>, Arc<Remote>) {
-    relayed_with(
-        socket,
-        front,
-        refuse_from,
-        cordon_shim::client::DEFAULT_MAX_IDLE,
-    )
+/// The broker service and a client of it through a relay, in a temp dir.
+struct Relayed {
+    gate: Arc<Gate>,
+    remote: Arc<Remote>,
+    _rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
 }
 
-fn relayed_with(
-    socket: &Path,
-    front: &Path,
-    refuse_from: usize,
-    max_idle: Duration,
-) -> (Arc<Gate>, Arc<Remote>) {
+fn relayed(refuse_from: usize, max_idle: Duration) -> Relayed {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, front) = (
+        dir.path().join("broker.sock"),
+        dir.path().join("relay.sock"),
+    );
+    let rt = serve(&socket, &dir.path().join("audit"));
     let gate = Gate::new(refuse_from);
-    relay(front, socket.to_owned(), gate.clone());
+    relay(&front, socket, gate.clone());
     let uri = format!("unix://{}", front.display()).parse().unwrap();
     let remote = Remote::connect(&uri, Duration::from_secs(60)).expect("connect");
     let remote = Arc::new(remote.max_idle(max_idle));
     assert_eq!(gate.connections(), 1, "one stream at start");
-    (gate, remote)
+    Relayed {
+        gate,
+        remote,
+        _rt: rt,
+        _dir: dir,
+    }
+}
+
+/// A decision asked on another thread.
+fn decide_on_a_thread(
+    remote: &Arc<Remote>,
+    id: u64,
+) -> std::thread::JoinHandle<Result<Decision, ClientError>> {
+    let remote = remote.clone();
+    std::thread::spawn(move || remote.decide(requests::read_system_lib(id)))
 }
 
 /// A call on another thread whose answer the relay holds back (on the first
@@ -199,25 +215,16 @@ fn held_call(
     remote: &Arc<Remote>,
 ) -> std::thread::JoinHandle<Result<Decision, ClientError>> {
     gate.set(0, true);
-    let first = {
-        let remote = remote.clone();
-        std::thread::spawn(move || remote.decide(requests::read_system_lib(1)))
-    };
+    let first = decide_on_a_thread(remote, 1);
     gate.wait_held(0);
     first
 }
 
 #[test]
 fn a_slow_answer_does_not_hold_up_another_threads_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let (socket, front) = (
-        dir.path().join("broker.sock"),
-        dir.path().join("relay.sock"),
-    );
-    let _rt = serve(&socket, &dir.path().join("audit"));
-    let (gate, remote) = relayed(&socket, &front, usize::MAX);
+    let Relayed { gate, remote, .. } = &relayed(usize::MAX, DEFAULT_MAX_IDLE);
 
-    let first = held_call(&gate, &remote);
+    let first = held_call(gate, remote);
     let (tx, rx) = mpsc::channel();
     {
         let remote = remote.clone();
@@ -243,19 +250,10 @@ fn a_slow_answer_does_not_hold_up_another_threads_call() {
 
 #[test]
 fn a_call_whose_second_stream_is_refused_waits_for_the_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let (socket, front) = (
-        dir.path().join("broker.sock"),
-        dir.path().join("relay.sock"),
-    );
-    let _rt = serve(&socket, &dir.path().join("audit"));
-    let (gate, remote) = relayed(&socket, &front, 1);
+    let Relayed { gate, remote, .. } = &relayed(1, DEFAULT_MAX_IDLE);
 
-    let first = held_call(&gate, &remote);
-    let second = {
-        let remote = remote.clone();
-        std::thread::spawn(move || remote.decide(requests::read_system_lib(2)))
-    };
+    let first = held_call(gate, remote);
+    let second = decide_on_a_thread(remote, 2);
     // The second call tried a stream of its own, which the relay closed.
     gate.wait_connections(2);
     gate.set(0, false);
@@ -266,14 +264,8 @@ fn a_call_whose_second_stream_is_refused_waits_for_the_first() {
 
 #[test]
 fn a_stream_idle_past_the_brokers_keepalive_is_reopened_not_denied() {
-    let dir = tempfile::tempdir().unwrap();
-    let (socket, front) = (
-        dir.path().join("broker.sock"),
-        dir.path().join("relay.sock"),
-    );
-    let _rt = serve(&socket, &dir.path().join("audit"));
     let max_idle = Duration::from_millis(300);
-    let (gate, remote) = relayed_with(&socket, &front, usize::MAX, max_idle);
+    let Relayed { gate, remote, .. } = &relayed(usize::MAX, max_idle);
     assert!(remote.decide(requests::read_system_lib(1)).unwrap().allow);
     // Unused for longer than the broker waits for pings to be answered: it
     // has closed the connection.

@@ -880,25 +880,22 @@ impl Supervisor {
         let flags = call.flags;
         let is_tmpfile = flags & libc::O_TMPFILE == libc::O_TMPFILE;
         let creates = flags & libc::O_CREAT != 0 && !is_tmpfile;
-        let resolved = with_creds(&task.creds, &self.me, || {
-            resolve::resolve(&Lookup {
-                tid: n.tid,
-                tgid: task.tgid,
-                dirfd: call.dirfd,
-                path: &path,
-                follow: flags & libc::O_NOFOLLOW == 0,
-                create: creates,
-                resolve: call.resolve,
-            })
-        })?;
+        let lookup = Lookup {
+            tid: n.tid,
+            tgid: task.tgid,
+            dirfd: call.dirfd,
+            path: &path,
+            follow: flags & libc::O_NOFOLLOW == 0,
+            create: creates,
+            resolve: call.resolve,
+        };
         // A path that does not resolve fails as the kernel would have failed
         // it; there is nothing to open, so nothing to decide.
-        let found = resolved.found?;
-        if from_cwd {
-            // Also where the task's facts were read per call (with a cwd
-            // read of their own): the one the path was resolved from. A
-            // lookup from the cwd that found something has opened it.
-            task.cwd = resolved.cwd.ok_or(Errno::EACCES)?;
+        let (resolved_path, found) = self.resolve_for(&mut task, &lookup)?;
+        if task.cwd.is_empty() {
+            // Unreachable: a lookup from the cwd that found something has
+            // opened it. Never a request without the caller's cwd.
+            return Err(Errno::EACCES);
         }
         // (file type, device) of an existing file, read once.
         let existing = match &found {
@@ -922,7 +919,7 @@ impl Supervisor {
                 return Err(Errno::ENXIO);
             }
         }
-        self.refuse_protected(n, &resolved.path, &found, false)?;
+        self.refuse_protected(n, &resolved_path, &found, false)?;
         let access: Vec<String> = if flags & libc::O_PATH != 0 {
             vec![]
         } else {
@@ -934,7 +931,7 @@ impl Supervisor {
             }
         };
         let file = FileAccess {
-            path: resolved.path,
+            path: resolved_path,
             access,
             create: creates && matches!(found, Found::Missing { .. }) || is_tmpfile,
             truncate: flags & libc::O_TRUNC != 0,
@@ -1031,31 +1028,44 @@ impl Supervisor {
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))
     }
 
+    /// Looks a path up as the tool would, with its credentials: its
+    /// canonical path and what was found, or the errno the kernel would
+    /// have given. A lookup that started from the tool's cwd also sets
+    /// `task.cwd`, to the path of the directory it opened: the policy sees
+    /// the cwd the path was resolved from, even if another thread changed it
+    /// since the task's facts were read.
+    fn resolve_for(&self, task: &mut Task, lookup: &Lookup) -> Result<(Vec<u8>, Found), Errno> {
+        let resolved = with_creds(&task.creds, &self.me, || resolve::resolve(lookup))?;
+        let found = resolved.found?;
+        if let Some(cwd) = resolved.cwd {
+            task.cwd = cwd;
+        }
+        Ok((resolved.path, found))
+    }
+
     /// For unix paths: the resolved object (or parent + name for bind) and the
     /// `/proc/self/fd/...` path that names it for our own call.
     fn resolve_unix(
         &self,
-        task: &Task,
+        task: &mut Task,
         n: &Notification,
         path: &[u8],
         create: bool,
     ) -> Result<(Vec<u8>, Found), Errno> {
-        let resolved = with_creds(&task.creds, &self.me, || {
-            resolve::resolve(&Lookup {
-                tid: n.tid,
-                tgid: task.tgid,
-                dirfd: libc::AT_FDCWD,
-                path,
-                follow: true,
-                create,
-                resolve: 0,
-            })
-        })?;
-        let found = resolved.found?;
+        let lookup = Lookup {
+            tid: n.tid,
+            tgid: task.tgid,
+            dirfd: libc::AT_FDCWD,
+            path,
+            follow: true,
+            create,
+            resolve: 0,
+        };
+        let (path, found) = self.resolve_for(task, &lookup)?;
         if create && matches!(found, Found::Existing(_)) {
             return Err(Errno::EADDRINUSE);
         }
-        Ok((resolved.path, found))
+        Ok((path, found))
     }
 
     /// Runs `op` now, or on its own thread when it may block (a blocking
@@ -1118,7 +1128,7 @@ impl Supervisor {
     #[allow(clippy::type_complexity)]
     fn network_subject(
         &self,
-        task: &Task,
+        task: &mut Task,
         n: &Notification,
         op: &str,
         addr: &Address,
@@ -1160,7 +1170,7 @@ impl Supervisor {
             return Err(Errno::EINVAL);
         }
         let raw = mem.read(addr_ptr, addr_len)?;
-        let task = self.task(n)?;
+        let mut task = self.task(n)?;
         let sock = self.tool_socket(&self.tool_pidfd(n, &task)?, fd)?;
         let sock_type = emulate::socket_type(&sock)?;
         let addr = emulate::parse_sockaddr(&raw)?;
@@ -1169,7 +1179,7 @@ impl Supervisor {
         let mut keep_alive = None;
         let mut bound_name = None;
         if addr.needs_decision(op) {
-            let (access, unix) = self.network_subject(&task, n, op, &addr, sock_type)?;
+            let (access, unix) = self.network_subject(&mut task, n, op, &addr, sock_type)?;
             self.ask(self.request(&task, n, Subject::Network(access)))?;
             if let Some((canonical, found)) = unix {
                 bound_name = Some(canonical);
@@ -1314,7 +1324,7 @@ impl Supervisor {
     /// fd number or the address after our check.
     fn handle_send(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
         let mem = ToolMemory::new(n.tid);
-        let task = self.task(n)?;
+        let mut task = self.task(n)?;
         let pidfd = self.tool_pidfd(n, &task)?;
         let sock = self.tool_socket(&pidfd, n.args[0] as i32)?;
         let sock_type = emulate::socket_type(&sock)?;
@@ -1412,7 +1422,7 @@ impl Supervisor {
                 && a.needs_decision(syscall_name(n.nr))
             {
                 let (access, u) =
-                    self.network_subject(&task, n, syscall_name(n.nr), a, sock_type)?;
+                    self.network_subject(&mut task, n, syscall_name(n.nr), a, sock_type)?;
                 if let Err(denied) = self.ask(self.request(&task, n, Subject::Network(access))) {
                     if planned.is_empty() {
                         return Err(denied);
@@ -1472,32 +1482,30 @@ impl Supervisor {
     /// (the kernel says EACCES too; it also keeps `shebang` off FIFOs).
     fn resolve_executable(
         &self,
-        task: &Task,
+        task: &mut Task,
         n: &Notification,
         dirfd: i32,
         path: &[u8],
         follow: bool,
     ) -> Result<(Vec<u8>, OwnedFd), Errno> {
-        let resolved = with_creds(&task.creds, &self.me, || {
-            resolve::resolve(&Lookup {
-                tid: n.tid,
-                tgid: task.tgid,
-                dirfd,
-                path,
-                follow,
-                create: false,
-                resolve: 0,
-            })
-        })?;
-        let found = resolved.found?;
-        self.refuse_protected(n, &resolved.path, &found, false)?;
+        let lookup = Lookup {
+            tid: n.tid,
+            tgid: task.tgid,
+            dirfd,
+            path,
+            follow,
+            create: false,
+            resolve: 0,
+        };
+        let (path, found) = self.resolve_for(task, &lookup)?;
+        self.refuse_protected(n, &path, &found, false)?;
         let Found::Existing(file) = found else {
             return Err(Errno::ENOENT);
         };
         if nix::sys::stat::fstat(&file)?.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::EACCES);
         }
-        Ok((resolved.path, file))
+        Ok((path, file))
     }
 
     fn ask_exec(
@@ -1532,7 +1540,7 @@ impl Supervisor {
         };
         let path = mem.read_cstr(path_ptr, PATH_MAX - 1)?;
         let argv = mem.read_argv(argv_ptr, MAX_ARGV, MAX_ARGV_BYTES)?;
-        let task = self.task(n)?;
+        let mut task = self.task(n)?;
         let empty_path = path.is_empty() && flags & libc::AT_EMPTY_PATH != 0;
         let lookup_path = if empty_path {
             format!("/proc/{}/fd/{dirfd}", n.tid).into_bytes()
@@ -1540,7 +1548,8 @@ impl Supervisor {
             path.clone()
         };
         let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-        let (canonical, file) = self.resolve_executable(&task, n, dirfd, &lookup_path, follow)?;
+        let (canonical, file) =
+            self.resolve_executable(&mut task, n, dirfd, &lookup_path, follow)?;
         // The argv the kernel will build. Linux ≥ 5.18 runs an empty argv as [""].
         let mut kernel_argv = if argv.is_empty() {
             vec![Vec::new()]
@@ -1559,7 +1568,7 @@ impl Supervisor {
                 break;
             };
             let (canonical, interp_fd) =
-                self.resolve_executable(&task, n, libc::AT_FDCWD, &interp, true)?;
+                self.resolve_executable(&mut task, n, libc::AT_FDCWD, &interp, true)?;
             let mut next = vec![interp.clone()];
             next.extend(arg);
             next.push(run_as);
