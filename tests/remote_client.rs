@@ -279,3 +279,30 @@ fn a_stream_idle_past_the_brokers_keepalive_is_reopened_not_denied() {
     );
     assert_eq!(gate.connections(), 2);
 }
+
+#[test]
+fn while_the_first_stream_is_down_a_call_goes_to_the_second() {
+    // The relay refuses the first stream's reconnects.
+    let Relayed { gate, remote, .. } = &relayed(2, DEFAULT_MAX_IDLE);
+    // Two calls at once: the second opens the second stream.
+    let first = held_call(gate, remote);
+    assert!(
+        decide_on_a_thread(remote, 2)
+            .join()
+            .unwrap()
+            .expect("decided")
+            .allow
+    );
+    gate.set(0, false);
+    assert!(first.join().unwrap().expect("decided").allow);
+    assert_eq!(gate.connections(), 2);
+
+    // The broker closes the first stream: the call on it is lost.
+    gate.cut(0);
+    assert!(remote.decide(requests::read_system_lib(3)).is_err());
+    // The first lane is down and cannot reconnect; the second answers.
+    for id in 4..8 {
+        let d = remote.decide(requests::read_system_lib(id));
+        assert!(d.expect("decided on the second stream").allow);
+    }
+}

@@ -105,7 +105,8 @@ struct Connection {
 /// first free lane, so the supervisor's serving threads do not wait for each
 /// other's round trips, and the broker serves their streams side by side; a
 /// single-threaded tool only ever uses the first lane, and a second is
-/// connected the first time two calls overlap. A call that misses its
+/// connected the first time two calls overlap. While the first lane is down,
+/// a call goes to a spare lane whose stream is up, if there is one. A call that misses its
 /// deadline drops its lane's stream (a late answer is never applied) and
 /// that lane's next call reconnects, with exponential backoff while the
 /// broker stays unreachable. A stream unused for longer than
@@ -203,6 +204,15 @@ impl Remote {
         (0, self.first())
     }
 
+    /// A spare lane with a stream that can be used as it is (open, and not
+    /// idle past `max_idle`), waiting for it if another call holds it.
+    fn live_spare(&self) -> Option<(usize, MutexGuard<'_, Connection>)> {
+        self.lanes.iter().enumerate().skip(1).find_map(|(i, lane)| {
+            let conn = lane.conn.lock().unwrap_or_else(|p| p.into_inner());
+            (conn.stream.is_some() && conn.used_at.elapsed() < self.max_idle).then_some((i, conn))
+        })
+    }
+
     fn first(&self) -> MutexGuard<'_, Connection> {
         self.lanes[0].conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -215,10 +225,14 @@ impl Remote {
             drop(conn);
             (i, conn) = (0, self.first());
         }
-        let lane = &self.lanes[i];
-        if !lane.connected(&mut conn, &self.uri, self.deadline, self.max_idle) {
-            return Err(ClientError::Disconnected);
+        if !self.lanes[i].connected(&mut conn, &self.uri, self.deadline, self.max_idle) {
+            // The first lane is down (waiting out its backoff, or its
+            // reconnect failed): a spare lane whose stream is up answers
+            // instead of the call being denied.
+            drop(conn);
+            (i, conn) = self.live_spare().ok_or(ClientError::Disconnected)?;
         }
+        let lane = &self.lanes[i];
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lane.call(&mut conn, self.deadline, id, msg)
     }
