@@ -17,7 +17,7 @@ use cordon_broker::{
     policy::{PolicyEngine, PolicyOptions, PolicySource},
     service::{AccessPolicy, bind_unix, serve_unix},
 };
-use cordon_proto::v1::Decision;
+use cordon_proto::v1::{Decision, Lifecycle, SandboxExited, lifecycle};
 use cordon_shim::{
     Decider, Remote,
     client::{ClientError, DEFAULT_MAX_IDLE},
@@ -305,4 +305,25 @@ fn while_the_first_stream_is_down_a_call_goes_to_the_second() {
         let d = remote.decide(requests::read_system_lib(id));
         assert!(d.expect("decided on the second stream").allow);
     }
+}
+
+#[test]
+fn a_lifecycle_record_waits_out_a_lost_stream_instead_of_being_lost() {
+    let Relayed { gate, remote, .. } = &relayed(usize::MAX, DEFAULT_MAX_IDLE);
+    assert!(remote.decide(requests::read_system_lib(1)).unwrap().allow);
+    // The broker went away and came back: the stream is dead.
+    gate.cut(0);
+    let exited = Lifecycle {
+        sandbox: requests::sandbox("sb-exit", "tool"),
+        event: Some(lifecycle::Event::Exited(SandboxExited {
+            pid: 42,
+            status: 3,
+            ..Default::default()
+        })),
+    };
+    let seq = remote
+        .lifecycle(exited)
+        .expect("recorded on a reopened stream");
+    assert!(seq >= 2, "seq {seq}");
+    assert_eq!(gate.connections(), 2);
 }

@@ -342,8 +342,23 @@ impl Decider for Remote {
         }
     }
 
+    /// A lifecycle record is not a call the tool waits on, so rather than be
+    /// lost to a stream that is down it is tried again, each time one backoff
+    /// step later, for up to the deadline in all. A stream that broke after
+    /// the record was sent may so record it twice: a duplicate is seen, a
+    /// loss is not.
     fn lifecycle(&self, event: Lifecycle) -> Result<u64, ClientError> {
-        match self.call(session_request::Msg::Lifecycle(event))? {
+        let give_up = Instant::now() + self.deadline;
+        let answer = loop {
+            match self.call(session_request::Msg::Lifecycle(event.clone())) {
+                Err(ClientError::Disconnected) if Instant::now() < give_up => {
+                    let left = give_up.saturating_duration_since(Instant::now());
+                    std::thread::sleep(FIRST_BACKOFF.min(left));
+                }
+                other => break other?,
+            }
+        };
+        match answer {
             session_response::Msg::RecordedSeq(seq) => Ok(seq),
             session_response::Msg::Error(e) => Err(ClientError::Refused(e.message)),
             other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
