@@ -1317,10 +1317,17 @@ fn no_broker_at_start_is_exit_125() {
     );
 }
 
-/// A tool that tries to read a file every 50 ms and logs each outcome.
-const POLL_READS: &str = r#"import time, sys
+/// A tool that tries to read a file every 50 ms and logs each outcome. Once
+/// `quiet` exists it says so and makes no more brokered calls (`lstat` is
+/// not one), and exits when `stop` exists.
+const POLL_READS: &str = r#"import time, sys, os
 log = open(sys.argv[1], 'a', buffering=1)
 for i in range(400):
+    if os.path.lexists('quiet'):
+        log.write('quiet\n')
+        while not os.path.lexists('stop'):
+            time.sleep(0.01)
+        sys.exit(7)
     try:
         open('in.txt').read()
         log.write('ok\n')
@@ -1354,7 +1361,7 @@ fn losing_the_broker_denies_and_reconnecting_recovers() {
     std::fs::write(env.work.join("in.txt"), "x").unwrap();
     let mut serve = support::Serve::start(&std::fs::read_to_string(DEFAULT_POLICY).unwrap(), &[]);
     let log = env.work.join("log.txt");
-    let mut run = cordon()
+    let run = cordon()
         .args(["run", "--deadline", "300ms", "--broker", &serve.uri(), "--"])
         .args(["/usr/bin/python3", "-c", POLL_READS])
         .arg(&log)
@@ -1367,8 +1374,32 @@ fn losing_the_broker_denies_and_reconnecting_recovers() {
     let at = wait_for_line(&log, "err 13", at, Duration::from_secs(10));
     serve.spawn();
     wait_for_line(&log, "ok", at, Duration::from_secs(20));
-    run.kill().unwrap();
-    run.wait().unwrap();
+
+    // The broker goes and comes back again while the tool makes no call, and
+    // then it exits: its exit record is the first call on the dead stream,
+    // and it reaches the new broker.
+    std::fs::write(env.work.join("quiet"), "").unwrap();
+    wait_for_line(&log, "quiet", 0, Duration::from_secs(20));
+    serve.kill9();
+    serve.spawn();
+    std::fs::write(env.work.join("stop"), "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(!stderr.contains("could not be recorded"), "{stderr}");
+    serve.stop();
+    let out = cordon()
+        .args(["audit", "--format", "json", "--db"])
+        .arg(&serve.db)
+        .output()
+        .unwrap();
+    let exits: Vec<Value> = assert_ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["event"] == "sandbox_exited")
+        .collect();
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0]["exit_status"], 7, "{:?}", exits[0]);
 }
 
 #[test]
