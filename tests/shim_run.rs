@@ -20,14 +20,17 @@ use support::{assert_ok, cordon};
 
 const DEFAULT_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.rego");
 
-/// The C probe, compiled once per test binary.
+/// The C probe, compiled once per test binary (under the build's own temp
+/// dir, not `/tmp`, which would keep one per run).
 fn probe_binary() -> &'static Path {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
     PROBE.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("cordon-probe-{}", std::process::id()));
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cordon-probe");
+        // Built aside and renamed over: another run's copy is never half written.
+        let built = out.with_extension(std::process::id().to_string());
         let status = Command::new("cc")
             .args(["-O2", "-pthread", "-o"])
-            .arg(&out)
+            .arg(&built)
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/support/probe.c"
@@ -35,6 +38,7 @@ fn probe_binary() -> &'static Path {
             .status()
             .expect("cc");
         assert!(status.success(), "compiling the probe failed");
+        std::fs::rename(&built, &out).expect("rename the probe");
         out
     })
 }
@@ -1432,6 +1436,8 @@ fn killing_the_supervisor_makes_brokered_calls_fail() {
             &[],
             &["/usr/bin/python3", "-c", POLL_READS, log.to_str().unwrap()],
         )
+        // cordon cannot remove its private temp dir when killed: in ours.
+        .env("TMPDIR", env.dir.path())
         .spawn()
         .unwrap();
     let at = wait_for_line(&log, "ok", 0, Duration::from_secs(20));
