@@ -400,6 +400,102 @@ fn a_hard_link_made_outside_gives_the_path_policy_only_the_link_name() {
 }
 
 #[test]
+fn what_the_kernel_would_send_elsewhere_is_decided_as_such_or_refused() {
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = tcp.local_addr().unwrap().port();
+    let udp_any = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_any_port = udp_any.local_addr().unwrap().port();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    // A policy that allows "0.0.0.0", which the kernel takes for this
+    // machine, and 127.0.0.1 on one port only.
+    let env = Env::new(&[
+        ("0.0.0.0/32", tcp_port),
+        ("0.0.0.0/32", udp_any_port),
+        ("127.0.0.1/32", udp_port),
+    ]);
+    let script = format!(
+        r#"
+import socket
+def attempt(label, f):
+    try:
+        f(); print(label, 'ok')
+    except OSError as e:
+        print(label, 'err', e.errno)
+def tcp(addr):
+    s = socket.socket()
+    s.settimeout(5)
+    s.connect(addr); s.close()
+attempt('tcp-unspecified', lambda: tcp(('0.0.0.0', {tcp_port})))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+attempt('udp-unspecified', lambda: u.sendto(b'any', ('0.0.0.0', {udp_any_port})))
+attempt('udp-mapped-unspecified', lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b'any', ('::ffff:0.0.0.0', {udp_any_port})))
+attempt('zerocopy-option', lambda: u.setsockopt(socket.SOL_SOCKET, 60, 1))
+attempt('zerocopy-send', lambda: u.sendto(b'zc', 0x4000000, ('127.0.0.1', {udp_port})))
+attempt('plain-send', lambda: u.sendto(b'plain', ('127.0.0.1', {udp_port})))
+lsrr = bytes([131, 7, 4, 127, 0, 0, 2, 0])
+attempt('ip-options', lambda: u.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, lsrr))
+v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+rthdr = bytes([0, 2, 4, 0, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, '::1')
+attempt('ipv6-rthdr', lambda: v6.setsockopt(socket.IPPROTO_IPV6, 57, rthdr))
+attempt('reuseaddr', lambda: u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1))
+attempt('ttl', lambda: u.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 9))
+"#
+    );
+    let out = env.python(&script);
+    let stdout = assert_ok(&out);
+    for line in [
+        "tcp-unspecified err 111",
+        "udp-unspecified err 111",
+        "udp-mapped-unspecified err 111",
+        "zerocopy-option ok",
+        "zerocopy-send err 95",
+        "plain-send ok",
+        "ip-options err 1",
+        "ipv6-rthdr err 1",
+        "reuseaddr ok",
+        "ttl ok",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    }
+    tcp.set_nonblocking(true).unwrap();
+    assert!(tcp.accept().is_err(), "a connect to 0.0.0.0 arrived");
+    udp_any.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(udp_any.recv(&mut buf).is_err(), "a send to 0.0.0.0 arrived");
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = udp.recv(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"plain",
+        "the zerocopy send was refused, not sent"
+    );
+
+    let records = env.audit();
+    for (syscall, port) in [("connect", tcp_port), ("sendto", udp_any_port)] {
+        assert!(
+            records.iter().any(|r| r["syscall"] == syscall
+                && r["port"] == port
+                && r["address"] == "127.0.0.1"
+                && r["allow"] == false),
+            "{syscall} to 0.0.0.0 decided as 127.0.0.1: {records:?}"
+        );
+    }
+    let exit = records
+        .iter()
+        .find(|r| r["event"] == "sandbox_exited")
+        .expect("the exit is recorded");
+    let reason = exit["reason"].as_str().unwrap();
+    for what in [
+        "sendto(MSG_ZEROCOPY)×1",
+        "setsockopt(IP_OPTIONS)×1",
+        "setsockopt(IPV6_RTHDR)×1",
+    ] {
+        assert!(reason.contains(what), "{what} in {reason}");
+    }
+}
+
+#[test]
 fn tcp_connects_udp_sends_and_mapped_addresses_follow_the_policy() {
     let ok = TcpListener::bind("127.0.0.1:0").unwrap();
     let denied = TcpListener::bind("127.0.0.2:0").unwrap();

@@ -108,6 +108,47 @@ impl Address {
     }
 }
 
+impl Address {
+    /// The destination the kernel would reach with this address in a
+    /// connect or send: an unspecified IP (`0.0.0.0`, `::`, `::ffff:0.0.0.0`)
+    /// is this machine, so it is put to the policy, and used, as loopback
+    /// (`127.0.0.1`, `::1`, `::ffff:127.0.0.1`) rather than letting a rule
+    /// for "any address but local ones" allow it.
+    pub fn as_destination(self) -> Address {
+        match self {
+            Address::Inet {
+                addr: SocketAddr::V4(a),
+                v4_mapped,
+            } if a.ip().is_unspecified() => Address::Inet {
+                addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, a.port())),
+                v4_mapped,
+            },
+            Address::Inet {
+                addr: SocketAddr::V6(a),
+                v4_mapped,
+            } if a.ip().is_unspecified()
+                || a.ip().to_ipv4_mapped() == Some(Ipv4Addr::UNSPECIFIED) =>
+            {
+                let ip = if v4_mapped {
+                    Ipv4Addr::LOCALHOST.to_ipv6_mapped()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST
+                };
+                Address::Inet {
+                    addr: SocketAddr::V6(SocketAddrV6::new(
+                        ip,
+                        a.port(),
+                        a.flowinfo(),
+                        a.scope_id(),
+                    )),
+                    v4_mapped,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Decodes a `struct sockaddr` of `bytes.len()` bytes as the kernel would.
 pub fn parse_sockaddr(bytes: &[u8]) -> Result<Address, Errno> {
     if bytes.len() < 2 {
@@ -353,6 +394,23 @@ pub fn scm_rights(control: &[u8]) -> Result<Vec<i32>, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unspecified_destination_is_loopback() {
+        let dest = |a: &str| {
+            let a: SocketAddr = a.parse().unwrap();
+            let v4_mapped = matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some());
+            describe(&Address::Inet { addr: a, v4_mapped }.as_destination())
+        };
+        assert_eq!(dest("0.0.0.0:80").1, "127.0.0.1");
+        assert_eq!(dest("[::]:80"), ("inet6", "::1".into(), 80, false));
+        assert_eq!(
+            dest("[::ffff:0.0.0.0]:80"),
+            ("inet", "127.0.0.1".into(), 80, true)
+        );
+        assert_eq!(dest("10.0.0.1:80").1, "10.0.0.1");
+        assert_eq!(dest("[::1]:80").1, "::1");
+    }
 
     #[test]
     fn control_data_is_scm_rights_or_refused() {

@@ -119,7 +119,8 @@ pub fn forbidden_errno(nr: i64) -> Option<i32> {
         // Conditional rules below: only the dangerous argument values reach us.
         | libc::SYS_clone
         | libc::SYS_ioctl
-        | libc::SYS_fcntl => libc::EPERM,
+        | libc::SYS_fcntl
+        | libc::SYS_setsockopt => libc::EPERM,
         _ => return None,
     })
 }
@@ -170,6 +171,18 @@ pub const CLONE_NAMESPACE_FLAGS: &[u64] = &[
     libc::CLONE_NEWUSER as u64,
     libc::CLONE_NEWPID as u64,
     libc::CLONE_NEWNET as u64,
+];
+
+/// Socket options that route a packet through other hosts (IPv4 source
+/// route options, IPv6 routing headers), as `(level, optname, name)`: the
+/// kernel then sends to the route's first hop, not to the address the policy
+/// allowed, and none needs privilege. Per-packet, the same comes as control
+/// data, which a brokered `sendmsg` refuses (only `SCM_RIGHTS` passes).
+pub const SOURCE_ROUTE_OPTIONS: &[(u64, u64, &str)] = &[
+    (libc::IPPROTO_IP as u64, 4, "IP_OPTIONS"),
+    (libc::IPPROTO_IPV6 as u64, 57, "IPV6_RTHDR"),
+    (libc::IPPROTO_IPV6 as u64, 5, "IPV6_2292RTHDR"),
+    (libc::IPPROTO_IPV6 as u64, 6, "IPV6_2292PKTOPTIONS"),
 ];
 
 /// `fcntl` command that takes a pointer to `struct f_owner_ex` (libc lacks it).
@@ -254,6 +267,18 @@ pub fn build() -> Result<BpfProgram, FilterError> {
         libc::SYS_fcntl,
         ScmpArgCompare::new(1, low32, libc::F_SETOWN as u64),
     )?;
+
+    for &(level, optname, _) in SOURCE_ROUTE_OPTIONS {
+        ctx.add_rule_conditional(
+            ScmpAction::Notify,
+            ScmpSyscall::from(libc::SYS_setsockopt as i32),
+            &[
+                ScmpArgCompare::new(1, low32, level),
+                ScmpArgCompare::new(2, low32, optname),
+            ],
+        )
+        .map_err(step("conditional rule for setsockopt"))?;
+    }
 
     // prctl(PR_SET_MM) rewrites the memory map's description, the exe link
     // among it: refused (the supervisor keeps `exe` until the next exec).

@@ -52,6 +52,18 @@ const MAX_DATAGRAM: usize = 1024 * 1024;
 const MAX_IOV: usize = 1024;
 const MAX_MMSG: usize = 1024;
 
+/// The send flags passed on for the tool (the kernel masks its internal
+/// ones). Any other is refused: `MSG_FASTOPEN` connects, `MSG_ZEROCOPY`
+/// sends from our memory after the call returns, and a flag added later is
+/// not known to be harmless.
+const SEND_FLAGS: i32 = libc::MSG_OOB
+    | libc::MSG_DONTROUTE
+    | libc::MSG_DONTWAIT
+    | libc::MSG_EOR
+    | libc::MSG_CONFIRM
+    | libc::MSG_NOSIGNAL
+    | libc::MSG_MORE;
+
 /// Counters reported in the sandbox's exit record.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -598,6 +610,15 @@ impl Supervisor {
                 let _ = self.listener.allow_continue(n.id);
                 Ok(())
             }
+            libc::SYS_setsockopt => {
+                let (level, optname) = (n.args[1] as u32 as u64, n.args[2] as u32 as u64);
+                let name = filter::SOURCE_ROUTE_OPTIONS
+                    .iter()
+                    .find(|o| (o.0, o.1) == (level, optname))
+                    .map_or("a source route", |o| o.2);
+                self.forbid(&n, format!("setsockopt({name})"), libc::EPERM);
+                Ok(())
+            }
             libc::SYS_prctl => {
                 // The filter notifies `PR_SET_MM` only; any other option
                 // that reaches us is refused too, under its own number.
@@ -1108,7 +1129,11 @@ impl Supervisor {
                 }
                 _ => with_creds(&creds, &me.me, op).and_then(|r| r),
             };
-            if let (Err(Errno::EPIPE), Some((tgid, tid))) = (&result, sigpipe) {
+            // Only while the call is pending is `tid` the caller: after a
+            // long blocking send it may have died and its id been reused.
+            if let (Err(Errno::EPIPE), Some((tgid, tid))) = (&result, sigpipe)
+                && me.listener.id_valid(id)
+            {
                 let _ = tgkill_sigpipe(tgid, tid);
             }
             let _ = match result {
@@ -1174,6 +1199,12 @@ impl Supervisor {
         let sock = self.tool_socket(&self.tool_pidfd(n, &task)?, fd)?;
         let sock_type = emulate::socket_type(&sock)?;
         let addr = emulate::parse_sockaddr(&raw)?;
+        // A bind to an unspecified address means every local one.
+        let addr = if n.nr == libc::SYS_connect {
+            addr.as_destination()
+        } else {
+            addr
+        };
         let may_block = n.nr == libc::SYS_connect && emulate::is_blocking(&sock);
         let mut unix_call_path = None;
         let mut keep_alive = None;
@@ -1301,7 +1332,9 @@ impl Supervisor {
             let take = (len as usize).min(room);
             iov.push(mem.read(base, take)?);
             room -= take;
-            if room == 0 {
+            // A datagram with more after a full one is `EMSGSIZE` (above),
+            // not sent cut short.
+            if room == 0 && stream {
                 break;
             }
         }
@@ -1310,7 +1343,9 @@ impl Supervisor {
         }
         let control = mem.read(control_ptr, control_len as usize)?;
         Ok(Message {
-            name: name.map(|b| emulate::parse_sockaddr(&b)).transpose()?,
+            name: name
+                .map(|b| emulate::parse_sockaddr(&b).map(Address::as_destination))
+                .transpose()?,
             iov,
             iovecs,
             fds: emulate::scm_rights(&control)?,
@@ -1342,6 +1377,26 @@ impl Supervisor {
             );
             return Ok(());
         }
+        if flags & libc::MSG_ZEROCOPY != 0 {
+            // The kernel would send our buffer's pages when it transmits,
+            // after we freed and reused them: our memory to the peer.
+            self.forbid(
+                n,
+                format!("{}(MSG_ZEROCOPY)", syscall_name(n.nr)),
+                libc::EOPNOTSUPP,
+            );
+            return Ok(());
+        }
+        if flags & !SEND_FLAGS != 0 {
+            self.forbid_numbered(
+                n,
+                syscall_name(n.nr),
+                "flags",
+                i64::from(flags & !SEND_FLAGS),
+                libc::EOPNOTSUPP,
+            );
+            return Ok(());
+        }
         let (headers, stride) = match n.nr {
             libc::SYS_sendmsg => (vec![n.args[1]], 0),
             libc::SYS_sendmmsg => {
@@ -1369,7 +1424,7 @@ impl Supervisor {
             // A stream ignores the address; on a datagram socket even a
             // zero length is an address (and EINVAL), as the kernel reads it.
             let name = if n.args[4] != 0 && !stream {
-                Some(emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?)
+                Some(emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?.as_destination())
             } else {
                 None
             };
@@ -1452,6 +1507,7 @@ impl Supervisor {
         // unless it asked otherwise: relayed to the tool thread by `perform`,
         // with the supervisor's own credentials.
         let sigpipe = (stream && flags & libc::MSG_NOSIGNAL == 0).then_some((task.tgid, n.tid));
+        let (me, id) = (self.clone(), n.id);
         self.perform_then(n, &task, may_block, sigpipe, false, move || {
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix)) in planned.iter().enumerate() {
@@ -1462,6 +1518,11 @@ impl Supervisor {
                     Ok(bytes) if is_mmsg => {
                         // msg_len of mmsghdr i, as sendmmsg reports it.
                         let at = first_hdr.wrapping_add((stride * i) as u64 + 56);
+                        // The caller still waits (a blocking send may have
+                        // outlived it, and its tid been reused).
+                        if !me.listener.id_valid(id) {
+                            return Err(Errno::ESRCH);
+                        }
                         mem.write(at, &(bytes as u32).to_ne_bytes())?;
                         sent += 1;
                     }
