@@ -508,6 +508,65 @@ async fn follow_delivers_records_written_after_it_started() {
     child.wait().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hangup_ends_followers_and_keeps_every_record() {
+    let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let mut follower = cordon()
+        .args([
+            "audit",
+            "--broker",
+            &s.uri(),
+            "--follow",
+            "--format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut c = s.client().await;
+    for id in 0..20 {
+        c.decide(file_request(id, b"/tmp/ok", &["read"]))
+            .await
+            .unwrap();
+    }
+    // The follower is reading: it has the first record.
+    assert!(lines.next().unwrap().unwrap().contains("/tmp/ok"));
+    drop(c);
+
+    // SIGHUP (a closed terminal) is a shutdown like SIGTERM: the follower's
+    // stream ends with a reason instead of holding the broker open.
+    let child = s.child.take().unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cordon serve exited with {}",
+        out.status
+    );
+    let out = tokio::task::spawn_blocking(move || follower.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the broker is shutting down"), "{err}");
+
+    // Every decision is in the store (batched: flushed at the shutdown).
+    let (code, stdout, err) = run_cordon(&["audit", "--format", "json", "--db", path_str(&s.db)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stdout.lines().count(), 20, "{stdout}");
+}
+
 #[test]
 fn follow_without_broker_is_a_usage_error() {
     let (code, _, err) = run_cordon(&["audit", "--db", "/nonexistent", "--follow"]);

@@ -28,7 +28,7 @@ use cordon_proto::v1::{
     broker_server::{self, BrokerServer},
     session_request, session_response,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming, transport::server::UdsConnectInfo};
 
@@ -130,15 +130,25 @@ fn check_peer(req: &Request<()>, access: &AccessPolicy) -> Result<(), Status> {
 pub struct BrokerService {
     broker: Broker,
     strict: bool,
+    /// True once the server shuts down: `Session` streams stop taking
+    /// requests and `follow` queries end, so that the graceful shutdown
+    /// (which waits for every stream) does not wait for their clients.
+    closing: watch::Receiver<bool>,
+}
+
+/// Resolves when `closing` turns true or its sender is gone.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
 }
 
 impl BrokerService {
     /// `durability` tells whether appends may block for a flush; those run on
     /// the blocking pool so that they do not stall the async workers.
-    pub fn new(broker: Broker, durability: Durability) -> Self {
+    pub fn new(broker: Broker, durability: Durability, closing: watch::Receiver<bool>) -> Self {
         Self {
             broker,
             strict: durability == Durability::Strict,
+            closing,
         }
     }
 
@@ -294,9 +304,18 @@ impl broker_server::Broker for BrokerService {
         let (tx, rx) = mpsc::channel::<Result<SessionResponse, Status>>(1024);
         let broker = self.broker.clone();
         let strict = self.strict;
+        let mut closing = self.closing.clone();
         tokio::spawn(async move {
             loop {
-                let msg = match inbound.message().await {
+                // A request read is answered; after the shutdown began, no
+                // more are read, and the stream ends once those answers are
+                // out (the client's next call finds it closed: a denial).
+                let msg = tokio::select! {
+                    biased;
+                    _ = closed(&mut closing) => break,
+                    m = inbound.message() => m,
+                };
+                let msg = match msg {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(status) => {
@@ -334,6 +353,7 @@ impl broker_server::Broker for BrokerService {
         let audit = self.broker.audit().clone();
         let (tx, rx) = mpsc::channel::<Result<PbRecord, Status>>(256);
         let handle = tokio::runtime::Handle::current();
+        let mut closing = self.closing.clone();
         tokio::task::spawn_blocking(move || {
             let mut changes = audit.subscribe();
             let mut remaining = filter.limit;
@@ -362,6 +382,11 @@ impl broker_server::Broker for BrokerService {
                     tokio::select! {
                         r = changes.changed() => r.is_ok(),
                         _ = tx.closed() => false,
+                        _ = closed(&mut closing) => {
+                            let status = Status::unavailable("the broker is shutting down");
+                            let _ = tx.send(Err(status)).await;
+                            false
+                        }
                     }
                 });
                 if !next {
@@ -496,9 +521,10 @@ async fn routes(
     broker: Broker,
     durability: Durability,
     access: AccessPolicy,
+    closing: watch::Receiver<bool>,
 ) -> Result<tonic::service::Routes, ServeError> {
     let access = Arc::new(access);
-    let svc = BrokerService::new(broker, durability);
+    let svc = BrokerService::new(broker, durability, closing);
     let server = BrokerServer::new(svc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_ANSWER_BYTES);
@@ -530,7 +556,8 @@ pub async fn serve_unix(
     listener: tokio::net::UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let routes = routes(broker, durability, access).await?;
+    let (closing, shutdown) = closing_on(shutdown);
+    let routes = routes(broker, durability, access, closing).await?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -538,6 +565,20 @@ pub async fn serve_unix(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// The service's closing signal, and the shutdown future for tonic that
+/// raises it when `shutdown` resolves.
+fn closing_on(
+    shutdown: impl Future<Output = ()> + Send,
+) -> (watch::Receiver<bool>, impl Future<Output = ()> + Send) {
+    let (tx, rx) = watch::channel(false);
+    (rx, async move {
+        shutdown.await;
+        // Receivers see `true` even after the sender is dropped with this
+        // future (and a sender dropped without sending also reads as closing).
+        let _ = tx.send(true);
+    })
 }
 
 /// PEM files for a TCP listener with mutual TLS: the broker's certificate
@@ -561,7 +602,8 @@ pub async fn serve_tcp_tls(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let routes = routes(broker, durability, AccessPolicy::default()).await?;
+    let (closing, shutdown) = closing_on(shutdown);
+    let routes = routes(broker, durability, AccessPolicy::default(), closing).await?;
     let config = ServerTlsConfig::new()
         .identity(Identity::from_pem(tls.cert_pem, tls.key_pem))
         .client_ca_root(Certificate::from_pem(tls.client_ca_pem));

@@ -12,6 +12,9 @@ use cordon_broker::{
 
 use super::usage;
 
+/// How long a shutdown waits for connections to close before it closes them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DurabilityArg {
     /// Answer only after the decision's record is flushed (concurrent decisions share a flush).
@@ -23,7 +26,7 @@ pub enum DurabilityArg {
 /// Run the broker: answer decisions over gRPC and record them.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit is refused and the previous revision kept.\nSIGINT/SIGTERM stop the broker after flushing the audit store."
+    after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit is refused and the previous revision kept.\nSIGINT, SIGTERM and SIGHUP stop the broker: Session streams take no new requests, --follow queries\nend with UNAVAILABLE, connections get up to 5 s to close, and the audit store is flushed before exit."
 )]
 pub struct ServeArgs {
     /// Where to listen: unix:///PATH, or tcp://HOST:PORT with mutual TLS (needs --tls-cert,
@@ -206,21 +209,45 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 },
             )));
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        // A closed terminal too: the default action would lose what the
+        // batched store has not flushed.
+        let mut hangup = signal(SignalKind::hangup())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
+            _ = hangup.recv() => {},
         }
         tracing::info!("shutting down");
         let _ = stop_tx.send(());
-        for s in servers {
-            s.await??;
+        // Session streams and follow queries end at once; a connection that
+        // still does not close (a client that stopped reading) is not waited
+        // for past the grace period: the store is flushed either way.
+        let servers = async {
+            for s in servers {
+                s.await??;
+            }
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, servers).await {
+            Ok(r) => r?,
+            Err(_) => tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "connections still open after the grace period; closing them"
+            ),
         }
         for path in &sockets {
             let _ = std::fs::remove_file(path);
         }
         anyhow::Ok(())
     })?;
-    cordon_broker::audit::AuditLog::flush(audit.as_ref()).context("final audit flush failed")?;
+    // The runtime's blocking tasks (queries) are not waited for.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    use cordon_broker::audit::AuditLog;
+    let flushed = audit.flush();
+    // Refuses later appends; what could not be flushed goes to the log.
+    audit.close();
+    flushed.context("final audit flush failed")?;
     Ok(ExitCode::SUCCESS)
 }
