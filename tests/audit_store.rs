@@ -202,7 +202,7 @@ async fn altering_a_record_is_detected_and_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rehashed_forgery_breaks_the_chain_at_the_next_record() {
+async fn a_rehashed_forgery_is_named_with_the_record_after_it() {
     use sha2::Digest;
     let s = store_with_records(10).await;
     edit_record(&s.db, 4, |hash, body| {
@@ -214,7 +214,10 @@ async fn a_rehashed_forgery_breaks_the_chain_at_the_next_record() {
         *body = forged.into_bytes();
         true
     });
-    verify_fails_naming(&s.db, "record 5 does not chain to record 4");
+    verify_fails_naming(
+        &s.db,
+        "audit chain broken at record 4: record 4 or record 5 was replaced",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,6 +240,75 @@ async fn deleting_the_newest_records_is_detected() {
     edit_record(&s.db, 10, |_, _| false);
     edit_record(&s.db, 9, |_, _| false);
     verify_fails_naming(&s.db, "records 9 to 10 are missing");
+}
+
+/// `verify`'s anchor line: `SEQ:HASH`.
+fn anchor_of(out: &str) -> String {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("anchor: "))
+        .unwrap_or_else(|| panic!("no anchor in {out}"));
+    line.split_whitespace().next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anchor_kept_elsewhere_shows_a_cut_tail_with_a_rewritten_head() {
+    let s = store_with_records(10).await;
+    let db = path_str(&s.db);
+    let (code, out, err) = run_cordon(&["audit", "verify", "--db", db]);
+    assert_eq!(code, 0, "{err}");
+    let anchor = anchor_of(&out);
+    assert!(anchor.starts_with("10:"), "{anchor}");
+    let (code, out, err) = run_cordon(&["audit", "verify", "--db", db, "--anchor", &anchor]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The newest two records cut, the head pointed at record 8 and the index
+    // rebuilt: chain, head and index agree, so only the anchor shows it.
+    cordon_broker::audit::tamper::cut_tail(&s.db, 8).unwrap();
+    let (code, out, err) = run_cordon(&["audit", "reindex", "--db", db]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_verifies(&s.db);
+    let (code, out, err) = run_cordon(&["audit", "verify", "--db", db, "--anchor", &anchor]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("audit chain broken at record 9: records 9 to 10 are missing"),
+        "{err}"
+    );
+    // A record rewritten with the whole chain after it: its anchor differs.
+    let wrong = format!("8:{}", "0".repeat(64));
+    let (code, out, err) = run_cordon(&["audit", "verify", "--db", db, "--anchor", &wrong]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("record 8 does not match the anchor"), "{err}");
+    let (code, _, err) = run_cordon(&["audit", "verify", "--db", db, "--anchor", "8:xyz"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a SHA-256 in hex"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_verifies_against_an_anchor_too() {
+    let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let mut c = s.client().await;
+    for i in 0..5 {
+        c.decide(file_request(i, b"/tmp/ok", &["read"]))
+            .await
+            .unwrap();
+    }
+    let uri = s.uri();
+    let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &uri]);
+    assert_eq!(code, 0, "{err}");
+    let anchor = anchor_of(&out);
+    assert!(anchor.starts_with("5:"), "{anchor}");
+    let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &uri, "--anchor", &anchor]);
+    assert_eq!(code, 0, "{out}{err}");
+    let wrong = format!("5:{}", "f".repeat(64));
+    let (code, _, err) = run_cordon(&["audit", "verify", "--broker", &uri, "--anchor", &wrong]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("record 5 does not match the anchor"), "{err}");
+    s.stop();
+    // The store, read directly, gives the same anchor.
+    let (code, out, err) = run_cordon(&["audit", "verify", "--db", path_str(&s.db)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(anchor_of(&out), anchor);
 }
 
 /// A store with a known mix: 4 file reads (sb-1, allowed), 2 writes to /etc

@@ -880,12 +880,15 @@ impl Inner {
                     ));
                 }
                 if record.prev_hash != prev {
+                    // Either was rewritten with its hash recomputed: the
+                    // chain cannot tell which, so the earlier is named and
+                    // neither counts as intact.
+                    let before = seq - 1;
                     return Ok(fail(
-                        seq,
-                        checked,
+                        before,
+                        before.saturating_sub(1),
                         format!(
-                            "record {seq} does not chain to record {}: one of them was replaced",
-                            seq - 1
+                            "record {before} or record {seq} was replaced: record {seq} does not chain to record {before}"
                         ),
                         &prev,
                     ));
@@ -923,7 +926,7 @@ impl Inner {
             if head_seq > 0 && hash_at_head.as_deref() != Some(head_hash.as_str()) {
                 return Ok(fail(
                     head_seq,
-                    checked,
+                    head_seq - 1,
                     format!("record {head_seq} was replaced: it does not match the store's head"),
                     &prev,
                 ));
@@ -2118,7 +2121,7 @@ mod tests {
                     "rehashed",
                     Box::new(forge(true)),
                     if seq < 10 {
-                        format!("record {} does not chain to record {seq}", seq + 1)
+                        format!("record {seq} or record {} was replaced", seq + 1)
                     } else {
                         "record 10 was replaced".into()
                     },
@@ -2148,6 +2151,13 @@ mod tests {
                     report.problem.contains(&want),
                     "{what} record {seq}: {:?}, wanted {want:?}",
                     report.problem
+                );
+                // The record edited is named, and none from it on is
+                // counted as intact.
+                assert_eq!(
+                    (report.first_bad_seq, report.records_checked),
+                    (seq, seq - 1),
+                    "{what} record {seq}: {report:?}"
                 );
             }
         }

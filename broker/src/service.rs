@@ -411,6 +411,7 @@ impl broker_server::Broker for BrokerService {
             records_checked: report.records_checked,
             first_bad_seq: report.first_bad_seq,
             problem: report.problem,
+            head_hash: report.head_hash,
         }))
     }
 

@@ -90,11 +90,15 @@ pub struct AuditArgs {
 pub enum AuditCommand {
     /// Check the hash chain; names the first altered or missing record. Exit 1 if broken.
     #[command(
-        after_help = "Examples:\n  cordon audit verify --db /var/lib/cordon/audit\n  cordon audit verify --broker unix:///run/cordon/broker.sock --format json"
+        after_help = "Examples:\n  cordon audit verify --db /var/lib/cordon/audit\n  cordon audit verify --broker unix:///run/cordon/broker.sock --format json\n  cordon audit verify --db /var/lib/cordon/audit --anchor 1042:9f86d081884c7d65...\n\nA passing verify prints an anchor, SEQ:HASH (the newest record and its hash). Whoever can\nrewrite the store can rewrite its whole chain, or cut its newest records: keep the anchor\nelsewhere, and a later verify --anchor fails unless record SEQ still has that hash."
     )]
     Verify {
         #[arg(long, value_enum, default_value_t = VerifyFormat::Text)]
         format: VerifyFormat,
+        /// SEQ:HASH from an earlier verify: also check that record SEQ is still there, with
+        /// that hash (so it and every record before it are unchanged).
+        #[arg(long, value_name = "SEQ:HASH", value_parser = parse_anchor)]
+        anchor: Option<(u64, String)>,
     },
     /// Rebuild the index (what filters read) from the records, when `verify` names an index
     /// problem. Refused when the hash chain itself is broken (keep that store as evidence);
@@ -116,7 +120,7 @@ pub enum VerifyFormat {
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match args.verify {
-        Some(AuditCommand::Verify { format }) => verify(&args.source, format),
+        Some(AuditCommand::Verify { format, anchor }) => verify(&args.source, format, anchor),
         Some(AuditCommand::Reindex { format }) => reindex(&args.source, format),
         None => query(args),
     }
@@ -165,30 +169,114 @@ fn broker_uri(s: &str) -> anyhow::Result<BrokerUri> {
     s.parse::<BrokerUri>().map_err(|e| usage(e.to_string()))
 }
 
-fn verify(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
+fn parse_anchor(s: &str) -> Result<(u64, String), String> {
+    let (seq, hash) = s
+        .split_once(':')
+        .ok_or("an anchor is SEQ:HASH, as verify prints it")?;
+    let seq = seq
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{seq:?} is not a record number"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{hash:?} is not a SHA-256 in hex"));
+    }
+    Ok((seq, hash.to_ascii_lowercase()))
+}
+
+/// After a verify that passed: whether record `seq` still has `hash`. The
+/// chain is intact, so a record that does means none before it changed.
+fn check_anchor(report: &mut VerifyReport, (seq, hash): (u64, String), found: Option<String>) {
+    let checked = report.records_checked;
+    let problem = match found {
+        _ if seq > checked => Some(if seq == checked + 1 {
+            format!("record {seq} is missing: the anchor names it, the store ends at {checked}")
+        } else {
+            format!(
+                "records {} to {seq} are missing: the anchor names record {seq}, the store ends at {checked}",
+                checked + 1
+            )
+        }),
+        Some(h) if h == hash => None,
+        _ => Some(format!(
+            "record {seq} does not match the anchor: the chain up to it was rewritten"
+        )),
+    };
+    if let Some(problem) = problem {
+        report.ok = false;
+        report.first_bad_seq = if seq > checked { checked + 1 } else { 1 };
+        report.records_checked = if seq > checked { checked } else { 0 };
+        report.problem = problem;
+    }
+}
+
+fn verify(
+    source: &Source,
+    format: VerifyFormat,
+    anchor: Option<(u64, String)>,
+) -> anyhow::Result<ExitCode> {
+    // Record `seq`'s hash, as the store holds it.
+    let one = |seq: u64| AuditFilter {
+        after_seq: seq - 1,
+        limit: Some(1),
+        ..Default::default()
+    };
     let report = match &source.broker {
         Some(uri) => {
             let uri = broker_uri(uri)?;
             super::runtime()?.block_on(async {
                 let mut c = client::connect(&uri).await?;
                 let r = c.verify_audit(VerifyAuditRequest {}).await?.into_inner();
-                anyhow::Ok(VerifyReport {
+                let mut report = VerifyReport {
                     ok: r.ok,
                     records_checked: r.records_checked,
                     first_bad_seq: r.first_bad_seq,
                     problem: r.problem,
-                    head_hash: String::new(),
-                })
+                    head_hash: r.head_hash,
+                };
+                if let (true, Some((seq, hash))) = (report.ok, anchor) {
+                    let f = one(seq);
+                    let mut records = c
+                        .query_audit(QueryAuditRequest {
+                            after_seq: f.after_seq,
+                            limit: 1,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    let found = records
+                        .message()
+                        .await?
+                        .filter(|r| r.seq == seq)
+                        .map(|r| r.hash);
+                    check_anchor(&mut report, (seq, hash), found);
+                }
+                anyhow::Ok(report)
             })?
         }
-        None => open_local(source.db.as_ref())?.verify()?,
+        None => {
+            let store = open_local(source.db.as_ref())?;
+            let mut report = store.verify()?;
+            if let (true, Some((seq, hash))) = (report.ok, anchor) {
+                let mut found = None;
+                store.scan(&one(seq), &mut |r| {
+                    found = (r.seq == seq).then_some(r.hash);
+                    false
+                })?;
+                check_anchor(&mut report, (seq, hash), found);
+            }
+            report
+        }
     };
     match format {
         VerifyFormat::Json => println!("{}", serde_json::to_string(&report)?),
         VerifyFormat::Text if report.ok => {
             println!("ok: {} records, hash chain intact", report.records_checked);
-            if !report.head_hash.is_empty() {
-                println!("head: {}", report.head_hash);
+            if report.records_checked > 0 && !report.head_hash.is_empty() {
+                println!(
+                    "anchor: {}:{} (keep it elsewhere; check later with --anchor)",
+                    report.records_checked, report.head_hash
+                );
             }
         }
         VerifyFormat::Text => {

@@ -233,6 +233,36 @@ pub mod tamper {
         Ok(())
     }
 
+    /// Removes every record after `keep` and points the store's head at
+    /// record `keep`, as someone hiding the newest records would: the chain
+    /// and the head agree, and only an anchor kept elsewhere shows the cut.
+    pub fn cut_tail(dir: &Path, keep: u64) -> Result<(), String> {
+        let last = {
+            let db = sled::open(dir).map_err(|e| e.to_string())?;
+            let records = db.open_tree("records").map_err(|e| e.to_string())?;
+            let (k, v) = records
+                .last()
+                .map_err(|e| e.to_string())?
+                .ok_or("the store is empty")?;
+            let first = seq_of(&k).ok_or("malformed page key")?;
+            first + entries(&open(&v)?)?.len() as u64 - 1
+        };
+        for seq in (keep + 1..=last).rev() {
+            edit_record(dir, seq, |_, _| false)?;
+        }
+        let mut hash = Vec::new();
+        edit_record(dir, keep, |h, _| {
+            hash = h.clone();
+            true
+        })?;
+        let db = sled::open(dir).map_err(|e| e.to_string())?;
+        let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
+        meta.insert("head", [&key(keep)[..], &hash].concat())
+            .map_err(|e| e.to_string())?;
+        db.flush().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     /// Removes the index entries whose keys start with `prefix` (`b"s"`: by
     /// sandbox, `b"c"`: by syscall, `b"d"`: by decision) and adds one that no
     /// record matches. Returns how many were removed.
