@@ -639,6 +639,79 @@ async fn a_hangup_ends_followers_and_keeps_every_record() {
     assert_eq!(stdout.lines().count(), 20, "{stdout}");
 }
 
+/// `run_cordon` for a command that must end by itself: killed, and the test
+/// failed, if it still runs after 20 s.
+fn run_cordon_ending(args: &[&str]) -> (i32, String, String) {
+    let mut child = cordon()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cordon {args:?} still runs after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_point_past_the_store_and_a_follow_past_until_end_the_query() {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let mut c = s.client().await;
+    for id in 0..3 {
+        c.decide(file_request(id, b"/tmp/ok", &["read"]))
+            .await
+            .unwrap();
+    }
+    let uri = s.uri();
+    // Records 4 and 5 were seen, then lost in a crash: following on from
+    // there would skip the next two, so the broker says so.
+    let (code, out, err) =
+        run_cordon_ending(&["audit", "--broker", &uri, "--after-seq", "5", "--follow"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("resume point 5 is past the newest record, 3"),
+        "{err}"
+    );
+    let (code, out, err) = run_cordon(&["audit", "--broker", &uri, "--after-seq", "3"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let (code, out, err) = run_cordon(&[
+        "audit",
+        "--broker",
+        &uri,
+        "--after-seq",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    // Nothing newer can be before `until`: the follow ends after the scan.
+    let (code, out, err) = run_cordon_ending(&[
+        "audit",
+        "--broker",
+        &uri,
+        "--follow",
+        "--format",
+        "json",
+        "--until",
+        "2000-01-01T00:00:00Z",
+    ]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let (code, _, err) = run_cordon(&["audit", "--broker", &uri, "--limit", "0"]);
+    assert_eq!(code, 2, "{err}");
+}
+
 #[test]
 fn follow_without_broker_is_a_usage_error() {
     let (code, _, err) = run_cordon(&["audit", "--db", "/nonexistent", "--follow"]);

@@ -33,7 +33,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming, transport::server::UdsConnectInfo};
 
 use crate::{
-    audit::{AuditFilter, AuditRecord, Durability},
+    audit::{AuditError, AuditFilter, AuditRecord, Durability},
     decide::{Broker, LifecycleError},
 };
 
@@ -134,6 +134,25 @@ pub struct BrokerService {
     /// requests and `follow` queries end, so that the graceful shutdown
     /// (which waits for every stream) does not wait for their clients.
     closing: watch::Receiver<bool>,
+}
+
+/// A store that is damaged loses data; one that is failing, full or closed
+/// is unavailable for now.
+fn audit_status(e: &AuditError) -> Status {
+    match e {
+        AuditError::Corrupt { .. }
+        | AuditError::Damaged { .. }
+        | AuditError::ChainBroken { .. }
+        | AuditError::OldFormat { .. }
+        | AuditError::UnknownFormat { .. } => Status::data_loss(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
+
+fn now_unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Resolves when `closing` turns true or its sender is gone.
@@ -354,9 +373,11 @@ impl broker_server::Broker for BrokerService {
         let (tx, rx) = mpsc::channel::<Result<PbRecord, Status>>(256);
         let handle = tokio::runtime::Handle::current();
         let mut closing = self.closing.clone();
+        let resume = filter.after_seq;
         tokio::task::spawn_blocking(move || {
             let mut changes = audit.subscribe();
             let mut remaining = filter.limit;
+            let mut first = true;
             loop {
                 changes.borrow_and_update();
                 let mut open = true;
@@ -370,9 +391,26 @@ impl broker_server::Broker for BrokerService {
                 match result {
                     Ok(last) => filter.after_seq = last,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::data_loss(e.to_string())));
+                        let _ = tx.blocking_send(Err(audit_status(&e)));
                         return;
                     }
+                }
+                // Checked after the scan, which stored every record handed
+                // out: a resume point past them all names records this store
+                // does not have (lost in a crash inside the flush window, or
+                // another store), and waiting would skip as many new ones.
+                if std::mem::take(&mut first) && resume > audit.last_seq() {
+                    let _ = tx.blocking_send(Err(Status::out_of_range(format!(
+                        "resume point {resume} is past the newest record, {}: the records after it were lost (a crash within the flush window) or this is another store; resume from {} or below",
+                        audit.last_seq(),
+                        audit.last_seq()
+                    ))));
+                    return;
+                }
+                // No record from now on can be as old as `until`: times only
+                // grow, and a record's time is when it was appended.
+                if q.follow && filter.until_ns.is_some_and(|u| now_unix_ns() > u) {
+                    return;
                 }
                 filter.limit = remaining;
                 if !q.follow || !open || remaining == Some(0) {
@@ -405,7 +443,7 @@ impl broker_server::Broker for BrokerService {
         let report = tokio::task::spawn_blocking(move || audit.verify())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::data_loss(e.to_string()))?;
+            .map_err(|e| audit_status(&e))?;
         Ok(Response::new(VerifyAuditResponse {
             ok: report.ok,
             records_checked: report.records_checked,

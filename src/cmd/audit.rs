@@ -73,8 +73,8 @@ pub struct AuditArgs {
     /// Only records whose path starts with this.
     #[arg(long, value_name = "P")]
     path_prefix: Option<String>,
-    /// At most this many records.
-    #[arg(long, value_name = "N")]
+    /// At most this many records (1 or more).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
     /// Only records after this sequence number (to resume).
     #[arg(long, value_name = "SEQ", default_value_t = 0)]
