@@ -440,6 +440,8 @@ rthdr = bytes([0, 2, 4, 0, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, '::1
 attempt('ipv6-rthdr', lambda: v6.setsockopt(socket.IPPROTO_IPV6, 57, rthdr))
 attempt('reuseaddr', lambda: u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1))
 attempt('ttl', lambda: u.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 9))
+attempt('raw', lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP))
+attempt('raw6', lambda: socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_UDP))
 "#
     );
     let out = env.python(&script);
@@ -455,6 +457,9 @@ attempt('ttl', lambda: u.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 9))
         "ipv6-rthdr err 1",
         "reuseaddr ok",
         "ttl ok",
+        // Root here: without the filter's refusal both would be ok.
+        "raw err 1",
+        "raw6 err 1",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }
@@ -490,6 +495,7 @@ attempt('ttl', lambda: u.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 9))
         "sendto(MSG_ZEROCOPY)×1",
         "setsockopt(IP_OPTIONS)×1",
         "setsockopt(IPV6_RTHDR)×1",
+        "socket(SOCK_RAW)×2",
     ] {
         assert!(reason.contains(what), "{what} in {reason}");
     }

@@ -567,9 +567,17 @@ impl Supervisor {
             libc::SYS_execve | libc::SYS_execveat => self.handle_exec(&n),
             libc::SYS_socket => {
                 let (domain, protocol) = (n.args[0] as i32, n.args[2] as i32);
+                let sock_type = n.args[1] as i32 & 0xf;
                 let ok = matches!(domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6)
                     || (domain == libc::AF_NETLINK && protocol == libc::NETLINK_ROUTE);
-                if ok {
+                let inet = matches!(domain, libc::AF_INET | libc::AF_INET6);
+                if inet && matches!(sock_type, libc::SOCK_RAW | libc::SOCK_PACKET) {
+                    // A raw socket (a tool with CAP_NET_RAW) writes its own
+                    // headers: the port, and with IP_HDRINCL the address, the
+                    // policy saw would not be where the packet goes. EPERM is
+                    // what a tool without the capability gets anyway.
+                    self.forbid(&n, "socket(SOCK_RAW)".into(), libc::EPERM);
+                } else if ok {
                     let _ = self.listener.allow_continue(n.id);
                 } else {
                     let domain = i64::from(domain);
