@@ -571,7 +571,8 @@ impl Supervisor {
                 let ok = matches!(domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6)
                     || (domain == libc::AF_NETLINK && protocol == libc::NETLINK_ROUTE);
                 let inet = matches!(domain, libc::AF_INET | libc::AF_INET6);
-                if inet && matches!(sock_type, libc::SOCK_RAW | libc::SOCK_PACKET) {
+                // 10: SOCK_PACKET, the obsolete raw link-layer type.
+                if inet && matches!(sock_type, libc::SOCK_RAW | 10) {
                     // A raw socket (a tool with CAP_NET_RAW) writes its own
                     // headers: the port, and with IP_HDRINCL the address, the
                     // policy saw would not be where the packet goes. EPERM is
