@@ -1529,6 +1529,42 @@ fn connecting_to_the_broker_socket_is_denied() {
 }
 
 #[test]
+fn the_supervisor_raises_its_open_file_limit_and_the_tool_keeps_its_own() {
+    let env = Env::new(&[]);
+    let log = env.work.join("log.txt");
+    let tool = "import resource, sys, os, time\n\
+                log = open(sys.argv[1], 'a', buffering=1)\n\
+                log.write('tool %d\\n' % resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n\
+                while not os.path.lexists('stop'): time.sleep(0.01)\n";
+    let mut run = Command::new("prlimit")
+        .args(["--nofile=512:4096", "--"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .args(["--", "/usr/bin/python3", "-c", tool])
+        .arg(&log)
+        .current_dir(&env.work)
+        .spawn()
+        .unwrap();
+    wait_for_line(&log, "tool 512", 0, Duration::from_secs(20));
+    // prlimit execs cordon: same pid.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", run.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    // The tool ends before anything is asserted: a failure must not leave it.
+    std::fs::write(env.work.join("stop"), "").unwrap();
+    assert!(run.wait().unwrap().success());
+    assert_eq!(
+        open_files.split_whitespace().nth(3),
+        Some("4096"),
+        "{open_files}"
+    );
+}
+
+#[test]
 fn killing_the_supervisor_makes_brokered_calls_fail() {
     let env = Env::new(&[]);
     std::fs::write(env.work.join("in.txt"), "x").unwrap();

@@ -456,6 +456,21 @@ pub fn harden_supervisor() -> io::Result<()> {
     nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
 }
 
+/// For command-line front ends, after the sandbox is spawned (the tool keeps
+/// the limit it had): raises this process's soft limit on open files to its
+/// hard limit. A blocked send holds the fds it passes (up to 253) on a helper
+/// thread, up to 256 of them at once, so a tool could otherwise use up the
+/// supervisor's usual 1024 and have every later call fail. Returns the new
+/// soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    Ok(hard.max(soft))
+}
+
 /// For command-line front ends: become the subreaper of the sandbox, so
 /// descendants that detach (double fork, `setsid`) are re-parented here and
 /// can be found and killed when the tool ends.

@@ -377,6 +377,10 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     let started = result.is_ok();
     let code = match result {
         Ok(child) => {
+            // Not fatal: the tool runs either way, and a failing call is denied.
+            if let Err(e) = cordon_shim::raise_fd_limit() {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+            }
             for w in child.warnings() {
                 eprintln!("cordon: warning: {w}");
             }
