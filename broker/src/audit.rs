@@ -247,6 +247,8 @@ pub struct AuditFilter {
     pub limit: Option<u64>,
     /// Only records after this sequence number (resume point).
     pub after_seq: u64,
+    /// Only records up to this sequence number (a follow's durable bound).
+    pub upto_seq: Option<u64>,
 }
 
 impl AuditFilter {
@@ -306,6 +308,13 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     fn last_seq(&self) -> u64;
     /// Changes whenever a record is appended; carries the newest seq.
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// Changes whenever records are made durable; carries the newest seq on
+    /// disk. For followers, which must not be shown a record a crash could
+    /// still lose (its number would be given to another). By default, the
+    /// same as [`AuditLog::subscribe`], for a store that is durable at once.
+    fn subscribe_durable(&self) -> watch::Receiver<u64> {
+        self.subscribe()
+    }
     /// Flushes everything appended so far.
     fn flush(&self) -> Result<(), AuditError>;
     /// Records that were answered for but are not known to be on disk (the
@@ -424,6 +433,8 @@ struct Inner {
     read_only: bool,
     max_backlog: u64,
     notify: watch::Sender<u64>,
+    /// The newest seq known on disk, after each flush.
+    durable: watch::Sender<u64>,
     /// Serializes flushes: two concurrent flushes could otherwise write the
     /// `indexed` mark past index entries the other has not applied yet, and a
     /// crash in between would leave those entries missing for good.
@@ -684,6 +695,7 @@ impl SledAudit {
             }
         }
         let (notify, _) = watch::channel(last);
+        let (durable, _) = watch::channel(last);
         let inner = Arc::new(Inner {
             db,
             records,
@@ -715,6 +727,7 @@ impl SledAudit {
             read_only,
             max_backlog: 100_000,
             notify,
+            durable,
             flush_serial: Mutex::new(()),
             ids: RecordIds::new(),
         });
@@ -1090,6 +1103,8 @@ impl Inner {
         self.db
             .flush()
             .map_err(|e| AuditError::Flush(e.to_string()))?;
+        // Flushes are serial and targets only grow.
+        self.durable.send_replace(target);
         let mut unflushed = self.unflushed.lock().unwrap_or_else(|p| p.into_inner());
         let durable = unflushed.partition_point(|(r, _)| r.seq <= target);
         let rest = unflushed.split_off(durable);
@@ -1629,7 +1644,10 @@ impl AuditLog for SledAudit {
         // Every seq handed out before this scan is visible to it, or the scan
         // fails: a partial answer would hide decisions that were answered.
         inner.drain()?;
-        let last = inner.inserted_seq.load(Ordering::SeqCst);
+        let last = inner
+            .inserted_seq
+            .load(Ordering::SeqCst)
+            .min(filter.upto_seq.unwrap_or(u64::MAX));
         // A resume point past every seq (from the wire, any u64) reads nothing.
         let Some(mut start) = filter.after_seq.checked_add(1) else {
             return Ok(filter.after_seq);
@@ -1725,6 +1743,10 @@ impl AuditLog for SledAudit {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.notify.subscribe()
+    }
+
+    fn subscribe_durable(&self) -> watch::Receiver<u64> {
+        self.inner.durable.subscribe()
     }
 
     fn flush(&self) -> Result<(), AuditError> {

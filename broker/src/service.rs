@@ -293,6 +293,7 @@ pub fn filter_from_proto(q: &QueryAuditRequest) -> Result<AuditFilter, Status> {
             .then(|| crate::request::display_bytes(&q.path_prefix)),
         limit: (q.limit != 0).then_some(q.limit),
         after_seq: q.after_seq,
+        upto_seq: None,
     })
 }
 
@@ -375,11 +376,21 @@ impl broker_server::Broker for BrokerService {
         let mut closing = self.closing.clone();
         let resume = filter.after_seq;
         tokio::task::spawn_blocking(move || {
-            let mut changes = audit.subscribe();
+            // A follower sees only records on disk: one a crash could still
+            // lose would have its number given to another, which a follower
+            // resuming after it would never see.
+            let mut changes = if q.follow {
+                audit.subscribe_durable()
+            } else {
+                audit.subscribe()
+            };
             let mut remaining = filter.limit;
             let mut first = true;
             loop {
-                changes.borrow_and_update();
+                let durable = *changes.borrow_and_update();
+                if q.follow {
+                    filter.upto_seq = Some(durable);
+                }
                 let mut open = true;
                 let result = audit.scan(&filter, &mut |r| {
                     open = tx.blocking_send(Ok(record_to_proto(&r))).is_ok();
