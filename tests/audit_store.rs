@@ -643,7 +643,7 @@ async fn a_hangup_ends_followers_and_keeps_every_record() {
 async fn a_follower_is_shown_only_records_on_disk() {
     // A long window: the records below stay unflushed until the kill.
     let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &["--flush-window", "20s"]);
-    let mut follower = cordon()
+    let follower = cordon()
         .args([
             "audit",
             "--broker",
