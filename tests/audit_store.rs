@@ -304,6 +304,13 @@ async fn a_broker_verifies_against_an_anchor_too() {
     let (code, _, err) = run_cordon(&["audit", "verify", "--broker", &uri, "--anchor", &wrong]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("record 5 does not match the anchor"), "{err}");
+    // An anchor past the store's end: its records are missing.
+    let past = format!("7:{}", "f".repeat(64));
+    let (code, out, err) = run_cordon(&[
+        "audit", "verify", "--broker", &uri, "--anchor", &past, "--format", "json",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("records 6 to 7 are missing"), "{out}{err}");
     s.stop();
     // The store, read directly, gives the same anchor.
     let (code, out, err) = run_cordon(&["audit", "verify", "--db", path_str(&s.db)]);
@@ -653,6 +660,7 @@ async fn a_follower_is_shown_only_records_on_disk() {
             "json",
         ])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut c = s.client().await;
@@ -677,6 +685,9 @@ async fn a_follower_is_shown_only_records_on_disk() {
         "",
         "shown before on disk"
     );
+    // It was following until the broker died, not refused at the start.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("refused"), "{err}");
 }
 
 /// `run_cordon` for a command that must end by itself: killed, and the test

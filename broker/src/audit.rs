@@ -897,9 +897,17 @@ impl Inner {
                     // chain cannot tell which, so the earlier is named and
                     // neither counts as intact.
                     let before = seq - 1;
+                    if before == 0 {
+                        return Ok(fail(
+                            seq,
+                            0,
+                            format!("record {seq} was replaced: it does not start the chain"),
+                            &prev,
+                        ));
+                    }
                     return Ok(fail(
                         before,
-                        before.saturating_sub(1),
+                        before - 1,
                         format!(
                             "record {before} or record {seq} was replaced: record {seq} does not chain to record {before}"
                         ),
@@ -2183,6 +2191,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A first record that does not chain to the genesis hash is named
+    /// itself (there is no record 0 to share the blame).
+    #[test]
+    fn a_first_record_off_the_genesis_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 3);
+        tamper::edit_record(dir.path(), 1, |hash, body| {
+            let text = String::from_utf8(body.clone()).unwrap();
+            let forged = text.replace(GENESIS, &"1".repeat(64));
+            assert_ne!(text, forged);
+            *hash = Sha256::digest(forged.as_bytes()).to_vec();
+            *body = forged.into_bytes();
+            true
+        })
+        .unwrap();
+        let report = reopen(|| SledAudit::open_read_only(dir.path()))
+            .verify()
+            .unwrap();
+        assert_eq!(
+            (report.ok, report.first_bad_seq, report.records_checked),
+            (false, 1, 0),
+            "{report:?}"
+        );
+        assert!(
+            report.problem.contains("record 1 was replaced"),
+            "{report:?}"
+        );
     }
 
     /// Reading a store (verify, scans) writes nothing to it: auditors query

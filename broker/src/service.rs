@@ -386,6 +386,7 @@ impl broker_server::Broker for BrokerService {
             };
             let mut remaining = filter.limit;
             let mut first = true;
+            let mut until_target = None;
             loop {
                 let durable = *changes.borrow_and_update();
                 if q.follow {
@@ -418,10 +419,15 @@ impl broker_server::Broker for BrokerService {
                     ))));
                     return;
                 }
-                // No record from now on can be as old as `until`: times only
-                // grow, and a record's time is when it was appended.
+                // No record appended from now on can be as old as `until`
+                // (times only grow, and a record's time is when it was
+                // appended): once those appended before are on disk and
+                // shown, the follow is done.
                 if q.follow && filter.until_ns.is_some_and(|u| now_unix_ns() > u) {
-                    return;
+                    let target = *until_target.get_or_insert_with(|| audit.last_seq());
+                    if filter.upto_seq.is_some_and(|d| d >= target) {
+                        return;
+                    }
                 }
                 filter.limit = remaining;
                 if !q.follow || !open || remaining == Some(0) {

@@ -110,29 +110,47 @@ impl Address {
 
 impl Address {
     /// The destination the kernel would reach with this address in a
-    /// connect or send: an unspecified IP (`0.0.0.0`, `::`, `::ffff:0.0.0.0`)
-    /// is this machine, so it is put to the policy, and used, as loopback
-    /// (`127.0.0.1`, `::1`, `::ffff:127.0.0.1`) rather than letting a rule
-    /// for "any address but local ones" allow it.
-    pub fn as_destination(self) -> Address {
+    /// connect or send from a socket bound to `bound`: an unspecified IP
+    /// (`0.0.0.0`, `::`, `::ffff:0.0.0.0`) is this machine (for IPv4 the
+    /// socket's own bound address, else loopback; `::` from a socket bound to
+    /// a mapped address is mapped loopback), so it is put to the policy, and
+    /// used, as that address rather than letting a rule for "any address but
+    /// local ones" allow it.
+    pub fn as_destination(self, bound: Option<IpAddr>) -> Address {
+        let own_v4 = |b: Option<Ipv4Addr>| {
+            b.filter(|b| !b.is_unspecified())
+                .unwrap_or(Ipv4Addr::LOCALHOST)
+        };
+        let bound_mapped = match bound {
+            Some(IpAddr::V6(b)) => b.to_ipv4_mapped(),
+            _ => None,
+        };
         match self {
             Address::Inet {
                 addr: SocketAddr::V4(a),
                 v4_mapped,
-            } if a.ip().is_unspecified() => Address::Inet {
-                addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, a.port())),
-                v4_mapped,
-            },
+            } if a.ip().is_unspecified() => {
+                let b = match bound {
+                    Some(IpAddr::V4(b)) => Some(b),
+                    _ => None,
+                };
+                Address::Inet {
+                    addr: SocketAddr::V4(SocketAddrV4::new(own_v4(b), a.port())),
+                    v4_mapped,
+                }
+            }
             Address::Inet {
                 addr: SocketAddr::V6(a),
                 v4_mapped,
             } if a.ip().is_unspecified()
                 || a.ip().to_ipv4_mapped() == Some(Ipv4Addr::UNSPECIFIED) =>
             {
-                let ip = if v4_mapped {
-                    Ipv4Addr::LOCALHOST.to_ipv6_mapped()
+                let (ip, mapped) = if v4_mapped {
+                    (own_v4(bound_mapped).to_ipv6_mapped(), true)
+                } else if bound_mapped.is_some() {
+                    (Ipv4Addr::LOCALHOST.to_ipv6_mapped(), true)
                 } else {
-                    std::net::Ipv6Addr::LOCALHOST
+                    (std::net::Ipv6Addr::LOCALHOST, false)
                 };
                 Address::Inet {
                     addr: SocketAddr::V6(SocketAddrV6::new(
@@ -141,11 +159,21 @@ impl Address {
                         a.flowinfo(),
                         a.scope_id(),
                     )),
-                    v4_mapped,
+                    v4_mapped: mapped,
                 }
             }
             other => other,
         }
+    }
+}
+
+/// The IP a socket of ours (a duplicate of the tool's) is bound to, if any.
+pub fn bound_ip(sock: &OwnedFd) -> Option<IpAddr> {
+    let sa: SockaddrStorage = socket::getsockname(sock.as_raw_fd()).ok()?;
+    if let Some(v4) = sa.as_sockaddr_in() {
+        Some(IpAddr::V4(v4.ip()))
+    } else {
+        sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
     }
 }
 
@@ -396,20 +424,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_unspecified_destination_is_loopback() {
-        let dest = |a: &str| {
+    fn an_unspecified_destination_is_this_machine() {
+        let dest = |a: &str, bound: Option<&str>| {
             let a: SocketAddr = a.parse().unwrap();
             let v4_mapped = matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some());
-            describe(&Address::Inet { addr: a, v4_mapped }.as_destination())
+            let bound = bound.map(|b| b.parse().unwrap());
+            describe(&Address::Inet { addr: a, v4_mapped }.as_destination(bound))
         };
-        assert_eq!(dest("0.0.0.0:80").1, "127.0.0.1");
-        assert_eq!(dest("[::]:80"), ("inet6", "::1".into(), 80, false));
+        assert_eq!(dest("0.0.0.0:80", None).1, "127.0.0.1");
+        assert_eq!(dest("0.0.0.0:80", Some("0.0.0.0")).1, "127.0.0.1");
+        assert_eq!(dest("0.0.0.0:80", Some("127.0.0.5")).1, "127.0.0.5");
+        assert_eq!(dest("[::]:80", None), ("inet6", "::1".into(), 80, false));
         assert_eq!(
-            dest("[::ffff:0.0.0.0]:80"),
+            dest("[::]:80", Some("::")),
+            ("inet6", "::1".into(), 80, false)
+        );
+        assert_eq!(
+            dest("[::]:80", Some("::ffff:10.0.0.5")),
             ("inet", "127.0.0.1".into(), 80, true)
         );
-        assert_eq!(dest("10.0.0.1:80").1, "10.0.0.1");
-        assert_eq!(dest("[::1]:80").1, "::1");
+        assert_eq!(
+            dest("[::ffff:0.0.0.0]:80", None),
+            ("inet", "127.0.0.1".into(), 80, true)
+        );
+        assert_eq!(
+            dest("[::ffff:0.0.0.0]:80", Some("::ffff:10.0.0.5")),
+            ("inet", "10.0.0.5".into(), 80, true)
+        );
+        assert_eq!(dest("10.0.0.1:80", Some("127.0.0.5")).1, "10.0.0.1");
+        assert_eq!(dest("[::1]:80", None).1, "::1");
     }
 
     #[test]

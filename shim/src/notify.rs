@@ -619,6 +619,13 @@ impl Supervisor {
                 let _ = self.listener.allow_continue(n.id);
                 Ok(())
             }
+            // A zero length clears the option (tcp_wrappers, older sshd drop
+            // received source routes so): nothing to route by. The length is
+            // a register, so continuing cannot be raced.
+            libc::SYS_setsockopt if n.args[4] as u32 == 0 => {
+                let _ = self.listener.allow_continue(n.id);
+                Ok(())
+            }
             libc::SYS_setsockopt => {
                 let (level, optname) = (n.args[1] as u32 as u64, n.args[2] as u32 as u64);
                 let name = filter::SOURCE_ROUTE_OPTIONS
@@ -1210,7 +1217,7 @@ impl Supervisor {
         let addr = emulate::parse_sockaddr(&raw)?;
         // A bind to an unspecified address means every local one.
         let addr = if n.nr == libc::SYS_connect {
-            addr.as_destination()
+            addr.as_destination(emulate::bound_ip(&sock))
         } else {
             addr
         };
@@ -1308,7 +1315,13 @@ impl Supervisor {
     /// Reads one `struct msghdr` at `at`. Stream payloads are cut at
     /// [`MAX_DATAGRAM`] (a short write, which stream callers handle);
     /// larger datagrams are `EMSGSIZE`.
-    fn read_msghdr(&self, mem: &ToolMemory, at: u64, stream: bool) -> Result<Message, Errno> {
+    fn read_msghdr(
+        &self,
+        mem: &ToolMemory,
+        at: u64,
+        stream: bool,
+        bound: Option<std::net::IpAddr>,
+    ) -> Result<Message, Errno> {
         let h = mem.read(at, 56)?;
         let word = |i: usize| u64::from_ne_bytes(h[i..i + 8].try_into().expect("8"));
         // The kernel clamps an oversized name length rather than failing.
@@ -1353,7 +1366,7 @@ impl Supervisor {
         let control = mem.read(control_ptr, control_len as usize)?;
         Ok(Message {
             name: name
-                .map(|b| emulate::parse_sockaddr(&b).map(Address::as_destination))
+                .map(|b| emulate::parse_sockaddr(&b).map(|a| a.as_destination(bound)))
                 .transpose()?,
             iov,
             iovecs,
@@ -1373,6 +1386,12 @@ impl Supervisor {
         let sock = self.tool_socket(&pidfd, n.args[0] as i32)?;
         let sock_type = emulate::socket_type(&sock)?;
         let stream = sock_type == libc::SOCK_STREAM;
+        // What an unspecified destination means depends on where the socket is bound.
+        let bound = if stream {
+            None
+        } else {
+            emulate::bound_ip(&sock)
+        };
         let flags = n.args[match n.nr {
             libc::SYS_sendmsg => 2,
             _ => 3,
@@ -1433,7 +1452,9 @@ impl Supervisor {
             // A stream ignores the address; on a datagram socket even a
             // zero length is an address (and EINVAL), as the kernel reads it.
             let name = if n.args[4] != 0 && !stream {
-                Some(emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?.as_destination())
+                Some(
+                    emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?.as_destination(bound),
+                )
             } else {
                 None
             };
@@ -1449,7 +1470,7 @@ impl Supervisor {
         // tool's next call (a partial sendmmsg).
         let (mut copied, mut iovecs, mut fds) = (0usize, 0usize, 0usize);
         for at in &headers {
-            match self.read_msghdr(&mem, *at, stream) {
+            match self.read_msghdr(&mem, *at, stream, bound) {
                 Ok(m) => {
                     copied += m.iov.iter().map(Vec::len).sum::<usize>();
                     iovecs += m.iovecs;

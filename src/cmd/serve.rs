@@ -12,6 +12,19 @@ use cordon_broker::{
 
 use super::usage;
 
+/// Whether this process started with SIGHUP ignored (as `nohup` leaves it):
+/// from the `SigIgn` mask in `/proc/self/status`.
+fn hangup_ignored() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1 << (nix::sys::signal::Signal::SIGHUP as i32 - 1)) != 0)
+}
+
 /// How long a shutdown waits for connections to close before it closes them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -213,11 +226,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut term = signal(SignalKind::terminate())?;
         // A closed terminal too: the default action would lose what the
         // batched store has not flushed.
-        let mut hangup = signal(SignalKind::hangup())?;
+        // Unless it was ignored (`nohup`): then it stays ignored.
+        let mut hangup = if hangup_ignored() {
+            None
+        } else {
+            Some(signal(SignalKind::hangup())?)
+        };
+        let hung_up = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
-            _ = hangup.recv() => {},
+            _ = hung_up => {},
         }
         tracing::info!("shutting down");
         let _ = stop_tx.send(());
