@@ -39,7 +39,7 @@ pub enum DurabilityArg {
 /// Run the broker: answer decisions over gRPC and record them.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit is refused and the previous revision kept.\nSIGINT, SIGTERM and SIGHUP stop the broker: Session streams take no new requests, --follow queries\nend with UNAVAILABLE, connections get up to 5 s to close, and the audit store is flushed before exit."
+    after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit is refused and the previous revision kept.\nSIGINT, SIGTERM and SIGHUP (unless ignored, as under nohup) stop the broker: Session streams take no new requests, --follow queries end with UNAVAILABLE, connections get up to 5 s to close, and the audit store is flushed before exit."
 )]
 pub struct ServeArgs {
     /// Where to listen: unix:///PATH, or tcp://HOST:PORT with mutual TLS (needs --tls-cert,
