@@ -287,12 +287,7 @@ async fn an_anchor_kept_elsewhere_shows_a_cut_tail_with_a_rewritten_head() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_verifies_against_an_anchor_too() {
     let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
-    let mut c = s.client().await;
-    for i in 0..5 {
-        c.decide(file_request(i, b"/tmp/ok", &["read"]))
-            .await
-            .unwrap();
-    }
+    decide_reads(&s, 5).await;
     let uri = s.uri();
     let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &uri]);
     assert_eq!(code, 0, "{err}");
@@ -587,10 +582,19 @@ async fn follow_delivers_records_written_after_it_started() {
     child.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hangup_ends_followers_and_keeps_every_record() {
-    let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
-    let mut follower = cordon()
+/// `n` allowed reads of /tmp/ok decided through `s`.
+async fn decide_reads(s: &Serve, n: u64) {
+    let mut c = s.client().await;
+    for id in 0..n {
+        c.decide(file_request(id, b"/tmp/ok", &["read"]))
+            .await
+            .unwrap();
+    }
+}
+
+/// `cordon audit --follow --format json` through `s`, its output piped.
+fn follow_json(s: &Serve) -> std::process::Child {
+    cordon()
         .args([
             "audit",
             "--broker",
@@ -602,17 +606,17 @@ async fn a_hangup_ends_followers_and_keeps_every_record() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hangup_ends_followers_and_keeps_every_record() {
+    let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let mut follower = follow_json(&s);
     let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
-    let mut c = s.client().await;
-    for id in 0..20 {
-        c.decide(file_request(id, b"/tmp/ok", &["read"]))
-            .await
-            .unwrap();
-    }
+    decide_reads(&s, 20).await;
     // The follower is reading: it has the first record.
     assert!(lines.next().unwrap().unwrap().contains("/tmp/ok"));
-    drop(c);
 
     // SIGHUP (a closed terminal) is a shutdown like SIGTERM: the follower's
     // stream ends with a reason instead of holding the broker open.
@@ -650,25 +654,8 @@ async fn a_hangup_ends_followers_and_keeps_every_record() {
 async fn a_follower_is_shown_only_records_on_disk() {
     // A long window: the records below stay unflushed until the kill.
     let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &["--flush-window", "20s"]);
-    let follower = cordon()
-        .args([
-            "audit",
-            "--broker",
-            &s.uri(),
-            "--follow",
-            "--format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut c = s.client().await;
-    for id in 0..3 {
-        c.decide(file_request(id, b"/tmp/ok", &["read"]))
-            .await
-            .unwrap();
-    }
+    let follower = follow_json(&s);
+    decide_reads(&s, 3).await;
     // A one-shot query sees them (the store holds them)...
     let (code, out, err) = run_cordon(&["audit", "--broker", &s.uri(), "--format", "json"]);
     assert_eq!((code, out.lines().count()), (0, 3), "{out}{err}");
@@ -718,12 +705,7 @@ fn run_cordon_ending(args: &[&str]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_point_past_the_store_and_a_follow_past_until_end_the_query() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
-    let mut c = s.client().await;
-    for id in 0..3 {
-        c.decide(file_request(id, b"/tmp/ok", &["read"]))
-            .await
-            .unwrap();
-    }
+    decide_reads(&s, 3).await;
     let uri = s.uri();
     // Records 4 and 5 were seen, then lost in a crash: following on from
     // there would skip the next two, so the broker says so.
