@@ -677,6 +677,31 @@ async fn a_follower_is_shown_only_records_on_disk() {
     assert!(!out.status.success() && !err.contains("refused"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_until_a_time_waits_for_the_records_from_before_it_to_reach_disk() {
+    // Flushed about a second after the first append.
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &["--flush-window", "2s"]);
+    decide_reads(&s, 3).await;
+    let (code, out, err) = run_cordon(&["audit", "--broker", &s.uri(), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let until = last["time"].as_str().unwrap().to_owned();
+    // The clock is past `until`, but the records are not on disk yet: the
+    // follow waits for them rather than end without them.
+    let (code, out, err) = run_cordon_ending(&[
+        "audit",
+        "--broker",
+        &s.uri(),
+        "--follow",
+        "--format",
+        "json",
+        "--until",
+        &until,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+}
+
 /// `run_cordon` for a command that must end by itself: killed, and the test
 /// failed, if it still runs after 20 s.
 fn run_cordon_ending(args: &[&str]) -> (i32, String, String) {
