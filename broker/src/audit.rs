@@ -65,6 +65,8 @@ pub enum AuditError {
     Unflushed { seq: u64, message: String },
     #[error("audit write queue is full ({0} records not yet on disk)")]
     Backlog(u64),
+    #[error("audit write queue is full ({} MiB of records not yet on disk)", .0 / (1024 * 1024))]
+    BacklogBytes(u64),
     #[error("audit record {seq} cannot be decoded: {message}")]
     Corrupt { seq: u64, message: String },
     #[error("audit store is closed")]
@@ -222,6 +224,19 @@ impl AuditRecord {
             .map_or(0, |d| d.as_nanos() as i64)
     }
 
+    /// About what the record takes in memory until it is on disk: its
+    /// variable fields twice (the `input` document repeats them) and a fixed
+    /// part. An estimate, for bounding the queue, not a size.
+    pub fn approx_bytes(&self) -> u64 {
+        let strs = |v: &[String]| v.iter().map(|a| a.len() + 8).sum::<usize>();
+        let labels: usize = self.labels.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        let variable = self.path.as_ref().map_or(0, String::len)
+            + self.argv.as_deref().map_or(0, strs)
+            + self.exe.len()
+            + labels;
+        (1024 + 2 * variable + self.reason.len()) as u64
+    }
+
     /// A decision's answer: allow or deny. An `override` record is the
     /// denial that replaced an allow its record could not make durable.
     pub fn decision(&self) -> Option<bool> {
@@ -364,6 +379,11 @@ pub fn log_unstored(records: Vec<AuditRecord>) {
 /// sled's write lock longer (readers and index inserts wait meanwhile).
 const STORE_CHUNK: usize = 8 * page::MAX_RECORDS;
 
+/// Bytes of records not yet on disk (as `AuditRecord::approx_bytes` counts
+/// them) past which batched appends are refused: the record count alone lets
+/// a tool that repeats huge execs against a slow disk grow the broker by GiBs.
+const MAX_BACKLOG_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Queued records past which an append stores the queue itself.
 const INLINE_DRAIN_AT: usize = 1024;
 
@@ -432,6 +452,10 @@ struct Inner {
     /// Opened for reading: never appends, never moves the head.
     read_only: bool,
     max_backlog: u64,
+    /// What the records not yet on disk take (`approx_bytes`), and the bound
+    /// on it past which batched appends are refused.
+    backlog_bytes: AtomicU64,
+    max_backlog_bytes: AtomicU64,
     notify: watch::Sender<u64>,
     /// The newest seq known on disk, after each flush.
     durable: watch::Sender<u64>,
@@ -726,6 +750,8 @@ impl SledAudit {
             durability,
             read_only,
             max_backlog: 100_000,
+            backlog_bytes: AtomicU64::new(0),
+            max_backlog_bytes: AtomicU64::new(MAX_BACKLOG_BYTES),
             notify,
             durable,
             flush_serial: Mutex::new(()),
@@ -1119,8 +1145,17 @@ impl Inner {
         let done = std::mem::replace(&mut *unflushed, rest);
         // Freed outside the lock, which `store_chunk` takes holding `sealed`.
         drop(unflushed);
+        self.uncount_backlog(done.iter().map(|(r, _)| r.approx_bytes()).sum());
         drop(done);
         Ok(target)
+    }
+
+    fn uncount_backlog(&self, bytes: u64) {
+        let _ = self
+            .backlog_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                Some(b.saturating_sub(bytes))
+            });
     }
 
     /// Group commit: wait until `seq` is durable, flushing as the leader when
@@ -1244,7 +1279,12 @@ impl Inner {
             if backlog >= self.max_backlog {
                 return Err(AuditError::Backlog(backlog));
             }
+            let bytes = self.backlog_bytes.load(Ordering::SeqCst);
+            if bytes >= self.max_backlog_bytes.load(Ordering::Relaxed) {
+                return Err(AuditError::BacklogBytes(bytes));
+            }
         }
+        let bytes = record.approx_bytes();
         let mut help_drain = false;
         // Outside the chain lock: it reads the clock.
         record.id = self.ids.next();
@@ -1259,13 +1299,18 @@ impl Inner {
             let time_ns = now_ns().max(chain.last_time_ns + 1);
             record.seq = seq;
             record.time = format_time(time_ns);
+            // Counted before the record can reach a flush, which uncounts
+            // it (under this lock: a flush's drain takes the queue under it,
+            // and a strict record is stored under it).
+            self.backlog_bytes.fetch_add(bytes, Ordering::SeqCst);
             if batched {
                 // Sealing (canonical JSON, SHA-256) and storing are the
                 // flusher's, off the caller's path.
                 chain.queue.push(record);
                 help_drain = chain.queue.len() >= INLINE_DRAIN_AT;
-            } else {
-                self.store(vec![record]).map_err(|(e, _)| e)?;
+            } else if let Err((e, _)) = self.store(vec![record]) {
+                self.uncount_backlog(bytes);
+                return Err(e);
             }
             chain.next_seq = seq + 1;
             chain.last_time_ns = time_ns;
@@ -2074,6 +2119,51 @@ mod tests {
         assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
         let report = audit.verify().unwrap();
         assert!(report.ok, "{report:?}");
+    }
+
+    /// Records not yet on disk are bounded by what they take, not only by
+    /// their number: past the bound appends are refused until a flush.
+    #[test]
+    fn a_backlog_of_large_records_is_refused_until_it_is_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_secs(3600);
+        let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
+        let big = |i: u64| AuditRecord {
+            argv: Some(vec!["x".repeat(64 * 1024); 4]),
+            ..decision(i)
+        };
+        let size = big(0).approx_bytes();
+        assert!(size > 2 * 4 * 64 * 1024, "{size}");
+        audit
+            .inner
+            .max_backlog_bytes
+            .store(10 * size, Ordering::Relaxed);
+        let mut taken = 0u64;
+        let refused = loop {
+            match audit.append(big(taken)) {
+                Ok(_) => taken += 1,
+                Err(e) => break e,
+            }
+            assert!(taken <= 10, "no bound");
+        };
+        assert_eq!(taken, 10);
+        assert!(matches!(refused, AuditError::BacklogBytes(_)), "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("MiB of records not yet on disk")
+        );
+        // A flush frees the room; the count goes back to nothing.
+        audit.flush().unwrap();
+        assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), 0);
+        audit.append(big(taken)).unwrap();
+        audit.flush().unwrap();
+        assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), 0);
+        // Strict appends are counted and uncounted alike.
+        drop(audit);
+        let audit = reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+        audit.append(big(99)).unwrap();
+        assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), 0);
     }
 
     /// A refused sled batch may have inserted some of its pages; the retry
