@@ -650,6 +650,25 @@ fn a_unix_server_binds_and_listens_under_its_own_name_and_umask() {
 }
 
 #[test]
+fn a_thread_with_its_own_fd_table_sends_from_its_own_socket() {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    let env = Env::new(&[("127.0.0.1/32", port)]);
+    let out = env.run(&[
+        &env.probe(),
+        "thread-own-fds",
+        "127.0.0.1",
+        &port.to_string(),
+    ]);
+    // The socket is the thread's fd 200; the process's main table has none.
+    assert_eq!(assert_ok(&out).trim(), "thread-send=3");
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8];
+    let n = udp.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"own");
+}
+
+#[test]
 fn sendmmsg_sends_the_allowed_prefix_and_reports_its_lengths() {
     let ok = UdpSocket::bind("127.0.0.1:0").unwrap();
     let denied = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -1049,10 +1049,31 @@ impl Supervisor {
 
     // --- network -------------------------------------------------------------
 
-    /// A pidfd on the caller's process, taken before re-checking the
-    /// notification: if the id is still valid, the pid was not reused.
+    /// A pidfd on the calling thread (its process before Linux 6.9), taken
+    /// before re-checking the notification: if the id is still valid, the id
+    /// was not reused. The thread's: `pidfd_getfd` reads the fd table of the
+    /// task it names, and a thread made without `CLONE_FILES` has its own.
     fn tool_pidfd(&self, n: &Notification, task: &Task) -> Result<OwnedFd, Errno> {
-        let pidfd = sys::pidfd_open(task.tgid).map_err(|_| Errno::ESRCH)?;
+        static NO_THREAD_PIDFD: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
+        use std::sync::atomic::Ordering::Relaxed;
+        let thread = if NO_THREAD_PIDFD.load(Relaxed) {
+            None
+        } else {
+            match sys::pidfd_open_thread(n.tid) {
+                Ok(fd) => Some(fd),
+                // `PIDFD_THREAD` unknown: this kernel, from now on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    NO_THREAD_PIDFD.store(true, Relaxed);
+                    None
+                }
+                Err(_) => return Err(Errno::ESRCH),
+            }
+        };
+        let pidfd = match thread {
+            Some(fd) => fd,
+            None => sys::pidfd_open(task.tgid).map_err(|_| Errno::ESRCH)?,
+        };
         if !self.listener.id_valid(n.id) {
             return Err(Errno::ESRCH);
         }

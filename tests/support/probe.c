@@ -8,6 +8,7 @@
 //   probe connect-loop IP PORT N   (socket+connect+close to a TCP listener)
 //   probe exec-loop PROG N   (fork+execve+wait)
 //   probe sendmmsg IP PORT_OK PORT_DENIED   (3 datagrams: ok, ok, denied)
+//   probe thread-own-fds IP PORT   (a thread without CLONE_FILES sends from its own socket)
 //   probe int80          (i386 getpid through int 0x80)
 //   probe io-uring       (io_uring_setup)
 //   probe clone3         (clone3: ENOSYS so libc falls back)
@@ -20,6 +21,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,6 +239,39 @@ static int send_mmsg(const char *ip, int port_ok, int port_bad) {
     return 0;
 }
 
+/* A thread made without CLONE_FILES (its own fd table) opens a UDP socket,
+ * whose number the process's main table does not have, and sends from it.
+ * Raw syscalls only: the thread shares the main thread's TLS (errno). */
+static volatile long own_fds_result;
+static volatile int own_fds_done;
+static struct sockaddr_in own_fds_to;
+
+static int own_fds_thread(void *arg) {
+    (void)arg;
+    /* Past any fd the main table holds. */
+    long s = syscall(SYS_socket, AF_INET, SOCK_DGRAM, 0);
+    long fd = s < 0 ? s : syscall(SYS_dup2, s, 200);
+    long r = fd < 0 ? -1 : syscall(SYS_sendto, 200, "own", 3, 0, &own_fds_to, sizeof own_fds_to);
+    own_fds_result = r < 0 ? -errno : r;
+    own_fds_done = 1;
+    syscall(SYS_exit, 0);
+    return 0;
+}
+
+static int thread_own_fds(const char *ip, int port) {
+    memset(&own_fds_to, 0, sizeof own_fds_to);
+    own_fds_to.sin_family = AF_INET;
+    own_fds_to.sin_port = htons(port);
+    inet_pton(AF_INET, ip, &own_fds_to.sin_addr);
+    size_t size = 256 * 1024;
+    char *stack = malloc(size);
+    int flags = CLONE_VM | CLONE_FS | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+    if (clone(own_fds_thread, stack + size, flags, NULL) < 0) { perror("clone"); return 1; }
+    while (!own_fds_done) usleep(1000);
+    printf("thread-send=%ld\n", own_fds_result);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc < 2) return 2;
@@ -249,6 +284,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "open-loop") && argc == 4) return open_loop(argv[2], atol(argv[3]));
     if (!strcmp(mode, "connect-loop") && argc == 5) return connect_loop(argv[2], atoi(argv[3]), atol(argv[4]));
     if (!strcmp(mode, "exec-loop") && argc == 4) return exec_loop(argv[2], atol(argv[3]));
+    if (!strcmp(mode, "thread-own-fds") && argc == 4) return thread_own_fds(argv[2], atoi(argv[3]));
     if (!strcmp(mode, "int80")) {
         long r;
         __asm__ volatile("int $0x80" : "=a"(r) : "a"(20L) : "memory");
