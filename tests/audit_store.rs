@@ -700,6 +700,21 @@ async fn a_follow_until_a_time_waits_for_the_records_from_before_it_to_reach_dis
     ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
+    // An `until` still ahead, on a broker with nothing more to record: the
+    // follow ends when the clock passes it, not never.
+    let soon = humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(2));
+    let (code, out, err) = run_cordon_ending(&[
+        "audit",
+        "--broker",
+        &s.uri(),
+        "--follow",
+        "--format",
+        "json",
+        "--until",
+        &soon.to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
 }
 
 /// `run_cordon` for a command that must end by itself: killed, and the test

@@ -228,8 +228,14 @@ impl AuditRecord {
     /// variable fields twice (the `input` document repeats them) and a fixed
     /// part. An estimate, for bounding the queue, not a size.
     pub fn approx_bytes(&self) -> u64 {
-        let strs = |v: &[String]| v.iter().map(|a| a.len() + 8).sum::<usize>();
-        let labels: usize = self.labels.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        // Per string: its `String`, its `serde_json::Value` in `input`, and
+        // two allocations' overhead.
+        let strs = |v: &[String]| v.iter().map(|a| a.len() + 64).sum::<usize>();
+        let labels: usize = self
+            .labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 128)
+            .sum();
         let variable = self.path.as_ref().map_or(0, String::len)
             + self.argv.as_deref().map_or(0, strs)
             + self.exe.len()
@@ -321,6 +327,11 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     fn verify(&self) -> Result<VerifyReport, AuditError>;
     /// Sequence number of the newest record (0 when empty).
     fn last_seq(&self) -> u64;
+    /// Sequence number of the newest record handed out, stored or still
+    /// queued (by default, [`AuditLog::last_seq`]).
+    fn last_assigned(&self) -> u64 {
+        self.last_seq()
+    }
     /// Changes whenever a record is appended; carries the newest seq.
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// Changes whenever records are made durable; carries the newest seq on
@@ -1800,6 +1811,10 @@ impl AuditLog for SledAudit {
 
     fn subscribe_durable(&self) -> watch::Receiver<u64> {
         self.inner.durable.subscribe()
+    }
+
+    fn last_assigned(&self) -> u64 {
+        self.inner.assigned_seq.load(Ordering::SeqCst)
     }
 
     fn flush(&self) -> Result<(), AuditError> {

@@ -424,7 +424,8 @@ impl broker_server::Broker for BrokerService {
                 // appended): once those appended before are on disk and
                 // shown, the follow is done.
                 if q.follow && filter.until_ns.is_some_and(|u| now_unix_ns() > u) {
-                    let target = *until_target.get_or_insert_with(|| audit.last_seq());
+                    // Every record handed out so far, stored or still queued.
+                    let target = *until_target.get_or_insert_with(|| audit.last_assigned());
                     if filter.upto_seq.is_some_and(|d| d >= target) {
                         return;
                     }
@@ -433,9 +434,21 @@ impl broker_server::Broker for BrokerService {
                 if !q.follow || !open || remaining == Some(0) {
                     return;
                 }
+                // With nothing flushed, the clock passing `until` is what
+                // ends the follow: look again then.
+                let until_passes = async {
+                    match filter.until_ns {
+                        Some(u) if until_target.is_none() => {
+                            let left = u.saturating_sub(now_unix_ns()).max(0) as u64;
+                            tokio::time::sleep(Duration::from_nanos(left + 1_000_000)).await
+                        }
+                        _ => std::future::pending().await,
+                    }
+                };
                 let next = handle.block_on(async {
                     tokio::select! {
                         r = changes.changed() => r.is_ok(),
+                        _ = until_passes => true,
                         _ = tx.closed() => false,
                         _ = closed(&mut closing) => {
                             let status = Status::unavailable("the broker is shutting down");

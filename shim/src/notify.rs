@@ -1054,26 +1054,17 @@ impl Supervisor {
     /// was not reused. The thread's: `pidfd_getfd` reads the fd table of the
     /// task it names, and a thread made without `CLONE_FILES` has its own.
     fn tool_pidfd(&self, n: &Notification, task: &Task) -> Result<OwnedFd, Errno> {
-        static NO_THREAD_PIDFD: std::sync::atomic::AtomicBool =
-            std::sync::atomic::AtomicBool::new(false);
-        use std::sync::atomic::Ordering::Relaxed;
-        let thread = if NO_THREAD_PIDFD.load(Relaxed) {
-            None
+        // Whether this kernel has `PIDFD_THREAD`, asked once on a thread of
+        // ours (a tool thread's EINVAL may only mean it is exiting).
+        static THREAD_PIDFD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let supported = *THREAD_PIDFD
+            .get_or_init(|| sys::pidfd_open_thread(nix::unistd::gettid().as_raw()).is_ok());
+        let pidfd = if supported {
+            sys::pidfd_open_thread(n.tid)
         } else {
-            match sys::pidfd_open_thread(n.tid) {
-                Ok(fd) => Some(fd),
-                // `PIDFD_THREAD` unknown: this kernel, from now on.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    NO_THREAD_PIDFD.store(true, Relaxed);
-                    None
-                }
-                Err(_) => return Err(Errno::ESRCH),
-            }
-        };
-        let pidfd = match thread {
-            Some(fd) => fd,
-            None => sys::pidfd_open(task.tgid).map_err(|_| Errno::ESRCH)?,
-        };
+            sys::pidfd_open(task.tgid)
+        }
+        .map_err(|_| Errno::ESRCH)?;
         if !self.listener.id_valid(n.id) {
             return Err(Errno::ESRCH);
         }

@@ -242,8 +242,8 @@ static int send_mmsg(const char *ip, int port_ok, int port_bad) {
 /* A thread made without CLONE_FILES (its own fd table) opens a UDP socket,
  * whose number the process's main table does not have, and sends from it.
  * Raw syscalls only: the thread shares the main thread's TLS (errno). */
-static volatile long own_fds_result;
-static volatile int own_fds_done;
+static long own_fds_result;
+static int own_fds_done;
 static struct sockaddr_in own_fds_to;
 
 static int own_fds_thread(void *arg) {
@@ -253,7 +253,7 @@ static int own_fds_thread(void *arg) {
     long fd = s < 0 ? s : syscall(SYS_dup2, s, 200);
     long r = fd < 0 ? -1 : syscall(SYS_sendto, 200, "own", 3, 0, &own_fds_to, sizeof own_fds_to);
     own_fds_result = r < 0 ? -errno : r;
-    own_fds_done = 1;
+    __atomic_store_n(&own_fds_done, 1, __ATOMIC_RELEASE);
     syscall(SYS_exit, 0);
     return 0;
 }
@@ -267,7 +267,10 @@ static int thread_own_fds(const char *ip, int port) {
     char *stack = malloc(size);
     int flags = CLONE_VM | CLONE_FS | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
     if (clone(own_fds_thread, stack + size, flags, NULL) < 0) { perror("clone"); return 1; }
-    while (!own_fds_done) usleep(1000);
+    for (int waited = 0; !__atomic_load_n(&own_fds_done, __ATOMIC_ACQUIRE); waited++) {
+        if (waited > 20000) { fprintf(stderr, "the thread did not finish\n"); return 1; }
+        usleep(1000);
+    }
     printf("thread-send=%ld\n", own_fds_result);
     return 0;
 }
