@@ -623,7 +623,8 @@ impl Page {
     }
 }
 
-fn now_ns() -> i64 {
+/// Unix time in nanoseconds: the clock records are timed by.
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)

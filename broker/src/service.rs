@@ -149,12 +149,6 @@ fn audit_status(e: &AuditError) -> Status {
     }
 }
 
-fn now_unix_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 /// Resolves when `closing` turns true or its sender is gone.
 async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
@@ -411,11 +405,10 @@ impl broker_server::Broker for BrokerService {
                 // out: a resume point past them all names records this store
                 // does not have (lost in a crash inside the flush window, or
                 // another store), and waiting would skip as many new ones.
-                if std::mem::take(&mut first) && resume > audit.last_seq() {
+                let newest = audit.last_seq();
+                if std::mem::take(&mut first) && resume > newest {
                     let _ = tx.blocking_send(Err(Status::out_of_range(format!(
-                        "resume point {resume} is past the newest record, {}: the records after it were lost (a crash within the flush window) or this is another store; resume from {} or below",
-                        audit.last_seq(),
-                        audit.last_seq()
+                        "resume point {resume} is past the newest record, {newest}: the records after it were lost (a crash within the flush window) or this is another store; resume from {newest} or below"
                     ))));
                     return;
                 }
@@ -423,7 +416,7 @@ impl broker_server::Broker for BrokerService {
                 // (times only grow, and a record's time is when it was
                 // appended): once those appended before are on disk and
                 // shown, the follow is done.
-                if q.follow && filter.until_ns.is_some_and(|u| now_unix_ns() > u) {
+                if q.follow && filter.until_ns.is_some_and(|u| crate::audit::now_ns() > u) {
                     // Every record handed out so far, stored or still queued.
                     let target = *until_target.get_or_insert_with(|| audit.last_assigned());
                     if filter.upto_seq.is_some_and(|d| d >= target) {
@@ -439,7 +432,7 @@ impl broker_server::Broker for BrokerService {
                 let until_passes = async {
                     match filter.until_ns {
                         Some(u) if until_target.is_none() => {
-                            let left = u.saturating_sub(now_unix_ns()).max(0) as u64;
+                            let left = u.saturating_sub(crate::audit::now_ns()).max(0) as u64;
                             tokio::time::sleep(Duration::from_nanos(left + 1_000_000)).await
                         }
                         _ => std::future::pending().await,

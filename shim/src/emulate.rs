@@ -116,7 +116,21 @@ impl Address {
     /// a mapped address is mapped loopback), so it is put to the policy, and
     /// used, as that address rather than letting a rule for "any address but
     /// local ones" allow it.
-    pub fn as_destination(self, bound: Option<IpAddr>) -> Address {
+    /// `bound` is asked only for an unspecified address (a `getsockname`).
+    pub fn as_destination(self, bound: impl FnOnce() -> Option<IpAddr>) -> Address {
+        let unspecified = match &self {
+            Address::Inet { addr, .. } => match addr.ip() {
+                IpAddr::V4(ip) => ip.is_unspecified(),
+                IpAddr::V6(ip) => {
+                    ip.is_unspecified() || ip.to_ipv4_mapped() == Some(Ipv4Addr::UNSPECIFIED)
+                }
+            },
+            _ => false,
+        };
+        if !unspecified {
+            return self;
+        }
+        let bound = bound();
         let own_v4 = |b: Option<Ipv4Addr>| {
             b.filter(|b| !b.is_unspecified())
                 .unwrap_or(Ipv4Addr::LOCALHOST)
@@ -429,7 +443,7 @@ mod tests {
             let a: SocketAddr = a.parse().unwrap();
             let v4_mapped = matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some());
             let bound = bound.map(|b| b.parse().unwrap());
-            describe(&Address::Inet { addr: a, v4_mapped }.as_destination(bound))
+            describe(&Address::Inet { addr: a, v4_mapped }.as_destination(|| bound))
         };
         assert_eq!(dest("0.0.0.0:80", None).1, "127.0.0.1");
         assert_eq!(dest("0.0.0.0:80", Some("0.0.0.0")).1, "127.0.0.1");

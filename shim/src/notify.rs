@@ -1229,7 +1229,7 @@ impl Supervisor {
         let addr = emulate::parse_sockaddr(&raw)?;
         // A bind to an unspecified address means every local one.
         let addr = if n.nr == libc::SYS_connect {
-            addr.as_destination(emulate::bound_ip(&sock))
+            addr.as_destination(|| emulate::bound_ip(&sock))
         } else {
             addr
         };
@@ -1332,7 +1332,7 @@ impl Supervisor {
         mem: &ToolMemory,
         at: u64,
         stream: bool,
-        bound: Option<std::net::IpAddr>,
+        sock: &OwnedFd,
     ) -> Result<Message, Errno> {
         let h = mem.read(at, 56)?;
         let word = |i: usize| u64::from_ne_bytes(h[i..i + 8].try_into().expect("8"));
@@ -1378,7 +1378,12 @@ impl Supervisor {
         let control = mem.read(control_ptr, control_len as usize)?;
         Ok(Message {
             name: name
-                .map(|b| emulate::parse_sockaddr(&b).map(|a| a.as_destination(bound)))
+                .map(|b| {
+                    // What an unspecified destination means depends on
+                    // where the socket is bound.
+                    emulate::parse_sockaddr(&b)
+                        .map(|a| a.as_destination(|| emulate::bound_ip(sock)))
+                })
                 .transpose()?,
             iov,
             iovecs,
@@ -1398,43 +1403,29 @@ impl Supervisor {
         let sock = self.tool_socket(&pidfd, n.args[0] as i32)?;
         let sock_type = emulate::socket_type(&sock)?;
         let stream = sock_type == libc::SOCK_STREAM;
-        // What an unspecified destination means depends on where the socket is bound.
-        let bound = if stream {
-            None
-        } else {
-            emulate::bound_ip(&sock)
-        };
         let flags = n.args[match n.nr {
             libc::SYS_sendmsg => 2,
             _ => 3,
         }] as i32;
-        if flags & libc::MSG_FASTOPEN != 0 {
-            // A send that connects: make the tool use connect instead.
-            self.forbid(
-                n,
-                format!("{}(MSG_FASTOPEN)", syscall_name(n.nr)),
-                libc::EOPNOTSUPP,
-            );
-            return Ok(());
-        }
-        if flags & libc::MSG_ZEROCOPY != 0 {
-            // The kernel would send our buffer's pages when it transmits,
-            // after we freed and reused them: our memory to the peer.
-            self.forbid(
-                n,
-                format!("{}(MSG_ZEROCOPY)", syscall_name(n.nr)),
-                libc::EOPNOTSUPP,
-            );
-            return Ok(());
-        }
         if flags & !SEND_FLAGS != 0 {
-            self.forbid_numbered(
-                n,
-                syscall_name(n.nr),
-                "flags",
-                i64::from(flags & !SEND_FLAGS),
-                libc::EOPNOTSUPP,
-            );
+            // Named for the exit record where the reason is known:
+            // `MSG_FASTOPEN` connects (the tool must use connect), and
+            // `MSG_ZEROCOPY` would have the kernel send our buffer's pages
+            // when it transmits, after we freed them: our memory to the peer.
+            let call = syscall_name(n.nr);
+            let named = [
+                (libc::MSG_FASTOPEN, "MSG_FASTOPEN"),
+                (libc::MSG_ZEROCOPY, "MSG_ZEROCOPY"),
+            ]
+            .into_iter()
+            .find(|(f, _)| flags & f != 0);
+            match named {
+                Some((_, name)) => self.forbid(n, format!("{call}({name})"), libc::EOPNOTSUPP),
+                None => {
+                    let other = i64::from(flags & !SEND_FLAGS);
+                    self.forbid_numbered(n, call, "flags", other, libc::EOPNOTSUPP)
+                }
+            }
             return Ok(());
         }
         let (headers, stride) = match n.nr {
@@ -1465,7 +1456,8 @@ impl Supervisor {
             // zero length is an address (and EINVAL), as the kernel reads it.
             let name = if n.args[4] != 0 && !stream {
                 Some(
-                    emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?.as_destination(bound),
+                    emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?
+                        .as_destination(|| emulate::bound_ip(&sock)),
                 )
             } else {
                 None
@@ -1482,7 +1474,7 @@ impl Supervisor {
         // tool's next call (a partial sendmmsg).
         let (mut copied, mut iovecs, mut fds) = (0usize, 0usize, 0usize);
         for at in &headers {
-            match self.read_msghdr(&mem, *at, stream, bound) {
+            match self.read_msghdr(&mem, *at, stream, &sock) {
                 Ok(m) => {
                     copied += m.iov.iter().map(Vec::len).sum::<usize>();
                     iovecs += m.iovecs;
