@@ -135,6 +135,47 @@ async fn evaluation_timeout_denies() {
     assert!(!rec.allow && rec.reason.starts_with("policy evaluation timed out"));
 }
 
+/// A decision slower than the caller's gRPC deadline is followed by a record
+/// of the denial the caller saw (its call failed): the policy's allow is not
+/// the last word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_decision_past_its_grpc_deadline_is_recorded_as_a_denial() {
+    // ~0.3-0.8 s of evaluation for this path (the broker's start-up checks
+    // evaluate others), within the 60 s limit, then allow.
+    let policy = "package cordon\nimport rego.v1\n\
+        allow if {\n  input.file.path == \"/slow\"\n  count([x | some x in numbers.range(1, 400000); x % 3 == 0]) > 0\n}\n";
+    let s = Serve::start(policy, &["--eval-timeout", "60s"]);
+    let mut req = tonic::Request::new(file_request(1, b"/slow", &["read"]));
+    req.set_timeout(Duration::from_millis(50));
+    let status = s.client().await.decide(req).await.unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{status:?}"
+    );
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    let all = loop {
+        let all = records(&s).await;
+        if all.len() >= 2 || std::time::Instant::now() > give_up {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all[0].allow, "{:?}", all[0]);
+    assert!(!all[1].allow, "{:?}", all[1]);
+    assert_eq!(all[1].overrides, all[0].seq);
+    assert!(
+        all[1].reason.contains("after the client's deadline"),
+        "{}",
+        all[1].reason
+    );
+    // Without a deadline the same request is allowed.
+    assert!(decide(&s, file_request(2, b"/slow", &["read"])).await.allow);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_invalid_argument() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);

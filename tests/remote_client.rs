@@ -205,7 +205,7 @@ fn decide_on_a_thread(
     id: u64,
 ) -> std::thread::JoinHandle<Result<Decision, ClientError>> {
     let remote = remote.clone();
-    std::thread::spawn(move || remote.decide(requests::read_system_lib(id)))
+    std::thread::spawn(move || remote.decide(&requests::read_system_lib(id)))
 }
 
 /// A call on another thread whose answer the relay holds back (on the first
@@ -228,7 +228,7 @@ fn a_slow_answer_does_not_hold_up_another_threads_call() {
     let (tx, rx) = mpsc::channel();
     {
         let remote = remote.clone();
-        std::thread::spawn(move || tx.send(remote.decide(requests::read_system_lib(2))));
+        std::thread::spawn(move || tx.send(remote.decide(&requests::read_system_lib(2))));
     }
     let second = rx
         .recv_timeout(Duration::from_secs(20))
@@ -244,7 +244,7 @@ fn a_slow_answer_does_not_hold_up_another_threads_call() {
     gate.set(0, false);
     assert!(first.join().unwrap().expect("decided").allow);
     // Back to one caller: the first stream serves it, no third is opened.
-    assert!(remote.decide(requests::read_system_lib(3)).unwrap().allow);
+    assert!(remote.decide(&requests::read_system_lib(3)).unwrap().allow);
     assert_eq!(gate.connections(), 2);
 }
 
@@ -266,14 +266,14 @@ fn a_call_whose_second_stream_is_refused_waits_for_the_first() {
 fn a_stream_idle_past_the_brokers_keepalive_is_reopened_not_denied() {
     let max_idle = Duration::from_millis(300);
     let Relayed { gate, remote, .. } = &relayed(usize::MAX, max_idle);
-    assert!(remote.decide(requests::read_system_lib(1)).unwrap().allow);
+    assert!(remote.decide(&requests::read_system_lib(1)).unwrap().allow);
     // Unused for longer than the broker waits for pings to be answered: it
     // has closed the connection.
     gate.cut(0);
     std::thread::sleep(max_idle * 2);
     assert!(
         remote
-            .decide(requests::read_system_lib(2))
+            .decide(&requests::read_system_lib(2))
             .expect("decided on a fresh stream")
             .allow
     );
@@ -299,10 +299,10 @@ fn while_the_first_stream_is_down_a_call_goes_to_the_second() {
 
     // The broker closes the first stream: the call on it is lost.
     gate.cut(0);
-    assert!(remote.decide(requests::read_system_lib(3)).is_err());
+    assert!(remote.decide(&requests::read_system_lib(3)).is_err());
     // The first lane is down and cannot reconnect; the second answers.
     for id in 4..8 {
-        let d = remote.decide(requests::read_system_lib(id));
+        let d = remote.decide(&requests::read_system_lib(id));
         assert!(d.expect("decided on the second stream").allow);
     }
 }
@@ -310,7 +310,7 @@ fn while_the_first_stream_is_down_a_call_goes_to_the_second() {
 #[test]
 fn a_lifecycle_record_waits_out_a_lost_stream_instead_of_being_lost() {
     let Relayed { gate, remote, .. } = &relayed(usize::MAX, DEFAULT_MAX_IDLE);
-    assert!(remote.decide(requests::read_system_lib(1)).unwrap().allow);
+    assert!(remote.decide(&requests::read_system_lib(1)).unwrap().allow);
     // The broker went away and came back: the stream is dead.
     gate.cut(0);
     let exited = Lifecycle {

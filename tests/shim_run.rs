@@ -1532,6 +1532,72 @@ fn losing_the_broker_denies_and_reconnecting_recovers() {
     assert_eq!(exits[0]["exit_status"], 7, "{:?}", exits[0]);
 }
 
+/// Allows everything, and reads of files named `slow.txt` too, but only after
+/// an evaluation of ~1.3 s (release build) to ~3 s (debug) on this machine.
+const SLOW_FOR_ONE_FILE: &str = "package cordon\nimport rego.v1\n\
+    allow if {\n  input.kind in {\"file\", \"exec\", \"network\"}\n  not endswith(input.file.path, \"/slow.txt\")\n}\n\
+    allow if {\n  endswith(input.file.path, \"/slow.txt\")\n  count([x | some x in numbers.range(1, 1500000); x % 3 == 0]) > 0\n}\n";
+
+/// An allow the broker records after the shim stopped waiting is followed by
+/// an `override` record: the store says what the tool got, a denial.
+#[test]
+fn a_decision_finished_after_the_deadline_is_stored_as_the_denial_the_tool_got() {
+    let env = Env::new(&[]);
+    let slow = env.work.join("slow.txt");
+    std::fs::write(&slow, "x").unwrap();
+    let serve = support::Serve::start(SLOW_FOR_ONE_FILE, &["--eval-timeout", "60s"]);
+    // The policy allows the read, but only after the tool stopped waiting.
+    let out = cordon()
+        .args(["run", "--deadline", "500ms", "--broker", &serve.uri(), "--"])
+        .args(["/usr/bin/python3", "-c"])
+        .arg("try:\n    open('slow.txt').read(); print('read')\nexcept OSError as e:\n    print('err', e.errno)\n")
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(text(&out.stdout).trim(), "err 13", "{stderr}");
+    // The local log names the call it denied.
+    assert!(
+        stderr.contains("no decision; denying") && stderr.contains("slow.txt"),
+        "{stderr}"
+    );
+    // The broker finishes the evaluation later: its allow, then the override.
+    let path = slow.display().to_string();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let out = cordon()
+            .args([
+                "audit",
+                "--format",
+                "json",
+                "--broker",
+                &serve.uri(),
+                "--path-prefix",
+                &path,
+            ])
+            .output()
+            .unwrap();
+        let records: Vec<Value> = assert_ok(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if records.len() >= 2 || Instant::now() > give_up {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(records.len(), 2, "{records:?}\n{}", serve.log());
+    let (allow, over) = (&records[0], &records[1]);
+    assert_eq!(allow["event"], "decision", "{allow}");
+    assert_eq!(allow["allow"], true, "{allow}");
+    assert_eq!(over["event"], "override", "{over}");
+    assert_eq!(over["allow"], false, "{over}");
+    assert_eq!(over["errno"], "EACCES", "{over}");
+    assert_eq!(over["overrides"], allow["seq"], "{over}");
+    let reason = over["reason"].as_str().unwrap();
+    assert!(reason.contains("after the client's deadline"), "{reason}");
+}
+
 #[test]
 fn connecting_to_the_broker_socket_is_denied() {
     let env = Env::new(&[]);

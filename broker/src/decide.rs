@@ -5,7 +5,10 @@
 //! audit record was stored (per the durability mode). Every failure on this
 //! path is a denial with a reason that says what failed.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use cordon_proto::v1::{
     DecideRequest, Decision, Lifecycle, decide_request::Subject, lifecycle::Event,
@@ -73,11 +76,26 @@ impl Broker {
         &self.audit
     }
 
-    /// Decides one request. A malformed request is an error (the caller must
-    /// deny); anything else is a [`Decision`], allow only when recorded.
+    /// Decides one request read just now; see [`Broker::decide_received`].
     pub fn decide(&self, req: &DecideRequest) -> Result<Decision, InvalidRequest> {
+        self.decide_received(req, Instant::now())
+    }
+
+    /// Decides one request, read from the client at `received` (its
+    /// `timeout_ns` counts from then). A malformed request is an error (the
+    /// caller must deny); anything else is a [`Decision`], allow only when
+    /// recorded and answered within the request's time.
+    pub fn decide_received(
+        &self,
+        req: &DecideRequest,
+        received: Instant,
+    ) -> Result<Decision, InvalidRequest> {
         let start = Instant::now();
         request::validate(req)?;
+        let deadline = deadline(req, received);
+        if let Some(late) = overdue(deadline) {
+            return Ok(self.decide_expired(req, late));
+        }
         let input = request::input_document(req);
         let verdict = self.policy.evaluate(&input);
         let latency_us = start.elapsed().as_micros() as u64;
@@ -92,8 +110,37 @@ impl Broker {
             record.allow = true;
             record.would_deny = true;
         }
-        Ok(match self.audit.append(record) {
-            Ok(appended) if would_deny => Decision {
+        let allows = verdict.allow || would_deny;
+        let appended = self.audit.append(record);
+        // Recorded as the policy decided, but too late for the client (a slow
+        // evaluation, or a strict flush slower than it waits), which has
+        // denied the call: a record saying so follows the allow, and the
+        // answer agrees with it. A late denial needs none: the call was
+        // denied either way (with EACCES, whatever errno the policy chose).
+        let late = match &appended {
+            Ok(_) if allows => overdue(deadline),
+            _ => None,
+        };
+        Ok(match (appended, late) {
+            (Ok(appended), Some(late)) => {
+                let reason = format!(
+                    "record {} allowed this call, but it was decided and stored {} after the \
+                     client's deadline, so the client denied it",
+                    appended.seq,
+                    ms(late)
+                );
+                let seq = self.record_override(req, &verdict, appended.seq, reason.clone());
+                Decision {
+                    allow: false,
+                    errno: errno::DEFAULT.into(),
+                    errno_code: errno::code(errno::DEFAULT).unwrap_or(13),
+                    reason,
+                    policy_revision: verdict.revision.to_string(),
+                    audit_seq: seq.unwrap_or(0),
+                    eval_us: verdict.eval_time.as_micros() as u64,
+                }
+            }
+            (Ok(appended), None) if would_deny => Decision {
                 allow: true,
                 errno: String::new(),
                 errno_code: 0,
@@ -102,7 +149,7 @@ impl Broker {
                 audit_seq: appended.seq,
                 eval_us: verdict.eval_time.as_micros() as u64,
             },
-            Ok(appended) => Decision {
+            (Ok(appended), None) => Decision {
                 allow: verdict.allow,
                 errno: verdict.errno,
                 errno_code: verdict.errno_code,
@@ -113,7 +160,7 @@ impl Broker {
             },
             // A denial whose record is stored but not flushed: the answer is
             // what the record says (a denial needs no durability to be safe).
-            Err(AuditError::Unflushed { seq, .. }) if !verdict.allow && !would_deny => {
+            (Err(AuditError::Unflushed { seq, .. }), _) if !allows => {
                 tracing::error!(seq, "a denial's audit record could not be flushed");
                 Decision {
                     allow: false,
@@ -125,31 +172,77 @@ impl Broker {
                     eval_us: verdict.eval_time.as_micros() as u64,
                 }
             }
-            Err(e) => {
+            (Err(e), _) => {
                 if let AuditError::Unflushed { seq, .. } = e {
-                    self.record_override(req, &verdict, seq, &e);
+                    let reason = format!("record {seq} allowed this call, but it was denied: {e}");
+                    self.record_override(req, &verdict, seq, reason);
                 }
                 unrecorded_denial(&e, &verdict)
             }
         })
     }
 
-    /// Record `seq` says allow, and it is in the store's memory, but the
-    /// call is denied (its flush failed): a record that says so follows it,
-    /// in the store if it takes one more, else in the log.
-    fn record_override(&self, req: &DecideRequest, verdict: &Verdict, seq: u64, e: &AuditError) {
+    /// A request read after its time ran out: its client has denied the
+    /// call already (with `EACCES`, as every unanswered call), so it is not
+    /// evaluated, and its record says denied. It carries no `input`: there
+    /// is no policy decision in it for `cordon policy replay` to compare.
+    fn decide_expired(&self, req: &DecideRequest, late: Duration) -> Decision {
+        let revision = self.policy.current().revision().clone();
+        let verdict = Verdict {
+            allow: false,
+            errno: errno::DEFAULT.into(),
+            errno_code: errno::code(errno::DEFAULT).unwrap_or(13),
+            reason: format!(
+                "the request was read {} after the client's deadline, so the client denied \
+                 it; not evaluated",
+                ms(late)
+            ),
+            deny: Vec::new(),
+            eval_time: Duration::ZERO,
+            revision,
+            memoized: false,
+        };
+        let record = decision_record(req, &verdict, 0);
+        match self.audit.append(record) {
+            Ok(a) => Decision {
+                allow: false,
+                errno: verdict.errno,
+                errno_code: verdict.errno_code,
+                reason: verdict.reason,
+                policy_revision: verdict.revision.to_string(),
+                audit_seq: a.seq,
+                eval_us: 0,
+            },
+            Err(e) => unrecorded_denial(&e, &verdict),
+        }
+    }
+
+    /// Record `seq` says allow, and it is in the store (or its memory), but
+    /// the call is denied (its flush failed or came too late): a record that
+    /// says so follows it, in the store if it takes one more, else in the
+    /// log. Returns that record's seq, if stored.
+    fn record_override(
+        &self,
+        req: &DecideRequest,
+        verdict: &Verdict,
+        seq: u64,
+        reason: String,
+    ) -> Option<u64> {
         let mut r = decision_record(req, verdict, 0);
         r.event = "override".into();
         r.overrides = Some(seq);
         r.allow = false;
         r.memoized = false;
         r.errno = errno::DEFAULT.into();
-        r.reason = format!("record {seq} allowed this call, but it was denied: {e}");
+        r.reason = reason;
         match self.audit.append(r.clone()) {
-            Ok(_) => {}
+            Ok(a) => Some(a.seq),
             // In the store's memory: logged at exit if never flushed.
-            Err(AuditError::Unflushed { .. }) => {}
-            Err(_) => log_unstored(vec![r]),
+            Err(AuditError::Unflushed { seq, .. }) => Some(seq),
+            Err(_) => {
+                log_unstored(vec![r]);
+                None
+            }
         }
     }
 
@@ -223,6 +316,43 @@ pub enum LifecycleError {
     Audit(#[from] AuditError),
 }
 
+/// When the client stops waiting for the answer to `req`, read at
+/// `received`: `timeout_ns` after it (the client sends its wait less
+/// [`answer_margin`]), or never.
+fn deadline(req: &DecideRequest, received: Instant) -> Option<Instant> {
+    if req.timeout_ns == 0 {
+        return None;
+    }
+    received.checked_add(Duration::from_nanos(req.timeout_ns))
+}
+
+/// How long ago `deadline` passed, if it has.
+fn overdue(deadline: Option<Instant>) -> Option<Duration> {
+    let deadline = deadline?;
+    Instant::now().checked_duration_since(deadline)
+}
+
+/// How much sooner than it stops waiting a client asks for its answer: the
+/// answer's way back, the request's way there, a scheduling delay. A quarter
+/// of the wait, at least 5 ms (but at most half the wait) and at most 100 ms.
+pub fn answer_margin(wait: Duration) -> Duration {
+    (wait / 4)
+        .min(Duration::from_millis(100))
+        .max(Duration::from_millis(5).min(wait / 2))
+}
+
+/// The `timeout_ns` a client that waits `wait` for an answer sends.
+pub fn request_timeout_ns(wait: Duration) -> u64 {
+    let budget = wait.saturating_sub(answer_margin(wait));
+    // 0 means no limit: a wait too short for any answer still has one.
+    (budget.as_nanos().min(u64::MAX as u128) as u64).max(1)
+}
+
+/// A duration as people read a lateness: milliseconds, to 0.1.
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
 /// The audit store refused the record: deny, and say why.
 fn unrecorded_denial(e: &AuditError, verdict: &Verdict) -> Decision {
     tracing::error!(error = %e, "decision could not be recorded; denying");
@@ -278,4 +408,178 @@ pub fn decision_record(req: &DecideRequest, verdict: &Verdict, latency_us: u64) 
         None => {}
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        audit::{Appended, AuditFilter, Durability, SledAudit, VerifyReport},
+        policy::{PolicyOptions, PolicySource},
+    };
+    use cordon_proto::v1::FileAccess;
+    use tokio::sync::watch;
+
+    /// A strict store whose appends return `delay` late: a flush slower than
+    /// the client waits.
+    #[derive(Debug)]
+    struct SlowStore {
+        inner: SledAudit,
+        delay: Duration,
+    }
+
+    impl AuditLog for SlowStore {
+        fn append(&self, record: AuditRecord) -> Result<Appended, AuditError> {
+            let appended = self.inner.append(record);
+            std::thread::sleep(self.delay);
+            appended
+        }
+        fn scan(
+            &self,
+            filter: &AuditFilter,
+            each: &mut dyn FnMut(AuditRecord) -> bool,
+        ) -> Result<u64, AuditError> {
+            self.inner.scan(filter, each)
+        }
+        fn verify(&self) -> Result<VerifyReport, AuditError> {
+            self.inner.verify()
+        }
+        fn last_seq(&self) -> u64 {
+            self.inner.last_seq()
+        }
+        fn subscribe(&self) -> watch::Receiver<u64> {
+            self.inner.subscribe()
+        }
+        fn flush(&self) -> Result<(), AuditError> {
+            self.inner.flush()
+        }
+    }
+
+    /// A read of a system file, which the built-in policy allows, by a
+    /// client that gives the broker `timeout` (none for zero).
+    fn read_usr_lib(timeout: Duration) -> DecideRequest {
+        DecideRequest {
+            syscall: "openat".into(),
+            subject: Some(Subject::File(FileAccess {
+                path: b"/usr/lib/os-release".to_vec(),
+                access: vec!["read".into()],
+                ..Default::default()
+            })),
+            timeout_ns: timeout.as_nanos() as u64,
+            ..Default::default()
+        }
+    }
+
+    fn broker(dir: &std::path::Path, delay: Duration) -> Broker {
+        let store = SledAudit::open(dir, Durability::Strict).expect("store");
+        let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default())
+            .expect("built-in policy");
+        Broker::new(
+            Arc::new(policy),
+            Arc::new(SlowStore {
+                inner: store,
+                delay,
+            }),
+        )
+    }
+
+    fn records(b: &Broker) -> Vec<AuditRecord> {
+        let mut all = Vec::new();
+        b.audit()
+            .scan(&AuditFilter::default(), &mut |r| {
+                all.push(r);
+                true
+            })
+            .expect("scan");
+        all
+    }
+
+    #[test]
+    fn an_allow_stored_after_the_deadline_is_answered_and_recorded_as_a_denial() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path(), Duration::from_millis(300));
+        // In time: allowed, one record.
+        let d = b.decide(&read_usr_lib(Duration::from_secs(20))).unwrap();
+        assert!(d.allow, "{}", d.reason);
+        // The store takes 300 ms; the client waits 50: the allow record is
+        // followed by an override, and the answer is the denial the client
+        // applied.
+        let d = b.decide(&read_usr_lib(Duration::from_millis(50))).unwrap();
+        assert!(!d.allow);
+        assert_eq!(d.errno_code, 13);
+        assert!(
+            d.reason.contains("after the client's deadline"),
+            "{}",
+            d.reason
+        );
+        let all = records(&b);
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(all[0].allow && all[1].allow);
+        assert_eq!(all[1].reason, "allowed");
+        assert!(all[1].input.is_some());
+        assert_eq!(all[2].event, "override");
+        assert!(!all[2].allow);
+        assert_eq!(all[2].overrides, Some(all[1].seq));
+        assert_eq!(d.audit_seq, all[2].seq);
+    }
+
+    #[test]
+    fn a_request_read_after_its_time_ran_out_is_recorded_as_denied_and_not_evaluated() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path(), Duration::ZERO);
+        let received = Instant::now() - Duration::from_millis(20);
+        let d = b
+            .decide_received(&read_usr_lib(Duration::from_millis(5)), received)
+            .unwrap();
+        assert!(!d.allow);
+        assert_eq!(d.errno, "EACCES");
+        let all = records(&b);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(!all[0].allow);
+        assert_eq!(all[0].event, "decision");
+        assert!(all[0].reason.contains("not evaluated"), "{}", all[0].reason);
+        // Nothing for `policy replay` to re-evaluate: no policy decision.
+        assert!(all[0].input.is_none());
+        assert_eq!(d.audit_seq, all[0].seq);
+        // No limit: the same request is allowed.
+        assert!(b.decide(&read_usr_lib(Duration::ZERO)).unwrap().allow);
+    }
+
+    /// Permissive mode: a call the policy denies is allowed, so one answered
+    /// too late is overridden like any allow; one read too late is denied
+    /// without a `would_deny` (the policy said nothing).
+    #[test]
+    fn permissive_allows_answered_too_late_are_overridden() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path(), Duration::from_millis(300)).with_permissive(Permissive::All);
+        let mut write = read_usr_lib(Duration::from_millis(50));
+        if let Some(Subject::File(f)) = &mut write.subject {
+            f.access = vec!["write".into()];
+        }
+        let d = b.decide(&write).unwrap();
+        assert!(!d.allow, "{}", d.reason);
+        let d = b
+            .decide_received(&write, Instant::now() - Duration::from_millis(100))
+            .unwrap();
+        assert!(!d.allow, "{}", d.reason);
+        let all = records(&b);
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(all[0].allow && all[0].would_deny);
+        assert_eq!(all[1].event, "override");
+        assert_eq!(all[1].overrides, Some(all[0].seq));
+        assert!(!all[2].allow && !all[2].would_deny);
+    }
+
+    #[test]
+    fn the_margin_leaves_time_for_the_answer_at_every_scale() {
+        let ms = Duration::from_millis;
+        assert_eq!(answer_margin(Duration::from_secs(2)), ms(100));
+        assert_eq!(answer_margin(ms(100)), ms(25));
+        assert_eq!(answer_margin(ms(10)), ms(5));
+        assert_eq!(answer_margin(ms(1)), Duration::from_micros(500));
+        assert_eq!(answer_margin(Duration::ZERO), Duration::ZERO);
+        assert_eq!(request_timeout_ns(Duration::from_secs(2)), 1_900_000_000);
+        assert_eq!(request_timeout_ns(Duration::ZERO), 1);
+        assert_eq!(request_timeout_ns(Duration::MAX), u64::MAX);
+    }
 }

@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
     pin::Pin,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use cordon_proto::v1::{
@@ -165,20 +165,29 @@ impl BrokerService {
         }
     }
 
-    async fn run_decide(&self, req: DecideRequest) -> Result<pb::Decision, Status> {
+    async fn run_decide(
+        &self,
+        req: DecideRequest,
+        received: Instant,
+    ) -> Result<pb::Decision, Status> {
         let broker = self.broker.clone();
         let result = if self.strict {
-            tokio::task::spawn_blocking(move || broker.decide(&req))
+            tokio::task::spawn_blocking(move || broker.decide_received(&req, received))
                 .await
                 .map_err(|e| Status::internal(format!("decision task failed: {e}")))?
         } else {
-            broker.decide(&req)
+            broker.decide_received(&req, received)
         };
         result.map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 
-fn handle_session_message(broker: &Broker, msg: SessionRequest) -> SessionResponse {
+/// Answers one `Session` message, read at `received`.
+fn handle_session_message(
+    broker: &Broker,
+    msg: SessionRequest,
+    received: Instant,
+) -> SessionResponse {
     let request_id = msg.request_id;
     let error = |code: tonic::Code, message: String| SessionResponse {
         request_id,
@@ -188,7 +197,7 @@ fn handle_session_message(broker: &Broker, msg: SessionRequest) -> SessionRespon
         })),
     };
     match msg.msg {
-        Some(session_request::Msg::Decide(req)) => match broker.decide(&req) {
+        Some(session_request::Msg::Decide(req)) => match broker.decide_received(&req, received) {
             Ok(d) => SessionResponse {
                 request_id,
                 msg: Some(session_response::Msg::Decision(d)),
@@ -222,6 +231,26 @@ fn handle_session_message(broker: &Broker, msg: SessionRequest) -> SessionRespon
             "invalid request: empty session message".into(),
         ),
     }
+}
+
+/// The call's gRPC deadline (`grpc-timeout`: at most 8 digits and a unit,
+/// `H`, `M`, `S`, `m`, `u` or `n`), if it has a valid one.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Converts a stored record to its wire form.
@@ -299,9 +328,16 @@ impl broker_server::Broker for BrokerService {
         &self,
         request: Request<DecideRequest>,
     ) -> Result<Response<DecideResponse>, Status> {
-        let req = request.into_inner();
+        let received = Instant::now();
+        let timeout = grpc_timeout(request.metadata());
+        let mut req = request.into_inner();
+        if req.timeout_ns == 0
+            && let Some(t) = timeout
+        {
+            req.timeout_ns = crate::decide::request_timeout_ns(t);
+        }
         let request_id = req.request_id;
-        let decision = self.run_decide(req).await?;
+        let decision = self.run_decide(req, received).await?;
         Ok(Response::new(DecideResponse {
             request_id,
             decision: Some(decision),
@@ -329,6 +365,7 @@ impl broker_server::Broker for BrokerService {
                     _ = closed(&mut closing) => break,
                     m = inbound.message() => m,
                 };
+                let received = Instant::now();
                 let msg = match msg {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
@@ -342,10 +379,11 @@ impl broker_server::Broker for BrokerService {
                     // that they share flushes (group commit).
                     let (broker, tx) = (broker.clone(), tx.clone());
                     tokio::task::spawn_blocking(move || {
-                        let _ = tx.blocking_send(Ok(handle_session_message(&broker, msg)));
+                        let _ =
+                            tx.blocking_send(Ok(handle_session_message(&broker, msg, received)));
                     });
                 } else if tx
-                    .send(Ok(handle_session_message(&broker, msg)))
+                    .send(Ok(handle_session_message(&broker, msg, received)))
                     .await
                     .is_err()
                 {
@@ -676,4 +714,28 @@ pub async fn serve_tcp_tls(
         .serve_with_shutdown(addr, shutdown)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_spells_them() {
+        let parse = |v: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse("99999999m"), Some(Duration::from_millis(99_999_999)));
+        assert_eq!(parse("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(parse("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S", "10"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
 }

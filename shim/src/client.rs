@@ -40,7 +40,7 @@ pub enum ClientError {
 
 /// Something that decides requests and records sandbox lifecycle events.
 pub trait Decider: Send + Sync + std::fmt::Debug {
-    fn decide(&self, req: DecideRequest) -> Result<Decision, ClientError>;
+    fn decide(&self, req: &DecideRequest) -> Result<Decision, ClientError>;
     fn lifecycle(&self, event: Lifecycle) -> Result<u64, ClientError>;
     /// The policy's kernel backstop for this sandbox, if it defines one.
     fn backstop(&self, sandbox: &SandboxInfo) -> Result<Option<serde_json::Value>, ClientError>;
@@ -56,9 +56,9 @@ pub trait Decider: Send + Sync + std::fmt::Debug {
 pub struct Embedded(pub Broker);
 
 impl Decider for Embedded {
-    fn decide(&self, req: DecideRequest) -> Result<Decision, ClientError> {
+    fn decide(&self, req: &DecideRequest) -> Result<Decision, ClientError> {
         self.0
-            .decide(&req)
+            .decide(req)
             .map_err(|e| ClientError::Refused(e.to_string()))
     }
 
@@ -286,11 +286,16 @@ impl Lane {
         conn: &mut Connection,
         deadline: Duration,
         id: u64,
-        msg: session_request::Msg,
+        mut msg: session_request::Msg,
     ) -> Result<session_response::Msg, ClientError> {
         let Some(stream) = conn.stream.as_mut() else {
             return Err(ClientError::Disconnected);
         };
+        // The broker must answer a margin sooner than the call stops waiting,
+        // or record the call as the denial it then is.
+        if let session_request::Msg::Decide(req) = &mut msg {
+            req.timeout_ns = cordon_broker::decide::request_timeout_ns(deadline);
+        }
         let exchange = async {
             stream
                 .outbound
@@ -334,8 +339,8 @@ impl Lane {
 }
 
 impl Decider for Remote {
-    fn decide(&self, req: DecideRequest) -> Result<Decision, ClientError> {
-        match self.call(session_request::Msg::Decide(req))? {
+    fn decide(&self, req: &DecideRequest) -> Result<Decision, ClientError> {
+        match self.call(session_request::Msg::Decide(req.clone()))? {
             session_response::Msg::Decision(d) => Ok(d),
             session_response::Msg::Error(e) => Err(ClientError::Refused(e.message)),
             other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),

@@ -809,6 +809,8 @@ impl Supervisor {
             }),
             syscall: syscall_name(n.nr).into(),
             subject: Some(subject),
+            // Set by a remote client as it sends the request.
+            timeout_ns: 0,
         }
     }
 
@@ -816,11 +818,17 @@ impl Supervisor {
     /// `Err` carrying a real, non-zero errno (an errno the shim does not know,
     /// or none, is `EACCES`: a zero would complete the call as a success).
     pub fn ask(&self, req: DecideRequest) -> Result<(), Errno> {
-        let answer = match self.decider.decide(req) {
+        let answer = match self.decider.decide(&req) {
             Ok(d) if d.allow => Ok(()),
             Ok(d) => Err(denial_errno(d.errno_code)),
             Err(e) => {
-                tracing::warn!(error = %e, "no decision; denying");
+                tracing::warn!(
+                    error = %e,
+                    pid = req.process.as_ref().map_or(0, |p| p.pid),
+                    syscall = %req.syscall,
+                    call = %describe(&req),
+                    "no decision; denying"
+                );
                 self.count(|c| c.undecided += 1);
                 Err(Errno::EACCES)
             }
@@ -1728,6 +1736,19 @@ fn kernel_exec_name(path: &[u8], dirfd: i32, empty_path: bool) -> Vec<u8> {
 fn tgkill_sigpipe(tgid: i32, tid: i32) -> nix::Result<()> {
     crate::sys::tgkill(tgid, tid, libc::SIGPIPE)
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH)))
+}
+
+/// What a call asked for, for a log line: the path, the address and port,
+/// or the socket path.
+fn describe(req: &DecideRequest) -> String {
+    use cordon_broker::request::display_bytes;
+    match &req.subject {
+        Some(Subject::File(f)) => display_bytes(&f.path),
+        Some(Subject::Exec(e)) => display_bytes(&e.path),
+        Some(Subject::Network(n)) if n.family == "unix" => display_bytes(&n.path),
+        Some(Subject::Network(n)) => format!("{} port {}", n.address, n.port),
+        None => String::new(),
+    }
 }
 
 /// The errno a denial fails the call with: the broker's, if it is a real

@@ -52,6 +52,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "K=V", value_parser = parse_label)]
     label: Vec<(String, String)>,
     /// How long a brokered call waits for a remote decision before it is denied.
+    /// The broker is told (less a margin for the way back): an allow it
+    /// answers later is followed in its store by the denial the tool got.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     deadline: Duration,
     /// Embedded broker: when an answer may be given relative to its audit flush.

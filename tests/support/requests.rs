@@ -44,6 +44,7 @@ pub fn file_request(id: u64, path: &[u8], access: &[&str]) -> DecideRequest {
             truncate: false,
             flags: vec!["O_RDONLY".into()],
         })),
+        timeout_ns: 0,
     }
 }
 
@@ -87,6 +88,7 @@ pub fn connect_request(id: u64, address: &str, port: u32) -> DecideRequest {
             port,
             ..Default::default()
         })),
+        timeout_ns: 0,
     }
 }
 
@@ -100,5 +102,6 @@ pub fn exec_request(id: u64, path: &str, argv: &[&str]) -> DecideRequest {
             path: path.as_bytes().to_vec(),
             argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         })),
+        timeout_ns: 0,
     }
 }
