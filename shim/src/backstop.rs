@@ -256,10 +256,11 @@ impl Opener {
         std::thread::Builder::new()
             .name("cordon-opener".into())
             .spawn(move || {
-                // Files created here take the tool's umask, applied by hand
-                // (as on the supervisor thread): our own umask must not.
+                // Files created here take the tool's umask, set around each
+                // create (as on the serving threads): our own must not.
                 if nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).is_ok() {
                     nix::sys::stat::umask(Mode::empty());
+                    crate::emulate::has_own_fs_context();
                 }
                 let restricted = sys::landlock_restrict_thread(&rs);
                 let ok = restricted.is_ok();

@@ -49,30 +49,139 @@ pub fn open_found(
                 // O_NOFOLLOW on a symlink, as the kernel says it.
                 return Err(Errno::ELOOP);
             }
+            if flags & libc::O_CREAT != 0 && kind == libc::S_IFDIR {
+                return Err(Errno::EISDIR);
+            }
             // Reopening through our O_PATH fd opens the very inode we checked.
             // (O_TMPFILE creates in that directory: it needs the mode.)
-            let flags = base & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW);
-            let mode = Mode::from_bits_truncate(mode & 0o7777 & !umask);
+            // O_CREAT goes: nothing is created. O_EXCL stays (without O_CREAT
+            // it claims a block device for this opener alone, and makes an
+            // O_TMPFILE file one that can never be linked in).
+            let flags = base & !(OFlag::O_CREAT | OFlag::O_NOFOLLOW);
             let name = fd.as_raw_fd().to_string();
-            match crate::resolve::own_fd_dir() {
+            let reopen = |mode| match crate::resolve::own_fd_dir() {
                 // Relative to the kept `/proc/self/fd`: no walk through
                 // `/proc/self` per call.
                 Some(dir) => openat(dir, name.as_str(), flags, mode),
                 None => open(format!("/proc/self/fd/{name}").as_str(), flags, mode),
+            };
+            if flags.contains(OFlag::O_TMPFILE) {
+                with_umask(umask, mode, reopen)
+            } else {
+                reopen(Mode::empty())
             }
         }
         Found::Missing { parent, name } => {
-            let mode = Mode::from_bits_truncate(mode & 0o7777 & !umask);
-            // O_NOFOLLOW: if someone planted a symlink since the check, fail
-            // (ELOOP) instead of creating or opening its target.
-            openat(
-                parent,
-                OsStr::from_bytes(name),
-                base | OFlag::O_NOFOLLOW,
-                mode,
-            )
+            // Create, never open: if something took the name since the check
+            // (a file, a FIFO, a symlink), EEXIST, and the caller looks it up
+            // and decides again, unless the tool asked for O_EXCL itself.
+            let created = with_umask(umask, mode, |mode| {
+                openat(
+                    parent,
+                    OsStr::from_bytes(name),
+                    base | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+                    mode,
+                )
+            });
+            // A symlink at the name (a dangling one the lookup went through,
+            // or one planted since): ELOOP, never its target created.
+            if matches!(created, Err(Errno::EEXIST)) && flags & libc::O_EXCL == 0 {
+                let at = nix::sys::stat::fstatat(
+                    parent,
+                    OsStr::from_bytes(name),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                );
+                if at.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK) {
+                    return Err(Errno::ELOOP);
+                }
+            }
+            created
         }
     }
+}
+
+thread_local! {
+    /// This thread has an fs context of its own (`unshare(CLONE_FS)`).
+    static OWN_FS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Says that the calling thread has an fs context of its own, with umask 0:
+/// creates on it may set its umask to the tool's.
+pub fn has_own_fs_context() {
+    OWN_FS.with(|c| c.set(true));
+}
+
+/// Runs a create with `mode` under the tool's umask, as the kernel applies
+/// it for the tool: on a thread with its own fs context by setting the
+/// thread's umask for the call, so that a directory's default ACL overrides
+/// it as natively; elsewhere (where the umask is the whole process's) by
+/// masking the mode, which ignores default ACLs.
+fn with_umask<T>(umask: u32, mode: u32, create: impl FnOnce(Mode) -> T) -> T {
+    let mode = mode & 0o7777;
+    if !OWN_FS.with(|c| c.get()) {
+        return create(Mode::from_bits_truncate(mode & !umask));
+    }
+    let old = nix::sys::stat::umask(Mode::from_bits_truncate(umask & 0o777));
+    let out = create(Mode::from_bits_truncate(mode));
+    nix::sys::stat::umask(old);
+    out
+}
+
+/// Whether the kernel refuses an `O_CREAT` open of the existing `path` (of
+/// type `kind`, owned by `owner`) by a caller with fs uid `fsuid`, because
+/// its directory is sticky and neither owns it (`may_create_in_sticky`, with
+/// this machine's `fs.protected_regular` and `fs.protected_fifos`). A
+/// directory that cannot be examined refuses nothing: the check is the
+/// kernel's hardening, not the policy's.
+pub fn refused_in_sticky(path: &[u8], kind: u32, owner: u32, fsuid: u32) -> bool {
+    let parent = match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => &b"/"[..],
+        Some(i) => &path[..i],
+        None => return false,
+    };
+    let Ok(dir) = nix::sys::stat::lstat(OsStr::from_bytes(parent)) else {
+        return false;
+    };
+    if dir.st_mode & libc::S_ISVTX == 0 {
+        return false;
+    }
+    let sysctl = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    sticky_refuses(
+        dir.st_mode,
+        dir.st_uid,
+        kind,
+        owner,
+        fsuid,
+        (sysctl("protected_regular"), sysctl("protected_fifos")),
+    )
+}
+
+/// The kernel's rule, given the directory's mode and owner and the sysctls
+/// (`protected_regular`, `protected_fifos`).
+fn sticky_refuses(
+    dir_mode: u32,
+    dir_owner: u32,
+    kind: u32,
+    owner: u32,
+    fsuid: u32,
+    (regular, fifos): (u32, u32),
+) -> bool {
+    if dir_mode & libc::S_ISVTX == 0
+        || kind == libc::S_IFREG && regular == 0
+        || kind == libc::S_IFIFO && fifos == 0
+        || owner == dir_owner
+        || owner == fsuid
+    {
+        return false;
+    }
+    dir_mode & 0o002 != 0
+        || dir_mode & 0o020 != 0
+            && (kind == libc::S_IFIFO && fifos >= 2 || kind == libc::S_IFREG && regular >= 2)
 }
 
 /// A decoded socket address.
@@ -436,6 +545,29 @@ pub fn scm_rights(control: &[u8]) -> Result<Vec<i32>, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sticky_directories_refuse_creates_on_others_files_as_the_kernel_does() {
+        let (reg, fifo, chr) = (libc::S_IFREG, libc::S_IFIFO, libc::S_IFCHR);
+        let tmp = 0o1777 | libc::S_IFDIR;
+        let group_tmp = 0o1770 | libc::S_IFDIR;
+        // Directory owned by root (0), file by 1000, caller 2000.
+        let refuses = |dir, kind, sysctls| sticky_refuses(dir, 0, kind, 1000, 2000, sysctls);
+        assert!(!refuses(tmp, reg, (0, 0)));
+        assert!(refuses(tmp, reg, (1, 0)));
+        assert!(!refuses(tmp, fifo, (1, 0)));
+        assert!(refuses(tmp, fifo, (0, 1)));
+        // Other types: the sysctls do not spare them.
+        assert!(refuses(tmp, chr, (0, 0)));
+        // Group-writable only: level 2.
+        assert!(!refuses(group_tmp, reg, (1, 1)));
+        assert!(refuses(group_tmp, reg, (2, 0)));
+        assert!(refuses(group_tmp, fifo, (0, 2)));
+        // Not sticky, or the caller or the directory's owner owns the file.
+        assert!(!refuses(0o777 | libc::S_IFDIR, reg, (2, 2)));
+        assert!(!sticky_refuses(tmp, 0, reg, 2000, 2000, (2, 2)));
+        assert!(!sticky_refuses(tmp, 1000, reg, 1000, 2000, (2, 2)));
+    }
 
     #[test]
     fn an_unspecified_destination_is_this_machine() {

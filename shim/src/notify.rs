@@ -74,6 +74,8 @@ pub struct Counters {
     /// Calls denied because no decision could be obtained.
     pub undecided: u64,
     pub exec_killed: u64,
+    /// Creates that found their name taken since the lookup (decided again).
+    pub create_races: u64,
 }
 
 /// The broker's unix socket: its path, and its device and inode (read once).
@@ -885,24 +887,50 @@ impl Supervisor {
                 if word(0) > u32::MAX as u64 {
                     return Err(Errno::EINVAL);
                 }
-                // RESOLVE_NO_XDEV … RESOLVE_CACHED; anything else is EINVAL, as
-                // the kernel says. (CACHED is a hint we may drop.)
-                const KNOWN_RESOLVE: u64 = 0x3f;
-                if word(16) & !KNOWN_RESOLVE != 0 {
+                let (flags, mode, resolve) = (word(0) as i32, word(8), word(16));
+                // The kernel's `build_open_flags` checks, in its order.
+                if flags & !VALID_OPEN_FLAGS != 0 {
                     return Err(Errno::EINVAL);
+                }
+                let creates =
+                    flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
+                if creates && mode & !0o7777 != 0 || !creates && mode != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                // RESOLVE_NO_XDEV … RESOLVE_CACHED; anything else is EINVAL.
+                const KNOWN_RESOLVE: u64 = 0x3f;
+                if resolve & !KNOWN_RESOLVE != 0
+                    || resolve & libc::RESOLVE_BENEATH != 0 && resolve & libc::RESOLVE_IN_ROOT != 0
+                {
+                    return Err(Errno::EINVAL);
+                }
+                // CACHED asks for a lookup without I/O, never one that may
+                // write; the lookup here is a full one (the hint is dropped).
+                if resolve & libc::RESOLVE_CACHED != 0
+                    && flags & (libc::O_TRUNC | libc::O_CREAT | libc::O_TMPFILE) != 0
+                {
+                    return Err(Errno::EAGAIN);
                 }
                 OpenCall {
                     dirfd: a[0] as i32,
                     path_ptr: a[1],
-                    flags: word(0) as i32,
-                    mode: word(8) as u32,
-                    resolve: word(16),
+                    flags,
+                    mode: mode as u32,
+                    resolve: resolve & !libc::RESOLVE_CACHED,
                 }
             }
         })
     }
 
     fn handle_open(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
+        self.handle_open_attempt(n, CREATE_RACE_RETRIES)
+    }
+
+    /// One lookup, decision and open. A name found missing is created with
+    /// `O_EXCL`: if something took the name since (another thread's rename
+    /// or link), the decision was about a file that is not the one there,
+    /// and the call is looked up and decided again, `retries` more times.
+    fn handle_open_attempt(self: &Arc<Self>, n: &Notification, retries: u32) -> Result<(), Errno> {
         let mem = ToolMemory::new(n.tid);
         let call = self.decode_open(n, &mem)?;
         if n.nr == libc::SYS_openat2 && call.flags & libc::O_PATH != 0 {
@@ -942,20 +970,32 @@ impl Supervisor {
             // opened it. Never a request without the caller's cwd.
             return Err(Errno::EACCES);
         }
-        // (file type, device) of an existing file, read once.
+        // (file type, device, owner) of an existing file, read once.
         let existing = match &found {
             // A file we hold but cannot stat is denied, not waved past the
             // /dev/tty check below.
             Found::Existing(fd) => nix::sys::stat::fstat(fd)
-                .map(|s| Some((s.st_mode & libc::S_IFMT, s.st_rdev)))
+                .map(|s| Some((s.st_mode & libc::S_IFMT, s.st_rdev, s.st_uid)))
                 .map_err(|_| Errno::EACCES)?,
             Found::Missing { .. } => None,
         };
+        // O_CREAT on a file someone else left in a sticky directory: the
+        // kernel's fs.protected_regular / protected_fifos refusal, which an
+        // open without O_CREAT (what the supervisor performs) would skip.
+        if creates
+            && let Some((kind, _, owner)) = existing
+            && kind != libc::S_IFDIR
+            && emulate::refused_in_sticky(&resolved_path, kind, owner, task.creds.fsuid)
+        {
+            return Err(Errno::EACCES);
+        }
         // /dev/tty means the opener's controlling terminal: ours, were we to
         // open it. Only a tool whose terminal is ours may have it; one with
         // none (its own session: the kernel's ENXIO) or with another (one it
         // took with TIOCSCTTY, which we cannot open for it) gets ENXIO.
-        if existing == Some((libc::S_IFCHR, libc::makedev(5, 0))) {
+        if existing
+            .is_some_and(|(kind, dev, _)| (kind, dev) == (libc::S_IFCHR, libc::makedev(5, 0)))
+        {
             let theirs = controlling_tty(n.tid);
             if !self.listener.id_valid(n.id) {
                 return Err(Errno::ESRCH);
@@ -990,7 +1030,7 @@ impl Supervisor {
             let _ = self.listener.allow_continue(n.id);
             return Ok(());
         }
-        let kind = existing.map(|(kind, _)| kind);
+        let kind = existing.map(|(kind, _, _)| kind);
         let blocking_fifo = flags & libc::O_NONBLOCK == 0 && kind == Some(libc::S_IFIFO);
         // The umask (shared between threads, so not kept) only for a file
         // this open may create.
@@ -999,9 +1039,13 @@ impl Supervisor {
         } else {
             0
         };
+        // The tool's own O_EXCL: its EEXIST is the answer, not a race.
+        let create_raced_if_exists =
+            matches!(found, Found::Missing { .. }) && flags & libc::O_EXCL == 0;
         let me = self.clone();
         let id = n.id;
-        let open_and_inject = move || {
+        // Whether the create found the name taken (and nothing was answered).
+        let open_and_inject = move || -> bool {
             let creds = task.creds;
             let mode = call.mode;
             let open = move |creds: &Creds, mine: &Creds, found: &Found| {
@@ -1041,16 +1085,25 @@ impl Supervisor {
                     }
                     drop(fd);
                 }
+                Err(Errno::EEXIST) if create_raced_if_exists => return true,
                 Err(e) => {
                     let _ = me.listener.fail(id, e as i32);
                 }
             }
+            false
         };
         if blocking_fifo {
             // Opening a FIFO waits for the other end: not on this thread.
-            self.spawn_helper(n.id, open_and_inject);
-        } else {
-            open_and_inject();
+            // (Never a create: the FIFO exists.)
+            self.spawn_helper(n.id, move || {
+                open_and_inject();
+            });
+        } else if open_and_inject() {
+            self.count(|c| c.create_races += 1);
+            if retries == 0 {
+                return Err(Errno::EACCES);
+            }
+            return self.handle_open_attempt(n, retries - 1);
         }
         Ok(())
     }
@@ -1716,6 +1769,7 @@ impl Supervisor {
 fn private_fs_context() -> nix::Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    emulate::has_own_fs_context();
     Ok(())
 }
 
@@ -1737,6 +1791,32 @@ fn tgkill_sigpipe(tgid: i32, tid: i32) -> nix::Result<()> {
     crate::sys::tgkill(tgid, tid, libc::SIGPIPE)
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH)))
 }
+
+/// How many times an open whose name was taken between its lookup and its
+/// create is looked up and decided again before it is denied (a tool racing
+/// itself on purpose; an honest race settles at the first retry).
+const CREATE_RACE_RETRIES: u32 = 3;
+
+/// The open flags `openat2` accepts (the kernel's `VALID_OPEN_FLAGS`):
+/// others are `EINVAL` there, where `openat` ignores them.
+const VALID_OPEN_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_NOCTTY
+    | libc::O_TRUNC
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DSYNC
+    | libc::O_SYNC
+    | libc::O_ASYNC
+    | libc::O_DIRECT
+    | libc::O_LARGEFILE
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | libc::O_NOATIME
+    | libc::O_CLOEXEC
+    | libc::O_PATH
+    | libc::O_TMPFILE;
 
 /// What a call asked for, for a log line: the path, the address and port,
 /// or the socket path.

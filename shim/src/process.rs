@@ -474,23 +474,38 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
     if same_ids && extra_caps == 0 {
         return Ok(f());
     }
-    let switch_ids = |c: &Creds| -> std::io::Result<()> {
-        sys::set_thread_groups(&c.groups)?;
-        sys::set_thread_fs_ids(c.fsuid, c.fsgid)
+    // Only what differs: `setgroups` needs CAP_SETGID even to set the same
+    // list, which a supervisor that is not root lacks (and a failed restore
+    // aborts). A tool it started can only reach fs ids the supervisor may
+    // set too. (A start with real and effective ids apart, which could make
+    // them differ, already fails: such a cordon is not dumpable, and cannot
+    // take the filter over from its child.)
+    let switch_ids = |from: &Creds, to: &Creds| -> std::io::Result<()> {
+        if from.groups != to.groups {
+            sys::set_thread_groups(&to.groups)?;
+        }
+        if (from.fsuid, from.fsgid) != (to.fsuid, to.fsgid) {
+            sys::set_thread_fs_ids(to.fsuid, to.fsgid)?;
+        }
+        Ok(())
     };
     let restore = |caps: Option<u64>| {
         // Capabilities first: switching the ids back needs CAP_SETUID and
         // CAP_SETGID. Back to the supervisor's own set, not the one saved
         // after the id switch (which had the fs capabilities cleared).
         let caps = caps.map_or(Ok(0), |_| sys::set_thread_effective_caps(me.cap_eff));
-        let ids = if same_ids { Ok(()) } else { switch_ids(me) };
+        let ids = if same_ids {
+            Ok(())
+        } else {
+            switch_ids(tool, me)
+        };
         if let Err(e) = caps.map(|_| ()).and(ids) {
             // Continuing with the tool's identity would be wrong either way.
             tracing::error!(error = %e, "cannot restore the supervisor's credentials");
             std::process::abort();
         }
     };
-    if !same_ids && let Err(e) = switch_ids(tool) {
+    if !same_ids && let Err(e) = switch_ids(me, tool) {
         tracing::warn!(error = %e, "cannot take on the tool's credentials; denying");
         restore(None);
         return Err(Errno::EACCES);

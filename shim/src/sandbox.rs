@@ -637,6 +637,12 @@ impl Sandboxed {
         if c.exec_killed > 0 {
             detail.push_str(&format!(", {} execs killed on mismatch", c.exec_killed));
         }
+        if c.create_races > 0 {
+            detail.push_str(&format!(
+                ", {} creates decided again (the name was taken since the lookup)",
+                c.create_races
+            ));
+        }
         if !c.forbidden.is_empty() {
             let list: Vec<String> = c
                 .forbidden
