@@ -127,38 +127,51 @@ fn with_umask<T>(umask: u32, mode: u32, create: impl FnOnce(Mode) -> T) -> T {
     out
 }
 
-/// Whether the kernel refuses an `O_CREAT` open of the existing `path` (of
-/// type `kind`, owned by `owner`) by a caller with fs uid `fsuid`, because
-/// its directory is sticky and neither owns it (`may_create_in_sticky`, with
-/// this machine's `fs.protected_regular` and `fs.protected_fifos`). A
-/// directory that cannot be examined refuses nothing: the check is the
-/// kernel's hardening, not the policy's.
-pub fn refused_in_sticky(path: &[u8], kind: u32, owner: u32, fsuid: u32) -> bool {
-    let parent = match path.iter().rposition(|&b| b == b'/') {
+/// Whether the kernel refuses an `O_CREAT` open of the existing file found
+/// at `resolved` (of type `kind`, owned by `owner`), asked for as `given`, by
+/// a caller with fs uid `fsuid`, because its directory is sticky and neither
+/// owns the file (`may_create_in_sticky`, with this machine's
+/// `fs.protected_regular` and `fs.protected_fifos`). A directory that cannot
+/// be examined refuses nothing: the check is the kernel's hardening, not the
+/// policy's. The directory the kernel looks at is the one it found the last
+/// name in: the file's own, except through a `/proc` magic link (`/dev/stdout`
+/// → `/proc/self/fd/1`), where it is a `/proc` directory, never sticky; a
+/// `given` path in `/proc` or `/dev`, or an absolute one whose final symlink
+/// leads into them, is so never refused (longer link chains, and links named
+/// by a relative path, are not followed here: those are refused).
+pub fn refused_in_sticky(given: &[u8], resolved: &[u8], kind: u32, owner: u32, fsuid: u32) -> bool {
+    let parent = match resolved.iter().rposition(|&b| b == b'/') {
         Some(0) => &b"/"[..],
-        Some(i) => &path[..i],
+        Some(i) => &resolved[..i],
         None => return false,
     };
     let Ok(dir) = nix::sys::stat::lstat(OsStr::from_bytes(parent)) else {
         return false;
     };
-    if dir.st_mode & libc::S_ISVTX == 0 {
-        return false;
-    }
     let sysctl = |name: &str| {
         std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
             .ok()
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(0)
     };
-    sticky_refuses(
-        dir.st_mode,
-        dir.st_uid,
-        kind,
-        owner,
-        fsuid,
-        (sysctl("protected_regular"), sysctl("protected_fifos")),
-    )
+    if dir.st_mode & libc::S_ISVTX == 0
+        || !sticky_refuses(
+            dir.st_mode,
+            dir.st_uid,
+            kind,
+            owner,
+            fsuid,
+            (sysctl("protected_regular"), sysctl("protected_fifos")),
+        )
+    {
+        return false;
+    }
+    let in_proc = |p: &[u8]| p.starts_with(b"/proc/") || p.starts_with(b"/dev/");
+    // (A relative `given` is not read: it names a file from the tool's cwd.)
+    let through_link = given.first() == Some(&b'/')
+        && std::fs::read_link(OsStr::from_bytes(given))
+            .is_ok_and(|target| in_proc(target.as_os_str().as_bytes()));
+    !(in_proc(given) || through_link)
 }
 
 /// The kernel's rule, given the directory's mode and owner and the sysctls

@@ -907,7 +907,7 @@ impl Supervisor {
                 // CACHED asks for a lookup without I/O, never one that may
                 // write; the lookup here is a full one (the hint is dropped).
                 if resolve & libc::RESOLVE_CACHED != 0
-                    && flags & (libc::O_TRUNC | libc::O_CREAT | libc::O_TMPFILE) != 0
+                    && flags & (libc::O_TRUNC | libc::O_CREAT | O_TMPFILE_BIT) != 0
                 {
                     return Err(Errno::EAGAIN);
                 }
@@ -933,6 +933,7 @@ impl Supervisor {
     fn handle_open_attempt(self: &Arc<Self>, n: &Notification, retries: u32) -> Result<(), Errno> {
         let mem = ToolMemory::new(n.tid);
         let call = self.decode_open(n, &mem)?;
+        check_open_flags(call.flags)?;
         if n.nr == libc::SYS_openat2 && call.flags & libc::O_PATH != 0 {
             // O_PATH opens are answered "continue" (ADDFD cannot install
             // them), and openat2's flags live in the tool's memory: another
@@ -958,7 +959,9 @@ impl Supervisor {
             tgid: task.tgid,
             dirfd: call.dirfd,
             path: &path,
-            follow: flags & libc::O_NOFOLLOW == 0,
+            // O_CREAT | O_EXCL never follows a final symlink: the link is
+            // what exists (EEXIST), as the kernel says.
+            follow: flags & libc::O_NOFOLLOW == 0 && !(creates && flags & libc::O_EXCL != 0),
             create: creates,
             resolve: call.resolve,
         };
@@ -979,15 +982,25 @@ impl Supervisor {
                 .map_err(|_| Errno::EACCES)?,
             Found::Missing { .. } => None,
         };
-        // O_CREAT on a file someone else left in a sticky directory: the
-        // kernel's fs.protected_regular / protected_fifos refusal, which an
-        // open without O_CREAT (what the supervisor performs) would skip.
-        if creates
-            && let Some((kind, _, owner)) = existing
-            && kind != libc::S_IFDIR
-            && emulate::refused_in_sticky(&resolved_path, kind, owner, task.creds.fsuid)
-        {
-            return Err(Errno::EACCES);
+        // What O_CREAT on an existing file fails with, in the kernel's order,
+        // before any decision (the supervisor's own open drops O_CREAT, so
+        // it would skip them): O_EXCL, a directory, and a file someone else
+        // left in a sticky directory (fs.protected_regular / protected_fifos).
+        if creates && let Some((kind, _, owner)) = existing {
+            if flags & libc::O_EXCL != 0 {
+                return Err(Errno::EEXIST);
+            }
+            if kind == libc::S_IFDIR {
+                return Err(Errno::EISDIR);
+            }
+            // As the tool: the directory's mode is read by path.
+            let refused = with_creds(&task.creds, &self.me, || {
+                emulate::refused_in_sticky(&path, &resolved_path, kind, owner, task.creds.fsuid)
+            })
+            .unwrap_or(false);
+            if refused {
+                return Err(Errno::EACCES);
+            }
         }
         // /dev/tty means the opener's controlling terminal: ours, were we to
         // open it. Only a tool whose terminal is ours may have it; one with
@@ -1797,6 +1810,38 @@ fn tgkill_sigpipe(tgid: i32, tid: i32) -> nix::Result<()> {
 /// itself on purpose; an honest race settles at the first retry).
 const CREATE_RACE_RETRIES: u32 = 3;
 
+/// The kernel's `O_LARGEFILE` (glibc's is 0 on 64-bit targets, and so is the
+/// libc crate's), which 64-bit callers may still pass: rustix's `openat2`
+/// always does.
+#[cfg(target_arch = "aarch64")]
+const KERNEL_O_LARGEFILE: i32 = 0o400000;
+#[cfg(not(target_arch = "aarch64"))]
+const KERNEL_O_LARGEFILE: i32 = 0o100000;
+
+/// `O_TMPFILE` without the `O_DIRECTORY` it includes: the kernel's `__O_TMPFILE`.
+const O_TMPFILE_BIT: i32 = libc::O_TMPFILE & !libc::O_DIRECTORY;
+
+/// The kernel's checks of open flags for `openat` and `openat2` alike
+/// (`build_open_flags`), made before anything is looked up or decided:
+/// `O_CREAT | O_DIRECTORY` (Linux 6.4 on), an `O_TMPFILE` bit without its
+/// `O_DIRECTORY` or with `O_CREAT`, and a read-only `O_TMPFILE` are `EINVAL`.
+/// (`O_PATH` opens are left to the kernel, which first drops other flags.)
+fn check_open_flags(flags: i32) -> Result<(), Errno> {
+    if flags & libc::O_PATH != 0 {
+        return Ok(());
+    }
+    if flags & (libc::O_DIRECTORY | libc::O_CREAT) == libc::O_DIRECTORY | libc::O_CREAT {
+        return Err(Errno::EINVAL);
+    }
+    if flags & O_TMPFILE_BIT != 0
+        && (flags & (libc::O_TMPFILE | libc::O_CREAT) != libc::O_TMPFILE
+            || flags & libc::O_ACCMODE == libc::O_RDONLY)
+    {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
 /// The open flags `openat2` accepts (the kernel's `VALID_OPEN_FLAGS`):
 /// others are `EINVAL` there, where `openat` ignores them.
 const VALID_OPEN_FLAGS: i32 = libc::O_ACCMODE
@@ -1810,7 +1855,7 @@ const VALID_OPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_SYNC
     | libc::O_ASYNC
     | libc::O_DIRECT
-    | libc::O_LARGEFILE
+    | KERNEL_O_LARGEFILE
     | libc::O_DIRECTORY
     | libc::O_NOFOLLOW
     | libc::O_NOATIME

@@ -480,34 +480,40 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
     // set too. (A start with real and effective ids apart, which could make
     // them differ, already fails: such a cordon is not dumpable, and cannot
     // take the filter over from its child.)
-    let switch_ids = |from: &Creds, to: &Creds| -> std::io::Result<()> {
-        if from.groups != to.groups {
-            sys::set_thread_groups(&to.groups)?;
-        }
-        if (from.fsuid, from.fsgid) != (to.fsuid, to.fsgid) {
-            sys::set_thread_fs_ids(to.fsuid, to.fsgid)?;
-        }
-        Ok(())
-    };
-    let restore = |caps: Option<u64>| {
+    let groups_differ = tool.groups != me.groups;
+    let fs_ids_differ = (tool.fsuid, tool.fsgid) != (me.fsuid, me.fsgid);
+    // Undoes what was done: the capabilities (if lowered), the groups (if
+    // set), the fs ids (if they differ: setting one's own is always allowed,
+    // and a failed switch may have set one of the two).
+    let restore = |caps: Option<u64>, groups_set: bool| {
         // Capabilities first: switching the ids back needs CAP_SETUID and
         // CAP_SETGID. Back to the supervisor's own set, not the one saved
         // after the id switch (which had the fs capabilities cleared).
         let caps = caps.map_or(Ok(0), |_| sys::set_thread_effective_caps(me.cap_eff));
-        let ids = if same_ids {
-            Ok(())
+        let groups = if groups_set {
+            sys::set_thread_groups(&me.groups)
         } else {
-            switch_ids(tool, me)
+            Ok(())
         };
-        if let Err(e) = caps.map(|_| ()).and(ids) {
+        let ids = if fs_ids_differ {
+            sys::set_thread_fs_ids(me.fsuid, me.fsgid)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = caps.map(|_| ()).and(groups).and(ids) {
             // Continuing with the tool's identity would be wrong either way.
             tracing::error!(error = %e, "cannot restore the supervisor's credentials");
             std::process::abort();
         }
     };
-    if !same_ids && let Err(e) = switch_ids(me, tool) {
-        tracing::warn!(error = %e, "cannot take on the tool's credentials; denying");
-        restore(None);
+    if groups_differ && let Err(e) = sys::set_thread_groups(&tool.groups) {
+        // Nothing changed yet.
+        tracing::warn!(error = %e, "cannot take on the tool's groups; denying");
+        return Err(Errno::EACCES);
+    }
+    if fs_ids_differ && let Err(e) = sys::set_thread_fs_ids(tool.fsuid, tool.fsgid) {
+        tracing::warn!(error = %e, "cannot take on the tool's fs ids; denying");
+        restore(None, groups_differ);
         return Err(Errno::EACCES);
     }
     // After the fs id switch (which itself clears the fs capabilities when
@@ -517,7 +523,7 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
             Ok(prev) => Some(prev),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot drop capabilities the tool lacks; denying");
-                restore(None);
+                restore(None, groups_differ);
                 return Err(Errno::EACCES);
             }
         }
@@ -525,7 +531,7 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
         None
     };
     let out = f();
-    restore(saved);
+    restore(saved, groups_differ);
     Ok(out)
 }
 
