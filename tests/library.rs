@@ -67,3 +67,27 @@ fn a_command_spawned_under_a_sandbox_cannot_be_spawned_again() {
         "the tool ran again"
     );
 }
+
+/// A `Sandbox` spawned twice: each tool tree gets a cgroup of its own (with
+/// its own caps, and its own kill when it ends), not the first one's.
+#[test]
+fn each_spawn_of_one_sandbox_has_a_cgroup_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let audit = SledAudit::open(&dir.path().join("audit"), Durability::Strict).unwrap();
+    let broker = Broker::new(Arc::new(policy), Arc::new(audit));
+    let sandbox = Sandbox::new(Arc::new(Embedded(broker)))
+        .workdir(dir.path())
+        .limits(cordon_shim::Limits {
+            pids: Some(32),
+            ..Default::default()
+        });
+    let spawn = || sandbox.spawn(Command::new("/bin/sleep").arg("2")).unwrap();
+    let (first, second) = (spawn(), spawn());
+    let cgroup = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let (a, b) = (cgroup(first.id()), cgroup(second.id()));
+    assert!(a.contains("/cordon-") && b.contains("/cordon-"), "{a}\n{b}");
+    assert_ne!(a, b);
+    assert!(first.wait().unwrap().success());
+    assert!(second.wait().unwrap().success());
+}

@@ -232,6 +232,12 @@ fn file_size_and_open_file_caps() {
         "{}",
         text(&out.stderr)
     );
+    // As small a cap as runs natively (stdio and one fd for the loader):
+    // the seccomp listener, made in the child before its exec, needs an fd
+    // of its own, so the cap is set after it.
+    let out = b.run(&["--max-open-files", "4"], "ulimit -n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "4");
 }
 
 fn network_probe(b: &Box_, port: u16, as_nobody: bool) -> Output {

@@ -2167,7 +2167,22 @@ fn signals_aimed_at_the_supervisor_are_refused() {
          attempt('kill-own-group', lambda: os.kill(0, 0))\n\
          attempt('kill-supervisor-group', lambda: os.kill(-os.getpgid(os.getppid()), 0))\n\
          attempt('pidfd-supervisor', lambda: os.pidfd_open(os.getppid()))\n\
-         attempt('kill-self', lambda: os.kill(os.getpid(), 0))\n",
+         attempt('kill-self', lambda: os.kill(os.getpid(), 0))\n\
+         import ctypes, resource\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         def ioprio(pid):\n    \
+             cur = libc.syscall(252, 1, pid)\n    \
+             if libc.syscall(251, 1, pid, cur) != 0:\n        raise OSError(ctypes.get_errno(), 'ioprio_set')\n\
+         sup = os.getppid()\n\
+         # Each sets what is already there: harmless, but a change all the same.\n\
+         for who, pid in (('supervisor', sup), ('self', os.getpid())):\n    \
+             attempt(f'prlimit-{who}', lambda: resource.prlimit(pid, resource.RLIMIT_CORE, resource.prlimit(pid, resource.RLIMIT_CORE)))\n    \
+             attempt(f'setpriority-{who}', lambda: os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, pid)))\n    \
+             attempt(f'affinity-{who}', lambda: os.sched_setaffinity(pid, os.sched_getaffinity(pid)))\n    \
+             attempt(f'scheduler-{who}', lambda: os.sched_setscheduler(pid, os.sched_getscheduler(pid), os.sched_getparam(pid)))\n    \
+             attempt(f'ioprio-{who}', lambda: ioprio(pid))\n\
+         attempt('prlimit-read-supervisor', lambda: resource.prlimit(sup, resource.RLIMIT_CORE))\n\
+         attempt('setpriority-own-user', lambda: os.setpriority(os.PRIO_USER, 0, os.getpriority(os.PRIO_USER, 0)))\n",
     );
     let stdout = assert_ok(&out);
     for line in [
@@ -2178,6 +2193,20 @@ fn signals_aimed_at_the_supervisor_are_refused() {
         "kill-supervisor-group err 1",
         "pidfd-supervisor err 1",
         "kill-self ok",
+        // Limits and scheduling: the supervisor's are out of reach, the
+        // tool's own are not.
+        "prlimit-supervisor err 1",
+        "setpriority-supervisor err 1",
+        "affinity-supervisor err 1",
+        "scheduler-supervisor err 1",
+        "ioprio-supervisor err 1",
+        "prlimit-self ok",
+        "setpriority-self ok",
+        "affinity-self ok",
+        "scheduler-self ok",
+        "ioprio-self ok",
+        "prlimit-read-supervisor ok",
+        "setpriority-own-user err 1",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }

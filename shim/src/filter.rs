@@ -63,6 +63,22 @@ pub const INSPECTED: &[i64] = &[
     libc::SYS_pidfd_open,
 ];
 
+/// `ioprio_set`'s `which` for one process or thread.
+pub const IOPRIO_WHO_PROCESS: u64 = 1;
+
+/// Calls that change another task's limits or scheduling, notified (by the
+/// filter's conditional rules) only when they name another task: refused
+/// when that task is the supervisor, else continued.
+pub const TASK_TUNING: &[i64] = &[
+    libc::SYS_prlimit64,
+    libc::SYS_sched_setscheduler,
+    libc::SYS_sched_setparam,
+    libc::SYS_sched_setattr,
+    libc::SYS_sched_setaffinity,
+    libc::SYS_setpriority,
+    libc::SYS_ioprio_set,
+];
+
 /// Credential changes, also inspected: the supervisor forgets what it keeps
 /// of the caller's credentials (`process::TaskCache`) before letting them
 /// run.
@@ -279,6 +295,37 @@ pub fn build() -> Result<BpfProgram, FilterError> {
         )
         .map_err(step("conditional rule for setsockopt"))?;
     }
+
+    // Limits and scheduling of another task: a tool running as cordon's
+    // user could lower the supervisor's limits (RLIMIT_CPU kills it,
+    // RLIMIT_NOFILE starves it of fds) or its priority. Notified only when
+    // another task is named (a changing prlimit64, or a pid, pgrp or user);
+    // the supervisor refuses those that reach itself.
+    let not_zero = |arg: u32| ScmpArgCompare::new(arg, ScmpCompareOp::NotEqual, 0);
+    ctx.add_rule_conditional(
+        ScmpAction::Notify,
+        ScmpSyscall::from(libc::SYS_prlimit64 as i32),
+        &[not_zero(0), not_zero(2)],
+    )
+    .map_err(step("conditional rule for prlimit64"))?;
+    for nr in [
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_setparam,
+        libc::SYS_sched_setattr,
+        libc::SYS_sched_setaffinity,
+    ] {
+        notify_if(&mut ctx, nr, not_zero(0))?;
+    }
+    // setpriority(which, who, _): PRIO_PROCESS is 0; ioprio_set(which,
+    // who, _): IOPRIO_WHO_PROCESS is 1. Any other `which`, or a `who`.
+    notify_if(&mut ctx, libc::SYS_setpriority, not_zero(1))?;
+    notify_if(&mut ctx, libc::SYS_setpriority, not_zero(0))?;
+    notify_if(&mut ctx, libc::SYS_ioprio_set, not_zero(1))?;
+    notify_if(
+        &mut ctx,
+        libc::SYS_ioprio_set,
+        ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, IOPRIO_WHO_PROCESS),
+    )?;
 
     // prctl(PR_SET_MM) rewrites the memory map's description, the exe link
     // among it: refused (the supervisor keeps `exe` until the next exec).

@@ -147,7 +147,10 @@ impl Layout {
 const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "cpuacct"];
 
 impl Plan {
-    /// Makes the cgroup of sandbox `id` and the rlimits for `limits`.
+    /// Makes a cgroup for one spawn of sandbox `id`, and the rlimits for
+    /// `limits`. Each spawn has a cgroup of its own (a `Sandbox` may spawn
+    /// more than once, and two trees in one cgroup would share its caps and
+    /// its kill).
     pub fn new(id: &str, limits: &Limits) -> Result<Plan, LimitError> {
         if let Some(c) = limits.cpus
             && !(c.is_finite() && c > 0.0)
@@ -176,7 +179,9 @@ impl Plan {
             return Ok(plan);
         }
         let layout = Layout::read();
-        let name = format!("cordon-{id}");
+        static SPAWNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let spawn = SPAWNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("cordon-{id}-{}-{spawn}", std::process::id());
         for controller in CONTROLLERS {
             // Inserted as made: later controllers reuse a directory already
             // made (the one v2 directory; cpu and cpuacct sharing a v1 one).
@@ -238,12 +243,10 @@ impl Plan {
         {
             return Ok(Some(existing.clone()));
         }
+        // A directory already there is someone else's: never joined.
         let path = own.join(name);
-        match std::fs::create_dir(&path) {
-            Ok(()) => Ok(Some(Dir { path, v2: false })),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Some(Dir { path, v2: false })),
-            Err(e) => Err(e),
-        }
+        std::fs::create_dir(&path)?;
+        Ok(Some(Dir { path, v2: false }))
     }
 
     fn write(

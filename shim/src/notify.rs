@@ -203,6 +203,13 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_tgkill => "tgkill",
         libc::SYS_tkill => "tkill",
         libc::SYS_pidfd_open => "pidfd_open",
+        libc::SYS_prlimit64 => "prlimit64",
+        libc::SYS_sched_setscheduler => "sched_setscheduler",
+        libc::SYS_sched_setparam => "sched_setparam",
+        libc::SYS_sched_setattr => "sched_setattr",
+        libc::SYS_sched_setaffinity => "sched_setaffinity",
+        libc::SYS_setpriority => "setpriority",
+        libc::SYS_ioprio_set => "ioprio_set",
         libc::SYS_mount => "mount",
         libc::SYS_unshare => "unshare",
         libc::SYS_setns => "setns",
@@ -594,7 +601,14 @@ impl Supervisor {
             | libc::SYS_rt_sigqueueinfo
             | libc::SYS_rt_tgsigqueueinfo
             | libc::SYS_pidfd_open
-            | libc::SYS_fcntl => {
+            | libc::SYS_fcntl
+            | libc::SYS_prlimit64
+            | libc::SYS_sched_setscheduler
+            | libc::SYS_sched_setparam
+            | libc::SYS_sched_setattr
+            | libc::SYS_sched_setaffinity
+            | libc::SYS_setpriority
+            | libc::SYS_ioprio_set => {
                 if n.nr == libc::SYS_fcntl && n.args[1] as i32 == filter::F_SETOWN_EX {
                     self.forbid(&n, "fcntl(F_SETOWN_EX)".into(), libc::EPERM);
                 } else if self.targets_supervisor(&n) {
@@ -772,6 +786,31 @@ impl Supervisor {
                 p if p < 0 => group(-p),
                 p => mine(p),
             },
+            // A task named by pid or tid; 0 is the caller. A prlimit64 that
+            // only reads (no new limit) changes nothing.
+            libc::SYS_prlimit64 => n.args[2] != 0 && a0 != 0 && mine(a0),
+            libc::SYS_sched_setscheduler
+            | libc::SYS_sched_setparam
+            | libc::SYS_sched_setattr
+            | libc::SYS_sched_setaffinity => a0 != 0 && mine(a0),
+            libc::SYS_setpriority | libc::SYS_ioprio_set => {
+                // (which, who): one process, a process group, or a user's
+                // every process (refused for the caller's user or the
+                // supervisor's: the supervisor runs as that user).
+                let process = if n.nr == libc::SYS_setpriority {
+                    libc::PRIO_PROCESS as i32
+                } else {
+                    filter::IOPRIO_WHO_PROCESS as i32
+                };
+                let who = n.args[1] as i32;
+                match a0 - process {
+                    0 => who != 0 && mine(who),
+                    1 if who == 0 => caller_group(),
+                    1 => group(who),
+                    2 => who == 0 || who as u32 == nix::unistd::getuid().as_raw(),
+                    _ => false,
+                }
+            }
             _ => false,
         }
     }

@@ -235,7 +235,13 @@ impl Sandbox {
         sys::ChildSetup {
             new_session: self.new_session,
             cgroup_procs: plan.procs_files().into_iter().map(cstring).collect(),
-            rlimits: plan.rlimits.iter().map(|r| (r.resource, r.value)).collect(),
+            // RLIMIT_NOFILE is set after the listener is made.
+            rlimits: plan
+                .rlimits
+                .iter()
+                .filter(|r| r.resource != libc::RLIMIT_NOFILE as i32)
+                .map(|r| (r.resource, r.value))
+                .collect(),
             network_none: self
                 .network_none
                 .then(|| sys::NetworkNone::new(uid != 0, uid, gid)),
@@ -268,12 +274,9 @@ impl Sandbox {
                         *failed_in_thread.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((step, errno));
                     }
-                    Ok(Report::Listener(pid, listener)) => {
+                    Ok(Report::Listener(pid, pidfd, listener)) => {
                         let kill_child = || {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
+                            let _ = sys::pidfd_kill(&pidfd, libc::SIGKILL);
                         };
                         let listener = Arc::new(listener);
                         let exec = match ExecVerifier::start(listener.clone(), pid) {
@@ -332,7 +335,12 @@ impl Sandbox {
             report_w.as_raw_fd(),
             spent.clone(),
         );
-        sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd());
+        let nofile = plan
+            .rlimits
+            .iter()
+            .find(|r| r.resource == libc::RLIMIT_NOFILE as i32)
+            .map(|r| r.value);
+        sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd(), nofile);
         let spawned = cmd.spawn();
         spent.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(report_w);
@@ -356,17 +364,27 @@ impl Sandbox {
                 });
             }
         };
+        // From here on a failure kills and reaps the tool (not yet reaped:
+        // its pid is still its own), rather than leave it unsupervised or a
+        // zombie; its descendants go with the cgroup (`spawn`).
+        let abandon = |mut child: std::process::Child, e: io::Error| {
+            let _ = child.kill();
+            let _ = child.wait();
+            SpawnError::Supervisor(e)
+        };
         let (supervisor, pid) = match ready_rx.recv() {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(SpawnError::Supervisor(e)),
+            Ok(Err(e)) => return Err(abandon(child, e)),
             Err(_) => {
-                return Err(SpawnError::Supervisor(io::Error::other(
-                    "supervisor thread ended",
-                )));
+                let e = io::Error::other("supervisor thread ended");
+                return Err(abandon(child, e));
             }
         };
         debug_assert_eq!(pid as u32, child.id());
-        let pidfd = sys::pidfd_open(pid).map_err(SpawnError::Supervisor)?;
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(p) => p,
+            Err(e) => return Err(abandon(child, e)),
+        };
         let argv: Vec<Vec<u8>> = std::iter::once(cmd.get_program())
             .chain(cmd.get_args())
             .map(|a| a.as_bytes().to_vec())
@@ -402,7 +420,9 @@ impl Sandbox {
 
 /// What the child reported before exec.
 enum Report {
-    Listener(i32, Listener),
+    /// The child's pid, a pidfd on it (signals by pid could reach a reused
+    /// one once the child is reaped), and its listener.
+    Listener(i32, OwnedFd, Listener),
     /// A setup step failed with this errno; the child exits.
     SetupFailed(sys::SetupStep, i32),
     /// The child closed the pipe without reporting (its exec failed, or it
@@ -431,9 +451,10 @@ fn take_listener(report: OwnedFd) -> io::Result<Report> {
             },
         );
     }
-    let listener = sys::pidfd_open(pid).and_then(|pidfd| sys::pidfd_getfd(&pidfd, fd));
+    let listener =
+        sys::pidfd_open(pid).and_then(|pidfd| sys::pidfd_getfd(&pidfd, fd).map(|l| (pidfd, l)));
     match listener {
-        Ok(l) => Ok(Report::Listener(pid, Listener::from_fd(l))),
+        Ok((pidfd, l)) => Ok(Report::Listener(pid, pidfd, Listener::from_fd(l))),
         Err(e) => {
             // Nobody will answer the child's exec: it would wait forever
             // (it holds its own listener). It must not run unsupervised.

@@ -386,7 +386,16 @@ pub const CHILD_REPORT_LEN: usize = 8;
 
 /// Arranges for `cmd`'s child to set `no_new_privs`, load `program` with a
 /// new listener, and write `[pid, listener fd]` to `report` before exec.
-pub fn install_filter_before_exec(cmd: &mut Command, program: Arc<BpfProgram>, report: RawFd) {
+///
+/// `RLIMIT_NOFILE` (`nofile`) is set here, after the listener is made: set
+/// before, a limit below the child's lowest free fd (cordon's own fds are
+/// still open until exec) would leave no fd for the listener.
+pub fn install_filter_before_exec(
+    cmd: &mut Command,
+    program: Arc<BpfProgram>,
+    report: RawFd,
+    nofile: Option<u64>,
+) {
     let hook = move || -> io::Result<()> {
         // Only async-signal-safe calls from here on: we are in a forked child
         // of a possibly multi-threaded parent. No allocation.
@@ -432,6 +441,22 @@ pub fn install_filter_before_exec(cmd: &mut Command, program: Arc<BpfProgram>, r
             return Err(io::Error::last_os_error());
         }
         let mut msg = [0u8; CHILD_REPORT_LEN];
+        if let Some(value) = nofile {
+            let lim = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            // SAFETY: setrlimit reads the struct on our stack.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                let e = io::Error::last_os_error();
+                // Reported as the setup step it is (see `prepare_child`).
+                msg[..4].copy_from_slice(&(-(SetupStep::Rlimit as i32)).to_ne_bytes());
+                msg[4..].copy_from_slice(&e.raw_os_error().unwrap_or(0).to_ne_bytes());
+                // SAFETY: as for the report below.
+                unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
+                return Err(e);
+            }
+        }
         // SAFETY: getpid has no arguments and cannot fail.
         let pid = unsafe { libc::getpid() };
         msg[..4].copy_from_slice(&pid.to_ne_bytes());
