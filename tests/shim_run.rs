@@ -399,6 +399,8 @@ case('tmpfile-read-only', lambda: os.close(os.open('.', os.O_TMPFILE | os.O_RDON
 case('tmpfile-and-creat', lambda: os.close(os.open('.', os.O_TMPFILE | os.O_CREAT | os.O_WRONLY, 0o600)))
 case('openat2-plain', lambda: openat2('f', os.O_RDONLY))
 case('openat2-largefile', lambda: openat2('f', os.O_RDONLY | 0o100000))
+case('openat2-path-with-rdwr', lambda: openat2('f', os.O_PATH | os.O_RDWR))
+case('path-creat-excl-existing', lambda: os.close(os.open('f', os.O_PATH | os.O_CREAT | os.O_EXCL)))
 case('openat2-unknown-flag', lambda: openat2('f', os.O_RDONLY | 1 << 28))
 case('openat2-mode-without-create', lambda: openat2('f', os.O_RDONLY, 0o644))
 case('openat2-mode-past-07777', lambda: openat2('new', os.O_CREAT | os.O_WRONLY, 0o17777))
@@ -480,10 +482,11 @@ fn open_flags_mean_what_they_mean_to_the_kernel() {
         "creat-excl-theirs-in-sticky err 17",
         "creat-theirs-through-proc-fd ok",
         "creat-excl-on-symlink err 17",
-        "creat-and-directory err 22",
         "tmpfile-read-only err 22",
         "tmpfile-and-creat err 22",
         "openat2-largefile ok",
+        "openat2-path-with-rdwr err 22",
+        "path-creat-excl-existing ok",
         "acl/f mode 0o666",
         "plain mode 0o600",
     ] {
@@ -2182,7 +2185,11 @@ fn signals_aimed_at_the_supervisor_are_refused() {
              attempt(f'scheduler-{who}', lambda: os.sched_setscheduler(pid, os.sched_getscheduler(pid), os.sched_getparam(pid)))\n    \
              attempt(f'ioprio-{who}', lambda: ioprio(pid))\n\
          attempt('prlimit-read-supervisor', lambda: resource.prlimit(sup, resource.RLIMIT_CORE))\n\
-         attempt('setpriority-own-user', lambda: os.setpriority(os.PRIO_USER, 0, os.getpriority(os.PRIO_USER, 0)))\n",
+         attempt('setpriority-own-user', lambda: os.setpriority(os.PRIO_USER, 0, os.getpriority(os.PRIO_USER, 0)))\n\
+         def call(nr, *args):\n    \
+             if libc.syscall(nr, *args) != 0:\n        raise OSError(ctypes.get_errno(), str(nr))\n\
+         attempt('ioprio-which-int-min', lambda: call(251, -2**31, 0, 0))\n\
+         attempt('kill-int-min', lambda: call(62, -2**31, 0))\n",
     );
     let stdout = assert_ok(&out);
     for line in [
@@ -2207,6 +2214,10 @@ fn signals_aimed_at_the_supervisor_are_refused() {
         "ioprio-self ok",
         "prlimit-read-supervisor ok",
         "setpriority-own-user err 1",
+        // Extreme values reach the kernel, which refuses them (the
+        // supervisor's arithmetic on them must not fail).
+        "ioprio-which-int-min err 22",
+        "kill-int-min err 3",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }

@@ -147,6 +147,14 @@ impl Layout {
 const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "cpuacct"];
 
 impl Plan {
+    /// The `RLIMIT_NOFILE` value, if `--max-open-files` set one.
+    pub fn nofile(&self) -> Option<u64> {
+        self.rlimits
+            .iter()
+            .find(|r| r.resource == libc::RLIMIT_NOFILE as i32)
+            .map(|r| r.value)
+    }
+
     /// Makes a cgroup for one spawn of sandbox `id`, and the rlimits for
     /// `limits`. Each spawn has a cgroup of its own (a `Sandbox` may spawn
     /// more than once, and two trees in one cgroup would share its caps and

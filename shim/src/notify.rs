@@ -777,13 +777,13 @@ impl Supervisor {
             libc::SYS_kill | libc::SYS_rt_sigqueueinfo => match a0 {
                 -1 => true,
                 0 => caller_group(),
-                p if p < 0 => group(-p),
+                p if p < 0 => group(p.wrapping_neg()),
                 p => mine(p),
             },
             libc::SYS_tkill | libc::SYS_pidfd_open => mine(a0),
             libc::SYS_tgkill | libc::SYS_rt_tgsigqueueinfo => a0 == me || mine(n.args[1] as i32),
             libc::SYS_fcntl => match n.args[2] as i32 {
-                p if p < 0 => group(-p),
+                p if p < 0 => group(p.wrapping_neg()),
                 p => mine(p),
             },
             // A task named by pid or tid; 0 is the caller. A prlimit64 that
@@ -803,7 +803,7 @@ impl Supervisor {
                     filter::IOPRIO_WHO_PROCESS as i32
                 };
                 let who = n.args[1] as i32;
-                match a0 - process {
+                match a0.wrapping_sub(process) {
                     0 => who != 0 && mine(who),
                     1 if who == 0 => caller_group(),
                     1 => group(who),
@@ -936,6 +936,12 @@ impl Supervisor {
                 if creates && mode & !0o7777 != 0 || !creates && mode != 0 {
                     return Err(Errno::EINVAL);
                 }
+                // Then the checks `openat` shares, and O_PATH's own: only
+                // the flags that mean something with it.
+                check_open_flags(flags)?;
+                if flags & libc::O_PATH != 0 && flags & !O_PATH_FLAGS != 0 {
+                    return Err(Errno::EINVAL);
+                }
                 // RESOLVE_NO_XDEV … RESOLVE_CACHED; anything else is EINVAL.
                 const KNOWN_RESOLVE: u64 = 0x3f;
                 if resolve & !KNOWN_RESOLVE != 0
@@ -971,7 +977,12 @@ impl Supervisor {
     /// and the call is looked up and decided again, `retries` more times.
     fn handle_open_attempt(self: &Arc<Self>, n: &Notification, retries: u32) -> Result<(), Errno> {
         let mem = ToolMemory::new(n.tid);
-        let call = self.decode_open(n, &mem)?;
+        let mut call = self.decode_open(n, &mem)?;
+        if call.flags & libc::O_PATH != 0 && n.nr != libc::SYS_openat2 {
+            // What `openat` keeps of an O_PATH open (the kernel's
+            // `build_open_how`): O_CREAT and the rest mean nothing then.
+            call.flags &= O_PATH_FLAGS;
+        }
         check_open_flags(call.flags)?;
         if n.nr == libc::SYS_openat2 && call.flags & libc::O_PATH != 0 {
             // O_PATH opens are answered "continue" (ADDFD cannot install
@@ -1151,10 +1162,15 @@ impl Supervisor {
                 open_and_inject();
             });
         } else if open_and_inject() {
-            self.count(|c| c.create_races += 1);
             if retries == 0 {
+                // A tool racing itself on purpose: the call is denied (its
+                // allow records stay: decisions for creates that did not
+                // happen).
+                tracing::warn!(tid = n.tid, "a create kept finding its name taken; denying");
+                self.count(|c| c.denied += 1);
                 return Err(Errno::EACCES);
             }
+            self.count(|c| c.create_races += 1);
             return self.handle_open_attempt(n, retries - 1);
         }
         Ok(())
@@ -1869,7 +1885,9 @@ fn check_open_flags(flags: i32) -> Result<(), Errno> {
     if flags & libc::O_PATH != 0 {
         return Ok(());
     }
-    if flags & (libc::O_DIRECTORY | libc::O_CREAT) == libc::O_DIRECTORY | libc::O_CREAT {
+    if flags & (libc::O_DIRECTORY | libc::O_CREAT) == libc::O_DIRECTORY | libc::O_CREAT
+        && creat_directory_is_einval()
+    {
         return Err(Errno::EINVAL);
     }
     if flags & O_TMPFILE_BIT != 0
@@ -1880,6 +1898,29 @@ fn check_open_flags(flags: i32) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// Whether this kernel refuses `O_CREAT | O_DIRECTORY` (Linux 6.4 on;
+/// before, it creates a regular file and fails with `ENOTDIR`, which the
+/// supervisor's own create then does too). Asked once.
+fn creat_directory_is_einval() -> bool {
+    static SINCE_6_4: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SINCE_6_4.get_or_init(|| {
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut parts = release.split(|c: char| !c.is_ascii_digit());
+        let mut next = || {
+            parts
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        (next(), next()) >= (6, 4)
+    })
+}
+
+/// The flags an O_PATH open keeps (the kernel's `O_PATH_FLAGS`).
+const O_PATH_FLAGS: i32 = libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_PATH | libc::O_CLOEXEC;
 
 /// The open flags `openat2` accepts (the kernel's `VALID_OPEN_FLAGS`):
 /// others are `EINVAL` there, where `openat` ignores them.

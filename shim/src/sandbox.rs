@@ -242,6 +242,7 @@ impl Sandbox {
                 .filter(|r| r.resource != libc::RLIMIT_NOFILE as i32)
                 .map(|r| (r.resource, r.value))
                 .collect(),
+            nofile: plan.nofile(),
             network_none: self
                 .network_none
                 .then(|| sys::NetworkNone::new(uid != 0, uid, gid)),
@@ -335,12 +336,7 @@ impl Sandbox {
             report_w.as_raw_fd(),
             spent.clone(),
         );
-        let nofile = plan
-            .rlimits
-            .iter()
-            .find(|r| r.resource == libc::RLIMIT_NOFILE as i32)
-            .map(|r| r.value);
-        sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd(), nofile);
+        sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd(), plan.nofile());
         let spawned = cmd.spawn();
         spent.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(report_w);

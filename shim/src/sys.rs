@@ -491,6 +491,10 @@ pub struct ChildSetup {
     pub cgroup_procs: Vec<std::ffi::CString>,
     /// `(resource, value)`: soft and hard limit.
     pub rlimits: Vec<(i32, u64)>,
+    /// `RLIMIT_NOFILE`, set in the filter hook after the listener is made;
+    /// here only its hard limit is raised to it if it is higher (which may
+    /// need privileges `--user` gives up).
+    pub nofile: Option<u64>,
     /// A network namespace with only loopback.
     pub network_none: Option<NetworkNone>,
     /// `(uid, gid)` to become, from root.
@@ -610,6 +614,19 @@ fn apply_setup(setup: &ChildSetup, step: &mut SetupStep) -> io::Result<()> {
         write_file(procs, b"0")?;
     }
     *step = SetupStep::Rlimit;
+    if let Some(value) = setup.nofile {
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct on our stack.
+        cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) })?;
+        if value > cur.rlim_max {
+            cur.rlim_max = value;
+            // SAFETY: setrlimit reads the struct on our stack.
+            cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &cur) })?;
+        }
+    }
     for &(resource, value) in &setup.rlimits {
         let lim = libc::rlimit {
             rlim_cur: value,

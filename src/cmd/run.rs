@@ -361,6 +361,8 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     }
     let sandbox_id = sandbox.id().to_owned();
     let tmpdir = private_tmpdir(&sandbox_id)?;
+    // Removed however `execute` ends, early returns included.
+    let _tmpdir_guard = RemoveOnDrop(tmpdir.clone());
     if let Some((uid, gid)) = user {
         nix::unistd::chown(&tmpdir, Some(uid.into()), Some(gid.into()))
             .with_context(|| format!("cannot give {} to --user", tmpdir.display()))?;
@@ -401,9 +403,11 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
                     ),
                 }
             }
-            child
-                .relay_signals()
-                .context("cannot install signal relays")?;
+            // Not fatal either: the tool stays supervised and waited for
+            // (signals to cordon then act on cordon alone, by default).
+            if let Err(e) = child.relay_signals() {
+                tracing::warn!(error = %e, "cannot install signal relays");
+            }
             let status = child.wait().context("waiting for the command")?;
             tracing::debug!("exit recorded");
             status.code().unwrap_or_else(|| {
@@ -418,12 +422,8 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
             eprintln!("cordon: cannot run {program}: {source}");
             code as i32
         }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmpdir);
-            return Err(e.into());
-        }
+        Err(e) => return Err(e.into()),
     };
-    let _ = std::fs::remove_dir_all(&tmpdir);
     // The caller flushes (and logs what cannot be stored) on this path.
     unstored_guard.0 = None;
     Ok(Outcome {
@@ -433,6 +433,15 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         audit,
         _decider: Some(decider),
     })
+}
+
+/// A directory removed, with what is in it, on drop.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// On drop, closes the embedded store it holds (later decisions are denied;
