@@ -2162,8 +2162,26 @@ fn cordon_run_help_explains_itself() {
 #[test]
 fn signals_aimed_at_the_supervisor_are_refused() {
     let env = Env::new(&[]);
-    let out = env.python(
-        "import os, signal\n\
+    // A process of the same user outside the sandbox.
+    let mut outside = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let out = env.python(&format!(
+        "import os, signal, subprocess\n\
+         def attempt(label, f):\n    try:\n        f(); print(label, 'ok')\n    except OSError as e:\n        print(label, 'err', e.errno)\n\
+         attempt('kill-outside', lambda: os.kill({outside}, 0))\n\
+         child = subprocess.Popen(['/bin/sleep', '30'])\n\
+         attempt('kill-own-child', lambda: os.kill(child.pid, signal.SIGTERM))\n\
+         child.wait()\n{rest}",
+        outside = outside.id(),
+        rest = SUPERVISOR_SIGNALS
+    ));
+    let _ = outside.kill();
+    let _ = outside.wait();
+    signals_refused(&out);
+}
+
+/// The calls of `signals_aimed_at_the_supervisor_are_refused` that aim at
+/// the supervisor, its group, everyone, or the tool itself.
+const SUPERVISOR_SIGNALS: &str = "import os, signal\n\
          def attempt(label, f):\n    try:\n        f(); print(label, 'ok')\n    except OSError as e:\n        print(label, 'err', e.errno)\n\
          attempt('kill-supervisor', lambda: os.kill(os.getppid(), signal.SIGTERM))\n\
          attempt('kill-everyone', lambda: os.kill(-1, 0))\n\
@@ -2189,9 +2207,10 @@ fn signals_aimed_at_the_supervisor_are_refused() {
          def call(nr, *args):\n    \
              if libc.syscall(nr, *args) != 0:\n        raise OSError(ctypes.get_errno(), str(nr))\n\
          attempt('ioprio-which-int-min', lambda: call(251, -2**31, 0, 0))\n\
-         attempt('kill-int-min', lambda: call(62, -2**31, 0))\n",
-    );
-    let stdout = assert_ok(&out);
+         attempt('kill-int-min', lambda: call(62, -2**31, 0))\n";
+
+fn signals_refused(out: &Output) {
+    let stdout = assert_ok(out);
     for line in [
         "kill-supervisor err 1",
         "kill-everyone err 1",
@@ -2218,6 +2237,10 @@ fn signals_aimed_at_the_supervisor_are_refused() {
         // supervisor's arithmetic on them must not fail).
         "ioprio-which-int-min err 22",
         "kill-int-min err 3",
+        // Landlock scopes the tool's signals to its sandbox (ABI 6 on;
+        // this machine's kernel has it): nothing outside, whatever its id.
+        "kill-outside err 1",
+        "kill-own-child ok",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }

@@ -117,6 +117,29 @@ fn names(access: u64) -> String {
     n.join("+")
 }
 
+/// `LANDLOCK_SCOPE_SIGNAL` (ABI 6): the tool may signal only processes in
+/// its own Landlock domain (its sandbox), never the supervisor or anything
+/// else outside, whatever the id it names and whenever it was reused.
+const SCOPE_SIGNAL: u64 = 1 << 1;
+
+const SIGNAL_RULE: &str = "signals only to processes in the sandbox";
+
+/// The scopes this kernel's Landlock can apply (none before ABI 6).
+fn signal_scope(abi: i32) -> u64 {
+    if abi >= 6 { SCOPE_SIGNAL } else { 0 }
+}
+
+/// For a tool without a backstop: a ruleset that only scopes its signals,
+/// if the kernel can (Landlock ABI 6); `None` otherwise.
+pub fn signal_scope_only() -> Result<Option<Arc<OwnedFd>>, BackstopError> {
+    let scoped = signal_scope(sys::landlock_abi());
+    if scoped == 0 {
+        return Ok(None);
+    }
+    let ruleset = sys::landlock_ruleset(0, 0, scoped).map_err(BackstopError::Kernel)?;
+    Ok(Some(Arc::new(ruleset)))
+}
+
 /// Builds the ruleset for `spec` on this kernel.
 pub fn build(spec: &Spec) -> Result<Applied, BackstopError> {
     let abi = sys::landlock_abi();
@@ -180,10 +203,15 @@ pub fn build(spec: &Spec) -> Result<Applied, BackstopError> {
             ));
         }
     }
-    if handled_fs == 0 && handled_net == 0 {
+    let scoped = signal_scope(abi);
+    if handled_fs == 0 && handled_net == 0 && scoped == 0 {
         return Ok(applied);
     }
-    let ruleset = sys::landlock_ruleset(handled_fs, handled_net).map_err(BackstopError::Kernel)?;
+    let ruleset =
+        sys::landlock_ruleset(handled_fs, handled_net, scoped).map_err(BackstopError::Kernel)?;
+    if scoped != 0 {
+        applied.rules.push(SIGNAL_RULE.into());
+    }
     for (paths, rights) in categories {
         for path in paths {
             match allow_path(&ruleset, path, rights & handled_fs) {
@@ -238,6 +266,8 @@ type Job = Box<dyn FnOnce() + Send>;
 impl Opener {
     pub fn start(applied: &Applied) -> std::io::Result<Option<Opener>> {
         match &applied.ruleset {
+            // A ruleset that only scopes signals governs no open.
+            Some(_) if applied.handled_fs == 0 && applied.handled_net == 0 => Ok(None),
             Some(r) => {
                 Self::start_with(r.clone(), applied.handled_fs, applied.handled_net).map(Some)
             }

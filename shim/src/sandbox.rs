@@ -212,8 +212,14 @@ impl Sandbox {
                 .transpose()?,
         };
         let applied = spec.as_ref().map(crate::backstop::build).transpose()?;
+        // Without a backstop the tool's signals are still scoped to its
+        // sandbox, where the kernel can (see `backstop::signal_scope_only`).
+        let scope_only = match &applied {
+            Some(_) => None,
+            None => crate::backstop::signal_scope_only()?,
+        };
         let plan = Plan::new(&self.info.id, &self.limits)?;
-        match self.spawn_planned(cmd, program, &plan, applied.as_ref()) {
+        match self.spawn_planned(cmd, program, &plan, applied.as_ref(), scope_only) {
             Ok(mut s) => {
                 s.plan = plan;
                 s.backstop = applied;
@@ -227,7 +233,12 @@ impl Sandbox {
         }
     }
 
-    fn child_setup(&self, plan: &Plan, backstop: Option<&Applied>) -> sys::ChildSetup {
+    fn child_setup(
+        &self,
+        plan: &Plan,
+        backstop: Option<&Applied>,
+        scope_only: Option<Arc<OwnedFd>>,
+    ) -> sys::ChildSetup {
         let cstring =
             |p: PathBuf| std::ffi::CString::new(p.into_os_string().into_vec()).unwrap_or_default();
         let uid = nix::unistd::geteuid().as_raw();
@@ -247,7 +258,7 @@ impl Sandbox {
                 .network_none
                 .then(|| sys::NetworkNone::new(uid != 0, uid, gid)),
             user: self.user,
-            landlock: backstop.and_then(|b| b.ruleset.clone()),
+            landlock: backstop.and_then(|b| b.ruleset.clone()).or(scope_only),
         }
     }
 
@@ -257,6 +268,7 @@ impl Sandbox {
         program: Arc<sys::BpfProgram>,
         plan: &Plan,
         backstop: Option<&Applied>,
+        scope_only: Option<Arc<OwnedFd>>,
     ) -> Result<Sandboxed, SpawnError> {
         let backstop_for_opener = backstop.cloned();
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -332,7 +344,7 @@ impl Sandbox {
         let spent = Arc::new(std::sync::atomic::AtomicBool::new(false));
         sys::prepare_child(
             cmd,
-            self.child_setup(plan, backstop),
+            self.child_setup(plan, backstop, scope_only),
             report_w.as_raw_fd(),
             spent.clone(),
         );

@@ -732,8 +732,8 @@ pub fn prepare_child(
 
 // --- Landlock (not wrapped by libc or nix) ---------------------------------
 
-/// `struct landlock_ruleset_attr` (with `scoped`, zero: ignored as trailing
-/// zeros by kernels that predate it).
+/// `struct landlock_ruleset_attr` (with `scoped`: zero is ignored as
+/// trailing zeros by kernels that predate it).
 #[repr(C)]
 struct RulesetAttr {
     handled_access_fs: u64,
@@ -773,12 +773,13 @@ pub fn landlock_abi() -> i32 {
     v.max(0) as i32
 }
 
-/// A new ruleset handling these rights.
-pub fn landlock_ruleset(handled_fs: u64, handled_net: u64) -> io::Result<OwnedFd> {
+/// A new ruleset handling these rights and scoping these IPCs (`scoped`:
+/// Landlock ABI 6 on; 0 before).
+pub fn landlock_ruleset(handled_fs: u64, handled_net: u64, scoped: u64) -> io::Result<OwnedFd> {
     let attr = RulesetAttr {
         handled_access_fs: handled_fs,
         handled_access_net: handled_net,
-        scoped: 0,
+        scoped,
     };
     // SAFETY: the kernel reads `size_of` bytes of `attr`; it returns a new
     // fd (close-on-exec) or -1.
