@@ -616,8 +616,10 @@ impl Sandboxed {
             }
         }
         // Nothing outlives the tool. Before reaping it: until then its pid,
-        // which names its process group, cannot be reused.
+        // which names its process group, cannot be reused. Nor may a relayed
+        // signal be sent there after it (`stop_relaying` waits for none).
         self.kill_tree();
+        sys::stop_relaying();
         loop {
             match waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED) {
                 Ok(WaitStatus::Exited(_, code)) => {
@@ -639,7 +641,6 @@ impl Sandboxed {
     /// supervisor's counters) in the audit store.
     pub fn wait(self) -> io::Result<ExitStatus> {
         let (status, timed_out) = self.reap()?;
-        sys::stop_relaying();
         tracing::debug!("tool exited");
         let usage = self.plan.usage();
         let limit = if timed_out {
