@@ -117,6 +117,14 @@ fn names(access: u64) -> String {
     n.join("+")
 }
 
+/// Blocks every signal on this thread, before it restricts itself: a signal
+/// sent to cordon may be handled on any thread that does not block it, and
+/// cordon's relay to the tool must not run on one whose Landlock domain
+/// (scoped signals) keeps it from reaching the tool.
+fn block_signals_here() {
+    let _ = nix::sys::signal::SigSet::all().thread_block();
+}
+
 /// `LANDLOCK_SCOPE_SIGNAL` (ABI 6): the tool may signal only processes in
 /// its own Landlock domain (its sandbox), never the supervisor or anything
 /// else outside, whatever the id it names and whenever it was reused.
@@ -127,6 +135,11 @@ const SIGNAL_RULE: &str = "signals only to processes in the sandbox";
 /// The scopes this kernel's Landlock can apply (none before ABI 6).
 fn signal_scope(abi: i32) -> u64 {
     if abi >= 6 { SCOPE_SIGNAL } else { 0 }
+}
+
+/// The Landlock ABI this kernel has (0: none), for callers that report it.
+pub fn landlock_abi() -> i32 {
+    sys::landlock_abi()
 }
 
 /// For a tool without a backstop: a ruleset that only scopes its signals,
@@ -286,6 +299,7 @@ impl Opener {
         std::thread::Builder::new()
             .name("cordon-opener".into())
             .spawn(move || {
+                block_signals_here();
                 // Files created here take the tool's umask, set around each
                 // create (as on the serving threads): our own must not.
                 if nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).is_ok() {
@@ -353,6 +367,7 @@ impl Opener {
     /// For a thread of its own (a blocking FIFO open): restricts the calling
     /// thread the same way.
     pub fn restrict_this_thread(&self) -> std::io::Result<()> {
+        block_signals_here();
         sys::landlock_restrict_thread(&self.ruleset)
     }
 }

@@ -219,10 +219,12 @@ impl Sandbox {
             None => crate::backstop::signal_scope_only()?,
         };
         let plan = Plan::new(&self.info.id, &self.limits)?;
+        let signals_scoped_alone = scope_only.is_some();
         match self.spawn_planned(cmd, program, &plan, applied.as_ref(), scope_only) {
             Ok(mut s) => {
                 s.plan = plan;
                 s.backstop = applied;
+                s.signals_scoped_alone = signals_scoped_alone;
                 Ok(s)
             }
             Err(e) => {
@@ -410,6 +412,7 @@ impl Sandbox {
             info: self.info.clone(),
             plan: Plan::default(),
             backstop: None,
+            signals_scoped_alone: false,
             timeout: self.limits.timeout,
             started: std::time::Instant::now(),
             group: self.new_session,
@@ -531,6 +534,8 @@ pub struct Sandboxed {
     info: SandboxInfo,
     plan: Plan,
     backstop: Option<Applied>,
+    /// Without a backstop, its signals were still scoped to the sandbox.
+    signals_scoped_alone: bool,
     timeout: Option<std::time::Duration>,
     started: std::time::Instant,
     /// The tool leads its own process group.
@@ -551,6 +556,12 @@ impl Sandboxed {
     /// so the supervisor outlives the tool it guards.
     pub fn relay_signals(&self) -> io::Result<()> {
         sys::relay_signals_to(self.pid, self.group)
+    }
+
+    /// Whether, without a backstop, the tool's signals were scoped to its
+    /// sandbox anyway (Landlock ABI 6 on).
+    pub fn signals_scoped_alone(&self) -> bool {
+        self.signals_scoped_alone
     }
 
     /// The kernel backstop applied, if one was asked for.

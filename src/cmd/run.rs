@@ -399,7 +399,12 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
                 match child.backstop() {
                     Some(b) => eprint!("cordon: backstop: {}", b.explain()),
                     None => eprintln!(
-                        "cordon: backstop: the policy defines none (data.cordon.backstop)"
+                        "cordon: backstop: the policy defines none (data.cordon.backstop){}",
+                        if child.signals_scoped_alone() {
+                            "; signals only to processes in the sandbox (Landlock)"
+                        } else {
+                            ""
+                        }
                     ),
                 }
             }
