@@ -73,15 +73,7 @@ fn a_command_spawned_under_a_sandbox_cannot_be_spawned_again() {
 #[test]
 fn each_spawn_of_one_sandbox_has_a_cgroup_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
-    let audit = SledAudit::open(&dir.path().join("audit"), Durability::Strict).unwrap();
-    let broker = Broker::new(Arc::new(policy), Arc::new(audit));
-    let sandbox = Sandbox::new(Arc::new(Embedded(broker)))
-        .workdir(dir.path())
-        .limits(cordon_shim::Limits {
-            pids: Some(32),
-            ..Default::default()
-        });
+    let sandbox = with_a_cgroup(dir.path());
     let spawn = || sandbox.spawn(Command::new("/bin/sleep").arg("2")).unwrap();
     let (first, second) = (spawn(), spawn());
     let cgroup = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -90,4 +82,51 @@ fn each_spawn_of_one_sandbox_has_a_cgroup_of_its_own() {
     assert_ne!(a, b);
     assert!(first.wait().unwrap().success());
     assert!(second.wait().unwrap().success());
+}
+
+/// A handle dropped without `wait` ends the sandbox: the tool is killed and
+/// reaped, and its cgroup is removed.
+#[test]
+fn dropping_a_sandbox_handle_ends_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = with_a_cgroup(dir.path());
+    let running = sandbox.spawn(Command::new("/bin/sleep").arg("30")).unwrap();
+    let pid = running.id();
+    let cgroups: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2))
+        .filter(|p| p.contains("/cordon-"))
+        .map(str::to_owned)
+        .collect();
+    assert!(!cgroups.is_empty());
+    drop(running);
+    // Reaped: not even a zombie of ours.
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let gone = |rel: &str| {
+        !std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .any(|c| c.path().join(rel.trim_start_matches('/')).exists())
+            && !std::path::Path::new("/sys/fs/cgroup")
+                .join(rel.trim_start_matches('/'))
+                .exists()
+    };
+    for c in &cgroups {
+        assert!(gone(c), "{c} is still there");
+    }
+}
+
+/// A sandbox with the built-in policy, a strict store in `dir`, and a pids
+/// cap (so that it has a cgroup).
+fn with_a_cgroup(dir: &std::path::Path) -> Sandbox {
+    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let audit = SledAudit::open(&dir.join("audit"), Durability::Strict).unwrap();
+    let broker = Broker::new(Arc::new(policy), Arc::new(audit));
+    Sandbox::new(Arc::new(Embedded(broker)))
+        .workdir(dir)
+        .limits(cordon_shim::Limits {
+            pids: Some(32),
+            ..Default::default()
+        })
 }

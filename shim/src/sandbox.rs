@@ -416,6 +416,7 @@ impl Sandbox {
             timeout: self.limits.timeout,
             started: std::time::Instant::now(),
             group: self.new_session,
+            reaped: std::sync::atomic::AtomicBool::new(false),
         };
         if let Err(e) = started {
             let _ = nix::sys::signal::kill(
@@ -540,6 +541,28 @@ pub struct Sandboxed {
     started: std::time::Instant,
     /// The tool leads its own process group.
     group: bool,
+    /// Reaped (by `wait`, or a failed spawn): nothing is left to end.
+    reaped: std::sync::atomic::AtomicBool,
+}
+
+/// A handle dropped without `wait` ends what it started: the tool and its
+/// tree are killed and reaped, and the cgroup is removed (no exit record:
+/// nobody waited for one). Like `std::process::Child`, but a sandbox left
+/// running unwatched would keep its cgroup and supervisor for good.
+impl Drop for Sandboxed {
+    fn drop(&mut self) {
+        if self.reaped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(
+            pid = self.pid,
+            "a sandbox handle dropped without wait: killing it"
+        );
+        let _ = sys::pidfd_kill(&self.pidfd, libc::SIGKILL);
+        if self.reap().is_ok() {
+            self.plan.remove();
+        }
+    }
 }
 
 impl Sandboxed {
@@ -632,18 +655,26 @@ impl Sandboxed {
         self.kill_tree();
         sys::stop_relaying();
         loop {
+            let reaped = || self.reaped.store(true, std::sync::atomic::Ordering::SeqCst);
             match waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED) {
                 Ok(WaitStatus::Exited(_, code)) => {
+                    reaped();
                     return Ok((ExitStatus::from_raw((code & 0xff) << 8), timed_out));
                 }
                 Ok(WaitStatus::Signaled(_, sig, core)) => {
+                    reaped();
                     return Ok((
                         ExitStatus::from_raw(sig as i32 | if core { 0x80 } else { 0 }),
                         timed_out,
                     ));
                 }
                 Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    if e == nix::errno::Errno::ECHILD {
+                        reaped();
+                    }
+                    return Err(e.into());
+                }
             }
         }
     }
