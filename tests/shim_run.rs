@@ -2207,18 +2207,28 @@ const SUPERVISOR_SIGNALS: &str = "import os, signal\n\
          def call(nr, *args):\n    \
              if libc.syscall(nr, *args) != 0:\n        raise OSError(ctypes.get_errno(), str(nr))\n\
          attempt('ioprio-which-int-min', lambda: call(251, -2**31, 0, 0))\n\
-         attempt('kill-int-min', lambda: call(62, -2**31, 0))\n";
+         attempt('kill-int-min', lambda: call(62, -2**31, 0))\n\
+         attempt('kcmp-supervisor', lambda: call(312, os.getpid(), sup, 0, 0, 0))\n";
 
 fn signals_refused(out: &Output) {
     let stdout = assert_ok(out);
     // Landlock scopes the tool's signals to its sandbox (ABI 6, Linux 6.12
     // on): nothing outside, whatever its id. Before, the kernel lets it.
-    let outside = if cordon_shim::backstop::landlock_abi() >= 6 {
+    let scoped = cordon_shim::backstop::landlock_abi() >= 6;
+    let outside = if scoped {
         "kill-outside err 1"
     } else {
         "kill-outside ok"
     };
     assert!(stdout.contains(outside), "missing {outside:?} in\n{stdout}");
+    // The same domain keeps ptrace access to the supervisor (kcmp) out, even
+    // for a root tool, which has CAP_SYS_PTRACE.
+    if scoped {
+        assert!(
+            stdout.contains("kcmp-supervisor err 1"),
+            "missing kcmp refusal in\n{stdout}"
+        );
+    }
     for line in [
         "kill-supervisor err 1",
         "kill-everyone err 1",
