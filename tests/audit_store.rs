@@ -688,33 +688,23 @@ async fn a_follow_until_a_time_waits_for_the_records_from_before_it_to_reach_dis
     let until = last["time"].as_str().unwrap().to_owned();
     // The clock is past `until`, but the records are not on disk yet: the
     // follow waits for them rather than end without them.
-    let (code, out, err) = run_cordon_ending(&[
-        "audit",
-        "--broker",
-        &s.uri(),
-        "--follow",
-        "--format",
-        "json",
-        "--until",
-        &until,
-    ]);
+    let (code, out, err) = follow_until(&s.uri(), &until);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
     // An `until` still ahead, on a broker with nothing more to record: the
     // follow ends when the clock passes it, not never.
     let soon = humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(2));
-    let (code, out, err) = run_cordon_ending(&[
-        "audit",
-        "--broker",
-        &s.uri(),
-        "--follow",
-        "--format",
-        "json",
-        "--until",
-        &soon.to_string(),
-    ]);
+    let (code, out, err) = follow_until(&s.uri(), &soon.to_string());
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
+}
+
+/// `cordon audit --follow --until UNTIL` through the broker at `uri`, as
+/// JSON lines; it must end by itself (`run_cordon_ending`).
+fn follow_until(uri: &str, until: &str) -> (i32, String, String) {
+    run_cordon_ending(&[
+        "audit", "--broker", uri, "--follow", "--format", "json", "--until", until,
+    ])
 }
 
 /// `run_cordon` for a command that must end by itself: killed, and the test
@@ -770,16 +760,7 @@ async fn a_resume_point_past_the_store_and_a_follow_past_until_end_the_query() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 1, "{out}");
     // Nothing newer can be before `until`: the follow ends after the scan.
-    let (code, out, err) = run_cordon_ending(&[
-        "audit",
-        "--broker",
-        &uri,
-        "--follow",
-        "--format",
-        "json",
-        "--until",
-        "2000-01-01T00:00:00Z",
-    ]);
+    let (code, out, err) = follow_until(&uri, "2000-01-01T00:00:00Z");
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     let (code, _, err) = run_cordon(&["audit", "--broker", &uri, "--limit", "0"]);
     assert_eq!(code, 2, "{err}");
