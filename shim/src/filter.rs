@@ -67,8 +67,9 @@ pub const INSPECTED: &[i64] = &[
 pub const IOPRIO_WHO_PROCESS: u64 = 1;
 
 /// Calls that change another task's limits or scheduling, notified (by the
-/// filter's conditional rules) only when they name another task: refused
-/// when that task is the supervisor, else continued.
+/// conditional rules in [`build`], one set per entry) only when they name
+/// another task: refused when that task is the supervisor, else continued.
+/// The supervisor dispatches on this list.
 pub const TASK_TUNING: &[i64] = &[
     libc::SYS_prlimit64,
     libc::SYS_sched_setscheduler,

@@ -595,20 +595,15 @@ impl Supervisor {
                 }
                 Ok(())
             }
-            libc::SYS_kill
-            | libc::SYS_tkill
-            | libc::SYS_tgkill
-            | libc::SYS_rt_sigqueueinfo
-            | libc::SYS_rt_tgsigqueueinfo
-            | libc::SYS_pidfd_open
-            | libc::SYS_fcntl
-            | libc::SYS_prlimit64
-            | libc::SYS_sched_setscheduler
-            | libc::SYS_sched_setparam
-            | libc::SYS_sched_setattr
-            | libc::SYS_sched_setaffinity
-            | libc::SYS_setpriority
-            | libc::SYS_ioprio_set => {
+            nr if nr == libc::SYS_kill
+                || nr == libc::SYS_tkill
+                || nr == libc::SYS_tgkill
+                || nr == libc::SYS_rt_sigqueueinfo
+                || nr == libc::SYS_rt_tgsigqueueinfo
+                || nr == libc::SYS_pidfd_open
+                || nr == libc::SYS_fcntl
+                || filter::TASK_TUNING.contains(&nr) =>
+            {
                 if n.nr == libc::SYS_fcntl && n.args[1] as i32 == filter::F_SETOWN_EX {
                     self.forbid(&n, "fcntl(F_SETOWN_EX)".into(), libc::EPERM);
                 } else if self.targets_supervisor(&n) {
