@@ -1101,6 +1101,54 @@ fn racing_threads_never_connect_to_a_denied_address() {
     );
 }
 
+/// A failed exec followed at once by another exec (as execvp falls back to
+/// /bin/sh after ENOEXEC) must not hang the sandbox. With everything on one
+/// CPU, the answer to the first exec runs the tool before the verifier can
+/// interrupt it; the verifier then waited for a stop that came only after
+/// the second exec's answer, which was queued behind it. Reproduced hung
+/// 3 of 3 runs before the interrupt was sent ahead of the answer.
+#[test]
+fn an_exec_right_after_a_failed_exec_does_not_hang() {
+    let env = Env::new(&[]);
+    // Executable, but no format the kernel knows: ENOEXEC.
+    let junk = env.bin.join("junk");
+    std::fs::write(&junk, b"not a program\n\x00\x01").unwrap();
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut run = Command::new("taskset");
+    run.args(["-c", "0"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .arg("run");
+    run.arg("--audit-db").arg(&env.db);
+    for p in &env.policies {
+        run.arg("--policy").arg(p);
+    }
+    let probe = env.probe();
+    run.args([
+        "--",
+        &probe,
+        "exec-fallback",
+        junk.to_str().unwrap(),
+        "/bin/true",
+        "200",
+    ])
+    .current_dir(&env.work)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = run.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("cordon run hung; stderr: {}", text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("exec-fallback 200 rounds"), "{stdout}");
+}
+
 #[test]
 fn racing_threads_never_run_a_denied_program() {
     let env = Env::new(&[]);

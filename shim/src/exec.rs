@@ -10,7 +10,8 @@
 //! instruction — and we compare `/proc/PID/exe` (device and inode) and
 //! `/proc/PID/cmdline` with what the policy approved. A mismatch is killed
 //! with `SIGKILL`; the unapproved program never runs. If the exec fails, the
-//! interrupt stops the thread on its way back to user space and we detach.
+//! interrupt (sent before the exec continues, see `verify`) stops the thread
+//! on its way back to user space and we detach.
 //!
 //! All ptrace requests come from one thread (ptrace is per tracer thread),
 //! which handles execs one at a time.
@@ -152,13 +153,28 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
     // Held from before the exec continues: a kill on timeout below reaches
     // this process, never a later one that reused its pid.
     let process = crate::sys::pidfd_open(job.tgid).ok();
+    // The interrupt stops the thread if the exec fails and it heads back to
+    // user space. It must be pending before the exec continues: answered
+    // first, the thread can run at once (the answer's synchronous wake-up
+    // hands it our CPU), fail the exec and make its next brokered call, an
+    // exec fallback such as execvp's, before the interrupt is sent. Waiting
+    // for that answer, which is queued behind this job, it would never stop:
+    // a deadlock. A received notification's wait is killable only
+    // (WAIT_KILLABLE_RECV), so the pending interrupt does not cancel it. On
+    // kernels without that flag it would, so there the interrupt follows the
+    // answer and the race remains (docs/threat-model.md).
+    let interrupt_first = crate::sys::wait_killable_recv();
+    if interrupt_first {
+        let _ = ptrace::interrupt(tid);
+    }
     if listener.allow_continue(job.id).is_err() {
         // The notification is gone (the task was killed): nothing runs.
         let _ = ptrace::detach(tid, None);
         return Outcome::Gone;
     }
-    // Stop the thread if the exec fails and it heads back to user space.
-    let _ = ptrace::interrupt(tid);
+    if !interrupt_first {
+        let _ = ptrace::interrupt(tid);
+    }
     loop {
         let status = match next_stop(job) {
             Ok(s) => s,

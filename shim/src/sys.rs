@@ -148,6 +148,30 @@ impl Listener {
     }
 }
 
+/// Whether this kernel has `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19),
+/// which the tool's filter then uses: a tool thread whose notification was
+/// received waits for the answer in a killable sleep, which no ptrace
+/// interrupt or ordinary signal ends. Probed once, without installing
+/// anything: the kernel checks the flags (EINVAL for unknown ones) before it
+/// reads the program, so a null program is EFAULT where the flag exists.
+pub fn wait_killable_recv() -> bool {
+    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        // SAFETY: the program pointer is null, so the kernel installs nothing
+        // and reads nothing from us; it returns -1 with EFAULT or EINVAL.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER
+                    | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+                std::ptr::null::<libc::sock_fprog>(),
+            )
+        };
+        r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT)
+    })
+}
+
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments; returns a new fd or -1.

@@ -7,6 +7,7 @@
 //   probe open-loop PATH N   (per-call latency of openat+close: median/p99/total ns)
 //   probe connect-loop IP PORT N   (socket+connect+close to a TCP listener)
 //   probe exec-loop PROG N   (fork+execve+wait)
+//   probe exec-fallback FAILING OK N   (a child execs FAILING, which fails, then OK; N times)
 //   probe sendmmsg IP PORT_OK PORT_DENIED   (3 datagrams: ok, ok, denied)
 //   probe thread-own-fds IP PORT   (a thread without CLONE_FILES sends from its own socket)
 //   probe int80          (i386 getpid through int 0x80)
@@ -214,6 +215,32 @@ static int exec_loop(const char *prog, long n) {
     return report_loop(ns, n);
 }
 
+/* n times: a child execs `failing` (which must fail), then at once `ok`,
+ * as execvp falls back to /bin/sh after ENOEXEC. */
+static int exec_fallback(const char *failing, const char *ok, long n) {
+    for (long i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            char *first[] = {(char *)failing, NULL};
+            execv(failing, first);
+            int first_errno = errno;
+            char *second[] = {(char *)ok, NULL};
+            execv(ok, second);
+            fprintf(stderr, "exec %s failed (%s) after %s (%s)\n", ok, strerror(errno), failing,
+                    strerror(first_errno));
+            _exit(127);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "round %ld: status %#x\n", i, status);
+            return 1;
+        }
+    }
+    printf("exec-fallback %ld rounds\n", n);
+    return 0;
+}
+
 static int send_mmsg(const char *ip, int port_ok, int port_bad) {
     int s = socket(AF_INET, SOCK_DGRAM, 0);
     struct sockaddr_in to[3];
@@ -287,6 +314,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "open-loop") && argc == 4) return open_loop(argv[2], atol(argv[3]));
     if (!strcmp(mode, "connect-loop") && argc == 5) return connect_loop(argv[2], atoi(argv[3]), atol(argv[4]));
     if (!strcmp(mode, "exec-loop") && argc == 4) return exec_loop(argv[2], atol(argv[3]));
+    if (!strcmp(mode, "exec-fallback") && argc == 5) return exec_fallback(argv[2], argv[3], atol(argv[4]));
     if (!strcmp(mode, "thread-own-fds") && argc == 4) return thread_own_fds(argv[2], atoi(argv[3]));
     if (!strcmp(mode, "int80")) {
         long r;
