@@ -62,6 +62,10 @@ test_own_proc if allowed(read("/proc/4242/status"))
 
 test_proc_self if allowed(read("/proc/self/maps"))
 
+test_own_proc_directory_itself if allowed(read("/proc/4242"))
+
+test_pid_sharing_a_prefix_denied if not allowed(read("/proc/42420/status"))
+
 test_other_proc_denied if not allowed(read("/proc/1/environ"))
 
 test_proc_system_file if allowed(read("/proc/cpuinfo"))
@@ -71,6 +75,15 @@ test_write_workdir if allowed(write("/home/agent/job/out/result.csv"))
 test_workdir_itself if allowed(read(workdir))
 
 test_sibling_of_workdir_denied if not allowed(write("/home/agent/job2/x"))
+
+# A workdir named with a trailing slash covers the same tree, and no sibling.
+test_workdir_with_trailing_slash if {
+	slashed := {"sandbox": {"workdir": "/home/agent/job/"}}
+	allowed(object.union(write("/home/agent/job/out"), slashed))
+	not allowed(object.union(write("/home/agent/job2/x"), slashed))
+}
+
+test_exec_prefix_needs_a_whole_directory if not allowed(exec("/usr/binx/tool"))
 
 test_tmpdir if allowed(write("/tmp/cordon-t/scratch"))
 
