@@ -31,6 +31,8 @@ use sha2::{Digest, Sha256};
 use crate::memo;
 use crate::{errno, memo::Memo};
 
+mod input;
+
 /// The built-in default policy, used when no policy is given.
 pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.rego");
 
@@ -431,7 +433,13 @@ pub fn check(source: &PolicySource) -> Result<Vec<String>, PolicyError> {
     Ok(loaded.files.clone())
 }
 
-enum Evaluator {
+/// A pooled evaluator and the input converter that goes with it.
+struct Evaluator {
+    machine: Machine,
+    input: input::Converter,
+}
+
+enum Machine {
     Vm(Box<RegoVM>),
     Interpreter(Box<Engine>),
 }
@@ -741,27 +749,29 @@ impl LoadedPolicy {
         input: &serde_json::Value,
         use_vm: bool,
     ) -> Result<RawDecision, String> {
-        // Straight from the JSON tree: no text round trip.
-        let input = <Value as serde::Deserialize>::deserialize(input).map_err(|e| e.to_string())?;
         let use_vm = use_vm && self.vm.is_some();
         let mut evaluator = self.take_evaluator(use_vm)?;
-        let result = match &mut evaluator {
-            Evaluator::Vm(vm) => {
+        let input = match evaluator.input.convert(input) {
+            Ok(input) => input,
+            Err(e) => {
+                self.put_back(evaluator);
+                return Err(e);
+            }
+        };
+        let result = match &mut evaluator.machine {
+            Machine::Vm(vm) => {
                 vm.set_input(input);
                 vm.execute_entry_point_by_name(RESULT_RULE)
                     .map_err(|e| e.to_string())
             }
-            Evaluator::Interpreter(engine) => {
+            Machine::Interpreter(engine) => {
                 engine.set_input(input);
                 engine
                     .eval_rule(RESULT_RULE.into())
                     .map_err(|e| first_lines(&e))
             }
         };
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(evaluator);
+        self.put_back(evaluator);
         let result = result?;
         let field = |name: &str| result[&Value::from(name)].clone();
         Ok(RawDecision {
@@ -776,7 +786,7 @@ impl LoadedPolicy {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(i) = pool
                 .iter()
-                .rposition(|e| matches!(e, Evaluator::Vm(_)) == vm)
+                .rposition(|e| matches!(e.machine, Machine::Vm(_)) == vm)
             {
                 return Ok(pool.swap_remove(i));
             }
@@ -792,10 +802,21 @@ impl LoadedPolicy {
                 // The VM's default budget of 25,000 instructions would deny
                 // legitimate large policies; the time limit bounds the cost.
                 machine.set_max_instructions(usize::MAX);
-                Ok(Evaluator::Vm(Box::new(machine)))
+                Ok(Machine::Vm(Box::new(machine)))
             }
-            _ => Ok(Evaluator::Interpreter(Box::new(self.interpreter.clone()))),
+            _ => Ok(Machine::Interpreter(Box::new(self.interpreter.clone()))),
         }
+        .map(|machine| Evaluator {
+            machine,
+            input: input::Converter::default(),
+        })
+    }
+
+    fn put_back(&self, evaluator: Evaluator) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(evaluator);
     }
 }
 
