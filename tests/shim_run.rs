@@ -813,6 +813,54 @@ fn a_unix_server_binds_and_listens_under_its_own_name_and_umask() {
     }
 }
 
+/// A relative name in a deep directory reaches a socket whose resolved path
+/// is longer than sun_path, as the kernel allows. The broker refused such a
+/// request as invalid, so the call was denied with no audit record.
+#[test]
+fn a_unix_socket_deeper_than_sun_path_is_decided_and_reached() {
+    let env = Env::new(&[]);
+    let deep = env.work.join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&deep).unwrap();
+    let sock = deep.join("s");
+    assert!(sock.as_os_str().len() > 108);
+    let policy = env.dir.path().join("unix-deep.rego");
+    std::fs::write(
+        &policy,
+        format!(
+            "package cordon\nimport rego.v1\nallow if {{\n  input.network.family == \"unix\"\n  \
+             input.network.path == \"{}\"\n}}\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let mut policies = env.policies.clone();
+    policies.push(policy);
+    let mut c = cordon();
+    c.arg("run").arg("--audit-db").arg(&env.db);
+    for p in &policies {
+        c.arg("--policy").arg(p);
+    }
+    let out = c
+        .args(["--", "/usr/bin/python3", "-c"])
+        .arg(
+            "import socket, os, sys\nos.chdir(sys.argv[1])\n\
+             s = socket.socket(socket.AF_UNIX)\ns.bind('s')\ns.listen()\n\
+             c = socket.socket(socket.AF_UNIX)\nc.connect('s')\nprint('connected')\n",
+        )
+        .arg(&deep)
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out).trim(), "connected");
+    let records = env.audit();
+    for op in ["bind", "listen", "connect"] {
+        let r: Vec<_> = records.iter().filter(|r| r["syscall"] == op).collect();
+        assert_eq!(r.len(), 1, "{op}: {records:?}");
+        assert_eq!(r[0]["path"], sock.to_str().unwrap(), "{op}");
+        assert_eq!(r[0]["allow"], true, "{op}");
+    }
+}
+
 #[test]
 fn a_thread_with_its_own_fd_table_sends_from_its_own_socket() {
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();

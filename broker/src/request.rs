@@ -126,6 +126,12 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                     if net.path.is_empty() && net.op != "listen" {
                         return Err(invalid("network.path is required for family unix"));
                     }
+                    if net.path.first() == Some(&b'/') {
+                        // A socket file, named by its resolved path: longer
+                        // than sun_path when reached by a relative name from
+                        // a deep directory, as the kernel allows.
+                        return check_path("network.path", &net.path, false);
+                    }
                     if net.path.len() > UNIX_PATH_MAX + 1 {
                         return Err(invalid(format!(
                             "network.path is longer than {UNIX_PATH_MAX} bytes"
@@ -413,5 +419,23 @@ mod tests {
         assert!(validate(&net("inet", "::1")).is_err());
         assert!(validate(&net("inet", "example.com")).is_err());
         assert!(validate(&net("netlink", "1.2.3.4")).is_err());
+        let unix = |path: &[u8]| DecideRequest {
+            syscall: "connect".into(),
+            subject: Some(Subject::Network(NetworkAccess {
+                op: "connect".into(),
+                family: "unix".into(),
+                path: path.to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        // A socket file's resolved path may exceed sun_path; PATH_MAX bounds it.
+        let deep = [b"/".as_slice(), &vec![b'd'; 300]].concat();
+        assert!(validate(&unix(&deep)).is_ok());
+        assert!(validate(&unix(&long)).is_err());
+        assert!(validate(&unix(b"/a\0b")).is_err());
+        // An abstract name is bounded by sun_path.
+        assert!(validate(&unix(&[b"@".as_slice(), &[b'x'; 107]].concat())).is_ok());
+        assert!(validate(&unix(&[b"@".as_slice(), &[b'x'; 300]].concat())).is_err());
     }
 }
