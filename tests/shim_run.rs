@@ -1941,6 +1941,46 @@ fn connecting_to_the_broker_socket_is_denied() {
     assert_eq!(assert_ok(&out).trim(), "err 13");
 }
 
+/// The supervisor performs a tool's unix connect itself, so a broker sees the
+/// supervisor's credentials, not the tool's, and its refusal of sandboxed
+/// peers cannot apply. A broker at a default location (here
+/// `$XDG_RUNTIME_DIR/cordon/broker.sock`, a hard link to a running `cordon
+/// serve`'s socket) is therefore refused by the shim, whatever the policy,
+/// even when the sandbox uses another broker (here the embedded one).
+#[test]
+fn a_broker_at_a_default_location_is_out_of_reach_whatever_the_policy() {
+    let env = Env::new(&[]);
+    let serve = support::Serve::start(
+        "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\", \"network\"}\n",
+        &[],
+    );
+    let runtime = env.dir.path().join("xdg");
+    std::fs::create_dir_all(runtime.join("cordon")).unwrap();
+    std::fs::hard_link(&serve.socket, runtime.join("cordon/broker.sock")).unwrap();
+    let allow_all = env.dir.path().join("allow-all.rego");
+    std::fs::write(
+        &allow_all,
+        "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\", \"network\"}\n",
+    )
+    .unwrap();
+    let out = cordon()
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import socket\ns = socket.socket(socket.AF_UNIX)\n\
+             try:\n    s.connect('{}')\n    print('connected')\nexcept OSError as e:\n    print('err', e.errno)\n",
+            serve.socket.display()
+        ))
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out).trim(), "err 13");
+}
+
 #[test]
 fn the_supervisor_raises_its_open_file_limit_and_the_tool_keeps_its_own() {
     let env = Env::new(&[]);

@@ -92,8 +92,8 @@ pub struct Supervisor {
     decider: Arc<dyn Decider>,
     sandbox: Sandbox,
     me: Creds,
-    /// A unix socket the tool must never reach (the broker's own).
-    broker_socket: Option<BrokerSocket>,
+    /// Unix sockets the tool must never reach: brokers'.
+    broker_sockets: Vec<BrokerSocket>,
     exec: ExecVerifier,
     counters: Mutex<Counters>,
     tasks: TaskCache,
@@ -309,7 +309,7 @@ impl Supervisor {
         listener: Arc<Listener>,
         decider: Arc<dyn Decider>,
         sandbox: Sandbox,
-        broker_socket: Option<PathBuf>,
+        broker_sockets: Vec<PathBuf>,
         exec: ExecVerifier,
         opener: Option<Opener>,
     ) -> Self {
@@ -318,12 +318,15 @@ impl Supervisor {
             decider,
             sandbox,
             me: Creds::of_thread(),
-            broker_socket: broker_socket.map(|path| BrokerSocket {
-                id: nix::sys::stat::stat(path.as_path())
-                    .ok()
-                    .map(|st| (st.st_dev, st.st_ino)),
-                path,
-            }),
+            broker_sockets: broker_sockets
+                .into_iter()
+                .map(|path| BrokerSocket {
+                    id: nix::sys::stat::stat(path.as_path())
+                        .ok()
+                        .map(|st| (st.st_dev, st.st_ino)),
+                    path,
+                })
+                .collect(),
             exec,
             counters: Mutex::default(),
             tasks: TaskCache::default(),
@@ -684,8 +687,9 @@ impl Supervisor {
     ///   ptrace-capable parent — could open where the tool could not (its
     ///   memory, environment, fds; and a `/proc/PID` directory fd is a
     ///   signal target for `pidfd_send_signal`);
-    /// - for unix connects (`socket`), the broker's own socket, by path or by
-    ///   inode (a hard link or another mount of it is the same socket).
+    /// - for unix connects (`socket`), brokers' sockets (the sandbox's own,
+    ///   the default locations, any the host named), by path or by inode (a
+    ///   hard link or another mount of one is the same socket).
     fn protected(&self, canonical: &[u8], found: &Found, socket: bool) -> Option<&'static str> {
         if let Some(rest) = canonical.strip_prefix(b"/proc/") {
             let id = rest.split(|&b| b == b'/').next().unwrap_or_default();
@@ -701,17 +705,21 @@ impl Supervisor {
         if !socket {
             return None;
         }
-        let broker = self.broker_socket.as_ref()?;
-        if canonical == broker.path.as_os_str().as_bytes() {
+        if self
+            .broker_sockets
+            .iter()
+            .any(|broker| canonical == broker.path.as_os_str().as_bytes())
+        {
             return Some("broker socket");
         }
-        match (found, broker.id) {
-            (Found::Existing(fd), Some(id)) => nix::sys::stat::fstat(fd)
-                .ok()
-                .filter(|st| (st.st_dev, st.st_ino) == id)
-                .map(|_| "broker socket"),
-            _ => None,
-        }
+        let Found::Existing(fd) = found else {
+            return None;
+        };
+        let st = nix::sys::stat::fstat(fd).ok()?;
+        self.broker_sockets
+            .iter()
+            .any(|broker| broker.id == Some((st.st_dev, st.st_ino)))
+            .then_some("broker socket")
     }
 
     /// Refuses a protected object (see [`Self::protected`]), counting it.

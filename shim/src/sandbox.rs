@@ -88,7 +88,7 @@ pub enum SpawnError {
 pub struct Sandbox {
     decider: Arc<dyn Decider>,
     info: SandboxInfo,
-    broker_socket: Option<PathBuf>,
+    broker_sockets: Vec<PathBuf>,
     limits: Limits,
     network_none: bool,
     user: Option<(u32, u32)>,
@@ -110,7 +110,7 @@ impl Sandbox {
                 workdir,
                 tmpdir: vec![],
             },
-            broker_socket: None,
+            broker_sockets: vec![],
             limits: Limits::default(),
             network_none: false,
             user: None,
@@ -184,9 +184,14 @@ impl Sandbox {
         self
     }
 
-    /// The broker's unix socket, which the tool may never connect to.
+    /// A broker's unix socket, which the tool may never reach (repeatable).
+    /// The supervisor performs a tool's unix connects itself, so a broker
+    /// sees the supervisor's credentials, not the tool's, and cannot refuse
+    /// it as a sandboxed peer. Brokers' default sockets
+    /// ([`DEFAULT_BROKER_SOCKETS`], `$XDG_RUNTIME_DIR/cordon/broker.sock`)
+    /// are always refused; name here any other the tool could reach.
     pub fn broker_socket(mut self, path: impl Into<PathBuf>) -> Self {
-        self.broker_socket = Some(path.into());
+        self.broker_sockets.push(path.into());
         self
     }
 
@@ -280,7 +285,8 @@ impl Sandbox {
         let failed_in_thread = setup_failed.clone();
         let decider = self.decider.clone();
         let info = self.info.clone();
-        let broker_socket = self.broker_socket.clone();
+        let mut broker_sockets = default_broker_sockets();
+        broker_sockets.extend(self.broker_sockets.iter().cloned());
         std::thread::Builder::new()
             .name("cordon-supervisor".into())
             .spawn(move || {
@@ -315,7 +321,7 @@ impl Sandbox {
                             listener,
                             decider,
                             info,
-                            broker_socket,
+                            broker_sockets,
                             exec,
                             opener,
                         ));
@@ -443,6 +449,19 @@ enum Report {
 }
 
 /// Reads the child's report and duplicates its listener.
+/// Where `cordon serve` listens by default: for root, and for other users
+/// under `$XDG_RUNTIME_DIR` (see [`default_broker_sockets`]).
+pub const DEFAULT_BROKER_SOCKETS: [&str; 1] = ["/run/cordon/broker.sock"];
+
+/// Every default broker socket location, `$XDG_RUNTIME_DIR`'s included.
+pub fn default_broker_sockets() -> Vec<PathBuf> {
+    let mut sockets: Vec<PathBuf> = DEFAULT_BROKER_SOCKETS.iter().map(PathBuf::from).collect();
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        sockets.push(PathBuf::from(dir).join("cordon/broker.sock"));
+    }
+    sockets
+}
+
 fn take_listener(report: OwnedFd) -> io::Result<Report> {
     let mut buf = [0u8; CHILD_REPORT_LEN];
     let mut f = std::fs::File::from(report);
