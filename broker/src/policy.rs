@@ -74,8 +74,36 @@ pub enum PolicyError {
     Data { path: PathBuf, message: String },
     #[error("no policy file declares package cordon (in {0})")]
     NoCordonPackage(String),
-    #[error("policy does not compile: {0}")]
+    /// `file:line:col: message` when regorus names a place; see
+    /// [`PolicyError::compile`].
+    #[error("{0}")]
     Compile(String),
+}
+
+impl PolicyError {
+    /// A compile error. One that names a place is kept as
+    /// `file:line:col: message`, the first thing on its line, as editors and
+    /// CI annotations read it; another is "policy does not compile: message".
+    pub fn compile(message: impl Into<String>) -> Self {
+        let message = message.into();
+        if located(&message) {
+            PolicyError::Compile(message)
+        } else {
+            PolicyError::Compile(format!("policy does not compile: {message}"))
+        }
+    }
+}
+
+/// Whether `message` starts with `file:line:col: `.
+fn located(message: &str) -> bool {
+    let Some((place, _)) = message.split_once(": ") else {
+        return false;
+    };
+    let mut parts = place.rsplitn(3, ':');
+    let (col, line, file) = (parts.next(), parts.next(), parts.next());
+    let number =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    number(col) && number(line) && file.is_some_and(|f| !f.is_empty())
 }
 
 /// Where the policy comes from.
@@ -377,7 +405,7 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) -> Result<(), St
 
 /// A JSON tree as regorus's value, without a text round trip.
 fn to_engine_value(v: &serde_json::Value) -> Result<Value, PolicyError> {
-    <Value as serde::Deserialize>::deserialize(v).map_err(|e| PolicyError::Compile(e.to_string()))
+    <Value as serde::Deserialize>::deserialize(v).map_err(|e| PolicyError::compile(e.to_string()))
 }
 
 /// An engine with every policy module and the data loaded, but no input.
@@ -395,11 +423,11 @@ pub(crate) fn build_engine(
     if with_wrapper {
         engine
             .add_policy(WRAPPER_PATH.into(), WRAPPER.into())
-            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+            .map_err(|e| PolicyError::compile(e.to_string()))?;
     }
     engine
         .add_data(data.clone())
-        .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        .map_err(|e| PolicyError::compile(e.to_string()))?;
     Ok(engine)
 }
 
@@ -610,7 +638,7 @@ impl LoadedPolicy {
         let mut interpreter = build_engine(&sources, &data, true)?;
         let packages = interpreter
             .get_packages()
-            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+            .map_err(|e| PolicyError::compile(e.to_string()))?;
         if !packages.iter().any(|p| p == "data.cordon") {
             return Err(PolicyError::NoCordonPackage(files_or_source(source)));
         }
@@ -625,7 +653,7 @@ impl LoadedPolicy {
         if let Err(e) = interpreter.eval_rule(RESULT_RULE.into()) {
             let msg = first_lines(&e);
             if !msg.contains("time limit") {
-                return Err(PolicyError::Compile(msg));
+                return Err(PolicyError::compile(msg));
             }
         }
         let (vm, vm_unavailable) = match opts.engine {

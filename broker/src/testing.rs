@@ -318,7 +318,7 @@ fn leading_expression(s: &str) -> &str {
 fn coverage(engine: &mut Engine) -> Result<Coverage, PolicyError> {
     let report = engine
         .get_coverage_report()
-        .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        .map_err(|e| PolicyError::compile(e.to_string()))?;
     let is_policy = |file: &str| !file.ends_with("_test.rego");
     let mut rules = Vec::new();
     for module in engine.get_modules() {

@@ -195,6 +195,30 @@ fn parse_errors_name_file_line_and_column() {
         first.starts_with(&expected),
         "got {first:?}, want prefix {expected:?}"
     );
+    // Compile errors too: an unknown function, conflicting rules.
+    for (text, place) in [
+        (
+            "package cordon\nimport rego.v1\nallow if nosuch(input.x)\n",
+            ":3:16:",
+        ),
+        (
+            "package cordon\nimport rego.v1\nx := 1\nx := 2\nallow if x\n",
+            ":4:1:",
+        ),
+    ] {
+        write_policy(dir.path(), "broken.rego", text);
+        let err = LoadedPolicy::load(
+            &PolicySource::Paths(vec![dir.path().into()]),
+            &PolicyOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        let expected = format!("{}{place}", dir.path().join("broken.rego").display());
+        assert!(
+            err.starts_with(&expected),
+            "got {err:?}, want prefix {expected:?}"
+        );
+    }
 }
 
 #[test]
