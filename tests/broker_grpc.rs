@@ -381,6 +381,41 @@ async fn session_stream_answers_by_request_id() {
     }
 }
 
+/// Whoever may write the socket's directory may replace the socket and
+/// answer every client: `serve` refuses a directory writable by its group or
+/// by everyone, and starts in one only the broker writes.
+#[test]
+fn serve_refuses_a_socket_directory_others_may_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit");
+    for mode in [0o770, 0o777, 0o1777] {
+        let sockets = dir.path().join(format!("run-{mode:o}"));
+        std::fs::create_dir(&sockets).unwrap();
+        std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(mode)).unwrap();
+        let uri = format!("unix://{}/b.sock", sockets.display());
+        let mut serve = cordon()
+            .args(["serve", "--listen", &uri, "--audit-db"])
+            .arg(&db)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A serve that starts never exits by itself: give it 20 s.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while serve.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = serve.kill();
+        let out = serve.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("writable by its group or by everyone"),
+            "{mode:o}: {:?} {err}",
+            out.status
+        );
+    }
+}
+
 #[test]
 fn socket_is_0660_and_sandboxed_or_foreign_callers_are_refused() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);

@@ -6,7 +6,7 @@
 //! to [`Broker`]. Internal errors become a gRPC `Status` here and only here.
 //!
 //! Access control (Unix sockets): the socket is created mode 0660 in a
-//! directory owned by the broker's uid and not writable by others; every call
+//! directory owned by the broker's uid and writable by nobody else; every call
 //! is checked against the peer's credentials, captured by the kernel at
 //! connect time: the uid must be allowed, and the peer must not itself run
 //! under a seccomp filter, so that a sandboxed tool can never ask for or read
@@ -572,10 +572,14 @@ fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
             nix_uid()
         )));
     }
-    if meta.mode() & 0o002 != 0 {
-        return Err(dir_err(
-            "it is writable by everyone; use a directory only the broker can write".into(),
-        ));
+    // As OpenSSH's StrictModes: whoever may write the directory may replace
+    // the socket with their own, and answer every client.
+    if meta.mode() & 0o022 != 0 {
+        return Err(dir_err(format!(
+            "it is writable by its group or by everyone (mode {:o}); use a directory only the \
+             broker can write (chmod go-w)",
+            meta.mode() & 0o7777
+        )));
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
