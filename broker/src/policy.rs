@@ -1108,6 +1108,9 @@ pub struct PolicyEngine {
     current: RwLock<Arc<LoadedPolicy>>,
     last_error: Mutex<Option<String>>,
     seen: Mutex<Vec<(PathBuf, u64, SystemTime)>>,
+    /// Held through a whole reload: the watcher and `ReloadPolicy` take
+    /// turns, so the load that read the newest files is swapped in last.
+    reloading: Mutex<()>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -1130,6 +1133,7 @@ impl PolicyEngine {
             current: RwLock::new(Arc::new(loaded)),
             last_error: Mutex::new(None),
             seen: Mutex::new(seen),
+            reloading: Mutex::new(()),
         })
     }
 
@@ -1158,6 +1162,9 @@ impl PolicyEngine {
     /// the error is kept for [`PolicyEngine::last_error`]. Returns whether the
     /// revision changed.
     pub fn reload(&self) -> Result<bool, PolicyError> {
+        let _turn = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken before reading: a file changed during the load is seen as a
+        // change by the next look.
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = fingerprint(&self.source);
         match LoadedPolicy::load(&self.source, &self.opts) {
             Ok(new) => {
