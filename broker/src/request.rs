@@ -82,6 +82,14 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                     "file.access {a:?} is not \"read\" or \"write\""
                 )));
             }
+            // Each at most once: the policy compares the list as a whole
+            // (`access == ["read"]`), and it is copied into every record.
+            if file.access.len() > 2 || (file.access.len() == 2 && file.access[0] == file.access[1])
+            {
+                return Err(invalid(
+                    "file.access names \"read\" or \"write\" more than once",
+                ));
+            }
             if file.flags.len() > MAX_FLAGS || file.flags.iter().any(|f| f.len() > 32) {
                 return Err(invalid("file.flags has too many or too long entries"));
             }
@@ -398,6 +406,18 @@ mod tests {
                 .contains("PATH_MAX")
         );
         assert!(validate(&file_req(b"/a\0b")).is_err());
+        let with_access = |access: &[&str]| {
+            let mut req = file_req(b"/x");
+            if let Some(Subject::File(f)) = &mut req.subject {
+                f.access = access.iter().map(|a| a.to_string()).collect();
+            }
+            validate(&req)
+        };
+        assert!(with_access(&["read", "write"]).is_ok());
+        assert!(with_access(&["write"]).is_ok());
+        assert!(with_access(&["read", "read"]).is_err());
+        assert!(with_access(&["read", "write", "read"]).is_err());
+        assert!(with_access(&["read"; 1000]).is_err());
         let mut no_subject = file_req(b"/x");
         no_subject.subject = None;
         assert!(validate(&no_subject).is_err());
