@@ -1197,6 +1197,74 @@ fn an_exec_right_after_a_failed_exec_does_not_hang() {
     assert!(stdout.contains("exec-fallback 200 rounds"), "{stdout}");
 }
 
+/// Scripts run under cordon as natively: `#!` lines parsed as the kernel
+/// parses them (a line longer than its 255-byte buffer, a NUL in it), and a
+/// script the tool may not execute refused before its line is read, chains
+/// of up to 5 scripts. Before, the long line's script was killed as an
+/// unapproved exec, a non-executable script naming a missing interpreter was
+/// ENOENT, not EACCES, and a chain of 5 was killed.
+#[test]
+fn scripts_run_as_the_kernel_runs_them() {
+    let env = Env::new(&[]);
+    let long_arg = "y".repeat(300);
+    let scripts: [(&str, Vec<u8>, u32); 4] = [
+        (
+            "long",
+            format!("#!/bin/echo {long_arg}\n").into_bytes(),
+            0o755,
+        ),
+        ("nul-arg", b"#!/bin/echo a\0b\nexit 1\n".to_vec(), 0o755),
+        (
+            "empty-arg",
+            [b"#!/bin/echo \0".as_slice(), &[b'x'; 300]].concat(),
+            0o755,
+        ),
+        (
+            "not-executable",
+            b"#!/nonexistent/interpreter\n".to_vec(),
+            0o644,
+        ),
+    ];
+    for (name, text, mode) in &scripts {
+        let path = env.bin.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    // Chains of scripts, each the interpreter of the next: 5 run, 6 are ELOOP.
+    let mut interpreter = "/bin/echo".to_owned();
+    for depth in 1..=6 {
+        let path = env.bin.join(format!("chain-{depth}"));
+        std::fs::write(&path, format!("#!{interpreter}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        interpreter = path.display().to_string();
+    }
+    let tool = "import subprocess, sys\n\
+                for name in sys.argv[1:]:\n    \
+                    try:\n        \
+                        out = subprocess.run([name], capture_output=True)\n        \
+                        print(name, out.returncode, out.stdout)\n    \
+                    except OSError as e:\n        \
+                        print(name, 'err', e.errno)\n";
+    let names: Vec<String> = scripts
+        .iter()
+        .map(|(n, ..)| n.to_string())
+        .chain(["chain-5".into(), "chain-6".into()])
+        .map(|n| env.bin.join(n).display().to_string())
+        .collect();
+    let native = Command::new("/usr/bin/python3")
+        .args(["-c", tool])
+        .args(&names)
+        .output()
+        .unwrap();
+    let native = assert_ok(&native);
+    assert!(native.contains("not-executable err 13"), "{native}");
+    assert!(native.contains("chain-6 err 40"), "{native}");
+    let mut args = vec!["/usr/bin/python3", "-c", tool];
+    args.extend(names.iter().map(String::as_str));
+    let sandboxed = assert_ok(&env.run(&args));
+    assert_eq!(sandboxed, native);
+}
+
 #[test]
 fn racing_threads_never_run_a_denied_program() {
     let env = Env::new(&[]);

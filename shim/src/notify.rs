@@ -1735,6 +1735,11 @@ impl Supervisor {
         if nix::sys::stat::fstat(&file)?.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::EACCES);
         }
+        // The kernel refuses an image the tool may not execute (no exec bit
+        // for it, a noexec mount) before it reads a byte of it; so do we,
+        // before reading a `#!` line with our own credentials.
+        with_creds(&task.creds, &self.me, || sys::may_execute(&file))?
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EACCES)))?;
         Ok((path, file))
     }
 
@@ -1793,10 +1798,14 @@ impl Supervisor {
         // argv[1..]), that we must find after the exec.
         let mut image = file;
         let mut run_as = kernel_exec_name(&path, dirfd, empty_path);
-        for _ in 0..4 {
+        for depth in 0.. {
             let Some((interp, arg)) = shebang(&image) else {
                 break;
             };
+            // The kernel runs at most 5 scripts in a chain (exec_binprm).
+            if depth == MAX_SCRIPT_DEPTH {
+                return Err(Errno::ELOOP);
+            }
             let (canonical, interp_fd) =
                 self.resolve_executable(&mut task, n, libc::AT_FDCWD, &interp, true)?;
             let mut next = vec![interp.clone()];
@@ -1983,9 +1992,10 @@ fn tgid_of(id: i32) -> Option<i32> {
 /// The interpreter (and its optional argument) of a `#!` file.
 fn shebang(file: &OwnedFd) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
     use std::{io::Read, os::unix::fs::OpenOptionsExt};
-    // The caller checked it is a regular file; O_NONBLOCK regardless, this
-    // runs on a thread that answers notifications.
-    let mut f = std::fs::OpenOptions::new()
+    // The caller checked it is a regular file the tool may execute (the
+    // kernel reads the line with no read permission either); O_NONBLOCK
+    // regardless, this runs on a thread that answers notifications.
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(format!(
@@ -1993,23 +2003,74 @@ fn shebang(file: &OwnedFd) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
             std::os::fd::AsRawFd::as_raw_fd(file)
         ))
         .ok()?;
-    let mut buf = [0u8; 256];
-    let len = f.read(&mut buf).ok()?;
-    let line = buf[..len].strip_prefix(b"#!")?;
-    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
-    let trimmed: &[u8] = {
-        let start = line.iter().position(|&b| b != b' ' && b != b'\t')?;
-        let end = line.iter().rposition(|&b| b != b' ' && b != b'\t')? + 1;
-        &line[start..end]
-    };
-    match trimmed.iter().position(|&b| b == b' ' || b == b'\t') {
-        None => Some((trimmed.to_vec(), None)),
-        Some(i) => {
-            let rest = &trimmed[i..];
-            let arg_start = rest.iter().position(|&b| b != b' ' && b != b'\t')?;
-            Some((trimmed[..i].to_vec(), Some(rest[arg_start..].to_vec())))
+    // The kernel's buffer: the file's first bytes, NUL-padded.
+    let mut buf = [0u8; BINPRM_BUF_SIZE];
+    let mut read = 0;
+    let mut f = f.take(BINPRM_BUF_SIZE as u64);
+    while read < buf.len() {
+        match f.read(&mut buf[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(_) => return None,
         }
     }
+    parse_shebang(&buf)
+}
+
+/// Scripts the kernel runs in one chain of `#!` interpreters; one more is
+/// `ELOOP`.
+const MAX_SCRIPT_DEPTH: usize = 5;
+
+/// The kernel reads this much of a file to recognise its format.
+const BINPRM_BUF_SIZE: usize = 256;
+
+/// The interpreter and its optional argument, parsed from a `#!` line
+/// exactly as Linux's `load_script` (fs/binfmt_script.c) does: within the
+/// first 255 bytes; a line that a NUL or the buffer's end cuts before any
+/// newline is used only if the interpreter's name ends within it; name and
+/// argument end at a NUL. `None` where the kernel says `ENOEXEC`.
+fn parse_shebang(buf: &[u8; BINPRM_BUF_SIZE]) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    let spacetab = |b: u8| b == b' ' || b == b'\t';
+    // Inclusive ranges, as the kernel's helpers take them.
+    let next_non_spacetab = |from: usize, to: usize| (from..=to).find(|&i| !spacetab(buf[i]));
+    let next_terminator =
+        |from: usize, to: usize| (from..=to).find(|&i| spacetab(buf[i]) || buf[i] == 0);
+    if !buf.starts_with(b"#!") {
+        return None;
+    }
+    let buf_end = BINPRM_BUF_SIZE - 1;
+    // strnchr: the first newline before any NUL.
+    let newline = buf
+        .iter()
+        .take_while(|&&b| b != 0)
+        .position(|&b| b == b'\n');
+    let mut end = match newline {
+        Some(i) => i,
+        None => {
+            let first = next_non_spacetab(2, buf_end)?;
+            // No terminator after the name: it may be cut short.
+            next_terminator(first, buf_end)?;
+            buf_end
+        }
+    };
+    while spacetab(buf[end - 1]) {
+        end -= 1;
+    }
+    let name = next_non_spacetab(2, end).filter(|&i| i != end)?;
+    let sep = next_terminator(name, end);
+    let arg = sep
+        .filter(|&i| buf[i] != 0)
+        .and_then(|i| next_non_spacetab(i, end));
+    // The kernel writes a NUL at `end` (and at `sep` when there is an
+    // argument), then copies each string up to its first NUL.
+    let until_nul = |from: usize, to: usize| {
+        let s = &buf[from..to];
+        s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())].to_vec()
+    };
+    Some(match arg {
+        Some(a) => (until_nul(name, sep.unwrap_or(end)), Some(until_nul(a, end))),
+        None => (until_nul(name, end), None),
+    })
 }
 
 /// How long a notification may wait for a remote decision by default.
@@ -2018,6 +2079,60 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shebang_of(text: &[u8]) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut buf = [0u8; BINPRM_BUF_SIZE];
+        let n = text.len().min(BINPRM_BUF_SIZE);
+        buf[..n].copy_from_slice(&text[..n]);
+        parse_shebang(&buf)
+    }
+
+    fn interp(name: &str, arg: Option<&str>) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        Some((name.into(), arg.map(Into::into)))
+    }
+
+    /// Cases from fs/binfmt_script.c's rules (`load_script`).
+    #[test]
+    fn shebang_lines_parse_as_the_kernel_parses_them() {
+        assert_eq!(shebang_of(b"#!/bin/sh\necho"), interp("/bin/sh", None));
+        assert_eq!(shebang_of(b"#! /bin/sh  \n"), interp("/bin/sh", None));
+        assert_eq!(
+            shebang_of(b"#!/usr/bin/env  python3 -u \n"),
+            interp("/usr/bin/env", Some("python3 -u"))
+        );
+        assert_eq!(
+            shebang_of(b"#!\t/bin/sh\t-e\n"),
+            interp("/bin/sh", Some("-e"))
+        );
+        // No newline: the file's end (NUL padding) ends the name.
+        assert_eq!(shebang_of(b"#!/bin/sh"), interp("/bin/sh", None));
+        // A NUL ends the name, and the argument.
+        assert_eq!(shebang_of(b"#!/bin/sh\0 -x\n"), interp("/bin/sh", None));
+        assert_eq!(
+            shebang_of(b"#!/bin/sh -a\0b\n"),
+            interp("/bin/sh", Some("-a"))
+        );
+        // A NUL before the newline hides it: the line runs to byte 255, and
+        // the argument starts at the NUL, so it is empty (natively, this
+        // script's echo prints " ./script").
+        let mut long = b"#!/bin/echo \0".to_vec();
+        long.resize(300, b'x');
+        assert_eq!(shebang_of(&long), interp("/bin/echo", Some("")));
+        // A line longer than the buffer: the argument is cut at 255 bytes.
+        let mut long = b"#!/bin/echo ".to_vec();
+        long.resize(300, b'y');
+        let arg = "y".repeat(255 - b"#!/bin/echo ".len());
+        assert_eq!(shebang_of(&long), interp("/bin/echo", Some(&arg)));
+        // ...but a name that may be cut short is ENOEXEC.
+        let mut long = b"#!/".to_vec();
+        long.resize(300, b'n');
+        assert_eq!(shebang_of(&long), None);
+        // No interpreter, or no #! at all.
+        assert_eq!(shebang_of(b"#!\n"), None);
+        assert_eq!(shebang_of(b"#!   \t \n"), None);
+        assert_eq!(shebang_of(b"# !/bin/sh\n"), None);
+        assert_eq!(shebang_of(b"\x7fELF"), None);
+    }
 
     #[test]
     fn scripts_see_the_name_the_kernel_gives_them() {

@@ -172,6 +172,28 @@ pub fn wait_killable_recv() -> bool {
     })
 }
 
+/// Whether the calling thread's credentials (fs ids, groups, capabilities)
+/// may execute the file `fd` refers to, as the kernel's exec checks it: an
+/// exec bit it may use, and a mount without `noexec` (`faccessat2` with
+/// `AT_EACCESS`, Linux 5.8). `EACCES` when not.
+pub fn may_execute(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: the path is a NUL-terminated static string and the fd is ours;
+    // faccessat2 only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::X_OK,
+            libc::AT_EMPTY_PATH | libc::AT_EACCESS,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments; returns a new fd or -1.
