@@ -1265,6 +1265,44 @@ fn scripts_run_as_the_kernel_runs_them() {
     assert_eq!(sandboxed, native);
 }
 
+/// execveat's AT_SYMLINK_NOFOLLOW as natively: an fd named by an empty path
+/// runs (cordon refused it, looking at the fd's /proc link itself), and a
+/// symlink as the last component is ELOOP (cordon said EACCES).
+#[test]
+fn execveat_without_following_symlinks_answers_as_natively() {
+    let env = Env::new(&[]);
+    let program = env.bin.join("program");
+    std::fs::copy("/bin/true", &program).unwrap();
+    let link = env.bin.join("link");
+    std::os::unix::fs::symlink(&program, &link).unwrap();
+    let tool = "import ctypes, os, sys\n\
+                libc = ctypes.CDLL(None, use_errno=True)\n\
+                def run(dirfd, path, flags):\n    \
+                    pid = os.fork()\n    \
+                    if pid == 0:\n        \
+                        argv = (ctypes.c_char_p * 2)(b'program', None)\n        \
+                        envp = (ctypes.c_char_p * 1)(None)\n        \
+                        libc.syscall(322, dirfd, path, argv, envp, flags)\n        \
+                        os._exit(100 + ctypes.get_errno())\n    \
+                    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n\
+                fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+                print('fd', run(fd, b'', 0x1000 | 0x100))\n\
+                print('link', run(-100, sys.argv[2].encode(), 0x100))\n\
+                print('followed', run(-100, sys.argv[2].encode(), 0))\n";
+    let args = [
+        "/usr/bin/python3",
+        "-c",
+        tool,
+        program.to_str().unwrap(),
+        link.to_str().unwrap(),
+    ];
+    let native = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    let native = assert_ok(&native);
+    // 0: ran /bin/true; 140: ELOOP.
+    assert_eq!(native, "fd 0\nlink 140\nfollowed 0\n");
+    assert_eq!(assert_ok(&env.run(&args)), native);
+}
+
 #[test]
 fn racing_threads_never_run_a_denied_program() {
     let env = Env::new(&[]);

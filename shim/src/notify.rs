@@ -1732,8 +1732,11 @@ impl Supervisor {
         let Found::Existing(file) = found else {
             return Err(Errno::ENOENT);
         };
-        if nix::sys::stat::fstat(&file)?.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(Errno::EACCES);
+        match nix::sys::stat::fstat(&file)?.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
+            // A symlink not followed (AT_SYMLINK_NOFOLLOW), as the kernel says.
+            libc::S_IFLNK => return Err(Errno::ELOOP),
+            _ => return Err(Errno::EACCES),
         }
         // The kernel refuses an image the tool may not execute (no exec bit
         // for it, a noexec mount) before it reads a byte of it; so do we,
@@ -1782,7 +1785,10 @@ impl Supervisor {
         } else {
             path.clone()
         };
-        let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+        // An empty path names the fd's own file: its /proc link is followed
+        // whatever the flags (the file is then a symlink only if the fd is
+        // an O_PATH one on a symlink, which the kernel refuses too).
+        let follow = empty_path || flags & libc::AT_SYMLINK_NOFOLLOW == 0;
         let (canonical, file) =
             self.resolve_executable(&mut task, n, dirfd, &lookup_path, follow)?;
         // The argv the kernel will build. Linux ≥ 5.18 runs an empty argv as [""].
