@@ -210,6 +210,77 @@ async fn malformed_requests_are_invalid_argument() {
     assert_eq!(records(&s).await.len(), 0);
 }
 
+/// `DecideRequest` as a client with a broken encoder might send it: field 4
+/// (`syscall`, a string) holding bytes that are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UndecodableDecide {
+    #[prost(uint64, tag = "1")]
+    request_id: u64,
+    #[prost(bytes = "vec", tag = "4")]
+    syscall: Vec<u8>,
+}
+
+/// `SessionRequest` carrying it (`decide` is field 2).
+#[derive(Clone, PartialEq, prost::Message)]
+struct UndecodableSession {
+    #[prost(uint64, tag = "1")]
+    request_id: u64,
+    #[prost(message, optional, tag = "2")]
+    decide: Option<UndecodableDecide>,
+}
+
+/// A request that does not decode is INVALID_ARGUMENT, on `Decide` and on a
+/// `Session` stream (it was INTERNAL, and the stream ended with OK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_do_not_decode_are_invalid_argument() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let channel = cordon_broker::client::channel(&s.uri().parse().unwrap())
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let bad = UndecodableDecide {
+        request_id: 1,
+        syscall: b"open\xffat".to_vec(),
+    };
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .unary::<_, cordon_broker::proto::DecideResponse, _>(
+            tonic::Request::new(bad.clone()),
+            PathAndQuery::from_static("/cordon.v1.Broker/Decide"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("malformed message"), "{err:?}");
+
+    grpc.ready().await.unwrap();
+    let requests = tokio_stream::iter([UndecodableSession {
+        request_id: 2,
+        decide: Some(bad),
+    }]);
+    let response = grpc
+        .streaming::<_, _, cordon_broker::proto::SessionResponse, _>(
+            tonic::Request::new(requests),
+            PathAndQuery::from_static("/cordon.v1.Broker/Session"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let status = match response {
+        Err(status) => status,
+        Ok(mut stream) => loop {
+            match stream.get_mut().message().await {
+                Ok(Some(answer)) => panic!("an answer to an undecodable request: {answer:?}"),
+                Ok(None) => panic!("the stream ended with OK"),
+                Err(status) => break status,
+            }
+        },
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(records(&s).await.len(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_lifecycle_and_backstop_messages_are_invalid_argument() {
     use cordon_broker::proto::{Lifecycle, SandboxExited, SandboxStarted, lifecycle::Event};

@@ -370,7 +370,11 @@ impl broker_server::Broker for BrokerService {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(status) => {
+                        // A request that does not decode, or the client gone:
+                        // the stream ends with that status (INVALID_ARGUMENT
+                        // for the first), not with OK.
                         tracing::debug!(%status, "session stream ended with an error");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };

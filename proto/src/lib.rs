@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
+
 /// Generated types and client/server stubs of package `cordon.v1`.
 pub mod v1 {
     #![allow(missing_debug_implementations, clippy::all)]
