@@ -269,12 +269,10 @@ async fn requests_that_do_not_decode_are_invalid_argument() {
         .await;
     let status = match response {
         Err(status) => status,
-        Ok(mut stream) => loop {
-            match stream.get_mut().message().await {
-                Ok(Some(answer)) => panic!("an answer to an undecodable request: {answer:?}"),
-                Ok(None) => panic!("the stream ended with OK"),
-                Err(status) => break status,
-            }
+        Ok(mut stream) => match stream.get_mut().message().await {
+            Ok(Some(answer)) => panic!("an answer to an undecodable request: {answer:?}"),
+            Ok(None) => panic!("the stream ended with OK"),
+            Err(status) => status,
         },
     };
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
