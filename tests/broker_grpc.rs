@@ -279,6 +279,74 @@ async fn requests_that_do_not_decode_are_invalid_argument() {
     assert_eq!(records(&s).await.len(), 0);
 }
 
+/// In strict mode a client that sends requests and never reads the answers
+/// must not take the broker's blocking threads: each decision used to hold
+/// one until its answer was sent, and once they were all waiting, every
+/// other client's strict decision waited behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_never_reads_does_not_starve_other_clients() {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &["--durability", "strict"]);
+    let mut flood = s.client().await;
+    let requests = tokio_stream::iter((0..20_000u64).map(|i| SessionRequest {
+        request_id: i,
+        msg: Some(session_request::Msg::Decide(file_request(
+            i,
+            b"/etc/hosts",
+            &["read"],
+        ))),
+    }));
+    // The answers are never read.
+    let _unread = flood.session(requests).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut other = s.client().await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        other.decide(file_request(1, b"/etc/passwd", &["read"])),
+    )
+    .await
+    .expect("another client's decision waited more than 10 s")
+    .unwrap();
+    assert!(answer.into_inner().decision.unwrap().allow);
+}
+
+/// At most MAX_OPEN_QUERIES audit queries are open at once (each holds a
+/// blocking thread); one more is RESOURCE_EXHAUSTED, and a query that ends
+/// frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_audit_queries_are_bounded() {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let mut c = s.client().await;
+    let follow = QueryAuditRequest {
+        follow: true,
+        ..Default::default()
+    };
+    let mut open = Vec::new();
+    for _ in 0..cordon_broker::service::MAX_OPEN_QUERIES {
+        open.push(c.query_audit(follow.clone()).await.unwrap());
+    }
+    let err = c.query_audit(follow.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    drop(open.pop());
+    // The broker notices the closed stream when it next looks: retry a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.query_audit(follow.clone()).await {
+            Ok(stream) => {
+                open.push(stream);
+                break;
+            }
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no place freed: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_lifecycle_and_backstop_messages_are_invalid_argument() {
     use cordon_broker::proto::{Lifecycle, SandboxExited, SandboxStarted, lifecycle::Event};

@@ -28,7 +28,7 @@ use cordon_proto::v1::{
     broker_server::{self, BrokerServer},
     session_request, session_response,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming, transport::server::UdsConnectInfo};
 
@@ -134,7 +134,18 @@ pub struct BrokerService {
     /// requests and `follow` queries end, so that the graceful shutdown
     /// (which waits for every stream) does not wait for their clients.
     closing: watch::Receiver<bool>,
+    /// Open `QueryAudit` streams: each holds a blocking thread while it lasts
+    /// (a follow, or a client slow to read), so they are counted against
+    /// [`MAX_OPEN_QUERIES`], leaving the pool to decisions.
+    queries: Arc<Semaphore>,
 }
+
+/// `QueryAudit` streams open at once; one more is `RESOURCE_EXHAUSTED`.
+pub const MAX_OPEN_QUERIES: usize = 64;
+
+/// Strict decisions of one `Session` whose answers are not yet sent; at the
+/// limit the stream reads no more requests until the client takes answers.
+const STRICT_IN_FLIGHT: usize = 64;
 
 /// A store that is damaged loses data; one that is failing, full or closed
 /// is unavailable for now.
@@ -162,6 +173,7 @@ impl BrokerService {
             broker,
             strict: durability == Durability::Strict,
             closing,
+            queries: Arc::new(Semaphore::new(MAX_OPEN_QUERIES)),
         }
     }
 
@@ -354,6 +366,7 @@ impl broker_server::Broker for BrokerService {
         let (tx, rx) = mpsc::channel::<Result<SessionResponse, Status>>(1024);
         let broker = self.broker.clone();
         let strict = self.strict;
+        let in_flight = Arc::new(Semaphore::new(STRICT_IN_FLIGHT));
         let mut closing = self.closing.clone();
         tokio::spawn(async move {
             loop {
@@ -380,11 +393,22 @@ impl broker_server::Broker for BrokerService {
                 };
                 if strict {
                     // Each request waits for a flush; run them side by side so
-                    // that they share flushes (group commit).
+                    // that they share flushes (group commit). A blocking
+                    // thread is held for the decision only: the answer is
+                    // sent from a task, so a client that does not read holds
+                    // no thread, and at most STRICT_IN_FLIGHT answers.
+                    let Ok(slot) = in_flight.clone().acquire_owned().await else {
+                        break;
+                    };
                     let (broker, tx) = (broker.clone(), tx.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let _ =
-                            tx.blocking_send(Ok(handle_session_message(&broker, msg, received)));
+                    let decided = tokio::task::spawn_blocking(move || {
+                        handle_session_message(&broker, msg, received)
+                    });
+                    tokio::spawn(async move {
+                        if let Ok(answer) = decided.await {
+                            let _ = tx.send(Ok(answer)).await;
+                        }
+                        drop(slot);
                     });
                 } else if tx
                     .send(Ok(handle_session_message(&broker, msg, received)))
@@ -406,12 +430,19 @@ impl broker_server::Broker for BrokerService {
     ) -> Result<Response<Self::QueryAuditStream>, Status> {
         let q = request.into_inner();
         let mut filter = filter_from_proto(&q)?;
+        let Ok(open_query) = self.queries.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_OPEN_QUERIES} audit queries are open, the most this broker serves at once; \
+                 try again when one ends"
+            )));
+        };
         let audit = self.broker.audit().clone();
         let (tx, rx) = mpsc::channel::<Result<PbRecord, Status>>(256);
         let handle = tokio::runtime::Handle::current();
         let mut closing = self.closing.clone();
         let resume = filter.after_seq;
         tokio::task::spawn_blocking(move || {
+            let _open_query = open_query;
             // A follower sees only records on disk: one a crash could still
             // lose would have its number given to another, which a follower
             // resuming after it would never see.
