@@ -229,6 +229,68 @@ struct UndecodableSession {
     decide: Option<UndecodableDecide>,
 }
 
+/// `SessionRequest` with its `decide` as raw bytes (wire-compatible with the
+/// message): a stream can then mix valid and undecodable requests.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawSession {
+    #[prost(uint64, tag = "1")]
+    request_id: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    decide: Vec<u8>,
+}
+
+/// On a strict broker, requests answered before an undecodable one on the
+/// same stream still get their answers before the stream ends with
+/// INVALID_ARGUMENT (the status used to overtake answers still flushing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_error_comes_after_the_answers_before_it() {
+    use prost::Message;
+    use tonic::codegen::http::uri::PathAndQuery;
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &["--durability", "strict"]);
+    let channel = cordon_broker::client::channel(&s.uri().parse().unwrap())
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut requests: Vec<RawSession> = (1..=50u64)
+        .map(|i| RawSession {
+            request_id: i,
+            decide: file_request(i, b"/etc/hosts", &["read"]).encode_to_vec(),
+        })
+        .collect();
+    requests.push(RawSession {
+        request_id: 51,
+        decide: UndecodableDecide {
+            request_id: 51,
+            syscall: b"open\xffat".to_vec(),
+        }
+        .encode_to_vec(),
+    });
+    grpc.ready().await.unwrap();
+    let mut stream = grpc
+        .streaming::<_, _, cordon_broker::proto::SessionResponse, _>(
+            tonic::Request::new(tokio_stream::iter(requests)),
+            PathAndQuery::from_static("/cordon.v1.Broker/Session"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(answer)) => {
+                assert!(answer.request_id <= 50, "{answer:?}");
+                answered += 1;
+            }
+            Ok(None) => panic!("the stream ended with OK after {answered} answers"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(answered, 50, "answers before the error");
+    assert_eq!(records(&s).await.len(), 50);
+}
+
 /// A request that does not decode is INVALID_ARGUMENT, on `Decide` and on a
 /// `Session` stream (it was INTERNAL, and the stream ended with OK).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

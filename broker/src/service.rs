@@ -387,6 +387,9 @@ impl broker_server::Broker for BrokerService {
                         // the stream ends with that status (INVALID_ARGUMENT
                         // for the first), not with OK.
                         tracing::debug!(%status, "session stream ended with an error");
+                        // The status ends the stream: first every answer
+                        // still being decided (strict mode) is sent.
+                        let _ = in_flight.acquire_many(STRICT_IN_FLIGHT as u32).await;
                         let _ = tx.send(Err(status)).await;
                         break;
                     }
