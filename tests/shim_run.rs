@@ -1230,13 +1230,16 @@ fn scripts_run_as_the_kernel_runs_them() {
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
     }
-    // Chains of scripts, each the interpreter of the next: 5 run, 6 are ELOOP.
-    let mut interpreter = "/bin/echo".to_owned();
-    for depth in 1..=6 {
-        let path = env.bin.join(format!("chain-{depth}"));
-        std::fs::write(&path, format!("#!{interpreter}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        interpreter = path.display().to_string();
+    // Chains of scripts, each the interpreter of the next: 5 run, 6 are
+    // ELOOP, but only once the sixth one's interpreter is found (ENOENT).
+    for (chain, innermost) in [("chain", "/bin/echo"), ("lost", "/nonexistent/interpreter")] {
+        let mut interpreter = innermost.to_owned();
+        for depth in 1..=6 {
+            let path = env.bin.join(format!("{chain}-{depth}"));
+            std::fs::write(&path, format!("#!{interpreter}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            interpreter = path.display().to_string();
+        }
     }
     let tool = "import subprocess, sys\n\
                 for name in sys.argv[1:]:\n    \
@@ -1248,7 +1251,7 @@ fn scripts_run_as_the_kernel_runs_them() {
     let names: Vec<String> = scripts
         .iter()
         .map(|(n, ..)| n.to_string())
-        .chain(["chain-5".into(), "chain-6".into()])
+        .chain(["chain-5".into(), "chain-6".into(), "lost-6".into()])
         .map(|n| env.bin.join(n).display().to_string())
         .collect();
     let native = Command::new("/usr/bin/python3")
@@ -1259,6 +1262,7 @@ fn scripts_run_as_the_kernel_runs_them() {
     let native = assert_ok(&native);
     assert!(native.contains("not-executable err 13"), "{native}");
     assert!(native.contains("chain-6 err 40"), "{native}");
+    assert!(native.contains("lost-6 err 2"), "{native}");
     let mut args = vec!["/usr/bin/python3", "-c", tool];
     args.extend(names.iter().map(String::as_str));
     let sandboxed = assert_ok(&env.run(&args));
@@ -1301,6 +1305,52 @@ fn execveat_without_following_symlinks_answers_as_natively() {
     // 0: ran /bin/true; 140: ELOOP.
     assert_eq!(native, "fd 0\nlink 140\nfollowed 0\n");
     assert_eq!(assert_ok(&env.run(&args)), native);
+}
+
+/// A script the tool may execute but the supervisor may not read (mode
+/// 0111, cordon running as nobody): its interpreter cannot be known, so the
+/// exec is EACCES. (Natively the kernel reads the line anyway, and the shell
+/// then fails to read the script.) Before, the script was approved as its
+/// own image and the interpreter it ran was killed as unapproved.
+#[test]
+fn an_execute_only_script_is_eacces_for_an_unprivileged_supervisor() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = dir.path().join("hidden.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o111)).unwrap();
+    let allow_all = dir.path().join("allow-all.rego");
+    std::fs::write(
+        &allow_all,
+        "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\"}\n",
+    )
+    .unwrap();
+    let tool = "import subprocess, sys\n\
+                try:\n    \
+                    print('exit', subprocess.run([sys.argv[1]], capture_output=True).returncode)\n\
+                except OSError as e:\n    \
+                    print('err', e.errno)\n";
+    let as_nobody = |under_cordon: bool| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        if under_cordon {
+            c.arg(env!("CARGO_BIN_EXE_cordon"))
+                .args(["run", "--audit-db"])
+                .arg(dir.path().join("audit"))
+                .arg("--policy")
+                .arg(&allow_all)
+                .arg("--");
+        }
+        c.args(["/usr/bin/python3", "-c", tool])
+            .arg(&script)
+            .env("TMPDIR", dir.path())
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    // Natively the shell starts and cannot read the script.
+    assert_eq!(assert_ok(&as_nobody(false)).trim(), "exit 2");
+    assert_eq!(assert_ok(&as_nobody(true)).trim(), "err 13");
 }
 
 #[test]

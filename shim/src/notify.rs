@@ -1805,15 +1805,16 @@ impl Supervisor {
         let mut image = file;
         let mut run_as = kernel_exec_name(&path, dirfd, empty_path);
         for depth in 0.. {
-            let Some((interp, arg)) = shebang(&image) else {
+            let Some((interp, arg)) = shebang(&image)? else {
                 break;
             };
-            // The kernel runs at most 5 scripts in a chain (exec_binprm).
+            let (canonical, interp_fd) =
+                self.resolve_executable(&mut task, n, libc::AT_FDCWD, &interp, true)?;
+            // The kernel runs at most 5 scripts in a chain (exec_binprm),
+            // failing on the sixth once it has opened that one's interpreter.
             if depth == MAX_SCRIPT_DEPTH {
                 return Err(Errno::ELOOP);
             }
-            let (canonical, interp_fd) =
-                self.resolve_executable(&mut task, n, libc::AT_FDCWD, &interp, true)?;
             let mut next = vec![interp.clone()];
             next.extend(arg);
             next.push(run_as);
@@ -1996,11 +1997,18 @@ fn tgid_of(id: i32) -> Option<i32> {
 }
 
 /// The interpreter (and its optional argument) of a `#!` file.
-fn shebang(file: &OwnedFd) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+fn shebang(file: &OwnedFd) -> Result<Option<Interpreter>, Errno> {
     use std::{io::Read, os::unix::fs::OpenOptionsExt};
-    // The caller checked it is a regular file the tool may execute (the
-    // kernel reads the line with no read permission either); O_NONBLOCK
-    // regardless, this runs on a thread that answers notifications.
+    // The caller checked it is a regular file the tool may execute. The
+    // kernel then reads the line whatever the read permissions; we read it
+    // with our own credentials, and a file we cannot read (an execute-only
+    // script, a supervisor without root) is EACCES: its interpreter is
+    // unknown, so it cannot be decided. O_NONBLOCK regardless, this runs on
+    // a thread that answers notifications.
+    let unreadable = |e: std::io::Error| {
+        tracing::debug!(error = %e, "cannot read an executable's first line");
+        Errno::EACCES
+    };
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -2008,7 +2016,7 @@ fn shebang(file: &OwnedFd) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(file)
         ))
-        .ok()?;
+        .map_err(unreadable)?;
     // The kernel's buffer: the file's first bytes, NUL-padded.
     let mut buf = [0u8; BINPRM_BUF_SIZE];
     let mut read = 0;
@@ -2017,11 +2025,14 @@ fn shebang(file: &OwnedFd) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
         match f.read(&mut buf[read..]) {
             Ok(0) => break,
             Ok(n) => read += n,
-            Err(_) => return None,
+            Err(e) => return Err(unreadable(e)),
         }
     }
-    parse_shebang(&buf)
+    Ok(parse_shebang(&buf))
 }
+
+/// A `#!` line's interpreter and its optional argument.
+type Interpreter = (Vec<u8>, Option<Vec<u8>>);
 
 /// Scripts the kernel runs in one chain of `#!` interpreters; one more is
 /// `ELOOP`.
@@ -2035,7 +2046,7 @@ const BINPRM_BUF_SIZE: usize = 256;
 /// first 255 bytes; a line that a NUL or the buffer's end cuts before any
 /// newline is used only if the interpreter's name ends within it; name and
 /// argument end at a NUL. `None` where the kernel says `ENOEXEC`.
-fn parse_shebang(buf: &[u8; BINPRM_BUF_SIZE]) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+fn parse_shebang(buf: &[u8; BINPRM_BUF_SIZE]) -> Option<Interpreter> {
     let spacetab = |b: u8| b == b' ' || b == b'\t';
     // Inclusive ranges, as the kernel's helpers take them.
     let next_non_spacetab = |from: usize, to: usize| (from..=to).find(|&i| !spacetab(buf[i]));
@@ -2086,14 +2097,14 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
 mod tests {
     use super::*;
 
-    fn shebang_of(text: &[u8]) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    fn shebang_of(text: &[u8]) -> Option<Interpreter> {
         let mut buf = [0u8; BINPRM_BUF_SIZE];
         let n = text.len().min(BINPRM_BUF_SIZE);
         buf[..n].copy_from_slice(&text[..n]);
         parse_shebang(&buf)
     }
 
-    fn interp(name: &str, arg: Option<&str>) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    fn interp(name: &str, arg: Option<&str>) -> Option<Interpreter> {
         Some((name.into(), arg.map(Into::into)))
     }
 

@@ -175,7 +175,8 @@ pub fn wait_killable_recv() -> bool {
 /// Whether the calling thread's credentials (fs ids, groups, capabilities)
 /// may execute the file `fd` refers to, as the kernel's exec checks it: an
 /// exec bit it may use, and a mount without `noexec` (`faccessat2` with
-/// `AT_EACCESS`, Linux 5.8). `EACCES` when not.
+/// `AT_EACCESS`, Linux 5.8). `EACCES` when not; `Ok` where `faccessat2` is
+/// missing or refused (the exec itself still checks).
 pub fn may_execute(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: the path is a NUL-terminated static string and the fd is ours;
     // faccessat2 only reads them.
@@ -189,7 +190,13 @@ pub fn may_execute(fd: &OwnedFd) -> io::Result<()> {
         )
     };
     if r != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // Before Linux 5.8, or under a container profile that refuses
+        // faccessat2: no answer here, and the kernel still checks at the exec.
+        if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
+            return Ok(());
+        }
+        return Err(e);
     }
     Ok(())
 }
