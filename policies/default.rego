@@ -45,6 +45,7 @@ is_read_only if {
 builtin_allow if {
 	input.kind == "file"
 	is_read_only
+	is_string(input.file.path) # any_prefix_match also takes a list of paths
 	strings.any_prefix_match(input.file.path, system_read_prefixes)
 }
 
@@ -98,6 +99,7 @@ exec_prefixes := ["/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/", "/usr/local/bin/
 
 builtin_allow if {
 	input.kind == "exec"
+	is_string(input.exec.path)
 	strings.any_prefix_match(input.exec.path, exec_prefixes)
 }
 
@@ -198,4 +200,7 @@ backstop_extra_execute := data.cordon.backstop_extra.execute
 # which the VM runs faster than a `some prefix in ...` loop (BENCHMARKS.md).
 under_any(path, dirs) if path in dirs
 
-under_any(path, dirs) if strings.any_prefix_match(path, {concat("", [trim_right(dir, "/"), "/"]) | some dir in dirs})
+under_any(path, dirs) if {
+	is_string(path)
+	strings.any_prefix_match(path, {concat("", [trim_right(dir, "/"), "/"]) | some dir in dirs})
+}

@@ -85,6 +85,11 @@ test_workdir_with_trailing_slash if {
 
 test_exec_prefix_needs_a_whole_directory if not allowed(exec("/usr/binx/tool"))
 
+# A path is a string: a list of paths, which strings.any_prefix_match would
+# take, allows nothing. (For a file, other rules' string builtins make it an
+# evaluation error, which the broker answers with a denial.)
+test_a_list_of_paths_allows_nothing if not allowed(exec(["/usr/bin/true"]))
+
 test_tmpdir if allowed(write("/tmp/cordon-t/scratch"))
 
 test_shared_tmp_denied if not allowed(write("/tmp/other"))
