@@ -324,7 +324,8 @@ impl Supervisor {
                     id: nix::sys::stat::stat(path.as_path())
                         .ok()
                         .map(|st| (st.st_dev, st.st_ino)),
-                    path,
+                    // Compared with the tool's resolved paths: resolved too.
+                    path: resolved_socket_path(path),
                 })
                 .collect(),
             exec,
@@ -705,10 +706,11 @@ impl Supervisor {
         if !socket {
             return None;
         }
-        if self
-            .broker_sockets
-            .iter()
-            .any(|broker| canonical == broker.path.as_os_str().as_bytes())
+        if is_default_broker_socket(canonical)
+            || self
+                .broker_sockets
+                .iter()
+                .any(|broker| canonical == broker.path.as_os_str().as_bytes())
         {
             return Some("broker socket");
         }
@@ -2031,6 +2033,30 @@ fn shebang(file: &OwnedFd) -> Result<Option<Interpreter>, Errno> {
     Ok(parse_shebang(&buf))
 }
 
+/// Where any user's `cordon serve` listens by default: `/run/cordon/...` for
+/// root, `/run/user/UID/cordon/...` (`$XDG_RUNTIME_DIR`) for others, whoever
+/// runs this supervisor.
+fn is_default_broker_socket(canonical: &[u8]) -> bool {
+    if canonical == b"/run/cordon/broker.sock" {
+        return true;
+    }
+    canonical
+        .strip_prefix(b"/run/user/")
+        .and_then(|rest| rest.strip_suffix(b"/cordon/broker.sock"))
+        .is_some_and(|uid| !uid.is_empty() && uid.iter().all(u8::is_ascii_digit))
+}
+
+/// `path` with its directory's symlinks resolved (the socket itself may not
+/// exist yet); as given when the directory cannot be resolved.
+fn resolved_socket_path(path: PathBuf) -> PathBuf {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|dir| dir.join(name))
+            .unwrap_or(path),
+        _ => path,
+    }
+}
+
 /// A `#!` line's interpreter and its optional argument.
 type Interpreter = (Vec<u8>, Option<Vec<u8>>);
 
@@ -2106,6 +2132,41 @@ mod tests {
 
     fn interp(name: &str, arg: Option<&str>) -> Option<Interpreter> {
         Some((name.into(), arg.map(Into::into)))
+    }
+
+    #[test]
+    fn default_broker_sockets_of_every_user_are_recognised() {
+        for yes in [
+            "/run/cordon/broker.sock",
+            "/run/user/1000/cordon/broker.sock",
+            "/run/user/0/cordon/broker.sock",
+        ] {
+            assert!(is_default_broker_socket(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "/run/user//cordon/broker.sock",
+            "/run/user/10x/cordon/broker.sock",
+            "/run/user/1000/cordon/other.sock",
+            "/run/user/1000/x/cordon/broker.sock",
+            "/tmp/run/cordon/broker.sock",
+        ] {
+            assert!(!is_default_broker_socket(no.as_bytes()), "{no}");
+        }
+    }
+
+    #[test]
+    fn configured_sockets_are_compared_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let resolved = resolved_socket_path(dir.path().join("link/broker.sock"));
+        assert_eq!(
+            resolved,
+            std::fs::canonicalize(&real).unwrap().join("broker.sock")
+        );
+        let missing = PathBuf::from("/nonexistent/dir/broker.sock");
+        assert_eq!(resolved_socket_path(missing.clone()), missing);
     }
 
     /// Cases from fs/binfmt_script.c's rules (`load_script`).

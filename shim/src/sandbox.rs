@@ -188,8 +188,9 @@ impl Sandbox {
     /// The supervisor performs a tool's unix connects itself, so a broker
     /// sees the supervisor's credentials, not the tool's, and cannot refuse
     /// it as a sandboxed peer. Brokers' default sockets
-    /// ([`DEFAULT_BROKER_SOCKETS`], `$XDG_RUNTIME_DIR/cordon/broker.sock`)
-    /// are always refused; name here any other the tool could reach.
+    /// ([`DEFAULT_BROKER_SOCKETS`], `$XDG_RUNTIME_DIR/cordon/broker.sock`,
+    /// any user's `/run/user/UID/cordon/broker.sock`) are always refused;
+    /// name here any other the tool could reach.
     pub fn broker_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.broker_sockets.push(path.into());
         self
@@ -448,7 +449,6 @@ enum Report {
     Nothing,
 }
 
-/// Reads the child's report and duplicates its listener.
 /// Where `cordon serve` listens by default: for root, and for other users
 /// under `$XDG_RUNTIME_DIR` (see [`default_broker_sockets`]).
 pub const DEFAULT_BROKER_SOCKETS: [&str; 1] = ["/run/cordon/broker.sock"];
@@ -462,6 +462,7 @@ pub fn default_broker_sockets() -> Vec<PathBuf> {
     sockets
 }
 
+/// Reads the child's report and duplicates its listener.
 fn take_listener(report: OwnedFd) -> io::Result<Report> {
     let mut buf = [0u8; CHILD_REPORT_LEN];
     let mut f = std::fs::File::from(report);
