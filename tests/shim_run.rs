@@ -1271,7 +1271,10 @@ fn scripts_run_as_the_kernel_runs_them() {
 
 /// execveat's AT_SYMLINK_NOFOLLOW as natively: an fd named by an empty path
 /// runs (cordon refused it, looking at the fd's /proc link itself), and a
-/// symlink as the last component is ELOOP (cordon said EACCES).
+/// symlink as the last component is ELOOP (cordon said EACCES). And the
+/// errors of an empty path on a bad fd (EBADF) or the cwd (EACCES), and of a
+/// missing file with a bad argv (ENOENT: the kernel looks the file up
+/// first), where cordon said ENOENT, ENOENT and EFAULT.
 #[test]
 fn execveat_without_following_symlinks_answers_as_natively() {
     let env = Env::new(&[]);
@@ -1292,7 +1295,13 @@ fn execveat_without_following_symlinks_answers_as_natively() {
                 fd = os.open(sys.argv[1], os.O_RDONLY)\n\
                 print('fd', run(fd, b'', 0x1000 | 0x100))\n\
                 print('link', run(-100, sys.argv[2].encode(), 0x100))\n\
-                print('followed', run(-100, sys.argv[2].encode(), 0))\n";
+                print('followed', run(-100, sys.argv[2].encode(), 0))\n\
+                print('bad-fd', run(-1, b'', 0x1000))\n\
+                print('closed-fd', run(1000, b'', 0x1000))\n\
+                print('cwd', run(-100, b'', 0x1000))\n\
+                print('missing-bad-argv', os.waitstatus_to_exitcode(os.waitpid(os.fork() or \
+                  os._exit(100 + (libc.syscall(59, b'/nonexistent', ctypes.c_void_p(8), None) \
+                  and ctypes.get_errno())), 0)[1]))\n";
     let args = [
         "/usr/bin/python3",
         "-c",
@@ -1302,8 +1311,11 @@ fn execveat_without_following_symlinks_answers_as_natively() {
     ];
     let native = Command::new(args[0]).args(&args[1..]).output().unwrap();
     let native = assert_ok(&native);
-    // 0: ran /bin/true; 140: ELOOP.
-    assert_eq!(native, "fd 0\nlink 140\nfollowed 0\n");
+    // 0: ran /bin/true; 100 + errno otherwise (ELOOP, EBADF, EACCES, ENOENT).
+    assert_eq!(
+        native,
+        "fd 0\nlink 140\nfollowed 0\nbad-fd 109\nclosed-fd 109\ncwd 113\nmissing-bad-argv 102\n"
+    );
     assert_eq!(assert_ok(&env.run(&args)), native);
 }
 

@@ -1779,20 +1779,32 @@ impl Supervisor {
             _ => (n.args[0] as i32, n.args[1], n.args[2], n.args[4] as i32),
         };
         let path = mem.read_cstr(path_ptr, PATH_MAX - 1)?;
-        let argv = mem.read_argv(argv_ptr, MAX_ARGV, MAX_ARGV_BYTES)?;
         let mut task = self.task(n)?;
         let empty_path = path.is_empty() && flags & libc::AT_EMPTY_PATH != 0;
-        let lookup_path = if empty_path {
-            format!("/proc/{}/fd/{dirfd}", n.tid).into_bytes()
-        } else {
-            path.clone()
+        let lookup_path = match dirfd {
+            _ if !empty_path => path.clone(),
+            // The cwd: a directory, so EACCES below, as natively.
+            libc::AT_FDCWD => format!("/proc/{}/cwd", n.tid).into_bytes(),
+            fd if fd < 0 => return Err(Errno::EBADF),
+            fd => format!("/proc/{}/fd/{fd}", n.tid).into_bytes(),
         };
         // An empty path names the fd's own file: its /proc link is followed
         // whatever the flags (the file is then a symlink only if the fd is
         // an O_PATH one on a symlink, which the kernel refuses too).
         let follow = empty_path || flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-        let (canonical, file) =
-            self.resolve_executable(&mut task, n, dirfd, &lookup_path, follow)?;
+        // The kernel opens the file before it reads argv (Linux 6.18 here:
+        // a missing file with a bad argv is ENOENT, not EFAULT).
+        let (canonical, file) = self
+            .resolve_executable(&mut task, n, dirfd, &lookup_path, follow)
+            .map_err(|e| match e {
+                // No such fd, rather than no such file.
+                Errno::ENOENT if empty_path && dirfd >= 0 => Errno::EBADF,
+                e => e,
+            })?;
+        let argv = mem.read_argv(argv_ptr, MAX_ARGV, MAX_ARGV_BYTES)?;
+        if !self.listener.id_valid(n.id) {
+            return Err(Errno::ESRCH);
+        }
         // The argv the kernel will build. Linux ≥ 5.18 runs an empty argv as [""].
         let mut kernel_argv = if argv.is_empty() {
             vec![Vec::new()]
