@@ -129,6 +129,28 @@ impl Env {
             .unwrap()
     }
 
+    /// `cordon run` (options only: the caller adds `--` and the tool) with
+    /// the default set plus a policy allowing unix calls on `sock`.
+    fn run_allowing_unix(&self, sock: &Path) -> Command {
+        let policy = self.dir.path().join("unix.rego");
+        std::fs::write(
+            &policy,
+            format!(
+                "package cordon\nimport rego.v1\nallow if {{\n  input.network.family == \"unix\"\n  \
+                 input.network.path == \"{}\"\n}}\n",
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let mut c = cordon();
+        c.arg("run").arg("--audit-db").arg(&self.db);
+        for p in self.policies.iter().chain([&policy]) {
+            c.arg("--policy").arg(p);
+        }
+        c.current_dir(&self.work);
+        c
+    }
+
     fn python(&self, script: &str) -> Output {
         self.run(&["/usr/bin/python3", "-c", script])
     }
@@ -773,24 +795,8 @@ attempt('bind', lambda: l.bind(('127.0.0.1', 0)))
 fn a_unix_server_binds_and_listens_under_its_own_name_and_umask() {
     let env = Env::new(&[]);
     let sock = env.work.join("app.sock");
-    let policy = env.dir.path().join("unix-server.rego");
-    std::fs::write(
-        &policy,
-        format!(
-            "package cordon\nimport rego.v1\nallow if {{\n  input.network.family == \"unix\"\n  \
-             input.network.path == \"{}\"\n}}\n",
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let mut policies = env.policies.clone();
-    policies.push(policy);
-    let mut c = cordon();
-    c.arg("run").arg("--audit-db").arg(&env.db);
-    for p in &policies {
-        c.arg("--policy").arg(p);
-    }
-    let out = c
+    let out = env
+        .run_allowing_unix(&sock)
         .args(["--", "/usr/bin/python3", "-c"])
         .arg(
             "import socket, os\nos.umask(0o077)\ns = socket.socket(socket.AF_UNIX)\n\
@@ -823,24 +829,8 @@ fn a_unix_socket_deeper_than_sun_path_is_decided_and_reached() {
     std::fs::create_dir_all(&deep).unwrap();
     let sock = deep.join("s");
     assert!(sock.as_os_str().len() > 108);
-    let policy = env.dir.path().join("unix-deep.rego");
-    std::fs::write(
-        &policy,
-        format!(
-            "package cordon\nimport rego.v1\nallow if {{\n  input.network.family == \"unix\"\n  \
-             input.network.path == \"{}\"\n}}\n",
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let mut policies = env.policies.clone();
-    policies.push(policy);
-    let mut c = cordon();
-    c.arg("run").arg("--audit-db").arg(&env.db);
-    for p in &policies {
-        c.arg("--policy").arg(p);
-    }
-    let out = c
+    let out = env
+        .run_allowing_unix(&sock)
         .args(["--", "/usr/bin/python3", "-c"])
         .arg(
             "import socket, os, sys\nos.chdir(sys.argv[1])\n\
