@@ -1311,15 +1311,15 @@ fn execveat_without_following_symlinks_answers_as_natively() {
 
 /// A script the tool may execute but the supervisor may not read (mode
 /// 0111, cordon running as nobody): its interpreter cannot be known, so the
-/// exec is EACCES. (Natively the kernel reads the line anyway, and the shell
-/// then fails to read the script.) Before, the script was approved as its
+/// exec is EACCES. (Natively the kernel reads the line anyway, and the
+/// interpreter then fails to read the script.) Before, the script was approved as its
 /// own image and the interpreter it ran was killed as unapproved.
 #[test]
 fn an_execute_only_script_is_eacces_for_an_unprivileged_supervisor() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let script = dir.path().join("hidden.sh");
-    std::fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::write(&script, "#!/usr/bin/python3\nprint('ran')\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o111)).unwrap();
     let allow_all = dir.path().join("allow-all.rego");
     std::fs::write(
@@ -1350,9 +1350,56 @@ fn an_execute_only_script_is_eacces_for_an_unprivileged_supervisor() {
             .output()
             .unwrap()
     };
-    // Natively the shell starts and cannot read the script.
+    // Natively the interpreter starts and cannot read the script.
     assert_eq!(assert_ok(&as_nobody(false)).trim(), "exit 2");
     assert_eq!(assert_ok(&as_nobody(true)).trim(), "err 13");
+}
+
+/// What the tool may read, an exec reads as the tool: a root supervisor
+/// without CAP_DAC_OVERRIDE (as on a root-squashed NFS share) cannot read a
+/// nobody-only script or program, which a tool running as nobody runs. Both
+/// were EACCES when the first line was read with the supervisor's
+/// credentials alone.
+#[test]
+fn an_exec_reads_the_first_line_as_the_tool() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::write(private.join("s.sh"), "#!/bin/sh\necho script ran\n").unwrap();
+    std::fs::copy("/bin/true", private.join("t")).unwrap();
+    for p in [private.join("s.sh"), private.join("t"), private.clone()] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        let mode = if p == private { 0o700 } else { 0o500 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let allow_all = dir.path().join("allow-all.rego");
+    std::fs::write(
+        &allow_all,
+        "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\"}\n",
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-dac_override,-dac_read_search", "--"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--user", "65534", "--audit-db"])
+        .arg(dir.path().join("audit"))
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/bin/sh", "-c"])
+        .arg(format!(
+            "{0}/s.sh; echo rc=$?; {0}/t; echo rc=$?",
+            private.display()
+        ))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        assert_ok(&out),
+        "script ran\nrc=0\nrc=0\n",
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -1719,7 +1719,7 @@ impl Supervisor {
         dirfd: i32,
         path: &[u8],
         follow: bool,
-    ) -> Result<(Vec<u8>, OwnedFd), Errno> {
+    ) -> Result<(Vec<u8>, Executable), Errno> {
         let lookup = Lookup {
             tid: n.tid,
             tgid: task.tgid,
@@ -1742,10 +1742,22 @@ impl Supervisor {
         }
         // The kernel refuses an image the tool may not execute (no exec bit
         // for it, a noexec mount) before it reads a byte of it; so do we,
-        // before reading a `#!` line with our own credentials.
-        with_creds(&task.creds, &self.me, || sys::may_execute(&file))?
+        // before reading its `#!` line (`first_line`).
+        let checked = with_creds(&task.creds, &self.me, || sys::may_execute(&file))?
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EACCES)))?;
-        Ok((path, file))
+        Ok((path, Executable { file, checked }))
+    }
+
+    /// The `#!` line of an image, read as the tool: what it can read, we read
+    /// (a file on a root-squashed NFS share, say, which we could not). The
+    /// kernel reads the line without read permission, so an image the tool
+    /// may only execute is read with our own credentials; but only once the
+    /// execute check has passed, never in its place.
+    fn first_line(&self, task: &Task, image: &Executable) -> Result<Option<Interpreter>, Errno> {
+        match with_creds(&task.creds, &self.me, || shebang(&image.file))? {
+            Err(Errno::EACCES) if image.checked => shebang(&image.file),
+            line => line,
+        }
     }
 
     fn ask_exec(
@@ -1819,7 +1831,7 @@ impl Supervisor {
         let mut image = file;
         let mut run_as = kernel_exec_name(&path, dirfd, empty_path);
         for depth in 0.. {
-            let Some((interp, arg)) = shebang(&image)? else {
+            let Some((interp, arg)) = self.first_line(&task, &image)? else {
                 break;
             };
             let (canonical, interp_fd) =
@@ -1838,6 +1850,7 @@ impl Supervisor {
             image = interp_fd;
             run_as = interp;
         }
+        let image = image.file;
         let st = nix::sys::stat::fstat(&image)?;
         let approved = Approved::new(st.st_dev, st.st_ino, &kernel_argv);
         drop(kernel_argv);
@@ -2067,6 +2080,14 @@ fn resolved_socket_path(path: PathBuf) -> PathBuf {
             .unwrap_or(path),
         _ => path,
     }
+}
+
+/// An image an exec may run: a regular file, and whether the tool's right to
+/// execute it was checked (`sys::may_execute`; not where the kernel lacks
+/// the means).
+struct Executable {
+    file: OwnedFd,
+    checked: bool,
 }
 
 /// A `#!` line's interpreter and its optional argument.

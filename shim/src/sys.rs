@@ -175,9 +175,10 @@ pub fn wait_killable_recv() -> bool {
 /// Whether the calling thread's credentials (fs ids, groups, capabilities)
 /// may execute the file `fd` refers to, as the kernel's exec checks it: an
 /// exec bit it may use, and a mount without `noexec` (`faccessat2` with
-/// `AT_EACCESS`, Linux 5.8). `EACCES` when not; `Ok` where `faccessat2` is
-/// missing or refused (the exec itself still checks).
-pub fn may_execute(fd: &OwnedFd) -> io::Result<()> {
+/// `AT_EACCESS`, Linux 5.8). `Ok(true)` when it may, `EACCES` when not;
+/// `Ok(false)` where `faccessat2` is missing or refused and nothing was
+/// checked (the exec itself still checks).
+pub fn may_execute(fd: &OwnedFd) -> io::Result<bool> {
     // SAFETY: the path is a NUL-terminated static string and the fd is ours;
     // faccessat2 only reads them.
     let r = unsafe {
@@ -194,11 +195,11 @@ pub fn may_execute(fd: &OwnedFd) -> io::Result<()> {
         // Before Linux 5.8, or under a container profile that refuses
         // faccessat2: no answer here, and the kernel still checks at the exec.
         if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
-            return Ok(());
+            return Ok(false);
         }
         return Err(e);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// `pidfd_open(pid, 0)`.
