@@ -718,10 +718,23 @@ impl Supervisor {
             return None;
         };
         let st = nix::sys::stat::fstat(fd).ok()?;
-        self.broker_sockets
-            .iter()
-            .any(|broker| broker.id == Some((st.st_dev, st.st_ino)))
-            .then_some("broker socket")
+        let id = Some((st.st_dev, st.st_ino));
+        // A default socket reached by another name (a hard link): its
+        // owner's default location holds the same inode.
+        let default_id = |path: String| {
+            nix::sys::stat::stat(path.as_str())
+                .ok()
+                .map(|d| (d.st_dev, d.st_ino))
+        };
+        (self.broker_sockets.iter().any(|broker| broker.id == id)
+            || (st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+                && [
+                    "/run/cordon/broker.sock".to_owned(),
+                    format!("/run/user/{}/cordon/broker.sock", st.st_uid),
+                ]
+                .into_iter()
+                .any(|path| default_id(path) == id)))
+        .then_some("broker socket")
     }
 
     /// Refuses a protected object (see [`Self::protected`]), counting it.
@@ -2075,9 +2088,17 @@ fn is_default_broker_socket(canonical: &[u8]) -> bool {
 /// exist yet); as given when the directory cannot be resolved.
 fn resolved_socket_path(path: PathBuf) -> PathBuf {
     match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
-            .map(|dir| dir.join(name))
-            .unwrap_or(path),
+        (Some(dir), Some(name)) => {
+            // A bare name is in the current directory.
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::canonicalize(dir)
+                .map(|dir| dir.join(name))
+                .unwrap_or(path)
+        }
         _ => path,
     }
 }
@@ -2200,6 +2221,10 @@ mod tests {
         );
         let missing = PathBuf::from("/nonexistent/dir/broker.sock");
         assert_eq!(resolved_socket_path(missing.clone()), missing);
+        assert_eq!(
+            resolved_socket_path(PathBuf::from("broker.sock")),
+            std::env::current_dir().unwrap().join("broker.sock")
+        );
     }
 
     /// Cases from fs/binfmt_script.c's rules (`load_script`).
