@@ -327,6 +327,57 @@ fn a_learned_directory_grant_never_covers_a_credential_store_below_it() {
     assert!(err.contains("Permission denied"), "{err}");
 }
 
+/// A learned `$WORKDIR/` grant stands for nothing in a sandbox without a
+/// working directory (it stood for "/": every path), and never covers a
+/// top-level or home directory, whichever directory the run is in.
+#[test]
+fn a_learned_directory_grant_is_never_everything_or_a_home() {
+    let work = tempfile::tempdir().unwrap();
+    let learned = work.path().join("learned");
+    let out = learn_in(
+        work.path(),
+        &learned,
+        &["/bin/sh", "-c", "echo a > a; echo b > b; echo c > c"],
+    );
+    assert_ok(&out);
+    let data = std::fs::read_to_string(learned.join("data.json")).unwrap();
+    assert!(data.contains("\"$WORKDIR/\""), "{data}");
+    let decide = |workdir: &str, path: &str, access: &str| {
+        let input = work.path().join("input.json");
+        std::fs::write(
+            &input,
+            serde_json::json!({
+                "sandbox": {"id": "s", "labels": {}, "workdir": workdir, "tmpdir": ""},
+                "process": {"pid": 7, "ppid": 1, "uid": 1000, "gid": 1000, "exe": "/bin/sh", "cwd": "/", "comm": "sh"},
+                "syscall": "openat", "kind": "file",
+                "file": {"path": path, "access": [access], "create": false, "truncate": false, "flags": []},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let (code, out, err) = run_cordon(&[
+            "policy",
+            "eval",
+            "--policy",
+            path_str(&learned),
+            "--input",
+            path_str(&input),
+        ]);
+        assert!(code == 0 || code == 1, "{out}{err}");
+        code == 0
+    };
+    // The grant itself works where the run was.
+    let here = work.path().to_str().unwrap();
+    assert!(decide(here, &format!("{here}/d"), "write"));
+    // No working directory: nothing, not everything.
+    assert!(!decide("", "/etc/passwd", "write"));
+    // Run again from /etc, or from a home directory: not the whole of it.
+    assert!(!decide("/etc", "/etc/shadow", "read"));
+    assert!(!decide("/home/alice", "/home/alice/.bashrc", "write"));
+    assert!(!decide("/root", "/root/notes", "write"));
+    assert!(decide("/home/alice/job", "/home/alice/job/x", "write"));
+}
+
 #[test]
 fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     let work = tempfile::tempdir().unwrap();

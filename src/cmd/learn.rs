@@ -320,7 +320,9 @@ const NEVER_COLLAPSED: [&str; 9] = [
 /// [`COLLAPSE_AT`] entries of one directory were used. Top-level directories
 /// (`/etc`, `/tmp`), a home directory itself (`/root`, `/home/NAME`) and
 /// credential directories ([`NEVER_COLLAPSED`]) are never collapsed; the
-/// sandbox's own `$WORKDIR` and `$TMPDIR` may be.
+/// sandbox's own `$WORKDIR` and `$TMPDIR` may be, and the policy's
+/// `too_broad` refuses such a grant in a run where they stand for a
+/// top-level or home directory.
 fn collapse(paths: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut by_dir: BTreeMap<String, Vec<&String>> = BTreeMap::new();
     for p in paths {
@@ -359,9 +361,17 @@ default allow := false
 # private temp dir, and /proc/$PID for the calling process, so that the next
 # run (new temp dir, new pids) is allowed the same things. Only as a prefix: a
 # "$" inside a real file name is that name.
-expand(p) := concat("", [input.sandbox.workdir, substring(p, 8, -1)]) if startswith(p, "$WORKDIR")
+# A sandbox without one (an empty workdir or tmpdir) has nothing they stand for:
+# "$TMPDIR/" would otherwise be "/", every path.
+expand(p) := concat("", [input.sandbox.workdir, substring(p, 8, -1)]) if {
+	startswith(p, "$WORKDIR")
+	input.sandbox.workdir != ""
+}
 
-expand(p) := concat("", [input.sandbox.tmpdir, substring(p, 7, -1)]) if startswith(p, "$TMPDIR")
+expand(p) := concat("", [input.sandbox.tmpdir, substring(p, 7, -1)]) if {
+	startswith(p, "$TMPDIR")
+	input.sandbox.tmpdir != ""
+}
 
 expand(p) := concat("", [sprintf("/proc/%d", [input.process.pid]), substring(p, 10, -1)]) if startswith(p, "/proc/$PID")
 
@@ -394,6 +404,7 @@ allow if {
 	read_only
 	some d in data.learned.read.dirs
 	startswith(input.file.path, expand(d))
+	not too_broad(expand(d))
 	not in_credential_store_below(expand(d))
 }
 
@@ -409,7 +420,21 @@ allow if {
 	input.kind == "file"
 	some d in data.learned.write.dirs
 	startswith(input.file.path, expand(d))
+	not too_broad(expand(d))
 	not in_credential_store_below(expand(d))
+}
+
+# A directory grant never covers a top-level directory (/etc, /tmp) or a home
+# directory itself (/root, /home/NAME), whatever $WORKDIR or $TMPDIR stands for
+# in this run: a run learned in /etc, or run again from a home directory.
+too_broad(dir) if count(split(trim_right(dir, "/"), "/")) < 3
+
+too_broad(dir) if trim_right(dir, "/") == "/root"
+
+too_broad(dir) if {
+	parts := split(trim_right(dir, "/"), "/")
+	count(parts) == 3
+	parts[1] == "home"
 }
 
 # A directory grant never reaches a credential store below it: a learned
