@@ -776,4 +776,17 @@ fn follow_without_broker_is_a_usage_error() {
     assert!(err.contains("no audit store at /nonexistent/db"), "{err}");
     let (code, _, err) = run_cordon(&["audit", "--since", "yesterday-ish", "--db", "/tmp"]);
     assert_eq!(code, 2, "{err}");
+    // Past 2262 a time does not fit a record's nanoseconds: an error, not a
+    // wrapped (negative) bound that silently matched nothing or everything.
+    for flag in ["--since", "--until"] {
+        let (code, _, err) = run_cordon(&[
+            "audit",
+            flag,
+            "2300-01-01T00:00:00Z",
+            "--db",
+            "/nonexistent/db",
+        ]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains("1970 to 2262"), "{flag}: {err}");
+    }
 }

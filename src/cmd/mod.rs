@@ -68,20 +68,34 @@ pub fn default_socket() -> String {
     }
 }
 
-/// A point in time given as a duration ago (`15m`, `2h`) or an RFC 3339 time.
+/// A point in time given as a duration ago (`15m`, `2h`) or an RFC 3339 time,
+/// as audit records keep it: i64 nanoseconds since 1970 (until April 2262).
+/// A duration reaching back before 1970 means 1970 (every record); an
+/// explicit time outside that range is a usage error, not a wrapped value.
 pub fn parse_time(s: &str) -> Result<i64, anyhow::Error> {
-    let t = if let Ok(d) = humantime::parse_duration(s) {
-        SystemTime::now().checked_sub(d).unwrap_or(UNIX_EPOCH)
-    } else {
-        humantime::parse_rfc3339_weak(s).map_err(|_| {
+    if let Ok(d) = humantime::parse_duration(s) {
+        let ago = SystemTime::now()
+            .checked_sub(d)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .unwrap_or(Duration::ZERO);
+        // 1 ns, not 0: zero means "no bound" on the wire.
+        return Ok(i64::try_from(ago.as_nanos()).unwrap_or(i64::MAX).max(1));
+    }
+    let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
+        usage(format!(
+            "{s:?} is neither a duration (like 15m) nor a time (like 2026-11-22T10:00:00Z)"
+        ))
+    })?;
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        // 1970-01-01T00:00:00Z itself: 1 ns, as zero means "no bound".
+        .map(|ns| ns.max(1))
+        .ok_or_else(|| {
             usage(format!(
-                "{s:?} is neither a duration (like 15m) nor a time (like 2026-11-22T10:00:00Z)"
+                "{s:?} is outside the times audit records can have (1970 to 2262)"
             ))
-        })?
-    };
-    Ok(t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_nanos() as i64)
+        })
 }
 
 /// `K=V` for labels.
