@@ -766,6 +766,47 @@ async fn a_resume_point_past_the_store_and_a_follow_past_until_end_the_query() {
     assert_eq!(code, 2, "{err}");
 }
 
+/// `cordon audit | head -c1` ends quietly (exit 0) when the reader leaves,
+/// also while the JSON or CSV encoder is writing a record larger than the
+/// output buffer (the broken pipe then came wrapped, and was an error).
+#[test]
+fn a_reader_that_leaves_early_is_not_an_error() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit");
+    // Twenty execs of 20 KB of arguments each: records far past 8 KiB.
+    let arg = "x".repeat(200);
+    let args = vec![arg.as_str(); 100].join(" ");
+    let (code, _, err) = run_cordon(&[
+        "run",
+        "--audit-db",
+        path_str(&db),
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!("for i in $(seq 20); do /bin/true {args}; done"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for format in ["json", "csv"] {
+        let mut audit = support::cordon()
+            .args(["audit", "--db", path_str(&db), "--format", format])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 1];
+        audit.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        // The pipe's read end is closed here.
+        let out = audit.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{format}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn follow_without_broker_is_a_usage_error() {
     let (code, _, err) = run_cordon(&["audit", "--db", "/nonexistent", "--follow"]);

@@ -432,8 +432,23 @@ pub(super) fn each_record(
 
 /// `cordon audit | head` closes the pipe early: that is not an error.
 fn broken_pipe_ok(e: anyhow::Error) -> anyhow::Result<ExitCode> {
-    match e.downcast_ref::<std::io::Error>() {
-        Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+    // The writer's error may come wrapped by the JSON or CSV encoder (a
+    // record larger than the output buffer is written from inside it).
+    let kind = e
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
+        .or_else(|| {
+            e.downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+        })
+        .or_else(
+            || match e.downcast_ref::<csv::Error>().map(csv::Error::kind) {
+                Some(csv::ErrorKind::Io(io)) => Some(io.kind()),
+                _ => None,
+            },
+        );
+    match kind {
+        Some(std::io::ErrorKind::BrokenPipe) => Ok(ExitCode::SUCCESS),
         _ => Err(e),
     }
 }
