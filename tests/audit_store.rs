@@ -817,6 +817,12 @@ fn follow_without_broker_is_a_usage_error() {
     assert!(err.contains("no audit store at /nonexistent/db"), "{err}");
     let (code, _, err) = run_cordon(&["audit", "--since", "yesterday-ish", "--db", "/tmp"]);
     assert_eq!(code, 2, "{err}");
+    // A directory that is not a store (--db ~ by mistake) is not made one.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_cordon(&["audit", "verify", "--db", path_str(empty.path())]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not an audit store"), "{err}");
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
     // Past 2262 a time does not fit a record's nanoseconds: an error, not a
     // wrapped (negative) bound that silently matched nothing or everything.
     for flag in ["--since", "--until"] {

@@ -131,6 +131,14 @@ fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
     if !db.exists() {
         anyhow::bail!("no audit store at {}", db.display());
     }
+    // A directory that is not a store (--db ~ by mistake) would be made one,
+    // empty, and pass verify: a store has sled's `conf` and `db` files.
+    if !db.join("conf").is_file() || !db.join("db").is_file() {
+        anyhow::bail!(
+            "{} is not an audit store (no sled conf and db files in it)",
+            db.display()
+        );
+    }
     match SledAudit::open_read_only(&db) {
         Ok(store) => Ok(Arc::new(store)),
         // sled's lock: another process has the store open for writing.
