@@ -220,6 +220,49 @@ async fn a_rehashed_forgery_is_named_with_the_record_after_it() {
     );
 }
 
+/// A rehashed newest record: verify names it (it does not match the head),
+/// and a broker refuses to append to the store, which would rewrite the head
+/// over it and leave nothing for verify to find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_newest_record_is_refused_not_appended_to() {
+    use sha2::Digest;
+    let mut s = store_with_records(10).await;
+    edit_record(&s.db, 10, |hash, body| {
+        let forged = String::from_utf8(body.clone())
+            .unwrap()
+            .replace("/data/file-9", "/data/file-X");
+        assert_ne!(body.as_slice(), forged.as_bytes());
+        *hash = sha2::Sha256::digest(forged.as_bytes()).to_vec();
+        *body = forged.into_bytes();
+        true
+    });
+    verify_fails_naming(&s.db, "head");
+    let mut serve = support::cordon()
+        .args(["serve", "--listen"])
+        .arg(format!("unix://{}", s.socket.display()))
+        .arg("--audit-db")
+        .arg(&s.db)
+        .arg("--policy")
+        .arg(&s.policy)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A serve that starts does not exit by itself: give it 20 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while serve.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = serve.kill();
+    let out = serve.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started: {err}");
+    assert!(err.contains("does not match its head"), "{err}");
+    // Still named by verify: nothing was appended.
+    verify_fails_naming(&s.db, "head");
+    s.child = None;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_record_is_detected_and_named() {
     let s = store_with_records(10).await;

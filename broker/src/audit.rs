@@ -729,6 +729,16 @@ impl SledAudit {
                     ),
                 });
             }
+            // The newest record replaced (rehashed): appending would rewrite
+            // the head over it, and verify would pass from then on.
+            if head_seq == last && head[8..] != last_hash {
+                return Err(AuditError::Damaged {
+                    path: dir.display().to_string(),
+                    problem: format!(
+                        "its newest record, {last}, does not match its head: it was replaced"
+                    ),
+                });
+            }
         }
         let (notify, _) = watch::channel(last);
         let (durable, _) = watch::channel(last);
