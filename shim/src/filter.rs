@@ -104,6 +104,12 @@ pub fn forbidden_errno(nr: i64) -> Option<i32> {
             libc::ENOSYS
         }
         libc::SYS_clone3 => libc::ENOSYS,
+        // The supervisor performs the tool's opens and connects on its own
+        // threads, where a Landlock domain the tool gave itself does not
+        // apply: refused as unsupported, so a nested sandbox knows it has none.
+        libc::SYS_landlock_create_ruleset
+        | libc::SYS_landlock_add_rule
+        | libc::SYS_landlock_restrict_self => libc::ENOSYS,
         libc::SYS_ptrace
         | libc::SYS_process_vm_readv
         | libc::SYS_process_vm_writev
@@ -148,6 +154,9 @@ const FORBIDDEN_ALWAYS: &[i64] = &[
     libc::SYS_io_uring_enter,
     libc::SYS_io_uring_register,
     libc::SYS_clone3,
+    libc::SYS_landlock_create_ruleset,
+    libc::SYS_landlock_add_rule,
+    libc::SYS_landlock_restrict_self,
     libc::SYS_ptrace,
     libc::SYS_process_vm_readv,
     libc::SYS_process_vm_writev,
