@@ -2192,6 +2192,46 @@ fn a_broker_at_a_default_location_is_out_of_reach_whatever_the_policy() {
     assert_eq!(assert_ok(&out).trim(), "err 13");
 }
 
+/// A procfs mounted elsewhere than /proc (a chroot's, a container host's)
+/// holds the supervisor's entries too, under a path the supervisor-/proc
+/// check did not know: the supervisor opened them for the tool. Refused now,
+/// whatever the policy. (In a mount namespace of the test's own.)
+#[test]
+fn procfs_outside_proc_is_out_of_reach_whatever_the_policy() {
+    let env = Env::new(&[]);
+    let second = env.dir.path().join("proc2");
+    std::fs::create_dir(&second).unwrap();
+    let allow_all = env.dir.path().join("allow-all.rego");
+    std::fs::write(
+        &allow_all,
+        "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\"}\n",
+    )
+    .unwrap();
+    let tool = "import os, sys\n\
+                for path in ('/proc/%d/environ' % os.getppid(), sys.argv[1] + '/%d/environ' % os.getppid(),\n\
+                             sys.argv[1] + '/%d/status' % os.getpid()):\n    \
+                    try:\n        open(path, 'rb').read(1); print('read')\n    \
+                    except OSError as e:\n        print('err', e.errno)\n";
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t proc proc "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&second)
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/usr/bin/python3", "-c", tool])
+        .arg(&second)
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    // The supervisor's environ, by /proc and by the second mount; the tool's
+    // own status through the second mount (any procfs elsewhere is refused).
+    assert_eq!(assert_ok(&out), "err 13\nerr 13\nerr 13\n");
+}
+
 #[test]
 fn the_supervisor_raises_its_open_file_limit_and_the_tool_keeps_its_own() {
     let env = Env::new(&[]);

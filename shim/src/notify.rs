@@ -690,11 +690,27 @@ impl Supervisor {
     /// - the supervisor's `/proc` entries, which the supervisor — a
     ///   ptrace-capable parent — could open where the tool could not (its
     ///   memory, environment, fds; and a `/proc/PID` directory fd is a
-    ///   signal target for `pidfd_send_signal`);
+    ///   signal target for `pidfd_send_signal`), and so any procfs mounted
+    ///   elsewhere than `/proc`;
     /// - for unix connects (`socket`), brokers' sockets (the sandbox's own,
     ///   the default locations, any the host named), by path or by inode (a
     ///   hard link or another mount of one is the same socket).
     fn protected(&self, canonical: &[u8], found: &Found, socket: bool) -> Option<&'static str> {
+        // A procfs reached at another path (a second mount, a bind mount:
+        // /srv/chroot/x/proc, /host/proc) has the supervisor's entries too,
+        // which the check below knows by the /proc/ prefix only. The tool has
+        // /proc itself: procfs anywhere else is refused.
+        if !(canonical == b"/proc" || canonical.starts_with(b"/proc/")) {
+            let fd = match found {
+                Found::Existing(fd) => fd,
+                Found::Missing { parent, .. } => parent,
+            };
+            if nix::sys::statfs::fstatfs(fd)
+                .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+            {
+                return Some("procfs outside /proc");
+            }
+        }
         if let Some(rest) = canonical.strip_prefix(b"/proc/") {
             let id = rest.split(|&b| b == b'/').next().unwrap_or_default();
             let me = std::process::id() as i32;
