@@ -2232,6 +2232,29 @@ fn procfs_outside_proc_is_out_of_reach_whatever_the_policy() {
     assert_eq!(assert_ok(&out), "err 13\nerr 13\nerr 13\n");
 }
 
+/// In a new pid namespace whose /proc is still the parent's, /proc/TID
+/// names other processes: cordon refuses to start (125) and says why. It
+/// used to start and fail the tool's exec with a misleading EACCES (126).
+#[test]
+fn a_proc_of_another_pid_namespace_is_refused_at_start() {
+    let env = Env::new(&[]);
+    let out = Command::new("unshare")
+        .args(["-p", "-f"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .args(["--", "/bin/true"])
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/proc belongs to another pid namespace"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn the_supervisor_raises_its_open_file_limit_and_the_tool_keeps_its_own() {
     let env = Env::new(&[]);

@@ -204,6 +204,7 @@ impl Sandbox {
     /// for every spawn; spawning this one again (here or with `Command::spawn`)
     /// fails with `EALREADY` (os error 114) before the tool runs.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
+        proc_is_ours()?;
         let program = Arc::new(filter::build()?);
         tracing::debug!("filter built");
         // The policy's backstop unless the caller gave one; an error asking
@@ -447,6 +448,28 @@ enum Report {
     /// The child closed the pipe without reporting (its exec failed, or it
     /// died before loading the filter; spawn says why).
     Nothing,
+}
+
+/// The supervisor reads what it knows of the tool from `/proc/TID`, so
+/// `/proc` must be this pid namespace's (`unshare -p` without `--mount-proc`
+/// leaves the parent's, where those numbers name other processes).
+fn proc_is_ours() -> Result<(), SpawnError> {
+    let me = std::process::id().to_string();
+    match std::fs::read_link("/proc/self") {
+        Ok(p) if p.as_os_str() == me.as_str() => Ok(()),
+        Ok(p) => Err(SpawnError::Setup {
+            step: "/proc belongs to another pid namespace",
+            source: io::Error::other(format!(
+                "/proc/self is {} but this process is {me}; mount a /proc of this namespace \
+                 (unshare --mount-proc)",
+                p.display()
+            )),
+        }),
+        Err(source) => Err(SpawnError::Setup {
+            step: "cannot read /proc/self",
+            source,
+        }),
+    }
 }
 
 /// Where `cordon serve` listens by default: for root, and for other users
