@@ -2056,13 +2056,13 @@ mod tests {
             audit.close();
         }
         with_tree(dir.path(), "index", |t| Ok(t.clear()?));
-        let report = SledAudit::open_read_only(dir.path())
-            .unwrap()
+        // Each open waits for the last one's lock to go (`reopen`).
+        let report = reopen(|| SledAudit::open_read_only(dir.path()))
             .verify()
             .unwrap();
         assert!(!report.ok, "an empty index is reported");
-        assert_eq!(SledAudit::reindex(dir.path()).unwrap(), n);
-        let audit = SledAudit::open_read_only(dir.path()).unwrap();
+        assert_eq!(reopen(|| SledAudit::reindex(dir.path())), n);
+        let audit = reopen(|| SledAudit::open_read_only(dir.path()));
         let report = audit.verify().unwrap();
         assert!(report.ok, "{}", report.problem);
         assert_eq!(report.records_checked, n);
@@ -2115,13 +2115,12 @@ mod tests {
             t.insert(REINDEXING_KEY, b"1")?;
             Ok(())
         });
-        let report = SledAudit::open_read_only(dir.path())
-            .unwrap()
+        let report = reopen(|| SledAudit::open_read_only(dir.path()))
             .verify()
             .unwrap();
         assert!(!report.ok, "the stale entry is reported");
-        drop(SledAudit::open(dir.path(), Durability::Strict).unwrap());
-        let audit = SledAudit::open_read_only(dir.path()).unwrap();
+        drop(reopen(|| SledAudit::open(dir.path(), Durability::Strict)));
+        let audit = reopen(|| SledAudit::open_read_only(dir.path()));
         let report = audit.verify().unwrap();
         assert!(report.ok, "{}", report.problem);
         assert_eq!(audit.inner.meta.get(REINDEXING_KEY).unwrap(), None);
