@@ -705,8 +705,10 @@ impl Supervisor {
                 Found::Existing(fd) => fd,
                 Found::Missing { parent, .. } => parent,
             };
+            // Fails closed: a file system that cannot be told is refused.
             if nix::sys::statfs::fstatfs(fd)
-                .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+                .ok()
+                .is_none_or(|fs| fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
             {
                 return Some("procfs outside /proc");
             }
