@@ -749,12 +749,11 @@ impl Supervisor {
         };
         (self.broker_sockets.iter().any(|broker| broker.id == id)
             || (st.st_mode & libc::S_IFMT == libc::S_IFSOCK
-                && [
-                    "/run/cordon/broker.sock".to_owned(),
-                    format!("/run/user/{}/cordon/broker.sock", st.st_uid),
-                ]
-                .into_iter()
-                .any(|path| default_id(path) == id)))
+                && crate::sandbox::DEFAULT_BROKER_SOCKETS
+                    .map(str::to_owned)
+                    .into_iter()
+                    .chain([format!("/run/user/{}/cordon/broker.sock", st.st_uid)])
+                    .any(|path| default_id(path) == id)))
         .then_some("broker socket")
     }
 
@@ -2096,7 +2095,10 @@ fn shebang(file: &OwnedFd) -> Result<Option<Interpreter>, Errno> {
 /// root, `/run/user/UID/cordon/...` (`$XDG_RUNTIME_DIR`) for others, whoever
 /// runs this supervisor.
 fn is_default_broker_socket(canonical: &[u8]) -> bool {
-    if canonical == b"/run/cordon/broker.sock" {
+    if crate::sandbox::DEFAULT_BROKER_SOCKETS
+        .iter()
+        .any(|p| canonical == p.as_bytes())
+    {
         return true;
     }
     canonical
