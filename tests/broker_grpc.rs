@@ -3,8 +3,14 @@
 
 mod support;
 
-use std::{os::unix::fs::PermissionsExt, process::Command, time::Duration};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
 
+use cordon_broker::client::{self, BrokerUri};
 use cordon_broker::proto::{
     DecideRequest, PolicyStatusRequest, QueryAuditRequest, ReloadPolicyRequest, SessionRequest,
     session_request, session_response,
@@ -777,4 +783,125 @@ fn health_is_served() {
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         );
     });
+}
+
+/// A relay (`tests/support/relay.py`) that connects to `s`'s socket as a
+/// peer set up by `mode`, and listens at the path returned for one client.
+fn relay(s: &Serve, mode: &str) -> (Child, PathBuf) {
+    let listen = s.dir.path().join(format!("relay-{mode}.sock"));
+    let child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/relay.py"
+        ))
+        .arg(&s.socket)
+        .arg(&listen)
+        .arg(mode)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listen.exists() {
+        assert!(Instant::now() < deadline, "relay {mode} did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, listen)
+}
+
+/// The broker checks the process that connected, whoever sends through its
+/// connection: every thread of it (a seccomp filter is per thread), and,
+/// through the pidfd taken at accept, that it is still alive. A zombie's
+/// `/proc` entry still reads as unfiltered, as would a process that reused
+/// an exited connector's pid.
+#[test]
+fn every_thread_of_the_connecting_process_and_its_liveness_are_checked() {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    for (mode, refusal) in [
+        ("plain", None),
+        ("filtered-thread", Some("runs under a seccomp filter")),
+        (
+            "connector-exits",
+            Some("which opened this connection, has exited"),
+        ),
+    ] {
+        let (mut relay, listen) = relay(&s, mode);
+        let uri = format!("unix://{}", listen.display());
+        let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &uri]);
+        match refusal {
+            None => assert_eq!(code, 0, "{mode}: {out}{err}"),
+            Some(needle) => {
+                assert_eq!(code, 1, "{mode}: {out}{err}");
+                assert!(err.contains(needle), "{mode}: {err}");
+            }
+        }
+        if mode == "filtered-thread" {
+            assert!(err.contains("thread "), "{err}");
+            let _ = relay.kill();
+        }
+        // Reaped only now: until here the connector of `connector-exits`
+        // is a zombie.
+        let _ = relay.wait();
+    }
+}
+
+/// A `Session` stream is checked when it opens and again as it goes: once
+/// its peer puts a thread under a filter, a request that comes more than
+/// `RECHECK_AFTER` (100 ms) later ends the stream with PERMISSION_DENIED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_peer_comes_under_seccomp_is_ended() {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let (mut relay, listen) = relay(&s, "filter-on-signal");
+    let uri = format!("unix://{}", listen.display());
+    let mut c = client::connect(&uri.parse::<BrokerUri>().unwrap())
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = c
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let ask = |i: u64| SessionRequest {
+        request_id: i,
+        msg: Some(session_request::Msg::Decide(file_request(
+            i,
+            b"/etc/hosts",
+            &["read"],
+        ))),
+    };
+    tx.send(ask(1)).await.unwrap();
+    match answers.next().await.unwrap().unwrap().msg {
+        Some(session_response::Msg::Decision(d)) => assert!(d.allow, "{}", d.reason),
+        other => panic!("{other:?}"),
+    }
+    let pid = relay.id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let filtered = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("status")).ok())
+            .any(|st| st.lines().any(|l| l == "Seccomp:\t2"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !filtered() {
+        assert!(
+            Instant::now() < deadline,
+            "the relay's thread never got its filter"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    tx.send(ask(2)).await.unwrap();
+    let end = answers.next().await.unwrap();
+    let status = end.expect_err("the stream should end with a refusal");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("runs under a seccomp filter"),
+        "{status:?}"
+    );
+    let _ = relay.kill();
+    let _ = relay.wait();
 }

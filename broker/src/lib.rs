@@ -19,6 +19,7 @@ pub mod decide;
 pub mod errno;
 pub mod lint;
 pub mod memo;
+pub mod peer;
 pub mod policy;
 pub mod replay;
 pub mod request;

@@ -7,10 +7,8 @@
 //!
 //! Access control (Unix sockets): the socket is created mode 0660 in a
 //! directory owned by the broker's uid and writable by nobody else; every call
-//! is checked against the peer's credentials, captured by the kernel at
-//! connect time: the uid must be allowed, and the peer must not itself run
-//! under a seccomp filter, so that a sandboxed tool can never ask for or read
-//! decisions.
+//! is checked against its peer ([`crate::peer`]), and long-lived streams check
+//! it again as they go.
 
 use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
@@ -30,11 +28,13 @@ use cordon_proto::v1::{
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, Streaming, transport::server::UdsConnectInfo};
+use tonic::{Request, Response, Status, Streaming};
 
+pub use crate::peer::AccessPolicy;
 use crate::{
     audit::{AuditError, AuditFilter, AuditRecord, Durability},
     decide::{Broker, LifecycleError},
+    peer::{self, PeerStream, PeerWatch},
 };
 
 /// The largest message the broker accepts (an exec with a full-size argv fits).
@@ -64,67 +64,6 @@ pub enum ServeError {
     Reflection(String),
 }
 
-/// Who may call the broker over a Unix socket.
-#[derive(Debug, Clone)]
-pub struct AccessPolicy {
-    pub allowed_uids: Vec<u32>,
-}
-
-impl Default for AccessPolicy {
-    /// The broker's own uid and root.
-    fn default() -> Self {
-        let me = nix_uid();
-        let mut allowed_uids = vec![0, me];
-        allowed_uids.dedup();
-        Self { allowed_uids }
-    }
-}
-
-fn nix_uid() -> u32 {
-    // The uid of this process, from /proc to avoid unsafe libc calls.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
-}
-
-/// The seccomp mode of a process (0: none, 1: strict, 2: filter).
-fn seccomp_mode(pid: i32) -> std::io::Result<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| std::io::Error::other("no Seccomp line"))
-}
-
-fn check_peer(req: &Request<()>, access: &AccessPolicy) -> Result<(), Status> {
-    let Some(info) = req.extensions().get::<UdsConnectInfo>() else {
-        // TCP connections exist only with TLS; there is no uid to check.
-        return Ok(());
-    };
-    let cred = info
-        .peer_cred
-        .ok_or_else(|| Status::permission_denied("peer credentials are unavailable"))?;
-    if !access.allowed_uids.contains(&cred.uid()) {
-        return Err(Status::permission_denied(format!(
-            "uid {} is not allowed to use this broker",
-            cred.uid()
-        )));
-    }
-    let pid = cred
-        .pid()
-        .ok_or_else(|| Status::permission_denied("peer pid is unavailable"))?;
-    match seccomp_mode(pid) {
-        Ok(0) => Ok(()),
-        Ok(mode) => Err(Status::permission_denied(format!(
-            "process {pid} runs under a seccomp filter (mode {mode}); sandboxed processes may not use the broker"
-        ))),
-        Err(e) => Err(Status::permission_denied(format!(
-            "cannot check process {pid}: {e}"
-        ))),
-    }
-}
-
 /// The `cordon.v1.Broker` service.
 #[derive(Debug, Clone)]
 pub struct BrokerService {
@@ -138,6 +77,9 @@ pub struct BrokerService {
     /// (a follow, or a client slow to read), so they are counted against
     /// [`MAX_OPEN_QUERIES`], leaving the pool to decisions.
     queries: Arc<Semaphore>,
+    /// Who may call over a Unix socket: long-lived streams check their peer
+    /// again with it (the interceptor checks each call when it starts).
+    access: Arc<AccessPolicy>,
 }
 
 /// `QueryAudit` streams open at once; one more is `RESOURCE_EXHAUSTED`.
@@ -168,12 +110,18 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
 impl BrokerService {
     /// `durability` tells whether appends may block for a flush; those run on
     /// the blocking pool so that they do not stall the async workers.
-    pub fn new(broker: Broker, durability: Durability, closing: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        broker: Broker,
+        durability: Durability,
+        access: Arc<AccessPolicy>,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             broker,
             strict: durability == Durability::Strict,
             closing,
             queries: Arc::new(Semaphore::new(MAX_OPEN_QUERIES)),
+            access,
         }
     }
 
@@ -362,6 +310,9 @@ impl broker_server::Broker for BrokerService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut watch = peer::of(&request)
+            .cloned()
+            .map(|p| PeerWatch::new(p, self.access.clone()));
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<SessionResponse, Status>>(1024);
         let broker = self.broker.clone();
@@ -379,13 +330,19 @@ impl broker_server::Broker for BrokerService {
                     m = inbound.message() => m,
                 };
                 let received = Instant::now();
-                let msg = match msg {
+                // A request that does not decode, or the client gone, ends
+                // the stream with that status (INVALID_ARGUMENT for the
+                // first), not with OK; so does a peer that no longer passes
+                // the check.
+                let msg = match msg.and_then(|m| {
+                    if let Some(w) = watch.as_mut() {
+                        w.recheck()?;
+                    }
+                    Ok(m)
+                }) {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(status) => {
-                        // A request that does not decode, or the client gone:
-                        // the stream ends with that status (INVALID_ARGUMENT
-                        // for the first), not with OK.
                         tracing::debug!(%status, "session stream ended with an error");
                         // The status ends the stream: first every answer
                         // still being decided (strict mode) is sent.
@@ -431,6 +388,9 @@ impl broker_server::Broker for BrokerService {
         &self,
         request: Request<QueryAuditRequest>,
     ) -> Result<Response<Self::QueryAuditStream>, Status> {
+        let mut watch = peer::of(&request)
+            .cloned()
+            .map(|p| PeerWatch::new(p, self.access.clone()));
         let q = request.into_inner();
         let mut filter = filter_from_proto(&q)?;
         let Ok(open_query) = self.queries.clone().try_acquire_owned() else {
@@ -458,6 +418,11 @@ impl broker_server::Broker for BrokerService {
             let mut first = true;
             let mut until_target = None;
             loop {
+                // A follow lasts: its peer is checked again as it goes.
+                if let Some(Err(status)) = watch.as_mut().map(PeerWatch::recheck) {
+                    let _ = tx.blocking_send(Err(status));
+                    return;
+                }
                 let durable = *changes.borrow_and_update();
                 if q.follow {
                     filter.upto_seq = Some(durable);
@@ -603,11 +568,11 @@ fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
             .map_err(|e| dir_err(e.to_string()))?;
     }
     let meta = std::fs::metadata(dir).map_err(|e| dir_err(e.to_string()))?;
-    if meta.uid() != nix_uid() {
+    if meta.uid() != crate::peer::own_uid() {
         return Err(dir_err(format!(
             "it is owned by uid {}, not by the broker (uid {})",
             meta.uid(),
-            nix_uid()
+            crate::peer::own_uid()
         )));
     }
     // As OpenSSH's StrictModes: whoever may write the directory may replace
@@ -666,13 +631,16 @@ async fn routes(
     closing: watch::Receiver<bool>,
 ) -> Result<tonic::service::Routes, ServeError> {
     let access = Arc::new(access);
-    let svc = BrokerService::new(broker, durability, closing);
+    let svc = BrokerService::new(broker, durability, access.clone(), closing);
     let server = BrokerServer::new(svc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_ANSWER_BYTES);
     let guarded =
         tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
-            check_peer(&req, &access)?;
+            if let Some(peer) = peer::of(&req) {
+                peer.check(&access)?;
+            }
+            // Otherwise TCP, which exists only with mutual TLS.
             Ok(req)
         });
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -700,7 +668,10 @@ pub async fn serve_unix(
 ) -> Result<(), ServeError> {
     let (closing, shutdown) = closing_on(shutdown);
     let routes = routes(broker, durability, access, closing).await?;
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |accepted| accepted.map(PeerStream::new),
+    );
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_routes(routes)

@@ -1,0 +1,268 @@
+//! Who is calling over a Unix socket, and the check every call passes.
+//!
+//! The kernel captures the connecting process's credentials at `connect`
+//! time (`SO_PEERCRED`); the broker also keeps a pidfd of that process
+//! (`SO_PEERPIDFD`, Linux 6.5). A call is allowed when the uid is allowed
+//! and no thread of the process runs under a seccomp filter, so that a
+//! sandboxed tool can never ask for or read decisions. The pidfd closes the
+//! pid-reuse hole: `/proc/PID` is read, and then the pidfd must still name a
+//! live process, so what was read was that process and not a newcomer that
+//! got its pid after it exited.
+//!
+//! What this cannot see: a connection handed to another process (inherited
+//! or passed with `SCM_RIGHTS`) keeps the credentials of the process that
+//! connected. A `Session` stream is checked when it opens and again at most
+//! [`RECHECK_AFTER`] later on its next request, so a process that puts
+//! itself under a filter after connecting is refused from then on.
+
+use std::{
+    io,
+    os::fd::{AsFd, OwnedFd},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::UnixStream,
+};
+use tonic::{
+    Status,
+    transport::server::{Connected, UdsConnectInfo},
+};
+
+/// How long a `Session` stream goes on the check made at its last request.
+/// A check reads one `status` file per thread of the peer (a few µs each),
+/// too much for every request of a stream that carries thousands a second.
+pub const RECHECK_AFTER: Duration = Duration::from_millis(100);
+
+/// Who may call the broker over a Unix socket.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    pub allowed_uids: Vec<u32>,
+}
+
+impl Default for AccessPolicy {
+    /// The broker's own uid and root.
+    fn default() -> Self {
+        let me = own_uid();
+        let mut allowed_uids = vec![0, me];
+        allowed_uids.dedup();
+        Self { allowed_uids }
+    }
+}
+
+/// The uid of this process, from /proc to avoid unsafe libc calls.
+pub(crate) fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+/// An accepted Unix connection with its peer's pidfd.
+#[derive(Debug)]
+pub struct PeerStream {
+    stream: UnixStream,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl PeerStream {
+    /// Takes the peer's pidfd now, while the connecting process is certain
+    /// to be the one the credentials name. A kernel without `SO_PEERPIDFD`
+    /// gives none, and the check falls back to the pid alone.
+    pub fn new(stream: UnixStream) -> Self {
+        let pidfd = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerPidfd)
+            .map_err(|e| tracing::debug!(error = %e, "no pidfd for the peer"))
+            .ok()
+            .map(Arc::new);
+        Self { stream, pidfd }
+    }
+}
+
+/// What the service knows of a Unix peer (in each request's extensions).
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub uds: UdsConnectInfo,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        PeerInfo {
+            uds: self.stream.connect_info(),
+            pidfd: self.pidfd.clone(),
+        }
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A request's peer, if it came over a Unix socket.
+pub fn of<T>(req: &tonic::Request<T>) -> Option<&PeerInfo> {
+    req.extensions().get::<PeerInfo>()
+}
+
+impl PeerInfo {
+    /// Allowed when the uid is allowed, no thread of the peer process runs
+    /// under a seccomp filter, and (where the kernel gave a pidfd) that
+    /// process is still the one that connected.
+    pub fn check(&self, access: &AccessPolicy) -> Result<(), Status> {
+        let cred = self
+            .uds
+            .peer_cred
+            .ok_or_else(|| Status::permission_denied("peer credentials are unavailable"))?;
+        if !access.allowed_uids.contains(&cred.uid()) {
+            return Err(Status::permission_denied(format!(
+                "uid {} is not allowed to use this broker",
+                cred.uid()
+            )));
+        }
+        // 0: the peer is in a pid namespace this broker cannot see into.
+        let pid = cred
+            .pid()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Status::permission_denied("peer pid is unavailable"))?;
+        match filtered_thread(pid) {
+            Ok(None) => {}
+            Ok(Some((tid, mode))) => {
+                let who = if tid == pid {
+                    format!("process {pid}")
+                } else {
+                    format!("thread {tid} of process {pid}")
+                };
+                return Err(Status::permission_denied(format!(
+                    "{who} runs under a seccomp filter (mode {mode}); sandboxed processes may \
+                     not use the broker"
+                )));
+            }
+            Err(e) => {
+                return Err(Status::permission_denied(format!(
+                    "cannot check process {pid}: {e}"
+                )));
+            }
+        }
+        // After the read: a live pidfd means /proc/PID was still the process
+        // that connected (a pid is not reused while its process exists).
+        if let Some(pidfd) = &self.pidfd
+            && exited(pidfd)?
+        {
+            return Err(Status::permission_denied(format!(
+                "process {pid}, which opened this connection, has exited; a connection may be \
+                 used only by a live process that opened it"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The first thread of `pid` found under seccomp, with its mode (1 strict,
+/// 2 filter). A thread that exits while the list is read is skipped.
+fn filtered_thread(pid: i32) -> io::Result<Option<(i32, u32)>> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        match seccomp_mode(pid, tid) {
+            Ok(0) => {}
+            Ok(mode) => return Ok(Some((tid, mode))),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(nix::errno::Errno::ESRCH as i32) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// The seccomp mode of one thread, from its `status`.
+fn seccomp_mode(pid: i32, tid: i32) -> io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Seccomp line"))
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd is readable).
+fn exited(pidfd: &OwnedFd) -> Result<bool, Status> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    let ready = poll(&mut fds, PollTimeout::ZERO)
+        .map_err(|e| Status::permission_denied(format!("cannot check the peer's pidfd: {e}")))?;
+    Ok(ready > 0)
+}
+
+/// The peer of a long-lived stream, checked again before a request that
+/// comes [`RECHECK_AFTER`] or more after the last check.
+#[derive(Debug)]
+pub struct PeerWatch {
+    peer: PeerInfo,
+    access: Arc<AccessPolicy>,
+    checked: std::time::Instant,
+}
+
+impl PeerWatch {
+    /// Watches `peer`, which the service's interceptor checked just now.
+    pub fn new(peer: PeerInfo, access: Arc<AccessPolicy>) -> Self {
+        Self {
+            peer,
+            access,
+            checked: std::time::Instant::now(),
+        }
+    }
+
+    /// Checks the peer again if the last check is [`RECHECK_AFTER`] old.
+    pub fn recheck(&mut self) -> Result<(), Status> {
+        if self.checked.elapsed() < RECHECK_AFTER {
+            return Ok(());
+        }
+        self.peer.check(&self.access)?;
+        self.checked = std::time::Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Relays one client connection to a broker over a connection made first.
+
+usage: relay.py BROKER_SOCKET LISTEN_SOCKET MODE
+
+The broker sees this script's process as its peer (the process that called
+connect), whoever the client behind the relay is. MODE sets up that peer:
+  plain            nothing more: the broker should serve it;
+  filtered-thread  one other thread of the process runs under an
+                   allow-everything seccomp filter (the main thread does not);
+  connector-exits  the process that connected exits (its parent, the test,
+                   leaves it a zombie), and a child it forked relays;
+  filter-on-signal as plain until SIGUSR1, then as filtered-thread.
+"""
+import ctypes
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+BPF_RET_K = 0x06
+SECCOMP_RET_ALLOW = 0x7FFF0000
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def filter_this_thread(done):
+    """Puts the calling thread (only: no TSYNC) under a seccomp filter, then sleeps."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        sys.exit(f"prctl(NO_NEW_PRIVS): errno {ctypes.get_errno()}")
+    insns = (SockFilter * 1)(SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
+    prog = SockFprog(1, insns)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        sys.exit(f"prctl(SECCOMP): errno {ctypes.get_errno()}")
+    done.set()
+    while True:
+        time.sleep(60)
+
+
+def relay(upstream, listen_path):
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(listen_path + ".tmp")
+    server.listen(1)
+    os.rename(listen_path + ".tmp", listen_path)  # appears once ready
+    client, _ = server.accept()
+    peers = {client: upstream, upstream: client}
+    while True:
+        readable, _, _ = select.select(list(peers), [], [])
+        for s in readable:
+            data = s.recv(65536)
+            if not data:
+                return
+            peers[s].sendall(data)
+
+
+broker_path, listen_path, mode = sys.argv[1:4]
+upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+upstream.connect(broker_path)
+if mode == "filtered-thread":
+    installed = threading.Event()
+    threading.Thread(target=filter_this_thread, args=(installed,), daemon=True).start()
+    installed.wait()
+elif mode == "connector-exits":
+    parent = os.getpid()
+    if os.fork() != 0:
+        os._exit(0)
+    while os.getppid() == parent:
+        time.sleep(0.01)
+elif mode == "filter-on-signal":
+    signal.signal(
+        signal.SIGUSR1,
+        lambda *_: threading.Thread(target=filter_this_thread, args=(threading.Event(),), daemon=True).start(),
+    )
+elif mode != "plain":
+    sys.exit(f"unknown mode {mode}")
+relay(upstream, listen_path)
