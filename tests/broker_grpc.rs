@@ -202,8 +202,17 @@ async fn malformed_requests_are_invalid_argument() {
         ),
         (connect_request(5, "not-an-ip", 80), "not an IP address"),
         (connect_request(6, "10.0.0.1", 70000), "out of range"),
+        (
+            {
+                let mut r = file_request(7, b"/etc/hosts", &["read"]);
+                r.sandbox.as_mut().unwrap().id = "bad\0id".into();
+                r
+            },
+            "sandbox.id",
+        ),
     ];
-    for (req, needle) in cases {
+    let needles: Vec<&str> = cases.iter().map(|(_, n)| *n).collect();
+    for (i, (req, needle)) in cases.into_iter().enumerate() {
         let err = c.decide(req).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
         assert!(
@@ -211,9 +220,38 @@ async fn malformed_requests_are_invalid_argument() {
             "{:?} should mention {needle:?}",
             err.message()
         );
+        assert!(
+            err.message()
+                .ends_with(&format!("(recorded as audit record {})", i + 1)),
+            "{:?}",
+            err.message()
+        );
     }
-    // Nothing malformed reached the audit store.
-    assert_eq!(records(&s).await.len(), 0);
+    // Each is a denial in the store (the client denies the call), with what
+    // of it may be stored: a valid syscall, a path cut below PATH_MAX, no
+    // sandbox id that is not one.
+    let recs = records(&s).await;
+    assert_eq!(recs.len(), needles.len());
+    for (r, needle) in recs.iter().zip(&needles) {
+        assert!(!r.allow, "{r:?}");
+        assert_eq!(r.errno, "EACCES");
+        assert!(
+            r.reason.starts_with("invalid request: ") && r.reason.contains(needle),
+            "{r:?}"
+        );
+    }
+    assert_eq!(recs[0].path, "relative/path");
+    assert_eq!(recs[1].path.len(), 4095);
+    assert_eq!(recs[3].syscall, "openat");
+    assert_eq!(
+        (recs[5].address.as_str(), recs[5].port),
+        ("10.0.0.1", 70000)
+    );
+    assert_eq!(recs[6].sandbox_id, "");
+    assert_eq!(recs[6].path, "/etc/hosts");
+    // The chain holds.
+    let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &s.uri()]);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 /// `DecideRequest` as a client with a broken encoder might send it: field 4

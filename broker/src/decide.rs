@@ -91,7 +91,9 @@ impl Broker {
         received: Instant,
     ) -> Result<Decision, InvalidRequest> {
         let start = Instant::now();
-        request::validate(req)?;
+        if let Err(e) = request::validate(req) {
+            return Err(self.record_invalid(req, e));
+        }
         let deadline = deadline(req, received);
         if let Some(late) = overdue(deadline) {
             return Ok(self.decide_expired(req, late));
@@ -180,6 +182,35 @@ impl Broker {
                 unrecorded_denial(&e, &verdict)
             }
         })
+    }
+
+    /// A malformed request: its client denies the call (with `EACCES`), so
+    /// it is recorded as a denial, with what of it may be stored and why it
+    /// was refused; the error then names the record. A store that refuses
+    /// the record leaves it in the log.
+    fn record_invalid(&self, req: &DecideRequest, e: InvalidRequest) -> InvalidRequest {
+        let verdict = Verdict {
+            allow: false,
+            errno: errno::DEFAULT.into(),
+            errno_code: errno::code(errno::DEFAULT).unwrap_or(13),
+            reason: e.to_string(),
+            deny: Vec::new(),
+            eval_time: Duration::ZERO,
+            revision: self.policy.current().revision().clone(),
+            memoized: false,
+        };
+        let record = decision_record(&request::storable(req), &verdict, 0);
+        match self.audit.append(record) {
+            Ok(a) => InvalidRequest(format!("{} (recorded as audit record {})", e.0, a.seq)),
+            Err(AuditError::Unflushed { seq, .. }) => {
+                InvalidRequest(format!("{} (recorded as audit record {seq})", e.0))
+            }
+            Err(store) => {
+                tracing::error!(error = %store, refused = %e, syscall = %req.syscall,
+                    "the record of a malformed request could not be stored");
+                e
+            }
+        }
     }
 
     /// A request read after its time ran out: its client has denied the

@@ -159,6 +159,79 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
     }
 }
 
+/// What of a request [`validate`] refused may be stored in its audit
+/// record: the index keys (syscall, sandbox id) only if valid, paths cut
+/// below PATH_MAX with NULs shown as `\x00`, argv only if within bounds,
+/// short fields cut to their bounds.
+pub fn storable(req: &DecideRequest) -> DecideRequest {
+    let syscall_ok = !req.syscall.is_empty()
+        && req.syscall.len() <= 32
+        && req
+            .syscall
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let subject = req.subject.as_ref().map(|s| match s {
+        Subject::File(f) => Subject::File(cordon_proto::v1::FileAccess {
+            path: shown_path(&f.path),
+            ..Default::default()
+        }),
+        Subject::Network(n) => Subject::Network(cordon_proto::v1::NetworkAccess {
+            op: cut(&n.op, 16),
+            family: cut(&n.family, 16),
+            address: cut(&n.address, 64),
+            port: n.port,
+            path: shown_path(&n.path),
+            ..Default::default()
+        }),
+        Subject::Exec(e) => Subject::Exec(cordon_proto::v1::ExecAccess {
+            path: shown_path(&e.path),
+            argv: if check_argv("", &e.argv).is_ok() {
+                e.argv.clone()
+            } else {
+                Vec::new()
+            },
+        }),
+    });
+    DecideRequest {
+        request_id: req.request_id,
+        syscall: if syscall_ok {
+            req.syscall.clone()
+        } else {
+            String::new()
+        },
+        sandbox: req.sandbox.clone().filter(|s| validate_sandbox(s).is_ok()),
+        process: req.process.as_ref().map(|p| cordon_proto::v1::Process {
+            pid: p.pid,
+            exe: shown_path(&p.exe),
+            ..Default::default()
+        }),
+        subject,
+        ..Default::default()
+    }
+}
+
+/// A path as it may be stored: cut below PATH_MAX, NULs written `\x00`.
+fn shown_path(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len().min(PATH_MAX));
+    for &b in &path[..path.len().min(PATH_MAX - 1)] {
+        if b == 0 {
+            out.extend_from_slice(b"\\x00");
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 fn check_argv(field: &str, argv: &[Vec<u8>]) -> Result<(), InvalidRequest> {
     if argv.len() > MAX_ARGV {
         return Err(invalid(format!("{field} has more than {MAX_ARGV} entries")));
