@@ -482,57 +482,79 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
     // take the filter over from its child.)
     let groups_differ = tool.groups != me.groups;
     let fs_ids_differ = (tool.fsuid, tool.fsgid) != (me.fsuid, me.fsgid);
-    // Undoes what was done: the capabilities (if lowered), the groups (if
-    // set), the fs ids (if they differ: setting one's own is always allowed,
-    // and a failed switch may have set one of the two).
-    let restore = |caps: Option<u64>, groups_set: bool| {
+    // From here on, whatever was switched is switched back when `undo`
+    // drops: on every return, and when `f` panics (the serving loop catches
+    // panics, and its thread goes on serving).
+    let mut undo = Restore {
+        me,
+        caps: false,
+        groups: false,
+        fs_ids: false,
+    };
+    if groups_differ {
+        if let Err(e) = sys::set_thread_groups(&tool.groups) {
+            // Nothing changed yet.
+            tracing::warn!(error = %e, "cannot take on the tool's groups; denying");
+            return Err(Errno::EACCES);
+        }
+        undo.groups = true;
+    }
+    if fs_ids_differ {
+        // Before the switch: a failed one may have set one of the two.
+        undo.fs_ids = true;
+        if let Err(e) = sys::set_thread_fs_ids(tool.fsuid, tool.fsgid) {
+            tracing::warn!(error = %e, "cannot take on the tool's fs ids; denying");
+            return Err(Errno::EACCES);
+        }
+    }
+    // After the fs id switch (which itself clears the fs capabilities when
+    // leaving uid 0), keep only what both have.
+    if extra_caps != 0 {
+        if let Err(e) = sys::set_thread_effective_caps(me.cap_eff & tool.cap_eff) {
+            tracing::warn!(error = %e, "cannot drop capabilities the tool lacks; denying");
+            return Err(Errno::EACCES);
+        }
+        undo.caps = true;
+    }
+    Ok(f())
+}
+
+/// What [`with_creds`] switched, switched back when dropped: the
+/// capabilities (if lowered), the groups (if set), the fs ids (if they
+/// differ: setting one's own is always allowed).
+struct Restore<'a> {
+    me: &'a Creds,
+    caps: bool,
+    groups: bool,
+    fs_ids: bool,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
         // Capabilities first: switching the ids back needs CAP_SETUID and
         // CAP_SETGID. Back to the supervisor's own set, not the one saved
         // after the id switch (which had the fs capabilities cleared).
-        let caps = caps.map_or(Ok(0), |_| sys::set_thread_effective_caps(me.cap_eff));
-        let groups = if groups_set {
-            sys::set_thread_groups(&me.groups)
+        let caps = if self.caps {
+            sys::set_thread_effective_caps(self.me.cap_eff).map(|_| ())
         } else {
             Ok(())
         };
-        let ids = if fs_ids_differ {
-            sys::set_thread_fs_ids(me.fsuid, me.fsgid)
+        let groups = if self.groups {
+            sys::set_thread_groups(&self.me.groups)
         } else {
             Ok(())
         };
-        if let Err(e) = caps.map(|_| ()).and(groups).and(ids) {
+        let ids = if self.fs_ids {
+            sys::set_thread_fs_ids(self.me.fsuid, self.me.fsgid)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = caps.and(groups).and(ids) {
             // Continuing with the tool's identity would be wrong either way.
             tracing::error!(error = %e, "cannot restore the supervisor's credentials");
             std::process::abort();
         }
-    };
-    if groups_differ && let Err(e) = sys::set_thread_groups(&tool.groups) {
-        // Nothing changed yet.
-        tracing::warn!(error = %e, "cannot take on the tool's groups; denying");
-        return Err(Errno::EACCES);
     }
-    if fs_ids_differ && let Err(e) = sys::set_thread_fs_ids(tool.fsuid, tool.fsgid) {
-        tracing::warn!(error = %e, "cannot take on the tool's fs ids; denying");
-        restore(None, groups_differ);
-        return Err(Errno::EACCES);
-    }
-    // After the fs id switch (which itself clears the fs capabilities when
-    // leaving uid 0), keep only what both have.
-    let saved = if extra_caps != 0 {
-        match sys::set_thread_effective_caps(me.cap_eff & tool.cap_eff) {
-            Ok(prev) => Some(prev),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot drop capabilities the tool lacks; denying");
-                restore(None, groups_differ);
-                return Err(Errno::EACCES);
-            }
-        }
-    } else {
-        None
-    };
-    let out = f();
-    restore(saved, groups_differ);
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -649,5 +671,35 @@ mod tests {
         let inside = with_creds(&tool, &me, || Creds::of_thread().cap_eff).unwrap();
         assert_eq!(inside, 0);
         assert_eq!(Creds::of_thread().cap_eff, me.cap_eff);
+    }
+
+    /// The serving loop catches a handler's panic and goes on: the thread
+    /// must be back to the supervisor's credentials then, or it would serve
+    /// the next call (maybe another tool's) with this tool's.
+    #[test]
+    fn credentials_come_back_when_the_work_panics() {
+        let me = Creds::of_self();
+        let tool = Creds {
+            fsuid: 65534,
+            fsgid: 65534,
+            groups: vec![65534],
+            cap_eff: 0,
+        };
+        if me.cap_eff == 0 || me.fsuid != 0 {
+            eprintln!("skipped: needs root with capabilities");
+            return;
+        }
+        let unwound = std::panic::catch_unwind(|| {
+            let _ = with_creds(&tool, &me, || {
+                assert_eq!(Creds::of_thread().fsuid, 65534);
+                panic!("the work fails");
+            });
+        });
+        assert!(unwound.is_err());
+        let now = Creds::of_thread();
+        assert_eq!(
+            (now.fsuid, now.fsgid, &now.groups, now.cap_eff),
+            (me.fsuid, me.fsgid, &me.groups, me.cap_eff)
+        );
     }
 }
