@@ -880,3 +880,41 @@ fn follow_without_broker_is_a_usage_error() {
         assert!(err.contains("1970 to 2262"), "{flag}: {err}");
     }
 }
+
+/// CSV cells that cannot be misread: labels as a JSON object (a value may
+/// hold `,` and `=`), and the exit status of a sandbox's exit record.
+#[test]
+fn csv_labels_are_json_and_exit_records_carry_their_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit");
+    let db = db.to_str().unwrap();
+    let (code, out, err) = run_cordon(&[
+        "run",
+        "--audit-db",
+        db,
+        "--label",
+        "team=a,b=c",
+        "--label",
+        "x=y",
+        "--",
+        "/bin/sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(code, 3, "{out}{err}");
+    let (code, out, err) = run_cordon(&["audit", "--db", db, "--format", "csv"]);
+    assert_eq!(code, 0, "{err}");
+    let mut rdr = csv::Reader::from_reader(out.as_bytes());
+    let headers = rdr.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    let exit = rows
+        .iter()
+        .find(|r| &r[col("event")] == "sandbox_exited")
+        .expect("an exit record");
+    assert_eq!(&exit[col("exit_status")], "3");
+    for row in &rows {
+        let labels: serde_json::Value = serde_json::from_str(&row[col("labels")]).unwrap();
+        assert_eq!(labels, serde_json::json!({"team": "a,b=c", "x": "y"}));
+    }
+}

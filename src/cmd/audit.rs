@@ -14,8 +14,11 @@ use super::{parse_label, parse_time, usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Aligned columns for reading.
     Table,
+    /// One JSON object per line, with every field of the record.
     Json,
+    /// A header, then one row per record; labels and argv as JSON.
     Csv,
 }
 
@@ -495,7 +498,10 @@ struct Printer {
     header_done: bool,
 }
 
-const CSV_HEADER: [&str; 22] = [
+/// The columns of `--format csv`. `labels` and `argv` hold JSON (an object
+/// and an array): label values and arguments may contain any character.
+/// New columns go at the end, so that readers that count columns still work.
+const CSV_HEADER: [&str; 24] = [
     "seq",
     "id",
     "time",
@@ -518,6 +524,8 @@ const CSV_HEADER: [&str; 22] = [
     "latency_us",
     "hash",
     "overrides",
+    "exit_status",
+    "limit",
 ];
 
 impl Printer {
@@ -543,12 +551,11 @@ impl Printer {
                     w.write_record(CSV_HEADER)?;
                     self.header_done = true;
                 }
-                let labels = r
-                    .labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let labels = if r.labels.is_empty() {
+                    String::new()
+                } else {
+                    serde_json::to_string(&r.labels)?
+                };
                 w.write_record([
                     r.seq.to_string(),
                     r.id.clone(),
@@ -575,6 +582,8 @@ impl Printer {
                     r.latency_us.to_string(),
                     r.hash.clone(),
                     r.overrides.map(|s| s.to_string()).unwrap_or_default(),
+                    r.exit_status.map(|s| s.to_string()).unwrap_or_default(),
+                    r.limit.clone().unwrap_or_default(),
                 ])?;
                 w.flush()?;
             }
