@@ -2192,6 +2192,53 @@ fn a_broker_at_a_default_location_is_out_of_reach_whatever_the_policy() {
     assert_eq!(assert_ok(&out).trim(), "err 13");
 }
 
+/// Another user's default broker socket (`/run/user/UID/cordon/broker.sock`,
+/// UID its owner) and root's (`/run/cordon/broker.sock`), reached by a hard
+/// link: refused by inode. A socket that is neither is not (the tool gets
+/// the kernel's ECONNREFUSED: nothing listens). In a mount namespace of the
+/// test's own, with a tmpfs on /run.
+#[test]
+fn hard_links_to_default_broker_sockets_are_out_of_reach() {
+    let env = Env::new(&[]);
+    let allow_all = env.dir.path().join("allow-all.rego");
+    std::fs::write(
+        &allow_all,
+        "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\", \"network\"}\n",
+    )
+    .unwrap();
+    let setup = r#"set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /run/user/4242/cordon /run/cordon
+python3 -c 'import socket
+for p in ("/run/user/4242/cordon/broker.sock", "/run/cordon/broker.sock", "/run/user/4242/plain.sock"):
+    socket.socket(socket.AF_UNIX).bind(p)'
+chown 4242 /run/user/4242/cordon/broker.sock
+ln /run/user/4242/cordon/broker.sock /run/user/4242/linked.sock
+ln /run/cordon/broker.sock /run/root-linked.sock
+exec "$@""#;
+    let tool = "import socket, sys\n\
+                for path in sys.argv[1:]:\n    \
+                    try:\n        socket.socket(socket.AF_UNIX).connect(path); print('connected')\n    \
+                    except OSError as e:\n        print('err', e.errno)\n";
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", setup, "sh"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/usr/bin/python3", "-c", tool])
+        .args([
+            "/run/user/4242/linked.sock",
+            "/run/root-linked.sock",
+            "/run/user/4242/plain.sock",
+        ])
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out), "err 13\nerr 13\nerr 111\n");
+}
+
 /// A procfs mounted elsewhere than /proc (a chroot's, a container host's)
 /// holds the supervisor's entries too, under a path the supervisor-/proc
 /// check did not know: the supervisor opened them for the tool. Refused now,
