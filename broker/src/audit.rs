@@ -700,18 +700,41 @@ impl SledAudit {
                 });
             }
             Some(item) => {
-                let page = Page::from_item(Ok(item))?;
-                let (seq, last) = page.records()?.last().ok_or_else(|| AuditError::Corrupt {
-                    seq: page.first,
-                    message: "an empty page".into(),
-                })?;
-                let r = decode(seq, last)?;
-                let h: [u8; 32] = last.hash.try_into().unwrap_or([0; 32]);
-                let next = seq.checked_add(1).ok_or_else(|| AuditError::Damaged {
-                    path: dir.display().to_string(),
-                    problem: "its newest record claims the last possible sequence number".into(),
-                })?;
-                (next, h, r.time_ns())
+                let key = page::seq_of(&item.0);
+                let newest = || {
+                    let page = Page::from_item(Ok(item))?;
+                    let (seq, last) =
+                        page.records()?.last().ok_or_else(|| AuditError::Corrupt {
+                            seq: page.first,
+                            message: "an empty page".into(),
+                        })?;
+                    let r = decode(seq, last)?;
+                    let h: [u8; 32] = last.hash.try_into().unwrap_or([0; 32]);
+                    let next = seq.checked_add(1).ok_or_else(|| AuditError::Damaged {
+                        path: dir.display().to_string(),
+                        problem: "its newest record claims the last possible sequence number"
+                            .into(),
+                    })?;
+                    Ok::<_, AuditError>((next, h, r.time_ns()))
+                };
+                match newest() {
+                    Ok(newest) => newest,
+                    // Read-only (verify, queries): the store opens so that
+                    // verify can walk to the damage and name it. The newest
+                    // seq is taken as the damaged page's first, so a query
+                    // reaches that page and fails with its error rather than
+                    // stop short of it in silence.
+                    Err(e @ AuditError::Corrupt { .. }) if read_only => {
+                        match key.and_then(|first| Some((first.checked_add(1)?, first))) {
+                            Some((next, first)) => {
+                                tracing::warn!(error = %e, first, "the newest page is damaged");
+                                (next, [0; 32], 0)
+                            }
+                            None => return Err(e),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             None => (1, [0u8; 32], 0),
         };
@@ -2067,6 +2090,48 @@ mod tests {
         assert!(report.ok, "{}", report.problem);
         assert_eq!(report.records_checked, n);
         assert_eq!(audit.inner.indexed_upto().unwrap(), n);
+    }
+
+    /// A damaged newest page used to refuse the store at open, so `verify`
+    /// could not name it; a read-only open now lets verify walk to it, and
+    /// a query ends with the page's error instead of stopping before it.
+    #[test]
+    fn verify_names_a_damaged_newest_page() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 40);
+        let first = with_records_tree(dir.path(), |records| {
+            let (k, v) = records.iter().next_back().unwrap()?;
+            let mut v = v.to_vec();
+            v[0] = 0x7f;
+            records.insert(&k, v)?;
+            Ok(page::seq_of(&k).unwrap())
+        });
+        assert!(first > 1, "the store has more than one page");
+        let audit = reopen(|| SledAudit::open_read_only(dir.path()));
+        let report = audit.verify().unwrap();
+        assert!(!report.ok);
+        assert_eq!(report.first_bad_seq, first, "{}", report.problem);
+        assert!(
+            report.problem.contains("unknown byte"),
+            "{}",
+            report.problem
+        );
+        let mut seen = 0;
+        let scanned = audit.scan(&AuditFilter::default(), &mut |_| {
+            seen += 1;
+            true
+        });
+        assert!(scanned.is_err(), "a query reaches the damage: {scanned:?}");
+        assert_eq!(seen, first - 1);
+        drop(audit);
+        // A writable open still refuses it.
+        assert!(matches!(
+            reopen(|| match SledAudit::open(dir.path(), Durability::Strict) {
+                Err(e) if e.is_locked() => Err(e),
+                other => Ok(other),
+            }),
+            Err(AuditError::Corrupt { .. })
+        ));
     }
 
     #[test]
