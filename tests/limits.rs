@@ -246,7 +246,9 @@ fn network_probe(b: &Box_, port: u16, as_nobody: bool) -> Output {
          try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('host reached')\n\
          except OSError as e: print('host:', e.errno)\n\
          l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()\n\
-         c = socket.create_connection(l.getsockname(), timeout=2); print('own loopback ok')\n"
+         c = socket.create_connection(l.getsockname(), timeout=2); print('own loopback ok')\n\
+         try:\n    socket.socket().bind(('127.0.0.1', 80)); print('bound 80')\n\
+         except OSError as e: print('bind 80:', e.errno)\n"
     );
     let mut cmd = if as_nobody {
         let mut c = Command::new("setpriv");
@@ -279,7 +281,7 @@ fn network_none_reaches_only_its_own_loopback_with_and_without_root() {
     let out = network_probe(&b, port, false);
     assert_eq!(
         text(&out.stdout),
-        "host: 111\nown loopback ok\n",
+        "host: 111\nown loopback ok\nbound 80\n",
         "{}",
         text(&out.stderr)
     );
@@ -293,10 +295,13 @@ fn network_none_reaches_only_its_own_loopback_with_and_without_root() {
         .args(["-R", "nobody", path_str(nb.path())])
         .status()
         .unwrap();
+    // The supervisor owns the tool's namespaces then, and with them every
+    // capability there: a port below 1024 is refused as the tool's own
+    // bind would be (it used to be bound).
     let out = network_probe(&nb, port, true);
     assert_eq!(
         text(&out.stdout),
-        "host: 111\nown loopback ok\n",
+        "host: 111\nown loopback ok\nbind 80: 13\n",
         "{}",
         text(&out.stderr)
     );

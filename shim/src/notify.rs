@@ -1419,6 +1419,21 @@ impl Supervisor {
                 keep_alive = Some(found);
             }
         }
+        if n.nr == libc::SYS_bind
+            && let Address::Inet { addr: inet, .. } = &addr
+            && lacks_bind_service(inet.port(), &task)
+            && in_namespaces_we_own(task.tid)
+        {
+            // Our bind is checked against our capabilities in the socket's
+            // namespace. Where the tool's user and network namespaces are
+            // children of ours (`--network none` without root), we own them
+            // and hold every capability there, so the kernel would let our
+            // bind through where the tool's own would fail: its check is
+            // made here. A new network namespace starts with
+            // ip_unprivileged_port_start at 1024, and the tool, without
+            // capabilities, cannot change it.
+            return Err(Errno::EACCES);
+        }
         let nr = n.nr;
         let umask = if nr == libc::SYS_bind && unix_call_path.is_some() {
             self.umask(n)?
@@ -2089,6 +2104,32 @@ fn shebang(file: &OwnedFd) -> Result<Option<Interpreter>, Errno> {
         }
     }
     Ok(parse_shebang(&buf))
+}
+
+/// `CAP_NET_BIND_SERVICE`: binding an inet port below
+/// `ip_unprivileged_port_start`.
+const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
+
+/// Whether a bind to `port` needs `CAP_NET_BIND_SERVICE` in a network
+/// namespace with the kernel's initial `ip_unprivileged_port_start`, and
+/// the tool lacks it.
+fn lacks_bind_service(port: u16, task: &Task) -> bool {
+    port != 0 && port < 1024 && task.creds.cap_eff & CAP_NET_BIND_SERVICE == 0
+}
+
+/// Whether task `tid` is in a user namespace and a network namespace
+/// other than ours (children of ours, as `--network none` makes them
+/// without root). Unreadable counts as other.
+fn in_namespaces_we_own(tid: i32) -> bool {
+    let id = |path: String| {
+        nix::sys::stat::stat(path.as_str())
+            .ok()
+            .map(|st| (st.st_dev, st.st_ino))
+    };
+    ["user", "net"].iter().all(|ns| {
+        let theirs = id(format!("/proc/{tid}/ns/{ns}"));
+        theirs.is_none() || theirs != id(format!("/proc/self/ns/{ns}"))
+    })
 }
 
 /// Where any user's `cordon serve` listens by default: `/run/cordon/...` for
