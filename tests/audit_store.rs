@@ -867,15 +867,15 @@ fn follow_without_broker_is_a_usage_error() {
     assert!(err.contains("is not an audit store"), "{err}");
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
     // Past 2262 a time does not fit a record's nanoseconds: an error, not a
-    // wrapped (negative) bound that silently matched nothing or everything.
+    // wrapped (negative) bound that silently matched nothing or everything
+    // (asked of a real store, which would answer such a bound).
+    let store = tempfile::tempdir().unwrap();
+    let db = store.path().join("audit");
+    let db = path_str(&db);
+    let (code, out, err) = run_cordon(&["run", "--audit-db", db, "--", "/bin/true"]);
+    assert_eq!(code, 0, "{out}{err}");
     for flag in ["--since", "--until"] {
-        let (code, _, err) = run_cordon(&[
-            "audit",
-            flag,
-            "2300-01-01T00:00:00Z",
-            "--db",
-            "/nonexistent/db",
-        ]);
+        let (code, _, err) = run_cordon(&["audit", flag, "2300-01-01T00:00:00Z", "--db", db]);
         assert_eq!(code, 2, "{flag}: {err}");
         assert!(err.contains("1970 to 2262"), "{flag}: {err}");
     }
