@@ -210,6 +210,11 @@ async fn malformed_requests_are_invalid_argument() {
             },
             "sandbox.id",
         ),
+        (file_request(8, b"/etc/ho\0sts", &["read"]), "NUL"),
+        (
+            connect_request(9, &"\x7f".repeat(100_000), 80),
+            "not an IP address",
+        ),
     ];
     let needles: Vec<&str> = cases.iter().map(|(_, n)| *n).collect();
     for (i, (req, needle)) in cases.into_iter().enumerate() {
@@ -243,12 +248,16 @@ async fn malformed_requests_are_invalid_argument() {
     assert_eq!(recs[0].path, "relative/path");
     assert_eq!(recs[1].path.len(), 4095);
     assert_eq!(recs[3].syscall, "openat");
-    assert_eq!(
-        (recs[5].address.as_str(), recs[5].port),
-        ("10.0.0.1", 70000)
-    );
+    assert_eq!((recs[5].address.as_str(), recs[5].port), ("10.0.0.1", 0));
+    // An invalid id is left out, the valid labels beside it are kept.
     assert_eq!(recs[6].sandbox_id, "");
+    assert_eq!(recs[6].labels.get("tool").map(String::as_str), Some("test"));
     assert_eq!(recs[6].path, "/etc/hosts");
+    // A path ends at its NUL, as the kernel would read it.
+    assert_eq!(recs[7].path, "/etc/ho");
+    // What the client sent is quoted cut short, in the answer and the record.
+    assert_eq!(recs[8].address, "");
+    assert!(recs[8].reason.len() < 1200, "{}", recs[8].reason.len());
     // The chain holds.
     let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &s.uri()]);
     assert_eq!(code, 0, "{out}{err}");
@@ -823,26 +832,52 @@ fn health_is_served() {
     });
 }
 
-/// A relay (`tests/support/relay.py`) that connects to `s`'s socket as a
-/// peer set up by `mode`, and listens at the path returned for one client.
-fn relay(s: &Serve, mode: &str) -> (Child, PathBuf) {
-    let listen = s.dir.path().join(format!("relay-{mode}.sock"));
-    let child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/relay.py"
-        ))
-        .arg(&s.socket)
-        .arg(&listen)
-        .arg(mode)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !listen.exists() {
-        assert!(Instant::now() < deadline, "relay {mode} did not start");
-        std::thread::sleep(Duration::from_millis(10));
+/// A relay (`tests/support/relay.py`) that connects to a broker's socket
+/// as a peer set up by `mode`, and listens at `listen` for one client.
+/// Killed and reaped when dropped.
+struct Relay {
+    child: Child,
+    listen: PathBuf,
+}
+
+impl Relay {
+    fn start(s: &Serve, mode: &str) -> Self {
+        let listen = s.dir.path().join(format!("relay-{mode}.sock"));
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/relay.py"
+            ))
+            .arg(&s.socket)
+            .arg(&listen)
+            .arg(mode)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !listen.exists() {
+            // `connector-exits` exits at once, by design; any other ending
+            // before the socket appears is a failure to start.
+            if mode != "connector-exits"
+                && let Some(status) = child.try_wait().unwrap()
+            {
+                panic!("relay {mode} exited before listening: {status}");
+            }
+            assert!(Instant::now() < deadline, "relay {mode} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Relay { child, listen }
     }
-    (child, listen)
+
+    fn uri(&self) -> String {
+        format!("unix://{}", self.listen.display())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The broker checks the process that connected, whoever sends through its
@@ -861,9 +896,8 @@ fn every_thread_of_the_connecting_process_and_its_liveness_are_checked() {
             Some("which opened this connection, has exited"),
         ),
     ] {
-        let (mut relay, listen) = relay(&s, mode);
-        let uri = format!("unix://{}", listen.display());
-        let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &uri]);
+        let relay = Relay::start(&s, mode);
+        let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &relay.uri()]);
         match refusal {
             None => assert_eq!(code, 0, "{mode}: {out}{err}"),
             Some(needle) => {
@@ -873,11 +907,10 @@ fn every_thread_of_the_connecting_process_and_its_liveness_are_checked() {
         }
         if mode == "filtered-thread" {
             assert!(err.contains("thread "), "{err}");
-            let _ = relay.kill();
         }
-        // Reaped only now: until here the connector of `connector-exits`
-        // is a zombie.
-        let _ = relay.wait();
+        // Reaped only now (dropped): until here the connector of
+        // `connector-exits` is a zombie.
+        drop(relay);
     }
 }
 
@@ -887,9 +920,8 @@ fn every_thread_of_the_connecting_process_and_its_liveness_are_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_peer_comes_under_seccomp_is_ended() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
-    let (mut relay, listen) = relay(&s, "filter-on-signal");
-    let uri = format!("unix://{}", listen.display());
-    let mut c = client::connect(&uri.parse::<BrokerUri>().unwrap())
+    let relay = Relay::start(&s, "filter-on-signal");
+    let mut c = client::connect(&relay.uri().parse::<BrokerUri>().unwrap())
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -911,7 +943,7 @@ async fn a_session_whose_peer_comes_under_seccomp_is_ended() {
         Some(session_response::Msg::Decision(d)) => assert!(d.allow, "{}", d.reason),
         other => panic!("{other:?}"),
     }
-    let pid = relay.id();
+    let pid = relay.child.id();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGUSR1,
@@ -940,6 +972,4 @@ async fn a_session_whose_peer_comes_under_seccomp_is_ended() {
         status.message().contains("runs under a seccomp filter"),
         "{status:?}"
     );
-    let _ = relay.kill();
-    let _ = relay.wait();
 }

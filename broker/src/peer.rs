@@ -66,18 +66,35 @@ pub(crate) fn own_uid() -> u32 {
 #[derive(Debug)]
 pub struct PeerStream {
     stream: UnixStream,
-    pidfd: Option<Arc<OwnedFd>>,
+    pidfd: Pidfd,
+}
+
+/// The connecting process's pidfd, as `SO_PEERPIDFD` gave it at accept.
+#[derive(Debug, Clone)]
+enum Pidfd {
+    Taken(Arc<OwnedFd>),
+    /// A kernel before 6.5: the check has the pid alone.
+    Unsupported,
+    /// Any other failure (the connector already reaped, on kernels before
+    /// 6.16; no fd left): every call on the connection is refused, rather
+    /// than checked by a pid that may name another process by now.
+    Failed(nix::errno::Errno),
 }
 
 impl PeerStream {
-    /// Takes the peer's pidfd now, while the connecting process is certain
-    /// to be the one the credentials name. A kernel without `SO_PEERPIDFD`
-    /// gives none, and the check falls back to the pid alone.
+    /// Takes the peer's pidfd now, as early as the connection is known.
     pub fn new(stream: UnixStream) -> Self {
-        let pidfd = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerPidfd)
-            .map_err(|e| tracing::debug!(error = %e, "no pidfd for the peer"))
-            .ok()
-            .map(Arc::new);
+        let pidfd = match nix::sys::socket::getsockopt(
+            &stream,
+            nix::sys::socket::sockopt::PeerPidfd,
+        ) {
+            Ok(fd) => Pidfd::Taken(Arc::new(fd)),
+            Err(nix::errno::Errno::ENOPROTOOPT) => Pidfd::Unsupported,
+            Err(e) => {
+                tracing::warn!(error = %e, "no pidfd for a connecting peer; refusing its calls");
+                Pidfd::Failed(e)
+            }
+        };
         Self { stream, pidfd }
     }
 }
@@ -86,7 +103,7 @@ impl PeerStream {
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub uds: UdsConnectInfo,
-    pidfd: Option<Arc<OwnedFd>>,
+    pidfd: Pidfd,
 }
 
 impl Connected for PeerStream {
@@ -160,11 +177,25 @@ impl PeerInfo {
                 cred.uid()
             )));
         }
-        // 0: the peer is in a pid namespace this broker cannot see into.
-        let pid = cred
-            .pid()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| Status::permission_denied("peer pid is unavailable"))?;
+        // The pid as this /proc numbers it: the pidfd's (its fdinfo is
+        // in the /proc mount's pid namespace, which need not be ours). 0:
+        // in a pid namespace this broker cannot see into; -1: exited.
+        let pid = match &self.pidfd {
+            Pidfd::Taken(fd) => pid_in_proc(fd)?,
+            Pidfd::Unsupported => cred.pid().unwrap_or(0),
+            Pidfd::Failed(e) => {
+                return Err(Status::permission_denied(format!(
+                    "the process that opened this connection cannot be identified \
+                     (SO_PEERPIDFD: {e}); its calls are refused"
+                )));
+            }
+        };
+        if pid == -1 {
+            return Err(gone(cred.pid().unwrap_or(0)));
+        }
+        if pid <= 0 {
+            return Err(Status::permission_denied("peer pid is unavailable"));
+        }
         match filtered_thread(pid) {
             Ok(None) => {}
             Ok(Some((tid, mode))) => {
@@ -186,16 +217,21 @@ impl PeerInfo {
         }
         // After the read: a live pidfd means /proc/PID was still the process
         // that connected (a pid is not reused while its process exists).
-        if let Some(pidfd) = &self.pidfd
+        if let Pidfd::Taken(pidfd) = &self.pidfd
             && exited(pidfd)?
         {
-            return Err(Status::permission_denied(format!(
-                "process {pid}, which opened this connection, has exited; a connection may be \
-                 used only by a live process that opened it"
-            )));
+            return Err(gone(pid));
         }
         Ok(())
     }
+}
+
+/// The refusal of a connection whose opener has exited.
+fn gone(pid: i32) -> Status {
+    Status::permission_denied(format!(
+        "process {pid}, which opened this connection, has exited; a connection may be used only \
+         by a live process that opened it"
+    ))
 }
 
 /// The first thread of `pid` found under seccomp, with its mode (1 strict,
@@ -226,6 +262,21 @@ fn seccomp_mode(pid: i32, tid: i32) -> io::Result<u32> {
         .find_map(|l| l.strip_prefix("Seccomp:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| io::Error::other("no Seccomp line"))
+}
+
+/// The `Pid:` of a pidfd's fdinfo: the process's pid in the pid namespace
+/// of the /proc mount, 0 if it has none there, -1 once it has exited.
+fn pid_in_proc(pidfd: &OwnedFd) -> Result<i32, Status> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd());
+    std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("Pid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .ok_or_else(|| Status::permission_denied(format!("cannot read the peer's pid from {path}")))
 }
 
 /// Whether the process behind `pidfd` has exited (its pidfd is readable).

@@ -32,8 +32,25 @@ const MAX_FLAGS: usize = 32;
 #[error("invalid request: {0}")]
 pub struct InvalidRequest(pub String);
 
+/// Messages quote what the client sent: cut to this many bytes, they stay
+/// a line in a status and a record, however large the request.
+const MAX_MESSAGE: usize = 1024;
+
+/// A value the client sent, quoted for a message: at most 64 bytes of it.
+fn quoted(value: &str) -> String {
+    if value.len() <= 64 {
+        format!("{value:?}")
+    } else {
+        format!("{:?}… ({} bytes)", cut(value, 64), value.len())
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> InvalidRequest {
-    InvalidRequest(msg.into())
+    let msg = msg.into();
+    if msg.len() <= MAX_MESSAGE {
+        return InvalidRequest(msg);
+    }
+    InvalidRequest(format!("{}…", cut(&msg, MAX_MESSAGE)))
 }
 
 /// The syscall kinds of the contract.
@@ -79,7 +96,8 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                 .find(|a| !matches!(a.as_str(), "read" | "write"))
             {
                 return Err(invalid(format!(
-                    "file.access {a:?} is not \"read\" or \"write\""
+                    "file.access {} is not \"read\" or \"write\"",
+                    quoted(a)
                 )));
             }
             // Each at most once: the policy compares the list as a whole
@@ -101,8 +119,8 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                 "connect" | "sendto" | "sendmsg" | "sendmmsg" | "bind" | "listen"
             ) {
                 return Err(invalid(format!(
-                    "network.op {:?} is not a known operation",
-                    net.op
+                    "network.op {} is not a known operation",
+                    quoted(&net.op)
                 )));
             }
             if net.protocol.len() > 16 {
@@ -112,8 +130,8 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                 "inet" | "inet6" => {
                     let ip: IpAddr = net.address.parse().map_err(|_| {
                         invalid(format!(
-                            "network.address {:?} is not an IP address",
-                            net.address
+                            "network.address {} is not an IP address",
+                            quoted(&net.address)
                         ))
                     })?;
                     if ip.is_ipv4() != (net.family == "inet") {
@@ -148,7 +166,8 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                     Ok(())
                 }
                 other => Err(invalid(format!(
-                    "network.family {other:?} is not \"inet\", \"inet6\" or \"unix\""
+                    "network.family {} is not \"inet\", \"inet6\" or \"unix\"",
+                    quoted(other)
                 ))),
             }
         }
@@ -160,9 +179,9 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
 }
 
 /// What of a request [`validate`] refused may be stored in its audit
-/// record: the index keys (syscall, sandbox id) only if valid, paths cut
-/// below PATH_MAX with NULs shown as `\x00`, argv only if within bounds,
-/// short fields cut to their bounds.
+/// record: the index keys (syscall, sandbox id) and labels only if valid,
+/// paths up to a NUL and below PATH_MAX, argv only if within bounds, an
+/// address only if it is one, short fields cut to their bounds.
 pub fn storable(req: &DecideRequest) -> DecideRequest {
     let syscall_ok = !req.syscall.is_empty()
         && req.syscall.len() <= 32
@@ -178,8 +197,17 @@ pub fn storable(req: &DecideRequest) -> DecideRequest {
         Subject::Network(n) => Subject::Network(cordon_proto::v1::NetworkAccess {
             op: cut(&n.op, 16),
             family: cut(&n.family, 16),
-            address: cut(&n.address, 64),
-            port: n.port,
+            // Kept only as what readers expect of these fields.
+            address: if n.address.parse::<IpAddr>().is_ok() {
+                n.address.clone()
+            } else {
+                String::new()
+            },
+            port: if n.port <= u32::from(u16::MAX) {
+                n.port
+            } else {
+                0
+            },
             path: shown_path(&n.path),
             ..Default::default()
         }),
@@ -199,7 +227,20 @@ pub fn storable(req: &DecideRequest) -> DecideRequest {
         } else {
             String::new()
         },
-        sandbox: req.sandbox.clone().filter(|s| validate_sandbox(s).is_ok()),
+        // The id and the labels each if valid: the id is an index key.
+        sandbox: req.sandbox.as_ref().map(|s| Sandbox {
+            id: if valid_sandbox_id(&s.id) {
+                s.id.clone()
+            } else {
+                String::new()
+            },
+            labels: if validate_labels(&s.labels).is_ok() {
+                s.labels.clone()
+            } else {
+                Default::default()
+            },
+            ..Default::default()
+        }),
         process: req.process.as_ref().map(|p| cordon_proto::v1::Process {
             pid: p.pid,
             exe: shown_path(&p.exe),
@@ -210,17 +251,19 @@ pub fn storable(req: &DecideRequest) -> DecideRequest {
     }
 }
 
-/// A path as it may be stored: cut below PATH_MAX, NULs written `\x00`.
+/// A path as it may be stored: up to its first NUL (where the kernel's
+/// copy of it would end), cut below PATH_MAX, and not in the middle of a
+/// UTF-8 character (which would make the rest read as invalid bytes).
 fn shown_path(path: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.len().min(PATH_MAX));
-    for &b in &path[..path.len().min(PATH_MAX - 1)] {
-        if b == 0 {
-            out.extend_from_slice(b"\\x00");
-        } else {
-            out.push(b);
-        }
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    let mut out = &path[..end.min(PATH_MAX - 1)];
+    if out.len() < end
+        && let Err(e) = std::str::from_utf8(out)
+        && e.error_len().is_none()
+    {
+        out = &out[..e.valid_up_to()];
     }
-    out
+    out.to_vec()
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
@@ -248,13 +291,7 @@ fn check_argv(field: &str, argv: &[Vec<u8>]) -> Result<(), InvalidRequest> {
 /// Checks a sandbox's id, labels and directories (every message that
 /// names one: decisions, lifecycle events, backstop queries).
 pub fn validate_sandbox(sandbox: &Sandbox) -> Result<(), InvalidRequest> {
-    // The id is an index key, ended by a NUL: no NUL, nothing odd.
-    if sandbox.id.len() > MAX_ID
-        || !sandbox
-            .id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-    {
+    if !valid_sandbox_id(&sandbox.id) {
         return Err(invalid(format!(
             "sandbox.id must be at most {MAX_ID} letters, digits, '.', '_', ':' or '-'"
         )));
@@ -289,6 +326,14 @@ pub fn validate_lifecycle(event: &Lifecycle) -> Result<(), InvalidRequest> {
     }
 }
 
+/// The id is an index key, ended by a NUL: no NUL, nothing odd.
+fn valid_sandbox_id(id: &str) -> bool {
+    id.len() <= MAX_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
 fn validate_labels(
     labels: &std::collections::HashMap<String, String>,
 ) -> Result<(), InvalidRequest> {
@@ -298,7 +343,8 @@ fn validate_labels(
     for (k, v) in labels {
         if k.is_empty() || k.len() > MAX_LABEL_KEY {
             return Err(invalid(format!(
-                "label key {k:?} must have 1 to {MAX_LABEL_KEY} bytes"
+                "label key {} must have 1 to {MAX_LABEL_KEY} bytes",
+                quoted(k)
             )));
         }
         if v.len() > MAX_LABEL_VALUE {

@@ -28,7 +28,7 @@ use cordon_proto::v1::{
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming, transport::server::UdsConnectInfo};
 
 pub use crate::peer::AccessPolicy;
 use crate::{
@@ -637,10 +637,18 @@ async fn routes(
         .max_encoding_message_size(MAX_ANSWER_BYTES);
     let guarded =
         tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
-            if let Some(peer) = peer::of(&req) {
-                peer.check(&access)?;
+            match peer::of(&req) {
+                Some(peer) => peer.check(&access)?,
+                // A Unix connection that did not come through `PeerStream`
+                // cannot be checked: refused, not let through.
+                None if req.extensions().get::<UdsConnectInfo>().is_some() => {
+                    return Err(Status::permission_denied(
+                        "peer credentials are unavailable",
+                    ));
+                }
+                // TCP, which exists only with mutual TLS.
+                None => {}
             }
-            // Otherwise TCP, which exists only with mutual TLS.
             Ok(req)
         });
     let (reporter, health) = tonic_health::server::health_reporter();

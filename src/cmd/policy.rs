@@ -395,7 +395,7 @@ fn replay(
             );
             if report.without_input > 0 {
                 println!(
-                    "{} decisions were recorded without their input and cannot be replayed",
+                    "{} decisions were recorded without their input (malformed requests, requests read after their deadline) and cannot be replayed",
                     report.without_input
                 );
             }

@@ -67,6 +67,8 @@ def relay(upstream, listen_path):
 
 
 broker_path, listen_path, mode = sys.argv[1:4]
+# Never outlive a test that failed before its client came.
+signal.alarm(120)
 upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 upstream.connect(broker_path)
 if mode == "filtered-thread":
@@ -77,6 +79,7 @@ elif mode == "connector-exits":
     parent = os.getpid()
     if os.fork() != 0:
         os._exit(0)
+    signal.alarm(120)  # alarms are not inherited
     while os.getppid() == parent:
         time.sleep(0.01)
 elif mode == "filter-on-signal":
