@@ -700,7 +700,6 @@ impl SledAudit {
                 });
             }
             Some(item) => {
-                let key = page::seq_of(&item.0);
                 let newest = || {
                     let page = Page::from_item(Ok(item))?;
                     let (seq, last) =
@@ -721,17 +720,12 @@ impl SledAudit {
                     Ok(newest) => newest,
                     // Read-only (verify, queries): the store opens so that
                     // verify can walk to the damage and name it. The newest
-                    // seq is taken as the damaged page's first, so a query
-                    // reaches that page and fails with its error rather than
-                    // stop short of it in silence.
+                    // seq is left open, so that every query reaches the
+                    // damaged item (a page, a record, a key) and fails with
+                    // its error rather than stop short of it in silence.
                     Err(e @ AuditError::Corrupt { .. }) if read_only => {
-                        match key.and_then(|first| Some((first.checked_add(1)?, first))) {
-                            Some((next, first)) => {
-                                tracing::warn!(error = %e, first, "the newest page is damaged");
-                                (next, [0; 32], 0)
-                            }
-                            None => return Err(e),
-                        }
+                        tracing::warn!(error = %e, "the newest page is damaged");
+                        (u64::MAX, [0; 32], 0)
                     }
                     Err(e) => return Err(e),
                 }
@@ -2094,44 +2088,60 @@ mod tests {
 
     /// A damaged newest page used to refuse the store at open, so `verify`
     /// could not name it; a read-only open now lets verify walk to it, and
-    /// a query ends with the page's error instead of stopping before it.
+    /// a query ends with the damage's error instead of stopping before it.
+    /// Three kinds: the page's format byte, its last record's body, and a
+    /// malformed key that sorts after every page.
     #[test]
-    fn verify_names_a_damaged_newest_page() {
-        let dir = tempfile::tempdir().unwrap();
-        strict_store(dir.path(), 40);
-        let first = with_records_tree(dir.path(), |records| {
-            let (k, v) = records.iter().next_back().unwrap()?;
-            let mut v = v.to_vec();
-            v[0] = 0x7f;
-            records.insert(&k, v)?;
-            Ok(page::seq_of(&k).unwrap())
-        });
-        assert!(first > 1, "the store has more than one page");
-        let audit = reopen(|| SledAudit::open_read_only(dir.path()));
-        let report = audit.verify().unwrap();
-        assert!(!report.ok);
-        assert_eq!(report.first_bad_seq, first, "{}", report.problem);
-        assert!(
-            report.problem.contains("unknown byte"),
-            "{}",
-            report.problem
-        );
-        let mut seen = 0;
-        let scanned = audit.scan(&AuditFilter::default(), &mut |_| {
-            seen += 1;
-            true
-        });
-        assert!(scanned.is_err(), "a query reaches the damage: {scanned:?}");
-        assert_eq!(seen, first - 1);
-        drop(audit);
-        // A writable open still refuses it.
-        assert!(matches!(
-            reopen(|| match SledAudit::open(dir.path(), Durability::Strict) {
-                Err(e) if e.is_locked() => Err(e),
-                other => Ok(other),
+    fn verify_names_damage_at_the_end_of_the_store_and_queries_reach_it() {
+        type Damage = fn(&sled::Tree) -> Result<u64, AuditError>;
+        let cases: [(&str, Damage); 3] = [
+            ("unknown byte", |records| {
+                let (k, v) = records.iter().next_back().unwrap()?;
+                let mut v = v.to_vec();
+                v[0] = 0x7f;
+                records.insert(&k, v)?;
+                Ok(page::seq_of(&k).unwrap())
             }),
-            Err(AuditError::Corrupt { .. })
-        ));
+            ("was altered", |records| {
+                let (k, v) = records.iter().next_back().unwrap()?;
+                let mut frames = page::open(&v).unwrap().into_owned();
+                *frames.last_mut().unwrap() = b'x';
+                records.insert(&k, page::seal(&frames))?;
+                Ok(40)
+            }),
+            ("malformed key", |records| {
+                let (_, v) = records.iter().next_back().unwrap()?;
+                records.insert([0xff, 0, 0, 0, 0, 0, 0, 0, 5], v)?;
+                Ok(41)
+            }),
+        ];
+        for (needle, damage) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            strict_store(dir.path(), 40);
+            let bad = with_records_tree(dir.path(), damage);
+            let audit = reopen(|| SledAudit::open_read_only(dir.path()));
+            let report = audit.verify().unwrap();
+            assert!(!report.ok, "{needle}");
+            assert_eq!(report.first_bad_seq, bad, "{needle}: {}", report.problem);
+            assert!(report.problem.contains(needle), "{}", report.problem);
+            let mut seen = 0;
+            let scanned = audit.scan(&AuditFilter::default(), &mut |_| {
+                seen += 1;
+                true
+            });
+            assert!(scanned.is_err(), "{needle}: a query reaches the damage");
+            assert_eq!(seen, bad - 1, "{needle}: every record before the damage");
+            drop(audit);
+            // A writable open still refuses it.
+            assert!(
+                reopen(|| match SledAudit::open(dir.path(), Durability::Strict) {
+                    Err(e) if e.is_locked() => Err(e),
+                    other => Ok(other.err()),
+                })
+                .is_some(),
+                "{needle}"
+            );
+        }
     }
 
     #[test]

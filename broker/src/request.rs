@@ -380,17 +380,18 @@ fn check_path(field: &str, path: &[u8], may_be_empty: bool) -> Result<(), Invali
 }
 
 /// Text form of bytes that may not be UTF-8: each invalid byte becomes
-/// `\xNN` and each backslash of the bytes `\\`, so that the text names one
-/// byte string only (the four characters `a\xF`, typed, read `a\\xF`).
-/// Returns the text and whether the input was valid UTF-8 (text of valid
-/// UTF-8 is the bytes as they are).
+/// `\xNN`, and the rest is as it is. Returns the text and whether the input
+/// was valid UTF-8. A backslash stays one, so that a directory's text is a
+/// prefix of the text of every path under it (prefix rules hold for
+/// non-UTF-8 names too); the price is that four typed characters `\xFF` in
+/// a non-UTF-8 path read the same as the byte 0xFF.
 pub fn escape_bytes(bytes: &[u8]) -> (String, bool) {
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_owned(), true),
         Err(_) => {
             let mut out = String::with_capacity(bytes.len() + 8);
             for chunk in bytes.utf8_chunks() {
-                out.push_str(&chunk.valid().replace('\\', "\\\\"));
+                out.push_str(chunk.valid());
                 for b in chunk.invalid() {
                     out.push_str(&format!("\\x{b:02X}"));
                 }
@@ -503,14 +504,17 @@ mod tests {
         let doc = input_document(&file_req(b"/tmp/a\xffb"));
         assert_eq!(doc["file"]["path"], "/tmp/a\\xFFb");
         assert_eq!(doc["file"]["path_utf8"], false);
-        // A backslash typed in a non-UTF-8 path is doubled, so that it does
-        // not read as an escape; in a UTF-8 path it stays as it is.
-        let typed = input_document(&file_req(b"/tmp/a\\xFF\xff"));
-        assert_eq!(typed["file"]["path"], "/tmp/a\\\\xFF\\xFF");
-        let bytes = input_document(&file_req(b"/tmp/a\xff\xff"));
-        assert_eq!(bytes["file"]["path"], "/tmp/a\\xFF\\xFF");
-        let utf8 = input_document(&file_req(b"/tmp/a\\xFF"));
-        assert_eq!(utf8["file"]["path"], "/tmp/a\\xFF");
+        // A directory's text is a prefix of its non-UTF-8 entries' text,
+        // backslash and all (so prefix rules hold for them).
+        let dir = input_document(&file_req(b"/srv/x\\y"));
+        let entry = input_document(&file_req(b"/srv/x\\y/\xff"));
+        assert_eq!(entry["file"]["path"], "/srv/x\\y/\\xFF");
+        assert!(
+            entry["file"]["path"]
+                .as_str()
+                .unwrap()
+                .starts_with(dir["file"]["path"].as_str().unwrap())
+        );
         let doc = input_document(&file_req(b"/tmp/ok"));
         assert_eq!(doc["file"]["path"], "/tmp/ok");
         assert!(doc["file"].get("path_utf8").is_none());

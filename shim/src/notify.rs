@@ -1422,16 +1422,17 @@ impl Supervisor {
         if n.nr == libc::SYS_bind
             && let Address::Inet { addr: inet, .. } = &addr
             && lacks_bind_service(inet.port(), &task)
-            && in_namespaces_we_own(task.tid)
+            && !netns_is_ours(&sock)
         {
-            // Our bind is checked against our capabilities in the socket's
-            // namespace. Where the tool's user and network namespaces are
-            // children of ours (`--network none` without root), we own them
-            // and hold every capability there, so the kernel would let our
-            // bind through where the tool's own would fail: its check is
-            // made here. A new network namespace starts with
-            // ip_unprivileged_port_start at 1024, and the tool, without
-            // capabilities, cannot change it.
+            // Our bind is checked against our capabilities in the user
+            // namespace that owns the socket's network namespace. Where that
+            // is not ours, we may own it (`--network none` without root
+            // makes it; a root supervisor owns any root made) and then hold
+            // every capability there, whatever `with_creds` lowered: the
+            // kernel would let our bind through where the tool's own would
+            // fail. Its check is made here instead, against the value a new
+            // network namespace starts with (ip_unprivileged_port_start
+            // 1024), which a tool without capabilities cannot change.
             return Err(Errno::EACCES);
         }
         let nr = n.nr;
@@ -2117,19 +2118,13 @@ fn lacks_bind_service(port: u16, task: &Task) -> bool {
     port != 0 && port < 1024 && task.creds.cap_eff & CAP_NET_BIND_SERVICE == 0
 }
 
-/// Whether task `tid` is in a user namespace and a network namespace
-/// other than ours (children of ours, as `--network none` makes them
-/// without root). Unreadable counts as other.
-fn in_namespaces_we_own(tid: i32) -> bool {
-    let id = |path: String| {
-        nix::sys::stat::stat(path.as_str())
-            .ok()
-            .map(|st| (st.st_dev, st.st_ino))
-    };
-    ["user", "net"].iter().all(|ns| {
-        let theirs = id(format!("/proc/{tid}/ns/{ns}"));
-        theirs.is_none() || theirs != id(format!("/proc/self/ns/{ns}"))
-    })
+/// Whether the user namespace that owns `sock`'s network namespace is
+/// ours. Unknown counts as not ours.
+fn netns_is_ours(sock: &OwnedFd) -> bool {
+    let id = |st: nix::sys::stat::FileStat| (st.st_dev, st.st_ino);
+    let owner = sys::socket_netns_owner(sock).and_then(|fd| Ok(nix::sys::stat::fstat(&fd)?));
+    let ours = nix::sys::stat::stat("/proc/self/ns/user");
+    matches!((owner, ours), (Ok(a), Ok(b)) if id(a) == id(b))
 }
 
 /// Where any user's `cordon serve` listens by default: `/run/cordon/...` for

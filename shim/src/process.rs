@@ -685,17 +685,22 @@ mod tests {
             groups: vec![65534],
             cap_eff: 0,
         };
-        if me.cap_eff == 0 || me.fsuid != 0 {
-            eprintln!("skipped: needs root with capabilities");
-            return;
-        }
-        let unwound = std::panic::catch_unwind(|| {
+        assert!(
+            me.cap_eff != 0 && me.fsuid == 0,
+            "this test runs as root with capabilities"
+        );
+        let inside = std::cell::Cell::new(None);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _ = with_creds(&tool, &me, || {
-                assert_eq!(Creds::of_thread().fsuid, 65534);
+                inside.set(Some(Creds::of_thread()));
                 panic!("the work fails");
             });
-        });
+        }));
         assert!(unwound.is_err());
+        // The work did run as the tool ...
+        let inside = inside.take().expect("the work ran");
+        assert_eq!((inside.fsuid, inside.cap_eff), (65534, 0));
+        // ... and the thread is itself again.
         let now = Creds::of_thread();
         assert_eq!(
             (now.fsuid, now.fsgid, &now.groups, now.cap_eff),

@@ -317,6 +317,22 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new as RawFd) })
 }
 
+/// The user namespace that owns a socket's network namespace, as an fd:
+/// `ioctl(SIOCGSKNS)` gives the network namespace, `ioctl(NS_GET_USERNS)`
+/// its owner (nix wraps neither).
+pub fn socket_netns_owner(sock: &OwnedFd) -> io::Result<OwnedFd> {
+    // NS_GET_USERNS: _IO(0xb7, 0x1).
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd or -1.
+    let netns = cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGSKNS) })?;
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    let netns = unsafe { OwnedFd::from_raw_fd(netns) };
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd or -1.
+    let owner = cvt(unsafe { libc::ioctl(netns.as_raw_fd(), NS_GET_USERNS) })?;
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(owner) })
+}
+
 /// `tgkill(tgid, tid, sig)`: a signal to one thread of a process (nix has
 /// no wrapper).
 pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> io::Result<()> {
