@@ -124,6 +124,7 @@ pub fn forbidden_errno(nr: i64) -> Option<i32> {
         | libc::SYS_fspick
         | libc::SYS_move_mount
         | libc::SYS_open_tree
+        | SYS_OPEN_TREE_ATTR
         | libc::SYS_mount_setattr
         | libc::SYS_pivot_root
         | libc::SYS_chroot
@@ -144,9 +145,17 @@ pub fn forbidden_errno(nr: i64) -> Option<i32> {
         | libc::SYS_ioctl
         | libc::SYS_fcntl
         | libc::SYS_setsockopt => libc::EPERM,
+        // The supervisor's pidfd, from a socket the supervisor sent on or
+        // connected: refused as an unknown option.
+        libc::SYS_getsockopt => libc::ENOPROTOOPT,
+        libc::SYS_socketpair => libc::EAFNOSUPPORT,
         _ => return None,
     })
 }
+
+/// `open_tree_attr` (Linux 6.15): `open_tree` with mount attributes. The
+/// libc crate stops at 462, so it is named by number.
+pub const SYS_OPEN_TREE_ATTR: i64 = 467;
 
 /// Every unconditionally forbidden syscall.
 const FORBIDDEN_ALWAYS: &[i64] = &[
@@ -171,6 +180,7 @@ const FORBIDDEN_ALWAYS: &[i64] = &[
     libc::SYS_fspick,
     libc::SYS_move_mount,
     libc::SYS_open_tree,
+    SYS_OPEN_TREE_ATTR,
     libc::SYS_mount_setattr,
     libc::SYS_pivot_root,
     libc::SYS_chroot,
@@ -210,6 +220,10 @@ pub const SOURCE_ROUTE_OPTIONS: &[(u64, u64, &str)] = &[
     (libc::IPPROTO_IPV6 as u64, 5, "IPV6_2292RTHDR"),
     (libc::IPPROTO_IPV6 as u64, 6, "IPV6_2292PKTOPTIONS"),
 ];
+
+/// `SO_PASSPIDFD` and `SO_PEERPIDFD` (Linux 6.5; not in the libc crate).
+pub const SO_PASSPIDFD: u64 = 76;
+pub const SO_PEERPIDFD: u64 = 77;
 
 /// `fcntl` command that takes a pointer to `struct f_owner_ex` (libc lacks it).
 pub const F_SETOWN_EX: i32 = 15;
@@ -305,6 +319,31 @@ pub fn build() -> Result<BpfProgram, FilterError> {
         )
         .map_err(step("conditional rule for setsockopt"))?;
     }
+
+    // A pidfd of the peer (`SO_PEERPIDFD`) or of each sender
+    // (`SO_PASSPIDFD`, then `SCM_PIDFD`): the supervisor connects and sends
+    // for the tool, so that pidfd is the supervisor's, a signal target.
+    for (nr, optname) in [
+        (libc::SYS_setsockopt, SO_PASSPIDFD),
+        (libc::SYS_getsockopt, SO_PEERPIDFD),
+    ] {
+        ctx.add_rule_conditional(
+            ScmpAction::Notify,
+            ScmpSyscall::from(nr as i32),
+            &[
+                ScmpArgCompare::new(1, low32, libc::SOL_SOCKET as u64),
+                ScmpArgCompare::new(2, low32, optname),
+            ],
+        )
+        .map_err(step("conditional rule for pidfd socket options"))?;
+    }
+    // socketpair of a family other than unix: the family check `socket`
+    // gets (its module would load, and its `create` run, before any error).
+    notify_if(
+        &mut ctx,
+        libc::SYS_socketpair,
+        ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, libc::AF_UNIX as u64),
+    )?;
 
     // Limits and scheduling of another task: a tool running as cordon's
     // user could lower the supervisor's limits (RLIMIT_CPU kills it,

@@ -234,6 +234,10 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_fspick => "fspick",
         libc::SYS_move_mount => "move_mount",
         libc::SYS_open_tree => "open_tree",
+        filter::SYS_OPEN_TREE_ATTR => "open_tree_attr",
+        libc::SYS_socketpair => "socketpair",
+        libc::SYS_getsockopt => "getsockopt",
+        libc::SYS_setsockopt => "setsockopt",
         libc::SYS_mount_setattr => "mount_setattr",
         libc::SYS_open_by_handle_at => "open_by_handle_at",
         libc::SYS_name_to_handle_at => "name_to_handle_at",
@@ -642,6 +646,39 @@ impl Supervisor {
             // a register, so continuing cannot be raced.
             libc::SYS_setsockopt if n.args[4] as u32 == 0 => {
                 let _ = self.listener.allow_continue(n.id);
+                Ok(())
+            }
+            libc::SYS_setsockopt | libc::SYS_getsockopt
+                if (n.args[1] as u32 as u64, n.args[2] as u32 as u64)
+                    == (libc::SOL_SOCKET as u64, filter::SO_PASSPIDFD)
+                    || (n.args[1] as u32 as u64, n.args[2] as u32 as u64)
+                        == (libc::SOL_SOCKET as u64, filter::SO_PEERPIDFD) =>
+            {
+                let name = if n.args[2] as u32 as u64 == filter::SO_PASSPIDFD {
+                    "SO_PASSPIDFD"
+                } else {
+                    "SO_PEERPIDFD"
+                };
+                self.forbid(
+                    &n,
+                    format!("{}({name})", syscall_name(n.nr)),
+                    libc::ENOPROTOOPT,
+                );
+                Ok(())
+            }
+            libc::SYS_socketpair => {
+                let domain = n.args[0] as i32;
+                if domain == libc::AF_UNIX {
+                    let _ = self.listener.allow_continue(n.id);
+                } else {
+                    self.forbid_numbered(
+                        &n,
+                        "socketpair",
+                        "family",
+                        i64::from(domain),
+                        libc::EAFNOSUPPORT,
+                    );
+                }
                 Ok(())
             }
             libc::SYS_setsockopt => {
