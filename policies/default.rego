@@ -33,7 +33,8 @@ system_read_prefixes := [
 ]
 
 # Devices every program expects; none of them reaches other processes' data.
-device_files := {"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full", "/dev/tty"}
+# /dev/ptmx makes a new pseudo-terminal pair (script, expect, pty.spawn).
+device_files := {"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full", "/dev/tty", "/dev/ptmx"}
 
 is_read_only if {
 	input.file.access == ["read"]
@@ -63,6 +64,25 @@ builtin_allow if {
 	input.file.path in device_files
 }
 
+# Terminals, read and write: the tool's own is /dev/pts/N when its output is
+# a terminal (`echo x >/dev/stderr`). Another user's is not the tool's to
+# open (the opens use the tool's credentials).
+builtin_allow if {
+	input.kind == "file"
+	startswith(input.file.path, "/dev/pts/")
+	not input.file.create
+}
+
+# The tool's own fds that have no path (pipes, sockets), reopened through
+# /proc/PID/fd/N, read and write (`echo x >/dev/stderr` into a pipe, bash's
+# >(...)): an fd that has a path is decided by that path instead.
+builtin_allow if {
+	input.kind == "file"
+	startswith(input.file.path, "/proc/")
+	not input.file.create
+	startswith(input.file.path, sprintf("/proc/%d/fd/", [input.process.pid]))
+}
+
 # The tool's own /proc entries (the shim resolves /proc/self to /proc/PID).
 # The startswith is implied by what follows: it only spares other paths the set.
 builtin_allow if {
@@ -77,7 +97,7 @@ builtin_allow if {
 	input.kind == "file"
 	startswith(input.file.path, "/proc/")
 	is_read_only
-	input.file.path in {"/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/filesystems", "/proc/sys/kernel/random/uuid", "/proc/sys/vm/overcommit_memory"}
+	input.file.path in {"/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/filesystems", "/proc/loadavg", "/proc/uptime", "/proc/version", "/proc/sys/kernel/random/uuid", "/proc/sys/vm/overcommit_memory"}
 }
 
 # Everything in the working directory the sandbox started in, and its private
@@ -87,7 +107,9 @@ builtin_allow if {
 	under_any(input.file.path, writable_dirs)
 }
 
-writable_dirs contains input.sandbox.workdir if input.sandbox.workdir != ""
+# A workdir of / would make every path writable: started there, the tool
+# gets its temp dir only.
+writable_dirs contains input.sandbox.workdir if not input.sandbox.workdir in {"", "/"}
 
 writable_dirs contains input.sandbox.tmpdir if input.sandbox.tmpdir != ""
 
@@ -142,19 +164,77 @@ deny contains sprintf("%s is a .env file", [input.file.path]) if {
 	startswith(parts[count(parts) - 1], ".env")
 }
 
-deny contains sprintf("%s holds password hashes or privileges", [input.file.path]) if {
+# Denials are grouped behind one cheap test per group (under /etc, a write,
+# a network call): each rule body costs the evaluation time even when its
+# first line fails, and most requests are reads outside /etc.
+deny contains reason if {
 	input.kind == "file"
+	startswith(input.file.path, "/etc/")
+	some reason in etc_denials
+}
+
+etc_denials contains sprintf("%s holds password hashes or privileges", [input.file.path]) if {
 	input.file.path in {"/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers"}
 }
 
-deny contains "the cloud metadata endpoint hands out credentials" if {
+# Private keys and privileges only root can read (a root tool could: its
+# opens have root's credentials).
+etc_denials contains sprintf("%s is a private key or privilege file", [input.file.path]) if {
+	strings.any_prefix_match(input.file.path, [
+		"/etc/ssh/ssh_host_", "/etc/ssl/private/", "/etc/sudoers.d/", "/etc/krb5.keytab",
+		"/etc/wireguard/", "/etc/letsencrypt/",
+	])
+}
+
+deny contains reason if {
+	input.kind == "file"
+	not is_read_only
+	contains(input.file.path, "/.") # in every path below; spares the rest
+	some reason in write_denials
+}
+
+# Files a shell or desktop session runs at the next login: a tool started in
+# a home directory must not plant code there.
+login_files := {
+	".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".zshrc",
+	".zshenv", ".zprofile", ".zlogin", ".xprofile", ".xsessionrc", ".pam_environment",
+}
+
+write_denials contains sprintf("%s runs at the user's next login", [input.file.path]) if {
+	parts := split(input.file.path, "/")
+	parts[count(parts) - 1] in login_files
+}
+
+write_denials contains sprintf("%s starts programs for the user's session", [input.file.path]) if {
+	some dir in ["/.config/autostart/", "/.config/systemd/user/"]
+	contains(path_with_slash, dir)
+}
+
+deny contains reason if {
 	input.kind == "network"
-	input.network.address in {"169.254.169.254", "fd00:ec2::254"}
+	some reason in network_denials
+}
+
+# Link-local addresses hold the cloud metadata and credential endpoints
+# (169.254.169.254 on AWS, GCP and Azure; 169.254.170.2 for ECS task roles,
+# 169.254.170.23 for EKS Pod Identity); Alibaba's is 100.100.100.200, AWS's
+# IPv6 one fd00:ec2::254.
+network_denials contains "the cloud metadata endpoint hands out credentials" if {
+	input.network.family == "inet"
+	net.cidr_contains("169.254.0.0/16", input.network.address)
+}
+
+network_denials contains "the cloud metadata endpoint hands out credentials" if {
+	input.network.address in {"100.100.100.200", "fd00:ec2::254"}
+}
+
+network_denials contains "the cloud metadata endpoint hands out credentials" if {
+	input.network.family == "inet6"
+	net.cidr_contains("fe80::/10", input.network.address)
 }
 
 # A server needs explicit policy.
-deny contains sprintf("%s needs a policy that allows listening", [input.network.op]) if {
-	input.kind == "network"
+network_denials contains sprintf("%s needs a policy that allows listening", [input.network.op]) if {
 	input.network.op in {"bind", "listen"}
 	input.network.family != "unix"
 }

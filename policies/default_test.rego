@@ -58,6 +58,57 @@ test_device_write if {
 
 test_device_create_denied if not allowed(write("/dev/null"))
 
+open_existing(path) := object.union(write(path), {"file": {"create": false, "truncate": false}})
+
+# The tool's terminal, a new pseudo-terminal, and its own path-less fds
+# (a pipe reopened by `echo x >/dev/stderr`); not another process's fds.
+test_terminals_and_own_pathless_fds_writable if {
+	allowed(open_existing("/dev/pts/3"))
+	allowed(open_existing("/dev/ptmx"))
+	allowed(open_existing("/proc/4242/fd/2"))
+	not allowed(open_existing("/proc/4243/fd/2"))
+	not allowed(write("/dev/pts/3"))
+}
+
+test_system_proc_files_readable if {
+	every path in ["/proc/loadavg", "/proc/uptime", "/proc/version"] {
+		allowed(read(path))
+	}
+}
+
+# Root-only private keys and privileges under /etc (a root tool could read
+# them); the rest of /etc stays readable.
+test_etc_private_keys_denied if {
+	every path in ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssl/private/server.key", "/etc/sudoers.d/admins", "/etc/krb5.keytab", "/etc/wireguard/wg0.conf"] {
+		not allowed(read(path))
+	}
+	allowed(read("/etc/ssh/ssh_config"))
+	allowed(read("/etc/ssl/certs/ca-certificates.crt"))
+}
+
+# A tool started in a home directory reads its dotfiles but cannot plant
+# code in what runs at the next login.
+test_login_files_not_writable_in_a_home_workdir if {
+	home := object.union(sandbox, {"workdir": "/home/user"})
+	every name in [".bashrc", ".profile", ".zshrc", ".config/autostart/x.desktop", ".config/systemd/user/x.service"] {
+		request := object.union(write(sprintf("/home/user/%s", [name])), {"sandbox": home})
+		not allowed(request)
+	}
+	allowed(object.union(read("/home/user/.bashrc"), {"sandbox": home}))
+	allowed(object.union(write("/home/user/notes.txt"), {"sandbox": home}))
+	allowed(object.union(write("/home/user/.config/app.toml"), {"sandbox": home}))
+}
+
+# Started in /, the tool does not get every path: only its temp dir.
+test_a_root_workdir_is_not_writable if {
+	root := object.union(sandbox, {"workdir": "/"})
+	not allowed(object.union(write("/etc/passwd2"), {"sandbox": root}))
+	not allowed(object.union(write("/srv/x"), {"sandbox": root}))
+	allowed(object.union(write("/tmp/cordon-t/x"), {"sandbox": root}))
+	b := data.cordon.backstop with input as {"sandbox": root}
+	not "/" in b.write
+}
+
 test_own_proc if allowed(read("/proc/4242/status"))
 
 test_proc_self if allowed(read("/proc/self/maps"))
@@ -158,6 +209,23 @@ test_metadata_denied_even_when_listed if {
 	request := connect("169.254.169.254", 80)
 	not allowed(request) with data.cordon.network.allow as [{"cidr": "0.0.0.0/0", "ports": [80]}]
 	"the cloud metadata endpoint hands out credentials" in data.cordon.deny with input as request
+}
+
+# Every link-local IPv4 address (ECS and EKS credential endpoints too),
+# Alibaba's metadata address, and IPv6 link-local, even when listed; a
+# neighbour of the range is not.
+test_metadata_ranges_denied_even_when_listed if {
+	everything := [{"cidr": "0.0.0.0/0", "ports": [80]}, {"cidr": "::/0", "ports": [80]}]
+	every address in ["169.254.170.2", "169.254.170.23", "169.254.0.1", "100.100.100.200"] {
+		not allowed(connect(address, 80)) with data.cordon.network.allow as everything
+	}
+	v6 := object.union(connect("fe80::1", 80), {"network": {"family": "inet6"}})
+	not allowed(v6) with data.cordon.network.allow as everything
+	aws6 := object.union(connect("fd00:ec2::254", 80), {"network": {"family": "inet6"}})
+	not allowed(aws6) with data.cordon.network.allow as everything
+	allowed(connect("169.255.0.1", 80)) with data.cordon.network.allow as everything
+	other6 := object.union(connect("2001:db8::1", 80), {"network": {"family": "inet6"}})
+	allowed(other6) with data.cordon.network.allow as everything
 }
 
 test_bind_denied_with_eacces if {

@@ -2260,6 +2260,22 @@ exec "$@""#;
     assert_eq!(assert_ok(&out), "err 13\nerr 13\nerr 111\n");
 }
 
+/// Writing to `/dev/stderr` when stderr is a pipe reopens a path-less fd
+/// (`/proc/PID/fd/2`): the default policy allows the tool's own such fds,
+/// and process substitution works both ways.
+#[test]
+fn the_default_policy_lets_a_shell_write_to_its_own_pipes() {
+    let env = Env::new(&[]);
+    let out = env.run(&[
+        "/bin/bash",
+        "-c",
+        "echo to-stderr >/dev/stderr; echo through > >(cat); cat <(echo from-sub); wait",
+    ]);
+    assert_eq!(assert_ok(&out).lines().count(), 2, "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("through") && text(&out.stdout).contains("from-sub"));
+    assert_eq!(text(&out.stderr), "to-stderr\n");
+}
+
 /// A procfs mounted elsewhere than /proc (a chroot's, a container host's)
 /// holds the supervisor's entries too, under a path the supervisor-/proc
 /// check did not know: the supervisor opened them for the tool. Refused now,

@@ -81,9 +81,9 @@ test_coding_agent_selected if {
 }
 
 test_shell_readonly_selected if {
-	# /proc/uptime is readable here; the default does not list it.
-	allowed(read(tool("shell-readonly"), "/proc/uptime"))
-	not allowed(read({}, "/proc/uptime"))
+	# The /opt directory is listable here; the default does not list it.
+	allowed(read(tool("shell-readonly"), "/opt"))
+	not allowed(read({}, "/opt"))
 
 	"shell-readonly may not change files: /home/agent/job/out.txt opened for writing" in data.cordon.deny with input as write(tool("shell-readonly"), "/home/agent/job/out.txt")
 	not allowed(exec(tool("shell-readonly"), "/usr/bin/rm"))
