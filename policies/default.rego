@@ -144,6 +144,9 @@ builtin_allow if {
 secret_patterns := [
 	"/.ssh/", "/.aws/", "/.config/gcloud/", "/.azure/", "/.kube/", "/.docker/config.json",
 	"/.gnupg/", "/.local/share/keyrings/", "/.netrc", "/.git-credentials", "/.pgpass",
+	# Package registries' and forges' tokens.
+	"/.npmrc/", "/.pypirc/", "/.cargo/credentials", "/.config/gh/hosts.yml/", "/.gem/credentials/",
+	"/.vault-token/", "/.terraform.d/credentials.tfrc.json/",
 ]
 
 deny contains sprintf("%s is a credential store", [input.file.path]) if {
