@@ -2002,6 +2002,89 @@ fn no_broker_at_start_is_exit_125() {
     );
 }
 
+/// Options of the embedded broker are refused beside `--broker` (a running
+/// broker decides with its own policy and store: they would be ignored),
+/// and durations out of range are usage errors, not a panic after the tool
+/// started (a huge deadline overflowed) or a call-denying zero.
+#[test]
+fn run_refuses_options_it_would_ignore_and_durations_out_of_range() {
+    for args in [
+        &["--broker", "unix:///x.sock", "--policy", "p.rego"][..],
+        &["--broker", "unix:///x.sock", "--audit-db", "db"],
+        &["--broker", "unix:///x.sock", "--eval-timeout", "1s"],
+        &["--deadline", "0s"],
+        &["--deadline", "300000000000y"],
+        &["--flush-window", "1h"],
+        &["--timeout", "0s"],
+    ] {
+        let out = cordon()
+            .arg("run")
+            .args(args)
+            .args(["--", "/bin/true"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("cannot be used with") || err.contains("is not between"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// cordon's own client certificate settings do not reach the tool.
+#[test]
+fn the_tool_does_not_inherit_cordons_tls_settings() {
+    let env = Env::new(&[]);
+    let out = env
+        .command(
+            &[],
+            &[
+                "/bin/sh",
+                "-c",
+                "echo ${CORDON_TLS_KEY:-unset} ${CORDON_TLS_CA:-unset}",
+            ],
+        )
+        .env("CORDON_TLS_KEY", "/etc/cordon/client.key")
+        .env("CORDON_TLS_CA", "/etc/cordon/ca.pem")
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out), "unset unset\n");
+}
+
+/// A broker that accepts the connection but never answers (here a real
+/// `cordon serve`, stopped with SIGSTOP) is no broker: the start gives up
+/// within the deadline (exit 125), where it used to wait forever.
+#[test]
+fn a_broker_that_never_answers_is_exit_125_within_the_deadline() {
+    let env = Env::new(&[]);
+    let serve = support::Serve::start("package cordon\nallow := true\n", &[]);
+    let pid = nix::unistd::Pid::from_raw(serve.child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = std::time::Instant::now();
+    let out = cordon()
+        .args(["run", "--broker", &serve.uri(), "--deadline", "500ms"])
+        .args(["--", "/bin/true"])
+        .current_dir(&env.work)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no answer within 500ms"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
 /// A tool that tries to read a file every 50 ms and logs each outcome. Once
 /// `quiet` exists it says so and makes no more brokered calls (`lstat` is
 /// not one), and exits when `stop` exists.

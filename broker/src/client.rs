@@ -25,6 +25,16 @@ pub enum BrokerUri {
     Http(String),
 }
 
+impl std::fmt::Display for BrokerUri {
+    /// As it is written on the command line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerUri::Unix(path) => write!(f, "unix://{}", path.display()),
+            BrokerUri::Http(uri) => f.write_str(uri),
+        }
+    }
+}
+
 impl std::str::FromStr for BrokerUri {
     type Err = ConnectError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -144,7 +144,7 @@ fn current_thread_runtime(uri: &BrokerUri) -> Result<tokio::runtime::Runtime, Co
         .enable_all()
         .build()
         .map_err(|e| ConnectError::Connect {
-            uri: format!("{uri:?}"),
+            uri: uri.to_string(),
             message: e.to_string(),
         })
 }
@@ -156,8 +156,15 @@ impl Remote {
         let mut lanes = Vec::with_capacity(LANES);
         for i in 0..LANES {
             let runtime = current_thread_runtime(uri)?;
+            // Within the deadline: a broker that accepts the connection but
+            // never answers (stopped, deadlocked) must not hang the start.
             let stream = if i == 0 {
-                Some(runtime.block_on(open_stream(uri))?)
+                let opened = runtime
+                    .block_on(async { tokio::time::timeout(deadline, open_stream(uri)).await });
+                Some(opened.map_err(|_| ConnectError::Connect {
+                    uri: uri.to_string(),
+                    message: format!("no answer within {deadline:?}"),
+                })??)
             } else {
                 None
             };
@@ -390,7 +397,7 @@ async fn open_stream(uri: &BrokerUri) -> Result<Stream, ConnectError> {
         .session(ReceiverStream::new(rx))
         .await
         .map_err(|s| ConnectError::Connect {
-            uri: format!("{uri:?}"),
+            uri: uri.to_string(),
             message: s.message().to_owned(),
         })?
         .into_inner();

@@ -98,6 +98,31 @@ pub fn parse_time(s: &str) -> Result<i64, anyhow::Error> {
         })
 }
 
+/// A duration from the command line, within `[min, max]`: the options that
+/// take one are deadlines, limits and intervals, where zero or an absurd
+/// value would deny every call, spin, or overflow a deadline.
+pub fn duration_between(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < min || d > max {
+        return Err(format!(
+            "{s:?} is not between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// A wait or a limit: at least 1 ms, at most an hour.
+pub fn wait_duration(s: &str) -> Result<Duration, String> {
+    duration_between(s, Duration::from_millis(1), Duration::from_secs(3600))
+}
+
+/// A flush window: zero (flush at once) to 10 s.
+pub fn flush_window(s: &str) -> Result<Duration, String> {
+    duration_between(s, Duration::ZERO, Duration::from_secs(10))
+}
+
 /// `K=V` for labels.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')

@@ -47,7 +47,7 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "SUBSTRING")]
         run: Option<String>,
         /// Per-test evaluation limit.
-        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = super::wait_duration)]
         timeout: std::time::Duration,
         #[arg(long, value_enum, default_value_t = EvalFormat::Text)]
         format: EvalFormat,

@@ -37,8 +37,9 @@ TMPDIR, exec system binaries, no network).\n\n\
 Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad policy);\n\
 126 if the command could not be executed (including a denied exec); 127 if it was not found.")]
 pub struct RunArgs {
-    /// Policy file or directory (repeatable). Default: the built-in policy.
-    #[arg(long, value_name = "PATH")]
+    /// Policy file or directory (repeatable). Default: the built-in policy. Embedded broker
+    /// only: a running broker decides with its own.
+    #[arg(long, value_name = "PATH", conflicts_with = "broker")]
     policy: Vec<PathBuf>,
     /// Use a running broker instead of the embedded one: unix:///PATH, or https://HOST:PORT
     /// (mutual TLS from CORDON_TLS_CA, CORDON_TLS_CERT, CORDON_TLS_KEY; `tls` builds).
@@ -46,7 +47,7 @@ pub struct RunArgs {
     broker: Option<String>,
     /// Audit store of the embedded broker
     /// [default: ${XDG_STATE_HOME:-~/.local/state}/cordon/audit].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "broker")]
     audit_db: Option<PathBuf>,
     /// Label for the policy and the audit records (repeatable), e.g. tool=git.
     #[arg(long, value_name = "K=V", value_parser = parse_label)]
@@ -54,20 +55,20 @@ pub struct RunArgs {
     /// How long a brokered call waits for a remote decision before it is denied.
     /// The broker is told (less a margin for the way back): an allow it
     /// answers later is followed in its store by the denial the tool got.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = super::wait_duration)]
     deadline: Duration,
     /// Embedded broker: when an answer may be given relative to its audit flush.
-    #[arg(long, value_enum, default_value_t = DurabilityArg::Batched)]
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Batched, conflicts_with = "broker")]
     durability: DurabilityArg,
     /// Embedded broker, batched durability: longest time a record waits for its flush.
-    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = super::flush_window, conflicts_with = "broker")]
     flush_window: Duration,
     /// Embedded broker: longest policy evaluation before the call is denied.
-    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = super::wait_duration, conflicts_with = "broker")]
     eval_timeout: Duration,
     /// Embedded broker: verdicts kept for inputs already evaluated (a repeated call skips
     /// evaluation; every call is still recorded); 0 evaluates every call.
-    #[arg(long, value_name = "N", default_value_t = cordon_broker::policy::DEFAULT_MEMO_CAPACITY)]
+    #[arg(long, value_name = "N", default_value_t = cordon_broker::policy::DEFAULT_MEMO_CAPACITY, conflicts_with = "broker")]
     decision_memo: usize,
     /// Enforce nothing: allow every brokered call and record what the policy would deny as
     /// `would_deny`, with its reason (for writing policies; see `cordon learn`). Embedded broker
@@ -84,7 +85,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pids: Option<u64>,
     /// Wall-clock limit; the whole tree is killed when it runs out (exit 137).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    #[arg(long, value_name = "DURATION", value_parser = |s: &str| super::duration_between(s, Duration::from_millis(1), Duration::from_secs(10 * 31_557_600)), help_heading = "Limits")]
     timeout: Option<Duration>,
     /// Largest file the tool may write (writes past it fail with EFBIG / SIGXFSZ).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
@@ -373,6 +374,12 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     cmd.arg0(&args.command[0])
         .args(&args.command[1..])
         .env("TMPDIR", &tmpdir);
+    // Where cordon's own client certificate and key are: not the tool's
+    // business (with a policy that let it read them, it could speak to the
+    // broker as cordon).
+    for var in ["CORDON_TLS_CA", "CORDON_TLS_CERT", "CORDON_TLS_KEY"] {
+        cmd.env_remove(var);
+    }
     tracing::debug!("spawning");
     cordon_shim::harden_supervisor().context("cannot make cordon non-dumpable")?;
     cordon_shim::become_subreaper().context("cannot become the sandbox's subreaper")?;

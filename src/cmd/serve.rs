@@ -55,10 +55,10 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = DurabilityArg::Batched)]
     durability: DurabilityArg,
     /// Longest time a batched record waits for its flush.
-    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = super::flush_window)]
     flush_window: Duration,
     /// An evaluation running longer than this is a denial.
-    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = super::wait_duration)]
     eval_timeout: Duration,
     /// Evaluate with the interpreter instead of the compiled VM.
     #[arg(long)]
@@ -72,7 +72,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "UID")]
     allow_uid: Vec<u32>,
     /// How often to look for policy file changes.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = |s: &str| super::duration_between(s, Duration::from_millis(10), Duration::from_secs(3600)))]
     watch_interval: Duration,
     /// TLS certificate (PEM) for a tcp:// listener.
     #[arg(long, value_name = "FILE")]
