@@ -195,6 +195,37 @@ fn serve_over_tcp_with_mutual_tls() {
         "{records:?}"
     );
 
+    // A second broker on the same address cannot listen: it says so and
+    // exits (it used to log "listening" and run without its listener).
+    let mut second = cordon()
+        .args(["serve", "--listen", &listen, "--audit-db"])
+        .arg(d.join("audit2"))
+        .arg("--tls-cert")
+        .arg(d.join("server.pem"))
+        .arg("--tls-key")
+        .arg(d.join("server.key"))
+        .arg("--tls-client-ca")
+        .arg(d.join("ca.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a broker that cannot listen should exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = second.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("a listener failed"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let _ = serve.kill();
     let _ = serve.wait();
 }

@@ -190,15 +190,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let rt = super::runtime()?;
-    rt.block_on(async move {
+    // Whatever ends the serving (a signal, a listener that failed, an error
+    // here), the store is flushed and closed below before cordon exits.
+    let served = rt.block_on(async move {
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-        let mut servers = Vec::new();
+        let mut servers = tokio::task::JoinSet::new();
         for path in &sockets {
             let listener = service::bind_unix(path)?;
             tracing::info!(socket = %path.display(), audit_db = %db.display(), revision = %policy.current().revision(),
                 durability = ?durability, uids = ?access.allowed_uids, "broker listening");
             let mut stop = stop_tx.subscribe();
-            servers.push(tokio::spawn(service::serve_unix(
+            servers.spawn(service::serve_unix(
                 broker.clone(),
                 durability,
                 access.clone(),
@@ -206,13 +208,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 async move {
                     let _ = stop.recv().await;
                 },
-            )));
+            ));
         }
         #[cfg(feature = "tls")]
         for (addr, tls) in tcp {
             tracing::info!(%addr, "broker listening with mutual TLS");
             let mut stop = stop_tx.subscribe();
-            servers.push(tokio::spawn(service::serve_tcp_tls(
+            servers.spawn(service::serve_tcp_tls(
                 broker.clone(),
                 durability,
                 addr,
@@ -220,7 +222,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 async move {
                     let _ = stop.recv().await;
                 },
-            )));
+            ));
         }
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
@@ -238,34 +240,51 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 None => std::future::pending().await,
             }
         };
+        // A listener serves until told to stop: one that ends first failed
+        // (a TCP address in use, a certificate that does not load), and the
+        // broker shuts down saying so rather than serve without it.
+        let mut failed = None;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
             _ = hung_up => {},
+            Some(ended) = servers.join_next() => {
+                failed = Some(match ended {
+                    Ok(Ok(())) => anyhow::anyhow!("a listener stopped"),
+                    Ok(Err(e)) => anyhow::Error::from(e).context("a listener failed"),
+                    Err(e) => anyhow::Error::from(e).context("a listener's task failed"),
+                });
+            },
         }
         tracing::info!("shutting down");
         let _ = stop_tx.send(());
         // Session streams and follow queries end at once; a connection that
         // still does not close (a client that stopped reading) is not waited
         // for past the grace period: the store is flushed either way.
-        let servers = async {
-            for s in servers {
-                s.await??;
+        let stopped = async {
+            while let Some(ended) = servers.join_next().await {
+                ended??;
             }
             anyhow::Ok(())
         };
-        match tokio::time::timeout(SHUTDOWN_GRACE, servers).await {
-            Ok(r) => r?,
-            Err(_) => tracing::warn!(
-                grace = ?SHUTDOWN_GRACE,
-                "connections still open after the grace period; closing them"
-            ),
-        }
+        let stopped = match tokio::time::timeout(SHUTDOWN_GRACE, stopped).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    grace = ?SHUTDOWN_GRACE,
+                    "connections still open after the grace period; closing them"
+                );
+                Ok(())
+            }
+        };
         for path in &sockets {
             let _ = std::fs::remove_file(path);
         }
-        anyhow::Ok(())
-    })?;
+        match failed {
+            Some(e) => Err(e),
+            None => stopped,
+        }
+    });
     // The runtime's blocking tasks (queries) are not waited for.
     rt.shutdown_timeout(Duration::from_millis(100));
     use cordon_broker::audit::AuditLog;
@@ -273,5 +292,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Refuses later appends; what could not be flushed goes to the log.
     audit.close();
     flushed.context("final audit flush failed")?;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
