@@ -56,6 +56,8 @@ pub struct Spec {
 pub enum BackstopError {
     #[error("data.cordon.backstop is not valid: {0}")]
     Invalid(String),
+    #[error("cannot ask the broker for data.cordon.backstop: {0}")]
+    Unavailable(String),
     #[error("cannot build the Landlock ruleset: {0}")]
     Kernel(std::io::Error),
 }

@@ -214,7 +214,7 @@ impl Sandbox {
             None => self
                 .decider
                 .backstop(&self.info)
-                .map_err(|e| BackstopError::Invalid(e.to_string()))?
+                .map_err(|e| BackstopError::Unavailable(e.to_string()))?
                 .map(|v| Spec::from_json(&v))
                 .transpose()?,
         };
