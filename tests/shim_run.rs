@@ -2087,13 +2087,21 @@ fn a_broker_that_never_answers_is_exit_125_within_the_deadline() {
 
 /// A tool that tries to read a file every 50 ms and logs each outcome. Once
 /// `quiet` exists it says so and makes no more brokered calls (`lstat` is
-/// not one), and exits when `stop` exists.
+/// not one) but one read when `probe` exists, and exits when `stop` exists.
 const POLL_READS: &str = r#"import time, sys, os
 log = open(sys.argv[1], 'a', buffering=1)
 for i in range(400):
     if os.path.lexists('quiet'):
         log.write('quiet\n')
+        probed = False
         while not os.path.lexists('stop'):
+            if os.path.lexists('probe') and not probed:
+                probed = True
+                try:
+                    open('in.txt').read()
+                    log.write('probe ok\n')
+                except OSError as e:
+                    log.write('probe err %d\n' % e.errno)
             time.sleep(0.01)
         sys.exit(7)
     try:
@@ -2143,13 +2151,26 @@ fn losing_the_broker_denies_and_reconnecting_recovers() {
     serve.spawn();
     wait_for_line(&log, "ok", at, Duration::from_secs(20));
 
-    // The broker goes and comes back again while the tool makes no call, and
-    // then it exits: its exit record is the first call on the dead stream,
-    // and it reaches the new broker.
+    // The broker goes and comes back again while the tool makes no call:
+    // its next call, the first on the dead stream, is asked again on a fresh
+    // one and allowed (it was denied). Then it exits, and its exit record
+    // reaches the new broker too.
     std::fs::write(env.work.join("quiet"), "").unwrap();
-    wait_for_line(&log, "quiet", 0, Duration::from_secs(20));
+    let at = wait_for_line(&log, "quiet", 0, Duration::from_secs(20));
     serve.kill9();
     serve.spawn();
+    std::fs::write(env.work.join("probe"), "").unwrap();
+    let lines = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lines(&log).lines().skip(at).any(|l| l.starts_with("probe")) {
+        assert!(Instant::now() < deadline, "no probe in {}", lines(&log));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        lines(&log).lines().skip(at).any(|l| l == "probe ok"),
+        "{}",
+        lines(&log)
+    );
     std::fs::write(env.work.join("stop"), "").unwrap();
     let out = run.wait_with_output().unwrap();
     let stderr = text(&out.stderr);

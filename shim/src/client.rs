@@ -224,24 +224,51 @@ impl Remote {
         self.lanes[0].conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// One request and its answer, within the deadline in all: waiting for a
+    /// lane, reconnecting and the exchange share it.
     fn call(&self, msg: session_request::Msg) -> Result<session_response::Msg, ClientError> {
+        let until = Instant::now() + self.deadline;
+        match self.call_until(msg.clone(), until) {
+            // The stream was found broken: a broker that restarted leaves each
+            // lane's old stream dead until a call finds it. Once more on a
+            // fresh stream, within the same deadline, rather than a denial. A
+            // request the old broker recorded before it went is recorded
+            // twice: a duplicate is seen, a loss is not.
+            Err(ClientError::Disconnected) if Instant::now() < until => {
+                tracing::debug!("broker stream broken; asking again on a fresh one");
+                self.call_until(msg, until)
+            }
+            other => other,
+        }
+    }
+
+    fn call_until(
+        &self,
+        msg: session_request::Msg,
+        until: Instant,
+    ) -> Result<session_response::Msg, ClientError> {
+        let left = || until.saturating_duration_since(Instant::now());
         let (mut i, mut conn) = self.lane();
         // A spare lane that cannot connect hands its call to the first lane
         // rather than deny it: the broker may be up, only busy or at its limit.
-        if i > 0 && !self.lanes[i].connected(&mut conn, &self.uri, self.deadline, self.max_idle) {
+        if i > 0 && !self.lanes[i].connected(&mut conn, &self.uri, left(), self.max_idle) {
             drop(conn);
             (i, conn) = (0, self.first());
         }
-        if !self.lanes[i].connected(&mut conn, &self.uri, self.deadline, self.max_idle) {
+        if !self.lanes[i].connected(&mut conn, &self.uri, left(), self.max_idle) {
             // The first lane is down (waiting out its backoff, or its
             // reconnect failed): a spare lane whose stream is up answers
             // instead of the call being denied.
             drop(conn);
             (i, conn) = self.live_spare().ok_or(ClientError::Disconnected)?;
         }
+        let wait = left();
+        if wait.is_zero() {
+            return Err(ClientError::Timeout(self.deadline));
+        }
         let lane = &self.lanes[i];
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lane.call(&mut conn, self.deadline, id, msg)
+        lane.call(&mut conn, wait, id, msg)
     }
 }
 
@@ -333,13 +360,20 @@ impl Lane {
             Err(_) => Err(ClientError::Timeout(deadline)),
         };
         conn.used_at = Instant::now();
-        if matches!(
-            result,
-            Err(ClientError::Disconnected | ClientError::Timeout(_))
-        ) {
-            tracing::warn!(error = ?result.as_ref().err(), "dropping the broker stream; denying until reconnected");
-            conn.stream = None;
-            conn.retry_at = Instant::now() + FIRST_BACKOFF;
+        match &result {
+            // A broken stream is reopened by the next call at once (the
+            // caller asks again on it); a reconnect that fails backs off.
+            Err(ClientError::Disconnected) => {
+                tracing::warn!("the broker stream broke; reopening it");
+                conn.stream = None;
+                conn.retry_at = Instant::now();
+            }
+            Err(ClientError::Timeout(_)) => {
+                tracing::warn!(error = ?result.as_ref().err(), "dropping the broker stream; denying until reconnected");
+                conn.stream = None;
+                conn.retry_at = Instant::now() + FIRST_BACKOFF;
+            }
+            _ => {}
         }
         result
     }
