@@ -547,6 +547,14 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(hard.max(soft))
 }
 
+/// For command-line front ends, before [`Sandbox::spawn`]: SIGINT, SIGQUIT,
+/// SIGTERM and SIGHUP that come while the tool is being started are kept,
+/// and relayed to it by [`Sandboxed::relay_signals`], instead of ending this
+/// process then and leaving the tool to run unsupervised.
+pub fn hold_signals() -> io::Result<()> {
+    sys::hold_signals()
+}
+
 /// For command-line front ends: become the subreaper of the sandbox, so
 /// descendants that detach (double fork, `setsid`) are re-parented here and
 /// can be found and killed when the tool ends.

@@ -953,9 +953,17 @@ static RELAY_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::ne
 /// terminal signals included, since the terminal no longer reaches it.
 static RELAY_GROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// A signal that came before the tool's pid was known (while it was being
+/// started): relayed once it is.
+static PENDING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 extern "C" fn relay(sig: libc::c_int) {
     let pid = RELAY_TO.load(std::sync::atomic::Ordering::Relaxed);
     let group = RELAY_GROUP.load(std::sync::atomic::Ordering::Relaxed);
+    if pid == 0 {
+        PENDING.store(sig, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
     if pid > 0 && group {
         // SAFETY: as below; a negative pid names the tool's process group.
         unsafe {
@@ -979,7 +987,8 @@ extern "C" fn relay(sig: libc::c_int) {
 
 /// Stops relaying (the tool was reaped: its pid may be reused).
 pub fn stop_relaying() {
-    RELAY_TO.store(0, std::sync::atomic::Ordering::Relaxed);
+    // Not 0, which means "not started yet": a signal now is not kept.
+    RELAY_TO.store(-1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Keeps the supervisor alive through terminal and termination signals while
@@ -988,9 +997,28 @@ pub fn stop_relaying() {
 pub fn relay_signals_to(pid: i32, group: bool) -> io::Result<()> {
     RELAY_GROUP.store(group, std::sync::atomic::Ordering::Relaxed);
     RELAY_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
+    install_relay()?;
+    // One that came while the tool was being started goes to it now.
+    let pending = PENDING.swap(0, std::sync::atomic::Ordering::Relaxed);
+    if pending != 0 {
+        relay(pending);
+    }
+    Ok(())
+}
+
+/// Catches the signals that [`relay_signals_to`] relays before there is a
+/// tool to relay them to: one that comes while the tool is being started is
+/// kept and relayed once it runs, instead of killing cordon then and leaving
+/// the tool unsupervised.
+pub fn hold_signals() -> io::Result<()> {
+    RELAY_TO.store(0, std::sync::atomic::Ordering::Relaxed);
+    install_relay()
+}
+
+fn install_relay() -> io::Result<()> {
     for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: sigaction is all-integer plus a handler that only loads an
-        // atomic and calls kill, both async-signal-safe.
+        // SAFETY: sigaction is all-integer plus a handler that only loads and
+        // stores atomics and calls kill, all async-signal-safe.
         let ret = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = relay as extern "C" fn(libc::c_int) as usize;
@@ -1059,5 +1087,30 @@ impl Drop for GuardedPage {
         // SAFETY: the whole mapping made in `new`; no slice of it outlives
         // `&mut self`.
         unsafe { libc::munmap(self.base.cast(), 2 * self.page) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SIGTERM that comes while the tool is being started (after
+    /// `hold_signals`, before its pid is known) neither ends this process
+    /// nor is lost: the tool gets it once the relay knows it.
+    #[test]
+    fn a_signal_while_the_tool_starts_is_relayed_once_it_runs() {
+        hold_signals().unwrap();
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        relay_signals_to(child.id() as i32, false).unwrap();
+        let status = child.wait().unwrap();
+        stop_relaying();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
     }
 }

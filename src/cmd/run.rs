@@ -383,6 +383,10 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     tracing::debug!("spawning");
     cordon_shim::harden_supervisor().context("cannot make cordon non-dumpable")?;
     cordon_shim::become_subreaper().context("cannot become the sandbox's subreaper")?;
+    // Until the relays are installed below: a SIGTERM while the tool starts
+    // (with --broker that includes a round trip) would end cordon and leave
+    // the tool running unsupervised.
+    cordon_shim::hold_signals().context("cannot install signal handlers")?;
     let result = sandbox.spawn(&mut cmd);
     tracing::debug!("spawned");
     let started = result.is_ok();
