@@ -1523,6 +1523,8 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
              except OSError as e:\n        print(name, 'err', e.errno)\n\
          try:\n    socket.socketpair(socket.AF_TIPC, socket.SOCK_STREAM); print('tipc pair ok')\n\
          except OSError as e:\n    print('tipc pair err', e.errno)\n\
+         try:\n    socket.socketpair(socket.AF_INET, socket.SOCK_STREAM); print('inet pair ok')\n\
+         except OSError as e:\n    print('inet pair err', e.errno)\n\
          a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); print('unix pair ok')\n\
          try:\n    b.setsockopt(socket.SOL_SOCKET, 76, 1); print('passpidfd ok')  # SO_PASSPIDFD\n\
          except OSError as e:\n    print('passpidfd err', e.errno)\n\
@@ -1541,6 +1543,7 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
         "netlink-route ok",
         "inet6 ok",
         "tipc pair err 97",
+        "inet pair err 95",
         "unix pair ok",
         "passpidfd err 92",
         "peerpidfd err 92",
@@ -2014,7 +2017,7 @@ fn run_refuses_options_it_would_ignore_and_durations_out_of_range() {
         &["--broker", "unix:///x.sock", "--eval-timeout", "1s"],
         &["--deadline", "0s"],
         &["--deadline", "300000000000y"],
-        &["--flush-window", "1h"],
+        &["--flush-window", "2m"],
         &["--timeout", "0s"],
     ] {
         let out = cordon()

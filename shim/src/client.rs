@@ -95,6 +95,10 @@ struct Connection {
     /// When the next reconnect may be tried, and the backoff after that.
     retry_at: Instant,
     backoff: Duration,
+    /// Whether the stream has carried an answer: one that breaks before any
+    /// is a failed connect (backed off), one that breaks after is reopened at
+    /// once.
+    answered: bool,
 }
 
 /// A `cordon serve` reached over `Session` streams, one per lane.
@@ -175,6 +179,7 @@ impl Remote {
                     used_at: Instant::now(),
                     retry_at: Instant::now(),
                     backoff: FIRST_BACKOFF,
+                    answered: false,
                 }),
             });
         }
@@ -249,6 +254,11 @@ impl Remote {
     ) -> Result<session_response::Msg, ClientError> {
         let left = || until.saturating_duration_since(Instant::now());
         let (mut i, mut conn) = self.lane();
+        // The wait for a lane used the time up: a denial, but not the
+        // broker's failure (no reconnect tried, no backoff).
+        if left().is_zero() {
+            return Err(ClientError::Timeout(self.deadline));
+        }
         // A spare lane that cannot connect hands its call to the first lane
         // rather than deny it: the broker may be up, only busy or at its limit.
         if i > 0 && !self.lanes[i].connected(&mut conn, &self.uri, left(), self.max_idle) {
@@ -303,7 +313,7 @@ impl Lane {
                 tracing::info!("broker stream opened");
                 conn.stream = Some(stream);
                 conn.used_at = Instant::now();
-                conn.backoff = FIRST_BACKOFF;
+                conn.answered = false;
                 true
             }
             _ => {
@@ -361,12 +371,25 @@ impl Lane {
         };
         conn.used_at = Instant::now();
         match &result {
-            // A broken stream is reopened by the next call at once (the
-            // caller asks again on it); a reconnect that fails backs off.
-            Err(ClientError::Disconnected) => {
+            Ok(_) => {
+                conn.answered = true;
+                conn.backoff = FIRST_BACKOFF;
+            }
+            // A stream that answered and then broke (a broker restart) is
+            // reopened by the next call at once, which the caller makes by
+            // asking again. One that broke before any answer counts as a
+            // failed connect: backed off, so that a broker that takes streams
+            // and drops them is not asked twice per call without pause.
+            Err(ClientError::Disconnected) if conn.answered => {
                 tracing::warn!("the broker stream broke; reopening it");
                 conn.stream = None;
                 conn.retry_at = Instant::now();
+            }
+            Err(ClientError::Disconnected) => {
+                tracing::warn!("the broker stream broke before any answer; backing off");
+                conn.stream = None;
+                conn.retry_at = Instant::now() + conn.backoff;
+                conn.backoff = (conn.backoff * 2).min(MAX_BACKOFF);
             }
             Err(ClientError::Timeout(_)) => {
                 tracing::warn!(error = ?result.as_ref().err(), "dropping the broker stream; denying until reconnected");

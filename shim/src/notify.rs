@@ -670,6 +670,15 @@ impl Supervisor {
                 let domain = n.args[0] as i32;
                 if domain == libc::AF_UNIX {
                     let _ = self.listener.allow_continue(n.id);
+                } else if matches!(domain, libc::AF_INET | libc::AF_INET6 | libc::AF_NETLINK) {
+                    // What the kernel answers for these families' pairs.
+                    self.forbid_numbered(
+                        &n,
+                        "socketpair",
+                        "family",
+                        i64::from(domain),
+                        libc::EOPNOTSUPP,
+                    );
                 } else {
                     self.forbid_numbered(
                         &n,

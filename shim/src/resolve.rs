@@ -343,9 +343,24 @@ fn reported(
 ) -> Result<Vec<u8>, Errno> {
     match fd_path(fd) {
         Some(p) if p.first() == Some(&b'/') => Ok(p),
-        _ if !dotdot && is_own_fd_entry(fallback, tgid, tid) => Ok(fallback.to_vec()),
+        _ if !dotdot && is_own_fd_entry(fallback, tgid, tid) && pathless(fd) => {
+            Ok(fallback.to_vec())
+        }
         _ => Err(Errno::EACCES),
     }
+}
+
+/// Whether the object has no path to report: a pipe, a socket, or an
+/// anonymous inode (no file type). A file or directory whose name could not
+/// be read (longer than PATH_MAX) is not, and so is not reported under the
+/// tool's `/proc/TGID/fd/N` entry, which a policy may let it write.
+fn pathless(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| {
+        matches!(
+            st.st_mode & libc::S_IFMT,
+            libc::S_IFIFO | libc::S_IFSOCK | 0
+        )
+    })
 }
 
 /// Resolves `l.path` for the tool.

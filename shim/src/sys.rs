@@ -953,15 +953,17 @@ static RELAY_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::ne
 /// terminal signals included, since the terminal no longer reaches it.
 static RELAY_GROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// A signal that came before the tool's pid was known (while it was being
-/// started): relayed once it is.
-static PENDING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// Signals (a bit each) that came before the tool's pid was known (while it
+/// was being started): relayed once it is, each of them.
+static PENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 extern "C" fn relay(sig: libc::c_int) {
     let pid = RELAY_TO.load(std::sync::atomic::Ordering::Relaxed);
     let group = RELAY_GROUP.load(std::sync::atomic::Ordering::Relaxed);
     if pid == 0 {
-        PENDING.store(sig, std::sync::atomic::Ordering::Relaxed);
+        if (1..64).contains(&sig) {
+            PENDING.fetch_or(1 << sig, std::sync::atomic::Ordering::Relaxed);
+        }
         return;
     }
     if pid > 0 && group {
@@ -998,10 +1000,12 @@ pub fn relay_signals_to(pid: i32, group: bool) -> io::Result<()> {
     RELAY_GROUP.store(group, std::sync::atomic::Ordering::Relaxed);
     RELAY_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
     install_relay()?;
-    // One that came while the tool was being started goes to it now.
+    // Those that came while the tool was being started go to it now.
     let pending = PENDING.swap(0, std::sync::atomic::Ordering::Relaxed);
-    if pending != 0 {
-        relay(pending);
+    for sig in 1..64 {
+        if pending & (1 << sig) != 0 {
+            relay(sig);
+        }
     }
     Ok(())
 }
@@ -1011,6 +1015,8 @@ pub fn relay_signals_to(pid: i32, group: bool) -> io::Result<()> {
 /// kept and relayed once it runs, instead of killing cordon then and leaving
 /// the tool unsupervised.
 pub fn hold_signals() -> io::Result<()> {
+    // None kept from an earlier start (one that failed) reaches this tool.
+    PENDING.store(0, std::sync::atomic::Ordering::Relaxed);
     RELAY_TO.store(0, std::sync::atomic::Ordering::Relaxed);
     install_relay()
 }
@@ -1100,7 +1106,14 @@ mod tests {
     #[test]
     fn a_signal_while_the_tool_starts_is_relayed_once_it_runs() {
         hold_signals().unwrap();
+        // SIGHUP then SIGTERM: both kept (the tool gets both; either ends
+        // `sleep`, and it reports the one that came first).
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
         nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert_eq!(
+            PENDING.load(std::sync::atomic::Ordering::Relaxed),
+            (1 << libc::SIGHUP) | (1 << libc::SIGTERM)
+        );
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
@@ -1110,7 +1123,7 @@ mod tests {
         stop_relaying();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGTERM)
+            Some(libc::SIGHUP)
         );
     }
 }

@@ -118,9 +118,9 @@ pub fn wait_duration(s: &str) -> Result<Duration, String> {
     duration_between(s, Duration::from_millis(1), Duration::from_secs(3600))
 }
 
-/// A flush window: zero (flush at once) to 10 s.
+/// A flush window: zero (flush at once) to a minute.
 pub fn flush_window(s: &str) -> Result<Duration, String> {
-    duration_between(s, Duration::ZERO, Duration::from_secs(10))
+    duration_between(s, Duration::ZERO, Duration::from_secs(60))
 }
 
 /// `K=V` for labels.

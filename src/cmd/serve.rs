@@ -291,6 +291,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let flushed = audit.flush();
     // Refuses later appends; what could not be flushed goes to the log.
     audit.close();
+    if let (Err(_), Err(e)) = (&flushed, &served) {
+        // Only one error can be returned: the other is logged.
+        tracing::error!(error = %format!("{e:#}"), "serving failed");
+    }
     flushed.context("final audit flush failed")?;
     served?;
     Ok(ExitCode::SUCCESS)
