@@ -12,7 +12,6 @@ connect), whoever the client behind the relay is. MODE sets up that peer:
                    leaves it a zombie), and a child it forked relays;
   filter-on-signal as plain until SIGUSR1, then as filtered-thread.
 """
-import ctypes
 import os
 import select
 import signal
@@ -21,30 +20,12 @@ import sys
 import threading
 import time
 
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
-BPF_RET_K = 0x06
-SECCOMP_RET_ALLOW = 0x7FFF0000
+from seccomp_filter import filter_this_thread
 
 
-class SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
-
-
-class SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
-
-
-def filter_this_thread(done):
-    """Puts the calling thread (only: no TSYNC) under a seccomp filter, then sleeps."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        sys.exit(f"prctl(NO_NEW_PRIVS): errno {ctypes.get_errno()}")
-    insns = (SockFilter * 1)(SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
-    prog = SockFprog(1, insns)
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        sys.exit(f"prctl(SECCOMP): errno {ctypes.get_errno()}")
+def filter_and_sleep(done):
+    """Puts this thread (only) under a filter, says so, then sleeps."""
+    filter_this_thread()
     done.set()
     while True:
         time.sleep(60)
@@ -73,7 +54,7 @@ upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 upstream.connect(broker_path)
 if mode == "filtered-thread":
     installed = threading.Event()
-    threading.Thread(target=filter_this_thread, args=(installed,), daemon=True).start()
+    threading.Thread(target=filter_and_sleep, args=(installed,), daemon=True).start()
     installed.wait()
 elif mode == "connector-exits":
     parent = os.getpid()
@@ -85,7 +66,7 @@ elif mode == "connector-exits":
 elif mode == "filter-on-signal":
     signal.signal(
         signal.SIGUSR1,
-        lambda *_: threading.Thread(target=filter_this_thread, args=(threading.Event(),), daemon=True).start(),
+        lambda *_: threading.Thread(target=filter_and_sleep, args=(threading.Event(),), daemon=True).start(),
     )
 elif mode != "plain":
     sys.exit(f"unknown mode {mode}")
