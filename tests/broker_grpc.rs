@@ -668,6 +668,41 @@ fn serve_refuses_a_socket_directory_others_may_write() {
     }
 }
 
+/// A second broker started on the socket of a running one refuses to start
+/// rather than unlink it (which left the first unreachable); a socket left
+/// by a broker that is gone is replaced.
+#[test]
+fn a_live_brokers_socket_is_not_taken_over() {
+    let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let mut second = cordon()
+        .args(["serve", "--listen", &s.uri(), "--audit-db"])
+        .arg(s.dir.path().join("audit2"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second broker started on a live broker's socket");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = second.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a broker is already listening there"), "{err}");
+    let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &s.uri()]);
+    assert_eq!(code, 0, "the first broker still answers: {out}{err}");
+    // Killed, it leaves its socket behind: the next broker takes the path.
+    s.kill9();
+    assert!(s.socket.exists());
+    s.spawn();
+    let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &s.uri()]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[test]
 fn socket_is_0660_and_sandboxed_or_foreign_callers_are_refused() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);

@@ -586,6 +586,17 @@ fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            // A socket left by a broker that is gone is replaced; one a live
+            // broker listens on is not taken from it.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::Bind {
+                    path: path.into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "a broker is already listening there",
+                    ),
+                });
+            }
             std::fs::remove_file(path).map_err(|e| ServeError::Bind {
                 path: path.into(),
                 source: e,
