@@ -28,9 +28,10 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = cmd::LogFormat::Text)]
     log_format: cmd::LogFormat,
-    /// Log filter, e.g. `info` or `cordon_broker=debug` (RUST_LOG also works).
-    #[arg(long, global = true, env = "CORDON_LOG", default_value = "warn")]
-    log_level: String,
+    /// Log filter, e.g. `info` or `cordon_broker=debug`. Default: RUST_LOG if set, else `warn`
+    /// (`info` for serve).
+    #[arg(long, global = true, env = "CORDON_LOG")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,12 +54,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if cli.log_level == "warn" && matches!(cli.command, Command::Serve(_)) {
-        "info".to_owned()
+    // A broker says what it serves; other commands speak only of trouble.
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
     } else {
-        cli.log_level.clone()
+        "warn"
     };
-    cmd::init_logging(cli.log_format, &level);
+    cmd::init_logging(cli.log_format, cli.log_level.as_deref(), default);
     let result = match cli.command {
         Command::Run(args) => return cmd::run::run(args),
         Command::Learn(args) => return cmd::learn::run(args),

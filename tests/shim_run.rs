@@ -2040,6 +2040,29 @@ fn run_refuses_options_it_would_ignore_and_durations_out_of_range() {
     }
 }
 
+/// An explicit `--log-level` wins over `RUST_LOG` (it used to lose), which
+/// still applies when no level is given.
+#[test]
+fn an_explicit_log_level_wins_over_rust_log() {
+    let env = Env::new(&[]);
+    let stderr = |extra: &[&str]| {
+        let out = env
+            .command(extra, &["/bin/true"])
+            .env("RUST_LOG", "debug")
+            .env_remove("CORDON_LOG")
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        text(&out.stderr)
+    };
+    assert!(stderr(&[]).contains("DEBUG"));
+    let quiet = stderr(&["--log-level", "error"]);
+    assert!(
+        !quiet.contains("DEBUG") && !quiet.contains("INFO"),
+        "{quiet}"
+    );
+}
+
 /// cordon's own client certificate settings do not reach the tool.
 #[test]
 fn the_tool_does_not_inherit_cordons_tls_settings() {

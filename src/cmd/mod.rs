@@ -27,11 +27,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr; `--log-format json` for machine consumption.
-pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+/// Logs go to stderr; `--log-format json` for machine consumption. The
+/// filter: `--log-level` (or `CORDON_LOG`) if given, else `RUST_LOG`, else
+/// `default`; one that does not parse falls back to `warn`.
+pub fn init_logging(format: LogFormat, level: Option<&str>, default: &str) {
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .or_else(|_| tracing_subscriber::EnvFilter::try_new(default)),
+    }
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour only for a person at a terminal, never into files or pipes.
