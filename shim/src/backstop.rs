@@ -314,8 +314,15 @@ impl Opener {
                 if !ok {
                     return;
                 }
+                // As on the serving threads: a job that panics is its call's
+                // denial (its answer channel closes), not the end of the
+                // thread, after which every governed call would be denied.
                 for job in rx {
-                    job();
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!(
+                            "an operation on the opener thread panicked; its call is denied"
+                        );
+                    }
                 }
             })?;
         ready_rx
