@@ -674,22 +674,18 @@ fn serve_refuses_a_socket_directory_others_may_write() {
 #[test]
 fn a_live_brokers_socket_is_not_taken_over() {
     let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
-    let mut second = cordon()
+    let second = cordon()
         .args(["serve", "--listen", &s.uri(), "--audit-db"])
         .arg(s.dir.path().join("audit2"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while second.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("the second broker started on a live broker's socket");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = second.wait_with_output().unwrap();
+    let out = exits_within(
+        second,
+        Duration::from_secs(20),
+        "the second broker started on a live broker's socket",
+    );
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a broker is already listening there"), "{err}");

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::cordon;
+use support::{cordon, exits_within};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -197,7 +197,7 @@ fn serve_over_tcp_with_mutual_tls() {
 
     // A second broker on the same address cannot listen: it says so and
     // exits (it used to log "listening" and run without its listener).
-    let mut second = cordon()
+    let second = cordon()
         .args(["serve", "--listen", &listen, "--audit-db"])
         .arg(d.join("audit2"))
         .arg("--tls-cert")
@@ -210,15 +210,11 @@ fn serve_over_tcp_with_mutual_tls() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while second.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("a broker that cannot listen should exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = second.wait_with_output().unwrap();
+    let out = exits_within(
+        second,
+        Duration::from_secs(20),
+        "a broker that cannot listen should exit",
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("a listener failed"),

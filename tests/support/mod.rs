@@ -178,3 +178,19 @@ pub fn assert_ok(out: &std::process::Output) -> String {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// The output of `child`, which must exit within `limit`: if it does not,
+/// it is killed and the test fails with `what` (a broker that should refuse
+/// to start would otherwise run, and hang the test, forever).
+pub fn exits_within(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
