@@ -691,6 +691,19 @@ fn a_live_brokers_socket_is_not_taken_over() {
     assert!(err.contains("a broker is already listening there"), "{err}");
     let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &s.uri()]);
     assert_eq!(code, 0, "the first broker still answers: {out}{err}");
+    // A broker that cannot bind its second socket does not leave its first.
+    let first = s.dir.path().join("first.sock");
+    let out = cordon()
+        .args(["serve", "--listen"])
+        .arg(format!("unix://{}", first.display()))
+        .args(["--listen", &s.uri(), "--audit-db"])
+        .arg(s.dir.path().join("audit3"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a broker is already listening there"), "{err}");
+    assert!(!first.exists(), "the socket it did bind was left behind");
     // Killed, it leaves its socket behind: the next broker takes the path.
     s.kill9();
     assert!(s.socket.exists());

@@ -623,17 +623,17 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
         path: path.into(),
         source: e,
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
-        ServeError::Bind {
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)) {
+        // Bound but not served: the file goes with the listener.
+        let _ = std::fs::remove_file(path);
+        return Err(ServeError::Bind {
             path: path.into(),
             source: e,
-        }
-    })?;
+        });
+    }
     Ok(listener)
 }
 
-/// Serves the broker, health and reflection on a bound Unix listener until
-/// `shutdown` completes.
 /// The broker service behind its peer check, plus health and reflection.
 async fn routes(
     broker: Broker,

@@ -25,6 +25,19 @@ fn hangup_ignored() -> bool {
         .is_some_and(|mask| mask & (1 << (nix::sys::signal::Signal::SIGHUP as i32 - 1)) != 0)
 }
 
+/// The socket files this broker bound, removed when it exits, however it
+/// exits (an error after the first bind included). Only its own: a path
+/// whose bind failed may be another broker's.
+struct OwnSockets(Vec<PathBuf>);
+
+impl Drop for OwnSockets {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// How long a shutdown waits for connections to close before it closes them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -195,8 +208,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let served = rt.block_on(async move {
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut servers = tokio::task::JoinSet::new();
+        // Every socket bound before any is served: a second one that cannot
+        // be bound ends the broker with the first one removed.
+        let mut own = OwnSockets(Vec::new());
+        let mut listeners = Vec::new();
         for path in &sockets {
-            let listener = service::bind_unix(path)?;
+            listeners.push((path, service::bind_unix(path)?));
+            own.0.push(path.clone());
+        }
+        for (path, listener) in listeners {
             tracing::info!(socket = %path.display(), audit_db = %db.display(), revision = %policy.current().revision(),
                 durability = ?durability, uids = ?access.allowed_uids, "broker listening");
             let mut stop = stop_tx.subscribe();
@@ -277,9 +297,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 Ok(())
             }
         };
-        for path in &sockets {
-            let _ = std::fs::remove_file(path);
-        }
+        drop(own);
         match failed {
             Some(e) => Err(e),
             None => stopped,
