@@ -26,8 +26,8 @@ Exit status: 0 no disagreement, 1 disagreements, 2 OPA could not be obtained,
 
 Known limits of the OPA side: the embedded engine evaluates with strict
 builtin errors (a builtin error is an error, as with
-`opa eval --strict-builtin-errors`), whereas plain `opa test` treats it as
-undefined; tests whose name is defined more than once are evaluated as one
+`opa eval --strict-builtin-errors`), whereas plain `opa test` and cordon
+treat it as undefined; tests whose name is defined more than once are evaluated as one
 rule, whereas `opa test` runs each body as test_x, test_x#01, ... (such tests
 are reported as disagreements).
 """

@@ -67,7 +67,7 @@ fn policy_test_runs_the_shipped_tests_and_reports_failures_with_their_inputs() {
     .unwrap();
     std::fs::write(
         dir.path().join("p_test.rego"),
-        "package cordon_test\n\nimport rego.v1\n\nfile(p) := {\"kind\": \"file\", \"file\": {\"path\": p}}\n\ntest_exec if data.cordon.allow with input as {\"kind\": \"exec\"}\n\ntest_file_wrongly_expected if data.cordon.allow with input as file(\"/etc/hosts\")\n\ntest_error if 1 / 0 == 1\n",
+        "package cordon_test\n\nimport rego.v1\n\nfile(p) := {\"kind\": \"file\", \"file\": {\"path\": p}}\n\ntest_exec if data.cordon.allow with input as {\"kind\": \"exec\"}\n\ntest_file_wrongly_expected if data.cordon.allow with input as file(\"/etc/hosts\")\n\ntest_error if conflict == 1\n\nconflict := 1 if true\n\nconflict := 2 if true\n",
     )
     .unwrap();
     let d = path_str(dir.path());

@@ -2,7 +2,9 @@
 //!
 //! Invariants:
 //! - Evaluation never fails open: a runtime error, a timeout or an answer of the
-//!   wrong shape is a denial whose reason says what went wrong.
+//!   wrong shape is a denial whose reason says what went wrong. A builtin
+//!   that fails is not such an error: as in OPA, its expression is undefined
+//!   (see `build_engine`), so `not risky` holds when `risky` fails.
 //! - A loaded policy is immutable; a reload builds a new [`LoadedPolicy`] and
 //!   swaps it in only if every file parses and compiles, so a broken edit never
 //!   replaces a working revision.
@@ -415,6 +417,12 @@ pub(crate) fn build_engine(
     with_wrapper: bool,
 ) -> Result<Engine, PolicyError> {
     let mut engine = Engine::new();
+    // A builtin that fails (bad JSON, a division by zero) makes its
+    // expression undefined, as in OPA by default and as in the compiled VM,
+    // which has no other way (it takes any error in a rule body for the
+    // body failing). The interpreter's default, an error, would make `policy
+    // test` and `--interpreter` decide otherwise than the VM on the hot path.
+    engine.set_strict_builtin_errors(false);
     for f in &sources.rego {
         engine
             .add_policy(f.display.clone(), f.text.clone())

@@ -144,6 +144,73 @@ fn malformed_answers_and_unknown_errno_deny() {
     );
 }
 
+/// A builtin that fails on what the tool sent (bad JSON, a division by
+/// zero) makes its expression undefined, as in OPA: the compiled VM can do
+/// nothing else, and the interpreter (`policy test`, `--interpreter`) must
+/// decide as the VM does. So `not risky` holds when `risky` fails, and a
+/// policy that must deny on bad input says so positively.
+#[test]
+fn a_failing_builtin_is_undefined_in_both_engines_as_in_opa() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(
+        dir.path(),
+        "p.rego",
+        r#"package cordon
+import rego.v1
+allow if {
+    input.kind == "exec"
+    not risky
+    not odd
+}
+risky if {
+    some a in input.exec.argv
+    startswith(a, "--opts=")
+    json.unmarshal(substring(a, 7, -1)).unsafe
+}
+odd if 100 / count(input.exec.argv) > 60
+deny contains "options that are not JSON" if {
+    some a in input.exec.argv
+    startswith(a, "--opts=")
+    not json.is_valid(substring(a, 7, -1))
+}
+"#,
+    );
+    let policy = LoadedPolicy::load(
+        &PolicySource::Paths(vec![dir.path().into()]),
+        &PolicyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(policy.engine_name(), "rvm", "{:?}", policy.vm_unavailable());
+    let exec = |argv: serde_json::Value| serde_json::json!({"kind": "exec", "exec": {"path": "/bin/x", "argv": argv}});
+    for (what, input, allow) in [
+        (
+            "safe options",
+            exec(serde_json::json!(["x", "--opts={\"unsafe\": false}"])),
+            true,
+        ),
+        (
+            "unsafe options",
+            exec(serde_json::json!(["x", "--opts={\"unsafe\": true}"])),
+            false,
+        ),
+        // json.unmarshal fails: `risky` is undefined; the positive check denies.
+        (
+            "bad JSON",
+            exec(serde_json::json!(["x", "--opts={"])),
+            false,
+        ),
+        // 100 / 0 fails: `odd` is undefined, `not odd` holds.
+        ("a division by zero", exec(serde_json::json!([])), true),
+    ] {
+        let vm = policy.evaluate_with(&input, true);
+        let interpreter = policy.evaluate_with(&input, false);
+        assert!(vm.is_ok(), "{what}: {vm:?}");
+        assert_eq!(vm, interpreter, "{what}: the engines disagree");
+        let v = policy.evaluate(&input);
+        assert_eq!(v.allow, allow, "{what}: {}", v.reason);
+    }
+}
+
 #[test]
 fn evaluation_timeout_denies() {
     let dir = tempfile::tempdir().unwrap();
