@@ -723,7 +723,9 @@ impl SledAudit {
                     // seq is left open, so that every query reaches the
                     // damaged item (a page, a record, a key) and fails with
                     // its error rather than stop short of it in silence.
-                    Err(e @ AuditError::Corrupt { .. }) if read_only => {
+                    Err(e @ (AuditError::Corrupt { .. } | AuditError::Damaged { .. }))
+                        if read_only =>
+                    {
                         tracing::warn!(error = %e, "the newest page is damaged");
                         (u64::MAX, [0; 32], 0)
                     }
@@ -746,14 +748,34 @@ impl SledAudit {
                     ),
                 });
             }
-            // The newest record replaced (rehashed): appending would rewrite
-            // the head over it, and verify would pass from then on.
-            if head_seq == last && head[8..] != last_hash {
+            // The record the head names replaced (rehashed): appending would
+            // rewrite the head past it, and verify would pass from then on.
+            // It is the newest one, or (records stored after the head was,
+            // then a crash) an older one, read from its page.
+            let head_hash = if head_seq == last {
+                Some(last_hash.to_vec())
+            } else {
+                let page = records
+                    .range(..=seq_key(head_seq))
+                    .next_back()
+                    .map(Page::from_item)
+                    .transpose()?;
+                page.as_ref()
+                    .map(|p| p.records())
+                    .transpose()?
+                    .and_then(|mut rs| rs.find(|(seq, _)| *seq == head_seq))
+                    .map(|(_, e)| e.hash.to_vec())
+            };
+            if head_seq > 0 && head_hash.as_deref() != Some(&head[8..]) {
                 return Err(AuditError::Damaged {
                     path: dir.display().to_string(),
-                    problem: format!(
-                        "its newest record, {last}, does not match its head: it was replaced"
-                    ),
+                    problem: if head_seq == last {
+                        format!(
+                            "its newest record, {last}, does not match its head: it was replaced"
+                        )
+                    } else {
+                        format!("record {head_seq}, its head, was replaced or removed")
+                    },
                 });
             }
         }
@@ -1103,19 +1125,13 @@ impl Inner {
             Err(e) => return Err(e),
         };
         for item in self.records.range(start..) {
-            // A damaged page is skipped (verify names it), not a reason to
-            // refuse the store.
-            let page = match Page::from_item(item) {
-                Ok(page) => page,
-                Err(AuditError::Corrupt { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            let Ok(records) = page.records() else {
-                continue;
-            };
-            for (seq, entry) in records {
-                let Ok(r) = decode(seq, entry) else { continue };
-                pending.push(index_entry(&r, page.first));
+            // A damaged page refuses the store to a writer, as a damaged head
+            // does. Skipped, it would be left out of the index while the mark
+            // moved past it: filtered queries would leave its records out in
+            // silence, where every other read fails on the damage.
+            let page = Page::from_item(item)?;
+            for (seq, entry) in page.records()? {
+                pending.push(index_entry(&decode(seq, entry)?, page.first));
             }
             if pending.len() >= REINDEX_CHUNK {
                 write(std::mem::take(&mut pending))?;
@@ -1842,7 +1858,12 @@ impl AuditLog for SledAudit {
     }
 
     fn last_assigned(&self) -> u64 {
-        self.inner.assigned_seq.load(Ordering::SeqCst)
+        // Under the chain lock, where records get their time and number: a
+        // record timed before this call has its number by then (in strict
+        // mode `assigned_seq` is set only after the record is stored, so a
+        // follow reading it could end before a record of its range).
+        let chain = self.inner.chain.lock().unwrap_or_else(|p| p.into_inner());
+        chain.next_seq - 1
     }
 
     fn flush(&self) -> Result<(), AuditError> {
@@ -1897,12 +1918,18 @@ mod tests {
     /// their last reference, a moment after the store is dropped: a test that
     /// reopens in the same process waits for that.
     fn reopen<T>(open: impl Fn() -> Result<T, AuditError>) -> T {
+        try_reopen(open).unwrap()
+    }
+
+    /// What opening gives once the store is no longer locked (by a store
+    /// just dropped, whose sled threads may still hold it).
+    fn try_reopen<T>(open: impl Fn() -> Result<T, AuditError>) -> Result<T, AuditError> {
         for _ in 0..300 {
             match open() {
                 Err(e) if e.is_locked() => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                other => return other.unwrap(),
+                other => return other,
             }
         }
         panic!("the store stayed locked for 3 s after it was dropped");
@@ -2710,10 +2737,11 @@ mod tests {
     }
 
     /// After a crash the records past the `indexed` mark are indexed again
-    /// when the store is opened to append; a damaged page there is left for
-    /// verify to name, not a reason to refuse the store.
+    /// when the store is opened to append; a damaged page there refuses the
+    /// store (indexing past it would hide its records from filtered queries),
+    /// and verify still opens it to name the damage.
     #[test]
-    fn a_damaged_page_past_the_index_does_not_stop_a_writer() {
+    fn a_damaged_page_past_the_index_refuses_a_writer() {
         let dir = tempfile::tempdir().unwrap();
         strict_store(dir.path(), 3);
         with_tree(dir.path(), "meta", |meta| {
@@ -2727,10 +2755,71 @@ mod tests {
             records.insert(seq_key(2), v)?;
             Ok(())
         });
-        let audit = reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+        let writer = try_reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+        assert!(
+            matches!(writer, Err(AuditError::Corrupt { seq: 2, .. })),
+            "{writer:?}"
+        );
+        let audit = reopen(|| SledAudit::open_read_only(dir.path()));
         let report = audit.verify().unwrap();
         assert!(!report.ok, "{report:?}");
         assert_eq!(report.first_bad_seq, 2, "{report:?}");
+    }
+
+    /// Records stored after the head (a crash between the two) are normal;
+    /// a head that names an older record which no longer matches it is not:
+    /// the records from there on were rewritten, and appending would write
+    /// a new head over the evidence.
+    #[test]
+    fn a_head_older_than_the_newest_record_is_checked_against_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 3);
+        let hash_of_1 = with_records_tree(dir.path(), |records| {
+            let page = Page::from_item(records.range(..=seq_key(1)).next_back().unwrap())?;
+            let (_, entry) = page.records()?.find(|(seq, _)| *seq == 1).unwrap();
+            Ok(entry.hash.to_vec())
+        });
+        let set_head = |hash: Vec<u8>| {
+            with_tree(dir.path(), "meta", |meta| {
+                meta.insert(HEAD_KEY, [&seq_key(1)[..], &hash[..]].concat())?;
+                Ok(())
+            })
+        };
+        set_head(hash_of_1.clone());
+        let audit = reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+        audit.append(decision(3)).unwrap();
+        drop(audit);
+        // Head back at record 1, now with a hash record 1 does not have.
+        let mut other = hash_of_1;
+        other[0] ^= 1;
+        set_head(other);
+        let refused = try_reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+        let Err(AuditError::Damaged { problem, .. }) = refused else {
+            panic!("a head that its record does not match was accepted");
+        };
+        assert_eq!(problem, "record 1, its head, was replaced or removed");
+    }
+
+    /// A newest page moved to the last possible key: a writer refuses the
+    /// store, and verify still opens it to name the damage.
+    #[test]
+    fn verify_opens_a_store_whose_newest_record_claims_the_last_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 2);
+        with_records_tree(dir.path(), |records| {
+            let (key, page) = records.last()?.expect("a page");
+            records.remove(key)?;
+            records.insert(seq_key(u64::MAX), page)?;
+            Ok(())
+        });
+        let writer = try_reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+        assert!(
+            matches!(writer, Err(AuditError::Damaged { .. })),
+            "{writer:?}"
+        );
+        let reader = reopen(|| SledAudit::open_read_only(dir.path()));
+        let report = reader.verify().unwrap();
+        assert!(!report.ok, "{report:?}");
     }
 
     #[test]
