@@ -1530,7 +1530,8 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
          except OSError as e:\n    print('passpidfd err', e.errno)\n\
          try:\n    a.getsockopt(socket.SOL_SOCKET, 77); print('peerpidfd ok')  # SO_PEERPIDFD\n\
          except OSError as e:\n    print('peerpidfd err', e.errno)\n\
-         print('open_tree_attr', libc.syscall(467, -100, b'/', 0, None, 0), ctypes.get_errno())\n",
+         print('open_tree_attr', libc.syscall(467, -100, b'/', 0, None, 0), ctypes.get_errno())\n\
+         print('pidfd_getfd', libc.syscall(438, os.pidfd_open(os.getpid()), 0, 0), ctypes.get_errno())\n",
     );
     let stdout = assert_ok(&out);
     // Other families' socket pairs are refused as `socket` is; the pidfd
@@ -1548,6 +1549,7 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
         "passpidfd err 92",
         "peerpidfd err 92",
         "open_tree_attr -1 1",
+        "pidfd_getfd -1 1",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }
@@ -1575,6 +1577,7 @@ fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
             && r.contains("setsockopt(SO_PASSPIDFD)×1")
             && r.contains("getsockopt(SO_PEERPIDFD)×1")
             && r.contains("open_tree_attr×1")
+            && r.contains("pidfd_getfd×1")
             && r.contains("socketpair(family 30)×1")),
         "{exits:?}"
     );

@@ -113,6 +113,10 @@ pub fn forbidden_errno(nr: i64) -> Option<i32> {
         libc::SYS_ptrace
         | libc::SYS_process_vm_readv
         | libc::SYS_process_vm_writev
+        // Takes another process's fds with ptrace's permission: a process
+        // cordon is starting holds, until its exec, every fd of its parent
+        // (close-on-exec, not closed), listeners of other sandboxes included.
+        | libc::SYS_pidfd_getfd
         | libc::SYS_bpf
         | libc::SYS_perf_event_open
         | libc::SYS_userfaultfd
@@ -169,6 +173,7 @@ const FORBIDDEN_ALWAYS: &[i64] = &[
     libc::SYS_ptrace,
     libc::SYS_process_vm_readv,
     libc::SYS_process_vm_writev,
+    libc::SYS_pidfd_getfd,
     libc::SYS_bpf,
     libc::SYS_perf_event_open,
     libc::SYS_userfaultfd,

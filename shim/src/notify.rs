@@ -218,6 +218,7 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_setns => "setns",
         libc::SYS_bpf => "bpf",
         libc::SYS_process_vm_readv => "process_vm_readv",
+        libc::SYS_pidfd_getfd => "pidfd_getfd",
         libc::SYS_process_vm_writev => "process_vm_writev",
         libc::SYS_perf_event_open => "perf_event_open",
         libc::SYS_userfaultfd => "userfaultfd",
