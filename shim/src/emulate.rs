@@ -336,7 +336,9 @@ pub fn parse_sockaddr(bytes: &[u8]) -> Result<Address, Errno> {
                 return Err(Errno::EINVAL);
             }
             let port = u16::from_be_bytes([bytes[2], bytes[3]]);
-            let flowinfo = u32::from_be_bytes(bytes[4..8].try_into().expect("4"));
+            // As the tool's bytes are: the sockaddr is built again from this
+            // value unconverted (nix and std keep `sin6_flowinfo` raw).
+            let flowinfo = u32::from_ne_bytes(bytes[4..8].try_into().expect("4"));
             let octets: [u8; 16] = bytes[8..24].try_into().expect("16");
             let scope = if bytes.len() >= 28 {
                 u32::from_ne_bytes(bytes[24..28].try_into().expect("4"))
@@ -659,6 +661,14 @@ mod tests {
         );
         let a = parse_sockaddr(&v6).unwrap();
         assert_eq!(describe(&a), ("inet", "127.0.0.2".into(), 80, true));
+        // The flow label and traffic class reach the kernel as the tool
+        // wrote them (network order), not swapped.
+        v6[4..8].copy_from_slice(&[0x01, 0x02, 0x03, 0x04]);
+        let Built::In6(built) = build_sockaddr(&parse_sockaddr(&v6).unwrap(), None).unwrap() else {
+            panic!("not an inet6 sockaddr");
+        };
+        let raw: &libc::sockaddr_in6 = built.as_ref();
+        assert_eq!(raw.sin6_flowinfo.to_ne_bytes(), [0x01, 0x02, 0x03, 0x04]);
 
         let mut un = vec![0u8; 2];
         un[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());

@@ -1790,7 +1790,12 @@ impl Supervisor {
                         if !me.listener.id_valid(id) {
                             return Err(Errno::ESRCH);
                         }
-                        mem.write(at, &(bytes as u32).to_ne_bytes())?;
+                        // As the kernel: a msg_len it cannot write ends the
+                        // call, which reports the messages counted before
+                        // (EFAULT only when there are none).
+                        if let Err(e) = mem.write(at, &(bytes as u32).to_ne_bytes()) {
+                            return if sent > 0 { Ok(sent) } else { Err(e) };
+                        }
                         sent += 1;
                     }
                     Ok(bytes) => return Ok(bytes),

@@ -9,6 +9,7 @@
 //   probe exec-loop PROG N   (fork+execve+wait)
 //   probe exec-fallback FAILING OK N   (a child execs FAILING, which fails, then OK; N times)
 //   probe sendmmsg IP PORT_OK PORT_DENIED   (3 datagrams: ok, ok, denied)
+//   probe sendmmsg-readonly IP PORT   (2 datagrams; the second mmsghdr is read-only)
 //   probe thread-own-fds IP PORT   (a thread without CLONE_FILES sends from its own socket)
 //   probe int80          (i386 getpid through int 0x80)
 //   probe io-uring       (io_uring_setup)
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -266,6 +268,34 @@ static int send_mmsg(const char *ip, int port_ok, int port_bad) {
     return 0;
 }
 
+/* Two datagrams whose second mmsghdr sits on a read-only page: both are
+ * sent, and the kernel, unable to write the second msg_len, reports 1. */
+static int send_mmsg_readonly(const char *ip, int port) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    long page = sysconf(_SC_PAGESIZE);
+    char *mem = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) return 1;
+    struct mmsghdr *msgs = (struct mmsghdr *)(mem + page - sizeof(struct mmsghdr));
+    struct sockaddr_in to;
+    memset(&to, 0, sizeof to);
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    inet_pton(AF_INET, ip, &to.sin_addr);
+    struct iovec iov[2] = {{"one", 3}, {"two", 3}};
+    memset(msgs, 0, 2 * sizeof *msgs);
+    for (int i = 0; i < 2; i++) {
+        msgs[i].msg_hdr.msg_name = &to;
+        msgs[i].msg_hdr.msg_namelen = sizeof to;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_len = 999;
+    }
+    if (mprotect(mem + page, page, PROT_READ)) return 1;
+    int r = sendmmsg(s, msgs, 2, 0);
+    printf("sendmmsg=%d errno=%d len0=%u\n", r, r < 0 ? errno : 0, msgs[0].msg_len);
+    return 0;
+}
+
 /* A thread made without CLONE_FILES (its own fd table) opens a UDP socket,
  * whose number the process's main table does not have, and sends from it.
  * Raw syscalls only: the thread shares the main thread's TLS (errno). */
@@ -310,6 +340,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "connect-race") && argc == 7)
         return connect_race(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atof(argv[6]));
     if (!strcmp(mode, "exec-race") && argc == 5) return exec_race(argv[2], argv[3], atof(argv[4]));
+    if (!strcmp(mode, "sendmmsg-readonly") && argc == 4) return send_mmsg_readonly(argv[2], atoi(argv[3]));
     if (!strcmp(mode, "sendmmsg") && argc == 5) return send_mmsg(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (!strcmp(mode, "open-loop") && argc == 4) return open_loop(argv[2], atol(argv[3]));
     if (!strcmp(mode, "connect-loop") && argc == 5) return connect_loop(argv[2], atoi(argv[3]), atol(argv[4]));
