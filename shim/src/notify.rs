@@ -1155,6 +1155,26 @@ impl Supervisor {
                 return Err(Errno::ENXIO);
             }
         }
+        // A tun device is bound to its opener's network namespace: ours,
+        // were we to open it for a tool in a namespace of its own
+        // (`--network none`), whose interfaces would then be the host's.
+        if existing
+            .is_some_and(|(kind, dev, _)| (kind, dev) == (libc::S_IFCHR, libc::makedev(10, 200)))
+            && !same_netns(n.tid)
+        {
+            if !self.listener.id_valid(n.id) {
+                return Err(Errno::ESRCH);
+            }
+            self.count(|c| {
+                *c.forbidden
+                    .entry(format!(
+                        "{}(tun device of another netns)",
+                        syscall_name(n.nr)
+                    ))
+                    .or_default() += 1
+            });
+            return Err(Errno::EACCES);
+        }
         self.refuse_protected(n, &resolved_path, &found, false)?;
         let access: Vec<String> = if flags & libc::O_PATH != 0 {
             vec![]
@@ -2168,6 +2188,15 @@ const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
 /// the tool lacks it.
 fn lacks_bind_service(port: u16, task: &Task) -> bool {
     port != 0 && port < 1024 && task.creds.cap_eff & CAP_NET_BIND_SERVICE == 0
+}
+
+/// Whether task `tid` is in our network namespace. Unknown counts as not.
+fn same_netns(tid: i32) -> bool {
+    let id = |path: &str| nix::sys::stat::stat(path).map(|st| (st.st_dev, st.st_ino));
+    matches!(
+        (id(&format!("/proc/{tid}/ns/net")), id("/proc/self/ns/net")),
+        (Ok(a), Ok(b)) if a == b
+    )
 }
 
 /// Whether the user namespace that owns `sock`'s network namespace is
