@@ -150,6 +150,12 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
         let _ = listener.fail(job.id, libc::EACCES);
         return Outcome::Refused(format!("cannot attach to verify the exec: {e}"));
     }
+    // Seized by number: while the notification is pending, the number is
+    // the caller's. Gone, it may be another process's by now.
+    if !listener.id_valid(job.id) {
+        release(tid, main_pid);
+        return Outcome::Gone;
+    }
     // Held from before the exec continues: a kill on timeout below reaches
     // this process, never a later one that reused its pid.
     let process = crate::sys::pidfd_open(job.tgid).ok();
@@ -169,7 +175,7 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
     }
     if listener.allow_continue(job.id).is_err() {
         // The notification is gone (the task was killed): nothing runs.
-        let _ = ptrace::detach(tid, None);
+        release(tid, main_pid);
         return Outcome::Gone;
     }
     if !interrupt_first {
@@ -189,10 +195,11 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
                 };
                 return match killed {
                     Ok(()) | Err(Errno::ESRCH) => {
-                        // Never leave a task stopped under our trace: it
-                        // would hang. (Dead or dying, it runs nothing.)
+                        // Never leave a task stopped under our trace (it
+                        // would hang), nor dead under it unreaped (its
+                        // process would never end). Dying, it runs nothing.
                         for id in [job.tgid, job.tid] {
-                            let _ = ptrace::detach(Pid::from_raw(id), None);
+                            release(Pid::from_raw(id), main_pid);
                         }
                         if killed.is_ok() {
                             Outcome::Killed(format!(
@@ -256,6 +263,63 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
             _ => {}
         }
     }
+}
+
+/// Lets go of a task we may trace, stopped or not. A detach needs a stop,
+/// so a running task is interrupted first and detached at that stop; a task
+/// that dies instead is reaped (a traced task that dies waits for its
+/// tracer, and its process never ends until it is). Bounded: a task that
+/// neither stops nor dies in time stays traced (PTRACE_O_EXITKILL ends it
+/// with us), and is logged. A task we do not trace is left alone.
+fn release(tid: Pid, main_pid: i32) {
+    if ptrace::detach(tid, None).is_ok() {
+        return;
+    }
+    if ptrace::interrupt(tid).is_err()
+        && waitid(
+            Id::Pid(tid),
+            WaitPidFlag::WEXITED
+                | WaitPidFlag::__WALL
+                | WaitPidFlag::WNOHANG
+                | WaitPidFlag::WNOWAIT,
+        )
+        .is_err()
+    {
+        // Neither traced by us nor ours to wait for.
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let flags = WaitPidFlag::WSTOPPED
+        | WaitPidFlag::WEXITED
+        | WaitPidFlag::__WALL
+        | WaitPidFlag::WNOHANG
+        | WaitPidFlag::WNOWAIT;
+    while std::time::Instant::now() < deadline {
+        match waitid(Id::Pid(tid), flags) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
+                reap_killed(tid, main_pid);
+                return;
+            }
+            Ok(status) => {
+                let _ = waitid(
+                    Id::Pid(tid),
+                    WaitPidFlag::WSTOPPED | WaitPidFlag::__WALL | WaitPidFlag::WNOHANG,
+                );
+                let signal = match status {
+                    WaitStatus::Stopped(_, sig) => Some(sig),
+                    _ => None,
+                };
+                let _ = ptrace::detach(tid, signal);
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+    tracing::warn!(
+        tid = tid.as_raw(),
+        "a task under exec verification neither stopped nor ended; it stays traced"
+    );
 }
 
 /// Waits for a tracee we killed to die. A tracee that is not our child is
