@@ -100,10 +100,10 @@ builtin_allow if {
 }
 
 # A workdir of / would make every path writable: started there, the tool
-# gets its temp dir only.
+# gets its temp dir only. (The broker refuses other spellings of /.)
 writable_dirs contains input.sandbox.workdir if not input.sandbox.workdir in {"", "/"}
 
-writable_dirs contains input.sandbox.tmpdir if input.sandbox.tmpdir != ""
+writable_dirs contains input.sandbox.tmpdir if not input.sandbox.tmpdir in {"", "/"}
 
 # --- exec --------------------------------------------------------------------
 
@@ -212,15 +212,16 @@ deny contains reason if {
 
 # Link-local addresses hold the cloud metadata and credential endpoints
 # (169.254.169.254 on AWS, GCP and Azure; 169.254.170.2 for ECS task roles,
-# 169.254.170.23 for EKS Pod Identity); Alibaba's is 100.100.100.200, AWS's
-# IPv6 one fd00:ec2::254.
+# 169.254.170.23 for EKS Pod Identity); Alibaba's is 100.100.100.200, Azure's
+# WireServer 168.63.129.16, AWS's IPv6 ones fd00:ec2::254 and fd00:ec2::23,
+# GCP's fd20:ce::254. (The broker takes each address in one spelling only.)
 network_denials contains "the cloud metadata endpoint hands out credentials" if {
 	input.network.family == "inet"
 	net.cidr_contains("169.254.0.0/16", input.network.address)
 }
 
 network_denials contains "the cloud metadata endpoint hands out credentials" if {
-	input.network.address in {"100.100.100.200", "fd00:ec2::254"}
+	input.network.address in {"100.100.100.200", "168.63.129.16", "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254"}
 }
 
 network_denials contains "the cloud metadata endpoint hands out credentials" if {

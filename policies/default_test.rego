@@ -107,6 +107,8 @@ test_a_root_workdir_is_not_writable if {
 	allowed(object.union(write("/tmp/cordon-t/x"), {"sandbox": root}))
 	b := data.cordon.backstop with input as {"sandbox": root}
 	not "/" in b.write
+	root_tmp := object.union(sandbox, {"tmpdir": "/"})
+	not allowed(object.union(write("/srv/x"), {"sandbox": root_tmp}))
 }
 
 test_own_proc if allowed(read("/proc/4242/status"))
@@ -212,17 +214,17 @@ test_metadata_denied_even_when_listed if {
 }
 
 # Every link-local IPv4 address (ECS and EKS credential endpoints too),
-# Alibaba's metadata address, and IPv6 link-local, even when listed; a
-# neighbour of the range is not.
+# Alibaba's metadata address, Azure's WireServer, IPv6 link-local and the
+# IPv6 metadata endpoints, even when listed; a neighbour of the range is not.
 test_metadata_ranges_denied_even_when_listed if {
 	everything := [{"cidr": "0.0.0.0/0", "ports": [80]}, {"cidr": "::/0", "ports": [80]}]
-	every address in ["169.254.170.2", "169.254.170.23", "169.254.0.1", "100.100.100.200"] {
+	every address in ["169.254.170.2", "169.254.170.23", "169.254.0.1", "100.100.100.200", "168.63.129.16"] {
 		not allowed(connect(address, 80)) with data.cordon.network.allow as everything
 	}
-	v6 := object.union(connect("fe80::1", 80), {"network": {"family": "inet6"}})
-	not allowed(v6) with data.cordon.network.allow as everything
-	aws6 := object.union(connect("fd00:ec2::254", 80), {"network": {"family": "inet6"}})
-	not allowed(aws6) with data.cordon.network.allow as everything
+	every address in ["fe80::1", "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254"] {
+		v6 := object.union(connect(address, 80), {"network": {"family": "inet6"}})
+		not allowed(v6) with data.cordon.network.allow as everything
+	}
 	allowed(connect("169.255.0.1", 80)) with data.cordon.network.allow as everything
 	other6 := object.union(connect("2001:db8::1", 80), {"network": {"family": "inet6"}})
 	allowed(other6) with data.cordon.network.allow as everything

@@ -140,6 +140,23 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                             net.address, net.family
                         )));
                     }
+                    // One spelling per address, so that a rule naming one
+                    // (a metadata endpoint) cannot be passed by another
+                    // (`fd00:ec2:0::254`, `::ffff:169.254.169.254`).
+                    if let IpAddr::V6(v6) = ip
+                        && let Some(v4) = v6.to_ipv4_mapped()
+                    {
+                        return Err(invalid(format!(
+                            "network.address {} is IPv4-mapped: send family inet, address {v4}, v4_mapped true",
+                            net.address
+                        )));
+                    }
+                    if ip.to_string() != net.address {
+                        return Err(invalid(format!(
+                            "network.address {} is not in canonical form ({ip})",
+                            quoted(&net.address)
+                        )));
+                    }
                     if net.port > u32::from(u16::MAX) {
                         return Err(invalid(format!(
                             "network.port {} is out of range",
@@ -157,6 +174,11 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                         // than sun_path when reached by a relative name from
                         // a deep directory, as the kernel allows.
                         return check_path("network.path", &net.path, false);
+                    }
+                    if !net.path.is_empty() && net.path.first() != Some(&b'@') {
+                        return Err(invalid(
+                            "network.path must be absolute, or abstract (starting with '@')",
+                        ));
                     }
                     if net.path.len() > UNIX_PATH_MAX + 1 {
                         return Err(invalid(format!(
@@ -297,8 +319,27 @@ pub fn validate_sandbox(sandbox: &Sandbox) -> Result<(), InvalidRequest> {
         )));
     }
     validate_labels(&sandbox.labels)?;
-    check_path("sandbox.workdir", &sandbox.workdir, true)?;
-    check_path("sandbox.tmpdir", &sandbox.tmpdir, true)?;
+    for (field, dir) in [
+        ("sandbox.workdir", &sandbox.workdir),
+        ("sandbox.tmpdir", &sandbox.tmpdir),
+    ] {
+        check_path(field, dir, true)?;
+        // Policies match paths under these by prefix: `//` or `/x/../`
+        // would name a directory the prefix does not (`//` trimmed of its
+        // slashes is every path).
+        let normal = dir.is_empty()
+            || dir.as_slice() == b"/"
+            || (!dir.ends_with(b"/")
+                && dir[1..]
+                    .split(|&b| b == b'/')
+                    .all(|c| !c.is_empty() && c != b"." && c != b".."));
+        if !normal {
+            return Err(invalid(format!(
+                "{field} {} is not a normalized absolute path",
+                quoted(&escape_bytes(dir).0)
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -500,6 +541,31 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_directories_are_normalized_paths() {
+        let with = |workdir: &[u8]| {
+            validate_sandbox(&Sandbox {
+                id: "sb".into(),
+                workdir: workdir.to_vec(),
+                ..Default::default()
+            })
+        };
+        for ok in [&b""[..], b"/", b"/home/agent/job", b"/srv/x.y/..z"] {
+            assert!(with(ok).is_ok(), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"//"[..],
+            b"/home/",
+            b"/home//x",
+            b"/a/./b",
+            b"/a/../b",
+            b"/a/..",
+        ] {
+            let e = with(bad).unwrap_err().0;
+            assert!(e.contains("not a normalized absolute path"), "{e}");
+        }
+    }
+
+    #[test]
     fn escapes_non_utf8_paths() {
         let doc = input_document(&file_req(b"/tmp/a\xffb"));
         assert_eq!(doc["file"]["path"], "/tmp/a\\xFFb");
@@ -573,6 +639,20 @@ mod tests {
         assert!(validate(&net("inet", "::1")).is_err());
         assert!(validate(&net("inet", "example.com")).is_err());
         assert!(validate(&net("netlink", "1.2.3.4")).is_err());
+        // One spelling per address: a rule on fd00:ec2::254 holds for it.
+        assert!(validate(&net("inet6", "fd00:ec2::254")).is_ok());
+        for other in ["fd00:ec2:0::254", "FD00:EC2::254", "fd00:0ec2::254"] {
+            let e = validate(&net("inet6", other)).unwrap_err().0;
+            assert!(e.contains("canonical form (fd00:ec2::254)"), "{e}");
+        }
+        assert!(validate(&net("inet", "010.0.0.1")).is_err());
+        let e = validate(&net("inet6", "::ffff:169.254.169.254"))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("send family inet, address 169.254.169.254"),
+            "{e}"
+        );
         let unix = |path: &[u8]| DecideRequest {
             syscall: "connect".into(),
             subject: Some(Subject::Network(NetworkAccess {
@@ -588,6 +668,7 @@ mod tests {
         assert!(validate(&unix(&deep)).is_ok());
         assert!(validate(&unix(&long)).is_err());
         assert!(validate(&unix(b"/a\0b")).is_err());
+        assert!(validate(&unix(b"relative.sock")).is_err());
         // An abstract name is bounded by sun_path.
         assert!(validate(&unix(&[b"@".as_slice(), &[b'x'; 107]].concat())).is_ok());
         assert!(validate(&unix(&[b"@".as_slice(), &[b'x'; 300]].concat())).is_err());

@@ -172,15 +172,18 @@ impl Sandbox {
         self
     }
 
-    /// The directory the policy treats as the tool's workspace.
+    /// The directory the policy treats as the tool's workspace: an
+    /// absolute path (`//`, `/./` and a trailing `/` are dropped; a `..`
+    /// is refused by the broker, which cannot tell where it leads).
     pub fn workdir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.info.workdir = dir.into().as_os_str().as_bytes().to_vec();
+        self.info.workdir = tidy(dir.into());
         self
     }
 
-    /// The tool's private temporary directory (the caller creates it).
+    /// The tool's private temporary directory (the caller creates it), as
+    /// for [`Self::workdir`].
     pub fn tmpdir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.info.tmpdir = dir.into().as_os_str().as_bytes().to_vec();
+        self.info.tmpdir = tidy(dir.into());
         self
     }
 
@@ -849,4 +852,13 @@ fn own_children() -> Vec<i32> {
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// A path's bytes without repeated slashes, `.` components or a trailing
+/// slash (what [`Path::components`] keeps).
+fn tidy(dir: PathBuf) -> Vec<u8> {
+    dir.components()
+        .collect::<PathBuf>()
+        .into_os_string()
+        .into_vec()
 }
