@@ -80,6 +80,12 @@ pub enum PolicyError {
     /// [`PolicyError::compile`].
     #[error("{0}")]
     Compile(String),
+    #[error(
+        "the policy files changed while they were read; nothing was installed (try again once they are all in place)"
+    )]
+    Unsettled,
+    #[error("loading the policy failed: {0}")]
+    Panicked(String),
 }
 
 impl PolicyError {
@@ -1081,9 +1087,15 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// A fingerprint of the files behind a source (path, size, mtime), cheap to
-/// compute, used to notice edits.
-fn fingerprint(source: &PolicySource) -> Vec<(PathBuf, u64, SystemTime)> {
+/// One file or directory as last seen: (path, size, mtime, inode, ctime in
+/// ns). The inode and ctime catch a file replaced by one of the same size
+/// and mtime (`cp -p`, a rename over it).
+type Seen = (PathBuf, u64, SystemTime, u64, i64);
+
+/// What the policy paths hold, as (path, size, mtime, inode, ctime): cheap
+/// to compute, used to notice edits.
+fn fingerprint(source: &PolicySource) -> Vec<Seen> {
+    use std::os::unix::fs::MetadataExt;
     let PolicySource::Paths(paths) = source else {
         return vec![];
     };
@@ -1091,7 +1103,7 @@ fn fingerprint(source: &PolicySource) -> Vec<(PathBuf, u64, SystemTime)> {
     let mut stack: Vec<PathBuf> = paths.clone();
     while let Some(p) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&p) else {
-            out.push((p, u64::MAX, SystemTime::UNIX_EPOCH));
+            out.push((p, u64::MAX, SystemTime::UNIX_EPOCH, 0, 0));
             continue;
         };
         if meta.is_dir()
@@ -1103,6 +1115,10 @@ fn fingerprint(source: &PolicySource) -> Vec<(PathBuf, u64, SystemTime)> {
             p,
             meta.len(),
             meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.ino(),
+            meta.ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.ctime_nsec()),
         ));
     }
     out.sort();
@@ -1115,7 +1131,10 @@ pub struct PolicyEngine {
     opts: PolicyOptions,
     current: RwLock<Arc<LoadedPolicy>>,
     last_error: Mutex<Option<String>>,
-    seen: Mutex<Vec<(PathBuf, u64, SystemTime)>>,
+    seen: Mutex<Vec<Seen>>,
+    /// A change the watcher saw but has not loaded: it loads once the files
+    /// have stayed the same for one interval (a copy in progress is not).
+    settling: Mutex<Option<Vec<Seen>>>,
     /// Held through a whole reload: the watcher and `ReloadPolicy` take
     /// turns, so the load that read the newest files is swapped in last.
     reloading: Mutex<()>,
@@ -1141,6 +1160,7 @@ impl PolicyEngine {
             current: RwLock::new(Arc::new(loaded)),
             last_error: Mutex::new(None),
             seen: Mutex::new(seen),
+            settling: Mutex::new(None),
             reloading: Mutex::new(()),
         })
     }
@@ -1173,8 +1193,29 @@ impl PolicyEngine {
         let _turn = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         // Taken before reading: a file changed during the load is seen as a
         // change by the next look.
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = fingerprint(&self.source);
-        match LoadedPolicy::load(&self.source, &self.opts) {
+        let before = fingerprint(&self.source);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = before.clone();
+        // A panic in the compiler is a refused reload, not the end of the
+        // watcher thread (and of every later reload).
+        let loaded = std::panic::catch_unwind(|| LoadedPolicy::load(&self.source, &self.opts))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(PolicyError::Panicked(what))
+            })
+            // Files that changed while they were read may be a set that was
+            // never meant to be (half a copy): not installed.
+            .and_then(|new| {
+                if fingerprint(&self.source) == before {
+                    Ok(new)
+                } else {
+                    Err(PolicyError::Unsettled)
+                }
+            });
+        match loaded {
             Ok(new) => {
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
@@ -1194,10 +1235,22 @@ impl PolicyEngine {
     }
 
     /// Reloads if any file behind the source changed since the last look.
+    /// A change is loaded once the files look the same at two looks in a
+    /// row, so that a deploy copying them one by one is not loaded halfway.
     pub fn reload_if_changed(&self) -> Option<Result<bool, PolicyError>> {
         let now = fingerprint(&self.source);
-        let changed = *self.seen.lock().unwrap_or_else(|p| p.into_inner()) != now;
-        changed.then(|| self.reload())
+        let mut settling = self.settling.lock().unwrap_or_else(|p| p.into_inner());
+        if *self.seen.lock().unwrap_or_else(|p| p.into_inner()) == now {
+            *settling = None;
+            return None;
+        }
+        if settling.as_ref() != Some(&now) {
+            *settling = Some(now);
+            return None;
+        }
+        *settling = None;
+        drop(settling);
+        Some(self.reload())
     }
 
     /// Polls the policy files for changes every `interval` on a background

@@ -369,6 +369,40 @@ fn reload_keeps_old_revision_on_broken_edit() {
     assert!(engine.last_error().is_none());
 }
 
+/// The watcher loads a change once the files look the same at two looks in
+/// a row (a copy in progress is not loaded halfway), and sees a file
+/// replaced by one of the same size and modification time.
+#[test]
+fn the_watcher_waits_for_files_to_settle_and_sees_same_size_same_mtime_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.rego");
+    write_policy(dir.path(), "p.rego", "package cordon\nallow := true\n");
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let engine = PolicyEngine::new(
+        PolicySource::Paths(vec![dir.path().into()]),
+        PolicyOptions::default(),
+    )
+    .unwrap();
+    assert!(engine.reload_if_changed().is_none(), "nothing changed");
+    // Rewritten in place with the same length, its mtime put back (as
+    // `cp -p` does): only the ctime tells.
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::write(&file, "package cordon\nallow := 1==2\n").unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert!(
+        engine.reload_if_changed().is_none(),
+        "loaded at the first look after a change"
+    );
+    assert!(matches!(engine.reload_if_changed(), Some(Ok(true))));
+    assert!(!engine.evaluate(&serde_json::json!({})).allow);
+}
+
 #[test]
 fn memo_answers_a_repeated_input_exactly_as_evaluation_did() {
     let policy = LoadedPolicy::load(&PolicySource::Builtin, &PolicyOptions::default()).unwrap();
