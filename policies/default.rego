@@ -138,7 +138,8 @@ secret_patterns := [
 	"/.gnupg/", "/.local/share/keyrings/", "/.netrc", "/.git-credentials", "/.pgpass",
 	# Package registries' and forges' tokens.
 	"/.npmrc/", "/.pypirc/", "/.cargo/credentials", "/.config/gh/hosts.yml/", "/.gem/credentials/",
-	"/.vault-token/", "/.terraform.d/credentials.tfrc.json/",
+	"/.vault-token/", "/.terraform.d/credentials.tfrc.json/", "/.config/git/credentials/",
+	"/.config/containers/auth.json/",
 ]
 
 deny contains sprintf("%s is a credential store", [input.file.path]) if {
@@ -177,7 +178,9 @@ etc_denials contains sprintf("%s holds password hashes or privileges", [input.fi
 etc_denials contains sprintf("%s is a private key or privilege file", [input.file.path]) if {
 	strings.any_prefix_match(input.file.path, [
 		"/etc/ssh/ssh_host_", "/etc/ssl/private/", "/etc/sudoers.d/", "/etc/krb5.keytab",
-		"/etc/wireguard/", "/etc/letsencrypt/",
+		"/etc/wireguard/", "/etc/letsencrypt/", "/etc/pki/tls/private/", "/etc/security/opasswd",
+		"/etc/kubernetes/pki/", "/etc/NetworkManager/system-connections/", "/etc/ipsec.secrets",
+		"/etc/ppp/chap-secrets", "/etc/ppp/pap-secrets",
 	])
 }
 

@@ -79,7 +79,7 @@ test_system_proc_files_readable if {
 # Root-only private keys and privileges under /etc (a root tool could read
 # them); the rest of /etc stays readable.
 test_etc_private_keys_denied if {
-	every path in ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssl/private/server.key", "/etc/sudoers.d/admins", "/etc/krb5.keytab", "/etc/wireguard/wg0.conf"] {
+	every path in ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssl/private/server.key", "/etc/sudoers.d/admins", "/etc/krb5.keytab", "/etc/wireguard/wg0.conf", "/etc/pki/tls/private/host.key", "/etc/security/opasswd", "/etc/kubernetes/pki/ca.key", "/etc/NetworkManager/system-connections/home.nmconnection", "/etc/ipsec.secrets", "/etc/ppp/chap-secrets"] {
 		not allowed(read(path))
 	}
 	allowed(read("/etc/ssh/ssh_config"))
