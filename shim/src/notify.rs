@@ -1790,6 +1790,14 @@ impl Supervisor {
         let is_mmsg = n.nr == libc::SYS_sendmmsg;
         let first_hdr = n.args[1];
         let may_block = emulate::is_blocking(&sock) && flags & libc::MSG_DONTWAIT == 0;
+        // Performed here on the serving thread, it must not block even if
+        // another tool thread clears O_NONBLOCK (shared with our duplicate)
+        // meanwhile: that race ends in EAGAIN, not a stalled supervisor.
+        let flags = if may_block {
+            flags
+        } else {
+            flags | libc::MSG_DONTWAIT
+        };
         // A failed send on a broken stream raises SIGPIPE in the sender
         // unless it asked otherwise: relayed to the tool thread by `perform`,
         // with the supervisor's own credentials.
