@@ -2485,6 +2485,33 @@ fn a_proc_of_another_pid_namespace_is_refused_at_start() {
     );
 }
 
+/// A filter that cannot be installed (here: cordon itself runs under one
+/// that refuses the seccomp syscall) is cordon's failure, exit 125, named;
+/// it used to read as the command's, 126 "cannot run /bin/true".
+#[test]
+fn a_filter_that_cannot_be_installed_is_exit_125() {
+    let env = Env::new(&[]);
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/under_seccomp.py"
+        ))
+        .arg("--deny-seccomp")
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .args(["--", "/bin/true"])
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot install the seccomp filter"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn the_supervisor_raises_its_open_file_limit_and_the_tool_keeps_its_own() {
     let env = Env::new(&[]);

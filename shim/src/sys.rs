@@ -466,19 +466,29 @@ pub fn install_filter_before_exec(
     report: RawFd,
     nofile: Option<u64>,
 ) {
+    // A failed step is reported as a setup step (see `prepare_child`): the
+    // tool never ran, so it is cordon's failure (exit 125), not an exec's.
+    let failed = move |step: SetupStep, e: io::Error| -> io::Error {
+        let mut msg = [0u8; CHILD_REPORT_LEN];
+        msg[..4].copy_from_slice(&(-(step as i32)).to_ne_bytes());
+        msg[4..].copy_from_slice(&e.raw_os_error().unwrap_or(0).to_ne_bytes());
+        // SAFETY: as for the report below.
+        unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
+        e
+    };
     let hook = move || -> io::Result<()> {
         // Only async-signal-safe calls from here on: we are in a forked child
         // of a possibly multi-threaded parent. No allocation.
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(failed(SetupStep::Filter, io::Error::last_os_error()));
         }
         // A supervisor may have made itself non-dumpable (`cordon run` does);
         // the child inherits that until exec, and the supervisor must be able
         // to take the listener with pidfd_getfd before then.
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(failed(SetupStep::Filter, io::Error::last_os_error()));
         }
         let prog = libc::sock_fprog {
             len: program.0.len() as u16,
@@ -508,7 +518,7 @@ pub fn install_filter_before_exec(
             };
         }
         if fd < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(failed(SetupStep::Filter, io::Error::last_os_error()));
         }
         let mut msg = [0u8; CHILD_REPORT_LEN];
         if let Some(value) = nofile {
@@ -518,13 +528,7 @@ pub fn install_filter_before_exec(
             };
             // SAFETY: setrlimit reads the struct on our stack.
             if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-                let e = io::Error::last_os_error();
-                // Reported as the setup step it is (see `prepare_child`).
-                msg[..4].copy_from_slice(&(-(SetupStep::Rlimit as i32)).to_ne_bytes());
-                msg[4..].copy_from_slice(&e.raw_os_error().unwrap_or(0).to_ne_bytes());
-                // SAFETY: as for the report below.
-                unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
-                return Err(e);
+                return Err(failed(SetupStep::Rlimit, io::Error::last_os_error()));
             }
         }
         // SAFETY: getpid has no arguments and cannot fail.
@@ -650,14 +654,17 @@ pub enum SetupStep {
     User,
     Landlock,
     CloseRange,
+    Filter,
 }
 
 impl SetupStep {
     pub fn from_code(code: i32) -> Option<Self> {
         use SetupStep::*;
-        [Session, Cgroup, Rlimit, Network, User, Landlock, CloseRange]
-            .into_iter()
-            .find(|s| *s as i32 == code)
+        [
+            Session, Cgroup, Rlimit, Network, User, Landlock, CloseRange, Filter,
+        ]
+        .into_iter()
+        .find(|s| *s as i32 == code)
     }
 
     pub fn describe(self) -> &'static str {
@@ -669,6 +676,7 @@ impl SetupStep {
             SetupStep::User => "cannot switch to --user",
             SetupStep::Landlock => "cannot apply the Landlock backstop",
             SetupStep::CloseRange => "cannot close cordon's file descriptors",
+            SetupStep::Filter => "cannot install the seccomp filter",
         }
     }
 }

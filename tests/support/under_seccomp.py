@@ -9,5 +9,8 @@ import sys
 
 from seccomp_filter import filter_this_thread
 
-filter_this_thread()
-os.execv(sys.argv[1], sys.argv[1:])
+# --deny-seccomp: the seccomp syscall fails with EPERM under the filter.
+deny = sys.argv[1:2] == ["--deny-seccomp"]
+args = sys.argv[2:] if deny else sys.argv[1:]
+filter_this_thread(deny_seccomp=deny)
+os.execv(args[0], args)
