@@ -475,6 +475,7 @@ async fn reindex_rebuilds_a_damaged_index_and_filters_find_every_record_again() 
     assert!(removed > 0);
     // Damaged: a filter that reads the index misses records, and verify says why.
     assert_eq!(query(&["--decision", "deny"]), Vec::<u64>::new());
+    verify_fails_naming(&db, "audit index inconsistent at record");
     verify_fails_naming(&db, "the index has");
 
     let (code, out, err) = run_cordon(&["audit", "reindex", "--db", path_str(&db)]);
@@ -510,6 +511,13 @@ async fn reindex_rebuilds_a_damaged_index_and_filters_find_every_record_again() 
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("chain is broken at record 4"), "{err}");
     verify_fails_naming(&db, "record 4 was altered");
+
+    // A directory that is not a store is not made one.
+    let plain = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_cordon(&["audit", "reindex", "--db", path_str(plain.path())]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not an audit store"), "{err}");
+    assert_eq!(std::fs::read_dir(plain.path()).unwrap().count(), 0);
 
     // A store a broker has open is refused, and so is --broker.
     s.spawn();

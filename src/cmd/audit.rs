@@ -129,7 +129,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
+/// The store `--db` names (or the default one), refused unless it is one.
+fn existing_store(db: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     let db = db.cloned().unwrap_or_else(super::default_audit_db);
     if !db.exists() {
         anyhow::bail!("no audit store at {}", db.display());
@@ -142,6 +143,11 @@ fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
             db.display()
         );
     }
+    Ok(db)
+}
+
+fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
+    let db = existing_store(db)?;
     match SledAudit::open_read_only(&db) {
         Ok(store) => Ok(Arc::new(store)),
         // sled's lock: another process has the store open for writing.
@@ -157,10 +163,7 @@ fn reindex(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
             "reindex works on the store itself: stop the broker and pass --db",
         ));
     }
-    let db = source.db.clone().unwrap_or_else(super::default_audit_db);
-    if !db.exists() {
-        anyhow::bail!("no audit store at {}", db.display());
-    }
+    let db = existing_store(source.db.as_ref())?;
     let indexed = match SledAudit::reindex(&db) {
         Ok(n) => n,
         Err(e) if e.is_locked() => {
@@ -297,10 +300,19 @@ fn verify(
             }
         }
         VerifyFormat::Text => {
-            eprintln!(
-                "cordon: audit chain broken at record {}: {}",
-                report.first_bad_seq, report.problem
-            );
+            // The index is derived from the records: damage there is no
+            // broken chain, and `reindex` repairs it.
+            if report.problem.starts_with("the index ") {
+                eprintln!(
+                    "cordon: audit index inconsistent at record {}: {} (the index is derived from the records; `cordon audit reindex` rebuilds it)",
+                    report.first_bad_seq, report.problem
+                );
+            } else {
+                eprintln!(
+                    "cordon: audit chain broken at record {}: {}",
+                    report.first_bad_seq, report.problem
+                );
+            }
             println!(
                 "{} records intact before record {}",
                 report.records_checked, report.first_bad_seq
