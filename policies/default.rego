@@ -65,6 +65,20 @@ builtin_allow if {
 	input.file.path in device_files
 }
 
+# POSIX semaphores and shared memory (Python's multiprocessing locks,
+# shm_open): a new object in /dev/shm, created exclusively, so never another
+# program's. Off unless data.cordon.shm is true, because the backstop must
+# then let the tool write in /dev/shm, where its uid's other objects could be
+# renamed, unlinked or truncated by calls that open nothing (unbrokered).
+builtin_allow if {
+	input.kind == "file"
+	startswith(input.file.path, "/dev/shm/")
+	data.cordon.shm == true
+	input.file.create
+	"O_EXCL" in input.file.flags
+	not contains(substring(input.file.path, 9, -1), "/")
+}
+
 # The tool's own fds that have no path (pipes, sockets), reopened through
 # /proc/PID/fd/N, read and write (`echo x >/dev/stderr` into a pipe, bash's
 # >(...)): an fd that has a path is decided by that path instead.
@@ -259,10 +273,14 @@ errno := "ECONNREFUSED" if {
 backstop := {
 	"write": array.concat(
 		array.concat([dir | some dir in writable_dirs], ["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts"]),
-		backstop_extra_write,
+		array.concat(backstop_extra_write, shm_write),
 	),
 	"execute": array.concat(["/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt"], backstop_extra_execute),
 } if not tool_selected
+
+default shm_write := []
+
+shm_write := ["/dev/shm"] if data.cordon.shm == true
 
 default backstop_extra_write := []
 

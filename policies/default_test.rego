@@ -111,6 +111,21 @@ test_a_root_workdir_is_not_writable if {
 	not allowed(object.union(write("/srv/x"), {"sandbox": root_tmp}))
 }
 
+# POSIX semaphores and shared memory, when data.cordon.shm asks for them:
+# only a new object created exclusively in /dev/shm itself.
+exclusive(path) := object.union(write(path), {"file": {"access": ["read", "write"], "truncate": false, "flags": ["O_RDWR", "O_CREAT", "O_EXCL"]}})
+
+test_shm_objects_only_when_asked_and_only_new_ones if {
+	not allowed(exclusive("/dev/shm/sem.AbC123"))
+	allowed(exclusive("/dev/shm/sem.AbC123")) with data.cordon.shm as true
+	allowed(exclusive("/dev/shm/psm_1f2e")) with data.cordon.shm as true
+	not allowed(write("/dev/shm/sem.AbC123")) with data.cordon.shm as true
+	not allowed(object.union(read("/dev/shm/sem.other"), {"file": {"access": ["read", "write"], "flags": ["O_RDWR"]}})) with data.cordon.shm as true
+	not allowed(exclusive("/dev/shm/dir/x")) with data.cordon.shm as true
+	not "/dev/shm" in data.cordon.backstop.write with input as {"sandbox": sandbox}
+	"/dev/shm" in data.cordon.backstop.write with input as {"sandbox": sandbox} with data.cordon.shm as true
+}
+
 test_own_proc if allowed(read("/proc/4242/status"))
 
 test_proc_self if allowed(read("/proc/self/maps"))

@@ -2406,6 +2406,30 @@ exec "$@""#;
     assert_eq!(assert_ok(&out), "err 13\nerr 13\nerr 111\n");
 }
 
+/// Python's multiprocessing needs POSIX semaphores in /dev/shm: refused by
+/// the default policy, allowed (new objects only) with data.cordon.shm.
+#[test]
+fn python_multiprocessing_works_when_the_policy_allows_shm() {
+    let mut env = Env::new(&[]);
+    let script = "import multiprocessing as m\n\
+                  print(m.Pool(2).map(abs, [-1, -2]))\n\
+                  from multiprocessing import shared_memory\n\
+                  s = shared_memory.SharedMemory(create=True, size=64)\n\
+                  s.buf[0] = 7; print('shm', s.buf[0]); s.close(); s.unlink()\n";
+    let out = env.python(script);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("PermissionError"),
+        "{}",
+        text(&out.stderr)
+    );
+    let shm = env.dir.path().join("shm.json");
+    std::fs::write(&shm, r#"{"cordon": {"shm": true}}"#).unwrap();
+    env.policies.push(shm);
+    let out = env.python(script);
+    assert_eq!(assert_ok(&out), "[1, 2]\nshm 7\n");
+}
+
 /// Writing to `/dev/stderr` when stderr is a pipe reopens a path-less fd
 /// (`/proc/PID/fd/2`): the default policy allows the tool's own such fds,
 /// and process substitution works both ways.
