@@ -615,6 +615,10 @@ impl LoadedPolicy {
             <Value as serde::Deserialize>::deserialize(&serde_json::json!({"sandbox": sandbox}))
                 .map_err(|e| e.to_string())?;
         let mut engine = self.interpreter.clone();
+        // Strict here: a builtin that fails (`array.concat` of a string
+        // given for a list) must refuse the start, not leave `backstop`
+        // undefined, which means no backstop at all.
+        engine.set_strict_builtin_errors(true);
         engine.set_input(input);
         let results = engine
             .eval_query("data.cordon.backstop".into(), false)

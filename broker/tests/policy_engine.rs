@@ -211,6 +211,28 @@ deny contains "options that are not JSON" if {
     }
 }
 
+/// The backstop is evaluated strictly: a builtin that fails on malformed
+/// data is an error (the sandbox does not start), never an undefined
+/// backstop, which would mean none.
+#[test]
+fn a_backstop_whose_builtin_fails_is_an_error_not_none() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("data.json"),
+        r#"{"cordon": {"backstop_extra": {"write": "/srv/out"}}}"#,
+    )
+    .unwrap();
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/default.rego");
+    let policy = LoadedPolicy::load(
+        &PolicySource::Paths(vec![default, dir.path().join("data.json")]),
+        &PolicyOptions::default(),
+    )
+    .unwrap();
+    let sandbox = serde_json::json!({"id": "t", "workdir": "/home/agent/job", "tmpdir": "/tmp/t"});
+    let err = policy.backstop(&sandbox).unwrap_err();
+    assert!(err.contains("array.concat"), "{err}");
+}
+
 #[test]
 fn evaluation_timeout_denies() {
     let dir = tempfile::tempdir().unwrap();
