@@ -312,6 +312,35 @@ fn network_none_reaches_only_its_own_loopback_with_and_without_root() {
     );
 }
 
+/// A socket bound to an IPv4-mapped address listens: the listen request
+/// carries it as inet with v4_mapped, the one spelling the broker takes.
+#[test]
+fn a_server_on_an_ipv4_mapped_address_listens() {
+    let b = Box_::new();
+    let out = b.run(
+        &[],
+        "exec /usr/bin/python3 -c \"import socket; s = socket.socket(socket.AF_INET6); s.bind(('::ffff:127.0.0.1', 0)); s.listen(); print('listening')\"",
+    );
+    assert_eq!(text(&out.stdout), "listening\n", "{}", text(&out.stderr));
+    let (code, out, err) = run_cordon(&[
+        "audit",
+        "--db",
+        &b.db(),
+        "--syscall",
+        "listen",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let record: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(record["input"]["network"]["family"], "inet", "{record}");
+    assert_eq!(
+        record["input"]["network"]["address"], "127.0.0.1",
+        "{record}"
+    );
+    assert_eq!(record["input"]["network"]["v4_mapped"], true, "{record}");
+}
+
 #[test]
 fn user_nobody_cannot_read_a_root_only_file_the_policy_allows() {
     let b = Box_::new();

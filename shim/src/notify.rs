@@ -1552,8 +1552,19 @@ impl Supervisor {
             access.address = v4.ip().to_string();
             access.port = v4.port() as u32;
         } else if let Some(v6) = local.as_sockaddr_in6() {
-            access.family = "inet6".into();
-            access.address = v6.ip().to_string();
+            // An IPv4-mapped address as the policy sees one elsewhere: inet
+            // with v4_mapped (Java binds 127.0.0.1 as ::ffff:127.0.0.1).
+            match v6.ip().to_ipv4_mapped() {
+                Some(v4) => {
+                    access.family = "inet".into();
+                    access.address = v4.to_string();
+                    access.v4_mapped = true;
+                }
+                None => {
+                    access.family = "inet6".into();
+                    access.address = v6.ip().to_string();
+                }
+            }
             access.port = v6.port() as u32;
         } else if let Some(un) = local.as_unix_addr() {
             access.family = "unix".into();
