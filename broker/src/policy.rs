@@ -1097,23 +1097,45 @@ fn type_name(v: &Value) -> &'static str {
 type Seen = (PathBuf, u64, SystemTime, u64, i64);
 
 /// What the policy paths hold, as (path, size, mtime, inode, ctime): cheap
-/// to compute, used to notice edits.
+/// to compute, used to notice edits. Only the files a load reads (as
+/// `SourceSet::read` picks them): a log, an editor's swap file or a `.git`
+/// changing beside the policy must not look like an edit, nor keep one from
+/// settling.
 fn fingerprint(source: &PolicySource) -> Vec<Seen> {
     use std::os::unix::fs::MetadataExt;
     let PolicySource::Paths(paths) = source else {
         return vec![];
     };
     let mut out = Vec::new();
-    let mut stack: Vec<PathBuf> = paths.clone();
-    while let Some(p) = stack.pop() {
+    // (path, named by the caller): what was named is read whatever its name.
+    let mut stack: Vec<(PathBuf, bool)> = paths.iter().map(|p| (p.clone(), true)).collect();
+    while let Some((p, named)) = stack.pop() {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !named && name.starts_with('.') {
+            continue;
+        }
         let Ok(meta) = std::fs::metadata(&p) else {
             out.push((p, u64::MAX, SystemTime::UNIX_EPOCH, 0, 0));
             continue;
         };
-        if meta.is_dir()
-            && let Ok(rd) = std::fs::read_dir(&p)
-        {
-            stack.extend(rd.flatten().map(|e| e.path()));
+        if meta.is_dir() {
+            if !named && matches!(name.as_str(), "cases" | "testdata") {
+                continue;
+            }
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| (e.path(), false)));
+            }
+            continue;
+        }
+        let policy_file = [".rego", ".json", ".yaml", ".yml"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+            && !name.ends_with("_test.rego");
+        if !named && !policy_file {
+            continue;
         }
         out.push((
             p,
