@@ -244,7 +244,14 @@ network_denials contains "the cloud metadata endpoint hands out credentials" if 
 }
 
 network_denials contains "the cloud metadata endpoint hands out credentials" if {
-	input.network.address in {"100.100.100.200", "168.63.129.16", "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254"}
+	input.network.address in {"100.100.100.200", "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254"}
+}
+
+# Azure's WireServer is also the VM's DNS resolver (port 53): only its
+# agent ports are denied.
+network_denials contains "the cloud metadata endpoint hands out credentials" if {
+	input.network.address == "168.63.129.16"
+	input.network.port in {80, 32526}
 }
 
 network_denials contains "the cloud metadata endpoint hands out credentials" if {

@@ -236,6 +236,9 @@ test_metadata_ranges_denied_even_when_listed if {
 	every address in ["169.254.170.2", "169.254.170.23", "169.254.0.1", "100.100.100.200", "168.63.129.16"] {
 		not allowed(connect(address, 80)) with data.cordon.network.allow as everything
 	}
+	# Azure's WireServer answers DNS too.
+	not allowed(connect("168.63.129.16", 32526)) with data.cordon.network.allow as [{"cidr": "0.0.0.0/0", "ports": [32526]}]
+	allowed(connect("168.63.129.16", 53)) with data.cordon.network.allow as [{"cidr": "0.0.0.0/0", "ports": [53]}]
 	every address in ["fe80::1", "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254"] {
 		v6 := object.union(connect(address, 80), {"network": {"family": "inet6"}})
 		not allowed(v6) with data.cordon.network.allow as everything

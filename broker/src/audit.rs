@@ -1116,14 +1116,10 @@ impl Inner {
                 .extend(pending);
             self.flush_now().map(drop)
         };
-        // Whole pages: a page's index entries are written together.
-        // From the page holding the first unindexed record, or from that
-        // record's own key if the page cannot be read (skipped below).
-        let start = match self.page_key_of(indexed + 1) {
-            Ok(key) => key,
-            Err(AuditError::Corrupt { .. }) => seq_key(indexed + 1),
-            Err(e) => return Err(e),
-        };
+        // Whole pages: a page's index entries are written together, from
+        // the page holding the first unindexed record. One that cannot be
+        // read refuses the store, as any damaged page does below.
+        let start = self.page_key_of(indexed + 1)?;
         for item in self.records.range(start..) {
             // A damaged page refuses the store to a writer, as a damaged head
             // does. Skipped, it would be left out of the index while the mark

@@ -198,7 +198,10 @@ fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
                         // Never leave a task stopped under our trace (it
                         // would hang), nor dead under it unreaped (its
                         // process would never end). Dying, it runs nothing.
-                        for id in [job.tgid, job.tid] {
+                        // The traced thread first: a leader is not
+                        // reported dead while a thread of its group is an
+                        // unreaped zombie of ours.
+                        for id in [job.tid, job.tgid] {
                             release(Pid::from_raw(id), main_pid);
                         }
                         if killed.is_ok() {
