@@ -2572,6 +2572,39 @@ fn the_supervisor_raises_its_open_file_limit_and_the_tool_keeps_its_own() {
     );
 }
 
+/// A TMPDIR reached through a symlink and `..` still gives the tool a temp
+/// dir it can write: the policy is told its resolved path, which is how the
+/// tool's opens arrive. (A `..` made cordon refuse to start; a symlink made
+/// every write there a denial.)
+#[test]
+fn a_tmpdir_through_a_symlink_and_dotdot_is_writable() {
+    let env = Env::new(&[]);
+    let real = env.dir.path().join("real-tmp");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, env.dir.path().join("link-tmp")).unwrap();
+    let tmpdir = env.dir.path().join("link-tmp/../link-tmp");
+    let out = env
+        .command(
+            &[],
+            &[
+                "/bin/sh",
+                "-c",
+                "echo hi > \"$TMPDIR/f\" && cat \"$TMPDIR/f\" && echo \"$TMPDIR\"",
+            ],
+        )
+        .env("TMPDIR", &tmpdir)
+        .output()
+        .unwrap();
+    let stdout = assert_ok(&out);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("hi"));
+    let given = lines.next().unwrap();
+    assert!(
+        given.starts_with(&format!("{}/cordon-", real.display())),
+        "{given}"
+    );
+}
+
 #[test]
 fn killing_the_supervisor_makes_brokered_calls_fail() {
     let env = Env::new(&[]);

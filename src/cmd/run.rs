@@ -233,7 +233,11 @@ fn private_tmpdir(sandbox_id: &str) -> anyhow::Result<PathBuf> {
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("cannot create the private temp dir {}", dir.display()))?;
-    Ok(dir)
+    // The policy matches paths under it by prefix, and the tool's opens
+    // arrive resolved: a TMPDIR that is relative, holds `..` or goes
+    // through a symlink is named as the kernel would name the files in it.
+    std::fs::canonicalize(&dir)
+        .with_context(|| format!("cannot resolve the private temp dir {}", dir.display()))
 }
 
 fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
