@@ -141,6 +141,30 @@ async fn evaluation_timeout_denies() {
     assert!(!rec.allow && rec.reason.starts_with("policy evaluation timed out"));
 }
 
+/// Time a request spent before the broker read it counts: with a deadline
+/// by the shared clock that has passed, a request whose relative wait is
+/// still long is recorded as the denial its client applied, not evaluated
+/// (and not allowed). Without it the same request is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_clock_deadline_when_read_is_a_denial() {
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let now = cordon_broker::decide::unix_now_ns();
+    let mut late = file_request(1, b"/etc/hosts", &["read"]);
+    late.timeout_ns = 10_000_000_000;
+    late.deadline_unix_ns = now - 1_000_000_000;
+    let d = decide(&s, late).await;
+    assert!(!d.allow, "{d:?}");
+    assert!(
+        d.reason.contains("after the client's deadline"),
+        "{}",
+        d.reason
+    );
+    let mut fine = file_request(2, b"/etc/hosts", &["read"]);
+    fine.timeout_ns = 10_000_000_000;
+    fine.deadline_unix_ns = now + 10_000_000_000;
+    assert!(decide(&s, fine).await.allow);
+}
+
 /// A decision slower than the caller's gRPC deadline is followed by a record
 /// of the denial the caller saw (its call failed): the policy's allow is not
 /// the last word.

@@ -351,10 +351,28 @@ pub enum LifecycleError {
 /// `received`: `timeout_ns` after it (the client sends its wait less
 /// [`answer_margin`]), or never.
 fn deadline(req: &DecideRequest, received: Instant) -> Option<Instant> {
-    if req.timeout_ns == 0 {
-        return None;
+    let relative = (req.timeout_ns != 0)
+        .then(|| received.checked_add(Duration::from_nanos(req.timeout_ns)))
+        .flatten();
+    // The same moment by the shared clock (see `DecideRequest`): it also
+    // counts the time the request waited before it was read.
+    let absolute = (req.deadline_unix_ns != 0).then(|| {
+        let left = req.deadline_unix_ns.saturating_sub(unix_now_ns());
+        let now = Instant::now();
+        now.checked_add(Duration::from_nanos(left)).unwrap_or(now)
+    });
+    match (relative, absolute) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
-    received.checked_add(Duration::from_nanos(req.timeout_ns))
+}
+
+/// The system clock as Unix time in nanoseconds (0 before 1970).
+pub fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
 }
 
 /// How long ago `deadline` passed, if it has.

@@ -290,11 +290,16 @@ impl broker_server::Broker for BrokerService {
     ) -> Result<Response<DecideResponse>, Status> {
         let received = Instant::now();
         let timeout = grpc_timeout(request.metadata());
+        let same_machine = peer::of(&request).is_some();
         let mut req = request.into_inner();
         if req.timeout_ns == 0
             && let Some(t) = timeout
         {
             req.timeout_ns = crate::decide::request_timeout_ns(t);
+        }
+        if !same_machine {
+            // Another machine's clock: only the relative wait counts.
+            req.deadline_unix_ns = 0;
         }
         let request_id = req.request_id;
         let decision = self.run_decide(req, received).await?;
@@ -313,6 +318,8 @@ impl broker_server::Broker for BrokerService {
         let mut watch = peer::of(&request)
             .cloned()
             .map(|p| PeerWatch::new(p, self.access.clone()));
+        // A Unix peer shares our clock (see `DecideRequest.deadline_unix_ns`).
+        let same_machine = watch.is_some();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<SessionResponse, Status>>(1024);
         let broker = self.broker.clone();
@@ -340,7 +347,14 @@ impl broker_server::Broker for BrokerService {
                     }
                     Ok(m)
                 }) {
-                    Ok(Some(m)) => m,
+                    Ok(Some(mut m)) => {
+                        if !same_machine
+                            && let Some(session_request::Msg::Decide(req)) = m.msg.as_mut()
+                        {
+                            req.deadline_unix_ns = 0;
+                        }
+                        m
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(%status, "session stream ended with an error");

@@ -339,6 +339,8 @@ impl Lane {
         // or record the call as the denial it then is.
         if let session_request::Msg::Decide(req) = &mut msg {
             req.timeout_ns = cordon_broker::decide::request_timeout_ns(deadline);
+            req.deadline_unix_ns =
+                cordon_broker::decide::unix_now_ns().saturating_add(req.timeout_ns);
         }
         let exchange = async {
             stream

@@ -937,6 +937,7 @@ impl Supervisor {
             subject: Some(subject),
             // Set by a remote client as it sends the request.
             timeout_ns: 0,
+            deadline_unix_ns: 0,
         }
     }
 

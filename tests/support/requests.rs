@@ -45,6 +45,7 @@ pub fn file_request(id: u64, path: &[u8], access: &[&str]) -> DecideRequest {
             flags: vec!["O_RDONLY".into()],
         })),
         timeout_ns: 0,
+        deadline_unix_ns: 0,
     }
 }
 
@@ -89,6 +90,7 @@ pub fn connect_request(id: u64, address: &str, port: u32) -> DecideRequest {
             ..Default::default()
         })),
         timeout_ns: 0,
+        deadline_unix_ns: 0,
     }
 }
 
@@ -103,5 +105,6 @@ pub fn exec_request(id: u64, path: &str, argv: &[&str]) -> DecideRequest {
             argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         })),
         timeout_ns: 0,
+        deadline_unix_ns: 0,
     }
 }
