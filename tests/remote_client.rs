@@ -199,6 +199,18 @@ fn relayed(refuse_from: usize, max_idle: Duration) -> Relayed {
     }
 }
 
+/// A library caller's "no limit" (Duration::MAX) is a long deadline, not a
+/// panic when a call adds it to the clock.
+#[test]
+fn an_unbounded_deadline_is_a_long_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("broker.sock");
+    let _rt = serve(&socket, &dir.path().join("audit"));
+    let uri = format!("unix://{}", socket.display()).parse().unwrap();
+    let remote = Remote::connect(&uri, Duration::MAX).expect("connect");
+    assert!(remote.decide(&requests::read_system_lib(1)).unwrap().allow);
+}
+
 /// A decision asked on another thread.
 fn decide_on_a_thread(
     remote: &Arc<Remote>,

@@ -140,6 +140,9 @@ const LANES: usize = 2;
 /// no answer comes within 20 s, and between calls nothing answers.
 pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(20);
 
+/// The longest deadline a call keeps ([`Remote::connect`]).
+pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -157,6 +160,9 @@ impl Remote {
     /// Connects and opens the first lane's stream. Fails if the broker cannot
     /// be reached now: a sandbox must not start without its broker.
     pub fn connect(uri: &BrokerUri, deadline: Duration) -> Result<Remote, ConnectError> {
+        // Every call adds it to the clock: a day at most (Duration::MAX,
+        // "no limit" to a library caller, would overflow the Instant).
+        let deadline = deadline.min(MAX_DEADLINE);
         let mut lanes = Vec::with_capacity(LANES);
         for i in 0..LANES {
             let runtime = current_thread_runtime(uri)?;
