@@ -77,10 +77,18 @@ pub struct BrokerService {
     /// (a follow, or a client slow to read), so they are counted against
     /// [`MAX_OPEN_QUERIES`], leaving the pool to decisions.
     queries: Arc<Semaphore>,
+    /// `VerifyAudit` (a walk of the whole chain) and `ReloadPolicy` (a
+    /// compile) run one at a time, the others waiting: on two CPUs a client
+    /// asking for many at once would starve the decisions.
+    heavy: Arc<Semaphore>,
     /// Who may call over a Unix socket: long-lived streams check their peer
     /// again with it (the interceptor checks each call when it starts).
     access: Arc<AccessPolicy>,
 }
+
+/// HTTP/2 streams one connection may have open (a shim's lane holds one
+/// `Session`); past it the client waits for one to end.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
 /// `QueryAudit` streams open at once; one more is `RESOURCE_EXHAUSTED`.
 pub const MAX_OPEN_QUERIES: usize = 64;
@@ -121,6 +129,7 @@ impl BrokerService {
             strict: durability == Durability::Strict,
             closing,
             queries: Arc::new(Semaphore::new(MAX_OPEN_QUERIES)),
+            heavy: Arc::new(Semaphore::new(1)),
             access,
         }
     }
@@ -517,6 +526,7 @@ impl broker_server::Broker for BrokerService {
         &self,
         _request: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
+        let _turn = self.heavy.acquire().await;
         let audit = self.broker.audit().clone();
         let report = tokio::task::spawn_blocking(move || audit.verify())
             .await
@@ -550,6 +560,7 @@ impl broker_server::Broker for BrokerService {
         &self,
         _request: Request<ReloadPolicyRequest>,
     ) -> Result<Response<ReloadPolicyResponse>, Status> {
+        let _turn = self.heavy.acquire().await;
         let engine = self.broker.policy().clone();
         let result =
             tokio::task::spawn_blocking(move || engine.reload().map(|c| (c, engine.current())))
@@ -707,6 +718,7 @@ pub async fn serve_unix(
     );
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
@@ -756,6 +768,7 @@ pub async fn serve_tcp_tls(
     tonic::transport::Server::builder()
         .tls_config(config)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_routes(routes)
         .serve_with_shutdown(addr, shutdown)
         .await?;
