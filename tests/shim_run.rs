@@ -2526,9 +2526,18 @@ fn procfs_outside_proc_is_out_of_reach_whatever_the_policy() {
 /// used to start and fail the tool's exec with a misleading EACCES (126).
 #[test]
 fn a_proc_of_another_pid_namespace_is_refused_at_start() {
+    refused_at_start(
+        &["unshare", "-p", "-f"],
+        "/proc belongs to another pid namespace",
+    );
+}
+
+/// `cordon run -- /bin/true` started by `wrapper` fails as cordon's own
+/// failure (exit 125), saying `why`.
+fn refused_at_start(wrapper: &[&str], why: &str) {
     let env = Env::new(&[]);
-    let out = Command::new("unshare")
-        .args(["-p", "-f"])
+    let out = Command::new(wrapper[0])
+        .args(&wrapper[1..])
         .arg(env!("CARGO_BIN_EXE_cordon"))
         .args(["run", "--audit-db"])
         .arg(&env.db)
@@ -2537,11 +2546,7 @@ fn a_proc_of_another_pid_namespace_is_refused_at_start() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("/proc belongs to another pid namespace"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
 }
 
 /// A filter that cannot be installed (here: cordon itself runs under one
@@ -2549,25 +2554,13 @@ fn a_proc_of_another_pid_namespace_is_refused_at_start() {
 /// it used to read as the command's, 126 "cannot run /bin/true".
 #[test]
 fn a_filter_that_cannot_be_installed_is_exit_125() {
-    let env = Env::new(&[]);
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/under_seccomp.py"
-        ))
-        .arg("--deny-seccomp")
-        .arg(env!("CARGO_BIN_EXE_cordon"))
-        .args(["run", "--audit-db"])
-        .arg(&env.db)
-        .args(["--", "/bin/true"])
-        .current_dir(&env.work)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("cannot install the seccomp filter"),
-        "{}",
-        text(&out.stderr)
+    let under_seccomp = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/under_seccomp.py"
+    );
+    refused_at_start(
+        &["python3", under_seccomp, "--deny-seccomp"],
+        "cannot install the seccomp filter",
     );
 }
 
