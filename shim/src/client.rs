@@ -144,6 +144,10 @@ pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(20);
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The least time a reconnect must have had to fail before the broker is
+/// taken to be down (and the lane backs off).
+const FAIR_CONNECT_WAIT: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 fn current_thread_runtime(uri: &BrokerUri) -> Result<tokio::runtime::Runtime, ConnectError> {
@@ -322,6 +326,10 @@ impl Lane {
                 conn.answered = false;
                 true
             }
+            // The call's time ran out, too little was left to judge the
+            // broker (the wait for a lane used it): no backoff, which would
+            // deny the next calls of a healthy broker.
+            Err(_) if deadline < FAIR_CONNECT_WAIT => false,
             _ => {
                 conn.retry_at = Instant::now() + conn.backoff;
                 conn.backoff = (conn.backoff * 2).min(MAX_BACKOFF);
