@@ -735,6 +735,16 @@ impl SledAudit {
             None => (1, [0u8; 32], 0),
         };
         let last = next_seq - 1;
+        // Times never go back in the chain: a newest record timed in the
+        // future (a clock that was wrong, or a forged record) holds every
+        // later one at its time until the clock passes it.
+        if !read_only && last_time_ns > now_ns().saturating_add(60_000_000_000) {
+            tracing::warn!(
+                path = %dir.display(),
+                newest = %format_time(last_time_ns),
+                "the newest audit record is timed more than a minute in the future: new records get times after it until the clock passes it"
+            );
+        }
         if !read_only
             && let Some(head) = meta.get(HEAD_KEY).map_err(open_err)?
             && head.len() == 40
