@@ -2359,41 +2359,6 @@ fn a_broker_at_a_default_location_is_out_of_reach_whatever_the_policy() {
     assert_eq!(assert_ok(&out).trim(), "err 13");
 }
 
-/// A `cordon serve` at a path nobody named (another listen path of a broker,
-/// not its default location) is out of reach too: the supervisor sees who
-/// listens once connected and takes the connection back; the tool's socket
-/// is left shut, not connected.
-#[test]
-fn a_broker_at_an_unnamed_path_is_out_of_reach_whatever_the_policy() {
-    let env = Env::new(&[]);
-    let serve = support::Serve::start(
-        "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\", \"network\"}\n",
-        &[],
-    );
-    let allow_all = env.dir.path().join("allow-all.rego");
-    std::fs::write(
-        &allow_all,
-        "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\", \"network\"}\n",
-    )
-    .unwrap();
-    let out = env
-        .run_with_policy(
-            &allow_all,
-            &[
-                "/usr/bin/python3",
-                "-c",
-                &format!(
-                    "import socket\ns = socket.socket(socket.AF_UNIX)\n\
-                     try:\n    s.connect('{}')\n    print('connected')\nexcept OSError as e:\n    print('err', e.errno)\n\
-                     try:\n    s.send(b'PRI * HTTP/2.0'); print('sent')\nexcept OSError as e:\n    print('send err', e.errno)\n",
-                    serve.socket.display()
-                ),
-            ],
-        );
-    let stdout = assert_ok(&out);
-    assert!(stdout.starts_with("err 13\nsend err "), "{stdout}");
-}
-
 /// Another user's default broker socket (`/run/user/UID/cordon/broker.sock`,
 /// UID its owner) and root's (`/run/cordon/broker.sock`), reached by a hard
 /// link: refused by inode. A socket that is neither is not (the tool gets

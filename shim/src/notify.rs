@@ -1517,27 +1517,7 @@ impl Supervisor {
             let _pinned = keep_alive;
             let unix = unix_call_path.as_deref();
             match nr {
-                libc::SYS_connect => {
-                    let r = emulate::connect(&sock, &addr, unix);
-                    if r.is_ok() && sock_type == libc::SOCK_STREAM && served_by_cordon(&sock) {
-                        // A broker we were not told of (another listen path
-                        // of one, another user's): it would see our
-                        // credentials, not the tool's, and could not refuse
-                        // a sandboxed caller. The connection goes: shut down
-                        // on our duplicate, it is shut for the tool too.
-                        let _ = nix::sys::socket::shutdown(
-                            std::os::fd::AsRawFd::as_raw_fd(&sock),
-                            nix::sys::socket::Shutdown::Both,
-                        );
-                        me.count(|c| {
-                            *c.forbidden
-                                .entry("connect(a cordon broker)".into())
-                                .or_default() += 1
-                        });
-                        return Err(Errno::EACCES);
-                    }
-                    r
-                }
+                libc::SYS_connect => emulate::connect(&sock, &addr, unix),
                 _ => {
                     // A unix bind creates a file: with the tool's umask. This
                     // runs on a serving thread or, under a backstop, the
@@ -2228,25 +2208,6 @@ const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
 /// the tool lacks it.
 fn lacks_bind_service(port: u16, task: &Task) -> bool {
     port != 0 && port < 1024 && task.creds.cap_eff & CAP_NET_BIND_SERVICE == 0
-}
-
-/// Whether the peer of a connected unix stream socket is a `cordon serve`:
-/// the listener's pid from `SO_PEERCRED`, its executable our own program
-/// (by inode) or one named `cordon` (a library host's supervisor runs
-/// another program). A listener we cannot inspect (another user's, another
-/// pid namespace's) is not known to be one.
-fn served_by_cordon(sock: &OwnedFd) -> bool {
-    let Ok(peer) = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
-    else {
-        return false;
-    };
-    if peer.pid() <= 0 {
-        return false;
-    }
-    let exe = format!("/proc/{}/exe", peer.pid());
-    let id = |path: &str| nix::sys::stat::stat(path).map(|st| (st.st_dev, st.st_ino));
-    let ours = matches!((id(&exe), id("/proc/self/exe")), (Ok(a), Ok(b)) if a == b);
-    ours || std::fs::read_link(&exe).is_ok_and(|p| p.file_name() == Some("cordon".as_ref()))
 }
 
 /// Whether task `tid` is in our network namespace. Unknown counts as not.
