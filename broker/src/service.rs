@@ -526,12 +526,16 @@ impl broker_server::Broker for BrokerService {
         &self,
         _request: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
-        let _turn = self.heavy.acquire().await;
+        // Held by the walk itself: a client that cancels does not free it.
+        let turn = self.heavy.clone().acquire_owned().await;
         let audit = self.broker.audit().clone();
-        let report = tokio::task::spawn_blocking(move || audit.verify())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| audit_status(&e))?;
+        let report = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            audit.verify()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| audit_status(&e))?;
         Ok(Response::new(VerifyAuditResponse {
             ok: report.ok,
             records_checked: report.records_checked,
@@ -560,12 +564,14 @@ impl broker_server::Broker for BrokerService {
         &self,
         _request: Request<ReloadPolicyRequest>,
     ) -> Result<Response<ReloadPolicyResponse>, Status> {
-        let _turn = self.heavy.acquire().await;
+        let turn = self.heavy.clone().acquire_owned().await;
         let engine = self.broker.policy().clone();
-        let result =
-            tokio::task::spawn_blocking(move || engine.reload().map(|c| (c, engine.current())))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+        let result = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            engine.reload().map(|c| (c, engine.current()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         match result {
             Ok((changed, current)) => Ok(Response::new(ReloadPolicyResponse {
                 revision: current.revision().to_string(),

@@ -226,18 +226,21 @@ fn embedded(args: &RunArgs) -> anyhow::Result<Embedded> {
 fn private_tmpdir(sandbox_id: &str) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::var_os("TMPDIR")
+        .filter(|t| !t.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
+    // The policy matches paths under it by prefix, and the tool's opens
+    // arrive resolved: a TMPDIR that is relative, holds `..` or goes
+    // through a symlink is named as the kernel would name the files in it.
+    // Resolved before the directory is made, which is then ours by name.
+    let base = std::fs::canonicalize(&base)
+        .with_context(|| format!("cannot resolve TMPDIR {}", base.display()))?;
     let dir = base.join(format!("cordon-{sandbox_id}"));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("cannot create the private temp dir {}", dir.display()))?;
-    // The policy matches paths under it by prefix, and the tool's opens
-    // arrive resolved: a TMPDIR that is relative, holds `..` or goes
-    // through a symlink is named as the kernel would name the files in it.
-    std::fs::canonicalize(&dir)
-        .with_context(|| format!("cannot resolve the private temp dir {}", dir.display()))
+    Ok(dir)
 }
 
 fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
