@@ -434,6 +434,45 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Every observed call stays a test that runs: a long command line (regorus
+/// refuses a line past 1024 columns) and an abstract socket name padded with
+/// NULs (a NUL in a comment ends the file for the lexer) used to make the
+/// test file unloadable, or cut it short without a word.
+#[test]
+fn learned_tests_survive_long_arguments_and_nuls_in_names() {
+    let work = tempfile::tempdir().unwrap();
+    let learned = work.path().join("learned");
+    let script = format!(
+        "import socket\n# {}\ns = socket.socket(socket.AF_UNIX)\ns.bind(b'\\0pad\\0\\0ded')\nopen('/etc/hostname').read()\n",
+        "x".repeat(1500)
+    );
+    let out = learn_in(work.path(), &learned, &["/usr/bin/python3", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tests = std::fs::read(learned.join("policy_test.rego")).unwrap();
+    assert!(!tests.contains(&0), "a NUL in the test file");
+    let defined = String::from_utf8_lossy(&tests)
+        .lines()
+        .filter(|l| l.starts_with("test_observed_"))
+        .count();
+    // Every test defined is run (the file loads, whole). Whether each passes
+    // is another matter: an open of the workdir itself is not learned yet.
+    let (_, out, err) = run_cordon(&["policy", "test", path_str(&learned)]);
+    let pass = out
+        .lines()
+        .find(|l| l.starts_with("PASS: "))
+        .unwrap_or_default();
+    assert_eq!(
+        pass.rsplit('/').next(),
+        Some(defined.to_string().as_str()),
+        "{out}{err}"
+    );
+    assert!(defined >= 3, "{out}");
+}
+
 #[test]
 fn check_names_the_broken_line_and_lints_quiet_mistakes() {
     let dir = tempfile::tempdir().unwrap();

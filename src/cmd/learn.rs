@@ -500,10 +500,19 @@ fn write_policy(
         "{header}# Each test replays one call the tool made; all must stay allowed.\npackage cordon_learned_test\n\nimport data.cordon\nimport rego.v1\n"
     );
     for (i, input) in learned.tests.iter().enumerate() {
+        // The comment with its control characters escaped: a NUL (an
+        // abstract socket's padding) ends the file for the Rego lexer, and
+        // every test after it would vanish. The input over several lines,
+        // without an exec's argv (the learned policy never reads it):
+        // regorus refuses a line past 1024 columns.
+        let mut input = input.clone();
+        if let Some(exec) = input.get_mut("exec").and_then(Value::as_object_mut) {
+            exec.remove("argv");
+        }
         tests.push_str(&format!(
             "\n# {}\ntest_observed_{i} if cordon.allow with input as {}\n",
-            describe(input).replace('\n', " "),
-            serde_json::to_string(input)?
+            describe(&input).escape_debug(),
+            serde_json::to_string_pretty(&input)?
         ));
     }
     write("policy_test.rego", tests)
