@@ -80,6 +80,21 @@ fn make_cert(dir: &Path, ca: &str, name: &str, ext: &str) {
     );
 }
 
+/// `cordon serve` on `listen` with the server certificate and client CA made
+/// in `d`, its store in `d/AUDIT`.
+fn serve_tls(d: &Path, listen: &str, audit: &str) -> Command {
+    let mut c = cordon();
+    c.args(["serve", "--listen", listen, "--audit-db"])
+        .arg(d.join(audit))
+        .arg("--tls-cert")
+        .arg(d.join("server.pem"))
+        .arg("--tls-key")
+        .arg(d.join("server.key"))
+        .arg("--tls-client-ca")
+        .arg(d.join("ca.pem"));
+    c
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -118,15 +133,7 @@ fn serve_over_tcp_with_mutual_tls() {
     assert!(text(&out.stderr).contains("--tls-client-ca"));
 
     let log = std::fs::File::create(d.join("serve.log")).unwrap();
-    let mut serve = cordon()
-        .args(["serve", "--listen", &listen, "--audit-db"])
-        .arg(d.join("audit"))
-        .arg("--tls-cert")
-        .arg(d.join("server.pem"))
-        .arg("--tls-key")
-        .arg(d.join("server.key"))
-        .arg("--tls-client-ca")
-        .arg(d.join("ca.pem"))
+    let mut serve = serve_tls(d, &listen, "audit")
         .stderr(log)
         .stdout(Stdio::null())
         .spawn()
@@ -197,15 +204,7 @@ fn serve_over_tcp_with_mutual_tls() {
 
     // A second broker on the same address cannot listen: it says so and
     // exits (it used to log "listening" and run without its listener).
-    let second = cordon()
-        .args(["serve", "--listen", &listen, "--audit-db"])
-        .arg(d.join("audit2"))
-        .arg("--tls-cert")
-        .arg(d.join("server.pem"))
-        .arg("--tls-key")
-        .arg(d.join("server.key"))
-        .arg("--tls-client-ca")
-        .arg(d.join("ca.pem"))
+    let second = serve_tls(d, &listen, "audit2")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
