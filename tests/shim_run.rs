@@ -2359,6 +2359,89 @@ fn a_broker_at_a_default_location_is_out_of_reach_whatever_the_policy() {
     assert_eq!(assert_ok(&out).trim(), "err 13");
 }
 
+/// A `cordon serve` at a path of no default location, which a policy lets
+/// the tool connect to: the connect is made by a connector process under a
+/// seccomp filter, so the broker refuses it as it would the tool. The tool
+/// here is `cordon audit` itself, asking that broker for its records.
+#[test]
+fn a_broker_at_any_path_refuses_what_the_tool_connects() {
+    let env = Env::new(&[]);
+    let allow_all = "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\", \"network\"}\n";
+    let serve = support::Serve::start(allow_all, &[]);
+    let policy = env.dir.path().join("allow-all.rego");
+    std::fs::write(&policy, allow_all).unwrap();
+    let out = env.run_with_policy(
+        &policy,
+        &[
+            env!("CARGO_BIN_EXE_cordon"),
+            "audit",
+            "--broker",
+            &serve.uri(),
+            "--format",
+            "json",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("runs under a seccomp filter")
+            && stderr.contains("sandboxed processes may not use the broker"),
+        "{stderr}"
+    );
+    // The connect itself was allowed and made: it is the broker that said no.
+    let records = env.audit();
+    let connects = find(&records, "connect", serve.socket.to_str().unwrap());
+    assert!(!connects.is_empty(), "no connect recorded");
+    assert!(connects.iter().all(|r| r["allow"] == true), "{connects:?}");
+}
+
+/// A unix socket is connected with the tool's credentials: a mode-000 one,
+/// which only CAP_DAC_OVERRIDE reaches, stays closed to a tool that dropped
+/// to nobody and to a root tool without capabilities, under a policy that
+/// allows it, and open to a root tool with them. In one run, a child that
+/// dropped to nobody connects first, its root parent after: the connect is
+/// made with each one's credentials, not those of the first.
+#[test]
+fn a_unix_socket_the_tools_credentials_cannot_reach_stays_closed() {
+    let env = Env::new(&[]);
+    let allow_all = env.dir.path().join("allow.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let sock = env.dir.path().join("s.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let attempt = format!(
+        "import os, socket, sys\n\
+         def attempt(who):\n    \
+             try:\n        socket.socket(socket.AF_UNIX).connect('{}'); print(who, 'connected')\n    \
+             except OSError as e:\n        print(who, 'err', e.errno)\n    \
+             sys.stdout.flush()\n",
+        sock.display()
+    );
+    let child_then_parent = format!(
+        "{attempt}pid = os.fork()\n\
+         if pid == 0:\n    \
+             os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n    \
+             attempt('nobody'); os._exit(0)\n\
+         os.waitpid(pid, 0)\nattempt('root')\n"
+    );
+    let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", &child_then_parent]);
+    assert_eq!(assert_ok(&out), "nobody err 13\nroot connected\n");
+    let without_caps = format!("{attempt}attempt('root without capabilities')\n");
+    let out = env.run_with_policy(
+        &allow_all,
+        &[
+            "/usr/bin/setpriv",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "/usr/bin/python3",
+            "-c",
+            &without_caps,
+        ],
+    );
+    assert_eq!(assert_ok(&out), "root without capabilities err 13\n");
+    drop(listener);
+}
+
 /// Another user's default broker socket (`/run/user/UID/cordon/broker.sock`,
 /// UID its owner) and root's (`/run/cordon/broker.sock`), reached by a hard
 /// link: refused by inode. A socket that is neither is not (the tool gets

@@ -422,8 +422,9 @@ pub fn build_sockaddr(a: &Address, unix_path: Option<&[u8]>) -> Result<Built, Er
 
 /// A path under `/proc/self/fd/N` naming a resolved unix socket (or, with a
 /// name, an entry in a resolved directory), short enough for `sun_path`.
-pub fn unix_via_fd(fd: &OwnedFd, name: Option<&[u8]>) -> Result<Vec<u8>, Errno> {
-    let mut p = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
+/// `fd` is a number in the process that connects: ours, or a connector's.
+pub fn unix_via_fd(fd: std::os::fd::RawFd, name: Option<&[u8]>) -> Result<Vec<u8>, Errno> {
+    let mut p = format!("/proc/self/fd/{fd}").into_bytes();
     if let Some(n) = name {
         p.push(b'/');
         p.extend_from_slice(n);
@@ -478,6 +479,45 @@ pub fn connect(sock: &OwnedFd, addr: &Address, unix_path: Option<&[u8]>) -> Resu
     }
     let sa = build_sockaddr(addr, unix_path)?;
     with_sockaddr!(&sa, |s| socket::connect(sock.as_raw_fd(), s)).map(|_| 0)
+}
+
+/// A connect to a named unix socket (a path or an abstract name), made in a
+/// connector so that the listener's peer is under a seccomp filter (see
+/// [`crate::connector`]). `unix_path` names the resolved socket by
+/// [`crate::connector::PATH_SLOT`], where the connector has `path_fd`.
+pub fn connect_unix(
+    connectors: &crate::connector::Connectors,
+    sock: &OwnedFd,
+    addr: &Address,
+    unix_path: Option<&[u8]>,
+    path_fd: Option<&OwnedFd>,
+    tool: &crate::process::Creds,
+    me: &crate::process::Creds,
+) -> Result<i64, Errno> {
+    let raw = unix_sockaddr(addr, unix_path)?;
+    connectors.connect(sock, path_fd, &raw, tool, me)
+}
+
+/// The bytes of a `sockaddr_un` (family, then the path and its NUL, or a NUL
+/// and the abstract name), as long as the kernel is to read.
+fn unix_sockaddr(addr: &Address, unix_path: Option<&[u8]>) -> Result<Vec<u8>, Errno> {
+    let mut raw = (libc::AF_UNIX as libc::sa_family_t).to_ne_bytes().to_vec();
+    match (addr, unix_path) {
+        (Address::UnixPath(_), Some(p)) => {
+            raw.extend_from_slice(p);
+            raw.push(0);
+        }
+        (Address::UnixAbstract(name), _) => {
+            raw.push(0);
+            raw.extend_from_slice(name);
+        }
+        _ => return Err(Errno::EINVAL),
+    }
+    // sizeof(struct sockaddr_un)
+    if raw.len() > 110 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(raw)
 }
 
 /// `connect(AF_UNSPEC)` (nix has no sockaddr type for it).

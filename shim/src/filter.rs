@@ -389,11 +389,55 @@ pub fn build() -> Result<BpfProgram, FilterError> {
         ScmpArgCompare::new(0, low32, libc::PR_SET_MM as u64),
     )?;
 
+    export(&ctx)
+}
+
+/// The calls a connector makes once its filter is loaded (see
+/// `sys::connector`): its loop, the credential switches, its exit.
+const CONNECTOR_CALLS: &[i64] = &[
+    libc::SYS_recvmsg,
+    libc::SYS_write,
+    libc::SYS_connect,
+    libc::SYS_close,
+    libc::SYS_setgroups,
+    libc::SYS_setfsuid,
+    libc::SYS_setfsgid,
+    libc::SYS_capget,
+    libc::SYS_capset,
+    libc::SYS_restart_syscall,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// The connector's filter: those calls, anything else kills it. Its point is
+/// less what it forbids than that it exists: a broker refuses a peer under
+/// a seccomp filter.
+pub fn connector() -> Result<BpfProgram, FilterError> {
+    let step = |step: &str| {
+        let step = step.to_owned();
+        move |source| FilterError::Build { step, source }
+    };
+    let mut ctx = ScmpFilterContext::new(ScmpAction::KillProcess).map_err(step("init"))?;
+    ctx.set_act_badarch(ScmpAction::KillProcess)
+        .map_err(step("bad-arch action"))?;
+    for &nr in CONNECTOR_CALLS {
+        ctx.add_rule(ScmpAction::Allow, ScmpSyscall::from(nr as i32))
+            .map_err(step(&format!("syscall {nr}")))?;
+    }
+    export(&ctx)
+}
+
+/// The program libseccomp built, as bytes we can load ourselves.
+fn export(ctx: &ScmpFilterContext) -> Result<BpfProgram, FilterError> {
     let mut memfd = std::fs::File::from(
         nix::sys::memfd::memfd_create(c"cordon-filter", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
             .map_err(std::io::Error::from)?,
     );
-    ctx.export_bpf(memfd.as_fd()).map_err(step("export"))?;
+    ctx.export_bpf(memfd.as_fd())
+        .map_err(|source| FilterError::Build {
+            step: "export".into(),
+            source,
+        })?;
     let mut bytes = Vec::new();
     use std::io::Seek;
     memfd.seek(std::io::SeekFrom::Start(0))?;

@@ -6,6 +6,7 @@
 //! - [`notify`]: the supervisor loop: decode, decide, act.
 //! - [`resolve`]: path resolution as the kernel would do it for the tool.
 //! - [`emulate`]: performing allowed opens, connects and sends ourselves.
+//! - [`connector`]: the filtered processes that make the tool's unix connects.
 //! - [`exec`]: verifying that an allowed exec runs the approved image.
 //! - [`client`]: embedded or remote (gRPC `Session`) decisions.
 //! - [`backstop`]: the Landlock ruleset applied beneath the broker.
@@ -15,6 +16,7 @@
 
 pub mod backstop;
 pub mod client;
+pub mod connector;
 pub mod emulate;
 pub mod exec;
 pub mod filter;

@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     os::{
-        fd::{AsFd, BorrowedFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::PathBuf,
@@ -35,6 +35,7 @@ use cordon_broker::request::{MAX_ARGV, MAX_ARGV_BYTES};
 use crate::{
     backstop::Opener,
     client::Decider,
+    connector::{self, Connectors},
     emulate::{self, Address},
     exec::{Approved, ExecVerifier, Outcome},
     filter,
@@ -106,6 +107,8 @@ pub struct Supervisor {
     /// Held by the serving thread that receives: see `serve`.
     receiving: Mutex<()>,
     injects: Injects,
+    /// The processes that make the tool's unix connects.
+    connectors: Connectors,
 }
 
 /// Injects in flight. Until its ADDFD returns, the kernel holds a reference
@@ -343,6 +346,7 @@ impl Supervisor {
             unix_binds: Mutex::default(),
             opener,
             receiving: Mutex::new(()),
+            connectors: Connectors::new(),
             injects: Injects::default(),
         }
     }
@@ -1480,9 +1484,20 @@ impl Supervisor {
             self.ask(self.request(&task, n, Subject::Network(access)))?;
             if let Some((canonical, found)) = unix {
                 bound_name = Some(canonical);
+                // A connect is made in a connector, which has the fd at
+                // PATH_SLOT; a bind here, with our own number.
+                let number = |fd: &OwnedFd| {
+                    if n.nr == libc::SYS_connect {
+                        connector::PATH_SLOT
+                    } else {
+                        fd.as_raw_fd()
+                    }
+                };
                 unix_call_path = Some(match &found {
-                    Found::Existing(fd) => emulate::unix_via_fd(fd, None)?,
-                    Found::Missing { parent, name } => emulate::unix_via_fd(parent, Some(name))?,
+                    Found::Existing(fd) => emulate::unix_via_fd(number(fd), None)?,
+                    Found::Missing { parent, name } => {
+                        emulate::unix_via_fd(number(parent), Some(name))?
+                    }
                 });
                 keep_alive = Some(found);
             }
@@ -1513,12 +1528,30 @@ impl Supervisor {
         let in_backstop = self.opener.as_ref().is_some_and(|o| {
             o.governs_connect_or_bind(n.nr == libc::SYS_bind && unix_call_path.is_some())
         });
+        let tool_creds = task.creds.clone();
         self.perform_then(n, &task, may_block, None, in_backstop, move || {
-            let _pinned = keep_alive;
             let unix = unix_call_path.as_deref();
             match nr {
+                libc::SYS_connect
+                    if matches!(addr, Address::UnixPath(_) | Address::UnixAbstract(_)) =>
+                {
+                    let path_fd = keep_alive.as_ref().map(|found| match found {
+                        Found::Existing(fd) => fd,
+                        Found::Missing { parent, .. } => parent,
+                    });
+                    emulate::connect_unix(
+                        &me.connectors,
+                        &sock,
+                        &addr,
+                        unix,
+                        path_fd,
+                        &tool_creds,
+                        &me.me,
+                    )
+                }
                 libc::SYS_connect => emulate::connect(&sock, &addr, unix),
                 _ => {
+                    let _pinned = &keep_alive;
                     // A unix bind creates a file: with the tool's umask. This
                     // runs on a serving thread or, under a backstop, the
                     // opener thread (never a helper: a bind does not block);
@@ -1785,7 +1818,7 @@ impl Supervisor {
                 }
                 if let Some((_, found)) = u {
                     let path = match &found {
-                        Found::Existing(fd) => emulate::unix_via_fd(fd, None)?,
+                        Found::Existing(fd) => emulate::unix_via_fd(fd.as_raw_fd(), None)?,
                         Found::Missing { .. } => return Err(Errno::ECONNREFUSED),
                     };
                     unix = Some((path, found));

@@ -1,13 +1,16 @@
 //! The only module with `unsafe`: raw kernel interfaces that neither `nix` nor
 //! the `libseccomp` crate wraps (the seccomp notification ioctls, loading a
 //! prepared BPF program with our own flags, `pidfd_getfd`, per-thread
-//! `setgroups`), plus the code that runs in the forked child before exec.
+//! `setgroups`), plus the code that runs in the forked child before exec,
+//! and the connector process ([`connector`]).
 //!
 //! Everything here hands out owned, safe types: [`Listener`] owns the
 //! notification fd, [`Notification`] is a plain copy of the kernel's struct,
 //! fds come back as `OwnedFd`.
 
 #![allow(unsafe_code)]
+
+pub mod connector;
 
 use std::{
     io,

@@ -1,0 +1,146 @@
+//! Connectors: the processes that make the tool's unix-socket connects, so
+//! that the peer a listener sees is under a seccomp filter, as the tool is
+//! (a broker refuses such a peer: a tool never reaches a `cordon serve`,
+//! whatever path a policy lets it connect to). The process itself is in
+//! `sys::connector`; this is the pool around it.
+//!
+//! Connectors are forked on demand, one per connect in flight (a blocking
+//! connect holds its connector), from one thread that blocks every signal
+//! and lives as long as the pool: when it ends, its connectors are killed
+//! (`PR_SET_PDEATHSIG`). Idle ones are kept for the next connects.
+
+use std::{
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex, mpsc},
+};
+
+use nix::errno::Errno;
+
+use crate::{
+    process::Creds,
+    sys::{
+        BpfProgram,
+        connector::{As, Connector},
+    },
+};
+
+pub use crate::sys::connector::PATH_SLOT;
+
+/// Idle connectors kept; more are ended when their connect returns.
+const KEEP_IDLE: usize = 2;
+
+type Spawned = std::io::Result<Connector>;
+
+/// The pool: a thread waiting, and no connector until the first unix connect.
+#[derive(Debug)]
+pub struct Connectors {
+    idle: Mutex<Vec<Connector>>,
+    spawner: Option<mpsc::Sender<mpsc::SyncSender<Spawned>>>,
+}
+
+impl Default for Connectors {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Connectors {
+    /// Starts the spawning thread now, on the caller's thread: it and its
+    /// connectors get this thread's credentials and Landlock domain (none),
+    /// never those of a serving thread that is acting as the tool, or of the
+    /// restricted opener thread.
+    pub fn new() -> Connectors {
+        let (tx, rx) = mpsc::channel::<mpsc::SyncSender<Spawned>>();
+        let spawner = std::thread::Builder::new()
+            .name("cordon-connect".into())
+            .spawn(move || spawn_loop(rx))
+            .map_err(
+                |e| tracing::warn!(error = %e, "no connector thread: unix connects will be denied"),
+            )
+            .ok()
+            .map(|_| tx);
+        Connectors {
+            idle: Mutex::default(),
+            spawner,
+        }
+    }
+
+    /// Connects `sock` to `addr` (raw `sockaddr_un` bytes, naming `path` as
+    /// `/proc/self/fd/PATH_SLOT` when there is one) in a connector, with the
+    /// tool's credentials (`tool`) where they differ from ours (`me`).
+    /// A connector that cannot be had or dies is a denial (`EACCES`).
+    pub fn connect(
+        &self,
+        sock: &OwnedFd,
+        path: Option<&OwnedFd>,
+        addr: &[u8],
+        tool: &Creds,
+        me: &Creds,
+    ) -> Result<i64, Errno> {
+        let creds = As {
+            fsuid: tool.fsuid,
+            fsgid: tool.fsgid,
+            groups: &tool.groups,
+            cap_eff: me.cap_eff & tool.cap_eff,
+            switch_groups: tool.groups != me.groups,
+            switch_fs_ids: (tool.fsuid, tool.fsgid) != (me.fsuid, me.fsgid),
+            lower_caps: me.cap_eff & !tool.cap_eff != 0,
+        };
+        let connector = self.take().map_err(|e| {
+            tracing::warn!(error = %e, "no connector for a unix connect; denying");
+            Errno::EACCES
+        })?;
+        match connector.connect(sock, path, addr, creds) {
+            Ok(result) => {
+                self.put(connector);
+                result.map(|()| 0).map_err(Errno::from_raw)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a connector failed; denying the connect");
+                Err(Errno::EACCES)
+            }
+        }
+    }
+
+    fn take(&self) -> std::io::Result<Connector> {
+        if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(c);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let ended = || std::io::Error::other("the connector thread has ended");
+        self.spawner
+            .as_ref()
+            .ok_or_else(ended)?
+            .send(tx)
+            .map_err(|_| ended())?;
+        rx.recv().map_err(|_| ended())?
+    }
+
+    fn put(&self, c: Connector) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < KEEP_IDLE {
+            idle.push(c);
+        }
+    }
+}
+
+/// The spawner thread: connectors start with its signal mask (all blocked,
+/// so a terminal's ^C or a relayed signal never runs a handler of ours in
+/// them) and die when it ends, with the pool's sender.
+fn spawn_loop(requests: mpsc::Receiver<mpsc::SyncSender<Spawned>>) {
+    let _ = nix::sys::signal::SigSet::all().thread_block();
+    let mut program: Option<Arc<BpfProgram>> = None;
+    for reply in requests {
+        let spawned = match &program {
+            Some(p) => Connector::spawn(p),
+            None => match crate::filter::connector() {
+                Ok(p) => {
+                    let p = program.insert(Arc::new(p));
+                    Connector::spawn(p)
+                }
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            },
+        };
+        let _ = reply.send(spawned);
+    }
+}

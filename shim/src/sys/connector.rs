@@ -1,0 +1,451 @@
+//! The connector process: the tool's allowed unix-socket connects are made
+//! here, not in the supervisor.
+//!
+//! Why a process of its own: the kernel records who connected a unix socket
+//! (`SO_PEERCRED`, `SO_PEERPIDFD`), and a broker refuses a peer any of whose
+//! threads runs under a seccomp filter. Made by the supervisor, the tool's
+//! connect would carry the supervisor's identity (no filter) and reach any
+//! `cordon serve` a policy lets it connect to. The connector runs under a
+//! filter of its own (only the calls below), so what it connects is
+//! refused by every broker, whatever path the socket has.
+//!
+//! It is forked (raw `clone`, with a pidfd) from a thread that blocks every
+//! signal and lives as long as the supervisor's pool of connectors; the
+//! connector dies with that thread (`PR_SET_PDEATHSIG`), and leaves its loop
+//! when its channel closes. After the fork it makes raw syscalls only, on
+//! memory allocated before it: the parent may be multi-threaded.
+//!
+//! One request at a time over a `SOCK_SEQPACKET` pair: a header, the tool's
+//! groups, the sockaddr; the socket (and the fd a path names) as
+//! `SCM_RIGHTS`. The answer is an errno (0 for success).
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use nix::sys::socket::{self, ControlMessage, MsgFlags};
+
+use super::{BpfProgram, set_thread_effective_caps, set_thread_fs_ids, set_thread_groups};
+
+/// The channel's fd number in the connector; nothing else is open there
+/// between requests.
+const CHANNEL: RawFd = 0;
+/// Where a request's socket lands in the connector (the lowest free fd).
+const SOCKET_SLOT: RawFd = 1;
+/// Where the fd a unix path names lands (the next): the parent writes the
+/// sockaddr as `/proc/self/fd/2[/name]`.
+pub const PATH_SLOT: RawFd = 2;
+
+/// Most supplementary groups a request carries (a tool with more is denied).
+pub const MAX_GROUPS: usize = 4096;
+/// `sizeof(struct sockaddr_un)`.
+const MAX_ADDR: usize = 110;
+const HEADER: usize = 28;
+const MESSAGE: usize = HEADER + MAX_GROUPS * 4 + MAX_ADDR;
+/// The most groups the connector can restore (the kernel's NGROUPS_MAX).
+const OWN_GROUPS: usize = 65536;
+
+const SWITCH_GROUPS: u32 = 1;
+const SWITCH_FS_IDS: u32 = 2;
+const LOWER_CAPS: u32 = 4;
+const HAS_PATH_FD: u32 = 8;
+
+/// What a connect must be made as: the tool's ids, and which of them differ
+/// from the supervisor's (only those are switched, as `with_creds` does).
+#[derive(Debug, Clone, Copy)]
+pub struct As<'a> {
+    pub fsuid: u32,
+    pub fsgid: u32,
+    pub groups: &'a [u32],
+    /// The effective capabilities to keep (the supervisor's and the tool's).
+    pub cap_eff: u64,
+    pub switch_groups: bool,
+    pub switch_fs_ids: bool,
+    pub lower_caps: bool,
+}
+
+/// A running connector; killed and reaped when dropped.
+#[derive(Debug)]
+pub struct Connector {
+    pidfd: OwnedFd,
+    channel: OwnedFd,
+}
+
+impl Connector {
+    /// Forks a connector that loads `program` (which must allow the calls of
+    /// [`serve`]) and waits until it has. The calling thread must block every
+    /// signal (the connector starts with its mask) and outlive the connector.
+    pub fn spawn(program: &BpfProgram) -> io::Result<Connector> {
+        let (ours, theirs) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC,
+        )?;
+        // Everything the connector uses, allocated before the fork.
+        let mut message = vec![0u8; MESSAGE];
+        let mut own_groups = vec![0 as libc::gid_t; OWN_GROUPS];
+        let prog = libc::sock_fprog {
+            len: program.0.len() as u16,
+            filter: program.0.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: getpid has no arguments and cannot fail.
+        let parent = unsafe { libc::getpid() };
+        let mut pidfd: libc::c_int = -1;
+        // SAFETY: a fork (no new stack: the child runs on a copy of ours),
+        // with the new process's pidfd written to `pidfd`. The child runs
+        // `serve`, which never returns and makes raw syscalls only.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                &mut pidfd as *mut libc::c_int,
+                0usize,
+                0usize,
+            )
+        };
+        if pid == 0 {
+            serve(
+                theirs.as_raw_fd(),
+                parent,
+                &prog,
+                &mut message,
+                &mut own_groups,
+            );
+        }
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        drop(theirs);
+        // SAFETY: the kernel wrote a new fd there for us (CLONE_PIDFD).
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        let connector = Connector {
+            pidfd,
+            channel: ours,
+        };
+        // One byte once its filter is loaded; none (EOF) if it failed.
+        let mut ready = [0u8; 1];
+        match socket::recv(connector.channel.as_raw_fd(), &mut ready, MsgFlags::empty())? {
+            1 if ready[0] == b'R' => Ok(connector),
+            _ => Err(io::Error::other("the connector failed to start")),
+        }
+    }
+
+    /// Connects `sock` to the sockaddr `addr` (raw `sockaddr_un` bytes) as
+    /// `creds` say. The outer error is the connector's (it died, or the
+    /// request could not be sent); the inner one is the connect's errno.
+    pub fn connect(
+        &self,
+        sock: &OwnedFd,
+        path: Option<&OwnedFd>,
+        addr: &[u8],
+        creds: As<'_>,
+    ) -> io::Result<Result<(), i32>> {
+        if creds.groups.len() > MAX_GROUPS {
+            return Ok(Err(libc::EACCES));
+        }
+        if addr.len() > MAX_ADDR {
+            return Ok(Err(libc::EINVAL));
+        }
+        let mut flags = 0;
+        for (on, bit) in [
+            (creds.switch_groups, SWITCH_GROUPS),
+            (creds.switch_fs_ids, SWITCH_FS_IDS),
+            (creds.lower_caps, LOWER_CAPS),
+            (path.is_some(), HAS_PATH_FD),
+        ] {
+            if on {
+                flags |= bit;
+            }
+        }
+        let mut msg = Vec::with_capacity(HEADER + creds.groups.len() * 4 + addr.len());
+        msg.extend_from_slice(&creds.fsuid.to_ne_bytes());
+        msg.extend_from_slice(&creds.fsgid.to_ne_bytes());
+        msg.extend_from_slice(&creds.cap_eff.to_ne_bytes());
+        msg.extend_from_slice(&(creds.groups.len() as u32).to_ne_bytes());
+        msg.extend_from_slice(&(addr.len() as u32).to_ne_bytes());
+        msg.extend_from_slice(&flags.to_ne_bytes());
+        for g in creds.groups {
+            msg.extend_from_slice(&g.to_ne_bytes());
+        }
+        msg.extend_from_slice(addr);
+        let fds: Vec<RawFd> = std::iter::once(sock.as_raw_fd())
+            .chain(path.map(|p| p.as_raw_fd()))
+            .collect();
+        let iov = [io::IoSlice::new(&msg)];
+        socket::sendmsg::<()>(
+            self.channel.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        let mut answer = [0u8; 4];
+        match socket::recv(self.channel.as_raw_fd(), &mut answer, MsgFlags::empty())? {
+            4 => Ok(match i32::from_ne_bytes(answer) {
+                0 => Ok(()),
+                e => Err(e),
+            }),
+            _ => Err(io::Error::other("the connector died")),
+        }
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        // Killed even when busy (a blocked connect): its answer is not
+        // awaited any more. Reaped through the pidfd (a subreaper's sweep
+        // may have reaped it already: ECHILD).
+        let _ = super::pidfd_kill(&self.pidfd, libc::SIGKILL);
+        let _ = nix::sys::wait::waitid(
+            nix::sys::wait::Id::PIDFd(std::os::fd::AsFd::as_fd(&self.pidfd)),
+            nix::sys::wait::WaitPidFlag::WEXITED,
+        );
+    }
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: ends this process; nothing of ours needs unwinding.
+    unsafe { libc::syscall(libc::SYS_exit_group, code) };
+    unreachable!("exit_group returned")
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The connector's whole life. Raw syscalls on memory allocated before the
+/// fork; no allocation, no lock, no panic path in normal operation.
+fn serve(
+    channel: RawFd,
+    parent: libc::pid_t,
+    prog: &libc::sock_fprog,
+    message: &mut [u8],
+    own_groups: &mut [libc::gid_t],
+) -> ! {
+    let (n_own, fsuid, fsgid, own_caps) = set_up(channel, parent, prog, own_groups);
+    let own_groups = &own_groups[..n_own];
+    // SAFETY: write reads one byte of a constant.
+    if unsafe { libc::write(CHANNEL, b"R".as_ptr().cast(), 1) } != 1 {
+        exit(1);
+    }
+    loop {
+        let mut control = [0u64; 4]; // CMSG_SPACE for two fds, aligned
+        let mut iov = libc::iovec {
+            iov_base: message.as_mut_ptr().cast(),
+            iov_len: message.len(),
+        };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty one.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: recvmsg writes into `message` and `control`, both ours and
+        // described by their lengths.
+        let n = unsafe { libc::recvmsg(CHANNEL, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        if n == 0 {
+            exit(0); // the supervisor closed the channel, or died
+        }
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            exit(1);
+        }
+        let result = one_request(
+            &message[..n as usize],
+            &hdr,
+            (fsuid, fsgid, own_caps),
+            own_groups,
+        );
+        // SAFETY: closing the slots (whatever the request left there).
+        unsafe {
+            libc::close(SOCKET_SLOT);
+            libc::close(PATH_SLOT);
+        }
+        let (answer, go_on) = match result {
+            Ok(()) => (0, true),
+            Err((e, go_on)) => (e, go_on),
+        };
+        let bytes = answer.to_ne_bytes();
+        // SAFETY: write reads four bytes from the stack.
+        if unsafe { libc::write(CHANNEL, bytes.as_ptr().cast(), 4) } != 4 || !go_on {
+            exit(1);
+        }
+    }
+}
+
+/// The connector's start: dies with its parent thread, keeps only its
+/// channel, notes its own credentials (to restore after each request) and
+/// loads its filter. Returns how many groups it has, its fs ids and caps.
+fn set_up(
+    channel: RawFd,
+    parent: libc::pid_t,
+    prog: &libc::sock_fprog,
+    own_groups: &mut [libc::gid_t],
+) -> (usize, u32, u32, u64) {
+    // SAFETY: prctl, getppid, dup3, close_range, getgroups, setfs*id
+    // queries and seccomp take integers or memory we own (the program, kept
+    // alive by the parent's `program` in our copy of its memory;
+    // `own_groups`, sized to its length).
+    unsafe {
+        // Dies with the thread that forked it; if that thread is gone
+        // already, no signal will come, so leave now.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+            || libc::getppid() != parent
+        {
+            exit(1);
+        }
+        if channel != CHANNEL && libc::syscall(libc::SYS_dup3, channel, CHANNEL, 0) < 0 {
+            exit(1);
+        }
+        // Nothing of the supervisor's stays open here (its notification fd
+        // above all: the kernel must fail the tool's calls when the
+        // supervisor dies, not wait for us).
+        if libc::syscall(libc::SYS_close_range, (CHANNEL + 1) as u32, u32::MAX, 0u32) < 0 {
+            exit(1);
+        }
+        let n = libc::syscall(
+            libc::SYS_getgroups,
+            own_groups.len(),
+            own_groups.as_mut_ptr(),
+        );
+        if n < 0 {
+            exit(1);
+        }
+        let fsuid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
+        let fsgid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
+        let caps = own_effective_caps();
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0u32,
+                prog as *const libc::sock_fprog,
+            ) < 0
+        {
+            exit(1);
+        }
+        (n as usize, fsuid, fsgid, caps)
+    }
+}
+
+/// This thread's effective capabilities (raw `capget`).
+fn own_effective_caps() -> u64 {
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = [VERSION_3, 0];
+    let mut data = [0u32; 6];
+    // SAFETY: capget writes two __user_cap_data_struct (6 u32) into `data`.
+    if unsafe { libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) } < 0 {
+        exit(1);
+    }
+    data[0] as u64 | (data[3] as u64) << 32
+}
+
+/// One connect. `Err((errno, go_on))`: `go_on` false when the connector's
+/// own credentials could not be restored (it must not serve again).
+fn one_request(
+    msg: &[u8],
+    hdr: &libc::msghdr,
+    (fsuid, fsgid, own_caps): (u32, u32, u64),
+    own_groups: &[libc::gid_t],
+) -> Result<(), (i32, bool)> {
+    // The fds must be where the parent's sockaddr expects them.
+    // SAFETY: CMSG_FIRSTHDR reads the header the kernel filled in.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(hdr) };
+    if cmsg.is_null() || hdr.msg_flags & libc::MSG_CTRUNC != 0 || msg.len() < HEADER {
+        return Err((libc::EIO, true));
+    }
+    // SAFETY: `cmsg` is a header inside our control buffer.
+    let (level, kind, len) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+    // SAFETY: CMSG_LEN is arithmetic.
+    let (one, two) = unsafe { (libc::CMSG_LEN(4) as usize, libc::CMSG_LEN(8) as usize) };
+    let flags = u32_at(msg, 24);
+    let expected = if flags & HAS_PATH_FD != 0 { two } else { one };
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS || len != expected {
+        return Err((libc::EIO, true));
+    }
+    // SAFETY: CMSG_DATA points inside the same header, at `len - CMSG_LEN(0)`
+    // bytes the kernel wrote; read unaligned.
+    let fds: [RawFd; 2] = unsafe {
+        let data = libc::CMSG_DATA(cmsg) as *const RawFd;
+        [
+            data.read_unaligned(),
+            if expected == two {
+                data.add(1).read_unaligned()
+            } else {
+                PATH_SLOT
+            },
+        ]
+    };
+    if fds != [SOCKET_SLOT, PATH_SLOT] {
+        return Err((libc::EIO, true));
+    }
+    let (ngroups, addr_len) = (u32_at(msg, 16) as usize, u32_at(msg, 20) as usize);
+    if ngroups > MAX_GROUPS || addr_len > MAX_ADDR || msg.len() != HEADER + ngroups * 4 + addr_len {
+        return Err((libc::EIO, true));
+    }
+    let tool_uid = u32_at(msg, 0);
+    let tool_gid = u32_at(msg, 4);
+    let caps = u64::from(u32_at(msg, 8)) | u64::from(u32_at(msg, 12)) << 32;
+    let groups_bytes = &msg[HEADER..HEADER + ngroups * 4];
+    let addr = &msg[HEADER + ngroups * 4..];
+
+    // Switch, as `with_creds` does: groups, then fs ids, then capabilities.
+    let mut switched = 0;
+    let mut result = Ok(());
+    if flags & SWITCH_GROUPS != 0 {
+        // The groups are u32s at a 4-byte offset of a byte buffer: the
+        // kernel reads them as gid_t (u32), alignment does not matter to it.
+        // SAFETY: the kernel reads `ngroups` gids from our buffer.
+        if unsafe { libc::syscall(libc::SYS_setgroups, ngroups, groups_bytes.as_ptr()) } < 0 {
+            result = Err(libc::EACCES);
+        } else {
+            switched |= SWITCH_GROUPS;
+        }
+    }
+    if result.is_ok() && flags & SWITCH_FS_IDS != 0 {
+        switched |= SWITCH_FS_IDS;
+        if set_thread_fs_ids(tool_uid, tool_gid).is_err() {
+            result = Err(libc::EACCES);
+        }
+    }
+    if result.is_ok() && flags & LOWER_CAPS != 0 {
+        if set_thread_effective_caps(caps).is_err() {
+            result = Err(libc::EACCES);
+        } else {
+            switched |= LOWER_CAPS;
+        }
+    }
+    if result.is_ok() {
+        // SAFETY: connect reads `addr_len` bytes of our buffer as a sockaddr.
+        let r = unsafe {
+            libc::connect(
+                SOCKET_SLOT,
+                addr.as_ptr().cast(),
+                addr.len() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            result = Err(errno());
+        }
+    }
+    // Back: capabilities first (the id switches need them).
+    let restored = (switched & LOWER_CAPS == 0 || set_thread_effective_caps(own_caps).is_ok())
+        && (switched & SWITCH_FS_IDS == 0 || set_thread_fs_ids(fsuid, fsgid).is_ok())
+        && (switched & SWITCH_GROUPS == 0 || set_thread_groups(own_groups).is_ok());
+    match result {
+        Ok(()) if restored => Ok(()),
+        Ok(()) => Err((0, false)),
+        Err(e) => Err((e, restored)),
+    }
+}
