@@ -432,6 +432,22 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     // A non-empty output directory is refused.
     let out = learn_in(work.path(), &learned, &["true"]);
     assert_eq!(out.status.code(), Some(2));
+
+    // An output that cannot be a directory is refused before the tool runs
+    // (it used to run, and what it did was lost): a file is bad usage (2),
+    // a directory that cannot be made is cordon's failure (125).
+    let ran = work.path().join("ran");
+    let touch = ["/bin/sh", "-c", "echo ran > ran"];
+    let file = work.path().join("in.txt");
+    let out = learn_in(work.path(), &file, &touch);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("exists and is not a directory"), "{err}");
+    let out = learn_in(work.path(), &file.join("sub"), &touch);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("cannot create"), "{err}");
+    assert!(!ran.exists(), "the tool ran");
 }
 
 /// Every observed call stays a test that runs: a long command line (regorus

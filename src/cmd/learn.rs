@@ -66,18 +66,36 @@ pub fn run(args: LearnArgs) -> ExitCode {
     }
 }
 
-fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
-    if args.output.exists()
-        && std::fs::read_dir(&args.output)
-            .with_context(|| format!("cannot read {}", args.output.display()))?
-            .next()
-            .is_some()
-    {
-        return Err(super::usage(format!(
-            "{} exists and is not empty; choose another --output",
-            args.output.display()
-        )));
+/// The output directory, checked and made before the tool runs, so that a
+/// run is never lost to an output that cannot be written. Returns whether
+/// it was made here (and is removed again if nothing is learned).
+fn prepare_output(dir: &Path) -> anyhow::Result<bool> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(super::usage(format!(
+            "{} exists and is not a directory; choose another --output",
+            dir.display()
+        ))),
+        Ok(_) => {
+            let mut entries =
+                std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+            if entries.next().is_some() {
+                return Err(super::usage(format!(
+                    "{} exists and is not empty; choose another --output",
+                    dir.display()
+                )));
+            }
+            Ok(false)
+        }
+        Err(_) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Ok(true)
+        }
     }
+}
+
+fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
+    let made_output = prepare_output(&args.output)?;
     let temp_db = match args.audit_db {
         Some(_) => None,
         None => Some(private_dir()?),
@@ -119,6 +137,9 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
     })();
     if let Some(t) = &temp_db {
         let _ = std::fs::remove_dir_all(t);
+    }
+    if made_output && !matches!(result, Ok(Ok(_))) {
+        let _ = std::fs::remove_dir(&args.output);
     }
     let (code, sandbox_id, records) = match result? {
         Ok(r) => r,
