@@ -386,7 +386,9 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     std::fs::write(work.path().join("rv$PID.txt"), "").unwrap();
     let learned = work.path().join("learned");
     // A program run from the private temp dir, which is new on every run.
+    // Listing the working and temp directories themselves (once dropped).
     let script = "cat in.txt > out.txt; cat /etc/hostname 'rv$PID.txt' >/dev/null; \
+                  ls . \"$TMPDIR\" >/dev/null && \
                   cp /bin/true \"$TMPDIR/t\" && \"$TMPDIR/t\" && wc -l < out.txt";
     let out = learn_in(work.path(), &learned, &["/bin/sh", "-c", script]);
     let err = String::from_utf8_lossy(&out.stderr);

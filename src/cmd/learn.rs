@@ -269,7 +269,12 @@ impl Learned {
         let (read_files, read_dirs) = collapse(&reads);
         learned.read_files = read_files
             .into_iter()
-            .filter(|f| !learned.write_dirs.iter().any(|d| f.starts_with(d.as_str())))
+            .filter(|f| {
+                !learned
+                    .write_dirs
+                    .iter()
+                    .any(|d| !d.starts_with('$') && f.starts_with(d.as_str()))
+            })
             .collect();
         learned.read_dirs = read_dirs;
         learned
@@ -343,15 +348,19 @@ const NEVER_COLLAPSED: [&str; 9] = [
 /// credential directories ([`NEVER_COLLAPSED`]) are never collapsed; the
 /// sandbox's own `$WORKDIR` and `$TMPDIR` may be, and the policy's
 /// `too_broad` refuses such a grant in a run where they stand for a
-/// top-level or home directory.
+/// top-level or home directory, so their files stay listed one by one too.
 fn collapse(paths: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut by_dir: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+    let mut files = BTreeSet::new();
     for p in paths {
-        if let Some((dir, _)) = p.rsplit_once('/') {
-            by_dir.entry(dir.to_owned()).or_default().push(p);
+        match p.rsplit_once('/') {
+            Some((dir, _)) => by_dir.entry(dir.to_owned()).or_default().push(p),
+            // `$WORKDIR` or `$TMPDIR` itself (a listing of it).
+            None => {
+                files.insert(p.clone());
+            }
         }
     }
-    let mut files = BTreeSet::new();
     let mut dirs = BTreeSet::new();
     for (dir, entries) in by_dir {
         let depth = dir.matches('/').count();
@@ -363,12 +372,20 @@ fn collapse(paths: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
             && !secret;
         if collapsible {
             dirs.insert(format!("{dir}/"));
-        } else {
+        }
+        if !collapsible || dir.starts_with('$') {
             files.extend(entries.into_iter().cloned());
         }
     }
-    // A file inside a collapsed directory needs no entry of its own.
-    files.retain(|f: &String| !dirs.iter().any(|d| f.starts_with(d.as_str())));
+    // A file inside a collapsed directory needs no entry of its own, unless
+    // the directory is the sandbox's: the policy's `too_broad` refuses that
+    // grant in a run where it stands for a home, and the files the tool used
+    // there must still be allowed one by one.
+    files.retain(|f: &String| {
+        !dirs
+            .iter()
+            .any(|d| !d.starts_with('$') && f.starts_with(d.as_str()))
+    });
     (files, dirs)
 }
 
@@ -586,16 +603,28 @@ mod tests {
             "$WORKDIR/c",
         ]));
         assert_eq!(dirs, set(&["/usr/lib/locale/C.utf8/", "$WORKDIR/"]));
-        // Three files in /etc do not grant /etc (and so /etc/shadow).
+        // Three files in /etc do not grant /etc (and so /etc/shadow). The
+        // files in $WORKDIR stay listed: that grant may be refused in a run
+        // where $WORKDIR is a home (`too_broad`).
         assert_eq!(
             files,
             set(&[
+                "$WORKDIR/a",
+                "$WORKDIR/b",
+                "$WORKDIR/c",
                 "/etc/hostname",
                 "/etc/ld.so.cache",
                 "/etc/passwd",
                 "/usr/lib/x86_64-linux-gnu/libc.so.6"
             ])
         );
+    }
+
+    #[test]
+    fn the_sandbox_directories_themselves_are_kept() {
+        let (files, dirs) = collapse(&set(&["$WORKDIR", "$TMPDIR", "$TMPDIR/x"]));
+        assert_eq!(files, set(&["$WORKDIR", "$TMPDIR", "$TMPDIR/x"]));
+        assert!(dirs.is_empty());
     }
 
     #[test]
