@@ -2442,6 +2442,65 @@ fn a_unix_socket_the_tools_credentials_cannot_reach_stays_closed() {
     drop(listener);
 }
 
+/// A connector is a copy of the supervisor: under an allow-all policy the
+/// tool can neither open its `/proc` entries (its memory, its environment)
+/// nor signal it, as for the supervisor itself.
+#[test]
+fn the_tool_cannot_reach_a_connector() {
+    let env = Env::new(&[]);
+    let allow_all = env.dir.path().join("allow.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let sock = env.dir.path().join("s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let log = env.work.join("log.txt");
+    let go = env.work.join("go.txt");
+    let tool = format!(
+        "import os, signal, socket, time\n\
+         socket.socket(socket.AF_UNIX).connect('{sock}')\n\
+         open('{log}', 'w').write('ready\\n')\n\
+         while not os.path.exists('{go}'): time.sleep(0.02)\n\
+         pid = int(open('{go}').read())\n\
+         for name in ('environ', 'mem', 'status'):\n    \
+             try:\n        os.close(os.open('/proc/%d/%s' % (pid, name), os.O_RDONLY)); print(name, 'ok')\n    \
+             except OSError as e:\n        print(name, 'err', e.errno)\n\
+         try:\n    os.kill(pid, signal.SIGSTOP); print('kill ok')\n\
+         except OSError as e:\n    print('kill err', e.errno)\n",
+        sock = sock.display(),
+        log = log.display(),
+        go = go.display(),
+    );
+    let run = cordon()
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/usr/bin/python3", "-c", &tool])
+        .current_dir(&env.work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&log, "ready", 0, Duration::from_secs(20));
+    // The connector: a child of cordon's named after its spawning thread.
+    let mut connector = None;
+    for task in std::fs::read_dir(format!("/proc/{}/task", run.id())).unwrap() {
+        let children = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap();
+        for pid in children.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "cordon-connect" {
+                connector = Some(pid.to_owned());
+            }
+        }
+    }
+    let connector = connector.expect("no connector among cordon's children");
+    std::fs::write(&go, &connector).unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        assert_ok(&out),
+        "environ err 13\nmem err 13\nstatus err 13\nkill err 1\n"
+    );
+}
+
 /// Another user's default broker socket (`/run/user/UID/cordon/broker.sock`,
 /// UID its owner) and root's (`/run/cordon/broker.sock`), reached by a hard
 /// link: refused by inode. A socket that is neither is not (the tool gets

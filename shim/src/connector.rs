@@ -10,6 +10,7 @@
 //! (`PR_SET_PDEATHSIG`). Idle ones are kept for the next connects.
 
 use std::{
+    collections::BTreeSet,
     os::fd::OwnedFd,
     sync::{Arc, Mutex, mpsc},
 };
@@ -20,7 +21,7 @@ use crate::{
     process::Creds,
     sys::{
         BpfProgram,
-        connector::{As, Connector},
+        connector::{As, ConnectError, Connector},
     },
 };
 
@@ -34,7 +35,9 @@ type Spawned = std::io::Result<Connector>;
 /// The pool: a thread waiting, and no connector until the first unix connect.
 #[derive(Debug)]
 pub struct Connectors {
-    idle: Mutex<Vec<Connector>>,
+    idle: Mutex<Vec<Held>>,
+    /// The pids of the connectors alive.
+    live: Arc<Mutex<BTreeSet<i32>>>,
     spawner: Option<mpsc::Sender<mpsc::SyncSender<Spawned>>>,
 }
 
@@ -61,48 +64,64 @@ impl Connectors {
             .map(|_| tx);
         Connectors {
             idle: Mutex::default(),
+            live: Arc::default(),
             spawner,
         }
     }
 
     /// Connects `sock` to `addr` (raw `sockaddr_un` bytes, naming `path` as
     /// `/proc/self/fd/PATH_SLOT` when there is one) in a connector, with the
-    /// tool's credentials (`tool`) where they differ from ours (`me`).
-    /// A connector that cannot be had or dies is a denial (`EACCES`).
+    /// tool's credentials. A connector that cannot be had or dies is a
+    /// denial (`EACCES`).
     pub fn connect(
         &self,
         sock: &OwnedFd,
         path: Option<&OwnedFd>,
         addr: &[u8],
         tool: &Creds,
-        me: &Creds,
     ) -> Result<i64, Errno> {
         let creds = As {
             fsuid: tool.fsuid,
             fsgid: tool.fsgid,
             groups: &tool.groups,
-            cap_eff: me.cap_eff & tool.cap_eff,
-            switch_groups: tool.groups != me.groups,
-            switch_fs_ids: (tool.fsuid, tool.fsgid) != (me.fsuid, me.fsgid),
-            lower_caps: me.cap_eff & !tool.cap_eff != 0,
+            cap_eff: tool.cap_eff,
         };
-        let connector = self.take().map_err(|e| {
-            tracing::warn!(error = %e, "no connector for a unix connect; denying");
-            Errno::EACCES
-        })?;
-        match connector.connect(sock, path, addr, creds) {
-            Ok(result) => {
-                self.put(connector);
-                result.map(|()| 0).map_err(Errno::from_raw)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "a connector failed; denying the connect");
-                Err(Errno::EACCES)
+        // An idle connector may have died since (killed, out of memory): a
+        // request it never received is made again, once, in a new one.
+        for attempt in 0..2 {
+            let connector = self.take().map_err(|e| {
+                tracing::warn!(error = %e, "no connector for a unix connect; denying");
+                Errno::EACCES
+            })?;
+            match connector.connect(sock, path, addr, creds) {
+                Ok(answer) => {
+                    if !answer.retired {
+                        self.put(connector);
+                    }
+                    return answer.result.map(|()| 0).map_err(Errno::from_raw);
+                }
+                Err(ConnectError::NotSent(e)) if attempt == 0 => {
+                    tracing::debug!(error = %e, "an idle connector was gone; trying a new one");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a connector failed; denying the connect");
+                    return Err(Errno::EACCES);
+                }
             }
         }
+        Err(Errno::EACCES)
     }
 
-    fn take(&self) -> std::io::Result<Connector> {
+    /// Whether `pid` is one of our connectors (the tool may not signal them
+    /// or open their `/proc` entries).
+    pub fn is_connector(&self, pid: i32) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&pid)
+    }
+
+    fn take(&self) -> std::io::Result<Held> {
         if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(c);
         }
@@ -113,14 +132,46 @@ impl Connectors {
             .ok_or_else(ended)?
             .send(tx)
             .map_err(|_| ended())?;
-        rx.recv().map_err(|_| ended())?
+        let connector = rx.recv().map_err(|_| ended())??;
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(connector.pid());
+        Ok(Held {
+            connector,
+            live: self.live.clone(),
+        })
     }
 
-    fn put(&self, c: Connector) {
+    fn put(&self, c: Held) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < KEEP_IDLE {
             idle.push(c);
         }
+    }
+}
+
+/// A connector of the pool; its pid leaves the live set when it is dropped
+/// (killed and reaped).
+#[derive(Debug)]
+struct Held {
+    connector: Connector,
+    live: Arc<Mutex<BTreeSet<i32>>>,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Connector;
+    fn deref(&self) -> &Connector {
+        &self.connector
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.connector.pid());
     }
 }
 

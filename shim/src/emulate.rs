@@ -492,10 +492,9 @@ pub fn connect_unix(
     unix_path: Option<&[u8]>,
     path_fd: Option<&OwnedFd>,
     tool: &crate::process::Creds,
-    me: &crate::process::Creds,
 ) -> Result<i64, Errno> {
     let raw = unix_sockaddr(addr, unix_path)?;
-    connectors.connect(sock, path_fd, &raw, tool, me)
+    connectors.connect(sock, path_fd, &raw, tool)
 }
 
 /// The bytes of a `sockaddr_un` (family, then the path and its NUL, or a NUL

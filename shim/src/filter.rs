@@ -404,6 +404,7 @@ const CONNECTOR_CALLS: &[i64] = &[
     libc::SYS_setfsgid,
     libc::SYS_capget,
     libc::SYS_capset,
+    libc::SYS_getppid,
     libc::SYS_restart_syscall,
     libc::SYS_exit,
     libc::SYS_exit_group,
@@ -423,6 +424,21 @@ pub fn connector() -> Result<BpfProgram, FilterError> {
     for &nr in CONNECTOR_CALLS {
         ctx.add_rule(ScmpAction::Allow, ScmpSyscall::from(nr as i32))
             .map_err(step(&format!("syscall {nr}")))?;
+    }
+    // Re-armed after each request: its death signal, and not dumpable.
+    for (option, value) in [
+        (libc::PR_SET_PDEATHSIG, libc::SIGKILL),
+        (libc::PR_SET_DUMPABLE, 0),
+    ] {
+        ctx.add_rule_conditional(
+            ScmpAction::Allow,
+            ScmpSyscall::from(libc::SYS_prctl as i32),
+            &[
+                ScmpArgCompare::new(0, ScmpCompareOp::Equal, option as u64),
+                ScmpArgCompare::new(1, ScmpCompareOp::Equal, value as u64),
+            ],
+        )
+        .map_err(step("prctl"))?;
     }
     export(&ctx)
 }

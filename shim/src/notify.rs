@@ -770,7 +770,7 @@ impl Supervisor {
             if let Some(id) = std::str::from_utf8(id)
                 .ok()
                 .and_then(|v| v.parse::<i32>().ok())
-                && (id == me || tgid_of(id) == Some(me))
+                && (id == me || tgid_of(id) == Some(me) || self.connectors.is_connector(id))
             {
                 return Some("supervisor /proc");
             }
@@ -854,7 +854,9 @@ impl Supervisor {
     fn targets_supervisor(&self, n: &Notification) -> bool {
         let me = std::process::id() as i32;
         let my_pgid = nix::unistd::getpgrp().as_raw();
-        let mine = |id: i32| id == me || (id > 0 && tgid_of(id) == Some(me));
+        let mine = |id: i32| {
+            id == me || (id > 0 && tgid_of(id) == Some(me)) || self.connectors.is_connector(id)
+        };
         let group = |pgid: i32| pgid == my_pgid;
         let caller_group = || {
             nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(n.tid)))
@@ -1539,15 +1541,7 @@ impl Supervisor {
                         Found::Existing(fd) => fd,
                         Found::Missing { parent, .. } => parent,
                     });
-                    emulate::connect_unix(
-                        &me.connectors,
-                        &sock,
-                        &addr,
-                        unix,
-                        path_fd,
-                        &tool_creds,
-                        &me.me,
-                    )
+                    emulate::connect_unix(&me.connectors, &sock, &addr, unix, path_fd, &tool_creds)
                 }
                 libc::SYS_connect => emulate::connect(&sock, &addr, unix),
                 _ => {

@@ -46,28 +46,42 @@ const MESSAGE: usize = HEADER + MAX_GROUPS * 4 + MAX_ADDR;
 /// The most groups the connector can restore (the kernel's NGROUPS_MAX).
 const OWN_GROUPS: usize = 65536;
 
-const SWITCH_GROUPS: u32 = 1;
-const SWITCH_FS_IDS: u32 = 2;
-const LOWER_CAPS: u32 = 4;
-const HAS_PATH_FD: u32 = 8;
+const HAS_PATH_FD: u32 = 1;
 
-/// What a connect must be made as: the tool's ids, and which of them differ
-/// from the supervisor's (only those are switched, as `with_creds` does).
+/// The tool's credentials for a connect. The connector switches to those
+/// that differ from its own (as `with_creds` does), and lowers its effective
+/// capabilities to those both have.
 #[derive(Debug, Clone, Copy)]
 pub struct As<'a> {
     pub fsuid: u32,
     pub fsgid: u32,
     pub groups: &'a [u32],
-    /// The effective capabilities to keep (the supervisor's and the tool's).
     pub cap_eff: u64,
-    pub switch_groups: bool,
-    pub switch_fs_ids: bool,
-    pub lower_caps: bool,
+}
+
+/// How a request went: the connect's errno (or none), and whether the
+/// connector is to be retired (it could not restore its own state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub result: Result<(), i32>,
+    pub retired: bool,
+}
+
+/// A request that failed in the connector itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Not sent: nothing was done (a connector that died while idle).
+    #[error("the request could not be sent to the connector: {0}")]
+    NotSent(io::Error),
+    /// Sent, and no answer: the connect may or may not have been made.
+    #[error("the connector did not answer: {0}")]
+    Lost(io::Error),
 }
 
 /// A running connector; killed and reaped when dropped.
 #[derive(Debug)]
 pub struct Connector {
+    pid: i32,
     pidfd: OwnedFd,
     channel: OwnedFd,
 }
@@ -122,6 +136,7 @@ impl Connector {
         // SAFETY: the kernel wrote a new fd there for us (CLONE_PIDFD).
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         let connector = Connector {
+            pid: pid as i32,
             pidfd,
             channel: ours,
         };
@@ -133,33 +148,35 @@ impl Connector {
         }
     }
 
+    /// Its pid (the supervisor keeps the tool from its `/proc` entries and
+    /// from signalling it, as it does for itself).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// Connects `sock` to the sockaddr `addr` (raw `sockaddr_un` bytes) as
-    /// `creds` say. The outer error is the connector's (it died, or the
-    /// request could not be sent); the inner one is the connect's errno.
+    /// `creds` say. The error is the connector's (it died, or the request
+    /// could not be sent or answered).
     pub fn connect(
         &self,
         sock: &OwnedFd,
         path: Option<&OwnedFd>,
         addr: &[u8],
         creds: As<'_>,
-    ) -> io::Result<Result<(), i32>> {
+    ) -> Result<Answer, ConnectError> {
+        let refuse = |e| {
+            Ok(Answer {
+                result: Err(e),
+                retired: false,
+            })
+        };
         if creds.groups.len() > MAX_GROUPS {
-            return Ok(Err(libc::EACCES));
+            return refuse(libc::EACCES);
         }
         if addr.len() > MAX_ADDR {
-            return Ok(Err(libc::EINVAL));
+            return refuse(libc::EINVAL);
         }
-        let mut flags = 0;
-        for (on, bit) in [
-            (creds.switch_groups, SWITCH_GROUPS),
-            (creds.switch_fs_ids, SWITCH_FS_IDS),
-            (creds.lower_caps, LOWER_CAPS),
-            (path.is_some(), HAS_PATH_FD),
-        ] {
-            if on {
-                flags |= bit;
-            }
-        }
+        let flags = if path.is_some() { HAS_PATH_FD } else { 0 };
         let mut msg = Vec::with_capacity(HEADER + creds.groups.len() * 4 + addr.len());
         msg.extend_from_slice(&creds.fsuid.to_ne_bytes());
         msg.extend_from_slice(&creds.fsgid.to_ne_bytes());
@@ -181,14 +198,20 @@ impl Connector {
             &[ControlMessage::ScmRights(&fds)],
             MsgFlags::MSG_NOSIGNAL,
             None,
-        )?;
-        let mut answer = [0u8; 4];
-        match socket::recv(self.channel.as_raw_fd(), &mut answer, MsgFlags::empty())? {
-            4 => Ok(match i32::from_ne_bytes(answer) {
-                0 => Ok(()),
-                e => Err(e),
+        )
+        .map_err(|e| ConnectError::NotSent(e.into()))?;
+        let mut answer = [0u8; 8];
+        match socket::recv(self.channel.as_raw_fd(), &mut answer, MsgFlags::empty())
+            .map_err(|e| ConnectError::Lost(e.into()))?
+        {
+            8 => Ok(Answer {
+                result: match i32::from_ne_bytes(answer[..4].try_into().expect("4")) {
+                    0 => Ok(()),
+                    e => Err(e),
+                },
+                retired: answer[4] != 0,
             }),
-            _ => Err(io::Error::other("the connector died")),
+            _ => Err(ConnectError::Lost(io::Error::other("it died"))),
         }
     }
 }
@@ -272,15 +295,33 @@ fn serve(
             libc::close(SOCKET_SLOT);
             libc::close(PATH_SLOT);
         }
-        let (answer, go_on) = match result {
+        let (errno, go_on) = match result {
             Ok(()) => (0, true),
             Err((e, go_on)) => (e, go_on),
         };
-        let bytes = answer.to_ne_bytes();
-        // SAFETY: write reads four bytes from the stack.
-        if unsafe { libc::write(CHANNEL, bytes.as_ptr().cast(), 4) } != 4 || !go_on {
+        // Again after every request: a change of fs ids clears the death
+        // signal and resets dumpability (kernel `commit_creds`).
+        let go_on = go_on && guard(parent);
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&errno.to_ne_bytes());
+        bytes[4] = u8::from(!go_on);
+        // SAFETY: write reads eight bytes from the stack.
+        if unsafe { libc::write(CHANNEL, bytes.as_ptr().cast(), 8) } != 8 || !go_on {
             exit(1);
         }
+    }
+}
+
+/// Dies with the thread that forked it, and is not dumpable (the tool
+/// reaches neither its memory nor its `/proc` files, which hold the
+/// supervisor's). False if that thread is gone already: no signal would
+/// come.
+fn guard(parent: libc::pid_t) -> bool {
+    // SAFETY: prctl and getppid with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0
+            && libc::getppid() == parent
+            && libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
     }
 }
 
@@ -298,11 +339,7 @@ fn set_up(
     // alive by the parent's `program` in our copy of its memory;
     // `own_groups`, sized to its length).
     unsafe {
-        // Dies with the thread that forked it; if that thread is gone
-        // already, no signal will come, so leave now.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
-            || libc::getppid() != parent
-        {
+        if !guard(parent) {
             exit(1);
         }
         if channel != CHANNEL && libc::syscall(libc::SYS_dup3, channel, CHANNEL, 0) < 0 {
@@ -396,34 +433,40 @@ fn one_request(
     }
     let tool_uid = u32_at(msg, 0);
     let tool_gid = u32_at(msg, 4);
-    let caps = u64::from(u32_at(msg, 8)) | u64::from(u32_at(msg, 12)) << 32;
+    let tool_caps = u64::from_ne_bytes(msg[8..16].try_into().unwrap_or_default());
     let groups_bytes = &msg[HEADER..HEADER + ngroups * 4];
     let addr = &msg[HEADER + ngroups * 4..];
+    let same_groups = ngroups == own_groups.len()
+        && own_groups
+            .iter()
+            .enumerate()
+            .all(|(i, g)| u32_at(groups_bytes, i * 4) == *g);
+    let keep_caps = own_caps & tool_caps;
 
-    // Switch, as `with_creds` does: groups, then fs ids, then capabilities.
-    let mut switched = 0;
+    // Switch what differs, as `with_creds` does: groups, fs ids, then
+    // capabilities (the fs id switch itself clears the fs ones).
+    let mut switched = (false, false, false);
     let mut result = Ok(());
-    if flags & SWITCH_GROUPS != 0 {
+    if !same_groups {
         // The groups are u32s at a 4-byte offset of a byte buffer: the
         // kernel reads them as gid_t (u32), alignment does not matter to it.
         // SAFETY: the kernel reads `ngroups` gids from our buffer.
         if unsafe { libc::syscall(libc::SYS_setgroups, ngroups, groups_bytes.as_ptr()) } < 0 {
             result = Err(libc::EACCES);
         } else {
-            switched |= SWITCH_GROUPS;
+            switched.0 = true;
         }
     }
-    if result.is_ok() && flags & SWITCH_FS_IDS != 0 {
-        switched |= SWITCH_FS_IDS;
+    if result.is_ok() && (tool_uid, tool_gid) != (fsuid, fsgid) {
+        switched.1 = true;
         if set_thread_fs_ids(tool_uid, tool_gid).is_err() {
             result = Err(libc::EACCES);
         }
     }
-    if result.is_ok() && flags & LOWER_CAPS != 0 {
-        if set_thread_effective_caps(caps).is_err() {
+    if result.is_ok() && keep_caps != own_caps {
+        switched.2 = true;
+        if set_thread_effective_caps(keep_caps).is_err() {
             result = Err(libc::EACCES);
-        } else {
-            switched |= LOWER_CAPS;
         }
     }
     if result.is_ok() {
@@ -439,10 +482,13 @@ fn one_request(
             result = Err(errno());
         }
     }
-    // Back: capabilities first (the id switches need them).
-    let restored = (switched & LOWER_CAPS == 0 || set_thread_effective_caps(own_caps).is_ok())
-        && (switched & SWITCH_FS_IDS == 0 || set_thread_fs_ids(fsuid, fsgid).is_ok())
-        && (switched & SWITCH_GROUPS == 0 || set_thread_groups(own_groups).is_ok());
+    // Back: the fs ids first (our own need no capability), which may raise
+    // the fs capabilities from the permitted set; then exactly our
+    // capabilities; then the groups (which need CAP_SETGID). Then check.
+    let restored = (!switched.1 || set_thread_fs_ids(fsuid, fsgid).is_ok())
+        && ((!switched.1 && !switched.2) || set_thread_effective_caps(own_caps).is_ok())
+        && (!switched.0 || set_thread_groups(own_groups).is_ok())
+        && own_effective_caps() == own_caps;
     match result {
         Ok(()) if restored => Ok(()),
         Ok(()) => Err((0, false)),
