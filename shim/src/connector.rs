@@ -54,9 +54,11 @@ impl Connectors {
     /// restricted opener thread.
     pub fn new() -> Connectors {
         let (tx, rx) = mpsc::channel::<mpsc::SyncSender<Spawned>>();
+        let live: Arc<Mutex<BTreeSet<i32>>> = Arc::default();
+        let spawner_live = live.clone();
         let spawner = std::thread::Builder::new()
             .name("cordon-connect".into())
-            .spawn(move || spawn_loop(rx))
+            .spawn(move || spawn_loop(rx, &spawner_live))
             .map_err(
                 |e| tracing::warn!(error = %e, "no connector thread: unix connects will be denied"),
             )
@@ -64,7 +66,7 @@ impl Connectors {
             .map(|_| tx);
         Connectors {
             idle: Mutex::default(),
-            live: Arc::default(),
+            live,
             spawner,
         }
     }
@@ -89,7 +91,7 @@ impl Connectors {
         // An idle connector may have died since (killed, out of memory): a
         // request it never received is made again, once, in a new one.
         for attempt in 0..2 {
-            let connector = self.take().map_err(|e| {
+            let connector = self.take(attempt > 0).map_err(|e| {
                 tracing::warn!(error = %e, "no connector for a unix connect; denying");
                 Errno::EACCES
             })?;
@@ -121,8 +123,9 @@ impl Connectors {
             .contains(&pid)
     }
 
-    fn take(&self) -> std::io::Result<Held> {
-        if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+    /// An idle connector, or (`fresh`, or none idle) a new one.
+    fn take(&self, fresh: bool) -> std::io::Result<Held> {
+        if !fresh && let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(c);
         }
         let (tx, rx) = mpsc::sync_channel(1);
@@ -133,12 +136,8 @@ impl Connectors {
             .send(tx)
             .map_err(|_| ended())?;
         let connector = rx.recv().map_err(|_| ended())??;
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(connector.pid());
         Ok(Held {
-            connector,
+            connector: Some(connector),
             live: self.live.clone(),
         })
     }
@@ -151,47 +150,64 @@ impl Connectors {
     }
 }
 
-/// A connector of the pool; its pid leaves the live set when it is dropped
-/// (killed and reaped).
+/// A connector of the pool; its pid leaves the live set (entered when it
+/// was forked) once it is killed and reaped, when this is dropped.
 #[derive(Debug)]
 struct Held {
-    connector: Connector,
+    connector: Option<Connector>,
     live: Arc<Mutex<BTreeSet<i32>>>,
 }
 
 impl std::ops::Deref for Held {
     type Target = Connector;
     fn deref(&self) -> &Connector {
-        &self.connector
+        self.connector.as_ref().expect("held until dropped")
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.connector.pid());
+        if let Some(c) = self.connector.take() {
+            let pid = c.pid();
+            drop(c);
+            self.live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pid);
+        }
     }
 }
 
 /// The spawner thread: connectors start with its signal mask (all blocked,
 /// so a terminal's ^C or a relayed signal never runs a handler of ours in
 /// them) and die when it ends, with the pool's sender.
-fn spawn_loop(requests: mpsc::Receiver<mpsc::SyncSender<Spawned>>) {
+fn spawn_loop(requests: mpsc::Receiver<mpsc::SyncSender<Spawned>>, live: &Mutex<BTreeSet<i32>>) {
     let _ = nix::sys::signal::SigSet::all().thread_block();
+    let forked = |pid: i32, alive: bool| {
+        let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
+        if alive {
+            live.insert(pid);
+        } else {
+            live.remove(&pid);
+        }
+    };
     let mut program: Option<Arc<BpfProgram>> = None;
     for reply in requests {
         let spawned = match &program {
-            Some(p) => Connector::spawn(p),
+            Some(p) => Connector::spawn(p, &forked),
             None => match crate::filter::connector() {
                 Ok(p) => {
                     let p = program.insert(Arc::new(p));
-                    Connector::spawn(p)
+                    Connector::spawn(p, &forked)
                 }
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             },
         };
-        let _ = reply.send(spawned);
+        // Nobody waits for it any more: it goes, and its pid with it.
+        if let Err(mpsc::SendError(Ok(unwanted))) = reply.send(spawned) {
+            let pid = unwanted.pid();
+            drop(unwanted);
+            forked(pid, false);
+        }
     }
 }

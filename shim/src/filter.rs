@@ -434,7 +434,9 @@ pub fn connector() -> Result<BpfProgram, FilterError> {
             ScmpAction::Allow,
             ScmpSyscall::from(libc::SYS_prctl as i32),
             &[
-                ScmpArgCompare::new(0, ScmpCompareOp::Equal, option as u64),
+                // The option is an int to the kernel; the value a full word
+                // (the connector passes both as words).
+                ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(0xffff_ffff), option as u64),
                 ScmpArgCompare::new(1, ScmpCompareOp::Equal, value as u64),
             ],
         )

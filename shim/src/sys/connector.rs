@@ -90,7 +90,9 @@ impl Connector {
     /// Forks a connector that loads `program` (which must allow the calls of
     /// [`serve`]) and waits until it has. The calling thread must block every
     /// signal (the connector starts with its mask) and outlive the connector.
-    pub fn spawn(program: &BpfProgram) -> io::Result<Connector> {
+    /// `forked(pid, true)` is called as soon as it exists, `forked(pid,
+    /// false)` once a connector that failed to start is reaped.
+    pub fn spawn(program: &BpfProgram, forked: &dyn Fn(i32, bool)) -> io::Result<Connector> {
         let (ours, theirs) = socket::socketpair(
             socket::AddressFamily::Unix,
             socket::SockType::SeqPacket,
@@ -133,6 +135,7 @@ impl Connector {
             return Err(io::Error::last_os_error());
         }
         drop(theirs);
+        forked(pid as i32, true);
         // SAFETY: the kernel wrote a new fd there for us (CLONE_PIDFD).
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         let connector = Connector {
@@ -142,9 +145,19 @@ impl Connector {
         };
         // One byte once its filter is loaded; none (EOF) if it failed.
         let mut ready = [0u8; 1];
-        match socket::recv(connector.channel.as_raw_fd(), &mut ready, MsgFlags::empty())? {
-            1 if ready[0] == b'R' => Ok(connector),
-            _ => Err(io::Error::other("the connector failed to start")),
+        let started =
+            match socket::recv(connector.channel.as_raw_fd(), &mut ready, MsgFlags::empty()) {
+                Ok(1) if ready[0] == b'R' => Ok(()),
+                Ok(_) => Err(io::Error::other("the connector failed to start")),
+                Err(e) => Err(e.into()),
+            };
+        match started {
+            Ok(()) => Ok(connector),
+            Err(e) => {
+                drop(connector); // killed and reaped
+                forked(pid as i32, false);
+                Err(e)
+            }
         }
     }
 
@@ -317,12 +330,24 @@ fn serve(
 /// supervisor's). False if that thread is gone already: no signal would
 /// come.
 fn guard(parent: libc::pid_t) -> bool {
-    // SAFETY: prctl and getppid with integer arguments.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0
-            && libc::getppid() == parent
-            && libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
-    }
+    // Raw, with every argument a full word: the filter compares them.
+    let prctl = |option: libc::c_int, value: libc::c_ulong| {
+        // SAFETY: prctl with integer arguments.
+        unsafe {
+            libc::syscall(
+                libc::SYS_prctl,
+                option as libc::c_ulong,
+                value,
+                0u64,
+                0u64,
+                0u64,
+            )
+        }
+    };
+    prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == 0
+        // SAFETY: getppid has no arguments and cannot fail.
+        && unsafe { libc::getppid() } == parent
+        && prctl(libc::PR_SET_DUMPABLE, 0) == 0
 }
 
 /// The connector's start: dies with its parent thread, keeps only its
@@ -463,9 +488,12 @@ fn one_request(
             result = Err(libc::EACCES);
         }
     }
-    if result.is_ok() && keep_caps != own_caps {
+    // After a change of fs ids too: it drops the fs capabilities (leaving
+    // 0) or raises them from the permitted set (back to 0), and the connect
+    // must have exactly those both have.
+    if result.is_ok() && (switched.1 || keep_caps != own_caps) {
         switched.2 = true;
-        if set_thread_effective_caps(keep_caps).is_err() {
+        if set_thread_effective_caps(keep_caps).is_err() || own_effective_caps() != keep_caps {
             result = Err(libc::EACCES);
         }
     }
