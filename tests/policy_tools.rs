@@ -430,6 +430,18 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     );
     assert_eq!(out.status.code(), Some(127));
     assert!(!work.path().join("never-written").exists());
+    // Nor the parents made for it.
+    let out = learn_in(work.path(), Path::new("a/b/c"), &["/nonexistent/tool"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(!work.path().join("a").exists());
+    // A link the tool leaves in the output directory is not followed.
+    let elsewhere = work.path().join("elsewhere.rego");
+    let plant = format!("ln -s {} linked/policy.rego", elsewhere.display());
+    let out = learn_in(work.path(), Path::new("linked"), &["/bin/sh", "-c", &plant]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("cannot write"), "{err}");
+    assert!(!elsewhere.exists(), "cordon wrote through the tool's link");
 
     // A non-empty output directory is refused.
     let out = learn_in(work.path(), &learned, &["true"]);

@@ -67,9 +67,8 @@ pub fn run(args: LearnArgs) -> ExitCode {
 }
 
 /// The output directory, checked and made before the tool runs, so that a
-/// run is never lost to an output that cannot be written. Returns whether
-/// it was made here (and is removed again if nothing is learned).
-fn prepare_output(dir: &Path) -> anyhow::Result<bool> {
+/// run is never lost to an output that cannot be written.
+fn prepare_output(dir: &Path) -> anyhow::Result<MadeDirs> {
     match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => Err(super::usage(format!(
             "{} exists and is not a directory; choose another --output",
@@ -84,18 +83,44 @@ fn prepare_output(dir: &Path) -> anyhow::Result<bool> {
                     dir.display()
                 )));
             }
-            Ok(false)
+            Ok(MadeDirs::default())
         }
         Err(_) => {
+            let missing: Vec<PathBuf> = dir
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                .map(Path::to_path_buf)
+                .collect();
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            Ok(true)
+            Ok(MadeDirs {
+                dirs: missing,
+                keep: false,
+            })
+        }
+    }
+}
+
+/// The directories `prepare_output` made (deepest first): removed again,
+/// if still empty, unless a policy was written in them.
+#[derive(Debug, Default)]
+struct MadeDirs {
+    dirs: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for MadeDirs {
+    fn drop(&mut self) {
+        if !self.keep {
+            for d in &self.dirs {
+                let _ = std::fs::remove_dir(d);
+            }
         }
     }
 }
 
 fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
-    let made_output = prepare_output(&args.output)?;
+    let mut made_output = prepare_output(&args.output)?;
     let temp_db = match args.audit_db {
         Some(_) => None,
         None => Some(private_dir()?),
@@ -138,14 +163,12 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = &temp_db {
         let _ = std::fs::remove_dir_all(t);
     }
-    if made_output && !matches!(result, Ok(Ok(_))) {
-        let _ = std::fs::remove_dir(&args.output);
-    }
     let (code, sandbox_id, records) = match result? {
         Ok(r) => r,
         Err(code) => return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
     };
     let learned = Learned::from_records(&records);
+    made_output.keep = true;
     write_policy(&args.output, &learned, &command_line, &sandbox_id)?;
     eprintln!(
         "cordon: learned {} calls ({} distinct) from `{command_line}`; wrote {}",
@@ -525,9 +548,17 @@ fn write_policy(
         "# Learned by `cordon learn` from one run of: {}\n# (sandbox {sandbox_id}). A starting point: review it, tighten it, keep the tests passing.\n",
         command_line.replace('\n', " ")
     );
+    // New files only: the directory existed while the tool ran, and a link
+    // it left there must not take cordon's writes elsewhere.
     let write = |name: &str, text: String| -> anyhow::Result<()> {
+        use std::io::Write;
         let path: PathBuf = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))
     };
     write("policy.rego", format!("{header}{POLICY}"))?;
     write(
