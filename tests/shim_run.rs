@@ -2442,6 +2442,74 @@ fn a_unix_socket_the_tools_credentials_cannot_reach_stays_closed() {
     drop(listener);
 }
 
+/// The peer a unix listener sees (`SO_PEERCRED`, what D-Bus and systemd
+/// authenticate by) has the tool's effective ids: a child that dropped to
+/// nobody is nobody to it, not the root supervisor; its root parent, after,
+/// is root again. With cordon itself as nobody, two connects are nobody's,
+/// made by one connector (it could restore its state without privilege).
+#[test]
+fn a_unix_listener_sees_the_tools_own_uid() {
+    let env = Env::new(&[]);
+    let allow_all = env.dir.path().join("allow.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    // Where nobody can reach the socket too, and keep a store.
+    let open_dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = open_dir.path().join("s.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let seen = std::thread::spawn(move || {
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let (conn, _) = listener.accept().unwrap();
+            let cred =
+                nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+                    .unwrap();
+            ids.push((cred.pid(), cred.uid(), cred.gid()));
+        }
+        ids
+    });
+    let tool = format!(
+        "import os, socket\n\
+         pid = os.fork()\n\
+         if pid == 0:\n    \
+             os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n    \
+             socket.socket(socket.AF_UNIX).connect('{0}'); os._exit(0)\n\
+         os.waitpid(pid, 0)\n\
+         socket.socket(socket.AF_UNIX).connect('{0}'); print('done')\n",
+        sock.display()
+    );
+    let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", &tool]);
+    assert_eq!(assert_ok(&out), "done\n");
+    let policy = open_dir.path().join("allow.rego");
+    std::fs::copy(&allow_all, &policy).unwrap();
+    let twice = format!(
+        "import socket\nfor _ in range(2): socket.socket(socket.AF_UNIX).connect('{}')\nprint('done')\n",
+        sock.display()
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(open_dir.path().join("audit"))
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--", "/usr/bin/python3", "-c", &twice])
+        .env("TMPDIR", open_dir.path())
+        .current_dir(open_dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out), "done\n");
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let seen = seen.join().unwrap();
+    let ids: Vec<(u32, u32)> = seen.iter().map(|&(_, u, g)| (u, g)).collect();
+    assert_eq!(
+        ids,
+        [(65534, 65534), (0, 0), (65534, 65534), (65534, 65534)]
+    );
+    assert_eq!(seen[2].0, seen[3].0, "one connector for both: {seen:?}");
+}
+
 /// A connector is a copy of the supervisor: under an allow-all policy the
 /// tool can neither open its `/proc` entries (its memory, its environment)
 /// nor signal it, as for the supervisor itself.

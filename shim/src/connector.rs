@@ -83,6 +83,8 @@ impl Connectors {
         tool: &Creds,
     ) -> Result<i64, Errno> {
         let creds = As {
+            euid: tool.euid,
+            egid: tool.egid,
             fsuid: tool.fsuid,
             fsgid: tool.fsgid,
             groups: &tool.groups,

@@ -11,6 +11,9 @@ use crate::sys;
 /// The file-system identity that permission checks use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Creds {
+    /// Effective ids: what a unix listener sees (`SO_PEERCRED`) of a connect.
+    pub euid: u32,
+    pub egid: u32,
     pub fsuid: u32,
     pub fsgid: u32,
     pub groups: Vec<u32>,
@@ -340,6 +343,8 @@ impl TaskCache {
             uid: ids.uids[0],
             gid: ids.gids[0],
             creds: Creds {
+                euid: ids.uids[1],
+                egid: ids.gids[1],
                 fsuid: ids.uids[3],
                 fsgid: ids.gids[3],
                 groups: kept.groups.clone(),
@@ -420,6 +425,8 @@ impl Creds {
         let uids = four(field(status, "Uid"))?;
         let gids = four(field(status, "Gid"))?;
         Some(Creds {
+            euid: uids[1],
+            egid: gids[1],
             fsuid: uids[3],
             fsgid: gids[3],
             // Always present (empty when there are none): a status without
@@ -452,6 +459,8 @@ impl Creds {
 
     fn assumed() -> Creds {
         Creds {
+            euid: nix::unistd::geteuid().as_raw(),
+            egid: nix::unistd::getegid().as_raw(),
             fsuid: nix::unistd::geteuid().as_raw(),
             fsgid: nix::unistd::getegid().as_raw(),
             groups: nix::unistd::getgroups()
@@ -680,6 +689,8 @@ mod tests {
     fn credentials_come_back_when_the_work_panics() {
         let me = Creds::of_self();
         let tool = Creds {
+            euid: 65534,
+            egid: 65534,
             fsuid: 65534,
             fsgid: 65534,
             groups: vec![65534],

@@ -41,7 +41,7 @@ pub const PATH_SLOT: RawFd = 2;
 pub const MAX_GROUPS: usize = 4096;
 /// `sizeof(struct sockaddr_un)`.
 const MAX_ADDR: usize = 110;
-const HEADER: usize = 28;
+const HEADER: usize = 36;
 const MESSAGE: usize = HEADER + MAX_GROUPS * 4 + MAX_ADDR;
 /// The most groups the connector can restore (the kernel's NGROUPS_MAX).
 const OWN_GROUPS: usize = 65536;
@@ -53,6 +53,8 @@ const HAS_PATH_FD: u32 = 1;
 /// capabilities to those both have.
 #[derive(Debug, Clone, Copy)]
 pub struct As<'a> {
+    pub euid: u32,
+    pub egid: u32,
     pub fsuid: u32,
     pub fsgid: u32,
     pub groups: &'a [u32],
@@ -197,6 +199,8 @@ impl Connector {
         msg.extend_from_slice(&(creds.groups.len() as u32).to_ne_bytes());
         msg.extend_from_slice(&(addr.len() as u32).to_ne_bytes());
         msg.extend_from_slice(&flags.to_ne_bytes());
+        msg.extend_from_slice(&creds.euid.to_ne_bytes());
+        msg.extend_from_slice(&creds.egid.to_ne_bytes());
         for g in creds.groups {
             msg.extend_from_slice(&g.to_ne_bytes());
         }
@@ -267,7 +271,7 @@ fn serve(
     message: &mut [u8],
     own_groups: &mut [libc::gid_t],
 ) -> ! {
-    let (n_own, fsuid, fsgid, own_caps) = set_up(channel, parent, prog, own_groups);
+    let (n_own, own) = set_up(channel, parent, prog, own_groups);
     let own_groups = &own_groups[..n_own];
     // SAFETY: write reads one byte of a constant.
     if unsafe { libc::write(CHANNEL, b"R".as_ptr().cast(), 1) } != 1 {
@@ -297,12 +301,7 @@ fn serve(
             }
             exit(1);
         }
-        let result = one_request(
-            &message[..n as usize],
-            &hdr,
-            (fsuid, fsgid, own_caps),
-            own_groups,
-        );
+        let result = one_request(&message[..n as usize], &hdr, own, own_groups);
         // SAFETY: closing the slots (whatever the request left there).
         unsafe {
             libc::close(SOCKET_SLOT);
@@ -323,6 +322,33 @@ fn serve(
             exit(1);
         }
     }
+}
+
+/// The connector's own credentials, restored after each request.
+#[derive(Debug, Clone, Copy)]
+struct Own {
+    euid: u32,
+    egid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    caps: u64,
+}
+
+/// `setresuid(-1, euid, -1)` or, with `SYS_setresgid`, the gid: the calling
+/// thread's effective id alone (the real and saved stay, so one can go back).
+fn set_effective(call: libc::c_long, id: u32) -> bool {
+    // SAFETY: integer arguments; -1 leaves an id as it is.
+    unsafe { libc::syscall(call, u32::MAX, id, u32::MAX) == 0 }
+}
+
+/// The effective uid (`SYS_getresuid`) or gid (`SYS_getresgid`).
+fn effective(call: libc::c_long) -> u32 {
+    let (mut r, mut e, mut saved) = (0u32, 0u32, 0u32);
+    // SAFETY: the kernel writes three ids into our variables.
+    if unsafe { libc::syscall(call, &mut r, &mut e, &mut saved) } < 0 {
+        exit(1);
+    }
+    e
 }
 
 /// Dies with the thread that forked it, and is not dumpable (the tool
@@ -352,13 +378,13 @@ fn guard(parent: libc::pid_t) -> bool {
 
 /// The connector's start: dies with its parent thread, keeps only its
 /// channel, notes its own credentials (to restore after each request) and
-/// loads its filter. Returns how many groups it has, its fs ids and caps.
+/// loads its filter. Returns how many groups it has, and its other ids.
 fn set_up(
     channel: RawFd,
     parent: libc::pid_t,
     prog: &libc::sock_fprog,
     own_groups: &mut [libc::gid_t],
-) -> (usize, u32, u32, u64) {
+) -> (usize, Own) {
     // SAFETY: prctl, getppid, dup3, close_range, getgroups, setfs*id
     // queries and seccomp take integers or memory we own (the program, kept
     // alive by the parent's `program` in our copy of its memory;
@@ -384,9 +410,13 @@ fn set_up(
         if n < 0 {
             exit(1);
         }
-        let fsuid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
-        let fsgid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
-        let caps = own_effective_caps();
+        let own = Own {
+            euid: effective(libc::SYS_getresuid),
+            egid: effective(libc::SYS_getresgid),
+            fsuid: libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+            fsgid: libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+            caps: own_effective_caps(),
+        };
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
             || libc::syscall(
                 libc::SYS_seccomp,
@@ -397,7 +427,7 @@ fn set_up(
         {
             exit(1);
         }
-        (n as usize, fsuid, fsgid, caps)
+        (n as usize, own)
     }
 }
 
@@ -413,12 +443,66 @@ fn own_effective_caps() -> u64 {
     data[0] as u64 | (data[3] as u64) << 32
 }
 
+/// Takes on the tool's credentials where they differ from ours: groups,
+/// effective gid and uid (what the listener sees), fs ids (what the kernel
+/// checks the socket file with), then exactly the capabilities both have.
+/// Any failure is `EACCES`; [`restore`] follows either way.
+fn switch_to(tool: &Own, own: Own, groups: Option<(usize, &[u8])>) -> Result<(), i32> {
+    if let Some((n, bytes)) = groups {
+        // The groups are u32s at a 4-byte offset of a byte buffer: the
+        // kernel reads them as gid_t (u32), alignment does not matter to it.
+        // SAFETY: the kernel reads `n` gids from our buffer.
+        if unsafe { libc::syscall(libc::SYS_setgroups, n, bytes.as_ptr()) } < 0 {
+            return Err(libc::EACCES);
+        }
+    }
+    if tool.egid != own.egid && !set_effective(libc::SYS_setresgid, tool.egid) {
+        return Err(libc::EACCES);
+    }
+    if tool.euid != own.euid {
+        if !set_effective(libc::SYS_setresuid, tool.euid) {
+            return Err(libc::EACCES);
+        }
+        // Leaving euid 0 clears the effective capabilities; the permitted
+        // stay (the real and saved uid are still ours): take them back for
+        // the fs id switch, then keep only what the tool has.
+        if set_thread_effective_caps(own.caps).is_err() {
+            return Err(libc::EACCES);
+        }
+    }
+    // A change of effective ids set the fs ids to them.
+    if set_thread_fs_ids(tool.fsuid, tool.fsgid).is_err() {
+        return Err(libc::EACCES);
+    }
+    if set_thread_effective_caps(tool.caps).is_err() || own_effective_caps() != tool.caps {
+        return Err(libc::EACCES);
+    }
+    Ok(())
+}
+
+/// Back to our own credentials, whatever [`switch_to`] got to, and checked.
+/// The effective ids first (ours are our real and saved ones: no capability
+/// needed; going back to euid 0 raises the permitted set), then fs ids,
+/// exactly our capabilities, and the groups (which need CAP_SETGID).
+/// `own_groups` when they were switched (setting even the same list needs
+/// CAP_SETGID, which a supervisor that is not root lacks).
+fn restore(own: Own, own_groups: Option<&[libc::gid_t]>) -> bool {
+    set_effective(libc::SYS_setresuid, own.euid)
+        && set_effective(libc::SYS_setresgid, own.egid)
+        && set_thread_fs_ids(own.fsuid, own.fsgid).is_ok()
+        && set_thread_effective_caps(own.caps).is_ok()
+        && own_groups.is_none_or(|g| set_thread_groups(g).is_ok())
+        && own_effective_caps() == own.caps
+        && effective(libc::SYS_getresuid) == own.euid
+        && effective(libc::SYS_getresgid) == own.egid
+}
+
 /// One connect. `Err((errno, go_on))`: `go_on` false when the connector's
 /// own credentials could not be restored (it must not serve again).
 fn one_request(
     msg: &[u8],
     hdr: &libc::msghdr,
-    (fsuid, fsgid, own_caps): (u32, u32, u64),
+    own: Own,
     own_groups: &[libc::gid_t],
 ) -> Result<(), (i32, bool)> {
     // The fds must be where the parent's sockaddr expects them.
@@ -456,9 +540,13 @@ fn one_request(
     if ngroups > MAX_GROUPS || addr_len > MAX_ADDR || msg.len() != HEADER + ngroups * 4 + addr_len {
         return Err((libc::EIO, true));
     }
-    let tool_uid = u32_at(msg, 0);
-    let tool_gid = u32_at(msg, 4);
-    let tool_caps = u64::from_ne_bytes(msg[8..16].try_into().unwrap_or_default());
+    let tool = Own {
+        fsuid: u32_at(msg, 0),
+        fsgid: u32_at(msg, 4),
+        caps: u64::from_ne_bytes(msg[8..16].try_into().unwrap_or_default()) & own.caps,
+        euid: u32_at(msg, 28),
+        egid: u32_at(msg, 32),
+    };
     let groups_bytes = &msg[HEADER..HEADER + ngroups * 4];
     let addr = &msg[HEADER + ngroups * 4..];
     let same_groups = ngroups == own_groups.len()
@@ -466,39 +554,14 @@ fn one_request(
             .iter()
             .enumerate()
             .all(|(i, g)| u32_at(groups_bytes, i * 4) == *g);
-    let keep_caps = own_caps & tool_caps;
-
-    // Switch what differs, as `with_creds` does: groups, fs ids, then
-    // capabilities (the fs id switch itself clears the fs ones).
-    let mut switched = (false, false, false);
-    let mut result = Ok(());
-    if !same_groups {
-        // The groups are u32s at a 4-byte offset of a byte buffer: the
-        // kernel reads them as gid_t (u32), alignment does not matter to it.
-        // SAFETY: the kernel reads `ngroups` gids from our buffer.
-        if unsafe { libc::syscall(libc::SYS_setgroups, ngroups, groups_bytes.as_ptr()) } < 0 {
-            result = Err(libc::EACCES);
-        } else {
-            switched.0 = true;
-        }
-    }
-    if result.is_ok() && (tool_uid, tool_gid) != (fsuid, fsgid) {
-        switched.1 = true;
-        if set_thread_fs_ids(tool_uid, tool_gid).is_err() {
-            result = Err(libc::EACCES);
-        }
-    }
-    // After a change of fs ids too: it drops the fs capabilities (leaving
-    // 0) or raises them from the permitted set (back to 0), and the connect
-    // must have exactly those both have.
-    if result.is_ok() && (switched.1 || keep_caps != own_caps) {
-        switched.2 = true;
-        if set_thread_effective_caps(keep_caps).is_err() || own_effective_caps() != keep_caps {
-            result = Err(libc::EACCES);
-        }
-    }
-    if result.is_ok() {
-        // SAFETY: connect reads `addr_len` bytes of our buffer as a sockaddr.
+    let result = switch_to(
+        &tool,
+        own,
+        (!same_groups).then_some((ngroups, groups_bytes)),
+    )
+    .and_then(|()| {
+        // SAFETY: connect reads `addr_len` bytes of our buffer as a
+        // sockaddr.
         let r = unsafe {
             libc::connect(
                 SOCKET_SLOT,
@@ -506,17 +569,9 @@ fn one_request(
                 addr.len() as libc::socklen_t,
             )
         };
-        if r < 0 {
-            result = Err(errno());
-        }
-    }
-    // Back: the fs ids first (our own need no capability), which may raise
-    // the fs capabilities from the permitted set; then exactly our
-    // capabilities; then the groups (which need CAP_SETGID). Then check.
-    let restored = (!switched.1 || set_thread_fs_ids(fsuid, fsgid).is_ok())
-        && ((!switched.1 && !switched.2) || set_thread_effective_caps(own_caps).is_ok())
-        && (!switched.0 || set_thread_groups(own_groups).is_ok())
-        && own_effective_caps() == own_caps;
+        if r < 0 { Err(errno()) } else { Ok(()) }
+    });
+    let restored = restore(own, (!same_groups).then_some(own_groups));
     match result {
         Ok(()) if restored => Ok(()),
         Ok(()) => Err((0, false)),
