@@ -1527,16 +1527,19 @@ impl Supervisor {
             0
         };
         let me = self.clone();
-        let in_backstop = self.opener.as_ref().is_some_and(|o| {
-            o.governs_connect_or_bind(n.nr == libc::SYS_bind && unix_call_path.is_some())
-        });
+        // A unix connect is made in a connector, which Landlock does not
+        // govern anyway: no hop through the restricted thread.
+        let unix_connect = n.nr == libc::SYS_connect
+            && matches!(addr, Address::UnixPath(_) | Address::UnixAbstract(_));
+        let in_backstop = !unix_connect
+            && self.opener.as_ref().is_some_and(|o| {
+                o.governs_connect_or_bind(n.nr == libc::SYS_bind && unix_call_path.is_some())
+            });
         let tool_creds = task.creds.clone();
         self.perform_then(n, &task, may_block, None, in_backstop, move || {
             let unix = unix_call_path.as_deref();
             match nr {
-                libc::SYS_connect
-                    if matches!(addr, Address::UnixPath(_) | Address::UnixAbstract(_)) =>
-                {
+                libc::SYS_connect if unix_connect => {
                     let path_fd = keep_alive.as_ref().map(|found| match found {
                         Found::Existing(fd) => fd,
                         Found::Missing { parent, .. } => parent,
