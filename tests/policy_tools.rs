@@ -292,6 +292,7 @@ fn a_learned_directory_grant_never_covers_a_credential_store_below_it() {
     std::fs::create_dir_all(&work).unwrap();
     std::fs::create_dir(work.as_path().join(".ssh")).unwrap();
     std::fs::write(work.as_path().join(".ssh/id_ed25519"), "KEY\n").unwrap();
+    std::fs::write(work.as_path().join(".netrc"), "machine x password y\n").unwrap();
     std::fs::write(work.as_path().join("notes"), "n\n").unwrap();
     let learned = work.as_path().join("learned");
     let out = learn_in(
@@ -323,6 +324,10 @@ fn a_learned_directory_grant_never_covers_a_credential_store_below_it() {
         &policy,
         "read l < .ssh/id_ed25519 && echo $l",
     );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("Permission denied"), "{err}");
+    // Nor a credential file.
+    let (code, out, err) = run_in(work.as_path(), &db, &policy, "read l < .netrc && echo $l");
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("Permission denied"), "{err}");
 }

@@ -314,7 +314,11 @@ impl Learned {
             "write": {"files": self.write_files, "dirs": self.write_dirs},
             "exec": self.exec,
             "network": network,
-            "never_by_directory": NEVER_COLLAPSED.map(|d| format!("{d}/")),
+            "never_by_directory": NEVER_COLLAPSED
+                .map(|d| format!("{d}/"))
+                .into_iter()
+                .chain(NEVER_BY_DIRECTORY_FILES.map(String::from))
+                .collect::<Vec<_>>(),
         }})
     }
 }
@@ -363,6 +367,18 @@ const NEVER_COLLAPSED: [&str; 9] = [
     "/.local/share/keyrings",
     "/.azure",
     "/private",
+];
+
+/// Credential files a directory grant never covers either (a learned
+/// `$WORKDIR/` in a home outside `/home`, such as `/var/lib/jenkins`, would
+/// otherwise grant them).
+const NEVER_BY_DIRECTORY_FILES: [&str; 6] = [
+    "/.netrc",
+    "/.pgpass",
+    "/.git-credentials",
+    "/.npmrc",
+    "/.pypirc",
+    "/.my.cnf",
 ];
 
 /// Files, and directory prefixes (ending in `/`) where at least
@@ -499,7 +515,8 @@ too_broad(dir) if {
 }
 
 # A directory grant never reaches a credential store below it: a learned
-# $WORKDIR/, from a run in a home directory, must not grant ~/.ssh. Files the
+# $WORKDIR/, from a run in a home directory, must not grant ~/.ssh or
+# ~/.netrc (the entries name directories with a final /, files without). Files the
 # tool itself used there are granted one by one above. Only the part below
 # the grant counts: one learned inside ~/.config still covers its own files.
 in_credential_store_below(dir) if {
