@@ -554,12 +554,21 @@ fn one_request(
             .iter()
             .enumerate()
             .all(|(i, g)| u32_at(groups_bytes, i * 4) == *g);
-    let result = switch_to(
-        &tool,
-        own,
-        (!same_groups).then_some((ngroups, groups_bytes)),
-    )
-    .and_then(|()| {
+    // The same tool as we are (a cordon and its tool of one uid, the usual
+    // case): nothing to switch, nothing to restore.
+    let same = same_groups
+        && (tool.euid, tool.egid, tool.fsuid, tool.fsgid, tool.caps)
+            == (own.euid, own.egid, own.fsuid, own.fsgid, own.caps);
+    let switched = if same {
+        Ok(())
+    } else {
+        switch_to(
+            &tool,
+            own,
+            (!same_groups).then_some((ngroups, groups_bytes)),
+        )
+    };
+    let result = switched.and_then(|()| {
         // SAFETY: connect reads `addr_len` bytes of our buffer as a
         // sockaddr.
         let r = unsafe {
@@ -571,7 +580,7 @@ fn one_request(
         };
         if r < 0 { Err(errno()) } else { Ok(()) }
     });
-    let restored = restore(own, (!same_groups).then_some(own_groups));
+    let restored = same || restore(own, (!same_groups).then_some(own_groups));
     match result {
         Ok(()) if restored => Ok(()),
         Ok(()) => Err((0, false)),
