@@ -447,6 +447,19 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("cannot write"), "{err}");
     assert!(!elsewhere.exists(), "cordon wrote through the tool's link");
+    // Nor a link put in the place of the output directory itself.
+    let target = work.path().join("target-dir");
+    std::fs::create_dir(&target).unwrap();
+    let swap = format!("rmdir swapped && ln -s {} swapped", target.display());
+    let out = learn_in(work.path(), Path::new("swapped"), &["/bin/sh", "-c", &swap]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("was replaced while the tool ran"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "cordon wrote through it"
+    );
 
     // A non-empty output directory is refused.
     let out = learn_in(work.path(), &learned, &["true"]);

@@ -13,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::OsString,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -69,6 +70,27 @@ pub fn run(args: LearnArgs) -> ExitCode {
 /// The output directory, checked and made before the tool runs, so that a
 /// run is never lost to an output that cannot be written.
 fn prepare_output(dir: &Path) -> anyhow::Result<MadeDirs> {
+    let mut made = made_output(dir)?;
+    let st = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    made.identity = (st.dev(), st.ino());
+    Ok(made)
+}
+
+/// The directory the tool ran beside is still the one made or checked, not
+/// a link the tool put in its place (it may run in the same directory).
+fn check_output(dir: &Path, made: &MadeDirs) -> anyhow::Result<()> {
+    let st =
+        std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if !st.is_dir() || (st.dev(), st.ino()) != made.identity {
+        anyhow::bail!(
+            "{} was replaced while the tool ran; nothing written",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn made_output(dir: &Path) -> anyhow::Result<MadeDirs> {
     match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => Err(super::usage(format!(
             "{} exists and is not a directory; choose another --output",
@@ -95,7 +117,7 @@ fn prepare_output(dir: &Path) -> anyhow::Result<MadeDirs> {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             Ok(MadeDirs {
                 dirs: missing,
-                keep: false,
+                ..MadeDirs::default()
             })
         }
     }
@@ -107,6 +129,8 @@ fn prepare_output(dir: &Path) -> anyhow::Result<MadeDirs> {
 struct MadeDirs {
     dirs: Vec<PathBuf>,
     keep: bool,
+    /// Device and inode of the output directory.
+    identity: (u64, u64),
 }
 
 impl Drop for MadeDirs {
@@ -168,6 +192,7 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
     };
     let learned = Learned::from_records(&records);
+    check_output(&args.output, &made_output)?;
     made_output.keep = true;
     write_policy(&args.output, &learned, &command_line, &sandbox_id)?;
     eprintln!(
