@@ -2554,26 +2554,84 @@ fn the_tool_cannot_reach_a_connector() {
         .spawn()
         .unwrap();
     wait_for_line(&log, "ready", 0, Duration::from_secs(20));
-    // The connector: a child of cordon's named after its spawning thread.
-    let mut connector = None;
-    for task in std::fs::read_dir(format!("/proc/{}/task", run.id())).unwrap() {
-        // A thread may end meanwhile.
-        let children =
-            std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
-        for pid in children.split_whitespace() {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "cordon-connect" {
-                connector = Some(pid.to_owned());
-            }
-        }
-    }
-    let connector = connector.expect("no connector among cordon's children");
+    let connector = connector_of(run.id()).expect("no connector among cordon's children");
     std::fs::write(&go, &connector).unwrap();
     let out = run.wait_with_output().unwrap();
     assert_eq!(
         assert_ok(&out),
         "environ err 13\nmem err 13\nstatus err 13\nkill err 1\n"
     );
+}
+
+/// A connector that dies while idle (killed from outside here; out of memory
+/// in life) costs nothing: the next connect, which it never received, is
+/// made in a new one.
+#[test]
+fn a_connector_that_died_idle_is_replaced() {
+    let env = Env::new(&[]);
+    let allow_all = env.dir.path().join("allow.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let sock = env.dir.path().join("s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let log = env.work.join("log.txt");
+    let go = env.work.join("go.txt");
+    let tool = format!(
+        "import os, socket, time\n\
+         socket.socket(socket.AF_UNIX).connect('{sock}')\n\
+         open('{log}', 'w').write('ready\\n')\n\
+         while not os.path.exists('{go}'): time.sleep(0.02)\n\
+         try:\n    socket.socket(socket.AF_UNIX).connect('{sock}'); print('connected')\n\
+         except OSError as e:\n    print('err', e.errno)\n",
+        sock = sock.display(),
+        log = log.display(),
+        go = go.display(),
+    );
+    let run = cordon()
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/usr/bin/python3", "-c", &tool])
+        .current_dir(&env.work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&log, "ready", 0, Duration::from_secs(20));
+    let connector = connector_of(run.id()).expect("no connector among cordon's children");
+    let _ = Command::new("kill").args(["-KILL", &connector]).status();
+    // Dead (a zombie until the pool drops it) before the next connect.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{connector}/stat"))
+        .unwrap_or_default()
+        .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "connector {connector} did not die"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(&go, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(assert_ok(&out), "connected\n");
+}
+
+/// The pid of a connector of the cordon process `cordon` (a child named
+/// after its spawning thread).
+fn connector_of(cordon: u32) -> Option<String> {
+    for task in std::fs::read_dir(format!("/proc/{cordon}/task")).ok()? {
+        // A thread may end meanwhile.
+        let children =
+            std::fs::read_to_string(task.ok()?.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "cordon-connect" {
+                return Some(pid.to_owned());
+            }
+        }
+    }
+    None
 }
 
 /// Another user's default broker socket (`/run/user/UID/cordon/broker.sock`,
