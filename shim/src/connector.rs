@@ -176,8 +176,18 @@ impl Drop for Held {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&pid);
+            ALL.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
         }
     }
+}
+
+/// Every pool's connectors in this process: a subreaper's sweep at one
+/// sandbox's end spares another sandbox's.
+static ALL: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Whether `pid` is a connector of any pool of this process.
+pub fn is_ours(pid: i32) -> bool {
+    ALL.lock().unwrap_or_else(|p| p.into_inner()).contains(&pid)
 }
 
 /// The spawner thread: connectors start with its signal mask (all blocked,
@@ -187,10 +197,13 @@ fn spawn_loop(requests: mpsc::Receiver<mpsc::SyncSender<Spawned>>, live: &Mutex<
     let _ = nix::sys::signal::SigSet::all().thread_block();
     let forked = |pid: i32, alive: bool| {
         let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
         if alive {
             live.insert(pid);
+            all.insert(pid);
         } else {
             live.remove(&pid);
+            all.remove(&pid);
         }
     };
     let mut program: Option<Arc<BpfProgram>> = None;

@@ -428,6 +428,7 @@ impl Sandbox {
             started: std::time::Instant::now(),
             group: self.new_session,
             reaped: std::sync::atomic::AtomicBool::new(false),
+            _tool: ToolPid::new(pid),
         };
         if let Err(e) = started {
             let _ = nix::sys::signal::kill(
@@ -562,7 +563,8 @@ pub fn hold_signals() -> io::Result<()> {
 /// descendants that detach (double fork, `setsid`) are re-parented here and
 /// can be found and killed when the tool ends.
 /// Only for a process whose children are all sandboxes: when a sandbox
-/// ends, every other child of this process is taken for one of its detached
+/// ends, every other child of this process (but the tools of its other
+/// sandboxes and their connectors) is taken for one of its detached
 /// descendants and killed.
 pub fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
@@ -597,6 +599,32 @@ pub struct Sandboxed {
     group: bool,
     /// Reaped (by `wait`, or a failed spawn): nothing is left to end.
     reaped: std::sync::atomic::AtomicBool,
+    /// Its pid among the tools of this process, while the handle lives.
+    _tool: ToolPid,
+}
+
+/// The tools of the sandboxes alive in this process: a subreaper's sweep at
+/// one sandbox's end (`kill_orphans`) spares the others.
+static TOOLS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+#[derive(Debug)]
+struct ToolPid(i32);
+
+impl ToolPid {
+    fn new(pid: i32) -> ToolPid {
+        TOOLS.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
+        ToolPid(pid)
+    }
+}
+
+impl Drop for ToolPid {
+    fn drop(&mut self) {
+        TOOLS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
 }
 
 /// A handle dropped without `wait` ends what it started: the tool and its
@@ -816,14 +844,21 @@ impl Sandboxed {
 /// Kills and reaps the processes re-parented to this one (as a subreaper):
 /// descendants of the tool that detached. Repeats while killing one
 /// re-parents its own children here. The tool itself (`tool`) is left to
-/// its pidfd wait.
+/// its pidfd wait; the tools of other sandboxes of this process, and the
+/// connectors, are spared.
 fn kill_orphans(tool: i32) {
     // A library host's children are its own business unless it asked.
     if !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
     for _ in 0..100 {
-        let children: Vec<i32> = own_children().into_iter().filter(|&p| p != tool).collect();
+        let children: Vec<i32> = {
+            let tools = TOOLS.lock().unwrap_or_else(|p| p.into_inner());
+            own_children()
+                .into_iter()
+                .filter(|&p| p != tool && !tools.contains(&p) && !crate::connector::is_ours(p))
+                .collect()
+        };
         if children.is_empty() {
             return;
         }

@@ -1,0 +1,60 @@
+//! A host that made itself its sandboxes' subreaper (`become_subreaper`, as
+//! `cordon run` does) and runs two at once. In a test binary of its own: the
+//! subreaper is the whole process's.
+
+use std::{process::Command, sync::Arc, time::Duration};
+
+use cordon_broker::{
+    Broker,
+    audit::{Durability, SledAudit},
+    policy::{PolicyEngine, PolicyOptions, PolicySource},
+};
+use cordon_shim::{Embedded, Sandbox};
+
+fn sandbox(dir: &std::path::Path) -> Sandbox {
+    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let audit = SledAudit::open(
+        &dir.join("audit"),
+        Durability::Batched {
+            window: Duration::from_millis(10),
+        },
+    )
+    .unwrap();
+    let broker = Broker::new(Arc::new(policy), Arc::new(audit));
+    Sandbox::new(Arc::new(Embedded(broker))).workdir(dir)
+}
+
+/// When one sandbox ends, the descendant it left behind is killed, and the
+/// other sandbox's tool is not (it was: every other child of the host was
+/// taken for an orphan of the one that ended).
+#[test]
+fn one_sandbox_ending_kills_its_orphans_and_spares_another_sandbox() {
+    cordon_shim::become_subreaper().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = sandbox(dir_a.path())
+        .spawn(Command::new("/bin/sleep").arg("30"))
+        .unwrap();
+    let b = sandbox(dir_b.path())
+        .spawn(
+            Command::new("/bin/sh")
+                .args(["-c", "/bin/sleep 30 & echo $! > orphan.pid"])
+                .current_dir(dir_b.path()),
+        )
+        .unwrap();
+    let status = b.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let orphan = std::fs::read_to_string(dir_b.path().join("orphan.pid")).unwrap();
+    let alive = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .is_ok_and(|s| !s.contains(") Z "))
+    };
+    assert!(
+        !alive(&orphan),
+        "the orphan of the sandbox that ended lives"
+    );
+    assert!(
+        alive(&a.id().to_string()),
+        "the other sandbox's tool was killed"
+    );
+    drop(a);
+}
