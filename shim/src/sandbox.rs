@@ -385,6 +385,9 @@ impl Sandbox {
                 });
             }
         };
+        // Registered at once: another sandbox of this host that ends
+        // meanwhile must not take it for an orphan.
+        let tool = ToolPid::new(child.id() as i32);
         // From here on a failure kills and reaps the tool (not yet reaped:
         // its pid is still its own), rather than leave it unsupervised or a
         // zombie; its descendants go with the cgroup (`spawn`).
@@ -428,7 +431,7 @@ impl Sandbox {
             started: std::time::Instant::now(),
             group: self.new_session,
             reaped: std::sync::atomic::AtomicBool::new(false),
-            _tool: ToolPid::new(pid),
+            _tool: tool,
         };
         if let Err(e) = started {
             let _ = nix::sys::signal::kill(
