@@ -2521,40 +2521,16 @@ fn a_unix_listener_sees_the_tools_own_uid() {
 #[test]
 fn the_tool_cannot_reach_a_connector() {
     let env = Env::new(&[]);
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
-    let sock = env.dir.path().join("s.sock");
-    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let log = env.work.join("log.txt");
-    let go = env.work.join("go.txt");
-    let tool = format!(
-        "import os, signal, socket, time\n\
-         socket.socket(socket.AF_UNIX).connect('{sock}')\n\
-         open('{log}', 'w').write('ready\\n')\n\
-         while not os.path.exists('{go}'): time.sleep(0.02)\n\
-         pid = int(open('{go}').read())\n\
+    let (run, connector, go, _listener) = with_a_connector(
+        &env,
+        "import signal\n\
+         pid = int(open(go).read())\n\
          for name in ('environ', 'mem', 'status'):\n    \
              try:\n        os.close(os.open('/proc/%d/%s' % (pid, name), os.O_RDONLY)); print(name, 'ok')\n    \
              except OSError as e:\n        print(name, 'err', e.errno)\n\
          try:\n    os.kill(pid, signal.SIGSTOP); print('kill ok')\n\
          except OSError as e:\n    print('kill err', e.errno)\n",
-        sock = sock.display(),
-        log = log.display(),
-        go = go.display(),
     );
-    let run = cordon()
-        .args(["run", "--audit-db"])
-        .arg(&env.db)
-        .arg("--policy")
-        .arg(&allow_all)
-        .args(["--", "/usr/bin/python3", "-c", &tool])
-        .current_dir(&env.work)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(&log, "ready", 0, Duration::from_secs(20));
-    let connector = connector_of(run.id()).expect("no connector among cordon's children");
     std::fs::write(&go, &connector).unwrap();
     let out = run.wait_with_output().unwrap();
     assert_eq!(
@@ -2569,36 +2545,11 @@ fn the_tool_cannot_reach_a_connector() {
 #[test]
 fn a_connector_that_died_idle_is_replaced() {
     let env = Env::new(&[]);
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
-    let sock = env.dir.path().join("s.sock");
-    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let log = env.work.join("log.txt");
-    let go = env.work.join("go.txt");
-    let tool = format!(
-        "import os, socket, time\n\
-         socket.socket(socket.AF_UNIX).connect('{sock}')\n\
-         open('{log}', 'w').write('ready\\n')\n\
-         while not os.path.exists('{go}'): time.sleep(0.02)\n\
-         try:\n    socket.socket(socket.AF_UNIX).connect('{sock}'); print('connected')\n\
+    let (run, connector, go, _listener) = with_a_connector(
+        &env,
+        "try:\n    socket.socket(socket.AF_UNIX).connect(sock); print('connected')\n\
          except OSError as e:\n    print('err', e.errno)\n",
-        sock = sock.display(),
-        log = log.display(),
-        go = go.display(),
     );
-    let run = cordon()
-        .args(["run", "--audit-db"])
-        .arg(&env.db)
-        .arg("--policy")
-        .arg(&allow_all)
-        .args(["--", "/usr/bin/python3", "-c", &tool])
-        .current_dir(&env.work)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(&log, "ready", 0, Duration::from_secs(20));
-    let connector = connector_of(run.id()).expect("no connector among cordon's children");
     let _ = Command::new("kill").args(["-KILL", &connector]).status();
     // Dead (a zombie until the pool drops it) before the next connect.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -2615,6 +2566,52 @@ fn a_connector_that_died_idle_is_replaced() {
     std::fs::write(&go, "").unwrap();
     let out = run.wait_with_output().unwrap();
     assert_eq!(assert_ok(&out), "connected\n");
+}
+
+/// `cordon run`, allow-all, of a python tool that makes a unix connect (so
+/// a connector exists), waits for the file `go`, then runs `then` (with
+/// `os`, `socket`, `sock` and `go` defined). Returns the run, the
+/// connector's pid, `go`, and the listener (keep it while the tool runs).
+fn with_a_connector(
+    env: &Env,
+    then: &str,
+) -> (
+    std::process::Child,
+    String,
+    PathBuf,
+    std::os::unix::net::UnixListener,
+) {
+    let allow_all = env.dir.path().join("allow.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let sock = env.dir.path().join("s.sock");
+    // Never accepted: the backlog holds the connects.
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let log = env.work.join("log.txt");
+    let go = env.work.join("go.txt");
+    let tool = format!(
+        "import os, socket, time\n\
+         sock, go = '{sock}', '{go}'\n\
+         socket.socket(socket.AF_UNIX).connect(sock)\n\
+         open('{log}', 'w').write('ready\\n')\n\
+         while not os.path.exists(go): time.sleep(0.02)\n{then}",
+        sock = sock.display(),
+        log = log.display(),
+        go = go.display(),
+    );
+    let run = cordon()
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/usr/bin/python3", "-c", &tool])
+        .current_dir(&env.work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&log, "ready", 0, Duration::from_secs(20));
+    let connector = connector_of(run.id()).expect("no connector among cordon's children");
+    (run, connector, go, listener)
 }
 
 /// The pid of a connector of the cordon process `cordon` (a child named
