@@ -36,8 +36,6 @@ type Spawned = std::io::Result<Connector>;
 #[derive(Debug)]
 pub struct Connectors {
     idle: Mutex<Vec<Held>>,
-    /// The pids of the connectors alive.
-    live: Arc<Mutex<BTreeSet<i32>>>,
     spawner: Option<mpsc::Sender<mpsc::SyncSender<Spawned>>>,
 }
 
@@ -54,11 +52,9 @@ impl Connectors {
     /// restricted opener thread.
     pub fn new() -> Connectors {
         let (tx, rx) = mpsc::channel::<mpsc::SyncSender<Spawned>>();
-        let live: Arc<Mutex<BTreeSet<i32>>> = Arc::default();
-        let spawner_live = live.clone();
         let spawner = std::thread::Builder::new()
             .name("cordon-connect".into())
-            .spawn(move || spawn_loop(rx, &spawner_live))
+            .spawn(move || spawn_loop(rx))
             .map_err(
                 |e| tracing::warn!(error = %e, "no connector thread: unix connects will be denied"),
             )
@@ -66,7 +62,6 @@ impl Connectors {
             .map(|_| tx);
         Connectors {
             idle: Mutex::default(),
-            live,
             spawner,
         }
     }
@@ -116,15 +111,6 @@ impl Connectors {
         Err(Errno::EACCES)
     }
 
-    /// Whether `pid` is one of our connectors (the tool may not signal them
-    /// or open their `/proc` entries).
-    pub fn is_connector(&self, pid: i32) -> bool {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&pid)
-    }
-
     /// An idle connector, or (`fresh`, or none idle) a new one.
     fn take(&self, fresh: bool) -> std::io::Result<Held> {
         if !fresh && let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
@@ -140,7 +126,6 @@ impl Connectors {
         let connector = rx.recv().map_err(|_| ended())??;
         Ok(Held {
             connector: Some(connector),
-            live: self.live.clone(),
         })
     }
 
@@ -152,12 +137,11 @@ impl Connectors {
     }
 }
 
-/// A connector of the pool; its pid leaves the live set (entered when it
-/// was forked) once it is killed and reaped, when this is dropped.
+/// A connector of the pool; its pid leaves [`ALL`] (entered when it was
+/// forked) once it is killed and reaped, when this is dropped.
 #[derive(Debug)]
 struct Held {
     connector: Option<Connector>,
-    live: Arc<Mutex<BTreeSet<i32>>>,
 }
 
 impl std::ops::Deref for Held {
@@ -172,17 +156,15 @@ impl Drop for Held {
         if let Some(c) = self.connector.take() {
             let pid = c.pid();
             drop(c);
-            self.live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&pid);
             ALL.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
         }
     }
 }
 
-/// Every pool's connectors in this process: a subreaper's sweep at one
-/// sandbox's end spares another sandbox's.
+/// Every pool's connectors in this process, from fork to reaping. Each is a
+/// copy of this process's memory: no tool may open their `/proc` entries or
+/// signal them, whichever sandbox they serve; and a subreaper's sweep at
+/// one sandbox's end spares them.
 static ALL: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 /// Whether `pid` is a connector of any pool of this process.
@@ -193,16 +175,13 @@ pub fn is_ours(pid: i32) -> bool {
 /// The spawner thread: connectors start with its signal mask (all blocked,
 /// so a terminal's ^C or a relayed signal never runs a handler of ours in
 /// them) and die when it ends, with the pool's sender.
-fn spawn_loop(requests: mpsc::Receiver<mpsc::SyncSender<Spawned>>, live: &Mutex<BTreeSet<i32>>) {
+fn spawn_loop(requests: mpsc::Receiver<mpsc::SyncSender<Spawned>>) {
     let _ = nix::sys::signal::SigSet::all().thread_block();
     let forked = |pid: i32, alive: bool| {
-        let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
         let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
         if alive {
-            live.insert(pid);
             all.insert(pid);
         } else {
-            live.remove(&pid);
             all.remove(&pid);
         }
     };

@@ -512,8 +512,7 @@ fn unix_sockaddr(addr: &Address, unix_path: Option<&[u8]>) -> Result<Vec<u8>, Er
         }
         _ => return Err(Errno::EINVAL),
     }
-    // sizeof(struct sockaddr_un)
-    if raw.len() > 110 {
+    if raw.len() > std::mem::size_of::<libc::sockaddr_un>() {
         return Err(Errno::ENAMETOOLONG);
     }
     Ok(raw)

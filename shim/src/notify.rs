@@ -770,7 +770,7 @@ impl Supervisor {
             if let Some(id) = std::str::from_utf8(id)
                 .ok()
                 .and_then(|v| v.parse::<i32>().ok())
-                && (id == me || tgid_of(id) == Some(me) || self.connectors.is_connector(id))
+                && (id == me || tgid_of(id) == Some(me) || connector::is_ours(id))
             {
                 return Some("supervisor /proc");
             }
@@ -854,9 +854,8 @@ impl Supervisor {
     fn targets_supervisor(&self, n: &Notification) -> bool {
         let me = std::process::id() as i32;
         let my_pgid = nix::unistd::getpgrp().as_raw();
-        let mine = |id: i32| {
-            id == me || (id > 0 && tgid_of(id) == Some(me)) || self.connectors.is_connector(id)
-        };
+        let mine =
+            |id: i32| id == me || (id > 0 && tgid_of(id) == Some(me)) || connector::is_ours(id);
         let group = |pgid: i32| pgid == my_pgid;
         let caller_group = || {
             nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(n.tid)))

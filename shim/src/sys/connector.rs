@@ -15,9 +15,11 @@
 //! when its channel closes. After the fork it makes raw syscalls only, on
 //! memory allocated before it: the parent may be multi-threaded.
 //!
-//! One request at a time over a `SOCK_SEQPACKET` pair: a header, the tool's
-//! groups, the sockaddr; the socket (and the fd a path names) as
-//! `SCM_RIGHTS`. The answer is an errno (0 for success).
+//! One request at a time over a `SOCK_SEQPACKET` pair: a header (see
+//! [`HEADER`]), the tool's groups, the sockaddr; the socket (and the fd a
+//! path names) as `SCM_RIGHTS`. The answer is 8 bytes: the connect's errno
+//! (0 for success), then 1 if the connector retires (it could not restore
+//! its own credentials and exits), else 0.
 
 use std::{
     io,
@@ -40,7 +42,11 @@ pub const PATH_SLOT: RawFd = 2;
 /// Most supplementary groups a request carries (a tool with more is denied).
 pub const MAX_GROUPS: usize = 4096;
 /// `sizeof(struct sockaddr_un)`.
-const MAX_ADDR: usize = 110;
+const MAX_ADDR: usize = std::mem::size_of::<libc::sockaddr_un>();
+/// The request's header, native-endian: fs uid (0..4), fs gid (4..8),
+/// effective capabilities (8..16), number of groups (16..20), sockaddr
+/// length (20..24), flags (24..28: [`HAS_PATH_FD`]), effective uid (28..32)
+/// and gid (32..36).
 const HEADER: usize = 36;
 const MESSAGE: usize = HEADER + MAX_GROUPS * 4 + MAX_ADDR;
 /// The most groups the connector can restore (the kernel's NGROUPS_MAX).
