@@ -2515,6 +2515,81 @@ fn a_unix_listener_sees_the_tools_own_uid() {
     assert_eq!(seen[2].0, seen[3].0, "one connector for both: {seen:?}");
 }
 
+/// What the supervisor sends for the tool on a unix socket (every
+/// `sendmsg`, and datagrams with an address) carries the tool's pid and real
+/// ids to a receiver that asks (`SO_PASSCRED`), as the kernel's own send
+/// would: journald and syslog attribute the lines a tool logs to the tool,
+/// not to a root cordon. An unprivileged cordon cannot name another pid: its
+/// receivers get the right ids and the supervisor's pid.
+#[test]
+fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
+    let env = Env::new(&[]);
+    let allow_all = env.dir.path().join("allow.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let open_dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Per message: a socketpair of each type (`sendmsg` without an
+    // address), then a datagram `sendto` a bound path; "self" is the
+    // sender's own pid.
+    let check = format!(
+        "import os, socket, struct\n\
+         def seen(r):\n    \
+             _, anc, _, _ = r.recvmsg(16, socket.CMSG_SPACE(12))\n    \
+             for level, kind, data in anc:\n        \
+                 if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):\n            \
+                     pid, uid, gid = struct.unpack('iII', data)\n            \
+                     return '%s:%d:%d' % ('self' if pid == os.getpid() else 'other', uid, gid)\n    \
+             return 'none'\n\
+         def check(label):\n    \
+             out = []\n    \
+             for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM, socket.SOCK_SEQPACKET):\n        \
+                 a, b = socket.socketpair(socket.AF_UNIX, kind)\n        \
+                 b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)\n        \
+                 a.sendmsg([b'x'])\n        \
+                 out.append(seen(b))\n    \
+             path = '{}/' + label\n    \
+             r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n    \
+             r.bind(path)\n    \
+             r.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)\n    \
+             socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'x', path)\n    \
+             out.append(seen(r))\n    \
+             print(label, ' '.join(out), flush=True)\n",
+        open_dir.path().display()
+    );
+    let dropping = format!(
+        "{check}pid = os.fork()\n\
+         if pid == 0:\n    \
+             os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n    \
+             check('nobody'); os._exit(0)\n\
+         os.waitpid(pid, 0)\n\
+         check('root')\n"
+    );
+    let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", &dropping]);
+    let each = |who: &str, ids: &str| format!("{who} {}\n", [ids; 4].join(" "));
+    assert_eq!(
+        assert_ok(&out),
+        each("nobody", "self:65534:65534") + &each("root", "self:0:0")
+    );
+    // cordon itself as nobody.
+    let policy = open_dir.path().join("allow.rego");
+    std::fs::copy(&allow_all, &policy).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(open_dir.path().join("audit"))
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--", "/usr/bin/python3", "-c"])
+        .arg(format!("{check}check('unprivileged')\n"))
+        .env("TMPDIR", open_dir.path())
+        .current_dir(open_dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out), each("unprivileged", "other:65534:65534"));
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
 /// A connector is a copy of the supervisor: under an allow-all policy the
 /// tool can neither open its `/proc` entries (its memory, its environment)
 /// nor signal it, as for the supervisor itself.

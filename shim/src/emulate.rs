@@ -450,6 +450,13 @@ pub fn describe(a: &Address) -> (&'static str, String, u32, bool) {
     }
 }
 
+/// Whether a socket we duplicated is a unix one (an unbound one too: its
+/// name is the bare family).
+pub fn is_unix(sock: &OwnedFd) -> bool {
+    socket::getsockname::<SockaddrStorage>(sock.as_raw_fd())
+        .is_ok_and(|a| a.as_unix_addr().is_some())
+}
+
 /// `SO_TYPE` of a socket we duplicated.
 pub fn socket_type(sock: &OwnedFd) -> Result<i32, Errno> {
     socket::getsockopt(sock, socket::sockopt::SockType).map(|t| t as i32)
@@ -538,18 +545,26 @@ pub fn listen(sock: &OwnedFd, backlog: i32) -> Result<i64, Errno> {
 
 /// One message, sent on the duplicate with the checked address (or the
 /// connected peer when `addr` is `None`), carrying `fds` (ours, duplicated
-/// from the tool's) as `SCM_RIGHTS`.
+/// from the tool's) as `SCM_RIGHTS`, and `sender` as `SCM_CREDENTIALS`
+/// when given.
 pub fn send(
     sock: &OwnedFd,
     iov: &[Vec<u8>],
     fds: &[OwnedFd],
+    sender: Option<libc::ucred>,
     flags: i32,
     addr: Option<(&Address, Option<&[u8]>)>,
 ) -> Result<i64, Errno> {
     let slices: Vec<IoSlice<'_>> = iov.iter().map(|b| IoSlice::new(b)).collect();
     let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let rights = [socket::ControlMessage::ScmRights(&raw)];
-    let cmsgs: &[socket::ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+    let sender = sender.map(socket::UnixCredentials::from);
+    let mut cmsgs = Vec::with_capacity(2);
+    if !raw.is_empty() {
+        cmsgs.push(socket::ControlMessage::ScmRights(&raw));
+    }
+    if let Some(c) = &sender {
+        cmsgs.push(socket::ControlMessage::ScmCredentials(c));
+    }
     // Never let a broken pipe signal the supervisor; the caller relays
     // SIGPIPE to the tool when the tool asked for it.
     let flags = MsgFlags::from_bits_retain(flags) | MsgFlags::MSG_NOSIGNAL;
@@ -559,12 +574,12 @@ pub fn send(
             with_sockaddr!(&sa, |s| socket::sendmsg(
                 sock.as_raw_fd(),
                 &slices,
-                cmsgs,
+                &cmsgs,
                 flags,
                 Some(s)
             ))
         }
-        None => socket::sendmsg::<SockaddrStorage>(sock.as_raw_fd(), &slices, cmsgs, flags, None),
+        None => socket::sendmsg::<SockaddrStorage>(sock.as_raw_fd(), &slices, &cmsgs, flags, None),
     }
     .map(|n| n as i64)
 }

@@ -1843,14 +1843,33 @@ impl Supervisor {
         // unless it asked otherwise: relayed to the tool thread by `perform`,
         // with the supervisor's own credentials.
         let sigpipe = (stream && flags & libc::MSG_NOSIGNAL == 0).then_some((task.tgid, n.tid));
+        // On a unix socket a receiver that asks (`SO_PASSCRED`: journald,
+        // syslog's `/dev/log`, systemd's notify socket) is told who sent:
+        // the sender's pid and real ids. We send for the tool, so we name
+        // it, where we may (see `claim_caps`); otherwise the kernel names us.
+        let sender = emulate::is_unix(&sock)
+            .then(|| claim_caps(&task, self.me.cap_eff))
+            .flatten();
+        let mut as_sender = task.clone();
+        if let Some(caps) = sender {
+            // The tool's credentials for the send, and the capabilities
+            // the kernel asks of a sender that names another task; they
+            // grant nothing else on a unix send (see the threat model).
+            as_sender.creds.cap_eff |= caps;
+        }
+        let sender = sender.map(|_| libc::ucred {
+            pid: task.tgid,
+            uid: task.uid,
+            gid: task.gid,
+        });
         let (me, id) = (self.clone(), n.id);
-        self.perform_then(n, &task, may_block, sigpipe, false, move || {
+        self.perform_then(n, &as_sender, may_block, sigpipe, false, move || {
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix)) in planned.iter().enumerate() {
                 let dest = addr
                     .as_ref()
                     .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
-                match emulate::send(&sock, iov, fds, flags, dest) {
+                match emulate::send(&sock, iov, fds, sender, flags, dest) {
                     Ok(bytes) if is_mmsg => {
                         // msg_len of mmsghdr i, as sendmmsg reports it.
                         let at = first_hdr.wrapping_add((stride * i) as u64 + 56);
@@ -2226,6 +2245,30 @@ fn shebang(file: &OwnedFd) -> Result<Option<Interpreter>, Errno> {
         }
     }
     Ok(parse_shebang(&buf))
+}
+
+const CAP_SETGID: u64 = 1 << 6;
+const CAP_SETUID: u64 = 1 << 7;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+/// The capabilities a sender needs to name `task` in `SCM_CREDENTIALS`
+/// (`scm_check_creds`): `CAP_SYS_ADMIN` for another pid, `CAP_SETUID` and
+/// `CAP_SETGID` for ids other than its own real, effective or saved ones
+/// (ours: `with_creds` changes only fs ids). `None` if we lack one: an
+/// unprivileged cordon, whose tool has its ids, cannot name its pid.
+fn claim_caps(task: &Task, mine: u64) -> Option<u64> {
+    let uids = nix::unistd::getresuid().ok()?;
+    let gids = nix::unistd::getresgid().ok()?;
+    let own_uid = [uids.real, uids.effective, uids.saved].map(|u| u.as_raw());
+    let own_gid = [gids.real, gids.effective, gids.saved].map(|g| g.as_raw());
+    let mut needed = CAP_SYS_ADMIN;
+    if !own_uid.contains(&task.uid) {
+        needed |= CAP_SETUID;
+    }
+    if !own_gid.contains(&task.gid) {
+        needed |= CAP_SETGID;
+    }
+    (mine & needed == needed).then_some(needed)
 }
 
 /// `CAP_NET_BIND_SERVICE`: binding an inet port below
