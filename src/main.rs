@@ -10,9 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit status for a negative answer: a denial, a failed check or verify.
+/// Exit status for a negative answer, and only for that: a denial, a
+/// failed check, test or verification, a replay that changes decisions.
 pub const EXIT_NEGATIVE: u8 = 1;
-/// Exit status for bad usage.
+/// Exit status for bad usage and for any error (a missing file, a broker
+/// that refuses us), as grep and diff do: a script that asks "denied?"
+/// must not take "could not tell" for "yes".
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
@@ -74,13 +77,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let code = if e.downcast_ref::<cmd::UsageError>().is_some() {
-                EXIT_USAGE
-            } else {
-                EXIT_NEGATIVE
-            };
             eprintln!("cordon: {e:#}");
-            ExitCode::from(code)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }

@@ -508,21 +508,21 @@ async fn reindex_rebuilds_a_damaged_index_and_filters_find_every_record_again() 
         true
     });
     let (code, _, err) = run_cordon(&["audit", "reindex", "--db", path_str(&db)]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("chain is broken at record 4"), "{err}");
     verify_fails_naming(&db, "record 4 was altered");
 
     // A directory that is not a store is not made one.
     let plain = tempfile::tempdir().unwrap();
     let (code, _, err) = run_cordon(&["audit", "reindex", "--db", path_str(plain.path())]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("is not an audit store"), "{err}");
     assert_eq!(std::fs::read_dir(plain.path()).unwrap().count(), 0);
 
     // A store a broker has open is refused, and so is --broker.
     s.spawn();
     let (code, _, err) = run_cordon(&["audit", "reindex", "--db", path_str(&db)]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("in use by a running broker"), "{err}");
     let (code, _, err) = run_cordon(&["audit", "reindex", "--broker", &s.uri()]);
     assert_eq!(code, 2, "{err}");
@@ -692,7 +692,7 @@ async fn a_hangup_ends_followers_and_keeps_every_record() {
         .await
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("the broker is shutting down"), "{err}");
 
     // Every decision is in the store (batched: flushed at the shutdown).
@@ -792,7 +792,7 @@ async fn a_resume_point_past_the_store_and_a_follow_past_until_end_the_query() {
     // there would skip the next two, so the broker says so.
     let (code, out, err) =
         run_cordon_ending(&["audit", "--broker", &uri, "--after-seq", "5", "--follow"]);
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains("resume point 5 is past the newest record, 3"),
         "{err}"
@@ -864,14 +864,14 @@ fn follow_without_broker_is_a_usage_error() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--follow needs --broker"), "{err}");
     let (code, _, err) = run_cordon(&["audit", "--db", "/nonexistent/db"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("no audit store at /nonexistent/db"), "{err}");
     let (code, _, err) = run_cordon(&["audit", "--since", "yesterday-ish", "--db", "/tmp"]);
     assert_eq!(code, 2, "{err}");
     // A directory that is not a store (--db ~ by mistake) is not made one.
     let empty = tempfile::tempdir().unwrap();
     let (code, _, err) = run_cordon(&["audit", "verify", "--db", path_str(empty.path())]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("is not an audit store"), "{err}");
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
     // Past 2262 a time does not fit a record's nanoseconds: an error, not a

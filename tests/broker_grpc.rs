@@ -269,6 +269,22 @@ async fn malformed_requests_are_invalid_argument() {
             "{r:?}"
         );
     }
+    // Nothing of them can be replayed: the gate cannot answer (2), where
+    // "no decision changes" (0) would pass it.
+    let out = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["policy", "replay", "--broker", &s.uri()])
+        .args(["--policy", "policies/default.rego"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "none of the {} matching decisions could be replayed",
+            needles.len()
+        )),
+        "{err}"
+    );
     assert_eq!(recs[0].path, "relative/path");
     assert_eq!(recs[1].path.len(), 4095);
     assert_eq!(recs[3].syscall, "openat");
@@ -757,7 +773,7 @@ fn socket_is_0660_and_sandboxed_or_foreign_callers_are_refused() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("runs under a seccomp filter"), "{err}");
 
     // `nobody` cannot even reach the socket as created (0660 in a 0700 directory) ...
@@ -779,7 +795,7 @@ fn socket_is_0660_and_sandboxed_or_foreign_callers_are_refused() {
     std::fs::set_permissions(&s.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = as_nobody(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("uid 65534 is not allowed"), "{err}");
 }
 
@@ -969,7 +985,7 @@ fn every_thread_of_the_connecting_process_and_its_liveness_are_checked() {
         match refusal {
             None => assert_eq!(code, 0, "{mode}: {out}{err}"),
             Some(needle) => {
-                assert_eq!(code, 1, "{mode}: {out}{err}");
+                assert_eq!(code, 2, "{mode}: {out}{err}");
                 assert!(err.contains(needle), "{mode}: {err}");
             }
         }

@@ -279,6 +279,33 @@ fn replay_reports_exactly_the_decisions_a_policy_change_flips() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("0 allow->deny, 0 deny->allow"), "{out}");
+
+    // A filter that matches nothing: no change, and it says so.
+    let (code, out, err) = run_cordon(&[
+        "policy",
+        "replay",
+        "--audit-db",
+        path_str(&db),
+        "--policy",
+        path_str(new.path()),
+        "--sandbox",
+        "no-such-sandbox",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("replayed 0 of 0 decisions"), "{out}");
+    assert!(err.contains("no recorded decision matched"), "{err}");
+
+    // An error is not a negative answer: 2, not 1.
+    let (code, _, err) = run_cordon(&[
+        "policy",
+        "replay",
+        "--audit-db",
+        path_str(&work.path().join("no-store")),
+        "--policy",
+        path_str(new.path()),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no audit store at"), "{err}");
 }
 
 #[test]

@@ -2382,7 +2382,7 @@ fn a_broker_at_any_path_refuses_what_the_tool_connects() {
         ],
     );
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("runs under a seccomp filter")
             && stderr.contains("sandboxed processes may not use the broker"),

@@ -214,7 +214,7 @@ fn serve_over_tcp_with_mutual_tls() {
         Duration::from_secs(20),
         "a broker that cannot listen should exit",
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("a listener failed"),
         "{}",

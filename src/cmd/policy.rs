@@ -57,7 +57,8 @@ pub enum PolicyCommand {
         after_help = "Every decision record carries the input the policy saw; the new policy is asked the same\n\
 question. Changes are grouped by direction (allow->deny first: what would break agents), tool label and\n\
 subject, with counts. A permissive-mode record counts as what the policy said (a denial).\n\
-Exit status: 0 when no decision changes, 1 when some do, so CI can gate a policy change.\n\n\
+Exit status: 0 when no decision changes, 1 when some do, so CI can gate a policy change; 2 on an\n\
+error, including decisions matched but none replayable (all recorded without their input).\n\n\
 Examples:\n  cordon policy replay --audit-db ~/.local/state/cordon/audit --policy policies/ --since 7d\n  \
 cordon policy replay --broker unix:///run/cordon/broker.sock --policy new/ --label tool=web-fetch --format json"
     )]
@@ -421,6 +422,17 @@ fn replay(
                 );
             }
         }
+    }
+    // "Nothing changes" must mean something was compared: a gate that
+    // replayed nothing has not answered.
+    if report.replayed == 0 && report.decisions > 0 {
+        anyhow::bail!(
+            "none of the {} matching decisions could be replayed (all were recorded without their input)",
+            report.decisions
+        );
+    }
+    if report.decisions == 0 {
+        eprintln!("cordon: note: no recorded decision matched; nothing was replayed");
     }
     Ok(if report.changed() == 0 {
         ExitCode::SUCCESS
