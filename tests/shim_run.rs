@@ -2588,6 +2588,41 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
         .unwrap();
     assert_eq!(assert_ok(&out), each("unprivileged", "other:65534:65534"));
     std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // Credentials the tool names itself (godbus, Go's D-Bus client, sends its own
+    // with the first byte) pass as the kernel's check of the tool allows:
+    // its own; init's pid or another uid only with the capabilities for it;
+    // an id of -1 never. The same script natively, then under cordon.
+    let naming = "import os, socket, struct\n\
+         def named(label, pid, uid, gid):\n    \
+             a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n    \
+             b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)\n    \
+             try:\n        \
+                 a.sendmsg([b'x'], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack('iII', pid, uid, gid))])\n    \
+             except OSError as e:\n        \
+                 return '%s:err%d' % (label, e.errno)\n    \
+             _, anc, _, _ = b.recvmsg(16, socket.CMSG_SPACE(12))\n    \
+             p, u, g = struct.unpack('iII', anc[0][2])\n    \
+             return '%s:%s:%d:%d' % (label, {os.getpid(): 'self', 1: 'init'}.get(p, 'other'), u, g)\n\
+         def names(who):\n    \
+             me, uid, gid = os.getpid(), os.getuid(), os.getgid()\n    \
+             print(who, named('own', me, uid, gid), named('init', 1, uid, gid),\n          \
+                   named('uid', me, 1234, gid), named('none', me, 0xffffffff, gid), flush=True)\n\
+         pid = os.fork()\n\
+         if pid == 0:\n    \
+             os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n    \
+             names('nobody'); os._exit(0)\n\
+         os.waitpid(pid, 0)\n\
+         names('root')\n";
+    let expected = "nobody own:self:65534:65534 init:err1 uid:err1 none:err22\n\
+                    root own:self:0:0 init:init:0:0 uid:self:1234:0 none:err22\n";
+    let native = Command::new("/usr/bin/python3")
+        .args(["-c", naming])
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&native), expected);
+    let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", naming]);
+    assert_eq!(assert_ok(&out), expected);
 }
 
 /// A connector is a copy of the supervisor: under an allow-all policy the

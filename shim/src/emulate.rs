@@ -584,11 +584,24 @@ pub fn send(
     .map(|n| n as i64)
 }
 
-/// The fd numbers in a control buffer, if it holds nothing but `SCM_RIGHTS`
-/// (anything else — credentials, IP options — we cannot send for the tool).
-pub fn scm_rights(control: &[u8]) -> Result<Vec<i32>, Errno> {
+/// What a send's control buffer asks for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// Fd numbers passed as `SCM_RIGHTS`.
+    pub fds: Vec<i32>,
+    /// `SCM_CREDENTIALS` (on a unix socket): the pid and ids the sender
+    /// names, to be checked against the tool as the kernel would
+    /// ([`may_name`]). The last one counts, as in the kernel.
+    pub creds: Option<libc::ucred>,
+}
+
+/// The control buffer of a send, if it holds nothing but `SCM_RIGHTS`, and
+/// `SCM_CREDENTIALS` on a unix socket (anything else, such as IP options
+/// that choose the source address, we do not send for the tool).
+pub fn control_data(control: &[u8], unix: bool) -> Result<Control, Errno> {
     const HDR: usize = 16; // cmsg_len (8), cmsg_level (4), cmsg_type (4)
-    let mut fds = Vec::new();
+    const UCRED: usize = std::mem::size_of::<libc::ucred>();
+    let mut out = Control::default();
     let mut at = 0;
     while at + HDR <= control.len() {
         let len = u64::from_ne_bytes(control[at..at + 8].try_into().expect("8")) as usize;
@@ -598,16 +611,79 @@ pub fn scm_rights(control: &[u8]) -> Result<Vec<i32>, Errno> {
         if len < HDR || len > control.len() - at {
             return Err(Errno::EINVAL);
         }
-        if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        for c in control[at + HDR..at + len].chunks_exact(4) {
-            fds.push(i32::from_ne_bytes(c.try_into().expect("4")));
+        let body = &control[at + HDR..at + len];
+        match (level, kind) {
+            (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                for c in body.chunks_exact(4) {
+                    out.fds.push(i32::from_ne_bytes(c.try_into().expect("4")));
+                }
+            }
+            (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) if unix => {
+                // Exactly one ucred, or EINVAL (`__scm_send`).
+                if body.len() != UCRED {
+                    return Err(Errno::EINVAL);
+                }
+                let word = |i: usize| body[i..i + 4].try_into().expect("4");
+                out.creds = Some(libc::ucred {
+                    pid: i32::from_ne_bytes(word(0)),
+                    uid: u32::from_ne_bytes(word(4)),
+                    gid: u32::from_ne_bytes(word(8)),
+                });
+            }
+            _ => return Err(Errno::EOPNOTSUPP),
         }
         // Aligned to 8; `len` ≤ control.len() so this cannot overflow.
         at += len.next_multiple_of(8);
     }
-    Ok(fds)
+    Ok(out)
+}
+
+const CAP_SETGID: u64 = 1 << 6;
+const CAP_SETUID: u64 = 1 << 7;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+/// The capabilities a sender with `tgid`, ids `uids` and `gids` (real,
+/// effective, saved) needs to name `creds` in `SCM_CREDENTIALS`, as the
+/// kernel's `scm_check_creds` asks: `CAP_SYS_ADMIN` for a pid not its own,
+/// `CAP_SETUID` and `CAP_SETGID` for ids not among its own. `EINVAL` for
+/// an id that is none (-1), as there.
+pub fn naming_needs(
+    creds: &libc::ucred,
+    tgid: i32,
+    uids: [u32; 3],
+    gids: [u32; 3],
+) -> Result<u64, Errno> {
+    if creds.uid == u32::MAX || creds.gid == u32::MAX {
+        return Err(Errno::EINVAL);
+    }
+    let mut needed = 0;
+    if creds.pid != tgid {
+        needed |= CAP_SYS_ADMIN;
+    }
+    if !uids.contains(&creds.uid) {
+        needed |= CAP_SETUID;
+    }
+    if !gids.contains(&creds.gid) {
+        needed |= CAP_SETGID;
+    }
+    Ok(needed)
+}
+
+/// Whether a sender whose effective capabilities are `caps` may name
+/// `creds` (see [`naming_needs`]): `EPERM` if not, as the kernel answers.
+pub fn may_name(
+    creds: &libc::ucred,
+    tgid: i32,
+    uids: [u32; 3],
+    gids: [u32; 3],
+    caps: u64,
+) -> Result<(), Errno> {
+    let needed = naming_needs(creds, tgid, uids, gids)?;
+    if caps & needed == needed {
+        Ok(())
+    } else {
+        Err(Errno::EPERM)
+    }
 }
 
 #[cfg(test)]
@@ -669,29 +745,67 @@ mod tests {
         assert_eq!(dest("[::1]:80", None).1, "::1");
     }
 
-    #[test]
-    fn control_data_is_scm_rights_or_refused() {
+    fn cmsg(kind: i32, body: &[u8]) -> Vec<u8> {
         let mut c = Vec::new();
-        c.extend_from_slice(&24u64.to_ne_bytes());
+        c.extend_from_slice(&(16 + body.len() as u64).to_ne_bytes());
         c.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
-        c.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
-        c.extend_from_slice(&3i32.to_ne_bytes());
-        c.extend_from_slice(&7i32.to_ne_bytes());
-        assert_eq!(scm_rights(&c), Ok(vec![3, 7]));
-        c[12..16].copy_from_slice(&libc::SCM_CREDENTIALS.to_ne_bytes());
-        assert_eq!(scm_rights(&c), Err(Errno::EOPNOTSUPP));
+        c.extend_from_slice(&kind.to_ne_bytes());
+        c.extend_from_slice(body);
+        c.resize(c.len().next_multiple_of(8), 0);
+        c
+    }
+
+    #[test]
+    fn control_data_is_rights_and_unix_credentials_or_refused() {
+        let fds = [3i32, 7].map(i32::to_ne_bytes).concat();
+        let mut c = cmsg(libc::SCM_RIGHTS, &fds);
+        assert_eq!(control_data(&c, false).unwrap().fds, vec![3, 7]);
+        // Credentials: on unix sockets only, exactly one ucred, the last counts.
+        let ucred =
+            |pid: i32, id: u32| [pid.to_ne_bytes(), id.to_ne_bytes(), id.to_ne_bytes()].concat();
+        c.extend(cmsg(libc::SCM_CREDENTIALS, &ucred(10, 1)));
+        c.extend(cmsg(libc::SCM_CREDENTIALS, &ucred(11, 2)));
+        let got = control_data(&c, true).unwrap();
+        assert_eq!(got.fds, vec![3, 7]);
+        let creds = got.creds.unwrap();
+        assert_eq!((creds.pid, creds.uid, creds.gid), (11, 2, 2));
+        assert_eq!(control_data(&c, false), Err(Errno::EOPNOTSUPP));
+        let short = cmsg(libc::SCM_CREDENTIALS, &ucred(10, 1)[..8]);
+        assert_eq!(control_data(&short, true), Err(Errno::EINVAL));
+        // Other kinds, bad lengths.
+        let mut c = cmsg(libc::SCM_RIGHTS, &fds);
+        c[12..16].copy_from_slice(&libc::SO_TIMESTAMP.to_ne_bytes());
+        assert_eq!(control_data(&c, true), Err(Errno::EOPNOTSUPP));
         c[..8].copy_from_slice(&400u64.to_ne_bytes());
-        assert_eq!(scm_rights(&c), Err(Errno::EINVAL));
-        assert_eq!(scm_rights(&[]), Ok(vec![]));
+        assert_eq!(control_data(&c, true), Err(Errno::EINVAL));
+        assert_eq!(control_data(&[], true), Ok(Control::default()));
         // A second header whose length would wrap the offset.
-        let mut wrap = Vec::new();
-        wrap.extend_from_slice(&16u64.to_ne_bytes());
-        wrap.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
-        wrap.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
+        let mut wrap = cmsg(libc::SCM_RIGHTS, &[]);
         wrap.extend_from_slice(&(u64::MAX - 15).to_ne_bytes());
         wrap.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
         wrap.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
-        assert_eq!(scm_rights(&wrap), Err(Errno::EINVAL));
+        assert_eq!(control_data(&wrap, true), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn naming_credentials_needs_what_the_kernel_asks() {
+        let c = |pid, uid, gid| libc::ucred { pid, uid, gid };
+        let (uids, gids) = ([1000, 1000, 0], [100, 100, 100]);
+        let needs = |creds| naming_needs(&creds, 42, uids, gids);
+        assert_eq!(needs(c(42, 1000, 100)), Ok(0));
+        // The saved uid counts as one's own.
+        assert_eq!(needs(c(42, 0, 100)), Ok(0));
+        assert_eq!(needs(c(43, 1000, 100)), Ok(CAP_SYS_ADMIN));
+        assert_eq!(needs(c(42, 5, 6)), Ok(CAP_SETUID | CAP_SETGID));
+        assert_eq!(needs(c(42, u32::MAX, 100)), Err(Errno::EINVAL));
+        assert_eq!(
+            may_name(&c(43, 1000, 100), 42, uids, gids, CAP_SETUID),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(
+            may_name(&c(43, 5, 100), 42, uids, gids, CAP_SYS_ADMIN | CAP_SETUID),
+            Ok(())
+        );
     }
 
     #[test]

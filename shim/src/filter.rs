@@ -218,7 +218,8 @@ pub const CLONE_NAMESPACE_FLAGS: &[u64] = &[
 /// route options, IPv6 routing headers), as `(level, optname, name)`: the
 /// kernel then sends to the route's first hop, not to the address the policy
 /// allowed, and none needs privilege. Per-packet, the same comes as control
-/// data, which a brokered `sendmsg` refuses (only `SCM_RIGHTS` passes).
+/// data, which a brokered `sendmsg` refuses (only `SCM_RIGHTS` and unix
+/// `SCM_CREDENTIALS` pass).
 pub const SOURCE_ROUTE_OPTIONS: &[(u64, u64, &str)] = &[
     (libc::IPPROTO_IP as u64, 4, "IP_OPTIONS"),
     (libc::IPPROTO_IPV6 as u64, 57, "IPV6_RTHDR"),

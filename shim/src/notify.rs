@@ -296,6 +296,8 @@ struct Message {
     iovecs: usize,
     /// Tool fd numbers passed as `SCM_RIGHTS`.
     fds: Vec<i32>,
+    /// What the tool names in `SCM_CREDENTIALS` (unix sockets).
+    creds: Option<libc::ucred>,
 }
 
 /// The largest control buffer we read (room for 250+ fds).
@@ -1626,6 +1628,7 @@ impl Supervisor {
         mem: &ToolMemory,
         at: u64,
         stream: bool,
+        unix: bool,
         sock: &OwnedFd,
     ) -> Result<Message, Errno> {
         let h = mem.read(at, 56)?;
@@ -1669,7 +1672,7 @@ impl Supervisor {
         if control_len > MAX_CONTROL as u64 {
             return Err(Errno::ENOBUFS);
         }
-        let control = mem.read(control_ptr, control_len as usize)?;
+        let control = emulate::control_data(&mem.read(control_ptr, control_len as usize)?, unix)?;
         Ok(Message {
             name: name
                 .map(|b| {
@@ -1681,7 +1684,8 @@ impl Supervisor {
                 .transpose()?,
             iov,
             iovecs,
-            fds: emulate::scm_rights(&control)?,
+            fds: control.fds,
+            creds: control.creds,
         })
     }
 
@@ -1697,6 +1701,7 @@ impl Supervisor {
         let sock = self.tool_socket(&pidfd, n.args[0] as i32)?;
         let sock_type = emulate::socket_type(&sock)?;
         let stream = sock_type == libc::SOCK_STREAM;
+        let is_unix = emulate::is_unix(&sock);
         let flags = n.args[match n.nr {
             libc::SYS_sendmsg => 2,
             _ => 3,
@@ -1761,6 +1766,7 @@ impl Supervisor {
                 iov: vec![mem.read(n.args[1], len)?],
                 iovecs: 1,
                 fds: vec![],
+                creds: None,
             });
         }
         // What one call may cost us, whatever the number of messages: bytes
@@ -1768,7 +1774,7 @@ impl Supervisor {
         // tool's next call (a partial sendmmsg).
         let (mut copied, mut iovecs, mut fds) = (0usize, 0usize, 0usize);
         for at in &headers {
-            match self.read_msghdr(&mem, *at, stream, &sock) {
+            match self.read_msghdr(&mem, *at, stream, is_unix, &sock) {
                 Ok(m) => {
                     copied += m.iov.iter().map(Vec::len).sum::<usize>();
                     iovecs += m.iovecs;
@@ -1785,13 +1791,27 @@ impl Supervisor {
                 Err(Errno::EOPNOTSUPP) => {
                     self.forbid(
                         n,
-                        format!("{}(control data other than SCM_RIGHTS)", syscall_name(n.nr)),
+                        format!(
+                            "{}(control data other than SCM_RIGHTS and SCM_CREDENTIALS)",
+                            syscall_name(n.nr)
+                        ),
                         libc::EOPNOTSUPP,
                     );
                     return Ok(());
                 }
                 Err(e) => return Err(e),
             }
+        }
+        // Credentials the tool names are checked as the kernel checks its
+        // own send, before anything else of it (`scm_send` comes first).
+        for c in messages.iter().filter_map(|m| m.creds.as_ref()) {
+            emulate::may_name(
+                c,
+                task.tgid,
+                [task.uid, task.creds.euid, task.suid],
+                [task.gid, task.creds.egid, task.sgid],
+                task.creds.cap_eff,
+            )?;
         }
         if !self.listener.id_valid(n.id) {
             return Err(Errno::ESRCH);
@@ -1826,7 +1846,36 @@ impl Supervisor {
                 .iter()
                 .map(|&fd| sys::pidfd_getfd(&pidfd, fd).map_err(|_| Errno::EBADF))
                 .collect::<Result<Vec<_>, _>>()?;
-            planned.push((dest, m.iov, fds, unix));
+            // On a unix socket a receiver that asks (`SO_PASSCRED`:
+            // journald, syslog's `/dev/log`, systemd's notify socket) is
+            // told who sent: what the sender named, else its pid and real
+            // ids. We send for the tool, so we name what it would.
+            let sender = is_unix.then(|| {
+                m.creds.unwrap_or(libc::ucred {
+                    pid: task.tgid,
+                    uid: task.uid,
+                    gid: task.gid,
+                })
+            });
+            planned.push((dest, m.iov, fds, unix, sender));
+        }
+        // Naming another task needs capabilities (`naming_needs`): the
+        // send has them on top of the tool's credentials (they grant
+        // nothing else on a unix send; see the threat model). Without them
+        // (an unprivileged cordon) the kernel names us.
+        let needed = own_ids().and_then(|(uids, gids)| {
+            let tgid = std::process::id() as i32;
+            planned
+                .iter()
+                .filter_map(|p| p.4.as_ref())
+                .try_fold(0, |all, c| {
+                    Some(all | emulate::naming_needs(c, tgid, uids, gids).ok()?)
+                })
+        });
+        let mut as_sender = task.clone();
+        match needed {
+            Some(caps) if self.me.cap_eff & caps == caps => as_sender.creds.cap_eff |= caps,
+            _ => planned.iter_mut().for_each(|p| p.4 = None),
         }
         let is_mmsg = n.nr == libc::SYS_sendmmsg;
         let first_hdr = n.args[1];
@@ -1843,33 +1892,14 @@ impl Supervisor {
         // unless it asked otherwise: relayed to the tool thread by `perform`,
         // with the supervisor's own credentials.
         let sigpipe = (stream && flags & libc::MSG_NOSIGNAL == 0).then_some((task.tgid, n.tid));
-        // On a unix socket a receiver that asks (`SO_PASSCRED`: journald,
-        // syslog's `/dev/log`, systemd's notify socket) is told who sent:
-        // the sender's pid and real ids. We send for the tool, so we name
-        // it, where we may (see `claim_caps`); otherwise the kernel names us.
-        let sender = emulate::is_unix(&sock)
-            .then(|| claim_caps(&task, self.me.cap_eff))
-            .flatten();
-        let mut as_sender = task.clone();
-        if let Some(caps) = sender {
-            // The tool's credentials for the send, and the capabilities
-            // the kernel asks of a sender that names another task; they
-            // grant nothing else on a unix send (see the threat model).
-            as_sender.creds.cap_eff |= caps;
-        }
-        let sender = sender.map(|_| libc::ucred {
-            pid: task.tgid,
-            uid: task.uid,
-            gid: task.gid,
-        });
         let (me, id) = (self.clone(), n.id);
         self.perform_then(n, &as_sender, may_block, sigpipe, false, move || {
             let mut sent = 0i64;
-            for (i, (addr, iov, fds, unix)) in planned.iter().enumerate() {
+            for (i, (addr, iov, fds, unix, sender)) in planned.iter().enumerate() {
                 let dest = addr
                     .as_ref()
                     .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
-                match emulate::send(&sock, iov, fds, sender, flags, dest) {
+                match emulate::send(&sock, iov, fds, *sender, flags, dest) {
                     Ok(bytes) if is_mmsg => {
                         // msg_len of mmsghdr i, as sendmmsg reports it.
                         let at = first_hdr.wrapping_add((stride * i) as u64 + 56);
@@ -2247,28 +2277,15 @@ fn shebang(file: &OwnedFd) -> Result<Option<Interpreter>, Errno> {
     Ok(parse_shebang(&buf))
 }
 
-const CAP_SETGID: u64 = 1 << 6;
-const CAP_SETUID: u64 = 1 << 7;
-const CAP_SYS_ADMIN: u64 = 1 << 21;
-
-/// The capabilities a sender needs to name `task` in `SCM_CREDENTIALS`
-/// (`scm_check_creds`): `CAP_SYS_ADMIN` for another pid, `CAP_SETUID` and
-/// `CAP_SETGID` for ids other than its own real, effective or saved ones
-/// (ours: `with_creds` changes only fs ids). `None` if we lack one: an
-/// unprivileged cordon, whose tool has its ids, cannot name its pid.
-fn claim_caps(task: &Task, mine: u64) -> Option<u64> {
-    let uids = nix::unistd::getresuid().ok()?;
-    let gids = nix::unistd::getresgid().ok()?;
-    let own_uid = [uids.real, uids.effective, uids.saved].map(|u| u.as_raw());
-    let own_gid = [gids.real, gids.effective, gids.saved].map(|g| g.as_raw());
-    let mut needed = CAP_SYS_ADMIN;
-    if !own_uid.contains(&task.uid) {
-        needed |= CAP_SETUID;
-    }
-    if !own_gid.contains(&task.gid) {
-        needed |= CAP_SETGID;
-    }
-    (mine & needed == needed).then_some(needed)
+/// Our real, effective and saved uids and gids (`with_creds` changes only
+/// fs ids, so they are the process's).
+fn own_ids() -> Option<([u32; 3], [u32; 3])> {
+    let u = nix::unistd::getresuid().ok()?;
+    let g = nix::unistd::getresgid().ok()?;
+    Some((
+        [u.real, u.effective, u.saved].map(|u| u.as_raw()),
+        [g.real, g.effective, g.saved].map(|g| g.as_raw()),
+    ))
 }
 
 /// `CAP_NET_BIND_SERVICE`: binding an inet port below

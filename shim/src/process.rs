@@ -28,8 +28,13 @@ pub struct Task {
     pub tid: i32,
     pub tgid: i32,
     pub ppid: i32,
+    /// Real ids.
     pub uid: u32,
     pub gid: u32,
+    /// Saved ids (with the real and effective ones, what the task may name
+    /// as its own in `SCM_CREDENTIALS`).
+    pub suid: u32,
+    pub sgid: u32,
     pub creds: Creds,
     pub comm: String,
     pub exe: Vec<u8>,
@@ -342,6 +347,8 @@ impl TaskCache {
             ppid: ids.ppid,
             uid: ids.uids[0],
             gid: ids.gids[0],
+            suid: ids.uids[2],
+            sgid: ids.gids[2],
             creds: Creds {
                 euid: ids.uids[1],
                 egid: ids.gids[1],
@@ -411,6 +418,8 @@ impl Task {
             ppid: ids.ppid,
             uid: ids.uids[0],
             gid: ids.gids[0],
+            suid: ids.uids[2],
+            sgid: ids.gids[2],
             creds,
             comm: task.comm(buf)?,
             exe: link(&task.dir, "exe")?,
