@@ -31,7 +31,7 @@ pub const COLLAPSE_AT: usize = 3;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Writes DIR/policy.rego (package cordon), DIR/data.json (what was observed) and\n\
-DIR/policy_test.rego (one test per distinct observed call). Nothing is enforced during the run: every call\n\
+DIR/policy_test.rego (one test per distinct observed call; policy_2_test.rego and on past ~1,500). Nothing is enforced during the run: every call\n\
 is allowed and recorded. Review the result, then:\n  \
 cordon policy test DIR\n  cordon run --policy DIR -- CMD\n\n\
 Exit status: the tool's own (the policy is written either way); 125 if cordon failed.\n\n\
@@ -492,12 +492,43 @@ read_only if {
 	not input.file.truncate
 }
 
+# The path this call names, and the names a learned entry for it may have:
+# the path itself, and the path with this sandbox's working directory or temp
+# dir, or the caller's /proc/PID, written as the prefix expand() replaces.
+# Looked up in the learned lists, rather than each entry expanded: a run of
+# thousands of files costs a scan, not thousands of calls, per decision.
+subject_path := input.file.path if input.kind == "file"
+
+subject_path := input.exec.path if input.kind == "exec"
+
+subject_path := input.network.path if {
+	input.kind == "network"
+	input.network.family == "unix"
+}
+
+names contains subject_path
+
+names contains concat("", ["$WORKDIR", substring(subject_path, count(input.sandbox.workdir), -1)]) if {
+	input.sandbox.workdir != ""
+	startswith(subject_path, input.sandbox.workdir)
+}
+
+names contains concat("", ["$TMPDIR", substring(subject_path, count(input.sandbox.tmpdir), -1)]) if {
+	input.sandbox.tmpdir != ""
+	startswith(subject_path, input.sandbox.tmpdir)
+}
+
+names contains concat("", ["/proc/$PID", substring(subject_path, count(proc), -1)]) if {
+	proc := sprintf("/proc/%d", [input.process.pid])
+	startswith(subject_path, proc)
+}
+
 # Files the tool read.
 allow if {
 	input.kind == "file"
 	read_only
-	some p in data.learned.read.files
-	input.file.path == expand(p)
+	some n in names
+	n in data.learned.read.files
 }
 
 # Directories it read many entries of (each ends in /).
@@ -513,8 +544,8 @@ allow if {
 # Files it wrote or created (and may read).
 allow if {
 	input.kind == "file"
-	some p in data.learned.write.files
-	input.file.path == expand(p)
+	some n in names
+	n in data.learned.write.files
 }
 
 # Directories it wrote many entries of.
@@ -553,8 +584,8 @@ in_credential_store_below(dir) if {
 # Programs it ran.
 allow if {
 	input.kind == "exec"
-	some p in data.learned.exec
-	input.exec.path == expand(p)
+	some n in names
+	n in data.learned.exec
 }
 
 # Addresses it connected, sent to, bound or listened on.
@@ -572,10 +603,8 @@ allow if {
 allow if {
 	input.kind == "network"
 	input.network.family == "unix"
-	some n in data.learned.network
-	n.op == input.network.op
-	n.family == "unix"
-	input.network.path == expand(n.path)
+	some name in names
+	{"op": input.network.op, "family": "unix", "path": name} in data.learned.network
 }
 "#;
 
@@ -607,26 +636,101 @@ fn write_policy(
         "data.json",
         serde_json::to_string_pretty(&learned.data())? + "\n",
     )?;
-    let mut tests = format!(
+    // The tests in as many files as regorus's limits on one file need
+    // (`TEST_FILE_BYTES`, `TEST_FILE_LINES`): policy_test.rego,
+    // policy_2_test.rego, ...
+    let head = format!(
         "{header}# Each test replays one call the tool made; all must stay allowed.\npackage cordon_learned_test\n\nimport data.cordon\nimport rego.v1\n"
     );
+    let lines = |t: &str| t.bytes().filter(|&b| b == b'\n').count();
+    let mut files = vec![head.clone()];
+    let mut file_lines = lines(&head);
     for (i, input) in learned.tests.iter().enumerate() {
         // The comment with its control characters escaped: a NUL (an
         // abstract socket's padding) ends the file for the Rego lexer, and
-        // every test after it would vanish. The input over several lines,
-        // without an exec's argv (the learned policy never reads it):
-        // regorus refuses a line past 1024 columns.
+        // every test after it would vanish. The input without an exec's
+        // argv (the learned policy never reads it).
         let mut input = input.clone();
         if let Some(exec) = input.get_mut("exec").and_then(Value::as_object_mut) {
             exec.remove("argv");
         }
-        tests.push_str(&format!(
+        let test = format!(
             "\n# {}\ntest_observed_{i} if cordon.allow with input as {}\n",
             describe(&input).escape_debug(),
-            serde_json::to_string_pretty(&input)?
-        ));
+            rego_term(&input, 0)
+        );
+        let current = files.last().expect("one file at least");
+        let test_lines = lines(&test);
+        if current.len() > head.len()
+            && (current.len() + test.len() > TEST_FILE_BYTES
+                || file_lines + test_lines > TEST_FILE_LINES)
+        {
+            files.push(head.clone());
+            file_lines = lines(&head);
+        }
+        file_lines += test_lines;
+        files.last_mut().expect("one file at least").push_str(&test);
     }
-    write("policy_test.rego", tests)
+    for (n, text) in files.into_iter().enumerate() {
+        let name = match n {
+            0 => "policy_test.rego".to_owned(),
+            n => format!("policy_{}_test.rego", n + 1),
+        };
+        write(&name, text)?;
+    }
+    Ok(())
+}
+
+/// What one test file may hold: regorus refuses a file over 1 MiB or
+/// 20,000 lines (and a line over 1024 columns: see [`rego_term`]).
+const TEST_FILE_BYTES: usize = 900 * 1024;
+const TEST_FILE_LINES: usize = 18_000;
+
+/// A JSON value as a Rego term whose lines stay within regorus's 1024
+/// columns: on one line where it fits, else one member per line, and a
+/// string too long for a line as `concat("", [...])` of short pieces (a
+/// piece of 100 characters is at most 600 bytes escaped).
+fn rego_term(v: &Value, depth: usize) -> String {
+    const INLINE: usize = 700;
+    const PIECE: usize = 100;
+    let compact = v.to_string();
+    if compact.len() <= INLINE {
+        return compact;
+    }
+    let inner = "\t".repeat(depth + 1);
+    let close = "\t".repeat(depth);
+    match v {
+        Value::Object(o) => {
+            let members: Vec<String> = o
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{inner}{}: {}",
+                        Value::from(k.as_str()),
+                        rego_term(v, depth + 1)
+                    )
+                })
+                .collect();
+            format!("{{\n{}\n{close}}}", members.join(",\n"))
+        }
+        Value::Array(a) => {
+            let items: Vec<String> = a
+                .iter()
+                .map(|v| format!("{inner}{}", rego_term(v, depth + 1)))
+                .collect();
+            format!("[\n{}\n{close}]", items.join(",\n"))
+        }
+        Value::String(s) => {
+            let chars: Vec<char> = s.chars().collect();
+            let pieces: Vec<String> = chars
+                .chunks(PIECE)
+                .map(|c| format!("{inner}{}", Value::from(c.iter().collect::<String>())))
+                .collect();
+            format!("concat(\"\", [\n{}\n{close}])", pieces.join(",\n"))
+        }
+        // Numbers and booleans are short.
+        _ => compact,
+    }
 }
 
 /// One line saying what a call was, for the test's comment.
@@ -659,6 +763,39 @@ mod tests {
 
     fn set(items: &[&str]) -> BTreeSet<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Thousands of tests, and paths too long for one line (with control
+    /// characters, which grow sixfold escaped): every test file loads and
+    /// every test passes. Regorus refuses a file over 20,000 lines or 1 MiB
+    /// and a line over 1024 columns.
+    #[test]
+    fn learned_tests_load_however_many_and_however_long() {
+        let mut learned = Learned::default();
+        let mut paths: Vec<String> = (0..2500).map(|i| format!("/data/file-{i}")).collect();
+        paths.push(format!("/data/{}", "\u{1}é".repeat(1500)));
+        paths.push(format!("/data/{}", "a".repeat(4000)));
+        let cwd = format!("/work/{}", "d".repeat(300));
+        for p in &paths {
+            learned.read_files.insert(p.clone());
+            learned.tests.push(json!({
+                "kind": "file",
+                "syscall": "openat",
+                "file": {"path": p, "access": ["read"], "create": false, "truncate": false, "flags": ["O_RDONLY"]},
+                "process": {"pid": 7, "ppid": 1, "uid": 0, "gid": 0, "comm": "t", "exe": "/bin/t", "cwd": cwd},
+                "sandbox": {"id": "s", "labels": {}, "workdir": cwd, "tmpdir": "/tmp/s"},
+            }));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path(), &learned, "t", "s").unwrap();
+        assert!(dir.path().join("policy_2_test.rego").exists());
+        let report = cordon_broker::testing::run(
+            &[dir.path().to_path_buf()],
+            &cordon_broker::testing::TestOptions::default(),
+        )
+        .unwrap();
+        assert!(report.ok());
+        assert_eq!(report.passed(), paths.len());
     }
 
     #[test]
