@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use cordon_broker::proto::{ReloadPolicyRequest, VerifyAuditRequest};
 use support::*;
 
 /// Keeps 16 clients deciding until the broker is killed; returns, for every
@@ -631,6 +632,39 @@ async fn follow_delivers_records_written_after_it_started() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A policy reload does not queue behind audit verifications, each a walk
+/// of the whole chain: it has a turn of its own (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_wait_behind_verifications() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    decide_reads(&s, 1500).await;
+    const VERIFIES: usize = 30;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut verifies = Vec::new();
+    for _ in 0..VERIFIES {
+        let mut c = s.client().await;
+        let done = done.clone();
+        verifies.push(tokio::spawn(async move {
+            let r = c.verify_audit(VerifyAuditRequest {}).await.unwrap();
+            assert!(r.into_inner().ok);
+            done.fetch_add(1, SeqCst);
+        }));
+    }
+    // Let them queue.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = s.client().await;
+    c.reload_policy(ReloadPolicyRequest {}).await.unwrap();
+    let when = done.load(SeqCst);
+    for v in verifies {
+        v.await.unwrap();
+    }
+    assert!(
+        when < VERIFIES - 5,
+        "the reload waited for {when} of {VERIFIES} verifications"
+    );
 }
 
 /// `n` allowed reads of /tmp/ok decided through `s`.

@@ -77,10 +77,14 @@ pub struct BrokerService {
     /// (a follow, or a client slow to read), so they are counted against
     /// [`MAX_OPEN_QUERIES`], leaving the pool to decisions.
     queries: Arc<Semaphore>,
-    /// `VerifyAudit` (a walk of the whole chain) and `ReloadPolicy` (a
-    /// compile) run one at a time, the others waiting: on two CPUs a client
-    /// asking for many at once would starve the decisions.
+    /// `VerifyAudit` (a walk of the whole chain) runs one at a time, the
+    /// others waiting: on two CPUs a client asking for many at once would
+    /// starve the decisions.
     heavy: Arc<Semaphore>,
+    /// `ReloadPolicy` (a compile), one at a time too, but in a queue of its
+    /// own: a reload that tightens the policy must not wait behind every
+    /// verification queued before it (minutes each on a large store).
+    reloads: Arc<Semaphore>,
     /// Who may call over a Unix socket: long-lived streams check their peer
     /// again with it (the interceptor checks each call when it starts).
     access: Arc<AccessPolicy>,
@@ -130,6 +134,7 @@ impl BrokerService {
             closing,
             queries: Arc::new(Semaphore::new(MAX_OPEN_QUERIES)),
             heavy: Arc::new(Semaphore::new(1)),
+            reloads: Arc::new(Semaphore::new(1)),
             access,
         }
     }
@@ -564,7 +569,7 @@ impl broker_server::Broker for BrokerService {
         &self,
         _request: Request<ReloadPolicyRequest>,
     ) -> Result<Response<ReloadPolicyResponse>, Status> {
-        let turn = self.heavy.clone().acquire_owned().await;
+        let turn = self.reloads.clone().acquire_owned().await;
         let engine = self.broker.policy().clone();
         let result = tokio::task::spawn_blocking(move || {
             let _turn = turn;
