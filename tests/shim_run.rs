@@ -2625,6 +2625,76 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
     assert_eq!(assert_ok(&out), expected);
 }
 
+/// A blocking call the supervisor makes for the tool (a FIFO open, a send
+/// on a full socket, a connect to a listener whose backlog is full) ends as
+/// the tool's own would when a signal it handles arrives: `EINTR`, and the
+/// handler runs (here it raises). A blocked signal does not end it (first,
+/// while no other thread could take it; through ctypes, which does not
+/// retry on `EINTR` as Python's own calls do). The same
+/// script natively, then under cordon; each call has a way out after 3 s
+/// (a reader, a drain, the listener closed), so a call that is not
+/// interrupted shows as "completed" or "failed" instead of hanging.
+#[test]
+fn a_signal_the_tool_handles_interrupts_a_blocking_call_made_for_it() {
+    let env = Env::new(&[]);
+    let allow_all = env.dir.path().join("allow.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let script = "import ctypes, os, signal, socket, threading, time\n\
+         class Alarm(Exception): pass\n\
+         def on_alarm(*_): raise Alarm()\n\
+         signal.signal(signal.SIGALRM, on_alarm)\n\
+         def later(f):\n    \
+             t = threading.Timer(3, f); t.daemon = True; t.start()\n\
+         def timed(label, f):\n    \
+             signal.setitimer(signal.ITIMER_REAL, 0.3)\n    \
+             start = time.monotonic()\n    \
+             try:\n        \
+                 f(); print(label, 'completed', flush=True)\n    \
+             except Alarm:\n        \
+                 print(label, 'interrupted', 'early' if time.monotonic() - start < 2.5 else 'late', flush=True)\n    \
+             except OSError as e:\n        \
+                 print(label, 'failed', e.errno, flush=True)\n    \
+             signal.setitimer(signal.ITIMER_REAL, 0)\n\
+         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\n\
+         os.mkfifo('g')\n\
+         threading.Timer(1, lambda: os.close(os.open('g', os.O_RDONLY | os.O_NONBLOCK))).start()\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         timed('blocked', lambda: libc.open(b'g', os.O_WRONLY) >= 0 or print('errno', ctypes.get_errno()))\n\
+         signal.sigtimedwait([signal.SIGALRM], 0)\n\
+         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGALRM])\n\
+         os.mkfifo('f')\n\
+         later(lambda: os.close(os.open('f', os.O_RDONLY | os.O_NONBLOCK)))\n\
+         timed('fifo', lambda: open('f', 'w'))\n\
+         a, b = socket.socketpair()\n\
+         a.setblocking(False)\n\
+         try:\n    \
+             while True: a.send(b'x' * 65536)\n\
+         except BlockingIOError: pass\n\
+         a.setblocking(True)\n\
+         later(lambda: b.recv(1 << 22))\n\
+         timed('send', lambda: a.sendmsg([b'y' * 200000]))\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(0)\n\
+         fill = [socket.socket() for _ in range(3)]\n\
+         for c in fill:\n    \
+             c.setblocking(False)\n    \
+             try: c.connect(l.getsockname())\n    \
+             except BlockingIOError: pass\n\
+         time.sleep(0.2)\n\
+         later(l.close)\n\
+         timed('connect', lambda: socket.socket().connect(l.getsockname()))\n";
+    let expected = "blocked completed\nfifo interrupted early\n\
+                    send interrupted early\nconnect interrupted early\n";
+    let native_dir = tempfile::tempdir().unwrap();
+    let native = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .current_dir(native_dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&native), expected);
+    let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", script]);
+    assert_eq!(assert_ok(&out), expected);
+}
+
 /// A connector is a copy of the supervisor: under an allow-all policy the
 /// tool can neither open its `/proc` entries (its memory, its environment)
 /// nor signal it, as for the supervisor itself.

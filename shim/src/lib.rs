@@ -8,6 +8,7 @@
 //! - [`emulate`]: performing allowed opens, connects and sends ourselves.
 //! - [`connector`]: the filtered processes that make the tool's unix connects.
 //! - [`exec`]: verifying that an allowed exec runs the approved image.
+//! - `interrupt`: the tool's handled signals, for the blocking calls made for it.
 //! - [`client`]: embedded or remote (gRPC `Session`) decisions.
 //! - [`backstop`]: the Landlock ruleset applied beneath the broker.
 //! - [`limits`]: memory, CPU, process, time and file caps (cgroup or rlimits).
@@ -20,6 +21,7 @@ pub mod connector;
 pub mod emulate;
 pub mod exec;
 pub mod filter;
+mod interrupt;
 pub mod limits;
 pub mod memory;
 pub mod notify;

@@ -38,7 +38,7 @@ use crate::{
     connector::{self, Connectors},
     emulate::{self, Address},
     exec::{Approved, ExecVerifier, Outcome},
-    filter,
+    filter, interrupt,
     memory::ToolMemory,
     process::{Creds, Task, TaskCache, with_creds},
     resolve::{self, Found, Lookup},
@@ -1222,16 +1222,24 @@ impl Supervisor {
         let create_raced_if_exists =
             matches!(found, Found::Missing { .. }) && flags & libc::O_EXCL == 0;
         let me = self.clone();
-        let id = n.id;
+        let (id, tgid, tid) = (n.id, task.tgid, n.tid);
         // Whether the create found the name taken (and nothing was answered).
         let open_and_inject = move || -> bool {
             let creds = task.creds;
             let mode = call.mode;
             let open = move |creds: &Creds, mine: &Creds, found: &Found| {
-                with_creds(creds, mine, || {
-                    emulate::open_found(found, kind, flags, mode, umask)
-                })
-                .and_then(|r| r)
+                let call = || {
+                    with_creds(creds, mine, || {
+                        emulate::open_found(found, kind, flags, mode, umask)
+                    })
+                    .and_then(|r| r)
+                };
+                // On its helper thread: a signal the tool handles ends it.
+                if blocking_fifo {
+                    interrupt::while_blocked(tgid, tid, call)
+                } else {
+                    call()
+                }
             };
             // Inside the kernel backstop too, when it could refuse this open:
             // on the restricted opener thread, or (a blocking FIFO, on a
@@ -1537,6 +1545,7 @@ impl Supervisor {
                 o.governs_connect_or_bind(n.nr == libc::SYS_bind && unix_call_path.is_some())
             });
         let tool_creds = task.creds.clone();
+        let (tgid, tid) = (task.tgid, n.tid);
         self.perform_then(n, &task, may_block, None, in_backstop, move || {
             let unix = unix_call_path.as_deref();
             match nr {
@@ -1546,6 +1555,11 @@ impl Supervisor {
                         Found::Missing { parent, .. } => parent,
                     });
                     emulate::connect_unix(&me.connectors, &sock, &addr, unix, path_fd, &tool_creds)
+                }
+                // On its helper thread when blocking: a signal the tool
+                // handles ends it (the connect goes on, as the kernel's).
+                libc::SYS_connect if may_block => {
+                    interrupt::while_blocked(tgid, tid, || emulate::connect(&sock, &addr, unix))
                 }
                 libc::SYS_connect => emulate::connect(&sock, &addr, unix),
                 _ => {
@@ -1892,14 +1906,22 @@ impl Supervisor {
         // unless it asked otherwise: relayed to the tool thread by `perform`,
         // with the supervisor's own credentials.
         let sigpipe = (stream && flags & libc::MSG_NOSIGNAL == 0).then_some((task.tgid, n.tid));
-        let (me, id) = (self.clone(), n.id);
+        let (me, id, tgid, tid) = (self.clone(), n.id, task.tgid, n.tid);
         self.perform_then(n, &as_sender, may_block, sigpipe, false, move || {
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix, sender)) in planned.iter().enumerate() {
                 let dest = addr
                     .as_ref()
                     .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
-                match emulate::send(&sock, iov, fds, *sender, flags, dest) {
+                let send = || emulate::send(&sock, iov, fds, *sender, flags, dest);
+                // On its helper thread when blocking: a signal the tool
+                // handles ends it (with the bytes sent so far, if any).
+                let sent_now = if may_block {
+                    interrupt::while_blocked(tgid, tid, send)
+                } else {
+                    send()
+                };
+                match sent_now {
                     Ok(bytes) if is_mmsg => {
                         // msg_len of mmsghdr i, as sendmmsg reports it.
                         let at = first_hdr.wrapping_add((stride * i) as u64 + 56);

@@ -71,6 +71,12 @@ pub enum SpawnError {
 
 /// A sandbox definition: who decides, and what the policy is told about it.
 ///
+/// In the host process, the supervisor uses `SIGRTMAX-1` (a handler that
+/// does nothing, installed when a tool's blocking call is first made for
+/// it) to interrupt its own helper threads when the tool's handled signals
+/// would interrupt the call. A host with its own disposition for that
+/// signal keeps it, and the tool's blocking calls are then not interrupted.
+///
 /// ```no_run
 /// use std::{process::Command, sync::Arc};
 /// use cordon_shim::{Sandbox, client::Remote};

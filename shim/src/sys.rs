@@ -1048,6 +1048,79 @@ fn install_relay() -> io::Result<()> {
     Ok(())
 }
 
+/// The signal that interrupts a helper thread's blocking call
+/// (`interrupt.rs`): one glibc leaves to programs, near the top of the
+/// real-time range, which programs take from the bottom.
+pub fn interrupt_signal() -> i32 {
+    libc::SIGRTMAX() - 1
+}
+
+extern "C" fn interrupted(_sig: libc::c_int) {}
+
+/// Installs a handler that does nothing for [`interrupt_signal`], without
+/// `SA_RESTART`, so that the signal ends a blocking call of the thread it
+/// is sent to with `EINTR` (or a partial count). Not if the process already
+/// has a disposition of its own for it (a library host's): `Ok(false)`.
+pub fn install_interrupt_handler() -> io::Result<bool> {
+    let sig = interrupt_signal();
+    // SAFETY: sigaction with a zeroed struct to read into, then a handler
+    // that does nothing (async-signal-safe by construction). The check and
+    // the install are not atomic: a host installing its own handler for
+    // this signal at the same moment is not defended against.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        cvt(libc::sigaction(sig, std::ptr::null(), &mut old))?;
+        let ours = interrupted as extern "C" fn(libc::c_int) as usize;
+        if old.sa_sigaction == ours {
+            return Ok(true);
+        }
+        if old.sa_sigaction != libc::SIG_DFL {
+            return Ok(false);
+        }
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ours;
+        sa.sa_flags = 0;
+        libc::sigemptyset(&mut sa.sa_mask);
+        cvt(libc::sigaction(sig, &sa, std::ptr::null_mut()))?;
+    }
+    Ok(true)
+}
+
+/// Lets [`interrupt_signal`] reach the calling thread (threads inherit the
+/// mask of their creator, which may block everything).
+pub fn unblock_interrupt_signal() -> io::Result<()> {
+    // SAFETY: a sigset_t built with sigemptyset/sigaddset on the stack and
+    // passed by pointer to pthread_sigmask, which changes this thread only.
+    let ret = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, interrupt_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(())
+}
+
+/// The calling thread, for [`interrupt_thread`].
+pub fn this_thread() -> libc::pthread_t {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() }
+}
+
+/// Sends [`interrupt_signal`] to `thread`, which must still be running: the
+/// caller knows it is (it is registered, and unregisters before it ends).
+pub fn interrupt_thread(thread: libc::pthread_t) -> io::Result<()> {
+    // SAFETY: `thread` names a live thread of this process (the caller's
+    // contract above); pthread_kill takes it and an integer.
+    let ret = unsafe { libc::pthread_kill(thread, interrupt_signal()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(())
+}
+
 /// For tests of reads from memory: one readable, writable page followed by
 /// one that cannot be read (a string that runs past the first cannot be
 /// read across). Unmapped on drop.
