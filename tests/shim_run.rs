@@ -2529,8 +2529,10 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
     let open_dir = tempfile::tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     // Per message: a socketpair of each type (`sendmsg` without an
-    // address), then a datagram `sendto` a bound path; "self" is the
-    // sender's own pid.
+    // address), a datagram `sendto` a bound path, then a message passing an
+    // fd; "self" is the sender's own pid. Naming another pid takes
+    // CAP_SYS_ADMIN, which would lift the kernel's limit on fds in flight:
+    // a tool without it that passes fds is told as our pid with its ids.
     let check = format!(
         "import os, socket, struct\n\
          def seen(r):\n    \
@@ -2553,6 +2555,8 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
              r.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)\n    \
              socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'x', path)\n    \
              out.append(seen(r))\n    \
+             a.sendmsg([b'x'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', 0))])\n    \
+             out.append(seen(b))\n    \
              print(label, ' '.join(out), flush=True)\n",
         open_dir.path().display()
     );
@@ -2565,11 +2569,27 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
          check('root')\n"
     );
     let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", &dropping]);
-    let each = |who: &str, ids: &str| format!("{who} {}\n", [ids; 4].join(" "));
+    let each = |who: &str, ids: &str, fds: &str| format!("{who} {} {fds}\n", [ids; 4].join(" "));
     assert_eq!(
         assert_ok(&out),
-        each("nobody", "self:65534:65534") + &each("root", "self:0:0")
+        each("nobody", "self:65534:65534", "other:65534:65534")
+            + &each("root", "self:0:0", "self:0:0")
     );
+    // A user namespace that does not own our pid namespace: the kernel
+    // refuses the pid our capabilities promise; our pid, the tool's ids.
+    let out = Command::new("unshare")
+        .arg("-r")
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(env.dir.path().join("userns-audit"))
+        .arg("--policy")
+        .arg(&allow_all)
+        .args(["--", "/usr/bin/python3", "-c"])
+        .arg(format!("{check}check('userns')\n"))
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out), each("userns", "other:0:0", "other:0:0"));
     // cordon itself as nobody.
     let policy = open_dir.path().join("allow.rego");
     std::fs::copy(&allow_all, &policy).unwrap();
@@ -2586,7 +2606,10 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
         .current_dir(open_dir.path())
         .output()
         .unwrap();
-    assert_eq!(assert_ok(&out), each("unprivileged", "other:65534:65534"));
+    assert_eq!(
+        assert_ok(&out),
+        each("unprivileged", "other:65534:65534", "other:65534:65534")
+    );
     std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
 
     // Credentials the tool names itself (godbus, Go's D-Bus client, sends its own

@@ -11,6 +11,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsFd, AsRawFd, OwnedFd},
     os::unix::ffi::OsStrExt,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use nix::{
@@ -589,10 +590,10 @@ pub fn send(
 pub struct Control {
     /// Fd numbers passed as `SCM_RIGHTS`.
     pub fds: Vec<i32>,
-    /// `SCM_CREDENTIALS` (on a unix socket): the pid and ids the sender
-    /// names, to be checked against the tool as the kernel would
-    /// ([`may_name`]). The last one counts, as in the kernel.
-    pub creds: Option<libc::ucred>,
+    /// Each `SCM_CREDENTIALS` (on a unix socket): the pid and ids the
+    /// sender names. The kernel checks each in order ([`may_name`]), and
+    /// the last one is what it sends.
+    pub creds: Vec<libc::ucred>,
 }
 
 /// The control buffer of a send, if it holds nothing but `SCM_RIGHTS`, and
@@ -624,7 +625,7 @@ pub fn control_data(control: &[u8], unix: bool) -> Result<Control, Errno> {
                     return Err(Errno::EINVAL);
                 }
                 let word = |i: usize| body[i..i + 4].try_into().expect("4");
-                out.creds = Some(libc::ucred {
+                out.creds.push(libc::ucred {
                     pid: i32::from_ne_bytes(word(0)),
                     uid: u32::from_ne_bytes(word(4)),
                     gid: u32::from_ne_bytes(word(8)),
@@ -641,6 +642,86 @@ pub fn control_data(control: &[u8], unix: bool) -> Result<Control, Errno> {
 const CAP_SETGID: u64 = 1 << 6;
 const CAP_SETUID: u64 = 1 << 7;
 const CAP_SYS_ADMIN: u64 = 1 << 21;
+const CAP_SYS_RESOURCE: u64 = 1 << 24;
+
+/// Set once the kernel refused us a pid, or ids, that our capabilities
+/// said we could name (a user namespace that does not own our pid
+/// namespace, an LSM): from then on we name only what is left.
+static PIDS_REFUSED: AtomicBool = AtomicBool::new(false);
+static IDS_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// What we may put in `SCM_CREDENTIALS` when we send for the tool.
+#[derive(Debug, Clone, Copy)]
+pub struct Naming {
+    tgid: i32,
+    uids: [u32; 3],
+    gids: [u32; 3],
+    /// Other pids: `CAP_SYS_ADMIN`, which would also lift the kernel's
+    /// limit on fds in flight (`too_many_unix_fds`), so not for a call
+    /// that passes fds unless the tool could pass that limit itself.
+    pids: bool,
+    /// Other uids and gids: `CAP_SETUID`, `CAP_SETGID`.
+    uid: bool,
+    gid: bool,
+}
+
+impl Naming {
+    /// For a call by a tool with capabilities `tool_caps`, made by us (the
+    /// process: `tgid`, real, effective and saved ids) with `caps`.
+    pub fn new(
+        tgid: i32,
+        (uids, gids): ([u32; 3], [u32; 3]),
+        caps: u64,
+        tool_caps: u64,
+        passes_fds: bool,
+    ) -> Naming {
+        let fd_limit_ok = !passes_fds || tool_caps & (CAP_SYS_ADMIN | CAP_SYS_RESOURCE) != 0;
+        let ids_ok = !IDS_REFUSED.load(Ordering::Relaxed);
+        Naming {
+            tgid,
+            uids,
+            gids,
+            pids: caps & CAP_SYS_ADMIN != 0 && fd_limit_ok && !PIDS_REFUSED.load(Ordering::Relaxed),
+            uid: caps & CAP_SETUID != 0 && ids_ok,
+            gid: caps & CAP_SETGID != 0 && ids_ok,
+        }
+    }
+
+    /// What to send for `wanted` (already checked against the tool): itself
+    /// if we may name it; else with our own pid (the receiver still learns
+    /// the tool's ids); else nothing, and the kernel names us.
+    pub fn adapt(&self, wanted: libc::ucred) -> Option<libc::ucred> {
+        let mut c = wanted;
+        if c.pid != self.tgid && !self.pids {
+            c.pid = self.tgid;
+        }
+        let needs = naming_needs(&c, self.tgid, self.uids, self.gids).ok()?;
+        let ok = (needs & CAP_SETUID == 0 || self.uid) && (needs & CAP_SETGID == 0 || self.gid);
+        ok.then_some(c)
+    }
+
+    /// The capabilities sending `c` takes (from [`Naming::adapt`]).
+    pub fn needs(&self, c: &libc::ucred) -> u64 {
+        naming_needs(c, self.tgid, self.uids, self.gids).unwrap_or(0)
+    }
+
+    /// The kernel refused `sent` with `EPERM` although our capabilities
+    /// allowed it: remember what it refuses (a pid first), and say what to
+    /// send instead, if anything is left to try.
+    pub fn refused(&mut self, sent: &libc::ucred) -> Option<Option<libc::ucred>> {
+        if sent.pid != self.tgid && self.pids {
+            PIDS_REFUSED.store(true, Ordering::Relaxed);
+            self.pids = false;
+            return Some(self.adapt(*sent));
+        }
+        if self.uid || self.gid {
+            IDS_REFUSED.store(true, Ordering::Relaxed);
+            (self.uid, self.gid) = (false, false);
+            return Some(None);
+        }
+        None
+    }
+}
 
 /// The capabilities a sender with `tgid`, ids `uids` and `gids` (real,
 /// effective, saved) needs to name `creds` in `SCM_CREDENTIALS`, as the
@@ -760,15 +841,15 @@ mod tests {
         let fds = [3i32, 7].map(i32::to_ne_bytes).concat();
         let mut c = cmsg(libc::SCM_RIGHTS, &fds);
         assert_eq!(control_data(&c, false).unwrap().fds, vec![3, 7]);
-        // Credentials: on unix sockets only, exactly one ucred, the last counts.
+        // Credentials: on unix sockets only, exactly one ucred each, all kept.
         let ucred =
             |pid: i32, id: u32| [pid.to_ne_bytes(), id.to_ne_bytes(), id.to_ne_bytes()].concat();
         c.extend(cmsg(libc::SCM_CREDENTIALS, &ucred(10, 1)));
         c.extend(cmsg(libc::SCM_CREDENTIALS, &ucred(11, 2)));
         let got = control_data(&c, true).unwrap();
         assert_eq!(got.fds, vec![3, 7]);
-        let creds = got.creds.unwrap();
-        assert_eq!((creds.pid, creds.uid, creds.gid), (11, 2, 2));
+        let creds: Vec<_> = got.creds.iter().map(|c| (c.pid, c.uid, c.gid)).collect();
+        assert_eq!(creds, [(10, 1, 1), (11, 2, 2)]);
         assert_eq!(control_data(&c, false), Err(Errno::EOPNOTSUPP));
         let short = cmsg(libc::SCM_CREDENTIALS, &ucred(10, 1)[..8]);
         assert_eq!(control_data(&short, true), Err(Errno::EINVAL));

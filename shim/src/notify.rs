@@ -296,8 +296,8 @@ struct Message {
     iovecs: usize,
     /// Tool fd numbers passed as `SCM_RIGHTS`.
     fds: Vec<i32>,
-    /// What the tool names in `SCM_CREDENTIALS` (unix sockets).
-    creds: Option<libc::ucred>,
+    /// What the tool names in `SCM_CREDENTIALS` (unix sockets), each one.
+    creds: Vec<libc::ucred>,
 }
 
 /// The largest control buffer we read (room for 250+ fds).
@@ -1780,7 +1780,7 @@ impl Supervisor {
                 iov: vec![mem.read(n.args[1], len)?],
                 iovecs: 1,
                 fds: vec![],
-                creds: None,
+                creds: vec![],
             });
         }
         // What one call may cost us, whatever the number of messages: bytes
@@ -1817,15 +1817,25 @@ impl Supervisor {
             }
         }
         // Credentials the tool names are checked as the kernel checks its
-        // own send, before anything else of it (`scm_send` comes first).
-        for c in messages.iter().filter_map(|m| m.creds.as_ref()) {
+        // own send, each one, before anything else of it (`scm_send` comes
+        // first); a message that fails ends a sendmmsg before it.
+        let check = |c: &libc::ucred| {
             emulate::may_name(
                 c,
                 task.tgid,
                 [task.uid, task.creds.euid, task.suid],
                 [task.gid, task.creds.egid, task.sgid],
                 task.creds.cap_eff,
-            )?;
+            )
+        };
+        let first_bad = messages
+            .iter()
+            .enumerate()
+            .find_map(|(k, m)| m.creds.iter().try_for_each(check).err().map(|e| (k, e)));
+        match first_bad {
+            Some((0, e)) => return Err(e),
+            Some((k, _)) => messages.truncate(k),
+            None => {}
         }
         if !self.listener.id_valid(n.id) {
             return Err(Errno::ESRCH);
@@ -1862,34 +1872,39 @@ impl Supervisor {
                 .collect::<Result<Vec<_>, _>>()?;
             // On a unix socket a receiver that asks (`SO_PASSCRED`:
             // journald, syslog's `/dev/log`, systemd's notify socket) is
-            // told who sent: what the sender named, else its pid and real
-            // ids. We send for the tool, so we name what it would.
-            let sender = is_unix.then(|| {
-                m.creds.unwrap_or(libc::ucred {
+            // told who sent: what the sender named last, else its pid and
+            // real ids. We send for the tool, so we name what it would.
+            let wanted = is_unix.then(|| {
+                m.creds.last().copied().unwrap_or(libc::ucred {
                     pid: task.tgid,
                     uid: task.uid,
                     gid: task.gid,
                 })
             });
-            planned.push((dest, m.iov, fds, unix, sender));
+            planned.push((dest, m.iov, fds, unix, wanted));
         }
-        // Naming another task needs capabilities (`naming_needs`): the
+        // Naming another task needs capabilities (`emulate::Naming`): the
         // send has them on top of the tool's credentials (they grant
-        // nothing else on a unix send; see the threat model). Without them
-        // (an unprivileged cordon) the kernel names us.
-        let needed = own_ids().and_then(|(uids, gids)| {
-            let tgid = std::process::id() as i32;
-            planned
-                .iter()
-                .filter_map(|p| p.4.as_ref())
-                .try_fold(0, |all, c| {
-                    Some(all | emulate::naming_needs(c, tgid, uids, gids).ok()?)
-                })
-        });
+        // nothing else on a unix send that passes no fds; see the threat
+        // model). What we may not name falls back to our pid with the
+        // tool's ids, then to nothing (the kernel names us).
+        let passes_fds = planned.iter().any(|p| !p.2.is_empty());
+        let mut naming = match own_ids() {
+            Some(ids) => emulate::Naming::new(
+                std::process::id() as i32,
+                ids,
+                self.me.cap_eff,
+                task.creds.cap_eff,
+                passes_fds,
+            ),
+            None => emulate::Naming::new(0, ([u32::MAX; 3], [u32::MAX; 3]), 0, 0, true),
+        };
         let mut as_sender = task.clone();
-        match needed {
-            Some(caps) if self.me.cap_eff & caps == caps => as_sender.creds.cap_eff |= caps,
-            _ => planned.iter_mut().for_each(|p| p.4 = None),
+        for p in &mut planned {
+            p.4 = p.4.and_then(|w| naming.adapt(w));
+            if let Some(c) = &p.4 {
+                as_sender.creds.cap_eff |= naming.needs(c);
+            }
         }
         let is_mmsg = n.nr == libc::SYS_sendmmsg;
         let first_hdr = n.args[1];
@@ -1913,13 +1928,28 @@ impl Supervisor {
                 let dest = addr
                     .as_ref()
                     .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
-                let send = || emulate::send(&sock, iov, fds, *sender, flags, dest);
-                // On its helper thread when blocking: a signal the tool
-                // handles ends it (with the bytes sent so far, if any).
-                let sent_now = if may_block {
-                    interrupt::while_blocked(tgid, tid, send)
-                } else {
-                    send()
+                // A pid named is the caller's as long as it waits.
+                if sender.is_some_and(|c| c.pid == tgid) && !me.listener.id_valid(id) {
+                    return Err(Errno::ESRCH);
+                }
+                let mut sender = *sender;
+                let sent_now = loop {
+                    let send = || emulate::send(&sock, iov, fds, sender, flags, dest);
+                    // On its helper thread when blocking: a signal the tool
+                    // handles ends it (with the bytes sent so far, if any).
+                    let r = if may_block {
+                        interrupt::while_blocked(tgid, tid, send)
+                    } else {
+                        send()
+                    };
+                    // Refused naming (nothing was sent): name less.
+                    match (&r, &sender) {
+                        (Err(Errno::EPERM), Some(c)) => match naming.refused(c) {
+                            Some(less) => sender = less,
+                            None => break r,
+                        },
+                        _ => break r,
+                    }
                 };
                 match sent_now {
                     Ok(bytes) if is_mmsg => {
