@@ -10,12 +10,20 @@
 //! pending signals every [`TICK`]. When one would interrupt the native call
 //! (pending, not blocked, handled), it interrupts ours: a signal to the
 //! helper thread, whose handler does nothing and is installed without
-//! `SA_RESTART`. The helper answers with what its call returned, `EINTR` or
-//! a partial count, and the tool's handler runs as it returns.
+//! `SA_RESTART`. The helper answers with a partial count if its call made
+//! one, else with `-ERESTARTSYS`, as the kernel's own call would have
+//! returned: on the way out the kernel runs the tool's handler and restarts
+//! the call if the handler has `SA_RESTART` (a new notification), or makes it
+//! `EINTR`.
 //!
 //! A signal sent to the whole process counts only for its main thread,
-//! which the kernel picks first when it does not block the signal; another
-//! thread's call goes on, as it often would natively.
+//! which the kernel picks first when it does not block the signal. When the
+//! kernel gave it to another thread that waits in a call made for it, that
+//! call goes on where natively it would end.
+//!
+//! The watcher also frees a helper whose caller no longer waits (the tool
+//! was killed while a FIFO open waited for a writer): its call is
+//! interrupted and its answer goes nowhere.
 
 use std::{
     collections::HashMap,
@@ -33,6 +41,25 @@ struct Waiting {
     helper: libc::pthread_t,
     tgid: i32,
     tid: i32,
+    /// Whether the caller still waits for the answer.
+    waits: Box<dyn Fn() -> bool + Send>,
+    /// Whether we signalled the helper.
+    fired: bool,
+}
+
+/// What the kernel's own blocking call returns when a signal interrupts it
+/// before it did anything; the tool never sees it (see the module doc).
+pub const ERESTARTSYS: i32 = 512;
+
+/// The errno to answer with: our marker for an interrupted call
+/// (`ERESTART`, which none of the calls made for the tool returns) becomes
+/// `ERESTARTSYS`.
+pub fn answer_errno(e: nix::errno::Errno) -> i32 {
+    if e == nix::errno::Errno::ERESTART {
+        ERESTARTSYS
+    } else {
+        e as i32
+    }
 }
 
 #[derive(Default)]
@@ -64,15 +91,15 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.0.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs `call`, a blocking call made on this (helper) thread for thread
-/// `tid` of process `tgid`, so that a signal that thread handles interrupts
-/// it. Only on a thread of our own that makes nothing but this call while
-/// registered: the signal may end any blocking call it makes meanwhile.
-pub fn while_blocked<R>(tgid: i32, tid: i32, call: impl FnOnce() -> R) -> R {
-    if !*HANDLER || sys::unblock_interrupt_signal().is_err() {
-        return call();
-    }
+/// Installs the handler and starts the watcher, once per process. Called
+/// by each supervisor as it starts, on the host's thread: the watcher must
+/// not inherit a helper's Landlock domain or the tool's credentials, which
+/// would keep it from reading `/proc` or signalling helpers.
+pub fn start() {
     WATCHER.call_once(|| {
+        if !*HANDLER {
+            return;
+        }
         let spawned = std::thread::Builder::new()
             .name("cordon-interrupt".into())
             .spawn(watch);
@@ -80,25 +107,62 @@ pub fn while_blocked<R>(tgid: i32, tid: i32, call: impl FnOnce() -> R) -> R {
             tracing::warn!(error = %e, "cannot start the interrupt watcher");
         }
     });
+}
+
+/// Runs `call`, a blocking call made on this (helper) thread for thread
+/// `tid` of process `tgid`, so that a signal that thread handles interrupts
+/// it; `waits` says whether the caller still waits for the answer. An
+/// `EINTR` from our signal comes back as `ERESTART` (see [`answer_errno`]).
+/// Only on a thread of our own that makes nothing but this call while
+/// registered: the signal may end any blocking call it makes meanwhile.
+pub fn while_blocked<T>(
+    tgid: i32,
+    tid: i32,
+    waits: impl Fn() -> bool + Send + 'static,
+    call: impl FnOnce() -> Result<T, nix::errno::Errno>,
+) -> Result<T, nix::errno::Errno> {
+    if !WATCHER.is_completed() || !*HANDLER || sys::unblock_interrupt_signal().is_err() {
+        return call();
+    }
     let key = {
         let mut r = registry();
         r.next += 1;
         let key = r.next;
         let helper = sys::this_thread();
-        r.waiting.insert(key, Waiting { helper, tgid, tid });
+        let waits = Box::new(waits);
+        let fired = false;
+        r.waiting.insert(
+            key,
+            Waiting {
+                helper,
+                tgid,
+                tid,
+                waits,
+                fired,
+            },
+        );
         key
     };
     REGISTRY.1.notify_all();
-    // Unregistered on every way out (a panic too): the watcher signals only
-    // threads it finds registered, under the lock, so none after this.
+    // On every way out (a panic too): the signal blocked first, so one sent
+    // just before cannot end a later call of this thread (its answer, an
+    // inject), then unregistered (the watcher signals only threads it finds
+    // registered, under the lock, so none after).
     struct Done(u64);
     impl Drop for Done {
         fn drop(&mut self) {
+            let _ = sys::block_interrupt_signal();
             registry().waiting.remove(&self.0);
         }
     }
-    let _done = Done(key);
-    call()
+    let done = Done(key);
+    let result = call();
+    let fired = registry().waiting.get(&done.0).is_some_and(|w| w.fired);
+    drop(done);
+    match result {
+        Err(nix::errno::Errno::EINTR) if fired => Err(nix::errno::Errno::ERESTART),
+        other => other,
+    }
 }
 
 fn watch() {
@@ -117,13 +181,18 @@ fn watch() {
             .collect();
         for (key, tgid, tid) in looks {
             if !interrupts(tgid, tid) {
-                continue;
+                // Nobody waits for it: free the helper.
+                let gone = registry().waiting.get(&key).is_some_and(|w| !(w.waits)());
+                if !gone {
+                    continue;
+                }
             }
-            let r = registry();
-            if let Some(w) = r.waiting.get(&key) {
+            let mut r = registry();
+            if let Some(w) = r.waiting.get_mut(&key) {
                 // Again at the next look if the call had not started yet
                 // (the handler ran before it): the signal stays pending in
                 // the tool until we answer.
+                w.fired = true;
                 let _ = sys::interrupt_thread(w.helper);
             }
         }

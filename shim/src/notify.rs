@@ -348,7 +348,11 @@ impl Supervisor {
             unix_binds: Mutex::default(),
             opener,
             receiving: Mutex::new(()),
-            connectors: Connectors::new(),
+            connectors: {
+                // On the host's thread, as the connectors' spawner.
+                interrupt::start();
+                Connectors::new()
+            },
             injects: Injects::default(),
         }
     }
@@ -1227,19 +1231,19 @@ impl Supervisor {
         let open_and_inject = move || -> bool {
             let creds = task.creds;
             let mode = call.mode;
+            let listener = me.listener.clone();
             let open = move |creds: &Creds, mine: &Creds, found: &Found| {
-                let call = || {
-                    with_creds(creds, mine, || {
-                        emulate::open_found(found, kind, flags, mode, umask)
-                    })
-                    .and_then(|r| r)
-                };
-                // On its helper thread: a signal the tool handles ends it.
-                if blocking_fifo {
-                    interrupt::while_blocked(tgid, tid, call)
-                } else {
-                    call()
-                }
+                with_creds(creds, mine, || {
+                    let call = || emulate::open_found(found, kind, flags, mode, umask);
+                    // On its helper thread: a signal the tool handles ends it.
+                    if blocking_fifo {
+                        let waits = move || listener.id_valid(id);
+                        interrupt::while_blocked(tgid, tid, waits, call)
+                    } else {
+                        call()
+                    }
+                })
+                .and_then(|r| r)
             };
             // Inside the kernel backstop too, when it could refuse this open:
             // on the restricted opener thread, or (a blocking FIFO, on a
@@ -1274,7 +1278,7 @@ impl Supervisor {
                 }
                 Err(Errno::EEXIST) if create_raced_if_exists => return true,
                 Err(e) => {
-                    let _ = me.listener.fail(id, e as i32);
+                    let _ = me.listener.fail(id, interrupt::answer_errno(e));
                 }
             }
             false
@@ -1419,7 +1423,7 @@ impl Supervisor {
             }
             let _ = match result {
                 Ok(v) => me.listener.succeed(id, v),
-                Err(e) => me.listener.fail(id, e as i32),
+                Err(e) => me.listener.fail(id, interrupt::answer_errno(e)),
             };
         };
         if may_block {
@@ -1545,7 +1549,7 @@ impl Supervisor {
                 o.governs_connect_or_bind(n.nr == libc::SYS_bind && unix_call_path.is_some())
             });
         let tool_creds = task.creds.clone();
-        let (tgid, tid) = (task.tgid, n.tid);
+        let (tgid, tid, id) = (task.tgid, n.tid, n.id);
         self.perform_then(n, &task, may_block, None, in_backstop, move || {
             let unix = unix_call_path.as_deref();
             match nr {
@@ -1559,7 +1563,11 @@ impl Supervisor {
                 // On its helper thread when blocking: a signal the tool
                 // handles ends it (the connect goes on, as the kernel's).
                 libc::SYS_connect if may_block => {
-                    interrupt::while_blocked(tgid, tid, || emulate::connect(&sock, &addr, unix))
+                    let listener = me.listener.clone();
+                    let waits = move || listener.id_valid(id);
+                    interrupt::while_blocked(tgid, tid, waits, || {
+                        emulate::connect(&sock, &addr, unix)
+                    })
                 }
                 libc::SYS_connect => emulate::connect(&sock, &addr, unix),
                 _ => {
@@ -1938,7 +1946,9 @@ impl Supervisor {
                     // On its helper thread when blocking: a signal the tool
                     // handles ends it (with the bytes sent so far, if any).
                     let r = if may_block {
-                        interrupt::while_blocked(tgid, tid, send)
+                        let listener = me.listener.clone();
+                        let waits = move || listener.id_valid(id);
+                        interrupt::while_blocked(tgid, tid, waits, send)
                     } else {
                         send()
                     };

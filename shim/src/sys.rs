@@ -1089,13 +1089,22 @@ pub fn install_interrupt_handler() -> io::Result<bool> {
 /// Lets [`interrupt_signal`] reach the calling thread (threads inherit the
 /// mask of their creator, which may block everything).
 pub fn unblock_interrupt_signal() -> io::Result<()> {
+    interrupt_signal_mask(libc::SIG_UNBLOCK)
+}
+
+/// Keeps [`interrupt_signal`] from the calling thread again.
+pub fn block_interrupt_signal() -> io::Result<()> {
+    interrupt_signal_mask(libc::SIG_BLOCK)
+}
+
+fn interrupt_signal_mask(how: libc::c_int) -> io::Result<()> {
     // SAFETY: a sigset_t built with sigemptyset/sigaddset on the stack and
     // passed by pointer to pthread_sigmask, which changes this thread only.
     let ret = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, interrupt_signal());
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
     };
     if ret != 0 {
         return Err(io::Error::from_raw_os_error(ret));
