@@ -2654,7 +2654,8 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
 /// handler runs (here it raises). A blocked signal does not end it (first,
 /// while no other thread could take it; through ctypes, which does not
 /// retry on `EINTR` as Python's own calls do). A handler with `SA_RESTART`
-/// has the call restarted, as the kernel does (ctypes again). The same
+/// has the call restarted, as the kernel does (ctypes again). A send larger
+/// than the room left is sent whole, as a blocking send is. The same
 /// script natively, then under cordon; each call has a way out after 3 s
 /// (a reader, a drain, the listener closed), so a call that is not
 /// interrupted shows as "completed" or "failed" instead of hanging.
@@ -2711,9 +2712,16 @@ fn a_signal_the_tool_handles_interrupts_a_blocking_call_made_for_it() {
          os.mkfifo('h')\n\
          threading.Timer(1, lambda: os.close(os.open('h', os.O_RDONLY | os.O_NONBLOCK))).start()\n\
          threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()\n\
-         print('restarted', 'completed' if libc.open(b'h', os.O_WRONLY) >= 0 else ctypes.get_errno(), flush=True)\n";
+         print('restarted', 'completed' if libc.open(b'h', os.O_WRONLY) >= 0 else ctypes.get_errno(), flush=True)\n\
+         a, b = socket.socketpair()\n\
+         def drain():\n    \
+             time.sleep(0.2); got = 0\n    \
+             while got < 300000: got += len(b.recv(1 << 20))\n\
+         threading.Thread(target=drain, daemon=True).start()\n\
+         print('whole', a.sendmsg([b'z' * 300000]), flush=True)\n";
     let expected = "blocked completed\nfifo interrupted early\n\
-                    send interrupted early\nconnect interrupted early\nrestarted completed\n";
+                    send interrupted early\nconnect interrupted early\nrestarted completed\n\
+                    whole 300000\n";
     let native_dir = tempfile::tempdir().unwrap();
     let native = Command::new("/usr/bin/python3")
         .args(["-c", script])

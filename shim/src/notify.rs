@@ -1414,23 +1414,29 @@ impl Supervisor {
                 }
                 _ => with_creds(&creds, &me.me, op).and_then(|r| r),
             };
-            // Only while the call is pending is `tid` the caller: after a
-            // long blocking send it may have died and its id been reused.
-            if let (Err(Errno::EPIPE), Some((tgid, tid))) = (&result, sigpipe)
-                && me.listener.id_valid(id)
-            {
-                let _ = tgkill_sigpipe(tgid, tid);
-            }
-            let _ = match result {
-                Ok(v) => me.listener.succeed(id, v),
-                Err(e) => me.listener.fail(id, interrupt::answer_errno(e)),
-            };
+            me.answer(id, result, sigpipe);
         };
         if may_block {
             self.spawn_helper(id, run);
         } else {
             run();
         }
+    }
+
+    /// Answers notification `id` with `result`, after a SIGPIPE to
+    /// `(tgid, tid)` if given and the result is `EPIPE`.
+    fn answer(&self, id: u64, result: Result<i64, Errno>, sigpipe: Option<(i32, i32)>) {
+        // Only while the call is pending is `tid` the caller: after a
+        // long blocking send it may have died and its id been reused.
+        if let (Err(Errno::EPIPE), Some((tgid, tid))) = (&result, sigpipe)
+            && self.listener.id_valid(id)
+        {
+            let _ = tgkill_sigpipe(tgid, tid);
+        }
+        let _ = match result {
+            Ok(v) => self.listener.succeed(id, v),
+            Err(e) => self.listener.fail(id, interrupt::answer_errno(e)),
+        };
     }
 
     /// Builds the network subject for an address; for unix paths resolves
@@ -1930,9 +1936,49 @@ impl Supervisor {
         // with the supervisor's own credentials.
         let sigpipe = (stream && flags & libc::MSG_NOSIGNAL == 0).then_some((task.tgid, n.tid));
         let (me, id, tgid, tid) = (self.clone(), n.id, task.tgid, n.tid);
+        // Most sends on a blocking socket find room at once: one message is
+        // tried here first with MSG_DONTWAIT, and a helper thread (~40 µs to
+        // start) waits only when it would block. A stream that took part of
+        // it has the rest sent by the helper, as the blocking send would
+        // (the fds went with the first part).
+        let mut already = 0i64;
+        if may_block && planned.len() == 1 {
+            let (addr, iov, fds, unix, sender) = &mut planned[0];
+            let dest = addr
+                .as_ref()
+                .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
+            let tried = with_creds(&as_sender.creds, &self.me, || {
+                let not_interruptible = None::<(i32, i32, fn() -> bool)>;
+                let flags = flags | libc::MSG_DONTWAIT;
+                send_named(
+                    &sock,
+                    iov,
+                    fds,
+                    sender,
+                    &mut naming,
+                    flags,
+                    dest,
+                    not_interruptible,
+                )
+            })
+            .and_then(|r| r);
+            let total: usize = iov.iter().map(Vec::len).sum();
+            match tried {
+                Err(Errno::EAGAIN) => {}
+                Ok(n) if stream && n > 0 && (n as usize) < total => {
+                    already = n;
+                    *iov = vec![iov.concat().split_off(n as usize)];
+                    fds.clear();
+                }
+                result => {
+                    self.answer(id, result, sigpipe);
+                    return Ok(());
+                }
+            }
+        }
         self.perform_then(n, &as_sender, may_block, sigpipe, false, move || {
             let mut sent = 0i64;
-            for (i, (addr, iov, fds, unix, sender)) in planned.iter().enumerate() {
+            for (i, (addr, iov, fds, unix, sender)) in planned.iter_mut().enumerate() {
                 let dest = addr
                     .as_ref()
                     .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
@@ -1940,26 +1986,27 @@ impl Supervisor {
                 if sender.is_some_and(|c| c.pid == tgid) && !me.listener.id_valid(id) {
                     return Err(Errno::ESRCH);
                 }
-                let mut sender = *sender;
-                let sent_now = loop {
-                    let send = || emulate::send(&sock, iov, fds, sender, flags, dest);
-                    // On its helper thread when blocking: a signal the tool
-                    // handles ends it (with the bytes sent so far, if any).
-                    let r = if may_block {
-                        let listener = me.listener.clone();
-                        let waits = move || listener.id_valid(id);
-                        interrupt::while_blocked(tgid, tid, waits, send)
-                    } else {
-                        send()
-                    };
-                    // Refused naming (nothing was sent): name less.
-                    match (&r, &sender) {
-                        (Err(Errno::EPERM), Some(c)) => match naming.refused(c) {
-                            Some(less) => sender = less,
-                            None => break r,
-                        },
-                        _ => break r,
-                    }
+                // On its helper thread when blocking: a signal the tool
+                // handles ends it (with the bytes sent so far, if any).
+                let interruptible = may_block.then(|| {
+                    let listener = me.listener.clone();
+                    (tgid, tid, move || listener.id_valid(id))
+                });
+                let sent_now = send_named(
+                    &sock,
+                    iov,
+                    fds,
+                    sender,
+                    &mut naming,
+                    flags,
+                    dest,
+                    interruptible,
+                );
+                // The part a first try sent counts, whatever became of the rest.
+                let sent_now = match sent_now {
+                    Ok(bytes) => Ok(already + bytes),
+                    Err(_) if already > 0 => Ok(already),
+                    Err(e) => Err(e),
                 };
                 match sent_now {
                     Ok(bytes) if is_mmsg => {
@@ -2337,6 +2384,37 @@ fn shebang(file: &OwnedFd) -> Result<Option<Interpreter>, Errno> {
         }
     }
     Ok(parse_shebang(&buf))
+}
+
+/// One message sent on `sock` with `sender` named in it, naming less where
+/// the kernel refuses it (nothing was sent then); `interruptible` on a
+/// helper thread: `(tgid, tid, waits)` of the caller, see
+/// [`interrupt::while_blocked`].
+#[allow(clippy::too_many_arguments)]
+fn send_named<W: Fn() -> bool + Send + Clone + 'static>(
+    sock: &OwnedFd,
+    iov: &[Vec<u8>],
+    fds: &[OwnedFd],
+    sender: &mut Option<libc::ucred>,
+    naming: &mut emulate::Naming,
+    flags: i32,
+    dest: Option<(&Address, Option<&[u8]>)>,
+    interruptible: Option<(i32, i32, W)>,
+) -> Result<i64, Errno> {
+    loop {
+        let send = || emulate::send(sock, iov, fds, *sender, flags, dest);
+        let r = match interruptible.clone() {
+            Some((tgid, tid, waits)) => interrupt::while_blocked(tgid, tid, waits, send),
+            None => send(),
+        };
+        match (&r, &*sender) {
+            (Err(Errno::EPERM), Some(c)) => match naming.refused(c) {
+                Some(less) => *sender = less,
+                None => return r,
+            },
+            _ => return r,
+        }
+    }
 }
 
 /// Our real, effective and saved uids and gids (`with_creds` changes only
