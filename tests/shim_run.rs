@@ -2639,12 +2639,22 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
          names('root')\n";
     let expected = "nobody own:self:65534:65534 init:err1 uid:err1 none:err22\n\
                     root own:self:0:0 init:init:0:0 uid:self:1234:0 none:err22\n";
+    same_natively_and_sandboxed(&env, naming, expected);
+}
+
+/// Runs a Python `script` natively (in a temp dir) and under cordon with an
+/// allow-all policy (in `env`'s workdir); both must print `expected`.
+fn same_natively_and_sandboxed(env: &Env, script: &str, expected: &str) {
+    let native_dir = tempfile::tempdir().unwrap();
     let native = Command::new("/usr/bin/python3")
-        .args(["-c", naming])
+        .args(["-c", script])
+        .current_dir(native_dir.path())
         .output()
         .unwrap();
     assert_eq!(assert_ok(&native), expected);
-    let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", naming]);
+    let allow_all = env.dir.path().join("allow-all.rego");
+    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", script]);
     assert_eq!(assert_ok(&out), expected);
 }
 
@@ -2661,9 +2671,6 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
 /// interrupted shows as "completed" or "failed" instead of hanging.
 #[test]
 fn a_signal_the_tool_handles_interrupts_a_blocking_call_made_for_it() {
-    let env = Env::new(&[]);
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
     let script = "import ctypes, os, signal, socket, threading, time\n\
          class Alarm(Exception): pass\n\
          def on_alarm(*_): raise Alarm()\n\
@@ -2722,15 +2729,7 @@ fn a_signal_the_tool_handles_interrupts_a_blocking_call_made_for_it() {
     let expected = "blocked completed\nfifo interrupted early\n\
                     send interrupted early\nconnect interrupted early\nrestarted completed\n\
                     whole 300000\n";
-    let native_dir = tempfile::tempdir().unwrap();
-    let native = Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .current_dir(native_dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(assert_ok(&native), expected);
-    let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", script]);
-    assert_eq!(assert_ok(&out), expected);
+    same_natively_and_sandboxed(&Env::new(&[]), script, expected);
 }
 
 /// A connector is a copy of the supervisor: under an allow-all policy the
