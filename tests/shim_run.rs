@@ -2642,6 +2642,62 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
     same_natively_and_sandboxed(&env, naming, expected);
 }
 
+/// Sends made for the tool answer as the kernel's own: a blocking `sendmmsg`
+/// of one message counts messages and fills in its `msg_len`; an `EPERM`
+/// that is not about credentials (a receiver connected to another peer)
+/// changes nothing in how later sends name the tool; a send interrupted on
+/// a socket with a send timeout is `EINTR` even under an `SA_RESTART`
+/// handler (the kernel restarts only untimed calls). ctypes, which neither
+/// retries on `EINTR` nor hides `msg_len`. The same natively and under
+/// cordon (found by review: each was otherwise).
+#[test]
+fn sends_made_for_the_tool_answer_as_the_kernels_own() {
+    let script = "import ctypes, os, signal, socket, struct, threading, time\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         class iovec(ctypes.Structure): _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n\
+         class msghdr(ctypes.Structure): _fields_ = [('name', ctypes.c_void_p), ('namelen', ctypes.c_uint32), ('iov', ctypes.POINTER(iovec)), ('iovlen', ctypes.c_size_t), ('control', ctypes.c_void_p), ('controllen', ctypes.c_size_t), ('flags', ctypes.c_int)]\n\
+         class mmsghdr(ctypes.Structure): _fields_ = [('hdr', msghdr), ('len', ctypes.c_uint)]\n\
+         def message(data):\n    \
+         buf = ctypes.create_string_buffer(data, len(data))\n    \
+         m = mmsghdr(); m.hdr.iov = ctypes.pointer(iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))); m.hdr.iovlen = 1\n    \
+         m.keep = buf\n    \
+         return m\n\
+         def seen(r):\n    \
+         _, anc, _, _ = r.recvmsg(16, socket.CMSG_SPACE(12))\n    \
+         pid = struct.unpack('iII', anc[0][2])[0]\n    \
+         return 'self' if pid == os.getpid() else 'other'\n\
+         # sendmmsg of one message on a blocking socket counts messages\n\
+         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         m = message(b'hello')\n\
+         print('sendmmsg', libc.sendmmsg(a.fileno(), ctypes.byref(m), 1, 0), m.len, flush=True)\n\
+         # EPERM from a receiver connected elsewhere; naming still works after\n\
+         r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); r.bind('p')\n\
+         q = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); q.bind('q'); r.connect('q')\n\
+         try: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'x', 'p'); print('sent')\n\
+         except OSError as e: print('connected elsewhere', e.errno, flush=True)\n\
+         b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1); b.recv(16)\n\
+         a.sendmsg([b'x']); print('named', seen(b), flush=True)\n\
+         # a send timeout makes an interrupted send EINTR, whatever the handler\n\
+         signal.signal(signal.SIGUSR1, lambda *_: None); signal.siginterrupt(signal.SIGUSR1, False)\n\
+         a, b = socket.socketpair()\n\
+         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack('ll', 5, 0))\n\
+         a.setblocking(False)\n\
+         try:\n    \
+         while True: a.send(b'x' * 65536)\n\
+         except BlockingIOError: pass\n\
+         a.setblocking(True)\n\
+         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack('ll', 5, 0))\n\
+         threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()\n\
+         m = message(b'y' * 1000)\n\
+         r = libc.sendmsg(a.fileno(), ctypes.byref(m.hdr), 0)\n\
+         print('timed send', r, ctypes.get_errno() if r < 0 else '', flush=True)\n";
+    same_natively_and_sandboxed(
+        &Env::new(&[]),
+        script,
+        "sendmmsg 1 5\nconnected elsewhere 1\nnamed self\ntimed send -1 4\n",
+    );
+}
+
 /// Runs a Python `script` natively (in a temp dir) and under cordon with an
 /// allow-all policy (in `env`'s workdir); both must print `expected`.
 fn same_natively_and_sandboxed(env: &Env, script: &str, expected: &str) {

@@ -458,6 +458,13 @@ pub fn is_unix(sock: &OwnedFd) -> bool {
         .is_ok_and(|a| a.as_unix_addr().is_some())
 }
 
+/// Whether a socket we duplicated has a send timeout (`SO_SNDTIMEO`, which
+/// bounds its sends and connects).
+pub fn has_send_timeout(sock: &OwnedFd) -> bool {
+    socket::getsockopt(sock, socket::sockopt::SendTimeout)
+        .is_ok_and(|t| t.tv_sec() != 0 || t.tv_usec() != 0)
+}
+
 /// `SO_TYPE` of a socket we duplicated.
 pub fn socket_type(sock: &OwnedFd) -> Result<i32, Errno> {
     socket::getsockopt(sock, socket::sockopt::SockType).map(|t| t as i32)
@@ -705,22 +712,47 @@ impl Naming {
         naming_needs(c, self.tgid, self.uids, self.gids).unwrap_or(0)
     }
 
-    /// The kernel refused `sent` with `EPERM` although our capabilities
-    /// allowed it: remember what it refuses (a pid first), and say what to
-    /// send instead, if anything is left to try.
-    pub fn refused(&mut self, sent: &libc::ucred) -> Option<Option<libc::ucred>> {
+    /// What to send instead of `sent`, which the kernel refused with
+    /// `EPERM`, in case our capabilities were not what it asks (a user
+    /// namespace that does not own the pid namespace, an LSM): with our
+    /// own pid if it named another, else with no credentials if it named
+    /// ids not ours. `None`: nothing less to try (the `EPERM` was about
+    /// something else). Nothing is remembered until [`Naming::learn`].
+    pub fn less(&self, sent: &libc::ucred) -> Option<(Option<libc::ucred>, Refused)> {
         if sent.pid != self.tgid && self.pids {
-            PIDS_REFUSED.store(true, Ordering::Relaxed);
-            self.pids = false;
-            return Some(self.adapt(*sent));
+            let mut less = *self;
+            less.pids = false;
+            return Some((less.adapt(*sent), Refused::Pids));
         }
-        if self.uid || self.gid {
-            IDS_REFUSED.store(true, Ordering::Relaxed);
-            (self.uid, self.gid) = (false, false);
-            return Some(None);
+        let needs = self.needs(sent);
+        if needs & (CAP_SETUID | CAP_SETGID) != 0 {
+            return Some((None, Refused::Ids));
         }
         None
     }
+
+    /// The send with less went through where the fuller one was refused:
+    /// from now on this process names less (every sandbox in it: the
+    /// refusal comes from what the process is, not from the tool).
+    pub fn learn(&mut self, refused: Refused) {
+        match refused {
+            Refused::Pids => {
+                PIDS_REFUSED.store(true, Ordering::Relaxed);
+                self.pids = false;
+            }
+            Refused::Ids => {
+                IDS_REFUSED.store(true, Ordering::Relaxed);
+                (self.uid, self.gid) = (false, false);
+            }
+        }
+    }
+}
+
+/// What the kernel refused us to name, found by [`Naming::less`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Pids,
+    Ids,
 }
 
 /// The capabilities a sender with `tgid`, ids `uids` and `gids` (real,

@@ -112,13 +112,16 @@ pub fn start() {
 /// Runs `call`, a blocking call made on this (helper) thread for thread
 /// `tid` of process `tgid`, so that a signal that thread handles interrupts
 /// it; `waits` says whether the caller still waits for the answer. An
-/// `EINTR` from our signal comes back as `ERESTART` (see [`answer_errno`]).
+/// `EINTR` from our signal comes back as `ERESTART` (see [`answer_errno`])
+/// if `restartable`: not for a socket with a send timeout, whose calls the
+/// kernel ends with `EINTR` whatever the handler (`sock_intr_errno`).
 /// Only on a thread of our own that makes nothing but this call while
 /// registered: the signal may end any blocking call it makes meanwhile.
 pub fn while_blocked<T>(
     tgid: i32,
     tid: i32,
     waits: impl Fn() -> bool + Send + 'static,
+    restartable: bool,
     call: impl FnOnce() -> Result<T, nix::errno::Errno>,
 ) -> Result<T, nix::errno::Errno> {
     if !WATCHER.is_completed() || !*HANDLER || sys::unblock_interrupt_signal().is_err() {
@@ -160,7 +163,7 @@ pub fn while_blocked<T>(
     let fired = registry().waiting.get(&done.0).is_some_and(|w| w.fired);
     drop(done);
     match result {
-        Err(nix::errno::Errno::EINTR) if fired => Err(nix::errno::Errno::ERESTART),
+        Err(nix::errno::Errno::EINTR) if fired && restartable => Err(nix::errno::Errno::ERESTART),
         other => other,
     }
 }

@@ -511,6 +511,16 @@ impl Supervisor {
 
     /// Runs `work` (which answers notification `id`) on a helper thread.
     fn spawn_helper(self: &Arc<Self>, id: u64, work: impl FnOnce() + Send + 'static) {
+        self.spawn_helper_or(id, Err(Errno::EAGAIN), work)
+    }
+
+    /// [`Self::spawn_helper`], answering `busy` when no helper can start.
+    fn spawn_helper_or(
+        self: &Arc<Self>,
+        id: u64,
+        busy: Result<i64, Errno>,
+        work: impl FnOnce() + Send + 'static,
+    ) {
         use std::sync::atomic::Ordering;
         if self.helpers.fetch_add(1, Ordering::SeqCst) >= MAX_HELPERS {
             self.helpers.fetch_sub(1, Ordering::SeqCst);
@@ -519,7 +529,7 @@ impl Supervisor {
                     .entry("helper threads exhausted".into())
                     .or_default() += 1
             });
-            let _ = self.listener.fail(id, libc::EAGAIN);
+            self.answer(id, busy, None);
             return;
         }
         let me = self.clone();
@@ -535,7 +545,7 @@ impl Supervisor {
             });
         if spawned.is_err() {
             self.helpers.fetch_sub(1, Ordering::SeqCst);
-            let _ = self.listener.fail(id, libc::EAGAIN);
+            self.answer(id, busy, None);
         }
     }
 
@@ -1238,7 +1248,7 @@ impl Supervisor {
                     // On its helper thread: a signal the tool handles ends it.
                     if blocking_fifo {
                         let waits = move || listener.id_valid(id);
-                        interrupt::while_blocked(tgid, tid, waits, call)
+                        interrupt::while_blocked(tgid, tid, waits, true, call)
                     } else {
                         call()
                     }
@@ -1571,7 +1581,8 @@ impl Supervisor {
                 libc::SYS_connect if may_block => {
                     let listener = me.listener.clone();
                     let waits = move || listener.id_valid(id);
-                    interrupt::while_blocked(tgid, tid, waits, || {
+                    let restartable = !emulate::has_send_timeout(&sock);
+                    interrupt::while_blocked(tgid, tid, waits, restartable, || {
                         emulate::connect(&sock, &addr, unix)
                     })
                 }
@@ -1940,15 +1951,20 @@ impl Supervisor {
         // tried here first with MSG_DONTWAIT, and a helper thread (~40 µs to
         // start) waits only when it would block. A stream that took part of
         // it has the rest sent by the helper, as the blocking send would
-        // (the fds went with the first part).
+        // (the fds went with the first part). Not urgent data: the kernel
+        // marks the last byte of each send, and a split would mark two.
         let mut already = 0i64;
-        if may_block && planned.len() == 1 {
+        let oob = stream && flags & libc::MSG_OOB != 0;
+        if may_block && planned.len() == 1 && !is_mmsg && !oob {
             let (addr, iov, fds, unix, sender) = &mut planned[0];
+            if sender.is_some_and(|c| c.pid == tgid) && !self.listener.id_valid(id) {
+                return Err(Errno::ESRCH);
+            }
             let dest = addr
                 .as_ref()
                 .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
             let tried = with_creds(&as_sender.creds, &self.me, || {
-                let not_interruptible = None::<(i32, i32, fn() -> bool)>;
+                let not_interruptible = None::<(i32, i32, fn() -> bool, bool)>;
                 let flags = flags | libc::MSG_DONTWAIT;
                 send_named(
                     &sock,
@@ -1976,7 +1992,8 @@ impl Supervisor {
                 }
             }
         }
-        self.perform_then(n, &as_sender, may_block, sigpipe, false, move || {
+        let restartable = !emulate::has_send_timeout(&sock);
+        let op = move || {
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix, sender)) in planned.iter_mut().enumerate() {
                 let dest = addr
@@ -1990,7 +2007,7 @@ impl Supervisor {
                 // handles ends it (with the bytes sent so far, if any).
                 let interruptible = may_block.then(|| {
                     let listener = me.listener.clone();
-                    (tgid, tid, move || listener.id_valid(id))
+                    (tgid, tid, move || listener.id_valid(id), restartable)
                 });
                 let sent_now = send_named(
                     &sock,
@@ -2031,7 +2048,24 @@ impl Supervisor {
                 }
             }
             Ok(sent)
-        });
+        };
+        // As `perform_then` (no backstop for sends); a helper that cannot
+        // start leaves the part a first try sent as the answer.
+        let (me, creds) = (self.clone(), as_sender.creds);
+        let run = move || {
+            let result = with_creds(&creds, &me.me, op).and_then(|r| r);
+            me.answer(id, result, sigpipe);
+        };
+        if may_block {
+            let busy = if already > 0 {
+                Ok(already)
+            } else {
+                Err(Errno::EAGAIN)
+            };
+            self.spawn_helper_or(id, busy, run);
+        } else {
+            run();
+        }
         Ok(())
     }
 
@@ -2388,7 +2422,7 @@ fn shebang(file: &OwnedFd) -> Result<Option<Interpreter>, Errno> {
 
 /// One message sent on `sock` with `sender` named in it, naming less where
 /// the kernel refuses it (nothing was sent then); `interruptible` on a
-/// helper thread: `(tgid, tid, waits)` of the caller, see
+/// helper thread: `(tgid, tid, waits, restartable)` of the caller, see
 /// [`interrupt::while_blocked`].
 #[allow(clippy::too_many_arguments)]
 fn send_named<W: Fn() -> bool + Send + Clone + 'static>(
@@ -2399,20 +2433,36 @@ fn send_named<W: Fn() -> bool + Send + Clone + 'static>(
     naming: &mut emulate::Naming,
     flags: i32,
     dest: Option<(&Address, Option<&[u8]>)>,
-    interruptible: Option<(i32, i32, W)>,
+    interruptible: Option<(i32, i32, W, bool)>,
 ) -> Result<i64, Errno> {
+    // What an earlier message's refusal taught us.
+    *sender = sender.and_then(|c| naming.adapt(c));
+    let mut learned = None;
     loop {
         let send = || emulate::send(sock, iov, fds, *sender, flags, dest);
         let r = match interruptible.clone() {
-            Some((tgid, tid, waits)) => interrupt::while_blocked(tgid, tid, waits, send),
+            Some((tgid, tid, waits, restartable)) => {
+                interrupt::while_blocked(tgid, tid, waits, restartable, send)
+            }
             None => send(),
         };
         match (&r, &*sender) {
-            (Err(Errno::EPERM), Some(c)) => match naming.refused(c) {
-                Some(less) => *sender = less,
+            (Err(Errno::EPERM), Some(c)) => match naming.less(c) {
+                Some((less, refused)) => {
+                    *sender = less;
+                    learned = Some(refused);
+                }
                 None => return r,
             },
-            _ => return r,
+            _ => {
+                // Remembered only once naming less got through: an EPERM
+                // about something else (a peer connected elsewhere, an
+                // LSM) must not take naming away from every later send.
+                if let (Ok(_), Some(refused)) = (&r, learned) {
+                    naming.learn(refused);
+                }
+                return r;
+            }
         }
     }
 }
