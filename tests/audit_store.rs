@@ -641,7 +641,9 @@ async fn a_reload_does_not_wait_behind_verifications() {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
     decide_reads(&s, 1500).await;
-    const VERIFIES: usize = 30;
+    // Enough walks queued that they cannot all end before the reload is
+    // asked for, however fast the build.
+    const VERIFIES: usize = 40;
     let done = Arc::new(AtomicUsize::new(0));
     let mut verifies = Vec::new();
     for _ in 0..VERIFIES {
@@ -654,7 +656,7 @@ async fn a_reload_does_not_wait_behind_verifications() {
         }));
     }
     // Let them queue.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let mut c = s.client().await;
     c.reload_policy(ReloadPolicyRequest {}).await.unwrap();
     let when = done.load(SeqCst);

@@ -117,6 +117,14 @@ fn policy_test_runs_the_shipped_tests_and_reports_failures_with_their_inputs() {
     let (code, _, err) = run_cordon(&["policy", "test", path_str(empty.path())]);
     assert_eq!(code, 1);
     assert!(err.contains("no test_ rules found"), "{err}");
+
+    // A path that is not there is an error (2), not a failed test or check.
+    let missing = empty.path().join("missing");
+    for verb in ["test", "check"] {
+        let (code, _, err) = run_cordon(&["policy", verb, path_str(&missing)]);
+        assert_eq!(code, 2, "{verb}: {err}");
+        assert!(err.contains("does not exist"), "{verb}: {err}");
+    }
 }
 
 #[test]

@@ -2698,6 +2698,30 @@ fn sends_made_for_the_tool_answer_as_the_kernels_own() {
     );
 }
 
+/// A signal sent to the process while its main thread blocks it goes to
+/// another thread: a blocking call made for that thread ends with `EINTR`
+/// (its handler has no `SA_RESTART`), as natively.
+#[test]
+fn a_signal_the_main_thread_blocks_interrupts_another_threads_call() {
+    let script = "import ctypes, os, signal, threading\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         signal.signal(signal.SIGUSR2, lambda *_: None)\n\
+         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])\n\
+         os.mkfifo('w')\n\
+         out = []\n\
+         def worker():\n    \
+         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR2])\n    \
+         r = libc.open(b'w', os.O_WRONLY)\n    \
+         out.append(ctypes.get_errno() if r < 0 else 'completed')\n\
+         t = threading.Thread(target=worker)\n\
+         t.start()\n\
+         threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGUSR2)).start()\n\
+         threading.Timer(1.5, lambda: os.close(os.open('w', os.O_RDONLY | os.O_NONBLOCK))).start()\n\
+         t.join()\n\
+         print('worker', out[0])\n";
+    same_natively_and_sandboxed(&Env::new(&[]), script, "worker 4\n");
+}
+
 /// Runs a Python `script` natively (in a temp dir) and under cordon with an
 /// allow-all policy (in `env`'s workdir); both must print `expected`.
 fn same_natively_and_sandboxed(env: &Env, script: &str, expected: &str) {

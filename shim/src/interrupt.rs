@@ -16,10 +16,11 @@
 //! the call if the handler has `SA_RESTART` (a new notification), or makes it
 //! `EINTR`.
 //!
-//! A signal sent to the whole process counts only for its main thread,
-//! which the kernel picks first when it does not block the signal. When the
-//! kernel gave it to another thread that waits in a call made for it, that
-//! call goes on where natively it would end.
+//! A signal sent to the whole process counts for its main thread, which the
+//! kernel picks first, and for another thread when the main thread blocks
+//! it. When the kernel gave it to another thread for another reason (the
+//! main thread busy with a signal already), a call made for that thread
+//! goes on where natively it would end.
 //!
 //! The watcher also frees a helper whose caller no longer waits (the tool
 //! was killed while a FIFO open waited for a writer): its call is
@@ -206,10 +207,27 @@ fn watch() {
 /// and has a handler for (its own, or the process's if it is the main
 /// thread). Unreadable (it exited): no.
 fn interrupts(tgid: i32, tid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status"))
-        .ok()
-        .and_then(|s| SignalMasks::parse(&s))
-        .is_some_and(|m| m.interrupts(tid == tgid))
+    let masks = |t: i32| {
+        std::fs::read_to_string(format!("/proc/{tgid}/task/{t}/status"))
+            .ok()
+            .and_then(|s| SignalMasks::parse(&s))
+    };
+    let Some(m) = masks(tid) else {
+        return false;
+    };
+    if m.interrupts(tid == tgid) {
+        return true;
+    }
+    // A signal to the process that the main thread blocks goes to another.
+    tid != tgid
+        && m.shared_pending != 0
+        && masks(tgid).is_some_and(|main| {
+            SignalMasks {
+                shared_pending: m.shared_pending & main.blocked,
+                ..m
+            }
+            .interrupts(true)
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -349,7 +349,9 @@ impl Supervisor {
             opener,
             receiving: Mutex::new(()),
             connectors: {
-                // On the host's thread, as the connectors' spawner.
+                // On the thread that makes the supervisor, before any helper
+                // (whose Landlock domain and credentials a new thread would
+                // inherit), as the connectors' spawner.
                 interrupt::start();
                 Connectors::new()
             },

@@ -72,9 +72,9 @@ pub enum SpawnError {
 /// A sandbox definition: who decides, and what the policy is told about it.
 ///
 /// In the host process, the supervisor uses `SIGRTMAX-1` (a handler that
-/// does nothing, installed when a tool's blocking call is first made for
-/// it) to interrupt its own helper threads when the tool's handled signals
-/// would interrupt the call. A host with its own disposition for that
+/// does nothing, installed when the first supervisor starts) to interrupt
+/// its own helper threads when the tool's handled signals would interrupt
+/// the call. A host with its own disposition for that
 /// signal keeps it, and the tool's blocking calls are then not interrupted.
 ///
 /// ```no_run

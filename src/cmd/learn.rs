@@ -494,7 +494,8 @@ read_only if {
 
 # The path this call names, and the names a learned entry for it may have:
 # the path itself, and the path with this sandbox's working directory or temp
-# dir, or the caller's /proc/PID, written as the prefix expand() replaces.
+# dir, or the caller's /proc/PID, written as the prefix expand() replaces
+# (trim_prefix, not a count of characters: regorus counts UTF-16 units).
 # Looked up in the learned lists, rather than each entry expanded: a run of
 # thousands of files costs a scan, not thousands of calls, per decision.
 subject_path := input.file.path if input.kind == "file"
@@ -508,17 +509,17 @@ subject_path := input.network.path if {
 
 names contains subject_path
 
-names contains concat("", ["$WORKDIR", substring(subject_path, count(input.sandbox.workdir), -1)]) if {
+names contains concat("", ["$WORKDIR", trim_prefix(subject_path, input.sandbox.workdir)]) if {
 	input.sandbox.workdir != ""
 	startswith(subject_path, input.sandbox.workdir)
 }
 
-names contains concat("", ["$TMPDIR", substring(subject_path, count(input.sandbox.tmpdir), -1)]) if {
+names contains concat("", ["$TMPDIR", trim_prefix(subject_path, input.sandbox.tmpdir)]) if {
 	input.sandbox.tmpdir != ""
 	startswith(subject_path, input.sandbox.tmpdir)
 }
 
-names contains concat("", ["/proc/$PID", substring(subject_path, count(proc), -1)]) if {
+names contains concat("", ["/proc/$PID", trim_prefix(subject_path, proc)]) if {
 	proc := sprintf("/proc/%d", [input.process.pid])
 	startswith(subject_path, proc)
 }
@@ -796,6 +797,35 @@ mod tests {
         .unwrap();
         assert!(report.ok());
         assert_eq!(report.passed(), paths.len());
+    }
+
+    /// The learned names of a path are exact whatever the sandbox's
+    /// directories are called: one with a character outside the Basic
+    /// Multilingual Plane (two UTF-16 units) gets its own files, not its
+    /// sibling's.
+    #[test]
+    fn learned_names_hold_for_any_directory_name() {
+        let mut learned = Learned::default();
+        learned.read_files.insert("$WORKDIR/secret".into());
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path(), &learned, "t", "s").unwrap();
+        let policy = cordon_broker::policy::LoadedPolicy::load(
+            &cordon_broker::policy::PolicySource::Paths(vec![dir.path().into()]),
+            &Default::default(),
+        )
+        .unwrap();
+        let read = |path: &str| {
+            let input = json!({
+                "kind": "file",
+                "syscall": "openat",
+                "file": {"path": path, "access": ["read"], "create": false, "truncate": false, "flags": []},
+                "process": {"pid": 7, "ppid": 1, "uid": 0, "gid": 0, "comm": "t", "exe": "/bin/t", "cwd": "/"},
+                "sandbox": {"id": "s", "labels": {}, "workdir": "/w\u{1F600}", "tmpdir": "/tmp/s"},
+            });
+            policy.evaluate(&input).allow
+        };
+        assert!(read("/w\u{1F600}/secret"));
+        assert!(!read("/w\u{1F600}x/secret"));
     }
 
     #[test]

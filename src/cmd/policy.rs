@@ -230,6 +230,9 @@ fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
                 ExitCode::from(crate::EXIT_NEGATIVE)
             })
         }
+        // A path that is not there or cannot be read is no answer (2); a
+        // policy that does not compile is the check's answer (1).
+        Err(e) if unreadable(&e) => Err(e.into()),
         Err(e) => {
             match format {
                 EvalFormat::Json => println!(
@@ -241,6 +244,16 @@ fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(crate::EXIT_NEGATIVE))
         }
     }
+}
+
+/// A policy path that is missing or unreadable: an error, not a failed
+/// check or test.
+fn unreadable(e: &cordon_broker::policy::PolicyError) -> bool {
+    matches!(
+        e,
+        cordon_broker::policy::PolicyError::NotFound { .. }
+            | cordon_broker::policy::PolicyError::Io { .. }
+    )
 }
 
 fn test(
@@ -263,6 +276,7 @@ fn test(
     };
     let report = match testing::run(&paths, &opts) {
         Ok(r) => r,
+        Err(e) if unreadable(&e) => return Err(e.into()),
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::from(crate::EXIT_NEGATIVE));
