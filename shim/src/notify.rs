@@ -93,6 +93,10 @@ pub struct Supervisor {
     decider: Arc<dyn Decider>,
     sandbox: Sandbox,
     me: Creds,
+    /// Our real, effective and saved uids and gids, read once: what we may
+    /// name as ourselves in `SCM_CREDENTIALS` (`with_creds` changes only fs
+    /// ids, and nothing else changes ours).
+    own_ids: Option<([u32; 3], [u32; 3])>,
     /// Unix sockets the tool must never reach: brokers'.
     broker_sockets: Vec<BrokerSocket>,
     exec: ExecVerifier,
@@ -331,6 +335,7 @@ impl Supervisor {
             decider,
             sandbox,
             me: Creds::of_thread(),
+            own_ids: own_ids(),
             broker_sockets: broker_sockets
                 .into_iter()
                 .map(|path| BrokerSocket {
@@ -1916,7 +1921,7 @@ impl Supervisor {
         // model). What we may not name falls back to our pid with the
         // tool's ids, then to nothing (the kernel names us).
         let passes_fds = planned.iter().any(|p| !p.2.is_empty());
-        let mut naming = match own_ids() {
+        let mut naming = match self.own_ids {
             Some(ids) => emulate::Naming::new(
                 std::process::id() as i32,
                 ids,
@@ -1926,11 +1931,11 @@ impl Supervisor {
             ),
             None => emulate::Naming::new(0, ([u32::MAX; 3], [u32::MAX; 3]), 0, 0, true),
         };
-        let mut as_sender = task.clone();
+        let mut send_creds = task.creds.clone();
         for p in &mut planned {
             p.4 = p.4.and_then(|w| naming.adapt(w));
             if let Some(c) = &p.4 {
-                as_sender.creds.cap_eff |= naming.needs(c);
+                send_creds.cap_eff |= naming.needs(c);
             }
         }
         let is_mmsg = n.nr == libc::SYS_sendmmsg;
@@ -1965,7 +1970,7 @@ impl Supervisor {
             let dest = addr
                 .as_ref()
                 .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
-            let tried = with_creds(&as_sender.creds, &self.me, || {
+            let tried = with_creds(&send_creds, &self.me, || {
                 let not_interruptible = None::<(i32, i32, fn() -> bool, bool)>;
                 let flags = flags | libc::MSG_DONTWAIT;
                 send_named(
@@ -1994,7 +1999,8 @@ impl Supervisor {
                 }
             }
         }
-        let restartable = !emulate::has_send_timeout(&sock);
+        // Only a blocking send can be interrupted (one getsockopt less else).
+        let restartable = may_block && !emulate::has_send_timeout(&sock);
         let op = move || {
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix, sender)) in planned.iter_mut().enumerate() {
@@ -2053,7 +2059,7 @@ impl Supervisor {
         };
         // As `perform_then` (no backstop for sends); a helper that cannot
         // start leaves the part a first try sent as the answer.
-        let (me, creds) = (self.clone(), as_sender.creds);
+        let (me, creds) = (self.clone(), send_creds);
         let run = move || {
             let result = with_creds(&creds, &me.me, op).and_then(|r| r);
             me.answer(id, result, sigpipe);
