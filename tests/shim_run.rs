@@ -116,6 +116,13 @@ impl Env {
     }
 
     /// `cordon run` with `policy` alone instead of the default set.
+    /// A policy that allows everything, in the env's directory.
+    fn allow_all(&self) -> PathBuf {
+        let path = self.dir.path().join("allow-all.rego");
+        std::fs::write(&path, "package cordon\nallow := true\n").unwrap();
+        path
+    }
+
     fn run_with_policy(&self, policy: &Path, tool: &[&str]) -> Output {
         cordon()
             .args(["run", "--audit-db"])
@@ -2404,8 +2411,7 @@ fn a_broker_at_any_path_refuses_what_the_tool_connects() {
 #[test]
 fn a_unix_socket_the_tools_credentials_cannot_reach_stays_closed() {
     let env = Env::new(&[]);
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let allow_all = env.allow_all();
     // In a directory nobody can search: the connect, not the lookup, is
     // what the socket's mode refuses.
     let open_dir = tempfile::tempdir_in("/tmp").unwrap();
@@ -2454,8 +2460,7 @@ fn a_unix_socket_the_tools_credentials_cannot_reach_stays_closed() {
 #[test]
 fn a_unix_listener_sees_the_tools_own_uid() {
     let env = Env::new(&[]);
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let allow_all = env.allow_all();
     // Where nobody can reach the socket too, and keep a store.
     let open_dir = tempfile::tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -2491,18 +2496,7 @@ fn a_unix_listener_sees_the_tools_own_uid() {
         "import socket\nfor _ in range(2): socket.socket(socket.AF_UNIX).connect('{}')\nprint('done')\n",
         sock.display()
     );
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_cordon"))
-        .args(["run", "--audit-db"])
-        .arg(open_dir.path().join("audit"))
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--", "/usr/bin/python3", "-c", &twice])
-        .env("TMPDIR", open_dir.path())
-        .current_dir(open_dir.path())
-        .output()
-        .unwrap();
+    let out = python_under_cordon_as_nobody(open_dir.path(), &policy, &twice);
     assert_eq!(assert_ok(&out), "done\n");
     std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let seen = seen.join().unwrap();
@@ -2524,8 +2518,7 @@ fn a_unix_listener_sees_the_tools_own_uid() {
 #[test]
 fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
     let env = Env::new(&[]);
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let allow_all = env.allow_all();
     let open_dir = tempfile::tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     // Per message: a socketpair of each type (`sendmsg` without an
@@ -2593,19 +2586,11 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
     // cordon itself as nobody.
     let policy = open_dir.path().join("allow.rego");
     std::fs::copy(&allow_all, &policy).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_cordon"))
-        .args(["run", "--audit-db"])
-        .arg(open_dir.path().join("audit"))
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--", "/usr/bin/python3", "-c"])
-        .arg(format!("{check}check('unprivileged')\n"))
-        .env("TMPDIR", open_dir.path())
-        .current_dir(open_dir.path())
-        .output()
-        .unwrap();
+    let out = python_under_cordon_as_nobody(
+        open_dir.path(),
+        &policy,
+        &format!("{check}check('unprivileged')\n"),
+    );
     assert_eq!(
         assert_ok(&out),
         each("unprivileged", "other:65534:65534", "other:65534:65534")
@@ -2722,6 +2707,23 @@ fn a_signal_the_main_thread_blocks_interrupts_another_threads_call() {
     same_natively_and_sandboxed(&Env::new(&[]), script, "worker 4\n");
 }
 
+/// `cordon run` itself as nobody, in `dir` (which nobody may write: its
+/// store and temp dir go there), running a Python `script` under `policy`.
+fn python_under_cordon_as_nobody(dir: &Path, policy: &Path, script: &str) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(dir.join("audit"))
+        .arg("--policy")
+        .arg(policy)
+        .args(["--", "/usr/bin/python3", "-c", script])
+        .env("TMPDIR", dir)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 /// Runs a Python `script` natively (in a temp dir) and under cordon with an
 /// allow-all policy (in `env`'s workdir); both must print `expected`.
 fn same_natively_and_sandboxed(env: &Env, script: &str, expected: &str) {
@@ -2732,8 +2734,7 @@ fn same_natively_and_sandboxed(env: &Env, script: &str, expected: &str) {
         .output()
         .unwrap();
     assert_eq!(assert_ok(&native), expected);
-    let allow_all = env.dir.path().join("allow-all.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let allow_all = env.allow_all();
     let out = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", script]);
     assert_eq!(assert_ok(&out), expected);
 }
@@ -2878,8 +2879,7 @@ fn with_a_connector(
     PathBuf,
     std::os::unix::net::UnixListener,
 ) {
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let allow_all = env.allow_all();
     let sock = env.dir.path().join("s.sock");
     // Never accepted: the backlog holds the connects.
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
@@ -3194,8 +3194,7 @@ fn killing_the_supervisor_makes_brokered_calls_fail() {
 #[test]
 fn the_tool_never_gets_more_than_its_own_credentials() {
     let env = Env::new(&[]);
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let allow_all = env.allow_all();
     // Root supervisor, tool that dropped to nobody: the policy allows the
     // read, the supervisor opens with the tool's credentials, the kernel says no.
     let out = env.run_with_policy(
@@ -3332,8 +3331,7 @@ fn the_tool_never_gets_more_than_its_own_credentials() {
 #[test]
 fn no_route_reaches_the_supervisors_own_fds() {
     let env = Env::new(&[]);
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let allow_all = env.allow_all();
     let script = "import os\n\
 os.symlink('/proc/self/fd', 'selffd')\n\
 reached = []\n\
@@ -3364,8 +3362,7 @@ print('\\n'.join(reached))\n";
 fn credential_changes_inside_a_running_tool_are_seen_at_the_next_call() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new(&[]);
-    let allow_all = env.dir.path().join("allow.rego");
-    std::fs::write(&allow_all, "package cordon\nallow := true\n").unwrap();
+    let allow_all = env.allow_all();
     // Readable by root only through CAP_DAC_OVERRIDE.
     let locked = env.work.join("locked.txt");
     std::fs::write(&locked, "locked").unwrap();
