@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+mod first_open;
 mod page;
 pub use page::tamper;
 
@@ -670,15 +671,14 @@ impl SledAudit {
             path: dir.display().to_string(),
             source,
         };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             // An append-only log read by scans: sled's default 1 GiB page cache
             // only grew the broker (506 MiB RSS after the scale benchmark).
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(open_err)?;
+            .cache_capacity(64 << 20);
+        let db = first_open::open(&config).map_err(open_err)?;
         let records = db.open_tree("records").map_err(open_err)?;
         let index = db.open_tree("index").map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
