@@ -214,7 +214,7 @@ impl Sandbox {
     /// fails with `EALREADY` (os error 114) before the tool runs.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
         proc_is_ours()?;
-        let program = Arc::new(filter::build()?);
+        let program = filter::program()?;
         tracing::debug!("filter built");
         // The policy's backstop unless the caller gave one; an error asking
         // for it fails the start (a backstop the policy wants is not optional).

@@ -209,6 +209,9 @@ fn embedded(args: &RunArgs) -> anyhow::Result<Embedded> {
     let db = args.audit_db.clone();
     let audit = std::thread::spawn(move || super::open_audit(db.as_ref(), durability));
     let policy = super::load_policy(&args.policy, args.eval_timeout, false, args.decision_memo);
+    // The store's open usually takes longer: build the tool's filter
+    // meanwhile (an error is the spawn's to report).
+    let _ = cordon_shim::filter::program();
     let audit = audit
         .join()
         .map_err(|_| anyhow::anyhow!("opening the audit store panicked"))??;
