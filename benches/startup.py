@@ -4,10 +4,11 @@
 usage: benches/startup.py ROUNDS COMMAND [COMMAND ...]
 
 Each COMMAND is one argument, split on spaces; leading NAME=VALUE words are
-set in its environment. Each round runs every command 15 times in turn
-(rounds alternate the commands, so a noisy minute hits them all) and keeps
+set in its environment. Each round runs each command 15 times, one command
+after the other (so a noisy minute hits every command of a round), and keeps
 the median of the 15; the figure printed is the median of the round medians,
-then each round's. Compare builds by giving each its own command:
+then each round's. A command that fails stops the run. Compare builds by
+giving each its own command:
 
   benches/startup.py 5 "/bin/true" \\
       "./cordon-old audit --db st --limit 1" "./cordon-new audit --db st --limit 1"
@@ -36,7 +37,7 @@ def main():
             times = []
             for _ in range(PER_ROUND):
                 start = time.perf_counter()
-                subprocess.run(words, env=env, stdout=subprocess.DEVNULL, check=False)
+                subprocess.run(words, env=env, stdout=subprocess.DEVNULL, check=True)
                 times.append(time.perf_counter() - start)
             medians[command].append(statistics.median(times) * 1000)
     for command in commands:

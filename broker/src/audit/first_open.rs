@@ -11,38 +11,53 @@
 //! - real-time (`SCHED_FIFO`, priority 1) where this process may, for at
 //!   most [`REAL_TIME_FOR`] (a long recovery must not hold a CPU against
 //!   everything else), then a fair thread like the next;
-//! - otherwise a fair thread with the shortest slice (0.1 ms, EEVDF since
-//!   Linux 6.6: its deadlines come first, so a waking spinner does not
-//!   preempt it; older kernels ignore the slice).
+//! - otherwise a fair thread with the shortest slice (0.1 ms; Linux 6.12
+//!   takes a fair thread's slice from `sched_runtime`: its deadlines come
+//!   first, so a waking spinner does not preempt it; older kernels ignore
+//!   it).
 //!
 //! Both with `SCHED_RESET_ON_FORK`, so the workers it starts get default
-//! scheduling. The open starts the pool: recovery reads an existing store's
-//! segments on it, and a new store's first write goes through it.
+//! scheduling, and only for a thread that runs with the default policy (a
+//! `chrt -b` or `-i` of cordon is kept). The pool is started there: an
+//! existing store's recovery reads its segments on it, and for a new one a
+//! `flush_async` hands it its first work. One such open at a time: a second
+//! first open waits for it (rather than spin at real-time priority on the
+//! pool's lock), then opens on its own thread.
 
 use std::{
+    future::Future,
     sync::{
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
+    task::{Context, Poll, Wake},
     time::Duration,
 };
 
 /// How long the opening thread may stay real-time.
 const REAL_TIME_FOR: Duration = Duration::from_millis(10);
 
-/// Whether sled's pool was started by an open of ours in this process.
+/// Whether an open of ours started sled's pool in this process.
 static POOL_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Held by the open that starts the pool.
+static STARTING: Mutex<()> = Mutex::new(());
 
 /// Opens a store with `config`, starting sled's pool with it on a thread of
 /// its own if no open of ours has yet.
 pub(super) fn open(config: &sled::Config) -> sled::Result<sled::Db> {
-    open_real_time_for(config, REAL_TIME_FOR)
-}
-
-fn open_real_time_for(config: &sled::Config, real_time_for: Duration) -> sled::Result<sled::Db> {
     if POOL_STARTED.load(Ordering::Acquire) {
         return config.open();
     }
+    let _starting = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+    if POOL_STARTED.load(Ordering::Acquire) {
+        return config.open();
+    }
+    open_on_own_thread(config, REAL_TIME_FOR)
+}
+
+fn open_on_own_thread(config: &sled::Config, real_time_for: Duration) -> sled::Result<sled::Db> {
     std::thread::scope(|s| {
         let (started_tx, started_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
@@ -52,22 +67,34 @@ fn open_real_time_for(config: &sled::Config, real_time_for: Duration) -> sled::R
             .spawn_scoped(s, move || {
                 let _ = started_tx.send((nix::unistd::gettid(), sys::prefer_this_thread()));
                 let opened = config.open();
-                if opened.is_ok() {
+                if let Ok(db) = &opened {
+                    // `flush_async` always hands the pool its work. A failed
+                    // flush is the store's next flush's to report.
+                    let _ = block_on(db.flush_async());
                     POOL_STARTED.store(true, Ordering::Release);
                 }
                 let _ = done_tx.send(opened);
                 // Alive (its tid its own) until the caller is done with it.
                 let _ = release_rx.recv();
-            })
-            .map_err(sled::Error::Io)?;
+            });
+        let Ok(opener) = opener else {
+            // No thread to spare: open here, as a later open would.
+            return config.open();
+        };
         let opened = match started_rx.recv() {
-            Ok((tid, sys::Preferred::RealTime)) => match done_rx.recv_timeout(real_time_for) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    sys::make_fair(tid);
-                    done_rx.recv().ok()
+            Ok((tid, sys::Preferred::RealTime { nice })) => {
+                match done_rx.recv_timeout(real_time_for) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if !sys::make_fair(tid, nice) {
+                            tracing::warn!(
+                                "the audit store's opening thread could not be made fair again: it stays real-time until the open ends"
+                            );
+                        }
+                        done_rx.recv().ok()
+                    }
+                    done => done.ok(),
                 }
-                done => done.ok(),
-            },
+            }
             _ => done_rx.recv().ok(),
         };
         let _ = release_tx.send(());
@@ -81,7 +108,28 @@ fn open_real_time_for(config: &sled::Config, real_time_for: Duration) -> sled::R
     })
 }
 
-/// `sched_setattr(2)`, which neither nix nor std wraps.
+/// Runs a future to completion on this thread (sled's flush future is
+/// woken by the pool thread that finishes the flush).
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// `sched_getattr(2)` and `sched_setattr(2)`, which neither nix nor std
+/// wraps.
 mod sys {
     #![allow(unsafe_code)]
 
@@ -90,14 +138,19 @@ mod sys {
     /// How the calling thread now runs.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Preferred {
-        RealTime,
+        /// `SCHED_FIFO`; `nice` is the thread's nice value, kept for when it
+        /// is made fair again.
+        RealTime {
+            nice: i32,
+        },
         ShortSlice,
-        /// Neither was allowed: as before.
+        /// Not the default policy, or neither was allowed: as before.
         Unchanged,
     }
 
     /// `struct sched_attr`, first version (48 bytes, Linux 3.14).
     #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy)]
     struct SchedAttr {
         size: u32,
         policy: u32,
@@ -109,24 +162,37 @@ mod sys {
         period: u64,
     }
 
+    const SIZE: u32 = std::mem::size_of::<SchedAttr>() as u32;
     const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
-    /// The shortest slice a fair thread may ask for (EEVDF clamps to it).
-    const SHORTEST_SLICE_NS: u64 = 100_000;
+    /// The shortest slice a fair thread may ask for (the kernel clamps to it).
+    pub const SHORTEST_SLICE_NS: u64 = 100_000;
 
-    fn set(tid: Pid, policy: i32, priority: u32, runtime: u64) -> bool {
-        let attr = SchedAttr {
-            size: std::mem::size_of::<SchedAttr>() as u32,
-            policy: policy as u32,
-            flags: SCHED_FLAG_RESET_ON_FORK,
-            nice: 0,
-            priority,
-            runtime,
-            deadline: 0,
-            period: 0,
+    fn get(tid: Pid) -> Option<SchedAttr> {
+        let mut attr = SchedAttr::default();
+        // SAFETY: the kernel writes at most `SIZE` bytes, the size of
+        // `attr`, which we own, during the call.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_sched_getattr,
+                tid.as_raw(),
+                &mut attr as *mut SchedAttr,
+                SIZE,
+                0,
+            )
         };
-        // SAFETY: `attr` is a valid, initialised `struct sched_attr` whose
-        // `size` says how much of it the kernel may read; the kernel only
-        // reads it, during the call.
+        (done == 0).then_some(attr)
+    }
+
+    fn set(tid: Pid, attr: SchedAttr) -> bool {
+        let attr = SchedAttr {
+            size: SIZE,
+            flags: SCHED_FLAG_RESET_ON_FORK,
+            ..attr
+        };
+        // SAFETY: `attr` is an initialised `struct sched_attr` whose `size`
+        // says how much of it the kernel may read. The kernel reads it during
+        // the call (and would write `size` back only on E2BIG, for a larger
+        // struct than it knows, which 48 bytes is not).
         unsafe {
             libc::syscall(
                 libc::SYS_sched_setattr,
@@ -137,13 +203,30 @@ mod sys {
         }
     }
 
+    fn fair(nice: i32) -> SchedAttr {
+        SchedAttr {
+            policy: libc::SCHED_OTHER as u32,
+            nice,
+            runtime: SHORTEST_SLICE_NS,
+            ..SchedAttr::default()
+        }
+    }
+
     /// Real-time where allowed (`CAP_SYS_NICE` or `RLIMIT_RTPRIO`), else the
-    /// shortest fair slice.
+    /// shortest fair slice; for a thread with the default policy only.
     pub fn prefer_this_thread() -> Preferred {
         let me = Pid::from_raw(0);
-        if set(me, libc::SCHED_FIFO, 1, 0) {
-            Preferred::RealTime
-        } else if set(me, libc::SCHED_OTHER, 0, SHORTEST_SLICE_NS) {
+        let Some(now) = get(me).filter(|a| a.policy == libc::SCHED_OTHER as u32) else {
+            return Preferred::Unchanged;
+        };
+        let real_time = SchedAttr {
+            policy: libc::SCHED_FIFO as u32,
+            priority: 1,
+            ..SchedAttr::default()
+        };
+        if set(me, real_time) {
+            Preferred::RealTime { nice: now.nice }
+        } else if set(me, fair(now.nice)) {
             Preferred::ShortSlice
         } else {
             Preferred::Unchanged
@@ -151,10 +234,9 @@ mod sys {
     }
 
     /// Makes a thread of ours that [`prefer_this_thread`] made real-time a
-    /// fair one with the shortest slice (allowed: we could make it
-    /// real-time).
-    pub fn make_fair(tid: Pid) {
-        let _ = set(tid, libc::SCHED_OTHER, 0, SHORTEST_SLICE_NS);
+    /// fair one again, at its own nice value and the shortest slice.
+    pub fn make_fair(tid: Pid, nice: i32) -> bool {
+        set(tid, fair(nice))
     }
 }
 
@@ -162,37 +244,47 @@ mod sys {
 mod tests {
     use super::*;
 
-    /// The scheduling policy of a thread (`/proc/…/stat` field 41).
-    fn policy(stat: &str) -> u32 {
-        let after_name = &stat[stat.rfind(')').expect("stat") + 1..];
-        after_name
-            .split_whitespace()
-            .nth(38)
-            .expect("policy")
-            .parse()
-            .expect("number")
+    /// A field of `/proc/thread-self/sched` (or of another task's); a
+    /// real-time task has no `se.slice`.
+    fn sched_field(sched: &str, name: &str) -> Option<u64> {
+        sched.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().parse().ok())?
+        })
     }
 
-    fn policy_of_this_thread() -> u32 {
-        policy(&std::fs::read_to_string("/proc/thread-self/stat").expect("stat"))
+    /// This thread's policy and slice.
+    fn this_thread() -> (Option<u64>, Option<u64>) {
+        let sched = std::fs::read_to_string("/proc/thread-self/sched").expect("sched");
+        (
+            sched_field(&sched, "policy"),
+            sched_field(&sched, "se.slice"),
+        )
     }
+
+    const OTHER: u64 = nix::libc::SCHED_OTHER as u64;
+    const FIFO: u64 = nix::libc::SCHED_FIFO as u64;
 
     #[test]
-    fn threads_the_opener_starts_get_default_scheduling() {
+    fn the_opener_is_preferred_and_the_threads_it_starts_are_not() {
+        let (_, default_slice) = this_thread();
         let (preferred, own, started) = std::thread::spawn(|| {
             let preferred = sys::prefer_this_thread();
-            let own = policy_of_this_thread();
-            let started = std::thread::spawn(policy_of_this_thread)
-                .join()
-                .expect("thread");
+            let own = this_thread();
+            let started = std::thread::spawn(this_thread).join().expect("thread");
             (preferred, own, started)
         })
         .join()
         .expect("thread");
-        if preferred == sys::Preferred::RealTime {
-            assert_eq!(own, nix::libc::SCHED_FIFO as u32);
+        match preferred {
+            sys::Preferred::RealTime { .. } => assert_eq!(own.0, Some(FIFO)),
+            sys::Preferred::ShortSlice => {
+                assert_eq!(own, (Some(OTHER), Some(sys::SHORTEST_SLICE_NS)));
+            }
+            sys::Preferred::Unchanged => {}
         }
-        assert_eq!(started, nix::libc::SCHED_OTHER as u32, "{preferred:?}");
+        assert!(default_slice.is_some());
+        assert_eq!(started, (Some(OTHER), default_slice), "{preferred:?}");
     }
 
     #[test]
@@ -200,39 +292,83 @@ mod tests {
         let (tid_tx, tid_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let preferred = sys::prefer_this_thread();
-            let _ = tid_tx.send((nix::unistd::gettid(), preferred));
+            let _ = tid_tx.send((nix::unistd::gettid(), sys::prefer_this_thread()));
             let _ = go_rx.recv();
-            policy_of_this_thread()
+            this_thread()
         });
         let (tid, preferred) = tid_rx.recv().expect("tid");
-        sys::make_fair(tid);
+        let made_fair = match preferred {
+            sys::Preferred::RealTime { nice } => Some(sys::make_fair(tid, nice)),
+            _ => None,
+        };
         let _ = go_tx.send(());
         let after = thread.join().expect("thread");
-        if preferred != sys::Preferred::Unchanged {
-            assert_eq!(after, nix::libc::SCHED_OTHER as u32, "{preferred:?}");
+        if let Some(made_fair) = made_fair {
+            assert!(made_fair);
+            assert_eq!(after, (Some(OTHER), Some(sys::SHORTEST_SLICE_NS)));
         }
     }
 
+    /// In a process of its own (this test binary again, running only this
+    /// test), so that its open is the one that starts sled's pool.
     #[test]
-    fn the_first_open_starts_sleds_pool_and_leaves_it_fair() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // Real-time for the whole open (a debug build's takes longer
-        // than the bound), so that the workers start under it.
-        let config = sled::Config::new().path(dir.path());
-        let db = open_real_time_for(&config, Duration::from_secs(600)).expect("open");
-        assert!(POOL_STARTED.load(Ordering::Acquire));
-        let mut workers = 0;
-        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
-            let task = task.expect("task").path();
-            let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-            if name.starts_with("sled-io-") {
-                let stat = std::fs::read_to_string(task.join("stat")).expect("stat");
-                assert_eq!(policy(&stat), nix::libc::SCHED_OTHER as u32, "{name}");
-                workers += 1;
+    fn the_first_open_starts_sleds_pool_on_its_thread_and_leaves_it_fair() {
+        const CHILD: &str = "CORDON_TEST_FIRST_OPEN_CHILD";
+        const NAME: &str = "audit::first_open::tests::the_first_open_starts_sleds_pool_on_its_thread_and_leaves_it_fair";
+        if std::env::var_os(CHILD).is_none() {
+            let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                .env(CHILD, "1")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("test binary");
+            // Real-time workers would spin against their real-time starter
+            // for good: a failure, not a hang.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while child.try_wait().expect("wait").is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("the first open did not finish in 120 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
+            let out = child.wait_with_output().expect("test binary");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "{text}");
+            return;
         }
-        assert!(workers > 0, "no sled-io thread");
+        assert!(!POOL_STARTED.load(Ordering::Acquire));
+        // A new store, opened as the broker opens one, real-time for the
+        // whole open (a debug build's takes longer than the bound).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_on_own_thread(&super::super::sled_config(dir.path()), Duration::MAX)
+            .expect("open");
+        assert!(POOL_STARTED.load(Ordering::Acquire));
+        // The workers are started by the time the open returns; each names
+        // itself once it runs.
+        let workers = || {
+            std::fs::read_dir("/proc/self/task")
+                .expect("tasks")
+                .filter_map(|t| {
+                    let task = t.ok()?.path();
+                    let name = std::fs::read_to_string(task.join("comm")).ok()?;
+                    name.starts_with("sled-io-")
+                        .then(|| std::fs::read_to_string(task.join("sched")).ok())?
+                })
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while workers().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let found = workers();
+        assert!(!found.is_empty(), "no sled-io thread");
+        for sched in &found {
+            assert_eq!(sched_field(sched, "policy"), Some(OTHER), "{sched}");
+        }
         drop(db);
     }
 }
