@@ -2628,7 +2628,10 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
 }
 
 /// Sends made for the tool answer as the kernel's own: a blocking `sendmmsg`
-/// of one message counts messages and fills in its `msg_len`; an `EPERM`
+/// of one message counts messages and fills in its `msg_len`; one whose
+/// second message names credentials no one may name ends before it and
+/// counts the first (with the tool's own, all three go); urgent data
+/// (`MSG_OOB` on a unix stream) arrives as urgent data; an `EPERM`
 /// that is not about credentials (a receiver connected to another peer)
 /// changes nothing in how later sends name the tool; a send interrupted on
 /// a socket with a send timeout is `EINTR` even under an `SA_RESTART`
@@ -2662,6 +2665,28 @@ fn sends_made_for_the_tool_answer_as_the_kernels_own() {
          except OSError as e: print('connected elsewhere', e.errno, flush=True)\n\
          b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1); b.recv(16)\n\
          a.sendmsg([b'x']); print('named', seen(b), flush=True)\n\
+         # sendmmsg whose second message names credentials no one may (uid -1)\n\
+         # ends before that message, counting the first; with its own, all three go\n\
+         def named(data, uid):\n    \
+         m = message(data)\n    \
+         c = ctypes.create_string_buffer(struct.pack('QiiiII', 28, socket.SOL_SOCKET, socket.SCM_CREDENTIALS, os.getpid(), uid, os.getgid()), 32)\n    \
+         m.hdr.control = ctypes.cast(c, ctypes.c_void_p); m.hdr.controllen = 32; m.ckeep = c\n    \
+         return m\n\
+         def drained(s):\n    \
+         s.setblocking(False); got = []\n    \
+         try:\n        \
+         while True: got.append(s.recv(16))\n    \
+         except BlockingIOError: return got\n\
+         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         for uid in (0xffffffff, os.getuid()):\n    \
+         ms = [message(b'one'), named(b'two', uid), message(b'three')]  # kept: their buffers\n    \
+         arr = (mmsghdr * 3)(*ms)\n    \
+         r = libc.sendmmsg(a.fileno(), arr, 3, 0)\n    \
+         print('sendmmsg', r, [arr[i].len for i in range(max(r, 0))], drained(b), flush=True)\n\
+         # urgent data on a unix stream socket\n\
+         a, b = socket.socketpair()\n\
+         a.sendmsg([b'ab'], [], socket.MSG_OOB)\n\
+         print('oob', b.recv(1, socket.MSG_OOB), b.recv(16), flush=True)\n\
          # a send timeout makes an interrupted send EINTR, whatever the handler\n\
          signal.signal(signal.SIGUSR1, lambda *_: None); signal.siginterrupt(signal.SIGUSR1, False)\n\
          a, b = socket.socketpair()\n\
@@ -2679,7 +2704,9 @@ fn sends_made_for_the_tool_answer_as_the_kernels_own() {
     same_natively_and_sandboxed(
         &Env::new(&[]),
         script,
-        "sendmmsg 1 5\nconnected elsewhere 1\nnamed self\ntimed send -1 4\n",
+        "sendmmsg 1 5\nconnected elsewhere 1\nnamed self\n\
+         sendmmsg 1 [3] [b'one']\nsendmmsg 3 [3, 3, 5] [b'one', b'two', b'three']\n\
+         oob b'b' b'a'\ntimed send -1 4\n",
     );
 }
 
