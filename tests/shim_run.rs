@@ -2734,6 +2734,74 @@ fn a_signal_the_main_thread_blocks_interrupts_another_threads_call() {
     same_natively_and_sandboxed(&Env::new(&[]), script, "worker 4\n");
 }
 
+/// A helper thread making a blocking call for a process that then dies (a
+/// FIFO open for writing, no reader ever) is freed: the interrupt watcher
+/// sees that no one waits for the answer. Before session 18 it stayed for
+/// good, one thread per such call for the rest of the sandbox. The tool and
+/// this test step each other through files in the working directory.
+#[test]
+fn a_helper_whose_caller_died_is_freed() {
+    let env = Env::new(&[]);
+    let policy = env.allow_all();
+    let script = "import os, signal, time\n\
+         def wait_for(name):\n    \
+         while not os.path.exists(name): time.sleep(0.01)\n\
+         os.mkfifo('w')\n\
+         pid = os.fork()\n\
+         if pid == 0:\n    \
+         os.open('w', os.O_WRONLY)\n    \
+         os._exit(1)\n\
+         open('forked', 'w').close()\n\
+         wait_for('kill')\n\
+         os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)\n\
+         open('killed', 'w').close()\n\
+         wait_for('done')\n";
+    let child = cordon()
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--", "/usr/bin/python3", "-c", script])
+        .current_dir(&env.work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let helpers = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                    .filter(|name| name.trim_end() == "cordon-helper")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // Polls `done` (generously: this is no timing test) for up to 30 s.
+    let within = |done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done()
+    };
+    let pid = child.id();
+    // After the fork: the helper the tool's own exec had is gone by then.
+    let forked = within(&|| env.work.join("forked").exists());
+    let blocked = within(&|| helpers(pid) > 0);
+    std::fs::write(env.work.join("kill"), "").unwrap();
+    let killed = within(&|| env.work.join("killed").exists());
+    let freed = within(&|| helpers(pid) == 0);
+    let left = helpers(pid);
+    std::fs::write(env.work.join("done"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    assert!(forked, "the tool did not fork");
+    assert!(blocked, "no helper made the FIFO open");
+    assert!(killed, "the tool did not kill its child");
+    assert!(freed, "{left} helper(s) left after their caller died");
+}
+
 /// `cordon run` itself as nobody, in `dir` (which nobody may write: its
 /// store and temp dir go there), running a Python `script` under `policy`.
 fn python_under_cordon_as_nobody(dir: &Path, policy: &Path, script: &str) -> Output {
