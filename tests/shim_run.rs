@@ -2835,7 +2835,8 @@ fn same_natively_and_sandboxed(env: &Env, script: &str, expected: &str) {
 }
 
 /// A blocking call the supervisor makes for the tool (a FIFO open, a send
-/// on a full socket, a connect to a listener whose backlog is full) ends as
+/// on a full socket, a connect to a listener whose backlog is full, inet or
+/// unix, the latter made in a connector) ends as
 /// the tool's own would when a signal it handles arrives: `EINTR`, and the
 /// handler runs (here it raises). A blocked signal does not end it (first,
 /// while no other thread could take it; through ctypes, which does not
@@ -2890,6 +2891,14 @@ fn a_signal_the_tool_handles_interrupts_a_blocking_call_made_for_it() {
          time.sleep(0.2)\n\
          later(l.close)\n\
          timed('connect', lambda: socket.socket().connect(l.getsockname()))\n\
+         u = socket.socket(socket.AF_UNIX); u.bind('u'); u.listen(0)\n\
+         ufill = []\n\
+         while True:\n    \
+             c = socket.socket(socket.AF_UNIX); c.setblocking(False)\n    \
+             try: c.connect('u'); ufill.append(c)\n    \
+             except BlockingIOError: break\n\
+         later(u.accept)\n\
+         timed('unix connect', lambda: socket.socket(socket.AF_UNIX).connect('u'))\n\
          signal.signal(signal.SIGUSR1, lambda *_: None)\n\
          signal.siginterrupt(signal.SIGUSR1, False)\n\
          os.mkfifo('h')\n\
@@ -2903,7 +2912,8 @@ fn a_signal_the_tool_handles_interrupts_a_blocking_call_made_for_it() {
          threading.Thread(target=drain, daemon=True).start()\n\
          print('whole', a.sendmsg([b'z' * 300000]), flush=True)\n";
     let expected = "blocked completed\nfifo interrupted early\n\
-                    send interrupted early\nconnect interrupted early\nrestarted completed\n\
+                    send interrupted early\nconnect interrupted early\n\
+                    unix connect interrupted early\nrestarted completed\n\
                     whole 300000\n";
     same_natively_and_sandboxed(&Env::new(&[]), script, expected);
 }

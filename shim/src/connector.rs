@@ -99,6 +99,19 @@ impl Connectors {
                     }
                     return answer.result.map(|()| 0).map_err(Errno::from_raw);
                 }
+                Err(ConnectError::Interrupted) => {
+                    // As the kernel's own connect ends when a signal comes
+                    // while it waits for room in the listener's backlog: the
+                    // connector goes (killed, with its connect), and the
+                    // call is EINTR, unless the connect got through first.
+                    drop(connector);
+                    return match nix::sys::socket::getpeername::<nix::sys::socket::UnixAddr>(
+                        std::os::fd::AsRawFd::as_raw_fd(sock),
+                    ) {
+                        Ok(_) => Ok(0),
+                        Err(_) => Err(Errno::EINTR),
+                    };
+                }
                 Err(ConnectError::NotSent(e)) if attempt == 0 => {
                     tracing::debug!(error = %e, "an idle connector was gone; trying a new one");
                 }

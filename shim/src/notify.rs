@@ -1581,7 +1581,26 @@ impl Supervisor {
                         Found::Existing(fd) => fd,
                         Found::Missing { parent, .. } => parent,
                     });
-                    emulate::connect_unix(&me.connectors, &sock, &addr, unix, path_fd, &tool_creds)
+                    let connect = || {
+                        emulate::connect_unix(
+                            &me.connectors,
+                            &sock,
+                            &addr,
+                            unix,
+                            path_fd,
+                            &tool_creds,
+                        )
+                    };
+                    if may_block {
+                        // A signal the tool handles ends it, as the
+                        // kernel's (the connect is given up, unlike inet's).
+                        let listener = me.listener.clone();
+                        let waits = move || listener.id_valid(id);
+                        let restartable = !emulate::has_send_timeout(&sock);
+                        interrupt::while_blocked(tgid, tid, waits, restartable, connect)
+                    } else {
+                        connect()
+                    }
                 }
                 // On its helper thread when blocking: a signal the tool
                 // handles ends it (the connect goes on, as the kernel's).

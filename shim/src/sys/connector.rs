@@ -84,6 +84,10 @@ pub enum ConnectError {
     /// Sent, and no answer: the connect may or may not have been made.
     #[error("the connector did not answer: {0}")]
     Lost(io::Error),
+    /// The wait for the answer was interrupted (`interrupt::while_blocked`):
+    /// the connector may still be connecting.
+    #[error("interrupted while the connector was connecting")]
+    Interrupted,
 }
 
 /// A running connector; killed and reaped when dropped.
@@ -224,9 +228,12 @@ impl Connector {
         )
         .map_err(|e| ConnectError::NotSent(e.into()))?;
         let mut answer = [0u8; 8];
-        match socket::recv(self.channel.as_raw_fd(), &mut answer, MsgFlags::empty())
-            .map_err(|e| ConnectError::Lost(e.into()))?
-        {
+        match socket::recv(self.channel.as_raw_fd(), &mut answer, MsgFlags::empty()).map_err(
+            |e| match e {
+                nix::errno::Errno::EINTR => ConnectError::Interrupted,
+                e => ConnectError::Lost(e.into()),
+            },
+        )? {
             8 => Ok(Answer {
                 result: match i32::from_ne_bytes(answer[..4].try_into().expect("4")) {
                     0 => Ok(()),
@@ -244,11 +251,13 @@ impl Drop for Connector {
         // Killed even when busy (a blocked connect): its answer is not
         // awaited any more. Reaped through the pidfd (a subreaper's sweep
         // may have reaped it already: ECHILD).
+        // A helper's interrupt signal may come again meanwhile: waited for
+        // whatever it ends.
         let _ = super::pidfd_kill(&self.pidfd, libc::SIGKILL);
-        let _ = nix::sys::wait::waitid(
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitid(
             nix::sys::wait::Id::PIDFd(std::os::fd::AsFd::as_fd(&self.pidfd)),
             nix::sys::wait::WaitPidFlag::WEXITED,
-        );
+        ) {}
     }
 }
 
