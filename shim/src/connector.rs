@@ -104,12 +104,12 @@ impl Connectors {
                     // while it waits for room in the listener's backlog: the
                     // connector goes (killed, with its connect), and the
                     // call is EINTR, unless the connect got through first.
+                    // (Only a stream or seqpacket socket without a peer
+                    // is connected under an interrupt: `notify.rs`.)
                     drop(connector);
-                    return match nix::sys::socket::getpeername::<nix::sys::socket::UnixAddr>(
-                        std::os::fd::AsRawFd::as_raw_fd(sock),
-                    ) {
-                        Ok(_) => Ok(0),
-                        Err(_) => Err(Errno::EINTR),
+                    return match crate::sys::has_peer(sock) {
+                        Ok(true) => Ok(0),
+                        _ => Err(Errno::EINTR),
                     };
                 }
                 Err(ConnectError::NotSent(e)) if attempt == 0 => {

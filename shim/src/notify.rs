@@ -1591,9 +1591,15 @@ impl Supervisor {
                             &tool_creds,
                         )
                     };
-                    if may_block {
-                        // A signal the tool handles ends it, as the
-                        // kernel's (the connect is given up, unlike inet's).
+                    // A signal the tool handles ends a connect that waits
+                    // for room in a listener's backlog, as the kernel's (the
+                    // connect is given up, unlike inet's). A datagram
+                    // connect, or one to a socket that has a peer (EISCONN),
+                    // never waits: nothing to interrupt.
+                    if may_block
+                        && sock_type != libc::SOCK_DGRAM
+                        && matches!(crate::sys::has_peer(&sock), Ok(false))
+                    {
                         let listener = me.listener.clone();
                         let waits = move || listener.id_valid(id);
                         let restartable = !emulate::has_send_timeout(&sock);

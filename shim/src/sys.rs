@@ -404,6 +404,30 @@ pub fn set_thread_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a socket has a peer: `getpeername` into a buffer the size of any
+/// address (nix 0.31's `UnixAddr` copies a reported length of 111, a
+/// 108-byte path without its NUL, past its 110 bytes). Any failure but
+/// `ENOTCONN` is an error.
+pub fn has_peer(fd: &OwnedFd) -> io::Result<bool> {
+    // SAFETY: sockaddr_storage is plain integers; all-zero is valid.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `addr`, which we
+    // own, and the length into `len`.
+    let r = unsafe {
+        libc::getpeername(
+            fd.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    match cvt(r) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `connect(fd, {AF_UNSPEC}, sizeof(sockaddr))`: dissolves a datagram
 /// socket's association. nix cannot express this address.
 pub fn connect_unspec(fd: &OwnedFd) -> io::Result<()> {
