@@ -226,7 +226,11 @@ impl Connector {
             MsgFlags::MSG_NOSIGNAL,
             None,
         )
-        .map_err(|e| ConnectError::NotSent(e.into()))?;
+        .map_err(|e| match e {
+            // (Not sent: nothing was connected, which the caller finds.)
+            nix::errno::Errno::EINTR => ConnectError::Interrupted,
+            e => ConnectError::NotSent(e.into()),
+        })?;
         let mut answer = [0u8; 8];
         match socket::recv(self.channel.as_raw_fd(), &mut answer, MsgFlags::empty()).map_err(
             |e| match e {
