@@ -117,6 +117,16 @@ fn policy_test_runs_the_shipped_tests_and_reports_failures_with_their_inputs() {
     let (code, _, err) = run_cordon(&["policy", "test", path_str(empty.path())]);
     assert_eq!(code, 1);
     assert!(err.contains("no test_ rules found"), "{err}");
+    // Nor is a --run that selects none, which says so.
+    std::fs::write(
+        empty.path().join("p_test.rego"),
+        "package cordon\ntest_a := true\n",
+    )
+    .unwrap();
+    let (code, _, err) =
+        run_cordon(&["policy", "test", "--run", "nomatch", path_str(empty.path())]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has `nomatch` in its name (--run)"), "{err}");
 
     // A path that is not there is an error (2), not a failed test or check.
     let missing = empty.path().join("missing");

@@ -31,7 +31,7 @@ pub enum PolicyCommand {
     },
     /// Run the policy unit tests: every `test_` rule in *_test.rego, like `opa test`. Exit 1 if any fails.
     #[command(
-        after_help = "A test passes when its rule is true; false or undefined fails, an evaluation error is an ERROR.\n\nExamples:\n  cordon policy test policies/\n  cordon policy test -v --coverage policies/\n  cordon policy test --run shadow --format json policies/"
+        after_help = "A test passes when its rule is true; false or undefined fails, an evaluation error is an ERROR. Finding no test to run (none in the files, or none that --run selects) exits 1, as `opa test --fail-on-empty` does: a silent pass would hide a wrong path or filter.\n\nExamples:\n  cordon policy test policies/\n  cordon policy test -v --coverage policies/\n  cordon policy test --run shadow --format json policies/"
     )]
     Test {
         /// Policy directories or files (with their *_test.rego files). Default: the current directory.
@@ -287,14 +287,15 @@ fn test(
         EvalFormat::Text => print_tests(&report, verbose),
     }
     if report.tests.is_empty() {
-        eprintln!(
-            "no test_ rules found in {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let paths = paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match &opts.filter {
+            Some(run) => eprintln!("no test_ rule in {paths} has `{run}` in its name (--run)"),
+            None => eprintln!("no test_ rules found in {paths}"),
+        }
     }
     Ok(if report.ok() {
         ExitCode::SUCCESS
