@@ -64,6 +64,9 @@ fn main() -> ExitCode {
         "warn"
     };
     cmd::init_logging(cli.log_format, cli.log_level.as_deref(), default);
+    // A short-lived thread per process, made fair again after 10 ms: where
+    // root may, the audit store's first open outruns sled's spinning pool.
+    cordon_broker::audit::allow_real_time(true);
     let result = match cli.command {
         Command::Run(args) => return cmd::run::run(args),
         Command::Learn(args) => return cmd::learn::run(args),

@@ -127,6 +127,8 @@ fn policy_test_runs_the_shipped_tests_and_reports_failures_with_their_inputs() {
         run_cordon(&["policy", "test", "--run", "nomatch", path_str(empty.path())]);
     assert_eq!(code, 1);
     assert!(err.contains("has `nomatch` in its name (--run)"), "{err}");
+    let (code, out, _) = run_cordon(&["policy", "test", "--run", "test_a", path_str(empty.path())]);
+    assert_eq!(code, 0, "the test --run selects: {out}");
 
     // A path that is not there is an error (2), not a failed test or check.
     let missing = empty.path().join("missing");

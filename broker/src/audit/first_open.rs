@@ -8,9 +8,12 @@
 //! open of ~3 ms of work took 8–12 ms and burnt 11–18 ms of CPU, half of it
 //! in the spin (BENCHMARKS.md, session 19). So the first open runs on a
 //! thread of its own that the workers do not preempt:
-//! - real-time (`SCHED_FIFO`, priority 1) where this process may, for at
-//!   most [`REAL_TIME_FOR`] (a long recovery must not hold a CPU against
-//!   everything else), then a fair thread like the next;
+//! - real-time (`SCHED_FIFO`, priority 1) where the program allowed it
+//!   ([`allow_real_time`]: the `cordon` command does, a library host is not
+//!   changed unasked), this process may, and it may run on two CPUs or more
+//!   (the caller, on another, makes the thread fair again once the open has
+//!   taken [`REAL_TIME_FOR`]: a long recovery must not hold a CPU against
+//!   everything else);
 //! - otherwise a fair thread with the shortest slice (0.1 ms; Linux 6.12
 //!   takes a fair thread's slice from `sched_runtime`: its deadlines come
 //!   first, so a waking spinner does not preempt it; older kernels ignore
@@ -22,7 +25,7 @@
 //! existing store's recovery reads its segments on it, and for a new one a
 //! `flush_async` hands it its first work. One such open at a time: a second
 //! first open waits for it (rather than spin at real-time priority on the
-//! pool's lock), then opens on its own thread.
+//! pool's lock), then opens on its caller's thread, as every later open.
 
 use std::{
     future::Future,
@@ -41,6 +44,25 @@ const REAL_TIME_FOR: Duration = Duration::from_millis(10);
 /// Whether an open of ours started sled's pool in this process.
 static POOL_STARTED: AtomicBool = AtomicBool::new(false);
 
+/// Whether the program lets the opening thread be real-time.
+static REAL_TIME_ALLOWED: AtomicBool = AtomicBool::new(false);
+
+/// Lets the first open of a store run real-time where this process may (see
+/// the module's documentation); off unless a program asks.
+pub fn allow_real_time(allowed: bool) {
+    REAL_TIME_ALLOWED.store(allowed, Ordering::Release);
+}
+
+/// Whether this thread may run on two CPUs or more.
+fn two_cpus_or_more() -> bool {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).is_ok_and(|set| {
+        (0..nix::sched::CpuSet::count())
+            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+            .nth(1)
+            .is_some()
+    })
+}
+
 /// Held by the open that starts the pool.
 static STARTING: Mutex<()> = Mutex::new(());
 
@@ -54,10 +76,15 @@ pub(super) fn open(config: &sled::Config) -> sled::Result<sled::Db> {
     if POOL_STARTED.load(Ordering::Acquire) {
         return config.open();
     }
-    open_on_own_thread(config, REAL_TIME_FOR)
+    let real_time = REAL_TIME_ALLOWED.load(Ordering::Acquire) && two_cpus_or_more();
+    open_on_own_thread(config, real_time.then_some(REAL_TIME_FOR))
 }
 
-fn open_on_own_thread(config: &sled::Config, real_time_for: Duration) -> sled::Result<sled::Db> {
+/// `real_time_for`: real-time allowed, for that long.
+fn open_on_own_thread(
+    config: &sled::Config,
+    real_time_for: Option<Duration>,
+) -> sled::Result<sled::Db> {
     std::thread::scope(|s| {
         let (started_tx, started_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
@@ -65,7 +92,8 @@ fn open_on_own_thread(config: &sled::Config, real_time_for: Duration) -> sled::R
         let opener = std::thread::Builder::new()
             .name("cordon-store-open".into())
             .spawn_scoped(s, move || {
-                let _ = started_tx.send((nix::unistd::gettid(), sys::prefer_this_thread()));
+                let preferred = sys::prefer_this_thread(real_time_for.is_some());
+                let _ = started_tx.send((nix::unistd::gettid(), preferred));
                 let opened = config.open();
                 if let Ok(db) = &opened {
                     // `flush_async` always hands the pool its work. A failed
@@ -83,7 +111,7 @@ fn open_on_own_thread(config: &sled::Config, real_time_for: Duration) -> sled::R
         };
         let opened = match started_rx.recv() {
             Ok((tid, sys::Preferred::RealTime { nice })) => {
-                match done_rx.recv_timeout(real_time_for) {
+                match done_rx.recv_timeout(real_time_for.unwrap_or_default()) {
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if !sys::make_fair(tid, nice) {
                             tracing::warn!(
@@ -212,19 +240,20 @@ mod sys {
         }
     }
 
-    /// Real-time where allowed (`CAP_SYS_NICE` or `RLIMIT_RTPRIO`), else the
-    /// shortest fair slice; for a thread with the default policy only.
-    pub fn prefer_this_thread() -> Preferred {
+    /// Real-time if `real_time` and the process may (`CAP_SYS_NICE` or
+    /// `RLIMIT_RTPRIO`), else the shortest fair slice; for a thread with the
+    /// default policy only.
+    pub fn prefer_this_thread(real_time: bool) -> Preferred {
         let me = Pid::from_raw(0);
         let Some(now) = get(me).filter(|a| a.policy == libc::SCHED_OTHER as u32) else {
             return Preferred::Unchanged;
         };
-        let real_time = SchedAttr {
+        let fifo = SchedAttr {
             policy: libc::SCHED_FIFO as u32,
             priority: 1,
             ..SchedAttr::default()
         };
-        if set(me, real_time) {
+        if real_time && set(me, fifo) {
             Preferred::RealTime { nice: now.nice }
         } else if set(me, fair(now.nice)) {
             Preferred::ShortSlice
@@ -265,26 +294,46 @@ mod tests {
     const OTHER: u64 = nix::libc::SCHED_OTHER as u64;
     const FIFO: u64 = nix::libc::SCHED_FIFO as u64;
 
+    /// The slice asked for, where the kernel takes it (Linux 6.12; older
+    /// ones accept `sched_runtime` and ignore it): else whatever it shows.
+    fn short_slice_if_honoured(shown: Option<u64>) -> Option<u64> {
+        let release = nix::sys::utsname::uname().expect("uname");
+        let release = release.release().to_string_lossy();
+        let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let minor: u32 = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        if (major, minor) >= (6, 12) {
+            Some(sys::SHORTEST_SLICE_NS)
+        } else {
+            shown
+        }
+    }
+
     #[test]
     fn the_opener_is_preferred_and_the_threads_it_starts_are_not() {
-        let (_, default_slice) = this_thread();
-        let (preferred, own, started) = std::thread::spawn(|| {
-            let preferred = sys::prefer_this_thread();
-            let own = this_thread();
-            let started = std::thread::spawn(this_thread).join().expect("thread");
-            (preferred, own, started)
-        })
-        .join()
-        .expect("thread");
-        match preferred {
-            sys::Preferred::RealTime { .. } => assert_eq!(own.0, Some(FIFO)),
-            sys::Preferred::ShortSlice => {
-                assert_eq!(own, (Some(OTHER), Some(sys::SHORTEST_SLICE_NS)));
+        for real_time in [false, true] {
+            let (before, preferred, own, started) = std::thread::spawn(move || {
+                let before = this_thread();
+                let preferred = sys::prefer_this_thread(real_time);
+                let own = this_thread();
+                let started = std::thread::spawn(this_thread).join().expect("thread");
+                (before, preferred, own, started)
+            })
+            .join()
+            .expect("thread");
+            match preferred {
+                sys::Preferred::RealTime { .. } => {
+                    assert!(real_time);
+                    assert_eq!(own.0, Some(FIFO));
+                }
+                sys::Preferred::ShortSlice => {
+                    assert_eq!(own, (Some(OTHER), short_slice_if_honoured(own.1)));
+                }
+                sys::Preferred::Unchanged => assert_eq!(own, before),
             }
-            sys::Preferred::Unchanged => {}
+            // What the opener starts runs as the opener did before.
+            assert_eq!(started, before, "{preferred:?}");
         }
-        assert!(default_slice.is_some());
-        assert_eq!(started, (Some(OTHER), default_slice), "{preferred:?}");
     }
 
     #[test]
@@ -292,7 +341,7 @@ mod tests {
         let (tid_tx, tid_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let _ = tid_tx.send((nix::unistd::gettid(), sys::prefer_this_thread()));
+            let _ = tid_tx.send((nix::unistd::gettid(), sys::prefer_this_thread(true)));
             let _ = go_rx.recv();
             this_thread()
         });
@@ -305,7 +354,8 @@ mod tests {
         let after = thread.join().expect("thread");
         if let Some(made_fair) = made_fair {
             assert!(made_fair);
-            assert_eq!(after, (Some(OTHER), Some(sys::SHORTEST_SLICE_NS)));
+            assert_eq!(after.0, Some(OTHER));
+            assert_eq!(after.1, short_slice_if_honoured(after.1));
         }
     }
 
@@ -344,7 +394,7 @@ mod tests {
         // A new store, opened as the broker opens one, real-time for the
         // whole open (a debug build's takes longer than the bound).
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = open_on_own_thread(&super::super::sled_config(dir.path()), Duration::MAX)
+        let db = open_on_own_thread(&super::super::sled_config(dir.path()), Some(Duration::MAX))
             .expect("open");
         assert!(POOL_STARTED.load(Ordering::Acquire));
         // The workers are started by the time the open returns; each names

@@ -232,12 +232,19 @@ impl Connector {
             e => ConnectError::NotSent(e.into()),
         })?;
         let mut answer = [0u8; 8];
-        match socket::recv(self.channel.as_raw_fd(), &mut answer, MsgFlags::empty()).map_err(
-            |e| match e {
-                nix::errno::Errno::EINTR => ConnectError::Interrupted,
-                e => ConnectError::Lost(e.into()),
-            },
-        )? {
+        let received = match socket::recv(self.channel.as_raw_fd(), &mut answer, MsgFlags::empty())
+        {
+            // An answer that came just before the interrupt is the answer
+            // (a refusal the tool must see); none yet: interrupted.
+            Err(nix::errno::Errno::EINTR) => socket::recv(
+                self.channel.as_raw_fd(),
+                &mut answer,
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(|_| ConnectError::Interrupted),
+            other => other.map_err(|e| ConnectError::Lost(e.into())),
+        };
+        match received? {
             8 => Ok(Answer {
                 result: match i32::from_ne_bytes(answer[..4].try_into().expect("4")) {
                     0 => Ok(()),
