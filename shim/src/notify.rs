@@ -1989,12 +1989,10 @@ impl Supervisor {
         let oob = stream && flags & libc::MSG_OOB != 0;
         if may_block && planned.len() == 1 && !is_mmsg && !oob {
             let (addr, iov, fds, unix, sender) = &mut planned[0];
-            if sender.is_some_and(|c| c.pid == tgid) && !self.listener.id_valid(id) {
+            if names_a_gone_caller(*sender, tgid, &self.listener, id) {
                 return Err(Errno::ESRCH);
             }
-            let dest = addr
-                .as_ref()
-                .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
+            let dest = destination(addr, unix);
             let tried = with_creds(&send_creds, &self.me, || {
                 let not_interruptible = None::<(i32, i32, fn() -> bool, bool)>;
                 let flags = flags | libc::MSG_DONTWAIT;
@@ -2029,11 +2027,8 @@ impl Supervisor {
         let op = move || {
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix, sender)) in planned.iter_mut().enumerate() {
-                let dest = addr
-                    .as_ref()
-                    .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())));
-                // A pid named is the caller's as long as it waits.
-                if sender.is_some_and(|c| c.pid == tgid) && !me.listener.id_valid(id) {
+                let dest = destination(addr, unix);
+                if names_a_gone_caller(*sender, tgid, &me.listener, id) {
                     return Err(Errno::ESRCH);
                 }
                 // On its helper thread when blocking: a signal the tool
@@ -2451,6 +2446,28 @@ fn shebang(file: &OwnedFd) -> Result<Option<Interpreter>, Errno> {
         }
     }
     Ok(parse_shebang(&buf))
+}
+
+/// A planned message's destination as [`send_named`] takes it: the address,
+/// and for a unix path the `/proc/self/fd/N` name of what was resolved.
+fn destination<'a>(
+    addr: &'a Option<Address>,
+    unix: &'a Option<(Vec<u8>, Found)>,
+) -> Option<(&'a Address, Option<&'a [u8]>)> {
+    addr.as_ref()
+        .map(|a| (a, unix.as_ref().map(|(p, _)| p.as_slice())))
+}
+
+/// Whether a message names the caller's pid while the caller no longer
+/// waits: a pid named is the caller's only as long as it waits (after, it
+/// may be another process's).
+fn names_a_gone_caller(
+    sender: Option<libc::ucred>,
+    tgid: i32,
+    listener: &Listener,
+    id: u64,
+) -> bool {
+    sender.is_some_and(|c| c.pid == tgid) && !listener.id_valid(id)
 }
 
 /// One message sent on `sock` with `sender` named in it, naming less where
