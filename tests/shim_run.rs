@@ -124,16 +124,20 @@ impl Env {
     }
 
     fn run_with_policy(&self, policy: &Path, tool: &[&str]) -> Output {
-        cordon()
-            .args(["run", "--audit-db"])
+        self.command_with_policy(policy, tool).output().unwrap()
+    }
+
+    /// The command [`Env::run_with_policy`] runs.
+    fn command_with_policy(&self, policy: &Path, tool: &[&str]) -> Command {
+        let mut c = cordon();
+        c.args(["run", "--audit-db"])
             .arg(&self.db)
             .arg("--policy")
             .arg(policy)
             .arg("--")
             .args(tool)
-            .current_dir(&self.work)
-            .output()
-            .unwrap()
+            .current_dir(&self.work);
+        c
     }
 
     /// `cordon run` (options only: the caller adds `--` and the tool) with
@@ -187,6 +191,16 @@ impl Env {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// The reason of the run's exit record (its counts of refused calls).
+fn exit_reason(records: &[Value]) -> &str {
+    records
+        .iter()
+        .find(|r| r["event"] == "sandbox_exited")
+        .expect("the exit is recorded")["reason"]
+        .as_str()
+        .expect("a reason")
 }
 
 fn text(b: &[u8]) -> String {
@@ -684,11 +698,7 @@ attempt('raw6', lambda: socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.
             "{syscall} to 0.0.0.0 decided as 127.0.0.1: {records:?}"
         );
     }
-    let exit = records
-        .iter()
-        .find(|r| r["event"] == "sandbox_exited")
-        .expect("the exit is recorded");
-    let reason = exit["reason"].as_str().unwrap();
+    let reason = exit_reason(&records);
     for what in [
         "sendto(MSG_ZEROCOPY)×1",
         "setsockopt(IP_OPTIONS)×1",
@@ -1490,11 +1500,7 @@ fn forbidden_calls_are_counted_in_the_exit_record_in_bounded_kinds() {
     );
     assert_eq!(assert_ok(&out).trim(), "154 -1 True");
     let records = env.audit();
-    let exit = records
-        .iter()
-        .find(|r| r["event"] == "sandbox_exited")
-        .expect("the exit is recorded");
-    let reason = exit["reason"].as_str().unwrap();
+    let reason = exit_reason(&records);
     assert_eq!(reason.matches("socket(family").count(), 32, "{reason}");
     assert!(
         reason.contains("socket(other family values)×122"),
@@ -1645,11 +1651,7 @@ fn children_and_threads_are_covered_and_every_decision_is_recorded() {
     assert_eq!(gshadow.len(), 1);
     assert_ne!(gshadow[0]["pid"], tool_pid, "the child is its own process");
     assert_eq!(gshadow[0]["exe"], "/usr/bin/cat");
-    let exited = records
-        .iter()
-        .find(|r| r["event"] == "sandbox_exited")
-        .unwrap();
-    let reason = exited["reason"].as_str().unwrap();
+    let reason = exit_reason(&records);
     let denied = decisions.iter().filter(|r| r["allow"] == false).count();
     assert!(
         reason.contains(&format!("{} decisions, {denied} denied", decisions.len())),
@@ -2104,6 +2106,63 @@ fn the_tool_does_not_inherit_cordons_tls_settings() {
         .output()
         .unwrap();
     assert_eq!(assert_ok(&out), "unset unset\n");
+}
+
+/// cordon's own files share the tool's uid: under a policy that allows
+/// everything, the embedded audit store (by any name: a hard link the tool
+/// makes), the TLS client key and writes to the policy stay out of reach,
+/// while a file beside them opens. Each refusal is counted on exit.
+#[test]
+fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
+    let env = Env::new(&[]);
+    let policy = env.allow_all();
+    let key = env.dir.path().join("client.key");
+    std::fs::write(&key, "secret\n").unwrap();
+    let beside = env.dir.path().join("beside.txt");
+    std::fs::write(&beside, "beside\n").unwrap();
+    let script = format!(
+        "import os\n\
+         def try_(what, f):\n\
+         \x20   try:\n\
+         \x20       f()\n\
+         \x20       print(what, 'ok')\n\
+         \x20   except OSError as e:\n\
+         \x20       print(what, 'err', e.errno)\n\
+         db, key, policy, beside = {db:?}, {key:?}, {policy:?}, {beside:?}\n\
+         try_('beside', lambda: open(beside).read())\n\
+         try_('store-list', lambda: os.listdir(db))\n\
+         try_('store-read', lambda: open(db + '/conf').read())\n\
+         try_('store-append', lambda: open(db + '/db', 'ab'))\n\
+         try_('store-create', lambda: open(db + '/new', 'w'))\n\
+         os.link(db + '/db', 'linked')\n\
+         try_('store-linked', lambda: open('linked', 'rb').read(1))\n\
+         try_('key', lambda: open(key).read())\n\
+         try_('policy-read', lambda: open(policy).read(1))\n\
+         try_('policy-write', lambda: open(policy, 'a'))\n",
+        db = env.db.display().to_string(),
+        key = key.display().to_string(),
+        policy = policy.display().to_string(),
+        beside = beside.display().to_string(),
+    );
+    let out = env
+        .command_with_policy(&policy, &["/usr/bin/python3", "-c", &script])
+        .env("CORDON_TLS_KEY", &key)
+        .output()
+        .unwrap();
+    assert_eq!(
+        assert_ok(&out),
+        "beside ok\nstore-list err 13\nstore-read err 13\nstore-append err 13\n\
+         store-create err 13\nstore-linked err 13\nkey err 13\npolicy-read ok\n\
+         policy-write err 13\n"
+    );
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), "secret\n");
+    let records = env.audit();
+    let reason = exit_reason(&records);
+    assert!(reason.contains("openat(protected file)×7"), "{reason}");
+    // Refused before any decision: no file record names them.
+    assert!(find(&records, "openat", "client.key").is_empty());
+    assert!(!find(&records, "openat", "beside.txt").is_empty());
+    env.assert_chain_verifies();
 }
 
 /// A broker that accepts the connection but never answers (here a real
@@ -3000,13 +3059,8 @@ fn with_a_connector(
         log = log.display(),
         go = go.display(),
     );
-    let run = cordon()
-        .args(["run", "--audit-db"])
-        .arg(&env.db)
-        .arg("--policy")
-        .arg(&allow_all)
-        .args(["--", "/usr/bin/python3", "-c", &tool])
-        .current_dir(&env.work)
+    let run = env
+        .command_with_policy(&allow_all, &["/usr/bin/python3", "-c", &tool])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

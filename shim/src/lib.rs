@@ -10,6 +10,7 @@
 //! - [`exec`]: verifying that an allowed exec runs the approved image.
 //! - `interrupt`: the tool's handled signals, for the blocking calls made for it.
 //! - [`client`]: embedded or remote (gRPC `Session`) decisions.
+//! - [`protect`]: cordon's own files, out of the tool's reach whatever the policy.
 //! - [`backstop`]: the Landlock ruleset applied beneath the broker.
 //! - [`limits`]: memory, CPU, process, time and file caps (cgroup or rlimits).
 //! - [`sandbox`]: the public API around `std::process::Command`.
@@ -26,6 +27,7 @@ pub mod limits;
 pub mod memory;
 pub mod notify;
 pub mod process;
+pub mod protect;
 pub mod resolve;
 pub mod sandbox;
 mod sys;

@@ -41,6 +41,7 @@ use crate::{
     filter, interrupt,
     memory::ToolMemory,
     process::{Creds, Task, TaskCache, with_creds},
+    protect::{Protected, Use},
     resolve::{self, Found, Lookup},
     sys::{self, Listener, Notification},
 };
@@ -99,6 +100,8 @@ pub struct Supervisor {
     own_ids: Option<([u32; 3], [u32; 3])>,
     /// Unix sockets the tool must never reach: brokers'.
     broker_sockets: Vec<BrokerSocket>,
+    /// The host's files the tool must never reach.
+    protected: Protected,
     exec: ExecVerifier,
     counters: Mutex<Counters>,
     tasks: TaskCache,
@@ -327,6 +330,7 @@ impl Supervisor {
         decider: Arc<dyn Decider>,
         sandbox: Sandbox,
         broker_sockets: Vec<PathBuf>,
+        protected: Protected,
         exec: ExecVerifier,
         opener: Option<Opener>,
     ) -> Self {
@@ -346,6 +350,7 @@ impl Supervisor {
                     path: resolved_socket_path(path),
                 })
                 .collect(),
+            protected,
             exec,
             counters: Mutex::default(),
             tasks: TaskCache::default(),
@@ -766,10 +771,18 @@ impl Supervisor {
     ///   memory, environment, fds; and a `/proc/PID` directory fd is a
     ///   signal target for `pidfd_send_signal`), and so any procfs mounted
     ///   elsewhere than `/proc`;
+    /// - the files the host protected ([`crate::Sandbox::protect`]), for
+    ///   what the call would do with them (`how`);
     /// - for unix connects (`socket`), brokers' sockets (the sandbox's own,
     ///   the default locations, any the host named), by path or by inode (a
     ///   hard link or another mount of one is the same socket).
-    fn protected(&self, canonical: &[u8], found: &Found, socket: bool) -> Option<&'static str> {
+    fn protected(
+        &self,
+        canonical: &[u8],
+        found: &Found,
+        how: Use,
+        socket: bool,
+    ) -> Option<&'static str> {
         // A procfs reached at another path (a second mount, a bind mount:
         // /srv/chroot/x/proc, /host/proc) has the supervisor's entries too,
         // which the check below knows by the /proc/ prefix only. The tool has
@@ -797,6 +810,9 @@ impl Supervisor {
             {
                 return Some("supervisor /proc");
             }
+        }
+        if self.protected.refuses(canonical, found, how) {
+            return Some("protected file");
         }
         if !socket {
             return None;
@@ -837,9 +853,10 @@ impl Supervisor {
         n: &Notification,
         canonical: &[u8],
         found: &Found,
+        how: Use,
         socket: bool,
     ) -> Result<(), Errno> {
-        match self.protected(canonical, found, socket) {
+        match self.protected(canonical, found, how, socket) {
             Some(what) => {
                 self.count(|c| {
                     *c.forbidden
@@ -1204,7 +1221,15 @@ impl Supervisor {
             });
             return Err(Errno::EACCES);
         }
-        self.refuse_protected(n, &resolved_path, &found, false)?;
+        // Writing, truncating or creating, as the kernel counts a write
+        // (`O_PATH` ignores the rest).
+        let writes = flags & libc::O_PATH == 0
+            && (flags & libc::O_ACCMODE != libc::O_RDONLY
+                || flags & libc::O_TRUNC != 0
+                || creates
+                || is_tmpfile);
+        let how = if writes { Use::Write } else { Use::Read };
+        self.refuse_protected(n, &resolved_path, &found, how, false)?;
         let access: Vec<String> = if flags & libc::O_PATH != 0 {
             vec![]
         } else {
@@ -1481,7 +1506,8 @@ impl Supervisor {
         match addr {
             Address::UnixPath(p) => {
                 let (canonical, found) = self.resolve_unix(task, n, p, op == "bind")?;
-                self.refuse_protected(n, &canonical, &found, true)?;
+                let how = if op == "bind" { Use::Write } else { Use::Read };
+                self.refuse_protected(n, &canonical, &found, how, true)?;
                 access.path = canonical.clone();
                 unix = Some((canonical, found));
             }
@@ -2120,7 +2146,7 @@ impl Supervisor {
             resolve: 0,
         };
         let (path, found) = self.resolve_for(task, &lookup)?;
-        self.refuse_protected(n, &path, &found, false)?;
+        self.refuse_protected(n, &path, &found, Use::Read, false)?;
         let Found::Existing(file) = found else {
             return Err(Errno::ENOENT);
         };

@@ -35,6 +35,7 @@ use crate::{
     filter,
     limits::{LimitError, Limits, Plan},
     notify::{Counters, Supervisor},
+    protect::{Protected, Protection},
     sys::{self, CHILD_REPORT_LEN, Listener},
 };
 
@@ -95,6 +96,7 @@ pub struct Sandbox {
     decider: Arc<dyn Decider>,
     info: SandboxInfo,
     broker_sockets: Vec<PathBuf>,
+    protected: Vec<(PathBuf, Protection)>,
     limits: Limits,
     network_none: bool,
     user: Option<(u32, u32)>,
@@ -117,6 +119,7 @@ impl Sandbox {
                 tmpdir: vec![],
             },
             broker_sockets: vec![],
+            protected: vec![],
             limits: Limits::default(),
             network_none: false,
             user: None,
@@ -202,6 +205,24 @@ impl Sandbox {
     /// name here any other the tool could reach.
     pub fn broker_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.broker_sockets.push(path.into());
+        self
+    }
+
+    /// A file or directory that the tool may never open, execute or
+    /// connect to, whatever the policy says (repeatable): the host's own,
+    /// under the tool's uid, such as an embedded broker's audit store or a
+    /// client key. A directory covers everything under it. Recognised by
+    /// its path, and by device and inode (see [`crate::protect`]); a
+    /// refused call is `EACCES`, counted in the exit record, not decided.
+    pub fn protect(mut self, path: impl Into<PathBuf>) -> Self {
+        self.protected.push((path.into(), Protection::All));
+        self
+    }
+
+    /// As [`Self::protect`], for opens that write, truncate or create only
+    /// (and unix binds): the tool may read it. For policy files.
+    pub fn protect_writes(mut self, path: impl Into<PathBuf>) -> Self {
+        self.protected.push((path.into(), Protection::Writes));
         self
     }
 
@@ -298,6 +319,7 @@ impl Sandbox {
         let info = self.info.clone();
         let mut broker_sockets = default_broker_sockets();
         broker_sockets.extend(self.broker_sockets.iter().cloned());
+        let protected = self.protected.clone();
         std::thread::Builder::new()
             .name("cordon-supervisor".into())
             .spawn(move || {
@@ -333,6 +355,7 @@ impl Sandbox {
                             decider,
                             info,
                             broker_sockets,
+                            Protected::new(&protected),
                             exec,
                             opener,
                         ));

@@ -33,7 +33,8 @@ cordon run --broker unix:///run/cordon/broker.sock -- ./build.sh\n\n\
 Every open, connect, bind, listen, datagram send to an explicit address and exec of the command and its\n\
 descendants is decided by the policy and recorded in the audit store; see `cordon audit`. Without --broker the broker runs inside this\n\
 process with the built-in default policy (read the system, read/write the current directory and a private\n\
-TMPDIR, exec system binaries, no network).\n\n\
+TMPDIR, exec system binaries, no network). Whatever the policy says, the command cannot open cordon's\n\
+own files: the embedded audit store, the client key in CORDON_TLS_KEY, and (for writing) the --policy paths.\n\n\
 Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad policy);\n\
 126 if the command could not be executed (including a denied exec); 127 if it was not found.")]
 pub struct RunArgs {
@@ -369,6 +370,24 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     }
     if let Some(s) = broker_socket {
         sandbox = sandbox.broker_socket(s);
+    }
+    // cordon's own files, the tool's uid's too: the embedded store (which
+    // it could rewrite or truncate), the policy (read at start, so a change
+    // would govern the next run) and the TLS client key (with which it
+    // could speak to the broker as cordon) are out of its reach, whatever
+    // the policy says.
+    if args.broker.is_none() {
+        sandbox = sandbox.protect(
+            args.audit_db
+                .clone()
+                .unwrap_or_else(super::default_audit_db),
+        );
+        for policy in &args.policy {
+            sandbox = sandbox.protect_writes(policy);
+        }
+    }
+    if let Some(key) = std::env::var_os("CORDON_TLS_KEY").filter(|k| !k.is_empty()) {
+        sandbox = sandbox.protect(key);
     }
     let sandbox_id = sandbox.id().to_owned();
     let tmpdir = private_tmpdir(&sandbox_id)?;
