@@ -25,7 +25,7 @@ use std::{
 use cordon_broker::proto::{
     DecideRequest, ExecAccess, FileAccess, NetworkAccess, Process, Sandbox, decide_request::Subject,
 };
-use nix::{errno::Errno, poll::PollTimeout};
+use nix::{errno::Errno, poll::PollTimeout, sys::stat::FileStat};
 
 // An exec's argv at most: the broker's own bounds, one definition, so that
 // the shim never reads an argv the broker then refuses (`E2BIG` beyond, as
@@ -772,7 +772,8 @@ impl Supervisor {
     ///   signal target for `pidfd_send_signal`), and so any procfs mounted
     ///   elsewhere than `/proc`;
     /// - the files the host protected ([`crate::Sandbox::protect`]), for
-    ///   what the call would do with them (`how`);
+    ///   what the call would do with them (`how`; `stat`: the found file's,
+    ///   if the caller has it);
     /// - for unix connects (`socket`), brokers' sockets (the sandbox's own,
     ///   the default locations, any the host named), by path or by inode (a
     ///   hard link or another mount of one is the same socket).
@@ -780,6 +781,7 @@ impl Supervisor {
         &self,
         canonical: &[u8],
         found: &Found,
+        stat: Option<&FileStat>,
         how: Use,
         socket: bool,
     ) -> Option<&'static str> {
@@ -811,7 +813,7 @@ impl Supervisor {
                 return Some("supervisor /proc");
             }
         }
-        if self.protected.refuses(canonical, found, how) {
+        if self.protected.refuses(canonical, found, stat, how) {
             return Some("protected file");
         }
         if !socket {
@@ -853,10 +855,11 @@ impl Supervisor {
         n: &Notification,
         canonical: &[u8],
         found: &Found,
+        stat: Option<&FileStat>,
         how: Use,
         socket: bool,
     ) -> Result<(), Errno> {
-        match self.protected(canonical, found, how, socket) {
+        match self.protected(canonical, found, stat, how, socket) {
             Some(what) => {
                 self.count(|c| {
                     *c.forbidden
@@ -1157,15 +1160,17 @@ impl Supervisor {
             // opened it. Never a request without the caller's cwd.
             return Err(Errno::EACCES);
         }
-        // (file type, device, owner) of an existing file, read once.
-        let existing = match &found {
+        // An existing file's status, read once.
+        let stat = match &found {
             // A file we hold but cannot stat is denied, not waved past the
             // /dev/tty check below.
-            Found::Existing(fd) => nix::sys::stat::fstat(fd)
-                .map(|s| Some((s.st_mode & libc::S_IFMT, s.st_rdev, s.st_uid)))
-                .map_err(|_| Errno::EACCES)?,
+            Found::Existing(fd) => Some(nix::sys::stat::fstat(fd).map_err(|_| Errno::EACCES)?),
             Found::Missing { .. } => None,
         };
+        // (file type, device, owner)
+        let existing = stat
+            .as_ref()
+            .map(|s| (s.st_mode & libc::S_IFMT, s.st_rdev, s.st_uid));
         // What O_CREAT on an existing file fails with, in the kernel's order,
         // before any decision (the supervisor's own open drops O_CREAT, so
         // it would skip them): O_EXCL, a directory, and a file someone else
@@ -1229,7 +1234,7 @@ impl Supervisor {
                 || creates
                 || is_tmpfile);
         let how = if writes { Use::Write } else { Use::Read };
-        self.refuse_protected(n, &resolved_path, &found, how, false)?;
+        self.refuse_protected(n, &resolved_path, &found, stat.as_ref(), how, false)?;
         let access: Vec<String> = if flags & libc::O_PATH != 0 {
             vec![]
         } else {
@@ -1507,7 +1512,7 @@ impl Supervisor {
             Address::UnixPath(p) => {
                 let (canonical, found) = self.resolve_unix(task, n, p, op == "bind")?;
                 let how = if op == "bind" { Use::Write } else { Use::Read };
-                self.refuse_protected(n, &canonical, &found, how, true)?;
+                self.refuse_protected(n, &canonical, &found, None, how, true)?;
                 access.path = canonical.clone();
                 unix = Some((canonical, found));
             }
@@ -2146,7 +2151,7 @@ impl Supervisor {
             resolve: 0,
         };
         let (path, found) = self.resolve_for(task, &lookup)?;
-        self.refuse_protected(n, &path, &found, Use::Read, false)?;
+        self.refuse_protected(n, &path, &found, None, Use::Read, false)?;
         let Found::Existing(file) = found else {
             return Err(Errno::ENOENT);
         };

@@ -15,6 +15,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use nix::sys::stat::FileStat;
+
 use crate::resolve::Found;
 
 /// What a protection refuses.
@@ -96,8 +98,15 @@ impl Protected {
 
     /// Whether the tool may not `how` use `canonical`, which its lookup
     /// found as `found` (the file, or the directory a name would be created
-    /// in). Fails closed: a file that cannot be told is refused.
-    pub fn refuses(&self, canonical: &[u8], found: &Found, how: Use) -> bool {
+    /// in; `stat`, the file's status if the caller has read it). Fails
+    /// closed: a file that cannot be told is refused.
+    pub fn refuses(
+        &self,
+        canonical: &[u8],
+        found: &Found,
+        stat: Option<&FileStat>,
+        how: Use,
+    ) -> bool {
         let mut applicable = self
             .entries
             .iter()
@@ -110,8 +119,12 @@ impl Protected {
             Found::Existing(fd) => (fd, true),
             Found::Missing { parent, .. } => (parent, false),
         };
-        let Ok(st) = nix::sys::stat::fstat(fd) else {
-            return true;
+        let st = match (stat, existing) {
+            (Some(st), true) => *st,
+            _ => match nix::sys::stat::fstat(fd) {
+                Ok(st) => st,
+                Err(_) => return true,
+            },
         };
         let id = (st.st_dev, st.st_ino);
         // A regular file with other names may be a hard link, made since
@@ -252,7 +265,7 @@ mod tests {
         ] {
             let found = o_path(&dir.path().join(name));
             assert_eq!(
-                protected.refuses(b"/elsewhere", &found, Use::Read),
+                protected.refuses(b"/elsewhere", &found, None, Use::Read),
                 refused,
                 "{name}"
             );
@@ -260,8 +273,8 @@ mod tests {
         // Only writes, for a protection of writes.
         let writes = Protected::new(&[(store.clone(), Protection::Writes)]);
         let old = o_path(&dir.path().join("old-link"));
-        assert!(!writes.refuses(b"/elsewhere", &old, Use::Read));
-        assert!(writes.refuses(b"/elsewhere", &old, Use::Write));
+        assert!(!writes.refuses(b"/elsewhere", &old, None, Use::Read));
+        assert!(writes.refuses(b"/elsewhere", &old, None, Use::Write));
     }
 
     #[test]
