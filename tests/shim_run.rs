@@ -2121,7 +2121,7 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
     let beside = env.dir.path().join("beside.txt");
     std::fs::write(&beside, "beside\n").unwrap();
     let script = format!(
-        "import os\n\
+        "import os, time\n\
          def try_(what, f):\n\
          \x20   try:\n\
          \x20       f()\n\
@@ -2138,27 +2138,44 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
          try_('store-linked', lambda: open('linked', 'rb').read(1))\n\
          try_('key', lambda: open(key).read())\n\
          try_('policy-read', lambda: open(policy).read(1))\n\
-         try_('policy-write', lambda: open(policy, 'a'))\n",
+         try_('policy-write', lambda: open(policy, 'a'))\n\
+         try_('policy-creat', lambda: os.close(os.open(policy, os.O_RDONLY | os.O_CREAT)))\n\
+         open('ready', 'w').close()\n\
+         while not os.path.exists('go'): time.sleep(0.01)\n\
+         os.link(db + '/late', 'late-linked')\n\
+         try_('store-late', lambda: open('late-linked').read())\n",
         db = env.db.display().to_string(),
         key = key.display().to_string(),
         policy = policy.display().to_string(),
         beside = beside.display().to_string(),
     );
-    let out = env
+    let run = env
         .command_with_policy(&policy, &["/usr/bin/python3", "-c", &script])
         .env("CORDON_TLS_KEY", &key)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A file the store gains once the tool runs (sled makes new ones): a
+    // hard link the tool makes to it makes the supervisor read the store
+    // again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.work.join("ready").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(env.db.join("late"), "late\n").unwrap();
+    std::fs::write(env.work.join("go"), "").unwrap();
+    let out = run.wait_with_output().unwrap();
     assert_eq!(
         assert_ok(&out),
         "beside ok\nstore-list err 13\nstore-read err 13\nstore-append err 13\n\
          store-create err 13\nstore-linked err 13\nkey err 13\npolicy-read ok\n\
-         policy-write err 13\n"
+         policy-write err 13\npolicy-creat ok\nstore-late err 13\n"
     );
     assert_eq!(std::fs::read_to_string(&key).unwrap(), "secret\n");
     let records = env.audit();
     let reason = exit_reason(&records);
-    assert!(reason.contains("openat(protected file)×7"), "{reason}");
+    assert!(reason.contains("openat(protected file)×8"), "{reason}");
     // Refused before any decision: no file record names them.
     assert!(find(&records, "openat", "client.key").is_empty());
     assert!(!find(&records, "openat", "beside.txt").is_empty());

@@ -1226,12 +1226,12 @@ impl Supervisor {
             });
             return Err(Errno::EACCES);
         }
-        // Writing, truncating or creating, as the kernel counts a write
-        // (`O_PATH` ignores the rest).
+        // Writing, truncating or creating a file (`O_PATH` ignores the
+        // rest; `O_CREAT` on a file that exists only opens it).
         let writes = flags & libc::O_PATH == 0
             && (flags & libc::O_ACCMODE != libc::O_RDONLY
                 || flags & libc::O_TRUNC != 0
-                || creates
+                || creates && matches!(found, Found::Missing { .. })
                 || is_tmpfile);
         let how = if writes { Use::Write } else { Use::Read };
         self.refuse_protected(n, &resolved_path, &found, stat.as_ref(), how, false)?;

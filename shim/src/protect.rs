@@ -4,16 +4,19 @@
 //! to the user who runs the tool, so its credentials do not keep it out.
 //!
 //! Each is recognised by its canonical path (a directory: everything under
-//! it), and by device and inode: a hard link to it, or another mount of a
-//! directory that holds it. The inodes are read when the supervisor starts,
-//! and again when a file with more than one name turns up on a protected
-//! directory's device (a hard link to a file made since).
+//! it), and by device, inode and birth time: a hard link to it, the same
+//! file under another mount, or after the tool moved it (`rename` is not
+//! brokered). What a protected directory holds is read when the supervisor
+//! starts, and read again, through an fd kept on the directory, when a
+//! regular file with more than one name turns up on its device (a hard
+//! link to a file made since). What was known stays known.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use nix::sys::stat::FileStat;
 
@@ -35,38 +38,46 @@ pub enum Use {
     Write,
 }
 
-/// At most this many inodes are read under one protected directory; past
-/// it, what is not read is recognised by its path only.
+/// At most this many files are read under one protected directory; past
+/// it, a file with other names on its device is refused.
 const MAX_INODES: usize = 4096;
-/// How deep under a protected directory inodes are read.
+/// How deep under a protected directory files are read.
 const MAX_DEPTH: usize = 4;
+/// A directory changed less than this before it was read may change again
+/// within the same tick of the file system's clock, unseen: it is read again.
+const SETTLE_SECONDS: i64 = 2;
+
+/// A file's identity: device and inode, and its birth time where the file
+/// system keeps one (an inode number is reused once its file is gone).
+type Id = (u64, u64);
+type Birth = Option<std::time::SystemTime>;
 
 #[derive(Debug)]
 struct Entry {
     /// Canonical, as the tool's lookups are.
     path: Vec<u8>,
     protection: Protection,
-    /// The device of the path, and whether it is a directory (when it
-    /// exists at start).
+    /// The device of the path (when it exists at start).
     dev: Option<u64>,
-    dir: bool,
-    scan: Mutex<Scan>,
+    /// A protected directory, opened at start: read again through this fd,
+    /// wherever it has been moved since.
+    dir: Option<OwnedFd>,
+    known: RwLock<Known>,
 }
 
-/// What was under a protected path when last read.
-#[derive(Debug, Default)]
-struct Scan {
-    /// Device and inode of the path and of everything under it.
-    inodes: HashSet<(u64, u64)>,
-    /// The directories read, with their change times then.
+/// What was found under a protected path.
+#[derive(Debug, Default, Clone)]
+struct Known {
+    files: HashMap<Id, Birth>,
+    /// The directories last read (relative to the top one), with their
+    /// change times then.
     dirs: Vec<(PathBuf, (i64, i64))>,
     /// When they were read.
     at: i64,
+    /// The last read stopped short (an unreadable directory, too many
+    /// files): what it missed is unknown.
+    incomplete: bool,
 }
-
-/// A directory changed less than this before it was read may change again
-/// within the same tick of the file system's clock, unseen: it is read again.
-const SETTLE_SECONDS: i64 = 2;
 
 /// The sandbox's protected files.
 #[derive(Debug, Default)]
@@ -83,13 +94,27 @@ impl Protected {
             .map(|(path, protection)| {
                 let path = canonical(path);
                 let meta = std::fs::symlink_metadata(&path).ok();
-                let path = path.as_os_str().as_bytes().to_vec();
+                let dir = meta
+                    .as_ref()
+                    .filter(|m| m.is_dir())
+                    .and_then(|_| std::fs::File::open(&path).ok().map(OwnedFd::from));
+                let mut known = Known::default();
+                match (&meta, &dir) {
+                    (Some(m), None) if m.is_dir() => known.incomplete = true,
+                    (Some(m), _) => {
+                        known.files.insert((m.dev(), m.ino()), m.created().ok());
+                    }
+                    (None, _) => {}
+                }
+                if let Some(dir) = &dir {
+                    known.read(dir);
+                }
                 Entry {
-                    scan: Mutex::new(Scan::of(&path)),
-                    path,
+                    path: path.as_os_str().as_bytes().to_vec(),
                     protection: *protection,
                     dev: meta.as_ref().map(|m| m.dev()),
-                    dir: meta.as_ref().is_some_and(|m| m.is_dir()),
+                    dir,
+                    known: RwLock::new(known),
                 }
             })
             .collect();
@@ -128,69 +153,144 @@ impl Protected {
         };
         let id = (st.st_dev, st.st_ino);
         // A regular file with other names may be a hard link, made since
-        // the inodes were read, to a file under a protected directory.
+        // the last read, to a file under a protected directory.
         let linked = existing && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1;
+        // Read once, when an inode matches.
+        let mut birth = None;
+        let mut born = || *birth.get_or_insert_with(|| birth_of(fd));
         applicable.any(|e| {
             if under(&e.path, canonical) {
                 return true;
             }
-            let mut scan = e.scan.lock().unwrap_or_else(|p| p.into_inner());
-            if linked && e.dir && e.dev == Some(st.st_dev) && !scan.settled() {
-                *scan = Scan::of(&e.path);
+            let on_device = e.dev == Some(st.st_dev);
+            if !on_device {
+                return false;
             }
-            scan.inodes.contains(&id)
+            if e.matches(id, &mut born) == Some(true) {
+                return true;
+            }
+            if !(linked && e.dir.is_some()) {
+                return false;
+            }
+            e.read_again_if_changed();
+            e.matches(id, &mut born)
+                .unwrap_or_else(|| e.read().incomplete)
         })
     }
 }
 
-impl Scan {
-    /// Reads the inodes of `path` and of what it holds.
-    fn of(path: &[u8]) -> Self {
-        let mut scan = Self {
-            at: now_seconds(),
-            ..Self::default()
-        };
-        let path = Path::new(std::ffi::OsStr::from_bytes(path));
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            scan.inodes.insert((meta.dev(), meta.ino()));
-            if meta.is_dir() {
-                scan.read_dir(path, &meta, MAX_DEPTH);
-            }
-        }
-        scan
+/// A file's birth time, through its fd (`statx`; `None` where the file
+/// system keeps none).
+fn birth_of(fd: &OwnedFd) -> Birth {
+    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()?
+        .created()
+        .ok()
+}
+
+/// Whether two birth times say the same file: unknown on either side is
+/// the same (fail closed).
+fn same_birth(a: Birth, b: Birth) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+impl Entry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Known> {
+        self.known.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds the device and inode of everything under `dir` (not following
-    /// symlinks), `depth` levels down, up to [`MAX_INODES`].
-    fn read_dir(&mut self, dir: &Path, meta: &std::fs::Metadata, depth: usize) {
-        self.dirs
-            .push((dir.to_path_buf(), (meta.ctime(), meta.ctime_nsec())));
-        let Ok(entries) = std::fs::read_dir(dir) else {
+    /// `Some(true)` if `id` is a known file here (by birth time too),
+    /// `Some(false)` if its inode was another file's, `None` if unknown.
+    fn matches(&self, id: Id, born: &mut impl FnMut() -> Birth) -> Option<bool> {
+        let known = *self.read().files.get(&id)?;
+        Some(same_birth(known, born()))
+    }
+
+    /// Reads the directory again (outside the lock: it may be slow) unless
+    /// nothing can have been added since the last read, and adds what it
+    /// finds.
+    fn read_again_if_changed(&self) {
+        let Some(dir) = &self.dir else {
             return;
         };
-        for entry in entries.flatten() {
-            if self.inodes.len() >= MAX_INODES {
-                return;
-            }
-            let Ok(meta) = entry.metadata() else {
-                continue;
-            };
-            self.inodes.insert((meta.dev(), meta.ino()));
-            if meta.is_dir() && depth > 1 {
-                self.read_dir(&entry.path(), &meta, depth - 1);
-            }
+        let last = {
+            let known = self.read();
+            (known.dirs.clone(), known.at, known.incomplete)
+        };
+        if !last.2 && settled(dir, &last.0, last.1) {
+            return;
+        }
+        let mut fresh = Known::default();
+        fresh.read(dir);
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        // An inode seen again with another birth time is another file now.
+        known.files.extend(fresh.files);
+        known.dirs = fresh.dirs;
+        known.at = fresh.at;
+        known.incomplete = fresh.incomplete;
+    }
+}
+
+impl Known {
+    /// Reads what `dir` holds.
+    fn read(&mut self, dir: &OwnedFd) {
+        self.at = now_seconds();
+        let top = fd_path(dir);
+        match std::fs::metadata(&top) {
+            Ok(meta) => self.read_dir(&top, Path::new(""), &meta, MAX_DEPTH),
+            Err(_) => self.incomplete = true,
         }
     }
 
-    /// Whether nothing can have been added since the scan: no directory
-    /// read has changed since, nor had changed shortly before.
-    fn settled(&self) -> bool {
-        self.dirs.iter().all(|(dir, ctime)| {
-            ctime.0 < self.at - SETTLE_SECONDS
-                && std::fs::symlink_metadata(dir)
-                    .is_ok_and(|m| (m.ctime(), m.ctime_nsec()) == *ctime)
-        })
+    /// Adds the files under `top/rel` (not following symlinks), `depth`
+    /// levels down, up to [`MAX_INODES`].
+    fn read_dir(&mut self, top: &Path, rel: &Path, meta: &std::fs::Metadata, depth: usize) {
+        self.dirs
+            .push((rel.to_path_buf(), (meta.ctime(), meta.ctime_nsec())));
+        let Ok(entries) = std::fs::read_dir(top.join(rel)) else {
+            self.incomplete = true;
+            return;
+        };
+        for entry in entries {
+            if self.files.len() >= MAX_INODES {
+                self.incomplete = true;
+                return;
+            }
+            let Ok(meta) = entry.and_then(|e| e.metadata().map(|m| (e.file_name(), m))) else {
+                self.incomplete = true;
+                continue;
+            };
+            let (name, meta) = meta;
+            self.files
+                .insert((meta.dev(), meta.ino()), meta.created().ok());
+            if meta.is_dir() {
+                if depth > 1 {
+                    self.read_dir(top, &rel.join(name), &meta, depth - 1);
+                } else {
+                    self.incomplete = true;
+                }
+            }
+        }
     }
+}
+
+/// Whether nothing can have been added under `dir` since `at`: no
+/// directory read then has changed since, nor had changed shortly before.
+fn settled(dir: &OwnedFd, dirs: &[(PathBuf, (i64, i64))], at: i64) -> bool {
+    let top = fd_path(dir);
+    dirs.iter().all(|(rel, ctime)| {
+        ctime.0 < at - SETTLE_SECONDS
+            && std::fs::symlink_metadata(top.join(rel))
+                .is_ok_and(|m| (m.ctime(), m.ctime_nsec()) == *ctime)
+    })
+}
+
+/// A path to the directory `fd` is open on, wherever it is now.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 fn now_seconds() -> i64 {
@@ -275,6 +375,86 @@ mod tests {
         let old = o_path(&dir.path().join("old-link"));
         assert!(!writes.refuses(b"/elsewhere", &old, None, Use::Read));
         assert!(writes.refuses(b"/elsewhere", &old, None, Use::Write));
+    }
+
+    #[test]
+    fn what_was_known_stays_known_after_the_directory_is_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join("old"), "").unwrap();
+        let protected = Protected::new(&[(store.clone(), Protection::All)]);
+        // `rename` is not brokered: the tool may move the store away, then
+        // link a file of its own, which makes the supervisor read it again.
+        let moved = dir.path().join("moved");
+        std::fs::rename(&store, &moved).unwrap();
+        std::fs::rename(moved.join("old"), dir.path().join("old-out")).unwrap();
+        std::fs::write(moved.join("late"), "").unwrap();
+        std::fs::hard_link(moved.join("late"), dir.path().join("late-link")).unwrap();
+        std::fs::write(dir.path().join("own"), "").unwrap();
+        std::fs::hard_link(dir.path().join("own"), dir.path().join("own-link")).unwrap();
+        // (`own-link` makes it read the directory again: `old-out` is no
+        // longer there, and still known.)
+        for (name, refused) in [
+            ("old-out", true),
+            ("own-link", false),
+            ("late-link", true),
+            ("old-out", true),
+        ] {
+            let found = o_path(&dir.path().join(name));
+            assert_eq!(
+                protected.refuses(b"/elsewhere", &found, None, Use::Read),
+                refused,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_inode_number_of_a_file_gone_names_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "").unwrap();
+        let protected = Protected::new(&[(key.clone(), Protection::All)]);
+        let found = o_path(&key);
+        assert!(protected.refuses(b"/elsewhere", &found, None, Use::Read));
+        // As if the key had been removed and its inode number reused by a
+        // file born later: where the file system keeps birth times, that
+        // file is not the key.
+        let Found::Existing(fd) = &found else {
+            unreachable!()
+        };
+        let Some(born) = birth_of(fd) else {
+            eprintln!("no birth times on this file system: an inode number is the file");
+            return;
+        };
+        for birth in protected.entries[0]
+            .known
+            .write()
+            .unwrap()
+            .files
+            .values_mut()
+        {
+            *birth = Some(born - std::time::Duration::from_secs(60));
+        }
+        assert!(!protected.refuses(b"/elsewhere", &found, None, Use::Read));
+    }
+
+    #[test]
+    fn a_directory_too_large_to_read_refuses_any_file_with_other_names_on_its_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let protected = Protected::new(&[(store.clone(), Protection::All)]);
+        std::fs::write(dir.path().join("own"), "").unwrap();
+        std::fs::hard_link(dir.path().join("own"), dir.path().join("own-link")).unwrap();
+        let own = o_path(&dir.path().join("own-link"));
+        assert!(!protected.refuses(b"/elsewhere", &own, None, Use::Read));
+        // More entries than are read: one of them could be `own`.
+        for i in 0..=MAX_INODES {
+            std::fs::create_dir(store.join(i.to_string())).unwrap();
+        }
+        assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
     }
 
     #[test]
