@@ -464,6 +464,65 @@ async fn a_session_that_never_reads_does_not_starve_other_clients() {
     assert!(answer.into_inner().decision.unwrap().allow);
 }
 
+/// A session whose evaluations are slow (a tool that found a costly path
+/// through the policy, each evaluation running to its time limit) must not
+/// hold the broker's async workers: with two sessions doing so on a
+/// two-worker broker, another client's decision used to wait for all of
+/// their evaluations (about 2 s here), and now waits for one at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_with_slow_evaluations_do_not_hold_up_other_clients() {
+    let policy = "package cordon\nimport rego.v1\n\
+                  allow if input.file.path == \"/etc/hosts\"\n\
+                  deny if {\n  startswith(input.file.path, \"/slow\")\n  \
+                  some i in numbers.range(1, 20000)\n  some j in numbers.range(1, 20000)\n  \
+                  i * j == -1\n}\n";
+    let s = Serve::start(policy, &["--eval-timeout", "200ms"]);
+    const SLOW: u64 = 10;
+    let mut slow = Vec::new();
+    for session in 0..2u64 {
+        // Distinct paths: no answer comes from the memo.
+        let requests = tokio_stream::iter((0..SLOW).map(move |i| SessionRequest {
+            request_id: i,
+            msg: Some(session_request::Msg::Decide(file_request(
+                i,
+                format!("/slow/{session}/{i}").as_bytes(),
+                &["read"],
+            ))),
+        }));
+        let mut answers = s
+            .client()
+            .await
+            .session(requests)
+            .await
+            .unwrap()
+            .into_inner();
+        slow.push(tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(answer) = answers.next().await {
+                answer.unwrap();
+                n += 1;
+                if n == SLOW {
+                    break;
+                }
+            }
+            n
+        }));
+    }
+    // Both sessions are evaluating by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let d = decide(&s, file_request(1, b"/etc/hosts", &["read"])).await;
+    let waited = started.elapsed();
+    assert!(d.allow, "{}", d.reason);
+    for task in slow {
+        assert_eq!(task.await.unwrap(), SLOW);
+    }
+    assert!(
+        waited < Duration::from_secs(1),
+        "a decision waited {waited:?} behind other sessions' slow evaluations"
+    );
+}
+
 /// At most MAX_OPEN_QUERIES audit queries are open at once (each holds a
 /// blocking thread); one more is RESOURCE_EXHAUSTED, and a query that ends
 /// frees its place.

@@ -101,6 +101,14 @@ pub const MAX_OPEN_QUERIES: usize = 64;
 /// limit the stream reads no more requests until the client takes answers.
 const STRICT_IN_FLIGHT: usize = 64;
 
+/// A `Session` answer that took this much CPU (a hundred times a usual one)
+/// was slow: the session's requests for [`OFFLOADED_AFTER_SLOW`] after it are
+/// answered on the blocking pool, off the async workers, which they would
+/// hold. (Time, not a count: a session alternating cheap requests with
+/// slow ones holds a worker for one slow answer a second at most.)
+const SLOW_ANSWER: Duration = Duration::from_millis(1);
+const OFFLOADED_AFTER_SLOW: Duration = Duration::from_secs(1);
+
 /// A store that is damaged loses data; one that is failing, full or closed
 /// is unavailable for now.
 fn audit_status(e: &AuditError) -> Status {
@@ -154,6 +162,23 @@ impl BrokerService {
         };
         result.map_err(|e| Status::invalid_argument(e.to_string()))
     }
+}
+
+/// [`handle_session_message`], and the CPU time it took this thread (not
+/// wall time: a thread preempted on a busy machine was not slow).
+fn answer_costed(
+    broker: &Broker,
+    msg: SessionRequest,
+    received: Instant,
+) -> (SessionResponse, Duration) {
+    let cpu = || {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map(Duration::from)
+            .unwrap_or_default()
+    };
+    let before = cpu();
+    let answer = handle_session_message(broker, msg, received);
+    (answer, cpu().saturating_sub(before))
 }
 
 /// Answers one `Session` message, read at `received`.
@@ -341,6 +366,8 @@ impl broker_server::Broker for BrokerService {
         let in_flight = Arc::new(Semaphore::new(STRICT_IN_FLIGHT));
         let mut closing = self.closing.clone();
         tokio::spawn(async move {
+            // Until when requests are answered on the blocking pool.
+            let mut offloaded_until: Option<Instant> = None;
             loop {
                 // A request read is answered; after the shutdown began, no
                 // more are read, and the stream ends once those answers are
@@ -398,12 +425,32 @@ impl broker_server::Broker for BrokerService {
                         }
                         drop(slot);
                     });
-                } else if tx
-                    .send(Ok(handle_session_message(&broker, msg, received)))
-                    .await
-                    .is_err()
-                {
-                    break;
+                } else {
+                    // Inline: a handoff to another thread costs more than a
+                    // decision. But a session that was slow (its tool found a
+                    // costly path through the policy) would hold an async
+                    // worker, and on a small machine every worker: it goes
+                    // to the blocking pool for its next requests.
+                    let (answer, cost) =
+                        if offloaded_until.is_some_and(|until| Instant::now() < until) {
+                            let broker = broker.clone();
+                            match tokio::task::spawn_blocking(move || {
+                                answer_costed(&broker, msg, received)
+                            })
+                            .await
+                            {
+                                Ok(answered) => answered,
+                                Err(_) => break,
+                            }
+                        } else {
+                            answer_costed(&broker, msg, received)
+                        };
+                    if cost >= SLOW_ANSWER {
+                        offloaded_until = Some(Instant::now() + OFFLOADED_AFTER_SLOW);
+                    }
+                    if tx.send(Ok(answer)).await.is_err() {
+                        break;
+                    }
                 }
             }
         });
