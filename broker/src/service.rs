@@ -101,8 +101,8 @@ pub const MAX_OPEN_QUERIES: usize = 64;
 /// limit the stream reads no more requests until the client takes answers.
 const STRICT_IN_FLIGHT: usize = 64;
 
-/// A `Session` answer that took this much CPU (a hundred times a usual one)
-/// was slow: the session's requests for [`OFFLOADED_AFTER_SLOW`] after it are
+/// A `Session` answer that took this long (a hundred times a usual one) was
+/// slow: the session's requests for [`OFFLOADED_AFTER_SLOW`] after it are
 /// answered on the blocking pool, off the async workers, which they would
 /// hold. (Time, not a count: a session alternating cheap requests with
 /// slow ones holds a worker for one slow answer a second at most.)
@@ -164,21 +164,19 @@ impl BrokerService {
     }
 }
 
-/// [`handle_session_message`], and the CPU time it took this thread (not
-/// wall time: a thread preempted on a busy machine was not slow).
+/// [`handle_session_message`], and the time it took. Wall time: the
+/// thread's CPU clock is a system call, two of which cost 3-5 µs more per
+/// answer (BENCHMARKS.md, session 20), so an answer preempted on a busy
+/// machine counts as slow too (its session's next second costs a thread
+/// handoff per request).
 fn answer_costed(
     broker: &Broker,
     msg: SessionRequest,
     received: Instant,
 ) -> (SessionResponse, Duration) {
-    let cpu = || {
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-            .map(Duration::from)
-            .unwrap_or_default()
-    };
-    let before = cpu();
+    let before = Instant::now();
     let answer = handle_session_message(broker, msg, received);
-    (answer, cpu().saturating_sub(before))
+    (answer, before.elapsed())
 }
 
 /// Answers one `Session` message, read at `received`.
@@ -446,6 +444,13 @@ impl broker_server::Broker for BrokerService {
                             answer_costed(&broker, msg, received)
                         };
                     if cost >= SLOW_ANSWER {
+                        if offloaded_until.is_none_or(|until| Instant::now() >= until) {
+                            tracing::debug!(
+                                took_us = cost.as_micros() as u64,
+                                "a session answer was slow: its next second of requests is \
+                                 answered off the async workers"
+                            );
+                        }
                         offloaded_until = Some(Instant::now() + OFFLOADED_AFTER_SLOW);
                     }
                     if tx.send(Ok(answer)).await.is_err() {
