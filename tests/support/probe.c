@@ -4,7 +4,8 @@
 //   probe open-race ALLOWED DENIED SECONDS
 //   probe connect-race IP_OK PORT_OK IP_DENIED PORT_DENIED SECONDS
 //   probe exec-race ALLOWED DENIED SECONDS
-//   probe open-loop PATH N   (per-call latency of openat+close: median/p99/total ns)
+//   probe open-loop PATH N   (per-call latency of openat+close: median/p99/total ns;
+//                             with PROBE_TRACE=FILE, every call's start and latency)
 //   probe connect-loop IP PORT N   (socket+connect+close to a TCP listener)
 //   probe exec-loop PROG N   (fork+execve+wait)
 //   probe exec-fallback FAILING OK N   (a child execs FAILING, which fails, then OK; N times)
@@ -164,6 +165,9 @@ static int report_loop(long *ns, long n) {
 
 static int open_loop(const char *path, long n) {
     long *ns = calloc(n, sizeof *ns);
+    long *at = calloc(n, sizeof *at);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
     for (long i = 0; i < n; i++) {
         struct timespec a, b;
         clock_gettime(CLOCK_MONOTONIC, &a);
@@ -172,6 +176,16 @@ static int open_loop(const char *path, long n) {
         close(fd);
         clock_gettime(CLOCK_MONOTONIC, &b);
         ns[i] = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+        at[i] = (a.tv_sec - start.tv_sec) * 1000000000L + (a.tv_nsec - start.tv_nsec);
+    }
+    /* PROBE_TRACE=FILE: every call as "START_NS LATENCY_NS", for where the
+       tail falls in time (benches/open_tail.py). */
+    const char *trace = getenv("PROBE_TRACE");
+    if (trace) {
+        FILE *f = fopen(trace, "w");
+        if (!f) { perror("PROBE_TRACE"); return 1; }
+        for (long i = 0; i < n; i++) fprintf(f, "%ld %ld\n", at[i], ns[i]);
+        fclose(f);
     }
     return report_loop(ns, n);
 }
