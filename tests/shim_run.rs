@@ -2382,6 +2382,16 @@ fn a_decision_finished_after_the_deadline_is_stored_as_the_denial_the_tool_got()
     assert!(reason.contains("after the client's deadline"), "{reason}");
 }
 
+/// A python script that connects to the unix socket `sock` and prints
+/// `connected` or `err ERRNO`.
+fn unix_connect_script(sock: &Path) -> String {
+    format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\n\
+         try:\n    s.connect('{}')\n    print('connected')\nexcept OSError as e:\n    print('err', e.errno)\n",
+        sock.display()
+    )
+}
+
 #[test]
 fn connecting_to_the_broker_socket_is_denied() {
     let env = Env::new(&[]);
@@ -2390,12 +2400,15 @@ fn connecting_to_the_broker_socket_is_denied() {
         &[],
     );
     let out = cordon()
-        .args(["run", "--broker", &serve.uri(), "--", "/usr/bin/python3", "-c"])
-        .arg(format!(
-            "import socket\ns = socket.socket(socket.AF_UNIX)\n\
-             try:\n    s.connect('{}')\n    print('connected')\nexcept OSError as e:\n    print('err', e.errno)\n",
-            serve.socket.display()
-        ))
+        .args([
+            "run",
+            "--broker",
+            &serve.uri(),
+            "--",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(unix_connect_script(&serve.socket))
         .current_dir(&env.work)
         .output()
         .unwrap();
@@ -2418,25 +2431,16 @@ fn a_broker_at_a_default_location_is_out_of_reach_whatever_the_policy() {
     let runtime = env.dir.path().join("xdg");
     std::fs::create_dir_all(runtime.join("cordon")).unwrap();
     std::fs::hard_link(&serve.socket, runtime.join("cordon/broker.sock")).unwrap();
-    let allow_all = env.dir.path().join("allow-all.rego");
-    std::fs::write(
-        &allow_all,
-        "package cordon\nimport rego.v1\nallow if input.kind in {\"file\", \"exec\", \"network\"}\n",
-    )
-    .unwrap();
-    let out = cordon()
-        .args(["run", "--audit-db"])
-        .arg(&env.db)
-        .arg("--policy")
-        .arg(&allow_all)
-        .args(["--", "/usr/bin/python3", "-c"])
-        .arg(format!(
-            "import socket\ns = socket.socket(socket.AF_UNIX)\n\
-             try:\n    s.connect('{}')\n    print('connected')\nexcept OSError as e:\n    print('err', e.errno)\n",
-            serve.socket.display()
-        ))
+    let out = env
+        .command_with_policy(
+            &env.allow_all(),
+            &[
+                "/usr/bin/python3",
+                "-c",
+                &unix_connect_script(&serve.socket),
+            ],
+        )
         .env("XDG_RUNTIME_DIR", &runtime)
-        .current_dir(&env.work)
         .output()
         .unwrap();
     assert_eq!(assert_ok(&out).trim(), "err 13");
