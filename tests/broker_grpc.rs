@@ -476,7 +476,13 @@ async fn sessions_with_slow_evaluations_do_not_hold_up_other_clients() {
                   deny if {\n  startswith(input.file.path, \"/slow\")\n  \
                   some i in numbers.range(1, 20000)\n  some j in numbers.range(1, 20000)\n  \
                   i * j == -1\n}\n";
-    let s = Serve::start(policy, &["--eval-timeout", "200ms"]);
+    // Two async workers whatever the machine (tokio reads it), so that two
+    // sessions could hold them all.
+    let s = Serve::start_with_env(
+        policy,
+        &["--eval-timeout", "200ms"],
+        &[("TOKIO_WORKER_THREADS", "2")],
+    );
     const SLOW: u64 = 10;
     let mut slow = Vec::new();
     for session in 0..2u64 {
@@ -497,15 +503,15 @@ async fn sessions_with_slow_evaluations_do_not_hold_up_other_clients() {
             .unwrap()
             .into_inner();
         slow.push(tokio::spawn(async move {
-            let mut n = 0;
+            // Answered in order, off the workers or not.
+            let mut ids = Vec::new();
             while let Some(answer) = answers.next().await {
-                answer.unwrap();
-                n += 1;
-                if n == SLOW {
+                ids.push(answer.unwrap().request_id);
+                if ids.len() as u64 == SLOW {
                     break;
                 }
             }
-            n
+            ids
         }));
     }
     // Both sessions are evaluating by now.
@@ -515,7 +521,7 @@ async fn sessions_with_slow_evaluations_do_not_hold_up_other_clients() {
     let waited = started.elapsed();
     assert!(d.allow, "{}", d.reason);
     for task in slow {
-        assert_eq!(task.await.unwrap(), SLOW);
+        assert_eq!(task.await.unwrap(), (0..SLOW).collect::<Vec<_>>());
     }
     assert!(
         waited < Duration::from_secs(1),

@@ -81,6 +81,9 @@ pub struct BrokerService {
     /// others waiting: on two CPUs a client asking for many at once would
     /// starve the decisions.
     heavy: Arc<Semaphore>,
+    /// Slow sessions' answers on the blocking pool at once, all sessions
+    /// together: one per CPU.
+    offloaded: Arc<Semaphore>,
     /// `ReloadPolicy` (a compile), one at a time too, but in a queue of its
     /// own: a reload that tightens the policy must not wait behind every
     /// verification queued before it (minutes each on a large store).
@@ -102,12 +105,46 @@ pub const MAX_OPEN_QUERIES: usize = 64;
 const STRICT_IN_FLIGHT: usize = 64;
 
 /// A `Session` answer that took this long (a hundred times a usual one) was
-/// slow: the session's requests for [`OFFLOADED_AFTER_SLOW`] after it are
-/// answered on the blocking pool, off the async workers, which they would
-/// hold. (Time, not a count: a session alternating cheap requests with
-/// slow ones holds a worker for one slow answer a second at most.)
+/// slow: the session's requests after it are answered on the blocking pool,
+/// off the async workers, which they would hold ([`Offload`]).
 const SLOW_ANSWER: Duration = Duration::from_millis(1);
-const OFFLOADED_AFTER_SLOW: Duration = Duration::from_secs(1);
+/// How long after a first slow answer; a slow answer less than
+/// [`OFFLOAD_AT_MOST`] after the last offload ended doubles it, up to that.
+const OFFLOAD_FIRST: Duration = Duration::from_secs(1);
+const OFFLOAD_AT_MOST: Duration = Duration::from_secs(60);
+
+/// Whether a session's requests are answered off the async workers. Time,
+/// not a count of requests: a session alternating cheap requests with slow
+/// ones would otherwise hold a worker for one slow answer per count. The
+/// time doubles while slow answers recur, so one slow answer per window
+/// holds a worker for ever shorter shares of time.
+#[derive(Debug, Default)]
+struct Offload {
+    until: Option<Instant>,
+    window: Duration,
+}
+
+impl Offload {
+    fn active(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// After an answer that took `cost`; true when this starts an offload.
+    fn answered(&mut self, cost: Duration, now: Instant) -> bool {
+        if cost < SLOW_ANSWER {
+            return false;
+        }
+        let starts = !self.active(now);
+        self.window = match self.until {
+            Some(until) if now < until + OFFLOAD_AT_MOST => {
+                (self.window * 2).clamp(OFFLOAD_FIRST, OFFLOAD_AT_MOST)
+            }
+            _ => OFFLOAD_FIRST,
+        };
+        self.until = Some(now + self.window);
+        starts
+    }
+}
 
 /// A store that is damaged loses data; one that is failing, full or closed
 /// is unavailable for now.
@@ -142,6 +179,9 @@ impl BrokerService {
             closing,
             queries: Arc::new(Semaphore::new(MAX_OPEN_QUERIES)),
             heavy: Arc::new(Semaphore::new(1)),
+            offloaded: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             reloads: Arc::new(Semaphore::new(1)),
             access,
         }
@@ -362,10 +402,10 @@ impl broker_server::Broker for BrokerService {
         let broker = self.broker.clone();
         let strict = self.strict;
         let in_flight = Arc::new(Semaphore::new(STRICT_IN_FLIGHT));
+        let offloaded = self.offloaded.clone();
         let mut closing = self.closing.clone();
         tokio::spawn(async move {
-            // Until when requests are answered on the blocking pool.
-            let mut offloaded_until: Option<Instant> = None;
+            let mut offload = Offload::default();
             loop {
                 // A request read is answered; after the shutdown began, no
                 // more are read, and the stream ends once those answers are
@@ -429,29 +469,39 @@ impl broker_server::Broker for BrokerService {
                     // costly path through the policy) would hold an async
                     // worker, and on a small machine every worker: it goes
                     // to the blocking pool for its next requests.
-                    let (answer, cost) =
-                        if offloaded_until.is_some_and(|until| Instant::now() < until) {
-                            let broker = broker.clone();
-                            match tokio::task::spawn_blocking(move || {
-                                answer_costed(&broker, msg, received)
-                            })
-                            .await
-                            {
-                                Ok(answered) => answered,
-                                Err(_) => break,
-                            }
-                        } else {
-                            answer_costed(&broker, msg, received)
+                    let (answer, cost) = if offload.active(Instant::now()) {
+                        // As many at once as there are CPUs: more would only
+                        // take CPU from the workers.
+                        let Ok(permit) = offloaded.clone().acquire_owned().await else {
+                            break;
                         };
-                    if cost >= SLOW_ANSWER {
-                        if offloaded_until.is_none_or(|until| Instant::now() >= until) {
-                            tracing::debug!(
-                                took_us = cost.as_micros() as u64,
-                                "a session answer was slow: its next second of requests is \
-                                 answered off the async workers"
-                            );
+                        let broker = broker.clone();
+                        let answered = tokio::task::spawn_blocking(move || {
+                            let _permit = permit;
+                            answer_costed(&broker, msg, received)
+                        })
+                        .await;
+                        match answered {
+                            Ok(answered) => answered,
+                            Err(e) => {
+                                tracing::error!(error = %e, "a session answer failed");
+                                let _ = tx
+                                    .send(Err(Status::internal(format!("the answer failed: {e}"))))
+                                    .await;
+                                break;
+                            }
                         }
-                        offloaded_until = Some(Instant::now() + OFFLOADED_AFTER_SLOW);
+                    } else {
+                        answer_costed(&broker, msg, received)
+                    };
+                    let now = Instant::now();
+                    if offload.answered(cost, now) {
+                        tracing::debug!(
+                            took_us = cost.as_micros() as u64,
+                            for_ms = offload.window.as_millis() as u64,
+                            "a session answer was slow: its next requests are answered off the \
+                             async workers"
+                        );
                     }
                     if tx.send(Ok(answer)).await.is_err() {
                         break;
@@ -859,5 +909,31 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn a_slow_session_stays_off_the_workers_longer_each_time_it_is_slow_again() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut o = Offload::default();
+        assert!(!o.answered(Duration::from_micros(900), at(0)));
+        assert!(!o.active(at(0)));
+        // A first slow answer: one second.
+        assert!(o.answered(SLOW_ANSWER, at(0)));
+        assert!(o.active(at(0)) && !o.active(at(1)));
+        // Slow again just after each window: 2, 4, 8 … seconds, at most 60.
+        let mut now = 1;
+        for window in [2, 4, 8, 16, 32, 60, 60] {
+            assert!(o.answered(SLOW_ANSWER, at(now)), "a new offload at {now}");
+            assert!(o.active(at(now + window - 1)) && !o.active(at(now + window)));
+            now += window;
+        }
+        // A slow answer while offloaded extends it, and starts nothing.
+        assert!(!o.answered(SLOW_ANSWER, at(now - 1)));
+        assert!(o.active(at(now + 58)));
+        // Quiet for a minute after it ends: one second again.
+        let later = now + 59 + 60;
+        assert!(o.answered(SLOW_ANSWER, at(later)));
+        assert!(!o.active(at(later + 1)));
     }
 }

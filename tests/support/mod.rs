@@ -31,6 +31,8 @@ pub struct Serve {
     pub db: PathBuf,
     pub policy: PathBuf,
     pub extra: Vec<String>,
+    /// Set in the broker's environment.
+    pub env: Vec<(String, String)>,
 }
 
 pub const ALLOW_ALL_BUT_TMP: &str = r#"package cordon
@@ -52,6 +54,11 @@ deny contains "secret" if startswith(input.file.path, "/secret/")
 impl Serve {
     /// Starts a broker with `policy` as `p.rego` in its policy directory.
     pub fn start(policy: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(policy, extra, &[])
+    }
+
+    /// [`Serve::start`], with `env` set in the broker's environment.
+    pub fn start_with_env(policy: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let policy_dir = dir.path().join("policy");
         std::fs::create_dir(&policy_dir).unwrap();
@@ -62,6 +69,10 @@ impl Serve {
             db: dir.path().join("audit"),
             policy: policy_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir,
         };
         s.spawn();
@@ -96,6 +107,7 @@ impl Serve {
                 &["--eval-timeout", "2s"][..]
             })
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
