@@ -41,8 +41,6 @@ pub enum Use {
 /// At most this many files are read under one protected directory; past
 /// it, a file with other names on its device is refused.
 const MAX_INODES: usize = 4096;
-/// How deep under a protected directory files are read.
-const MAX_DEPTH: usize = 4;
 /// A directory changed less than this before it was read may change again
 /// within the same tick of the file system's clock, unseen: it is read again.
 const SETTLE_SECONDS: i64 = 2;
@@ -94,18 +92,21 @@ impl Protected {
             .map(|(path, protection)| {
                 let path = canonical(path);
                 let meta = std::fs::symlink_metadata(&path).ok();
-                let dir = meta
+                // What a directory holds is read for full protection only:
+                // one for writes (a policy directory, which may be a large
+                // checkout) is known by its path and its own inode.
+                let scanned = meta
                     .as_ref()
-                    .filter(|m| m.is_dir())
-                    .and_then(|_| std::fs::File::open(&path).ok().map(OwnedFd::from));
+                    .is_some_and(|m| m.is_dir() && *protection == Protection::All);
+                let dir = scanned
+                    .then(|| std::fs::File::open(&path).ok().map(OwnedFd::from))
+                    .flatten();
                 let mut known = Known::default();
-                match (&meta, &dir) {
-                    (Some(m), None) if m.is_dir() => known.incomplete = true,
-                    (Some(m), _) => {
-                        known.files.insert((m.dev(), m.ino()), m.created().ok());
-                    }
-                    (None, _) => {}
+                if let Some(m) = &meta {
+                    known.files.insert((m.dev(), m.ino()), m.created().ok());
                 }
+                // A directory that cannot be read is not known: refused as such.
+                known.incomplete = scanned && dir.is_none();
                 if let Some(dir) = &dir {
                     known.read(dir);
                 }
@@ -169,8 +170,11 @@ impl Protected {
             if e.matches(id, &mut born) == Some(true) {
                 return true;
             }
-            if !(linked && e.dir.is_some()) {
+            if !linked {
                 return false;
+            }
+            if e.dir.is_none() {
+                return e.read().incomplete;
             }
             e.read_again_if_changed();
             e.matches(id, &mut born)
@@ -179,10 +183,11 @@ impl Protected {
     }
 }
 
-/// A file's birth time, through its fd (`statx`; `None` where the file
-/// system keeps none).
+/// A file's birth time, through its fd (`statx` of the fd itself, on a
+/// duplicate; `None` where the file system keeps none).
 fn birth_of(fd: &OwnedFd) -> Birth {
-    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    std::fs::File::from(fd.try_clone().ok()?)
+        .metadata()
         .ok()?
         .created()
         .ok()
@@ -216,11 +221,18 @@ impl Entry {
         let Some(dir) = &self.dir else {
             return;
         };
-        let last = {
+        let (dirs, at, incomplete) = {
             let known = self.read();
             (known.dirs.clone(), known.at, known.incomplete)
         };
-        if !last.2 && settled(dir, &last.0, last.1) {
+        // A read that stopped short is tried again, once a second at most:
+        // meanwhile what it missed is refused.
+        let settled = if incomplete {
+            now_seconds() <= at
+        } else {
+            settled(dir, &dirs, at)
+        };
+        if settled {
             return;
         }
         let mut fresh = Known::default();
@@ -235,42 +247,43 @@ impl Entry {
 }
 
 impl Known {
-    /// Reads what `dir` holds.
+    /// Reads what `dir` holds, breadth first (one directory open at a
+    /// time), up to [`MAX_INODES`] files.
     fn read(&mut self, dir: &OwnedFd) {
         self.at = now_seconds();
         let top = fd_path(dir);
-        match std::fs::metadata(&top) {
-            Ok(meta) => self.read_dir(&top, Path::new(""), &meta, MAX_DEPTH),
-            Err(_) => self.incomplete = true,
-        }
-    }
-
-    /// Adds the files under `top/rel` (not following symlinks), `depth`
-    /// levels down, up to [`MAX_INODES`].
-    fn read_dir(&mut self, top: &Path, rel: &Path, meta: &std::fs::Metadata, depth: usize) {
-        self.dirs
-            .push((rel.to_path_buf(), (meta.ctime(), meta.ctime_nsec())));
-        let Ok(entries) = std::fs::read_dir(top.join(rel)) else {
-            self.incomplete = true;
-            return;
-        };
-        for entry in entries {
-            if self.files.len() >= MAX_INODES {
-                self.incomplete = true;
-                return;
-            }
-            let Ok(meta) = entry.and_then(|e| e.metadata().map(|m| (e.file_name(), m))) else {
-                self.incomplete = true;
+        let mut pending = std::collections::VecDeque::from([PathBuf::new()]);
+        while let Some(rel) = pending.pop_front() {
+            let path = top.join(&rel);
+            let (Ok(meta), Ok(entries)) = (std::fs::metadata(&path), std::fs::read_dir(&path))
+            else {
+                // Gone since it was listed (sled replaces files), or not
+                // readable: only the first is harmless.
+                if rel.as_os_str().is_empty() || std::fs::symlink_metadata(&path).is_ok() {
+                    self.incomplete = true;
+                }
                 continue;
             };
-            let (name, meta) = meta;
-            self.files
-                .insert((meta.dev(), meta.ino()), meta.created().ok());
-            if meta.is_dir() {
-                if depth > 1 {
-                    self.read_dir(top, &rel.join(name), &meta, depth - 1);
-                } else {
+            self.dirs
+                .push((rel.clone(), (meta.ctime(), meta.ctime_nsec())));
+            for entry in entries {
+                if self.files.len() >= MAX_INODES {
                     self.incomplete = true;
+                    return;
+                }
+                let entry = match entry.and_then(|e| e.metadata().map(|m| (e.file_name(), m))) {
+                    Ok(entry) => entry,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(_) => {
+                        self.incomplete = true;
+                        continue;
+                    }
+                };
+                let (name, meta) = entry;
+                self.files
+                    .insert((meta.dev(), meta.ino()), meta.created().ok());
+                if meta.is_dir() {
+                    pending.push_back(rel.join(name));
                 }
             }
         }
@@ -290,7 +303,9 @@ fn settled(dir: &OwnedFd, dirs: &[(PathBuf, (i64, i64))], at: i64) -> bool {
 
 /// A path to the directory `fd` is open on, wherever it is now.
 fn fd_path(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    // This thread's fd table: the same as the process's, unless a library
+    // host's thread unshared its own, and there even if the main thread ended.
+    PathBuf::from(format!("/proc/thread-self/fd/{}", fd.as_raw_fd()))
 }
 
 fn now_seconds() -> i64 {
@@ -370,11 +385,23 @@ mod tests {
                 "{name}"
             );
         }
-        // Only writes, for a protection of writes.
-        let writes = Protected::new(&[(store.clone(), Protection::Writes)]);
+        // Only writes, for a file protected for writes (a directory so
+        // protected is not read: its files are known by path).
+        let writes = Protected::new(&[
+            (store.join("old"), Protection::Writes),
+            (store.clone(), Protection::Writes),
+        ]);
         let old = o_path(&dir.path().join("old-link"));
         assert!(!writes.refuses(b"/elsewhere", &old, None, Use::Read));
         assert!(writes.refuses(b"/elsewhere", &old, None, Use::Write));
+        let late = o_path(&dir.path().join("late-link"));
+        assert!(!writes.refuses(b"/elsewhere", &late, None, Use::Write));
+        assert!(writes.refuses(
+            store.join("late").as_os_str().as_bytes(),
+            &late,
+            None,
+            Use::Write
+        ));
     }
 
     #[test]
