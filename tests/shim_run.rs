@@ -2182,6 +2182,41 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
     env.assert_chain_verifies();
 }
 
+/// As an unprivileged user (supervisor and tool both `nobody`): the store
+/// is out of reach through a hard link too, and a store the supervisor can
+/// no longer read whole (the tool made a directory of it unreadable with
+/// `chmod`, which is not brokered) refuses every file with other names on
+/// its device, the tool's own included, rather than let one of the store's
+/// through.
+#[test]
+fn an_unreadable_store_refuses_files_with_other_names_as_nobody() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let policy = dir.path().join("allow-all.rego");
+    std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
+    let script = "import os\n\
+         def try_(what, f):\n\
+         \x20   try:\n\
+         \x20       f()\n\
+         \x20       print(what, 'ok')\n\
+         \x20   except OSError as e:\n\
+         \x20       print(what, 'err', e.errno)\n\
+         os.link('audit/db', 'db-link')\n\
+         try_('store-linked', lambda: open('db-link', 'rb').read(1))\n\
+         open('own', 'w').write('own')\n\
+         os.link('own', 'own-link')\n\
+         try_('own-linked', lambda: open('own-link').read())\n\
+         os.chmod('audit/blobs', 0o300)\n\
+         try_('own-linked-unreadable-store', lambda: open('own-link').read())\n\
+         open('single', 'w').write('single')\n\
+         try_('own-single', lambda: open('single').read())\n";
+    let out = python_under_cordon_as_nobody(dir.path(), &policy, script);
+    assert_eq!(
+        assert_ok(&out),
+        "store-linked err 13\nown-linked ok\nown-linked-unreadable-store err 13\nown-single ok\n"
+    );
+}
+
 /// A broker that accepts the connection but never answers (here a real
 /// `cordon serve`, stopped with SIGSTOP) is no broker: the start gives up
 /// within the deadline (exit 125), where it used to wait forever.
