@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use nix::sys::stat::FileStat;
 
@@ -67,15 +67,28 @@ struct Entry {
 #[derive(Debug, Default, Clone)]
 struct Known {
     files: HashMap<Id, Birth>,
-    /// The directories last read (relative to the top one), with their
-    /// change times then.
-    dirs: Vec<(PathBuf, (i64, i64))>,
+    /// The directories last read, with their change times then.
+    dirs: Arc<Vec<ReadDir>>,
     /// When they were read.
     at: i64,
     /// The last read stopped short (an unreadable directory, too many
     /// files): what it missed is unknown.
     incomplete: bool,
 }
+
+/// A directory read under a protected one.
+#[derive(Debug)]
+struct ReadDir {
+    /// Relative to the top one.
+    rel: PathBuf,
+    /// For the first [`KEPT_DIR_FDS`]: an `fstat` tells whether it changed,
+    /// where a path would be walked again.
+    fd: Option<OwnedFd>,
+    ctime: (i64, i64),
+}
+
+/// Directory fds kept per protected directory.
+const KEPT_DIR_FDS: usize = 16;
 
 /// The sandbox's protected files.
 #[derive(Debug, Default)]
@@ -252,8 +265,9 @@ impl Known {
     fn read(&mut self, dir: &OwnedFd) {
         self.at = now_seconds();
         let top = fd_path(dir);
+        let mut dirs = Vec::new();
         let mut pending = std::collections::VecDeque::from([PathBuf::new()]);
-        while let Some(rel) = pending.pop_front() {
+        'read: while let Some(rel) = pending.pop_front() {
             let path = top.join(&rel);
             let (Ok(meta), Ok(entries)) = (std::fs::metadata(&path), std::fs::read_dir(&path))
             else {
@@ -264,12 +278,25 @@ impl Known {
                 }
                 continue;
             };
-            self.dirs
-                .push((rel.clone(), (meta.ctime(), meta.ctime_nsec())));
+            let fd = (dirs.len() < KEPT_DIR_FDS)
+                .then(|| {
+                    nix::fcntl::open(
+                        &path,
+                        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+                        nix::sys::stat::Mode::empty(),
+                    )
+                    .ok()
+                })
+                .flatten();
+            dirs.push(ReadDir {
+                rel: rel.clone(),
+                fd,
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+            });
             for entry in entries {
                 if self.files.len() >= MAX_INODES {
                     self.incomplete = true;
-                    return;
+                    break 'read;
                 }
                 let entry = match entry.and_then(|e| e.metadata().map(|m| (e.file_name(), m))) {
                     Ok(entry) => entry,
@@ -287,17 +314,22 @@ impl Known {
                 }
             }
         }
+        self.dirs = Arc::new(dirs);
     }
 }
 
 /// Whether nothing can have been added under `dir` since `at`: no
 /// directory read then has changed since, nor had changed shortly before.
-fn settled(dir: &OwnedFd, dirs: &[(PathBuf, (i64, i64))], at: i64) -> bool {
+fn settled(dir: &OwnedFd, dirs: &[ReadDir], at: i64) -> bool {
     let top = fd_path(dir);
-    dirs.iter().all(|(rel, ctime)| {
-        ctime.0 < at - SETTLE_SECONDS
-            && std::fs::symlink_metadata(top.join(rel))
-                .is_ok_and(|m| (m.ctime(), m.ctime_nsec()) == *ctime)
+    dirs.iter().all(|d| {
+        d.ctime.0 < at - SETTLE_SECONDS
+            && match &d.fd {
+                Some(fd) => nix::sys::stat::fstat(fd)
+                    .is_ok_and(|st| (st.st_ctime, st.st_ctime_nsec) == d.ctime),
+                None => std::fs::symlink_metadata(top.join(&d.rel))
+                    .is_ok_and(|m| (m.ctime(), m.ctime_nsec()) == d.ctime),
+            }
     })
 }
 
