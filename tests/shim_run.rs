@@ -2185,9 +2185,10 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
 /// As an unprivileged user (supervisor and tool both `nobody`): the store
 /// is out of reach through a hard link too, and a store the supervisor can
 /// no longer read whole (the tool made a directory of it unreadable with
-/// `chmod`, which is not brokered) refuses every file with other names on
-/// its device, the tool's own included, rather than let one of the store's
-/// through.
+/// `chmod`, which is not brokered, then added a name to it) refuses every
+/// file with other names on its device, the tool's own included, rather
+/// than let one of the store's through. Until a name is added, what was
+/// read stands.
 #[test]
 fn an_unreadable_store_refuses_files_with_other_names_as_nobody() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
@@ -2207,13 +2208,16 @@ fn an_unreadable_store_refuses_files_with_other_names_as_nobody() {
          os.link('own', 'own-link')\n\
          try_('own-linked', lambda: open('own-link').read())\n\
          os.chmod('audit/blobs', 0o300)\n\
+         try_('own-linked-unchanged-store', lambda: open('own-link').read())\n\
+         os.mkdir('audit/blobs/new')\n\
          try_('own-linked-unreadable-store', lambda: open('own-link').read())\n\
          open('single', 'w').write('single')\n\
          try_('own-single', lambda: open('single').read())\n";
     let out = python_under_cordon_as_nobody(dir.path(), &policy, script);
     assert_eq!(
         assert_ok(&out),
-        "store-linked err 13\nown-linked ok\nown-linked-unreadable-store err 13\nown-single ok\n"
+        "store-linked err 13\nown-linked ok\nown-linked-unchanged-store ok\n\
+         own-linked-unreadable-store err 13\nown-single ok\n"
     );
 }
 

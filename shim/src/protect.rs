@@ -16,7 +16,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use nix::sys::stat::FileStat;
 
@@ -61,6 +63,10 @@ struct Entry {
     /// wherever it has been moved since.
     dir: Option<OwnedFd>,
     known: RwLock<Known>,
+    /// Held while checking for changes and reading again: the check
+    /// consumes the watch's events, so another thread must wait for the
+    /// read they lead to.
+    reading: Mutex<()>,
 }
 
 /// What was found under a protected path.
@@ -69,6 +75,12 @@ struct Known {
     files: HashMap<Id, Birth>,
     /// The directories last read, with their change times then.
     dirs: Arc<Vec<ReadDir>>,
+    /// Watching every one of them for a new name (`IN_CREATE`,
+    /// `IN_MOVED_TO`), from before each was read: the kernel queues the
+    /// event within the call that adds the name, so an empty queue means
+    /// nothing was added. `None` (no inotify instance or watch left for
+    /// us): the change times and [`SETTLE_SECONDS`] tell.
+    watch: Option<Arc<Inotify>>,
     /// When they were read.
     at: i64,
     /// The last read stopped short (an unreadable directory, too many
@@ -129,6 +141,7 @@ impl Protected {
                     dev: meta.as_ref().map(|m| m.dev()),
                     dir,
                     known: RwLock::new(known),
+                    reading: Mutex::new(()),
                 }
             })
             .collect();
@@ -227,25 +240,26 @@ impl Entry {
         Some(same_birth(known, born()))
     }
 
-    /// Reads the directory again (outside the lock: it may be slow) unless
-    /// nothing can have been added since the last read, and adds what it
-    /// finds.
+    /// Reads the directory again (under the entry's `reading` lock, which
+    /// only other such reads wait for) unless nothing can have been added
+    /// since the last read, and adds what it finds.
     fn read_again_if_changed(&self) {
         let Some(dir) = &self.dir else {
             return;
         };
-        let (dirs, at, incomplete) = {
+        let _reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        let (changed, incomplete, at) = {
             let known = self.read();
-            (known.dirs.clone(), known.at, known.incomplete)
+            (known.changed(dir), known.incomplete, known.at)
         };
         // A read that stopped short is tried again, once a second at most:
         // meanwhile what it missed is refused.
-        let settled = if incomplete {
-            now_seconds() <= at
+        let again = if incomplete {
+            now_seconds() > at
         } else {
-            settled(dir, &dirs, at)
+            changed
         };
-        if settled {
+        if !again {
             return;
         }
         let mut fresh = Known::default();
@@ -254,6 +268,7 @@ impl Entry {
         // An inode seen again with another birth time is another file now.
         known.files.extend(fresh.files);
         known.dirs = fresh.dirs;
+        known.watch = fresh.watch;
         known.at = fresh.at;
         known.incomplete = fresh.incomplete;
     }
@@ -266,9 +281,16 @@ impl Known {
         self.at = now_seconds();
         let top = fd_path(dir);
         let mut dirs = Vec::new();
+        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
+        let mut watched = watch.is_some();
         let mut pending = std::collections::VecDeque::from([PathBuf::new()]);
         'read: while let Some(rel) = pending.pop_front() {
             let path = top.join(&rel);
+            if let Some(w) = &watch {
+                watched &= w
+                    .add_watch(&path, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+                    .is_ok();
+            }
             let (Ok(meta), Ok(entries)) = (std::fs::metadata(&path), std::fs::read_dir(&path))
             else {
                 // Gone since it was listed (sled replaces files), or not
@@ -315,6 +337,16 @@ impl Known {
             }
         }
         self.dirs = Arc::new(dirs);
+        self.watch = watch.filter(|_| watched).map(Arc::new);
+    }
+
+    /// Whether a name may have been added since the read (`dir`: the top
+    /// directory's fd). Consumes the watch's events: the caller reads again.
+    fn changed(&self, dir: &OwnedFd) -> bool {
+        match &self.watch {
+            Some(w) => !matches!(w.read_events(), Err(nix::errno::Errno::EAGAIN)),
+            None => !settled(dir, &self.dirs, self.at),
+        }
     }
 }
 
@@ -514,6 +546,20 @@ mod tests {
             std::fs::create_dir(store.join(i.to_string())).unwrap();
         }
         assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
+    }
+
+    #[test]
+    fn without_inotify_a_directory_changed_lately_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let protected = Protected::new(&[(store.clone(), Protection::All)]);
+        // As where no inotify instance is left: the change times decide.
+        protected.entries[0].known.write().unwrap().watch = None;
+        std::fs::write(store.join("late"), "").unwrap();
+        std::fs::hard_link(store.join("late"), dir.path().join("late-link")).unwrap();
+        let late = o_path(&dir.path().join("late-link"));
+        assert!(protected.refuses(b"/elsewhere", &late, None, Use::Read));
     }
 
     #[test]
