@@ -2108,6 +2108,16 @@ fn the_tool_does_not_inherit_cordons_tls_settings() {
     assert_eq!(assert_ok(&out), "unset unset\n");
 }
 
+/// A Python prelude: `try_(what, f)` prints `what ok`, or `what err ERRNO`
+/// when `f` raises an `OSError`.
+const TRY_: &str = "import os, time\n\
+                    def try_(what, f):\n    \
+                        try:\n        \
+                            f()\n        \
+                            print(what, 'ok')\n    \
+                        except OSError as e:\n        \
+                            print(what, 'err', e.errno)\n";
+
 /// cordon's own files share the tool's uid: under a policy that allows
 /// everything, the embedded audit store (by any name: a hard link the tool
 /// makes), the TLS client key and writes to the policy stay out of reach,
@@ -2121,13 +2131,7 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
     let beside = env.dir.path().join("beside.txt");
     std::fs::write(&beside, "beside\n").unwrap();
     let script = format!(
-        "import os, time\n\
-         def try_(what, f):\n\
-         \x20   try:\n\
-         \x20       f()\n\
-         \x20       print(what, 'ok')\n\
-         \x20   except OSError as e:\n\
-         \x20       print(what, 'err', e.errno)\n\
+        "{TRY_}\
          db, key, policy, beside = {db:?}, {key:?}, {policy:?}, {beside:?}\n\
          try_('beside', lambda: open(beside).read())\n\
          try_('store-list', lambda: os.listdir(db))\n\
@@ -2195,13 +2199,8 @@ fn an_unreadable_store_refuses_files_with_other_names_as_nobody() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let policy = dir.path().join("allow-all.rego");
     std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
-    let script = "import os\n\
-         def try_(what, f):\n\
-         \x20   try:\n\
-         \x20       f()\n\
-         \x20       print(what, 'ok')\n\
-         \x20   except OSError as e:\n\
-         \x20       print(what, 'err', e.errno)\n\
+    let script = &format!(
+        "{TRY_}\
          os.link('audit/db', 'db-link')\n\
          try_('store-linked', lambda: open('db-link', 'rb').read(1))\n\
          open('own', 'w').write('own')\n\
@@ -2212,7 +2211,8 @@ fn an_unreadable_store_refuses_files_with_other_names_as_nobody() {
          os.mkdir('audit/blobs/new')\n\
          try_('own-linked-unreadable-store', lambda: open('own-link').read())\n\
          open('single', 'w').write('single')\n\
-         try_('own-single', lambda: open('single').read())\n";
+         try_('own-single', lambda: open('single').read())\n"
+    );
     let out = python_under_cordon_as_nobody(dir.path(), &policy, script);
     assert_eq!(
         assert_ok(&out),
