@@ -468,7 +468,8 @@ async fn a_session_that_never_reads_does_not_starve_other_clients() {
 /// through the policy, each evaluation running to its time limit) must not
 /// hold the broker's async workers: with two sessions doing so on a
 /// two-worker broker, another client's decision used to wait for all of
-/// their evaluations (about 2 s here), and now waits for one at most.
+/// their evaluations (about 2 s here), and now waits for two at most (the
+/// second slow answer in a row moves a session off the workers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_with_slow_evaluations_do_not_hold_up_other_clients() {
     let policy = "package cordon\nimport rego.v1\n\

@@ -105,8 +105,8 @@ pub const MAX_OPEN_QUERIES: usize = 64;
 const STRICT_IN_FLIGHT: usize = 64;
 
 /// A `Session` answer that took this long (a hundred times a usual one) was
-/// slow: the session's requests after it are answered on the blocking pool,
-/// off the async workers, which they would hold ([`Offload`]).
+/// slow: after two in a row, the session's requests are answered on the
+/// blocking pool, off the async workers, which they would hold ([`Offload`]).
 const SLOW_ANSWER: Duration = Duration::from_millis(1);
 /// How long after a first slow answer; a slow answer less than
 /// [`OFFLOAD_AT_MOST`] after the last offload ended doubles it, up to that.
@@ -122,6 +122,7 @@ const OFFLOAD_AT_MOST: Duration = Duration::from_secs(60);
 struct Offload {
     until: Option<Instant>,
     window: Duration,
+    slow_in_a_row: u32,
 }
 
 impl Offload {
@@ -132,14 +133,24 @@ impl Offload {
     /// After an answer that took `cost`; true when this starts an offload.
     fn answered(&mut self, cost: Duration, now: Instant) -> bool {
         if cost < SLOW_ANSWER {
+            self.slow_in_a_row = 0;
             return false;
         }
+        self.slow_in_a_row = self.slow_in_a_row.saturating_add(1);
         let starts = !self.active(now);
-        self.window = match self.until {
-            Some(until) if now < until + OFFLOAD_AT_MOST => {
-                (self.window * 2).clamp(OFFLOAD_FIRST, OFFLOAD_AT_MOST)
-            }
-            _ => OFFLOAD_FIRST,
+        let recent = self
+            .until
+            .is_some_and(|until| now < until + OFFLOAD_AT_MOST);
+        // Timed by wall clock, one slow answer may be a preemption on a busy
+        // machine: a first offload takes two in a row, so that a session
+        // that was only preempted does not queue behind the slow ones.
+        if !recent && self.slow_in_a_row < 2 {
+            return false;
+        }
+        self.window = if recent {
+            (self.window * 2).clamp(OFFLOAD_FIRST, OFFLOAD_AT_MOST)
+        } else {
+            OFFLOAD_FIRST
         };
         self.until = Some(now + self.window);
         starts
@@ -918,7 +929,12 @@ mod tests {
         let mut o = Offload::default();
         assert!(!o.answered(Duration::from_micros(900), at(0)));
         assert!(!o.active(at(0)));
-        // A first slow answer: one second.
+        // One slow answer between fast ones (a preemption, maybe): nothing.
+        assert!(!o.answered(SLOW_ANSWER, at(0)));
+        assert!(!o.answered(Duration::ZERO, at(0)));
+        assert!(!o.answered(SLOW_ANSWER, at(0)));
+        assert!(!o.active(at(0)));
+        // A second in a row: one second.
         assert!(o.answered(SLOW_ANSWER, at(0)));
         assert!(o.active(at(0)) && !o.active(at(1)));
         // Slow again just after each window: 2, 4, 8 … seconds, at most 60.
@@ -931,8 +947,11 @@ mod tests {
         // A slow answer while offloaded extends it, and starts nothing.
         assert!(!o.answered(SLOW_ANSWER, at(now - 1)));
         assert!(o.active(at(now + 58)));
-        // Quiet for a minute after it ends: one second again.
+        // Quiet for a minute after it ends: two slow answers, then one
+        // second again.
         let later = now + 59 + 60;
+        assert!(!o.answered(Duration::ZERO, at(later)));
+        assert!(!o.answered(SLOW_ANSWER, at(later)));
         assert!(o.answered(SLOW_ANSWER, at(later)));
         assert!(!o.active(at(later + 1)));
     }

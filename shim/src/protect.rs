@@ -93,8 +93,8 @@ struct Known {
 struct ReadDir {
     /// Relative to the top one.
     rel: PathBuf,
-    /// For the first [`KEPT_DIR_FDS`]: an `fstat` tells whether it changed,
-    /// where a path would be walked again.
+    /// Without a watch, for the first [`KEPT_DIR_FDS`]: an `fstat` tells
+    /// whether it changed, where a path would be walked again.
     fd: Option<OwnedFd>,
     ctime: (i64, i64),
 }
@@ -300,11 +300,14 @@ impl Known {
                 }
                 continue;
             };
-            let fd = (dirs.len() < KEPT_DIR_FDS)
+            // Only where the change times will decide (no watch).
+            let fd = (!watched && dirs.len() < KEPT_DIR_FDS)
                 .then(|| {
                     nix::fcntl::open(
                         &path,
-                        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+                        nix::fcntl::OFlag::O_PATH
+                            | nix::fcntl::OFlag::O_DIRECTORY
+                            | nix::fcntl::OFlag::O_CLOEXEC,
                         nix::sys::stat::Mode::empty(),
                     )
                     .ok()
