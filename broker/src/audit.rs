@@ -450,12 +450,12 @@ struct Inner {
     assigned_seq: AtomicU64,
     /// Newest seq in the store.
     inserted_seq: AtomicU64,
-    /// Records stored in sled but not known durable, each with its hash, in
-    /// seq order, until a flush succeeds. After a failed write they are what
+    /// Records stored in sled but not known durable, sealed, in seq order,
+    /// until a flush succeeds. After a failed write they are what
     /// `take_unstored` logs: sled cannot be trusted to read them back then
     /// (a read may split a tree node, which is a write, and after an I/O
     /// error sled refuses every write).
-    unflushed: Mutex<Vec<(AuditRecord, [u8; 32])>>,
+    unflushed: Mutex<Vec<Unflushed>>,
     flush: Mutex<FlushState>,
     flushed: Condvar,
     dirty: Mutex<bool>,
@@ -477,6 +477,18 @@ struct Inner {
     /// crash in between would leave those entries missing for good.
     flush_serial: Mutex<()>,
     ids: RecordIds,
+}
+
+/// A record stored but not known durable: its sealed body (one allocation;
+/// the record itself, a tree of them, is freed as soon as it is sealed, in
+/// the same run of the flusher rather than after the disk's flush wakes it
+/// again), decoded again only if it has to be logged.
+struct Unflushed {
+    seq: u64,
+    /// What the record counted in the backlog (`approx_bytes`).
+    bytes: u64,
+    body: Vec<u8>,
+    hash: [u8; 32],
 }
 
 /// Record ids: UUIDv7 (time-ordered), whose random bits are a random start,
@@ -1207,12 +1219,12 @@ impl Inner {
         // Flushes are serial and targets only grow.
         self.durable.send_replace(target);
         let mut unflushed = self.unflushed.lock().unwrap_or_else(|p| p.into_inner());
-        let durable = unflushed.partition_point(|(r, _)| r.seq <= target);
+        let durable = unflushed.partition_point(|u| u.seq <= target);
         let rest = unflushed.split_off(durable);
         let done = std::mem::replace(&mut *unflushed, rest);
         // Freed outside the lock, which `store_chunk` takes holding `sealed`.
         drop(unflushed);
-        self.uncount_backlog(done.iter().map(|(r, _)| r.approx_bytes()).sum());
+        self.uncount_backlog(done.iter().map(|u| u.bytes).sum());
         drop(done);
         Ok(target)
     }
@@ -1447,8 +1459,11 @@ impl Inner {
                 hex::encode(hash)
             };
             record.hash = String::new();
-            let body = match serde_json::to_vec(&*record) {
-                Ok(body) => body,
+            // Sized for the record: growing from serde_json's 128 bytes took
+            // three reallocations per record.
+            let mut body = Vec::with_capacity(record.approx_bytes() as usize + 256);
+            let body = match serde_json::to_writer(&mut body, &*record) {
+                Ok(()) => body,
                 Err(e) => {
                     let seq = record.seq;
                     let e = AuditError::Corrupt {
@@ -1501,12 +1516,14 @@ impl Inner {
         self.unflushed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(
-                records
-                    .into_iter()
-                    .zip(sealed_records.iter().map(|s| s.hash)),
-            );
+            .extend(records.iter().zip(sealed_records).map(|(r, s)| Unflushed {
+                seq: s.seq,
+                bytes: r.approx_bytes(),
+                body: s.body,
+                hash: s.hash,
+            }));
         drop(sealed);
+        drop(records);
         self.notify.send_replace(last);
         Ok(())
     }
@@ -1910,10 +1927,22 @@ impl AuditLog for SledAudit {
         drop(chain);
         let mut out: Vec<AuditRecord> = unflushed
             .into_iter()
-            .filter(|(r, _)| r.seq > durable)
-            .map(|(mut r, hash)| {
-                r.hash = hex::encode(hash);
-                r
+            .filter(|u| u.seq > durable)
+            .filter_map(|u| {
+                let sealed = page::Entry {
+                    hash: &u.hash,
+                    body: &u.body,
+                };
+                match decode(u.seq, sealed) {
+                    Ok(r) => Some(r),
+                    // Bytes this process wrote from a record: not expected,
+                    // and still not dropped in silence.
+                    Err(e) => {
+                        tracing::error!(seq = u.seq, error = %e, body = %String::from_utf8_lossy(&u.body),
+                            "audit record not on disk, as sealed");
+                        None
+                    }
+                }
             })
             .collect();
         // …and still queued.
