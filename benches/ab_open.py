@@ -62,7 +62,9 @@ def wait_for(path: str, proc: subprocess.Popen) -> None:
 def one_run(cordon: str, args, probe: str, policy: list[str], target: str, work: str) -> list[int]:
     """Every call's latency (ns), sorted."""
     run = tempfile.mkdtemp(dir=work)
-    trace = os.path.join(run, "trace.txt")
+    # Where the tool may write: its working directory (the target's).
+    fd, trace = tempfile.mkstemp(prefix=".ab-open-trace-", dir=os.path.dirname(target))
+    os.close(fd)
     pin = ["taskset", "-c", "0"] if args.pin else []
     serve = None
     if args.serve:
@@ -88,8 +90,11 @@ def one_run(cordon: str, args, probe: str, policy: list[str], target: str, work:
         if serve:
             serve.terminate()
             serve.wait()
-    with open(trace) as f:
-        return sorted(int(line.split()[1]) for line in f)
+    try:
+        with open(trace) as f:
+            return sorted(int(line.split()[1]) for line in f)
+    finally:
+        os.unlink(trace)
 
 
 def quantile(lat: list[int], q: float) -> int:
@@ -106,28 +111,32 @@ def main() -> None:
     ap.add_argument("cordon", nargs="+")
     args = ap.parse_args()
     builds = [os.path.abspath(c) for c in args.cordon]
+    # Named as given, numbered: the same build twice is an A/A check of the noise.
+    names = [f"{i + 1}:{c}" for i, c in enumerate(args.cordon)]
     with tempfile.TemporaryDirectory(prefix="cordon-ab-") as work:
         probe, policy = kit(work)
-        target = args.target or os.path.join(work, "target.txt")
+        target = os.path.abspath(args.target) if args.target else os.path.join(work, "target.txt")
         if not args.target:
             with open(target, "w") as f:
                 f.write("x\n")
-        results = {b: [] for b in builds}
+        results = [[] for _ in builds]
         for r in range(args.rounds):
             # Alternate the order too, so neither build always runs first.
-            order = builds if r % 2 == 0 else builds[::-1]
+            order = list(range(len(builds)))
+            if r % 2:
+                order.reverse()
             for b in order:
-                lat = one_run(b, args, probe, policy, target, work)
+                lat = one_run(builds[b], args, probe, policy, target, work)
                 row = (quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 0.999),
                        sum(ns > SLOW_NS for ns in lat))
                 results[b].append(row)
-                print(f"round {r + 1} {os.path.basename(b)}: median {row[0] / 1000:.2f} us  p99 {row[1] / 1000:.1f} us"
+                print(f"round {r + 1} {names[b]}: median {row[0] / 1000:.2f} us  p99 {row[1] / 1000:.1f} us"
                       f"  p99.9 {row[2] / 1000:.0f} us  over {SLOW_NS // 1000} us: {row[3]}", flush=True)
     where = ("serve" if args.serve else "embedded") + (", pinned" if args.pin else ", unpinned")
     print(f"\n{where}, {args.n} opens per run, {args.rounds} rounds (medians over the runs):")
-    for b in builds:
+    for b, name in enumerate(names):
         meds, p99s, p999s, slow = zip(*results[b])
-        print(f"  {os.path.basename(b):24} median {statistics.median(meds) / 1000:6.2f} us "
+        print(f"  {name:24} median {statistics.median(meds) / 1000:6.2f} us "
               f"({min(meds) / 1000:.2f}-{max(meds) / 1000:.2f})  p99 {statistics.median(p99s) / 1000:6.1f} us"
               f"  p99.9 {statistics.median(p999s) / 1000:5.0f} us  over {SLOW_NS // 1000} us: "
               f"{statistics.median(slow):.0f} calls")

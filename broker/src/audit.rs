@@ -1365,6 +1365,7 @@ impl Inner {
         }
         let bytes = record.approx_bytes();
         let mut help_drain = false;
+        let mut spent = Vec::new();
         // Outside the chain lock: it reads the clock.
         record.id = self.ids.next();
         let seq = {
@@ -1387,15 +1388,23 @@ impl Inner {
                 // flusher's, off the caller's path.
                 chain.queue.push(record);
                 help_drain = chain.queue.len() >= INLINE_DRAIN_AT;
-            } else if let Err((e, _)) = self.store(vec![record]) {
-                self.uncount_backlog(bytes);
-                return Err(e);
+            } else {
+                match self.store(vec![record]) {
+                    // Freed below, outside the chain lock that other
+                    // appenders wait on.
+                    Ok(stored) => spent = stored,
+                    Err((e, _)) => {
+                        self.uncount_backlog(bytes);
+                        return Err(e);
+                    }
+                }
             }
             chain.next_seq = seq + 1;
             chain.last_time_ns = time_ns;
             self.assigned_seq.store(seq, Ordering::SeqCst);
             seq
         };
+        drop(spent);
         if help_drain {
             // Appends outrun the flusher: store the queue here, so a fast
             // caller is slowed down to the store's pace instead of growing
@@ -1426,26 +1435,35 @@ impl Inner {
     /// Seals `records` (consecutive, in seq order, after the newest stored
     /// one) into the chain and stores them, one batch per [`STORE_CHUNK`].
     /// On failure the chunks before stay stored and the rest is handed back.
-    fn store(&self, records: Vec<AuditRecord>) -> Result<(), (AuditError, Vec<AuditRecord>)> {
+    /// On success the records come back spent (what `unflushed` keeps is
+    /// their sealed bodies), for the caller to free outside its locks.
+    fn store(
+        &self,
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<AuditRecord>, (AuditError, Vec<AuditRecord>)> {
         let mut rest = records;
+        let mut spent = Vec::new();
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(STORE_CHUNK));
-            if let Err((e, mut unstored)) = self.store_chunk(rest) {
-                unstored.extend(tail);
-                return Err((e, unstored));
+            match self.store_chunk(rest) {
+                Ok(stored) => spent.extend(stored),
+                Err((e, mut unstored)) => {
+                    unstored.extend(tail);
+                    return Err((e, unstored));
+                }
             }
             rest = tail;
         }
-        Ok(())
+        Ok(spent)
     }
 
     /// [`Inner::store`] for at most [`STORE_CHUNK`] records.
     fn store_chunk(
         &self,
         mut records: Vec<AuditRecord>,
-    ) -> Result<(), (AuditError, Vec<AuditRecord>)> {
+    ) -> Result<Vec<AuditRecord>, (AuditError, Vec<AuditRecord>)> {
         let Some(last) = records.last().map(|r| r.seq) else {
-            return Ok(());
+            return Ok(records);
         };
         let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
         let mut hash = sealed.hash;
@@ -1459,8 +1477,9 @@ impl Inner {
                 hex::encode(hash)
             };
             record.hash = String::new();
-            // Sized for the record: growing from serde_json's 128 bytes took
-            // three reallocations per record.
+            // Sized for most records (an estimate: `approx_bytes` leaves out
+            // the input's copies of some fields): growing from serde_json's
+            // 128 bytes took three reallocations per record.
             let mut body = Vec::with_capacity(record.approx_bytes() as usize + 256);
             let body = match serde_json::to_writer(&mut body, &*record) {
                 Ok(()) => body,
@@ -1523,19 +1542,23 @@ impl Inner {
                 hash: s.hash,
             }));
         drop(sealed);
-        drop(records);
         self.notify.send_replace(last);
-        Ok(())
+        Ok(records)
     }
 
     /// Stores every queued record. On failure they stay queued, in order, to
     /// be retried; the error is what appends are refused with meanwhile.
     fn drain(&self) -> Result<(), AuditError> {
-        let _serial = self.drain_serial.lock().unwrap_or_else(|p| p.into_inner());
+        let serial = self.drain_serial.lock().unwrap_or_else(|p| p.into_inner());
         let queued =
             std::mem::take(&mut self.chain.lock().unwrap_or_else(|p| p.into_inner()).queue);
         match self.store(queued) {
-            Ok(()) => Ok(()),
+            Ok(spent) => {
+                // Freed after the lock, which readers' drains wait on.
+                drop(serial);
+                drop(spent);
+                Ok(())
+            }
             Err((e, records)) => {
                 tracing::error!(error = %e, records = records.len(), "cannot store audit records; they stay queued and new decisions are denied");
                 let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
@@ -1938,8 +1961,8 @@ impl AuditLog for SledAudit {
                     // Bytes this process wrote from a record: not expected,
                     // and still not dropped in silence.
                     Err(e) => {
-                        tracing::error!(seq = u.seq, error = %e, body = %String::from_utf8_lossy(&u.body),
-                            "audit record not on disk, as sealed");
+                        tracing::error!(seq = u.seq, record = %String::from_utf8_lossy(&u.body), error = %e,
+                            "unstored audit record");
                         None
                     }
                 }
