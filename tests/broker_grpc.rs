@@ -464,6 +464,60 @@ async fn a_session_that_never_reads_does_not_starve_other_clients() {
     assert!(answer.into_inner().decision.unwrap().allow);
 }
 
+/// A policy whose evaluation of a path under `/slow` runs to the broker's
+/// limit (200 ms), and which allows `/etc/hosts` at once; served with two
+/// async workers whatever the machine (tokio reads the variable), so that
+/// two slow clients could hold them all.
+fn slow_policy_broker() -> Serve {
+    let policy = "package cordon\nimport rego.v1\n\
+                  allow if input.file.path == \"/etc/hosts\"\n\
+                  deny if {\n  startswith(input.file.path, \"/slow\")\n  \
+                  some i in numbers.range(1, 20000)\n  some j in numbers.range(1, 20000)\n  \
+                  i * j == -1\n}\n";
+    Serve::start_with_env(
+        policy,
+        &["--eval-timeout", "200ms"],
+        &[("TOKIO_WORKER_THREADS", "2")],
+    )
+}
+
+/// The same for unary `Decide` calls, which have no session: a sandbox
+/// whose calls are slow has its next ones answered off the async workers.
+/// Two sandboxes with ten slow calls in flight each used to hold both
+/// workers for all twenty evaluations (about 2 s), and another sandbox's
+/// call waited behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_with_slow_evaluations_do_not_hold_up_other_sandboxes() {
+    let s = slow_policy_broker();
+    const SLOW: u64 = 10;
+    let mut slow = Vec::new();
+    for sandbox_no in 0..2u64 {
+        let client = s.client().await;
+        for i in 0..SLOW {
+            let mut c = client.clone();
+            let mut req = file_request(i, format!("/slow/{sandbox_no}/{i}").as_bytes(), &["read"]);
+            req.sandbox = sandbox(&format!("slow-{sandbox_no}"), "test");
+            slow.push(tokio::spawn(async move {
+                c.decide(req).await.unwrap().into_inner().decision.unwrap()
+            }));
+        }
+    }
+    // Both sandboxes' calls are being evaluated by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let d = decide(&s, file_request(1, b"/etc/hosts", &["read"])).await;
+    let waited = started.elapsed();
+    assert!(d.allow, "{}", d.reason);
+    for call in slow {
+        let d = call.await.unwrap();
+        assert!(!d.allow, "a call past the evaluation limit was allowed");
+    }
+    assert!(
+        waited < Duration::from_secs(1),
+        "a decision waited {waited:?} behind other sandboxes' slow evaluations"
+    );
+}
+
 /// A session whose evaluations are slow (a tool that found a costly path
 /// through the policy, each evaluation running to its time limit) must not
 /// hold the broker's async workers: with two sessions doing so on a
@@ -472,18 +526,7 @@ async fn a_session_that_never_reads_does_not_starve_other_clients() {
 /// second slow answer in a row moves a session off the workers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_with_slow_evaluations_do_not_hold_up_other_clients() {
-    let policy = "package cordon\nimport rego.v1\n\
-                  allow if input.file.path == \"/etc/hosts\"\n\
-                  deny if {\n  startswith(input.file.path, \"/slow\")\n  \
-                  some i in numbers.range(1, 20000)\n  some j in numbers.range(1, 20000)\n  \
-                  i * j == -1\n}\n";
-    // Two async workers whatever the machine (tokio reads it), so that two
-    // sessions could hold them all.
-    let s = Serve::start_with_env(
-        policy,
-        &["--eval-timeout", "200ms"],
-        &[("TOKIO_WORKER_THREADS", "2")],
-    );
+    let s = slow_policy_broker();
     const SLOW: u64 = 10;
     let mut slow = Vec::new();
     for session in 0..2u64 {

@@ -11,6 +11,7 @@
 //! it again as they go.
 
 use std::{
+    collections::HashMap,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     pin::Pin,
@@ -84,6 +85,9 @@ pub struct BrokerService {
     /// Slow sessions' answers on the blocking pool at once, all sessions
     /// together: one per CPU.
     offloaded: Arc<Semaphore>,
+    /// Unary `Decide` calls have no session: each sandbox's calls are moved
+    /// off the async workers as a slow session's are ([`Offload`]).
+    unary_offload: Arc<std::sync::Mutex<SandboxOffloads>>,
     /// `ReloadPolicy` (a compile), one at a time too, but in a queue of its
     /// own: a reload that tightens the policy must not wait behind every
     /// verification queued before it (minutes each on a large store).
@@ -112,6 +116,8 @@ const SLOW_ANSWER: Duration = Duration::from_millis(1);
 /// [`OFFLOAD_AT_MOST`] after the last offload ended doubles it, up to that.
 const OFFLOAD_FIRST: Duration = Duration::from_secs(1);
 const OFFLOAD_AT_MOST: Duration = Duration::from_secs(60);
+/// Sandboxes whose unary calls' slowness is remembered at once.
+const MAX_UNARY_OFFLOADS: usize = 4096;
 
 /// Whether a session's requests are answered off the async workers. Time,
 /// not a count of requests: a session alternating cheap requests with slow
@@ -130,6 +136,13 @@ impl Offload {
         self.until.is_some_and(|until| now < until)
     }
 
+    /// Whether a slow answer now would lengthen the last offload (it ended
+    /// less than [`OFFLOAD_AT_MOST`] ago), or one is under way.
+    fn recent(&self, now: Instant) -> bool {
+        self.until
+            .is_some_and(|until| now < until + OFFLOAD_AT_MOST)
+    }
+
     /// After an answer that took `cost`; true when this starts an offload.
     fn answered(&mut self, cost: Duration, now: Instant) -> bool {
         if cost < SLOW_ANSWER {
@@ -138,9 +151,7 @@ impl Offload {
         }
         self.slow_in_a_row = self.slow_in_a_row.saturating_add(1);
         let starts = !self.active(now);
-        let recent = self
-            .until
-            .is_some_and(|until| now < until + OFFLOAD_AT_MOST);
+        let recent = self.recent(now);
         // Timed by wall clock, one slow answer may be a preemption on a busy
         // machine: a first offload takes two in a row, so that a session
         // that was only preempted does not queue behind the slow ones.
@@ -155,6 +166,43 @@ impl Offload {
         self.until = Some(now + self.window);
         starts
     }
+}
+
+/// Unary calls' [`Offload`]s, by sandbox id. Only sandboxes that were slow
+/// are kept, and at most [`MAX_UNARY_OFFLOADS`]: past that, those not
+/// offloaded now or within the last [`OFFLOAD_AT_MOST`] are forgotten (one
+/// that is slow again starts over, two slow answers in a row), and while
+/// none is, a new one is not kept.
+#[derive(Debug, Default)]
+struct SandboxOffloads(HashMap<String, Offload>);
+
+impl SandboxOffloads {
+    fn active(&self, sandbox: &str, now: Instant) -> bool {
+        self.0.get(sandbox).is_some_and(|o| o.active(now))
+    }
+
+    /// After a call of `sandbox` that took `cost`: the offload's length
+    /// when this starts one.
+    fn answered(&mut self, sandbox: &str, cost: Duration, now: Instant) -> Option<Duration> {
+        if !self.0.contains_key(sandbox) {
+            if cost < SLOW_ANSWER {
+                return None;
+            }
+            if self.0.len() >= MAX_UNARY_OFFLOADS {
+                self.0.retain(|_, o| o.recent(now));
+                if self.0.len() >= MAX_UNARY_OFFLOADS {
+                    return None;
+                }
+            }
+        }
+        let offload = self.0.entry(sandbox.to_owned()).or_default();
+        offload.answered(cost, now).then_some(offload.window)
+    }
+}
+
+/// The sandbox a unary call names ("" for none: such a request is invalid).
+fn sandbox_id(req: &DecideRequest) -> &str {
+    req.sandbox.as_ref().map_or("", |s| s.id.as_str())
 }
 
 /// A store that is damaged loses data; one that is failing, full or closed
@@ -194,6 +242,7 @@ impl BrokerService {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             reloads: Arc::new(Semaphore::new(1)),
+            unary_offload: Arc::default(),
             access,
         }
     }
@@ -204,14 +253,52 @@ impl BrokerService {
         received: Instant,
     ) -> Result<pb::Decision, Status> {
         let broker = self.broker.clone();
-        let result = if self.strict {
-            tokio::task::spawn_blocking(move || broker.decide_received(&req, received))
-                .await
-                .map_err(|e| Status::internal(format!("decision task failed: {e}")))?
+        let offloaded = !self.strict
+            && self
+                .unary_offloads()
+                .active(sandbox_id(&req), Instant::now());
+        let (result, cost, req) = if self.strict || offloaded {
+            let permit = if offloaded {
+                // As for sessions: as many at once as there are CPUs.
+                let permit = self.offloaded.clone().acquire_owned().await;
+                Some(
+                    permit
+                        .map_err(|e| Status::internal(format!("no place off the workers: {e}")))?,
+                )
+            } else {
+                None
+            };
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let before = Instant::now();
+                let result = broker.decide_received(&req, received);
+                (result, before.elapsed(), req)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("decision task failed: {e}")))?
         } else {
-            broker.decide_received(&req, received)
+            let before = Instant::now();
+            let result = broker.decide_received(&req, received);
+            (result, before.elapsed(), req)
         };
+        if !self.strict {
+            let sandbox = sandbox_id(&req);
+            let mut offloads = self.unary_offloads();
+            if let Some(window) = offloads.answered(sandbox, cost, Instant::now()) {
+                tracing::debug!(
+                    sandbox,
+                    took_us = cost.as_micros() as u64,
+                    for_ms = window.as_millis() as u64,
+                    "a unary decision was slow: its sandbox's next calls are answered off the \
+                     async workers"
+                );
+            }
+        }
         result.map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    fn unary_offloads(&self) -> std::sync::MutexGuard<'_, SandboxOffloads> {
+        self.unary_offload.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -920,6 +1007,42 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn unary_calls_are_offloaded_by_sandbox_and_lapsed_sandboxes_make_room() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut o = SandboxOffloads::default();
+        // Fast calls leave nothing behind; two slow ones in a row offload
+        // their sandbox, and only it.
+        assert_eq!(o.answered("fast", Duration::from_micros(50), at(0)), None);
+        assert!(o.0.is_empty());
+        assert_eq!(o.answered("a", SLOW_ANSWER, at(0)), None);
+        assert_eq!(o.answered("a", SLOW_ANSWER, at(0)), Some(OFFLOAD_FIRST));
+        assert!(o.active("a", at(0)));
+        assert!(!o.active("b", at(0)));
+        assert!(!o.active("a", at(2)));
+        // Full: a new slow sandbox is not kept while every kept one is
+        // offloaded or was within the last minute…
+        for i in o.0.len()..MAX_UNARY_OFFLOADS {
+            o.answered(&format!("s{i}"), SLOW_ANSWER, at(0));
+            o.answered(&format!("s{i}"), SLOW_ANSWER, at(0));
+        }
+        assert_eq!(o.0.len(), MAX_UNARY_OFFLOADS);
+        assert_eq!(o.answered("new", SLOW_ANSWER, at(30)), None);
+        assert!(!o.0.contains_key("new"));
+        // …and takes the place of lapsed ones once there are (the offloads
+        // ended at 1 s; a minute later a slow answer would not lengthen them).
+        assert_eq!(o.answered("new", SLOW_ANSWER, at(62)), None);
+        assert!(o.0.contains_key("new"));
+        assert!(!o.0.contains_key("a"));
+        assert_eq!(o.0.len(), 1);
+        // One slow call of a sandbox is remembered while there is room.
+        o.answered("once", SLOW_ANSWER, at(62));
+        assert!(o.0.contains_key("once"));
+        assert_eq!(o.answered("new", SLOW_ANSWER, at(62)), Some(OFFLOAD_FIRST));
+        assert!(o.active("new", at(62)));
     }
 
     #[test]
