@@ -510,7 +510,7 @@ async fn unary_calls_with_slow_evaluations_do_not_hold_up_other_sandboxes() {
     assert!(d.allow, "{}", d.reason);
     for call in slow {
         let d = call.await.unwrap();
-        assert!(!d.allow, "a call past the evaluation limit was allowed");
+        assert!(!d.allow && d.reason.contains("timed out"), "{}", d.reason);
     }
     assert!(
         waited < Duration::from_secs(1),

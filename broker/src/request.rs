@@ -463,9 +463,12 @@ pub fn sandbox_document(sandbox: &crate::proto::Sandbox) -> Value {
 
 pub fn input_document(req: &DecideRequest) -> Value {
     let mut input = Map::new();
-    let sandbox = req.sandbox.clone().unwrap_or_default();
-    input.insert("sandbox".into(), sandbox_document(&sandbox));
-    let p = req.process.clone().unwrap_or_default();
+    // Both may be absent (the document then has empty ones, as before).
+    let default_sandbox = crate::proto::Sandbox::default();
+    let sandbox = req.sandbox.as_ref().unwrap_or(&default_sandbox);
+    input.insert("sandbox".into(), sandbox_document(sandbox));
+    let default_process = crate::proto::Process::default();
+    let p = req.process.as_ref().unwrap_or(&default_process);
     input.insert(
         "process".into(),
         json!({

@@ -200,7 +200,7 @@ impl SandboxOffloads {
     }
 }
 
-/// The sandbox a unary call names ("" for none: such a request is invalid).
+/// The sandbox a unary call names ("" for none).
 fn sandbox_id(req: &DecideRequest) -> &str {
     req.sandbox.as_ref().map_or("", |s| s.id.as_str())
 }
@@ -281,7 +281,10 @@ impl BrokerService {
             let result = broker.decide_received(&req, received);
             (result, before.elapsed(), req)
         };
-        if !self.strict {
+        // Valid requests naming a sandbox only: an invalid one's id is
+        // unchecked (up to the message size), and calls that name none
+        // would share one entry.
+        if !self.strict && result.is_ok() && !sandbox_id(&req).is_empty() {
             let sandbox = sandbox_id(&req);
             let mut offloads = self.unary_offloads();
             if let Some(window) = offloads.answered(sandbox, cost, Instant::now()) {
