@@ -64,9 +64,10 @@ fn main() -> ExitCode {
         "warn"
     };
     cmd::init_logging(cli.log_format, cli.log_level.as_deref(), default);
-    // A short-lived thread per process, made fair again after 10 ms: where
-    // root may, the audit store's first open outruns sled's spinning pool.
-    cordon_broker::audit::allow_real_time(true);
+    // Where root may: the audit store's first open outruns sled's spinning
+    // pool (a short-lived thread, made fair again after 10 ms), and the
+    // batched flusher keeps its window while the tool's calls take its CPU.
+    cordon_broker::audit::allow_raised_priority(true);
     let result = match cli.command {
         Command::Run(args) => return cmd::run::run(args),
         Command::Learn(args) => return cmd::learn::run(args),

@@ -11,7 +11,7 @@
 //! - [`replay`]: recorded decisions re-evaluated under another policy.
 //! - [`request`]: request validation and the Rego `input` document.
 
-// `unsafe` only in `audit::first_open::sys` (`sched_setattr`).
+// `unsafe` only in `audit::sched` (`sched_getattr`, `sched_setattr`).
 #![deny(unsafe_code)]
 
 pub mod audit;

@@ -9,8 +9,8 @@
 //! in the spin (BENCHMARKS.md, session 19). So the first open runs on a
 //! thread of its own that the workers do not preempt:
 //! - real-time (`SCHED_FIFO`, priority 1) where the program allowed it
-//!   ([`allow_real_time`]: the `cordon` command does, a library host is not
-//!   changed unasked), this process may, and it may run on two CPUs or more
+//!   ([`allow_raised_priority`](super::allow_raised_priority): the `cordon`
+//!   command does, a library host is not changed unasked), this process may, and it may run on two CPUs or more
 //!   (the caller, on another, makes the thread fair again once the open has
 //!   taken [`REAL_TIME_FOR`]: a long recovery must not hold a CPU against
 //!   everything else);
@@ -27,6 +27,7 @@
 //! first open waits for it (rather than spin at real-time priority on the
 //! pool's lock), then opens on its caller's thread, as every later open.
 
+use super::sched as sys;
 use std::{
     future::Future,
     sync::{
@@ -43,15 +44,6 @@ const REAL_TIME_FOR: Duration = Duration::from_millis(10);
 
 /// Whether an open of ours started sled's pool in this process.
 static POOL_STARTED: AtomicBool = AtomicBool::new(false);
-
-/// Whether the program lets the opening thread be real-time.
-static REAL_TIME_ALLOWED: AtomicBool = AtomicBool::new(false);
-
-/// Lets the first open of a store run real-time where this process may (see
-/// the module's documentation); off unless a program asks.
-pub fn allow_real_time(allowed: bool) {
-    REAL_TIME_ALLOWED.store(allowed, Ordering::Release);
-}
 
 /// Whether this thread may run on two CPUs or more.
 fn two_cpus_or_more() -> bool {
@@ -76,7 +68,7 @@ pub(super) fn open(config: &sled::Config) -> sled::Result<sled::Db> {
     if POOL_STARTED.load(Ordering::Acquire) {
         return config.open();
     }
-    let real_time = REAL_TIME_ALLOWED.load(Ordering::Acquire) && two_cpus_or_more();
+    let real_time = sys::raised_priority_allowed() && two_cpus_or_more();
     open_on_own_thread(config, real_time.then_some(REAL_TIME_FOR))
 }
 
@@ -153,119 +145,6 @@ fn block_on<F: Future>(future: F) -> F::Output {
             return out;
         }
         std::thread::park();
-    }
-}
-
-/// `sched_getattr(2)` and `sched_setattr(2)`, which neither nix nor std
-/// wraps.
-mod sys {
-    #![allow(unsafe_code)]
-
-    use nix::{libc, unistd::Pid};
-
-    /// How the calling thread now runs.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Preferred {
-        /// `SCHED_FIFO`; `nice` is the thread's nice value, kept for when it
-        /// is made fair again.
-        RealTime {
-            nice: i32,
-        },
-        ShortSlice,
-        /// Not the default policy, or neither was allowed: as before.
-        Unchanged,
-    }
-
-    /// `struct sched_attr`, first version (48 bytes, Linux 3.14).
-    #[repr(C)]
-    #[derive(Debug, Default, Clone, Copy)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-    }
-
-    const SIZE: u32 = std::mem::size_of::<SchedAttr>() as u32;
-    const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
-    /// The shortest slice a fair thread may ask for (the kernel clamps to it).
-    pub const SHORTEST_SLICE_NS: u64 = 100_000;
-
-    fn get(tid: Pid) -> Option<SchedAttr> {
-        let mut attr = SchedAttr::default();
-        // SAFETY: the kernel writes at most `SIZE` bytes, the size of
-        // `attr`, which we own, during the call.
-        let done = unsafe {
-            libc::syscall(
-                libc::SYS_sched_getattr,
-                tid.as_raw(),
-                &mut attr as *mut SchedAttr,
-                SIZE,
-                0,
-            )
-        };
-        (done == 0).then_some(attr)
-    }
-
-    fn set(tid: Pid, attr: SchedAttr) -> bool {
-        let attr = SchedAttr {
-            size: SIZE,
-            flags: SCHED_FLAG_RESET_ON_FORK,
-            ..attr
-        };
-        // SAFETY: `attr` is an initialised `struct sched_attr` whose `size`
-        // says how much of it the kernel may read. The kernel reads it during
-        // the call (and would write `size` back only on E2BIG, for a larger
-        // struct than it knows, which 48 bytes is not).
-        unsafe {
-            libc::syscall(
-                libc::SYS_sched_setattr,
-                tid.as_raw(),
-                &attr as *const SchedAttr,
-                0,
-            ) == 0
-        }
-    }
-
-    fn fair(nice: i32) -> SchedAttr {
-        SchedAttr {
-            policy: libc::SCHED_OTHER as u32,
-            nice,
-            runtime: SHORTEST_SLICE_NS,
-            ..SchedAttr::default()
-        }
-    }
-
-    /// Real-time if `real_time` and the process may (`CAP_SYS_NICE` or
-    /// `RLIMIT_RTPRIO`), else the shortest fair slice; for a thread with the
-    /// default policy only.
-    pub fn prefer_this_thread(real_time: bool) -> Preferred {
-        let me = Pid::from_raw(0);
-        let Some(now) = get(me).filter(|a| a.policy == libc::SCHED_OTHER as u32) else {
-            return Preferred::Unchanged;
-        };
-        let fifo = SchedAttr {
-            policy: libc::SCHED_FIFO as u32,
-            priority: 1,
-            ..SchedAttr::default()
-        };
-        if real_time && set(me, fifo) {
-            Preferred::RealTime { nice: now.nice }
-        } else if set(me, fair(now.nice)) {
-            Preferred::ShortSlice
-        } else {
-            Preferred::Unchanged
-        }
-    }
-
-    /// Makes a thread of ours that [`prefer_this_thread`] made real-time a
-    /// fair one again, at its own nice value and the shortest slice.
-    pub fn make_fair(tid: Pid, nice: i32) -> bool {
-        set(tid, fair(nice))
     }
 }
 
