@@ -51,19 +51,22 @@ def one_run(variant: list[str], pin: bool, n: int, probe: str, policy: list[str]
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}: exit {done.returncode}\n{done.stderr[-2000:]}")
     flushes = []
+    raised = False
     for line in done.stderr.splitlines():
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if event.get("fields", {}).get("message") == "audit records on disk":
+        message = event.get("fields", {}).get("message")
+        if message == "audit records on disk":
             flushes.append((event["fields"]["durable_seq"], ns_of(event["timestamp"])))
+        raised = raised or message == "audit flusher raised"
     flushes.sort()
     seqs = [s for s, _ in flushes]
     cordon = variant[-1]
     out = subprocess.run([cordon, "audit", "--db", db, "--format", "json", "--limit", str(n + 1000)],
                          capture_output=True, text=True, check=True).stdout
-    ages = []
+    ages, uncovered = [], 0
     for line in out.splitlines():
         if not line.startswith("{"):
             continue
@@ -71,6 +74,11 @@ def one_run(variant: list[str], pin: bool, n: int, probe: str, policy: list[str]
         i = bisect.bisect_left(seqs, record["seq"])
         if i < len(seqs):
             ages.append((flushes[i][1] - ns_of(record["time"])) / 1e6)
+        else:
+            uncovered += 1
+    # Every stored record was flushed by some flush (`close` flushes too).
+    if uncovered or not ages:
+        raise SystemExit(f"{uncovered} of {len(ages) + uncovered} records after the last logged flush")
     ages.sort()
     with open(trace) as f:
         lat = sorted(int(line.split()[1]) for line in f)
@@ -81,6 +89,7 @@ def one_run(variant: list[str], pin: bool, n: int, probe: str, policy: list[str]
         "age p99 ms": quantile(ages, 0.99),
         "age max ms": ages[-1],
         "% over window": 100 * sum(a > WINDOW_MS for a in ages) / len(ages),
+        "raised": float(raised),
     }
 
 

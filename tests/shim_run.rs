@@ -1721,6 +1721,44 @@ fn a_full_disk_in_strict_mode_never_leaves_an_allow_for_a_denied_call() {
     full_disk("strict");
 }
 
+/// A flush that fails is retried half a window later, not at once: a full
+/// disk fails every write at once, and the flusher (raised above the
+/// tool's threads where cordon may) must not spin on it. The tool keeps
+/// calling for a second after the store refused it; with a 200 ms window
+/// that is some ten retries, where retrying at once made fifty and more
+/// (each failed flush takes a few milliseconds here).
+#[test]
+fn a_full_disk_is_retried_at_the_windows_pace_not_in_a_loop() {
+    let env = Env::new(&[]);
+    let target = env.work.join("data.txt");
+    std::fs::write(&target, "x").unwrap();
+    let script = format!(
+        "import time\n\
+         refused = None\n\
+         while refused is None or time.monotonic() - refused < 1.0:\n    \
+             try:\n        open({path:?}).close()\n    \
+             except OSError:\n        refused = refused or time.monotonic()\n\
+         print('kept calling')\n",
+        path = target.display().to_string()
+    );
+    run_on_a_small_disk(
+        &env,
+        "2m",
+        &["--flush-window", "200ms"],
+        &["/usr/bin/python3", "-c", &script],
+    );
+    let read = |f: &str| std::fs::read_to_string(env.dir.path().join(f)).unwrap();
+    let (tool, stderr) = (read("tool.out"), read("run.err"));
+    assert_eq!(tool.trim(), "kept calling", "{stderr}");
+    let failed = stderr
+        .lines()
+        .filter(|l| l.contains("audit flush failed"))
+        .count();
+    eprintln!("failed flushes logged: {failed}");
+    assert!(failed > 0, "the disk never filled: {stderr}");
+    assert!(failed < 25, "{failed} failed flushes in about a second");
+}
+
 /// Runs `cordon run` with its store on a tmpfs of `size` in a mount namespace
 /// of its own (gone with the test). Leaves in the env's dir: tool.out,
 /// run.err, audit.json (the store read from a copy, as an operator would:

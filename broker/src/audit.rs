@@ -386,9 +386,9 @@ pub fn log_unstored(records: Vec<AuditRecord>) {
 /// with, where allowed ([`allow_raised_priority`]). At the same weight, a
 /// tool whose calls kept a CPU busy (the supervisor and the tool taking
 /// turns on it) left the flusher a share too small for its work: records
-/// reached the disk 16 ms after their decision (median; 31 ms at p99,
-/// nine in ten past the 10 ms window); ten levels up, 4.4 ms (8.3 ms at
-/// p99), and the tool's calls were no slower (BENCHMARKS.md, session 21).
+/// reached the disk 16 ms after their decision (median; 35 ms at p99,
+/// most past the 10 ms window); ten levels up, 4.6 ms (9.2 ms at p99),
+/// and the tool's calls were no slower (BENCHMARKS.md, session 21).
 const FLUSHER_RAISED_BY: i32 = 10;
 
 /// Raises the calling thread, the batched flusher, where the program allows
@@ -1314,6 +1314,9 @@ impl Inner {
         // window from it to gather a group, leaving the other half for the
         // flush itself.
         let gather = window / 2;
+        // After a failed flush: not before this (a failing disk fails at
+        // once, and a retry at once would be a busy loop).
+        let mut retry_at: Option<std::time::Instant> = None;
         loop {
             {
                 let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
@@ -1336,7 +1339,22 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .queued_since;
-            let deadline = since.map_or_else(std::time::Instant::now, |t| t + gather);
+            let now = std::time::Instant::now();
+            let deadline = since.map_or(now, |t| t + gather);
+            let deadline = retry_at.take().map_or(deadline, |r| r.max(deadline));
+            // Woken by a record that the last flush took after all: nothing
+            // is queued, stored but unflushed, or failed.
+            if since.is_none()
+                && deadline <= now
+                && self.inserted_seq.load(Ordering::SeqCst)
+                    <= self
+                        .flush
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .durable_seq
+            {
+                continue;
+            }
             let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 let now = std::time::Instant::now();
@@ -1374,7 +1392,8 @@ impl Inner {
                 Err(e) => {
                     tracing::error!(error = %e, "audit flush failed; denying until a flush succeeds");
                     st.failed = Some((u64::MAX, e.to_string()));
-                    // Try again after the window.
+                    // Try again half a window from now.
+                    retry_at = Some(std::time::Instant::now() + gather);
                     *self.dirty.lock().unwrap_or_else(|p| p.into_inner()) = true;
                 }
             }

@@ -4,7 +4,8 @@
 //!
 //! Two users: the first open of a store (`first_open`: real-time or the
 //! shortest slice, for a few milliseconds) and the batched flusher
-//! ([`raise_this_thread`]), both only where the program allowed it
+//! ([`raise_this_thread`]: above cordon's other threads; nice levels count
+//! within a scheduling group), both only where the program allowed it
 //! (`allow_raised_priority`).
 
 #![allow(unsafe_code)]
@@ -19,7 +20,7 @@ static RAISED_PRIORITY_ALLOWED: AtomicBool = AtomicBool::new(false);
 /// Lets the store's threads run at a raised priority where this process may
 /// (root, or `CAP_SYS_NICE`, or resource limits that allow it): the first
 /// open of a store real-time for a few milliseconds (`first_open`), and the
-/// batched flusher ten nice levels above the threads it shares a CPU with,
+/// batched flusher ten nice levels above cordon's other threads (sharing a CPU),
 /// so that it keeps its window under load (`SledAudit`'s batched mode). Off
 /// unless a program asks: a library host's threads are not changed unasked.
 pub fn allow_raised_priority(allowed: bool) {
@@ -148,8 +149,8 @@ pub fn raise_this_thread(by: i32) -> Option<i32> {
     let raised = SchedAttr {
         policy: libc::SCHED_OTHER as u32,
         nice,
-        // The slice it had (0: the default).
-        runtime: now.runtime,
+        // The default slice.
+        runtime: 0,
         ..SchedAttr::default()
     };
     set(me, raised).then_some(nice)
