@@ -1334,27 +1334,22 @@ impl Inner {
             // Gather until half the window after the oldest queued record
             // (at once for records another drain stored meanwhile), but
             // leave at once on shutdown (the store's drop flushes).
-            let since = self
-                .chain
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .queued_since;
+            let (since, assigned) = {
+                let chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+                (chain.queued_since, chain.next_seq.saturating_sub(1))
+            };
+            // Woken by a record that the last flush took after all: every
+            // record handed out is on disk and no flush failed. (Not the
+            // stored seq: a reader's drain may be storing records it took.)
+            if since.is_none() && retry_at.is_none() {
+                let st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+                if st.failed.is_none() && assigned <= st.durable_seq {
+                    continue;
+                }
+            }
             let now = std::time::Instant::now();
             let deadline = since.map_or(now, |t| t + gather);
             let deadline = retry_at.take().map_or(deadline, |r| r.max(deadline));
-            // Woken by a record that the last flush took after all: nothing
-            // is queued, stored but unflushed, or failed.
-            if since.is_none()
-                && deadline <= now
-                && self.inserted_seq.load(Ordering::SeqCst)
-                    <= self
-                        .flush
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .durable_seq
-            {
-                continue;
-            }
             let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 let now = std::time::Instant::now();
