@@ -45,7 +45,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum DurabilityArg {
     /// Answer only after the decision's record is flushed (concurrent decisions share a flush).
     Strict,
-    /// Answer once the record is queued; store and flush it within --flush-window.
+    /// Answer once the record is queued; store and flush it about --flush-window after the oldest queued record.
     Batched,
 }
 
