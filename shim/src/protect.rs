@@ -5,8 +5,10 @@
 //!
 //! Each is recognised by its canonical path (a directory: everything under
 //! it), and by device, inode and birth time: a hard link to it, the same
-//! file under another mount, or after the tool moved it (`rename` is not
-//! brokered). What a protected directory holds is read when the supervisor
+//! file under another mount, or a file known at the last read after the
+//! tool moved it (`rename` is not brokered). Only opens, execs and unix
+//! connects, binds and sends are checked: `unlink`, `rename` and
+//! `truncate` by path are not brokered (docs/threat-model.md). What a protected directory holds is read when the supervisor
 //! starts, and read again, through an fd kept on the directory, when a
 //! regular file with more than one name turns up on its device (a hard
 //! link to a file made since). What was known stays known.
@@ -40,15 +42,17 @@ pub enum Use {
     Write,
 }
 
-/// At most this many files are read under one protected directory; past
-/// it, a file with other names on its device is refused.
+/// At most this many distinct files are taken from one read of a protected
+/// directory (entries that are links to a known file are not counted, nor
+/// are files added over several reads); past it, a file with other names on
+/// its device is refused.
 const MAX_INODES: usize = 4096;
 /// A directory changed less than this before it was read may change again
 /// within the same tick of the file system's clock, unseen: it is read again.
 const SETTLE_SECONDS: i64 = 2;
 
-/// A file's identity: device and inode, and its birth time where the file
-/// system keeps one (an inode number is reused once its file is gone).
+/// A file's identity: device and inode (kept with its birth time where the
+/// file system keeps one: an inode number is reused once its file is gone).
 type Id = (u64, u64);
 type Birth = Option<std::time::SystemTime>;
 
@@ -116,7 +120,17 @@ impl Protected {
             .iter()
             .map(|(path, protection)| {
                 let path = canonical(path);
-                let meta = std::fs::symlink_metadata(&path).ok();
+                let stat = std::fs::symlink_metadata(&path);
+                // A path that does not exist yet is protected by name, and
+                // so, with a warning, is one that cannot be looked up: its
+                // device is not known, so neither are its other names.
+                if let Err(e) = &stat
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "a protected path cannot be looked up: protected by its name only");
+                }
+                let meta = stat.ok();
                 // What a directory holds is read for full protection only:
                 // one for writes (a policy directory, which may be a large
                 // checkout) is known by its path and its own inode.
@@ -130,7 +144,8 @@ impl Protected {
                 if let Some(m) = &meta {
                     known.files.insert((m.dev(), m.ino()), m.created().ok());
                 }
-                // A directory that cannot be read is not known: refused as such.
+                // A directory that cannot be read is not known: its files
+                // with other names on its device are refused.
                 known.incomplete = scanned && dir.is_none();
                 if let Some(dir) = &dir {
                     known.read(dir);
@@ -151,7 +166,10 @@ impl Protected {
     /// Whether the tool may not `how` use `canonical`, which its lookup
     /// found as `found` (the file, or the directory a name would be created
     /// in; `stat`, the file's status if the caller has read it). Fails
-    /// closed: a file that cannot be told is refused.
+    /// closed where a file cannot be told: a status that cannot be read is a
+    /// refusal, and so is a file with other names on a protected device when
+    /// the protected directory could not be read whole. A file with one name
+    /// that is not known (moved out with a single link left) is allowed.
     pub fn refuses(
         &self,
         canonical: &[u8],
@@ -293,9 +311,11 @@ impl Known {
             }
             let (Ok(meta), Ok(entries)) = (std::fs::metadata(&path), std::fs::read_dir(&path))
             else {
-                // Gone since it was listed (sled replaces files), or not
-                // readable: only the first is harmless.
-                if rel.as_os_str().is_empty() || std::fs::symlink_metadata(&path).is_ok() {
+                // Gone since it was listed (removed or renamed), or not
+                // readable (or not looked up): only the first is harmless.
+                let gone = std::fs::symlink_metadata(&path)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+                if rel.as_os_str().is_empty() || !gone {
                     self.incomplete = true;
                 }
                 continue;

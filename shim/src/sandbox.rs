@@ -214,6 +214,8 @@ impl Sandbox {
     /// client key. A directory covers everything under it. Recognised by
     /// its path, and by device and inode (see [`crate::protect`]); a
     /// refused call is `EACCES`, counted in the exit record, not decided.
+    /// Calls by path that are not brokered (`unlink`, `rename`,
+    /// `truncate`) are not refused.
     pub fn protect(mut self, path: impl Into<PathBuf>) -> Self {
         self.protected.push((path.into(), Protection::All));
         self

@@ -372,10 +372,12 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         sandbox = sandbox.broker_socket(s);
     }
     // cordon's own files, the tool's uid's too: the embedded store (which
-    // it could rewrite or truncate), the policy (read at start, so a change
-    // would govern the next run) and the TLS client key (with which it
-    // could speak to the broker as cordon) are out of its reach, whatever
-    // the policy says.
+    // it could rewrite), the policy (read at start, so a change would
+    // govern the next run) and the TLS client key (with which it could
+    // speak to the broker as cordon) cannot be opened (the policy: for
+    // writing), whatever the policy says. Calls by path that are not
+    // brokered (`unlink`, `rename`, `truncate`) are the Landlock
+    // backstop's to confine.
     if args.broker.is_none() {
         sandbox = sandbox.protect(
             args.audit_db
