@@ -2268,6 +2268,15 @@ fn a_broker_that_never_answers_is_exit_125_within_the_deadline() {
     let serve = support::Serve::start("package cordon\nallow := true\n", &[]);
     let pid = nix::unistd::Pid::from_raw(serve.child.as_ref().unwrap().id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // The stop is not done when kill returns: until the thread the kernel
+    // chose takes the signal, which a loaded machine can delay by a time
+    // slice, the other threads run on and may answer the first stream.
+    // WUNTRACED returns once every thread has stopped (and reaps nothing).
+    let stopped = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WUNTRACED));
+    assert!(
+        matches!(stopped, Ok(nix::sys::wait::WaitStatus::Stopped(..))),
+        "{stopped:?}"
+    );
     let started = std::time::Instant::now();
     let out = cordon()
         .args(["run", "--broker", &serve.uri(), "--deadline", "500ms"])
