@@ -24,6 +24,7 @@ use cordon_broker::{
     audit::{AuditLog, AuditRecord, Durability, SledAudit},
     client::{BrokerUri, connect},
     decide::decision_record,
+    input::{Input, RecordInput},
     policy::{EngineChoice, LoadedPolicy, PolicyEngine, PolicyOptions, PolicySource},
     service::{AccessPolicy, bind_unix, serve_unix},
 };
@@ -202,6 +203,59 @@ fn bench_audit(c: &mut Criterion) {
     g.finish();
 }
 
+/// The input document's share of a decision, apart: building it from the
+/// request and keying the memo with it (what a memo hit costs besides the
+/// lookup), and, on the audit flusher, writing a record that holds it as
+/// JSON and freeing the record. `typed_…` and `record_typed` are the same
+/// with the typed document (`Input`, a copy of the request in the record);
+/// `record_without_input` is the record with no `input`, for the difference.
+fn bench_input(c: &mut Criterion) {
+    let req = support::read_system_lib(1);
+    let mut g = c.benchmark_group("input");
+    g.sample_size(60)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    g.bench_function("build_and_key", |b| {
+        b.iter(|| {
+            let input = cordon_broker::request::input_document(&req);
+            let key = cordon_broker::memo::Memo::<()>::key(&input);
+            (input, key)
+        })
+    });
+    // What the broker does instead since the typed document: key the
+    // request as it serializes, and keep a copy of it for the record.
+    g.bench_function("typed_key_and_copy", |b| {
+        b.iter(|| {
+            let key = cordon_broker::memo::Memo::<()>::key(&Input::of(&req));
+            (key, Box::new(req.clone()))
+        })
+    });
+    let mut record = sample_record(&engine(0));
+    record.input = Some(cordon_broker::request::input_document(&req).into());
+    let mut typed = record.clone();
+    typed.input = Some(RecordInput::Request(Box::new(req.clone())));
+    let mut bare = record.clone();
+    bare.input = None;
+    for (name, record) in [
+        ("record", &record),
+        ("record_typed", &typed),
+        ("record_without_input", &bare),
+    ] {
+        let mut body = Vec::with_capacity(4096);
+        g.bench_function(format!("{name}/write_json"), |b| {
+            b.iter(|| {
+                body.clear();
+                serde_json::to_writer(&mut body, record).expect("serializes");
+                body.len()
+            })
+        });
+        g.bench_function(format!("{name}/drop"), |b| {
+            b.iter_batched(|| record.clone(), drop, BatchSize::SmallInput)
+        });
+    }
+    g.finish();
+}
+
 /// The broker core in process, as `cordon run`'s embedded broker calls it:
 /// validate, build the input document, evaluate (RVM) or hit the memo,
 /// append (batched).
@@ -355,6 +409,7 @@ fn bench_session_with(c: &mut Criterion, suffix: &str, memo: usize) {
 criterion_group!(
     benches,
     bench_policy,
+    bench_input,
     bench_audit,
     bench_decide,
     bench_session

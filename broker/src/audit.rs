@@ -195,7 +195,7 @@ pub struct AuditRecord {
     /// The policy's `input` document for a decision, exactly as evaluated, so
     /// that `cordon policy replay` can re-evaluate it under another policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<serde_json::Value>,
+    pub input: Option<crate::input::RecordInput>,
     pub prev_hash: String,
     /// Not part of the hashed body: the SHA-256 of the body, filled on read.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -231,8 +231,8 @@ impl AuditRecord {
     /// variable fields twice (the `input` document repeats them) and a fixed
     /// part. An estimate, for bounding the queue, not a size.
     pub fn approx_bytes(&self) -> u64 {
-        // Per string: its `String`, its `serde_json::Value` in `input`, and
-        // two allocations' overhead.
+        // Per string: its `String`, its copy in `input` (the request's, or
+        // the tree's), and two allocations' overhead.
         let strs = |v: &[String]| v.iter().map(|a| a.len() + 64).sum::<usize>();
         let labels: usize = self
             .labels

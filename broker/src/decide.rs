@@ -17,6 +17,7 @@ use cordon_proto::v1::{
 use crate::{
     audit::{AuditError, AuditLog, AuditRecord, log_unstored},
     errno,
+    input::{Input, RecordInput},
     policy::{PolicyEngine, Verdict},
     request::{self, InvalidRequest, display_bytes},
 };
@@ -98,11 +99,15 @@ impl Broker {
         if let Some(late) = overdue(deadline) {
             return Ok(self.decide_expired(req, late));
         }
-        let input = request::input_document(req);
-        let verdict = self.policy.evaluate(&input);
+        // A memo hit builds no tree of the input: the record keeps a copy
+        // of the request, and writes the document from it.
+        let (verdict, tree) = self.policy.evaluate_document(&Input::of(req));
         let latency_us = start.elapsed().as_micros() as u64;
         let mut record = decision_record(req, &verdict, latency_us);
-        record.input = Some(input);
+        record.input = Some(match tree {
+            Some(tree) => RecordInput::Json(tree),
+            None => RecordInput::Request(Box::new(req.clone())),
+        });
         let would_deny = !verdict.allow
             && match &req.sandbox {
                 Some(s) => self.permissive.applies(&s.labels),

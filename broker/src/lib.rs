@@ -9,7 +9,8 @@
 //! - [`testing`]: policy unit tests (`test_` rules), like `opa test`.
 //! - [`lint`]: mistakes `cordon policy check` reports beyond parse errors.
 //! - [`replay`]: recorded decisions re-evaluated under another policy.
-//! - [`request`]: request validation and the Rego `input` document.
+//! - [`request`]: request validation.
+//! - [`input`]: the Rego `input` document, read from a request.
 
 // `unsafe` only in `audit::sched` (`sched_getattr`, `sched_setattr`).
 #![deny(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod client;
 pub mod decide;
 pub mod errno;
+pub mod input;
 pub mod lint;
 pub mod memo;
 pub mod peer;

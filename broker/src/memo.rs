@@ -13,7 +13,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use sha2::{Digest, Sha256};
+mod key;
 
 /// How a policy's text can call a builtin whose result is not determined by
 /// its arguments: the name, or its namespace indexed with brackets
@@ -79,18 +79,13 @@ impl<V: Clone> Memo<V> {
     }
 
     /// The key of an input: the SHA-256 of an unambiguous encoding of the
-    /// whole document (32 bytes however long the input), or none for an
-    /// input longer than [`MAX_MEMO_INPUT`]. The encoding walks the tree
-    /// (a tag per value, lengths before strings and containers), so two
-    /// different documents never share it; it costs a fraction of printing
-    /// the JSON, which was most of a memo hit.
-    pub fn key(input: &serde_json::Value) -> Option<[u8; 32]> {
-        let mut hasher = KeyHasher {
-            sha: Sha256::new(),
-            len: 0,
-        };
-        hasher.value(input);
-        (hasher.len <= MAX_MEMO_INPUT).then(|| hasher.sha.finalize().into())
+    /// whole document ([`key`](self::key): a tag per value, lengths before
+    /// strings and containers), so two different documents never share it,
+    /// or none for an input whose encoding is longer than [`MAX_MEMO_INPUT`].
+    /// Read as the document serializes, a typed one without building its
+    /// tree; it costs a fraction of printing the JSON.
+    pub fn key<T: serde::Serialize + ?Sized>(input: &T) -> Option<[u8; 32]> {
+        key::KeyHasher::key(input)
     }
 
     pub fn get(&self, key: &[u8; 32]) -> Option<V> {
@@ -118,73 +113,6 @@ impl<V: Clone> Memo<V> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], V>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Feeds [`Memo::key`]'s encoding to SHA-256, counting its bytes.
-struct KeyHasher {
-    sha: Sha256,
-    len: usize,
-}
-
-impl KeyHasher {
-    fn bytes(&mut self, b: &[u8]) {
-        self.len += b.len();
-        self.sha.update(b);
-    }
-
-    fn tagged(&mut self, tag: u8, len: usize) {
-        self.bytes(&[tag]);
-        self.bytes(&(len as u64).to_le_bytes());
-    }
-
-    fn str(&mut self, tag: u8, s: &str) {
-        self.tagged(tag, s.len());
-        if self.len.saturating_add(s.len()) > MAX_MEMO_INPUT {
-            // Too long to keep: count it, skip hashing it.
-            self.len = self.len.saturating_add(s.len());
-            return;
-        }
-        self.bytes(s.as_bytes());
-    }
-
-    fn value(&mut self, v: &serde_json::Value) {
-        use serde_json::Value;
-        // Past the limit the key is discarded: stop hashing.
-        if self.len > MAX_MEMO_INPUT {
-            return;
-        }
-        match v {
-            Value::Null => self.bytes(b"n"),
-            Value::Bool(b) => self.bytes(if *b { b"t" } else { b"f" }),
-            Value::Number(n) => {
-                if let Some(i) = n.as_i64() {
-                    self.bytes(b"i");
-                    self.bytes(&i.to_le_bytes());
-                } else if let Some(u) = n.as_u64() {
-                    self.bytes(b"u");
-                    self.bytes(&u.to_le_bytes());
-                } else {
-                    // Floats are rare in inputs: their printed form is exact
-                    // whatever serde_json's number features.
-                    self.str(b'd', &n.to_string());
-                }
-            }
-            Value::String(s) => self.str(b's', s),
-            Value::Array(items) => {
-                self.tagged(b'a', items.len());
-                for item in items {
-                    self.value(item);
-                }
-            }
-            Value::Object(map) => {
-                self.tagged(b'o', map.len());
-                for (k, item) in map {
-                    self.str(b'k', k);
-                    self.value(item);
-                }
-            }
-        }
     }
 }
 

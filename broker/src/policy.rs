@@ -768,15 +768,56 @@ impl LoadedPolicy {
     /// memo (`memoized`).
     pub fn evaluate(&self, input: &serde_json::Value) -> Verdict {
         let start = Instant::now();
-        let key = self.memo.as_ref().and_then(|_| Memo::<Verdict>::key(input));
-        if let (Some(memo), Some(key)) = (&self.memo, &key)
-            && let Some(mut v) = memo.get(key)
-        {
-            v.eval_time = start.elapsed();
-            v.memoized = true;
+        let key = self.memo_key(input);
+        if let Some(v) = self.memoized(key.as_ref(), start) {
             return v;
         }
         let raw = self.evaluate_with(input, self.vm.is_some());
+        self.finish(raw, key, start)
+    }
+
+    /// [`LoadedPolicy::evaluate`] of a document that serializes to the
+    /// input (a request's [`crate::input::Input`]): a memo hit needs no tree,
+    /// so one is made only to evaluate, and handed back with the verdict.
+    pub fn evaluate_document<T: serde::Serialize + ?Sized>(
+        &self,
+        input: &T,
+    ) -> (Verdict, Option<serde_json::Value>) {
+        let start = Instant::now();
+        let key = self.memo_key(input);
+        if let Some(v) = self.memoized(key.as_ref(), start) {
+            return (v, None);
+        }
+        match serde_json::to_value(input) {
+            Ok(tree) => {
+                let raw = self.evaluate_with(&tree, self.vm.is_some());
+                (self.finish(raw, key, start), Some(tree))
+            }
+            Err(e) => (
+                self.finish(Err(format!("the input document: {e}")), None, start),
+                None,
+            ),
+        }
+    }
+
+    fn memo_key<T: serde::Serialize + ?Sized>(&self, input: &T) -> Option<[u8; 32]> {
+        self.memo.as_ref().and_then(|_| Memo::<Verdict>::key(input))
+    }
+
+    fn memoized(&self, key: Option<&[u8; 32]>, start: Instant) -> Option<Verdict> {
+        let mut v = self.memo.as_ref()?.get(key?)?;
+        v.eval_time = start.elapsed();
+        v.memoized = true;
+        Some(v)
+    }
+
+    /// The verdict of an evaluation, kept in the memo under `key` if clean.
+    fn finish(
+        &self,
+        raw: Result<RawDecision, String>,
+        key: Option<[u8; 32]>,
+        start: Instant,
+    ) -> Verdict {
         let clean = raw.is_ok();
         let eval_time = start.elapsed();
         let mut v = interpret(raw);
@@ -1210,6 +1251,14 @@ impl PolicyEngine {
     /// Evaluates against the revision in force.
     pub fn evaluate(&self, input: &serde_json::Value) -> Verdict {
         self.current().evaluate(input)
+    }
+
+    /// [`LoadedPolicy::evaluate_document`] against the revision in force.
+    pub fn evaluate_document<T: serde::Serialize + ?Sized>(
+        &self,
+        input: &T,
+    ) -> (Verdict, Option<serde_json::Value>) {
+        self.current().evaluate_document(input)
     }
 
     /// Re-reads the source. On error the previous revision stays in force and

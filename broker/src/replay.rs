@@ -109,7 +109,7 @@ impl<'a> Replayer<'a> {
             .recorded_revisions
             .insert(r.policy_revision.clone());
         let was_allowed = r.allow && !r.would_deny;
-        let verdict = self.policy.evaluate(input);
+        let verdict = self.policy.evaluate(&input.json());
         let direction = match (was_allowed, verdict.allow) {
             (true, false) => Direction::AllowToDeny,
             (false, true) => Direction::DenyToAllow,

@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use cordon_proto::v1::{DecideRequest, Lifecycle, Sandbox, decide_request::Subject, lifecycle};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 /// Linux PATH_MAX, including the terminating NUL the kernel counts.
 pub const PATH_MAX: usize = 4096;
@@ -447,83 +447,15 @@ pub fn display_bytes(bytes: &[u8]) -> String {
     escape_bytes(bytes).0
 }
 
-/// Builds the contract's `input` document for a validated request.
-/// `input.sandbox`.
+/// `input.sandbox` of a request with this sandbox.
 pub fn sandbox_document(sandbox: &crate::proto::Sandbox) -> Value {
-    let labels: Map<String, Value> = sandbox
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    json!({
-        "id": sandbox.id, "labels": labels,
-        "workdir": display_bytes(&sandbox.workdir), "tmpdir": display_bytes(&sandbox.tmpdir),
-    })
+    crate::input::sandbox_document(sandbox)
 }
 
+/// The contract's `input` document of a validated request, as a tree; see
+/// [`crate::input::Input`] for the document without one.
 pub fn input_document(req: &DecideRequest) -> Value {
-    let mut input = Map::new();
-    // Both may be absent (the document then has empty ones, as before).
-    let default_sandbox = crate::proto::Sandbox::default();
-    let sandbox = req.sandbox.as_ref().unwrap_or(&default_sandbox);
-    input.insert("sandbox".into(), sandbox_document(sandbox));
-    let default_process = crate::proto::Process::default();
-    let p = req.process.as_ref().unwrap_or(&default_process);
-    input.insert(
-        "process".into(),
-        json!({
-            "pid": p.pid, "ppid": p.ppid, "uid": p.uid, "gid": p.gid,
-            "exe": display_bytes(&p.exe), "cwd": display_bytes(&p.cwd), "comm": p.comm,
-        }),
-    );
-    input.insert("syscall".into(), Value::String(req.syscall.clone()));
-    let Some(subject) = &req.subject else {
-        return Value::Object(input);
-    };
-    input.insert("kind".into(), Value::String(kind_of(subject).into()));
-    match subject {
-        Subject::File(f) => {
-            let mut file = Map::new();
-            insert_path(&mut file, &f.path);
-            file.insert("access".into(), json!(f.access));
-            file.insert("create".into(), json!(f.create));
-            file.insert("truncate".into(), json!(f.truncate));
-            file.insert("flags".into(), json!(f.flags));
-            input.insert("file".into(), Value::Object(file));
-        }
-        Subject::Network(n) => {
-            let mut net = Map::new();
-            net.insert("op".into(), json!(n.op));
-            net.insert("family".into(), json!(n.family));
-            net.insert("protocol".into(), json!(n.protocol));
-            if n.family == "unix" {
-                insert_path(&mut net, &n.path);
-            } else {
-                net.insert("address".into(), json!(n.address));
-                net.insert("port".into(), json!(n.port));
-                if n.v4_mapped {
-                    net.insert("v4_mapped".into(), json!(true));
-                }
-            }
-            input.insert("network".into(), Value::Object(net));
-        }
-        Subject::Exec(e) => {
-            let mut exec = Map::new();
-            insert_path(&mut exec, &e.path);
-            let argv: Vec<String> = e.argv.iter().map(|a| display_bytes(a)).collect();
-            exec.insert("argv".into(), json!(argv));
-            input.insert("exec".into(), Value::Object(exec));
-        }
-    }
-    Value::Object(input)
-}
-
-fn insert_path(obj: &mut Map<String, Value>, path: &[u8]) {
-    let (text, utf8) = escape_bytes(path);
-    obj.insert("path".into(), Value::String(text));
-    if !utf8 {
-        obj.insert("path_utf8".into(), Value::Bool(false));
-    }
+    crate::input::Input::of(req).to_json()
 }
 
 #[cfg(test)]

@@ -265,6 +265,7 @@ impl Learned {
         let mut seen_calls = BTreeSet::new();
         for r in records.iter().filter(|r| r.event == "decision") {
             let Some(input) = &r.input else { continue };
+            let input = &*input.json();
             learned.calls += 1;
             match input["kind"].as_str() {
                 Some("file") => {
@@ -909,14 +910,16 @@ mod tests {
 
     #[test]
     fn writes_subsume_reads_and_tests_are_distinct_calls() {
-        let rec = |pid: i64, path: &str, access: &str| AuditRecord {
+        let rec = |pid: i64, path: &str, access: &str| {
+            AuditRecord {
             event: "decision".into(),
             input: Some(json!({
                 "sandbox": {"workdir": "/w", "tmpdir": "/t"}, "process": {"pid": pid},
                 "syscall": "openat", "kind": "file",
                 "file": {"path": path, "access": [access], "create": access == "write", "truncate": false},
-            })),
+            }).into()),
             ..Default::default()
+        }
         };
         let learned = Learned::from_records(&[
             rec(1, "/w/out", "read"),
