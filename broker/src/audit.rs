@@ -192,7 +192,7 @@ pub struct AuditRecord {
     /// the disk, or the log at exit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<u64>,
-    /// The policy's `input` document for a decision, exactly as evaluated, so
+    /// The policy's `input` document for a decision, as the policy saw it, so
     /// that `cordon policy replay` can re-evaluate it under another policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<crate::input::RecordInput>,

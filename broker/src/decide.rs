@@ -423,14 +423,26 @@ fn unrecorded_denial(e: &AuditError, verdict: &Verdict) -> Decision {
 
 /// The audit record of a decision.
 pub fn decision_record(req: &DecideRequest, verdict: &Verdict, latency_us: u64) -> AuditRecord {
-    let sandbox = req.sandbox.clone().unwrap_or_default();
-    let process = req.process.clone().unwrap_or_default();
     let mut r = AuditRecord {
         event: "decision".into(),
-        sandbox_id: sandbox.id,
-        labels: sandbox.labels.into_iter().collect(),
-        pid: process.pid,
-        exe: display_bytes(&process.exe),
+        // Only these of the sandbox and process: borrowed, not cloned whole.
+        sandbox_id: req
+            .sandbox
+            .as_ref()
+            .map(|s| s.id.clone())
+            .unwrap_or_default(),
+        labels: req
+            .sandbox
+            .iter()
+            .flat_map(|s| &s.labels)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        pid: req.process.as_ref().map_or(0, |p| p.pid),
+        exe: req
+            .process
+            .as_ref()
+            .map(|p| display_bytes(&p.exe))
+            .unwrap_or_default(),
         syscall: req.syscall.clone(),
         allow: verdict.allow,
         errno: verdict.errno.clone(),

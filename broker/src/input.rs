@@ -10,10 +10,12 @@
 
 use std::borrow::Cow;
 
+use std::collections::HashMap;
+
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::proto::{DecideRequest, ExecAccess, FileAccess, NetworkAccess, Process, Sandbox};
+use crate::proto::{DecideRequest, NetworkAccess, Process, Sandbox};
 use crate::request::{escape_bytes, kind_of};
 use cordon_proto::v1::decide_request::Subject;
 
@@ -32,16 +34,20 @@ impl<'a> Input<'a> {
 
     /// The document as a tree (what the policy's input conversion reads).
     pub fn to_json(&self) -> serde_json::Value {
-        // Cannot fail: every member is a string, number, bool, list or a map
-        // with string keys.
-        serde_json::to_value(self).unwrap_or_default()
+        serde_json::to_value(self).expect(INFALLIBLE)
     }
 }
 
 /// `input.sandbox` of a request with this sandbox, as a tree.
 pub fn sandbox_document(sandbox: &Sandbox) -> serde_json::Value {
-    serde_json::to_value(Doc(Some(sandbox))).unwrap_or_default()
+    serde_json::to_value(sandbox_doc(sandbox)).expect(INFALLIBLE)
 }
+
+/// Why making a tree of the document cannot fail: its members are strings,
+/// numbers, booleans, lists and maps with string keys, and nothing in it
+/// returns an error of its own.
+const INFALLIBLE: &str =
+    "an input document is strings, numbers, booleans, lists and string-keyed maps";
 
 /// A decision record's `input`: the request it was read from, until the
 /// record is written (nothing to build, walk or free but the request), or
@@ -96,137 +102,175 @@ impl Serialize for Input<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let req = self.req;
         let subject = req.subject.as_ref();
-        let mut m = s.serialize_map(Some(3 + if subject.is_some() { 2 } else { 0 }))?;
-        match subject {
-            Some(Subject::Exec(e)) => m.serialize_entry("exec", &ExecDoc(e))?,
-            Some(Subject::File(f)) => m.serialize_entry("file", &FileDoc(f))?,
-            _ => {}
-        }
-        if let Some(subject) = subject {
-            m.serialize_entry("kind", kind_of(subject))?;
-        }
-        if let Some(Subject::Network(n)) = subject {
-            m.serialize_entry("network", &NetworkDoc(n))?;
-        }
+        let empty_sandbox = Sandbox::default();
+        let empty_process = Process::default();
         // Absent ones read as empty: the document has both either way.
-        m.serialize_entry("process", &Doc(req.process.as_ref()))?;
-        m.serialize_entry("sandbox", &Doc(req.sandbox.as_ref()))?;
-        m.serialize_entry("syscall", &req.syscall)?;
-        m.end()
+        let sandbox = req.sandbox.as_ref().unwrap_or(&empty_sandbox);
+        let p = req.process.as_ref().unwrap_or(&empty_process);
+        Document {
+            exec: match subject {
+                Some(Subject::Exec(e)) => Some(ExecDoc {
+                    argv: Argv(&e.argv),
+                    path: Text(&e.path),
+                    path_utf8: utf8(&e.path),
+                }),
+                _ => None,
+            },
+            file: match subject {
+                Some(Subject::File(f)) => Some(FileDoc {
+                    access: &f.access,
+                    create: f.create,
+                    flags: &f.flags,
+                    path: Text(&f.path),
+                    path_utf8: utf8(&f.path),
+                    truncate: f.truncate,
+                }),
+                _ => None,
+            },
+            kind: subject.map(kind_of),
+            network: match subject {
+                Some(Subject::Network(n)) => Some(network(n)),
+                _ => None,
+            },
+            process: ProcessDoc {
+                comm: &p.comm,
+                cwd: Text(&p.cwd),
+                exe: Text(&p.exe),
+                gid: p.gid,
+                pid: p.pid,
+                ppid: p.ppid,
+                uid: p.uid,
+            },
+            sandbox: sandbox_doc(sandbox),
+            syscall: &req.syscall,
+        }
+        .serialize(s)
     }
 }
 
-/// `input.sandbox` or `input.process`, of the request's message or an
-/// empty one.
-struct Doc<'a, T>(Option<&'a T>);
+// The document's parts, members declared in the order of their names (a
+// `serde_json` map's), optional ones skipped as the tree leaves them out.
 
-impl Serialize for Doc<'_, Sandbox> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let empty = Sandbox::default();
-        let sb = self.0.unwrap_or(&empty);
-        let mut m = s.serialize_map(Some(4))?;
-        m.serialize_entry("id", &sb.id)?;
-        // A map of the request's labels, in the order of their keys.
-        let mut labels: Vec<(&String, &String)> = sb.labels.iter().collect();
-        labels.sort_unstable();
-        m.serialize_entry("labels", &Labels(&labels))?;
-        m.serialize_entry("tmpdir", &Text(&sb.tmpdir))?;
-        m.serialize_entry("workdir", &Text(&sb.workdir))?;
-        m.end()
+#[derive(Serialize)]
+struct Document<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exec: Option<ExecDoc<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<FileDoc<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<NetworkDoc<'a>>,
+    process: ProcessDoc<'a>,
+    sandbox: SandboxDoc<'a>,
+    syscall: &'a str,
+}
+
+#[derive(Serialize)]
+struct SandboxDoc<'a> {
+    id: &'a str,
+    labels: Labels<'a>,
+    tmpdir: Text<'a>,
+    workdir: Text<'a>,
+}
+
+#[derive(Serialize)]
+struct ProcessDoc<'a> {
+    comm: &'a str,
+    cwd: Text<'a>,
+    exe: Text<'a>,
+    gid: u32,
+    pid: i32,
+    ppid: i32,
+    uid: u32,
+}
+
+#[derive(Serialize)]
+struct FileDoc<'a> {
+    access: &'a [String],
+    create: bool,
+    flags: &'a [String],
+    path: Text<'a>,
+    /// Present (`false`) only for a path that is not UTF-8.
+    #[serde(skip_serializing_if = "is_true")]
+    path_utf8: bool,
+    truncate: bool,
+}
+
+/// A unix socket's (`path`) or an inet one's (`address`, `port`).
+#[derive(Serialize)]
+struct NetworkDoc<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<&'a str>,
+    family: &'a str,
+    op: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "is_true")]
+    path_utf8: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u32>,
+    protocol: &'a str,
+    #[serde(skip_serializing_if = "is_false")]
+    v4_mapped: bool,
+}
+
+#[derive(Serialize)]
+struct ExecDoc<'a> {
+    argv: Argv<'a>,
+    path: Text<'a>,
+    #[serde(skip_serializing_if = "is_true")]
+    path_utf8: bool,
+}
+
+fn network(n: &NetworkAccess) -> NetworkDoc<'_> {
+    let unix = n.family == "unix";
+    NetworkDoc {
+        address: (!unix).then_some(n.address.as_str()),
+        family: &n.family,
+        op: &n.op,
+        path: unix.then_some(Text(&n.path)),
+        path_utf8: !unix || utf8(&n.path),
+        port: (!unix).then_some(n.port),
+        protocol: &n.protocol,
+        v4_mapped: !unix && n.v4_mapped,
     }
 }
 
-impl Serialize for Doc<'_, Process> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let empty = Process::default();
-        let p = self.0.unwrap_or(&empty);
-        let mut m = s.serialize_map(Some(7))?;
-        m.serialize_entry("comm", &p.comm)?;
-        m.serialize_entry("cwd", &Text(&p.cwd))?;
-        m.serialize_entry("exe", &Text(&p.exe))?;
-        m.serialize_entry("gid", &p.gid)?;
-        m.serialize_entry("pid", &p.pid)?;
-        m.serialize_entry("ppid", &p.ppid)?;
-        m.serialize_entry("uid", &p.uid)?;
-        m.end()
+fn sandbox_doc(sandbox: &Sandbox) -> SandboxDoc<'_> {
+    SandboxDoc {
+        id: &sandbox.id,
+        labels: Labels(&sandbox.labels),
+        tmpdir: Text(&sandbox.tmpdir),
+        workdir: Text(&sandbox.workdir),
     }
 }
 
-struct Labels<'a>(&'a [(&'a String, &'a String)]);
+fn utf8(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok()
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The request's labels, in the order of their keys.
+struct Labels<'a>(&'a HashMap<String, String>);
 
 impl Serialize for Labels<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
+        let mut labels: Vec<(&String, &String)> = self.0.iter().collect();
+        labels.sort_unstable();
+        let mut m = s.serialize_map(Some(labels.len()))?;
+        for (k, v) in labels {
             m.serialize_entry(k, v)?;
         }
         m.end()
     }
-}
-
-struct FileDoc<'a>(&'a FileAccess);
-
-impl Serialize for FileDoc<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let f = self.0;
-        let utf8 = std::str::from_utf8(&f.path).is_ok();
-        let mut m = s.serialize_map(Some(5 + usize::from(!utf8)))?;
-        m.serialize_entry("access", &f.access)?;
-        m.serialize_entry("create", &f.create)?;
-        m.serialize_entry("flags", &f.flags)?;
-        path_entries(&mut m, &f.path, utf8)?;
-        m.serialize_entry("truncate", &f.truncate)?;
-        m.end()
-    }
-}
-
-struct NetworkDoc<'a>(&'a NetworkAccess);
-
-impl Serialize for NetworkDoc<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let n = self.0;
-        if n.family == "unix" {
-            let utf8 = std::str::from_utf8(&n.path).is_ok();
-            let mut m = s.serialize_map(Some(4 + usize::from(!utf8)))?;
-            m.serialize_entry("family", &n.family)?;
-            m.serialize_entry("op", &n.op)?;
-            path_entries(&mut m, &n.path, utf8)?;
-            m.serialize_entry("protocol", &n.protocol)?;
-            return m.end();
-        }
-        let mut m = s.serialize_map(Some(5 + usize::from(n.v4_mapped)))?;
-        m.serialize_entry("address", &n.address)?;
-        m.serialize_entry("family", &n.family)?;
-        m.serialize_entry("op", &n.op)?;
-        m.serialize_entry("port", &n.port)?;
-        m.serialize_entry("protocol", &n.protocol)?;
-        if n.v4_mapped {
-            m.serialize_entry("v4_mapped", &true)?;
-        }
-        m.end()
-    }
-}
-
-struct ExecDoc<'a>(&'a ExecAccess);
-
-impl Serialize for ExecDoc<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = self.0;
-        let utf8 = std::str::from_utf8(&e.path).is_ok();
-        let mut m = s.serialize_map(Some(2 + usize::from(!utf8)))?;
-        m.serialize_entry("argv", &Argv(&e.argv))?;
-        path_entries(&mut m, &e.path, utf8)?;
-        m.end()
-    }
-}
-
-/// `path`, and `path_utf8: false` after it when the bytes are not UTF-8.
-fn path_entries<M: SerializeMap>(m: &mut M, path: &[u8], utf8: bool) -> Result<(), M::Error> {
-    m.serialize_entry("path", &Text(path))?;
-    if !utf8 {
-        m.serialize_entry("path_utf8", &false)?;
-    }
-    Ok(())
 }
 
 struct Argv<'a>(&'a [Vec<u8>]);
@@ -256,12 +300,11 @@ impl Serialize for Text<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use serde_json::{Map, Value, json};
 
     use super::*;
     use crate::memo::Memo;
+    use crate::proto::{ExecAccess, FileAccess};
     use crate::request::display_bytes;
 
     /// The document as the broker built it before [`Input`]: a tree,

@@ -911,15 +911,16 @@ mod tests {
     #[test]
     fn writes_subsume_reads_and_tests_are_distinct_calls() {
         let rec = |pid: i64, path: &str, access: &str| {
-            AuditRecord {
-            event: "decision".into(),
-            input: Some(json!({
+            let input = json!({
                 "sandbox": {"workdir": "/w", "tmpdir": "/t"}, "process": {"pid": pid},
                 "syscall": "openat", "kind": "file",
                 "file": {"path": path, "access": [access], "create": access == "write", "truncate": false},
-            }).into()),
-            ..Default::default()
-        }
+            });
+            AuditRecord {
+                event: "decision".into(),
+                input: Some(input.into()),
+                ..Default::default()
+            }
         };
         let learned = Learned::from_records(&[
             rec(1, "/w/out", "read"),

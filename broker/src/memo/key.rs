@@ -1,13 +1,18 @@
 //! The memo key's encoding, as a serde serializer: anything that serializes
 //! to JSON (a `serde_json::Value`, or the typed [`crate::input::Input`])
-//! is keyed without building a tree, and two values whose JSON trees are
-//! equal get the same key.
+//! is keyed without building a tree. A key stands for one tree: two values
+//! with the same key make the same tree. The converse holds only where
+//! members come in the same order (a `Value`'s map is sorted, and so is
+//! `Input`, whose test holds its keys to its tree's): otherwise equal trees
+//! may key apart, which costs a memo miss, never a wrong verdict.
 //!
-//! Each value is a tag (`n`, `t`, `f`, `i` and `u` with 8 bytes, `d`, `s`
-//! and `k` with a length and the text, `a` and `o` with a length and the
-//! members), so two different trees never share an encoding. Numbers are
-//! encoded as a `serde_json::Number` holds them: integers as `i` when they
-//! fit an `i64`, floats as the text serde_json prints.
+//! Each value is a tag (`n`, `t`, `f`; `i` with an `i64`, `u` with a `u64`
+//! past `i64::MAX`, 8 bytes each; `d`, `s` and `k` with a length and the
+//! text; `a` and `o` with a length and the members), so two different trees
+//! never share an encoding. Numbers are encoded as a `serde_json::Number`
+//! holds them, floats as the text serde_json prints. This assumes
+//! serde_json without `arbitrary_precision`, where a number would serialize
+//! as a one-member map (a test checks).
 
 use serde::ser::{self, Impossible, Serialize};
 use sha2::{Digest, Sha256};
@@ -362,5 +367,11 @@ mod tests {
         assert_eq!(key(&1.5f32), key(&serde_json::json!(1.5)));
         assert_eq!(key(&u64::MAX), key(&serde_json::json!(u64::MAX)));
         assert_eq!(key(&'x'), key(&serde_json::json!("x")));
+        // With serde_json's `arbitrary_precision`, a number would serialize
+        // as this map, and the two would share a key.
+        assert_ne!(
+            key(&serde_json::json!(5)),
+            key(&serde_json::json!({"$serde_json::private::Number": "5"}))
+        );
     }
 }
