@@ -20,6 +20,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use nix::sys::stat::FileStat;
@@ -43,10 +45,16 @@ pub enum Use {
 }
 
 /// At most this many distinct files are taken from one read of a protected
-/// directory (entries that are links to a known file are not counted, nor
-/// are files added over several reads); past it, a file with other names on
-/// its device is refused.
+/// directory, and at most [`MAX_ENTRIES`] names looked at (links to one file
+/// count once in the first, each in the second); past either, a file with
+/// other names on its device is refused.
 const MAX_INODES: usize = 4096;
+const MAX_ENTRIES: usize = 8 * MAX_INODES;
+/// At most this many files are known over all the reads of one protected
+/// directory (a tool can make and remove files there, `unlink` is not
+/// brokered): past it no more are added, and a file with other names on its
+/// device is refused for the sandbox's life.
+const MAX_KNOWN: usize = 16 * MAX_INODES;
 /// A directory changed less than this before it was read may change again
 /// within the same tick of the file system's clock, unseen: it is read again.
 const SETTLE_SECONDS: i64 = 2;
@@ -90,6 +98,8 @@ struct Known {
     /// The last read stopped short (an unreadable directory, too many
     /// files): what it missed is unknown.
     incomplete: bool,
+    /// [`MAX_KNOWN`] was reached: nothing more is read or added.
+    full: bool,
 }
 
 /// A directory read under a protected one.
@@ -268,6 +278,9 @@ impl Entry {
         let _reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
         let (changed, incomplete, at) = {
             let known = self.read();
+            if known.full {
+                return;
+            }
             (known.changed(dir), known.incomplete, known.at)
         };
         // A read that stopped short is tried again, once a second at most:
@@ -289,21 +302,51 @@ impl Entry {
         known.watch = fresh.watch;
         known.at = fresh.at;
         known.incomplete = fresh.incomplete;
+        if known.files.len() > MAX_KNOWN {
+            tracing::warn!(path = %String::from_utf8_lossy(&self.path), known = known.files.len(),
+                "a protected directory has had too many files to keep track of: \
+                 files with other names on its device are refused from now on");
+            known.full = true;
+            known.incomplete = true;
+            known.files.shrink_to_fit();
+        }
     }
 }
 
 impl Known {
     /// Reads what `dir` holds, breadth first (one directory open at a
-    /// time), up to [`MAX_INODES`] files.
+    /// time), up to [`MAX_INODES`] files and [`MAX_ENTRIES`] names.
     fn read(&mut self, dir: &OwnedFd) {
         self.at = now_seconds();
-        let top = fd_path(dir);
         let mut dirs = Vec::new();
         let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
         let mut watched = watch.is_some();
+        let mut names = 0;
         let mut pending = std::collections::VecDeque::from([PathBuf::new()]);
         'read: while let Some(rel) = pending.pop_front() {
-            let path = top.join(&rel);
+            let opened = if rel.as_os_str().is_empty() {
+                dir.try_clone()
+                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            } else {
+                open_beneath(dir, &rel)
+            };
+            let sub = match opened {
+                Ok(sub) => sub,
+                // Gone since it was listed: removed, renamed, or a symlink
+                // or a file in its place now (not read through). Harmless;
+                // any other failure leaves the read incomplete.
+                Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR)
+                    if !rel.as_os_str().is_empty() =>
+                {
+                    continue;
+                }
+                Err(_) => {
+                    self.incomplete = true;
+                    continue;
+                }
+            };
+            // The directory the fd is open on, whatever happens to its path.
+            let path = fd_path(&sub);
             if let Some(w) = &watch {
                 watched &= w
                     .add_watch(&path, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
@@ -311,35 +354,18 @@ impl Known {
             }
             let (Ok(meta), Ok(entries)) = (std::fs::metadata(&path), std::fs::read_dir(&path))
             else {
-                // Gone since it was listed (removed or renamed), or not
-                // readable (or not looked up): only the first is harmless.
-                let gone = std::fs::symlink_metadata(&path)
-                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
-                if rel.as_os_str().is_empty() || !gone {
-                    self.incomplete = true;
-                }
+                self.incomplete = true;
                 continue;
             };
-            // Only where the change times will decide (no watch).
-            let fd = (!watched && dirs.len() < KEPT_DIR_FDS)
-                .then(|| {
-                    nix::fcntl::open(
-                        &path,
-                        nix::fcntl::OFlag::O_PATH
-                            | nix::fcntl::OFlag::O_DIRECTORY
-                            | nix::fcntl::OFlag::O_CLOEXEC,
-                        nix::sys::stat::Mode::empty(),
-                    )
-                    .ok()
-                })
-                .flatten();
+            // Kept only where the change times will decide (no watch).
             dirs.push(ReadDir {
                 rel: rel.clone(),
-                fd,
+                fd: (!watched && dirs.len() < KEPT_DIR_FDS).then_some(sub),
                 ctime: (meta.ctime(), meta.ctime_nsec()),
             });
             for entry in entries {
-                if self.files.len() >= MAX_INODES {
+                names += 1;
+                if self.files.len() >= MAX_INODES || names > MAX_ENTRIES {
                     self.incomplete = true;
                     break 'read;
                 }
@@ -376,16 +402,30 @@ impl Known {
 /// Whether nothing can have been added under `dir` since `at`: no
 /// directory read then has changed since, nor had changed shortly before.
 fn settled(dir: &OwnedFd, dirs: &[ReadDir], at: i64) -> bool {
-    let top = fd_path(dir);
+    let unchanged = |fd: &OwnedFd, ctime: (i64, i64)| {
+        nix::sys::stat::fstat(fd).is_ok_and(|st| (st.st_ctime, st.st_ctime_nsec) == ctime)
+    };
     dirs.iter().all(|d| {
         d.ctime.0 < at - SETTLE_SECONDS
             && match &d.fd {
-                Some(fd) => nix::sys::stat::fstat(fd)
-                    .is_ok_and(|st| (st.st_ctime, st.st_ctime_nsec) == d.ctime),
-                None => std::fs::symlink_metadata(top.join(&d.rel))
-                    .is_ok_and(|m| (m.ctime(), m.ctime_nsec()) == d.ctime),
+                Some(fd) => unchanged(fd, d.ctime),
+                // Not through a symlink put in its place: that is a change.
+                None => open_beneath(dir, &d.rel).is_ok_and(|fd| unchanged(&fd, d.ctime)),
             }
     })
+}
+
+/// The directory `rel` (a path of directories listed) beneath `top`,
+/// without following a symlink or leaving it: each name must still be the
+/// directory it was.
+fn open_beneath(top: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
+    nix::fcntl::openat2(
+        top,
+        rel,
+        OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH),
+    )
 }
 
 /// A path to the directory `fd` is open on, wherever it is now.
@@ -569,6 +609,87 @@ mod tests {
             std::fs::create_dir(store.join(i.to_string())).unwrap();
         }
         assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
+    }
+
+    #[test]
+    fn names_past_the_bound_leave_the_read_incomplete_links_to_one_file_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        // One file, many names: one inode, but each name is looked at.
+        std::fs::write(store.join("f"), "").unwrap();
+        for i in 0..MAX_ENTRIES {
+            std::fs::hard_link(store.join("f"), store.join(i.to_string())).unwrap();
+        }
+        let protected = Protected::new(&[(store.clone(), Protection::All)]);
+        assert!(protected.entries[0].read().incomplete);
+        std::fs::write(dir.path().join("own"), "").unwrap();
+        std::fs::hard_link(dir.path().join("own"), dir.path().join("own-link")).unwrap();
+        let own = o_path(&dir.path().join("own-link"));
+        assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
+    }
+
+    #[test]
+    fn a_directory_that_had_too_many_files_refuses_linked_files_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let protected = Protected::new(&[(store.clone(), Protection::All)]);
+        std::fs::write(dir.path().join("own"), "").unwrap();
+        std::fs::hard_link(dir.path().join("own"), dir.path().join("own-link")).unwrap();
+        let own = o_path(&dir.path().join("own-link"));
+        assert!(!protected.refuses(b"/elsewhere", &own, None, Use::Read));
+        // As if earlier reads had found that many files, made and removed.
+        protected.entries[0]
+            .known
+            .write()
+            .unwrap()
+            .files
+            .extend((0..MAX_KNOWN as u64).map(|i| ((u64::MAX, i), None)));
+        // A name added: the next linked file's check reads the store again.
+        std::fs::write(store.join("late"), "").unwrap();
+        assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
+        assert!(protected.entries[0].read().full);
+        // And stays so, with nothing more read or kept.
+        std::fs::write(store.join("later"), "").unwrap();
+        assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
+        let later = std::fs::metadata(store.join("later")).unwrap();
+        let known = protected.entries[0].read();
+        assert!(!known.files.contains_key(&(later.dev(), later.ino())));
+        assert!(known.full && known.incomplete);
+    }
+
+    #[test]
+    fn a_directory_is_opened_beneath_without_following_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(store.join("a/b")).unwrap();
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        std::fs::create_dir(dir.path().join("elsewhere/b")).unwrap();
+        let top = OwnedFd::from(std::fs::File::open(&store).unwrap());
+        assert!(open_beneath(&top, Path::new("a/b")).is_ok());
+        // What the tool can do between a listing and its read (`rename` and
+        // `symlink` are not brokered): a symlink in a directory's place.
+        std::fs::rename(store.join("a"), dir.path().join("a-out")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), store.join("a")).unwrap();
+        assert_eq!(
+            open_beneath(&top, Path::new("a/b")).unwrap_err(),
+            Errno::ELOOP
+        );
+        assert_eq!(
+            open_beneath(&top, Path::new("a")).unwrap_err(),
+            Errno::ELOOP
+        );
+        std::fs::remove_file(store.join("a")).unwrap();
+        std::fs::write(store.join("a"), "").unwrap();
+        assert_eq!(
+            open_beneath(&top, Path::new("a")).unwrap_err(),
+            Errno::ENOTDIR
+        );
+        assert_eq!(
+            open_beneath(&top, Path::new("../elsewhere")).unwrap_err(),
+            Errno::EXDEV
+        );
     }
 
     #[test]
