@@ -486,11 +486,24 @@ mod tests {
         Found::Existing(fd)
     }
 
-    #[test]
-    fn another_name_of_a_file_made_under_it_since_the_start_is_recognised() {
+    /// A temporary directory with an empty `store` in it.
+    fn with_store() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         std::fs::create_dir(&store).unwrap();
+        (dir, store)
+    }
+
+    /// A file of the tool's own in `dir` with a second name, found by it.
+    fn own_linked_file(dir: &Path) -> Found {
+        std::fs::write(dir.join("own"), "").unwrap();
+        std::fs::hard_link(dir.join("own"), dir.join("own-link")).unwrap();
+        o_path(&dir.join("own-link"))
+    }
+
+    #[test]
+    fn another_name_of_a_file_made_under_it_since_the_start_is_recognised() {
+        let (dir, store) = with_store();
         std::fs::write(store.join("old"), "").unwrap();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
         // Made after the inodes were read, then linked outside.
@@ -533,9 +546,7 @@ mod tests {
 
     #[test]
     fn what_was_known_stays_known_after_the_directory_is_moved() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        std::fs::create_dir(&store).unwrap();
+        let (dir, store) = with_store();
         std::fs::write(store.join("old"), "").unwrap();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
         // `rename` is not brokered: the tool may move the store away, then
@@ -596,13 +607,9 @@ mod tests {
 
     #[test]
     fn a_directory_too_large_to_read_refuses_any_file_with_other_names_on_its_device() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        std::fs::create_dir(&store).unwrap();
+        let (dir, store) = with_store();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
-        std::fs::write(dir.path().join("own"), "").unwrap();
-        std::fs::hard_link(dir.path().join("own"), dir.path().join("own-link")).unwrap();
-        let own = o_path(&dir.path().join("own-link"));
+        let own = own_linked_file(dir.path());
         assert!(!protected.refuses(b"/elsewhere", &own, None, Use::Read));
         // More entries than are read: one of them could be `own`.
         for i in 0..=MAX_INODES {
@@ -613,9 +620,7 @@ mod tests {
 
     #[test]
     fn names_past_the_bound_leave_the_read_incomplete_links_to_one_file_included() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        std::fs::create_dir(&store).unwrap();
+        let (dir, store) = with_store();
         // One file, many names: one inode, but each name is looked at.
         std::fs::write(store.join("f"), "").unwrap();
         for i in 0..MAX_ENTRIES {
@@ -623,21 +628,15 @@ mod tests {
         }
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
         assert!(protected.entries[0].read().incomplete);
-        std::fs::write(dir.path().join("own"), "").unwrap();
-        std::fs::hard_link(dir.path().join("own"), dir.path().join("own-link")).unwrap();
-        let own = o_path(&dir.path().join("own-link"));
+        let own = own_linked_file(dir.path());
         assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
     }
 
     #[test]
     fn a_directory_that_had_too_many_files_refuses_linked_files_for_good() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        std::fs::create_dir(&store).unwrap();
+        let (dir, store) = with_store();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
-        std::fs::write(dir.path().join("own"), "").unwrap();
-        std::fs::hard_link(dir.path().join("own"), dir.path().join("own-link")).unwrap();
-        let own = o_path(&dir.path().join("own-link"));
+        let own = own_linked_file(dir.path());
         assert!(!protected.refuses(b"/elsewhere", &own, None, Use::Read));
         // As if earlier reads had found that many files, made and removed.
         protected.entries[0]
@@ -694,9 +693,7 @@ mod tests {
 
     #[test]
     fn without_inotify_a_directory_changed_lately_is_read_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        std::fs::create_dir(&store).unwrap();
+        let (dir, store) = with_store();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
         // As where no inotify instance is left: the change times decide.
         protected.entries[0].known.write().unwrap().watch = None;
