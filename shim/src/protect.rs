@@ -50,9 +50,9 @@ pub enum Use {
 /// other names on its device is refused.
 const MAX_INODES: usize = 4096;
 const MAX_ENTRIES: usize = 8 * MAX_INODES;
-/// At most this many files are known over all the reads of one protected
-/// directory (a tool can make and remove files there, `unlink` is not
-/// brokered): past it no more are added, and a file with other names on its
+/// Once more than this many files are known over all the reads of one
+/// protected directory (a tool can make and remove files there, `unlink` is
+/// not brokered), it is not read again, and a file with other names on its
 /// device is refused for the sandbox's life.
 const MAX_KNOWN: usize = 16 * MAX_INODES;
 /// A directory changed less than this before it was read may change again
@@ -112,6 +112,9 @@ struct ReadDir {
     fd: Option<OwnedFd>,
     ctime: (i64, i64),
 }
+
+/// Reads of a protected directory in a row while names are added to it.
+const READ_ATTEMPTS: usize = 3;
 
 /// Directory fds kept per protected directory.
 const KEPT_DIR_FDS: usize = 16;
@@ -227,12 +230,8 @@ impl Protected {
             if !linked {
                 return false;
             }
-            if e.dir.is_none() {
-                return e.read().incomplete;
-            }
             e.read_again_if_changed();
-            e.matches(id, &mut born)
-                .unwrap_or_else(|| e.read().incomplete)
+            e.refused_by_what_is_known(id, &mut born)
         })
     }
 }
@@ -266,6 +265,18 @@ impl Entry {
     fn matches(&self, id: Id, born: &mut impl FnMut() -> Birth) -> Option<bool> {
         let known = *self.read().files.get(&id)?;
         Some(same_birth(known, born()))
+    }
+
+    /// Whether `id` is a known file here, or unknown after a read that
+    /// stopped short. Under one guard: another thread's read between a miss
+    /// and the look at `incomplete` could find the file and leave the read
+    /// complete.
+    fn refused_by_what_is_known(&self, id: Id, born: &mut impl FnMut() -> Birth) -> bool {
+        let known = self.read();
+        match known.files.get(&id) {
+            Some(birth) => same_birth(*birth, born()),
+            None => known.incomplete,
+        }
     }
 
     /// Reads the directory again (under the entry's `reading` lock, which
@@ -309,14 +320,33 @@ impl Entry {
             known.full = true;
             known.incomplete = true;
             known.files.shrink_to_fit();
+            // Never read again: its watch and fds are of no more use.
+            known.watch = None;
+            known.dirs = Arc::new(Vec::new());
         }
     }
 }
 
 impl Known {
-    /// Reads what `dir` holds, breadth first (one directory open at a
-    /// time), up to [`MAX_INODES`] files and [`MAX_ENTRIES`] names.
+    /// Reads what `dir` holds, again while names were added during the read
+    /// (a directory moved, within it, to a name already listed would be
+    /// missed), [`READ_ATTEMPTS`] times at most: past that it is incomplete.
+    /// Without a watch nothing tells, and one read is taken.
     fn read(&mut self, dir: &OwnedFd) {
+        for _ in 0..READ_ATTEMPTS {
+            self.read_once(dir);
+            match &self.watch {
+                Some(w) if !matches!(w.read_events(), Err(Errno::EAGAIN)) => {}
+                _ => return,
+            }
+        }
+        self.incomplete = true;
+    }
+
+    /// Reads what `dir` holds, breadth first (one directory open at a
+    /// time), up to [`MAX_INODES`] files and [`MAX_ENTRIES`] names, adding
+    /// to what is known.
+    fn read_once(&mut self, dir: &OwnedFd) {
         self.at = now_seconds();
         let mut dirs = Vec::new();
         let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
@@ -409,6 +439,7 @@ fn settled(dir: &OwnedFd, dirs: &[ReadDir], at: i64) -> bool {
         d.ctime.0 < at - SETTLE_SECONDS
             && match &d.fd {
                 Some(fd) => unchanged(fd, d.ctime),
+                None if d.rel.as_os_str().is_empty() => unchanged(dir, d.ctime),
                 // Not through a symlink put in its place: that is a change.
                 None => open_beneath(dir, &d.rel).is_ok_and(|fd| unchanged(&fd, d.ctime)),
             }
@@ -689,6 +720,23 @@ mod tests {
             open_beneath(&top, Path::new("../elsewhere")).unwrap_err(),
             Errno::EXDEV
         );
+    }
+
+    #[test]
+    fn without_a_watch_an_unchanged_directory_is_settled() {
+        let (_dir, store) = with_store();
+        std::fs::create_dir(store.join("sub")).unwrap();
+        let protected = Protected::new(&[(store.clone(), Protection::All)]);
+        let entry = &protected.entries[0];
+        let known = entry.read();
+        // Read with a watch: no fds kept, the change times are all there is
+        // (as when a watch could not be added part way).
+        assert!(known.dirs.iter().all(|d| d.fd.is_none()));
+        let top = entry.dir.as_ref().unwrap();
+        let later = known.at + SETTLE_SECONDS + 1;
+        assert!(settled(top, &known.dirs, later));
+        std::fs::write(store.join("sub/new"), "").unwrap();
+        assert!(!settled(top, &known.dirs, later));
     }
 
     #[test]
