@@ -177,7 +177,10 @@ fn ctrl_c_reaches_the_tool_in_its_own_session() {
     let child = b
         .cmd(
             &[],
-            "echo $$ > pid; trap 'echo got-int; exit 3' INT; sleep 20 & wait",
+            // The trap is set before the pid is there to read (whole: a
+            // rename), so the interrupt cannot come first however slow the
+            // shell.
+            "trap 'echo got-int; exit 3' INT; echo $$ > pid.new; mv pid.new pid; sleep 20 & wait",
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -188,7 +191,6 @@ fn ctrl_c_reaches_the_tool_in_its_own_session() {
     while !pidfile.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(200));
     let tool: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
