@@ -228,22 +228,26 @@ impl AuditRecord {
     }
 
     /// About what the record takes in memory until it is on disk: its
-    /// variable fields twice (the `input` document repeats them) and a fixed
-    /// part. An estimate, for bounding the queue, not a size.
+    /// variable fields, its `input` (which repeats them, with the working
+    /// directories) and a fixed part. An estimate, for bounding the queue,
+    /// not a size.
     pub fn approx_bytes(&self) -> u64 {
-        // Per string: its `String`, its copy in `input` (the request's, or
-        // the tree's), and two allocations' overhead.
-        let strs = |v: &[String]| v.iter().map(|a| a.len() + 64).sum::<usize>();
+        // Per string: its `String` and an allocation's overhead.
+        let strs = |v: &[String]| v.iter().map(|a| a.len() + 32).sum::<usize>();
         let labels: usize = self
             .labels
             .iter()
-            .map(|(k, v)| k.len() + v.len() + 128)
+            .map(|(k, v)| k.len() + v.len() + 64)
             .sum();
         let variable = self.path.as_ref().map_or(0, String::len)
             + self.argv.as_deref().map_or(0, strs)
             + self.exe.len()
             + labels;
-        (1024 + 2 * variable + self.reason.len()) as u64
+        let input = self
+            .input
+            .as_ref()
+            .map_or(0, crate::input::RecordInput::approx_bytes);
+        (1024 + variable + input + self.reason.len()) as u64
     }
 
     /// A decision's answer: allow or deny. An `override` record is the
@@ -1537,9 +1541,9 @@ impl Inner {
                 hex::encode(hash)
             };
             record.hash = String::new();
-            // Sized for most records (an estimate: `approx_bytes` leaves out
-            // the input's copies of some fields): growing from serde_json's
-            // 128 bytes took three reallocations per record.
+            // Sized for most records (`approx_bytes` estimates memory, not
+            // JSON, but comes near it): growing from serde_json's 128 bytes
+            // took three reallocations per record.
             let mut body = Vec::with_capacity(record.approx_bytes() as usize + 256);
             let body = match serde_json::to_writer(&mut body, &*record) {
                 Ok(()) => body,
@@ -2383,8 +2387,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let window = Duration::from_secs(3600);
         let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
+        let argv = vec!["x".repeat(64 * 1024); 4];
+        // As a decision's record holds it: the argv, and the request's
+        // copy of it in `input`.
+        let request = cordon_proto::v1::DecideRequest {
+            subject: Some(cordon_proto::v1::decide_request::Subject::Exec(
+                cordon_proto::v1::ExecAccess {
+                    path: b"/bin/x".to_vec(),
+                    argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+                },
+            )),
+            ..Default::default()
+        };
         let big = |i: u64| AuditRecord {
-            argv: Some(vec!["x".repeat(64 * 1024); 4]),
+            argv: Some(argv.clone()),
+            input: Some(crate::input::RecordInput::Request(Box::new(
+                request.clone(),
+            ))),
             ..decision(i)
         };
         let size = big(0).approx_bytes();

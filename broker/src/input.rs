@@ -69,6 +69,64 @@ impl RecordInput {
     }
 }
 
+impl RecordInput {
+    /// About what it takes in memory: its text and an allocation's overhead
+    /// per string, list or map.
+    pub fn approx_bytes(&self) -> usize {
+        const EACH: usize = 32;
+        let bytes = |b: &[u8]| b.len() + EACH;
+        let strs = |v: &[String]| v.iter().map(|s| bytes(s.as_bytes())).sum::<usize>();
+        match self {
+            RecordInput::Request(req) => {
+                let sandbox = req.sandbox.as_ref().map_or(0, |s| {
+                    bytes(s.id.as_bytes())
+                        + s.labels
+                            .iter()
+                            .map(|(k, v)| bytes(k.as_bytes()) + bytes(v.as_bytes()))
+                            .sum::<usize>()
+                        + bytes(&s.workdir)
+                        + bytes(&s.tmpdir)
+                });
+                let process = req.process.as_ref().map_or(0, |p| {
+                    bytes(&p.exe) + bytes(&p.cwd) + bytes(p.comm.as_bytes())
+                });
+                let subject = match &req.subject {
+                    Some(Subject::File(f)) => bytes(&f.path) + strs(&f.access) + strs(&f.flags),
+                    Some(Subject::Network(n)) => {
+                        [&n.op, &n.family, &n.protocol, &n.address]
+                            .iter()
+                            .map(|s| bytes(s.as_bytes()))
+                            .sum::<usize>()
+                            + bytes(&n.path)
+                    }
+                    Some(Subject::Exec(e)) => {
+                        bytes(&e.path) + e.argv.iter().map(|a| bytes(a)).sum::<usize>()
+                    }
+                    None => 0,
+                };
+                std::mem::size_of::<DecideRequest>() + sandbox + process + subject
+            }
+            RecordInput::Json(tree) => tree_bytes(tree),
+        }
+    }
+}
+
+fn tree_bytes(tree: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    const NODE: usize = 32;
+    match tree {
+        Value::String(s) => s.len() + NODE,
+        Value::Array(items) => NODE + items.iter().map(tree_bytes).sum::<usize>(),
+        Value::Object(members) => {
+            NODE + members
+                .iter()
+                .map(|(k, v)| k.len() + NODE + tree_bytes(v))
+                .sum::<usize>()
+        }
+        _ => NODE,
+    }
+}
+
 impl From<serde_json::Value> for RecordInput {
     fn from(tree: serde_json::Value) -> Self {
         RecordInput::Json(tree)
@@ -502,5 +560,27 @@ mod tests {
         }
         let [a, b] = [0, 1].map(|i| RecordInput::Request(Box::new(requests()[i].clone())));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_record_inputs_size_counts_every_path_it_holds() {
+        let long = |c: u8| [b"/".as_slice(), &vec![c; 4000]].concat();
+        let mut req = requests()[0].clone();
+        let sandbox = req.sandbox.as_mut().unwrap();
+        (sandbox.workdir, sandbox.tmpdir) = (long(b'w'), long(b't'));
+        req.process.as_mut().unwrap().cwd = long(b'c');
+        let paths = 3 * 4001;
+        for input in [
+            RecordInput::Request(Box::new(req.clone())),
+            RecordInput::Json(tree(&req)),
+        ] {
+            let size = input.approx_bytes();
+            // The paths, and not wildly more (a few hundred bytes of
+            // overhead for the rest).
+            assert!(
+                (paths..paths + 2048).contains(&size),
+                "{size} for {input:?}"
+            );
+        }
     }
 }
