@@ -1595,16 +1595,32 @@ impl Inner {
                     .zip(first_of)
                     .map(|(r, page)| index_entry(r, page)),
             );
+        // Until the flush what stays is the sealed body, which JSON's
+        // escaping can make several times the record's estimate (a control
+        // byte in an argv is six): counted as the larger, the difference
+        // before a flush can see it.
+        let mut grown = 0;
+        let entries: Vec<Unflushed> = records
+            .iter()
+            .zip(sealed_records)
+            .map(|(r, s)| {
+                let counted = r.approx_bytes();
+                let held = counted.max(s.body.capacity() as u64);
+                grown += held - counted;
+                Unflushed {
+                    seq: s.seq,
+                    bytes: held,
+                    body: s.body,
+                    hash: s.hash,
+                }
+            })
+            .collect();
+        self.backlog_bytes.fetch_add(grown, Ordering::SeqCst);
         // Under the sealed lock, so the list stays in seq order.
         self.unflushed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(records.iter().zip(sealed_records).map(|(r, s)| Unflushed {
-                seq: s.seq,
-                bytes: r.approx_bytes(),
-                body: s.body,
-                hash: s.hash,
-            }));
+            .extend(entries);
         drop(sealed);
         self.notify.send_replace(last);
         Ok(records)
@@ -2378,6 +2394,29 @@ mod tests {
         assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
         let report = audit.verify().unwrap();
         assert!(report.ok, "{report:?}");
+    }
+
+    /// A stored record waits for the flush as its JSON, which escaping can
+    /// make several times its estimate: the backlog counts the larger.
+    #[test]
+    fn a_stored_record_is_counted_as_its_sealed_body_when_that_is_larger() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_secs(3600);
+        let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
+        // Each control byte is six in JSON (`\u0001`).
+        let record = AuditRecord {
+            argv: Some(vec!["\u{1}".repeat(64 * 1024); 4]),
+            ..decision(1)
+        };
+        let estimate = record.approx_bytes();
+        audit.append(record).unwrap();
+        audit.inner.drain().unwrap();
+        let counted = audit.inner.backlog_bytes.load(Ordering::SeqCst);
+        let body = audit.inner.unflushed.lock().unwrap()[0].body.capacity() as u64;
+        assert!(body > 5 * estimate, "{body} against {estimate}");
+        assert_eq!(counted, body);
+        audit.flush().unwrap();
+        assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), 0);
     }
 
     /// Records not yet on disk are bounded by what they take, not only by
