@@ -420,8 +420,8 @@ fn raise_flusher() {
 /// sled's write lock longer (readers and index inserts wait meanwhile).
 const STORE_CHUNK: usize = 8 * page::MAX_RECORDS;
 
-/// Bytes of records not yet on disk (as `AuditRecord::approx_bytes` counts
-/// them) past which batched appends are refused: the record count alone lets
+/// Bytes of records not yet on disk (`AuditRecord::approx_bytes` while
+/// queued, the sealed body's capacity once stored) past which batched appends are refused: the record count alone lets
 /// a tool that repeats huge execs against a slow disk grow the broker by GiBs.
 const MAX_BACKLOG_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -497,7 +497,8 @@ struct Inner {
     /// Opened for reading: never appends, never moves the head.
     read_only: bool,
     max_backlog: u64,
-    /// What the records not yet on disk take (`approx_bytes`), and the bound
+    /// What the records not yet on disk take (`approx_bytes` while queued,
+    /// the sealed body's capacity once stored), and the bound
     /// on it past which batched appends are refused.
     backlog_bytes: AtomicU64,
     max_backlog_bytes: AtomicU64,
@@ -517,7 +518,7 @@ struct Inner {
 /// again), decoded again only if it has to be logged.
 struct Unflushed {
     seq: u64,
-    /// What the record counted in the backlog (`approx_bytes`).
+    /// What the record counts in the backlog: its body's capacity.
     bytes: u64,
     body: Vec<u8>,
     hash: [u8; 32],
@@ -1541,9 +1542,10 @@ impl Inner {
                 hex::encode(hash)
             };
             record.hash = String::new();
-            // Sized for most records (`approx_bytes` estimates memory, not
-            // JSON, but comes near it): growing from serde_json's 128 bytes
-            // took three reallocations per record.
+            // Room for most records' JSON (`approx_bytes` estimates memory,
+            // about the JSON's length unless escaping makes that larger):
+            // growing from serde_json's 128 bytes took three reallocations
+            // per record.
             let mut body = Vec::with_capacity(record.approx_bytes() as usize + 256);
             let body = match serde_json::to_writer(&mut body, &*record) {
                 Ok(()) => body,
@@ -1595,10 +1597,10 @@ impl Inner {
                     .zip(first_of)
                     .map(|(r, page)| index_entry(r, page)),
             );
-        // Until the flush what stays is the sealed body, which JSON's
-        // escaping can make several times the record's estimate (a control
-        // byte in an argv is six): counted as the larger, the difference
-        // before a flush can see it.
+        // Until the flush what stays is the sealed body: counted as its
+        // capacity (allocated at least the record's estimate, and JSON's
+        // escaping can make it several times that: a control byte in an
+        // argv is six), the difference before a flush can see it.
         let mut grown = 0;
         let entries: Vec<Unflushed> = records
             .iter()
@@ -2397,26 +2399,32 @@ mod tests {
     }
 
     /// A stored record waits for the flush as its JSON, which escaping can
-    /// make several times its estimate: the backlog counts the larger.
+    /// make several times its estimate: the backlog counts the body.
     #[test]
-    fn a_stored_record_is_counted_as_its_sealed_body_when_that_is_larger() {
+    fn a_stored_record_is_counted_as_its_sealed_body() {
         let dir = tempfile::tempdir().unwrap();
         let window = Duration::from_secs(3600);
         let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
         // Each control byte is six in JSON (`\u0001`).
         let record = AuditRecord {
+            seq: 1,
             argv: Some(vec!["\u{1}".repeat(64 * 1024); 4]),
             ..decision(1)
         };
         let estimate = record.approx_bytes();
-        audit.append(record).unwrap();
-        audit.inner.drain().unwrap();
-        let counted = audit.inner.backlog_bytes.load(Ordering::SeqCst);
-        let body = audit.inner.unflushed.lock().unwrap()[0].body.capacity() as u64;
+        // Stored as a drain stores it, without an append: nothing wakes the
+        // flusher (after a drain it flushes at once), so the record stays
+        // unflushed to be looked at. An append would have counted the
+        // estimate; the store counts the rest.
+        audit.inner.store(vec![record]).unwrap();
+        let unflushed = audit.inner.unflushed.lock().unwrap();
+        let body = unflushed[0].body.capacity() as u64;
         assert!(body > 5 * estimate, "{body} against {estimate}");
-        assert_eq!(counted, body);
-        audit.flush().unwrap();
-        assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), 0);
+        assert_eq!(unflushed[0].bytes, body);
+        assert_eq!(
+            audit.inner.backlog_bytes.load(Ordering::SeqCst),
+            body - estimate
+        );
     }
 
     /// Records not yet on disk are bounded by what they take, not only by
