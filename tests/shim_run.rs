@@ -1741,14 +1741,12 @@ fn a_full_disk_is_retried_at_the_windows_pace_not_in_a_loop() {
          print('kept calling')\n",
         path = target.display().to_string()
     );
-    run_on_a_small_disk(
+    let (tool, stderr) = run_on_a_small_disk(
         &env,
         "2m",
         &["--flush-window", "200ms"],
         &["/usr/bin/python3", "-c", &script],
     );
-    let read = |f: &str| std::fs::read_to_string(env.dir.path().join(f)).unwrap();
-    let (tool, stderr) = (read("tool.out"), read("run.err"));
     assert_eq!(tool.trim(), "kept calling", "{stderr}");
     let failed = stderr
         .lines()
@@ -1763,7 +1761,10 @@ fn a_full_disk_is_retried_at_the_windows_pace_not_in_a_loop() {
 /// of its own (gone with the test). Leaves in the env's dir: tool.out,
 /// run.err, audit.json (the store read from a copy, as an operator would:
 /// sled's open writes), audit.err, verify.out and verify.rc.
-fn run_on_a_small_disk(env: &Env, size: &str, options: &[&str], tool: &[&str]) {
+/// Returns what the tool printed and what `cordon run` logged; the store's
+/// records are in `audit.json` and its verification in `verify.rc`, beside
+/// them in `env.dir`.
+fn run_on_a_small_disk(env: &Env, size: &str, options: &[&str], tool: &[&str]) -> (String, String) {
     let disk = env.dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
     let mut run = vec!["run".to_owned(), "--audit-db".into(), "$DISK/audit".into()];
@@ -1799,6 +1800,8 @@ fn run_on_a_small_disk(env: &Env, size: &str, options: &[&str], tool: &[&str]) {
         .status()
         .unwrap();
     assert!(status.success());
+    let read = |f: &str| std::fs::read_to_string(env.dir.path().join(f)).unwrap();
+    (read("tool.out"), read("run.err"))
 }
 
 #[test]
@@ -1907,14 +1910,13 @@ fn a_huge_exec_record_on_a_full_disk_is_stored_or_logged() {
     // A window longer than the run: the record's only flush is the one at
     // exit, so the exec and echo's own opens are answered first whatever the
     // machine's load (the flusher would otherwise refuse them once it fails).
-    run_on_a_small_disk(
+    let (tool, stderr) = run_on_a_small_disk(
         &env,
         "1m",
         &["--flush-window", "60s"],
         &["/bin/sh", "-c", &script],
     );
     let read = |f: &str| std::fs::read_to_string(env.dir.path().join(f)).unwrap();
-    let (tool, stderr) = (read("tool.out"), read("run.err"));
     let stored: Vec<Value> = read("audit.json")
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -1953,14 +1955,13 @@ fn full_disk(durability: &str) {
          except OSError as e:\n    print('refused', e.errno, 'after', n)\n",
         path = target.display().to_string()
     );
-    run_on_a_small_disk(
+    let (tool, stderr) = run_on_a_small_disk(
         &env,
         "2m",
         &["--durability", durability],
         &["/usr/bin/python3", "-c", &script],
     );
     let read = |f: &str| std::fs::read_to_string(env.dir.path().join(f)).unwrap();
-    let (tool, stderr) = (read("tool.out"), read("run.err"));
     // Once the store cannot take records, calls are denied, with the reason.
     let answered: u64 = tool
         .strip_prefix("refused 13 after ")
