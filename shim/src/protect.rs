@@ -354,13 +354,7 @@ impl Known {
         let mut names = 0;
         let mut pending = std::collections::VecDeque::from([PathBuf::new()]);
         'read: while let Some(rel) = pending.pop_front() {
-            let opened = if rel.as_os_str().is_empty() {
-                dir.try_clone()
-                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-            } else {
-                open_beneath(dir, &rel)
-            };
-            let sub = match opened {
+            let sub = match open_beneath(dir, &rel) {
                 Ok(sub) => sub,
                 // Gone since it was listed: removed, renamed, or a symlink
                 // or a file in its place now (not read through). Harmless;
@@ -439,17 +433,21 @@ fn settled(dir: &OwnedFd, dirs: &[ReadDir], at: i64) -> bool {
         d.ctime.0 < at - SETTLE_SECONDS
             && match &d.fd {
                 Some(fd) => unchanged(fd, d.ctime),
-                None if d.rel.as_os_str().is_empty() => unchanged(dir, d.ctime),
                 // Not through a symlink put in its place: that is a change.
                 None => open_beneath(dir, &d.rel).is_ok_and(|fd| unchanged(&fd, d.ctime)),
             }
     })
 }
 
-/// The directory `rel` (a path of directories listed) beneath `top`,
-/// without following a symlink or leaving it: each name must still be the
-/// directory it was.
+/// The directory `rel` (a path of directories listed; empty: `top`
+/// itself) beneath `top`, without following a symlink or leaving it: each
+/// name must still be the directory it was.
 fn open_beneath(top: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
     nix::fcntl::openat2(
         top,
         rel,
