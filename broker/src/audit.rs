@@ -518,8 +518,6 @@ struct Inner {
 /// again), decoded again only if it has to be logged.
 struct Unflushed {
     seq: u64,
-    /// What the record counts in the backlog: its body's capacity.
-    bytes: u64,
     body: Vec<u8>,
     hash: [u8; 32],
 }
@@ -1264,7 +1262,8 @@ impl Inner {
         let done = std::mem::replace(&mut *unflushed, rest);
         // Freed outside the lock, which `store_chunk` takes holding `sealed`.
         drop(unflushed);
-        self.uncount_backlog(done.iter().map(|u| u.bytes).sum());
+        // What each counts in the backlog: its body's capacity.
+        self.uncount_backlog(done.iter().map(|u| u.body.capacity() as u64).sum());
         drop(done);
         Ok(target)
     }
@@ -1535,6 +1534,8 @@ impl Inner {
         // Hashed and chained in order, then packed into pages that fit
         // `page::MAX_BYTES` once compressed, all inserted in one batch.
         let mut sealed_records = Vec::with_capacity(records.len());
+        // What each record counted in the backlog when it was appended.
+        let mut counted = Vec::with_capacity(records.len());
         for record in &mut records {
             record.prev_hash = if record.seq == 1 {
                 GENESIS.to_owned()
@@ -1546,7 +1547,9 @@ impl Inner {
             // about the JSON's length unless escaping makes that larger):
             // growing from serde_json's 128 bytes took three reallocations
             // per record.
-            let mut body = Vec::with_capacity(record.approx_bytes() as usize + 256);
+            let estimate = record.approx_bytes();
+            counted.push(estimate);
+            let mut body = Vec::with_capacity(estimate as usize + 256);
             let body = match serde_json::to_writer(&mut body, &*record) {
                 Ok(()) => body,
                 Err(e) => {
@@ -1601,22 +1604,16 @@ impl Inner {
         // capacity (allocated at least the record's estimate, and JSON's
         // escaping can make it several times that: a control byte in an
         // argv is six), the difference before a flush can see it.
-        let mut grown = 0;
-        let entries: Vec<Unflushed> = records
+        let grown: u64 = sealed_records
             .iter()
-            .zip(sealed_records)
-            .map(|(r, s)| {
-                let counted = r.approx_bytes();
-                let held = counted.max(s.body.capacity() as u64);
-                grown += held - counted;
-                Unflushed {
-                    seq: s.seq,
-                    bytes: held,
-                    body: s.body,
-                    hash: s.hash,
-                }
-            })
-            .collect();
+            .zip(&counted)
+            .map(|(s, estimate)| (s.body.capacity() as u64).saturating_sub(*estimate))
+            .sum();
+        let entries = sealed_records.into_iter().map(|s| Unflushed {
+            seq: s.seq,
+            body: s.body,
+            hash: s.hash,
+        });
         self.backlog_bytes.fetch_add(grown, Ordering::SeqCst);
         // Under the sealed lock, so the list stays in seq order.
         self.unflushed
@@ -2420,7 +2417,6 @@ mod tests {
         let unflushed = audit.inner.unflushed.lock().unwrap();
         let body = unflushed[0].body.capacity() as u64;
         assert!(body > 5 * estimate, "{body} against {estimate}");
-        assert_eq!(unflushed[0].bytes, body);
         assert_eq!(
             audit.inner.backlog_bytes.load(Ordering::SeqCst),
             body - estimate

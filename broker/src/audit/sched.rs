@@ -59,6 +59,9 @@ struct SchedAttr {
 }
 
 const SIZE: u32 = std::mem::size_of::<SchedAttr>() as u32;
+// The kernel's first version of the struct (SCHED_ATTR_SIZE_VER0), which
+// the SAFETY comments below rely on: no padding, nothing for it to write back.
+const _: () = assert!(SIZE == 48);
 const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
 /// The shortest slice a fair thread may ask for (the kernel clamps to it).
 pub const SHORTEST_SLICE_NS: u64 = 100_000;
