@@ -182,7 +182,7 @@ fn descendants_die_with_the_tool() {
 #[test]
 fn ctrl_c_reaches_the_tool_in_its_own_session() {
     let b = Box_::new();
-    let child = b
+    let mut child = b
         .cmd(
             &[],
             // The trap is set before the pid is there to read (whole: a
@@ -199,11 +199,16 @@ fn ctrl_c_reaches_the_tool_in_its_own_session() {
     while !pidfile.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let tool: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let Ok(pid) = std::fs::read_to_string(&pidfile) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the tool wrote no pid within 10 s: {} {}",
+            out.status,
+            text(&out.stderr)
+        );
+    };
+    let tool: i32 = pid.trim().parse().unwrap();
     // Its own session: no controlling terminal shared with cordon.
     let stat = std::fs::read_to_string(format!("/proc/{tool}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();

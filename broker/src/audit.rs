@@ -2031,6 +2031,15 @@ impl AuditLog for SledAudit {
         let queued = std::mem::take(&mut chain.queue);
         chain.queued_since = None;
         drop(chain);
+        // No longer held here: uncounted as they were counted (a stored
+        // record as its body, a queued one as its estimate).
+        inner.uncount_backlog(
+            unflushed
+                .iter()
+                .map(|u| u.body.capacity() as u64)
+                .sum::<u64>()
+                + queued.iter().map(AuditRecord::approx_bytes).sum::<u64>(),
+        );
         let mut out: Vec<AuditRecord> = unflushed
             .into_iter()
             .filter(|u| u.seq > durable)
@@ -2230,8 +2239,9 @@ mod tests {
         let hash = std::mem::take(&mut record.hash);
         let body = serde_json::to_vec(&record).unwrap();
         assert_eq!(hash, hex::encode(Sha256::digest(&body)));
-        // Handed out once.
+        // Handed out once, and no longer counted as held.
         assert!(audit.take_unstored().is_empty());
+        assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -79,7 +79,11 @@ fn get(tid: Pid) -> Option<SchedAttr> {
             0,
         )
     };
-    (done == 0).then_some(attr)
+    if done != 0 {
+        tracing::debug!(errno = %nix::errno::Errno::last(), "sched_getattr refused");
+        return None;
+    }
+    Some(attr)
 }
 
 fn set(tid: Pid, attr: SchedAttr) -> bool {
@@ -92,14 +96,21 @@ fn set(tid: Pid, attr: SchedAttr) -> bool {
     // says how much of it the kernel may read. The kernel reads it during
     // the call (and would write `size` back only on E2BIG, for a larger
     // struct than it knows, which 48 bytes is not).
-    unsafe {
+    let done = unsafe {
         libc::syscall(
             libc::SYS_sched_setattr,
             tid.as_raw(),
             &attr as *const SchedAttr,
             0,
-        ) == 0
+        )
+    };
+    if done != 0 {
+        // EPERM without `CAP_SYS_NICE` is expected; anything else is not.
+        tracing::debug!(errno = %nix::errno::Errno::last(), policy = attr.policy,
+            nice = attr.nice, "sched_setattr refused");
+        return false;
     }
+    true
 }
 
 fn fair(nice: i32) -> SchedAttr {
