@@ -1534,8 +1534,12 @@ impl Inner {
         // Hashed and chained in order, then packed into pages that fit
         // `page::MAX_BYTES` once compressed, all inserted in one batch.
         let mut sealed_records = Vec::with_capacity(records.len());
-        // What each record counted in the backlog when it was appended.
-        let mut counted = Vec::with_capacity(records.len());
+        // What the records counted in the backlog when they were appended.
+        let mut counted = 0u64;
+        // Written here, then copied to a body of its size: growing each
+        // body from serde_json's 128 bytes took three reallocations, and
+        // the record's estimate (its memory) is several times its JSON.
+        let mut text = Vec::with_capacity(4096);
         for record in &mut records {
             record.prev_hash = if record.seq == 1 {
                 GENESIS.to_owned()
@@ -1543,15 +1547,10 @@ impl Inner {
                 hex::encode(hash)
             };
             record.hash = String::new();
-            // Room for most records' JSON (`approx_bytes` estimates memory,
-            // about the JSON's length unless escaping makes that larger):
-            // growing from serde_json's 128 bytes took three reallocations
-            // per record.
-            let estimate = record.approx_bytes();
-            counted.push(estimate);
-            let mut body = Vec::with_capacity(estimate as usize + 256);
-            let body = match serde_json::to_writer(&mut body, &*record) {
-                Ok(()) => body,
+            counted += record.approx_bytes();
+            text.clear();
+            let body = match serde_json::to_writer(&mut text, &*record) {
+                Ok(()) => text.as_slice().to_vec(),
                 Err(e) => {
                     let seq = record.seq;
                     let e = AuditError::Corrupt {
@@ -1600,21 +1599,22 @@ impl Inner {
                     .zip(first_of)
                     .map(|(r, page)| index_entry(r, page)),
             );
-        // Until the flush what stays is the sealed body: counted as its
-        // capacity (allocated at least the record's estimate, and JSON's
-        // escaping can make it several times that: a control byte in an
-        // argv is six), the difference before a flush can see it.
-        let grown: u64 = sealed_records
+        // Until the flush what stays is the sealed body, counted as its
+        // capacity (which the flush uncounts) in place of the record's
+        // estimate: most often less, but JSON's escaping can make it several
+        // times more (a control byte in an argv is six). Added before the
+        // estimates go, so a flush cannot see the count short.
+        let bodies: u64 = sealed_records
             .iter()
-            .zip(&counted)
-            .map(|(s, estimate)| (s.body.capacity() as u64).saturating_sub(*estimate))
+            .map(|s| s.body.capacity() as u64)
             .sum();
         let entries = sealed_records.into_iter().map(|s| Unflushed {
             seq: s.seq,
             body: s.body,
             hash: s.hash,
         });
-        self.backlog_bytes.fetch_add(grown, Ordering::SeqCst);
+        self.backlog_bytes.fetch_add(bodies, Ordering::SeqCst);
+        self.uncount_backlog(counted);
         // Under the sealed lock, so the list stays in seq order.
         self.unflushed
             .lock()
@@ -2431,6 +2431,44 @@ mod tests {
             audit.inner.backlog_bytes.load(Ordering::SeqCst),
             body - estimate
         );
+    }
+
+    /// A record whose JSON is smaller than its estimate (most: a decision's
+    /// input tree takes several times its text) counts as its body once
+    /// sealed, and nothing once flushed: the count does not creep up.
+    #[test]
+    fn records_smaller_than_their_estimate_leave_nothing_counted_once_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_secs(3600);
+        let audit = SledAudit::open(dir.path(), Durability::Batched { window }).unwrap();
+        let request = cordon_proto::v1::DecideRequest {
+            syscall: "openat".into(),
+            subject: Some(cordon_proto::v1::decide_request::Subject::File(
+                cordon_proto::v1::FileAccess {
+                    path: b"/usr/lib/libc.so.6".to_vec(),
+                    access: vec!["read".into()],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let tree = crate::input::Input::of(&request).to_json();
+        let record = |i: u64| AuditRecord {
+            input: Some(crate::input::RecordInput::Json(tree.clone())),
+            ..decision(i)
+        };
+        // The premise: its JSON, sealed, is well under its estimate.
+        let estimate = record(0).approx_bytes();
+        let text = serde_json::to_vec(&record(100)).unwrap().len() as u64;
+        assert!(2 * (text + 200) < estimate, "{text} against {estimate}");
+        let mut counted = 0;
+        for i in 1..=100 {
+            counted += record(i).approx_bytes();
+            audit.append(record(i)).unwrap();
+        }
+        assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), counted);
+        audit.flush().unwrap();
+        assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), 0);
     }
 
     /// Records not yet on disk are bounded by what they take, not only by
