@@ -1064,12 +1064,39 @@ impl Relay {
     fn uri(&self) -> String {
         format!("unix://{}", self.listen.display())
     }
+
+    /// Puts a thread of a `filter-on-signal` relay under its filter, and
+    /// waits until the kernel shows it.
+    async fn filter_now(&self) {
+        let pid = self.child.id();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        let filtered = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("status")).ok())
+                .any(|st| st.lines().any(|l| l == "Seccomp:\t2"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !filtered() {
+            assert!(
+                Instant::now() < deadline,
+                "the relay's thread never got its filter"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A later relay of the same mode waits for its socket to appear.
+        let _ = std::fs::remove_file(&self.listen);
     }
 }
 
@@ -1136,26 +1163,7 @@ async fn a_session_whose_peer_comes_under_seccomp_is_ended() {
         Some(session_response::Msg::Decision(d)) => assert!(d.allow, "{}", d.reason),
         other => panic!("{other:?}"),
     }
-    let pid = relay.child.id();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .unwrap();
-    let filtered = || {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("status")).ok())
-            .any(|st| st.lines().any(|l| l == "Seccomp:\t2"))
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !filtered() {
-        assert!(
-            Instant::now() < deadline,
-            "the relay's thread never got its filter"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    relay.filter_now().await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     tx.send(ask(2)).await.unwrap();
     let end = answers.next().await.unwrap();
@@ -1165,4 +1173,116 @@ async fn a_session_whose_peer_comes_under_seccomp_is_ended() {
         status.message().contains("runs under a seccomp filter"),
         "{status:?}"
     );
+}
+
+/// A call's message may come long after its headers, which is when the
+/// interceptor checks the peer: by then the peer may have put itself under a
+/// filter. Each call is checked again once its message is there (unary and
+/// server-streaming calls alike), so the late message is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_message_sent_after_its_peer_came_under_seccomp_is_refused() {
+    use cordon_broker::proto::{
+        AuditRecord, DecideResponse, PolicyStatusResponse, ReloadPolicyResponse,
+        VerifyAuditRequest, VerifyAuditResponse,
+    };
+    use tonic::codegen::http::uri::PathAndQuery;
+
+    /// Sends `path`'s headers, puts the relay under a filter, then sends the
+    /// message: what the call ends with.
+    async fn late<M, R>(s: &Serve, path: &'static str, message: M) -> tonic::Status
+    where
+        M: prost::Message + Send + Sync + 'static,
+        R: prost::Message + Default + std::fmt::Debug + Send + 'static,
+    {
+        let relay = Relay::start(s, "filter-on-signal");
+        let channel = client::channel(&relay.uri().parse::<BrokerUri>().unwrap())
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<M>(1);
+        let call = tokio::spawn(async move {
+            let response = grpc
+                .streaming::<_, _, R, _>(
+                    tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                    PathAndQuery::from_static(path),
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await;
+            match response {
+                Err(status) => status,
+                Ok(mut stream) => match stream.get_mut().message().await {
+                    Ok(answer) => panic!("{path}: answered {answer:?}"),
+                    Err(status) => status,
+                },
+            }
+        });
+        // The headers are through and checked.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        relay.filter_now().await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tx.send(message).await.unwrap();
+        drop(tx);
+        call.await.unwrap()
+    }
+
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let statuses = [
+        (
+            "Decide",
+            late::<_, DecideResponse>(
+                &s,
+                "/cordon.v1.Broker/Decide",
+                file_request(1, b"/etc/hosts", &["read"]),
+            )
+            .await,
+        ),
+        (
+            "QueryAudit",
+            late::<_, AuditRecord>(
+                &s,
+                "/cordon.v1.Broker/QueryAudit",
+                QueryAuditRequest::default(),
+            )
+            .await,
+        ),
+        (
+            "VerifyAudit",
+            late::<_, VerifyAuditResponse>(
+                &s,
+                "/cordon.v1.Broker/VerifyAudit",
+                VerifyAuditRequest {},
+            )
+            .await,
+        ),
+        (
+            "PolicyStatus",
+            late::<_, PolicyStatusResponse>(
+                &s,
+                "/cordon.v1.Broker/PolicyStatus",
+                PolicyStatusRequest {},
+            )
+            .await,
+        ),
+        (
+            "ReloadPolicy",
+            late::<_, ReloadPolicyResponse>(
+                &s,
+                "/cordon.v1.Broker/ReloadPolicy",
+                ReloadPolicyRequest {},
+            )
+            .await,
+        ),
+    ];
+    for (method, status) in statuses {
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{method}: {status:?}"
+        );
+        assert!(
+            status.message().contains("runs under a seccomp filter"),
+            "{method}: {status:?}"
+        );
+    }
 }

@@ -11,9 +11,10 @@
 //!
 //! What this cannot see: a connection handed to another process (inherited
 //! or passed with `SCM_RIGHTS`) keeps the credentials of the process that
-//! connected. A `Session` stream is checked when it opens and again at most
-//! [`RECHECK_AFTER`] later on its next request, so a process that puts
-//! itself under a filter after connecting is refused from then on.
+//! connected. A call is checked when its headers arrive and again, if that
+//! check is [`RECHECK_AFTER`] old, once its message is there and (a stream)
+//! before each request after, so a process that puts itself under a filter
+//! after connecting is refused from then on.
 
 use std::{
     io,
@@ -288,32 +289,41 @@ fn exited(pidfd: &OwnedFd) -> Result<bool, Status> {
     Ok(ready > 0)
 }
 
-/// The peer of a long-lived stream, checked again before a request that
-/// comes [`RECHECK_AFTER`] or more after the last check.
+/// When the interceptor checked a call's peer (in the call's extensions).
+/// It runs when the call's headers arrive: its message may come much later,
+/// after the peer put itself under a filter or handed the connection on.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked(pub std::time::Instant);
+
+/// The peer of a call, checked again before a request that comes
+/// [`RECHECK_AFTER`] or more after the last check: a stream's next request,
+/// or a unary call's message once it has arrived.
 #[derive(Debug)]
 pub struct PeerWatch {
     peer: PeerInfo,
     access: Arc<AccessPolicy>,
-    checked: std::time::Instant,
+    checked: Option<std::time::Instant>,
 }
 
 impl PeerWatch {
-    /// Watches `peer`, which the service's interceptor checked just now.
-    pub fn new(peer: PeerInfo, access: Arc<AccessPolicy>) -> Self {
-        Self {
-            peer,
+    /// Watches the peer of a Unix call, which the interceptor checked when
+    /// [`Checked`] says (not at all without it: checked at the first
+    /// [`PeerWatch::recheck`]).
+    pub fn of<T>(req: &tonic::Request<T>, access: Arc<AccessPolicy>) -> Option<Self> {
+        Some(Self {
+            peer: of(req)?.clone(),
             access,
-            checked: std::time::Instant::now(),
-        }
+            checked: req.extensions().get::<Checked>().map(|c| c.0),
+        })
     }
 
     /// Checks the peer again if the last check is [`RECHECK_AFTER`] old.
     pub fn recheck(&mut self) -> Result<(), Status> {
-        if self.checked.elapsed() < RECHECK_AFTER {
+        if self.checked.is_some_and(|t| t.elapsed() < RECHECK_AFTER) {
             return Ok(());
         }
         self.peer.check(&self.access)?;
-        self.checked = std::time::Instant::now();
+        self.checked = Some(std::time::Instant::now());
         Ok(())
     }
 }

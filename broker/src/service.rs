@@ -224,6 +224,12 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
 }
 
 impl BrokerService {
+    /// Checks the peer of a call whose message has arrived, again if the
+    /// interceptor's check (made when the headers came) is old by now.
+    fn recheck_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        PeerWatch::of(req, self.access.clone()).map_or(Ok(()), |mut w| w.recheck())
+    }
+
     /// `durability` tells whether appends may block for a flush; those run on
     /// the blocking pool so that they do not stall the async workers.
     pub fn new(
@@ -467,6 +473,7 @@ impl broker_server::Broker for BrokerService {
         request: Request<DecideRequest>,
     ) -> Result<Response<DecideResponse>, Status> {
         let received = Instant::now();
+        self.recheck_peer(&request)?;
         let timeout = grpc_timeout(request.metadata());
         let same_machine = peer::of(&request).is_some();
         let mut req = request.into_inner();
@@ -493,9 +500,7 @@ impl broker_server::Broker for BrokerService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let mut watch = peer::of(&request)
-            .cloned()
-            .map(|p| PeerWatch::new(p, self.access.clone()));
+        let mut watch = PeerWatch::of(&request, self.access.clone());
         // A Unix peer shares our clock (see `DecideRequest.deadline_unix_ns`).
         let same_machine = watch.is_some();
         let mut inbound = request.into_inner();
@@ -619,9 +624,10 @@ impl broker_server::Broker for BrokerService {
         &self,
         request: Request<QueryAuditRequest>,
     ) -> Result<Response<Self::QueryAuditStream>, Status> {
-        let mut watch = peer::of(&request)
-            .cloned()
-            .map(|p| PeerWatch::new(p, self.access.clone()));
+        let mut watch = PeerWatch::of(&request, self.access.clone());
+        if let Some(w) = watch.as_mut() {
+            w.recheck()?;
+        }
         let q = request.into_inner();
         let mut filter = filter_from_proto(&q)?;
         let Ok(open_query) = self.queries.clone().try_acquire_owned() else {
@@ -659,13 +665,23 @@ impl broker_server::Broker for BrokerService {
                     filter.upto_seq = Some(durable);
                 }
                 let mut open = true;
+                let mut refused = None;
                 let result = audit.scan(&filter, &mut |r| {
+                    // A long scan too: its peer may have changed meanwhile.
+                    if let Some(Err(status)) = watch.as_mut().map(PeerWatch::recheck) {
+                        refused = Some(status);
+                        return false;
+                    }
                     open = tx.blocking_send(Ok(record_to_proto(&r))).is_ok();
                     if let Some(n) = remaining.as_mut() {
                         *n -= 1;
                     }
                     open && remaining != Some(0)
                 });
+                if let Some(status) = refused {
+                    let _ = tx.blocking_send(Err(status));
+                    return;
+                }
                 match result {
                     Ok(last) => filter.after_seq = last,
                     Err(e) => {
@@ -732,8 +748,9 @@ impl broker_server::Broker for BrokerService {
 
     async fn verify_audit(
         &self,
-        _request: Request<VerifyAuditRequest>,
+        request: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
+        self.recheck_peer(&request)?;
         // Held by the walk itself: a client that cancels does not free it.
         let turn = self.heavy.clone().acquire_owned().await;
         let audit = self.broker.audit().clone();
@@ -755,8 +772,9 @@ impl broker_server::Broker for BrokerService {
 
     async fn policy_status(
         &self,
-        _request: Request<PolicyStatusRequest>,
+        request: Request<PolicyStatusRequest>,
     ) -> Result<Response<PolicyStatusResponse>, Status> {
+        self.recheck_peer(&request)?;
         let engine = self.broker.policy();
         let current = engine.current();
         Ok(Response::new(PolicyStatusResponse {
@@ -770,8 +788,9 @@ impl broker_server::Broker for BrokerService {
 
     async fn reload_policy(
         &self,
-        _request: Request<ReloadPolicyRequest>,
+        request: Request<ReloadPolicyRequest>,
     ) -> Result<Response<ReloadPolicyResponse>, Status> {
+        self.recheck_peer(&request)?;
         let turn = self.reloads.clone().acquire_owned().await;
         let engine = self.broker.policy().clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -887,8 +906,13 @@ async fn routes(
         .max_encoding_message_size(MAX_ANSWER_BYTES);
     let guarded =
         tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
+            let mut req = req;
             match peer::of(&req) {
-                Some(peer) => peer.check(&access)?,
+                Some(peer) => {
+                    peer.check(&access)?;
+                    req.extensions_mut()
+                        .insert(peer::Checked(std::time::Instant::now()));
+                }
                 // A Unix connection that did not come through `PeerStream`
                 // cannot be checked: refused, not let through.
                 None if req.extensions().get::<UdsConnectInfo>().is_some() => {
