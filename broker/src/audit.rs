@@ -509,6 +509,13 @@ struct Inner {
     /// `indexed` mark past index entries the other has not applied yet, and a
     /// crash in between would leave those entries missing for good.
     flush_serial: Mutex<()>,
+    /// Why flushing stopped for good: a flush panicked, and what it had
+    /// taken (index entries, the head) may be half written. Every later
+    /// flush fails with it, so every later decision is denied.
+    broken: std::sync::OnceLock<String>,
+    /// Makes the next flush panic, for the test of what follows.
+    #[cfg(test)]
+    panic_next_flush: AtomicBool,
     ids: RecordIds,
 }
 
@@ -794,8 +801,36 @@ impl SledAudit {
                 "the newest audit record is timed more than a minute in the future: new records get times after it until the clock passes it"
             );
         }
+        let head = meta.get(HEAD_KEY).map_err(open_err)?;
+        if !read_only && last > 0 {
+            match &head {
+                // Never written so: altered.
+                Some(h) if h.len() != 40 || h[..8] == [0; 8] => {
+                    return Err(AuditError::Damaged {
+                        path: dir.display().to_string(),
+                        problem: format!(
+                            "its head is malformed ({} bytes{}): whether newer records were removed cannot be told",
+                            h.len(),
+                            if h.len() == 40 {
+                                ", naming record 0"
+                            } else {
+                                ", not 40"
+                            }
+                        ),
+                    });
+                }
+                // A crash during a new store's first flush can leave records
+                // without a head, as can a removal: taken, and said.
+                None => tracing::warn!(
+                    path = %dir.display(),
+                    newest = last,
+                    "the audit store has records but no head: newer records may have been removed; `cordon audit verify` reports it until the next flush writes one"
+                ),
+                Some(_) => {}
+            }
+        }
         if !read_only
-            && let Some(head) = meta.get(HEAD_KEY).map_err(open_err)?
+            && let Some(head) = head
             && head.len() == 40
         {
             let head_seq = u64::from_be_bytes(head[..8].try_into().unwrap_or([0; 8]));
@@ -876,6 +911,9 @@ impl SledAudit {
             notify,
             durable,
             flush_serial: Mutex::new(()),
+            broken: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            panic_next_flush: AtomicBool::new(false),
             ids: RecordIds::new(),
         });
         if access == Access::Reindex {
@@ -947,19 +985,22 @@ impl Inner {
     /// `verify`, or with `check_index` false the chain and head alone.
     fn verify(&self, check_index: bool) -> Result<VerifyReport, AuditError> {
         let inner = self;
-        inner.drain()?;
+        // A writer's records are flushed first, so the head names the newest
+        // (a new store's first records have none until then).
+        if inner.read_only {
+            inner.drain()?;
+        } else {
+            inner.flush_now()?;
+        }
         // The head first: it only ever names stored records, so on a live
         // store the walk below reaches it even if newer ones arrive meanwhile.
-        let head = inner
-            .meta
-            .get(HEAD_KEY)?
-            .filter(|h| h.len() == 40)
-            .map(|h| {
-                (
-                    u64::from_be_bytes(h[..8].try_into().unwrap_or([0; 8])),
-                    hex::encode(&h[8..]),
-                )
-            });
+        let raw_head = inner.meta.get(HEAD_KEY)?;
+        let head = raw_head.as_ref().filter(|h| h.len() == 40).map(|h| {
+            (
+                u64::from_be_bytes(h[..8].try_into().unwrap_or([0; 8])),
+                hex::encode(&h[8..]),
+            )
+        });
         // Pages up to here are indexed: the index must say what they say.
         let indexed = inner.indexed_upto()?;
         let mut index_check = IndexCheck::default();
@@ -1078,6 +1119,32 @@ impl Inner {
             }
         }
         let checked = expected - 1;
+        // Records, and no head that names one: nothing tells whether newer
+        // records were removed.
+        if checked > 0 {
+            let problem = match (&raw_head, &head) {
+                (None, _) => Some(
+                    "the store has records but no head: newer records may have been removed \
+                     (a crash during a new store's first flush leaves none either, until its next \
+                     flush)"
+                        .to_owned(),
+                ),
+                (Some(raw), None) => Some(format!(
+                    "the store's head is malformed ({} bytes, not 40): whether newer records were \
+                     removed cannot be told",
+                    raw.len()
+                )),
+                (_, Some((0, _))) => Some(
+                    "the store's head names record 0: whether newer records were removed cannot \
+                     be told"
+                        .to_owned(),
+                ),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                return Ok(fail(checked + 1, checked, problem, &prev));
+            }
+        }
         if let Some((head_seq, head_hash)) = head {
             if head_seq > checked {
                 return Ok(fail(
@@ -1122,6 +1189,46 @@ impl Inner {
         let _dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
         self.shutdown.store(true, Ordering::SeqCst);
         self.wake_flusher.notify_all();
+    }
+}
+
+/// The flusher's failed flushes in a row: when to try again (half a window
+/// at first, at least [`Failing::FIRST_RETRY`], twice as long each time up to
+/// [`Failing::LAST_RETRY`]: a full disk fails at once, every time) and what
+/// to log (the first failure, then one line per [`Failing::LOG_EVERY`]).
+#[derive(Debug, Default)]
+struct Failing {
+    count: u64,
+    wait: Duration,
+    logged: Option<std::time::Instant>,
+}
+
+impl Failing {
+    const FIRST_RETRY: Duration = Duration::from_millis(5);
+    const LAST_RETRY: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts a failure; how long to wait before the next try.
+    fn failed(&mut self, e: &AuditError, gather: Duration) -> Duration {
+        self.count += 1;
+        self.wait = if self.count == 1 {
+            gather.max(Self::FIRST_RETRY)
+        } else {
+            (self.wait * 2).min(Self::LAST_RETRY.max(gather))
+        };
+        if self.logged.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            tracing::error!(error = %e, failures = self.count, retry_ms = self.wait.as_millis() as u64,
+                "audit flush failed; denying until a flush succeeds");
+            self.logged = Some(std::time::Instant::now());
+        }
+        self.wait
+    }
+
+    fn succeeded(&mut self) {
+        if self.count > 0 {
+            tracing::info!(failures = self.count, "audit flushes succeed again");
+        }
+        *self = Self::default();
     }
 }
 
@@ -1211,9 +1318,35 @@ impl Inner {
     }
 
     /// Stores the queued records, writes pending index entries and the head,
-    /// then flushes. Returns the sequence number now known durable.
+    /// then flushes. Returns the sequence number now known durable. A panic
+    /// in it (sled's, say) is a failed flush, and every later one fails too:
+    /// a strict append waiting on the flush, or the flusher, would otherwise
+    /// wait or stop for good while decisions went on.
     fn flush_now(&self) -> Result<u64, AuditError> {
+        if let Some(why) = self.broken.get() {
+            return Err(AuditError::Flush(why.clone()));
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.flush_unguarded())) {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let why = format!("the audit store stopped: a flush panicked ({what})");
+                tracing::error!("{why}; denying from now on");
+                Err(AuditError::Flush(self.broken.get_or_init(|| why).clone()))
+            }
+        }
+    }
+
+    fn flush_unguarded(&self) -> Result<u64, AuditError> {
         let _serial = self.flush_serial.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(test)]
+        if self.panic_next_flush.swap(false, Ordering::SeqCst) {
+            panic!("a flush made to panic");
+        }
         self.drain()?;
         let (target, head_hash) = {
             let sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
@@ -1321,6 +1454,7 @@ impl Inner {
         // After a failed flush: not before this (a failing disk fails at
         // once, and a retry at once would be a busy loop).
         let mut retry_at: Option<std::time::Instant> = None;
+        let mut failing = Failing::default();
         loop {
             {
                 let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
@@ -1374,6 +1508,7 @@ impl Inner {
             let mut st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
             match result {
                 Ok(t) => {
+                    failing.succeeded();
                     st.durable_seq = st.durable_seq.max(t);
                     // A drain that failed meanwhile (an append's, a reader's)
                     // put its records back: the failure stands. Checked under
@@ -1389,10 +1524,9 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "audit flush failed; denying until a flush succeeds");
+                    let wait = failing.failed(&e, gather);
                     st.failed = Some((u64::MAX, e.to_string()));
-                    // Try again half a window from now.
-                    retry_at = Some(std::time::Instant::now() + gather);
+                    retry_at = Some(std::time::Instant::now() + wait);
                     *self.dirty.lock().unwrap_or_else(|p| p.into_inner()) = true;
                 }
             }
@@ -2149,27 +2283,146 @@ mod tests {
     #[test]
     fn records_a_failed_flush_left_in_sleds_memory_are_handed_back_as_sealed() {
         for durability in ["strict", "batched"] {
-            let dir = tempfile::tempdir().unwrap();
-            let child = "audit::tests::records_a_failed_flush_left_in_sleds_memory_child";
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    child,
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env("CORDON_TEST_STORE", dir.path())
-                .env("CORDON_TEST_DURABILITY", durability)
-                .output()
-                .unwrap();
-            let (stdout, stderr) = (
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
+            in_a_process_of_its_own(
+                "audit::tests::records_a_failed_flush_left_in_sleds_memory_child",
+                durability,
             );
-            assert!(out.status.success(), "{durability}: {stdout}\n{stderr}");
-            assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
         }
+    }
+
+    /// Runs the ignored test `child` in a new process of this test binary,
+    /// on a new store, with `CORDON_TEST_DURABILITY` set to `durability`.
+    fn in_a_process_of_its_own(child: &str, durability: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                child,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CORDON_TEST_STORE", dir.path())
+            .env("CORDON_TEST_DURABILITY", durability)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{durability}: {stdout}\n{stderr}");
+        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    }
+
+    /// A flush that panics (sled's code, say) leaves neither a strict append
+    /// waiting for a flush that never ends nor a batched store answering
+    /// with nothing flushing: every decision after it is denied, with why.
+    #[test]
+    fn a_flush_that_panics_stops_the_store_for_good() {
+        for strict in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let durability = if strict {
+                Durability::Strict
+            } else {
+                Durability::Batched {
+                    window: Duration::from_millis(10),
+                }
+            };
+            let audit = SledAudit::open(dir.path(), durability).unwrap();
+            audit.append(decision(1)).unwrap();
+            audit.flush().unwrap();
+            audit.inner.panic_next_flush.store(true, Ordering::SeqCst);
+            let panicked = |e: &AuditError| e.to_string().contains("a flush panicked");
+            if strict {
+                let e = audit.append(decision(2)).unwrap_err();
+                assert!(panicked(&e), "{e}");
+            } else {
+                audit.append(decision(2)).unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while audit.inner.flush.lock().unwrap().failed.is_none() {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the flusher did not fail"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            // Refused from now on, and an explicit flush fails the same way.
+            for i in 3..6 {
+                let e = audit.append(decision(i)).unwrap_err();
+                assert!(panicked(&e), "strict {strict}: {e}");
+            }
+            assert!(panicked(&audit.flush().unwrap_err()));
+        }
+    }
+
+    /// A full disk fails every flush at once. The flusher tries again later
+    /// and later (it used to try every half window, and with a window of 0,
+    /// at once: a busy loop at a raised priority).
+    #[test]
+    fn a_flusher_facing_a_full_disk_backs_off() {
+        in_a_process_of_its_own(
+            "audit::tests::a_flusher_facing_a_full_disk_child",
+            "batched",
+        );
+    }
+
+    #[test]
+    #[ignore = "run in a process of its own by a_flusher_facing_a_full_disk_backs_off"]
+    fn a_flusher_facing_a_full_disk_child() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        use nix::sys::signal::{SigSet, Signal};
+        let Some(dir) = std::env::var_os("CORDON_TEST_STORE").map(std::path::PathBuf::from) else {
+            return;
+        };
+        let mut xfsz = SigSet::empty();
+        xfsz.add(Signal::SIGXFSZ);
+        xfsz.thread_block().unwrap();
+        let window = Duration::ZERO;
+        let audit = SledAudit::open(&dir, Durability::Batched { window }).unwrap();
+        for i in 1..=20 {
+            audit.append(decision(i)).unwrap();
+        }
+        audit.flush().unwrap();
+        let (_, hard) = getrlimit(Resource::RLIMIT_FSIZE).unwrap();
+        let size = std::fs::metadata(dir.join("db")).unwrap().len();
+        setrlimit(Resource::RLIMIT_FSIZE, size, hard).unwrap();
+        audit.append(decision(21)).unwrap();
+        let failed = || audit.inner.flush.lock().unwrap().failed.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while failed().is_none() {
+            assert!(std::time::Instant::now() < deadline, "no flush failed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The flusher's CPU time, in clock ticks.
+        let flusher_cpu = || -> u64 {
+            for task in std::fs::read_dir("/proc/thread-self/..").unwrap() {
+                let task = task.unwrap().path();
+                let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+                if comm.trim_end() == "cordon-audit-fl" {
+                    let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+                    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+                    // utime and stime, fields 14 and 15 of stat(5).
+                    return fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+                }
+            }
+            panic!("no flusher thread");
+        };
+        let before = flusher_cpu();
+        std::thread::sleep(Duration::from_secs(1));
+        let spent = flusher_cpu() - before;
+        // A busy loop spends most of the second (100 ticks); backing off,
+        // a few tries in all.
+        assert!(
+            spent < 20,
+            "the failing flusher took {spent} ticks of a second"
+        );
+        // Still failing, and refusing.
+        assert!(failed().is_some());
+        assert!(matches!(
+            audit.append(decision(22)),
+            Err(AuditError::Flush(_))
+        ));
     }
 
     #[test]
@@ -3036,6 +3289,48 @@ mod tests {
             panic!("a head that its record does not match was accepted");
         };
         assert_eq!(problem, "record 1, its head, was replaced or removed");
+    }
+
+    /// A head removed with the newest records, or malformed, hides that they
+    /// were removed: verify names it rather than passing, and a writer
+    /// refuses a malformed head (never written so). A store without one is
+    /// opened (a crash in a new store's first flush leaves none), with a
+    /// warning.
+    #[test]
+    fn a_missing_or_malformed_head_is_reported() {
+        for (case, head) in [
+            ("removed", None),
+            ("short", Some(vec![0u8; 12])),
+            ("record 0", Some([&seq_key(0)[..], &[7u8; 32][..]].concat())),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            strict_store(dir.path(), 3);
+            with_records_tree(dir.path(), |records| {
+                let (key, _) = records.last()?.expect("a page");
+                records.remove(key)?;
+                Ok(())
+            });
+            with_tree(dir.path(), "meta", |meta| {
+                match &head {
+                    None => meta.remove(HEAD_KEY)?,
+                    Some(h) => meta.insert(HEAD_KEY, h.clone())?,
+                };
+                Ok(())
+            });
+            let reader = reopen(|| SledAudit::open_read_only(dir.path()));
+            let report = reader.verify().unwrap();
+            drop(reader);
+            assert!(!report.ok, "{case}: {report:?}");
+            assert!(report.problem.contains("head"), "{case}: {report:?}");
+            let writer = try_reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+            match head {
+                None => assert!(writer.is_ok(), "{case}: {writer:?}"),
+                Some(_) => assert!(
+                    matches!(&writer, Err(AuditError::Damaged { problem, .. }) if problem.contains("head is malformed")),
+                    "{case}: {writer:?}"
+                ),
+            }
+        }
     }
 
     /// A newest page moved to the last possible key: a writer refuses the
