@@ -184,6 +184,22 @@ pub(super) fn entries(page: &[u8]) -> Result<Vec<Entry<'_>>, String> {
 pub mod tamper {
     use super::*;
 
+    /// Opens the store's sled, waiting for the lock of one dropped just
+    /// before in this process: sled lets it go when its threads end, a
+    /// moment later (these tools open it several times in a row).
+    fn open_db(dir: &Path) -> Result<sled::Db, String> {
+        let mut tries = 0;
+        loop {
+            match sled::open(dir) {
+                Err(e) if e.to_string().contains("could not acquire lock") && tries < 500 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other.map_err(|e| e.to_string()),
+            }
+        }
+    }
+
     /// Calls `f` with the stored hash and body of record `seq` and stores what
     /// it leaves; `f` returning `false` removes the record from its page.
     pub fn edit_record(
@@ -191,7 +207,7 @@ pub mod tamper {
         seq: u64,
         f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> bool,
     ) -> Result<(), String> {
-        let db = sled::open(dir).map_err(|e| e.to_string())?;
+        let db = open_db(dir)?;
         let records = db.open_tree("records").map_err(|e| e.to_string())?;
         let (k, v) = records
             .range(..=key(seq))
@@ -238,7 +254,7 @@ pub mod tamper {
     /// and the head agree, and only an anchor kept elsewhere shows the cut.
     pub fn cut_tail(dir: &Path, keep: u64) -> Result<(), String> {
         let last = {
-            let db = sled::open(dir).map_err(|e| e.to_string())?;
+            let db = open_db(dir)?;
             let records = db.open_tree("records").map_err(|e| e.to_string())?;
             let (k, v) = records
                 .last()
@@ -255,7 +271,7 @@ pub mod tamper {
             hash = h.clone();
             true
         })?;
-        let db = sled::open(dir).map_err(|e| e.to_string())?;
+        let db = open_db(dir)?;
         let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
         meta.insert("head", [&key(keep)[..], &hash].concat())
             .map_err(|e| e.to_string())?;
@@ -267,7 +283,7 @@ pub mod tamper {
     /// sandbox, `b"c"`: by syscall, `b"d"`: by decision) and adds one that no
     /// record matches. Returns how many were removed.
     pub fn damage_index(dir: &Path, prefix: &[u8]) -> Result<usize, String> {
-        let db = sled::open(dir).map_err(|e| e.to_string())?;
+        let db = open_db(dir)?;
         let index = db.open_tree("index").map_err(|e| e.to_string())?;
         let keys: Vec<_> = index
             .scan_prefix(prefix)
