@@ -1509,6 +1509,79 @@ fn forbidden_calls_are_counted_in_the_exit_record_in_bounded_kinds() {
     assert!(reason.contains("personality×1"), "{reason}");
 }
 
+/// Privileged calls that reach files or hardware past the broker, each made
+/// natively and under cordon as root: a fanotify group (handed an fd of every
+/// file opened on a file system), device nodes (a block device for the disk,
+/// made where the policy allows opens), port I/O, swap, rebooting. Natively
+/// each gets past the permission check (done, or refused later for its
+/// arguments); under cordon each is `EPERM`, while a FIFO is still made.
+const PRIVILEGED_CASES: &str = r#"
+import ctypes, os, stat
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, nr, *args):
+    ret = libc.syscall(nr, *args)
+    print(name, 'ok' if ret >= 0 else ctypes.get_errno())
+    if name == 'fanotify_init' and ret >= 0:
+        os.close(ret)
+def node(name, kind):
+    try:
+        os.mknod(name, 0o600 | kind, os.makedev(7, 200)); print('mknod-' + name, 'ok'); os.unlink(name)
+    except OSError as e:
+        print('mknod-' + name, e.errno)
+call('fanotify_init', 300, 0, 0)
+node('blk', stat.S_IFBLK)
+node('chr', stat.S_IFCHR)
+node('fifo', stat.S_IFIFO)
+call('iopl', 172, 0)
+call('swapoff', 168, b'/nonexistent-swap')
+call('reboot', 169, 0, 0, 0, 0)
+"#;
+
+#[test]
+fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root, to show the calls work natively");
+        return;
+    }
+    let env = Env::new(&[]);
+    let native = Command::new("/usr/bin/python3")
+        .args(["-c", PRIVILEGED_CASES])
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    let native = assert_ok(&native);
+    let sandboxed = env.python(PRIVILEGED_CASES);
+    let sandboxed = assert_ok(&sandboxed);
+    let eperm = nix::libc::EPERM.to_string();
+    let mut seen = 0;
+    for (n, s) in native.lines().zip(sandboxed.lines()) {
+        let (name, native_result) = n.split_once(' ').unwrap();
+        let (_, result) = s.split_once(' ').unwrap();
+        seen += 1;
+        if name == "mknod-fifo" {
+            assert_eq!((native_result, result), ("ok", "ok"), "{name}");
+            continue;
+        }
+        assert_ne!(
+            native_result, eperm,
+            "{name}: natively refused, so nothing is shown"
+        );
+        assert_eq!(result, eperm, "{name} under cordon: {sandboxed}");
+    }
+    assert_eq!(seen, 7, "{native}\n{sandboxed}");
+    let records = env.audit();
+    let reason = exit_reason(&records);
+    for kind in [
+        "fanotify_init",
+        "mknodat(device)",
+        "iopl",
+        "swapoff",
+        "reboot",
+    ] {
+        assert!(reason.contains(kind), "{kind}: {reason}");
+    }
+}
+
 #[test]
 fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
     let env = Env::new(&[]);

@@ -33,6 +33,9 @@ const READ_FILE: u64 = 1 << 2;
 const READ_DIR: u64 = 1 << 3;
 /// REMOVE_DIR … MAKE_SYM: creating and removing entries (ABI 1).
 const MAKE_AND_REMOVE: u64 = 0b1_1111_1111 << 4;
+/// MAKE_CHAR and MAKE_BLOCK: handled with the write rights and never
+/// granted, so no device node is made anywhere (the filter refuses them too).
+const MAKE_DEVICES: u64 = (1 << 6) | (1 << 11);
 const REFER: u64 = 1 << 13;
 const TRUNCATE: u64 = 1 << 14;
 /// Rights that apply to a file (not a directory) rule.
@@ -173,7 +176,7 @@ pub fn build(spec: &Spec) -> Result<Applied, BackstopError> {
             .push("the kernel has no Landlock: no filesystem or network backstop".into());
         return Ok(applied);
     }
-    let mut write_rights = WRITE_FILE | MAKE_AND_REMOVE;
+    let mut write_rights = WRITE_FILE | (MAKE_AND_REMOVE & !MAKE_DEVICES);
     if abi >= 2 {
         write_rights |= REFER;
     } else if spec.write.is_some() {
@@ -195,7 +198,7 @@ pub fn build(spec: &Spec) -> Result<Applied, BackstopError> {
         categories.push((r, READ_FILE | READ_DIR));
     }
     if let Some(w) = &spec.write {
-        handled_fs |= write_rights;
+        handled_fs |= write_rights | MAKE_DEVICES;
         // What may be written may be read: reads are not narrowed by a write rule.
         categories.push((w, write_rights | READ_FILE | READ_DIR));
     }

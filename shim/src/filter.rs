@@ -146,7 +146,19 @@ pub fn forbidden_errno(nr: i64) -> Option<i32> {
         | libc::SYS_init_module
         | libc::SYS_finit_module
         | libc::SYS_delete_module
+        | libc::SYS_fanotify_init
+        | libc::SYS_fanotify_mark
+        | libc::SYS_iopl
+        | libc::SYS_ioperm
+        | libc::SYS_acct
+        | libc::SYS_swapon
+        | libc::SYS_swapoff
+        | libc::SYS_quotactl
+        | libc::SYS_quotactl_fd
+        | libc::SYS_reboot
         // Conditional rules below: only the dangerous argument values reach us.
+        | libc::SYS_mknod
+        | libc::SYS_mknodat
         | libc::SYS_clone
         | libc::SYS_ioctl
         | libc::SYS_fcntl
@@ -203,7 +215,28 @@ const FORBIDDEN_ALWAYS: &[i64] = &[
     libc::SYS_init_module,
     libc::SYS_finit_module,
     libc::SYS_delete_module,
+    // A root tool's fds on files the broker never saw: a fanotify group
+    // (without FID reporting, which needs CAP_SYS_ADMIN) is handed an fd of
+    // every file opened or written on a whole file system, the store's too.
+    libc::SYS_fanotify_init,
+    libc::SYS_fanotify_mark,
+    // Privileged calls that reach hardware or files past the broker: port
+    // I/O, the accounting file and swap (each opened by the kernel from a
+    // path), quotas, and rebooting the machine.
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_acct,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_quotactl,
+    libc::SYS_quotactl_fd,
+    libc::SYS_reboot,
 ];
+
+/// Device numbers `mknod` may not give a new node: a root tool's block
+/// device for the disk, made in its working directory, would be opened by a
+/// path the policy allows, and read or write every file on it.
+const DEVICE_TYPES: &[u64] = &[libc::S_IFBLK as u64, libc::S_IFCHR as u64];
 
 /// Namespace-creating `clone` flags (the ones `clone` accepts).
 pub const CLONE_NAMESPACE_FLAGS: &[u64] = &[
@@ -300,6 +333,21 @@ pub fn build() -> Result<BpfProgram, FilterError> {
             libc::MSG_FASTOPEN as u64,
         ),
     )?;
+    // A block or character device node (the mode's file type: `umode_t`,
+    // the low 16 bits).
+    for &kind in DEVICE_TYPES {
+        let file_type = ScmpCompareOp::MaskedEqual(libc::S_IFMT as u64);
+        notify_if(
+            &mut ctx,
+            libc::SYS_mknod,
+            ScmpArgCompare::new(1, file_type, kind),
+        )?;
+        notify_if(
+            &mut ctx,
+            libc::SYS_mknodat,
+            ScmpArgCompare::new(2, file_type, kind),
+        )?;
+    }
     for &flag in CLONE_NAMESPACE_FLAGS {
         notify_if(
             &mut ctx,

@@ -259,6 +259,18 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_init_module => "init_module",
         libc::SYS_finit_module => "finit_module",
         libc::SYS_delete_module => "delete_module",
+        libc::SYS_fanotify_init => "fanotify_init",
+        libc::SYS_fanotify_mark => "fanotify_mark",
+        libc::SYS_iopl => "iopl",
+        libc::SYS_ioperm => "ioperm",
+        libc::SYS_acct => "acct",
+        libc::SYS_swapon => "swapon",
+        libc::SYS_swapoff => "swapoff",
+        libc::SYS_quotactl => "quotactl",
+        libc::SYS_quotactl_fd => "quotactl_fd",
+        libc::SYS_reboot => "reboot",
+        libc::SYS_mknod => "mknod(device)",
+        libc::SYS_mknodat => "mknodat(device)",
         _ => "other",
     }
 }
