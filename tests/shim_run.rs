@@ -1582,6 +1582,69 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
     }
 }
 
+/// A SysV shared memory segment and message queue of a process outside the
+/// sandbox (made here, world-accessible): the tool sees neither, in an IPC
+/// namespace of its own. As root, and as nobody with `--network none`
+/// (made in its user namespace). Without either, the tool shares the host's
+/// (docs/threat-model.md).
+#[test]
+fn the_hosts_sysv_ipc_objects_are_out_of_the_tools_reach() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root, to run as nobody too");
+        return;
+    }
+    const IPC_CREAT: i32 = 0o1000;
+    const IPC_RMID: i32 = 0;
+    let key = 0x00c0_4d00 + std::process::id() as i32 % 0x1000;
+    // Made, looked for and removed by python, as the tool looks.
+    let host = |script: &str| {
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert_ok(&out).trim().to_owned()
+    };
+    let made = host(&format!(
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+         print(libc.shmget({key}, 4096, {IPC_CREAT} | 0o666), libc.msgget({key}, {IPC_CREAT} | 0o666))"
+    ));
+    let ids: Vec<i32> = made.split(' ').map(|v| v.parse().unwrap()).collect();
+    assert!(ids.iter().all(|id| *id >= 0), "{made}");
+    let look = format!(
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+         r = libc.shmget({key}, 0, 0); e = ctypes.get_errno()\n\
+         q = libc.msgget({key}, 0); f = ctypes.get_errno()\n\
+         print('shm', 'found' if r >= 0 else e, 'msg', 'found' if q >= 0 else f)"
+    );
+    let env = Env::new(&[]);
+    let natively = host(&look);
+    let as_root = assert_ok(&env.python(&look)).trim().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let as_nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--network", "none", "--audit-db"])
+        .arg(dir.path().join("audit"))
+        .arg("--policy")
+        .arg(env.allow_all())
+        .args(["--", "/usr/bin/python3", "-c", &look])
+        .env("TMPDIR", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let as_nobody = assert_ok(&as_nobody).trim().to_owned();
+    host(&format!(
+        "import ctypes\nlibc = ctypes.CDLL(None)\n\
+         print(libc.shmctl({}, {IPC_RMID}, None), libc.msgctl({}, {IPC_RMID}, None))",
+        ids[0], ids[1]
+    ));
+    assert_eq!(natively, "shm found msg found");
+    let enoent = format!("shm {0} msg {0}", nix::libc::ENOENT);
+    assert_eq!(as_root, enoent, "as root");
+    assert_eq!(as_nobody, enoent, "as nobody, --network none");
+}
+
 #[test]
 fn the_filter_refuses_io_uring_clone3_and_kills_int80() {
     let env = Env::new(&[]);

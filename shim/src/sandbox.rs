@@ -39,6 +39,9 @@ use crate::{
     sys::{self, CHILD_REPORT_LEN, Listener},
 };
 
+/// `CAP_SYS_ADMIN` in a capability set: what making an IPC namespace takes.
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
 /// A failure to start a sandboxed command.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -298,6 +301,11 @@ impl Sandbox {
             network_none: self
                 .network_none
                 .then(|| sys::NetworkNone::new(uid != 0, uid, gid)),
+            // Wherever the child may make one: with CAP_SYS_ADMIN (root), or
+            // in the user namespace `network_none` makes. Otherwise the tool
+            // shares the host's (docs/threat-model.md).
+            ipc_ns: self.network_none
+                || crate::process::Creds::of_thread().cap_eff & CAP_SYS_ADMIN != 0,
             user: self.user,
             landlock: backstop.and_then(|b| b.ruleset.clone()).or(scope_only),
         }

@@ -598,6 +598,10 @@ pub struct ChildSetup {
     pub nofile: Option<u64>,
     /// A network namespace with only loopback.
     pub network_none: Option<NetworkNone>,
+    /// An IPC namespace of its own (after the network's user namespace, if
+    /// any): no SysV shared memory, semaphores or message queues, nor POSIX
+    /// message queues, of processes outside the sandbox.
+    pub ipc_ns: bool,
     /// `(uid, gid)` to become, from root.
     pub user: Option<(u32, u32)>,
     /// A Landlock ruleset to restrict the child with (after the user change).
@@ -678,6 +682,7 @@ pub enum SetupStep {
     Cgroup,
     Rlimit,
     Network,
+    Ipc,
     User,
     Landlock,
     CloseRange,
@@ -688,7 +693,7 @@ impl SetupStep {
     pub fn from_code(code: i32) -> Option<Self> {
         use SetupStep::*;
         [
-            Session, Cgroup, Rlimit, Network, User, Landlock, CloseRange, Filter,
+            Session, Cgroup, Rlimit, Network, Ipc, User, Landlock, CloseRange, Filter,
         ]
         .into_iter()
         .find(|s| *s as i32 == code)
@@ -700,6 +705,7 @@ impl SetupStep {
             SetupStep::Cgroup => "cannot join the sandbox's cgroup",
             SetupStep::Rlimit => "cannot set a resource limit",
             SetupStep::Network => "cannot make the network namespace",
+            SetupStep::Ipc => "cannot make the IPC namespace",
             SetupStep::User => "cannot switch to --user",
             SetupStep::Landlock => "cannot apply the Landlock backstop",
             SetupStep::CloseRange => "cannot close cordon's file descriptors",
@@ -757,6 +763,11 @@ fn apply_setup(setup: &ChildSetup, step: &mut SetupStep) -> io::Result<()> {
         // SAFETY: unshare with flags only.
         cvt(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
         loopback_up()?;
+    }
+    *step = SetupStep::Ipc;
+    if setup.ipc_ns {
+        // SAFETY: unshare with flags only.
+        cvt(unsafe { libc::unshare(libc::CLONE_NEWIPC) })?;
     }
     *step = SetupStep::User;
     if let Some((uid, gid)) = setup.user {
