@@ -463,16 +463,22 @@ for path in ('acl/f', 'plain'):
 os.umask(old)
 "#;
 
-/// Sets `fs.protected_regular` for the life of the value, then restores it.
-struct ProtectedRegular(String);
+/// Sets `fs.protected_regular` for the life of the value, then restores it;
+/// one test at a time (another's restore would change it under this one).
+struct ProtectedRegular(
+    String,
+    #[allow(dead_code)] std::sync::MutexGuard<'static, ()>,
+);
 
 impl ProtectedRegular {
     const PATH: &str = "/proc/sys/fs/protected_regular";
 
     fn set(level: &str) -> Self {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let old = std::fs::read_to_string(Self::PATH).unwrap();
         std::fs::write(Self::PATH, level).expect("set fs.protected_regular (run as root)");
-        ProtectedRegular(old)
+        ProtectedRegular(old, turn)
     }
 }
 
@@ -480,6 +486,38 @@ impl Drop for ProtectedRegular {
     fn drop(&mut self) {
         let _ = std::fs::write(Self::PATH, self.0.trim());
     }
+}
+
+/// `/dev/shm` is sticky like `/tmp`: with `fs.protected_regular`, an
+/// `O_CREAT` open of another user's file there is refused natively, and so
+/// under cordon (which exempted all of `/dev`, meant for `/dev/stdout`).
+/// `/dev/stdout`, a link into `/proc`, still opens with `O_CREAT`.
+#[test]
+fn a_create_on_another_users_file_in_dev_shm_is_refused_as_natively() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root, to set fs.protected_regular");
+        return;
+    }
+    let env = Env::new(&[]);
+    let theirs = format!("/dev/shm/cordon-test-theirs-{}", std::process::id());
+    std::fs::write(&theirs, "").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let script = format!(
+        "import os\n\
+         for path in ('{theirs}', '/dev/stdout'):\n    \
+             try:\n        os.close(os.open(path, os.O_CREAT | os.O_WRONLY)); print(path, 'ok')\n    \
+             except OSError as e:\n        print(path, 'err', e.errno)"
+    );
+    let _protected = ProtectedRegular::set("1");
+    let native = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let sandboxed = env.run_with_policy(&env.allow_all(), &["/usr/bin/python3", "-c", &script]);
+    let _ = std::fs::remove_file(&theirs);
+    let expected = format!("{theirs} err 13\n/dev/stdout ok\n");
+    assert_eq!(assert_ok(&native), expected, "natively");
+    assert_eq!(assert_ok(&sandboxed), expected, "under cordon");
 }
 
 #[test]

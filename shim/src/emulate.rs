@@ -137,9 +137,10 @@ fn with_umask<T>(umask: u32, mode: u32, create: impl FnOnce(Mode) -> T) -> T {
 /// policy's. The directory the kernel looks at is the one it found the last
 /// name in: the file's own, except through a `/proc` magic link (`/dev/stdout`
 /// → `/proc/self/fd/1`), where it is a `/proc` directory, never sticky; a
-/// `given` path in `/proc` or `/dev`, or an absolute one whose final symlink
-/// leads into them, is so never refused (longer link chains, and links named
-/// by a relative path, are not followed here: those are refused).
+/// `given` path in `/proc`, `/dev/fd/` or one of `/dev/std{in,out,err}`, or
+/// an absolute one whose final symlink leads into `/proc`, is so never
+/// refused (longer link chains, and links named by a relative path, are not
+/// followed here: those are refused).
 pub fn refused_in_sticky(given: &[u8], resolved: &[u8], kind: u32, owner: u32, fsuid: u32) -> bool {
     let parent = match resolved.iter().rposition(|&b| b == b'/') {
         Some(0) => &b"/"[..],
@@ -167,7 +168,15 @@ pub fn refused_in_sticky(given: &[u8], resolved: &[u8], kind: u32, owner: u32, f
     {
         return false;
     }
-    let in_proc = |p: &[u8]| p.starts_with(b"/proc/") || p.starts_with(b"/dev/");
+    // `/proc`, and the `/dev` names that are symlinks into it; not the rest
+    // of `/dev` (`/dev/shm` and `/dev/mqueue` are sticky), nor a `..` that
+    // leaves either.
+    let in_proc = |p: &[u8]| {
+        !p.split(|&b| b == b'/').any(|c| c == b"..")
+            && (p.starts_with(b"/proc/")
+                || p.starts_with(b"/dev/fd/")
+                || matches!(p, b"/dev/stdin" | b"/dev/stdout" | b"/dev/stderr"))
+    };
     // (A relative `given` is not read: it names a file from the tool's cwd.)
     let through_link = given.first() == Some(&b'/')
         && std::fs::read_link(OsStr::from_bytes(given))

@@ -277,9 +277,13 @@ fn syscall_name(nr: i64) -> &'static str {
 
 fn open_flag_names(flags: i32) -> Vec<String> {
     let mut out = vec![match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => "O_RDONLY",
         libc::O_WRONLY => "O_WRONLY",
         libc::O_RDWR => "O_RDWR",
-        _ => "O_RDONLY",
+        // 3: an fd for ioctls, for which the kernel checks read and write
+        // permission (`access` says both). Not O_RDONLY: a rule reading the
+        // first flag as the mode would take it as read-only.
+        _ => "O_ACCMODE",
     }];
     for (bit, name) in [
         (libc::O_CREAT, "O_CREAT"),
@@ -2708,6 +2712,19 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_flags_name_the_access_mode_first_mode_3_included() {
+        let names = |f: i32| open_flag_names(f).join(",");
+        assert_eq!(
+            names(libc::O_RDONLY | libc::O_CLOEXEC),
+            "O_RDONLY,O_CLOEXEC"
+        );
+        assert_eq!(names(libc::O_WRONLY | libc::O_CREAT), "O_WRONLY,O_CREAT");
+        assert_eq!(names(libc::O_RDWR), "O_RDWR");
+        // Mode 3, for ioctls: not O_RDONLY.
+        assert_eq!(names(3 | libc::O_NONBLOCK), "O_ACCMODE,O_NONBLOCK");
+    }
 
     fn shebang_of(text: &[u8]) -> Option<Interpreter> {
         let mut buf = [0u8; BINPRM_BUF_SIZE];

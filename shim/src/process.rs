@@ -453,10 +453,11 @@ impl Creds {
 
     /// The calling thread's own (fs ids and capabilities are per thread):
     /// what the supervisor thread, and the threads it starts, switch back to.
-    /// If `/proc` cannot tell them, every capability is assumed, so that
-    /// `with_creds` drops what the tool lacks rather than keep what it does
-    /// not know. (The tool's own status is unreadable then too, and every
-    /// call is denied before that.)
+    /// If `/proc` cannot tell them (no fd left, say), the ids and groups come
+    /// from their syscalls and the capabilities from `capget`, or, failing
+    /// that, every one is assumed, so that `with_creds` drops what the tool
+    /// lacks rather than keep what it does not know (and switching back sets
+    /// what the thread is permitted: it cannot fail on a guess).
     pub fn of_thread() -> Creds {
         Creds::read("/proc/thread-self/status").unwrap_or_else(Creds::assumed)
     }
@@ -475,7 +476,7 @@ impl Creds {
             groups: nix::unistd::getgroups()
                 .map(|g| g.iter().map(|g| g.as_raw()).collect())
                 .unwrap_or_default(),
-            cap_eff: u64::MAX,
+            cap_eff: sys::thread_effective_caps().unwrap_or(u64::MAX),
         }
     }
 }
@@ -578,6 +579,30 @@ impl Drop for Restore<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Supervisor credentials guessed with every capability (what a failed
+    /// read of its status assumes) are switched away from and back without
+    /// aborting: the restore sets what the thread is permitted (it used to
+    /// ask for all 64 bits, which `capset` refuses, and abort the process).
+    #[test]
+    fn assumed_capabilities_are_restored_as_the_thread_may() {
+        let before = sys::thread_effective_caps().unwrap();
+        if before == 0 {
+            eprintln!("skipped: needs capabilities to lower");
+            return;
+        }
+        let me = Creds {
+            cap_eff: u64::MAX,
+            ..Creds::of_thread()
+        };
+        let tool = Creds {
+            cap_eff: 0,
+            ..me.clone()
+        };
+        let inside = with_creds(&tool, &me, || sys::thread_effective_caps().unwrap()).unwrap();
+        assert_eq!(inside, 0);
+        assert_eq!(sys::thread_effective_caps().unwrap(), before);
+    }
 
     /// Waits until task `tid` has exec'd `/bin/sleep`; its canonical path.
     fn until_sleep_runs(tid: i32) -> std::path::PathBuf {

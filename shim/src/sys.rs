@@ -358,23 +358,41 @@ pub fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets the effective capability set of the calling thread only (raw
-/// `capget`/`capset` are per thread), keeping the permitted and inheritable
-/// sets so the previous set can be restored. Returns the previous set.
-pub fn set_thread_effective_caps(effective: u64) -> io::Result<u64> {
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut header = [VERSION_3, 0]; // version, pid 0 = this thread
-    let mut data = [0u32; 6]; // two {effective, permitted, inheritable}
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// This thread's capability sets, as `capget` gives them: two
+/// `{effective, permitted, inheritable}` structs (low and high 32 bits).
+fn thread_cap_data() -> io::Result<[u32; 6]> {
+    let mut header = [CAP_VERSION_3, 0]; // version, pid 0 = this thread
+    let mut data = [0u32; 6];
     // SAFETY: capget writes two __user_cap_data_struct (6 u32) into `data`
     // and reads the header; both are ours and sized for version 3.
     if unsafe { libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(data)
+}
+
+/// The calling thread's effective capabilities.
+pub fn thread_effective_caps() -> io::Result<u64> {
+    let data = thread_cap_data()?;
+    Ok(data[0] as u64 | (data[3] as u64) << 32)
+}
+
+/// Sets the effective capability set of the calling thread only (raw
+/// `capget`/`capset` are per thread), keeping the permitted and inheritable
+/// sets so the previous set can be restored. What the permitted set lacks is
+/// left out (the kernel refuses it). Returns the previous set.
+pub fn set_thread_effective_caps(effective: u64) -> io::Result<u64> {
+    let mut data = thread_cap_data()?;
     let previous = data[0] as u64 | (data[3] as u64) << 32;
+    let permitted = data[1] as u64 | (data[4] as u64) << 32;
+    let effective = effective & permitted;
     data[0] = effective as u32;
     data[3] = (effective >> 32) as u32;
-    header[1] = 0;
-    // SAFETY: capset reads the same two structs; pid 0 is this thread.
+    let mut header = [CAP_VERSION_3, 0];
+    // SAFETY: capset reads the header and the same two structs; pid 0 is
+    // this thread.
     if unsafe { libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) } < 0 {
         return Err(io::Error::last_os_error());
     }
