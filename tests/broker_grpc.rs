@@ -793,28 +793,29 @@ fn serve_refuses_a_socket_directory_others_may_write() {
         let sockets = dir.path().join(format!("run-{mode:o}"));
         std::fs::create_dir(&sockets).unwrap();
         std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(mode)).unwrap();
-        let uri = format!("unix://{}/b.sock", sockets.display());
-        let mut serve = cordon()
-            .args(["serve", "--listen", &uri, "--audit-db"])
-            .arg(&db)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // A serve that starts never exits by itself: give it 20 s.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while serve.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = serve.kill();
-        let out = serve.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains("writable by its group or by everyone"),
-            "{mode:o}: {:?} {err}",
-            out.status
-        );
+        serve_refuses(&sockets, &db, "writable by its group or by everyone");
     }
+}
+
+/// `cordon serve` with its socket in `socket_dir` exits with an error that
+/// says `needle` (one that starts never exits by itself: given 20 s).
+fn serve_refuses(socket_dir: &std::path::Path, db: &std::path::Path, needle: &str) {
+    let uri = format!("unix://{}/b.sock", socket_dir.display());
+    let serve = cordon()
+        .args(["serve", "--listen", &uri, "--audit-db"])
+        .arg(db)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = exits_within(serve, Duration::from_secs(20), "serve on an unsafe path");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(needle),
+        "{}: {:?} {err}",
+        socket_dir.display(),
+        out.status
+    );
 }
 
 /// A second broker started on the socket of a running one refuses to start
@@ -859,6 +860,118 @@ fn a_live_brokers_socket_is_not_taken_over() {
     s.spawn();
     let (code, out, err) = run_cordon(&["audit", "verify", "--broker", &s.uri()]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// A broker out of fds (connections that hold them, under a low hard limit)
+/// neither spins nor stops accepting: tonic tries the next accept at once
+/// after an error and the listener stays readable, so its workers took more
+/// than a CPU until an fd was freed. It now waits 100 ms after such an error,
+/// and accepts again once fds are freed.
+#[test]
+fn a_broker_out_of_fds_neither_spins_nor_stops_accepting() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    let mut serve = Command::new("prlimit")
+        .arg("--nofile=64:64")
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["serve", "--listen"])
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--audit-db")
+        .arg(dir.path().join("audit"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each accepted connection takes two of its fds; the rest wait.
+    let held: Vec<_> = (0..60)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let cpu_ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", serve.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        // utime and stime, fields 14 and 15 of stat(5).
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks() - before;
+    drop(held);
+    let uri = format!("unix://{}", socket.display());
+    let verify = cordon()
+        .args(["audit", "verify", "--broker", &uri])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let answer = std::panic::catch_unwind(|| {
+        exits_within(
+            verify,
+            Duration::from_secs(20),
+            "no answer: the broker accepts no more connections",
+        )
+    });
+    let _ = serve.kill();
+    let out = serve.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let answer = answer.unwrap_or_else(|_| panic!("the broker accepted no new client: {err}"));
+    assert!(answer.status.success(), "{answer:?}");
+    // Accepting again at once, its workers took more than a CPU (100 ticks).
+    assert!(spent < 30, "{spent} ticks of CPU in 1 s out of fds");
+    assert!(
+        err.contains("cannot accept a connection"),
+        "never out of fds: {err}"
+    );
+}
+
+/// A broker removes its socket when it exits, but not one that has replaced
+/// it at the same path since (another broker's, started while this one shut
+/// down): told apart by device and inode.
+#[test]
+fn a_stopping_broker_leaves_a_socket_that_replaced_its_own() {
+    let mut s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    std::fs::remove_file(&s.socket).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&s.socket).unwrap();
+    s.stop();
+    assert!(s.socket.exists(), "the other socket was removed");
+    drop(other);
+    // Its own it removes.
+    std::fs::remove_file(&s.socket).unwrap();
+    s.spawn();
+    s.stop();
+    assert!(!s.socket.exists(), "its own socket was left");
+}
+
+/// A socket directory reached through a symlink that someone else may
+/// re-point, or under a directory others may write, is refused: they could
+/// put their own socket in its place.
+#[test]
+fn serve_refuses_a_socket_path_others_may_redirect() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit");
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o750)).unwrap();
+    // A symlink owned by nobody, in place of the socket's directory.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    // A directory others may write, above the socket's own.
+    let open = dir.path().join("open");
+    std::fs::create_dir_all(open.join("run")).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(open.join("run"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    serve_refuses(&link, &db, "owned by uid 65534");
+    serve_refuses(
+        &open.join("run"),
+        &db,
+        "writable by its group or by everyone",
+    );
 }
 
 #[test]

@@ -699,6 +699,29 @@ fn sled_config(dir: &Path) -> sled::Config {
         .cache_capacity(64 << 20)
 }
 
+/// Makes the store's directory, and any missing above it, readable by its
+/// owner alone: the records hold paths, argv and labels of every sandbox, and
+/// sled makes its files as the umask allows (0644). One that exists readable
+/// by others is kept as it is, with a warning.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %dir.display(), mode = format!("{:o}", mode & 0o7777),
+                    "the audit store's directory is open to its group or to everyone, who can copy and read every record: chmod 700 it");
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+        Err(e) => Err(e),
+    }
+}
+
 impl SledAudit {
     /// Opens (or creates) the store in `dir` for appending. Refuses a store
     /// whose newest records were removed, rather than chain onto the gap.
@@ -734,6 +757,9 @@ impl SledAudit {
             path: dir.display().to_string(),
             source,
         };
+        if !read_only {
+            private_dir(dir).map_err(|e| open_err(sled::Error::Io(e)))?;
+        }
         let db = first_open::open(&sled_config(dir)).map_err(open_err)?;
         let records = db.open_tree("records").map_err(open_err)?;
         let index = db.open_tree("index").map_err(open_err)?;
@@ -3289,6 +3315,21 @@ mod tests {
             panic!("a head that its record does not match was accepted");
         };
         assert_eq!(problem, "record 1, its head, was replaced or removed");
+    }
+
+    /// A new store's directory (and any made above it) is its owner's
+    /// alone: sled's files are 0644 under the usual umask.
+    #[test]
+    fn a_new_store_is_readable_by_its_owner_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("state/cordon/audit");
+        let audit = SledAudit::open(&store, Durability::Strict).unwrap();
+        audit.append(decision(1)).unwrap();
+        for d in [dir.path().join("state"), store.clone()] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
     }
 
     /// A head removed with the newest records, or malformed, hides that they

@@ -809,6 +809,39 @@ impl broker_server::Broker for BrokerService {
     }
 }
 
+/// Whether only root and the broker's uid can redirect `dir`: every
+/// directory and symlink on the way to it, as named and where its symlinks
+/// lead, is theirs, and no directory is writable by others unless sticky
+/// (as OpenSSH's StrictModes). Whoever could would re-point a link or rename
+/// a directory, and put another socket where clients look for this one.
+fn trusted_chain(dir: &Path) -> Result<(), String> {
+    let me = crate::peer::own_uid();
+    let absolute = std::path::absolute(dir).map_err(|e| e.to_string())?;
+    let canonical = std::fs::canonicalize(dir).map_err(|e| e.to_string())?;
+    for step in absolute.ancestors().chain(canonical.ancestors()) {
+        let meta =
+            std::fs::symlink_metadata(step).map_err(|e| format!("{}: {e}", step.display()))?;
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(format!(
+                "{} is owned by uid {}, neither root nor the broker (uid {me}): its owner could \
+                 put another socket in place of this one",
+                step.display(),
+                meta.uid()
+            ));
+        }
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.is_dir() && meta.mode() & 0o022 != 0 && !sticky {
+            return Err(format!(
+                "{} is writable by its group or by everyone (mode {:o}): who may write it could \
+                 put another socket in place of this one",
+                step.display(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Creates the socket's directory if needed and checks that nobody but the
 /// broker's uid can replace the socket; removes a stale socket.
 fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
@@ -821,10 +854,13 @@ fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
         message,
     };
     if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(|e| dir_err(e.to_string()))?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o750)
+            .create(dir)
+            .map_err(|e| dir_err(e.to_string()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
             .map_err(|e| dir_err(e.to_string()))?;
     }
+    trusted_chain(dir).map_err(dir_err)?;
     let meta = std::fs::metadata(dir).map_err(|e| dir_err(e.to_string()))?;
     if meta.uid() != crate::peer::own_uid() {
         return Err(dir_err(format!(
@@ -941,6 +977,9 @@ async fn routes(
         .add_service(reflection))
 }
 
+/// How long the accept loop waits after running out of fds or memory.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 pub async fn serve_unix(
     broker: Broker,
     durability: Durability,
@@ -950,9 +989,27 @@ pub async fn serve_unix(
 ) -> Result<(), ServeError> {
     let (closing, shutdown) = closing_on(shutdown);
     let routes = routes(broker, durability, access, closing).await?;
-    let incoming = tokio_stream::StreamExt::map(
+    let incoming = tokio_stream::StreamExt::then(
         tokio_stream::wrappers::UnixListenerStream::new(listener),
-        |accepted| accepted.map(PeerStream::new),
+        |accepted| async move {
+            // Out of fds: tonic accepts again at once, and the listener
+            // stays readable, so a worker would spin until one is freed.
+            if let Err(e) = &accepted
+                && matches!(
+                    e.raw_os_error(),
+                    Some(
+                        nix::libc::EMFILE
+                            | nix::libc::ENFILE
+                            | nix::libc::ENOBUFS
+                            | nix::libc::ENOMEM
+                    )
+                )
+            {
+                tracing::warn!(error = %e, "cannot accept a connection; trying again in 100 ms");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+            accepted.map(PeerStream::new)
+        },
     );
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -27,13 +27,31 @@ fn hangup_ignored() -> bool {
 
 /// The socket files this broker bound, removed when it exits, however it
 /// exits (an error after the first bind included). Only its own: a path
-/// whose bind failed may be another broker's.
-struct OwnSockets(Vec<PathBuf>);
+/// whose bind failed may be another broker's, and so may a path this one
+/// bound: a broker started while this one shut down (its listener already
+/// closed) replaces the socket, which is then told by its device and inode.
+struct OwnSockets(Vec<(PathBuf, Option<(u64, u64)>)>);
+
+impl OwnSockets {
+    fn add(&mut self, path: &std::path::Path) {
+        use std::os::unix::fs::MetadataExt;
+        let id = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        self.0.push((path.to_path_buf(), id));
+    }
+}
 
 impl Drop for OwnSockets {
     fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = std::fs::remove_file(path);
+        use std::os::unix::fs::MetadataExt;
+        for (path, id) in &self.0 {
+            let now = std::fs::symlink_metadata(path)
+                .ok()
+                .map(|m| (m.dev(), m.ino()));
+            if id.is_some() && now == *id {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -202,6 +220,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             allowed_uids: args.allow_uid.clone(),
         }
     };
+    // Two fds per client connection (it and the peer's pidfd), and sandboxes
+    // keep two connections each: the soft limit of 1,024 ran out at a few
+    // hundred sandboxes.
+    if let Err(e) = cordon_shim::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let rt = super::runtime()?;
     // Whatever ends the serving (a signal, a listener that failed, an error
     // here), the store is flushed and closed below before cordon exits.
@@ -214,7 +238,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut listeners = Vec::new();
         for path in &sockets {
             listeners.push((path, service::bind_unix(path)?));
-            own.0.push(path.clone());
+            own.add(path);
         }
         for (path, listener) in listeners {
             tracing::info!(socket = %path.display(), audit_db = %db.display(), revision = %policy.current().revision(),
