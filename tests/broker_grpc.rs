@@ -967,6 +967,15 @@ fn serve_refuses_a_socket_path_others_may_redirect() {
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(open.join("run"), std::fs::Permissions::from_mode(0o750)).unwrap();
     serve_refuses(&link, &db, "owned by uid 65534");
+    // A link to a link in a directory others may write: met only on the way,
+    // neither on the path as named nor on where it ends.
+    let mid = dir.path().join("mid");
+    std::fs::create_dir(&mid).unwrap();
+    std::fs::set_permissions(&mid, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(&real, mid.join("l2")).unwrap();
+    let l1 = dir.path().join("l1");
+    std::os::unix::fs::symlink(mid.join("l2"), &l1).unwrap();
+    serve_refuses(&l1, &db, "mid is writable by its group or by everyone");
     serve_refuses(
         &open.join("run"),
         &db,

@@ -1618,6 +1618,12 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
     ] {
         assert!(reason.contains(kind), "{kind}: {reason}");
     }
+    // An overlay whiteout (a character device numbered 0), which the kernel
+    // lets anyone make, is made (without a backstop, which refuses every
+    // device node: `EACCES`).
+    let whiteout = "import os, stat\nos.mknod('wh', 0o600 | stat.S_IFCHR, 0); print('ok')";
+    let made = env.run_with_policy(&env.allow_all(), &["/usr/bin/python3", "-c", whiteout]);
+    assert_eq!(assert_ok(&made).trim(), "ok");
 }
 
 /// A SysV shared memory segment and message queue of a process outside the

@@ -1011,13 +1011,7 @@ impl Inner {
     /// `verify`, or with `check_index` false the chain and head alone.
     fn verify(&self, check_index: bool) -> Result<VerifyReport, AuditError> {
         let inner = self;
-        // A writer's records are flushed first, so the head names the newest
-        // (a new store's first records have none until then).
-        if inner.read_only {
-            inner.drain()?;
-        } else {
-            inner.flush_now()?;
-        }
+        inner.drain()?;
         // The head first: it only ever names stored records, so on a live
         // store the walk below reaches it even if newer ones arrive meanwhile.
         let raw_head = inner.meta.get(HEAD_KEY)?;
@@ -1145,9 +1139,16 @@ impl Inner {
             }
         }
         let checked = expected - 1;
-        // Records, and no head that names one: nothing tells whether newer
-        // records were removed.
-        if checked > 0 {
+        // Records on disk (there when the store was opened, or flushed since,
+        // each flush writing a head), and no head that names one: nothing
+        // tells whether newer records were removed. Records a live writer
+        // stored but has not flushed yet have none until it does.
+        let durable = inner
+            .flush
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .durable_seq;
+        if checked > 0 && durable > 0 {
             let problem = match (&raw_head, &head) {
                 (None, _) => Some(
                     "the store has records but no head: newer records may have been removed \
@@ -1562,6 +1563,11 @@ impl Inner {
     fn append(&self, mut record: AuditRecord) -> Result<Appended, AuditError> {
         if self.shutdown.load(Ordering::SeqCst) {
             return Err(AuditError::Closed);
+        }
+        // Stored now, a record would never be flushed: a strict one (and
+        // the override after it) would stay in memory for good.
+        if let Some(why) = self.broken.get() {
+            return Err(AuditError::Flush(why.clone()));
         }
         if self.read_only {
             return Err(AuditError::ReadOnly);
@@ -2136,6 +2142,15 @@ impl AuditLog for SledAudit {
     }
 
     fn verify(&self) -> Result<VerifyReport, AuditError> {
+        // A writer's records are flushed first, so that the head names the
+        // newest (a new store's first records have none until then). Not
+        // before reindex's check (`open_with`), which must write nothing; and
+        // a failing flush leaves the report on what is stored.
+        if !self.inner.read_only
+            && let Err(e) = self.inner.flush_now()
+        {
+            tracing::warn!(error = %e, "cannot flush before verifying; verifying what is stored");
+        }
         self.inner.verify(true)
     }
 
@@ -2373,11 +2388,15 @@ mod tests {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
-            // Refused from now on, and an explicit flush fails the same way.
+            // Refused from now on, before anything is stored (a stored
+            // record would stay in memory, never flushed), and an explicit
+            // flush fails the same way.
+            let held = audit.inner.unflushed.lock().unwrap().len();
             for i in 3..6 {
                 let e = audit.append(decision(i)).unwrap_err();
                 assert!(panicked(&e), "strict {strict}: {e}");
             }
+            assert_eq!(audit.inner.unflushed.lock().unwrap().len(), held);
             assert!(panicked(&audit.flush().unwrap_err()));
         }
     }
@@ -2748,6 +2767,28 @@ mod tests {
         assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), counted);
         audit.flush().unwrap();
         assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), 0);
+        // Sealed and not yet flushed, they count as their bodies, their
+        // JSON's length: stored as a drain stores them, after a count as
+        // their appends made it, so that nothing wakes the flusher.
+        let records: Vec<_> = (101..=200)
+            .map(|i| AuditRecord {
+                seq: i,
+                ..record(i)
+            })
+            .collect();
+        let estimates: u64 = records.iter().map(AuditRecord::approx_bytes).sum();
+        audit.inner.backlog_bytes.store(estimates, Ordering::SeqCst);
+        audit.inner.store(records).unwrap();
+        let bodies: u64 = audit
+            .inner
+            .unflushed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|u| u.body.capacity() as u64)
+            .sum();
+        assert!(bodies < estimates / 2, "{bodies} against {estimates}");
+        assert_eq!(audit.inner.backlog_bytes.load(Ordering::SeqCst), bodies);
     }
 
     /// Records not yet on disk are bounded by what they take, not only by
@@ -3363,6 +3404,17 @@ mod tests {
             drop(reader);
             assert!(!report.ok, "{case}: {report:?}");
             assert!(report.problem.contains("head"), "{case}: {report:?}");
+            if head.is_none() {
+                // Reindex, which writes nothing before its check, refuses
+                // the store and leaves it without a head.
+                let refused = try_reopen(|| SledAudit::reindex(dir.path()));
+                assert!(
+                    matches!(refused, Err(AuditError::ChainBroken { .. })),
+                    "{refused:?}"
+                );
+                let head_now = with_tree(dir.path(), "meta", |meta| Ok(meta.get(HEAD_KEY)?));
+                assert!(head_now.is_none(), "reindex wrote a head");
+            }
             let writer = try_reopen(|| SledAudit::open(dir.path(), Durability::Strict));
             match head {
                 None => assert!(writer.is_ok(), "{case}: {writer:?}"),

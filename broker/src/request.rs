@@ -80,8 +80,8 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
         validate_sandbox(sandbox)?;
     }
     if let Some(process) = &req.process {
-        check_path("process.exe", &process.exe, true)?;
-        check_path("process.cwd", &process.cwd, true)?;
+        check_normal_path("process.exe", &process.exe, true)?;
+        check_normal_path("process.cwd", &process.cwd, true)?;
         if process.comm.len() > 64 {
             return Err(invalid("process.comm is longer than 64 bytes"));
         }
@@ -89,7 +89,7 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
     match &req.subject {
         None => Err(invalid("one of file, network or exec is required")),
         Some(Subject::File(file)) => {
-            check_path("file.path", &file.path, false)?;
+            check_normal_path("file.path", &file.path, false)?;
             if let Some(a) = file
                 .access
                 .iter()
@@ -173,7 +173,7 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
                         // A socket file, named by its resolved path: longer
                         // than sun_path when reached by a relative name from
                         // a deep directory, as the kernel allows.
-                        return check_path("network.path", &net.path, false);
+                        return check_normal_path("network.path", &net.path, false);
                     }
                     if !net.path.is_empty() && net.path.first() != Some(&b'@') {
                         return Err(invalid(
@@ -194,7 +194,7 @@ pub fn validate(req: &DecideRequest) -> Result<(), InvalidRequest> {
             }
         }
         Some(Subject::Exec(exec)) => {
-            check_path("exec.path", &exec.path, false)?;
+            check_normal_path("exec.path", &exec.path, false)?;
             check_argv("exec.argv", &exec.argv)
         }
     }
@@ -323,22 +323,32 @@ pub fn validate_sandbox(sandbox: &Sandbox) -> Result<(), InvalidRequest> {
         ("sandbox.workdir", &sandbox.workdir),
         ("sandbox.tmpdir", &sandbox.tmpdir),
     ] {
-        check_path(field, dir, true)?;
         // Policies match paths under these by prefix: `//` or `/x/../`
         // would name a directory the prefix does not (`//` trimmed of its
         // slashes is every path).
-        let normal = dir.is_empty()
-            || dir.as_slice() == b"/"
-            || (!dir.ends_with(b"/")
-                && dir[1..]
-                    .split(|&b| b == b'/')
-                    .all(|c| !c.is_empty() && c != b"." && c != b".."));
-        if !normal {
-            return Err(invalid(format!(
-                "{field} {} is not a normalized absolute path",
-                quoted(&escape_bytes(dir).0)
-            )));
-        }
+        check_normal_path(field, dir, true)?;
+    }
+    Ok(())
+}
+
+/// [`check_path`], and normalized: no empty, `.` or `..` component and no
+/// trailing `/` (but `/` itself). The contract's paths are resolved, and
+/// policies match them by prefix: `/home/a/job/../../../etc/passwd` is under
+/// the working directory to a prefix rule.
+fn check_normal_path(field: &str, path: &[u8], may_be_empty: bool) -> Result<(), InvalidRequest> {
+    check_path(field, path, may_be_empty)?;
+    let normal = path.is_empty()
+        || path == b"/"
+        || (!path.ends_with(b"/")
+            && path[1..]
+                .split(|&b| b == b'/')
+                .all(|c| !c.is_empty() && c != b"." && c != b".."));
+    if !normal {
+        return Err(invalid(format!(
+            "{field} {} is not a normalized absolute path (resolve it: no `//`, `.` or `..`, no \
+             trailing `/`)",
+            quoted(&escape_bytes(path).0)
+        )));
     }
     Ok(())
 }
@@ -463,6 +473,19 @@ mod tests {
     use super::*;
     use cordon_proto::v1::{FileAccess, NetworkAccess};
 
+    fn unix(path: &[u8]) -> DecideRequest {
+        DecideRequest {
+            syscall: "connect".into(),
+            subject: Some(Subject::Network(NetworkAccess {
+                op: "connect".into(),
+                family: "unix".into(),
+                path: path.to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
     fn file_req(path: &[u8]) -> DecideRequest {
         DecideRequest {
             syscall: "openat".into(),
@@ -497,6 +520,52 @@ mod tests {
         ] {
             let e = with(bad).unwrap_err().0;
             assert!(e.contains("not a normalized absolute path"), "{e}");
+        }
+    }
+
+    /// The subject's paths and the process's are resolved ones, as the
+    /// sandbox's are: a `..` would pass a prefix rule for the working
+    /// directory while naming a file outside it.
+    #[test]
+    fn subject_and_process_paths_are_normalized() {
+        let exec = |path: &[u8]| DecideRequest {
+            syscall: "execve".into(),
+            subject: Some(Subject::Exec(cordon_proto::v1::ExecAccess {
+                path: path.to_vec(),
+                argv: vec![b"x".to_vec()],
+            })),
+            ..Default::default()
+        };
+        let cwd = |path: &[u8]| DecideRequest {
+            process: Some(cordon_proto::v1::Process {
+                cwd: path.to_vec(),
+                ..Default::default()
+            }),
+            ..file_req(b"/etc/hosts")
+        };
+        type Maker = fn(&[u8]) -> DecideRequest;
+        let makers: [(&str, Maker); 4] = [
+            ("file.path", file_req),
+            ("exec.path", exec),
+            ("network.path", unix),
+            ("process.cwd", cwd),
+        ];
+        for (field, make) in makers {
+            for ok in [&b"/"[..], b"/home/a/job/notes.txt", b"/memfd:x (deleted)"] {
+                assert!(validate(&make(ok)).is_ok(), "{field} {ok:?}");
+            }
+            for bad in [
+                &b"/home/a/job/../../../etc/passwd"[..],
+                b"//etc/passwd",
+                b"/etc/./passwd",
+                b"/etc/",
+            ] {
+                let e = validate(&make(bad)).unwrap_err().0;
+                assert!(
+                    e.starts_with(field) && e.contains("not a normalized absolute path"),
+                    "{field}: {e}"
+                );
+            }
         }
     }
 
@@ -588,16 +657,6 @@ mod tests {
             e.contains("send family inet, address 169.254.169.254"),
             "{e}"
         );
-        let unix = |path: &[u8]| DecideRequest {
-            syscall: "connect".into(),
-            subject: Some(Subject::Network(NetworkAccess {
-                op: "connect".into(),
-                family: "unix".into(),
-                path: path.to_vec(),
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
         // A socket file's resolved path may exceed sun_path; PATH_MAX bounds it.
         let deep = [b"/".as_slice(), &vec![b'd'; 300]].concat();
         assert!(validate(&unix(&deep)).is_ok());

@@ -810,15 +810,16 @@ impl broker_server::Broker for BrokerService {
 }
 
 /// Whether only root and the broker's uid can redirect `dir`: every
-/// directory and symlink on the way to it, as named and where its symlinks
-/// lead, is theirs, and no directory is writable by others unless sticky
-/// (as OpenSSH's StrictModes). Whoever could would re-point a link or rename
-/// a directory, and put another socket where clients look for this one.
+/// directory and symlink the kernel passes through to reach it, each link
+/// read and followed as the kernel does, is theirs, and no directory is
+/// writable by others unless sticky (as OpenSSH's StrictModes). Whoever
+/// could would re-point a link or rename a directory, and put another
+/// socket where clients look for this one.
 fn trusted_chain(dir: &Path) -> Result<(), String> {
+    use std::ffi::OsString;
+    use std::path::Component;
     let me = crate::peer::own_uid();
-    let absolute = std::path::absolute(dir).map_err(|e| e.to_string())?;
-    let canonical = std::fs::canonicalize(dir).map_err(|e| e.to_string())?;
-    for step in absolute.ancestors().chain(canonical.ancestors()) {
+    let check = |step: &Path| -> Result<std::fs::Metadata, String> {
         let meta =
             std::fs::symlink_metadata(step).map_err(|e| format!("{}: {e}", step.display()))?;
         if meta.uid() != 0 && meta.uid() != me {
@@ -837,6 +838,47 @@ fn trusted_chain(dir: &Path) -> Result<(), String> {
                 step.display(),
                 meta.mode() & 0o7777
             ));
+        }
+        Ok(meta)
+    };
+    // Names still to walk, the next one last.
+    let names = |path: &Path| -> Vec<OsString> {
+        path.components()
+            .rev()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    };
+    let start = std::path::absolute(dir).map_err(|e| e.to_string())?;
+    let mut at = PathBuf::from("/");
+    check(&at)?;
+    let mut todo = names(&start);
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            at.pop();
+            continue;
+        }
+        let next = at.join(&name);
+        if check(&next)?.file_type().is_symlink() {
+            links += 1;
+            if links > 40 {
+                return Err(format!(
+                    "{}: too many levels of symbolic links",
+                    start.display()
+                ));
+            }
+            let target =
+                std::fs::read_link(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+            if target.is_absolute() {
+                at = PathBuf::from("/");
+            }
+            todo.extend(names(&target));
+        } else {
+            at = next;
         }
     }
     Ok(())

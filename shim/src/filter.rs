@@ -334,19 +334,23 @@ pub fn build() -> Result<BpfProgram, FilterError> {
         ),
     )?;
     // A block or character device node (the mode's file type: `umode_t`,
-    // the low 16 bits).
+    // the low 16 bits). A character device numbered 0 is an overlay
+    // whiteout, which the kernel lets anyone make: not refused (its `dev`
+    // argument, 32 bits, compared whole: stray upper bits refuse, not pass).
     for &kind in DEVICE_TYPES {
         let file_type = ScmpCompareOp::MaskedEqual(libc::S_IFMT as u64);
-        notify_if(
-            &mut ctx,
-            libc::SYS_mknod,
-            ScmpArgCompare::new(1, file_type, kind),
-        )?;
-        notify_if(
-            &mut ctx,
-            libc::SYS_mknodat,
-            ScmpArgCompare::new(2, file_type, kind),
-        )?;
+        for (nr, mode_arg) in [(libc::SYS_mknod, 1), (libc::SYS_mknodat, 2)] {
+            let mut cmps = vec![ScmpArgCompare::new(mode_arg, file_type, kind)];
+            if kind == libc::S_IFCHR as u64 {
+                cmps.push(ScmpArgCompare::new(
+                    mode_arg + 1,
+                    ScmpCompareOp::NotEqual,
+                    0,
+                ));
+            }
+            ctx.add_rule_conditional(ScmpAction::Notify, ScmpSyscall::from(nr as i32), &cmps)
+                .map_err(step(&format!("device node rule for syscall {nr}")))?;
+        }
     }
     for &flag in CLONE_NAMESPACE_FLAGS {
         notify_if(

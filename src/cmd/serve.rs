@@ -29,27 +29,29 @@ fn hangup_ignored() -> bool {
 /// exits (an error after the first bind included). Only its own: a path
 /// whose bind failed may be another broker's, and so may a path this one
 /// bound: a broker started while this one shut down (its listener already
-/// closed) replaces the socket, which is then told by its device and inode.
-struct OwnSockets(Vec<(PathBuf, Option<(u64, u64)>)>);
+/// closed) replaces the socket, which is then told by its device, inode and
+/// change time (a freed inode number is soon given again).
+struct OwnSockets(Vec<(PathBuf, Option<SocketId>)>);
+
+type SocketId = (u64, u64, i64, i64);
+
+fn socket_id(path: &std::path::Path) -> Option<SocketId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
 
 impl OwnSockets {
     fn add(&mut self, path: &std::path::Path) {
-        use std::os::unix::fs::MetadataExt;
-        let id = std::fs::symlink_metadata(path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        self.0.push((path.to_path_buf(), id));
+        self.0.push((path.to_path_buf(), socket_id(path)));
     }
 }
 
 impl Drop for OwnSockets {
     fn drop(&mut self) {
-        use std::os::unix::fs::MetadataExt;
         for (path, id) in &self.0 {
-            let now = std::fs::symlink_metadata(path)
-                .ok()
-                .map(|m| (m.dev(), m.ino()));
-            if id.is_some() && now == *id {
+            if id.is_some() && socket_id(path) == *id {
                 let _ = std::fs::remove_file(path);
             }
         }
