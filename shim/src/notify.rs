@@ -87,6 +87,10 @@ struct BrokerSocket {
     id: Option<(u64, u64)>,
 }
 
+/// Stripes of [`Supervisor::socket_turn`]: binds and listens are rare, and
+/// one waits for another only in the same stripe.
+const SOCKET_TURNS: usize = 64;
+
 /// One sandbox's supervisor.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -109,6 +113,11 @@ pub struct Supervisor {
     helpers: std::sync::atomic::AtomicUsize,
     /// Canonical paths of unix sockets we bound, by socket inode.
     unix_binds: Mutex<std::collections::HashMap<u64, Vec<u8>>>,
+    /// Held from a `bind`'s or `listen`'s decision to its performing, by
+    /// socket inode (in stripes): a `listen` is decided on the address the
+    /// socket has, which another thread's `bind` would otherwise change in
+    /// between (on the other serving thread).
+    socket_turns: [Mutex<()>; SOCKET_TURNS],
     /// With a kernel backstop: the restricted thread that performs opens.
     opener: Option<Opener>,
     /// Held by the serving thread that receives: see `serve`.
@@ -372,6 +381,7 @@ impl Supervisor {
             tasks: TaskCache::default(),
             helpers: Default::default(),
             unix_binds: Mutex::default(),
+            socket_turns: std::array::from_fn(|_| Mutex::new(())),
             opener,
             receiving: Mutex::new(()),
             connectors: {
@@ -899,6 +909,14 @@ impl Supervisor {
             }
             names.insert(st.st_ino, name);
         }
+    }
+
+    /// The turn of `sock` for a `bind` or `listen` (see `socket_turns`).
+    fn socket_turn(&self, sock: &OwnedFd) -> Result<std::sync::MutexGuard<'_, ()>, Errno> {
+        let ino = nix::sys::stat::fstat(sock)?.st_ino;
+        Ok(self.socket_turns[(ino % SOCKET_TURNS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
     }
 
     fn bound_unix_name(&self, sock: &OwnedFd) -> Option<Vec<u8>> {
@@ -1561,6 +1579,13 @@ impl Supervisor {
             addr
         };
         let may_block = n.nr == libc::SYS_connect && emulate::is_blocking(&sock);
+        // A bind is performed below, on this thread or the opener's, before
+        // this returns: its turn covers the decision and the bind.
+        let _turn = if n.nr == libc::SYS_bind {
+            Some(self.socket_turn(&sock)?)
+        } else {
+            None
+        };
         let mut unix_call_path = None;
         let mut keep_alive = None;
         let mut bound_name = None;
@@ -1691,6 +1716,9 @@ impl Supervisor {
         let task = self.task(n)?;
         let sock = self.tool_socket(&self.tool_pidfd(n, &task)?, n.args[0] as i32)?;
         let sock_type = emulate::socket_type(&sock)?;
+        // Until the listen is done: a bind of this socket waits (and then
+        // fails, the socket being bound by the listen).
+        let _turn = self.socket_turn(&sock)?;
         let local: nix::sys::socket::SockaddrStorage =
             nix::sys::socket::getsockname(std::os::fd::AsRawFd::as_raw_fd(&sock))?;
         let mut access = NetworkAccess {
