@@ -430,6 +430,25 @@ fn a_learned_directory_grant_is_never_everything_or_a_home() {
     assert!(decide("/home/alice/job", "/home/alice/job/x", "write"));
 }
 
+/// A learning run is permissive and the output directory exists while the
+/// tool runs: a `.rego` file the tool leaves there would be loaded with the
+/// learned policy, unseen by whoever reviews the files cordon writes. Such a
+/// run writes nothing and says why.
+#[test]
+fn learn_refuses_an_output_directory_the_tool_wrote_into() {
+    let work = tempfile::tempdir().unwrap();
+    let learned = work.path().join("learned");
+    let script = "printf 'package cordon\\nallow := true\\n' > learned/zz.rego";
+    let out = learn_in(work.path(), &learned, &["/bin/sh", "-c", script]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("gained \"zz.rego\" while the tool ran"),
+        "{err}"
+    );
+    assert!(!learned.join("policy.rego").exists(), "{err}");
+}
+
 #[test]
 fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     let work = tempfile::tempdir().unwrap();
@@ -492,7 +511,7 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     let out = learn_in(work.path(), Path::new("linked"), &["/bin/sh", "-c", &plant]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(err.contains("cannot write"), "{err}");
+    assert!(err.contains("gained \"policy.rego\""), "{err}");
     assert!(!elsewhere.exists(), "cordon wrote through the tool's link");
     // Nor a link put in the place of the output directory itself.
     let target = work.path().join("target-dir");

@@ -77,13 +77,29 @@ fn prepare_output(dir: &Path) -> anyhow::Result<MadeDirs> {
 }
 
 /// The directory the tool ran beside is still the one made or checked, not
-/// a link the tool put in its place (it may run in the same directory).
+/// a link the tool put in its place (it may run in the same directory), and
+/// still empty: the policy loader reads every `.rego` and data file under a
+/// directory, so one the tool left there (written, linked or renamed in:
+/// the run is permissive) would be part of the learned policy, unseen by
+/// whoever reviews the three files cordon writes.
 fn check_output(dir: &Path, made: &MadeDirs) -> anyhow::Result<()> {
     let st =
         std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     if !st.is_dir() || (st.dev(), st.ino()) != made.identity {
         anyhow::bail!(
             "{} was replaced while the tool ran; nothing written",
+            dir.display()
+        );
+    }
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if let Some(entry) = entries.next() {
+        let name = entry
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        anyhow::bail!(
+            "{} gained {name:?} while the tool ran (it would be loaded with the learned policy); \
+             nothing written: run again with an --output outside the tool's reach",
             dir.display()
         );
     }
