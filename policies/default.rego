@@ -119,9 +119,22 @@ builtin_allow if {
 	under_any(input.file.path, writable_dirs)
 }
 
-# A workdir of / would make every path writable: started there, the tool
-# gets its temp dir only. (The broker refuses other spellings of /.)
-writable_dirs contains input.sandbox.workdir if not input.sandbox.workdir in {"", "/"}
+# A workdir of / would make every path writable, one of /tmp, /home, /var or
+# the like every user's files, one in /proc, /dev, /etc or a directory of
+# programs the system itself: started there, the tool gets its temp dir
+# only. (The broker refuses other spellings of these.) A project under /usr,
+# such as /usr/src/app, is a workdir like any other.
+writable_dirs contains input.sandbox.workdir if {
+	not input.sandbox.workdir in shared_dirs
+	not strings.any_prefix_match(concat("", [input.sandbox.workdir, "/"]), system_trees)
+}
+
+shared_dirs := {
+	"", "/", "/tmp", "/var/tmp", "/dev/shm", "/home", "/etc", "/usr", "/usr/local", "/var", "/run",
+	"/srv", "/opt", "/mnt", "/media", "/boot", "/proc", "/sys", "/dev", "/bin", "/sbin", "/lib", "/lib64",
+}
+
+system_trees := array.concat(["/proc/", "/sys/", "/dev/", "/etc/", "/boot/", "/run/"], exec_prefixes)
 
 writable_dirs contains input.sandbox.tmpdir if not input.sandbox.tmpdir in {"", "/"}
 
@@ -154,12 +167,23 @@ builtin_allow if {
 
 # Credentials and secrets, wherever they live.
 secret_patterns := [
-	"/.ssh/", "/.aws/", "/.config/gcloud/", "/.azure/", "/.kube/", "/.docker/config.json",
+	"/.ssh/", "/.aws/", "/.config/gcloud/", "/.azure/", "/.kube/", "/.docker/",
 	"/.gnupg/", "/.local/share/keyrings/", "/.netrc", "/.git-credentials", "/.pgpass",
 	# Package registries' and forges' tokens.
 	"/.npmrc/", "/.pypirc/", "/.cargo/credentials", "/.config/gh/hosts.yml/", "/.gem/credentials/",
 	"/.vault-token/", "/.terraform.d/credentials.tfrc.json/", "/.config/git/credentials/",
-	"/.config/containers/auth.json/",
+	"/.config/containers/auth.json/", "/.dockercfg/", "/.m2/settings.xml/",
+	"/.gradle/gradle.properties/", "/.config/composer/auth.json/", "/.config/hub/", "/.config/glab-cli/",
+	# Clouds, clusters, storage and infrastructure.
+	"/.minikube/", "/.oci/", "/.config/openstack/", "/.config/doctl/", "/.databrickscfg/",
+	"/.config/rclone/", "/.s3cfg/", "/.boto/", "/.terraformrc/", "/.pulumi/credentials.json/",
+	"/.config/sops/", "/.password-store/", "/.local/share/kwalletd/", "/.my.cnf/", "/.mylogin.cnf/",
+	# Browsers' saved logins and cookies; AI tools' tokens.
+	"/.mozilla/firefox/", "/.config/google-chrome/", "/.config/chromium/",
+	"/.claude/.credentials.json/", "/.codex/auth.json/", "/.config/github-copilot/",
+	"/.cache/huggingface/token/",
+	# Shell and database histories (commands typed with secrets in them).
+	"/.bash_history/", "/.zsh_history/", "/.psql_history/", "/.mysql_history/",
 ]
 
 deny contains sprintf("%s is a credential store", [input.file.path]) if {
@@ -201,6 +225,14 @@ etc_denials contains sprintf("%s is a private key or privilege file", [input.fil
 		"/etc/wireguard/", "/etc/letsencrypt/", "/etc/pki/tls/private/", "/etc/security/opasswd",
 		"/etc/kubernetes/pki/", "/etc/NetworkManager/system-connections/", "/etc/ipsec.secrets",
 		"/etc/ppp/chap-secrets", "/etc/ppp/pap-secrets",
+		# Cluster admins' client keys, and other services' secrets.
+		"/etc/kubernetes/admin.conf", "/etc/kubernetes/super-admin.conf",
+		"/etc/kubernetes/controller-manager.conf", "/etc/kubernetes/scheduler.conf",
+		"/etc/kubernetes/kubelet.conf", "/etc/rancher/", "/etc/mysql/debian.cnf",
+		"/etc/ipsec.d/private/", "/etc/swanctl/private/", "/etc/credstore", "/etc/openvpn/",
+		"/etc/gitlab-runner/", "/etc/sssd/", "/etc/netplan/", "/etc/wpa_supplicant/",
+		"/etc/postfix/sasl_passwd", "/etc/dovecot/private/", "/etc/pki/CA/private/",
+		"/etc/pki/libvirt/private/",
 	])
 }
 
@@ -216,6 +248,7 @@ deny contains reason if {
 login_files := {
 	".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".zshrc",
 	".zshenv", ".zprofile", ".zlogin", ".xprofile", ".xsessionrc", ".pam_environment",
+	".bash_aliases", ".zlogout", ".kshrc", ".cshrc", ".tcshrc", ".login", ".xinitrc", ".xsession",
 }
 
 write_denials contains sprintf("%s runs at the user's next login", [input.file.path]) if {
@@ -224,7 +257,10 @@ write_denials contains sprintf("%s runs at the user's next login", [input.file.p
 }
 
 write_denials contains sprintf("%s starts programs for the user's session", [input.file.path]) if {
-	some dir in ["/.config/autostart/", "/.config/systemd/user/"]
+	some dir in [
+		"/.config/autostart/", "/.config/systemd/user/", "/.local/share/systemd/user/",
+		"/.bashrc.d/", "/.config/fish/", "/.config/environment.d/",
+	]
 	contains(path_with_slash, dir)
 }
 
@@ -244,7 +280,17 @@ network_denials contains "the cloud metadata endpoint hands out credentials" if 
 }
 
 network_denials contains "the cloud metadata endpoint hands out credentials" if {
-	input.network.address in {"100.100.100.200", "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254"}
+	input.network.address in {
+		"100.100.100.200", "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254",
+		# Oracle Cloud's IPv6 one, and Oracle Cloud Classic's.
+		"fd00:c1::a9fe:a9fe", "192.0.0.192",
+	}
+}
+
+# All of AWS's IPv6 metadata prefix.
+network_denials contains "the cloud metadata endpoint hands out credentials" if {
+	input.network.family == "inet6"
+	net.cidr_contains("fd00:ec2::/32", input.network.address)
 }
 
 # Azure's WireServer is also the VM's DNS resolver (port 53): only its

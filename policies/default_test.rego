@@ -86,11 +86,45 @@ test_etc_private_keys_denied if {
 	allowed(read("/etc/ssl/certs/ca-certificates.crt"))
 }
 
+# Other services' secrets and cluster admins' keys under /etc.
+test_etc_service_secrets_denied if {
+	every path in [
+		"/etc/kubernetes/admin.conf", "/etc/kubernetes/super-admin.conf", "/etc/kubernetes/kubelet.conf",
+		"/etc/rancher/k3s/k3s.yaml", "/etc/mysql/debian.cnf", "/etc/ipsec.d/private/host.pem",
+		"/etc/swanctl/private/a.key", "/etc/credstore/db", "/etc/credstore.encrypted/db",
+		"/etc/openvpn/client/c.key", "/etc/gitlab-runner/config.toml", "/etc/sssd/sssd.conf",
+		"/etc/netplan/50-cloud-init.yaml", "/etc/wpa_supplicant/wpa_supplicant.conf",
+		"/etc/postfix/sasl_passwd", "/etc/dovecot/private/dovecot.pem", "/etc/pki/CA/private/ca.key",
+		"/etc/pki/libvirt/private/serverkey.pem",
+	] {
+		not allowed(read(path))
+	}
+	allowed(read("/etc/kubernetes/manifests/etcd.yaml"))
+	allowed(read("/etc/mysql/my.cnf"))
+}
+
+# Started in a directory shared by every user, or one of the system's, the
+# tool gets its temp dir only; a project under /usr is a workdir like any.
+test_shared_and_system_workdirs_are_not_writable if {
+	every dir in ["/tmp", "/var/tmp", "/home", "/var", "/proc", "/dev", "/etc", "/run/user/1000", "/usr/local/bin", "/usr/lib/x", "/proc/1"] {
+		there := object.union(sandbox, {"workdir": dir})
+		not allowed(object.union(write(sprintf("%s/x", [dir])), {"sandbox": there}))
+		b := data.cordon.backstop with input as {"sandbox": there}
+		not dir in b.write
+	}
+	project := object.union(sandbox, {"workdir": "/usr/src/app"})
+	allowed(object.union(write("/usr/src/app/out.txt"), {"sandbox": project}))
+}
+
 # A tool started in a home directory reads its dotfiles but cannot plant
 # code in what runs at the next login.
 test_login_files_not_writable_in_a_home_workdir if {
 	home := object.union(sandbox, {"workdir": "/home/user"})
-	every name in [".bashrc", ".profile", ".zshrc", ".config/autostart/x.desktop", ".config/systemd/user/x.service"] {
+	every name in [
+		".bashrc", ".profile", ".zshrc", ".config/autostart/x.desktop", ".config/systemd/user/x.service",
+		".bash_aliases", ".bashrc.d/10-x.sh", ".config/fish/config.fish", ".config/environment.d/x.conf",
+		".local/share/systemd/user/x.service", ".xinitrc", ".cshrc",
+	] {
 		request := object.union(write(sprintf("/home/user/%s", [name])), {"sandbox": home})
 		not allowed(request)
 	}
@@ -239,7 +273,8 @@ test_metadata_ranges_denied_even_when_listed if {
 	# Azure's WireServer answers DNS too.
 	not allowed(connect("168.63.129.16", 32526)) with data.cordon.network.allow as [{"cidr": "0.0.0.0/0", "ports": [32526]}]
 	allowed(connect("168.63.129.16", 53)) with data.cordon.network.allow as [{"cidr": "0.0.0.0/0", "ports": [53]}]
-	every address in ["fe80::1", "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254"] {
+	not allowed(connect("192.0.0.192", 80)) with data.cordon.network.allow as everything
+	every address in ["fe80::1", "fd00:ec2::254", "fd00:ec2::23", "fd00:ec2::1:2", "fd20:ce::254", "fd00:c1::a9fe:a9fe"] {
 		v6 := object.union(connect(address, 80), {"network": {"family": "inet6"}})
 		not allowed(v6) with data.cordon.network.allow as everything
 	}
