@@ -109,21 +109,32 @@ pub async fn channel(uri: &BrokerUri) -> Result<Channel, ConnectError> {
 
 /// Mutual TLS from `CORDON_TLS_CA` (the CA that signed the broker's
 /// certificate) and `CORDON_TLS_CERT`/`CORDON_TLS_KEY` (this client's
-/// certificate and key), all PEM files.
+/// certificate and key), all PEM files, read once per process: a shim
+/// reconnects while its tool runs, and a tool that may write where they are
+/// could put a FIFO in their place, whose read would block past every
+/// deadline.
 #[cfg(feature = "tls")]
 fn with_client_tls(endpoint: Endpoint) -> Result<Endpoint, String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    let read = |var: &str| -> Result<Vec<u8>, String> {
-        let path = std::env::var_os(var)
-            .ok_or_else(|| format!("https:// brokers need {var} (a PEM file)"))?;
-        std::fs::read(&path).map_err(|e| format!("{var}={}: {e}", PathBuf::from(&path).display()))
+    static CONFIG: std::sync::OnceLock<ClientTlsConfig> = std::sync::OnceLock::new();
+    let config = match CONFIG.get() {
+        Some(config) => config.clone(),
+        None => {
+            let read = |var: &str| -> Result<Vec<u8>, String> {
+                let path = std::env::var_os(var)
+                    .ok_or_else(|| format!("https:// brokers need {var} (a PEM file)"))?;
+                std::fs::read(&path)
+                    .map_err(|e| format!("{var}={}: {e}", PathBuf::from(&path).display()))
+            };
+            let config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read("CORDON_TLS_CA")?))
+                .identity(Identity::from_pem(
+                    read("CORDON_TLS_CERT")?,
+                    read("CORDON_TLS_KEY")?,
+                ));
+            CONFIG.get_or_init(|| config).clone()
+        }
     };
-    let config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("CORDON_TLS_CA")?))
-        .identity(Identity::from_pem(
-            read("CORDON_TLS_CERT")?,
-            read("CORDON_TLS_KEY")?,
-        ));
     endpoint.tls_config(config).map_err(|e| error_chain(&e))
 }
 
