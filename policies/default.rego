@@ -134,7 +134,13 @@ shared_dirs := {
 	"/srv", "/opt", "/mnt", "/media", "/boot", "/proc", "/sys", "/dev", "/bin", "/sbin", "/lib", "/lib64",
 }
 
-system_trees := array.concat(["/proc/", "/sys/", "/dev/", "/etc/", "/boot/", "/run/"], exec_prefixes)
+system_trees := array.concat(
+	[
+		"/proc/", "/sys/", "/dev/", "/etc/", "/boot/", "/run/", "/lib/", "/lib64/", "/usr/lib64/",
+		"/usr/local/sbin/", "/usr/local/lib/",
+	],
+	exec_prefixes,
+)
 
 writable_dirs contains input.sandbox.tmpdir if not input.sandbox.tmpdir in {"", "/"}
 
@@ -167,7 +173,8 @@ builtin_allow if {
 
 # Credentials and secrets, wherever they live.
 secret_patterns := [
-	"/.ssh/", "/.aws/", "/.config/gcloud/", "/.azure/", "/.kube/", "/.docker/",
+	"/.ssh/", "/.aws/", "/.config/gcloud/", "/.azure/", "/.kube/", "/.docker/config.json/",
+	"/.docker/contexts/",
 	"/.gnupg/", "/.local/share/keyrings/", "/.netrc", "/.git-credentials", "/.pgpass",
 	# Package registries' and forges' tokens.
 	"/.npmrc/", "/.pypirc/", "/.cargo/credentials", "/.config/gh/hosts.yml/", "/.gem/credentials/",

@@ -106,7 +106,7 @@ test_etc_service_secrets_denied if {
 # Started in a directory shared by every user, or one of the system's, the
 # tool gets its temp dir only; a project under /usr is a workdir like any.
 test_shared_and_system_workdirs_are_not_writable if {
-	every dir in ["/tmp", "/var/tmp", "/home", "/var", "/proc", "/dev", "/etc", "/run/user/1000", "/usr/local/bin", "/usr/lib/x", "/proc/1"] {
+	every dir in ["/tmp", "/var/tmp", "/home", "/var", "/proc", "/dev", "/etc", "/run/user/1000", "/usr/local/bin", "/usr/lib/x", "/proc/1", "/usr/lib64", "/lib/x", "/usr/local/lib"] {
 		there := object.union(sandbox, {"workdir": dir})
 		not allowed(object.union(write(sprintf("%s/x", [dir])), {"sandbox": there}))
 		b := data.cordon.backstop with input as {"sandbox": there}
@@ -114,6 +114,14 @@ test_shared_and_system_workdirs_are_not_writable if {
 	}
 	project := object.union(sandbox, {"workdir": "/usr/src/app"})
 	allowed(object.union(write("/usr/src/app/out.txt"), {"sandbox": project}))
+}
+
+# A project's own .docker directory (Dockerfiles) is not Docker's credential
+# store; the client's config and TLS contexts are.
+test_a_projects_docker_directory_is_not_a_credential_store if {
+	allowed(read("/home/agent/job/.docker/php/Dockerfile"))
+	not allowed(read("/home/agent/job/.docker/config.json"))
+	not allowed(read("/home/agent/job/.docker/contexts/tls/x/key.pem"))
 }
 
 # A tool started in a home directory reads its dotfiles but cannot plant

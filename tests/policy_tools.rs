@@ -447,6 +447,24 @@ fn learn_refuses_an_output_directory_the_tool_wrote_into() {
         "{err}"
     );
     assert!(!learned.join("policy.rego").exists(), "{err}");
+    // A store inside the output would be such a file: refused before the run.
+    let out = cordon()
+        .current_dir(work.path())
+        .args([
+            "learn",
+            "--output",
+            "fresh",
+            "--audit-db",
+            "fresh/audit",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is inside --output"), "{err}");
+    assert!(!work.path().join("fresh").exists(), "{err}");
 }
 
 #[test]

@@ -1628,7 +1628,7 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
 
 /// A `listen` is decided on the address the socket has then. Another thread
 /// binding the same socket during that decision (on the other serving
-/// thread) used to move the listen to a port the policy refuses (19 to 30
+/// thread) used to move the listen to a port the policy refuses (14 to 30
 /// times in 2 s of this race); the two now take turns per socket. The
 /// policy: anything but `listen`, and `listen` only before a bind (port 0,
 /// an ephemeral port).

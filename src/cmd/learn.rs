@@ -160,6 +160,18 @@ impl Drop for MadeDirs {
 }
 
 fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
+    // The output must be empty after the run (`check_output`): a store there
+    // would be taken for a file the tool left.
+    if let Some(db) = &args.audit_db
+        && let (Ok(db), Ok(out)) = (std::path::absolute(db), std::path::absolute(&args.output))
+        && db.starts_with(&out)
+    {
+        return Err(super::usage(format!(
+            "--audit-db {} is inside --output {}: put the store elsewhere",
+            db.display(),
+            out.display()
+        )));
+    }
     let mut made_output = prepare_output(&args.output)?;
     let temp_db = match args.audit_db {
         Some(_) => None,
