@@ -230,6 +230,20 @@ test_every_credential_pattern_is_denied if {
 	}
 }
 
+# Every program directory is a system tree.
+test_system_trees_hold_the_exec_prefixes if {
+	every prefix in data.cordon.exec_prefixes {
+		prefix in data.cordon.system_trees
+	}
+}
+
+# The cheap test before the patterns' loop misses none of them.
+test_secret_roots_cover_every_pattern if {
+	every pattern in data.cordon.secret_patterns {
+		strings.any_prefix_match(split(pattern, "/")[1], data.cordon.secret_roots)
+	}
+}
+
 test_dotenv_denied if {
 	not allowed(read("/home/agent/job/.env.local"))
 	"/home/agent/job/.env.local is a .env file" in data.cordon.deny with input as read("/home/agent/job/.env.local")
