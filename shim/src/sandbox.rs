@@ -305,7 +305,7 @@ impl Sandbox {
             // in the user namespace `network_none` makes. Otherwise the tool
             // shares the host's (docs/threat-model.md).
             ipc_ns: self.network_none
-                || crate::process::Creds::of_thread().cap_eff & CAP_SYS_ADMIN != 0,
+                || sys::thread_effective_caps().is_ok_and(|caps| caps & CAP_SYS_ADMIN != 0),
             user: self.user,
             landlock: backstop.and_then(|b| b.ruleset.clone()).or(scope_only),
         }
