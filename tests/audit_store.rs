@@ -962,3 +962,23 @@ fn csv_labels_are_json_and_exit_records_carry_their_status() {
         assert_eq!(labels, serde_json::json!({"team": "a,b=c", "x": "y"}));
     }
 }
+
+/// `cordon run` makes its store, and the directories it makes above it,
+/// readable by their owner alone: the records hold every sandbox's paths,
+/// argv and labels (sled makes its files 0644 under the usual umask).
+#[test]
+fn the_directories_cordon_makes_for_its_store_are_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state/cordon/audit");
+    let (code, out, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for made in [
+        dir.path().join("state"),
+        dir.path().join("state/cordon"),
+        db,
+    ] {
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", made.display());
+    }
+}

@@ -172,8 +172,11 @@ pub fn open_audit(
 ) -> anyhow::Result<cordon_broker::audit::SledAudit> {
     use anyhow::Context;
     let db = db.cloned().unwrap_or_else(default_audit_db);
+    // Its owner's alone, as the store makes its own directory: the records
+    // hold every sandbox's paths, argv and labels.
     if let Some(parent) = db.parent() {
-        std::fs::create_dir_all(parent)
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     cordon_broker::audit::SledAudit::open(&db, durability).map_err(|e| {
