@@ -1036,8 +1036,11 @@ pub async fn serve_unix(
         |accepted| async move {
             // Out of fds: tonic accepts again at once, and the listener
             // stays readable, so a worker would spin until one is freed.
-            if let Err(e) = &accepted
-                && matches!(
+            // Any other error waits a little too: a burst of errors
+            // answered at once (a test's, with this stream) left the
+            // listener never polled again.
+            if let Err(e) = &accepted {
+                let resources = matches!(
                     e.raw_os_error(),
                     Some(
                         nix::libc::EMFILE
@@ -1045,10 +1048,14 @@ pub async fn serve_unix(
                             | nix::libc::ENOBUFS
                             | nix::libc::ENOMEM
                     )
-                )
-            {
-                tracing::warn!(error = %e, "cannot accept a connection; trying again in 100 ms");
-                tokio::time::sleep(ACCEPT_RETRY).await;
+                );
+                let wait = if resources {
+                    ACCEPT_RETRY
+                } else {
+                    Duration::from_millis(1)
+                };
+                tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "cannot accept a connection");
+                tokio::time::sleep(wait).await;
             }
             accepted.map(PeerStream::new)
         },
