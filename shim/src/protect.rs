@@ -11,7 +11,10 @@
 //! `truncate` by path are not brokered (docs/threat-model.md). What a protected directory holds is read when the supervisor
 //! starts, and read again, through an fd kept on the directory, when a
 //! regular file with more than one name turns up on its device (a hard
-//! link to a file made since). What was known stays known.
+//! link to a file made since) and a directory read has changed since (its
+//! change time: inotify would tell as exactly, but closing an instance with
+//! watches waits out an SRCU grace period, ~15 ms here, at every sandbox's
+//! end). What was known stays known.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,7 +25,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use nix::sys::stat::FileStat;
 
@@ -75,9 +77,8 @@ struct Entry {
     /// wherever it has been moved since.
     dir: Option<OwnedFd>,
     known: RwLock<Known>,
-    /// Held while checking for changes and reading again: the check
-    /// consumes the watch's events, so another thread must wait for the
-    /// read they lead to.
+    /// Held while checking for changes and reading again, so that two
+    /// threads that find a change read once.
     reading: Mutex<()>,
 }
 
@@ -85,14 +86,11 @@ struct Entry {
 #[derive(Debug, Default, Clone)]
 struct Known {
     files: HashMap<Id, Birth>,
-    /// The directories last read, with their change times then.
+    /// The directories last read, with their change times then: a name
+    /// added to one since changes its change time, to the clock's time then
+    /// (which the tool cannot set: the sandbox takes `CAP_SYS_TIME` away),
+    /// and [`SETTLE_SECONDS`] covers the clock's tick.
     dirs: Arc<Vec<ReadDir>>,
-    /// Watching every one of them for a new name (`IN_CREATE`,
-    /// `IN_MOVED_TO`), from before each was read: the kernel queues the
-    /// event within the call that adds the name, so an empty queue means
-    /// nothing was added. `None` (no inotify instance or watch left for
-    /// us): the change times and [`SETTLE_SECONDS`] tell.
-    watch: Option<Arc<Inotify>>,
     /// When they were read.
     at: i64,
     /// The last read stopped short (an unreadable directory, too many
@@ -107,14 +105,11 @@ struct Known {
 struct ReadDir {
     /// Relative to the top one.
     rel: PathBuf,
-    /// Without a watch, for the first [`KEPT_DIR_FDS`]: an `fstat` tells
-    /// whether it changed, where a path would be walked again.
+    /// For the first [`KEPT_DIR_FDS`]: an `fstat` tells whether it changed,
+    /// where a path would be walked again.
     fd: Option<OwnedFd>,
     ctime: (i64, i64),
 }
-
-/// Reads of a protected directory in a row while names are added to it.
-const READ_ATTEMPTS: usize = 3;
 
 /// Directory fds kept per protected directory.
 const KEPT_DIR_FDS: usize = 16;
@@ -310,7 +305,6 @@ impl Entry {
         // An inode seen again with another birth time is another file now.
         known.files.extend(fresh.files);
         known.dirs = fresh.dirs;
-        known.watch = fresh.watch;
         known.at = fresh.at;
         known.incomplete = fresh.incomplete;
         if known.files.len() > MAX_KNOWN {
@@ -320,37 +314,22 @@ impl Entry {
             known.full = true;
             known.incomplete = true;
             known.files.shrink_to_fit();
-            // Never read again: its watch and fds are of no more use.
-            known.watch = None;
+            // Never read again: its fds are of no more use.
             known.dirs = Arc::new(Vec::new());
         }
     }
 }
 
 impl Known {
-    /// Reads what `dir` holds, again while names were added during the read
-    /// (a directory moved, within it, to a name already listed would be
-    /// missed), [`READ_ATTEMPTS`] times at most: past that it is incomplete.
-    /// Without a watch nothing tells, and one read is taken.
-    fn read(&mut self, dir: &OwnedFd) {
-        for _ in 0..READ_ATTEMPTS {
-            self.read_once(dir);
-            match &self.watch {
-                Some(w) if !matches!(w.read_events(), Err(Errno::EAGAIN)) => {}
-                _ => return,
-            }
-        }
-        self.incomplete = true;
-    }
-
     /// Reads what `dir` holds, breadth first (one directory open at a
     /// time), up to [`MAX_INODES`] files and [`MAX_ENTRIES`] names, adding
-    /// to what is known.
-    fn read_once(&mut self, dir: &OwnedFd) {
+    /// to what is known. A name added during the read (a directory moved,
+    /// within it, to a name already listed) changes a directory after its
+    /// change time was taken: [`Known::changed`] then holds, and the next
+    /// file that needs it reads again.
+    fn read(&mut self, dir: &OwnedFd) {
         self.at = now_seconds();
         let mut dirs = Vec::new();
-        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
-        let mut watched = watch.is_some();
         let mut names = 0;
         let mut pending = std::collections::VecDeque::from([PathBuf::new()]);
         'read: while let Some(rel) = pending.pop_front() {
@@ -371,20 +350,16 @@ impl Known {
             };
             // The directory the fd is open on, whatever happens to its path.
             let path = fd_path(&sub);
-            if let Some(w) = &watch {
-                watched &= w
-                    .add_watch(&path, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
-                    .is_ok();
-            }
+            // The change time before the listing: a name added after it
+            // changes it.
             let (Ok(meta), Ok(entries)) = (std::fs::metadata(&path), std::fs::read_dir(&path))
             else {
                 self.incomplete = true;
                 continue;
             };
-            // Kept only where the change times will decide (no watch).
             dirs.push(ReadDir {
                 rel: rel.clone(),
-                fd: (!watched && dirs.len() < KEPT_DIR_FDS).then_some(sub),
+                fd: (dirs.len() < KEPT_DIR_FDS).then_some(sub),
                 ctime: (meta.ctime(), meta.ctime_nsec()),
             });
             for entry in entries {
@@ -410,16 +385,12 @@ impl Known {
             }
         }
         self.dirs = Arc::new(dirs);
-        self.watch = watch.filter(|_| watched).map(Arc::new);
     }
 
     /// Whether a name may have been added since the read (`dir`: the top
-    /// directory's fd). Consumes the watch's events: the caller reads again.
+    /// directory's fd).
     fn changed(&self, dir: &OwnedFd) -> bool {
-        match &self.watch {
-            Some(w) => !matches!(w.read_events(), Err(nix::errno::Errno::EAGAIN)),
-            None => !settled(dir, &self.dirs, self.at),
-        }
+        !settled(dir, &self.dirs, self.at)
     }
 }
 
@@ -721,28 +692,46 @@ mod tests {
     }
 
     #[test]
-    fn without_a_watch_an_unchanged_directory_is_settled() {
+    fn an_unchanged_directory_is_settled_and_a_name_added_unsettles_it() {
         let (_dir, store) = with_store();
         std::fs::create_dir(store.join("sub")).unwrap();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
         let entry = &protected.entries[0];
         let known = entry.read();
-        // Read with a watch: no fds kept, the change times are all there is
-        // (as when a watch could not be added part way).
-        assert!(known.dirs.iter().all(|d| d.fd.is_none()));
         let top = entry.dir.as_ref().unwrap();
+        // Both kept by fd, and past the clock's tick.
+        assert!(known.dirs.iter().all(|d| d.fd.is_some()));
         let later = known.at + SETTLE_SECONDS + 1;
         assert!(settled(top, &known.dirs, later));
+        // Changed lately when read: not settled until read again.
+        assert!(!settled(top, &known.dirs, known.at));
         std::fs::write(store.join("sub/new"), "").unwrap();
         assert!(!settled(top, &known.dirs, later));
     }
 
     #[test]
-    fn without_inotify_a_directory_changed_lately_is_read_again() {
+    fn a_directory_past_the_kept_fds_is_looked_at_by_its_path_beneath() {
+        let (_dir, store) = with_store();
+        for i in 0..=KEPT_DIR_FDS {
+            std::fs::create_dir(store.join(format!("d{i:02}"))).unwrap();
+        }
+        let protected = Protected::new(&[(store.clone(), Protection::All)]);
+        let entry = &protected.entries[0];
+        let known = entry.read();
+        let top = entry.dir.as_ref().unwrap();
+        let by_path = known.dirs.iter().filter(|d| d.fd.is_none()).count();
+        assert_eq!(by_path, known.dirs.len() - KEPT_DIR_FDS);
+        let last = known.dirs.last().unwrap().rel.clone();
+        let later = known.at + SETTLE_SECONDS + 1;
+        assert!(settled(top, &known.dirs, later));
+        std::fs::write(store.join(&last).join("new"), "").unwrap();
+        assert!(!settled(top, &known.dirs, later));
+    }
+
+    #[test]
+    fn a_directory_changed_lately_is_read_again() {
         let (dir, store) = with_store();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
-        // As where no inotify instance is left: the change times decide.
-        protected.entries[0].known.write().unwrap().watch = None;
         std::fs::write(store.join("late"), "").unwrap();
         std::fs::hard_link(store.join("late"), dir.path().join("late-link")).unwrap();
         let late = o_path(&dir.path().join("late-link"));

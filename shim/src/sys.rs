@@ -379,6 +379,29 @@ pub fn thread_effective_caps() -> io::Result<u64> {
     Ok(data[0] as u64 | (data[3] as u64) << 32)
 }
 
+/// Takes `CAP_SYS_TIME` out of the calling thread's effective, permitted
+/// and inheritable sets (and so its ambient set), which needs no privilege.
+/// With `no_new_privs` set before exec, an exec cannot give it back, not
+/// even to root: the kernel then bounds the new permitted set by the old.
+/// Async-signal-safe: two syscalls on stack memory.
+pub fn drop_clock_capability() -> io::Result<()> {
+    // linux/capability.h; the libc crate does not name capabilities.
+    const CAP_SYS_TIME: u32 = 25;
+    const BIT: u32 = 1 << CAP_SYS_TIME;
+    let mut data = thread_cap_data()?;
+    // Index 0, 1, 2: the low words of effective, permitted, inheritable.
+    for word in &mut data[..3] {
+        *word &= !BIT;
+    }
+    let mut header = [CAP_VERSION_3, 0];
+    // SAFETY: capset reads the header and the two structs in `data`; pid 0
+    // is this thread.
+    if unsafe { libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets the effective capability set of the calling thread only (raw
 /// `capget`/`capset` are per thread), keeping the permitted and inheritable
 /// sets so the previous set can be restored. What the permitted set lacks is
@@ -702,6 +725,7 @@ pub enum SetupStep {
     Network,
     Ipc,
     User,
+    Capabilities,
     Landlock,
     CloseRange,
     Filter,
@@ -711,7 +735,16 @@ impl SetupStep {
     pub fn from_code(code: i32) -> Option<Self> {
         use SetupStep::*;
         [
-            Session, Cgroup, Rlimit, Network, Ipc, User, Landlock, CloseRange, Filter,
+            Session,
+            Cgroup,
+            Rlimit,
+            Network,
+            Ipc,
+            User,
+            Capabilities,
+            Landlock,
+            CloseRange,
+            Filter,
         ]
         .into_iter()
         .find(|s| *s as i32 == code)
@@ -725,6 +758,7 @@ impl SetupStep {
             SetupStep::Network => "cannot make the network namespace",
             SetupStep::Ipc => "cannot make the IPC namespace",
             SetupStep::User => "cannot switch to --user",
+            SetupStep::Capabilities => "cannot give up the capability to set the clock",
             SetupStep::Landlock => "cannot apply the Landlock backstop",
             SetupStep::CloseRange => "cannot close cordon's file descriptors",
             SetupStep::Filter => "cannot install the seccomp filter",
@@ -797,6 +831,11 @@ fn apply_setup(setup: &ChildSetup, step: &mut SetupStep) -> io::Result<()> {
             cvt(libc::setuid(uid))?;
         }
     }
+    // The host's clock is out of the tool's reach, as it is of a tool
+    // without privilege: it is the audit records' time, and the change times
+    // `protect` relies on.
+    *step = SetupStep::Capabilities;
+    drop_clock_capability()?;
     *step = SetupStep::Landlock;
     if let Some(ruleset) = &setup.landlock {
         restrict_raw(ruleset.as_raw_fd())?;
