@@ -1,14 +1,17 @@
 //! The shim as a library, the way an agent runtime links it: an embedded
-//! broker, a sandbox spawned from a host process that has children of its own.
+//! broker, a sandbox spawned from a host process that has children of its own,
+//! an async host with a `cordon serve` as its broker.
 
 use std::{process::Command, sync::Arc, time::Duration};
+
+mod support;
 
 use cordon_broker::{
     Broker,
     audit::{Durability, SledAudit},
     policy::{PolicyEngine, PolicyOptions, PolicySource},
 };
-use cordon_shim::{Embedded, Sandbox};
+use cordon_shim::{Embedded, Remote, Sandbox};
 
 #[test]
 fn a_library_host_keeps_its_own_children_when_a_sandbox_ends() {
@@ -38,6 +41,92 @@ fn a_library_host_keeps_its_own_children_when_a_sandbox_ends() {
     );
     own.kill().unwrap();
     own.wait().unwrap();
+}
+
+/// An agent runtime is most often async: it connects, spawns and waits on a
+/// tokio runtime's thread, with a `cordon serve` as the broker. Spawning asks
+/// the broker for the backstop and records the start; waiting records the
+/// exit. Each blocked on the client's own runtime, which panics inside
+/// another (and so lost the exit record); both kinds of runtime here.
+#[test]
+fn an_async_host_spawns_and_waits_with_a_remote_broker() {
+    let mut serve = support::Serve::start("package cordon\nallow := true\n", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for multi_thread in [false, true] {
+        let runtime = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        .enable_all()
+        .build()
+        .unwrap();
+        let uri = serve.uri().parse().unwrap();
+        let (id, status) = runtime.block_on(async {
+            let broker = Remote::connect(&uri, Duration::from_secs(10)).unwrap();
+            let sandbox = Sandbox::new(Arc::new(broker)).workdir(dir.path());
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", "exit 3"]);
+            let status = sandbox.spawn(&mut cmd).unwrap().wait().unwrap();
+            (sandbox.id().to_owned(), status)
+        });
+        assert_eq!(status.code(), Some(3), "multi-thread: {multi_thread}");
+        ids.push(id);
+    }
+    serve.stop();
+    let out = support::cordon()
+        .args(["audit", "--format", "json", "--db"])
+        .arg(&serve.db)
+        .output()
+        .unwrap();
+    let records: Vec<serde_json::Value> = support::assert_ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for id in &ids {
+        let exits: Vec<_> = records
+            .iter()
+            .filter(|r| r["sandbox_id"] == id.as_str() && r["event"] == "sandbox_exited")
+            .collect();
+        assert_eq!(exits.len(), 1, "{id}: {records:?}");
+        assert_eq!(exits[0]["exit_status"], 3, "{:?}", exits[0]);
+    }
+}
+
+/// The same with the broker in process: spawned and waited on inside a
+/// runtime, the exit recorded in its store.
+#[test]
+fn an_async_host_spawns_and_waits_with_an_embedded_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("audit");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+        let audit = SledAudit::open(&store, Durability::Strict).unwrap();
+        let broker = Broker::new(Arc::new(policy), Arc::new(audit));
+        let sandbox = Sandbox::new(Arc::new(Embedded(broker))).workdir(dir.path());
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "exit 4"]);
+        sandbox.spawn(&mut cmd).unwrap().wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(4));
+    drop(runtime);
+    let out = support::cordon()
+        .args(["audit", "--format", "json", "--db"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let exits: Vec<serde_json::Value> = support::assert_ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "sandbox_exited")
+        .collect();
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0]["exit_status"], 4, "{:?}", exits[0]);
 }
 
 #[test]

@@ -36,6 +36,10 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("the broker refused the request: {0}")]
     Refused(String),
+    /// Called from inside an async runtime, where the wait needs a thread
+    /// of its own, and none could be started.
+    #[error("no thread to wait for the broker on: {0}")]
+    NoThread(String),
 }
 
 /// Something that decides requests and records sandbox lifecycle events.
@@ -127,7 +131,7 @@ pub struct Remote {
 /// One stream and the runtime that drives it; one call at a time.
 #[derive(Debug)]
 struct Lane {
-    runtime: tokio::runtime::Runtime,
+    runtime: LaneRuntime,
     conn: Mutex<Connection>,
 }
 
@@ -150,10 +154,55 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const FAIR_CONNECT_WAIT: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-fn current_thread_runtime(uri: &BrokerUri) -> Result<tokio::runtime::Runtime, ConnectError> {
+/// A lane's current-thread runtime, which runs only inside a call.
+#[derive(Debug)]
+struct LaneRuntime(Option<tokio::runtime::Runtime>);
+
+impl LaneRuntime {
+    /// Runs `f` to its end. A thread already in a tokio runtime (an async
+    /// library host calling `Remote::connect`, `Sandbox::spawn` or
+    /// `Sandboxed::wait`, which ask the broker for the backstop and record
+    /// lifecycle events) may not block on another, so there `f` runs on a
+    /// thread started for it.
+    fn block_on<F>(&self, f: F) -> std::io::Result<F::Output>
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        // Some from `current_thread_runtime` until dropped.
+        let Some(runtime) = &self.0 else {
+            return Err(std::io::Error::other("the lane's runtime is shut down"));
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Ok(runtime.block_on(f));
+        }
+        std::thread::scope(|scope| {
+            let waiter = std::thread::Builder::new()
+                .name("cordon-broker-wait".into())
+                .spawn_scoped(scope, || runtime.block_on(f))?;
+            Ok(waiter
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        })
+    }
+}
+
+impl Drop for LaneRuntime {
+    /// In the background: inside another runtime (an async host dropping
+    /// its sandbox) a runtime may not block to shut down, and nothing of
+    /// this one runs between calls to wait for.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn current_thread_runtime(uri: &BrokerUri) -> Result<LaneRuntime, ConnectError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+        .map(|runtime| LaneRuntime(Some(runtime)))
         .map_err(|e| ConnectError::Connect {
             uri: uri.to_string(),
             message: e.to_string(),
@@ -174,7 +223,11 @@ impl Remote {
             // never answers (stopped, deadlocked) must not hang the start.
             let stream = if i == 0 {
                 let opened = runtime
-                    .block_on(async { tokio::time::timeout(deadline, open_stream(uri)).await });
+                    .block_on(async { tokio::time::timeout(deadline, open_stream(uri)).await })
+                    .map_err(|e| ConnectError::Connect {
+                        uri: uri.to_string(),
+                        message: format!("no thread to wait for the broker on: {e}"),
+                    })?;
                 Some(opened.map_err(|_| ConnectError::Connect {
                     uri: uri.to_string(),
                     message: format!("no answer within {deadline:?}"),
@@ -319,7 +372,7 @@ impl Lane {
             .runtime
             .block_on(async { tokio::time::timeout(deadline, open_stream(uri)).await })
         {
-            Ok(Ok(stream)) => {
+            Ok(Ok(Ok(stream))) => {
                 tracing::info!("broker stream opened");
                 conn.stream = Some(stream);
                 conn.used_at = Instant::now();
@@ -329,7 +382,13 @@ impl Lane {
             // The call's time ran out, too little was left to judge the
             // broker (the wait for a lane used it): no backoff, which would
             // deny the next calls of a healthy broker.
-            Err(_) if deadline < FAIR_CONNECT_WAIT => false,
+            Ok(Err(_)) if deadline < FAIR_CONNECT_WAIT => false,
+            // No thread to wait on: this call is denied, the broker is not
+            // at fault.
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread to wait for the broker on");
+                false
+            }
             _ => {
                 conn.retry_at = Instant::now() + conn.backoff;
                 conn.backoff = (conn.backoff * 2).min(MAX_BACKOFF);
@@ -382,8 +441,9 @@ impl Lane {
             .runtime
             .block_on(async { tokio::time::timeout(deadline, exchange).await })
         {
-            Ok(r) => r,
-            Err(_) => Err(ClientError::Timeout(deadline)),
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ClientError::Timeout(deadline)),
+            Err(e) => Err(ClientError::NoThread(e.to_string())),
         };
         conn.used_at = Instant::now();
         match &result {
