@@ -2540,6 +2540,41 @@ fn a_broker_that_never_answers_is_exit_125_within_the_deadline() {
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
+/// A broker that is there but does not decide the command's own exec in
+/// time (its policy takes seconds over execs): cordon's failure, exit 125
+/// as the contract says, not the 126 of an exec the policy refused.
+#[test]
+fn a_first_exec_denied_without_a_decision_is_exit_125() {
+    let env = Env::new(&[]);
+    let slow_execs = "package cordon\nimport rego.v1\n\
+        allow if input.kind != \"exec\"\n\
+        allow if {\n  input.kind == \"exec\"\n  count([x | some x in numbers.range(1, 1500000); x % 3 == 0]) > 0\n}\n";
+    let serve = support::Serve::start(slow_execs, &[]);
+    let out = cordon()
+        .args(["run", "--broker", &serve.uri(), "--deadline", "300ms"])
+        .args(["--", "/bin/true"])
+        .current_dir(&env.work)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("its exec was denied without a decision"),
+        "{stderr}"
+    );
+    // A refused exec stays the command's failure.
+    let refused = "package cordon\nimport rego.v1\nallow if input.kind != \"exec\"\n";
+    let serve = support::Serve::start(refused, &[]);
+    let out = cordon()
+        .args(["run", "--broker", &serve.uri(), "--", "/bin/true"])
+        .current_dir(&env.work)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+}
+
 /// A tool that tries to read a file every 50 ms and logs each outcome. Once
 /// `quiet` exists it says so and makes no more brokered calls (`lstat` is
 /// not one) but one read when `probe` exists, and exits when `stop` exists.

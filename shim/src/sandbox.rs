@@ -55,6 +55,14 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The command's exec was denied without a decision (the broker lost or
+    /// too slow, its record refused): cordon's failure, not the command's.
+    #[error("cannot run {program}: its exec was denied without a decision (see the warning above)")]
+    Undecided {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the supervisor could not take over the filter: {0}")]
     Supervisor(io::Error),
     #[error("the sandbox start could not be recorded: {0}")]
@@ -409,13 +417,20 @@ impl Sandbox {
             Ok(c) => c,
             Err(source) => {
                 // Wait for the supervisor thread to read the child's report:
-                // a setup step that failed is cordon's failure, not the exec's.
-                let _ = ready_rx.recv();
+                // a setup step that failed is cordon's failure, not the exec's,
+                // and so is an exec denied without a decision (the only call
+                // the supervisor has had: it counts it before it answers).
+                let ready = ready_rx.recv();
+                let undecided = matches!(&ready, Ok(Ok((sup, _))) if sup.counters().undecided > 0);
                 let failed = *setup_failed.lock().unwrap_or_else(|p| p.into_inner());
                 return Err(match failed {
                     Some((step, errno)) => SpawnError::Setup {
                         step: step.describe(),
                         source: io::Error::from_raw_os_error(errno),
+                    },
+                    None if undecided => SpawnError::Undecided {
+                        program: program_name,
+                        source,
                     },
                     None => SpawnError::Exec {
                         program: program_name,
