@@ -1550,9 +1550,10 @@ fn forbidden_calls_are_counted_in_the_exit_record_in_bounded_kinds() {
 /// Privileged calls that reach files or hardware past the broker, each made
 /// natively and under cordon as root: a fanotify group (handed an fd of every
 /// file opened on a file system), device nodes (a block device for the disk,
-/// made where the policy allows opens), port I/O, swap, rebooting. Natively
-/// each gets past the permission check (done, or refused later for its
-/// arguments); under cordon each is `EPERM`, while a FIFO is still made.
+/// made where the policy allows opens), port I/O, swap, rebooting, setting
+/// the clock (the child gives up `CAP_SYS_TIME`). Natively each gets past
+/// the permission check (done, or refused later for its arguments); under
+/// cordon each is `EPERM`, while a FIFO is still made.
 const PRIVILEGED_CASES: &str = r#"
 import ctypes, os, stat
 libc = ctypes.CDLL(None, use_errno=True)
@@ -1573,13 +1574,9 @@ node('fifo', stat.S_IFIFO)
 call('iopl', 172, 0)
 call('swapoff', 168, b'/nonexistent-swap')
 call('reboot', 169, 0, 0, 0, 0)
-# The clock: its status written back as it is (struct timex: modes at 0,
-# status at 40; ADJ_STATUS 0x10), which changes nothing but needs
+# The clock: settimeofday(NULL, NULL) sets nothing, but is refused without
 # CAP_SYS_TIME.
-timex = ctypes.create_string_buffer(256)
-libc.adjtimex(timex)
-ctypes.c_uint.from_buffer(timex, 0).value = 0x10
-call('adjtimex-status', 159, timex)
+call('settimeofday', 164, None, None)
 "#;
 
 #[test]
@@ -2474,9 +2471,10 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
 /// As an unprivileged user (supervisor and tool both `nobody`): the store
 /// is out of reach through a hard link too, and a store the supervisor can
 /// no longer read whole (the tool made a directory of it unreadable with
-/// `chmod`, which is not brokered: a change, so the store is read again)
-/// refuses every file with other names on its device, the tool's own
-/// included, rather than let one of the store's through.
+/// `chmod`, which is not brokered; the store, opened just now, is within
+/// two seconds of a change and read again for each such file) refuses
+/// every file with other names on its device, the tool's own included,
+/// rather than let one of the store's through.
 #[test]
 fn an_unreadable_store_refuses_files_with_other_names_as_nobody() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();

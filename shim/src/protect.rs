@@ -77,8 +77,9 @@ struct Entry {
     /// wherever it has been moved since.
     dir: Option<OwnedFd>,
     known: RwLock<Known>,
-    /// Held while checking for changes and reading again, so that two
-    /// threads that find a change read once.
+    /// Held while checking for changes and reading again: one read at a
+    /// time (a second thread that found a change reads again after it only
+    /// if the directory is still not settled).
     reading: Mutex<()>,
 }
 
@@ -91,6 +92,10 @@ struct Known {
     /// (which the tool cannot set: the sandbox takes `CAP_SYS_TIME` away),
     /// and [`SETTLE_SECONDS`] covers the clock's tick.
     dirs: Arc<Vec<ReadDir>>,
+    /// The file system's change times cannot be trusted (FUSE: sshfs
+    /// reports the modification time, which `utimensat` sets back): every
+    /// check counts as a change.
+    untrusted_times: bool,
     /// When they were read.
     at: i64,
     /// The last read stopped short (an unreadable directory, too many
@@ -108,8 +113,14 @@ struct ReadDir {
     /// For the first [`KEPT_DIR_FDS`]: an `fstat` tells whether it changed,
     /// where a path would be walked again.
     fd: Option<OwnedFd>,
+    /// Device and inode: a directory reached by its path again must be the
+    /// one read (not another moved in its place, as old).
+    id: Id,
     ctime: (i64, i64),
 }
+
+/// Reads of a protected directory in a row while it changes during each.
+const READ_ATTEMPTS: usize = 3;
 
 /// Directory fds kept per protected directory.
 const KEPT_DIR_FDS: usize = 16;
@@ -156,6 +167,7 @@ impl Protected {
                 // with other names on its device are refused.
                 known.incomplete = scanned && dir.is_none();
                 if let Some(dir) = &dir {
+                    known.untrusted_times = untrusted_times(dir);
                     known.read(dir);
                 }
                 Entry {
@@ -299,7 +311,10 @@ impl Entry {
         if !again {
             return;
         }
-        let mut fresh = Known::default();
+        let mut fresh = Known {
+            untrusted_times: self.read().untrusted_times,
+            ..Known::default()
+        };
         fresh.read(dir);
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
         // An inode seen again with another birth time is another file now.
@@ -321,13 +336,28 @@ impl Entry {
 }
 
 impl Known {
-    /// Reads what `dir` holds, breadth first (one directory open at a
-    /// time), up to [`MAX_INODES`] files and [`MAX_ENTRIES`] names, adding
-    /// to what is known. A name added during the read (a directory moved,
-    /// within it, to a name already listed) changes a directory after its
-    /// change time was taken: [`Known::changed`] then holds, and the next
-    /// file that needs it reads again.
+    /// Reads what `dir` holds, again while a directory changed during the
+    /// read (a name moved, within it, to a directory already listed would
+    /// be missed), [`READ_ATTEMPTS`] times at most: past that it is
+    /// incomplete. A change in the same tick of the file system's clock as
+    /// the change time taken leaves it as it was: on kernels before 6.13
+    /// (multigrain timestamps), or file systems without them, such a change
+    /// during the read is not seen; the directory is not settled then, and
+    /// the next file that needs it reads again.
     fn read(&mut self, dir: &OwnedFd) {
+        for _ in 0..READ_ATTEMPTS {
+            self.read_once(dir);
+            if self.untrusted_times || unchanged(dir, &self.dirs) {
+                return;
+            }
+        }
+        self.incomplete = true;
+    }
+
+    /// One read of what `dir` holds, breadth first (one directory open at
+    /// a time), up to [`MAX_INODES`] files and [`MAX_ENTRIES`] names, adding
+    /// to what is known.
+    fn read_once(&mut self, dir: &OwnedFd) {
         self.at = now_seconds();
         let mut dirs = Vec::new();
         let mut names = 0;
@@ -360,6 +390,7 @@ impl Known {
             dirs.push(ReadDir {
                 rel: rel.clone(),
                 fd: (dirs.len() < KEPT_DIR_FDS).then_some(sub),
+                id: (meta.dev(), meta.ino()),
                 ctime: (meta.ctime(), meta.ctime_nsec()),
             });
             for entry in entries {
@@ -390,23 +421,36 @@ impl Known {
     /// Whether a name may have been added since the read (`dir`: the top
     /// directory's fd).
     fn changed(&self, dir: &OwnedFd) -> bool {
-        !settled(dir, &self.dirs, self.at)
+        self.untrusted_times || !settled(dir, &self.dirs, self.at)
     }
 }
 
 /// Whether nothing can have been added under `dir` since `at`: no
 /// directory read then has changed since, nor had changed shortly before.
 fn settled(dir: &OwnedFd, dirs: &[ReadDir], at: i64) -> bool {
-    let unchanged = |fd: &OwnedFd, ctime: (i64, i64)| {
-        nix::sys::stat::fstat(fd).is_ok_and(|st| (st.st_ctime, st.st_ctime_nsec) == ctime)
+    dirs.iter().all(|d| d.ctime.0 < at - SETTLE_SECONDS) && unchanged(dir, dirs)
+}
+
+/// Whether the change times of the file system `dir` is on cannot be
+/// trusted to tell a change (unknown: they cannot).
+fn untrusted_times(dir: &OwnedFd) -> bool {
+    nix::sys::statfs::fstatfs(dir).map_or(true, |fs| {
+        fs.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC
+    })
+}
+
+/// Whether every directory read is still the one read (device and inode),
+/// with the change time it had then.
+fn unchanged(dir: &OwnedFd, dirs: &[ReadDir]) -> bool {
+    let same = |fd: &OwnedFd, d: &ReadDir| {
+        nix::sys::stat::fstat(fd).is_ok_and(|st| {
+            (st.st_dev, st.st_ino) == d.id && (st.st_ctime, st.st_ctime_nsec) == d.ctime
+        })
     };
-    dirs.iter().all(|d| {
-        d.ctime.0 < at - SETTLE_SECONDS
-            && match &d.fd {
-                Some(fd) => unchanged(fd, d.ctime),
-                // Not through a symlink put in its place: that is a change.
-                None => open_beneath(dir, &d.rel).is_ok_and(|fd| unchanged(&fd, d.ctime)),
-            }
+    dirs.iter().all(|d| match &d.fd {
+        Some(fd) => same(fd, d),
+        // Not through a symlink put in its place: that is a change.
+        None => open_beneath(dir, &d.rel).is_ok_and(|fd| same(&fd, d)),
     })
 }
 
@@ -705,6 +749,7 @@ mod tests {
         assert!(settled(top, &known.dirs, later));
         // Changed lately when read: not settled until read again.
         assert!(!settled(top, &known.dirs, known.at));
+        past_a_tick();
         std::fs::write(store.join("sub/new"), "").unwrap();
         assert!(!settled(top, &known.dirs, later));
     }
@@ -724,8 +769,38 @@ mod tests {
         let last = known.dirs.last().unwrap().rel.clone();
         let later = known.at + SETTLE_SECONDS + 1;
         assert!(settled(top, &known.dirs, later));
+        past_a_tick();
         std::fs::write(store.join(&last).join("new"), "").unwrap();
         assert!(!settled(top, &known.dirs, later));
+    }
+
+    /// A change made within the same tick of the file system's clock as
+    /// the one read can leave the change time as it was (before Linux 6.13,
+    /// or without multigrain timestamps): past it, a change shows.
+    fn past_a_tick() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_directory_reached_by_its_path_must_be_the_one_read() {
+        let (_dir, store) = with_store();
+        std::fs::create_dir(store.join("a")).unwrap();
+        std::fs::create_dir(store.join("b")).unwrap();
+        let protected = Protected::new(&[(store.clone(), Protection::All)]);
+        let entry = &protected.entries[0];
+        let top = entry.dir.as_ref().unwrap();
+        let b = std::fs::metadata(store.join("b")).unwrap();
+        let a = std::fs::metadata(store.join("a")).unwrap();
+        let record = |id: Id| ReadDir {
+            rel: PathBuf::from("b"),
+            fd: None,
+            id,
+            ctime: (b.ctime(), b.ctime_nsec()),
+        };
+        assert!(unchanged(top, &[record((b.dev(), b.ino()))]));
+        // The change time of "b", but another directory's identity: as if
+        // "a", changed in the same tick, had been moved in its place.
+        assert!(!unchanged(top, &[record((a.dev(), a.ino()))]));
     }
 
     #[test]

@@ -379,19 +379,26 @@ pub fn thread_effective_caps() -> io::Result<u64> {
     Ok(data[0] as u64 | (data[3] as u64) << 32)
 }
 
+/// `CAP_SYS_TIME` (25, linux/capability.h; the libc crate does not name
+/// capabilities), as a bit of a capability set.
+pub const CLOCK_CAPABILITY: u64 = 1 << 25;
+
 /// Takes `CAP_SYS_TIME` out of the calling thread's effective, permitted
 /// and inheritable sets (and so its ambient set), which needs no privilege.
 /// With `no_new_privs` set before exec, an exec cannot give it back, not
 /// even to root: the kernel then bounds the new permitted set by the old.
 /// Async-signal-safe: two syscalls on stack memory.
 pub fn drop_clock_capability() -> io::Result<()> {
-    // linux/capability.h; the libc crate does not name capabilities.
-    const CAP_SYS_TIME: u32 = 25;
-    const BIT: u32 = 1 << CAP_SYS_TIME;
+    let bit = CLOCK_CAPABILITY as u32;
     let mut data = thread_cap_data()?;
     // Index 0, 1, 2: the low words of effective, permitted, inheritable.
+    // Not held (a tool without privilege): no `capset`, which a confined
+    // domain (SELinux `setcap`) may be refused even to lower.
+    if data[..3].iter().all(|word| word & bit == 0) {
+        return Ok(());
+    }
     for word in &mut data[..3] {
-        *word &= !BIT;
+        *word &= !bit;
     }
     let mut header = [CAP_VERSION_3, 0];
     // SAFETY: capset reads the header and the two structs in `data`; pid 0
@@ -896,7 +903,7 @@ pub fn prepare_child(
     };
     // SAFETY: the hook only makes async-signal-safe syscalls (setsid, open,
     // write, close, setrlimit, unshare, socket, ioctl, setgroups, setgid,
-    // setuid, prctl, landlock_restrict_self, close_range) on data built
+    // setuid, capget, capset, prctl, landlock_restrict_self, close_range) on data built
     // before fork, and allocates nothing.
     unsafe {
         cmd.pre_exec(hook);
