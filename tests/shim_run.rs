@@ -2471,8 +2471,8 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
 /// As an unprivileged user (supervisor and tool both `nobody`): the store
 /// is out of reach through a hard link too, and a store the supervisor can
 /// no longer read whole (the tool made a directory of it unreadable with
-/// `chmod`, which is not brokered; the store, opened just now, is within
-/// two seconds of a change and read again for each such file) refuses
+/// `chmod`, which is not brokered and changes it, so it is read again)
+/// refuses
 /// every file with other names on its device, the tool's own included,
 /// rather than let one of the store's through.
 #[test]

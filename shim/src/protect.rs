@@ -58,8 +58,27 @@ const MAX_ENTRIES: usize = 8 * MAX_INODES;
 /// device is refused for the sandbox's life.
 const MAX_KNOWN: usize = 16 * MAX_INODES;
 /// A directory changed less than this before it was read may change again
-/// within the same tick of the file system's clock, unseen: it is read again.
-const SETTLE_SECONDS: i64 = 2;
+/// within the same tick of the file system's clock, unseen: it is read
+/// again. Two seconds where its change time has no fraction of a second (a
+/// file system that keeps whole seconds, or FAT's two); a tenth of one
+/// where it has, in nanoseconds (ext4, tmpfs, xfs, btrfs: the kernel's
+/// coarse clock, a few milliseconds behind at most).
+const SETTLE_NS: i128 = 2_000_000_000;
+const SETTLE_FINE_NS: i128 = 100_000_000;
+
+/// How long before a read a directory's change time must be, for a later
+/// change to show as another one.
+fn settle_ns(ctime: (i64, i64)) -> i128 {
+    if ctime.1 == 0 {
+        SETTLE_NS
+    } else {
+        SETTLE_FINE_NS
+    }
+}
+
+fn ns(ctime: (i64, i64)) -> i128 {
+    i128::from(ctime.0) * 1_000_000_000 + i128::from(ctime.1)
+}
 
 /// A file's identity: device and inode (kept with its birth time where the
 /// file system keeps one: an inode number is reused once its file is gone).
@@ -90,14 +109,14 @@ struct Known {
     /// The directories last read, with their change times then: a name
     /// added to one since changes its change time, to the clock's time then
     /// (which the tool cannot set: the sandbox takes `CAP_SYS_TIME` away),
-    /// and [`SETTLE_SECONDS`] covers the clock's tick.
+    /// and [`settle_ns`] covers the clock's tick.
     dirs: Arc<Vec<ReadDir>>,
     /// The file system's change times cannot be trusted (FUSE: sshfs
     /// reports the modification time, which `utimensat` sets back): every
     /// check counts as a change.
     untrusted_times: bool,
     /// When they were read.
-    at: i64,
+    at: i128,
     /// The last read stopped short (an unreadable directory, too many
     /// files): what it missed is unknown.
     incomplete: bool,
@@ -304,7 +323,7 @@ impl Entry {
         // A read that stopped short is tried again, once a second at most:
         // meanwhile what it missed is refused.
         let again = if incomplete {
-            now_seconds() > at
+            now_ns() > at + 1_000_000_000
         } else {
             changed
         };
@@ -358,7 +377,7 @@ impl Known {
     /// a time), up to [`MAX_INODES`] files and [`MAX_ENTRIES`] names, adding
     /// to what is known.
     fn read_once(&mut self, dir: &OwnedFd) {
-        self.at = now_seconds();
+        self.at = now_ns();
         let mut dirs = Vec::new();
         let mut names = 0;
         let mut pending = std::collections::VecDeque::from([PathBuf::new()]);
@@ -427,8 +446,8 @@ impl Known {
 
 /// Whether nothing can have been added under `dir` since `at`: no
 /// directory read then has changed since, nor had changed shortly before.
-fn settled(dir: &OwnedFd, dirs: &[ReadDir], at: i64) -> bool {
-    dirs.iter().all(|d| d.ctime.0 < at - SETTLE_SECONDS) && unchanged(dir, dirs)
+fn settled(dir: &OwnedFd, dirs: &[ReadDir], at: i128) -> bool {
+    dirs.iter().all(|d| ns(d.ctime) < at - settle_ns(d.ctime)) && unchanged(dir, dirs)
 }
 
 /// Whether the change times of the file system `dir` is on cannot be
@@ -479,10 +498,12 @@ fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/thread-self/fd/{}", fd.as_raw_fd()))
 }
 
-fn now_seconds() -> i64 {
+/// The clock's time, in nanoseconds since the epoch (before it: 0, which
+/// settles nothing).
+fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| d.as_nanos() as i128)
 }
 
 /// `path` made absolute and free of symlinks as far as it exists (the
@@ -745,7 +766,7 @@ mod tests {
         let top = entry.dir.as_ref().unwrap();
         // Both kept by fd, and past the clock's tick.
         assert!(known.dirs.iter().all(|d| d.fd.is_some()));
-        let later = known.at + SETTLE_SECONDS + 1;
+        let later = known.at + SETTLE_NS + 1;
         assert!(settled(top, &known.dirs, later));
         // Changed lately when read: not settled until read again.
         assert!(!settled(top, &known.dirs, known.at));
@@ -767,11 +788,29 @@ mod tests {
         let by_path = known.dirs.iter().filter(|d| d.fd.is_none()).count();
         assert_eq!(by_path, known.dirs.len() - KEPT_DIR_FDS);
         let last = known.dirs.last().unwrap().rel.clone();
-        let later = known.at + SETTLE_SECONDS + 1;
+        let later = known.at + SETTLE_NS + 1;
         assert!(settled(top, &known.dirs, later));
         past_a_tick();
         std::fs::write(store.join(&last).join("new"), "").unwrap();
         assert!(!settled(top, &known.dirs, later));
+    }
+
+    #[test]
+    fn a_change_time_in_nanoseconds_settles_sooner_than_one_in_seconds() {
+        let (_dir, store) = with_store();
+        let protected = Protected::new(&[(store.clone(), Protection::All)]);
+        let entry = &protected.entries[0];
+        let known = entry.read();
+        let top = entry.dir.as_ref().unwrap();
+        let newest = known.dirs.iter().map(|d| ns(d.ctime)).max().unwrap();
+        if known.dirs.iter().any(|d| d.ctime.1 == 0) {
+            eprintln!("skipped: a change time in whole seconds");
+            return;
+        }
+        assert!(!settled(top, &known.dirs, newest + SETTLE_FINE_NS));
+        assert!(settled(top, &known.dirs, newest + SETTLE_FINE_NS + 1));
+        assert_eq!(settle_ns((1_700_000_000, 0)), SETTLE_NS);
+        assert_eq!(settle_ns((1_700_000_000, 1)), SETTLE_FINE_NS);
     }
 
     /// A change made within the same tick of the file system's clock as
