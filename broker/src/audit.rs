@@ -1012,6 +1012,15 @@ impl Inner {
     fn verify(&self, check_index: bool) -> Result<VerifyReport, AuditError> {
         let inner = self;
         inner.drain()?;
+        // What was durable before the head is read: a flush writes the head
+        // before it counts its records durable, so a head missing then is a
+        // problem only if one had been counted (read after the walk, a flush
+        // finished meanwhile would blame a head read before it).
+        let durable = inner
+            .flush
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .durable_seq;
         // The head first: it only ever names stored records, so on a live
         // store the walk below reaches it even if newer ones arrive meanwhile.
         let raw_head = inner.meta.get(HEAD_KEY)?;
@@ -1143,11 +1152,6 @@ impl Inner {
         // each flush writing a head), and no head that names one: nothing
         // tells whether newer records were removed. Records a live writer
         // stored but has not flushed yet have none until it does.
-        let durable = inner
-            .flush
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .durable_seq;
         if checked > 0 && durable > 0 {
             let problem = match (&raw_head, &head) {
                 (None, _) => Some(
