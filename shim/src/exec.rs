@@ -18,7 +18,11 @@
 
 use std::{
     os::unix::fs::MetadataExt,
-    sync::{Arc, mpsc},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::Duration,
 };
 
@@ -90,6 +94,9 @@ pub struct ExecVerifier {
     jobs: mpsc::Sender<Job>,
     /// To answer a notification the verifier thread never got.
     listener: Arc<Listener>,
+    /// Execs refused because they could not be verified, counted before
+    /// the answer: a spawn whose first exec fails reads it at once.
+    refusals: Arc<AtomicU64>,
 }
 
 impl ExecVerifier {
@@ -98,15 +105,26 @@ impl ExecVerifier {
     pub fn start(listener: Arc<Listener>, main_pid: i32) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let thread_listener = listener.clone();
+        let refusals = Arc::new(AtomicU64::new(0));
+        let thread_refusals = refusals.clone();
         std::thread::Builder::new()
             .name("cordon-exec".into())
             .spawn(move || {
                 for job in rx {
-                    let outcome = verify(&thread_listener, &job, main_pid);
+                    let outcome = verify(&thread_listener, &job, main_pid, &thread_refusals);
                     let _ = job.done.send(outcome);
                 }
             })?;
-        Ok(Self { jobs, listener })
+        Ok(Self {
+            jobs,
+            listener,
+            refusals,
+        })
+    }
+
+    /// How many execs were refused for want of a verification.
+    pub fn refusals(&self) -> u64 {
+        self.refusals.load(Ordering::SeqCst)
     }
 
     /// Lets the exec proceed under verification and returns how it ended.
@@ -131,22 +149,25 @@ impl ExecVerifier {
             done,
         };
         if self.jobs.send(job).is_err() {
+            self.refusals.fetch_add(1, Ordering::SeqCst);
             let _ = self.listener.fail(id, libc::EACCES);
             return Outcome::Refused("the exec verifier is not running".into());
         }
         rx.recv().unwrap_or_else(|_| {
             // The verifier died with the job: whether it answered is unknown;
             // a second answer to an answered id is refused by the kernel.
+            self.refusals.fetch_add(1, Ordering::SeqCst);
             let _ = self.listener.fail(id, libc::EACCES);
             Outcome::Refused("the exec verifier stopped".into())
         })
     }
 }
 
-fn verify(listener: &Listener, job: &Job, main_pid: i32) -> Outcome {
+fn verify(listener: &Listener, job: &Job, main_pid: i32, refusals: &AtomicU64) -> Outcome {
     let tid = Pid::from_raw(job.tid);
     let opts = ptrace::Options::PTRACE_O_TRACEEXEC | ptrace::Options::PTRACE_O_EXITKILL;
     if let Err(e) = ptrace::seize(tid, opts) {
+        refusals.fetch_add(1, Ordering::SeqCst);
         let _ = listener.fail(job.id, libc::EACCES);
         return Outcome::Refused(format!("cannot attach to verify the exec: {e}"));
     }

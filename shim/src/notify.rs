@@ -395,6 +395,12 @@ impl Supervisor {
         }
     }
 
+    /// Execs refused because they could not be verified (counted in
+    /// [`Counters::undecided`] too, but only after the answer).
+    pub fn exec_refusals(&self) -> u64 {
+        self.exec.refusals()
+    }
+
     pub fn counters(&self) -> Counters {
         self.counters.lock().expect("counters lock").clone()
     }

@@ -450,11 +450,26 @@ fn settled(dir: &OwnedFd, dirs: &[ReadDir], at: i128) -> bool {
     dirs.iter().all(|d| ns(d.ctime) < at - settle_ns(d.ctime)) && unchanged(dir, dirs)
 }
 
+/// File systems whose change times cannot tell a change here (statfs
+/// magic numbers, linux/magic.h): FUSE's are what its server says (sshfs:
+/// the modification time, which `utimensat` sets back); a network file
+/// system's come from the server's clock and may be cached, while the
+/// settle time is read from ours. FUSE, NFS, SMB, SMB2, CIFS, 9p, Ceph.
+const UNTRUSTED_TIMES: &[u64] = &[
+    0x6573_5546,
+    0x6969,
+    0x517b,
+    0xfe53_4d42,
+    0xff53_4d42,
+    0x0102_1997,
+    0x00c3_6400,
+];
+
 /// Whether the change times of the file system `dir` is on cannot be
 /// trusted to tell a change (unknown: they cannot).
 fn untrusted_times(dir: &OwnedFd) -> bool {
     nix::sys::statfs::fstatfs(dir).map_or(true, |fs| {
-        fs.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC
+        UNTRUSTED_TIMES.contains(&(fs.filesystem_type().0 as u64))
     })
 }
 
@@ -769,7 +784,8 @@ mod tests {
         let later = known.at + SETTLE_NS + 1;
         assert!(settled(top, &known.dirs, later));
         // Changed lately when read: not settled until read again.
-        assert!(!settled(top, &known.dirs, known.at));
+        let newest = known.dirs.iter().map(|d| ns(d.ctime)).max().unwrap();
+        assert!(!settled(top, &known.dirs, newest + SETTLE_FINE_NS));
         past_a_tick();
         std::fs::write(store.join("sub/new"), "").unwrap();
         assert!(!settled(top, &known.dirs, later));
@@ -793,6 +809,16 @@ mod tests {
         past_a_tick();
         std::fs::write(store.join(&last).join("new"), "").unwrap();
         assert!(!settled(top, &known.dirs, later));
+    }
+
+    #[test]
+    fn change_times_on_local_file_systems_are_trusted() {
+        let (_dir, store) = with_store();
+        let dir = OwnedFd::from(std::fs::File::open(&store).unwrap());
+        // /tmp: ext4 or tmpfs here.
+        assert!(!untrusted_times(&dir));
+        assert!(UNTRUSTED_TIMES.contains(&(nix::sys::statfs::FUSE_SUPER_MAGIC.0 as u64)));
+        assert!(UNTRUSTED_TIMES.contains(&(nix::sys::statfs::NFS_SUPER_MAGIC.0 as u64)));
     }
 
     #[test]

@@ -56,8 +56,9 @@ pub enum SpawnError {
         source: io::Error,
     },
     /// The command's exec was denied without a decision (the broker lost or
-    /// too slow, its record refused): cordon's failure, not the command's.
-    #[error("cannot run {program}: its exec was denied without a decision (see the warning above)")]
+    /// too slow) or without a verification (no ptrace): cordon's failure,
+    /// not the command's.
+    #[error("cannot run {program}: its exec was denied without a decision or a verification")]
     Undecided {
         program: String,
         #[source]
@@ -418,10 +419,12 @@ impl Sandbox {
             Err(source) => {
                 // Wait for the supervisor thread to read the child's report:
                 // a setup step that failed is cordon's failure, not the exec's,
-                // and so is an exec denied without a decision (the only call
-                // the supervisor has had: it counts it before it answers).
+                // and so is an exec denied without a decision or a
+                // verification (the only call the supervisor has had: each
+                // is counted before the answer).
                 let ready = ready_rx.recv();
-                let undecided = matches!(&ready, Ok(Ok((sup, _))) if sup.counters().undecided > 0);
+                let undecided = matches!(&ready, Ok(Ok((sup, _)))
+                    if sup.counters().undecided > 0 || sup.exec_refusals() > 0);
                 let failed = *setup_failed.lock().unwrap_or_else(|p| p.into_inner());
                 return Err(match failed {
                     Some((step, errno)) => SpawnError::Setup {

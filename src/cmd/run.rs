@@ -36,7 +36,8 @@ process with the built-in default policy (read the system, read/write the curren
 TMPDIR, exec system binaries, no network). Whatever the policy says, the command cannot open cordon's\n\
 own files: the embedded audit store, the client key in CORDON_TLS_KEY, and (for writing) the --policy paths.\n\n\
 Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad policy);\n\
-126 if the command could not be executed (including a denied exec); 127 if it was not found.")]
+126 if the command could not be executed (including an exec the policy denied; 125 if it was denied\n\
+without a decision, the broker lost or too slow); 127 if it was not found.")]
 pub struct RunArgs {
     /// Policy file or directory (repeatable). Default: the built-in policy. Embedded broker
     /// only: a running broker decides with its own.
