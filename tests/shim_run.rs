@@ -2520,13 +2520,7 @@ fn a_broker_that_never_answers_is_exit_125_within_the_deadline() {
         "{stopped:?}"
     );
     let started = std::time::Instant::now();
-    let out = cordon()
-        .args(["run", "--broker", &serve.uri(), "--deadline", "500ms"])
-        .args(["--", "/bin/true"])
-        .current_dir(&env.work)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = true_with_broker(&env, &serve, &["--deadline", "500ms"]);
     let took = started.elapsed();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
@@ -2536,6 +2530,18 @@ fn a_broker_that_never_answers_is_exit_125_within_the_deadline() {
         text(&out.stderr)
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// `cordon run --broker` of `serve` with `extra` options, of `/bin/true`.
+fn true_with_broker(env: &Env, serve: &support::Serve, extra: &[&str]) -> std::process::Output {
+    cordon()
+        .args(["run", "--broker", &serve.uri()])
+        .args(extra)
+        .args(["--", "/bin/true"])
+        .current_dir(&env.work)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// A broker that is there but does not decide the command's own exec in
@@ -2548,13 +2554,7 @@ fn a_first_exec_denied_without_a_decision_is_exit_125() {
         allow if input.kind != \"exec\"\n\
         allow if {\n  input.kind == \"exec\"\n  count([x | some x in numbers.range(1, 1500000); x % 3 == 0]) > 0\n}\n";
     let serve = support::Serve::start(slow_execs, &[]);
-    let out = cordon()
-        .args(["run", "--broker", &serve.uri(), "--deadline", "300ms"])
-        .args(["--", "/bin/true"])
-        .current_dir(&env.work)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = true_with_broker(&env, &serve, &["--deadline", "300ms"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(
@@ -2564,12 +2564,7 @@ fn a_first_exec_denied_without_a_decision_is_exit_125() {
     // A refused exec stays the command's failure.
     let refused = "package cordon\nimport rego.v1\nallow if input.kind != \"exec\"\n";
     let serve = support::Serve::start(refused, &[]);
-    let out = cordon()
-        .args(["run", "--broker", &serve.uri(), "--", "/bin/true"])
-        .current_dir(&env.work)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = true_with_broker(&env, &serve, &[]);
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
 }
 

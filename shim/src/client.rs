@@ -324,11 +324,11 @@ impl Remote {
         }
         // A spare lane that cannot connect hands its call to the first lane
         // rather than deny it: the broker may be up, only busy or at its limit.
-        if i > 0 && !self.lanes[i].connected(&mut conn, &self.uri, left(), self.max_idle) {
+        if i > 0 && !self.lanes[i].connected(&mut conn, &self.uri, left(), self.max_idle)? {
             drop(conn);
             (i, conn) = (0, self.first());
         }
-        if !self.lanes[i].connected(&mut conn, &self.uri, left(), self.max_idle) {
+        if !self.lanes[i].connected(&mut conn, &self.uri, left(), self.max_idle)? {
             // The first lane is down (waiting out its backoff, or its
             // reconnect failed): a spare lane whose stream is up answers
             // instead of the call being denied.
@@ -347,17 +347,18 @@ impl Remote {
 
 impl Lane {
     /// Whether the lane has a stream, opening one if it has none and its
-    /// backoff has passed.
+    /// backoff has passed. `NoThread` is the call's failure, not the
+    /// broker's: no backoff, and not a broken stream to ask again on.
     fn connected(
         &self,
         conn: &mut Connection,
         uri: &BrokerUri,
         deadline: Duration,
         max_idle: Duration,
-    ) -> bool {
+    ) -> Result<bool, ClientError> {
         if conn.stream.is_some() {
             if conn.used_at.elapsed() < max_idle {
-                return true;
+                return Ok(true);
             }
             // Nothing answered the broker's keepalive pings while the lane
             // sat unused (its runtime runs only inside a call), so the broker
@@ -366,7 +367,7 @@ impl Lane {
             conn.stream = None;
         }
         if Instant::now() < conn.retry_at {
-            return false;
+            return Ok(false);
         }
         match self
             .runtime
@@ -377,22 +378,19 @@ impl Lane {
                 conn.stream = Some(stream);
                 conn.used_at = Instant::now();
                 conn.answered = false;
-                true
+                Ok(true)
             }
             // The call's time ran out, too little was left to judge the
             // broker (the wait for a lane used it): no backoff, which would
             // deny the next calls of a healthy broker.
-            Ok(Err(_)) if deadline < FAIR_CONNECT_WAIT => false,
+            Ok(Err(_)) if deadline < FAIR_CONNECT_WAIT => Ok(false),
             // No thread to wait on: this call is denied, the broker is not
             // at fault.
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread to wait for the broker on");
-                false
-            }
+            Err(e) => Err(ClientError::NoThread(e.to_string())),
             _ => {
                 conn.retry_at = Instant::now() + conn.backoff;
                 conn.backoff = (conn.backoff * 2).min(MAX_BACKOFF);
-                false
+                Ok(false)
             }
         }
     }
