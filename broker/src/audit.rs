@@ -1016,11 +1016,7 @@ impl Inner {
         // before it counts its records durable, so a head missing then is a
         // problem only if one had been counted (read after the walk, a flush
         // finished meanwhile would blame a head read before it).
-        let durable = inner
-            .flush
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .durable_seq;
+        let durable = *inner.durable.borrow();
         // The head first: it only ever names stored records, so on a live
         // store the walk below reaches it even if newer ones arrive meanwhile.
         let raw_head = inner.meta.get(HEAD_KEY)?;

@@ -314,7 +314,14 @@ impl Sandbox {
             // in the user namespace `network_none` makes. Otherwise the tool
             // shares the host's (docs/threat-model.md).
             ipc_ns: self.network_none
-                || sys::thread_effective_caps().is_ok_and(|caps| caps & CAP_SYS_ADMIN != 0),
+                || match sys::thread_effective_caps() {
+                    Ok(caps) => caps & CAP_SYS_ADMIN != 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e,
+                            "cannot read this thread's capabilities: the tool shares the host's IPC namespace");
+                        false
+                    }
+                },
             user: self.user,
             landlock: backstop.and_then(|b| b.ruleset.clone()).or(scope_only),
         }

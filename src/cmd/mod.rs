@@ -170,15 +170,9 @@ pub fn open_audit(
     db: Option<&PathBuf>,
     durability: cordon_broker::audit::Durability,
 ) -> anyhow::Result<cordon_broker::audit::SledAudit> {
-    use anyhow::Context;
     let db = db.cloned().unwrap_or_else(default_audit_db);
-    // Its owner's alone, as the store makes its own directory: the records
-    // hold every sandbox's paths, argv and labels.
-    if let Some(parent) = db.parent() {
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
+    // The store makes its directory and any missing parent its owner's
+    // alone (0700): the records hold every sandbox's paths, argv and labels.
     cordon_broker::audit::SledAudit::open(&db, durability).map_err(|e| {
         let hint = if e.is_locked() {
             " (another cordon is using it: give each embedded broker its own --audit-db, \
