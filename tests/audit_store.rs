@@ -544,6 +544,24 @@ fn a_store_in_use_is_named_as_such_and_other_open_errors_are_not() {
     assert_eq!(code, 125, "{err}");
     assert!(err.contains("cannot open the audit store"), "{err}");
     assert!(!err.contains("another cordon"), "{err}");
+    // The store opens while the tool is forked: one that fails denies the
+    // tool's exec, which never runs, and is the only error said.
+    let marker = dir.path().join("ran");
+    for db in [&s.db, &file] {
+        let (code, _, err) = run_cordon(&[
+            "run",
+            "--audit-db",
+            path_str(db),
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("echo > {}", marker.display()),
+        ]);
+        assert_eq!(code, 125, "{err}");
+        assert!(!marker.exists(), "the tool ran without its store");
+        assert_eq!(err.matches("cannot open the audit store").count(), 2, "{err}");
+        assert!(!err.contains("denying"), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

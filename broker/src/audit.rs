@@ -41,8 +41,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 mod first_open;
+mod opening;
 mod page;
 mod sched;
+pub use opening::Opening;
 pub use page::tamper;
 pub use sched::allow_raised_priority;
 
@@ -58,6 +60,9 @@ pub enum AuditError {
         #[source]
         source: sled::Error,
     },
+    /// A store that did not open ([`Opening`]): that error's text.
+    #[error("{0}")]
+    NotOpen(String),
     #[error("audit store write failed: {0}")]
     Write(#[from] sled::Error),
     #[error("audit store flush failed: {0}")]
@@ -363,6 +368,11 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// last flush. Reads still work. Calling it again is harmless.
     fn close(&self) {
         log_if_unflushed(self.flush(), || self.take_unstored());
+    }
+    /// Blocks until the store can take records (one still opening, see
+    /// [`Opening`]), or says why it never will. By default, at once.
+    fn ready(&self) -> Result<(), AuditError> {
+        Ok(())
     }
 }
 
@@ -760,6 +770,16 @@ impl SledAudit {
         if !read_only {
             private_dir(dir).map_err(|e| open_err(sled::Error::Io(e)))?;
         }
+        Self::open_made(dir, durability, access)
+    }
+
+    /// [`SledAudit::open_with`] once the directory is made (for a writer).
+    fn open_made(dir: &Path, durability: Durability, access: Access) -> Result<Self, AuditError> {
+        let read_only = access == Access::ReadOnly;
+        let open_err = |source| AuditError::Open {
+            path: dir.display().to_string(),
+            source,
+        };
         let db = first_open::open(&sled_config(dir)).map_err(open_err)?;
         let records = db.open_tree("records").map_err(open_err)?;
         let index = db.open_tree("index").map_err(open_err)?;

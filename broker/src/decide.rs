@@ -409,7 +409,13 @@ fn ms(d: Duration) -> String {
 
 /// The audit store refused the record: deny, and say why.
 fn unrecorded_denial(e: &AuditError, verdict: &Verdict) -> Decision {
-    tracing::error!(error = %e, "decision could not be recorded; denying");
+    match e {
+        // A store that never opened: its opener reports that, once.
+        AuditError::NotOpen(_) => {
+            tracing::debug!(error = %e, "decision could not be recorded; denying")
+        }
+        _ => tracing::error!(error = %e, "decision could not be recorded; denying"),
+    }
     Decision {
         allow: false,
         errno: errno::DEFAULT.into(),

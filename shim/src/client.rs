@@ -53,6 +53,11 @@ pub trait Decider: Send + Sync + std::fmt::Debug {
     fn flush(&self) -> Result<(), ClientError> {
         Ok(())
     }
+    /// Blocks until decisions can be recorded (an embedded store still
+    /// opening), or says why they never will. By default, at once.
+    fn ready(&self) -> Result<(), ClientError> {
+        Ok(())
+    }
 }
 
 /// The broker core in this process: no gRPC hop.
@@ -80,6 +85,13 @@ impl Decider for Embedded {
         self.0
             .audit()
             .flush()
+            .map_err(|e| ClientError::Refused(e.to_string()))
+    }
+
+    fn ready(&self) -> Result<(), ClientError> {
+        self.0
+            .audit()
+            .ready()
             .map_err(|e| ClientError::Refused(e.to_string()))
     }
 }

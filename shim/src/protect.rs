@@ -8,8 +8,9 @@
 //! file under another mount, or a file known at the last read after the
 //! tool moved it (`rename` is not brokered). Only opens, execs and unix
 //! connects, binds and sends are checked: `unlink`, `rename` and
-//! `truncate` by path are not brokered (docs/threat-model.md). What a protected directory holds is read when the supervisor
-//! starts, and read again, through an fd kept on the directory, when a
+//! `truncate` by path are not brokered (docs/threat-model.md). What a protected directory holds is read at the sandbox's first
+//! check (once its broker is ready: an embedded store still opening
+//! changes its own directory), before the tool's exec, and read again, through an fd kept on the directory, when a
 //! regular file with more than one name turns up on its device (a hard
 //! link to a file made since) and a directory read has changed since (its
 //! change time: inotify would tell as exactly, but closing an instance with
@@ -21,7 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
@@ -90,9 +91,9 @@ struct Entry {
     /// Canonical, as the tool's lookups are.
     path: Vec<u8>,
     protection: Protection,
-    /// The device of the path (when it exists at start).
+    /// The device of the path (when it exists at the first read).
     dev: Option<u64>,
-    /// A protected directory, opened at start: read again through this fd,
+    /// A protected directory, opened at the first read: read again through this fd,
     /// wherever it has been moved since.
     dir: Option<OwnedFd>,
     known: RwLock<Known>,
@@ -144,64 +145,112 @@ const READ_ATTEMPTS: usize = 3;
 /// Directory fds kept per protected directory.
 const KEPT_DIR_FDS: usize = 16;
 
+/// What must happen before the protected paths are first read.
+pub type BeforeRead = Box<dyn FnOnce() + Send>;
+
 /// The sandbox's protected files.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Protected {
-    entries: Vec<Entry>,
+    paths: Vec<(PathBuf, Protection)>,
+    before_read: Mutex<Option<BeforeRead>>,
+    entries: OnceLock<Vec<Entry>>,
+}
+
+impl std::fmt::Debug for Protected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protected")
+            .field("paths", &self.paths)
+            .field("entries", &self.entries.get())
+            .finish()
+    }
 }
 
 impl Protected {
     /// Reads where each path is now (a path that does not exist yet is
     /// protected by name).
     pub fn new(paths: &[(PathBuf, Protection)]) -> Self {
-        let entries = paths
-            .iter()
-            .map(|(path, protection)| {
-                let path = canonical(path);
-                let stat = std::fs::symlink_metadata(&path);
-                // A path that does not exist yet is protected by name, and
-                // so, with a warning, is one that cannot be looked up: its
-                // device is not known, so neither are its other names.
-                if let Err(e) = &stat
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(path = %path.display(), error = %e,
-                        "a protected path cannot be looked up: protected by its name only");
-                }
-                let meta = stat.ok();
-                // What a directory holds is read for full protection only:
-                // one for writes (a policy directory, which may be a large
-                // checkout) is known by its path and its own inode.
-                let scanned = meta
-                    .as_ref()
-                    .is_some_and(|m| m.is_dir() && *protection == Protection::All);
-                let dir = scanned
-                    .then(|| std::fs::File::open(&path).ok().map(OwnedFd::from))
-                    .flatten();
-                let mut known = Known::default();
-                if let Some(m) = &meta {
-                    known.files.insert((m.dev(), m.ino()), m.created().ok());
-                }
-                // A directory that cannot be read is not known: its files
-                // with other names on its device are refused.
-                known.incomplete = scanned && dir.is_none();
-                if let Some(dir) = &dir {
-                    known.untrusted_times = untrusted_times(dir);
-                    known.read(dir);
-                }
-                Entry {
-                    path: path.as_os_str().as_bytes().to_vec(),
-                    protection: *protection,
-                    dev: meta.as_ref().map(|m| m.dev()),
-                    dir,
-                    known: RwLock::new(known),
-                    reading: Mutex::new(()),
-                }
-            })
-            .collect();
-        Self { entries }
+        let protected = Self::deferred(paths, Box::new(|| ()));
+        protected.entries();
+        protected
     }
 
+    /// Reads where each path is at the first check, once `before_read` has
+    /// returned: an embedded store still opening (`cordon run` forks the
+    /// tool meanwhile) changes its directory as it would be read. Checks
+    /// wait for the read.
+    pub fn deferred(paths: &[(PathBuf, Protection)], before_read: BeforeRead) -> Self {
+        Self {
+            paths: paths.to_vec(),
+            before_read: Mutex::new(Some(before_read)),
+            entries: OnceLock::new(),
+        }
+    }
+
+    fn entries(&self) -> &[Entry] {
+        self.entries.get_or_init(|| {
+            let before = self
+                .before_read
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(before) = before {
+                before();
+            }
+            read_entries(&self.paths)
+        })
+    }
+}
+
+/// Where each path is now, and what a protected directory holds.
+fn read_entries(paths: &[(PathBuf, Protection)]) -> Vec<Entry> {
+    paths
+        .iter()
+        .map(|(path, protection)| {
+            let path = canonical(path);
+            let stat = std::fs::symlink_metadata(&path);
+            // A path that does not exist yet is protected by name, and
+            // so, with a warning, is one that cannot be looked up: its
+            // device is not known, so neither are its other names.
+            if let Err(e) = &stat
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e,
+                        "a protected path cannot be looked up: protected by its name only");
+            }
+            let meta = stat.ok();
+            // What a directory holds is read for full protection only:
+            // one for writes (a policy directory, which may be a large
+            // checkout) is known by its path and its own inode.
+            let scanned = meta
+                .as_ref()
+                .is_some_and(|m| m.is_dir() && *protection == Protection::All);
+            let dir = scanned
+                .then(|| std::fs::File::open(&path).ok().map(OwnedFd::from))
+                .flatten();
+            let mut known = Known::default();
+            if let Some(m) = &meta {
+                known.files.insert((m.dev(), m.ino()), m.created().ok());
+            }
+            // A directory that cannot be read is not known: its files
+            // with other names on its device are refused.
+            known.incomplete = scanned && dir.is_none();
+            if let Some(dir) = &dir {
+                known.untrusted_times = untrusted_times(dir);
+                known.read(dir);
+            }
+            Entry {
+                path: path.as_os_str().as_bytes().to_vec(),
+                protection: *protection,
+                dev: meta.as_ref().map(|m| m.dev()),
+                dir,
+                known: RwLock::new(known),
+                reading: Mutex::new(()),
+            }
+        })
+        .collect()
+}
+
+impl Protected {
     /// Whether the tool may not `how` use `canonical`, which its lookup
     /// found as `found` (the file, or the directory a name would be created
     /// in; `stat`, the file's status if the caller has read it). Fails
@@ -217,7 +266,7 @@ impl Protected {
         how: Use,
     ) -> bool {
         let mut applicable = self
-            .entries
+            .entries()
             .iter()
             .filter(|e| e.protection == Protection::All || how == Use::Write)
             .peekable();
@@ -673,7 +722,7 @@ mod tests {
             eprintln!("no birth times on this file system: an inode number is the file");
             return;
         };
-        for birth in protected.entries[0]
+        for birth in protected.entries()[0]
             .known
             .write()
             .unwrap()
@@ -707,7 +756,7 @@ mod tests {
             std::fs::hard_link(store.join("f"), store.join(i.to_string())).unwrap();
         }
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
-        assert!(protected.entries[0].read().incomplete);
+        assert!(protected.entries()[0].read().incomplete);
         let own = own_linked_file(dir.path());
         assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
     }
@@ -719,7 +768,7 @@ mod tests {
         let own = own_linked_file(dir.path());
         assert!(!protected.refuses(b"/elsewhere", &own, None, Use::Read));
         // As if earlier reads had found that many files, made and removed.
-        protected.entries[0]
+        protected.entries()[0]
             .known
             .write()
             .unwrap()
@@ -728,12 +777,12 @@ mod tests {
         // A name added: the next linked file's check reads the store again.
         std::fs::write(store.join("late"), "").unwrap();
         assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
-        assert!(protected.entries[0].read().full);
+        assert!(protected.entries()[0].read().full);
         // And stays so, with nothing more read or kept.
         std::fs::write(store.join("later"), "").unwrap();
         assert!(protected.refuses(b"/elsewhere", &own, None, Use::Read));
         let later = std::fs::metadata(store.join("later")).unwrap();
-        let known = protected.entries[0].read();
+        let known = protected.entries()[0].read();
         assert!(!known.files.contains_key(&(later.dev(), later.ino())));
         assert!(known.full && known.incomplete);
     }
@@ -776,7 +825,7 @@ mod tests {
         let (_dir, store) = with_store();
         std::fs::create_dir(store.join("sub")).unwrap();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
-        let entry = &protected.entries[0];
+        let entry = &protected.entries()[0];
         let known = entry.read();
         let top = entry.dir.as_ref().unwrap();
         // Both kept by fd, and past the clock's tick.
@@ -798,7 +847,7 @@ mod tests {
             std::fs::create_dir(store.join(format!("d{i:02}"))).unwrap();
         }
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
-        let entry = &protected.entries[0];
+        let entry = &protected.entries()[0];
         let known = entry.read();
         let top = entry.dir.as_ref().unwrap();
         let by_path = known.dirs.iter().filter(|d| d.fd.is_none()).count();
@@ -825,7 +874,7 @@ mod tests {
     fn a_change_time_in_nanoseconds_settles_sooner_than_one_in_seconds() {
         let (_dir, store) = with_store();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
-        let entry = &protected.entries[0];
+        let entry = &protected.entries()[0];
         let known = entry.read();
         let top = entry.dir.as_ref().unwrap();
         let newest = known.dirs.iter().map(|d| ns(d.ctime)).max().unwrap();
@@ -852,7 +901,7 @@ mod tests {
         std::fs::create_dir(store.join("a")).unwrap();
         std::fs::create_dir(store.join("b")).unwrap();
         let protected = Protected::new(&[(store.clone(), Protection::All)]);
-        let entry = &protected.entries[0];
+        let entry = &protected.entries()[0];
         let top = entry.dir.as_ref().unwrap();
         let b = std::fs::metadata(store.join("b")).unwrap();
         let a = std::fs::metadata(store.join("a")).unwrap();

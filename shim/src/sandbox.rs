@@ -376,12 +376,25 @@ impl Sandbox {
                                 return;
                             }
                         };
+                        // Read at the first check, once the broker is
+                        // ready: an embedded store still opening changes its
+                        // own directory meanwhile. One that failed fails
+                        // every decision, the exec's first.
+                        let broker = decider.clone();
+                        let protected = Protected::deferred(
+                            &protected,
+                            Box::new(move || {
+                                if let Err(e) = broker.ready() {
+                                    tracing::debug!(error = %e, "the broker is not ready");
+                                }
+                            }),
+                        );
                         let sup = Arc::new(Supervisor::new(
                             listener,
                             decider,
                             info,
                             broker_sockets,
-                            Protected::new(&protected),
+                            protected,
                             exec,
                             opener,
                         ));

@@ -173,18 +173,24 @@ pub fn open_audit(
     let db = db.cloned().unwrap_or_else(default_audit_db);
     // The store makes its directory and any missing parent its owner's
     // alone (0700): the records hold every sandbox's paths, argv and labels.
-    cordon_broker::audit::SledAudit::open(&db, durability).map_err(|e| {
-        let hint = if e.is_locked() {
-            " (another cordon is using it: give each embedded broker its own --audit-db, \
-             or share one `cordon serve`)"
-        } else {
-            ""
-        };
-        anyhow::Error::new(e).context(format!(
-            "cannot open the audit store {}{hint}",
-            db.display()
-        ))
-    })
+    cordon_broker::audit::SledAudit::open(&db, durability).map_err(|e| audit_open_error(&db, e))
+}
+
+/// A store that cannot be opened, with a hint when another process has it.
+pub fn audit_open_error(
+    db: &std::path::Path,
+    e: cordon_broker::audit::AuditError,
+) -> anyhow::Error {
+    let hint = if e.is_locked() {
+        " (another cordon is using it: give each embedded broker its own --audit-db, \
+         or share one `cordon serve`)"
+    } else {
+        ""
+    };
+    anyhow::Error::new(e).context(format!(
+        "cannot open the audit store {}{hint}",
+        db.display()
+    ))
 }
 
 /// A runtime for the async parts of a command.

@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context;
 use cordon_broker::{
     Broker, Permissive,
-    audit::{AuditLog, Durability},
+    audit::{AuditLog, Durability, Opening},
     client::BrokerUri,
 };
 use cordon_shim::{Decider, Embedded, Limits, Remote, Sandbox, SpawnError};
@@ -200,31 +200,43 @@ fn find_program(name: &OsString) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn embedded(args: &RunArgs) -> anyhow::Result<Embedded> {
+/// The embedded broker, its store still opening ([`Opening`]): the tool's
+/// fork and its supervisor's start overlap the open (~4 ms), and its first
+/// exec waits for the store, in which its decision is recorded.
+fn embedded(args: &RunArgs) -> anyhow::Result<(Embedded, Arc<Opening>)> {
     let durability = match args.durability {
         DurabilityArg::Strict => Durability::Strict,
         DurabilityArg::Batched => Durability::Batched {
             window: args.flush_window,
         },
     };
-    // Opening sled (~9 ms) and compiling the policy (~3 ms) are independent.
-    let db = args.audit_db.clone();
-    let audit = std::thread::spawn(move || super::open_audit(db.as_ref(), durability));
+    let db = args
+        .audit_db
+        .clone()
+        .unwrap_or_else(super::default_audit_db);
+    let store = Opening::start(&db, durability).map_err(|e| super::audit_open_error(&db, e))?;
+    let store = Arc::new(store);
     let policy = super::load_policy(&args.policy, args.eval_timeout, false, args.decision_memo);
-    // The store's open usually takes longer: build the tool's filter
-    // meanwhile (an error is the spawn's to report).
-    let _ = cordon_shim::filter::program();
-    let audit = audit
-        .join()
-        .map_err(|_| anyhow::anyhow!("opening the audit store panicked"))??;
-    tracing::debug!("embedded broker ready");
+    // A store that cannot be opened is said first, as when it was waited for
+    // before the policy's compile.
+    let policy = match policy {
+        Ok(policy) => policy,
+        Err(e) => {
+            if let Some(store_error) = store.take_error() {
+                return Err(super::audit_open_error(&db, store_error));
+            }
+            return Err(e);
+        }
+    };
     let permissive = if args.permissive {
         Permissive::All
     } else {
         Permissive::Off
     };
-    Ok(Embedded(
-        Broker::new(policy?, Arc::new(audit)).with_permissive(permissive),
+    let audit: Arc<dyn AuditLog> = store.clone();
+    Ok((
+        Embedded(Broker::new(policy, audit).with_permissive(permissive)),
+        store,
     ))
 }
 
@@ -330,6 +342,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         );
     }
     let mut audit = None;
+    let mut opening: Option<Arc<Opening>> = None;
     // Leaving with an error once the tool may have had answers: the records
     // of those answers must reach the store or, failing that, the log.
     let mut unstored_guard = UnstoredGuard(None);
@@ -345,9 +358,10 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
             (Arc::new(remote), socket)
         }
         None => {
-            let e = embedded(args)?;
+            let (e, store) = embedded(args)?;
             audit = Some(e.0.audit().clone());
             unstored_guard.0 = audit.clone();
+            opening = Some(store);
             (Arc::new(e), None)
         }
     };
@@ -421,6 +435,17 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     cordon_shim::hold_signals().context("cannot install signal handlers")?;
     let result = sandbox.spawn(&mut cmd);
     tracing::debug!("spawned");
+    // A store that did not open denied the tool's exec: its error is the
+    // reason, not the denial.
+    if result.is_err()
+        && let Some(e) = opening.as_ref().and_then(|o| o.take_error())
+    {
+        let db = args
+            .audit_db
+            .clone()
+            .unwrap_or_else(super::default_audit_db);
+        return Err(super::audit_open_error(&db, e));
+    }
     let started = result.is_ok();
     let code = match result {
         Ok(child) => {
