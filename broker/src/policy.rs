@@ -672,7 +672,15 @@ impl LoadedPolicy {
         let checked_at_build = *source == PolicySource::Builtin;
         // Evaluate once with an empty input so that compile-time errors
         // (unknown functions, conflicting rules) surface at load, not per call.
-        if !checked_at_build {
+        // Either way the template is prepared (analysed, loops hoisted) here,
+        // once, not in each clone: the backstop's at every sandbox's start,
+        // `explain`'s, the interpreter's evaluators (0.3 ms against 0.06 ms
+        // per backstop, release build).
+        if checked_at_build {
+            interpreter
+                .eval_query("true".into(), false)
+                .map_err(|e| PolicyError::compile(first_lines(&e)))?;
+        } else {
             evaluate_empty(&mut interpreter)?;
         }
         let (vm, vm_unavailable) = match opts.engine {
