@@ -722,11 +722,26 @@ fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// The steps of [`prepare_child`], reported when one fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i32)]
-pub enum SetupStep {
-    Session = 1,
+/// Declares [`SetupStep`] and the list of its steps from one list of names,
+/// so that a step added to the enum cannot be missing from `from_code`.
+macro_rules! setup_steps {
+    ($first:ident $(, $step:ident)* $(,)?) => {
+        /// The steps of [`prepare_child`], reported when one fails.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(i32)]
+        pub enum SetupStep {
+            $first = 1,
+            $($step,)*
+        }
+
+        impl SetupStep {
+            const ALL: &[SetupStep] = &[SetupStep::$first, $(SetupStep::$step,)*];
+        }
+    };
+}
+
+setup_steps!(
+    Session,
     Cgroup,
     Rlimit,
     Network,
@@ -736,25 +751,11 @@ pub enum SetupStep {
     Landlock,
     CloseRange,
     Filter,
-}
+);
 
 impl SetupStep {
     pub fn from_code(code: i32) -> Option<Self> {
-        use SetupStep::*;
-        [
-            Session,
-            Cgroup,
-            Rlimit,
-            Network,
-            Ipc,
-            User,
-            Capabilities,
-            Landlock,
-            CloseRange,
-            Filter,
-        ]
-        .into_iter()
-        .find(|s| *s as i32 == code)
+        Self::ALL.iter().copied().find(|s| *s as i32 == code)
     }
 
     pub fn describe(self) -> &'static str {
@@ -1291,6 +1292,19 @@ impl Drop for GuardedPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_setup_step_is_read_back_from_its_code() {
+        for &step in SetupStep::ALL {
+            assert_eq!(SetupStep::from_code(step as i32), Some(step));
+        }
+        assert_eq!(SetupStep::from_code(0), None);
+        assert_eq!(SetupStep::from_code(SetupStep::ALL.len() as i32 + 1), None);
+        assert_eq!(
+            SetupStep::from_code(SetupStep::Filter as i32),
+            Some(SetupStep::Filter)
+        );
+    }
 
     /// A SIGTERM that comes while the tool is being started (after
     /// `hold_signals`, before its pid is known) neither ends this process
