@@ -718,7 +718,8 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     match std::fs::metadata(dir) {
         Ok(meta) => {
             let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
+            // Not a directory: the open says so.
+            if meta.is_dir() && mode & 0o077 != 0 {
                 tracing::warn!(path = %dir.display(), mode = format!("{:o}", mode & 0o7777),
                     "the audit store's directory is open to its group or to everyone, who can copy and read every record: chmod 700 it");
             }

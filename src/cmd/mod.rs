@@ -187,10 +187,14 @@ pub fn audit_open_error(
     } else {
         ""
     };
-    anyhow::Error::new(e).context(format!(
-        "cannot open the audit store {}{hint}",
-        db.display()
-    ))
+    // Most of the store's errors name it and their cause in their text: as a
+    // context over one, anyhow's chain said both twice.
+    let text = e.to_string();
+    if text.contains(&*db.to_string_lossy()) {
+        anyhow::anyhow!("{text}{hint}")
+    } else {
+        anyhow::anyhow!("cannot open the audit store {}: {text}{hint}", db.display())
+    }
 }
 
 /// A runtime for the async parts of a command.

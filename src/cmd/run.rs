@@ -203,18 +203,14 @@ fn find_program(name: &OsString) -> Option<PathBuf> {
 /// The embedded broker, its store still opening ([`Opening`]): the tool's
 /// fork and its supervisor's start overlap the open (~4 ms), and its first
 /// exec waits for the store, in which its decision is recorded.
-fn embedded(args: &RunArgs) -> anyhow::Result<(Embedded, Arc<Opening>)> {
+fn embedded(args: &RunArgs, db: &Path) -> anyhow::Result<(Embedded, Arc<Opening>)> {
     let durability = match args.durability {
         DurabilityArg::Strict => Durability::Strict,
         DurabilityArg::Batched => Durability::Batched {
             window: args.flush_window,
         },
     };
-    let db = args
-        .audit_db
-        .clone()
-        .unwrap_or_else(super::default_audit_db);
-    let store = Opening::start(&db, durability).map_err(|e| super::audit_open_error(&db, e))?;
+    let store = Opening::start(db, durability).map_err(|e| super::audit_open_error(db, e))?;
     let store = Arc::new(store);
     let policy = super::load_policy(&args.policy, args.eval_timeout, false, args.decision_memo);
     // A store that cannot be opened is said first, as when it was waited for
@@ -223,7 +219,7 @@ fn embedded(args: &RunArgs) -> anyhow::Result<(Embedded, Arc<Opening>)> {
         Ok(policy) => policy,
         Err(e) => {
             if let Some(store_error) = store.take_error() {
-                return Err(super::audit_open_error(&db, store_error));
+                return Err(super::audit_open_error(db, store_error));
             }
             return Err(e);
         }
@@ -343,6 +339,11 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     }
     let mut audit = None;
     let mut opening: Option<Arc<Opening>> = None;
+    // The embedded broker's store (protected from the tool below).
+    let audit_db = args
+        .audit_db
+        .clone()
+        .unwrap_or_else(super::default_audit_db);
     // Leaving with an error once the tool may have had answers: the records
     // of those answers must reach the store or, failing that, the log.
     let mut unstored_guard = UnstoredGuard(None);
@@ -358,7 +359,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
             (Arc::new(remote), socket)
         }
         None => {
-            let (e, store) = embedded(args)?;
+            let (e, store) = embedded(args, &audit_db)?;
             audit = Some(e.0.audit().clone());
             unstored_guard.0 = audit.clone();
             opening = Some(store);
@@ -394,11 +395,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     // brokered (`unlink`, `rename`, `truncate`) are the Landlock
     // backstop's to confine.
     if args.broker.is_none() {
-        sandbox = sandbox.protect(
-            args.audit_db
-                .clone()
-                .unwrap_or_else(super::default_audit_db),
-        );
+        sandbox = sandbox.protect(&audit_db);
         for policy in &args.policy {
             sandbox = sandbox.protect_writes(policy);
         }
@@ -440,11 +437,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     if result.is_err()
         && let Some(e) = opening.as_ref().and_then(|o| o.take_error())
     {
-        let db = args
-            .audit_db
-            .clone()
-            .unwrap_or_else(super::default_audit_db);
-        return Err(super::audit_open_error(&db, e));
+        return Err(super::audit_open_error(&audit_db, e));
     }
     let started = result.is_ok();
     let code = match result {
