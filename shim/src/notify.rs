@@ -402,7 +402,10 @@ impl Supervisor {
     }
 
     pub fn counters(&self) -> Counters {
-        self.counters.lock().expect("counters lock").clone()
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Serves notifications until no task uses the filter any more.
@@ -606,7 +609,7 @@ impl Supervisor {
     }
 
     fn count(&self, f: impl FnOnce(&mut Counters)) {
-        f(&mut self.counters.lock().expect("counters lock"));
+        f(&mut self.counters.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     fn forbid(&self, n: &Notification, what: String, errno: i32) {

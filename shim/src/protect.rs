@@ -145,14 +145,15 @@ const READ_ATTEMPTS: usize = 3;
 /// Directory fds kept per protected directory.
 const KEPT_DIR_FDS: usize = 16;
 
-/// What must happen before the protected paths are first read.
-pub type BeforeRead = Box<dyn FnOnce() + Send>;
+/// What must happen before the protected paths are first read (again, if
+/// a first read panicked).
+pub type BeforeRead = Box<dyn Fn() + Send + Sync>;
 
 /// The sandbox's protected files.
 #[derive(Default)]
 pub struct Protected {
     paths: Vec<(PathBuf, Protection)>,
-    before_read: Mutex<Option<BeforeRead>>,
+    before_read: Option<BeforeRead>,
     entries: OnceLock<Vec<Entry>>,
 }
 
@@ -169,7 +170,11 @@ impl Protected {
     /// Reads where each path is now (a path that does not exist yet is
     /// protected by name).
     pub fn new(paths: &[(PathBuf, Protection)]) -> Self {
-        let protected = Self::deferred(paths, Box::new(|| ()));
+        let protected = Self {
+            paths: paths.to_vec(),
+            before_read: None,
+            entries: OnceLock::new(),
+        };
         protected.entries();
         protected
     }
@@ -181,19 +186,14 @@ impl Protected {
     pub fn deferred(paths: &[(PathBuf, Protection)], before_read: BeforeRead) -> Self {
         Self {
             paths: paths.to_vec(),
-            before_read: Mutex::new(Some(before_read)),
+            before_read: Some(before_read),
             entries: OnceLock::new(),
         }
     }
 
     fn entries(&self) -> &[Entry] {
         self.entries.get_or_init(|| {
-            let before = self
-                .before_read
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(before) = before {
+            if let Some(before) = &self.before_read {
                 before();
             }
             read_entries(&self.paths)
@@ -411,11 +411,19 @@ impl Known {
     /// the change time taken leaves it as it was: on kernels before 6.13
     /// (multigrain timestamps), or file systems without them, such a change
     /// during the read is not seen; the directory is not settled then, and
-    /// the next file that needs it reads again.
+    /// the next file that needs it reads again. Where change times cannot
+    /// be trusted (FUSE, network file systems) nothing tells whether a name
+    /// moved during the read (`rename` is not brokered: the tool can keep a
+    /// store's file moving between two of its directories), so the read is
+    /// incomplete: what it found is refused, and so is every file with
+    /// other names on that device.
     fn read(&mut self, dir: &OwnedFd) {
         for _ in 0..READ_ATTEMPTS {
             self.read_once(dir);
-            if self.untrusted_times || unchanged(dir, &self.dirs) {
+            if self.untrusted_times {
+                break;
+            }
+            if unchanged(dir, &self.dirs) {
                 return;
             }
         }
@@ -858,6 +866,23 @@ mod tests {
         past_a_tick();
         std::fs::write(store.join(&last).join("new"), "").unwrap();
         assert!(!settled(top, &known.dirs, later));
+    }
+
+    #[test]
+    fn a_read_where_change_times_are_untrusted_is_incomplete() {
+        let (_dir, store) = with_store();
+        std::fs::write(store.join("db"), "").unwrap();
+        let dir = OwnedFd::from(std::fs::File::open(&store).unwrap());
+        let mut known = Known {
+            untrusted_times: true,
+            ..Known::default()
+        };
+        known.read(&dir);
+        assert!(!known.files.is_empty());
+        assert!(known.incomplete);
+        let mut trusted = Known::default();
+        trusted.read(&dir);
+        assert!(!trusted.incomplete);
     }
 
     #[test]
