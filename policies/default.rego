@@ -343,6 +343,21 @@ errno := "ECONNREFUSED" if {
 	not input.network.op in {"bind", "listen"}
 }
 
+# A read in a home directory that no rule allows, and none denies with a
+# reason, fails as if the file were absent: programs that open optional
+# per-user settings there carry on without them, where EACCES often ends
+# them. (Programs that first ask access() or stat(), which are not brokered,
+# still see the file: git then stops at an unreadable ~/.gitconfig. The
+# coding-agent policy in the library reads it.) A denial with a reason (a
+# credential store, a .env file) stays EACCES, which tools report.
+errno := "ENOENT" if {
+	not tool_selected
+	input.kind == "file"
+	strings.any_prefix_match(input.file.path, ["/root/", "/home/"])
+	is_read_only
+	count(deny) == 0
+}
+
 # --- kernel backstop -------------------------------------------------------------
 
 # Landlock bounds applied to the tool before it starts, and to the opens the

@@ -206,6 +206,23 @@ test_shared_tmp_denied if not allowed(write("/tmp/other"))
 
 test_unrelated_home_denied if not allowed(read("/home/agent/.bash_history"))
 
+# A home directory's files the policy does not allow look absent to reads
+# (git, pip and the like then do without their per-user settings); writes
+# there, reads elsewhere and reads denied with a reason keep EACCES.
+test_unallowed_reads_in_homes_are_enoent if {
+	not allowed(read("/root/.gitconfig"))
+	data.cordon.errno == "ENOENT" with input as read("/root/.gitconfig")
+	data.cordon.errno == "ENOENT" with input as read("/home/agent/.config/git/config")
+	data.cordon.errno == "ENOENT" with input as read("/home/agent")
+	not data.cordon.errno with input as read("/root")
+	not data.cordon.errno with input as read("/home")
+	not data.cordon.errno with input as write("/root/.gitconfig")
+	not data.cordon.errno with input as read("/srv/data/x")
+	not data.cordon.errno with input as read("/rootfs/x")
+	not data.cordon.errno with input as read("/home/agent/.ssh/config")
+	not data.cordon.errno with input as read("/home/agent/job/.env")
+}
+
 # --- credentials, whatever allows them ---
 
 test_ssh_key_in_workdir_denied if {

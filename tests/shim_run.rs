@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{assert_ok, cordon};
 
 const DEFAULT_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.rego");
@@ -3551,6 +3551,49 @@ fn the_default_policy_lets_a_shell_write_to_its_own_pipes() {
     assert_eq!(assert_ok(&out).lines().count(), 2, "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("through") && text(&out.stdout).contains("from-sub"));
     assert_eq!(text(&out.stderr), "to-stderr\n");
+}
+
+/// The default policy hides what it does not allow in home directories:
+/// reads in them fail with ENOENT, as if the file were absent, which
+/// programs that look for optional per-user settings do without (EACCES
+/// often ends them). Writes there and reads refused with a reason (a
+/// credential store) stay EACCES, and the audit records the errno the tool
+/// saw. (A /home of the test's own, bind-mounted in a mount namespace.)
+#[test]
+fn the_default_policy_makes_home_files_it_does_not_allow_look_absent() {
+    let env = Env::new(&[]);
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(home.join("agent")).unwrap();
+    std::fs::write(home.join("agent/.toolrc"), "setting = 1\n").unwrap();
+    std::fs::write(home.join("agent/.netrc"), "machine example.com\n").unwrap();
+    let probe = "for path, mode in (('/home/agent/.toolrc', 'r'), ('/home', 'r'),\n\
+                                    ('/home/agent/.netrc', 'r'), ('/home/agent/.toolrc', 'a')):\n    \
+                     try:\n        open(path, mode); print('opened')\n    \
+                     except OSError as e:\n        print(e.errno)\n";
+    let cordon_run = env.command(&[], &["/usr/bin/python3", "-c", probe]);
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /home && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&home)
+        .arg(cordon_run.get_program())
+        .args(cordon_run.get_args())
+        .current_dir(&env.work)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out), "2\n13\n13\n13\n");
+    let records = env.audit();
+    let errnos: Vec<_> = find(&records, "openat", "/home/agent/.toolrc")
+        .iter()
+        .map(|r| (r["allow"].clone(), r["errno"].clone()))
+        .collect();
+    assert_eq!(
+        errnos,
+        [
+            (json!(false), json!("ENOENT")),
+            (json!(false), json!("EACCES"))
+        ]
+    );
 }
 
 /// A procfs mounted elsewhere than /proc (a chroot's, a container host's)
