@@ -18,12 +18,12 @@
 use std::{
     num::NonZeroU32,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, OnceLock, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
 use regorus::{
-    CompiledPolicy, Engine, Value,
+    Engine, Value,
     languages::rego::compiler::Compiler,
     rvm::{Program, RegoVM},
     utils::limits::ExecutionTimerConfig,
@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::memo;
 use crate::{errno, memo::Memo};
 
+mod builtin;
 mod input;
 
 /// The built-in default policy, used when no policy is given.
@@ -487,8 +488,10 @@ enum Machine {
 }
 
 struct VmTemplate {
-    compiled: CompiledPolicy,
     program: Arc<Program>,
+    /// Whether the program has `data.cordon.backstop` as an entry point
+    /// (the built-in policy's).
+    backstop: bool,
 }
 
 /// One immutable revision of the policy, ready to evaluate.
@@ -498,7 +501,12 @@ pub struct LoadedPolicy {
     loaded_at: SystemTime,
     timer: ExecutionTimerConfig,
     data: Value,
-    interpreter: Engine,
+    /// Read again for an interpreter made when first needed.
+    sources: SourceSet,
+    /// Made at load, except for the built-in policy run from its compiled
+    /// program ([`builtin`]): then when first needed (`policy eval`'s
+    /// explanation, a backstop the program cannot give).
+    interpreter: OnceLock<Result<Engine, String>>,
     vm: Option<VmTemplate>,
     /// Why the compiled VM is not used, when it is not.
     vm_unavailable: Option<String>,
@@ -550,7 +558,10 @@ impl LoadedPolicy {
         let Ok(input) = <Value as serde::Deserialize>::deserialize(input) else {
             return vec![];
         };
-        let mut engine = self.interpreter.clone();
+        let Ok(engine) = self.interpreter() else {
+            return vec![];
+        };
+        let mut engine = engine.clone();
         engine.set_input(input);
         let modules = engine.get_modules().clone();
         let mut held = Vec::new();
@@ -614,7 +625,20 @@ impl LoadedPolicy {
         let input =
             <Value as serde::Deserialize>::deserialize(&serde_json::json!({"sandbox": sandbox}))
                 .map_err(|e| e.to_string())?;
-        let mut engine = self.interpreter.clone();
+        // The built-in policy defines a backstop whatever the sandbox, and
+        // no data can change it: an undefined answer or an error of the
+        // program is taken to the interpreter, which is strict and says why.
+        if let Some(t) = self.vm.as_ref().filter(|t| t.backstop)
+            && let Ok(mut vm) = self.new_vm(t)
+        {
+            vm.set_input(input.clone());
+            if let Ok(value) = vm.execute_entry_point_by_name(builtin::BACKSTOP_RULE)
+                && value != Value::Undefined
+            {
+                return backstop_json(&value).map(Some);
+            }
+        }
+        let mut engine = self.interpreter()?.clone();
         // Strict here: a builtin that fails (`array.concat` of a string
         // given for a list) must refuse the start, not leave `backstop`
         // undefined, which means no backstop at all.
@@ -634,10 +658,7 @@ impl LoadedPolicy {
         if value == Value::Undefined {
             return Ok(None);
         }
-        let text = value.to_json_str().map_err(|e| e.to_string())?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| e.to_string())
+        backstop_json(&value).map(Some)
     }
 
     /// Reads, parses and compiles a policy source.
@@ -653,42 +674,63 @@ impl LoadedPolicy {
             return Err(PolicyError::NoCordonPackage(files_or_source(source)));
         }
         let data = sources.data_value()?;
-        let mut interpreter = build_engine(&sources, &data, true)?;
-        let packages = interpreter
-            .get_packages()
-            .map_err(|e| PolicyError::compile(e.to_string()))?;
-        if !packages.iter().any(|p| p == "data.cordon") {
-            return Err(PolicyError::NoCordonPackage(files_or_source(source)));
-        }
         let timer = ExecutionTimerConfig {
             limit: opts.eval_timeout,
             check_interval: NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN),
         };
-        interpreter.set_execution_timer_config(timer);
         // The built-in policy is fixed in the binary: the checks below give
         // the same answer on every load, and its tests run them
-        // (`the_builtin_policy_passes_the_checks_its_load_skips`). They cost
-        // ~2 ms of every `cordon run`'s start.
+        // (`the_builtin_policy_passes_the_checks_its_load_skips`). Its
+        // program is compiled ahead ([`builtin`]), and its interpreter made
+        // only if asked for: parsing and compiling took ~3 ms of every
+        // `cordon run`'s start.
         let checked_at_build = *source == PolicySource::Builtin;
-        // Evaluate once with an empty input so that compile-time errors
-        // (unknown functions, conflicting rules) surface at load, not per call.
-        // Either way the template is prepared (analysed, loops hoisted) here,
-        // once, not in each clone: the backstop's at every sandbox's start,
-        // `explain`'s, the interpreter's evaluators (0.3 ms against 0.06 ms
-        // per backstop, release build).
-        if checked_at_build {
-            interpreter
-                .eval_query("true".into(), false)
-                .map_err(|e| PolicyError::compile(first_lines(&e)))?;
+        let precompiled = match opts.engine {
+            EngineChoice::Auto if checked_at_build => builtin::precompiled(),
+            _ => None,
+        };
+        let interpreter = OnceLock::new();
+        let (vm, vm_unavailable) = if let Some(program) = precompiled {
+            let template = VmTemplate {
+                program: Arc::new(program),
+                backstop: true,
+            };
+            (Some(template), None)
         } else {
-            evaluate_empty(&mut interpreter)?;
-        }
-        let (vm, vm_unavailable) = match opts.engine {
-            EngineChoice::Interpreter => (None, Some("interpreter chosen".to_owned())),
-            EngineChoice::Auto => match compile_vm(&mut interpreter.clone()) {
-                Ok(t) => (Some(t), None),
-                Err(e) => (None, Some(e)),
-            },
+            let mut engine = build_engine(&sources, &data, true)?;
+            let packages = engine
+                .get_packages()
+                .map_err(|e| PolicyError::compile(e.to_string()))?;
+            if !packages.iter().any(|p| p == "data.cordon") {
+                return Err(PolicyError::NoCordonPackage(files_or_source(source)));
+            }
+            engine.set_execution_timer_config(timer);
+            // Evaluate once with an empty input so that compile-time errors
+            // (unknown functions, conflicting rules) surface at load, not
+            // per call. Either way the template is prepared (analysed, loops
+            // hoisted) here, once, not in each clone: the backstop's at
+            // every sandbox's start, `explain`'s, the interpreter's
+            // evaluators (0.3 ms against 0.06 ms per backstop, release
+            // build).
+            if checked_at_build {
+                prepare(&mut engine).map_err(PolicyError::compile)?;
+            } else {
+                evaluate_empty(&mut engine)?;
+            }
+            let entry_points: &[&str] = if checked_at_build {
+                &builtin::ENTRY_POINTS
+            } else {
+                &[RESULT_RULE]
+            };
+            let vm = match opts.engine {
+                EngineChoice::Interpreter => (None, Some("interpreter chosen".to_owned())),
+                EngineChoice::Auto => match compile_vm(&mut engine.clone(), entry_points) {
+                    Ok(t) => (Some(t), None),
+                    Err(e) => (None, Some(e)),
+                },
+            };
+            let _ = interpreter.set(Ok(engine));
+            vm
         };
         let impure = sources
             .rego
@@ -710,6 +752,7 @@ impl LoadedPolicy {
             loaded_at: SystemTime::now(),
             timer,
             data,
+            sources,
             interpreter,
             vm,
             vm_unavailable,
@@ -722,6 +765,34 @@ impl LoadedPolicy {
         } else {
             policy.self_checked()
         })
+    }
+
+    /// The interpreter, made now if the load did not.
+    fn interpreter(&self) -> Result<&Engine, String> {
+        self.interpreter
+            .get_or_init(|| {
+                let mut engine =
+                    build_engine(&self.sources, &self.data, true).map_err(|e| e.to_string())?;
+                engine.set_execution_timer_config(self.timer);
+                prepare(&mut engine)?;
+                Ok(engine)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// A VM with `template`'s program and this revision's data and limits.
+    fn new_vm(&self, template: &VmTemplate) -> Result<RegoVM, String> {
+        let mut machine = RegoVM::new();
+        machine.load_program(template.program.clone());
+        machine
+            .set_data(self.data.clone())
+            .map_err(|e| e.to_string())?;
+        machine.set_execution_timer_config(Some(self.timer));
+        // The VM's default budget of 25,000 instructions would deny
+        // legitimate large policies; the time limit bounds the cost.
+        machine.set_max_instructions(usize::MAX);
+        Ok(machine)
     }
 
     /// Drops the compiled VM if it disagrees with the interpreter on a few
@@ -892,19 +963,8 @@ impl LoadedPolicy {
             }
         }
         match (&self.vm, vm) {
-            (Some(t), true) => {
-                let mut machine = RegoVM::new_with_policy(t.compiled.clone());
-                machine.load_program(t.program.clone());
-                machine
-                    .set_data(self.data.clone())
-                    .map_err(|e| e.to_string())?;
-                machine.set_execution_timer_config(Some(self.timer));
-                // The VM's default budget of 25,000 instructions would deny
-                // legitimate large policies; the time limit bounds the cost.
-                machine.set_max_instructions(usize::MAX);
-                Ok(Machine::Vm(Box::new(machine)))
-            }
-            _ => Ok(Machine::Interpreter(Box::new(self.interpreter.clone()))),
+            (Some(t), true) => Ok(Machine::Vm(Box::new(self.new_vm(t)?))),
+            _ => Ok(Machine::Interpreter(Box::new(self.interpreter()?.clone()))),
         }
         .map(|machine| Evaluator {
             machine,
@@ -970,14 +1030,33 @@ fn evaluate_empty(interpreter: &mut Engine) -> Result<(), PolicyError> {
     }
 }
 
-fn compile_vm(engine: &mut Engine) -> Result<VmTemplate, String> {
+/// Prepares an interpreter's template (analysis, loop hoisting) with a
+/// trivial query, so that its clones do not each do it again.
+fn prepare(engine: &mut Engine) -> Result<(), String> {
+    engine
+        .eval_query("true".into(), false)
+        .map(drop)
+        .map_err(|e| first_lines(&e))
+}
+
+/// The backstop's value as JSON.
+fn backstop_json(value: &Value) -> Result<serde_json::Value, String> {
+    let text = value.to_json_str().map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// The VM's program for `entry_points` (the first is the decision).
+fn compile_vm(engine: &mut Engine, entry_points: &[&str]) -> Result<VmTemplate, String> {
     let rule: regorus::Rc<str> = RESULT_RULE.into();
     let compiled = engine
         .compile_with_entrypoint(&rule)
         .map_err(|e| e.to_string())?;
     let program =
-        Compiler::compile_from_policy(&compiled, &[RESULT_RULE]).map_err(|e| e.to_string())?;
-    Ok(VmTemplate { compiled, program })
+        Compiler::compile_from_policy(&compiled, entry_points).map_err(|e| e.to_string())?;
+    Ok(VmTemplate {
+        program,
+        backstop: entry_points.contains(&builtin::BACKSTOP_RULE),
+    })
 }
 
 /// Inputs of each kind used to cross-check the VM against the interpreter at load.
@@ -1386,13 +1465,63 @@ mod tests {
             ..PolicyOptions::default()
         };
         let policy = LoadedPolicy::load(&PolicySource::Builtin, &opts).unwrap();
-        evaluate_empty(&mut policy.interpreter.clone()).unwrap();
+        assert!(
+            policy.interpreter.get().is_none(),
+            "the stored program is stale (see policy/builtin.rs)"
+        );
+        evaluate_empty(&mut policy.interpreter().unwrap().clone()).unwrap();
         let checked = policy.self_checked();
         assert_eq!(
             checked.engine_name(),
             "rvm",
             "{:?}",
             checked.vm_unavailable()
+        );
+    }
+
+    /// The built-in program gives every sandbox's backstop itself, and the
+    /// same as the interpreter.
+    #[test]
+    fn the_builtin_programs_backstop_is_the_interpreters() {
+        let opts = |engine| PolicyOptions {
+            eval_timeout: Duration::from_secs(30),
+            engine,
+            ..PolicyOptions::default()
+        };
+        let program =
+            LoadedPolicy::load(&PolicySource::Builtin, &opts(EngineChoice::Auto)).unwrap();
+        let interpreter =
+            LoadedPolicy::load(&PolicySource::Builtin, &opts(EngineChoice::Interpreter)).unwrap();
+        assert_eq!(interpreter.engine_name(), "interpreter");
+        let template = program.vm.as_ref().unwrap();
+        for sandbox in [
+            serde_json::json!({"id": "a", "labels": {}, "workdir": "/home/u/job", "tmpdir": "/tmp/cordon-a"}),
+            serde_json::json!({"id": "b", "labels": {"tool": "x"}, "workdir": "/", "tmpdir": "/tmp/cordon-b"}),
+            serde_json::json!({"id": "c", "labels": {}, "workdir": "/usr/src/app", "tmpdir": ""}),
+            serde_json::json!({}),
+        ] {
+            let mut vm = program.new_vm(template).unwrap();
+            vm.set_input(
+                <Value as serde::Deserialize>::deserialize(
+                    &serde_json::json!({"sandbox": sandbox}),
+                )
+                .unwrap(),
+            );
+            let own = vm
+                .execute_entry_point_by_name(builtin::BACKSTOP_RULE)
+                .unwrap();
+            assert_ne!(own, Value::Undefined, "{sandbox}");
+            let from_program = program.backstop(&sandbox).unwrap();
+            assert_eq!(from_program, Some(backstop_json(&own).unwrap()));
+            assert_eq!(
+                from_program,
+                interpreter.backstop(&sandbox).unwrap(),
+                "{sandbox}"
+            );
+        }
+        assert!(
+            program.interpreter.get().is_none(),
+            "the backstop needed the interpreter"
         );
     }
 }

@@ -1,0 +1,112 @@
+//! The built-in policy compiled ahead of time for regorus's VM: `cordon run`
+//! without `--policy` starts without parsing and compiling it (~3 ms of its
+//! start; the program deserializes in ~0.1 ms).
+//!
+//! `builtin.rvm` is the 32-byte SHA-256 of the sources it was compiled from
+//! (`policies/default.rego` and the decision wrapper), then the program as
+//! regorus serializes it. A file that does not match the sources in this
+//! binary (an edit of the policy without `CORDON_BLESS=1`, see the test), or
+//! that this regorus cannot read whole, is not used: the policy is compiled
+//! at load as before. So a stale file costs time, never a decision. The test
+//! `the_stored_program_is_the_builtin_policy_compiled` fails until the file is
+//! written again.
+
+use regorus::rvm::{Program, program::DeserializationResult};
+use sha2::{Digest, Sha256};
+
+use super::{DEFAULT_POLICY, RESULT_RULE, WRAPPER};
+
+/// The program's entry points: the decision, and the backstop every sandbox
+/// evaluates at its start.
+pub(super) const ENTRY_POINTS: [&str; 2] = [RESULT_RULE, BACKSTOP_RULE];
+
+pub(super) const BACKSTOP_RULE: &str = "data.cordon.backstop";
+
+const STORED: &[u8] = include_bytes!("builtin.rvm");
+
+/// What the program was compiled from.
+fn sources_digest() -> [u8; 32] {
+    let mut h = Sha256::new();
+    for text in [DEFAULT_POLICY, WRAPPER] {
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The stored program, when it was compiled from this binary's sources.
+pub(super) fn precompiled() -> Option<Program> {
+    read(STORED)
+}
+
+fn read(stored: &[u8]) -> Option<Program> {
+    let (digest, program) = stored.split_at_checked(32)?;
+    if digest != sources_digest() {
+        tracing::debug!("the stored built-in program is stale: compiling the policy");
+        return None;
+    }
+    match Program::deserialize_binary(program) {
+        Ok(DeserializationResult::Complete(p)) => Some(p),
+        Ok(DeserializationResult::Partial(_)) | Err(_) => {
+            tracing::debug!("the stored built-in program cannot be read: compiling the policy");
+            None
+        }
+    }
+}
+
+/// The file's contents for `program`, compiled from this binary's sources.
+#[cfg(test)]
+fn stored_form(program: &Program) -> Result<Vec<u8>, String> {
+    let mut out = sources_digest().to_vec();
+    out.extend(program.serialize_binary()?);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{LoadedPolicy, PolicyOptions, PolicySource, SourceSet, build_engine};
+
+    fn compiled_now() -> Program {
+        let sources = SourceSet::read(&PolicySource::Builtin).unwrap();
+        let data = sources.data_value().unwrap();
+        let mut engine = build_engine(&sources, &data, true).unwrap();
+        super::super::compile_vm(&mut engine, &ENTRY_POINTS)
+            .unwrap()
+            .program
+            .as_ref()
+            .clone()
+    }
+
+    /// `CORDON_BLESS=1 cargo test -p cordon-broker stored_program` writes
+    /// the file again after an edit of the policy (or of regorus).
+    #[test]
+    fn the_stored_program_is_the_builtin_policy_compiled() {
+        let fresh = stored_form(&compiled_now()).unwrap();
+        if fresh != STORED && std::env::var_os("CORDON_BLESS").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/policy/builtin.rvm");
+            std::fs::write(path, &fresh).unwrap();
+            return;
+        }
+        assert!(
+            fresh == STORED,
+            "broker/src/policy/builtin.rvm is not policies/default.rego compiled: \
+             run `CORDON_BLESS=1 cargo test -p cordon-broker stored_program`"
+        );
+        assert!(precompiled().is_some());
+    }
+
+    #[test]
+    fn a_stored_program_of_other_sources_or_unreadable_is_not_used() {
+        assert!(read(STORED).is_some());
+        let mut other = STORED.to_vec();
+        other[0] ^= 1;
+        assert!(read(&other).is_none(), "compiled from other sources");
+        assert!(read(&STORED[..STORED.len() - 1]).is_none(), "truncated");
+        assert!(read(&STORED[..31]).is_none(), "no digest");
+        // The built-in policy loads from it, and parses only when asked.
+        let policy = LoadedPolicy::load(&PolicySource::Builtin, &PolicyOptions::default()).unwrap();
+        assert!(policy.interpreter.get().is_none(), "parsed at load");
+        assert_eq!(policy.engine_name(), "rvm");
+    }
+}
