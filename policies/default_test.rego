@@ -217,6 +217,8 @@ test_unallowed_reads_in_homes_are_enoent if {
 	not data.cordon.errno with input as read("/root")
 	not data.cordon.errno with input as read("/home")
 	not data.cordon.errno with input as write("/root/.gitconfig")
+	not data.cordon.errno with input as object.union(read("/root/.gitconfig"), {"file": {"flags": ["O_RDONLY", "O_CREAT"]}})
+	not data.cordon.errno with input as read("/home/agent/job/src/main.rs")
 	not data.cordon.errno with input as read("/srv/data/x")
 	not data.cordon.errno with input as read("/rootfs/x")
 	not data.cordon.errno with input as read("/home/agent/.ssh/config")

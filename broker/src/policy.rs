@@ -558,8 +558,12 @@ impl LoadedPolicy {
         let Ok(input) = <Value as serde::Deserialize>::deserialize(input) else {
             return vec![];
         };
-        let Ok(engine) = self.interpreter() else {
-            return vec![];
+        let engine = match self.interpreter() {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot explain: the policy's interpreter cannot be made");
+                return vec![];
+            }
         };
         let mut engine = engine.clone();
         engine.set_input(input);
@@ -627,7 +631,10 @@ impl LoadedPolicy {
                 .map_err(|e| e.to_string())?;
         // The built-in policy defines a backstop whatever the sandbox, and
         // no data can change it: an undefined answer or an error of the
-        // program is taken to the interpreter, which is strict and says why.
+        // program is asked of the interpreter again, which says why. (The
+        // program takes a failing builtin for an undefined expression, not
+        // an error; none in this backstop can fail, its inputs being fixed
+        // strings, and a unit test compares both on sandboxes of each kind.)
         if let Some(t) = self.vm.as_ref().filter(|t| t.backstop)
             && let Ok(mut vm) = self.new_vm(t)
         {

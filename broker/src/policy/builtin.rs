@@ -2,12 +2,15 @@
 //! without `--policy` starts without parsing and compiling it (~3 ms of its
 //! start; the program deserializes in ~0.1 ms).
 //!
-//! `builtin.rvm` is the 32-byte SHA-256 of the sources it was compiled from
-//! (`policies/default.rego` and the decision wrapper), then the program as
-//! regorus serializes it. A file that does not match the sources in this
-//! binary (an edit of the policy without `CORDON_BLESS=1`, see the test), or
+//! `builtin.rvm` is a 32-byte SHA-256, then the program as regorus serializes
+//! it. The digest covers what the program was compiled from and by (the
+//! sources, `policies/default.rego` and the decision wrapper; the regorus
+//! version that wrote it, as this binary's regorus names itself; the entry
+//! points) and the program's bytes. A file whose digest does not match (an
+//! edit of the policy without `CORDON_BLESS=1`, see the test; another
+//! regorus, whose encoding of instructions may differ; a damaged file), or
 //! that this regorus cannot read whole, is not used: the policy is compiled
-//! at load as before. So a stale file costs time, never a decision. The test
+//! at load as before, so a stale file costs time, not a decision. The test
 //! `the_stored_program_is_the_builtin_policy_compiled` fails until the file is
 //! written again.
 
@@ -24,12 +27,20 @@ pub(super) const BACKSTOP_RULE: &str = "data.cordon.backstop";
 
 const STORED: &[u8] = include_bytes!("builtin.rvm");
 
-/// What the program was compiled from.
-fn sources_digest() -> [u8; 32] {
+/// What `program` was compiled from and by, and the program itself.
+fn digest(program: &[u8]) -> [u8; 32] {
+    let compiler = Program::new().metadata.compiler_version;
+    let entry_points = ENTRY_POINTS.join("\n");
     let mut h = Sha256::new();
-    for text in [DEFAULT_POLICY, WRAPPER] {
-        h.update((text.len() as u64).to_le_bytes());
-        h.update(text.as_bytes());
+    for part in [
+        DEFAULT_POLICY.as_bytes(),
+        WRAPPER.as_bytes(),
+        compiler.as_bytes(),
+        entry_points.as_bytes(),
+        program,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
     }
     h.finalize().into()
 }
@@ -40,8 +51,8 @@ pub(super) fn precompiled() -> Option<Program> {
 }
 
 fn read(stored: &[u8]) -> Option<Program> {
-    let (digest, program) = stored.split_at_checked(32)?;
-    if digest != sources_digest() {
+    let (stored_digest, program) = stored.split_at_checked(32)?;
+    if stored_digest != digest(program) {
         tracing::debug!("the stored built-in program is stale: compiling the policy");
         return None;
     }
@@ -57,8 +68,9 @@ fn read(stored: &[u8]) -> Option<Program> {
 /// The file's contents for `program`, compiled from this binary's sources.
 #[cfg(test)]
 fn stored_form(program: &Program) -> Result<Vec<u8>, String> {
-    let mut out = sources_digest().to_vec();
-    out.extend(program.serialize_binary()?);
+    let program = program.serialize_binary()?;
+    let mut out = digest(&program).to_vec();
+    out.extend(program);
     Ok(out)
 }
 
@@ -102,6 +114,10 @@ mod tests {
         let mut other = STORED.to_vec();
         other[0] ^= 1;
         assert!(read(&other).is_none(), "compiled from other sources");
+        let mut damaged = STORED.to_vec();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(read(&damaged).is_none(), "a byte of the program changed");
         assert!(read(&STORED[..STORED.len() - 1]).is_none(), "truncated");
         assert!(read(&STORED[..31]).is_none(), "no digest");
         // The built-in policy loads from it, and parses only when asked.
