@@ -353,11 +353,11 @@ errno := "ECONNREFUSED" if {
 errno := "ENOENT" if {
 	not tool_selected
 	input.kind == "file"
+	not allow # not when allowed, by any file's rule: only denials need an errno (and allow is known)
 	strings.any_prefix_match(input.file.path, ["/root/", "/home/"])
 	is_read_only
 	not "O_CREAT" in input.file.flags # an existing file: ENOENT would name its directory
 	count(deny) == 0
-	not allow # not when allowed, by any file's rule: only denials need an errno
 }
 
 # --- kernel backstop -------------------------------------------------------------

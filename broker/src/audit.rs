@@ -697,6 +697,15 @@ fn format_time(ns: i64) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
+/// A panic's message, when it has one.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// How every store is opened.
 fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new()
@@ -1377,11 +1386,7 @@ impl Inner {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.flush_unguarded())) {
             Ok(result) => result,
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let what = panic_text(panic.as_ref());
                 let why = format!("the audit store stopped: a flush panicked ({what})");
                 tracing::error!("{why}; denying from now on");
                 Err(AuditError::Flush(self.broken.get_or_init(|| why).clone()))

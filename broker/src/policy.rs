@@ -489,9 +489,16 @@ enum Machine {
 
 struct VmTemplate {
     program: Arc<Program>,
-    /// Whether the program has `data.cordon.backstop` as an entry point
-    /// (the built-in policy's).
-    backstop: bool,
+}
+
+impl VmTemplate {
+    /// Whether the program computes `data.cordon.backstop` (the built-in
+    /// policy's does).
+    fn has_backstop(&self) -> bool {
+        self.program
+            .entry_points
+            .contains_key(builtin::BACKSTOP_RULE)
+    }
 }
 
 /// One immutable revision of the policy, ready to evaluate.
@@ -501,8 +508,6 @@ pub struct LoadedPolicy {
     loaded_at: SystemTime,
     timer: ExecutionTimerConfig,
     data: Value,
-    /// Read again for an interpreter made when first needed.
-    sources: SourceSet,
     /// Made at load, except for the built-in policy run from its compiled
     /// program ([`builtin`]): then when first needed (`policy eval`'s
     /// explanation, a backstop the program cannot give).
@@ -631,13 +636,16 @@ impl LoadedPolicy {
                 .map_err(|e| e.to_string())?;
         // The built-in policy defines a backstop whatever the sandbox, and
         // no data can change it: an undefined answer or an error of the
-        // program is asked of the interpreter again, which says why. (The
-        // program takes a failing builtin for an undefined expression, not
-        // an error; none in this backstop can fail, its inputs being fixed
-        // strings, and a unit test compares both on sandboxes of each kind.)
-        if let Some(t) = self.vm.as_ref().filter(|t| t.backstop)
+        // program is asked of the interpreter again, which is strict and
+        // says why. The program takes a builtin that fails inside a rule for
+        // that rule's body failing, even strict: in this backstop that can
+        // only leave a place out (a workdir that is not a string, which the
+        // broker does not let through), never add one; a failure in the
+        // backstop's own body makes it undefined, hence the interpreter's.
+        if let Some(t) = self.vm.as_ref().filter(|t| t.has_backstop())
             && let Ok(mut vm) = self.new_vm(t)
         {
+            vm.set_strict_builtin_errors(true);
             vm.set_input(input.clone());
             if let Ok(value) = vm.execute_entry_point_by_name(builtin::BACKSTOP_RULE)
                 && value != Value::Undefined
@@ -685,22 +693,23 @@ impl LoadedPolicy {
             limit: opts.eval_timeout,
             check_interval: NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN),
         };
-        // The built-in policy is fixed in the binary: the checks below give
-        // the same answer on every load, and its tests run them
-        // (`the_builtin_policy_passes_the_checks_its_load_skips`). Its
-        // program is compiled ahead ([`builtin`]), and its interpreter made
-        // only if asked for: parsing and compiling took ~3 ms of every
-        // `cordon run`'s start.
-        let checked_at_build = *source == PolicySource::Builtin;
+        // The built-in policy is fixed in the binary, and compiled ahead
+        // ([`builtin`]): its interpreter is made only if asked for (parsing
+        // and compiling took ~3 ms of every `cordon run`'s start), and the
+        // checks below, which give the same answer on every load, are left
+        // to its tests (`the_builtin_policy_passes_the_checks_its_load_skips`).
+        // Compiled at load (a stale stored program), it gets them as any
+        // policy does.
+        let builtin = *source == PolicySource::Builtin;
         let precompiled = match opts.engine {
-            EngineChoice::Auto if checked_at_build => builtin::precompiled(),
+            EngineChoice::Auto if builtin => builtin::precompiled(),
             _ => None,
         };
+        let checked_at_build = precompiled.is_some();
         let interpreter = OnceLock::new();
         let (vm, vm_unavailable) = if let Some(program) = precompiled {
             let template = VmTemplate {
                 program: Arc::new(program),
-                backstop: true,
             };
             (Some(template), None)
         } else {
@@ -719,12 +728,8 @@ impl LoadedPolicy {
             // every sandbox's start, `explain`'s, the interpreter's
             // evaluators (0.3 ms against 0.06 ms per backstop, release
             // build).
-            if checked_at_build {
-                prepare(&mut engine).map_err(PolicyError::compile)?;
-            } else {
-                evaluate_empty(&mut engine)?;
-            }
-            let entry_points: &[&str] = if checked_at_build {
+            evaluate_empty(&mut engine)?;
+            let entry_points: &[&str] = if builtin {
                 &builtin::ENTRY_POINTS
             } else {
                 &[RESULT_RULE]
@@ -759,7 +764,6 @@ impl LoadedPolicy {
             loaded_at: SystemTime::now(),
             timer,
             data,
-            sources,
             interpreter,
             vm,
             vm_unavailable,
@@ -774,12 +778,19 @@ impl LoadedPolicy {
         })
     }
 
-    /// The interpreter, made now if the load did not.
+    /// The interpreter, made now if the load did not: the load leaves it
+    /// only to the built-in policy run from its stored program, whose
+    /// sources are in the binary (checked against this revision, so no
+    /// other policy's interpreter could be made here).
     fn interpreter(&self) -> Result<&Engine, String> {
         self.interpreter
             .get_or_init(|| {
+                let sources = SourceSet::read(&PolicySource::Builtin).map_err(|e| e.to_string())?;
+                if *sources.revision() != *self.revision {
+                    return Err("this revision's interpreter was not made at load".into());
+                }
                 let mut engine =
-                    build_engine(&self.sources, &self.data, true).map_err(|e| e.to_string())?;
+                    build_engine(&sources, &self.data, true).map_err(|e| e.to_string())?;
                 engine.set_execution_timer_config(self.timer);
                 prepare(&mut engine)?;
                 Ok(engine)
@@ -1060,10 +1071,7 @@ fn compile_vm(engine: &mut Engine, entry_points: &[&str]) -> Result<VmTemplate, 
         .map_err(|e| e.to_string())?;
     let program =
         Compiler::compile_from_policy(&compiled, entry_points).map_err(|e| e.to_string())?;
-    Ok(VmTemplate {
-        program,
-        backstop: entry_points.contains(&builtin::BACKSTOP_RULE),
-    })
+    Ok(VmTemplate { program })
 }
 
 /// Inputs of each kind used to cross-check the VM against the interpreter at load.
@@ -1529,6 +1537,21 @@ mod tests {
         assert!(
             program.interpreter.get().is_none(),
             "the backstop needed the interpreter"
+        );
+        // A workdir that is not a string (the broker validates it, so only
+        // here): the interpreter refuses the start; the program, which takes
+        // a builtin that fails for a body that fails, strict or not, leaves
+        // the workdir out of the writable places. Never more than the
+        // interpreter would allow.
+        let odd = serde_json::json!({"workdir": 5, "tmpdir": "/tmp/cordon-d"});
+        assert!(interpreter.backstop(&odd).is_err());
+        let from_program = program.backstop(&odd).unwrap().unwrap();
+        let writable = from_program["write"].as_array().unwrap();
+        assert_eq!(writable[0], "/tmp/cordon-d", "{from_program}");
+        assert!(
+            writable[1..]
+                .iter()
+                .all(|w| w.as_str().is_some_and(|w| w.starts_with("/dev/")))
         );
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::{
     Access, Appended, AuditError, AuditFilter, AuditLog, AuditRecord, Durability, SledAudit,
-    VerifyReport, private_dir,
+    VerifyReport, panic_text, private_dir,
 };
 
 /// A [`SledAudit`] being opened; see the module's comment.
@@ -54,16 +54,19 @@ impl Opening {
         self.store
             .get_or_init(|| {
                 let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let failed = |why: String| AuditError::Open {
+                    path: self.path.clone(),
+                    source: sled::Error::Io(std::io::Error::other(why)),
+                };
                 let opened = match thread.map(JoinHandle::join) {
                     Some(Ok(opened)) => opened,
-                    // Not reached (one initialiser takes the thread), and a
-                    // panic is the open's failure either way.
-                    Some(Err(_)) | None => Err(AuditError::Open {
-                        path: self.path.clone(),
-                        source: sled::Error::Io(std::io::Error::other(
-                            "the thread opening it panicked",
-                        )),
-                    }),
+                    // A panic is the open's failure.
+                    Some(Err(panic)) => Err(failed(format!(
+                        "the thread opening it panicked ({})",
+                        panic_text(panic.as_ref())
+                    ))),
+                    // Not reached: one initialiser takes the thread.
+                    None => Err(failed("the thread opening it is gone".into())),
                 };
                 opened.map_err(|e| {
                     let text = e.to_string();

@@ -31,14 +31,19 @@ const STORED: &[u8] = include_bytes!("builtin.rvm");
 fn digest(program: &[u8]) -> [u8; 32] {
     let compiler = Program::new().metadata.compiler_version;
     let entry_points = ENTRY_POINTS.join("\n");
-    let mut h = Sha256::new();
-    for part in [
+    digest_of([
         DEFAULT_POLICY.as_bytes(),
         WRAPPER.as_bytes(),
         compiler.as_bytes(),
         entry_points.as_bytes(),
         program,
-    ] {
+    ])
+}
+
+/// Each part length-prefixed: no two lists of parts hash alike.
+fn digest_of(parts: [&[u8]; 5]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in parts {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -98,7 +103,8 @@ mod tests {
         if fresh != STORED && std::env::var_os("CORDON_BLESS").is_some() {
             let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/policy/builtin.rvm");
             std::fs::write(path, &fresh).unwrap();
-            return;
+            // This build holds the old file: it fails until built again.
+            panic!("wrote {path}: run the tests again (without CORDON_BLESS)");
         }
         assert!(
             fresh == STORED,
@@ -120,6 +126,29 @@ mod tests {
         assert!(read(&damaged).is_none(), "a byte of the program changed");
         assert!(read(&STORED[..STORED.len() - 1]).is_none(), "truncated");
         assert!(read(&STORED[..31]).is_none(), "no digest");
+        let junk = b"not a program";
+        let mut unreadable = digest(junk).to_vec();
+        unreadable.extend(junk);
+        assert!(read(&unreadable).is_none(), "a matching digest, no program");
+        // Every part counts: the policy, the wrapper, the compiler's version,
+        // the entry points, the program.
+        let (_, program) = STORED.split_at(32);
+        let compiler = Program::new().metadata.compiler_version;
+        let entry_points = ENTRY_POINTS.join("\n");
+        let parts: [&[u8]; 5] = [
+            DEFAULT_POLICY.as_bytes(),
+            WRAPPER.as_bytes(),
+            compiler.as_bytes(),
+            entry_points.as_bytes(),
+            program,
+        ];
+        assert_eq!(digest_of(parts), digest(program));
+        for i in 0..parts.len() {
+            let mut changed = parts;
+            let longer = [parts[i], b" "].concat();
+            changed[i] = &longer;
+            assert_ne!(digest_of(changed), digest(program), "part {i}");
+        }
         // The built-in policy loads from it, and parses only when asked.
         let policy = LoadedPolicy::load(&PolicySource::Builtin, &PolicyOptions::default()).unwrap();
         assert!(policy.interpreter.get().is_none(), "parsed at load");
