@@ -100,6 +100,21 @@ fn bench_policy(c: &mut Criterion) {
             b.iter(|| policy.evaluate(&input))
         });
     }
+    // The same policy from its file (`--policy`): compiled at load, with
+    // the decision alone as entry point, where the built-in one runs its
+    // stored program (`policy/builtin.rs`).
+    let opts = PolicyOptions {
+        memo_capacity: 0,
+        ..Default::default()
+    };
+    let file = PolicySource::Paths(vec![
+        concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.rego").into(),
+    ]);
+    let from_file = LoadedPolicy::load(&file, &opts).expect("policies/default.rego loads");
+    assert_eq!(from_file.engine_name(), "rvm");
+    g.bench_function("default_rego_file_read/rvm_compiled_at_load", |b| {
+        b.iter(|| from_file.evaluate(&input))
+    });
     let memoizing = LoadedPolicy::load(&PolicySource::Builtin, &PolicyOptions::default())
         .expect("built-in policy loads");
     assert!(!memoizing.evaluate(&input).memoized);
