@@ -1460,6 +1460,7 @@ fn an_exec_reads_the_first_line_as_the_tool() {
             private.display()
         ))
         .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
         .output()
         .unwrap();
     assert_eq!(
@@ -1468,6 +1469,14 @@ fn an_exec_reads_the_first_line_as_the_tool() {
         "{}",
         text(&out.stderr)
     );
+    // The private temp dir, nobody's and 0700, is gone all the same: a
+    // supervisor that cannot list it removes it by name.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("cordon-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

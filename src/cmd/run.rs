@@ -506,7 +506,18 @@ struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // `remove_dir_all` lists the directory first, which a root cordon
+        // without CAP_DAC_OVERRIDE cannot do once it is `--user`'s (0700):
+        // an empty one is still removed by name, and one that stays is said.
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+            && std::fs::remove_dir(&self.0).is_err()
+        {
+            eprintln!(
+                "cordon: warning: cannot remove the private temp dir {}: {e}",
+                self.0.display()
+            );
+        }
     }
 }
 
