@@ -891,16 +891,10 @@ fn a_broker_out_of_fds_neither_spins_nor_stops_accepting() {
     let held: Vec<_> = (0..60)
         .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
         .collect();
-    let cpu_ticks = || {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", serve.id())).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-        // utime and stime, fields 14 and 15 of stat(5).
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    };
     std::thread::sleep(Duration::from_millis(500));
-    let before = cpu_ticks();
+    let before = support::cpu_ticks(serve.id());
     std::thread::sleep(Duration::from_secs(1));
-    let spent = cpu_ticks() - before;
+    let spent = support::cpu_ticks(serve.id()) - before;
     drop(held);
     let uri = format!("unix://{}", socket.display());
     let verify = cordon()

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{cordon, exits_within};
+use support::{cordon, cpu_ticks, exits_within};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -223,4 +223,77 @@ fn serve_over_tcp_with_mutual_tls() {
 
     let _ = serve.kill();
     let _ = serve.wait();
+}
+
+/// A TCP broker out of fds (connections that hold them, under a low hard
+/// limit) neither spins nor stops accepting, as on a unix socket: tonic's
+/// own TCP accept loop retried at once, so the listener, bound by cordon
+/// now, is paced like the unix one.
+#[test]
+fn a_tcp_broker_out_of_fds_neither_spins_nor_stops_accepting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "ca");
+    let server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n";
+    make_cert(d, "ca", "server", server_ext);
+    make_cert(
+        d,
+        "ca",
+        "client",
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    );
+    let port = free_port();
+    let listen = format!("tcp://127.0.0.1:{port}");
+    let mut limited = Command::new("prlimit");
+    limited.arg("--nofile=64:64");
+    let serve = serve_tls(d, &listen, "audit");
+    limited
+        .arg(serve.get_program())
+        .args(serve.get_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut serve = limited.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "serve did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each accepted connection, waiting for its handshake, takes an fd;
+    // the rest wait in the backlog.
+    let held: Vec<_> = (0..80)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(serve.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(serve.id()) - before;
+    drop(held);
+    let audit = cordon()
+        .args(["audit", "verify", "--broker"])
+        .arg(format!("https://localhost:{port}"))
+        .env("CORDON_TLS_CA", d.join("ca.pem"))
+        .env("CORDON_TLS_CERT", d.join("client.pem"))
+        .env("CORDON_TLS_KEY", d.join("client.key"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let answer = std::panic::catch_unwind(|| {
+        exits_within(
+            audit,
+            Duration::from_secs(20),
+            "no answer: the broker accepts no more connections",
+        )
+    });
+    let _ = serve.kill();
+    let out = serve.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    let answer = answer.unwrap_or_else(|_| panic!("the broker accepted no new client: {err}"));
+    assert!(answer.status.success(), "{answer:?} {err}");
+    // Accepting again at once, its workers took more than a CPU (100 ticks).
+    assert!(spent < 30, "{spent} ticks of CPU in 1 s out of fds");
+    assert!(
+        err.contains("cannot accept a connection"),
+        "never out of fds: {err}"
+    );
 }

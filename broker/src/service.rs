@@ -1031,34 +1031,9 @@ pub async fn serve_unix(
 ) -> Result<(), ServeError> {
     let (closing, shutdown) = closing_on(shutdown);
     let routes = routes(broker, durability, access, closing).await?;
-    let incoming = tokio_stream::StreamExt::then(
-        tokio_stream::wrappers::UnixListenerStream::new(listener),
-        |accepted| async move {
-            // Out of fds: tonic accepts again at once, and the listener
-            // stays readable, so a worker would spin until one is freed.
-            // Any other error waits a little too: a burst of errors
-            // answered at once (a test's, with this stream) left the
-            // listener never polled again.
-            if let Err(e) = &accepted {
-                let resources = matches!(
-                    e.raw_os_error(),
-                    Some(
-                        nix::libc::EMFILE
-                            | nix::libc::ENFILE
-                            | nix::libc::ENOBUFS
-                            | nix::libc::ENOMEM
-                    )
-                );
-                let wait = if resources {
-                    ACCEPT_RETRY
-                } else {
-                    Duration::from_millis(1)
-                };
-                tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "cannot accept a connection");
-                tokio::time::sleep(wait).await;
-            }
-            accepted.map(PeerStream::new)
-        },
+    let incoming = tokio_stream::StreamExt::map(
+        patient(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        |accepted| accepted.map(PeerStream::new),
     );
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -1067,6 +1042,34 @@ pub async fn serve_unix(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// `incoming` with a pause after each error. Out of fds: tonic accepts
+/// again at once, and the listener stays readable, so a worker would spin
+/// until one is freed. Any other error waits a little too: a burst of
+/// errors answered at once (a test's, with a unix stream) left the listener
+/// never polled again.
+fn patient<T>(
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<T>>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<T>> {
+    tokio_stream::StreamExt::then(incoming, |accepted| async move {
+        if let Err(e) = &accepted {
+            let resources = matches!(
+                e.raw_os_error(),
+                Some(
+                    nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS | nix::libc::ENOMEM
+                )
+            );
+            let wait = if resources {
+                ACCEPT_RETRY
+            } else {
+                Duration::from_millis(1)
+            };
+            tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "cannot accept a connection");
+            tokio::time::sleep(wait).await;
+        }
+        accepted
+    })
 }
 
 /// The service's closing signal, and the shutdown future for tonic that
@@ -1109,12 +1112,21 @@ pub async fn serve_tcp_tls(
     let config = ServerTlsConfig::new()
         .identity(Identity::from_pem(tls.cert_pem, tls.key_pem))
         .client_ca_root(Certificate::from_pem(tls.client_ca_pem));
+    // Bound here rather than by tonic, whose accept loop retries an error
+    // at once (out of fds, it would spin): `patient` paces it.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            path: addr.to_string().into(),
+            source,
+        })?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .tls_config(config)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_routes(routes)
-        .serve_with_shutdown(addr, shutdown)
+        .serve_with_incoming_shutdown(patient(incoming), shutdown)
         .await?;
     Ok(())
 }

@@ -206,3 +206,11 @@ pub fn exits_within(mut child: Child, limit: Duration, what: &str) -> std::proce
     }
     child.wait_with_output().unwrap()
 }
+
+/// The CPU time process `pid` has used so far, in clock ticks (user and
+/// system: fields 14 and 15 of stat(5)).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
