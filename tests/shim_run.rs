@@ -3157,6 +3157,69 @@ fn sends_made_for_the_tool_answer_as_the_kernels_own() {
     );
 }
 
+/// A connect on a socket another process makes blocking meanwhile (its
+/// O_NONBLOCK is the open file's, shared with the supervisor's duplicate)
+/// waits as natively, where a signal the tool handles still ends it: it is
+/// made on a helper thread. Made on a serving thread when the socket looked
+/// non-blocking, it stalled there, deaf to the tool's signals, until the
+/// peer gave up (here the listener's backlog is full: minutes), and so did
+/// cordon's exit. The toggler is a process, not a thread: a Python thread
+/// waits for the GIL and never ran inside the window.
+#[test]
+fn a_connect_whose_socket_turns_blocking_meanwhile_stays_interruptible() {
+    let script = r#"import os, signal, socket
+class Alarm(Exception): pass
+def alarm(*_): raise Alarm()
+signal.signal(signal.SIGALRM, alarm)
+srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(0)
+addr = srv.getsockname()
+full = []
+for _ in range(4):
+    c = socket.socket(); c.setblocking(False)
+    try: c.connect(addr)
+    except BlockingIOError: pass
+    full.append(c)
+outcomes = set()
+for _ in range(40):
+    s = socket.socket(); s.setblocking(False)
+    parent = os.getpid(); toggler = os.fork()
+    if toggler == 0:
+        while os.getppid() == parent:
+            os.set_blocking(s.fileno(), True); os.set_blocking(s.fileno(), False)
+        os._exit(0)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    try:
+        s.connect(addr); outcomes.add('connected')
+    except BlockingIOError: outcomes.add('in progress')
+    except Alarm: outcomes.add('interrupted')
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    os.kill(toggler, signal.SIGKILL); os.waitpid(toggler, 0); s.close()
+print('done', 'connected' not in outcomes, flush=True)
+"#;
+    let env = Env::new(&[]);
+    let mut run = env
+        .command_with_policy(&env.allow_all(), &["/usr/bin/python3", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            run.kill().unwrap();
+            let out = run.wait_with_output().unwrap();
+            panic!(
+                "a connect stalled past its alarm: {} {}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(assert_ok(&out), "done True\n");
+}
+
 /// A signal sent to the process while its main thread blocks it goes to
 /// another thread: a blocking call made for that thread ends with `EINTR`
 /// (its handler has no `SA_RESTART`), as natively.

@@ -1587,7 +1587,14 @@ impl Supervisor {
         } else {
             addr
         };
-        let may_block = n.nr == libc::SYS_connect && emulate::is_blocking(&sock);
+        // A stream connect may wait even on a socket that is non-blocking
+        // now: O_NONBLOCK is the tool's file's, shared with our duplicate,
+        // and another of its threads or processes may clear it before our
+        // connect. Made on a serving thread, that connect would stall it,
+        // deaf to the tool's signals, until the peer answered; on a helper
+        // it is interrupted as the tool's own would be. A datagram connect
+        // never waits.
+        let may_block = n.nr == libc::SYS_connect && sock_type != libc::SOCK_DGRAM;
         // A bind is performed below, on this thread or the opener's, before
         // this returns: its turn covers the decision and the bind.
         let _turn = if n.nr == libc::SYS_bind {
@@ -1677,10 +1684,7 @@ impl Supervisor {
                     // connect is given up, unlike inet's). A datagram
                     // connect, or one to a socket that has a peer (EISCONN),
                     // never waits: nothing to interrupt.
-                    if may_block
-                        && sock_type != libc::SOCK_DGRAM
-                        && matches!(crate::sys::has_peer(&sock), Ok(false))
-                    {
+                    if may_block && matches!(crate::sys::has_peer(&sock), Ok(false)) {
                         let listener = me.listener.clone();
                         let waits = move || listener.id_valid(id);
                         let restartable = !emulate::has_send_timeout(&sock);
