@@ -3820,6 +3820,75 @@ fn a_tmpdir_through_a_symlink_and_dotdot_is_writable() {
     );
 }
 
+/// A start that does not end (here a store whose `conf` is a FIFO: sled's
+/// open waits for a writer, and the tool's exec for the store) holds a
+/// first SIGTERM for the tool, as any start does; a second one ends cordon
+/// (both were held for ever), and the tool's exec fails with it (the child
+/// kept a copy of its listener until exec, and waited for ever for an
+/// answer nobody would give).
+#[test]
+fn a_second_signal_ends_a_start_that_hangs() {
+    let env = Env::new(&[]);
+    let store = env.dir.path().join("fifo-store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::mkfifo(
+        &store.join("conf"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let mut run = cordon()
+        .args(["run", "--audit-db"])
+        .arg(&store)
+        .args(["--", "/bin/true"])
+        .current_dir(&env.work)
+        .stdout(Stdio::null())
+        // A file, not a pipe: a tool that outlived cordon would hold a
+        // pipe open, and reading it to its end would hang this test.
+        .stderr(std::fs::File::create(env.dir.path().join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(run.id() as i32);
+    // Until the tool's process is there, waiting for its exec's decision.
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tool = loop {
+        let listed = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(first) = listed.split_whitespace().next() {
+            break first.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no tool process");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "a first SIGTERM ended the start"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = support::exits_within(
+        run,
+        Duration::from_secs(10),
+        "a second SIGTERM did not end a start that hangs",
+    );
+    let stderr = std::fs::read_to_string(env.dir.path().join("stderr")).unwrap();
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    assert!(
+        stderr.contains("stopped by a second signal while the tool was being started"),
+        "{stderr}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{tool}")).exists() {
+        if Instant::now() > deadline {
+            let _ = Command::new("kill").args(["-KILL", &tool]).status();
+            panic!("the tool outlived cordon, waiting for its exec's answer");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn killing_the_supervisor_makes_brokered_calls_fail() {
     let env = Env::new(&[]);

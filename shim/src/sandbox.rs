@@ -4,9 +4,11 @@
 //! Launch sequence: the filter is compiled before fork. In the child, after
 //! fork and before exec, `no_new_privs` is set, the filter is loaded with a
 //! new listener, and the child writes its pid and the listener's fd number
-//! to a pipe. A supervisor thread takes the listener with `pidfd_getfd` and
-//! starts answering; the child's exec of the tool is the first brokered call,
-//! so the tool cannot run before its supervisor does.
+//! to a pipe. A supervisor thread takes the listener with `pidfd_getfd`,
+//! says so on a second pipe, and starts answering; the child closes its own
+//! copy (so that the supervisor's death fails its exec) and execs. The exec
+//! of the tool is the first brokered call, so the tool cannot run before its
+//! supervisor does.
 
 use std::{
     collections::BTreeMap,
@@ -338,6 +340,12 @@ impl Sandbox {
         let backstop_for_opener = backstop.cloned();
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SpawnError::Supervisor(e.into()))?;
+        let (taken_r, taken_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SpawnError::Supervisor(e.into()))?;
+        let taken = sys::TakenPipe {
+            read: taken_r.as_raw_fd(),
+            write: taken_w.as_raw_fd(),
+        };
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Arc<Supervisor>, i32)>>();
         let setup_failed = Arc::new(std::sync::Mutex::new(None));
         let failed_in_thread = setup_failed.clone();
@@ -349,7 +357,13 @@ impl Sandbox {
         std::thread::Builder::new()
             .name("cordon-supervisor".into())
             .spawn(move || {
-                match take_listener(report_r) {
+                let taken = take_listener(report_r);
+                if taken.as_ref().is_ok_and(|r| matches!(r, Report::Listener(..))) {
+                    // The child closes its own copy, then execs.
+                    let _ = nix::unistd::write(&taken_w, &[1]);
+                }
+                drop(taken_w);
+                match taken {
                     Ok(Report::SetupFailed(step, errno)) => {
                         *failed_in_thread.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((step, errno));
@@ -429,10 +443,11 @@ impl Sandbox {
             report_w.as_raw_fd(),
             spent.clone(),
         );
-        sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd(), plan.nofile());
+        sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd(), taken, plan.nofile());
         let spawned = cmd.spawn();
         spent.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(report_w);
+        drop(taken_r);
         let program_name = String::from_utf8_lossy(cmd.get_program().as_bytes()).into_owned();
         let child = match spawned {
             Ok(c) => c,

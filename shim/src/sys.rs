@@ -529,8 +529,20 @@ impl BpfProgram {
 /// (Passing the fd with `sendmsg` would itself be a brokered call.)
 pub const CHILD_REPORT_LEN: usize = 8;
 
+/// The pipe on which the parent tells the child it has taken the listener
+/// (a byte), or that it will not (the end closed without one).
+#[derive(Debug, Clone, Copy)]
+pub struct TakenPipe {
+    pub read: RawFd,
+    pub write: RawFd,
+}
+
 /// Arranges for `cmd`'s child to set `no_new_privs`, load `program` with a
-/// new listener, and write `[pid, listener fd]` to `report` before exec.
+/// new listener, write `[pid, listener fd]` to `report`, and once the parent
+/// says on `taken` that it holds the listener, close its own before exec.
+/// Its own copy kept, the child's exec (a brokered call) waited for ever
+/// when the parent died before answering it: a listener still open keeps a
+/// notification pending. Closed, the kernel fails it (`ENOSYS`).
 ///
 /// `RLIMIT_NOFILE` (`nofile`) is set here, after the listener is made: set
 /// before, a limit below the child's lowest free fd (cordon's own fds are
@@ -539,6 +551,7 @@ pub fn install_filter_before_exec(
     cmd: &mut Command,
     program: Arc<BpfProgram>,
     report: RawFd,
+    taken: TakenPipe,
     nofile: Option<u64>,
 ) {
     // A failed step is reported as a setup step (see `prepare_child`): the
@@ -618,12 +631,33 @@ pub fn install_filter_before_exec(
         if n != msg.len() as isize {
             return Err(io::Error::last_os_error());
         }
-        // The listener is O_CLOEXEC: the tool never sees it. The exec that
-        // follows is itself brokered; it blocks until the parent answers.
+        // Our copy of the write end closed first: the parent's alone left,
+        // its death or refusal reads as the end of the pipe.
+        let mut byte = 0u8;
+        // SAFETY: close of an fd this child inherited and nobody else here
+        // uses; read of one byte into a stack variable.
+        let got = unsafe {
+            libc::close(taken.write);
+            loop {
+                let n = libc::read(taken.read, (&raw mut byte).cast(), 1);
+                if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                    break n;
+                }
+            }
+        };
+        if got != 1 {
+            // Nobody holds the listener but us: nothing would answer.
+            return Err(io::Error::from_raw_os_error(libc::ECHILD));
+        }
+        // SAFETY: close of the listener the parent now holds a copy of.
+        unsafe { libc::close(fd as i32) };
+        // The exec that follows is itself brokered; it blocks until the
+        // parent answers, or fails if the parent is gone.
         Ok(())
     };
     // SAFETY: the hook only makes async-signal-safe syscalls (prctl, seccomp,
-    // getpid, write) on memory captured before fork, and allocates nothing.
+    // getpid, write, read, close) on memory captured before fork, and
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(hook);
     }
@@ -1073,7 +1107,22 @@ extern "C" fn relay(sig: libc::c_int) {
     let group = RELAY_GROUP.load(std::sync::atomic::Ordering::Relaxed);
     if pid == 0 {
         if (1..64).contains(&sig) {
-            PENDING.fetch_or(1 << sig, std::sync::atomic::Ordering::Relaxed);
+            let before = PENDING.fetch_or(1 << sig, std::sync::atomic::Ordering::Relaxed);
+            if before & (1 << sig) != 0 {
+                // The same signal twice while the start has not ended (a
+                // store that does not open, a hung file system): the user
+                // means it. The tool's pending exec then fails (it closed
+                // its copy of the listener: `install_filter_before_exec`),
+                // and anything it started finds no supervisor (`ENOSYS`).
+                const SAID: &[u8] = b"cordon: stopped by a second signal while the tool was \
+                    being started; audit records not yet written are lost\n";
+                // SAFETY: write and _exit are async-signal-safe and take a
+                // static buffer and integers.
+                unsafe {
+                    libc::write(2, SAID.as_ptr().cast(), SAID.len());
+                    libc::_exit(128 + sig);
+                }
+            }
         }
         return;
     }
