@@ -8,10 +8,10 @@ mod support;
 
 use cordon_broker::{
     Broker,
-    audit::{Durability, SledAudit},
+    audit::{Durability, Opening, SledAudit},
     policy::{PolicyEngine, PolicyOptions, PolicySource},
 };
-use cordon_shim::{Embedded, Remote, Sandbox};
+use cordon_shim::{Embedded, Remote, Sandbox, SpawnError};
 
 #[test]
 fn a_library_host_keeps_its_own_children_when_a_sandbox_ends() {
@@ -41,6 +41,28 @@ fn a_library_host_keeps_its_own_children_when_a_sandbox_ends() {
     );
     own.kill().unwrap();
     own.wait().unwrap();
+}
+
+/// A library host whose embedded store opens beside the spawn (`Opening`)
+/// and fails to: the exec is denied, and `spawn` says it is the store's
+/// doing, not the command's (it used to return `SpawnError::Exec`, as for
+/// a policy's refusal).
+#[test]
+fn a_store_that_did_not_open_is_named_by_spawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "not a store").unwrap();
+    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let audit = Opening::start(&not_a_dir, Durability::Strict).unwrap();
+    let broker = Broker::new(Arc::new(policy), Arc::new(audit));
+    let sandbox = Sandbox::new(Arc::new(Embedded(broker))).workdir(dir.path());
+    match sandbox.spawn(&mut Command::new("/bin/true")) {
+        Err(SpawnError::Unrecorded { program, reason }) => {
+            assert_eq!(program, "/bin/true");
+            assert!(reason.contains("cannot open the audit store"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// An agent runtime is most often async: it connects, spawns and waits on a

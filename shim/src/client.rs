@@ -29,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 /// Why no decision came back. The caller denies.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     #[error("the broker is not connected")]
     Disconnected,

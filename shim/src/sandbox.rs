@@ -46,6 +46,7 @@ const CAP_SYS_ADMIN: u64 = 1 << 21;
 
 /// A failure to start a sandboxed command.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpawnError {
     #[error(transparent)]
     Filter(#[from] filter::FilterError),
@@ -66,6 +67,11 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The command's exec was denied because the broker cannot record
+    /// decisions (an embedded store that did not open): cordon's failure,
+    /// not the command's, and the broker's reason.
+    #[error("cannot run {program}: the broker cannot record decisions: {reason}")]
+    Unrecorded { program: String, reason: String },
     #[error("the supervisor could not take over the filter: {0}")]
     Supervisor(io::Error),
     #[error("the sandbox start could not be recorded: {0}")]
@@ -461,6 +467,9 @@ impl Sandbox {
                 let undecided = matches!(&ready, Ok(Ok((sup, _)))
                     if sup.counters().undecided > 0 || sup.exec_refusals() > 0);
                 let failed = *setup_failed.lock().unwrap_or_else(|p| p.into_inner());
+                // A store that did not open denies every call, the exec's
+                // first, as an ordinary denial would.
+                let unrecorded = || self.decider.ready().err();
                 return Err(match failed {
                     Some((step, errno)) => SpawnError::Setup {
                         step: step.describe(),
@@ -469,6 +478,10 @@ impl Sandbox {
                     None if undecided => SpawnError::Undecided {
                         program: program_name,
                         source,
+                    },
+                    None if let Some(e) = unrecorded() => SpawnError::Unrecorded {
+                        program: program_name,
+                        reason: e.to_string(),
                     },
                     None => SpawnError::Exec {
                         program: program_name,
