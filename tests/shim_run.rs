@@ -3159,11 +3159,11 @@ fn sends_made_for_the_tool_answer_as_the_kernels_own() {
 
 /// A connect on a socket another process makes blocking meanwhile (its
 /// O_NONBLOCK is the open file's, shared with the supervisor's duplicate)
-/// waits as natively, where a signal the tool handles still ends it: it is
-/// made on a helper thread. Made on a serving thread when the socket looked
-/// non-blocking, it stalled there, deaf to the tool's signals, until the
-/// peer gave up (here the listener's backlog is full: minutes), and so did
-/// cordon's exit. The toggler is a process, not a thread: a Python thread
+/// waits as natively, where a signal the tool handles still ends it: every
+/// stream connect is made interruptible. Made on a serving thread as it was
+/// when the socket looked non-blocking, it stalled there, deaf to the
+/// tool's signals, until the peer gave up (here the listener's backlog is
+/// full: minutes), and so did cordon's exit. The toggler is a process, not a thread: a Python thread
 /// waits for the GIL and never ran inside the window.
 #[test]
 fn a_connect_whose_socket_turns_blocking_meanwhile_stays_interruptible() {

@@ -1587,14 +1587,16 @@ impl Supervisor {
         } else {
             addr
         };
+        let may_block = n.nr == libc::SYS_connect && emulate::is_blocking(&sock);
         // A stream connect may wait even on a socket that is non-blocking
-        // now: O_NONBLOCK is the tool's file's, shared with our duplicate,
-        // and another of its threads or processes may clear it before our
-        // connect. Made on a serving thread, that connect would stall it,
-        // deaf to the tool's signals, until the peer answered; on a helper
-        // it is interrupted as the tool's own would be. A datagram connect
+        // now, made on a serving thread: O_NONBLOCK is the open file's,
+        // shared with our duplicate, and another thread or process of the
+        // tool may clear it before our connect. So every stream connect is
+        // made interruptible (`while_blocked`): by a signal the tool handles,
+        // and by the caller's end. Otherwise that serving thread stalled,
+        // deaf to both, until the peer gave up (minutes). A datagram connect
         // never waits.
-        let may_block = n.nr == libc::SYS_connect && sock_type != libc::SOCK_DGRAM;
+        let stream = sock_type != libc::SOCK_DGRAM;
         // A bind is performed below, on this thread or the opener's, before
         // this returns: its turn covers the decision and the bind.
         let _turn = if n.nr == libc::SYS_bind {
@@ -1684,7 +1686,7 @@ impl Supervisor {
                     // connect is given up, unlike inet's). A datagram
                     // connect, or one to a socket that has a peer (EISCONN),
                     // never waits: nothing to interrupt.
-                    if may_block && matches!(crate::sys::has_peer(&sock), Ok(false)) {
+                    if stream && matches!(crate::sys::has_peer(&sock), Ok(false)) {
                         let listener = me.listener.clone();
                         let waits = move || listener.id_valid(id);
                         let restartable = !emulate::has_send_timeout(&sock);
@@ -1695,7 +1697,7 @@ impl Supervisor {
                 }
                 // On its helper thread when blocking: a signal the tool
                 // handles ends it (the connect goes on, as the kernel's).
-                libc::SYS_connect if may_block => {
+                libc::SYS_connect if stream => {
                     let listener = me.listener.clone();
                     let waits = move || listener.id_valid(id);
                     let restartable = !emulate::has_send_timeout(&sock);
