@@ -297,3 +297,43 @@ fn a_tcp_broker_out_of_fds_neither_spins_nor_stops_accepting() {
         "never out of fds: {err}"
     );
 }
+
+/// A TCP peer that never starts its TLS handshake is dropped once the
+/// handshake's time is up (10 s), instead of holding one of the broker's
+/// fds for as long as it likes (TCP has no peer check before TLS).
+#[test]
+fn a_tcp_peer_that_never_shakes_hands_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "ca");
+    let server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n";
+    make_cert(d, "ca", "server", server_ext);
+    let port = free_port();
+    let mut serve = serve_tls(d, &format!("tcp://127.0.0.1:{port}"), "audit")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut idle = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("serve did not listen: {e}"),
+        }
+    };
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = std::io::Read::read(&mut idle, &mut buf);
+    let waited = started.elapsed();
+    let _ = serve.kill();
+    let _ = serve.wait();
+    match read {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("still connected after {waited:?}: {other:?}"),
+    }
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+}

@@ -1097,6 +1097,10 @@ pub struct TlsFiles {
     pub client_ca_pem: Vec<u8>,
 }
 
+/// How long a TCP peer has to complete its TLS handshake.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Serves on TCP with mutual TLS.
 #[cfg(feature = "tls")]
 pub async fn serve_tcp_tls(
@@ -1109,9 +1113,12 @@ pub async fn serve_tcp_tls(
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let (closing, shutdown) = closing_on(shutdown);
     let routes = routes(broker, durability, AccessPolicy::default(), closing).await?;
+    // A peer that never finishes its handshake would hold an fd for ever
+    // (TCP has no peer check before it).
     let config = ServerTlsConfig::new()
         .identity(Identity::from_pem(tls.cert_pem, tls.key_pem))
-        .client_ca_root(Certificate::from_pem(tls.client_ca_pem));
+        .client_ca_root(Certificate::from_pem(tls.client_ca_pem))
+        .timeout(TLS_HANDSHAKE);
     // Bound here rather than by tonic, whose accept loop retries an error
     // at once (out of fds, it would spin): `patient` paces it.
     let listener = tokio::net::TcpListener::bind(addr)

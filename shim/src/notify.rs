@@ -1685,8 +1685,14 @@ impl Supervisor {
                     // for room in a listener's backlog, as the kernel's (the
                     // connect is given up, unlike inet's). A datagram
                     // connect, or one to a socket that has a peer (EISCONN),
-                    // never waits: nothing to interrupt.
-                    if stream && matches!(crate::sys::has_peer(&sock), Ok(false)) {
+                    // never waits: nothing to interrupt. Nor does one on a
+                    // non-blocking socket, which is not made interruptible:
+                    // the connector's round trip can outlast a tick under
+                    // load, and a non-blocking connect never ends in EINTR.
+                    // Should the tool make the socket blocking meanwhile,
+                    // this thread waits for room in the backlog (threat
+                    // model, "Outside the design").
+                    if may_block && matches!(crate::sys::has_peer(&sock), Ok(false)) {
                         let listener = me.listener.clone();
                         let waits = move || listener.id_valid(id);
                         let restartable = !emulate::has_send_timeout(&sock);

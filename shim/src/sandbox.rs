@@ -364,11 +364,14 @@ impl Sandbox {
             .name("cordon-supervisor".into())
             .spawn(move || {
                 let taken = take_listener(report_r);
-                if taken.as_ref().is_ok_and(|r| matches!(r, Report::Listener(..))) {
-                    // The child closes its own copy, then execs.
+                if let Ok(Report::Listener(pid, ..)) = &taken {
+                    sys::starting(*pid);
+                    // The child closes its own copy, then execs. Our read
+                    // end is open until after: no SIGPIPE if it died.
                     let _ = nix::unistd::write(&taken_w, &[1]);
                 }
                 drop(taken_w);
+                drop(taken_r);
                 match taken {
                     Ok(Report::SetupFailed(step, errno)) => {
                         *failed_in_thread.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -453,7 +456,6 @@ impl Sandbox {
         let spawned = cmd.spawn();
         spent.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(report_w);
-        drop(taken_r);
         let program_name = String::from_utf8_lossy(cmd.get_program().as_bytes()).into_owned();
         let child = match spawned {
             Ok(c) => c,
@@ -466,10 +468,13 @@ impl Sandbox {
                 let ready = ready_rx.recv();
                 let undecided = matches!(&ready, Ok(Ok((sup, _)))
                     if sup.counters().undecided > 0 || sup.exec_refusals() > 0);
+                let denied = matches!(&ready, Ok(Ok((sup, _))) if sup.counters().denied > 0);
                 let failed = *setup_failed.lock().unwrap_or_else(|p| p.into_inner());
                 // A store that did not open denies every call, the exec's
-                // first, as an ordinary denial would.
-                let unrecorded = || self.decider.ready().err();
+                // first, as an ordinary denial would. Asked only after a
+                // denial, which the store's open had to end first: a spawn
+                // that failed before any decision does not wait for it.
+                let unrecorded = || denied.then(|| self.decider.ready().err()).flatten();
                 return Err(match failed {
                     Some((step, errno)) => SpawnError::Setup {
                         step: step.describe(),

@@ -1101,27 +1101,45 @@ static RELAY_GROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// Signals (a bit each) that came before the tool's pid was known (while it
 /// was being started): relayed once it is, each of them.
 static PENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// When each signal was first kept (`CLOCK_MONOTONIC`, ns).
+static HELD_AT: [std::sync::atomic::AtomicU64; 64] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 64];
+/// The child being started (0: none yet), killed with its group if a start
+/// is given up.
+static STARTING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// A signal again within this of its first is the same request (GNU
+/// `timeout` sends SIGTERM to its child, then to its whole group).
+const GIVE_UP_AFTER_NS: u64 = 1_000_000_000;
+
+/// The child being started, for [`hold_signals`]: a start given up kills it.
+pub fn starting(pid: i32) {
+    STARTING.store(pid, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime (async-signal-safe) writes the struct on our stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
 
 extern "C" fn relay(sig: libc::c_int) {
     let pid = RELAY_TO.load(std::sync::atomic::Ordering::Relaxed);
     let group = RELAY_GROUP.load(std::sync::atomic::Ordering::Relaxed);
     if pid == 0 {
         if (1..64).contains(&sig) {
+            let now = monotonic_ns();
             let before = PENDING.fetch_or(1 << sig, std::sync::atomic::Ordering::Relaxed);
-            if before & (1 << sig) != 0 {
-                // The same signal twice while the start has not ended (a
-                // store that does not open, a hung file system): the user
-                // means it. The tool's pending exec then fails (it closed
-                // its copy of the listener: `install_filter_before_exec`),
-                // and anything it started finds no supervisor (`ENOSYS`).
-                const SAID: &[u8] = b"cordon: stopped by a second signal while the tool was \
-                    being started; audit records not yet written are lost\n";
-                // SAFETY: write and _exit are async-signal-safe and take a
-                // static buffer and integers.
-                unsafe {
-                    libc::write(2, SAID.as_ptr().cast(), SAID.len());
-                    libc::_exit(128 + sig);
-                }
+            let first = &HELD_AT[sig as usize];
+            if before & (1 << sig) == 0 {
+                first.store(now, std::sync::atomic::Ordering::Relaxed);
+            } else if now.saturating_sub(first.load(std::sync::atomic::Ordering::Relaxed))
+                >= GIVE_UP_AFTER_NS
+            {
+                give_up_start(sig);
             }
         }
         return;
@@ -1145,6 +1163,28 @@ extern "C" fn relay(sig: libc::c_int) {
     }
     // SIGINT and SIGQUIT come from the terminal, which sends them to the tool
     // as well: the supervisor survives them and lets the tool decide.
+}
+
+/// The same signal again, a second or more after the first, while the start
+/// has not ended (a store that does not open, a hung file system): the user
+/// means it. The child and its group are killed (not reaped, its pid is
+/// still its own); had it not run yet, its pending exec fails anyway (it
+/// closed its copy of the listener: `install_filter_before_exec`), and
+/// anything else finds no supervisor (`ENOSYS`).
+fn give_up_start(sig: libc::c_int) -> ! {
+    const SAID: &[u8] = b"cordon: stopped by a second signal while the tool was \
+        being started; audit records not yet written are lost\n";
+    let child = STARTING.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: kill, write and _exit are async-signal-safe and take integers
+    // and a static buffer; a negative pid names the child's process group.
+    unsafe {
+        if child > 0 {
+            libc::kill(-child, libc::SIGKILL);
+            libc::kill(child, libc::SIGKILL);
+        }
+        libc::write(2, SAID.as_ptr().cast(), SAID.len());
+        libc::_exit(128 + sig)
+    }
 }
 
 /// Stops relaying (the tool was reaped: its pid may be reused).
@@ -1177,6 +1217,7 @@ pub fn relay_signals_to(pid: i32, group: bool) -> io::Result<()> {
 pub fn hold_signals() -> io::Result<()> {
     // None kept from an earlier start (one that failed) reaches this tool.
     PENDING.store(0, std::sync::atomic::Ordering::Relaxed);
+    STARTING.store(0, std::sync::atomic::Ordering::Relaxed);
     RELAY_TO.store(0, std::sync::atomic::Ordering::Relaxed);
     install_relay()
 }
