@@ -4164,7 +4164,14 @@ print(' '.join(out))\n";
 fn cordon_run_help_explains_itself() {
     let out = cordon().args(["run", "--help"]).output().unwrap();
     let help = assert_ok(&out);
-    for needle in ["--policy", "--broker", "--label", "Exit status", "Examples"] {
+    for needle in [
+        "--policy",
+        "--broker",
+        "--label",
+        "Signals",
+        "Exit status",
+        "Examples",
+    ] {
         assert!(help.contains(needle), "{needle} missing from\n{help}");
     }
     let mut stdin_child = cordon()

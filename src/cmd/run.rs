@@ -30,14 +30,17 @@ pub const EXIT_NOT_FOUND: u8 = 127;
 cordon run -- python3 script.py\n  \
 cordon run --policy policies/ --label tool=web-fetch -- curl https://example.com\n  \
 cordon run --broker unix:///run/cordon/broker.sock -- ./build.sh\n\n\
-Every open, connect, bind, listen, datagram send to an explicit address and exec of the command and its\n\
-descendants is decided by the policy and recorded in the audit store; see `cordon audit`. Without --broker the broker runs inside this\n\
-process with the built-in default policy (read the system, read/write the current directory and a private\n\
-TMPDIR, exec system binaries, no network). Whatever the policy says, the command cannot open cordon's\n\
-own files: the embedded audit store, the client key in CORDON_TLS_KEY, and (for writing) the --policy paths.\n\n\
-Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad policy);\n\
-126 if the command could not be executed (including an exec the policy denied; 125 if it was denied\n\
-without a decision, the broker lost or too slow); 127 if it was not found.")]
+Every open, connect, bind, listen, datagram send to an explicit address and exec of the command and its \
+descendants is decided by the policy and recorded in the audit store; see `cordon audit`. Without --broker \
+the broker runs inside this process with the built-in default policy (read the system, read/write the \
+current directory and a private TMPDIR, exec system binaries, no network). Whatever the policy says, the \
+command cannot open cordon's own files: the embedded audit store, the client key in CORDON_TLS_KEY, and \
+(for writing) the --policy paths.\n\n\
+Signals: SIGINT, SIGQUIT, SIGTERM and SIGHUP are relayed to the command. One that comes while it starts is \
+kept for it; the same one again a second or more later gives the start up, killing the command.\n\n\
+Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad \
+policy); 126 if the command could not be executed (including an exec the policy denied; 125 if it was \
+denied without a decision, the broker lost or too slow); 127 if it was not found.")]
 pub struct RunArgs {
     /// Policy file or directory (repeatable). Default: the built-in policy. Embedded broker
     /// only: a running broker decides with its own.
