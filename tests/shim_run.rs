@@ -3839,11 +3839,14 @@ fn a_second_signal_ends_a_start_that_hangs() {
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     )
     .unwrap();
+    let tmp = env.dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
     let mut run = cordon()
         .args(["run", "--audit-db"])
         .arg(&store)
         .args(["--", "/bin/true"])
         .current_dir(&env.work)
+        .env("TMPDIR", &tmp)
         .stdout(Stdio::null())
         // A file, not a pipe: a tool that outlived cordon would hold a
         // pipe open, and reading it to its end would hang this test.
@@ -3893,6 +3896,13 @@ fn a_second_signal_ends_a_start_that_hangs() {
         stderr.contains("stopped by a second signal while the tool was being started"),
         "{stderr}"
     );
+    // No destructor runs in the signal handler: the private temp dir is
+    // removed there.
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{tool}")).exists() {
         if Instant::now() > deadline {

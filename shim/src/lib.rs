@@ -37,5 +37,5 @@ pub use limits::Limits;
 pub use notify::DEFAULT_DEADLINE;
 pub use sandbox::{
     Sandbox, Sandboxed, SpawnError, become_subreaper, default_sigpipe, harden_supervisor,
-    hold_signals, raise_fd_limit,
+    hold_signals, raise_fd_limit, rmdir_if_start_given_up,
 };

@@ -672,6 +672,14 @@ pub fn hold_signals() -> io::Result<()> {
     sys::hold_signals()
 }
 
+/// For command-line front ends that use [`hold_signals`]: a start given up
+/// (the same signal again, a second or more later) ends the process from
+/// the signal handler, where no destructor runs; `dir` (a private temp dir)
+/// is removed then if it is empty.
+pub fn rmdir_if_start_given_up(dir: &std::path::Path) {
+    sys::rmdir_if_start_given_up(dir)
+}
+
 /// For command-line front ends: become the subreaper of the sandbox, so
 /// descendants that detach (double fork, `setsid`) are re-parented here and
 /// can be found and killed when the tool ends.

@@ -1116,6 +1116,19 @@ pub fn starting(pid: i32) {
     STARTING.store(pid, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A directory a start given up removes if it is empty (leaked: read by the
+/// signal handler, so never freed).
+static GIVE_UP_RMDIR: std::sync::atomic::AtomicPtr<libc::c_char> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// See [`GIVE_UP_RMDIR`]. A path with a NUL byte is not kept.
+pub fn rmdir_if_start_given_up(dir: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) {
+        GIVE_UP_RMDIR.store(c.into_raw(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -1175,12 +1188,17 @@ fn give_up_start(sig: libc::c_int) -> ! {
     const SAID: &[u8] = b"cordon: stopped by a second signal while the tool was \
         being started; audit records not yet written are lost\n";
     let child = STARTING.load(std::sync::atomic::Ordering::Relaxed);
-    // SAFETY: kill, write and _exit are async-signal-safe and take integers
-    // and a static buffer; a negative pid names the child's process group.
+    let dir = GIVE_UP_RMDIR.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: kill, rmdir, write and _exit are async-signal-safe and take
+    // integers, a static buffer and a NUL-terminated string that is never
+    // freed; a negative pid names the child's process group.
     unsafe {
         if child > 0 {
             libc::kill(-child, libc::SIGKILL);
             libc::kill(child, libc::SIGKILL);
+        }
+        if !dir.is_null() {
+            libc::rmdir(dir);
         }
         libc::write(2, SAID.as_ptr().cast(), SAID.len());
         libc::_exit(128 + sig)

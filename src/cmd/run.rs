@@ -408,8 +408,10 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     }
     let sandbox_id = sandbox.id().to_owned();
     let tmpdir = private_tmpdir(&sandbox_id)?;
-    // Removed however `execute` ends, early returns included.
+    // Removed however `execute` ends, early returns included, and by the
+    // signal handler if the start is given up.
     let _tmpdir_guard = RemoveOnDrop(tmpdir.clone());
+    cordon_shim::rmdir_if_start_given_up(&tmpdir);
     if let Some((uid, gid)) = user {
         nix::unistd::chown(&tmpdir, Some(uid.into()), Some(gid.into()))
             .with_context(|| format!("cannot give {} to --user", tmpdir.display()))?;
