@@ -344,10 +344,8 @@ impl Sandbox {
         scope_only: Option<Arc<OwnedFd>>,
     ) -> Result<Sandboxed, SpawnError> {
         let backstop_for_opener = backstop.cloned();
-        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| SpawnError::Supervisor(e.into()))?;
-        let (taken_r, taken_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| SpawnError::Supervisor(e.into()))?;
+        let (report_r, report_w) = sys::pipe_above_stdio().map_err(SpawnError::Supervisor)?;
+        let (taken_r, taken_w) = sys::pipe_above_stdio().map_err(SpawnError::Supervisor)?;
         let taken = sys::TakenPipe {
             read: taken_r.as_raw_fd(),
             write: taken_w.as_raw_fd(),

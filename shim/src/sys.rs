@@ -524,6 +524,22 @@ impl BpfProgram {
     }
 }
 
+/// A close-on-exec pipe whose ends are not fds 0–2: a host that closed one
+/// would get it from `pipe2`, and the child's stdio set-up (`dup2` onto
+/// 0–2, before the hooks that use these numbers) would replace it.
+pub fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
+    let above = |fd: OwnedFd| -> io::Result<OwnedFd> {
+        if fd.as_raw_fd() > 2 {
+            return Ok(fd);
+        }
+        let moved = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+    };
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((above(r)?, above(w)?))
+}
+
 /// What the child reports to the parent once its filter is loaded: its pid
 /// and the fd number of its listener, so the parent can `pidfd_getfd` it.
 /// (Passing the fd with `sendmsg` would itself be a brokered call.)
@@ -1412,6 +1428,43 @@ mod tests {
             SetupStep::from_code(SetupStep::Filter as i32),
             Some(SetupStep::Filter)
         );
+    }
+
+    /// A host that closed its stdio gets pipe ends above it: in a forked
+    /// child (closing fds 0–2 here would race the other tests' opens), which
+    /// exits 0 only if both ends are above 2 and the low numbers they were
+    /// moved from are free again.
+    #[test]
+    fn pipes_for_the_child_are_above_stdio_when_it_is_closed() {
+        // SAFETY: the child only makes system calls (close, pipe2, fcntl,
+        // _exit) and allocates nothing on these paths.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: closes of this child's own stdio, and a pipe2 into a
+            // stack array.
+            let code = unsafe {
+                libc::close(0);
+                libc::close(1);
+                libc::close(2);
+                match pipe_above_stdio() {
+                    Ok((r, w)) if r.as_raw_fd() > 2 && w.as_raw_fd() > 2 => {
+                        // The numbers freed by the move are free again.
+                        let mut fds = [0; 2];
+                        let again = libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC);
+                        if again == 0 && fds[0] == 0 { 0 } else { 2 }
+                    }
+                    _ => 1,
+                }
+            };
+            // SAFETY: _exit takes an integer and never returns.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child, writing its status on our stack.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{status}");
+        assert_eq!(libc::WEXITSTATUS(status), 0);
     }
 
     /// A SIGTERM that comes while the tool is being started (after
