@@ -3160,7 +3160,7 @@ fn sends_made_for_the_tool_answer_as_the_kernels_own() {
 /// A connect on a socket another process makes blocking meanwhile (its
 /// O_NONBLOCK is the open file's, shared with the supervisor's duplicate)
 /// waits as natively, where a signal the tool handles still ends it: every
-/// stream connect is made interruptible. Made on a serving thread as it was
+/// inet stream connect is made interruptible. Made on a serving thread as it was
 /// when the socket looked non-blocking, it stalled there, deaf to the
 /// tool's signals, until the peer gave up (here the listener's backlog is
 /// full: minutes), and so did cordon's exit. The toggler is a process, not a thread: a Python thread
@@ -3831,48 +3831,8 @@ fn a_tmpdir_through_a_symlink_and_dotdot_is_writable() {
 #[test]
 fn a_second_signal_ends_a_start_that_hangs() {
     let env = Env::new(&[]);
-    let store = env.dir.path().join("fifo-store");
-    std::fs::create_dir(&store).unwrap();
-    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o700)).unwrap();
-    nix::unistd::mkfifo(
-        &store.join("conf"),
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-    )
-    .unwrap();
-    let tmp = env.dir.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    let mut run = cordon()
-        .args(["run", "--audit-db"])
-        .arg(&store)
-        .args(["--", "/bin/true"])
-        .current_dir(&env.work)
-        .env("TMPDIR", &tmp)
-        .stdout(Stdio::null())
-        // A file, not a pipe: a tool that outlived cordon would hold a
-        // pipe open, and reading it to its end would hang this test.
-        .stderr(std::fs::File::create(env.dir.path().join("stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(run.id() as i32);
-    // Until the tool's process is there, waiting for its exec's decision.
-    let children = format!("/proc/{pid}/task/{pid}/children");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let tool = loop {
-        let listed = std::fs::read_to_string(&children).unwrap_or_default();
-        if let Some(first) = listed.split_whitespace().next() {
-            break first.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no tool process");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // However this test ends, no tool is left waiting.
-    struct KillOnDrop(String);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-KILL", &self.0]).status();
-        }
-    }
-    let _tool_guard = KillOnDrop(tool.clone());
+    let start = HangingStart::new(&env);
+    let (run, pid) = (start.run, start.pid);
     std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     // The same signal again within a second is the same request (GNU
@@ -3880,6 +3840,7 @@ fn a_second_signal_ends_a_start_that_hangs() {
     std::thread::sleep(Duration::from_millis(100));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     std::thread::sleep(Duration::from_millis(1200));
+    let mut run = run;
     assert!(
         run.try_wait().unwrap().is_none(),
         "a repeated SIGTERM ended the start"
@@ -3890,7 +3851,7 @@ fn a_second_signal_ends_a_start_that_hangs() {
         Duration::from_secs(10),
         "a second SIGTERM did not end a start that hangs",
     );
-    let stderr = std::fs::read_to_string(env.dir.path().join("stderr")).unwrap();
+    let stderr = std::fs::read_to_string(&start.stderr).unwrap();
     assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
     assert!(
         stderr.contains("stopped by a second signal while the tool was being started"),
@@ -3898,17 +3859,114 @@ fn a_second_signal_ends_a_start_that_hangs() {
     );
     // No destructor runs in the signal handler: the private temp dir is
     // removed there.
-    let left: Vec<_> = std::fs::read_dir(&tmp)
+    let left: Vec<_> = std::fs::read_dir(&start.tmp)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{tool}")).exists() {
-        if Instant::now() > deadline {
-            panic!("the tool outlived cordon, waiting for its exec's answer");
+    start.tool.assert_gone();
+}
+
+/// cordon killed (SIGKILL: nothing of it runs) while the tool's exec waits
+/// for a store that does not open: the exec fails (`ENOSYS`) and the child
+/// exits, having closed its copy of the listener once the supervisor held
+/// it. It used to keep that copy until the exec, and so waited for ever for
+/// an answer, holding cordon's stdout and stderr.
+#[test]
+fn killing_cordon_during_a_start_that_hangs_fails_the_exec() {
+    let env = Env::new(&[]);
+    let start = HangingStart::new(&env);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut run = start.run;
+    run.kill().unwrap();
+    run.wait().unwrap();
+    start.tool.assert_gone();
+}
+
+/// A `cordon run -- /bin/true` whose store's `conf` is a FIFO (sled's open
+/// waits for a writer, and the tool's exec for the store), once its tool's
+/// process is there. Stderr goes to a file, not a pipe: a tool that
+/// outlived cordon would hold a pipe open, and reading it to its end would
+/// hang the test.
+struct HangingStart {
+    run: std::process::Child,
+    pid: nix::unistd::Pid,
+    tool: ToolProcess,
+    tmp: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+}
+
+impl HangingStart {
+    fn new(env: &Env) -> Self {
+        let store = env.dir.path().join("fifo-store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o700)).unwrap();
+        nix::unistd::mkfifo(
+            &store.join("conf"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let tmp = env.dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let stderr = env.dir.path().join("stderr");
+        let run = cordon()
+            .args(["run", "--audit-db"])
+            .arg(&store)
+            .args(["--", "/bin/true"])
+            .current_dir(&env.work)
+            .env("TMPDIR", &tmp)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(run.id() as i32);
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let tool = loop {
+            let listed = std::fs::read_to_string(&children).unwrap_or_default();
+            if let Some(first) = listed.split_whitespace().next() {
+                break ToolProcess(first.to_owned(), Default::default());
+            }
+            assert!(Instant::now() < deadline, "no tool process");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            run,
+            pid,
+            tool,
+            tmp,
+            stderr,
         }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The tool's pid: however a test ends, it is not left waiting (killed on
+/// drop, unless it was seen gone: its pid may be another's by then).
+struct ToolProcess(String, std::cell::Cell<bool>);
+
+impl ToolProcess {
+    /// It is gone within 10 s of cordon's end.
+    fn assert_gone(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{}", self.0)).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the tool outlived cordon, waiting for its exec's answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.1.set(true);
+    }
+}
+
+impl Drop for ToolProcess {
+    fn drop(&mut self) {
+        if !self.1.get() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

@@ -1591,8 +1591,8 @@ impl Supervisor {
         // A stream connect may wait even on a socket that is non-blocking
         // now, made on a serving thread: O_NONBLOCK is the open file's,
         // shared with our duplicate, and another thread or process of the
-        // tool may clear it before our connect. So every stream connect is
-        // made interruptible (`while_blocked`): by a signal the tool handles,
+        // tool may clear it before our connect. So every inet stream connect
+        // is made interruptible (`while_blocked`): by a signal the tool handles,
         // and by the caller's end. Otherwise that serving thread stalled,
         // deaf to both, until the peer gave up (minutes). A datagram connect
         // never waits.
@@ -1691,7 +1691,7 @@ impl Supervisor {
                     // load, and a non-blocking connect never ends in EINTR.
                     // Should the tool make the socket blocking meanwhile,
                     // this thread waits for room in the backlog (threat
-                    // model, "Outside the design").
+                    // model, "Behaviour that differs from the kernel").
                     if may_block && matches!(crate::sys::has_peer(&sock), Ok(false)) {
                         let listener = me.listener.clone();
                         let waits = move || listener.id_valid(id);
@@ -1701,8 +1701,9 @@ impl Supervisor {
                         connect()
                     }
                 }
-                // On its helper thread when blocking: a signal the tool
-                // handles ends it (the connect goes on, as the kernel's).
+                // On a helper thread when blocking, else on this thread or
+                // the opener's: either way a signal the tool handles ends it
+                // (the connect goes on, as the kernel's).
                 libc::SYS_connect if stream => {
                     let listener = me.listener.clone();
                     let waits = move || listener.id_valid(id);

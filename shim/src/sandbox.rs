@@ -626,8 +626,9 @@ fn take_listener(report: OwnedFd) -> io::Result<Report> {
     match listener {
         Ok((pidfd, l)) => Ok(Report::Listener(pid, pidfd, Listener::from_fd(l))),
         Err(e) => {
-            // Nobody will answer the child's exec: it would wait forever
-            // (it holds its own listener). It must not run unsupervised.
+            // Nobody will answer the child's exec. Without the taken byte
+            // it fails its spawn (`ECHILD`); killed all the same, so that it
+            // never runs unsupervised whatever it does meanwhile.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -665,7 +666,11 @@ pub fn raise_fd_limit() -> io::Result<u64> {
 /// For command-line front ends, before [`Sandbox::spawn`]: SIGINT, SIGQUIT,
 /// SIGTERM and SIGHUP that come while the tool is being started are kept,
 /// and relayed to it by [`Sandboxed::relay_signals`], instead of ending this
-/// process then and leaving the tool to run unsupervised.
+/// process then and leaving the tool to run unsupervised. The same signal
+/// again, a second or more after the first and before the relays, gives the
+/// start up: the child and its group are killed and this process exits with
+/// 128 + the signal from the handler (no destructor runs; see
+/// [`rmdir_if_start_given_up`]).
 pub fn hold_signals() -> io::Result<()> {
     sys::hold_signals()
 }

@@ -1247,7 +1247,8 @@ pub fn relay_signals_to(pid: i32, group: bool) -> io::Result<()> {
 /// Catches the signals that [`relay_signals_to`] relays before there is a
 /// tool to relay them to: one that comes while the tool is being started is
 /// kept and relayed once it runs, instead of killing cordon then and leaving
-/// the tool unsupervised.
+/// the tool unsupervised; the same one again a second or more later gives
+/// the start up ([`give_up_start`]).
 pub fn hold_signals() -> io::Result<()> {
     // None kept from an earlier start (one that failed) reaches this tool.
     PENDING.store(0, std::sync::atomic::Ordering::Relaxed);

@@ -39,8 +39,9 @@ command cannot open cordon's own files: the embedded audit store, the client key
 Signals: SIGINT, SIGQUIT, SIGTERM and SIGHUP are relayed to the command. One that comes while it starts is \
 kept for it; the same one again a second or more later gives the start up, killing the command.\n\n\
 Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad \
-policy); 126 if the command could not be executed (including an exec the policy denied; 125 if it was \
-denied without a decision, the broker lost or too slow); 127 if it was not found.")]
+policy, an audit store that did not open); 126 if the command could not be executed (including an \
+exec the policy denied; 125 if it was denied without a decision or a verification, the broker lost or \
+too slow); 127 if it was not found.")]
 pub struct RunArgs {
     /// Policy file or directory (repeatable). Default: the built-in policy. Embedded broker
     /// only: a running broker decides with its own.
@@ -438,8 +439,9 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     let result = sandbox.spawn(&mut cmd);
     tracing::debug!("spawned");
     // A store that did not open denied the tool's exec: its error is the
-    // reason, not the denial.
-    if result.is_err()
+    // reason, not the denial. Only then: another failed spawn does not wait
+    // for a store still opening (or one that never will).
+    if matches!(result, Err(SpawnError::Unrecorded { .. }))
         && let Some(e) = opening.as_ref().and_then(|o| o.take_error())
     {
         return Err(super::audit_open_error(&audit_db, e));
