@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{cordon, cpu_ticks, exits_within};
+use support::{assert_paced_out_of_fds, cordon, exits_within};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -95,6 +95,30 @@ fn serve_tls(d: &Path, listen: &str, audit: &str) -> Command {
     c
 }
 
+/// A server certificate's extensions (for 127.0.0.1 and localhost), and a
+/// client's.
+const SERVER_EXT: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n";
+const CLIENT_EXT: &str = "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n";
+
+/// A CA `ca` in `d`, and the `server` and `client` certificates it signs.
+fn make_server_and_client(d: &Path) {
+    make_ca(d, "ca");
+    make_cert(d, "ca", "server", SERVER_EXT);
+    make_cert(d, "ca", "client", CLIENT_EXT);
+}
+
+/// A connection to 127.0.0.1:`port`, once something listens there (20 s).
+fn connect_when_listening(port: u16) -> std::net::TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("serve did not listen: {e}"),
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -111,13 +135,9 @@ fn text(b: &[u8]) -> String {
 fn serve_over_tcp_with_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_ca(d, "ca");
+    make_server_and_client(d);
     make_ca(d, "other-ca");
-    let server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n";
-    let client_ext = "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n";
-    make_cert(d, "ca", "server", server_ext);
-    make_cert(d, "ca", "client", client_ext);
-    make_cert(d, "other-ca", "stranger", client_ext);
+    make_cert(d, "other-ca", "stranger", CLIENT_EXT);
     let port = free_port();
     let listen = format!("tcp://127.0.0.1:{port}");
 
@@ -138,11 +158,7 @@ fn serve_over_tcp_with_mutual_tls() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "serve did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    drop(connect_when_listening(port));
     let uri = format!("https://localhost:{port}");
     let work = d.join("work");
     std::fs::create_dir(&work).unwrap();
@@ -233,15 +249,7 @@ fn serve_over_tcp_with_mutual_tls() {
 fn a_tcp_broker_out_of_fds_neither_spins_nor_stops_accepting() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_ca(d, "ca");
-    let server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n";
-    make_cert(d, "ca", "server", server_ext);
-    make_cert(
-        d,
-        "ca",
-        "client",
-        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
-    );
+    make_server_and_client(d);
     let port = free_port();
     let listen = format!("tcp://127.0.0.1:{port}");
     let mut limited = Command::new("prlimit");
@@ -252,50 +260,23 @@ fn a_tcp_broker_out_of_fds_neither_spins_nor_stops_accepting() {
         .args(serve.get_args())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut serve = limited.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "serve did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let serve = limited.spawn().unwrap();
+    drop(connect_when_listening(port));
     // Each accepted connection, waiting for its handshake, takes an fd;
     // the rest wait in the backlog.
     let held: Vec<_> = (0..80)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let before = cpu_ticks(serve.id());
-    std::thread::sleep(Duration::from_secs(1));
-    let spent = cpu_ticks(serve.id()) - before;
-    drop(held);
-    let audit = cordon()
-        .args(["audit", "verify", "--broker"])
-        .arg(format!("https://localhost:{port}"))
-        .env("CORDON_TLS_CA", d.join("ca.pem"))
-        .env("CORDON_TLS_CERT", d.join("client.pem"))
-        .env("CORDON_TLS_KEY", d.join("client.key"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let answer = std::panic::catch_unwind(|| {
-        exits_within(
-            audit,
-            Duration::from_secs(20),
-            "no answer: the broker accepts no more connections",
-        )
+    assert_paced_out_of_fds(serve, held, || {
+        let mut verify = cordon();
+        verify
+            .args(["audit", "verify", "--broker"])
+            .arg(format!("https://localhost:{port}"))
+            .env("CORDON_TLS_CA", d.join("ca.pem"))
+            .env("CORDON_TLS_CERT", d.join("client.pem"))
+            .env("CORDON_TLS_KEY", d.join("client.key"));
+        verify
     });
-    let _ = serve.kill();
-    let out = serve.wait_with_output().unwrap();
-    let err = text(&out.stderr);
-    let answer = answer.unwrap_or_else(|_| panic!("the broker accepted no new client: {err}"));
-    assert!(answer.status.success(), "{answer:?} {err}");
-    // Accepting again at once, its workers took more than a CPU (100 ticks).
-    assert!(spent < 30, "{spent} ticks of CPU in 1 s out of fds");
-    assert!(
-        err.contains("cannot accept a connection"),
-        "never out of fds: {err}"
-    );
 }
 
 /// A TCP peer that never starts its TLS handshake is dropped once the
@@ -305,23 +286,14 @@ fn a_tcp_broker_out_of_fds_neither_spins_nor_stops_accepting() {
 fn a_tcp_peer_that_never_shakes_hands_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_ca(d, "ca");
-    let server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n";
-    make_cert(d, "ca", "server", server_ext);
+    make_server_and_client(d);
     let port = free_port();
     let mut serve = serve_tls(d, &format!("tcp://127.0.0.1:{port}"), "audit")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut idle = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("serve did not listen: {e}"),
-        }
-    };
+    let mut idle = connect_when_listening(port);
     idle.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let started = Instant::now();

@@ -214,3 +214,41 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+/// A broker out of fds, `held` connections holding them: in one second it
+/// spends under 30 clock ticks of CPU (tonic accepting again at once took
+/// more than a CPU, 100), says it cannot accept, and once they are dropped
+/// answers a new client (`verify`, started then) within 20 s.
+pub fn assert_paced_out_of_fds<T>(
+    mut serve: Child,
+    held: Vec<T>,
+    verify: impl FnOnce() -> Command,
+) {
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(serve.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(serve.id()) - before;
+    drop(held);
+    let client = verify()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let answer = std::panic::catch_unwind(|| {
+        exits_within(
+            client,
+            Duration::from_secs(20),
+            "no answer: the broker accepts no more connections",
+        )
+    });
+    let _ = serve.kill();
+    let out = serve.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let answer = answer.unwrap_or_else(|_| panic!("the broker accepted no new client: {err}"));
+    assert!(answer.status.success(), "{answer:?} {err}");
+    assert!(spent < 30, "{spent} ticks of CPU in 1 s out of fds");
+    assert!(
+        err.contains("cannot accept a connection"),
+        "never out of fds: {err}"
+    );
+}
