@@ -3836,7 +3836,10 @@ fn a_second_signal_ends_a_start_that_hangs() {
     std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     // The same signal again within a second is the same request (GNU
-    // `timeout` sends two): held, as the first.
+    // `timeout` sends two, back to back; two threads may take them at once,
+    // unless the kernel merged them): held, as the first. Once more 0.1 s
+    // later, surely a delivery of its own.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     std::thread::sleep(Duration::from_millis(1200));

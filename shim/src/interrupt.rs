@@ -128,7 +128,7 @@ pub fn while_blocked<T>(
     if !WATCHER.is_completed() || !*HANDLER || sys::unblock_interrupt_signal().is_err() {
         return call();
     }
-    let key = {
+    let (key, first) = {
         let mut r = registry();
         r.next += 1;
         let key = r.next;
@@ -145,9 +145,13 @@ pub fn while_blocked<T>(
                 fired,
             },
         );
-        key
+        (key, r.waiting.len() == 1)
     };
-    REGISTRY.1.notify_all();
+    // The watcher waits only while nobody is registered: otherwise it looks
+    // again within a tick anyway.
+    if first {
+        REGISTRY.1.notify_all();
+    }
     // On every way out (a panic too): the signal blocked first, so one sent
     // just before cannot end a later call of this thread (its answer, an
     // inject), then unregistered (the watcher signals only threads it finds

@@ -464,6 +464,10 @@ impl Sandbox {
                 // verification (the only call the supervisor has had: each
                 // is counted before the answer).
                 let ready = ready_rx.recv();
+                // Reaped by `spawn` (after the supervisor thread named it,
+                // before its `ready`): a start given up later must not kill
+                // another process by its pid.
+                sys::starting(0);
                 let undecided = matches!(&ready, Ok(Ok((sup, _)))
                     if sup.counters().undecided > 0 || sup.exec_refusals() > 0);
                 let denied = matches!(&ready, Ok(Ok((sup, _))) if sup.counters().denied > 0);

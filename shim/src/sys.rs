@@ -1120,6 +1120,8 @@ static PENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 /// When each signal was first kept (`CLOCK_MONOTONIC`, ns).
 static HELD_AT: [std::sync::atomic::AtomicU64; 64] =
     [const { std::sync::atomic::AtomicU64::new(0) }; 64];
+/// The process that called [`hold_signals`].
+static HOLDER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 /// The child being started (0: none yet), killed with its group if a start
 /// is given up.
 static STARTING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -1160,13 +1162,24 @@ extern "C" fn relay(sig: libc::c_int) {
     let group = RELAY_GROUP.load(std::sync::atomic::Ordering::Relaxed);
     if pid == 0 {
         if (1..64).contains(&sig) {
-            let now = monotonic_ns();
-            let before = PENDING.fetch_or(1 << sig, std::sync::atomic::Ordering::Relaxed);
-            let first = &HELD_AT[sig as usize];
-            if before & (1 << sig) == 0 {
-                first.store(now, std::sync::atomic::Ordering::Relaxed);
-            } else if now.saturating_sub(first.load(std::sync::atomic::Ordering::Relaxed))
-                >= GIVE_UP_AFTER_NS
+            // The first time taken in one step: two deliveries of the same
+            // signal (GNU `timeout` sends two) may run this on two threads
+            // at once, and neither may see a time not yet stored.
+            let now = monotonic_ns().max(1);
+            let first = HELD_AT[sig as usize].compare_exchange(
+                0,
+                now,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            PENDING.fetch_or(1 << sig, std::sync::atomic::Ordering::SeqCst);
+            // SAFETY: getpid is async-signal-safe and cannot fail.
+            let me = unsafe { libc::getpid() };
+            // Only in the process that held them: a child being started
+            // has this handler too until its exec.
+            if let Err(at) = first
+                && now.saturating_sub(at) >= GIVE_UP_AFTER_NS
+                && me == HOLDER.load(std::sync::atomic::Ordering::Relaxed)
             {
                 give_up_start(sig);
             }
@@ -1236,6 +1249,7 @@ pub fn relay_signals_to(pid: i32, group: bool) -> io::Result<()> {
     install_relay()?;
     // Those that came while the tool was being started go to it now.
     let pending = PENDING.swap(0, std::sync::atomic::Ordering::Relaxed);
+    forget_held();
     for sig in 1..64 {
         if pending & (1 << sig) != 0 {
             relay(sig);
@@ -1251,16 +1265,31 @@ pub fn relay_signals_to(pid: i32, group: bool) -> io::Result<()> {
 /// the start up ([`give_up_start`]).
 pub fn hold_signals() -> io::Result<()> {
     // None kept from an earlier start (one that failed) reaches this tool.
-    PENDING.store(0, std::sync::atomic::Ordering::Relaxed);
-    STARTING.store(0, std::sync::atomic::Ordering::Relaxed);
+    forget_held();
+    HOLDER.store(
+        std::process::id() as i32,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     RELAY_TO.store(0, std::sync::atomic::Ordering::Relaxed);
     install_relay()
 }
 
+/// No signal kept, no start to give up: before a start, and once it ended
+/// (its child relayed to, or reaped by a failed spawn: its pid may be
+/// another's).
+pub fn forget_held() {
+    PENDING.store(0, std::sync::atomic::Ordering::SeqCst);
+    for at in &HELD_AT {
+        at.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+    STARTING.store(0, std::sync::atomic::Ordering::SeqCst);
+}
+
 fn install_relay() -> io::Result<()> {
     for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: sigaction is all-integer plus a handler that only loads and
-        // stores atomics and calls kill, all async-signal-safe.
+        // SAFETY: sigaction is all-integer plus a handler that only uses
+        // atomics and calls kill, getpid, clock_gettime and (giving a start
+        // up) rmdir, write and _exit, all async-signal-safe.
         let ret = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = relay as extern "C" fn(libc::c_int) as usize;
@@ -1442,21 +1471,21 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            // SAFETY: closes of this child's own stdio, and a pipe2 into a
-            // stack array.
-            let code = unsafe {
+            // SAFETY: closes of this child's own stdio.
+            unsafe {
                 libc::close(0);
                 libc::close(1);
                 libc::close(2);
-                match pipe_above_stdio() {
-                    Ok((r, w)) if r.as_raw_fd() > 2 && w.as_raw_fd() > 2 => {
-                        // The numbers freed by the move are free again.
-                        let mut fds = [0; 2];
-                        let again = libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC);
-                        if again == 0 && fds[0] == 0 { 0 } else { 2 }
-                    }
-                    _ => 1,
+            }
+            let code = match pipe_above_stdio() {
+                Ok((r, w)) if r.as_raw_fd() > 2 && w.as_raw_fd() > 2 => {
+                    // The numbers freed by the move are free again.
+                    let mut fds = [0; 2];
+                    // SAFETY: pipe2 writes two ints into a stack array.
+                    let again = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+                    if again == 0 && fds[0] == 0 { 0 } else { 2 }
                 }
+                _ => 1,
             };
             // SAFETY: _exit takes an integer and never returns.
             unsafe { libc::_exit(code) };

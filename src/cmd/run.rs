@@ -411,8 +411,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     let tmpdir = private_tmpdir(&sandbox_id)?;
     // Removed however `execute` ends, early returns included, and by the
     // signal handler if the start is given up.
-    let _tmpdir_guard = RemoveOnDrop(tmpdir.clone());
-    cordon_shim::rmdir_if_start_given_up(&tmpdir);
+    let _tmpdir_guard = RemoveOnDrop::new(tmpdir.clone());
     if let Some((uid, gid)) = user {
         nix::unistd::chown(&tmpdir, Some(uid.into()), Some(gid.into()))
             .with_context(|| format!("cannot give {} to --user", tmpdir.display()))?;
@@ -508,8 +507,16 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-/// A directory removed, with what is in it, on drop.
+/// A directory removed, with what is in it, on drop; if empty, also when a
+/// start is given up from the signal handler, where no destructor runs.
 struct RemoveOnDrop(PathBuf);
+
+impl RemoveOnDrop {
+    fn new(dir: PathBuf) -> Self {
+        cordon_shim::rmdir_if_start_given_up(&dir);
+        Self(dir)
+    }
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
