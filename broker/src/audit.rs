@@ -2069,6 +2069,14 @@ impl AuditLog for SledAudit {
         self.inner.append(record)
     }
 
+    /// Open, so ready at once, unless a flush panicked: then it never is.
+    fn ready(&self) -> Result<(), AuditError> {
+        match self.inner.broken.get() {
+            Some(why) => Err(AuditError::Flush(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn scan(
         &self,
         filter: &AuditFilter,
@@ -2424,6 +2432,9 @@ mod tests {
             }
             assert_eq!(audit.inner.unflushed.lock().unwrap().len(), held);
             assert!(panicked(&audit.flush().unwrap_err()));
+            // And it says it will not take records (`spawn` names a
+            // store's failure by it).
+            assert!(panicked(&audit.ready().unwrap_err()));
         }
     }
 

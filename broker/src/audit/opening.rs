@@ -140,7 +140,7 @@ impl AuditLog for Opening {
     }
 
     fn ready(&self) -> Result<(), AuditError> {
-        self.wait().map(|_| ())
+        self.wait()?.ready()
     }
 }
 
