@@ -247,6 +247,40 @@ fn file_size_and_open_file_caps() {
         "{}",
         text(&out.stderr)
     );
+    // Neither can be raised again, by root neither: the tool gives up
+    // `CAP_SYS_RESOURCE` when cordon sets a limit. Where cordon lacks that
+    // capability (without root, or in a container that withholds it, as
+    // the dev machine's does) the kernel refuses anyway, and only the unit
+    // test `dropped_capabilities_leave_every_set_in_both_words` shows the
+    // drop. `setrlimit` and `prlimit` both, though glibc's `setrlimit` is
+    // `prlimit64` of the caller too.
+    std::fs::write(
+        b.path().join("raise.py"),
+        r#"import resource as r
+for res, lim in ((r.RLIMIT_FSIZE, r.RLIM_INFINITY), (r.RLIMIT_NOFILE, 4096)):
+    try:
+        r.setrlimit(res, (lim, lim))
+        print("raised")
+    except (ValueError, OSError):
+        print("refused")
+try:
+    r.prlimit(0, r.RLIMIT_FSIZE, (r.RLIM_INFINITY,) * 2)
+    print("raised")
+except (ValueError, OSError):
+    print("refused")
+print(r.getrlimit(r.RLIMIT_FSIZE), r.getrlimit(r.RLIMIT_NOFILE))
+"#,
+    )
+    .unwrap();
+    let out = b.run(
+        &["--max-file-size", "1M", "--max-open-files", "64"],
+        "exec /usr/bin/python3 raise.py",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "refused\nrefused\nrefused\n(1048576, 1048576) (64, 64)\n"
+    );
     // As small a cap as runs natively (stdio and one fd for the loader):
     // the seccomp listener, made in the child before its exec, needs an fd
     // of its own, so the cap is set after it.

@@ -383,22 +383,27 @@ pub fn thread_effective_caps() -> io::Result<u64> {
 /// capabilities), as a bit of a capability set.
 pub const CLOCK_CAPABILITY: u64 = 1 << 25;
 
-/// Takes `CAP_SYS_TIME` out of the calling thread's effective, permitted
-/// and inheritable sets (and so its ambient set), which needs no privilege.
-/// With `no_new_privs` set before exec, an exec cannot give it back, not
-/// even to root: the kernel then bounds the new permitted set by the old.
-/// Async-signal-safe: two syscalls on stack memory.
-pub fn drop_clock_capability() -> io::Result<()> {
-    let bit = CLOCK_CAPABILITY as u32;
+/// `CAP_SYS_RESOURCE` (24): raising a hard rlimit needs it, so a root tool
+/// that keeps it is not bound by the limits cordon sets.
+pub const RESOURCE_CAPABILITY: u64 = 1 << 24;
+
+/// Takes the capabilities in `bits` out of the calling thread's effective,
+/// permitted and inheritable sets (and so its ambient set), which needs no
+/// privilege. With `no_new_privs` set before exec, an exec cannot give them
+/// back, not even to root: the kernel then bounds the new permitted set by
+/// the old. Async-signal-safe: two syscalls on stack memory.
+pub fn drop_capabilities(bits: u64) -> io::Result<()> {
+    let words = [bits as u32, (bits >> 32) as u32];
     let mut data = thread_cap_data()?;
-    // Index 0, 1, 2: the low words of effective, permitted, inheritable.
-    // Not held (a tool without privilege): no `capset`, which a confined
+    // Indexes 0, 1, 2: the low words of effective, permitted, inheritable;
+    // 3, 4, 5: their high words.
+    // None held (a tool without privilege): no `capset`, which a confined
     // domain (SELinux `setcap`) may be refused even to lower.
-    if data[..3].iter().all(|word| word & bit == 0) {
+    if (0..6).all(|i| data[i] & words[i / 3] == 0) {
         return Ok(());
     }
-    for word in &mut data[..3] {
-        *word &= !bit;
+    for (i, word) in data.iter_mut().enumerate() {
+        *word &= !words[i / 3];
     }
     let mut header = [CAP_VERSION_3, 0];
     // SAFETY: capset reads the header and the two structs in `data`; pid 0
@@ -816,7 +821,9 @@ impl SetupStep {
             SetupStep::Network => "cannot make the network namespace",
             SetupStep::Ipc => "cannot make the IPC namespace",
             SetupStep::User => "cannot switch to --user",
-            SetupStep::Capabilities => "cannot give up the capability to set the clock",
+            SetupStep::Capabilities => {
+                "cannot give up the capabilities to set the clock and raise limits"
+            }
             SetupStep::Landlock => "cannot apply the Landlock backstop",
             SetupStep::CloseRange => "cannot close cordon's file descriptors",
             SetupStep::Filter => "cannot install the seccomp filter",
@@ -893,7 +900,11 @@ fn apply_setup(setup: &ChildSetup, step: &mut SetupStep) -> io::Result<()> {
     // without privilege: it is the audit records' time, and the change times
     // `protect` relies on.
     *step = SetupStep::Capabilities;
-    drop_clock_capability()?;
+    // And the limits set above, if any, bind a root tool too: it could
+    // raise them again with `CAP_SYS_RESOURCE` (the `RLIMIT_NOFILE` the
+    // filter hook sets only lowers the hard limit raised above).
+    let limited = !setup.rlimits.is_empty() || setup.nofile.is_some();
+    drop_capabilities(CLOCK_CAPABILITY | if limited { RESOURCE_CAPABILITY } else { 0 })?;
     *step = SetupStep::Landlock;
     if let Some(ruleset) = &setup.landlock {
         restrict_raw(ruleset.as_raw_fd())?;
@@ -1458,6 +1469,34 @@ mod tests {
             SetupStep::from_code(SetupStep::Filter as i32),
             Some(SetupStep::Filter)
         );
+    }
+
+    /// The capabilities asked for leave the effective, permitted and
+    /// inheritable sets, in both words (`CAP_CHECKPOINT_RESTORE`, 40, is in
+    /// the high one), and nothing else does. On a thread of its own:
+    /// capabilities are per thread, and these do not come back.
+    #[test]
+    fn dropped_capabilities_leave_every_set_in_both_words() {
+        const CHECKPOINT_RESTORE: u64 = 1 << 40;
+        let before = thread_cap_data().unwrap();
+        let held = |data: [u32; 6], set: usize| data[set] as u64 | (data[set + 3] as u64) << 32;
+        let bits = CLOCK_CAPABILITY | RESOURCE_CAPABILITY | CHECKPOINT_RESTORE;
+        if held(before, 1) & (CLOCK_CAPABILITY | CHECKPOINT_RESTORE)
+            != CLOCK_CAPABILITY | CHECKPOINT_RESTORE
+        {
+            eprintln!("skipped: needs CAP_SYS_TIME and CAP_CHECKPOINT_RESTORE to drop");
+            return;
+        }
+        let after = std::thread::spawn(move || {
+            drop_capabilities(bits).unwrap();
+            thread_cap_data().unwrap()
+        })
+        .join()
+        .unwrap();
+        for set in 0..3 {
+            assert_eq!(held(after, set), held(before, set) & !bits, "set {set}");
+        }
+        assert_eq!(thread_cap_data().unwrap(), before, "another thread's");
     }
 
     /// A host that closed its stdio gets pipe ends above it: in a forked

@@ -96,7 +96,8 @@ pub struct RunArgs {
     /// Largest file the tool may write (writes past it fail with EFBIG / SIGXFSZ).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Limits")]
     max_file_size: Option<u64>,
-    /// Most open file descriptors per process.
+    /// Most open file descriptors per process. Neither this limit nor --max-file-size can be
+    /// raised by the tool, as root neither (it gives up CAP_SYS_RESOURCE).
     #[arg(long, value_name = "N", help_heading = "Limits")]
     max_open_files: Option<u64>,
     /// `none`: a network namespace with only loopback (nothing else reachable, whatever the
