@@ -8,7 +8,7 @@ use std::{
     os::unix::net::{UnixListener, UnixStream},
     path::{Path, PathBuf},
     sync::{Arc, Condvar, Mutex, mpsc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use cordon_broker::{
@@ -70,6 +70,8 @@ struct Gate {
     changed: Condvar,
     /// Connections from this one on are closed as soon as they are accepted.
     refuse_from: usize,
+    /// Whether connections accepted from now on start held.
+    hold_new: Mutex<bool>,
 }
 
 impl Gate {
@@ -79,6 +81,7 @@ impl Gate {
             held: Mutex::default(),
             changed: Condvar::new(),
             refuse_from,
+            hold_new: Mutex::new(false),
         })
     }
 
@@ -135,7 +138,7 @@ fn relay(front: &Path, back: PathBuf, gate: Arc<Gate>) {
                 .push(client.try_clone().unwrap());
             let conn = {
                 let mut held = gate.held.lock().unwrap();
-                held.push((false, 0));
+                held.push((*gate.hold_new.lock().unwrap(), 0));
                 gate.changed.notify_all();
                 held.len() - 1
             };
@@ -179,6 +182,10 @@ struct Relayed {
 }
 
 fn relayed(refuse_from: usize, max_idle: Duration) -> Relayed {
+    relayed_with_deadline(refuse_from, max_idle, Duration::from_secs(60))
+}
+
+fn relayed_with_deadline(refuse_from: usize, max_idle: Duration, deadline: Duration) -> Relayed {
     let dir = tempfile::tempdir().unwrap();
     let (socket, front) = (
         dir.path().join("broker.sock"),
@@ -188,7 +195,7 @@ fn relayed(refuse_from: usize, max_idle: Duration) -> Relayed {
     let gate = Gate::new(refuse_from);
     relay(&front, socket, gate.clone());
     let uri = format!("unix://{}", front.display()).parse().unwrap();
-    let remote = Remote::connect(&uri, Duration::from_secs(60)).expect("connect");
+    let remote = Remote::connect(&uri, deadline).expect("connect");
     let remote = Arc::new(remote.max_idle(max_idle));
     assert_eq!(gate.connections(), 1, "one stream at start");
     Relayed {
@@ -345,4 +352,47 @@ fn a_lifecycle_record_waits_out_a_lost_stream_instead_of_being_lost() {
         .expect("recorded on a reopened stream");
     assert!(seq >= 2, "seq {seq}");
     assert_eq!(gate.connections(), 2);
+}
+
+/// A call waits for a lane no longer than its own deadline, though the call
+/// holding that lane may have begun later and keep it for a whole deadline
+/// of its own. Here: the first lane's call hangs (A); a second call (B) tries
+/// to open the second lane, which hangs too; A times out and a third call
+/// (E) takes the first lane and hangs reconnecting; B, its own connect timed
+/// out, wants the first lane back. Before, B waited for E's deadline too:
+/// 1.6 s of B's 1 s.
+#[test]
+fn a_call_waits_for_a_lane_no_longer_than_its_deadline() {
+    let deadline = Duration::from_secs(1);
+    let Relayed { gate, remote, .. } =
+        &relayed_with_deadline(usize::MAX, DEFAULT_MAX_IDLE, deadline);
+    // Every answer from now on is held: the broker hangs.
+    *gate.hold_new.lock().unwrap() = true;
+    let a = held_call(gate, remote);
+    std::thread::sleep(Duration::from_millis(400));
+    let b = {
+        let remote = remote.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let result = remote.decide(&requests::read_system_lib(2));
+            (result, start.elapsed())
+        })
+    };
+    // B's stream of its own is being opened, and hangs.
+    gate.wait_connections(2);
+    assert!(
+        matches!(a.join().unwrap(), Err(ClientError::Timeout(_))),
+        "A was answered"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    // Past the first lane's backoff after A's timeout, E reconnects it.
+    let e = decide_on_a_thread(remote, 3);
+    let (result, waited) = b.join().unwrap();
+    assert!(result.is_err(), "B was answered: {result:?}");
+    assert!(
+        waited < deadline + Duration::from_millis(300),
+        "B waited {waited:?} with a deadline of {deadline:?}"
+    );
+    assert!(e.join().unwrap().is_err(), "E was answered");
+    assert_eq!(gate.connections(), 3, "E did not reconnect the first lane");
 }

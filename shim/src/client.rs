@@ -3,16 +3,13 @@
 //! need not wait for each other).
 //!
 //! Fail-closed lives in the caller (`notify::Supervisor::ask`): every
-//! [`ClientError`] becomes a denial. The remote client bounds each connect
-//! and each exchange by the deadline (a call may first wait for a lane, or
-//! try a spare lane's connect before it), never applies a late answer, and
+//! [`ClientError`] becomes a denial. The remote client bounds each call by
+//! the deadline (the wait for a lane, a spare lane's connect tried first, a
+//! reconnect and the exchange share it), never applies a late answer, and
 //! reconnects with backoff while calls are denied.
 
 use std::{
-    sync::{
-        Mutex, MutexGuard, TryLockError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -24,6 +21,7 @@ use cordon_broker::{
         session_request, session_response,
     },
 };
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -276,33 +274,35 @@ impl Remote {
     }
 
     /// The first lane no other call holds, or else the first lane once it is
-    /// free. A spare lane that is down and waiting out its backoff is passed
-    /// over.
-    fn lane(&self) -> (usize, MutexGuard<'_, Connection>) {
+    /// free, if that is before `until`. A spare lane that is down and
+    /// waiting out its backoff is passed over.
+    fn lane(&self, until: Instant) -> Option<(usize, MutexGuard<'_, Connection>)> {
         for (i, lane) in self.lanes.iter().enumerate() {
-            let conn = match lane.conn.try_lock() {
-                Ok(c) => c,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) => continue,
+            let Some(conn) = lane.conn.try_lock() else {
+                continue;
             };
             if i == 0 || conn.stream.is_some() || Instant::now() >= conn.retry_at {
-                return (i, conn);
+                return Some((i, conn));
             }
         }
-        (0, self.first())
+        Some((0, self.first(until)?))
     }
 
     /// A spare lane with a stream that can be used as it is (open, and not
-    /// idle past `max_idle`), waiting for it if another call holds it.
-    fn live_spare(&self) -> Option<(usize, MutexGuard<'_, Connection>)> {
+    /// idle past `max_idle`), waiting for it until `until` if another call
+    /// holds it.
+    fn live_spare(&self, until: Instant) -> Option<(usize, MutexGuard<'_, Connection>)> {
         self.lanes.iter().enumerate().skip(1).find_map(|(i, lane)| {
-            let conn = lane.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = lane.conn.try_lock_until(until)?;
             (conn.stream.is_some() && conn.used_at.elapsed() < self.max_idle).then_some((i, conn))
         })
     }
 
-    fn first(&self) -> MutexGuard<'_, Connection> {
-        self.lanes[0].conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// The first lane, once free, if that is before `until`: a call that
+    /// holds it may keep it for its own whole deadline, which began later
+    /// than ours.
+    fn first(&self, until: Instant) -> Option<MutexGuard<'_, Connection>> {
+        self.lanes[0].conn.try_lock_until(until)
     }
 
     /// One request and its answer, within the deadline in all: waiting for a
@@ -329,24 +329,25 @@ impl Remote {
         until: Instant,
     ) -> Result<session_response::Msg, ClientError> {
         let left = || until.saturating_duration_since(Instant::now());
-        let (mut i, mut conn) = self.lane();
         // The wait for a lane used the time up: a denial, but not the
         // broker's failure (no reconnect tried, no backoff).
+        let timeout = || ClientError::Timeout(self.deadline);
+        let (mut i, mut conn) = self.lane(until).ok_or_else(timeout)?;
         if left().is_zero() {
-            return Err(ClientError::Timeout(self.deadline));
+            return Err(timeout());
         }
         // A spare lane that cannot connect hands its call to the first lane
         // rather than deny it: the broker may be up, only busy or at its limit.
         if i > 0 && !self.lanes[i].connected(&mut conn, &self.uri, left(), self.max_idle)? {
             drop(conn);
-            (i, conn) = (0, self.first());
+            (i, conn) = (0, self.first(until).ok_or_else(timeout)?);
         }
         if !self.lanes[i].connected(&mut conn, &self.uri, left(), self.max_idle)? {
             // The first lane is down (waiting out its backoff, or its
             // reconnect failed): a spare lane whose stream is up answers
             // instead of the call being denied.
             drop(conn);
-            (i, conn) = self.live_spare().ok_or(ClientError::Disconnected)?;
+            (i, conn) = self.live_spare(until).ok_or(ClientError::Disconnected)?;
         }
         let wait = left();
         if wait.is_zero() {
