@@ -2411,19 +2411,21 @@ const TRY_: &str = "import os, time\n\
 
 /// cordon's own files share the tool's uid: under a policy that allows
 /// everything, the embedded audit store (by any name: a hard link the tool
-/// makes), the TLS client key and writes to the policy stay out of reach,
-/// while a file beside them opens. Each refusal is counted on exit.
+/// makes), the TLS client key and writes to the policy and the TLS CA stay
+/// out of reach, while a file beside them opens. Each refusal is counted on exit.
 #[test]
 fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
     let env = Env::new(&[]);
     let policy = env.allow_all();
     let key = env.dir.path().join("client.key");
     std::fs::write(&key, "secret\n").unwrap();
+    let ca = env.dir.path().join("ca.pem");
+    std::fs::write(&ca, "ca\n").unwrap();
     let beside = env.dir.path().join("beside.txt");
     std::fs::write(&beside, "beside\n").unwrap();
     let script = format!(
         "{TRY_}\
-         db, key, policy, beside = {db:?}, {key:?}, {policy:?}, {beside:?}\n\
+         db, key, ca, policy, beside = {db:?}, {key:?}, {ca:?}, {policy:?}, {beside:?}\n\
          try_('beside', lambda: open(beside).read())\n\
          try_('store-list', lambda: os.listdir(db))\n\
          try_('store-read', lambda: open(db + '/conf').read())\n\
@@ -2432,6 +2434,8 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
          os.link(db + '/db', 'linked')\n\
          try_('store-linked', lambda: open('linked', 'rb').read(1))\n\
          try_('key', lambda: open(key).read())\n\
+         try_('ca-read', lambda: open(ca).read())\n\
+         try_('ca-write', lambda: open(ca, 'w'))\n\
          try_('policy-read', lambda: open(policy).read(1))\n\
          try_('policy-write', lambda: open(policy, 'a'))\n\
          try_('policy-creat', lambda: os.close(os.open(policy, os.O_RDONLY | os.O_CREAT)))\n\
@@ -2441,12 +2445,14 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
          try_('store-late', lambda: open('late-linked').read())\n",
         db = env.db.display().to_string(),
         key = key.display().to_string(),
+        ca = ca.display().to_string(),
         policy = policy.display().to_string(),
         beside = beside.display().to_string(),
     );
     let run = env
         .command_with_policy(&policy, &["/usr/bin/python3", "-c", &script])
         .env("CORDON_TLS_KEY", &key)
+        .env("CORDON_TLS_CA", &ca)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -2464,13 +2470,14 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
     assert_eq!(
         assert_ok(&out),
         "beside ok\nstore-list err 13\nstore-read err 13\nstore-append err 13\n\
-         store-create err 13\nstore-linked err 13\nkey err 13\npolicy-read ok\n\
+         store-create err 13\nstore-linked err 13\nkey err 13\nca-read ok\nca-write err 13\npolicy-read ok\n\
          policy-write err 13\npolicy-creat ok\nstore-late err 13\n"
     );
     assert_eq!(std::fs::read_to_string(&key).unwrap(), "secret\n");
+    assert_eq!(std::fs::read_to_string(&ca).unwrap(), "ca\n");
     let records = env.audit();
     let reason = exit_reason(&records);
-    assert!(reason.contains("openat(protected file)×8"), "{reason}");
+    assert!(reason.contains("openat(protected file)×9"), "{reason}");
     // Refused before any decision: no file record names them.
     assert!(find(&records, "openat", "client.key").is_empty());
     assert!(!find(&records, "openat", "beside.txt").is_empty());

@@ -35,7 +35,7 @@ descendants is decided by the policy and recorded in the audit store; see `cordo
 the broker runs inside this process with the built-in default policy (read the system, read/write the \
 current directory and a private TMPDIR, exec system binaries, no network). Whatever the policy says, the \
 command cannot open cordon's own files: the embedded audit store, the client key in CORDON_TLS_KEY, and \
-(for writing) the --policy paths.\n\n\
+(for writing) the --policy paths and the CA and certificate in CORDON_TLS_CA and CORDON_TLS_CERT.\n\n\
 Signals: SIGINT, SIGQUIT, SIGTERM and SIGHUP are relayed to the command. One that comes while it starts is \
 kept for it; the same one again a second or more later gives the start up, killing the command.\n\n\
 Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad \
@@ -395,8 +395,8 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     // cordon's own files, the tool's uid's too: the embedded store (which
     // it could rewrite), the policy (read at start, so a change would
     // govern the next run) and the TLS client key (with which it could
-    // speak to the broker as cordon) cannot be opened (the policy: for
-    // writing), whatever the policy says. Calls by path that are not
+    // speak to the broker as cordon) cannot be opened (the policy, the TLS
+    // CA and certificate: for writing), whatever the policy says. Calls by path that are not
     // brokered (`unlink`, `rename`, `truncate`) are the Landlock
     // backstop's to confine.
     if args.broker.is_none() {
@@ -407,6 +407,13 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
     }
     if let Some(key) = std::env::var_os("CORDON_TLS_KEY").filter(|k| !k.is_empty()) {
         sandbox = sandbox.protect(key);
+    }
+    // The CA and client certificate are not secret, but a tool that
+    // rewrote the CA would choose the broker the next run trusts.
+    for var in ["CORDON_TLS_CA", "CORDON_TLS_CERT"] {
+        if let Some(path) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            sandbox = sandbox.protect_writes(path);
+        }
     }
     let sandbox_id = sandbox.id().to_owned();
     let tmpdir = private_tmpdir(&sandbox_id)?;
