@@ -529,20 +529,23 @@ impl BpfProgram {
     }
 }
 
-/// A close-on-exec pipe whose ends are not fds 0–2: a host that closed one
-/// would get it from `pipe2`, and the child's stdio set-up (`dup2` onto
-/// 0–2, before the hooks that use these numbers) would replace it.
+/// `fd`, close-on-exec and moved above fds 0–2 if it is one of them: for
+/// fds the child uses in its hooks. A host that closed its stdio gets those
+/// numbers for new fds, and the child's stdio set-up (`dup2` onto 0–2,
+/// before the hooks) would replace them.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let moved = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
+/// A close-on-exec pipe whose ends are not fds 0–2 ([`above_stdio`]).
 pub fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
-    let above = |fd: OwnedFd| -> io::Result<OwnedFd> {
-        if fd.as_raw_fd() > 2 {
-            return Ok(fd);
-        }
-        let moved = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
-        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(moved) })
-    };
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    Ok((above(r)?, above(w)?))
+    Ok((above_stdio(r)?, above_stdio(w)?))
 }
 
 /// What the child reports to the parent once its filter is loaded: its pid
@@ -1037,7 +1040,9 @@ pub fn landlock_ruleset(handled_fs: u64, handled_net: u64, scoped: u64) -> io::R
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let ruleset = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // The child restricts itself with it in a hook, after its stdio set-up.
+    above_stdio(ruleset)
 }
 
 /// Allows `access` beneath the file or directory `parent`.
@@ -1499,12 +1504,13 @@ mod tests {
         assert_eq!(thread_cap_data().unwrap(), before, "another thread's");
     }
 
-    /// A host that closed its stdio gets pipe ends above it: in a forked
-    /// child (closing fds 0–2 here would race the other tests' opens), which
-    /// exits 0 only if both ends are above 2 and the low numbers they were
-    /// moved from are free again.
+    /// A host that closed its stdio gets pipe ends, and a Landlock ruleset,
+    /// above it: in a forked child (closing fds 0–2 here would race the
+    /// other tests' opens), which exits 0 only if both ends are above 2, the
+    /// low numbers they were moved from are free again, and a ruleset (where
+    /// the kernel has Landlock) is above 2 too.
     #[test]
-    fn pipes_for_the_child_are_above_stdio_when_it_is_closed() {
+    fn the_childs_fds_are_above_stdio_when_it_is_closed() {
         // SAFETY: the child only makes system calls (close, pipe2, fcntl,
         // _exit) and allocates nothing on these paths.
         let pid = unsafe { libc::fork() };
@@ -1522,7 +1528,15 @@ mod tests {
                     let mut fds = [0; 2];
                     // SAFETY: pipe2 writes two ints into a stack array.
                     let again = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-                    if again == 0 && fds[0] == 0 { 0 } else { 2 }
+                    // Fds 0 and 1 taken again: the ruleset would get 2.
+                    // LANDLOCK_ACCESS_FS_EXECUTE (1 << 0) handled.
+                    match landlock_ruleset(1, 0, 0) {
+                        _ if again != 0 || fds[0] != 0 => 2,
+                        Ok(ruleset) if ruleset.as_raw_fd() > 2 => 0,
+                        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => 0,
+                        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => 0,
+                        _ => 3,
+                    }
                 }
                 _ => 1,
             };
