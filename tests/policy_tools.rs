@@ -545,6 +545,16 @@ fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
         "cordon wrote through it"
     );
 
+    // An --output that is a link to a directory is that directory (it used
+    // to be taken for one the tool replaced).
+    let real = work.path().join("real-dir");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, work.path().join("via-link")).unwrap();
+    let out = learn_in(work.path(), Path::new("via-link"), &["/bin/true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(real.join("policy.rego").exists(), "{err}");
+
     // A non-empty output directory is refused.
     let out = learn_in(work.path(), &learned, &["true"]);
     assert_eq!(out.status.code(), Some(2));

@@ -68,10 +68,15 @@ pub fn run(args: LearnArgs) -> ExitCode {
 }
 
 /// The output directory, checked and made before the tool runs, so that a
-/// run is never lost to an output that cannot be written.
+/// run is never lost to an output that cannot be written. Its links
+/// (`--output` may name a link to a directory) are resolved now, before the
+/// tool could change them.
 fn prepare_output(dir: &Path) -> anyhow::Result<MadeDirs> {
     let mut made = made_output(dir)?;
-    let st = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    made.path =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let st = std::fs::symlink_metadata(&made.path)
+        .with_context(|| format!("cannot read {}", made.path.display()))?;
     made.identity = (st.dev(), st.ino());
     Ok(made)
 }
@@ -82,7 +87,8 @@ fn prepare_output(dir: &Path) -> anyhow::Result<MadeDirs> {
 /// directory, so one the tool left there (written, linked or renamed in:
 /// the run is permissive) would be part of the learned policy, unseen by
 /// whoever reviews the three files cordon writes.
-fn check_output(dir: &Path, made: &MadeDirs) -> anyhow::Result<()> {
+fn check_output(made: &MadeDirs) -> anyhow::Result<()> {
+    let dir = &made.path;
     let st =
         std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     if !st.is_dir() || (st.dev(), st.ino()) != made.identity {
@@ -131,10 +137,9 @@ fn made_output(dir: &Path) -> anyhow::Result<MadeDirs> {
                 .collect();
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            Ok(MadeDirs {
-                dirs: missing,
-                ..MadeDirs::default()
-            })
+            let mut made = MadeDirs::default();
+            made.dirs = missing;
+            Ok(made)
         }
     }
 }
@@ -145,7 +150,9 @@ fn made_output(dir: &Path) -> anyhow::Result<MadeDirs> {
 struct MadeDirs {
     dirs: Vec<PathBuf>,
     keep: bool,
-    /// Device and inode of the output directory.
+    /// The output directory, links resolved.
+    path: PathBuf,
+    /// Its device and inode.
     identity: (u64, u64),
 }
 
@@ -220,9 +227,9 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
     };
     let learned = Learned::from_records(&records);
-    check_output(&args.output, &made_output)?;
+    check_output(&made_output)?;
     made_output.keep = true;
-    write_policy(&args.output, &learned, &command_line, &sandbox_id)?;
+    write_policy(&made_output.path, &learned, &command_line, &sandbox_id)?;
     eprintln!(
         "cordon: learned {} calls ({} distinct) from `{command_line}`; wrote {}",
         learned.calls,
