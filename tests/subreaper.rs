@@ -58,3 +58,29 @@ fn one_sandbox_ending_kills_its_orphans_and_spares_another_sandbox() {
     );
     drop(a);
 }
+
+/// Two sandboxes of one subreaper host, each starting tools over and over:
+/// every start succeeds. One sandbox's end sweeps the host's children, and a
+/// tool of the other that was still starting (forked, not yet registered)
+/// was taken for an orphan, killed and reaped.
+#[test]
+fn a_tool_still_starting_is_not_taken_for_another_sandboxs_orphan() {
+    cordon_shim::become_subreaper().unwrap();
+    let starts = |_: usize| {
+        std::thread::spawn(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let sandbox = sandbox(dir.path());
+            for round in 0..40 {
+                let tool = sandbox
+                    .spawn(&mut Command::new("/bin/true"))
+                    .unwrap_or_else(|e| panic!("start {round}: {e}"));
+                let status = tool.wait().unwrap();
+                assert!(status.success(), "start {round}: {status:?}");
+            }
+        })
+    };
+    let threads: Vec<_> = (0..2).map(starts).collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

@@ -200,6 +200,10 @@ fn spawn_loop(requests: mpsc::Receiver<mpsc::SyncSender<Spawned>>) {
     };
     let mut program: Option<Arc<BpfProgram>> = None;
     for reply in requests {
+        // Until `forked` names it: a subreaper's sweep spares it then.
+        let spawning = crate::sandbox::SPAWNING
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let spawned = match &program {
             Some(p) => Connector::spawn(p, &forked),
             None => match crate::filter::connector() {
@@ -210,6 +214,7 @@ fn spawn_loop(requests: mpsc::Receiver<mpsc::SyncSender<Spawned>>) {
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             },
         };
+        drop(spawning);
         // Nobody waits for it any more: it goes, and its pid with it.
         if let Err(mpsc::SendError(Ok(unwanted))) = reply.send(spawned) {
             let pid = unwanted.pid();

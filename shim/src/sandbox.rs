@@ -451,6 +451,10 @@ impl Sandbox {
             spent.clone(),
         );
         sys::install_filter_before_exec(cmd, program, report_w.as_raw_fd(), taken, plan.nofile());
+        // Until the child is among the tools: `spawn` returns once its exec
+        // is decided, and meanwhile another sandbox's end must not take it
+        // for an orphan.
+        let spawning = SPAWNING.read().unwrap_or_else(|p| p.into_inner());
         let spawned = cmd.spawn();
         spent.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(report_w);
@@ -500,6 +504,7 @@ impl Sandbox {
         // Registered at once: another sandbox of this host that ends
         // meanwhile must not take it for an orphan.
         let tool = ToolPid::new(child.id() as i32);
+        drop(spawning);
         // From here on a failure kills and reaps the tool (not yet reaped:
         // its pid is still its own), rather than leave it unsupervised or a
         // zombie; its descendants go with the cgroup (`spawn`).
@@ -730,6 +735,13 @@ pub struct Sandboxed {
     /// Its pid among the tools of this process, while the handle lives.
     _tool: ToolPid,
 }
+
+/// Held (shared) by a spawn, of a tool or a connector, from before its fork
+/// until the child is named among those a subreaper's sweep spares
+/// ([`TOOLS`], `connector::is_ours`); held alone by the sweep
+/// (`kill_orphans`): a child forked in between would be taken for an
+/// orphan, killed and reaped, and its pid, now free, used by the spawn.
+pub(crate) static SPAWNING: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// The tools of the sandboxes alive in this process: a subreaper's sweep at
 /// one sandbox's end (`kill_orphans`) spares the others.
@@ -979,6 +991,7 @@ fn kill_orphans(tool: i32) {
     if !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
+    let _alone = SPAWNING.write().unwrap_or_else(|p| p.into_inner());
     for _ in 0..100 {
         let children: Vec<i32> = {
             let tools = TOOLS.lock().unwrap_or_else(|p| p.into_inner());
