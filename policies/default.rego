@@ -337,12 +337,7 @@ network_denials contains sprintf("%s needs a policy that allows listening", [inp
 
 # A refused connection is what clients handle best; binding or listening
 # without permission is an access error.
-errno := "ECONNREFUSED" if {
-	not tool_selected
-	input.kind == "network"
-	not input.network.op in {"bind", "listen"}
-}
-
+#
 # A read in a home directory that no rule allows, and none denies with a
 # reason, fails as if the file were absent: programs that open optional
 # per-user settings there carry on without them, where EACCES often ends
@@ -350,7 +345,22 @@ errno := "ECONNREFUSED" if {
 # still see the file: git then stops at an unreadable ~/.gitconfig. The
 # coding-agent policy in the library reads it.) A denial with a reason (a
 # credential store, a .env file) stays EACCES, which tools report.
-errno := "ENOENT" if {
+#
+# A library tool's sandbox gets its tool's errno (`tool_errno`, from the
+# library's dispatch), or none.
+#
+# One rule, its cases chained with `else`: two definitions that could both
+# hold with different values would make Cordon evaluate this policy in the
+# interpreter, slower, since the compiled VM does not fail such a conflict as
+# OPA does. (These cases cannot both hold: tools, networks, files.)
+errno := e if {
+	tool_selected
+	e := data.cordon.tool_errno
+} else := "ECONNREFUSED" if {
+	not tool_selected
+	input.kind == "network"
+	not input.network.op in {"bind", "listen"}
+} else := "ENOENT" if {
 	not tool_selected
 	input.kind == "file"
 	not allow # not when allowed, by any file's rule: only denials need an errno (and allow is known)

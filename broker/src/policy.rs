@@ -34,6 +34,7 @@ use crate::memo;
 use crate::{errno, memo::Memo};
 
 mod builtin;
+mod conflicts;
 mod input;
 
 /// The built-in default policy, used when no policy is given.
@@ -736,9 +737,15 @@ impl LoadedPolicy {
             };
             let vm = match opts.engine {
                 EngineChoice::Interpreter => (None, Some("interpreter chosen".to_owned())),
-                EngineChoice::Auto => match compile_vm(&mut engine.clone(), entry_points) {
-                    Ok(t) => (Some(t), None),
-                    Err(e) => (None, Some(e)),
+                // Not where a rule can have two outputs: there the VM
+                // would not fail the evaluation as OPA does.
+                EngineChoice::Auto => match conflicts::first_conflicting_rule(engine.get_modules())
+                {
+                    Some(why) => (None, Some(why)),
+                    None => match compile_vm(&mut engine.clone(), entry_points) {
+                        Ok(t) => (Some(t), None),
+                        Err(e) => (None, Some(e)),
+                    },
                 },
             };
             let _ = interpreter.set(Ok(engine));
@@ -1484,7 +1491,12 @@ mod tests {
             policy.interpreter.get().is_none(),
             "the stored program is stale (see policy/builtin.rs)"
         );
-        evaluate_empty(&mut policy.interpreter().unwrap().clone()).unwrap();
+        let mut engine = policy.interpreter().unwrap().clone();
+        evaluate_empty(&mut engine).unwrap();
+        assert_eq!(
+            conflicts::first_conflicting_rule(engine.get_modules()),
+            None
+        );
         let checked = policy.self_checked();
         assert_eq!(
             checked.engine_name(),

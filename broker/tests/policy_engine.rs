@@ -217,6 +217,84 @@ deny contains "options that are not JSON" if {
     }
 }
 
+/// A helper with two values (two definitions that both hold, or one body
+/// with two solutions) fails the evaluation in OPA, a denial; regorus's
+/// compiled VM left it undefined, or kept one value, and the `deny` that
+/// used it vanished: the call was allowed. Such a policy now runs in the
+/// interpreter, and denies as OPA does; the same policy without the
+/// conflict keeps the VM. (Found by review, session 28.)
+#[test]
+fn a_rule_with_two_values_denies_as_in_opa_not_allows() {
+    let file = |path: &str| serde_json::json!({"kind": "file", "file": {"path": path, "access": ["read"]}});
+    for (what, rego, conflicting) in [
+        (
+            "two definitions",
+            r#"package cordon
+allow := true
+class := "ssh" if contains(input.file.path, "/.ssh/")
+class := "aws" if contains(input.file.path, "/.aws/")
+deny contains sprintf("%s is a %s secret", [input.file.path, class]) if class
+"#,
+            file("/h/.aws/.ssh/id_rsa"),
+        ),
+        (
+            "one body, two solutions",
+            r#"package cordon
+allow := true
+class := c if {
+    some c in ["ssh", "aws"]
+    contains(input.file.path, sprintf("/.%s/", [c]))
+}
+deny contains "an ssh key" if class == "ssh"
+"#,
+            file("/h/.aws/.ssh/id_rsa"),
+        ),
+        (
+            "a function with two values",
+            r#"package cordon
+allow := true
+kind(p) := "ssh" if contains(p, "/.ssh/")
+kind(p) := "aws" if contains(p, "/.aws/")
+deny contains "a secret" if kind(input.file.path)
+"#,
+            file("/h/.aws/.ssh/id_rsa"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path(), "p.rego", rego);
+        let policy = LoadedPolicy::load(
+            &PolicySource::Paths(vec![dir.path().into()]),
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(policy.engine_name(), "interpreter", "{what}");
+        let why = policy.vm_unavailable().unwrap_or_default();
+        assert!(why.contains("p.rego:"), "{what}: {why}");
+        let v = policy.evaluate(&conflicting);
+        assert!(!v.allow, "{what}: allowed: {}", v.reason);
+    }
+    // Without the conflict (an `else` chain) the VM is kept.
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(
+        dir.path(),
+        "p.rego",
+        r#"package cordon
+allow := true
+class := "ssh" if contains(input.file.path, "/.ssh/")
+else := "aws" if contains(input.file.path, "/.aws/")
+deny contains sprintf("a %s secret", [class]) if class
+"#,
+    );
+    let policy = LoadedPolicy::load(
+        &PolicySource::Paths(vec![dir.path().into()]),
+        &PolicyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(policy.engine_name(), "rvm", "{:?}", policy.vm_unavailable());
+    let v = policy.evaluate(&file("/h/.aws/.ssh/id_rsa"));
+    assert_eq!(v.deny, vec!["a ssh secret".to_owned()], "{}", v.reason);
+}
+
 /// The backstop is evaluated strictly: a builtin that fails on malformed
 /// data is an error (the sandbox does not start), never an undefined
 /// backstop, which would mean none.

@@ -29,11 +29,6 @@ deny contains msg if {
 	some msg in data.cordon.library.python_codegen.deny
 }
 
-errno := e if {
-	input.sandbox.labels.tool == "python-codegen"
-	e := data.cordon.library.python_codegen.errno
-}
-
 # --- web-fetch ---------------------------------------------------------------
 
 allow if {
@@ -44,11 +39,6 @@ allow if {
 deny contains msg if {
 	input.sandbox.labels.tool == "web-fetch"
 	some msg in data.cordon.library.web_fetch.deny
-}
-
-errno := e if {
-	input.sandbox.labels.tool == "web-fetch"
-	e := data.cordon.library.web_fetch.errno
 }
 
 # --- coding-agent ------------------------------------------------------------
@@ -63,11 +53,6 @@ deny contains msg if {
 	some msg in data.cordon.library.coding_agent.deny
 }
 
-errno := e if {
-	input.sandbox.labels.tool == "coding-agent"
-	e := data.cordon.library.coding_agent.errno
-}
-
 # --- shell-readonly ----------------------------------------------------------
 
 allow if {
@@ -80,7 +65,23 @@ deny contains msg if {
 	some msg in data.cordon.library.shell_readonly.deny
 }
 
-errno := e if {
+# --- errno -------------------------------------------------------------------
+
+# The selected tool's errno, which default.rego's errno gives when a tool is
+# selected. One rule, its tools chained with `else` (they cannot both hold):
+# two definitions with different values would make Cordon evaluate the policy
+# in the interpreter (the compiled VM does not fail such a conflict as OPA
+# does).
+tool_errno := e if {
+	input.sandbox.labels.tool == "python-codegen"
+	e := data.cordon.library.python_codegen.errno
+} else := e if {
+	input.sandbox.labels.tool == "web-fetch"
+	e := data.cordon.library.web_fetch.errno
+} else := e if {
+	input.sandbox.labels.tool == "coding-agent"
+	e := data.cordon.library.coding_agent.errno
+} else := e if {
 	input.sandbox.labels.tool == "shell-readonly"
 	e := data.cordon.library.shell_readonly.errno
 }

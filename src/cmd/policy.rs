@@ -203,7 +203,7 @@ fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
             match format {
                 EvalFormat::Json => println!(
                     "{}",
-                    serde_json::json!({"ok": lints.is_empty(), "files": p.files(), "revision": p.revision().as_ref(), "engine": p.engine_name(), "memo_off": p.memo_unavailable(), "lints": lints})
+                    serde_json::json!({"ok": lints.is_empty(), "files": p.files(), "revision": p.revision().as_ref(), "engine": p.engine_name(), "vm_off": p.vm_unavailable(), "memo_off": p.memo_unavailable(), "lints": lints})
                 ),
                 EvalFormat::Text => {
                     for l in &lints {
@@ -216,6 +216,9 @@ fn check(paths: Vec<PathBuf>, format: EvalFormat) -> anyhow::Result<ExitCode> {
                             p.revision(),
                             p.engine_name()
                         );
+                    }
+                    if let Some(why) = p.vm_unavailable() {
+                        eprintln!("note: evaluated by the interpreter, not the compiled VM: {why}");
                     }
                     if let Some(why) = p.memo_unavailable() {
                         eprintln!(

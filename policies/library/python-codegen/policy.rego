@@ -157,9 +157,10 @@ input_dirs contains resolved if {
 }
 
 # A directory from the settings: absolute as given, relative to the workdir.
-resolve_dir(dir) := dir if startswith(dir, "/")
-
-resolve_dir(dir) := concat("/", [trim_right(input.sandbox.workdir, "/"), dir]) if {
+# (One definition, chained with `else`: see default.rego's errno.)
+resolve_dir(dir) := dir if {
+	startswith(dir, "/")
+} else := concat("/", [trim_right(input.sandbox.workdir, "/"), dir]) if {
 	not startswith(dir, "/")
 	input.sandbox.workdir != ""
 }
