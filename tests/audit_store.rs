@@ -611,11 +611,44 @@ async fn json_and_csv_output_parse_and_table_is_readable() {
     assert_eq!(&rows[4][col("path")], "/etc/passwd");
     assert_eq!(&rows[4][col("allow")], "false");
     assert_eq!(&rows[4][col("reason")], "writes to /etc are never allowed");
+    // The chain can be checked from the CSV alone.
+    for (row, record) in rows.iter().zip(&all) {
+        assert_eq!(
+            &row[col("prev_hash")],
+            record["prev_hash"].as_str().unwrap()
+        );
+        assert_eq!(&row[col("hash")], record["hash"].as_str().unwrap());
+    }
+    // No record: the header alone.
+    let (code, out, err) = run_cordon(&[
+        "audit",
+        "--broker",
+        &s.uri(),
+        "--format",
+        "csv",
+        "--sandbox",
+        "no-such-sandbox",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("seq,id,time,"), "{out}");
 
     let (code, out, _) = run_cordon(&["audit", "--broker", &s.uri()]);
     assert_eq!(code, 0);
     assert!(out.lines().next().unwrap().contains("SEQ"));
     assert!(out.contains("/etc/passwd") && out.contains("10.1.2.3:443"));
+    // A sandbox id whole, as `--sandbox` takes it (it was cut to 20
+    // characters, which matched nothing).
+    let long = "01936f7e-5a2b-7c3d-8e4f-0123456789ab";
+    let mut req = file_request(40, b"/home/agent/job/long", &["read"]);
+    req.sandbox = sandbox(long, "test");
+    s.client().await.decide(req).await.unwrap();
+    let (code, out, err) = run_cordon(&["audit", "--broker", &s.uri(), "--sandbox", long]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("  {long}  ")),
+        "{long} not whole in\n{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -875,6 +908,25 @@ async fn a_resume_point_past_the_store_and_a_follow_past_until_end_the_query() {
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     let (code, _, err) = run_cordon(&["audit", "--broker", &uri, "--limit", "0"]);
     assert_eq!(code, 2, "{err}");
+}
+
+/// The same from a store read directly (`--db`): it answered a resume point
+/// past its records with nothing, as if none had been written since.
+#[test]
+fn a_resume_point_past_a_local_store_is_an_error_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit");
+    let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run_cordon(&["audit", "--db", path_str(&db), "--after-seq", "1000"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("resume point 1000 is past the newest record"),
+        "{err}"
+    );
+    let (code, out, err) = run_cordon(&["audit", "--db", path_str(&db), "--after-seq", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty(), "{err}");
 }
 
 /// `cordon audit | head -c1` ends quietly (exit 0) when the reader leaves,

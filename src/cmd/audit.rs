@@ -416,6 +416,15 @@ pub(super) fn each_record(
                     false
                 }
             })?;
+            // As a broker answers (OUT_OF_RANGE): a resume point past the
+            // newest record names records this store does not have.
+            let newest = store.last_seq();
+            if err.is_none() && filter.after_seq > newest {
+                anyhow::bail!(
+                    "resume point {} is past the newest record, {newest}: the records after it were lost (a crash within the flush window) or this is another store; resume from {newest} or below",
+                    filter.after_seq
+                );
+            }
             err.map_or(Ok(()), Err)
         }
         Some(uri) => {
@@ -488,7 +497,10 @@ fn subject(r: &AuditRecord) -> String {
     one_line(&s)
 }
 
-/// Control characters as `\n`, `\t`, `\x1b`…
+/// Control characters as `\n`, `\t`, `\x1b`…, and the invisible ones that
+/// reorder or hide text (bidirectional overrides and isolates, zero-width
+/// characters) as `\u{202e}`: a name the tool chose must not drive the
+/// auditor's terminal, nor read as another name (`x\u{202e}gnp.sh`).
 pub(super) fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -497,10 +509,21 @@ pub(super) fn one_line(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if invisible(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
     }
     out
+}
+
+/// Format characters that change how the text around them reads (Unicode
+/// `Cf` that a terminal renders as nothing): bidirectional marks, embeddings,
+/// overrides and isolates, zero-width spaces and joiners, word joiners and
+/// invisible operators, the byte-order mark, interlinear annotations.
+fn invisible(c: char) -> bool {
+    matches!(c as u32,
+        0xad | 0x61c | 0x180e | 0x200b..=0x200f | 0x202a..=0x202e | 0x2060..=0x2064
+            | 0x2066..=0x206f | 0xfeff | 0xfff9..=0xfffb)
 }
 
 struct Printer {
@@ -513,7 +536,7 @@ struct Printer {
 /// The columns of `--format csv`. `labels` and `argv` hold JSON (an object
 /// and an array): label values and arguments may contain any character.
 /// New columns go at the end, so that readers that count columns still work.
-const CSV_HEADER: [&str; 24] = [
+const CSV_HEADER: [&str; 25] = [
     "seq",
     "id",
     "time",
@@ -538,6 +561,7 @@ const CSV_HEADER: [&str; 24] = [
     "overrides",
     "exit_status",
     "limit",
+    "prev_hash",
 ];
 
 impl Printer {
@@ -596,6 +620,7 @@ impl Printer {
                     r.overrides.map(|s| s.to_string()).unwrap_or_default(),
                     r.exit_status.map(|s| s.to_string()).unwrap_or_default(),
                     r.limit.clone().unwrap_or_default(),
+                    r.prev_hash.clone(),
                 ])?;
                 w.flush()?;
             }
@@ -603,12 +628,14 @@ impl Printer {
                 if !self.header_done {
                     writeln!(
                         self.out,
-                        "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<10}  {:<6}  SUBJECT / REASON",
+                        "{:>6}  {:<30}  {:<36}  {:>7}  {:<9}  {:<10}  {:<6}  SUBJECT / REASON",
                         "SEQ", "TIME", "SANDBOX", "PID", "SYSCALL", "ALLOW", "ERRNO"
                     )?;
                     self.header_done = true;
                 }
-                let sandbox: String = r.sandbox_id.chars().take(20).collect();
+                // Whole (a UUID's 36 characters): `--sandbox` takes it as
+                // it is printed here.
+                let sandbox = one_line(&r.sandbox_id);
                 let syscall = if r.syscall.is_empty() {
                     r.event.as_str()
                 } else {
@@ -616,7 +643,7 @@ impl Printer {
                 };
                 writeln!(
                     self.out,
-                    "{:>6}  {:<30}  {:<20}  {:>7}  {:<9}  {:<10}  {:<6}  {}  ({})",
+                    "{:>6}  {:<30}  {:<36}  {:>7}  {:<9}  {:<10}  {:<6}  {}  ({})",
                     r.seq,
                     r.time,
                     sandbox,
@@ -638,6 +665,13 @@ impl Printer {
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
+        // No record: still the header, so a reader sees an empty table
+        // rather than no output at all.
+        if let (Some(w), false) = (self.csv.as_mut(), self.header_done) {
+            w.write_record(CSV_HEADER)?;
+            w.flush()?;
+            self.header_done = true;
+        }
         self.out.flush()?;
         Ok(())
     }
@@ -651,5 +685,11 @@ mod tests {
     fn table_cells_stay_on_one_line() {
         assert_eq!(one_line("a\nb\tc\u{1b}[2J"), "a\\nb\\tc\\x1b[2J");
         assert_eq!(one_line("plain /path ü"), "plain /path ü");
+        // Read as "xhs.png" in a terminal, shown as it is.
+        assert_eq!(one_line("x\u{202e}gnp.sh"), "x\\u{202e}gnp.sh");
+        assert_eq!(
+            one_line("a\u{200b}b\u{2066}c\u{feff}"),
+            "a\\u{200b}b\\u{2066}c\\u{feff}"
+        );
     }
 }
