@@ -670,9 +670,63 @@ fn check_names_the_broken_line_and_lints_quiet_mistakes() {
     assert_eq!(code, 1);
     assert!(err.starts_with(&format!("{dp}/p.rego:5:1: ")), "{err}");
 
-    // The shipped policies are clean.
+    // The shipped policies are clean, and run in the compiled VM.
     let (code, out, err) = run_cordon(&["policy", "check", "policies/"]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("(rvm)") && !err.contains("note:"),
+        "{out}{err}"
+    );
+
+    // Contract rules whose constant value is of the wrong type (they
+    // passed: every call denied, or EACCES instead of the errno meant); a
+    // deny written whole as a set is one, and passes.
+    std::fs::remove_file(d.join("data.json")).unwrap();
+    std::fs::write(
+        d.join("p.rego"),
+        "package cordon\n\nallow := \"yes\"\n\nerrno := 13\n\ndeny := {\"blocked\"} if input.x\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_cordon(&["policy", "check", dp]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "{dp}/p.rego:3:1: allow must be a boolean, not a string: every call would be denied (`policy error`)"
+            ),
+            format!(
+                "{dp}/p.rego:5:1: errno must be an errno name (a string such as \"EPERM\"), not a number: EACCES would be used"
+            ),
+        ],
+        "{err}"
+    );
+
+    // A rule that can have two values: the policy is fine, and runs in the
+    // interpreter, which check says.
+    std::fs::write(
+        d.join("p.rego"),
+        "package cordon\n\nallow := true\n\nclass := \"a\" if input.a\n\nclass := \"b\" if input.b\n\ndeny contains class if class\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_cordon(&["policy", "check", dp]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("(interpreter)"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "note: evaluated by the interpreter, not the compiled VM: {dp}/p.rego:5:1: data.cordon.class can have two different values"
+        )),
+        "{err}"
+    );
+    let (_, out, _) = run_cordon(&["policy", "check", "--format", "json", dp]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["vm_off"]
+            .as_str()
+            .unwrap()
+            .contains("data.cordon.class"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! - a contract rule (`allow`, `deny`, `errno`) in a package nothing refers
 //!   to: the broker evaluates only `data.cordon`, so it is never used;
 //! - `deny` written as a boolean or a single value instead of a set of reasons;
-//! - an `errno` that names no errno;
+//! - an `errno` that names no errno, or `allow` and `errno` with a constant
+//!   of the wrong type;
 //! - data that no policy refers to (a typo in a key leaves a rule without
 //!   the data it was meant to use).
 //!
@@ -84,10 +85,37 @@ pub fn lint(source: &PolicySource) -> Result<Vec<Lint>, PolicyError> {
                 )));
                 continue;
             }
-            if head_name == "deny" && !is_set {
+            // A set written whole (`deny := {"why"} if …`) is one; anything
+            // else is not, nor is a value only known when evaluated.
+            let set_literal = matches!(assigned.as_deref(), Some(Expr::Set { .. }));
+            if head_name == "deny" && !is_set && !set_literal {
                 lints.push(at(
                     "deny must be a set of reasons: write `deny contains \"why\" if { … }`".into(),
                 ));
+            }
+            let literal_kind = assigned.as_deref().and_then(|v| match v {
+                Expr::String { .. } | Expr::RawString { .. } => Some("a string"),
+                Expr::Number { .. } => Some("a number"),
+                Expr::Bool { .. } => Some("a boolean"),
+                Expr::Null { .. } => Some("null"),
+                Expr::Array { .. } => Some("an array"),
+                Expr::Set { .. } => Some("a set"),
+                Expr::Object { .. } => Some("an object"),
+                _ => None,
+            });
+            if head_name == "allow"
+                && let Some(kind) = literal_kind.filter(|k| *k != "a boolean")
+            {
+                lints.push(at(format!(
+                    "allow must be a boolean, not {kind}: every call would be denied (`policy error`)"
+                )));
+            }
+            if head_name == "errno"
+                && let Some(kind) = literal_kind.filter(|k| *k != "a string")
+            {
+                lints.push(at(format!(
+                    "errno must be an errno name (a string such as \"EPERM\"), not {kind}: EACCES would be used"
+                )));
             }
             if head_name == "errno"
                 && let Some(value) = assigned

@@ -74,6 +74,7 @@ pub enum PolicyError {
     NotUtf8 { path: PathBuf },
     #[error("{0}")]
     Parse(String),
+    /// `path` is the file, or `file:line:col` where the parser names a place.
     #[error("{path}: invalid data: {message}")]
     Data { path: PathBuf, message: String },
     #[error("no policy file declares package cordon (in {0})")]
@@ -368,17 +369,46 @@ impl SourceSet {
         let mut root = serde_json::Value::Object(Default::default());
         for f in &self.data {
             let path = PathBuf::from(&f.display);
+            // `file:line:col: invalid data: message`, as for Rego.
+            let at = |line: usize, col: usize, message: String| PolicyError::Data {
+                path: PathBuf::from(format!("{}:{line}:{col}", f.display)),
+                message,
+            };
             let value: serde_json::Value = if f.display.ends_with(".json") {
-                serde_json::from_str(&f.text).map_err(|e| PolicyError::Data {
-                    path: path.clone(),
-                    message: e.to_string(),
+                serde_json::from_str(&f.text).map_err(|e| {
+                    let text = e.to_string();
+                    let message = text
+                        .rsplit_once(" at line ")
+                        .map_or(text.as_str(), |(m, _)| m);
+                    at(e.line(), e.column(), message.to_owned())
                 })?
             } else {
-                serde_yaml::from_str(&f.text).map_err(|e| PolicyError::Data {
-                    path: path.clone(),
-                    message: e.to_string(),
+                serde_yaml::from_str(&f.text).map_err(|e| match e.location() {
+                    Some(l) => {
+                        let text = e.to_string();
+                        let message = text
+                            .rsplit_once(" at line ")
+                            .map_or(text.as_str(), |(m, _)| m);
+                        at(l.line(), l.column(), message.to_owned())
+                    }
+                    None => PolicyError::Data {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    },
                 })?
             };
+            // Merged under the file's directory: only an object has keys
+            // to merge (the message was "conflicts with a value from another
+            // data file", with no other file).
+            if !value.is_object() {
+                return Err(PolicyError::Data {
+                    path,
+                    message: format!(
+                        "the top level must be an object (keys under data), not {}",
+                        json_kind(&value)
+                    ),
+                });
+            }
             let mut slot = &mut root;
             for key in &f.data_prefix {
                 slot = slot
@@ -393,6 +423,18 @@ impl SourceSet {
             merge(slot, value).map_err(|message| PolicyError::Data { path, message })?;
         }
         Ok(root)
+    }
+}
+
+/// What a JSON value is, for a message.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 

@@ -586,3 +586,35 @@ fn memo_is_off_for_policies_with_impure_builtins_and_when_asked() {
     off.evaluate(input);
     assert!(!off.evaluate(input).memoized);
 }
+
+/// A data file that does not parse is named with its line and column, as a
+/// Rego file is; one whose top level is not an object says so (it was said
+/// to conflict with another data file, of which there was none).
+#[test]
+fn bad_data_files_are_named_where_they_fail() {
+    for (name, text, expected) in [
+        (
+            "d.json",
+            "{\n  \"a\": ,\n}\n",
+            "d.json:2:8: invalid data: expected value",
+        ),
+        ("d.yaml", "a:\n  - b\n c: d\n", "d.yaml:3:2: invalid data: "),
+        (
+            "list.json",
+            "[1, 2]\n",
+            "list.json: invalid data: the top level must be an object (keys under data), not an array",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path(), "p.rego", "package cordon\nallow := true\n");
+        write_policy(dir.path(), name, text);
+        let err = LoadedPolicy::load(
+            &PolicySource::Paths(vec![dir.path().into()]),
+            &PolicyOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+        assert!(!err.contains(" at line "), "{name}: {err}");
+    }
+}
