@@ -72,6 +72,12 @@ pub enum PolicyError {
     },
     #[error("{path} is not valid UTF-8")]
     NotUtf8 { path: PathBuf },
+    /// A directory reached by a second name, through a symbolic link: a
+    /// loop would be read for ever, a second name would load its files twice.
+    #[error(
+        "{path} is {first} again (through a symbolic link): its files would be loaded twice, or for ever; remove the link"
+    )]
+    SameDirectory { path: PathBuf, first: PathBuf },
     #[error("{0}")]
     Parse(String),
     /// `path` is the file, or `file:line:col` where the parser names a place.
@@ -240,6 +246,7 @@ impl SourceSet {
         if meta.is_file() {
             return self.read_file(root, vec![], true);
         }
+        let mut seen = std::collections::HashMap::from([(dir_id(&meta), root.to_path_buf())]);
         let mut stack = vec![(root.to_path_buf(), Vec::<String>::new())];
         while let Some((dir, prefix)) = stack.pop() {
             let entries = std::fs::read_dir(&dir).map_err(|e| PolicyError::Io {
@@ -264,6 +271,9 @@ impl SourceSet {
                     // Test fixtures live beside policies; they are not data.
                     if matches!(name.as_str(), "cases" | "testdata") {
                         continue;
+                    }
+                    if let Some(first) = seen.insert(dir_id(&ft), path.clone()) {
+                        return Err(PolicyError::SameDirectory { path, first });
                     }
                     let mut p = prefix.clone();
                     p.push(name);
@@ -1310,12 +1320,21 @@ type Seen = (PathBuf, u64, SystemTime, u64, i64);
 /// `SourceSet::read` picks them): a log, an editor's swap file or a `.git`
 /// changing beside the policy must not look like an edit, nor keep one from
 /// settling.
+/// A directory's device and inode.
+fn dir_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
 fn fingerprint(source: &PolicySource) -> Vec<Seen> {
     use std::os::unix::fs::MetadataExt;
     let PolicySource::Paths(paths) = source else {
         return vec![];
     };
     let mut out = Vec::new();
+    // Each directory listed once: a link loop (which the load refuses) must
+    // not make the watcher list it for ever.
+    let mut seen = std::collections::HashSet::new();
     // (path, named by the caller): what was named is read whatever its name.
     let mut stack: Vec<(PathBuf, bool)> = paths.iter().map(|p| (p.clone(), true)).collect();
     while let Some((p, named)) = stack.pop() {
@@ -1332,6 +1351,9 @@ fn fingerprint(source: &PolicySource) -> Vec<Seen> {
         };
         if meta.is_dir() {
             if !named && matches!(name.as_str(), "cases" | "testdata") {
+                continue;
+            }
+            if !seen.insert(dir_id(&meta)) {
                 continue;
             }
             if let Ok(rd) = std::fs::read_dir(&p) {
@@ -1607,5 +1629,25 @@ mod tests {
                 .iter()
                 .all(|w| w.as_str().is_some_and(|w| w.starts_with("/dev/")))
         );
+    }
+
+    /// A directory that links back to itself, twice: the load names the
+    /// link, and the watcher's fingerprint lists each directory once (it
+    /// walked 2^40 paths down to the kernel's link limit).
+    #[test]
+    fn a_link_loop_is_refused_and_not_walked_for_ever() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("p");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("p.rego"), "package cordon\nallow := true\n").unwrap();
+        std::os::unix::fs::symlink(".", root.join("a")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("b")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("sub/up")).unwrap();
+        let source = PolicySource::Paths(vec![root.clone()]);
+        let err = LoadedPolicy::load(&source, &PolicyOptions::default()).unwrap_err();
+        assert!(matches!(err, PolicyError::SameDirectory { .. }), "{err}");
+        assert!(err.to_string().contains("through a symbolic link"), "{err}");
+        let seen = fingerprint(&source);
+        assert_eq!(seen.len(), 1, "{seen:?}");
     }
 }
