@@ -289,6 +289,29 @@ print(r.getrlimit(r.RLIMIT_FSIZE), r.getrlimit(r.RLIMIT_NOFILE))
     assert_eq!(text(&out.stdout).trim(), "4");
 }
 
+/// A crash leaves no core file: the kernel would write it itself, past the
+/// broker, into the working directory (or where `core_pattern` says), with
+/// the tool's memory in it. The limit is 0 and cannot be raised, by root
+/// neither (found by review: a tool wrote one in a directory the policy
+/// denied it).
+#[test]
+fn a_crash_leaves_no_core_file_and_the_limit_stays_zero() {
+    let b = Box_::new();
+    let out = b.run(
+        &[],
+        "ulimit -c unlimited 2>/dev/null || echo refused; ulimit -Hc; \
+         /usr/bin/python3 -c 'import os; os.abort()'; \
+         ls | grep -c '^core' || true",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "refused\n0\n0\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 fn network_probe(b: &Box_, port: u16, as_nobody: bool) -> Output {
     let probe = format!(
         "import socket\n\

@@ -1586,6 +1586,37 @@ call('reboot', 169, 0, 0, 0, 0)
 # The clock: settimeofday(NULL, NULL) sets nothing, but is refused without
 # CAP_SYS_TIME.
 call('settimeofday', 164, None, None)
+# The host's names, set to what they are.
+host = os.uname().nodename.encode()
+call('sethostname', 170, host, len(host))
+buf = ctypes.create_string_buffer(256)
+libc.getdomainname(buf, 256)
+call('setdomainname', 171, buf.value, len(buf.value))
+"#;
+
+/// Calls that change the host, which cannot be made natively here without
+/// changing it: refused under cordon whatever they would do (found by review).
+const HOST_CHANGING_CASES: &str = r#"
+import ctypes, fcntl, os, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, nr, *args):
+    ret = libc.syscall(nr, *args)
+    print(name, 'ok' if ret >= 0 else ctypes.get_errno())
+# syslog: clear the kernel log, the console's level.
+call('syslog-clear', 103, 5, None, 0)
+call('syslog-console-level', 103, 8, None, 7)
+# The kernel log's size, which changes nothing, stays the kernel's to answer.
+print('syslog-size', 'ok' if libc.syscall(103, 10, None, 0) > 0 else ctypes.get_errno())
+# TIOCLINUX's selection paste (subcommand 3), on stdin whatever it is.
+buf = ctypes.create_string_buffer(b'\x03' + b'\x00' * 31)
+call('tioclinux', 16, 0, 0x541c, buf)
+# IPV6_FLOWLABEL_MGR, whose trailing bytes are a label's options.
+try:
+    s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s6.setsockopt(socket.IPPROTO_IPV6, 32, bytes(32))
+    print('flowlabel-mgr ok')
+except OSError as e:
+    print('flowlabel-mgr', e.errno)
 "#;
 
 #[test]
@@ -1619,7 +1650,7 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
         );
         assert_eq!(result, eperm, "{name} under cordon: {sandboxed}");
     }
-    assert_eq!(seen, 8, "{native}\n{sandboxed}");
+    assert_eq!(seen, 10, "{native}\n{sandboxed}");
     let records = env.audit();
     let reason = exit_reason(&records);
     for kind in [
@@ -1628,9 +1659,19 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
         "iopl",
         "swapoff",
         "reboot",
+        "sethostname",
+        "setdomainname",
     ] {
         assert!(reason.contains(kind), "{kind}: {reason}");
     }
+    let host = env.python(HOST_CHANGING_CASES);
+    assert_eq!(
+        assert_ok(&host),
+        format!(
+            "syslog-clear {eperm}\nsyslog-console-level {eperm}\nsyslog-size ok\n\
+             tioclinux {eperm}\nflowlabel-mgr {eperm}\n"
+        )
+    );
     // An overlay whiteout (a character device numbered 0), which the kernel
     // lets anyone make, is made (without a backstop, which refuses every
     // device node: `EACCES`).

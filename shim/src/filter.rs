@@ -156,6 +156,9 @@ pub fn forbidden_errno(nr: i64) -> Option<i32> {
         | libc::SYS_quotactl
         | libc::SYS_quotactl_fd
         | libc::SYS_reboot
+        | libc::SYS_sethostname
+        | libc::SYS_setdomainname
+        | libc::SYS_syslog
         // Conditional rules below: only the dangerous argument values reach us.
         | libc::SYS_mknod
         | libc::SYS_mknodat
@@ -231,6 +234,9 @@ const FORBIDDEN_ALWAYS: &[i64] = &[
     libc::SYS_quotactl,
     libc::SYS_quotactl_fd,
     libc::SYS_reboot,
+    // The host's names (a root tool shares its UTS namespace).
+    libc::SYS_sethostname,
+    libc::SYS_setdomainname,
 ];
 
 /// Device numbers `mknod` may not give a new node: a root tool's block
@@ -260,6 +266,10 @@ pub const SOURCE_ROUTE_OPTIONS: &[(u64, u64, &str)] = &[
     (libc::IPPROTO_IPV6 as u64, 57, "IPV6_RTHDR"),
     (libc::IPPROTO_IPV6 as u64, 5, "IPV6_2292RTHDR"),
     (libc::IPPROTO_IPV6 as u64, 6, "IPV6_2292PKTOPTIONS"),
+    // A flow label's options, which the kernel parses as control data (a
+    // routing header among them, where it has Mobile IPv6) and adds to
+    // every packet sent with that label (found by review).
+    (libc::IPPROTO_IPV6 as u64, 32, "IPV6_FLOWLABEL_MGR"),
 ];
 
 /// `SO_PASSPIDFD` and `SO_PEERPIDFD` (Linux 6.5; not in the libc crate).
@@ -271,6 +281,16 @@ pub const F_SETOWN_EX: i32 = 15;
 
 /// `ioctl(fd, TIOCSTI, …)` pushes input into the terminal: a classic escape.
 const TIOCSTI: u64 = 0x5412;
+
+/// `ioctl(fd, TIOCLINUX, …)` on a virtual console: its selection paste
+/// (`TIOCL_PASTESEL`, a subcommand in memory) is the same injection, with
+/// `CAP_SYS_ADMIN` and no controlling terminal needed (Linux 6.7).
+const TIOCLINUX: u64 = 0x541c;
+
+/// `syslog` actions that change the kernel log or its console: read and
+/// clear (2 reads destructively, 4, 5), console off, on and level (6, 7, 8).
+/// Reading it whole (3) and its sizes stay what the kernel allows.
+const SYSLOG_ACTIONS_REFUSED: &[u64] = &[2, 4, 5, 6, 7, 8];
 
 const FIOSETOWN: u64 = 0x8901;
 const SIOCSPGRP: u64 = 0x8902;
@@ -361,11 +381,19 @@ pub fn build() -> Result<BpfProgram, FilterError> {
     }
     // TIOCSTI; and FIOSETOWN/SIOCSPGRP, which like F_SETOWN_EX aim SIGIO at
     // a pid read from memory (a way to signal the supervisor).
-    for cmd in [TIOCSTI, FIOSETOWN, SIOCSPGRP] {
+    for cmd in [TIOCSTI, TIOCLINUX, FIOSETOWN, SIOCSPGRP] {
         notify_if(
             &mut ctx,
             libc::SYS_ioctl,
             ScmpArgCompare::new(1, low32, cmd),
+        )?;
+    }
+    // The host's kernel log, which a root tool could clear.
+    for &action in SYSLOG_ACTIONS_REFUSED {
+        notify_if(
+            &mut ctx,
+            libc::SYS_syslog,
+            ScmpArgCompare::new(0, low32, action),
         )?;
     }
     // F_SETOWN_EX would point SIGIO at a pid read from memory; refused.

@@ -489,9 +489,12 @@ impl Creds {
 pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<R, Errno> {
     let same_ids = (tool.fsuid, tool.fsgid, &tool.groups) == (me.fsuid, me.fsgid, &me.groups);
     // Capabilities the supervisor has and the tool does not, of those a
-    // call made for it can use: a root tool lacks only `CAP_SYS_TIME` (the
+    // call made for it can use: a root tool lacks `CAP_SYS_TIME` (the
     // sandbox takes it), which no open, connect, bind or send checks, and
-    // must not pay two `capset`s per call for it.
+    // must not pay two `capset`s per call for it. It lacks
+    // `CAP_SYS_RESOURCE` too (the sandbox's rlimits), which a send of fds
+    // (the kernel's limit on fds in flight) and a create on a file system
+    // with blocks reserved for root do check: that one is switched.
     let extra_caps = me.cap_eff & !tool.cap_eff & !sys::CLOCK_CAPABILITY;
     if same_ids && extra_caps == 0 {
         return Ok(f());
@@ -607,7 +610,7 @@ mod tests {
         assert_eq!(sys::thread_effective_caps().unwrap(), before);
     }
 
-    /// A root tool lacks only `CAP_SYS_TIME` (the sandbox takes it), which
+    /// A tool that lacks only `CAP_SYS_TIME` (the sandbox takes it), which
     /// no call made for it checks: its calls take the path without a switch.
     #[test]
     fn a_tool_without_only_the_clock_capability_needs_no_switch() {

@@ -307,12 +307,18 @@ impl Sandbox {
         sys::ChildSetup {
             new_session: self.new_session,
             cgroup_procs: plan.procs_files().into_iter().map(cstring).collect(),
-            // RLIMIT_NOFILE is set after the listener is made.
+            // RLIMIT_NOFILE is set after the listener is made. No core
+            // dumps, ever: the kernel writes them itself, past the broker,
+            // into the tool's working directory (or where `core_pattern`
+            // says), with contents of the tool's choosing (found by review).
+            // As every limit set here, the tool cannot raise it (the child
+            // gives up `CAP_SYS_RESOURCE`).
             rlimits: plan
                 .rlimits
                 .iter()
                 .filter(|r| r.resource != libc::RLIMIT_NOFILE as i32)
                 .map(|r| (r.resource, r.value))
+                .chain([(libc::RLIMIT_CORE as i32, 0)])
                 .collect(),
             nofile: plan.nofile(),
             network_none: self

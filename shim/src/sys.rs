@@ -903,9 +903,10 @@ fn apply_setup(setup: &ChildSetup, step: &mut SetupStep) -> io::Result<()> {
     // without privilege: it is the audit records' time, and the change times
     // `protect` relies on.
     *step = SetupStep::Capabilities;
-    // And the limits set above, if any, bind a root tool too: it could
-    // raise them again with `CAP_SYS_RESOURCE` (the `RLIMIT_NOFILE` the
-    // filter hook sets only lowers the hard limit raised above).
+    // And the limits set above (`RLIMIT_CORE` at least, from `cordon run`)
+    // bind a root tool too: it could raise them again with
+    // `CAP_SYS_RESOURCE` (the `RLIMIT_NOFILE` the filter hook sets only
+    // lowers the hard limit raised above).
     let limited = !setup.rlimits.is_empty() || setup.nofile.is_some();
     drop_capabilities(CLOCK_CAPABILITY | if limited { RESOURCE_CAPABILITY } else { 0 })?;
     *step = SetupStep::Landlock;
