@@ -3122,6 +3122,64 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
     same_natively_and_sandboxed(&env, naming, expected);
 }
 
+/// A `sendmmsg` by a tool of another uid (`--user`) sends every message and
+/// reports each length: the lengths are written back into the tool's memory
+/// as the supervisor, not as the tool (whose switch drops `CAP_SYS_PTRACE`,
+/// which a write into another uid's memory needs). It sent the first
+/// message, then failed with `EFAULT`: a caller that retried sent it twice
+/// (found by review).
+#[test]
+fn sendmmsg_as_another_user_reports_every_message() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: --user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = dir.path().join("allow.rego");
+    std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
+    let script = r#"import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure): _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
+class msghdr(ctypes.Structure): _fields_ = [('name', ctypes.c_void_p), ('namelen', ctypes.c_uint32), ('iov', ctypes.POINTER(iovec)), ('iovlen', ctypes.c_size_t), ('control', ctypes.c_void_p), ('controllen', ctypes.c_size_t), ('flags', ctypes.c_int)]
+class mmsghdr(ctypes.Structure): _fields_ = [('hdr', msghdr), ('len', ctypes.c_uint)]
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('127.0.0.1', 0))
+port = r.getsockname()[1]
+addr = ctypes.create_string_buffer(bytes([2, 0]) + port.to_bytes(2, 'big') + bytes([127, 0, 0, 1]) + bytes(8), 16)
+keep = []
+def message(data):
+    buf = ctypes.create_string_buffer(data, len(data)); keep.append(buf)
+    m = mmsghdr(); m.hdr.name = ctypes.cast(addr, ctypes.c_void_p); m.hdr.namelen = 16
+    m.hdr.iov = ctypes.pointer(iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))); m.hdr.iovlen = 1
+    return m
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+arr = (mmsghdr * 2)(message(b'one'), message(b'two'))
+n = libc.sendmmsg(s.fileno(), arr, 2, 0)
+r.settimeout(5)
+got = [r.recv(16) for _ in range(max(n, 0))]
+r.setblocking(False)
+try: got.append(r.recv(16))
+except BlockingIOError: pass
+print(os.getuid(), n, ctypes.get_errno() if n < 0 else 0, [arr[i].len for i in range(2)], got)
+"#;
+    let out = cordon()
+        .args(["run", "--user", "65534", "--audit-db"])
+        .arg(dir.path().join("audit"))
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--", "/usr/bin/python3", "-c", script])
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        assert_ok(&out),
+        "65534 2 0 [3, 3] [b'one', b'two']\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// Sends made for the tool answer as the kernel's own: a blocking `sendmmsg`
 /// of one message counts messages and fills in its `msg_len`; one whose
 /// second message names credentials no one may name ends before it and

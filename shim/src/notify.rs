@@ -2124,6 +2124,11 @@ impl Supervisor {
         }
         // Only a blocking send can be interrupted (one getsockopt less else).
         let restartable = may_block && !emulate::has_send_timeout(&sock);
+        // Each send as the tool, each `msg_len` written back as ourselves:
+        // writing the tool's memory is checked against our real uid and
+        // needs `CAP_SYS_PTRACE` for a tool of another uid, which the switch
+        // drops (the first message went, then the call failed with EFAULT).
+        let creds = send_creds;
         let op = move || {
             let mut sent = 0i64;
             for (i, (addr, iov, fds, unix, sender)) in planned.iter_mut().enumerate() {
@@ -2137,16 +2142,19 @@ impl Supervisor {
                     let listener = me.listener.clone();
                     (tgid, tid, move || listener.id_valid(id), restartable)
                 });
-                let sent_now = send_named(
-                    &sock,
-                    iov,
-                    fds,
-                    sender,
-                    &mut naming,
-                    flags,
-                    dest,
-                    interruptible,
-                );
+                let sent_now = with_creds(&creds, &me.me, || {
+                    send_named(
+                        &sock,
+                        iov,
+                        fds,
+                        sender,
+                        &mut naming,
+                        flags,
+                        dest,
+                        interruptible,
+                    )
+                })
+                .and_then(|r| r);
                 // The part a first try sent counts, whatever became of the rest.
                 let sent_now = match sent_now {
                     Ok(bytes) => Ok(already + bytes),
@@ -2179,9 +2187,10 @@ impl Supervisor {
         };
         // As `perform_then` (no backstop for sends); a helper that cannot
         // start leaves the part a first try sent as the answer.
-        let (me, creds) = (self.clone(), send_creds);
+        let me = self.clone();
         let run = move || {
-            let result = with_creds(&creds, &me.me, op).and_then(|r| r);
+            let mut op = op;
+            let result = op();
             me.answer(id, result, sigpipe);
         };
         if may_block {
