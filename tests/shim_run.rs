@@ -3122,6 +3122,62 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
     same_natively_and_sandboxed(&env, naming, expected);
 }
 
+/// A tool that drops to another uid but keeps a saved uid of 0 (as a daemon
+/// that means to come back does) opens relative paths, through a dirfd and
+/// through its own `/proc/self/fd` links as natively. Each was `EACCES`: the
+/// supervisor followed the tool's `/proc/TID/cwd` and fd links on the tool's
+/// credentials, and the kernel's check compares them with every uid of the
+/// tool, the saved 0 included (found by review).
+#[test]
+fn a_tool_with_a_saved_root_uid_opens_relative_paths() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root, to keep a saved uid of 0");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(work.join("rel.txt"), "hello\n").unwrap();
+    let policy = dir.path().join("allow.rego");
+    std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
+    let script = format!(
+        r#"import os
+os.setresgid(65534, 65534, 0); os.setresuid(65534, 65534, 0)
+d = os.open({dir:?}, os.O_RDONLY | os.O_DIRECTORY)
+for what, f in [("relative", lambda: open("rel.txt").read().strip()),
+                ("dirfd", lambda: os.read(os.open("rel.txt", os.O_RDONLY, dir_fd=d), 16).decode().strip()),
+                ("own fd", lambda: sorted(os.listdir(f"/proc/self/fd/{{d}}"))),
+                ("through own fd", lambda: open(f"/proc/self/fd/{{d}}/rel.txt").read().strip())]:
+    try: print(what, f())
+    except OSError as e: print(what, e.errno)
+"#,
+        dir = work.display().to_string()
+    );
+    let native = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    let native = assert_ok(&native);
+    assert_eq!(
+        native,
+        "relative hello\ndirfd hello\nown fd ['rel.txt']\nthrough own fd hello\n"
+    );
+    let out = cordon()
+        .args(["run", "--audit-db"])
+        .arg(dir.path().join("audit"))
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--", "/usr/bin/python3", "-c", &script])
+        .current_dir(&work)
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&out), native, "{}", text(&out.stderr));
+}
+
 /// A `sendmmsg` by a tool of another uid (`--user`) sends every message and
 /// reports each length: the lengths are written back into the tool's memory
 /// as the supervisor, not as the tool (whose switch drops `CAP_SYS_PTRACE`,

@@ -1200,7 +1200,7 @@ impl Supervisor {
         };
         // A path that does not resolve fails as the kernel would have failed
         // it; there is nothing to open, so nothing to decide.
-        let (resolved_path, found) = self.resolve_for(&mut task, &lookup)?;
+        let (resolved_path, found) = self.resolve_for(&mut task, &lookup, n.id)?;
         if task.cwd.is_empty() {
             // Unreachable: a lookup from the cwd that found something has
             // opened it. Never a request without the caller's cwd.
@@ -1433,8 +1433,22 @@ impl Supervisor {
     /// `task.cwd`, to the path of the directory it opened: the policy sees
     /// the cwd the path was resolved from, even if another thread changed it
     /// since the task's facts were read.
-    fn resolve_for(&self, task: &mut Task, lookup: &Lookup) -> Result<(Vec<u8>, Found), Errno> {
-        let resolved = with_creds(&task.creds, &self.me, || resolve::resolve(lookup))?;
+    fn resolve_for(
+        &self,
+        task: &mut Task,
+        lookup: &Lookup,
+        id: u64,
+    ) -> Result<(Vec<u8>, Found), Errno> {
+        // Where it starts, through the tool's own links, as ourselves; the
+        // walk from there as the tool (`resolve::start`). Our credentials
+        // follow any process's links: the caller must still be waiting, so
+        // that `/proc/TID` was it, not a process that took its tid after it
+        // was killed.
+        let start = resolve::start(lookup);
+        if start.went_through_proc() && !self.listener.id_valid(id) {
+            return Err(Errno::ESRCH);
+        }
+        let resolved = with_creds(&task.creds, &self.me, || resolve::walk(lookup, start))?;
         let found = resolved.found?;
         if let Some(cwd) = resolved.cwd {
             task.cwd = cwd;
@@ -1460,7 +1474,7 @@ impl Supervisor {
             create,
             resolve: 0,
         };
-        let (path, found) = self.resolve_for(task, &lookup)?;
+        let (path, found) = self.resolve_for(task, &lookup, n.id)?;
         if create && matches!(found, Found::Existing(_)) {
             return Err(Errno::EADDRINUSE);
         }
@@ -2228,7 +2242,7 @@ impl Supervisor {
             create: false,
             resolve: 0,
         };
-        let (path, found) = self.resolve_for(task, &lookup)?;
+        let (path, found) = self.resolve_for(task, &lookup, n.id)?;
         self.refuse_protected(n, &path, &found, None, Use::Read, false)?;
         let Found::Existing(file) = found else {
             return Err(Errno::ENOENT);

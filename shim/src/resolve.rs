@@ -363,8 +363,49 @@ fn pathless(fd: &OwnedFd) -> bool {
     })
 }
 
-/// Resolves `l.path` for the tool.
+/// Resolves `l.path` for the tool (both steps on this thread's
+/// credentials).
 pub fn resolve(l: &Lookup) -> Resolved {
+    walk(l, start(l))
+}
+
+/// Where a lookup starts, found as the supervisor ([`start`]), before the
+/// walk as the tool ([`walk`]).
+#[derive(Debug)]
+pub struct Start {
+    /// The path to walk from `base`.
+    path: Vec<u8>,
+    absolute: bool,
+    in_root: bool,
+    /// The tool's own magic link is the object itself (`/proc/TGID/fd/3`):
+    /// what it leads to, opened `O_PATH` (the open that uses it checks the
+    /// object's permissions as the tool).
+    link_is_object: Option<Result<OwnedFd, Errno>>,
+    /// The tool's cwd as opened, for a lookup that starts there.
+    cwd: Option<Vec<u8>>,
+    /// Its directory (none: the supervisor's `/`), and that directory's path.
+    base: Option<OwnedFd>,
+    base_path: Vec<u8>,
+    /// The lookup already failed: the tool's link could not be followed.
+    failed: Option<Resolved>,
+}
+
+impl Start {
+    /// Whether it followed one of the tool's `/proc/TID` links.
+    pub fn went_through_proc(&self) -> bool {
+        self.base.is_some() || self.link_is_object.is_some()
+    }
+}
+
+/// The directory a lookup starts from: the tool's cwd, its dirfd, or the
+/// directory one of its own magic links leads to. Opened (`O_PATH`, which
+/// checks no permission on the directory) through the tool's
+/// `/proc/TID/...` links, which the kernel lets the supervisor follow on
+/// its own credentials: on the tool's, a tool that changed its ids but kept
+/// a saved uid of 0 could not follow its own (ptrace's check against the
+/// saved uid; found by review). The tool reaches these directories itself
+/// whatever its credentials; what it may do in them is checked in the walk.
+pub fn start(l: &Lookup) -> Start {
     // Under `RESOLVE_IN_ROOT` `/proc/self` and `/dev/stdin` name files under
     // the dirfd, not the kernel's: no rewriting. Under `RESOLVE_NO_SYMLINKS`
     // they are symlinks, so `ELOOP`: the supervisor's lookup says so itself.
@@ -391,6 +432,12 @@ pub fn resolve(l: &Lookup) -> Resolved {
     // dirfd: from `/`, the supervisor's lookup says so too.)
     // The tool's cwd as opened, for a lookup that starts there.
     let mut cwd = None;
+    let failed = |path: &[u8], e| Resolved {
+        path: lexical(b"/", path),
+        found: Err(e),
+        cwd: None,
+    };
+    let mut failure = None;
     let (base, base_path) = if absolute && !in_root {
         match own_link {
             Some((_, rest)) if rest.is_empty() => {
@@ -404,11 +451,8 @@ pub fn resolve(l: &Lookup) -> Resolved {
                     (Some(fd), p)
                 }
                 Err(e) => {
-                    return Resolved {
-                        path: lexical(b"/", &path),
-                        found: Err(e),
-                        cwd: None,
-                    };
+                    failure = Some(failed(&path, e));
+                    (None, b"/".to_vec())
                 }
             },
             None => (None, b"/".to_vec()),
@@ -422,14 +466,51 @@ pub fn resolve(l: &Lookup) -> Resolved {
                 (Some(fd), p)
             }
             Err(e) => {
-                return Resolved {
-                    path: lexical(b"/", &path),
-                    found: Err(e),
-                    cwd: None,
-                };
+                failure = Some(failed(&path, e));
+                (None, b"/".to_vec())
             }
         }
     };
+    let link_is_object = link_is_object.then(|| {
+        let nofollow = if l.follow {
+            OFlag::empty()
+        } else {
+            OFlag::O_NOFOLLOW
+        };
+        openat2(
+            AT_FDCWD,
+            std::ffi::OsStr::from_bytes(&path),
+            how_to_link(nofollow, l.resolve),
+        )
+    });
+    Start {
+        path,
+        absolute,
+        in_root,
+        link_is_object,
+        cwd,
+        base,
+        base_path,
+        failed: failure,
+    }
+}
+
+/// Walks a lookup from where [`start`] found it begins: as the tool, on
+/// its credentials (every search permission, the last component's).
+pub fn walk(l: &Lookup, start: Start) -> Resolved {
+    let Start {
+        path,
+        absolute,
+        in_root,
+        link_is_object,
+        cwd,
+        base,
+        base_path,
+        failed,
+    } = start;
+    if let Some(failed) = failed {
+        return failed;
+    }
     // Under `RESOLVE_IN_ROOT` a leading `/` names the dirfd (the name
     // reported when the lookup fails; `..` is not clamped at that root).
     let lexical_path = if absolute && in_root {
@@ -457,12 +538,8 @@ pub fn resolve(l: &Lookup) -> Resolved {
     } else {
         OFlag::O_NOFOLLOW
     };
-    let found = if link_is_object {
-        openat2(
-            dir(&base),
-            std::ffi::OsStr::from_bytes(&path),
-            how_to_link(nofollow, l.resolve),
-        )
+    let found = if let Some(object) = link_is_object {
+        object
     } else {
         lookup(dir(&base), &path, nofollow, l.resolve)
     };
