@@ -9,8 +9,10 @@ so the machine's noise falls on all of them alike. The probe writes every
 call's latency (PROBE_TRACE); the summary is each build's median over the runs
 of their median, p99, p99.9 and count of calls over 150 us.
 
-Usage: ab_open.py [--pin] [--serve] [--target FILE] [-n OPENS] ROUNDS CORDON...
+Usage: ab_open.py [--pin] [--serve] [--relative] [--target FILE] [-n OPENS] ROUNDS CORDON...
   --pin     everything on CPU 0 (taskset -c 0)
+  --relative  the probe opens the target by its name, from its directory (a
+            lookup that starts at the tool's cwd), not by its absolute path
   --serve   through a fresh `cordon serve` of the same build per run
             (`cordon run --broker unix://...`, the Session stream)
   --target  the file opened (default: a fresh one-line file; e.g. a hard
@@ -79,7 +81,8 @@ def one_run(cordon: str, args, probe: str, policy: list[str], target: str, work:
         cmd = [*pin, cordon, "run", "--audit-db", os.path.join(run, "db")]
         for p in policy:
             cmd += ["--policy", p]
-    cmd += ["--", probe, "open-loop", target, str(args.n)]
+    name = os.path.basename(target) if args.relative else target
+    cmd += ["--", probe, "open-loop", name, str(args.n)]
     try:
         # The default policy lets a tool read what is under its working directory.
         done = subprocess.run(cmd, cwd=os.path.dirname(target), capture_output=True, text=True,
@@ -105,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pin", action="store_true")
     ap.add_argument("--serve", action="store_true")
+    ap.add_argument("--relative", action="store_true")
     ap.add_argument("--target")
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("rounds", type=int)
@@ -132,7 +136,8 @@ def main() -> None:
                 results[b].append(row)
                 print(f"round {r + 1} {names[b]}: median {row[0] / 1000:.2f} us  p99 {row[1] / 1000:.1f} us"
                       f"  p99.9 {row[2] / 1000:.0f} us  over {SLOW_NS // 1000} us: {row[3]}", flush=True)
-    where = ("serve" if args.serve else "embedded") + (", pinned" if args.pin else ", unpinned")
+    where = ("serve" if args.serve else "embedded") + (", pinned" if args.pin else ", unpinned") \
+        + (", relative path" if args.relative else "")
     print(f"\n{where}, {args.n} opens per run, {args.rounds} rounds (medians over the runs):")
     for b, name in enumerate(names):
         meds, p99s, p999s, slow = zip(*results[b])
