@@ -335,6 +335,8 @@ network_denials contains sprintf("%s needs a policy that allows listening", [inp
 	input.network.family != "unix"
 }
 
+# The errno of a denial.
+#
 # A refused connection is what clients handle best; binding or listening
 # without permission is an access error.
 #
@@ -353,6 +355,9 @@ network_denials contains sprintf("%s needs a policy that allows listening", [inp
 # hold with different values would make Cordon evaluate this policy in the
 # interpreter, slower, since the compiled VM does not fail such a conflict as
 # OPA does. (These cases cannot both hold: tools, networks, files.)
+
+# A denial's errno: a selected library tool's own, else ECONNREFUSED for a
+# connect or send, else ENOENT for a read in a home that nothing decided.
 errno := e if {
 	tool_selected
 	e := data.cordon.tool_errno

@@ -468,6 +468,8 @@ impl Sandbox {
         let child = match spawned {
             Ok(c) => c,
             Err(source) => {
+                // Reaped by `spawn`: nothing for a sweep to spare.
+                drop(spawning);
                 // Wait for the supervisor thread to read the child's report:
                 // a setup step that failed is cordon's failure, not the exec's,
                 // and so is an exec denied without a decision or a

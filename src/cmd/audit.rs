@@ -516,14 +516,23 @@ pub(super) fn one_line(s: &str) -> String {
     out
 }
 
-/// Format characters that change how the text around them reads (Unicode
-/// `Cf` that a terminal renders as nothing): bidirectional marks, embeddings,
-/// overrides and isolates, zero-width spaces and joiners, word joiners and
-/// invisible operators, the byte-order mark, interlinear annotations.
+/// Characters a terminal shows as nothing, or as a line break, that change
+/// how the text around them reads: every format character (Unicode 15's
+/// `Cf`: bidirectional marks, embeddings, overrides and isolates, zero-width
+/// spaces and joiners, invisible operators, the byte-order mark,
+/// interlinear annotations, tag characters…), and the line and paragraph
+/// separators, variation selectors, the combining grapheme joiner and the
+/// Hangul and Khmer fillers that render blank (found by review).
 fn invisible(c: char) -> bool {
     matches!(c as u32,
-        0xad | 0x61c | 0x180e | 0x200b..=0x200f | 0x202a..=0x202e | 0x2060..=0x2064
-            | 0x2066..=0x206f | 0xfeff | 0xfff9..=0xfffb)
+        // Cf
+        0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x890..=0x891 | 0x8e2 | 0x180e
+            | 0x200b..=0x200f | 0x202a..=0x202e | 0x2060..=0x2064 | 0x2066..=0x206f | 0xfeff
+            | 0xfff9..=0xfffb | 0x110bd | 0x110cd | 0x13430..=0x1343f | 0x1bca0..=0x1bca3
+            | 0x1d173..=0x1d17a | 0xe0001 | 0xe0020..=0xe007f
+            // Not Cf, as blank or as a line break
+            | 0x34f | 0x115f..=0x1160 | 0x17b4..=0x17b5 | 0x180b..=0x180f | 0x2028..=0x2029
+            | 0x3164 | 0xfe00..=0xfe0f | 0xffa0 | 0xe0100..=0xe01ef)
 }
 
 struct Printer {
@@ -691,5 +700,12 @@ mod tests {
             one_line("a\u{200b}b\u{2066}c\u{feff}"),
             "a\\u{200b}b\\u{2066}c\\u{feff}"
         );
+        // A tag character, a line separator, a variation selector, a filler.
+        assert_eq!(
+            one_line("\u{e0041}\u{2028}\u{fe0f}\u{3164}"),
+            "\\u{e0041}\\u{2028}\\u{fe0f}\\u{3164}"
+        );
+        // Visible text of other scripts stays as it is.
+        assert_eq!(one_line("файл 文件 ملف"), "файл 文件 ملف");
     }
 }
