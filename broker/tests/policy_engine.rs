@@ -250,6 +250,15 @@ deny contains "an ssh key" if class == "ssh"
             file("/h/.aws/.ssh/id_rsa"),
         ),
         (
+            "an object comprehension with a key twice",
+            r#"package cordon
+allow := true
+kinds := {k: v | some pair in input.pairs; k := pair[0]; v := pair[1]}
+deny contains "a secret" if kinds.a == "secret"
+"#,
+            serde_json::json!({"kind": "file", "file": {"path": "/x", "access": ["read"]}, "pairs": [["a", "secret"], ["a", "public"]]}),
+        ),
+        (
             "a function with two values",
             r#"package cordon
 allow := true

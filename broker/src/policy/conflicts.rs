@@ -20,7 +20,9 @@
 //! `[…]` whose index is not a literal, also in an `every`'s domain, and no
 //! `[v]` with a named variable inside a `not` (regorus binds it outside).
 //! Iteration inside a comprehension, an `every`'s body or a `not` (with `_`)
-//! yields one outcome, and does not count. (Two holes in a first version,
+//! yields one outcome, and does not count; but an object comprehension
+//! whose query iterates can give one key two values, which OPA fails and
+//! the VM does not either, so it is flagged wherever it is. (Two holes in a first version,
 //! packages and `every`/`not`, were found by review.)
 
 use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead};
@@ -50,6 +52,63 @@ struct Group {
 /// shorter one.
 pub(super) fn first_conflicting_rule(modules: &[Ref<Module>]) -> Option<String> {
     let mut groups: Vec<Group> = Vec::new();
+    // An object comprehension whose keys can repeat with different values
+    // (`{k: v | some [k, v] in pairs}`): OPA fails it, the VM keeps one.
+    let mut objects: Vec<(String, String)> = Vec::new();
+    for module in modules {
+        for rule in &module.policy {
+            let mut exprs: Vec<&Expr> = Vec::new();
+            match rule.as_ref() {
+                Rule::Spec { head, bodies, .. } => {
+                    match head {
+                        RuleHead::Compr { refr, assign, .. } => {
+                            exprs.push(refr);
+                            exprs.extend(assign.as_ref().map(|a| a.value.as_ref()));
+                        }
+                        RuleHead::Set { refr, key, .. } => {
+                            exprs.push(refr);
+                            exprs.extend(key.as_deref());
+                        }
+                        RuleHead::Func {
+                            refr, args, assign, ..
+                        } => {
+                            exprs.push(refr);
+                            exprs.extend(args.iter().map(|a| a.as_ref()));
+                            exprs.extend(assign.as_ref().map(|a| a.value.as_ref()));
+                        }
+                    }
+                    for body in bodies {
+                        exprs.extend(body.assign.as_ref().map(|a| a.value.as_ref()));
+                        query_exprs(&body.query, &mut exprs);
+                    }
+                }
+                Rule::Default { value, .. } => exprs.push(value),
+            }
+            for e in exprs {
+                deep_visit(e, &mut |e| {
+                    if let Expr::ObjectCompr {
+                        span,
+                        key,
+                        value,
+                        query,
+                        ..
+                    } = e
+                        && (iterates_query(query) || iterates(key) || iterates(value))
+                    {
+                        let at = format!("{}:{}:{}", span.source.file(), span.line, span.col);
+                        objects.push((
+                            at.clone(),
+                            format!(
+                                "{at}: an object comprehension can give one key two different values \
+                                 (its query iterates): OPA fails such an evaluation, the compiled VM \
+                                 would not, so this policy runs in the interpreter"
+                            ),
+                        ));
+                    }
+                });
+            }
+        }
+    }
     for module in modules {
         let mut package = Vec::new();
         path_of(&module.package.refr, &mut package);
@@ -132,6 +191,7 @@ pub(super) fn first_conflicting_rule(modules: &[Ref<Module>]) -> Option<String> 
     let mut found: Vec<(String, String)> = groups
         .iter()
         .filter_map(|g| conflict(g).map(|why| (g.defs[0].at.clone(), why)))
+        .chain(objects)
         .collect();
     found.sort();
     found.into_iter().next().map(|(_, why)| why)
@@ -261,8 +321,54 @@ fn names_a_variable_index(e: &Expr) -> bool {
     found
 }
 
-/// Calls `f` on `e` and every expression inside it, comprehensions' terms
-/// included (not their queries).
+/// The expressions of a query's statements, `with` values included.
+fn query_exprs<'a>(q: &'a Query, out: &mut Vec<&'a Expr>) {
+    for stmt in &q.stmts {
+        out.extend(stmt.with_mods.iter().map(|w| w.r#as.as_ref()));
+        match &stmt.literal {
+            Literal::SomeVars { .. } => {}
+            Literal::SomeIn {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                out.extend(key.as_deref());
+                out.push(value);
+                out.push(collection);
+            }
+            Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => out.push(expr),
+            Literal::Every { domain, query, .. } => {
+                out.push(domain);
+                query_exprs(query, out);
+            }
+        }
+    }
+}
+
+/// As [`visit`], and into comprehensions' queries too.
+fn deep_visit(e: &Expr, f: &mut dyn FnMut(&Expr)) {
+    visit(e, &mut |e| {
+        f(e);
+        let (terms, query): (Vec<&Expr>, &Query) = match e {
+            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+                (vec![term], query)
+            }
+            Expr::ObjectCompr {
+                key, value, query, ..
+            } => (vec![key, value], query),
+            _ => return,
+        };
+        let mut inner = terms;
+        query_exprs(query, &mut inner);
+        for i in inner {
+            deep_visit(i, f);
+        }
+    });
+}
+
+/// Calls `f` on `e` and every expression inside it, but not inside
+/// comprehensions (one value each, whatever they iterate).
 fn visit(e: &Expr, f: &mut dyn FnMut(&Expr)) {
     f(e);
     match e {
@@ -381,6 +487,11 @@ mod tests {
             // An `every` whose domain enumerates; a variable bound out of `not`.
             "x := c if { every m in input.markers[c] { m > 0 } }",
             "h := k if { not input.o[k] == [3] }",
+            // An object comprehension whose keys can repeat (found while
+            // fixing the above), also inside another comprehension or a set.
+            "m := {k: v | some [k, v] in input.pairs}",
+            "deny contains x if { x := [{k: 1 | some k in input.ks}] }",
+            "ms := [m | m := {k: v | some [k, v] in input.pairs}]",
         ] {
             let found = conflicting(rules);
             assert!(found.is_some(), "not found in {rules:?}");
@@ -424,6 +535,7 @@ mod tests {
             "x := 1 if { every v in input.vs { v > 0 } }",
             "x := 1 if { not input.vs[_] == 2 }",
             "x := 1 if { every v in input.vs { input.o[v] > 0 } }",
+            "m := {k: 1 | k := input.x}",
             "f(a) := a + 1",
             "x := concat(\"\", [input.p, \"/\"])",
             "default x := 0\nx := input.n if input.a",
