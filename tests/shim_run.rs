@@ -3122,6 +3122,38 @@ fn a_unix_receiver_is_told_the_tools_pid_and_ids() {
     same_natively_and_sandboxed(&env, naming, expected);
 }
 
+/// A directory under /tmp that every user may enter, with a policy that
+/// allows everything (`allow.rego`), for tools that run as another user.
+fn open_dir_allowing_all() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("allow.rego"),
+        "package cordon\nallow := true\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// `cordon run` with `extra` options and the policy of
+/// [`open_dir_allowing_all`], its store and temp dir in `dir`, running
+/// `tool` in `work`.
+fn run_allowing_all(dir: &Path, extra: &[&str], work: &Path, tool: &[&str]) -> Output {
+    cordon()
+        .arg("run")
+        .args(extra)
+        .arg("--audit-db")
+        .arg(dir.join("audit"))
+        .arg("--policy")
+        .arg(dir.join("allow.rego"))
+        .arg("--")
+        .args(tool)
+        .current_dir(work)
+        .env("TMPDIR", dir)
+        .output()
+        .unwrap()
+}
+
 /// A tool that drops to another uid but keeps a saved uid of 0 (as a daemon
 /// that means to come back does) opens relative paths, through a dirfd and
 /// through its own `/proc/self/fd` links as natively. Each was `EACCES`: the
@@ -3134,14 +3166,11 @@ fn a_tool_with_a_saved_root_uid_opens_relative_paths() {
         eprintln!("skipped: needs root, to keep a saved uid of 0");
         return;
     }
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = open_dir_allowing_all();
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(work.join("rel.txt"), "hello\n").unwrap();
-    let policy = dir.path().join("allow.rego");
-    std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
     let script = format!(
         r#"import os
 os.setresgid(65534, 65534, 0); os.setresuid(65534, 65534, 0)
@@ -3165,16 +3194,7 @@ for what, f in [("relative", lambda: open("rel.txt").read().strip()),
         native,
         "relative hello\ndirfd hello\nown fd ['rel.txt']\nthrough own fd hello\n"
     );
-    let out = cordon()
-        .args(["run", "--audit-db"])
-        .arg(dir.path().join("audit"))
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--", "/usr/bin/python3", "-c", &script])
-        .current_dir(&work)
-        .env("TMPDIR", dir.path())
-        .output()
-        .unwrap();
+    let out = run_allowing_all(dir.path(), &[], &work, &["/usr/bin/python3", "-c", &script]);
     assert_eq!(assert_ok(&out), native, "{}", text(&out.stderr));
 }
 
@@ -3190,10 +3210,7 @@ fn sendmmsg_as_another_user_reports_every_message() {
         eprintln!("skipped: --user needs root");
         return;
     }
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let policy = dir.path().join("allow.rego");
-    std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
+    let dir = open_dir_allowing_all();
     let script = r#"import ctypes, os, socket
 libc = ctypes.CDLL(None, use_errno=True)
 class iovec(ctypes.Structure): _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
@@ -3218,16 +3235,12 @@ try: got.append(r.recv(16))
 except BlockingIOError: pass
 print(os.getuid(), n, ctypes.get_errno() if n < 0 else 0, [arr[i].len for i in range(2)], got)
 "#;
-    let out = cordon()
-        .args(["run", "--user", "65534", "--audit-db"])
-        .arg(dir.path().join("audit"))
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--", "/usr/bin/python3", "-c", script])
-        .current_dir(dir.path())
-        .env("TMPDIR", dir.path())
-        .output()
-        .unwrap();
+    let out = run_allowing_all(
+        dir.path(),
+        &["--user", "65534"],
+        dir.path(),
+        &["/usr/bin/python3", "-c", script],
+    );
     assert_eq!(
         assert_ok(&out),
         "65534 2 0 [3, 3] [b'one', b'two']\n",
