@@ -81,8 +81,26 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cordon: {e:#}");
+            eprintln!("cordon: {}", one_line(&e));
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// An error and its causes on one line, each said once: an error whose
+/// message already holds its source's (`thiserror`'s `{source}`) would say
+/// it twice in `{:#}`.
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -1058,3 +1058,65 @@ fn the_directories_cordon_makes_for_its_store_are_its_owners_alone() {
         assert_eq!(mode, 0o700, "{}", made.display());
     }
 }
+
+/// A store whose sled log is damaged where sled notices (here, a byte of
+/// the log an existing snapshot covers) fails `verify` as a verify does:
+/// exit 1, `ok: false` in JSON, naming no record. It was an error, exit 2
+/// (bad usage), with the cause said twice and no JSON (found by review).
+#[test]
+fn a_store_sled_cannot_read_fails_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit");
+    // Three runs: the later opens write sled's snapshot.
+    for _ in 0..3 {
+        let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let log = db.join("db");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&log, bytes).unwrap();
+    let (code, out, err) =
+        run_cordon(&["audit", "verify", "--db", path_str(&db), "--format", "json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], false, "{out}");
+    assert!(
+        report["problem"]
+            .as_str()
+            .unwrap()
+            .contains("the store cannot be read"),
+        "{out}"
+    );
+    let (code, _, err) = run_cordon(&["audit", "verify", "--db", path_str(&db)]);
+    assert_eq!(code, 1, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("cordon: "))
+        .unwrap_or_default();
+    assert!(line.starts_with("cordon: audit store damaged: "), "{err}");
+    // Each cause once.
+    assert_eq!(line.matches("Read corrupted data").count(), 1, "{err}");
+}
+
+/// A store directory another user owns is refused, not written: its owner
+/// could read and rewrite every record (it was used as given, found by
+/// review). Needs root, to make a directory that is nobody's.
+#[test]
+fn a_store_directory_another_user_owns_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to chown");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&theirs), "--", "/bin/true"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.contains("owned by uid 65534, not by this user"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0, "written");
+}

@@ -1117,6 +1117,29 @@ fn health_is_served() {
     });
 }
 
+/// A caller the peer check refuses gets no health answer either (health and
+/// reflection answered it, found by review), and cannot hold a `Watch`
+/// stream open.
+#[test]
+fn health_refuses_a_caller_the_broker_refuses() {
+    // Root, running the test, is not among the allowed uids.
+    let s = Serve::start(ALLOW_ALL_BUT_TMP, &["--allow-uid", "12345"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = cordon_broker::client::channel(&s.uri().parse().unwrap())
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = || tonic_health::pb::HealthCheckRequest {
+            service: "cordon.v1.Broker".into(),
+        };
+        let err = health.check(request()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+        let err = health.watch(request()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    });
+}
+
 /// A relay (`tests/support/relay.py`) that connects to a broker's socket
 /// as a peer set up by `mode`, and listens at `listen` for one client.
 /// Killed and reaped when dropped.

@@ -108,13 +108,23 @@ fn an_async_host_spawns_and_waits_with_a_remote_broker() {
     }
 }
 
-/// The `sandbox_exited` records of the audit store at `db`.
+/// The `sandbox_exited` records of the audit store at `db`. Waits a while
+/// for the store's lock: a sandbox's serving threads, which hold the
+/// embedded broker and so its store, may end a moment after `wait` returns.
 fn exit_records(db: &std::path::Path) -> Vec<serde_json::Value> {
-    let out = support::cordon()
-        .args(["audit", "--format", "json", "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let out = loop {
+        let out = support::cordon()
+            .args(["audit", "--format", "json", "--db"])
+            .arg(db)
+            .output()
+            .unwrap();
+        let in_use = String::from_utf8_lossy(&out.stderr).contains("in use by a running broker");
+        if !in_use || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     support::assert_ok(&out)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())

@@ -120,6 +120,22 @@ impl AuditError {
     pub fn is_locked(&self) -> bool {
         matches!(self, AuditError::Open { source, .. } if source.to_string().contains("could not acquire lock"))
     }
+
+    /// Whether the store's files are damaged (as opposed to missing, in
+    /// use, or unreadable for want of permission): a failed verify.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            AuditError::Damaged { .. }
+                | AuditError::Corrupt { .. }
+                | AuditError::Open {
+                    source: sled::Error::Corruption { .. }
+                        | sled::Error::Unsupported(_)
+                        | sled::Error::ReportableBug(_),
+                    ..
+                }
+        )
+    }
 }
 
 /// When an append returns.
@@ -723,8 +739,8 @@ fn sled_config(dir: &Path) -> sled::Config {
 /// sled makes its files as the umask allows (0644). One that exists readable
 /// by others is kept as it is, with a warning.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    match std::fs::metadata(dir) {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let meta = match std::fs::metadata(dir) {
         Ok(meta) => {
             let mode = meta.permissions().mode();
             // Not a directory: the open says so.
@@ -732,14 +748,32 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
                 tracing::warn!(path = %dir.display(), mode = format!("{:o}", mode & 0o7777),
                     "the audit store's directory is open to its group or to everyone, who can copy and read every record: chmod 700 it");
             }
-            Ok(())
+            meta
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir),
-        Err(e) => Err(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            std::fs::metadata(dir)?
+        }
+        Err(e) => return Err(e),
+    };
+    // Whoever owns the directory can read and rewrite every record: one
+    // another user made, in a shared place, before this store was (or made
+    // meanwhile, which a recursive create accepts), is refused (found by
+    // review). Root's stores are root's; a user's, that user's.
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.is_dir() && meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "its directory is owned by uid {}, not by this user (uid {me}), who could read and rewrite every record: use a directory of your own",
+                meta.uid()
+            ),
+        ));
     }
+    Ok(())
 }
 
 impl SledAudit {
@@ -790,7 +824,19 @@ impl SledAudit {
             path: dir.display().to_string(),
             source,
         };
-        let db = first_open::open(&sled_config(dir)).map_err(open_err)?;
+        // sled panics on some damage it meets while recovering (a flipped
+        // byte: "tried to serialize Uninitialized"): a damaged store, said
+        // so, not a crash of every command that opens it (found by review).
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            first_open::open(&sled_config(dir))
+        }))
+        .unwrap_or_else(|panic| {
+            Err(sled::Error::Unsupported(format!(
+                "sled failed while recovering it, which a damaged file does ({}); keep a copy of the store as evidence",
+                panic_text(panic.as_ref())
+            )))
+        })
+        .map_err(open_err)?;
         let records = db.open_tree("records").map_err(open_err)?;
         let index = db.open_tree("index").map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;

@@ -899,7 +899,24 @@ fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o750)
             .create(dir)
             .map_err(|e| dir_err(e.to_string()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+        // Its mode set through an fd that followed no link, once it is
+        // known to be ours: a link planted there meanwhile (in a sticky
+        // directory, which `trusted_chain` accepts) had a root broker
+        // chmod the directory it named (found by review).
+        use std::os::unix::fs::OpenOptionsExt;
+        let made = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+            .open(dir)
+            .map_err(|e| dir_err(format!("cannot open it without following a link: {e}")))?;
+        let owner = made.metadata().map_err(|e| dir_err(e.to_string()))?.uid();
+        if owner != crate::peer::own_uid() {
+            return Err(dir_err(format!(
+                "it is owned by uid {owner}, not by the broker (uid {})",
+                crate::peer::own_uid()
+            )));
+        }
+        made.set_permissions(std::fs::Permissions::from_mode(0o750))
             .map_err(|e| dir_err(e.to_string()))?;
     }
     trusted_chain(dir).map_err(dir_err)?;
@@ -982,27 +999,11 @@ async fn routes(
     let server = BrokerServer::new(svc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_ANSWER_BYTES);
-    let guarded =
-        tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
-            let mut req = req;
-            match peer::of(&req) {
-                Some(peer) => {
-                    peer.check(&access)?;
-                    req.extensions_mut()
-                        .insert(peer::Checked(std::time::Instant::now()));
-                }
-                // A Unix connection that did not come through `PeerStream`
-                // cannot be checked: refused, not let through.
-                None if req.extensions().get::<UdsConnectInfo>().is_some() => {
-                    return Err(Status::permission_denied(
-                        "peer credentials are unavailable",
-                    ));
-                }
-                // TCP, which exists only with mutual TLS.
-                None => {}
-            }
-            Ok(req)
-        });
+    // Every service behind the peer check: health and reflection answered
+    // callers the broker refuses (found by review), and a health `Watch`
+    // held a refused caller's stream open.
+    let check = move |req: Request<()>| check_peer(req, &access);
+    let guarded = tonic::service::interceptor::InterceptedService::new(server, check.clone());
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("cordon.v1.Broker", tonic_health::ServingStatus::Serving)
@@ -1014,9 +1015,31 @@ async fn routes(
         .register_encoded_file_descriptor_set(cordon_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    use tonic::service::interceptor::InterceptedService;
     Ok(tonic::service::Routes::new(guarded)
-        .add_service(health)
-        .add_service(reflection))
+        .add_service(InterceptedService::new(health, check.clone()))
+        .add_service(InterceptedService::new(reflection, check)))
+}
+
+/// A call's peer, checked against `access`; the request marked as checked.
+fn check_peer(mut req: Request<()>, access: &AccessPolicy) -> Result<Request<()>, Status> {
+    match peer::of(&req) {
+        Some(peer) => {
+            peer.check(access)?;
+            req.extensions_mut()
+                .insert(peer::Checked(std::time::Instant::now()));
+        }
+        // A Unix connection that did not come through `PeerStream`
+        // cannot be checked: refused, not let through.
+        None if req.extensions().get::<UdsConnectInfo>().is_some() => {
+            return Err(Status::permission_denied(
+                "peer credentials are unavailable",
+            ));
+        }
+        // TCP, which exists only with mutual TLS.
+        None => {}
+    }
+    Ok(req)
 }
 
 /// How long the accept loop waits after running out of fds or memory.

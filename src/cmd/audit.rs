@@ -275,7 +275,26 @@ fn verify(
             })?
         }
         None => {
-            let store = open_local(source.db.as_ref())?;
+            let store = match open_local(source.db.as_ref()) {
+                Ok(store) => store,
+                // A store sled cannot recover is the verify's answer (1, and
+                // in JSON), not an error (2): it names no record, and its
+                // problem says why (found by review).
+                Err(e) if damaged(&e) => {
+                    let report = VerifyReport {
+                        ok: false,
+                        records_checked: 0,
+                        first_bad_seq: 0,
+                        problem: format!(
+                            "the store cannot be read ({}), so no record can be named",
+                            crate::one_line(&e)
+                        ),
+                        head_hash: String::new(),
+                    };
+                    return print_verify(&report, format);
+                }
+                Err(e) => return Err(e),
+            };
             let mut report = store.verify()?;
             if let (true, Some((seq, hash))) = (report.ok, anchor) {
                 let mut found = None;
@@ -288,8 +307,22 @@ fn verify(
             report
         }
     };
+    print_verify(&report, format)
+}
+
+/// Whether opening a store failed because its files are damaged (not
+/// missing, locked or unreadable for want of permission).
+fn damaged(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<cordon_broker::audit::AuditError>()
+            .is_some_and(|e| e.is_damage())
+    })
+}
+
+fn print_verify(report: &VerifyReport, format: VerifyFormat) -> anyhow::Result<ExitCode> {
     match format {
-        VerifyFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        VerifyFormat::Json => println!("{}", serde_json::to_string(report)?),
         VerifyFormat::Text if report.ok => {
             println!("ok: {} records, hash chain intact", report.records_checked);
             if report.records_checked > 0 && !report.head_hash.is_empty() {
@@ -302,6 +335,10 @@ fn verify(
         VerifyFormat::Text => {
             // The index is derived from the records: damage there is no
             // broken chain, and `reindex` repairs it.
+            if report.first_bad_seq == 0 && report.problem.starts_with("the store cannot be read") {
+                eprintln!("cordon: audit store damaged: {}", report.problem);
+                return Ok(ExitCode::from(crate::EXIT_NEGATIVE));
+            }
             if report.problem.starts_with("the index ") {
                 eprintln!(
                     "cordon: audit index inconsistent at record {}: {} (the index is derived from the records; `cordon audit reindex` rebuilds it)",
