@@ -496,6 +496,12 @@ struct IndexEntry {
 
 struct Inner {
     db: sled::Db,
+    /// The head kept outside sled ([`HEAD_FILE`]), for a writer, and the
+    /// newest seq written there: one writer at a time (a flush and a final
+    /// one at close can overlap), never a lower seq over a higher.
+    head_file: Option<Mutex<(std::path::PathBuf, u64)>>,
+    /// For a reader: the head file's seq when it is past the records.
+    kept_head: Option<u64>,
     records: sled::Tree,
     index: sled::Tree,
     meta: sled::Tree,
@@ -605,6 +611,13 @@ impl std::fmt::Debug for SledAudit {
 }
 
 const HEAD_KEY: &[u8] = b"head";
+
+/// The head (`SEQ HASH`, the newest flushed record) kept in a file of its
+/// own as well, replaced after each flush: sled's recovery takes damage in
+/// its log (one flipped byte) for a torn tail and drops everything after
+/// it, the `head` record with it, and the shorter chain then verified
+/// intact (found by review). Outside the log, the head says what was there.
+const HEAD_FILE: &str = "cordon-head";
 const INDEXED_KEY: &[u8] = b"indexed";
 /// Present while the index is rebuilt (`rebuild_index`).
 const REINDEXING_KEY: &[u8] = b"reindexing";
@@ -893,6 +906,41 @@ impl SledAudit {
             None => (1, [0u8; 32], 0),
         };
         let last = next_seq - 1;
+        // Fewer records than the head kept outside sled names: sled dropped
+        // them while recovering (damage to its log) or they were cut. No
+        // writer numbers new records over them; verify names them.
+        let mut kept_head = None;
+        match std::fs::read_to_string(dir.join(HEAD_FILE)) {
+            Ok(text) => {
+                let kept = text
+                    .split_whitespace()
+                    .next()
+                    .and_then(|s| s.parse::<u64>().ok());
+                match kept {
+                    // Read-only (verify, queries): opened, and verify names
+                    // the missing records.
+                    Some(kept) if kept > last && read_only => kept_head = Some(kept),
+                    Some(kept) if kept > last => {
+                        return Err(AuditError::Damaged {
+                            path: dir.display().to_string(),
+                            problem: format!(
+                                "it holds records up to {last}, but its head file ({HEAD_FILE}) names record {kept}: records {} to {kept} were lost (damage to sled's log, which its recovery drops, or a cut)",
+                                last + 1
+                            ),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        tracing::warn!(path = %dir.display(), "the audit store's head file is malformed; ignored")
+                    }
+                }
+            }
+            // A store from before it, or one never flushed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "the audit store's head file cannot be read; ignored")
+            }
+        }
         // Times never go back in the chain: a newest record timed in the
         // future (a clock that was wrong, or a forged record) holds every
         // later one at its time until the clock passes it.
@@ -979,6 +1027,8 @@ impl SledAudit {
         let (durable, _) = watch::channel(last);
         let inner = Arc::new(Inner {
             db,
+            head_file: (!read_only).then(|| Mutex::new((dir.join(HEAD_FILE), last))),
+            kept_head,
             records,
             index,
             meta,
@@ -1273,6 +1323,19 @@ impl Inner {
                 ));
             }
         }
+        if let Some(kept) = inner.kept_head
+            && kept > checked
+        {
+            return Ok(fail(
+                checked + 1,
+                checked,
+                format!(
+                    "records {} to {kept} are missing: the head file ({HEAD_FILE}) names record {kept} (damage to sled's log, which its recovery drops, or a cut)",
+                    checked + 1
+                ),
+                &prev,
+            ));
+        }
         if check_index && let Some((seq, problem)) = index_check.finish(inner, indexed)? {
             return Ok(fail(seq, checked, problem, &prev));
         }
@@ -1485,6 +1548,9 @@ impl Inner {
             .map_err(|e| AuditError::Flush(e.to_string()))?;
         // Flushes are serial and targets only grow.
         self.durable.send_replace(target);
+        if target > 0 {
+            self.write_head_file(target, &head_hash);
+        }
         // With the records' times, how long records waited for the disk
         // (benches/flush_age.py).
         tracing::debug!(durable_seq = target, "audit records on disk");
@@ -1498,6 +1564,31 @@ impl Inner {
         self.uncount_backlog(done.iter().map(|u| u.body.capacity() as u64).sum());
         drop(done);
         Ok(target)
+    }
+
+    /// Replaces the head file with `seq` and its hash, once sled has flushed
+    /// them (so it never names more than is on disk; after a power cut, sled
+    /// may keep less, which the next open reports). Without `fsync`: a
+    /// rename over the old file is written out with its data on ext4, and
+    /// a head file that lags only weakens the check. A failure is logged: the
+    /// records themselves are stored.
+    fn write_head_file(&self, seq: u64, hash: &[u8]) {
+        let Some(head_file) = &self.head_file else {
+            return;
+        };
+        let mut head_file = head_file.lock().unwrap_or_else(|p| p.into_inner());
+        let (path, written) = &mut *head_file;
+        if seq <= *written {
+            return;
+        }
+        let tmp = path.with_extension("new");
+        let text = format!("{seq} {}\n", hex::encode(hash));
+        match std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &*path)) {
+            Ok(()) => *written = seq,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot write the audit store's head file")
+            }
+        }
     }
 
     fn uncount_backlog(&self, bytes: u64) {
@@ -3489,15 +3580,24 @@ mod tests {
             assert!(report.problem.contains("head"), "{case}: {report:?}");
             if head.is_none() {
                 // Reindex, which writes nothing before its check, refuses
-                // the store and leaves it without a head.
+                // the store (the head file names the removed record) and
+                // leaves it without a head.
                 let refused = try_reopen(|| SledAudit::reindex(dir.path()));
                 assert!(
-                    matches!(refused, Err(AuditError::ChainBroken { .. })),
+                    matches!(&refused, Err(AuditError::Damaged { problem, .. }) if problem.contains("head file")),
                     "{refused:?}"
                 );
                 let head_now = with_tree(dir.path(), "meta", |meta| Ok(meta.get(HEAD_KEY)?));
                 assert!(head_now.is_none(), "reindex wrote a head");
             }
+            let writer = try_reopen(|| SledAudit::open(dir.path(), Durability::Strict));
+            // The head file outside sled still names the removed record: a
+            // writer refuses to number new records over it.
+            assert!(
+                matches!(&writer, Err(AuditError::Damaged { problem, .. }) if problem.contains("head file")),
+                "{case}: {writer:?}"
+            );
+            std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
             let writer = try_reopen(|| SledAudit::open(dir.path(), Durability::Strict));
             match head {
                 None => assert!(writer.is_ok(), "{case}: {writer:?}"),

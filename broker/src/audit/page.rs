@@ -249,9 +249,10 @@ pub mod tamper {
         Ok(())
     }
 
-    /// Removes every record after `keep` and points the store's head at
-    /// record `keep`, as someone hiding the newest records would: the chain
-    /// and the head agree, and only an anchor kept elsewhere shows the cut.
+    /// Removes every record after `keep` and points the store's head, and
+    /// its head file, at record `keep`, as someone hiding the newest records
+    /// would: the chain and the heads agree, and only an anchor kept
+    /// elsewhere shows the cut.
     pub fn cut_tail(dir: &Path, keep: u64) -> Result<(), String> {
         let last = {
             let db = open_db(dir)?;
@@ -276,6 +277,11 @@ pub mod tamper {
         meta.insert("head", [&key(keep)[..], &hash].concat())
             .map_err(|e| e.to_string())?;
         db.flush().map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.join(crate::audit::HEAD_FILE),
+            format!("{keep} {}\n", hex::encode(&hash)),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(())
     }
 
