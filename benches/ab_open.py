@@ -11,6 +11,8 @@ of their median, p99, p99.9 and count of calls over 150 us.
 
 Usage: ab_open.py [--pin] [--serve] [--relative] [--target FILE] [-n OPENS] ROUNDS CORDON...
   --pin     everything on CPU 0 (taskset -c 0)
+  --strict  the embedded broker's store in strict durability (every answer
+            waits for its record's flush)
   --relative  the probe opens the target by its name, from its directory (a
             lookup that starts at the tool's cwd), not by its absolute path
   --serve   through a fresh `cordon serve` of the same build per run
@@ -79,6 +81,8 @@ def one_run(cordon: str, args, probe: str, policy: list[str], target: str, work:
         cmd = [*pin, cordon, "run", "--broker", f"unix://{sock}"]
     else:
         cmd = [*pin, cordon, "run", "--audit-db", os.path.join(run, "db")]
+        if args.strict:
+            cmd += ["--durability", "strict"]
         for p in policy:
             cmd += ["--policy", p]
     name = os.path.basename(target) if args.relative else target
@@ -109,6 +113,7 @@ def main() -> None:
     ap.add_argument("--pin", action="store_true")
     ap.add_argument("--serve", action="store_true")
     ap.add_argument("--relative", action="store_true")
+    ap.add_argument("--strict", action="store_true")
     ap.add_argument("--target")
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("rounds", type=int)
@@ -137,7 +142,7 @@ def main() -> None:
                 print(f"round {r + 1} {names[b]}: median {row[0] / 1000:.2f} us  p99 {row[1] / 1000:.1f} us"
                       f"  p99.9 {row[2] / 1000:.0f} us  over {SLOW_NS // 1000} us: {row[3]}", flush=True)
     where = ("serve" if args.serve else "embedded") + (", pinned" if args.pin else ", unpinned") \
-        + (", relative path" if args.relative else "")
+        + (", relative path" if args.relative else "") + (", strict" if args.strict else "")
     print(f"\n{where}, {args.n} opens per run, {args.rounds} rounds (medians over the runs):")
     for b, name in enumerate(names):
         meds, p99s, p999s, slow = zip(*results[b])
