@@ -930,6 +930,8 @@ impl SledAudit {
                         });
                     }
                     Some(_) => {}
+                    // Made by a writer that stopped before its first flush.
+                    None if text.trim().is_empty() => {}
                     None => {
                         tracing::warn!(path = %dir.display(), "the audit store's head file is malformed; ignored")
                     }
