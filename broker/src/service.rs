@@ -972,7 +972,14 @@ fn prepare_socket_path(path: &Path) -> Result<(), ServeError> {
 /// Binds a Unix listener with mode 0660.
 pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     prepare_socket_path(path)?;
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| ServeError::Bind {
+    // Made 0600 (no one else may connect before the mode below is set),
+    // whatever the process's umask: with 0 or 002 others could connect in
+    // between and keep the connection (found by review). The umask is the
+    // process's: a file another thread makes meanwhile is only more private.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(umask);
+    let listener = bound.map_err(|e| ServeError::Bind {
         path: path.into(),
         source: e,
     })?;
