@@ -1142,6 +1142,13 @@ fn records_sled_drops_while_recovering_are_named() {
         err.contains("are missing: the head file (cordon-head) names record"),
         "{err}"
     );
+    // A query goes on with what is left, and says what is missing.
+    let (code, _, err) = run_cordon(&["audit", "--db", path_str(&db)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("of this audit store are missing: its head file names record"),
+        "{err}"
+    );
     let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
     assert_eq!(code, 125, "{err}");
     assert!(err.contains("were lost"), "{err}");

@@ -919,7 +919,15 @@ impl SledAudit {
                 match kept {
                     // Read-only (verify, queries): opened, and verify names
                     // the missing records.
-                    Some(kept) if kept > last && read_only => kept_head = Some(kept),
+                    Some(kept) if kept > last && read_only => {
+                        // A query goes on with what is left, and says so.
+                        tracing::warn!(
+                            path = %dir.display(),
+                            "records {} to {kept} of this audit store are missing: its head file names record {kept} (damage to sled's log, or a cut); `cordon audit verify` reports it",
+                            last + 1
+                        );
+                        kept_head = Some(kept);
+                    }
                     Some(kept) if kept > last => {
                         return Err(AuditError::Damaged {
                             path: dir.display().to_string(),
