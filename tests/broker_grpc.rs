@@ -1097,47 +1097,54 @@ async fn hot_reload_refuses_broken_edit_and_applies_good_one() {
 #[test]
 fn health_is_served() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
+    let r = health_of(&s, |mut health| async move {
+        health.check(broker_health_request()).await
+    })
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+/// What `ask` gets from the broker's health service.
+fn health_of<T, F: std::future::Future<Output = T>>(
+    s: &Serve,
+    ask: impl FnOnce(tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>) -> F,
+) -> T {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let channel = cordon_broker::client::channel(&s.uri().parse().unwrap())
             .await
             .unwrap();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "cordon.v1.Broker".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            r.status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        );
-    });
+        ask(tonic_health::pb::health_client::HealthClient::new(channel)).await
+    })
+}
+
+fn broker_health_request() -> tonic_health::pb::HealthCheckRequest {
+    tonic_health::pb::HealthCheckRequest {
+        service: "cordon.v1.Broker".into(),
+    }
 }
 
 /// A caller the peer check refuses gets no health answer either (health and
 /// reflection answered it, found by review), and cannot hold a `Watch`
-/// stream open.
+/// stream open. (Reflection is wrapped the same way; not tested here: the
+/// tests have no reflection client.)
 #[test]
 fn health_refuses_a_caller_the_broker_refuses() {
     // Root, running the test, is not among the allowed uids.
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &["--allow-uid", "12345"]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let channel = cordon_broker::client::channel(&s.uri().parse().unwrap())
-            .await
-            .unwrap();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let request = || tonic_health::pb::HealthCheckRequest {
-            service: "cordon.v1.Broker".into(),
-        };
-        let err = health.check(request()).await.unwrap_err();
-        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
-        let err = health.watch(request()).await.unwrap_err();
-        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let (check, watch) = health_of(&s, |mut health| async move {
+        let check = health.check(broker_health_request()).await.map(drop);
+        let watch = health.watch(broker_health_request()).await.map(drop);
+        (check, watch)
     });
+    for (what, answer) in [("check", check), ("watch", watch)] {
+        let err = answer.expect_err(what);
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{what}: {err}");
+    }
 }
 
 /// A relay (`tests/support/relay.py`) that connects to a broker's socket
