@@ -366,7 +366,7 @@ impl Supervisor {
             listener,
             decider,
             sandbox,
-            me: Creds::of_thread(),
+            me: Creds::of_supervisor_thread(),
             own_ids: own_ids(),
             broker_sockets: broker_sockets
                 .into_iter()

@@ -462,6 +462,18 @@ impl Creds {
         Creds::read("/proc/thread-self/status").unwrap_or_else(Creds::assumed)
     }
 
+    /// The calling thread's, as a supervisor thread acts with them: without
+    /// `CAP_SYS_RESOURCE`, which every sandboxed tool gives up with its
+    /// rlimits (`RLIMIT_CORE` is always set), so no call made for a tool may
+    /// use it. [`with_creds`] takes it out of each thread that acts with
+    /// these once, rather than lower and restore it around every call of a
+    /// root tool (two `capset`s, 3.3 µs, BENCHMARKS.md session 28).
+    pub fn of_supervisor_thread() -> Creds {
+        let mut me = Creds::of_thread();
+        me.cap_eff &= !sys::RESOURCE_CAPABILITY;
+        me
+    }
+
     /// The process's (its main thread's), with the same fallback.
     pub fn of_self() -> Creds {
         Creds::read("/proc/self/status").unwrap_or_else(Creds::assumed)
@@ -487,6 +499,7 @@ impl Creds {
 /// answer is `EACCES`: the supervisor never opens with credentials the tool
 /// does not have.
 pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<R, Errno> {
+    settle(me)?;
     let same_ids = (tool.fsuid, tool.fsgid, &tool.groups) == (me.fsuid, me.fsgid, &me.groups);
     // Capabilities the supervisor has and the tool does not, of those a
     // call made for it can use: a root tool lacks `CAP_SYS_TIME` (the
@@ -542,6 +555,34 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
         undo.caps = true;
     }
     Ok(f())
+}
+
+std::thread_local! {
+    /// The effective set this thread was last brought within by [`settle`].
+    static SETTLED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Takes out of this thread's effective set, once per thread and `me`, what
+/// `me` lacks (see [`Creds::of_supervisor_thread`]): [`with_creds`] compares
+/// the tool with `me`, so the thread must hold no more than `me` says, or a
+/// call it makes with no switch would use the difference. Lowering the
+/// effective set needs no privilege; if it fails anyway, so does the call.
+fn settle(me: &Creds) -> Result<(), Errno> {
+    if SETTLED.get() == Some(me.cap_eff) {
+        return Ok(());
+    }
+    let held = sys::thread_effective_caps().map_err(|e| {
+        tracing::warn!(error = %e, "cannot read this thread's capabilities; denying");
+        Errno::EACCES
+    })?;
+    if held & !me.cap_eff != 0 {
+        sys::set_thread_effective_caps(held & me.cap_eff).map_err(|e| {
+            tracing::warn!(error = %e, "cannot drop capabilities no tool has; denying");
+            Errno::EACCES
+        })?;
+    }
+    SETTLED.set(Some(me.cap_eff));
+    Ok(())
 }
 
 /// What [`with_creds`] switched, switched back when dropped: the
@@ -632,6 +673,53 @@ mod tests {
         };
         let inside = with_creds(&tool, &me, || sys::thread_effective_caps().unwrap()).unwrap();
         assert_eq!(inside, tool.cap_eff);
+    }
+
+    /// A supervisor thread that holds `CAP_SYS_RESOURCE` (root where the
+    /// host grants it; here, root of a user namespace) serves a root tool,
+    /// which never has it, with no switch per call, and never with it: the
+    /// thread gives it up at its first call and keeps it given up. This
+    /// machine's root lacks it, so the check runs in this test binary again
+    /// under `unshare -Ur`.
+    #[test]
+    fn a_supervisor_thread_gives_up_the_resource_capability_once() {
+        const INSIDE: &str = "CORDON_TEST_IN_USER_NS";
+        if std::env::var_os(INSIDE).is_some() {
+            let held = sys::thread_effective_caps().unwrap();
+            assert_ne!(held & sys::RESOURCE_CAPABILITY, 0, "{held:x}");
+            let me = Creds::of_supervisor_thread();
+            let tool = Creds {
+                cap_eff: held & !(sys::RESOURCE_CAPABILITY | sys::CLOCK_CAPABILITY),
+                ..me.clone()
+            };
+            for call in 0..2 {
+                let inside = with_creds(&tool, &me, || sys::thread_effective_caps().unwrap());
+                // No switch (the clock capability is left, as ever), and
+                // without the resource capability.
+                assert_eq!(inside, Ok(me.cap_eff), "call {call}");
+                assert_eq!(me.cap_eff & sys::RESOURCE_CAPABILITY, 0);
+                let after = sys::thread_effective_caps().unwrap();
+                assert_eq!(after, me.cap_eff, "after call {call}");
+            }
+            println!("checked in a user namespace");
+            return;
+        }
+        let out = std::process::Command::new("unshare")
+            .arg("-Ur")
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "process::tests::a_supervisor_thread_gives_up_the_resource_capability_once",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(INSIDE, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("checked in a user namespace"), "{text}");
     }
 
     /// Waits until task `tid` has exec'd `/bin/sleep`; its canonical path.

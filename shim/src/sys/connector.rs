@@ -443,6 +443,19 @@ fn set_up(
             fsgid: libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
             caps: own_effective_caps(),
         };
+        // `CAP_SYS_RESOURCE`, which every tool gives up with its rlimits:
+        // given up here once, not at every connect of a root tool (as the
+        // supervisor's threads do, `Creds::of_supervisor_thread`). Where it
+        // cannot be, each connect switches it off as before.
+        let without = own.caps & !super::RESOURCE_CAPABILITY;
+        let own = if without != own.caps && set_thread_effective_caps(without).is_ok() {
+            Own {
+                caps: own_effective_caps(),
+                ..own
+            }
+        } else {
+            own
+        };
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
             || libc::syscall(
                 libc::SYS_seccomp,
