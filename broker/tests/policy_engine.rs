@@ -223,6 +223,47 @@ deny contains "options that are not JSON" if {
 /// used it vanished: the call was allowed. Such a policy now runs in the
 /// interpreter, and denies as OPA does; the same policy without the
 /// conflict keeps the VM. (Found by review, session 28.)
+/// Patterns valid in OPA's RE2 match as in OPA, in the VM and the
+/// interpreter alike: with regex's Unicode tables missing (regorus builds it
+/// without them), `\d`, `\w`, `\s`, `\b`, `\pL` and `(?i)` failed to compile,
+/// `regex.match` was undefined, and each deny rule below vanished: the read
+/// was allowed.
+#[test]
+fn regex_classes_valid_in_opa_match_as_in_opa() {
+    let input = serde_json::json!({"kind": "file", "file": {"path": "/h/Keys/id_rsa 2", "access": ["read"]}});
+    for pattern in [
+        r"(?i)/keys/",
+        r"\d$",
+        r"^/\w/",
+        r"\s\d",
+        r"\bid_",
+        r"\p{Lu}eys",
+        r"[[:alpha:]]_rsa",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let rego = format!(
+            "package cordon\nallow := true\ndeny contains \"matched\" if regex.match(`{pattern}`, input.file.path)\n"
+        );
+        write_policy(dir.path(), "p.rego", &rego);
+        for engine in [EngineChoice::Auto, EngineChoice::Interpreter] {
+            let policy = LoadedPolicy::load(
+                &PolicySource::Paths(vec![dir.path().into()]),
+                &PolicyOptions {
+                    engine,
+                    ..PolicyOptions::default()
+                },
+            )
+            .unwrap();
+            if engine == EngineChoice::Auto {
+                assert_eq!(policy.engine_name(), "rvm", "{pattern}");
+            }
+            let v = policy.evaluate(&input);
+            assert!(!v.allow, "{pattern} ({engine:?}): allowed: {}", v.reason);
+            assert_eq!(v.reason, "matched", "{pattern} ({engine:?})");
+        }
+    }
+}
+
 #[test]
 fn a_rule_with_two_values_denies_as_in_opa_not_allows() {
     let file = |path: &str| serde_json::json!({"kind": "file", "file": {"path": path, "access": ["read"]}});
