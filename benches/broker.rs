@@ -115,6 +115,14 @@ fn bench_policy(c: &mut Criterion) {
     g.bench_function("default_rego_file_read/rvm_compiled_at_load", |b| {
         b.iter(|| from_file.evaluate(&input))
     });
+    // A read under /etc, where the built-in policy's /etc denials run.
+    let mut etc = input.clone();
+    etc["file"]["path"] = "/etc/nsswitch.conf".into();
+    let builtin = LoadedPolicy::load(&PolicySource::Builtin, &opts).expect("built-in policy loads");
+    assert!(builtin.evaluate(&etc).allow);
+    g.bench_function("default_rego_etc_read/rvm", |b| {
+        b.iter(|| builtin.evaluate(&etc))
+    });
     let memoizing = LoadedPolicy::load(&PolicySource::Builtin, &PolicyOptions::default())
         .expect("built-in policy loads");
     assert!(!memoizing.evaluate(&input).memoized);

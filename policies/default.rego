@@ -132,6 +132,11 @@ writable_dirs contains input.sandbox.workdir if {
 shared_dirs := {
 	"", "/", "/tmp", "/var/tmp", "/dev/shm", "/home", "/etc", "/usr", "/usr/local", "/var", "/run",
 	"/srv", "/opt", "/mnt", "/media", "/boot", "/proc", "/sys", "/dev", "/bin", "/sbin", "/lib", "/lib64",
+	"/usr/share", "/var/lib", "/var/spool", "/var/log", "/var/cache", "/var/mail", "/var/crash",
+	# What /home, /root, /usr/local, /srv, /opt and /mnt link to on ostree
+	# systems (Fedora Silverblue, CoreOS): the workdir is the cwd the kernel
+	# names, the link's target.
+	"/var/home", "/var/roothome", "/var/usrlocal", "/var/srv", "/var/opt", "/var/mnt",
 }
 
 # exec_prefixes, and the system's other trees (written out: a concatenation
@@ -140,6 +145,8 @@ system_trees := [
 	"/proc/", "/sys/", "/dev/", "/etc/", "/boot/", "/run/", "/lib/", "/lib64/", "/usr/lib64/",
 	"/usr/local/sbin/", "/usr/local/lib/",
 	"/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/", "/usr/local/bin/", "/usr/libexec/", "/usr/lib/",
+	"/usr/lib32/", "/usr/libx32/", "/usr/games/", "/var/usrlocal/bin/", "/var/usrlocal/sbin/",
+	"/var/usrlocal/lib/",
 ]
 
 writable_dirs contains input.sandbox.tmpdir if not input.sandbox.tmpdir in {"", "/"}
@@ -187,10 +194,18 @@ secret_patterns := [
 	"/.config/sops/", "/.password-store/", "/.local/share/kwalletd/", "/.my.cnf/", "/.mylogin.cnf/",
 	# Browsers' saved logins and cookies; AI tools' tokens.
 	"/.mozilla/firefox/", "/.config/google-chrome/", "/.config/chromium/",
+	"/.config/BraveSoftware/", "/.config/microsoft-edge/", "/.config/vivaldi/", "/.config/opera/",
+	"/.var/app/com.google.Chrome/", "/.var/app/org.chromium.Chromium/", "/.var/app/org.mozilla.firefox/",
+	"/.var/app/com.brave.Browser/", "/.var/app/com.microsoft.Edge/",
 	"/.claude/.credentials.json/", "/.codex/auth.json/", "/.config/github-copilot/",
-	"/.cache/huggingface/token/",
-	# Shell and database histories (commands typed with secrets in them).
-	"/.bash_history/", "/.zsh_history/", "/.psql_history/", "/.mysql_history/",
+	"/.cache/huggingface/token/", "/.huggingface/token/", "/.gemini/oauth_creds.json/",
+	# More registries' tokens and clouds' credentials.
+	"/.config/pypoetry/auth.toml/", "/.yarnrc.yml/", "/.nuget/NuGet/NuGet.Config/",
+	"/.composer/auth.json/", "/.aliyun/", "/.config/hcloud/", "/.config/scw/", "/.docker/key.pem/",
+	# Shell, REPL and database histories (commands typed with secrets in them).
+	"/.bash_history/", "/.zsh_history/", "/.psql_history/", "/.mysql_history/", "/.histfile/",
+	"/.sh_history/", "/.local/share/fish/fish_history/", "/.python_history/", "/.node_repl_history/",
+	"/.rediscli_history/", "/.sqlite_history/",
 ]
 
 # Each pattern's first name. A path none of whose names starts with one of
@@ -202,6 +217,8 @@ secret_roots := [
 	".terraform.d", ".dockercfg", ".m2", ".gradle", ".minikube", ".oci", ".databrickscfg", ".s3cfg",
 	".boto", ".terraformrc", ".pulumi", ".password-store", ".my.cnf", ".mylogin.cnf", ".mozilla",
 	".claude", ".codex", ".cache", ".bash_history", ".zsh_history", ".psql_history", ".mysql_history",
+	".var", ".huggingface", ".gemini", ".yarnrc.yml", ".nuget", ".composer", ".aliyun", ".histfile",
+	".sh_history", ".python_history", ".node_repl_history", ".rediscli_history", ".sqlite_history",
 ]
 
 maybe_secret if {
@@ -219,6 +236,14 @@ deny contains sprintf("%s is a credential store", [input.file.path]) if {
 
 # Computed once per request, not once per pattern.
 path_with_slash := concat("", [input.file.path, "/"])
+
+# Ubuntu's Chromium (a snap) keeps its profile where no name starts with a
+# dot, which the rule above looks for first.
+deny contains sprintf("%s is a credential store", [input.file.path]) if {
+	input.kind == "file"
+	contains(input.file.path, "/snap/chromium/")
+	contains(input.file.path, "/snap/chromium/common/chromium/")
+}
 
 # .env files hold application secrets by convention.
 deny contains sprintf("%s is a .env file", [input.file.path]) if {
@@ -257,8 +282,35 @@ etc_denials contains sprintf("%s is a private key or privilege file", [input.fil
 		"/etc/gitlab-runner/", "/etc/sssd/", "/etc/netplan/", "/etc/wpa_supplicant/",
 		"/etc/postfix/sasl_passwd", "/etc/dovecot/private/", "/etc/pki/CA/private/",
 		"/etc/pki/libvirt/private/",
+		"/etc/apt/auth.conf", "/etc/gitlab/", "/etc/docker/key.json", "/etc/salt/pki/", "/etc/chef/",
+		"/etc/msmtprc", "/etc/ssmtp/ssmtp.conf", "/etc/boto.cfg",
 	])
 }
+
+# The rest of what root alone can read under /etc has no list: a file there
+# named as a secret, a private key or a key ring is denied (LDAP's
+# ldap.secret, Puppet's private_keys, Ceph's *.keyring, *.key).
+# apt's public key rings sit in /etc/apt/keyrings/ and /etc/apt/trusted.gpg.d/:
+# a .gpg file or a directory named keyrings is not a secret's name.
+etc_denials contains sprintf("%s is named as a secret or a private key", [input.file.path]) if {
+	named_as_secret(lower(input.file.path))
+	not input.file.path in {"/etc/passwd", "/etc/passwd-"}
+	not startswith(input.file.path, "/etc/pam.d/")
+}
+
+# Plain string tests, one definition each: a regular expression, or a loop
+# over the words, cost more per read under /etc (BENCHMARKS.md, session 29).
+named_as_secret(path) if contains(path, "secret")
+
+named_as_secret(path) if contains(path, "private")
+
+named_as_secret(path) if contains(path, "passw")
+
+named_as_secret(path) if contains(path, "credential")
+
+named_as_secret(path) if contains(path, "token")
+
+named_as_secret(path) if strings.any_suffix_match(path, [".key", ".keytab", ".keyring"])
 
 deny contains reason if {
 	input.kind == "file"
@@ -273,6 +325,7 @@ login_files := {
 	".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".zshrc",
 	".zshenv", ".zprofile", ".zlogin", ".xprofile", ".xsessionrc", ".pam_environment",
 	".bash_aliases", ".zlogout", ".kshrc", ".cshrc", ".tcshrc", ".login", ".xinitrc", ".xsession",
+	".bash_completion", ".logout", ".xonshrc", ".mkshrc",
 }
 
 write_denials contains sprintf("%s runs at the user's next login", [input.file.path]) if {
@@ -283,8 +336,20 @@ write_denials contains sprintf("%s runs at the user's next login", [input.file.p
 write_denials contains sprintf("%s starts programs for the user's session", [input.file.path]) if {
 	some dir in [
 		"/.config/autostart/", "/.config/systemd/user/", "/.local/share/systemd/user/",
-		"/.bashrc.d/", "/.config/fish/", "/.config/environment.d/",
+		"/.bashrc.d/", "/.config/fish/", "/.config/environment.d/", "/.config/plasma-workspace/env/",
+		"/.config/plasma-workspace/shutdown/", "/.kde/Autostart/", "/.kde4/Autostart/",
+		"/.config/openbox/autostart", "/.config/lxsession/", "/.config/nushell/", "/.bash_completion.d/",
+		"/.local/share/bash-completion/",
 	]
+	contains(path_with_slash, dir)
+}
+
+# Code that later runs outside the sandbox, by name: the user's bin directory
+# (first on PATH in Debian's ~/.profile), Python's user site-packages (a .pth
+# file runs at every interpreter start), and git's global settings
+# (core.fsmonitor and core.hooksPath run programs in every repository).
+write_denials contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
+	some dir in ["/.local/bin/", "/.local/lib/python", "/.gitconfig/", "/.config/git/config/"]
 	contains(path_with_slash, dir)
 }
 

@@ -103,6 +103,30 @@ test_etc_service_secrets_denied if {
 	allowed(read("/etc/mysql/my.cnf"))
 }
 
+# What a root tool could read under /etc that no list names: files named as
+# secrets, passwords, private keys or key rings, in any case; apt's public
+# key rings, the user database and PAM's settings stay readable.
+test_etc_files_named_as_secrets_denied if {
+	every path in [
+		"/etc/apt/auth.conf", "/etc/apt/auth.conf.d/90ubuntu-advantage", "/etc/ldap.secret",
+		"/etc/pam_ldap.secret", "/etc/ceph/ceph.client.admin.keyring",
+		"/etc/puppetlabs/puppet/ssl/private_keys/host.pem", "/etc/docker/certs.d/r:5000/client.key",
+		"/etc/samba/smbpasswd", "/etc/gitlab/initial_root_password", "/etc/gitlab/gitlab-secrets.json",
+		"/etc/exim4/passwd.client", "/etc/salt/pki/master/master.pem", "/etc/chef/client.pem",
+		"/etc/docker/key.json", "/etc/msmtprc", "/etc/boto.cfg", "/etc/App/DB_Password.txt",
+		"/etc/etcd/pki/peer.KEY", "/etc/krb5/service.keytab",
+	] {
+		not allowed(read(path))
+	}
+	every path in [
+		"/etc/passwd", "/etc/passwd-", "/etc/pam.d/common-password", "/etc/apt/keyrings/docker.gpg",
+		"/etc/apt/trusted.gpg.d/debian.asc", "/etc/docker/certs.d/r:5000/client.cert",
+		"/etc/ssl/certs/ca-certificates.crt", "/etc/keyboard.conf",
+	] {
+		allowed(read(path))
+	}
+}
+
 # Started in a directory shared by every user, or one of the system's, the
 # tool gets its temp dir only; a project under /usr is a workdir like any.
 test_shared_and_system_workdirs_are_not_writable if {
@@ -114,6 +138,26 @@ test_shared_and_system_workdirs_are_not_writable if {
 	}
 	project := object.union(sandbox, {"workdir": "/usr/src/app"})
 	allowed(object.union(write("/usr/src/app/out.txt"), {"sandbox": project}))
+}
+
+# The same directories as ostree systems spell them (/home is a link to
+# /var/home there, and the workdir is the link's target), and the rest of
+# /var's and /usr's shared trees.
+test_ostree_and_var_shared_workdirs_are_not_writable if {
+	every dir in [
+		"/var/home", "/var/roothome", "/var/usrlocal", "/var/srv", "/var/opt", "/var/mnt", "/var/crash",
+		"/var/lib", "/var/spool", "/var/log", "/var/cache", "/var/mail", "/usr/share", "/usr/games",
+		"/usr/lib32/x", "/var/usrlocal/bin",
+	] {
+		there := object.union(sandbox, {"workdir": dir})
+		not allowed(object.union(write(sprintf("%s/x", [dir])), {"sandbox": there}))
+		b := data.cordon.backstop with input as {"sandbox": there}
+		not dir in b.write
+	}
+	project := object.union(sandbox, {"workdir": "/var/home/user/job"})
+	allowed(object.union(write("/var/home/user/job/out.txt"), {"sandbox": project}))
+	service := object.union(sandbox, {"workdir": "/var/lib/jenkins/workspace/job"})
+	allowed(object.union(write("/var/lib/jenkins/workspace/job/out.txt"), {"sandbox": service}))
 }
 
 # A project's own .docker directory (Dockerfiles) is not Docker's credential
@@ -131,7 +175,10 @@ test_login_files_not_writable_in_a_home_workdir if {
 	every name in [
 		".bashrc", ".profile", ".zshrc", ".config/autostart/x.desktop", ".config/systemd/user/x.service",
 		".bash_aliases", ".bashrc.d/10-x.sh", ".config/fish/config.fish", ".config/environment.d/x.conf",
-		".local/share/systemd/user/x.service", ".xinitrc", ".cshrc",
+		".local/share/systemd/user/x.service", ".xinitrc", ".cshrc", ".bash_completion", ".logout",
+		".xonshrc", ".config/plasma-workspace/env/x.sh", ".config/plasma-workspace/shutdown/x.sh",
+		".kde/Autostart/x.sh", ".config/openbox/autostart", ".config/lxsession/LXDE/autostart",
+		".config/nushell/config.nu", ".local/share/bash-completion/completions/git",
 	] {
 		request := object.union(write(sprintf("/home/user/%s", [name])), {"sandbox": home})
 		not allowed(request)
@@ -139,6 +186,27 @@ test_login_files_not_writable_in_a_home_workdir if {
 	allowed(object.union(read("/home/user/.bashrc"), {"sandbox": home}))
 	allowed(object.union(write("/home/user/notes.txt"), {"sandbox": home}))
 	allowed(object.union(write("/home/user/.config/app.toml"), {"sandbox": home}))
+}
+
+# What runs later as the user outside the sandbox: the user's bin directory
+# (first on PATH), Python's user site-packages (.pth files run at every
+# start), git's global settings (core.fsmonitor runs in every repository).
+# A project's own virtualenv and git settings stay the tool's.
+test_code_that_runs_outside_later_not_writable_in_a_home_workdir if {
+	home := object.union(sandbox, {"workdir": "/home/user"})
+	every name in [
+		".local/bin/sudo", ".local/lib/python3.11/site-packages/zz.pth",
+		".local/lib/python3.11/site-packages/usercustomize.py", ".gitconfig", ".config/git/config",
+	] {
+		not allowed(object.union(write(sprintf("/home/user/%s", [name])), {"sandbox": home}))
+	}
+	every name in [
+		"job/.venv/lib/python3.11/site-packages/x.pth", "job/.git/config", ".local/share/app/state",
+		".config/git/ignore",
+	] {
+		allowed(object.union(write(sprintf("/home/user/%s", [name])), {"sandbox": home}))
+	}
+	allowed(object.union(read("/home/user/.gitconfig"), {"sandbox": home}))
 }
 
 # Started in /, the tool does not get every path: only its temp dir.
@@ -247,6 +315,13 @@ test_every_credential_pattern_is_denied if {
 		path := concat("", ["/home/agent/job", trim_suffix(pattern, "/")])
 		sprintf("%s is a credential store", [path]) in data.cordon.deny with input as read(path)
 	}
+}
+
+# Ubuntu's Chromium snap keeps its profile under names without a dot.
+test_snap_chromium_profile_denied if {
+	path := "/home/agent/job/snap/chromium/common/chromium/Default/Cookies"
+	sprintf("%s is a credential store", [path]) in data.cordon.deny with input as read(path)
+	allowed(read("/home/agent/job/snap/chromium/README.md"))
 }
 
 # Every program directory is a system tree.
