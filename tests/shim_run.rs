@@ -1680,6 +1680,73 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
     assert_eq!(assert_ok(&made).trim(), "ok");
 }
 
+/// What a root tool opens for writing that makes the kernel run a program
+/// outside the sandbox (a core dump's pipe, module loading, a binfmt_misc
+/// interpreter, uevents, a cgroup v1 release agent) or act on the host
+/// (sysrq), and the IPC state files, which the supervisor would open in the
+/// host's IPC namespace (the tool has its own), are refused whatever the
+/// policy allows; natively root opens them all. Opened and closed without a
+/// write: nothing changes if the refusal fails. (Found by review: a root
+/// tool's `core_pattern` pipe ran a program with every capability and no
+/// filter.)
+#[test]
+fn a_root_tool_reaches_neither_kernel_run_programs_nor_the_hosts_ipc_state() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root, to show the opens work natively");
+        return;
+    }
+    let script = r#"
+import glob, os
+kernel = ['/proc/sys/kernel/core_pattern', '/proc/sys/kernel/modprobe', '/proc/sysrq-trigger',
+          '/proc/sys/fs/binfmt_misc/register', '/sys/kernel/uevent_helper']
+kernel += sorted(glob.glob('/sys/fs/cgroup/*/release_agent'))[:1]
+for p in kernel:
+    if not os.path.exists(p):
+        continue
+    try:
+        os.close(os.open(p, os.O_WRONLY)); print('write', p, 'ok')
+    except OSError as e:
+        print('write', p, e.errno)
+for p in ['/proc/sysvipc/shm', '/proc/sys/kernel/msgmax', '/proc/sys/fs/mqueue/msg_max']:
+    try:
+        open(p).read(); print('read', p, 'ok')
+    except OSError as e:
+        print('read', p, e.errno)
+# Reading what the kernel runs stays the policy's to decide.
+open('/proc/sys/kernel/core_pattern').read(); print('read core_pattern ok')
+"#;
+    let env = Env::new(&[]);
+    let native = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    let native = assert_ok(&native);
+    let sandboxed = env.run_with_policy(&env.allow_all(), &["/usr/bin/python3", "-c", script]);
+    let sandboxed = assert_ok(&sandboxed);
+    let lines: Vec<&str> = native.lines().collect();
+    assert!(
+        lines.iter().all(|l| l.ends_with(" ok")),
+        "natively:\n{native}"
+    );
+    assert!(
+        lines.iter().filter(|l| l.starts_with("write ")).count() >= 2
+            && lines
+                .iter()
+                .filter(|l| l.starts_with("read /proc/sys"))
+                .count()
+                >= 2,
+        "too few of the files here to show anything:\n{native}"
+    );
+    let expected: String = lines
+        .iter()
+        .map(|l| match l.strip_suffix(" ok") {
+            Some(name) if !l.starts_with("read core_pattern") => format!("{name} 13\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert_eq!(sandboxed, expected);
+}
+
 /// A `listen` is decided on the address the socket has then. Another thread
 /// binding the same socket during that decision (on the other serving
 /// thread) used to move the listen to a port the policy refuses (14 to 30

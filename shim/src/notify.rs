@@ -833,12 +833,19 @@ impl Supervisor {
                 Found::Missing { parent, .. } => parent,
             };
             // Fails closed: a file system that cannot be told is refused.
-            if nix::sys::statfs::fstatfs(fd)
+            let fs = nix::sys::statfs::fstatfs(fd)
                 .ok()
-                .is_none_or(|fs| fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
-            {
+                .map(|fs| fs.filesystem_type());
+            if fs.is_none_or(|fs| fs == nix::sys::statfs::PROC_SUPER_MAGIC) {
                 return Some("procfs outside /proc");
             }
+            // binfmt_misc mounted elsewhere than /proc/sys/fs/binfmt_misc.
+            if how == Use::Write && fs == Some(nix::sys::statfs::FsType(BINFMTFS_MAGIC)) {
+                return Some("kernel-run program");
+            }
+        }
+        if how == Use::Write && names_a_program_the_kernel_runs(canonical) {
+            return Some("kernel-run program");
         }
         if let Some(rest) = canonical.strip_prefix(b"/proc/") {
             let id = rest.split(|&b| b == b'/').next().unwrap_or_default();
@@ -1257,7 +1264,7 @@ impl Supervisor {
         // (`--network none`), whose interfaces would then be the host's.
         if existing
             .is_some_and(|(kind, dev, _)| (kind, dev) == (libc::S_IFCHR, libc::makedev(10, 200)))
-            && !same_netns(n.tid)
+            && !same_namespace(n.tid, "net")
         {
             if !self.listener.id_valid(n.id) {
                 return Err(Errno::ESRCH);
@@ -1266,6 +1273,20 @@ impl Supervisor {
                 *c.forbidden
                     .entry(format!(
                         "{}(tun device of another netns)",
+                        syscall_name(n.nr)
+                    ))
+                    .or_default() += 1
+            });
+            return Err(Errno::EACCES);
+        }
+        if names_ipc_namespace_state(&resolved_path) && !same_namespace(n.tid, "ipc") {
+            if !self.listener.id_valid(n.id) {
+                return Err(Errno::ESRCH);
+            }
+            self.count(|c| {
+                *c.forbidden
+                    .entry(format!(
+                        "{}(IPC state of another namespace)",
                         syscall_name(n.nr)
                     ))
                     .or_default() += 1
@@ -2668,12 +2689,36 @@ fn lacks_bind_service(port: u16, task: &Task) -> bool {
 }
 
 /// Whether task `tid` is in our network namespace. Unknown counts as not.
-fn same_netns(tid: i32) -> bool {
+fn same_namespace(tid: i32, kind: &str) -> bool {
     let id = |path: &str| nix::sys::stat::stat(path).map(|st| (st.st_dev, st.st_ino));
     matches!(
-        (id(&format!("/proc/{tid}/ns/net")), id("/proc/self/ns/net")),
+        (id(&format!("/proc/{tid}/ns/{kind}")), id(&format!("/proc/self/ns/{kind}"))),
         (Ok(a), Ok(b)) if a == b
     )
+}
+
+/// Files that describe or set the IPC namespace of their opener: ours,
+/// were we to open them for a tool in a namespace of its own (a root tool
+/// gets one), whose objects and limits they would then be the host's.
+fn names_ipc_namespace_state(canonical: &[u8]) -> bool {
+    const KERNEL: [&[u8]; 11] = [
+        b"msgmax",
+        b"msgmnb",
+        b"msgmni",
+        b"msg_next_id",
+        b"sem",
+        b"sem_next_id",
+        b"shmall",
+        b"shmmax",
+        b"shmmni",
+        b"shm_next_id",
+        b"shm_rmid_forced",
+    ];
+    canonical.starts_with(b"/proc/sysvipc/")
+        || canonical.starts_with(b"/proc/sys/fs/mqueue/")
+        || canonical
+            .strip_prefix(b"/proc/sys/kernel/")
+            .is_some_and(|name| KERNEL.contains(&name))
 }
 
 /// Whether the user namespace that owns `sock`'s network namespace is
@@ -2683,6 +2728,31 @@ fn netns_is_ours(sock: &OwnedFd) -> bool {
     let owner = sys::socket_netns_owner(sock).and_then(|fd| Ok(nix::sys::stat::fstat(&fd)?));
     let ours = nix::sys::stat::stat("/proc/self/ns/user");
     matches!((owner, ours), (Ok(a), Ok(b)) if id(a) == id(b))
+}
+
+/// binfmt_misc's file system (linux/magic.h; the libc crate does not name it).
+const BINFMTFS_MAGIC: libc::c_long = 0x4249_4e4d;
+
+/// Files whose writing makes the kernel run a program of the writer's
+/// choosing, with every capability and outside any sandbox (a core dump's
+/// pipe, module loading, uevents, a cgroup v1 release agent, power-off; a
+/// binfmt_misc interpreter runs for every matching exec on the host), or
+/// acts on the whole host at once (sysrq). Writable by root only, and
+/// refused to a root tool whatever its policy allows, as the filter refuses
+/// `acct` and `swapon`: the kernel would act on them past the broker. The
+/// sysfs and cgroup names also where those are mounted elsewhere.
+fn names_a_program_the_kernel_runs(canonical: &[u8]) -> bool {
+    const FILES: [&[u8]; 5] = [
+        b"/proc/sys/kernel/core_pattern",
+        b"/proc/sys/kernel/modprobe",
+        b"/proc/sys/kernel/poweroff_cmd",
+        b"/proc/sys/kernel/hotplug",
+        b"/proc/sysrq-trigger",
+    ];
+    FILES.contains(&canonical)
+        || canonical.starts_with(b"/proc/sys/fs/binfmt_misc/")
+        || canonical.ends_with(b"/kernel/uevent_helper")
+        || canonical.ends_with(b"/release_agent")
 }
 
 /// Where any user's `cordon serve` listens by default: `/run/cordon/...` for

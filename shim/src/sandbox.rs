@@ -312,7 +312,9 @@ impl Sandbox {
             // into the tool's working directory (or where `core_pattern`
             // says), with contents of the tool's choosing (found by review).
             // As every limit set here, the tool cannot raise it (the child
-            // gives up `CAP_SYS_RESOURCE`).
+            // gives up `CAP_SYS_RESOURCE`). A `|program` core pattern runs
+            // whatever the limit: the supervisor refuses writes to it
+            // (`names_a_program_the_kernel_runs`).
             rlimits: plan
                 .rlimits
                 .iter()
