@@ -1610,6 +1610,10 @@ print('syslog-size', 'ok' if libc.syscall(103, 10, None, 0) > 0 else ctypes.get_
 # TIOCLINUX's selection paste (subcommand 3), on stdin whatever it is.
 buf = ctypes.create_string_buffer(b'\x03' + b'\x00' * 31)
 call('tioclinux', 16, 0, 0x541c, buf)
+# Hanging up a terminal (the user's, were it inherited), taking the console.
+call('tiocvhangup', 16, 0, 0x5437, 0)
+call('tioccons', 16, 0, 0x541d, 0)
+call('vhangup', 153)
 # IPV6_FLOWLABEL_MGR, whose trailing bytes are a label's options.
 try:
     s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -1669,7 +1673,8 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
         assert_ok(&host),
         format!(
             "syslog-clear {eperm}\nsyslog-console-level {eperm}\nsyslog-size ok\n\
-             tioclinux {eperm}\nflowlabel-mgr {eperm}\n"
+             tioclinux {eperm}\ntiocvhangup {eperm}\ntioccons {eperm}\nvhangup {eperm}\n\
+             flowlabel-mgr {eperm}\n"
         )
     );
     // An overlay whiteout (a character device numbered 0), which the kernel

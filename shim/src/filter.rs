@@ -159,6 +159,9 @@ pub fn forbidden_errno(nr: i64) -> Option<i32> {
         | libc::SYS_sethostname
         | libc::SYS_setdomainname
         | libc::SYS_syslog
+        // Hangs up the controlling terminal: the user's, shared with the
+        // shell that started cordon, whose session then gets SIGHUP.
+        | libc::SYS_vhangup
         // Conditional rules below: only the dangerous argument values reach us.
         | libc::SYS_mknod
         | libc::SYS_mknodat
@@ -237,6 +240,8 @@ const FORBIDDEN_ALWAYS: &[i64] = &[
     // The host's names (a root tool shares its UTS namespace).
     libc::SYS_sethostname,
     libc::SYS_setdomainname,
+    // The user's terminal, hung up.
+    libc::SYS_vhangup,
 ];
 
 /// Device numbers `mknod` may not give a new node: a root tool's block
@@ -286,6 +291,12 @@ const TIOCSTI: u64 = 0x5412;
 /// (`TIOCL_PASTESEL`, a subcommand in memory) is the same injection, with
 /// `CAP_SYS_ADMIN` and no controlling terminal needed (Linux 6.7).
 const TIOCLINUX: u64 = 0x541c;
+
+/// `ioctl(fd, TIOCVHANGUP)` hangs up a terminal (`CAP_SYS_ADMIN`): the user's
+/// one, inherited, sends SIGHUP to the session leader outside the sandbox
+/// (found by review); `TIOCCONS` takes the console's output (the same).
+const TIOCVHANGUP: u64 = 0x5437;
+const TIOCCONS: u64 = 0x541d;
 
 /// `syslog` actions that change the kernel log or its console: read and
 /// clear (2 reads destructively, 4, 5), console off, on and level (6, 7, 8).
@@ -379,9 +390,17 @@ pub fn build() -> Result<BpfProgram, FilterError> {
             ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(flag), flag),
         )?;
     }
-    // TIOCSTI; and FIOSETOWN/SIOCSPGRP, which like F_SETOWN_EX aim SIGIO at
-    // a pid read from memory (a way to signal the supervisor).
-    for cmd in [TIOCSTI, TIOCLINUX, FIOSETOWN, SIOCSPGRP] {
+    // TIOCSTI, TIOCLINUX, TIOCVHANGUP, TIOCCONS; and FIOSETOWN/SIOCSPGRP,
+    // which like F_SETOWN_EX aim SIGIO at a pid read from memory (a way to
+    // signal the supervisor).
+    for cmd in [
+        TIOCSTI,
+        TIOCLINUX,
+        TIOCVHANGUP,
+        TIOCCONS,
+        FIOSETOWN,
+        SIOCSPGRP,
+    ] {
         notify_if(
             &mut ctx,
             libc::SYS_ioctl,
