@@ -160,6 +160,68 @@ fn timeout_kills_the_whole_tree_including_a_detached_grandchild() {
     );
 }
 
+/// A tool that stops output on the terminal it shares with cordon
+/// (`tcflow(TCOOFF)`, allowed on a terminal that is not its controlling
+/// one) is still killed at its timeout: cordon logged the timeout before the
+/// kill, that write blocked on the stopped terminal, and the tool ran on
+/// (found by review). On a pty whose master a harness reads, as a terminal
+/// emulator would; after 4 s it resumes output (`TCOON`) so cordon can finish.
+#[test]
+fn a_tool_that_stops_the_terminal_is_still_killed_at_its_timeout() {
+    let b = Box_::new();
+    let pidfile = b.path().join("tool.pid");
+    let tool = format!(
+        "echo $$ > {}; exec /usr/bin/python3 -c 'import termios, time; termios.tcflow(2, termios.TCOOFF); time.sleep(60)'",
+        path_str(&pidfile)
+    );
+    let cmd = b.cmd(&["--timeout", "1s"], &tool);
+    let argv: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let harness = r#"
+import json, os, pty, select, subprocess, sys, termios, time
+argv, pidfile = json.loads(sys.argv[1]), sys.argv[2]
+master, slave = pty.openpty()
+p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave)
+def drain(until):
+    while time.time() < until and p.poll() is None:
+        if select.select([master], [], [], 0.1)[0]:
+            try:
+                os.read(master, 4096)
+            except OSError:
+                return
+drain(time.time() + 4)
+pid = int(open(pidfile).read())
+try:
+    # Killed, if not yet reaped, is dead.
+    state = open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[0]
+    print('tool dead' if state == 'Z' else 'tool alive')
+except FileNotFoundError:
+    print('tool dead')
+termios.tcflow(slave, termios.TCOON)
+drain(time.time() + 20)
+if p.poll() is None:
+    p.kill()
+    os.kill(pid, 9)
+    print('cordon hung')
+else:
+    print('cordon exited', p.returncode)
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", harness, &serde_json::to_string(&argv).unwrap()])
+        .arg(&pidfile)
+        .current_dir(cmd.get_current_dir().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "tool dead\ncordon exited 137\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn descendants_die_with_the_tool() {
     let b = Box_::new();

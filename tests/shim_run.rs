@@ -3076,6 +3076,113 @@ fn a_unix_listener_sees_the_tools_own_uid() {
     assert_eq!(seen[2].0, seen[3].0, "one connector for both: {seen:?}");
 }
 
+/// A tool cannot fill cordon's fd table with sends that never end (each
+/// holds our copies of the fds it passes): past half of cordon's limit a send
+/// fails with `ETOOMANYREFS`, as the kernel fails one with too many fds in
+/// flight. Filled, the table left no fd to list the orphans to kill at the
+/// tool's end, and a detached descendant, blocked in such sends, outlived
+/// cordon (found by review). Under a limit of 2,048: ~170 sends of 16 fds
+/// and 100 of one, from a descendant that left the tool's session.
+#[test]
+fn sends_that_never_end_cannot_fill_cordons_fd_table() {
+    const LIMIT: usize = 2048;
+    let env = Env::new(&[]);
+    let pidfile = env.work.join("detached.pid");
+    let script = format!(
+        r#"
+import os, socket, struct, threading, time
+errors = []
+if os.fork() == 0:
+    os.setsid()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        while True:
+            a.send(b'x' * 65536)
+    except BlockingIOError:
+        pass
+    a.setblocking(True)
+    fd = os.open('/dev/null', os.O_RDONLY)
+    # Opened before the sends: an open after them fails if they filled cordon's table.
+    out = open('{pid}.tmp', 'w')
+    def block(k):
+        try:
+            a.sendmsg([b'y'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i' * k, *[fd] * k))])
+        except OSError as e:
+            errors.append(e.errno)
+    for k in [16] * 170 + [1] * 100:
+        threading.Thread(target=block, args=(k,), daemon=True).start()
+    time.sleep(3)
+    out.write('%d %d' % (os.getpid(), errors.count(109)))
+    out.close()
+    os.rename('{pid}.tmp', '{pid}')
+    time.sleep(120)
+    os._exit(0)
+while not os.path.exists('{pid}'):
+    time.sleep(0.05)
+time.sleep(1)
+"#,
+        pid = pidfile.display()
+    );
+    // Killed with the descendant on every path: a failed assertion must not
+    // leave them (nor hold the test's stdout).
+    struct Reaper(std::process::Child, Option<i32>);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            if let Some(pid) = self.1 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Command::new("prlimit")
+        .arg(format!("--nofile={LIMIT}:{LIMIT}"))
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["run", "--audit-db"])
+        .arg(&env.db)
+        .arg("--policy")
+        .arg(env.allow_all())
+        .args(["--", "/usr/bin/python3", "-c", &script])
+        .current_dir(&env.work)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper(child, None);
+    let cordon_fds = format!("/proc/{}/fd", reaper.0.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pidfile.exists() {
+        assert!(Instant::now() < deadline, "the tool never set its sends up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held = std::fs::read_dir(&cordon_fds).unwrap().count();
+    let written = std::fs::read_to_string(&pidfile).unwrap();
+    let (detached, refused) = written.split_once(' ').unwrap();
+    reaper.1 = Some(detached.parse().unwrap());
+    let status = reaper.0.wait().unwrap();
+    let mut stderr = String::new();
+    reaper
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let outlived = std::fs::read_to_string(format!("/proc/{detached}/stat"))
+        .is_ok_and(|s| !s.contains(") Z "));
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(held <= LIMIT * 3 / 4, "cordon held {held} of {LIMIT} fds");
+    assert!(refused.parse::<usize>().unwrap() > 0, "no send was refused");
+    assert!(
+        !outlived,
+        "the detached descendant outlived cordon: {stderr}"
+    );
+}
+
 /// What the supervisor sends for the tool on a unix socket (every
 /// `sendmsg`, and datagrams with an address) carries the tool's pid and real
 /// ids to a receiver that asks (`SO_PASSCRED`), as the kernel's own send

@@ -340,6 +340,77 @@ const MAX_CONTROL: usize = 1024;
 /// The most fds one call may make us duplicate (the kernel's SCM_MAX_FD).
 const MAX_FDS: usize = 253;
 
+/// Tools' fds we hold for sends in progress, every sandbox of this process
+/// together.
+static FDS_IN_SENDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The most [`FDS_IN_SENDS`] may reach: half of our fd limit. A send blocks
+/// holding our copies of the fds it passes, so without a bound a tool
+/// filled our fd table with sends that never end, and then listing the
+/// orphans to kill at its end failed: a detached descendant outlived cordon
+/// (found by review). A send past it fails as the kernel fails one with too
+/// many fds in flight (`ETOOMANYREFS`).
+fn fds_in_sends_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(512, |(soft, _)| (soft / 2).min(usize::MAX as u64) as usize)
+    })
+}
+
+/// A send's fds, copied from the tool, counted in [`FDS_IN_SENDS`] until
+/// dropped.
+struct PassedFds {
+    fds: Vec<OwnedFd>,
+    counted: usize,
+}
+
+impl PassedFds {
+    /// Copies `nums` from the tool behind `pidfd`, if the limit allows.
+    fn copy(pidfd: &OwnedFd, nums: &[i32]) -> Result<PassedFds, Errno> {
+        use std::sync::atomic::Ordering;
+        let counted = nums.len();
+        if counted > 0
+            && FDS_IN_SENDS.fetch_add(counted, Ordering::SeqCst) + counted > fds_in_sends_limit()
+        {
+            FDS_IN_SENDS.fetch_sub(counted, Ordering::SeqCst);
+            return Err(Errno::ETOOMANYREFS);
+        }
+        let mut passed = PassedFds {
+            fds: Vec::with_capacity(counted),
+            counted,
+        };
+        for &fd in nums {
+            passed
+                .fds
+                .push(sys::pidfd_getfd(pidfd, fd).map_err(|_| Errno::EBADF)?);
+        }
+        Ok(passed)
+    }
+
+    /// Closes them (they were sent), uncounted.
+    fn clear(&mut self) {
+        self.fds.clear();
+        FDS_IN_SENDS.fetch_sub(
+            std::mem::take(&mut self.counted),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+}
+
+impl std::ops::Deref for PassedFds {
+    type Target = [OwnedFd];
+    fn deref(&self) -> &[OwnedFd] {
+        &self.fds
+    }
+}
+
+impl Drop for PassedFds {
+    fn drop(&mut self) {
+        FDS_IN_SENDS.fetch_sub(self.counted, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A decoded open-family call.
 struct OpenCall {
     dirfd: i32,
@@ -2062,11 +2133,7 @@ impl Supervisor {
                 }
             }
             // The fds the tool passes, as ours: the same open files.
-            let fds = m
-                .fds
-                .iter()
-                .map(|&fd| sys::pidfd_getfd(&pidfd, fd).map_err(|_| Errno::EBADF))
-                .collect::<Result<Vec<_>, _>>()?;
+            let fds = PassedFds::copy(&pidfd, &m.fds)?;
             // On a unix socket a receiver that asks (`SO_PASSCRED`:
             // journald, syslog's `/dev/log`, systemd's notify socket) is
             // told who sent: what the sender named last, else its pid and

@@ -712,7 +712,48 @@ pub fn rmdir_if_start_given_up(dir: &std::path::Path) {
 pub fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
     SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed);
+    Spares::keep();
     Ok(())
+}
+
+/// Fds held in reserve for killing a sandbox's tree. A tool can fill this
+/// process's fd table (a send of its that blocks holds our copies of the
+/// fds it passes: up to 252 each), and listing the orphans to kill, or
+/// writing a cgroup's kill file, needs fds: without them a detached
+/// descendant outlived cordon (found by review). Closed just before the
+/// kill, so that its opens find free numbers, and opened again after.
+struct Spares;
+
+static SPARE_FDS: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
+
+impl Spares {
+    /// Enough for the task list, one thread's `children`, and a cgroup's
+    /// kill file, with one to spare for a thread of ours that takes one.
+    const COUNT: usize = 4;
+
+    fn keep() {
+        let mut spares = SPARE_FDS.lock().unwrap_or_else(|p| p.into_inner());
+        while spares.len() < Self::COUNT {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => spares.push(f.into()),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Frees the spares' numbers until the returned guard drops.
+    fn lent() -> Spares {
+        SPARE_FDS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Spares
+    }
+}
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        if SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
+            Spares::keep();
+        }
+    }
 }
 
 /// Set by [`become_subreaper`]: orphans re-parented here are the sandbox's.
@@ -832,6 +873,9 @@ impl Sandboxed {
     /// Kills everything the sandbox started: its cgroup, its process group,
     /// and (for a subreaper) descendants that detached from both.
     fn kill_tree(&self) {
+        // The fds this needs (the cgroup's kill file, the task list), from
+        // the spares if the tool has filled our fd table.
+        let _spares = Spares::lent();
         if self.plan.has_cgroup() {
             self.plan.kill_all();
         }
@@ -868,13 +912,16 @@ impl Sandboxed {
             };
             match nix::poll::poll(&mut fds, wait) {
                 Ok(0) => {
-                    tracing::warn!(pid = self.pid, "timeout: killing the sandbox");
                     timed_out = true;
                     self.kill_tree();
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(self.pid),
                         nix::sys::signal::Signal::SIGKILL,
                     );
+                    // Said after the kill: a tool that stopped the terminal
+                    // we share (`tcflow(TCOOFF)`) blocks this write, and so
+                    // held off its own end (found by review).
+                    tracing::warn!(pid = self.pid, "timeout: killed the sandbox");
                 }
                 Ok(_) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -1003,9 +1050,19 @@ fn kill_orphans(tool: i32) {
     }
     let _alone = SPAWNING.write().unwrap_or_else(|p| p.into_inner());
     for _ in 0..100 {
+        let children = match own_children() {
+            Ok(children) => children,
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "cannot list this process's children: descendants of the tool that detached from it may outlive it"
+                );
+                return;
+            }
+        };
         let children: Vec<i32> = {
             let tools = TOOLS.lock().unwrap_or_else(|p| p.into_inner());
-            own_children()
+            children
                 .into_iter()
                 .filter(|&p| p != tool && !tools.contains(&p) && !crate::connector::is_ours(p))
                 .collect()
@@ -1021,23 +1078,25 @@ fn kill_orphans(tool: i32) {
     }
 }
 
-/// Children of every thread of this process.
-fn own_children() -> Vec<i32> {
+/// Children of every thread of this process. A thread that ended meanwhile
+/// has none; any other failure (no fd left) is an error, not an empty list.
+fn own_children() -> io::Result<Vec<i32>> {
     let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(
+    for t in std::fs::read_dir("/proc/self/task")? {
+        match std::fs::read_to_string(t?.path().join("children")) {
+            Ok(list) => out.extend(
                 list.split_whitespace()
                     .filter_map(|p| p.parse::<i32>().ok()),
-            );
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // ESRCH: a thread that is exiting.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(e),
         }
     }
     out.sort_unstable();
     out.dedup();
-    out
+    Ok(out)
 }
 
 /// A path's bytes without repeated slashes, `.` components or a trailing
