@@ -17,6 +17,8 @@ Usage: ab_open.py [--pin] [--serve] [--relative] [--target FILE] [-n OPENS] ROUN
             lookup that starts at the tool's cwd), not by its absolute path
   --serve   through a fresh `cordon serve` of the same build per run
             (`cordon run --broker unix://...`, the Session stream)
+  --user    the tool runs as this uid (`cordon run --user`; cordon as root):
+            its calls are made with another uid's credentials
   --target  the file opened (default: a fresh one-line file; e.g. a hard
             link to time files with two names); runs start in its directory,
             which the default policy lets a tool read
@@ -68,6 +70,8 @@ def one_run(cordon: str, args, probe: str, policy: list[str], target: str, work:
     run = tempfile.mkdtemp(dir=work)
     # Where the tool may write: its working directory (the target's).
     fd, trace = tempfile.mkstemp(prefix=".ab-open-trace-", dir=os.path.dirname(target))
+    if args.user is not None:
+        os.fchown(fd, args.user, -1)
     os.close(fd)
     pin = ["taskset", "-c", "0"] if args.pin else []
     serve = None
@@ -81,6 +85,8 @@ def one_run(cordon: str, args, probe: str, policy: list[str], target: str, work:
         cmd = [*pin, cordon, "run", "--broker", f"unix://{sock}"]
     else:
         cmd = [*pin, cordon, "run", "--audit-db", os.path.join(run, "db")]
+        if args.user is not None:
+            cmd += ["--user", str(args.user)]
         if args.strict:
             cmd += ["--durability", "strict"]
         for p in policy:
@@ -115,6 +121,7 @@ def main() -> None:
     ap.add_argument("--relative", action="store_true")
     ap.add_argument("--strict", action="store_true")
     ap.add_argument("--target")
+    ap.add_argument("--user", type=int)
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("rounds", type=int)
     ap.add_argument("cordon", nargs="+")
@@ -123,6 +130,8 @@ def main() -> None:
     # Named as given, numbered: the same build twice is an A/A check of the noise.
     names = [f"{i + 1}:{c}" for i, c in enumerate(args.cordon)]
     with tempfile.TemporaryDirectory(prefix="cordon-ab-") as work:
+        if args.user is not None:
+            os.chmod(work, 0o755)  # the tool's uid runs the probe from it
         probe, policy = kit(work)
         target = os.path.abspath(args.target) if args.target else os.path.join(work, "target.txt")
         if not args.target:

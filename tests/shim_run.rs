@@ -1685,6 +1685,51 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
     assert_eq!(assert_ok(&made).trim(), "ok");
 }
 
+/// A tool that dropped from root to nobody (inside the sandbox, as a
+/// service's own privilege drop would) gets what nobody gets from files
+/// that check the opener's effective uid: sysctl files, at the open. The
+/// supervisor's open kept its own euid, root, in the file (`f_cred`), so
+/// these opened (and a cgroup v1 `cgroup.procs` so opened would move root's
+/// processes; found by review). Opened and closed, never written.
+#[test]
+fn a_tool_of_another_uid_opens_what_its_effective_uid_may() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root, for a tool that drops to nobody");
+        return;
+    }
+    let script = r#"
+import os
+for path, flags in [('/proc/sys/vm/drop_caches', os.O_WRONLY), ('/proc/sys/kernel/cad_pid', os.O_RDONLY),
+                    ('/proc/sys/kernel/hostname', os.O_RDONLY), ('/proc/sys/kernel/hostname', os.O_WRONLY)]:
+    try:
+        os.close(os.open(path, flags)); print(path, flags, 'ok')
+    except OSError as e:
+        print(path, flags, e.errno)
+"#;
+    let drop_to_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        script,
+    ];
+    let env = Env::new(&[]);
+    let native = Command::new(drop_to_nobody[0])
+        .args(&drop_to_nobody[1..])
+        .output()
+        .unwrap();
+    let native = assert_ok(&native);
+    assert_eq!(
+        native,
+        "/proc/sys/vm/drop_caches 1 13\n/proc/sys/kernel/cad_pid 0 13\n\
+         /proc/sys/kernel/hostname 0 ok\n/proc/sys/kernel/hostname 1 13\n"
+    );
+    let sandboxed = env.run_with_policy(&env.allow_all(), &drop_to_nobody);
+    assert_eq!(assert_ok(&sandboxed), native);
+}
+
 /// What a root tool opens for writing that makes the kernel run a program
 /// outside the sandbox (a core dump's pipe, module loading, a binfmt_misc
 /// interpreter, uevents, a cgroup v1 release agent) or act on the host

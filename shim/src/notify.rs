@@ -40,7 +40,7 @@ use crate::{
     exec::{Approved, ExecVerifier, Outcome},
     filter, interrupt,
     memory::ToolMemory,
-    process::{Creds, Task, TaskCache, with_creds},
+    process::{Creds, Task, TaskCache, with_creds, with_opener_creds},
     protect::{Protected, Use},
     resolve::{self, Found, Lookup},
     sys::{self, Listener, Notification},
@@ -100,7 +100,8 @@ pub struct Supervisor {
     me: Creds,
     /// Our real, effective and saved uids and gids, read once: what we may
     /// name as ourselves in `SCM_CREDENTIALS` (`with_creds` changes only fs
-    /// ids, and nothing else changes ours).
+    /// ids, `with_opener_creds`, for opens alone, the effective ones too, and
+    /// nothing else changes ours).
     own_ids: Option<([u32; 3], [u32; 3])>,
     /// Unix sockets the tool must never reach: brokers'.
     broker_sockets: Vec<BrokerSocket>,
@@ -1418,7 +1419,7 @@ impl Supervisor {
             let mode = call.mode;
             let listener = me.listener.clone();
             let open = move |creds: &Creds, mine: &Creds, found: &Found| {
-                with_creds(creds, mine, || {
+                with_opener_creds(creds, mine, || {
                     let call = || emulate::open_found(found, kind, flags, mode, umask);
                     // On its helper thread: a signal the tool handles ends it.
                     if blocking_fifo {

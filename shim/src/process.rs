@@ -493,33 +493,55 @@ impl Creds {
     }
 }
 
-/// Runs `f` on this thread with the tool's fs uid, fs gid and groups, and no
-/// effective capability the tool lacks, when they differ from the
-/// supervisor's; then switches back. If the switch is not possible the
-/// answer is `EACCES`: the supervisor never opens with credentials the tool
-/// does not have.
+/// Runs `f` on this thread with the tool's fs ids, groups, and no
+/// effective capability the tool lacks, where they differ from the
+/// supervisor's; then switches back. If a switch is not possible the answer
+/// is `EACCES`: the supervisor never acts with credentials the tool does not
+/// have.
 pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<R, Errno> {
+    switch(tool, me, false, f)
+}
+
+/// [`with_creds`], and the tool's effective ids too, for an open whose file
+/// the tool gets: an open file keeps its opener's credentials (`f_cred`),
+/// and checks made later against them (a cgroup v1 `cgroup.procs` write
+/// moves any process whose uid matches the opener's euid, or every process
+/// for euid 0), or at the open by euid (sysctl files), took a nobody tool's
+/// file for root's (found by review). The real and saved ids stay ours:
+/// what signals and ptrace check against this thread, and what lets it
+/// switch back. Not for sends, which name our ids (`own_ids` in notify.rs).
+pub fn with_opener_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<R, Errno> {
+    switch(tool, me, true, f)
+}
+
+fn switch<R>(tool: &Creds, me: &Creds, effective: bool, f: impl FnOnce() -> R) -> Result<R, Errno> {
     settle(me)?;
-    let same_ids = (tool.fsuid, tool.fsgid, &tool.groups) == (me.fsuid, me.fsgid, &me.groups);
+    let effective_ids_differ = effective && (tool.euid, tool.egid) != (me.euid, me.egid);
+    let same_ids = (tool.fsuid, tool.fsgid, &tool.groups) == (me.fsuid, me.fsgid, &me.groups)
+        && !effective_ids_differ;
     // Capabilities the supervisor has and the tool does not, of those a
     // call made for it can use: a root tool lacks `CAP_SYS_TIME` (the
     // sandbox takes it), which no open, connect, bind or send checks, and
-    // must not pay two `capset`s per call for it. It lacks
-    // `CAP_SYS_RESOURCE` too (the sandbox's rlimits), which a send of fds
-    // (the kernel's limit on fds in flight) and a create on a file system
-    // with blocks reserved for root do check: that one is switched.
+    // must not pay two `capset`s per call for it. (It lacks
+    // `CAP_SYS_RESOURCE` too, which `settle` took from this thread.)
     let extra_caps = me.cap_eff & !tool.cap_eff & !sys::CLOCK_CAPABILITY;
     if same_ids && extra_caps == 0 {
         return Ok(f());
     }
     // Only what differs: `setgroups` needs CAP_SETGID even to set the same
     // list, which a supervisor that is not root lacks (and a failed restore
-    // aborts). A tool it started can only reach fs ids the supervisor may
-    // set too. (A start with real and effective ids apart, which could make
-    // them differ, already fails: such a cordon is not dumpable, and cannot
-    // take the filter over from its child.)
+    // aborts). A tool it started can only reach ids the supervisor may set
+    // too. (A start with real and effective ids apart, which could make them
+    // differ, already fails: such a cordon is not dumpable, and cannot take
+    // the filter over from its child.)
     let groups_differ = tool.groups != me.groups;
-    let fs_ids_differ = (tool.fsuid, tool.fsgid) != (me.fsuid, me.fsgid);
+    // The fs ids follow the effective ones as they change.
+    let fs_ids_then = if effective_ids_differ {
+        (tool.euid, tool.egid)
+    } else {
+        (me.fsuid, me.fsgid)
+    };
+    let fs_ids_differ = (tool.fsuid, tool.fsgid) != fs_ids_then;
     // From here on, whatever was switched is switched back when `undo`
     // drops: on every return, and when `f` panics (the serving loop catches
     // panics, and its thread goes on serving).
@@ -527,6 +549,7 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
         me,
         caps: false,
         groups: false,
+        effective_ids: false,
         fs_ids: false,
     };
     if groups_differ {
@@ -537,6 +560,32 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
         }
         undo.groups = true;
     }
+    // What the effective set is now, if an id switch changed it.
+    let mut caps_now = me.cap_eff;
+    if effective_ids_differ {
+        // Before the switch: a failed one may have set the gid.
+        undo.effective_ids = true;
+        undo.caps = true;
+        // Going back sets the fs ids to our effective ones: ours, usually.
+        undo.fs_ids = (me.fsuid, me.fsgid) != (me.euid, me.egid);
+        if let Err(e) = sys::set_thread_effective_ids(tool.euid, tool.egid) {
+            tracing::warn!(error = %e, "cannot take on the tool's effective ids; denying");
+            return Err(Errno::EACCES);
+        }
+        if me.euid == 0 && tool.euid != 0 {
+            // Leaving euid 0 cleared the effective set (the permitted one
+            // stays, the real and saved uids being ours).
+            caps_now = 0;
+            // Ours again, for an fs id switch; the tool's follow.
+            if fs_ids_differ {
+                if let Err(e) = sys::set_thread_effective_caps(me.cap_eff) {
+                    tracing::warn!(error = %e, "cannot take back our capabilities; denying");
+                    return Err(Errno::EACCES);
+                }
+                caps_now = me.cap_eff;
+            }
+        }
+    }
     if fs_ids_differ {
         // Before the switch: a failed one may have set one of the two.
         undo.fs_ids = true;
@@ -544,15 +593,17 @@ pub fn with_creds<R>(tool: &Creds, me: &Creds, f: impl FnOnce() -> R) -> Result<
             tracing::warn!(error = %e, "cannot take on the tool's fs ids; denying");
             return Err(Errno::EACCES);
         }
+        // Leaving fs uid 0 cleared the fs capabilities: not known exactly.
+        caps_now = u64::MAX;
     }
-    // After the fs id switch (which itself clears the fs capabilities when
-    // leaving uid 0), keep only what both have.
-    if extra_caps != 0 {
-        if let Err(e) = sys::set_thread_effective_caps(me.cap_eff & tool.cap_eff) {
+    // After the id switches, keep only what both have.
+    let wanted = me.cap_eff & tool.cap_eff;
+    if (extra_caps != 0 || effective_ids_differ) && caps_now != wanted {
+        undo.caps = true;
+        if let Err(e) = sys::set_thread_effective_caps(wanted) {
             tracing::warn!(error = %e, "cannot drop capabilities the tool lacks; denying");
             return Err(Errno::EACCES);
         }
-        undo.caps = true;
     }
     Ok(f())
 }
@@ -585,37 +636,59 @@ fn settle(me: &Creds) -> Result<(), Errno> {
     Ok(())
 }
 
-/// What [`with_creds`] switched, switched back when dropped: the
-/// capabilities (if lowered), the groups (if set), the fs ids (if they
-/// differ: setting one's own is always allowed).
+/// What [`switch`] switched, switched back when dropped: the
+/// capabilities (if lowered), the groups (if set), the effective ids and
+/// the fs ids (if they differ: setting one's own is always allowed).
 struct Restore<'a> {
     me: &'a Creds,
     caps: bool,
     groups: bool,
+    effective_ids: bool,
     fs_ids: bool,
 }
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        // Capabilities first: switching the ids back needs CAP_SETUID and
-        // CAP_SETGID. Back to the supervisor's own set, not the one saved
-        // after the id switch (which had the fs capabilities cleared).
-        let caps = if self.caps {
-            sys::set_thread_effective_caps(self.me.cap_eff).map(|_| ())
+        let me = self.me;
+        let caps = || {
+            if self.caps {
+                sys::set_thread_effective_caps(me.cap_eff).map(|_| ())
+            } else {
+                Ok(())
+            }
+        };
+        // The effective ids first where they go back to root: that needs no
+        // capability (they are our real and saved ones), raises the
+        // effective set to the permitted one (for the groups, CAP_SETGID,
+        // and fs ids, CAP_SETUID), and sets the fs ids to ours (so they need
+        // setting again only if they were switched apart from them). Else
+        // capabilities first, back to the supervisor's own set, not the one
+        // saved after the switch (which had the fs capabilities cleared);
+        // and again at the end, since a switch of ids may change them.
+        let root_first = self.effective_ids && me.euid == 0;
+        let early_caps = if root_first { Ok(()) } else { caps() };
+        let effective_ids = if self.effective_ids {
+            sys::set_thread_effective_ids(me.euid, me.egid)
         } else {
             Ok(())
         };
         let groups = if self.groups {
-            sys::set_thread_groups(&self.me.groups)
+            sys::set_thread_groups(&me.groups)
         } else {
             Ok(())
         };
-        let ids = if self.fs_ids {
-            sys::set_thread_fs_ids(self.me.fsuid, self.me.fsgid)
+        let fs_ids = if self.fs_ids {
+            sys::set_thread_fs_ids(me.fsuid, me.fsgid)
         } else {
             Ok(())
         };
-        if let Err(e) = caps.and(groups).and(ids) {
+        let late_caps = if self.effective_ids { caps() } else { Ok(()) };
+        if let Err(e) = early_caps
+            .and(effective_ids)
+            .and(groups)
+            .and(fs_ids)
+            .and(late_caps)
+        {
             // Continuing with the tool's identity would be wrong either way.
             tracing::error!(error = %e, "cannot restore the supervisor's credentials");
             std::process::abort();
@@ -854,7 +927,7 @@ mod tests {
         );
         let inside = std::cell::Cell::new(None);
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = with_creds(&tool, &me, || {
+            let _ = with_opener_creds(&tool, &me, || {
                 inside.set(Some(Creds::of_thread()));
                 panic!("the work fails");
             });
@@ -862,12 +935,64 @@ mod tests {
         assert!(unwound.is_err());
         // The work did run as the tool ...
         let inside = inside.take().expect("the work ran");
-        assert_eq!((inside.fsuid, inside.cap_eff), (65534, 0));
+        assert_eq!(
+            (inside.euid, inside.egid, inside.fsuid, inside.cap_eff),
+            (65534, 65534, 65534, 0)
+        );
         // ... and the thread is itself again.
         let now = Creds::of_thread();
         assert_eq!(
-            (now.fsuid, now.fsgid, &now.groups, now.cap_eff),
-            (me.fsuid, me.fsgid, &me.groups, me.cap_eff)
+            (
+                now.euid,
+                now.egid,
+                now.fsuid,
+                now.fsgid,
+                &now.groups,
+                now.cap_eff
+            ),
+            (me.euid, me.egid, me.fsuid, me.fsgid, &me.groups, me.cap_eff)
         );
+    }
+
+    /// A file the supervisor opens for a tool of another uid is the tool's
+    /// to the kernel in every respect an open file keeps: its opener's
+    /// effective ids (`f_cred`) as well as its fs ids. The real and saved
+    /// ids stay ours (signals and ptrace check those against this thread).
+    #[test]
+    fn the_work_runs_with_the_tools_effective_ids_and_our_real_ones() {
+        let me = Creds::of_supervisor_thread();
+        assert!(me.euid == 0, "this test runs as root");
+        let tool = Creds {
+            euid: 65534,
+            egid: 65534,
+            fsuid: 65534,
+            fsgid: 65534,
+            groups: vec![65534],
+            cap_eff: 0,
+        };
+        let ids = |line: &str| {
+            let status = fs::read_to_string("/proc/thread-self/status").unwrap();
+            field(&status, line).map(str::to_owned).unwrap()
+        };
+        let (uids, gids) = with_opener_creds(&tool, &me, || (ids("Uid"), ids("Gid"))).unwrap();
+        let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(words(&uids), ["0", "65534", "0", "65534"]);
+        assert_eq!(words(&gids), ["0", "65534", "0", "65534"]);
+        assert_eq!(words(&ids("Uid")), ["0", "0", "0", "0"]);
+        assert_eq!(Creds::of_thread().cap_eff, me.cap_eff);
+        // A file made meanwhile is the tool's, and so is the open file.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let path = dir.path().join("made");
+        with_opener_creds(&tool, &me, || std::fs::File::create(&path).unwrap()).unwrap();
+        // Other calls (sends name our ids) keep our effective ids.
+        let uids = with_creds(&tool, &me, || ids("Uid")).unwrap();
+        assert_eq!(words(&uids), ["0", "0", "0", "65534"]);
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&path).unwrap());
+        assert_eq!(owner, 65534);
     }
 }

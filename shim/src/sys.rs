@@ -457,6 +457,21 @@ pub fn set_thread_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the effective uid and gid of the calling thread only (raw
+/// `setresuid`/`setresgid`, per thread in the kernel; libc's wrappers change
+/// every thread), the real and saved ones left as they are: what an open
+/// file keeps of its opener (`f_cred`), and some permission checks, see.
+/// The gid first, while a capability to change it may still be effective
+/// (leaving euid 0 clears the effective set).
+pub fn set_thread_effective_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscalls with integer arguments; -1 leaves an id as it is.
+    unsafe {
+        cvt(libc::syscall(libc::SYS_setresgid, u32::MAX, gid, u32::MAX) as i32)?;
+        cvt(libc::syscall(libc::SYS_setresuid, u32::MAX, uid, u32::MAX) as i32)?;
+    }
+    Ok(())
+}
+
 /// Whether a socket has a peer: `getpeername` into a buffer the size of any
 /// address (nix 0.31's `UnixAddr` copies a reported length of 111, a
 /// 108-byte path without its NUL, past its 110 bytes). Any failure but
