@@ -154,7 +154,9 @@ writable_dirs contains input.sandbox.tmpdir if not input.sandbox.tmpdir in {"", 
 # --- exec --------------------------------------------------------------------
 
 # Programs from the system's binary directories; never from the working
-# directory, so a tool cannot write a binary and run it.
+# directory, so a tool cannot exec a binary it wrote. (It can still run one
+# through the dynamic loader, which /usr/lib/ holds: `ld-linux-x86-64.so.2
+# ./prog` maps the file, not an exec; docs/threat-model.md.)
 exec_prefixes := ["/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/", "/usr/local/bin/", "/usr/libexec/", "/usr/lib/"]
 
 builtin_allow if {
