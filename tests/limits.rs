@@ -385,7 +385,9 @@ fn network_probe(b: &Box_, port: u16, as_nobody: bool) -> Output {
          except OSError as e: print('bind 80:', e.errno)\n\
          import os\n\
          try:\n    os.open('/dev/net/tun', os.O_RDWR); print('tun opened')\n\
-         except OSError as e: print('tun:', e.errno)\n"
+         except OSError as e: print('tun:', e.errno)\n\
+         try:\n    open('/proc/sys/net/ipv4/ip_forward').read(); print('net sysctl read')\n\
+         except OSError as e: print('net sysctl:', e.errno)\n"
     );
     let mut cmd = if as_nobody {
         let mut c = Command::new("setpriv");
@@ -419,8 +421,9 @@ fn network_none_reaches_only_its_own_loopback_with_and_without_root() {
     assert_eq!(
         text(&out.stdout),
         // The tun device would be bound to the supervisor's namespace, the
-        // host's: refused, though the policy allows it.
-        "host: 111\nown loopback ok\nbound 80\ntun: 13\n",
+        // host's: refused, though the policy allows it; so would the
+        // network's sysctls (the host's forwarding, a root tool's to set).
+        "host: 111\nown loopback ok\nbound 80\ntun: 13\nnet sysctl: 13\n",
         "{}",
         text(&out.stderr)
     );
@@ -440,7 +443,7 @@ fn network_none_reaches_only_its_own_loopback_with_and_without_root() {
     let out = network_probe(&nb, port, true);
     assert_eq!(
         text(&out.stdout),
-        "host: 111\nown loopback ok\nbind 80: 13\ntun: 13\n",
+        "host: 111\nown loopback ok\nbind 80: 13\ntun: 13\nnet sysctl: 13\n",
         "{}",
         text(&out.stderr)
     );

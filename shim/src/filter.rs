@@ -298,6 +298,12 @@ const TIOCLINUX: u64 = 0x541c;
 const TIOCVHANGUP: u64 = 0x5437;
 const TIOCCONS: u64 = 0x541d;
 
+/// `ioctl(fd, TIOCSCTTY, 1)`: take a terminal that is another session's
+/// controlling one (`CAP_SYS_ADMIN`): the user's, inherited, whose shell then
+/// loses it (found by review). With 0, a terminal of no session, as a
+/// program that opens a pty for its child does, it runs.
+const TIOCSCTTY: u64 = 0x540e;
+
 /// `syslog` actions that change the kernel log or its console: read and
 /// clear (2 reads destructively, 4, 5), console off, on and level (6, 7, 8).
 /// Reading it whole (3) and its sizes stay what the kernel allows.
@@ -407,6 +413,17 @@ pub fn build() -> Result<BpfProgram, FilterError> {
             ScmpArgCompare::new(1, low32, cmd),
         )?;
     }
+    // TIOCSCTTY that steals (a non-zero argument, an int).
+    ctx.add_rule_conditional(
+        ScmpAction::Notify,
+        ScmpSyscall::from(libc::SYS_ioctl as i32),
+        &[
+            ScmpArgCompare::new(1, low32, TIOCSCTTY),
+            // Any bit, the upper half's too: refuses a harmless call at worst.
+            ScmpArgCompare::new(2, ScmpCompareOp::NotEqual, 0),
+        ],
+    )
+    .map_err(step("conditional rule for TIOCSCTTY"))?;
     // The host's kernel log, which a root tool could clear.
     for &action in SYSLOG_ACTIONS_REFUSED {
         notify_if(

@@ -1351,14 +1351,23 @@ impl Supervisor {
             });
             return Err(Errno::EACCES);
         }
-        if names_ipc_namespace_state(&resolved_path) && !same_namespace(n.tid, "ipc") {
+        // The same for the IPC state files, and for the network's sysctls
+        // (a root tool's writes would set the host's forwarding).
+        let other_namespace = if names_ipc_namespace_state(&resolved_path) {
+            (!same_namespace(n.tid, "ipc")).then_some("IPC")
+        } else if resolved_path.starts_with(b"/proc/sys/net/") {
+            (!same_namespace(n.tid, "net")).then_some("network")
+        } else {
+            None
+        };
+        if let Some(kind) = other_namespace {
             if !self.listener.id_valid(n.id) {
                 return Err(Errno::ESRCH);
             }
             self.count(|c| {
                 *c.forbidden
                     .entry(format!(
-                        "{}(IPC state of another namespace)",
+                        "{}({kind} state of another namespace)",
                         syscall_name(n.nr)
                     ))
                     .or_default() += 1

@@ -550,6 +550,7 @@ fn switch<R>(tool: &Creds, me: &Creds, effective: bool, f: impl FnOnce() -> R) -
         caps: false,
         groups: false,
         effective_ids: false,
+        back_to_root: effective_ids_differ && me.euid == 0 && tool.euid != 0,
         fs_ids: false,
     };
     if groups_differ {
@@ -644,6 +645,9 @@ struct Restore<'a> {
     caps: bool,
     groups: bool,
     effective_ids: bool,
+    /// The effective uid goes from the tool's back to 0, which raises the
+    /// effective set to the permitted one.
+    back_to_root: bool,
     fs_ids: bool,
 }
 
@@ -657,16 +661,18 @@ impl Drop for Restore<'_> {
                 Ok(())
             }
         };
-        // The effective ids first where they go back to root: that needs no
-        // capability (they are our real and saved ones), raises the
-        // effective set to the permitted one (for the groups, CAP_SETGID,
-        // and fs ids, CAP_SETUID), and sets the fs ids to ours (so they need
-        // setting again only if they were switched apart from them). Else
-        // capabilities first, back to the supervisor's own set, not the one
-        // saved after the switch (which had the fs capabilities cleared);
-        // and again at the end, since a switch of ids may change them.
-        let root_first = self.effective_ids && me.euid == 0;
-        let early_caps = if root_first { Ok(()) } else { caps() };
+        // The effective ids first where they go back to root from another
+        // uid: that needs no capability (they are our real and saved ones),
+        // raises the effective set to the permitted one (for the groups,
+        // CAP_SETGID, and fs ids, CAP_SETUID), and sets the fs ids to ours
+        // (so they need setting again only if they were switched apart from
+        // them). Else capabilities first, back to the supervisor's own set,
+        // not the one saved after the switch (which had the fs capabilities
+        // cleared): a root tool's euid stays 0, and raises nothing (one
+        // without CAP_SETGID then failed the groups' restore, and aborted
+        // cordon; found by review). Again at the end, since a switch of ids
+        // may change them.
+        let early_caps = if self.back_to_root { Ok(()) } else { caps() };
         let effective_ids = if self.effective_ids {
             sys::set_thread_effective_ids(me.euid, me.egid)
         } else {
@@ -793,6 +799,35 @@ mod tests {
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{text}");
         assert!(text.contains("checked in a user namespace"), "{text}");
+    }
+
+    /// A root tool with another gid and groups, and without CAP_SETGID: its
+    /// euid stays 0 through the switch, so going back raises no capability,
+    /// and the groups' restore must come after ours are back (it aborted the
+    /// process: found by review).
+    #[test]
+    fn a_root_tool_without_setgid_is_switched_back_from() {
+        let me = Creds::of_supervisor_thread();
+        assert!(me.euid == 0, "this test runs as root");
+        const CAP_SETGID: u64 = 1 << 6;
+        let tool = Creds {
+            egid: 1000,
+            fsgid: 1000,
+            groups: vec![1000],
+            cap_eff: me.cap_eff & !CAP_SETGID,
+            ..me.clone()
+        };
+        let inside = with_opener_creds(&tool, &me, Creds::of_thread).unwrap();
+        assert_eq!(
+            (inside.euid, inside.egid, &inside.groups),
+            (0, 1000, &tool.groups)
+        );
+        assert_eq!(inside.cap_eff & CAP_SETGID, 0);
+        let now = Creds::of_thread();
+        assert_eq!(
+            (now.euid, now.egid, now.fsgid, &now.groups, now.cap_eff),
+            (me.euid, me.egid, me.fsgid, &me.groups, me.cap_eff)
+        );
     }
 
     /// Waits until task `tid` has exec'd `/bin/sleep`; its canonical path.

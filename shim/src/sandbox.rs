@@ -712,49 +712,20 @@ pub fn rmdir_if_start_given_up(dir: &std::path::Path) {
 pub fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
     SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed);
-    Spares::keep();
+    let leader = std::process::id();
+    if let Ok(f) = std::fs::File::open(format!("/proc/self/task/{leader}/children")) {
+        let _ = LEADER_CHILDREN.set(f);
+    }
     Ok(())
 }
 
-/// Fds held in reserve for killing a sandbox's tree. A tool can fill this
-/// process's fd table (a send of its that blocks holds our copies of the
-/// fds it passes: up to 252 each), and listing the orphans to kill, or
-/// writing a cgroup's kill file, needs fds: without them a detached
-/// descendant outlived cordon (found by review). Closed just before the
-/// kill, so that its opens find free numbers, and opened again after.
-struct Spares;
-
-static SPARE_FDS: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
-
-impl Spares {
-    /// Enough for the task list, one thread's `children`, and a cgroup's
-    /// kill file, with one to spare for a thread of ours that takes one.
-    const COUNT: usize = 4;
-
-    fn keep() {
-        let mut spares = SPARE_FDS.lock().unwrap_or_else(|p| p.into_inner());
-        while spares.len() < Self::COUNT {
-            match std::fs::File::open("/dev/null") {
-                Ok(f) => spares.push(f.into()),
-                Err(_) => break,
-            }
-        }
-    }
-
-    /// Frees the spares' numbers until the returned guard drops.
-    fn lent() -> Spares {
-        SPARE_FDS.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        Spares
-    }
-}
-
-impl Drop for Spares {
-    fn drop(&mut self) {
-        if SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
-            Spares::keep();
-        }
-    }
-}
+/// The children of this process's main thread, opened when it became the
+/// subreaper: orphans are re-parented to it. Read again in place (`pread`)
+/// when listing every thread's children fails for want of an fd: a tool
+/// can fill our fd table (sends that never end hold our copies of the fds
+/// they pass; helpers, the task cache), and then a detached descendant
+/// outlived cordon (found by review).
+static LEADER_CHILDREN: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
 
 /// Set by [`become_subreaper`]: orphans re-parented here are the sandbox's.
 static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -873,9 +844,6 @@ impl Sandboxed {
     /// Kills everything the sandbox started: its cgroup, its process group,
     /// and (for a subreaper) descendants that detached from both.
     fn kill_tree(&self) {
-        // The fds this needs (the cgroup's kill file, the task list), from
-        // the spares if the tool has filled our fd table.
-        let _spares = Spares::lent();
         if self.plan.has_cgroup() {
             self.plan.kill_all();
         }
@@ -1078,9 +1046,35 @@ fn kill_orphans(tool: i32) {
     }
 }
 
+/// Children of every thread of this process; with no fd left to list them,
+/// the main thread's (where orphans go), from the file kept open.
+fn own_children() -> io::Result<Vec<i32>> {
+    match every_threads_children() {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) =>
+        {
+            let kept = LEADER_CHILDREN.get().ok_or(e)?;
+            let mut text = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = std::os::unix::fs::FileExt::read_at(kept, &mut buf, text.len() as u64)?;
+                if n == 0 {
+                    break;
+                }
+                text.extend_from_slice(&buf[..n]);
+            }
+            Ok(String::from_utf8_lossy(&text)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect())
+        }
+        other => other,
+    }
+}
+
 /// Children of every thread of this process. A thread that ended meanwhile
 /// has none; any other failure (no fd left) is an error, not an empty list.
-fn own_children() -> io::Result<Vec<i32>> {
+fn every_threads_children() -> io::Result<Vec<i32>> {
     let mut out = Vec::new();
     for t in std::fs::read_dir("/proc/self/task")? {
         match std::fs::read_to_string(t?.path().join("children")) {
