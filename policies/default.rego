@@ -202,8 +202,9 @@ secret_patterns := [
 	"/.claude/.credentials.json/", "/.codex/auth.json/", "/.config/github-copilot/",
 	"/.cache/huggingface/token/", "/.huggingface/token/", "/.gemini/oauth_creds.json/",
 	# More registries' tokens and clouds' credentials.
-	"/.config/pypoetry/auth.toml/", "/.yarnrc.yml/", "/.nuget/NuGet/NuGet.Config/",
-	"/.composer/auth.json/", "/.aliyun/", "/.config/hcloud/", "/.config/scw/", "/.docker/key.pem/",
+	# (Not Yarn's .yarnrc.yml nor NuGet's NuGet.Config: every project and
+	# restore reads them, and only some hold tokens.)
+	"/.config/pypoetry/auth.toml/", "/.composer/auth.json/", "/.aliyun/", "/.config/hcloud/", "/.config/scw/", "/.docker/key.pem/",
 	# Shell, REPL and database histories (commands typed with secrets in them).
 	"/.bash_history/", "/.zsh_history/", "/.psql_history/", "/.mysql_history/", "/.histfile/",
 	"/.sh_history/", "/.local/share/fish/fish_history/", "/.python_history/", "/.node_repl_history/",
@@ -219,7 +220,7 @@ secret_roots := [
 	".terraform.d", ".dockercfg", ".m2", ".gradle", ".minikube", ".oci", ".databrickscfg", ".s3cfg",
 	".boto", ".terraformrc", ".pulumi", ".password-store", ".my.cnf", ".mylogin.cnf", ".mozilla",
 	".claude", ".codex", ".cache", ".bash_history", ".zsh_history", ".psql_history", ".mysql_history",
-	".var", ".huggingface", ".gemini", ".yarnrc.yml", ".nuget", ".composer", ".aliyun", ".histfile",
+	".var", ".huggingface", ".gemini", ".composer", ".aliyun", ".histfile",
 	".sh_history", ".python_history", ".node_repl_history", ".rediscli_history", ".sqlite_history",
 ]
 
