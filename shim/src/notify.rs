@@ -1334,42 +1334,26 @@ impl Supervisor {
         // A tun device is bound to its opener's network namespace: ours,
         // were we to open it for a tool in a namespace of its own
         // (`--network none`), whose interfaces would then be the host's.
-        if existing
-            .is_some_and(|(kind, dev, _)| (kind, dev) == (libc::S_IFCHR, libc::makedev(10, 200)))
-            && !same_namespace(n.tid, "net")
-        {
-            if !self.listener.id_valid(n.id) {
-                return Err(Errno::ESRCH);
-            }
-            self.count(|c| {
-                *c.forbidden
-                    .entry(format!(
-                        "{}(tun device of another netns)",
-                        syscall_name(n.nr)
-                    ))
-                    .or_default() += 1
-            });
-            return Err(Errno::EACCES);
-        }
         // The same for the IPC state files, and for the network's sysctls
         // (a root tool's writes would set the host's forwarding).
-        let other_namespace = if names_ipc_namespace_state(&resolved_path) {
-            (!same_namespace(n.tid, "ipc")).then_some("IPC")
+        let tun = existing
+            .is_some_and(|(kind, dev, _)| (kind, dev) == (libc::S_IFCHR, libc::makedev(10, 200)));
+        let other_namespace = if tun {
+            (!same_namespace(n.tid, "net")).then_some("tun device of another netns")
+        } else if names_ipc_namespace_state(&resolved_path) {
+            (!same_namespace(n.tid, "ipc")).then_some("IPC state of another namespace")
         } else if resolved_path.starts_with(b"/proc/sys/net/") {
-            (!same_namespace(n.tid, "net")).then_some("network")
+            (!same_namespace(n.tid, "net")).then_some("network state of another namespace")
         } else {
             None
         };
-        if let Some(kind) = other_namespace {
+        if let Some(what) = other_namespace {
             if !self.listener.id_valid(n.id) {
                 return Err(Errno::ESRCH);
             }
             self.count(|c| {
                 *c.forbidden
-                    .entry(format!(
-                        "{}({kind} state of another namespace)",
-                        syscall_name(n.nr)
-                    ))
+                    .entry(format!("{}({what})", syscall_name(n.nr)))
                     .or_default() += 1
             });
             return Err(Errno::EACCES);

@@ -945,17 +945,22 @@ mod tests {
     /// The serving loop catches a handler's panic and goes on: the thread
     /// must be back to the supervisor's credentials then, or it would serve
     /// the next call (maybe another tool's) with this tool's.
-    #[test]
-    fn credentials_come_back_when_the_work_panics() {
-        let me = Creds::of_self();
-        let tool = Creds {
+    /// A tool that runs as nobody, without capabilities.
+    fn nobody() -> Creds {
+        Creds {
             euid: 65534,
             egid: 65534,
             fsuid: 65534,
             fsgid: 65534,
             groups: vec![65534],
             cap_eff: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn credentials_come_back_when_the_work_panics() {
+        let me = Creds::of_self();
+        let tool = nobody();
         assert!(
             me.cap_eff != 0 && me.fsuid == 0,
             "this test runs as root with capabilities"
@@ -997,14 +1002,7 @@ mod tests {
     fn the_work_runs_with_the_tools_effective_ids_and_our_real_ones() {
         let me = Creds::of_supervisor_thread();
         assert!(me.euid == 0, "this test runs as root");
-        let tool = Creds {
-            euid: 65534,
-            egid: 65534,
-            fsuid: 65534,
-            fsgid: 65534,
-            groups: vec![65534],
-            cap_eff: 0,
-        };
+        let tool = nobody();
         let ids = |line: &str| {
             let status = fs::read_to_string("/proc/thread-self/status").unwrap();
             field(&status, line).map(str::to_owned).unwrap()
