@@ -3596,6 +3596,23 @@ fn sends_made_for_the_tool_answer_as_the_kernels_own() {
     );
 }
 
+/// A create of a path ending in `.` or `..` fails as the kernel fails it:
+/// with the parent's error where the parent does not resolve (it was
+/// `EISDIR` for every one; found by review).
+#[test]
+fn a_create_ending_in_a_dot_name_fails_as_natively() {
+    let script = "import os\n\
+         os.mkdir('d')\n\
+         for p in ['missing/..', 'missing/.', 'd/..', 'd/.', 'd/missing/..']:\n    \
+             try:\n        os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)); print(p, 'ok')\n    \
+             except OSError as e:\n        print(p, e.errno)\n";
+    same_natively_and_sandboxed(
+        &Env::new(&[]),
+        script,
+        "missing/.. 2\nmissing/. 2\nd/.. 21\nd/. 21\nd/missing/.. 2\n",
+    );
+}
+
 /// A connect on a socket another process makes blocking meanwhile (its
 /// O_NONBLOCK is the open file's, shared with the supervisor's duplicate)
 /// waits as natively, where a signal the tool handles still ends it: every

@@ -562,8 +562,16 @@ pub fn walk(l: &Lookup, start: Start) -> Resolved {
                 Some(i) => (&path[..i], &path[i + 1..]),
                 None => (&b"."[..], &path[..]),
             };
-            if name.is_empty() || name == b"." || name == b".." {
+            if name.is_empty() {
                 return fail(Errno::EISDIR);
+            }
+            if name == b"." || name == b".." {
+                // A directory, if its parent resolves; else the kernel's
+                // failure is the parent's (`missing/..`: ENOENT).
+                return fail(
+                    lookup(dir(&base), parent, OFlag::O_DIRECTORY, l.resolve)
+                        .map_or_else(|e| e, |_| Errno::EISDIR),
+                );
             }
             match lookup(dir(&base), parent, OFlag::O_DIRECTORY, l.resolve) {
                 Ok(pfd) => {
