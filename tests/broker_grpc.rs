@@ -818,6 +818,143 @@ fn serve_refuses(socket_dir: &std::path::Path, db: &std::path::Path, needle: &st
     );
 }
 
+/// A policy that loads but denies every call (an `allow` that is not a
+/// boolean) is refused at the start, as a reload refuses it: a broker that
+/// started on it answered every client no.
+#[test]
+fn serve_refuses_a_policy_that_denies_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.rego");
+    std::fs::write(&policy, "package cordon\nallow := 5\n").unwrap();
+    let uri = format!("unix://{}/run/b.sock", dir.path().display());
+    let serve = cordon()
+        .args(["serve", "--listen", &uri, "--audit-db"])
+        .arg(dir.path().join("audit"))
+        .arg("--policy")
+        .arg(&policy)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = exits_within(
+        serve,
+        Duration::from_secs(20),
+        "serve on a policy that denies all",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("p.rego:2:1: allow must be a boolean, not a number"),
+        "{err}"
+    );
+}
+
+/// A broker that runs as another user (one who could put a socket where
+/// the broker's was, or relay one) is not trusted by `cordon run`: it would
+/// answer for the broker, allowing what it likes (found by review: a
+/// permissive broker run by nobody let a root tool read /etc/shadow). One
+/// named in CORDON_BROKER_UID is; `http://` is refused outright.
+#[test]
+fn run_trusts_a_broker_of_another_user_only_when_named() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root, to start a broker as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let policy = dir.path().join("allow.rego");
+    std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let uri = format!("unix://{}/run/b.sock", theirs.display());
+    let mut serve = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cordon"))
+        .args(["serve", "--allow-uid", "0", "--listen", &uri, "--audit-db"])
+        .arg(theirs.join("audit"))
+        .arg("--policy")
+        .arg(&policy)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until_listening(&theirs.join("run/b.sock"));
+    let run = |trusted: Option<&str>| {
+        let mut c = cordon();
+        c.args(["run", "--broker", &uri, "--", "/bin/echo", "ran"]);
+        if let Some(uids) = trusted {
+            c.env("CORDON_BROKER_UID", uids);
+        }
+        c.output().unwrap()
+    };
+    let refused = run(None);
+    let named = run(Some("1, 65534"));
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(125), "{err}");
+    assert!(err.contains("runs as uid 65534"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "");
+    assert_eq!(
+        String::from_utf8_lossy(&named.stdout),
+        "ran\n",
+        "{}",
+        String::from_utf8_lossy(&named.stderr)
+    );
+    let out = cordon()
+        .args(["run", "--broker", "http://127.0.0.1:9", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("is not unix:///PATH or https://HOST:PORT"),
+        "{err}"
+    );
+}
+
+/// A remote broker that dies while the tool runs never records the
+/// sandbox's exit: `cordon run --broker` says so and exits 125, not with
+/// the tool's status (it exited 0; found by review).
+#[test]
+fn a_run_whose_exit_the_broker_never_recorded_exits_125() {
+    use std::io::{BufRead, Write};
+    let mut s = Serve::start("package cordon\nallow := true\n", &[]);
+    // The shell says it is running (its exec decided), then waits on its
+    // stdin with builtins alone: nothing left to decide once the broker is
+    // gone.
+    let mut run = cordon()
+        .args(["run", "--deadline", "500ms", "--broker", &s.uri(), "--"])
+        .args(["/bin/sh", "-c", "echo ready; read x"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(run.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    s.kill9();
+    run.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = exits_within(
+        run,
+        Duration::from_secs(20),
+        "cordon run without its broker",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("the sandbox exit could not be recorded")
+            && err.contains("1 audit record(s) of this run could not be stored")
+            && err.contains("the command's own exit status was 0"),
+        "{err}"
+    );
+}
+
 /// A second broker started on the socket of a running one refuses to start
 /// rather than unlink it (which left the first unreachable); a socket left
 /// by a broker that is gone is replaced.
@@ -882,11 +1019,7 @@ fn a_broker_out_of_fds_neither_spins_nor_stops_accepting() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_listening(&socket);
     // Each accepted connection takes two of its fds; the rest wait.
     let held: Vec<_> = (0..60)
         .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())

@@ -119,7 +119,7 @@ fn exit_records(db: &std::path::Path) -> Vec<serde_json::Value> {
             .arg(db)
             .output()
             .unwrap();
-        let in_use = String::from_utf8_lossy(&out.stderr).contains("in use by a running broker");
+        let in_use = String::from_utf8_lossy(&out.stderr).contains("the store is in use");
         if !in_use || std::time::Instant::now() > deadline {
             break out;
         }
@@ -188,13 +188,24 @@ fn a_command_spawned_under_a_sandbox_cannot_be_spawned_again() {
 }
 
 /// A `Sandbox` spawned twice: each tool tree gets a cgroup of its own (with
-/// its own caps, and its own kill when it ends), not the first one's.
+/// its own caps, and its own kill when it ends), not the first one's, and
+/// an id of its own (the first's is the `Sandbox`'s): the two were recorded
+/// under one id (found by review). A clone spawned after is another too.
 #[test]
 fn each_spawn_of_one_sandbox_has_a_cgroup_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = with_a_cgroup(dir.path());
     let spawn = || sandbox.spawn(Command::new("/bin/sleep").arg("2")).unwrap();
     let (first, second) = (spawn(), spawn());
+    let third = sandbox
+        .clone()
+        .spawn(&mut Command::new("/bin/true"))
+        .unwrap();
+    assert_eq!(first.sandbox_id(), sandbox.id());
+    assert_ne!(second.sandbox_id(), sandbox.id());
+    assert_ne!(third.sandbox_id(), sandbox.id());
+    assert_ne!(third.sandbox_id(), second.sandbox_id());
+    assert!(third.wait().unwrap().success());
     let cgroup = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let (a, b) = (cgroup(first.id()), cgroup(second.id()));
     assert!(a.contains("/cordon-") && b.contains("/cordon-"), "{a}\n{b}");

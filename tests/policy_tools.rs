@@ -300,7 +300,8 @@ fn replay_reports_exactly_the_decisions_a_policy_change_flips() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("0 allow->deny, 0 deny->allow"), "{out}");
 
-    // A filter that matches nothing: no change, and it says so.
+    // A filter that matches nothing compared nothing: an error, not a pass
+    // (a gate on a mistyped --sandbox passed; found by review).
     let (code, out, err) = run_cordon(&[
         "policy",
         "replay",
@@ -311,8 +312,7 @@ fn replay_reports_exactly_the_decisions_a_policy_change_flips() {
         "--sandbox",
         "no-such-sandbox",
     ]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.starts_with("replayed 0 of 0 decisions"), "{out}");
+    assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("no recorded decision matched"), "{err}");
 
     // An error is not a negative answer: 2, not 1.
@@ -615,6 +615,32 @@ fn learned_tests_survive_long_arguments_and_nuls_in_names() {
     assert!(defined >= 3, "{out}");
 }
 
+/// A `default allow` that is not a boolean is flagged as any `allow` of
+/// the wrong type is (it was skipped), and `cordon serve` still starts on
+/// it: it is not every call that it denies, only those no rule allows.
+#[test]
+fn a_non_boolean_default_allow_is_a_lint_not_a_refusal() {
+    let d = tempfile::tempdir().unwrap();
+    let policy = d.path().join("p.rego");
+    std::fs::write(
+        &policy,
+        "package cordon\ndefault allow := \"no\"\nallow if input.ok\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cordon(&["policy", "check", path_str(&policy)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("p.rego:2:1: allow must be a boolean, not a string"),
+        "{err}"
+    );
+    assert!(
+        cordon_broker::policy::denies_every_call(&cordon_broker::policy::PolicySource::Paths(
+            vec![policy.clone()]
+        ))
+        .is_none()
+    );
+}
+
 #[test]
 fn check_names_the_broken_line_and_lints_quiet_mistakes() {
     let dir = tempfile::tempdir().unwrap();
@@ -669,6 +695,18 @@ fn check_names_the_broken_line_and_lints_quiet_mistakes() {
     let (code, _, err) = run_cordon(&["policy", "check", dp]);
     assert_eq!(code, 1);
     assert!(err.starts_with(&format!("{dp}/p.rego:5:1: ")), "{err}");
+    // `policy test --format json` says so on stdout too (it printed nothing).
+    let (code, out, _) = run_cordon(&["policy", "test", "--format", "json", dp]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{dp}/p.rego:5:1: ")),
+        "{report}"
+    );
+    assert_eq!(report["tests"], serde_json::json!([]));
 
     // The shipped policies are clean, and run in the compiled VM.
     let (code, out, err) = run_cordon(&["policy", "check", "policies/"]);

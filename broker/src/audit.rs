@@ -385,6 +385,14 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     fn close(&self) {
         log_if_unflushed(self.flush(), || self.take_unstored());
     }
+    /// How many of this process's records the store lost: appends it
+    /// refused (not those stored and waiting for a flush), and, once
+    /// [`AuditLog::close`] has run, those its final flush could not make
+    /// durable (in the log instead). Not zero: the trail is incomplete, which
+    /// `cordon run` reports in its exit status.
+    fn lost(&self) -> u64 {
+        0
+    }
     /// Blocks until the store can take records (one still opening, see
     /// [`Opening`]), or says why it never will. By default, at once.
     fn ready(&self) -> Result<(), AuditError> {
@@ -393,13 +401,20 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
 }
 
 /// After a final flush: whatever it could not make durable goes to the log.
+/// Returns how many records that was.
 fn log_if_unflushed<T>(
     flushed: Result<T, AuditError>,
     unstored: impl FnOnce() -> Vec<AuditRecord>,
-) {
-    if let Err(e) = flushed {
-        tracing::error!(error = %e, "final audit flush failed");
-        log_unstored(unstored());
+) -> u64 {
+    match flushed {
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "final audit flush failed");
+            let records = unstored();
+            let n = records.len() as u64;
+            log_unstored(records);
+            n
+        }
     }
 }
 
@@ -599,6 +614,8 @@ impl RecordIds {
 pub struct SledAudit {
     inner: Arc<Inner>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// See [`AuditLog::lost`].
+    lost: AtomicU64,
 }
 
 impl std::fmt::Debug for SledAudit {
@@ -1146,6 +1163,7 @@ impl SledAudit {
         Ok(Self {
             inner,
             flusher: Mutex::new(flusher),
+            lost: AtomicU64::new(0),
         })
     }
 
@@ -2233,7 +2251,19 @@ fn index_entry(r: &AuditRecord, page: u64) -> IndexEntry {
 
 impl AuditLog for SledAudit {
     fn append(&self, record: AuditRecord) -> Result<Appended, AuditError> {
-        self.inner.append(record)
+        let appended = self.inner.append(record);
+        // A record stored but not yet flushed is kept, or logged at close.
+        if appended
+            .as_ref()
+            .is_err_and(|e| !matches!(e, AuditError::Unflushed { .. }))
+        {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        appended
+    }
+
+    fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Open, so ready at once, unless a flush panicked: then it never is.
@@ -2385,7 +2415,8 @@ impl AuditLog for SledAudit {
 
     fn close(&self) {
         self.inner.shut();
-        log_if_unflushed(self.flush(), || self.take_unstored());
+        let logged = log_if_unflushed(self.flush(), || self.take_unstored());
+        self.lost.fetch_add(logged, Ordering::Relaxed);
     }
 
     fn take_unstored(&self) -> Vec<AuditRecord> {

@@ -12,7 +12,7 @@ use crate::service::{MAX_ANSWER_BYTES, MAX_MESSAGE_BYTES};
 /// A failure to reach a broker.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("broker URI {0:?} is not unix:///PATH, http://HOST:PORT or https://HOST:PORT")]
+    #[error("broker URI {0:?} is not unix:///PATH or https://HOST:PORT")]
     BadUri(String),
     #[error("cannot connect to the broker at {uri}: {message}")]
     Connect { uri: String, message: String },
@@ -42,11 +42,11 @@ impl std::str::FromStr for BrokerUri {
             if path.starts_with('/') {
                 return Ok(BrokerUri::Unix(PathBuf::from(path)));
             }
-        } else if (s.starts_with("http://") || s.starts_with("https://"))
-            && s.parse::<Uri>().is_ok()
-        {
+        } else if s.starts_with("https://") && s.parse::<Uri>().is_ok() {
             return Ok(BrokerUri::Http(s.to_owned()));
         }
+        // (Not `http://`: no broker listens on plain TCP, and whoever could
+        // relay one there would answer for it.)
         Err(ConnectError::BadUri(s.to_owned()))
     }
 }
@@ -84,9 +84,9 @@ pub async fn channel(uri: &BrokerUri) -> Result<Channel, ConnectError> {
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
                     async move {
-                        tokio::net::UnixStream::connect(path)
-                            .await
-                            .map(TokioIo::new)
+                        let stream = tokio::net::UnixStream::connect(&path).await?;
+                        trusted_peer(&stream, &path)?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
                     }
                 }))
                 .await
@@ -105,6 +105,47 @@ pub async fn channel(uri: &BrokerUri) -> Result<Channel, ConnectError> {
                 .map_err(|e| fail(error_chain(&e)))?
         }
     })
+}
+
+/// Whether the process that answers at `path` may be the broker: it runs
+/// as root, as this process's effective user, or as a user named in
+/// `CORDON_BROKER_UID` (uids, comma-separated; a broker run as a user of its
+/// own). Checked at every connect and reconnect: whoever could put a socket
+/// at the path (a directory another user may write, a broker's restart) or
+/// relay one would otherwise answer for the broker, allowing what it likes.
+fn trusted_peer(stream: &tokio::net::UnixStream, path: &std::path::Path) -> std::io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let me = nix::unistd::geteuid().as_raw();
+    // Read once per process, as the TLS files are: a library host's own
+    // `setenv` may run while a sandbox reconnects.
+    static NAMED: std::sync::OnceLock<(String, Option<Vec<u32>>)> = std::sync::OnceLock::new();
+    let (named, listed) = NAMED.get_or_init(|| {
+        let named = std::env::var("CORDON_BROKER_UID").unwrap_or_default();
+        let listed = named
+            .split(',')
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| u.trim().parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()
+            .ok();
+        (named, listed)
+    });
+    let Some(listed) = listed else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("CORDON_BROKER_UID={named:?} is not a comma-separated list of uids"),
+        ));
+    };
+    if uid == 0 || uid == me || listed.contains(&uid) {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "the process at {} runs as uid {uid}: a broker must run as root or as this user \
+             (uid {me}), or as a uid named in CORDON_BROKER_UID",
+            path.display()
+        ),
+    ))
 }
 
 /// Mutual TLS from `CORDON_TLS_CA` (the CA that signed the broker's

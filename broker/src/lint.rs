@@ -26,6 +26,10 @@ pub struct Lint {
     pub line: u32,
     pub col: u32,
     pub message: String,
+    /// The mistake makes every evaluation fail, so every call is denied:
+    /// `cordon serve` refuses to start with it, and a reload to install it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub denies_every_call: bool,
 }
 
 impl std::fmt::Display for Lint {
@@ -52,18 +56,36 @@ pub fn lint(source: &PolicySource) -> Result<Vec<Lint>, PolicyError> {
         let package = crate::policy::package_name(module);
         let file = module.package.span.source.file().clone();
         for rule in &module.policy {
-            let (span, head_name, is_set, assigned) = match rule.as_ref() {
-                Rule::Spec { span, head, .. } => match head {
+            let (span, head_name, is_set, assigned, unconditional) = match rule.as_ref() {
+                Rule::Spec { span, head, bodies } => match head {
                     RuleHead::Compr { refr, assign, .. } => (
                         span,
                         refr.span().text().to_owned(),
                         false,
                         assign.as_ref().map(|a| a.value.clone()),
+                        bodies.is_empty(),
                     ),
-                    RuleHead::Set { refr, .. } => (span, refr.span().text().to_owned(), true, None),
+                    RuleHead::Set { refr, .. } => (
+                        span,
+                        refr.span().text().to_owned(),
+                        true,
+                        None,
+                        bodies.is_empty(),
+                    ),
                     RuleHead::Func { .. } => continue,
                 },
-                Rule::Default { .. } => continue,
+                // A default's value has the rule's type to keep too (a
+                // non-boolean `default allow` is a policy error wherever no
+                // other rule holds), but it never holds alone: not every call.
+                Rule::Default {
+                    span, refr, value, ..
+                } => (
+                    span,
+                    refr.span().text().to_owned(),
+                    false,
+                    Some(value.clone()),
+                    false,
+                ),
             };
             if !CONTRACT_RULES.contains(&head_name.as_str()) {
                 continue;
@@ -73,6 +95,7 @@ pub fn lint(source: &PolicySource) -> Result<Vec<Lint>, PolicyError> {
                 line: span.line,
                 col: span.col,
                 message,
+                denies_every_call: false,
             };
             if package != "cordon" && !refers_to(&all_text, &package) {
                 // Once per rule name and package, at its first definition.
@@ -106,9 +129,15 @@ pub fn lint(source: &PolicySource) -> Result<Vec<Lint>, PolicyError> {
             if head_name == "allow"
                 && let Some(kind) = literal_kind.filter(|k| *k != "a boolean")
             {
-                lints.push(at(format!(
-                    "allow must be a boolean, not {kind}: every call would be denied (`policy error`)"
-                )));
+                lints.push(Lint {
+                    // Only the contract's own, and whatever the input: a
+                    // library package's `allow` may be anything, and a
+                    // conditional one fails only where it holds.
+                    denies_every_call: package == "cordon" && unconditional,
+                    ..at(format!(
+                        "allow must be a boolean, not {kind}: every call would be denied (`policy error`)"
+                    ))
+                });
             }
             if head_name == "errno"
                 && let Some(kind) = literal_kind.filter(|k| *k != "a string")
@@ -136,6 +165,7 @@ pub fn lint(source: &PolicySource) -> Result<Vec<Lint>, PolicyError> {
                 line: 1,
                 col: 1,
                 message: format!("data.{key} is not used by any policy"),
+                denies_every_call: false,
             });
         }
     }

@@ -72,6 +72,10 @@ pub enum PolicyError {
     },
     #[error("{path} is not valid UTF-8")]
     NotUtf8 { path: PathBuf },
+    /// A FIFO would block the read (and the watcher) until written; a
+    /// device would be read until memory runs out.
+    #[error("{path} is not a regular file (a {kind}): policy and data files must be")]
+    NotAFile { path: PathBuf, kind: &'static str },
     /// A directory reached by a second name, through a symbolic link: a
     /// loop would be read for ever, a second name would load its files twice.
     #[error(
@@ -95,6 +99,58 @@ pub enum PolicyError {
     Unsettled,
     #[error("loading the policy failed: {0}")]
     Panicked(String),
+    /// `file:line:col: message`, from [`crate::lint`].
+    #[error("{0} (see `cordon policy check`)")]
+    DeniesEveryCall(String),
+}
+
+/// A mistake the linter finds that makes every evaluation fail (see
+/// [`crate::lint::Lint::denies_every_call`]), for a broker about to install
+/// the policy. A lint that fails to run finds nothing: the policy loaded.
+pub fn denies_every_call(source: &PolicySource) -> Option<PolicyError> {
+    let lints = crate::lint::lint(source).ok()?;
+    let fatal: Vec<String> = lints
+        .iter()
+        .filter(|l| l.denies_every_call)
+        .map(|l| l.to_string())
+        .collect();
+    (!fatal.is_empty()).then(|| PolicyError::DeniesEveryCall(fatal.join("; ")))
+}
+
+/// The bytes of a regular file (through symbolic links, as a ConfigMap's
+/// `..data` link is read); anything else is refused, without blocking on
+/// a FIFO that has no writer (`O_NONBLOCK`).
+fn read_regular_file(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    use std::{io::Read, os::unix::fs::FileTypeExt, os::unix::fs::OpenOptionsExt};
+    let io = |e| PolicyError::Io {
+        path: path.into(),
+        source: e,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "FIFO"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "device"
+        } else if ft.is_socket() {
+            "socket"
+        } else {
+            "special file"
+        };
+        return Err(PolicyError::NotAFile {
+            path: path.into(),
+            kind,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
 }
 
 impl PolicyError {
@@ -303,10 +359,7 @@ impl SourceSet {
         {
             return Ok(());
         }
-        let bytes = std::fs::read(path).map_err(|e| PolicyError::Io {
-            path: path.into(),
-            source: e,
-        })?;
+        let bytes = read_regular_file(path)?;
         let text =
             String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8 { path: path.into() })?;
         let file = SourceFile {
@@ -1479,6 +1532,11 @@ impl PolicyEngine {
                 } else {
                     Err(PolicyError::Unsettled)
                 }
+            })
+            // Nor is one that compiles but denies every call.
+            .and_then(|new| match denies_every_call(&self.source) {
+                Some(e) => Err(e),
+                None => Ok(new),
             });
         match loaded {
             Ok(new) => {

@@ -525,6 +525,83 @@ fn reload_keeps_old_revision_on_broken_edit() {
     assert!(engine.last_error().is_none());
 }
 
+/// An edit that compiles but denies every call (an `allow` that is not a
+/// boolean: a rule conflict with the others, or an error) is refused as a
+/// broken one is, with where it is; a FIFO or a device among the files is
+/// refused at once, never read (a FIFO blocked the watcher for ever, and
+/// every reload with it; found by review).
+#[test]
+fn reload_refuses_an_edit_that_denies_every_call_and_files_that_are_not_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(
+        dir.path(),
+        "p.rego",
+        "package cordon
+default allow := false
+allow if input.ok
+",
+    );
+    let engine = PolicyEngine::new(
+        PolicySource::Paths(vec![dir.path().into()]),
+        PolicyOptions::default(),
+    )
+    .unwrap();
+    let rev1 = engine.current().revision().clone();
+    write_policy(
+        dir.path(),
+        "extra.rego",
+        "package cordon
+allow := 5
+",
+    );
+    let err = engine.reload().unwrap_err().to_string();
+    assert!(
+        err.contains("extra.rego:2:1") && err.contains("allow must be a boolean"),
+        "{err}"
+    );
+    assert_eq!(engine.current().revision(), &rev1);
+    assert!(engine.evaluate(&serde_json::json!({"ok": true})).allow);
+    // Not every such rule: a conditional one fails only where it holds, and
+    // a library package's `allow` may be anything (lints, not refusals).
+    write_policy(
+        dir.path(),
+        "extra.rego",
+        "package cordon\nallow := \"yes\" if input.flag\n",
+    );
+    write_policy(
+        dir.path(),
+        "lib.rego",
+        "package lib.http\nallow := [\"GET\", \"HEAD\"]\n",
+    );
+    write_policy(
+        dir.path(),
+        "uses.rego",
+        "package cordon\nallow if input.method in data.lib.http.allow\n",
+    );
+    assert!(engine.reload().unwrap());
+    assert!(engine.evaluate(&serde_json::json!({"method": "GET"})).allow);
+    for f in ["extra.rego", "lib.rego", "uses.rego"] {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    assert!(engine.reload().unwrap());
+    let rev1 = engine.current().revision().clone();
+    let fifo = dir.path().join("x.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = engine.reload().unwrap_err().to_string();
+    assert!(
+        err.contains("x.json is not a regular file (a FIFO)"),
+        "{err}"
+    );
+    std::fs::remove_file(&fifo).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("z.json")).unwrap();
+    let err = engine.reload().unwrap_err().to_string();
+    assert!(
+        err.contains("z.json is not a regular file (a device)"),
+        "{err}"
+    );
+    assert_eq!(engine.current().revision(), &rev1);
+}
+
 /// The watcher loads a change once the files look the same at two looks in
 /// a row (a copy in progress is not loaded halfway), and sees a file
 /// replaced by one of the same size and modification time.

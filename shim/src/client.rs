@@ -57,6 +57,13 @@ pub trait Decider: Send + Sync + std::fmt::Debug {
     fn ready(&self) -> Result<(), ClientError> {
         Ok(())
     }
+    /// How many records of this decider's sandboxes were lost: the
+    /// embedded store's (see `AuditLog::lost`), or the lifecycle records a
+    /// remote broker never acknowledged. Not zero: the trail is incomplete,
+    /// which `cordon run` reports in its exit status.
+    fn lost(&self) -> u64 {
+        0
+    }
 }
 
 /// The broker core in this process: no gRPC hop.
@@ -92,6 +99,10 @@ impl Decider for Embedded {
             .audit()
             .ready()
             .map_err(|e| ClientError::Refused(e.to_string()))
+    }
+
+    fn lost(&self) -> u64 {
+        self.0.audit().lost()
     }
 }
 
@@ -137,6 +148,8 @@ pub struct Remote {
     next_id: AtomicU64,
     deadline: Duration,
     max_idle: Duration,
+    /// Lifecycle records the broker never acknowledged ([`Decider::lost`]).
+    lost: AtomicU64,
 }
 
 /// One stream and the runtime that drives it; one call at a time.
@@ -222,7 +235,9 @@ fn current_thread_runtime(uri: &BrokerUri) -> Result<LaneRuntime, ConnectError> 
 
 impl Remote {
     /// Connects and opens the first lane's stream. Fails if the broker cannot
-    /// be reached now: a sandbox must not start without its broker.
+    /// be reached now: a sandbox must not start without its broker. A unix
+    /// broker must run as root, as this process's user, or as a uid named
+    /// in `CORDON_BROKER_UID` (read once per process), at every connect.
     pub fn connect(uri: &BrokerUri, deadline: Duration) -> Result<Remote, ConnectError> {
         // Every call adds it to the clock: a day at most (Duration::MAX,
         // "no limit" to a library caller, would overflow the Instant).
@@ -263,7 +278,31 @@ impl Remote {
             next_id: AtomicU64::new(1),
             deadline,
             max_idle: DEFAULT_MAX_IDLE,
+            lost: AtomicU64::new(0),
         })
+    }
+
+    /// A lifecycle record is not a call the tool waits on, so rather than be
+    /// lost to a stream that is down it is tried again, each time one backoff
+    /// step later, for up to the deadline in all. A stream that broke after
+    /// the record was sent may so record it twice: a duplicate is seen, a
+    /// loss is not.
+    fn lifecycle_once(&self, event: Lifecycle) -> Result<u64, ClientError> {
+        let give_up = Instant::now() + self.deadline;
+        let answer = loop {
+            match self.call(session_request::Msg::Lifecycle(event.clone())) {
+                Err(ClientError::Disconnected) if Instant::now() < give_up => {
+                    let left = give_up.saturating_duration_since(Instant::now());
+                    std::thread::sleep(FIRST_BACKOFF.min(left));
+                }
+                other => break other?,
+            }
+        };
+        match answer {
+            session_response::Msg::RecordedSeq(seq) => Ok(seq),
+            session_response::Msg::Error(e) => Err(ClientError::Refused(e.message)),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// How long a stream may sit unused before a call reopens it
@@ -499,27 +538,18 @@ impl Decider for Remote {
         }
     }
 
-    /// A lifecycle record is not a call the tool waits on, so rather than be
-    /// lost to a stream that is down it is tried again, each time one backoff
-    /// step later, for up to the deadline in all. A stream that broke after
-    /// the record was sent may so record it twice: a duplicate is seen, a
-    /// loss is not.
+    /// See [`Remote::lifecycle_once`]; a record it could not get
+    /// acknowledged is counted as lost.
     fn lifecycle(&self, event: Lifecycle) -> Result<u64, ClientError> {
-        let give_up = Instant::now() + self.deadline;
-        let answer = loop {
-            match self.call(session_request::Msg::Lifecycle(event.clone())) {
-                Err(ClientError::Disconnected) if Instant::now() < give_up => {
-                    let left = give_up.saturating_duration_since(Instant::now());
-                    std::thread::sleep(FIRST_BACKOFF.min(left));
-                }
-                other => break other?,
-            }
-        };
-        match answer {
-            session_response::Msg::RecordedSeq(seq) => Ok(seq),
-            session_response::Msg::Error(e) => Err(ClientError::Refused(e.message)),
-            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        let recorded = self.lifecycle_once(event);
+        if recorded.is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
         }
+        recorded
+    }
+
+    fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     fn backstop(&self, sandbox: &SandboxInfo) -> Result<Option<serde_json::Value>, ClientError> {

@@ -9,7 +9,7 @@ use std::{
     ffi::OsStr,
     io::IoSlice,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     os::unix::ffi::OsStrExt,
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -76,13 +76,11 @@ pub fn open_found(
             // Create, never open: if something took the name since the check
             // (a file, a FIFO, a symlink), EEXIST, and the caller looks it up
             // and decides again, unless the tool asked for O_EXCL itself.
+            // O_EXCL alone never follows a symlink at the name (and unlike
+            // O_NOFOLLOW, it is not kept in the file's flags: F_GETFL shows
+            // what the tool asked for).
             let created = with_umask(umask, mode, |mode| {
-                openat(
-                    parent,
-                    OsStr::from_bytes(name),
-                    base | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
-                    mode,
-                )
+                openat(parent, OsStr::from_bytes(name), base | OFlag::O_EXCL, mode)
             });
             // A symlink at the name (a dangling one the lookup went through,
             // or one planted since): ELOOP, never its target created.
@@ -555,9 +553,9 @@ pub fn bind(sock: &OwnedFd, addr: &Address, unix_path: Option<&[u8]>) -> Result<
 }
 
 pub fn listen(sock: &OwnedFd, backlog: i32) -> Result<i64, Errno> {
-    let backlog =
-        socket::Backlog::new(backlog.clamp(0, i32::MAX)).unwrap_or(socket::Backlog::MAXCONN);
-    socket::listen(&sock.as_fd(), backlog).map(|_| 0)
+    crate::sys::listen(sock, backlog)
+        .map(|_| 0)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// One message, sent on the duplicate with the checked address (or the

@@ -8,7 +8,9 @@
 //! means a dead tracee), then interrupted. The kernel stops it at
 //! `PTRACE_EVENT_EXEC` — after the new image is loaded, before its first
 //! instruction — and we compare `/proc/PID/exe` (device and inode) and
-//! `/proc/PID/cmdline` with what the policy approved. A mismatch is killed
+//! `/proc/PID/cmdline` with what the policy approved, and, for a `#!`
+//! script, that its name in the new process (its cwd, its fds) still leads
+//! to the script that was decided. A mismatch is killed
 //! with `SIGKILL`; the unapproved program never runs. If the exec fails, the
 //! interrupt (sent before the exec continues, see `verify`) stops the thread
 //! on its way back to user space and we detach.
@@ -17,7 +19,9 @@
 //! which handles execs one at a time.
 
 use std::{
-    os::unix::fs::MetadataExt,
+    ffi::OsStr,
+    os::fd::OwnedFd,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -28,6 +32,8 @@ use std::{
 
 use nix::{
     errno::Errno,
+    fcntl::{AtFlags, OFlag},
+    sys::stat::Mode,
     sys::{
         ptrace,
         signal::{Signal, kill},
@@ -36,7 +42,10 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{process::Invalidator, sys::Listener};
+use crate::{
+    process::{Creds, Invalidator},
+    sys::Listener,
+};
 
 /// The image and arguments the policy approved.
 #[derive(Debug, Clone)]
@@ -48,16 +57,118 @@ pub struct Approved {
     /// script's name), each string with its NUL. Flat: an argv of 262,144
     /// strings held as one buffer, not as as many allocations.
     pub cmdline: Vec<u8>,
+    /// The `#!` scripts of the chain, if any: the image checked is the last
+    /// interpreter's, which opens its script by the name in its argv.
+    pub scripts: Option<Scripts>,
 }
 
 impl Approved {
-    pub fn new(dev: u64, ino: u64, argv: &[Vec<u8>]) -> Approved {
+    pub fn new(dev: u64, ino: u64, argv: &[Vec<u8>], scripts: Option<Scripts>) -> Approved {
         let mut cmdline = Vec::with_capacity(argv.iter().map(|a| a.len() + 1).sum());
         for a in argv {
             cmdline.extend_from_slice(a);
             cmdline.push(0);
         }
-        Approved { dev, ino, cmdline }
+        Approved {
+            dev,
+            ino,
+            cmdline,
+            scripts,
+        }
+    }
+}
+
+/// The scripts of an exec's chain, and the credentials to look them up
+/// with: the tool's (a directory only it may search), switched to from ours.
+#[derive(Debug, Clone)]
+pub struct Scripts {
+    pub chain: Vec<Script>,
+    pub tool: Creds,
+    pub me: Creds,
+}
+
+/// A script that was decided, by the name the kernel passes its
+/// interpreter, and the file that name led to.
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub name: Vec<u8>,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Script {
+    /// Where `name` starts in the stopped process `pid`, as its
+    /// interpreter will look it up: its cwd for a relative name, one of its
+    /// own magic links for a name through `/dev/fd`, `/proc/self` or
+    /// `/proc/PID` (`resolve::own_magic_link`, as the open path splits them;
+    /// opened here
+    /// `O_PATH`, as ourselves: `/proc/PID/` needs ptrace access, which the
+    /// tool's own credentials lack where the exec made the process
+    /// non-dumpable, as an execute-only interpreter does), and the rest of
+    /// the name, to look up from it as the tool; or no anchor and the name.
+    fn anchor(&self, pid: i32) -> Result<(Option<OwnedFd>, Vec<u8>), String> {
+        let (anchor, rest) = if self.name.first() != Some(&b'/') {
+            (Some(format!("/proc/{pid}/cwd")), self.name.clone())
+        } else {
+            let path = crate::resolve::rewrite_proc_self(&self.name, pid, pid);
+            // After the exec the process is one thread: its tid is its pid.
+            match crate::resolve::own_magic_link(&path, pid, pid) {
+                Some((link, rest)) => (Some(link), rest),
+                None => (None, path),
+            }
+        };
+        let anchor = anchor
+            .map(|a| {
+                nix::fcntl::open(a.as_str(), OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+                    .map_err(|e| {
+                        format!(
+                            "cannot find where the script {} starts ({a}): {e}",
+                            self.shown()
+                        )
+                    })
+            })
+            .transpose()?;
+        Ok((anchor, rest))
+    }
+
+    /// Whether the name leads, from `anchor`, to the decided file. Between
+    /// the decision and the exec another thread could have moved the cwd
+    /// (`fchdir`) or put another directory at the fd of an `execveat`
+    /// (`dup2`); after it, the process is alone with its fd table (no
+    /// thread, and no process shares its cwd: the filter refuses
+    /// `CLONE_FS` without `CLONE_THREAD`).
+    fn leads_to_itself(&self, anchor: Option<&OwnedFd>, rest: &[u8]) -> Result<(), String> {
+        let found = match (anchor, rest.is_empty()) {
+            (Some(fd), true) => nix::sys::stat::fstat(fd),
+            (Some(fd), false) => {
+                nix::sys::stat::fstatat(fd, OsStr::from_bytes(rest), AtFlags::empty())
+            }
+            (None, _) => nix::sys::stat::fstatat(
+                nix::fcntl::AT_FDCWD,
+                OsStr::from_bytes(rest),
+                AtFlags::empty(),
+            ),
+        };
+        match found {
+            Ok(st) if (st.st_dev, st.st_ino) == (self.dev, self.ino) => Ok(()),
+            Ok(st) => Err(format!(
+                "the script {} is now another file ({}:{}) than the one the policy \
+                 approved ({}:{})",
+                self.shown(),
+                st.st_dev,
+                st.st_ino,
+                self.dev,
+                self.ino
+            )),
+            Err(e) => Err(format!(
+                "the script {} no longer leads to the one the policy approved: {e}",
+                self.shown()
+            )),
+        }
+    }
+
+    fn shown(&self) -> String {
+        format!("{:?}", String::from_utf8_lossy(&self.name))
     }
 }
 
@@ -416,6 +527,33 @@ fn check_image(pid: Pid, approved: &Approved) -> Outcome {
         return Outcome::Killed(
             "the arguments that ran are not the ones the policy approved".into(),
         );
+    }
+    if let Some(scripts) = &approved.scripts {
+        let anchors = match scripts
+            .chain
+            .iter()
+            .map(|script| script.anchor(pid.as_raw()))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(anchors) => anchors,
+            Err(why) => return Outcome::Killed(why),
+        };
+        let found = crate::process::with_creds(&scripts.tool, &scripts.me, || {
+            scripts
+                .chain
+                .iter()
+                .zip(&anchors)
+                .try_for_each(|(script, (anchor, rest))| {
+                    script.leads_to_itself(anchor.as_ref(), rest)
+                })
+        });
+        match found {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Outcome::Killed(why),
+            Err(e) => {
+                return Outcome::Killed(format!("cannot look the script up as the tool: {e}"));
+            }
+        }
     }
     Outcome::Verified
 }

@@ -396,6 +396,21 @@ pub fn build() -> Result<BpfProgram, FilterError> {
             ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(flag), flag),
         )?;
     }
+    // A process that shares its cwd with another (`CLONE_FS` without
+    // `CLONE_THREAD`): that one could move the cwd after an exec was
+    // verified, and the interpreter of an approved script would open
+    // another by the same relative name (`exec::Script`). Threads share it
+    // too, but die at the exec.
+    let fs_not_thread = (libc::CLONE_FS | libc::CLONE_THREAD) as u64;
+    notify_if(
+        &mut ctx,
+        libc::SYS_clone,
+        ScmpArgCompare::new(
+            0,
+            ScmpCompareOp::MaskedEqual(fs_not_thread),
+            libc::CLONE_FS as u64,
+        ),
+    )?;
     // TIOCSTI, TIOCLINUX, TIOCVHANGUP, TIOCCONS; and FIOSETOWN/SIOCSPGRP,
     // which like F_SETOWN_EX aim SIGIO at a pid read from memory (a way to
     // signal the supervisor).

@@ -37,12 +37,12 @@ use crate::{
     client::Decider,
     connector::{self, Connectors},
     emulate::{self, Address},
-    exec::{Approved, ExecVerifier, Outcome},
+    exec::{Approved, ExecVerifier, Outcome, Script, Scripts},
     filter, interrupt,
     memory::ToolMemory,
     process::{Creds, Task, TaskCache, with_creds, with_opener_creds},
     protect::{Protected, Use},
-    resolve::{self, Found, Lookup},
+    resolve::{self, Create, Found, Lookup},
     sys::{self, Listener, Notification},
 };
 
@@ -951,18 +951,25 @@ impl Supervisor {
         let id = Some((st.st_dev, st.st_ino));
         // A default socket reached by another name (a hard link): its
         // owner's default location holds the same inode.
-        let default_id = |path: String| {
-            nix::sys::stat::stat(path.as_str())
+        let id_at = |path: &std::path::Path| {
+            nix::sys::stat::stat(path)
                 .ok()
                 .map(|d| (d.st_dev, d.st_ino))
         };
-        (self.broker_sockets.iter().any(|broker| broker.id == id)
-            || (st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+        // Our broker's socket as it was at the start, and as it is now: a
+        // broker that restarted made a new one (found by review: a hard
+        // link to it was let through).
+        let is_socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+        (self
+            .broker_sockets
+            .iter()
+            .any(|broker| broker.id == id || is_socket && id_at(&broker.path) == id)
+            || (is_socket
                 && crate::sandbox::DEFAULT_BROKER_SOCKETS
                     .map(str::to_owned)
                     .into_iter()
                     .chain([format!("/run/user/{}/cordon/broker.sock", st.st_uid)])
-                    .any(|path| default_id(path) == id)))
+                    .any(|path| id_at(std::path::Path::new(&path)) == id)))
         .then_some("broker socket")
     }
 
@@ -1274,7 +1281,7 @@ impl Supervisor {
             // O_CREAT | O_EXCL never follows a final symlink: the link is
             // what exists (EEXIST), as the kernel says.
             follow: flags & libc::O_NOFOLLOW == 0 && !(creates && flags & libc::O_EXCL != 0),
-            create: creates,
+            create: if creates { Create::Open } else { Create::No },
             resolve: call.resolve,
         };
         // A path that does not resolve fails as the kernel would have failed
@@ -1315,6 +1322,13 @@ impl Supervisor {
             if refused {
                 return Err(Errno::EACCES);
             }
+        }
+        // Then O_DIRECTORY on anything else, a symlink under O_NOFOLLOW
+        // included (`do_open`: before the symlink's ELOOP).
+        if flags & libc::O_DIRECTORY != 0
+            && existing.is_some_and(|(kind, _, _)| kind != libc::S_IFDIR)
+        {
+            return Err(Errno::ENOTDIR);
         }
         // /dev/tty means the opener's controlling terminal: ours, were we to
         // open it. Only a tool whose terminal is ours may have it; one with
@@ -1562,7 +1576,7 @@ impl Supervisor {
             dirfd: libc::AT_FDCWD,
             path,
             follow: true,
-            create,
+            create: if create { Create::Bind } else { Create::No },
             resolve: 0,
         };
         let (path, found) = self.resolve_for(task, &lookup, n.id)?;
@@ -1573,18 +1587,8 @@ impl Supervisor {
     }
 
     /// Runs `op` now, or on its own thread when it may block (a blocking
-    /// socket), and answers the notification with its result.
-    fn perform(
-        self: &Arc<Self>,
-        n: &Notification,
-        task: &Task,
-        may_block: bool,
-        op: impl FnOnce() -> Result<i64, Errno> + Send + 'static,
-    ) {
-        self.perform_then(n, task, may_block, None, false, op)
-    }
-
-    /// [`Self::perform`], and on `EPIPE` a SIGPIPE to `(tgid, tid)` if given.
+    /// socket), and answers the notification with its result; on `EPIPE` a
+    /// SIGPIPE to `(tgid, tid)` if given.
     /// `in_backstop`: the call is one Landlock governs (connect, bind), so it
     /// runs inside the kernel backstop when there is one.
     fn perform_then(
@@ -1715,6 +1719,7 @@ impl Supervisor {
         let mut unix_call_path = None;
         let mut keep_alive = None;
         let mut bound_name = None;
+        refuse_netlink_peer(op, &addr, &task)?;
         if addr.needs_decision(op) {
             let (access, unix) = self.network_subject(&mut task, n, op, &addr, sock_type)?;
             self.ask(self.request(&task, n, Subject::Network(access)))?;
@@ -1890,9 +1895,15 @@ impl Supervisor {
         access.protocol = emulate::protocol_name(&access.family, sock_type).into();
         self.ask(self.request(&task, n, Subject::Network(access)))?;
         // listen on our duplicate: the same socket even if the tool's fd
-        // number is reused meanwhile.
+        // number is reused meanwhile. With the tool's effective ids: a
+        // listening socket keeps its caller's for `SO_PEERCRED`, which its
+        // peers read (a nobody tool's listener claimed root to them, and a
+        // cordon client took it for a root broker; found by review). The pid
+        // they are told is still ours.
         let backlog = n.args[1] as i32;
-        self.perform(n, &task, false, move || emulate::listen(&sock, backlog));
+        let result = with_opener_creds(&task.creds, &self.me, || emulate::listen(&sock, backlog))
+            .and_then(|r| r);
+        self.answer(n.id, result, None);
         Ok(())
     }
 
@@ -1909,10 +1920,15 @@ impl Supervisor {
     ) -> Result<Message, Errno> {
         let h = mem.read(at, 56)?;
         let word = |i: usize| u64::from_ne_bytes(h[i..i + 8].try_into().expect("8"));
-        // The kernel clamps an oversized name length rather than failing.
-        let name_len = (u32::from_ne_bytes(h[8..12].try_into().expect("4")) as usize)
-            .min(std::mem::size_of::<libc::sockaddr_storage>());
+        // The kernel clamps an oversized name length rather than failing,
+        // and refuses a negative one (an int) with a name.
         let (name_ptr, iov_ptr, iov_len) = (word(0), word(16), word(24));
+        let name_len = i32::from_ne_bytes(h[8..12].try_into().expect("4"));
+        if name_ptr != 0 && name_len < 0 {
+            return Err(Errno::EINVAL);
+        }
+        let name_len =
+            (name_len.max(0) as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
         let (control_ptr, control_len) = (word(32), word(40));
         let name = if name_ptr != 0 && name_len > 0 {
             Some(mem.read(name_ptr, name_len)?)
@@ -1976,8 +1992,12 @@ impl Supervisor {
         let pidfd = self.tool_pidfd(n, &task)?;
         let sock = self.tool_socket(&pidfd, n.args[0] as i32)?;
         let sock_type = emulate::socket_type(&sock)?;
-        let stream = sock_type == libc::SOCK_STREAM;
         let is_unix = emulate::is_unix(&sock);
+        let stream = sock_type == libc::SOCK_STREAM;
+        // Sends only to its peer, whatever name is given: a stream, and a
+        // unix seqpacket socket (`unix_seqpacket_sendmsg` drops the name,
+        // but keeps its records: not a stream for anything else).
+        let peer_only = stream || is_unix && sock_type == libc::SOCK_SEQPACKET;
         let flags = n.args[match n.nr {
             libc::SYS_sendmsg => 2,
             _ => 3,
@@ -2027,9 +2047,10 @@ impl Supervisor {
             if addr_len > std::mem::size_of::<libc::sockaddr_storage>() {
                 return Err(Errno::EINVAL);
             }
-            // A stream ignores the address; on a datagram socket even a
-            // zero length is an address (and EINVAL), as the kernel reads it.
-            let name = if n.args[4] != 0 && !stream {
+            // A stream ignores the address; on an inet datagram socket even
+            // a zero length is an address (and EINVAL), as the kernel reads
+            // it, where a unix one sends to its peer.
+            let name = if n.args[4] != 0 && !peer_only && !(is_unix && addr_len == 0) {
                 Some(
                     emulate::parse_sockaddr(&mem.read(n.args[4], addr_len)?)?
                         .as_destination(|| emulate::bound_ip(&sock)),
@@ -2075,7 +2096,11 @@ impl Supervisor {
                     );
                     return Ok(());
                 }
-                Err(e) => return Err(e),
+                // A later message that cannot be read ends a sendmmsg before
+                // it: the kernel sends those before it and returns their
+                // count.
+                Err(e) if messages.is_empty() => return Err(e),
+                Err(_) => break,
             }
         }
         // Credentials the tool names are checked as the kernel checks its
@@ -2103,21 +2128,19 @@ impl Supervisor {
             return Err(Errno::ESRCH);
         }
         let mut planned = Vec::with_capacity(messages.len());
-        for m in messages {
+        let mut plan = |m: Message| {
             let mut unix = None;
             // A stream's destination is its peer; datagram addresses are decided.
-            let dest = if stream { None } else { m.name };
+            let dest = if peer_only { None } else { m.name };
+            if let Some(a) = &dest {
+                refuse_netlink_peer(syscall_name(n.nr), a, &task)?;
+            }
             if let Some(a) = &dest
                 && a.needs_decision(syscall_name(n.nr))
             {
                 let (access, u) =
                     self.network_subject(&mut task, n, syscall_name(n.nr), a, sock_type)?;
-                if let Err(denied) = self.ask(self.request(&task, n, Subject::Network(access))) {
-                    if planned.is_empty() {
-                        return Err(denied);
-                    }
-                    break; // send the allowed prefix, as a partial sendmmsg
-                }
+                self.ask(self.request(&task, n, Subject::Network(access)))?;
                 if let Some((_, found)) = u {
                     let path = match &found {
                         Found::Existing(fd) => emulate::unix_via_fd(fd.as_raw_fd(), None)?,
@@ -2139,7 +2162,17 @@ impl Supervisor {
                     gid: task.gid,
                 })
             });
-            planned.push((dest, m.iov, fds, unix, wanted));
+            Ok((dest, m.iov, fds, unix, wanted))
+        };
+        for m in messages {
+            match plan(m) {
+                Ok(p) => planned.push(p),
+                Err(e) if planned.is_empty() => return Err(e),
+                // A refused or failing message ends a sendmmsg before it,
+                // as the kernel ends one: the messages before it are sent
+                // and counted.
+                Err(_) => break,
+            }
         }
         // Naming another task needs capabilities (`emulate::Naming`): the
         // send has them on top of the tool's credentials (they grant
@@ -2326,7 +2359,7 @@ impl Supervisor {
             dirfd,
             path,
             follow,
-            create: false,
+            create: Create::No,
             resolve: 0,
         };
         let (path, found) = self.resolve_for(task, &lookup, n.id)?;
@@ -2391,8 +2424,13 @@ impl Supervisor {
             _ => (n.args[0] as i32, n.args[1], n.args[2], n.args[4] as i32),
         };
         let path = mem.read_cstr(path_ptr, PATH_MAX - 1)?;
-        let mut task = self.task(n)?;
         let empty_path = path.is_empty() && flags & libc::AT_EMPTY_PATH != 0;
+        if path.is_empty() && !empty_path {
+            // The kernel refuses an empty name as it reads it, before it
+            // looks at the dirfd.
+            return Err(Errno::ENOENT);
+        }
+        let mut task = self.task(n)?;
         let lookup_path = match dirfd {
             _ if !empty_path => path.clone(),
             // The cwd: a directory, so EACCES below, as natively.
@@ -2430,10 +2468,17 @@ impl Supervisor {
         // argv[1..]), that we must find after the exec.
         let mut image = file;
         let mut run_as = kernel_exec_name(&path, dirfd, empty_path);
+        let mut scripts = Vec::new();
         for depth in 0.. {
             let Some((interp, arg)) = self.first_line(&task, &image)? else {
                 break;
             };
+            let st = nix::sys::stat::fstat(&image.file)?;
+            scripts.push(Script {
+                name: run_as.clone(),
+                dev: st.st_dev,
+                ino: st.st_ino,
+            });
             let (canonical, interp_fd) =
                 self.resolve_executable(&mut task, n, libc::AT_FDCWD, &interp, true)?;
             // The kernel runs at most 5 scripts in a chain (exec_binprm),
@@ -2452,7 +2497,12 @@ impl Supervisor {
         }
         let image = image.file;
         let st = nix::sys::stat::fstat(&image)?;
-        let approved = Approved::new(st.st_dev, st.st_ino, &kernel_argv);
+        let scripts = (!scripts.is_empty()).then(|| Scripts {
+            chain: scripts,
+            tool: task.creds.clone(),
+            me: self.me.clone(),
+        });
+        let approved = Approved::new(st.st_dev, st.st_ino, &kernel_argv, scripts);
         drop(kernel_argv);
         let me = self.clone();
         let (id, tid, tgid) = (n.id, n.tid, task.tgid);
@@ -2736,6 +2786,29 @@ fn own_ids() -> Option<([u32; 3], [u32; 3])> {
         [u.real, u.effective, u.saved].map(|u| u.as_raw()),
         [g.real, g.effective, g.saved].map(|g| g.as_raw()),
     ))
+}
+
+/// `CAP_NET_ADMIN`: a netlink message to anyone but the kernel.
+const CAP_NET_ADMIN: u64 = 1 << 12;
+
+/// A netlink connect or message to another socket or a group (not a bind:
+/// route netlink lets anyone listen to its groups): the kernel asks for
+/// `CAP_NET_ADMIN` (route netlink has no `NL_CFG_F_NONROOT_SEND`) in the
+/// network namespace's owner, which may be ours (`--network none` without
+/// root makes it), where our capabilities are whole whatever `with_creds`
+/// lowered. Answered here as the tool's own call would be: every tool lacks
+/// it (`sys::NETWORK_CAPABILITIES`).
+fn refuse_netlink_peer(op: &str, addr: &Address, task: &Task) -> Result<(), Errno> {
+    match addr {
+        Address::Netlink { pid, groups }
+            if op != "bind"
+                && (*pid != 0 || *groups != 0)
+                && task.creds.cap_eff & CAP_NET_ADMIN == 0 =>
+        {
+            Err(Errno::EPERM)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `CAP_NET_BIND_SERVICE`: binding an inet port below

@@ -464,13 +464,14 @@ impl Creds {
 
     /// The calling thread's, as a supervisor thread acts with them: without
     /// `CAP_SYS_RESOURCE`, which every sandboxed tool gives up with its
-    /// rlimits (`RLIMIT_CORE` is always set), so no call made for a tool may
-    /// use it. [`with_creds`] takes it out of each thread that acts with
+    /// rlimits (`RLIMIT_CORE` is always set), nor `CAP_NET_ADMIN` and
+    /// `CAP_NET_RAW`, which every tool gives up, so no call made for a tool
+    /// may use them. [`with_creds`] takes it out of each thread that acts with
     /// these once, rather than lower and restore it around every call of a
     /// root tool (two `capset`s, 3.3 µs, BENCHMARKS.md session 28).
     pub fn of_supervisor_thread() -> Creds {
         let mut me = Creds::of_thread();
-        me.cap_eff &= !sys::RESOURCE_CAPABILITY;
+        me.cap_eff &= !(sys::RESOURCE_CAPABILITY | sys::NETWORK_CAPABILITIES);
         me
     }
 

@@ -49,9 +49,23 @@ pub struct Lookup<'a> {
     pub dirfd: i32,
     pub path: &'a [u8],
     pub follow: bool,
-    /// Whether a missing last component is acceptable (`O_CREAT`, bind).
-    pub create: bool,
+    /// What a missing last component means.
+    pub create: Create,
     pub resolve: u64,
+}
+
+/// Whether a lookup may end at a name that does not exist, and for what:
+/// the kernel treats a trailing `/` differently for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// The last component must exist.
+    No,
+    /// An `O_CREAT` open: a missing name is created; with a trailing `/` it
+    /// never is (EISDIR, whatever is there, once the parent resolves).
+    Open,
+    /// A unix socket's `bind`: with a trailing `/` nothing is created
+    /// (ENOENT where the name is missing, EADDRINUSE where it exists).
+    Bind,
 }
 
 /// The absolute path behind an fd of ours, as the kernel names it.
@@ -226,7 +240,7 @@ fn link_dir(magic: &str) -> Result<(OwnedFd, Vec<u8>), Errno> {
 /// to `/proc/self/fd/N` would reach the supervisor's fd N — a file the tool
 /// may not be able to reach by its path (the magic link skips the search
 /// permission on its directories).
-fn own_magic_link(path: &[u8], tgid: i32, tid: i32) -> Option<(String, Vec<u8>)> {
+pub(crate) fn own_magic_link(path: &[u8], tgid: i32, tid: i32) -> Option<(String, Vec<u8>)> {
     // Most paths are not under /proc: no allocation for them.
     if path.first() != Some(&b'/') || !path.windows(5).any(|w| w == b"proc/") {
         return None;
@@ -541,6 +555,26 @@ pub fn walk(l: &Lookup, start: Start) -> Resolved {
     let found = if let Some(object) = link_is_object {
         object
     } else {
+        if l.create != Create::No
+            && path.ends_with(b"/")
+            && let (parent, name) = split_last(&path)
+            && !(name.is_empty() || name == b"." || name == b"..")
+        {
+            // The kernel walks to the parent and stops: the name itself is
+            // never followed, opened or created (`open_last_lookups`,
+            // `filename_create`).
+            return fail(
+                match lookup(dir(&base), parent, OFlag::O_DIRECTORY, l.resolve) {
+                    Err(e) => e,
+                    Ok(_) if l.create == Create::Open => Errno::EISDIR,
+                    Ok(pfd) => match lookup(pfd.as_fd(), name, OFlag::O_NOFOLLOW, l.resolve) {
+                        // unix_bind's answer for EEXIST.
+                        Ok(_) => Errno::EADDRINUSE,
+                        Err(_) => Errno::ENOENT,
+                    },
+                },
+            );
+        }
         lookup(dir(&base), &path, nofollow, l.resolve)
     };
     match found {
@@ -552,20 +586,10 @@ pub fn walk(l: &Lookup, start: Start) -> Resolved {
             },
             Err(e) => fail(e),
         },
-        Err(Errno::ENOENT) if l.create => {
-            let trimmed = path.strip_suffix(b"/").unwrap_or(&path);
-            if trimmed.len() != path.len() {
-                return fail(Errno::EISDIR);
-            }
-            let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
-                Some(0) => (&b"/"[..], &path[1..]),
-                Some(i) => (&path[..i], &path[i + 1..]),
-                None => (&b"."[..], &path[..]),
-            };
-            if name.is_empty() {
-                return fail(Errno::EISDIR);
-            }
-            if name == b"." || name == b".." {
+        Err(Errno::ENOENT) if l.create != Create::No => {
+            // (A plain name before a trailing `/` was answered above.)
+            let (parent, name) = split_last(&path);
+            if name.is_empty() || name == b"." || name == b".." {
                 // A directory, if its parent resolves; else the kernel's
                 // failure is the parent's (`missing/..`: ENOENT).
                 return fail(
@@ -595,9 +619,39 @@ pub fn walk(l: &Lookup, start: Start) -> Resolved {
     }
 }
 
+/// A path's parent and its last name, trailing `/`s aside (`a/b/`: `a`
+/// and `b`; `b`: `.` and `b`).
+fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
+    let end = path.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
+    let trimmed = &path[..end];
+    match trimmed.iter().rposition(|&b| b == b'/') {
+        Some(0) => (&b"/"[..], &trimmed[1..]),
+        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+        None => (&b"."[..], trimmed),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_name_is_split_off_trailing_slashes_aside() {
+        let split = |p: &str| {
+            let (parent, name) = split_last(p.as_bytes());
+            (
+                String::from_utf8(parent.to_vec()).unwrap(),
+                String::from_utf8(name.to_vec()).unwrap(),
+            )
+        };
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(split("a/b/"), pair("a", "b"));
+        assert_eq!(split("a//b//"), pair("a/", "b"));
+        assert_eq!(split("b"), pair(".", "b"));
+        assert_eq!(split("/b/"), pair("/", "b"));
+        assert_eq!(split("a/../"), pair("a", ".."));
+        assert_eq!(split("//"), pair(".", ""));
+    }
 
     #[test]
     fn lexical_normalises() {
@@ -693,7 +747,7 @@ mod tests {
             dirfd: libc::AT_FDCWD,
             path: target.as_os_str().as_bytes(),
             follow: true,
-            create: false,
+            create: Create::No,
             resolve: 0,
         };
         let r = resolve(&l);
@@ -709,14 +763,14 @@ mod tests {
         let new = dir.path().join("sub/../new");
         let r = resolve(&Lookup {
             path: new.as_os_str().as_bytes(),
-            create: true,
+            create: Create::Open,
             ..l.clone()
         });
         assert!(r.found.is_err(), "sub does not exist");
         let new = dir.path().join("new");
         let r = resolve(&Lookup {
             path: new.as_os_str().as_bytes(),
-            create: true,
+            create: Create::Open,
             ..l
         });
         assert_eq!(r.path, new.as_os_str().as_bytes());
@@ -768,7 +822,7 @@ mod tests {
         let held = std::fs::File::open(dir.path()).unwrap();
         let me = std::process::id() as i32;
         let n = held.as_raw_fd();
-        let run = |path: String, create: bool, flags: u64| {
+        let run = |path: String, create: Create, flags: u64| {
             resolve(&Lookup {
                 tid: me,
                 tgid: me,
@@ -781,21 +835,28 @@ mod tests {
             .found
             .map(|_| ())
         };
-        assert_eq!(run(format!("/proc/{me}/fd/{n}/f"), false, 0), Ok(()));
+        assert_eq!(run(format!("/proc/{me}/fd/{n}/f"), Create::No, 0), Ok(()));
         assert_eq!(
-            run(format!("/proc/{me}/fd/{n}/f/"), false, 0),
+            run(format!("/proc/{me}/fd/{n}/f/"), Create::No, 0),
             Err(Errno::ENOTDIR)
         );
         assert_eq!(
-            run(format!("/proc/{me}/fd/{n}/new/"), true, 0),
+            run(format!("/proc/{me}/fd/{n}/new/"), Create::Open, 0),
             Err(Errno::EISDIR)
         );
         assert_eq!(
-            run(format!("/proc/{me}/fd/{n}/f"), false, libc::RESOLVE_BENEATH),
+            run(
+                format!("/proc/{me}/fd/{n}/f"),
+                Create::No,
+                libc::RESOLVE_BENEATH
+            ),
             Err(Errno::EXDEV)
         );
         let link = dir.path().join("link");
-        assert_eq!(run(link.display().to_string(), false, 0), Err(Errno::ELOOP));
+        assert_eq!(
+            run(link.display().to_string(), Create::No, 0),
+            Err(Errno::ELOOP)
+        );
         drop(held);
     }
 }

@@ -106,7 +106,7 @@ pub enum SpawnError {
 /// let broker = Remote::connect(&"unix:///run/cordon/broker.sock".parse()?,
 ///                              std::time::Duration::from_secs(2))?;
 /// let sandbox = Sandbox::new(Arc::new(broker)).label("tool", "web-fetch");
-/// let mut child = sandbox.spawn(&mut Command::new("/usr/bin/curl"))?;
+/// let child = sandbox.spawn(&mut Command::new("/usr/bin/curl"))?;
 /// let status = child.wait()?;
 /// println!("{status}");
 /// # Ok(()) }
@@ -122,6 +122,9 @@ pub struct Sandbox {
     user: Option<(u32, u32)>,
     new_session: bool,
     backstop: Option<Spec>,
+    /// Whether this sandbox (or a clone of it) was spawned: a later spawn
+    /// is a sandbox of its own, with a fresh id.
+    spawned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sandbox {
@@ -145,6 +148,7 @@ impl Sandbox {
             user: None,
             new_session: true,
             backstop: None,
+            spawned: Arc::default(),
         }
     }
 
@@ -187,6 +191,9 @@ impl Sandbox {
         self
     }
 
+    /// The id of its first spawn; every later spawn of it (or of a clone)
+    /// is a sandbox of its own, with a fresh id ([`Sandboxed::sandbox_id`]):
+    /// its records must not mix with the first's in the audit trail.
     pub fn id(&self) -> &str {
         &self.info.id
     }
@@ -256,6 +263,19 @@ impl Sandbox {
     /// for every spawn; spawning this one again (here or with `Command::spawn`)
     /// fails with `EALREADY` (os error 114) before the tool runs.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
+        use std::sync::atomic::Ordering;
+        if self.spawned.swap(true, Ordering::SeqCst) {
+            // Spawned before: this one is another sandbox (found by review:
+            // every spawn of one `Sandbox` recorded the same id).
+            let mut again = self.clone();
+            again.info.id = uuid::Uuid::now_v7().to_string();
+            again.spawned = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            return again.spawn_first(cmd);
+        }
+        self.spawn_first(cmd)
+    }
+
+    fn spawn_first(&self, cmd: &mut Command) -> Result<Sandboxed, SpawnError> {
         proc_is_ours()?;
         let program = filter::program()?;
         tracing::debug!("filter built");

@@ -387,6 +387,13 @@ pub const CLOCK_CAPABILITY: u64 = 1 << 25;
 /// that keeps it is not bound by the limits cordon sets.
 pub const RESOURCE_CAPABILITY: u64 = 1 << 24;
 
+/// `CAP_NET_ADMIN` (12) and `CAP_NET_RAW` (13): a root tool that kept them
+/// would remake the network the policy judges addresses in (an address or
+/// route added for a denied destination, a tunnel, an interface moved into
+/// another namespace, `--network none`'s included) and send from addresses
+/// not its own (`IP_TRANSPARENT`). No tool keeps them.
+pub const NETWORK_CAPABILITIES: u64 = 1 << 12 | 1 << 13;
+
 /// Takes the capabilities in `bits` out of the calling thread's effective,
 /// permitted and inheritable sets (and so its ambient set), which needs no
 /// privilege. With `no_new_privs` set before exec, an exec cannot give them
@@ -504,6 +511,16 @@ pub fn connect_unspec(fd: &OwnedFd) -> io::Result<()> {
     let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
     // SAFETY: the kernel reads `len` bytes from a struct we own.
     cvt(unsafe { libc::connect(fd.as_raw_fd(), &addr, len) })?;
+    Ok(())
+}
+
+/// `listen(fd, backlog)` with the backlog as given: the kernel reads it as
+/// unsigned and caps it at the socket's namespace's `somaxconn` (so -1, as
+/// Rust's `UnixListener` passes, is the most allowed). nix's `Backlog`
+/// takes no negative value and caps at 4096.
+pub fn listen(fd: &OwnedFd, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen takes an fd we own and an integer.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
     Ok(())
 }
 
@@ -916,14 +933,16 @@ fn apply_setup(setup: &ChildSetup, step: &mut SetupStep) -> io::Result<()> {
     }
     // The host's clock is out of the tool's reach, as it is of a tool
     // without privilege: it is the audit records' time, and the change times
-    // `protect` relies on.
+    // `protect` relies on. So is the network's configuration.
     *step = SetupStep::Capabilities;
     // And the limits set above (`RLIMIT_CORE` at least, from `cordon run`)
     // bind a root tool too: it could raise them again with
     // `CAP_SYS_RESOURCE` (the `RLIMIT_NOFILE` the filter hook sets only
     // lowers the hard limit raised above).
     let limited = !setup.rlimits.is_empty() || setup.nofile.is_some();
-    drop_capabilities(CLOCK_CAPABILITY | if limited { RESOURCE_CAPABILITY } else { 0 })?;
+    drop_capabilities(
+        CLOCK_CAPABILITY | NETWORK_CAPABILITIES | if limited { RESOURCE_CAPABILITY } else { 0 },
+    )?;
     *step = SetupStep::Landlock;
     if let Some(ruleset) = &setup.landlock {
         restrict_raw(ruleset.as_raw_fd())?;

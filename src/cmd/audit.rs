@@ -44,7 +44,8 @@ pub struct Source {
     /// Audit store directory (the broker must not be running on it). Default: ${XDG_STATE_HOME:-~/.local/state}/cordon/audit.
     #[arg(long, value_name = "DIR", conflicts_with = "broker", global = true)]
     db: Option<PathBuf>,
-    /// Ask a running broker instead: unix:///PATH, http://HOST:PORT or https://HOST:PORT
+    /// Ask a running broker instead: unix:///PATH or https://HOST:PORT (mutual TLS). A unix
+    /// broker must run as root, as this user, or as a uid in CORDON_BROKER_UID
     /// (mutual TLS from CORDON_TLS_CA, CORDON_TLS_CERT, CORDON_TLS_KEY; `tls` builds).
     #[arg(long, value_name = "URI", global = true)]
     broker: Option<String>,
@@ -64,7 +65,7 @@ pub struct AuditArgs {
     #[command(flatten)]
     scope: Scope,
     /// Only this syscall (openat, connect, execve, ...).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     syscall: Option<String>,
     #[arg(long, value_enum)]
     kind: Option<KindArg>,
@@ -74,7 +75,7 @@ pub struct AuditArgs {
     #[arg(long, value_enum)]
     decision: Option<DecisionArg>,
     /// Only records whose path starts with this.
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     path_prefix: Option<String>,
     /// At most this many records (1 or more).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -132,12 +133,33 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
 /// The store `--db` names (or the default one), refused unless it is one.
 fn existing_store(db: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     let db = db.cloned().unwrap_or_else(super::default_audit_db);
-    if !db.exists() {
-        anyhow::bail!("no audit store at {}", db.display());
+    // What cannot be looked at is said so (`exists` and `is_file` take a
+    // permission error for absence).
+    let is_file = |p: &std::path::Path| match std::fs::metadata(p) {
+        Ok(m) => Ok(m.is_file()),
+        // (`--db` naming a file: its `conf` is not a directory's.)
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot examine {}", p.display()))),
+    };
+    match std::fs::metadata(&db) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("no audit store at {}", db.display())
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot examine {}", db.display())));
+        }
     }
     // A directory that is not a store (--db ~ by mistake) would be made one,
     // empty, and pass verify: a store has sled's `conf` and `db` files.
-    if !db.join("conf").is_file() || !db.join("db").is_file() {
+    if !is_file(&db.join("conf"))? || !is_file(&db.join("db"))? {
         anyhow::bail!(
             "{} is not an audit store (no sled conf and db files in it)",
             db.display()
@@ -146,13 +168,16 @@ fn existing_store(db: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(db)
 }
 
+/// What holds a store that is locked: a broker, or a sandbox's own.
+const IN_USE: &str = "the store is in use: by a `cordon serve` (query it with --broker), or by a \
+                      `cordon run` or `cordon learn` with its embedded broker (wait for it to end)";
+
 fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
     let db = existing_store(db)?;
     match SledAudit::open_read_only(&db) {
         Ok(store) => Ok(Arc::new(store)),
         // sled's lock: another process has the store open for writing.
-        Err(e) if e.is_locked() => Err(anyhow::Error::new(e)
-            .context("the store is in use by a running broker; query it with --broker")),
+        Err(e) if e.is_locked() => Err(anyhow::Error::new(e).context(IN_USE)),
         Err(e) => Err(e.into()),
     }
 }
@@ -167,8 +192,7 @@ fn reindex(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
     let indexed = match SledAudit::reindex(&db) {
         Ok(n) => n,
         Err(e) if e.is_locked() => {
-            return Err(anyhow::Error::new(e)
-                .context("the store is in use by a running broker; stop it first"));
+            return Err(anyhow::Error::new(e).context(IN_USE));
         }
         Err(e) => return Err(e.into()),
     };
@@ -374,7 +398,7 @@ pub struct Scope {
     #[arg(long, value_name = "TIME")]
     until: Option<String>,
     /// Only this sandbox.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     sandbox: Option<String>,
     /// Only records with this label; repeatable (all must match).
     #[arg(long, value_name = "K=V", value_parser = parse_label)]

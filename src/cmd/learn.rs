@@ -6,9 +6,11 @@
 //! addresses as data. Paths are written relative to the sandbox where they
 //! depend on it (`$WORKDIR`, `$TMPDIR`, `/proc/$PID`), so the next run of the
 //! same tool, with a new temp dir and new pids, is allowed the same things.
-//! A directory is collapsed into a prefix only when the tool used at least
-//! [`COLLAPSE_AT`] entries in it, and never a top-level directory such as
-//! `/etc`, so learning never grants a whole tree for one file.
+//! A directory is collapsed into a grant of its entries only when the tool
+//! used at least [`COLLAPSE_AT`] of them, and never a top-level directory
+//! such as `/etc`; the grant covers neither what is below its entries nor
+//! its dotfiles, so learning never grants a whole tree for a few files. The
+//! sandbox's private `$TMPDIR` is granted whole.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -35,7 +37,7 @@ DIR/policy_test.rego (one test per distinct observed call; policy_2_test.rego an
 is allowed and recorded. Review the result, then:\n  \
 cordon policy test DIR\n  cordon run --policy DIR -- CMD\n\n\
 Exit status: the tool's own (the policy is written either way); 125 if cordon failed.\n\n\
-Examples:\n  cordon learn --output policies/my-tool -- python3 job.py\n  \
+Examples:\n  cordon learn --output my-tool-policy -- python3 job.py\n  \
 cordon learn --label tool=fetch --audit-db /tmp/learn-db -- curl -sS https://example.com"
 )]
 pub struct LearnArgs {
@@ -206,6 +208,13 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
         let (Some(audit), true) = (outcome.audit, outcome.started) else {
             return anyhow::Ok(Err(outcome.code));
         };
+        let lost = audit.lost();
+        if lost > 0 {
+            anyhow::bail!(
+                "{lost} audit record(s) of the run could not be stored (see the errors above): \
+                 a policy learned from the rest would miss their calls; nothing written"
+            );
+        }
         let mut records = Vec::new();
         audit.scan(
             &AuditFilter {
@@ -462,6 +471,11 @@ fn collapse(paths: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
         }
     }
     let mut dirs = BTreeSet::new();
+    // The sandbox's private temp dir, fresh in every run, whole: names made
+    // there (`mktemp`) differ from run to run.
+    if paths.iter().any(|p| p.starts_with("$TMPDIR/")) {
+        dirs.insert("$TMPDIR/".to_owned());
+    }
     for (dir, entries) in by_dir {
         let depth = dir.matches('/').count();
         let home = dir == "/root" || (dir.starts_with("/home/") && depth == 2);
@@ -477,14 +491,17 @@ fn collapse(paths: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
             files.extend(entries.into_iter().cloned());
         }
     }
-    // A file inside a collapsed directory needs no entry of its own, unless
-    // the directory is the sandbox's: the policy's `too_broad` refuses that
-    // grant in a run where it stands for a home, and the files the tool used
-    // there must still be allowed one by one.
+    // A file a collapsed directory grants (an entry of it, not below it,
+    // not a dotfile) needs no entry of its own, unless the directory is the
+    // sandbox's: the policy's `too_broad` refuses that grant in a run where
+    // it stands for a home, and the files the tool used there must still be
+    // allowed one by one.
     files.retain(|f: &String| {
-        !dirs
-            .iter()
-            .any(|d| !d.starts_with('$') && f.starts_with(d.as_str()))
+        !dirs.iter().any(|d| {
+            !d.starts_with('$')
+                && f.strip_prefix(d.as_str())
+                    .is_some_and(|entry| !entry.contains('/') && !entry.starts_with('.'))
+        })
     });
     (files, dirs)
 }
@@ -573,9 +590,7 @@ allow if {
 	input.kind == "file"
 	read_only
 	some d in data.learned.read.dirs
-	startswith(input.file.path, expand(d))
-	not too_broad(expand(d))
-	not in_credential_store_below(expand(d))
+	granted_by_directory(d)
 }
 
 # Files it wrote or created (and may read).
@@ -589,9 +604,27 @@ allow if {
 allow if {
 	input.kind == "file"
 	some d in data.learned.write.dirs
-	startswith(input.file.path, expand(d))
-	not too_broad(expand(d))
-	not in_credential_store_below(expand(d))
+	granted_by_directory(d)
+}
+
+# A directory grant covers the names in the directory: not what is below
+# them (a .git/config, a .git/hooks/ script of a project whose files the tool
+# wrote), nor its dotfiles (.env, .bashrc). The sandbox's own $TMPDIR, fresh
+# in every run, is granted whole.
+granted_by_directory(d) if {
+	dir := expand(d)
+	startswith(input.file.path, dir)
+	not too_broad(dir)
+	not in_credential_store_below(dir)
+	entry_or_own_tmpdir(d, trim_prefix(input.file.path, dir))
+}
+
+entry_or_own_tmpdir(d, _) if d == "$TMPDIR/"
+
+entry_or_own_tmpdir(d, entry) if {
+	d != "$TMPDIR/"
+	not contains(entry, "/")
+	not startswith(entry, ".")
 }
 
 # A directory grant never covers a top-level directory (/etc, /tmp) or a home
@@ -613,7 +646,9 @@ too_broad(dir) if {
 # tool itself used there are granted one by one above. Only the part below
 # the grant counts: one learned inside ~/.config still covers its own files.
 in_credential_store_below(dir) if {
-	rest := substring(input.file.path, count(dir) - 1, -1)
+	# (Not substring with count: count counts UTF-16 units, substring
+	# characters, and a name with an emoji lost the leading /.)
+	rest := concat("", ["/", trim_prefix(input.file.path, dir)])
 	some s in data.learned.never_by_directory
 	contains(rest, s)
 }
@@ -896,11 +931,71 @@ mod tests {
         );
     }
 
+    /// The sandbox's directories themselves stay listed; a name made in its
+    /// private temp dir grants that directory whole (`mktemp` names differ
+    /// from run to run: the learned run could not be run again).
     #[test]
     fn the_sandbox_directories_themselves_are_kept() {
         let (files, dirs) = collapse(&set(&["$WORKDIR", "$TMPDIR", "$TMPDIR/x"]));
         assert_eq!(files, set(&["$WORKDIR", "$TMPDIR", "$TMPDIR/x"]));
+        assert_eq!(dirs, set(&["$TMPDIR/"]));
+        let (_, dirs) = collapse(&set(&["$WORKDIR/a"]));
         assert!(dirs.is_empty());
+    }
+
+    /// A directory grant covers the names in the directory only: not
+    /// what is below them, not its dotfiles, and never a credential store,
+    /// whatever the directory is called (a name with a character outside
+    /// the Basic Multilingual Plane made the store's check look at the wrong
+    /// part of the path: found by review). The sandbox's temp dir is whole.
+    #[test]
+    fn a_directory_grant_is_its_entries_and_the_temp_dir_whole() {
+        let mut learned = Learned::default();
+        (learned.write_files, learned.write_dirs) = collapse(&set(&[
+            "$WORKDIR/a",
+            "$WORKDIR/b",
+            "$WORKDIR/c",
+            "$TMPDIR/tmp.abc",
+        ]));
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path(), &learned, "t", "s").unwrap();
+        let data = std::fs::read_to_string(dir.path().join("data.json")).unwrap();
+        assert!(
+            data.contains("\"$WORKDIR/\"") && data.contains("\"$TMPDIR/\""),
+            "{data}"
+        );
+        let policy = cordon_broker::policy::LoadedPolicy::load(
+            &cordon_broker::policy::PolicySource::Paths(vec![dir.path().into()]),
+            &Default::default(),
+        )
+        .unwrap();
+        let work = "/home/alice/w\u{1F600}";
+        let may = |path: &str, access: &str| {
+            let input = json!({
+                "kind": "file",
+                "syscall": "openat",
+                "file": {"path": path, "access": [access], "create": false, "truncate": false, "flags": []},
+                "process": {"pid": 7, "ppid": 1, "uid": 0, "gid": 0, "comm": "t", "exe": "/bin/t", "cwd": work},
+                "sandbox": {"id": "s", "labels": {}, "workdir": work, "tmpdir": "/tmp/cordon-s"},
+            });
+            policy.evaluate(&input).allow
+        };
+        assert!(may(&format!("{work}/d"), "write"));
+        assert!(may(&format!("{work}/d"), "read"));
+        for denied in [
+            ".ssh/id_rsa",
+            ".netrc",
+            ".git/config",
+            ".git/hooks/pre-commit",
+            "sub/x",
+            ".env",
+        ] {
+            assert!(!may(&format!("{work}/{denied}"), "write"), "{denied}");
+            assert!(!may(&format!("{work}/{denied}"), "read"), "{denied}");
+        }
+        assert!(may("/tmp/cordon-s/tmp.xyz", "write"));
+        assert!(may("/tmp/cordon-s/sub/dir/f", "write"));
+        assert!(!may("/tmp/cordon-other/f", "write"));
     }
 
     #[test]

@@ -86,14 +86,22 @@ pub fn parse_time(s: &str) -> Result<i64, anyhow::Error> {
         // 1 ns, not 0: zero means "no bound" on the wire.
         return Ok(i64::try_from(ago.as_nanos()).unwrap_or(i64::MAX).max(1));
     }
-    let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
+    let not_a_time = || {
         usage(format!(
-            "{s:?} is neither a duration (like 15m) nor a time (like 2026-11-22T10:00:00Z)"
+            "{s:?} is neither a duration (like 15m) nor a time (like 2026-11-22T10:00:00Z \
+             or 2026-11-22T11:00:00+01:00)"
         ))
-    })?;
+    };
+    // humantime reads no offset: with a fraction it drops one unread (the
+    // time taken as UTC), without one it refuses it. The offset is split
+    // off here, and the rest read as UTC.
+    let (utc, offset_s) = split_utc_offset(s).ok_or_else(not_a_time)?;
+    let t = humantime::parse_rfc3339_weak(utc).map_err(|_| not_a_time())?;
     t.duration_since(UNIX_EPOCH)
         .ok()
         .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .and_then(|ns| ns.checked_sub(offset_s.checked_mul(1_000_000_000)?))
+        .filter(|&ns| ns >= 0)
         // 1970-01-01T00:00:00Z itself: 1 ns, as zero means "no bound".
         .map(|ns| ns.max(1))
         .ok_or_else(|| {
@@ -101,6 +109,32 @@ pub fn parse_time(s: &str) -> Result<i64, anyhow::Error> {
                 "{s:?} is outside the times audit records can have (1970 to 2262)"
             ))
         })
+}
+
+/// An RFC 3339 time split from its UTC offset, in seconds east of UTC:
+/// `Z` (or none) is 0; `+HH:MM` and `-HH:MM` are read, after the seconds.
+/// `None` for an offset that is not one.
+fn split_utc_offset(s: &str) -> Option<(&str, i64)> {
+    // After `YYYY-MM-DDTHH:MM:SS`, where the date's own `-`s end.
+    let Some(tail) = s.get(19..) else {
+        return Some((s, 0));
+    };
+    let Some(at) = tail.find(['+', '-']) else {
+        return Some((s, 0));
+    };
+    let (time, offset) = s.split_at(19 + at);
+    let sign = if offset.starts_with('-') { -1 } else { 1 };
+    let digits = &offset.as_bytes()[1..];
+    let two = |d: &[u8]| -> Option<i64> {
+        d.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| i64::from(d[0] - b'0') * 10 + i64::from(d[1] - b'0'))
+    };
+    let (hours, minutes) = match digits {
+        [h0, h1, b':', m0, m1] => (two(&[*h0, *h1])?, two(&[*m0, *m1])?),
+        _ => return None,
+    };
+    (hours < 24 && minutes < 60).then_some((time, sign * (hours * 3600 + minutes * 60)))
 }
 
 /// A duration from the command line, within `[min, max]`: the options that
@@ -202,4 +236,43 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nanoseconds of a time, as `parse_time` reads it.
+    fn ns(s: &str) -> i64 {
+        parse_time(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn a_time_with_an_offset_names_the_same_instant_as_in_utc() {
+        let utc = ns("2026-11-25T18:11:25.5Z");
+        assert_eq!(ns("2026-11-25T23:41:25.5+05:30"), utc);
+        assert_eq!(ns("2026-11-25 23:41:25.500000000+05:30"), utc);
+        assert_eq!(ns("2026-11-25T13:11:25.5-05:00"), utc);
+        assert_eq!(ns("2026-11-25T18:11:25.5+00:00"), utc);
+        assert_eq!(ns("2026-11-25T18:11:25.5"), utc);
+        let whole = ns("2026-11-25T18:11:25Z");
+        assert_eq!(ns("2026-11-25T19:11:25+01:00"), whole);
+        assert_eq!(ns("2026-11-25T17:11:25-01:00"), whole);
+        assert_eq!(whole, 1_795_630_285_000_000_000);
+    }
+
+    #[test]
+    fn a_time_with_an_offset_that_is_not_one_is_refused() {
+        for bad in [
+            "2026-11-25T18:11:25.5+5:30",
+            "2026-11-25T18:11:25.5+05:60",
+            "2026-11-25T18:11:25.5+24:00",
+            "2026-11-25T18:11:25+0530",
+            "2026-11-25T18:11:25.5+05:30junk",
+            "2026-11-25T18:11:25.5junk",
+            "1970-01-01T00:30:00+01:00",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad} was taken");
+        }
+    }
 }

@@ -58,7 +58,8 @@ pub enum PolicyCommand {
 question. Changes are grouped by direction (allow->deny first: what would break agents), tool label and\n\
 subject, with counts. A permissive-mode record counts as what the policy said (a denial).\n\
 Exit status: 0 when no decision changes, 1 when some do, so CI can gate a policy change; 2 on an\n\
-error, including decisions matched but none replayable (all recorded without their input).\n\n\
+error, including no decision matched, or decisions matched but none replayable (all recorded without\n\
+their input).\n\n\
 Examples:\n  cordon policy replay --audit-db ~/.local/state/cordon/audit --policy policies/ --since 7d\n  \
 cordon policy replay --broker unix:///run/cordon/broker.sock --policy new/ --label tool=web-fetch --format json"
     )]
@@ -66,7 +67,8 @@ cordon policy replay --broker unix:///run/cordon/broker.sock --policy new/ --lab
         /// The new policy: files or directories (repeatable).
         #[arg(long, required = true, value_name = "PATH")]
         policy: Vec<PathBuf>,
-        /// Audit store to read (no broker may be running on it).
+        /// Audit store to read (no broker may be running on it). Default:
+        /// ${XDG_STATE_HOME:-~/.local/state}/cordon/audit, as `cordon run` writes it.
         #[arg(long, value_name = "DIR", conflicts_with = "broker")]
         audit_db: Option<PathBuf>,
         /// Read the records from a running broker instead.
@@ -282,6 +284,15 @@ fn test(
         Err(e) if unreadable(&e) => return Err(e.into()),
         Err(e) => {
             eprintln!("{e}");
+            // JSON readers get the failure on stdout too, as `check` gives it.
+            if let EvalFormat::Json = format {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"errors": [e.to_string()], "tests": []})
+                    )?
+                );
+            }
             return Ok(ExitCode::from(crate::EXIT_NEGATIVE));
         }
     };
@@ -450,7 +461,9 @@ fn replay(
         );
     }
     if report.decisions == 0 {
-        eprintln!("cordon: note: no recorded decision matched; nothing was replayed");
+        // A gate that compared nothing (a mistyped --sandbox or --label, an
+        // empty store) must not pass.
+        anyhow::bail!("no recorded decision matched: nothing was compared");
     }
     Ok(if report.changed() == 0 {
         ExitCode::SUCCESS

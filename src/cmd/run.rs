@@ -41,14 +41,16 @@ kept for it; the same one again a second or more later gives the start up, killi
 Exit status: the command's own (128+N if killed by signal N); 125 if cordon failed (no broker, bad \
 policy, an audit store that did not open); 126 if the command could not be executed (including an \
 exec the policy denied; 125 if it was denied without a decision or a verification, the broker lost or \
-too slow); 127 if it was not found.")]
+too slow); 127 if it was not found. A run whose audit records could not all be stored exits 125, \
+whatever the command's status (which the message gives).")]
 pub struct RunArgs {
     /// Policy file or directory (repeatable). Default: the built-in policy. Embedded broker
     /// only: a running broker decides with its own.
     #[arg(long, value_name = "PATH", conflicts_with = "broker")]
     policy: Vec<PathBuf>,
     /// Use a running broker instead of the embedded one: unix:///PATH, or https://HOST:PORT
-    /// (mutual TLS from CORDON_TLS_CA, CORDON_TLS_CERT, CORDON_TLS_KEY; `tls` builds).
+    /// (mutual TLS from CORDON_TLS_CA, CORDON_TLS_CERT, CORDON_TLS_KEY; `tls` builds). A unix
+    /// broker must run as root, as this user, or as a uid in CORDON_BROKER_UID (comma-separated).
     #[arg(long, value_name = "URI")]
     broker: Option<String>,
     /// Audit store of the embedded broker
@@ -263,11 +265,23 @@ fn private_tmpdir(sandbox_id: &str) -> anyhow::Result<PathBuf> {
 
 fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
     let outcome = execute(&args)?;
-    let code = outcome.code;
+    let mut code = outcome.code;
     // The sandbox flushed at its end; what a failing store still holds goes
     // to the log before this process exits without dropping the store.
     if let Some(audit) = &outcome.audit {
         audit.close();
+    }
+    // Decisions the tool acted on, or was refused for, without their
+    // records, and (from a remote broker) lifecycle records it never took:
+    // the run is cordon's failure, whatever the tool's status.
+    // (An embedded decider counts its store's, closed above.)
+    let lost = outcome.decider.as_ref().map_or(0, |d| d.lost());
+    if lost > 0 {
+        eprintln!(
+            "cordon: {lost} audit record(s) of this run could not be stored (see the errors \
+             above); the command's own exit status was {code}"
+        );
+        code = i32::from(EXIT_CORDON_FAILED);
     }
     // Everything is recorded and flushed (`wait` flushes): exit now rather
     // than wait for the store's threads to wind down in its destructor.
@@ -318,8 +332,9 @@ pub(super) struct Outcome {
     pub audit: Option<Arc<dyn AuditLog>>,
     /// The broker, held so that its last reference (the compiled policy,
     /// the memo) is not freed on the way out: `run` exits without dropping
-    /// it (~1 % of a run's CPU by profile; too little to time apart).
-    pub _decider: Option<Arc<dyn Decider>>,
+    /// it (~1 % of a run's CPU by profile; too little to time apart). It
+    /// also counts a remote broker's lost records.
+    pub decider: Option<Arc<dyn Decider>>,
 }
 
 /// Runs the command to its end.
@@ -334,7 +349,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
             sandbox_id: String::new(),
             started: false,
             audit: None,
-            _decider: None,
+            decider: None,
         });
     };
     if args.permissive {
@@ -511,7 +526,7 @@ pub(super) fn execute(args: &RunArgs) -> anyhow::Result<Outcome> {
         sandbox_id,
         started,
         audit,
-        _decider: Some(decider),
+        decider: Some(decider),
     })
 }
 

@@ -72,7 +72,7 @@ pub enum DurabilityArg {
 /// Run the broker: answer decisions over gRPC and record them.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit is refused and the previous revision kept.\nSIGINT, SIGTERM and SIGHUP (unless ignored, as under nohup) stop the broker: Session streams take no new requests, --follow queries end with UNAVAILABLE, connections get up to 5 s to close, and the audit store is flushed before exit."
+    after_help = "Examples:\n  cordon serve --listen unix:///run/cordon/broker.sock --policy /etc/cordon/policies --audit-db /var/lib/cordon/audit\n  cordon serve --policy policies/ --durability strict --allow-uid 1000\n\nThe socket is created with mode 0660 in a directory owned by the broker. Callers must run as an allowed uid\n(default: the broker's own and root) and must not themselves run under a seccomp filter.\nPolicy files are watched and reloaded on change; an invalid edit (one that does not compile, or an `allow` that is not a boolean, which would deny every call) is refused and the previous revision kept.\nSIGINT, SIGTERM and SIGHUP (unless ignored, as under nohup) stop the broker: Session streams take no new requests, --follow queries end with UNAVAILABLE, connections get up to 5 s to close, and the audit store is flushed before exit."
 )]
 pub struct ServeArgs {
     /// Where to listen: unix:///PATH, or tcp://HOST:PORT with mutual TLS (needs --tls-cert,
@@ -193,6 +193,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.interpreter,
         args.decision_memo,
     )?;
+    // A policy that loads but denies every call is refused here as a reload
+    // would refuse it: a broker that starts on one answers every client no.
+    // (`cordon run` skips the lint: its own tool shows the mistake at once.)
+    if !args.policy.is_empty()
+        && let Some(e) = cordon_broker::policy::denies_every_call(
+            &cordon_broker::policy::PolicySource::Paths(args.policy.clone()),
+        )
+    {
+        return Err(anyhow::Error::new(e).context("cannot load the policy"));
+    }
     policy.watch(args.watch_interval);
     let durability = match args.durability {
         DurabilityArg::Strict => Durability::Strict,

@@ -15,6 +15,8 @@
 //   probe int80          (i386 getpid through int 0x80)
 //   probe io-uring       (io_uring_setup)
 //   probe clone3         (clone3: ENOSYS so libc falls back)
+//   probe exec-cwd-race ALLOWED_DIR DENIED_DIR NAME SECONDS   (a thread moves the cwd under an exec)
+//   probe clone-fs       (a child sharing the cwd)
 //
 // Races print "ok=N denied=N violations=N" and exit 0; a violation means a
 // denied object was reached.
@@ -123,22 +125,15 @@ static int connect_race(const char *ip_ok, int port_ok, const char *ip_bad, int 
     return 0;
 }
 
-static int exec_race(const char *allowed, const char *denied, double secs) {
-    strncpy(path_a, allowed, sizeof path_a - 1);
-    strncpy(path_b, denied, sizeof path_b - 1);
+/* Forks `child` (which execs and does not return) again and again for
+ * `secs`, and counts how each ended: exit 0 (the allowed program ran), killed
+ * (at the exec event: not what was decided), or anything else (denied). */
+static int count_exec_outcomes(void (*child)(void), double secs) {
     long ok = 0, denied_n = 0, killed = 0;
     double end = now() + secs;
     while (now() < end) {
         pid_t pid = fork();
-        if (pid == 0) {
-            memcpy(path_buf, path_a, sizeof path_buf);
-            pthread_t t;
-            pthread_create(&t, NULL, flip_path, NULL);
-            char *argv[] = {"probe-child", NULL};
-            char *envp[] = {NULL};
-            execve(path_buf, argv, envp);
-            _exit(errno == EACCES ? 13 : 127);
-        }
+        if (pid == 0) child();
         int status;
         waitpid(pid, &status, 0);
         if (WIFEXITED(status) && WEXITSTATUS(status) == 0) ok++;
@@ -147,6 +142,58 @@ static int exec_race(const char *allowed, const char *denied, double secs) {
     }
     printf("ok=%ld denied=%ld killed=%ld violations=0\n", ok, denied_n, killed);
     return 0;
+}
+
+/* Execs the path another thread flips between path_a and path_b. */
+static void exec_flipped_path(void) {
+    memcpy(path_buf, path_a, sizeof path_buf);
+    pthread_t t;
+    pthread_create(&t, NULL, flip_path, NULL);
+    char *argv[] = {"probe-child", NULL};
+    char *envp[] = {NULL};
+    execve(path_buf, argv, envp);
+    _exit(errno == EACCES ? 13 : 127);
+}
+
+static int exec_race(const char *allowed, const char *denied, double secs) {
+    strncpy(path_a, allowed, sizeof path_a - 1);
+    strncpy(path_b, denied, sizeof path_b - 1);
+    return count_exec_outcomes(exec_flipped_path, secs);
+}
+
+static int dir_a, dir_b;
+static const char *dir_a_path, *dir_b_path, *cwd_name;
+
+static void *flip_cwd(void *arg) {
+    (void)arg;
+    for (;;) {
+        fchdir(dir_b);
+        fchdir(dir_a);
+    }
+    return NULL;
+}
+
+/* Execs the relative cwd_name while another thread moves the cwd between
+ * dir_a_path and dir_b_path. */
+static void exec_in_flipped_cwd(void) {
+    dir_a = open(dir_a_path, O_RDONLY | O_DIRECTORY);
+    dir_b = open(dir_b_path, O_RDONLY | O_DIRECTORY);
+    if (dir_a < 0 || dir_b < 0 || fchdir(dir_a) != 0) _exit(2);
+    pthread_t t;
+    pthread_create(&t, NULL, flip_cwd, NULL);
+    char *argv[] = {(char *)cwd_name, NULL};
+    char *envp[] = {NULL};
+    execve(cwd_name, argv, envp);
+    _exit(errno == EACCES ? 13 : 127);
+}
+
+/* The script run must be the one decided, whatever the cwd became. */
+static int exec_cwd_race(const char *allowed_dir, const char *denied_dir, const char *name,
+                         double secs) {
+    dir_a_path = allowed_dir;
+    dir_b_path = denied_dir;
+    cwd_name = name;
+    return count_exec_outcomes(exec_in_flipped_cwd, secs);
 }
 
 static int cmp_long(const void *a, const void *b) {
@@ -372,6 +419,16 @@ int main(int argc, char **argv) {
         long r = syscall(425, 8, params);
         printf("io_uring_setup=%ld errno=%d\n", r, r < 0 ? errno : 0);
         return r < 0 ? 0 : 1;
+    }
+    if (!strcmp(mode, "exec-cwd-race") && argc == 6)
+        return exec_cwd_race(argv[2], argv[3], argv[4], atof(argv[5]));
+    if (!strcmp(mode, "clone-fs")) {
+        /* A child sharing the cwd, not a thread: refused. */
+        long r = syscall(SYS_clone, CLONE_FS | SIGCHLD, 0, 0, 0, 0);
+        if (r == 0) _exit(0);
+        if (r > 0) waitpid(r, NULL, 0);
+        printf("clone-fs=%ld errno=%d\n", r < 0 ? -1L : 0L, r < 0 ? errno : 0);
+        return 0;
     }
     if (!strcmp(mode, "clone3")) {
         long r = syscall(435, NULL, 0);

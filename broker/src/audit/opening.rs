@@ -139,6 +139,10 @@ impl AuditLog for Opening {
         }
     }
 
+    fn lost(&self) -> u64 {
+        self.wait().map_or(0, |s| s.lost())
+    }
+
     fn ready(&self) -> Result<(), AuditError> {
         self.wait()?.ready()
     }

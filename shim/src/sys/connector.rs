@@ -443,11 +443,12 @@ fn set_up(
             fsgid: libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
             caps: own_effective_caps(),
         };
-        // `CAP_SYS_RESOURCE`, which every tool gives up with its rlimits:
-        // given up here once, not at every connect of a root tool (as the
-        // supervisor's threads do, `Creds::of_supervisor_thread`). Where it
-        // cannot be, each connect switches it off as before.
-        let without = own.caps & !super::RESOURCE_CAPABILITY;
+        // `CAP_SYS_RESOURCE`, which every tool gives up with its rlimits,
+        // and the network capabilities, which every tool gives up: given up
+        // here once, not at every connect of a root tool (as the
+        // supervisor's threads do, `Creds::of_supervisor_thread`). Where
+        // they cannot be, each connect switches them off as before.
+        let without = own.caps & !(super::RESOURCE_CAPABILITY | super::NETWORK_CAPABILITIES);
         let own = if without != own.caps && set_thread_effective_caps(without).is_ok() {
             Own {
                 caps: own_effective_caps(),
