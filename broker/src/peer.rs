@@ -185,10 +185,11 @@ impl PeerInfo {
             Pidfd::Taken(fd) => pid_in_proc(fd)?,
             Pidfd::Unsupported => cred.pid().unwrap_or(0),
             Pidfd::Failed(e) => {
-                return Err(Status::permission_denied(format!(
+                return Err(refusal(
                     "the process that opened this connection cannot be identified \
-                     (SO_PEERPIDFD: {e}); its calls are refused"
-                )));
+                     (SO_PEERPIDFD); its calls are refused",
+                    io::Error::from(*e),
+                ));
             }
         };
         if pid == -1 {
@@ -210,11 +211,7 @@ impl PeerInfo {
                      not use the broker"
                 )));
             }
-            Err(e) => {
-                return Err(Status::permission_denied(format!(
-                    "cannot check process {pid}: {e}"
-                )));
-            }
+            Err(e) => return Err(refusal(&format!("cannot check process {pid}"), e)),
         }
         // After the read: a live pidfd means /proc/PID was still the process
         // that connected (a pid is not reused while its process exists).
@@ -224,6 +221,24 @@ impl PeerInfo {
             return Err(gone(pid));
         }
         Ok(())
+    }
+}
+
+/// The refusal of a call whose peer could not be checked: `UNAVAILABLE`
+/// where the broker itself is short of fds or memory (the caller may try
+/// again, on a new connection if the pidfd is what is missing), else
+/// `PERMISSION_DENIED`. Either way the call is refused.
+fn refusal(what: &str, e: io::Error) -> Status {
+    use nix::errno::Errno;
+    let short = [Errno::EMFILE, Errno::ENFILE, Errno::ENOMEM]
+        .iter()
+        .any(|&n| e.raw_os_error() == Some(n as i32));
+    if short {
+        Status::unavailable(format!(
+            "{what}: {e}; the broker is short of resources, try again"
+        ))
+    } else {
+        Status::permission_denied(format!("{what}: {e}"))
     }
 }
 
@@ -270,14 +285,12 @@ fn seccomp_mode(pid: i32, tid: i32) -> io::Result<u32> {
 fn pid_in_proc(pidfd: &OwnedFd) -> Result<i32, Status> {
     use std::os::fd::AsRawFd;
     let path = format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd());
-    std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("Pid:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .ok_or_else(|| Status::permission_denied(format!("cannot read the peer's pid from {path}")))
+    let what = format!("cannot read the peer's pid from {path}");
+    let info = std::fs::read_to_string(&path).map_err(|e| refusal(&what, e))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Status::permission_denied(format!("{what}: no Pid line")))
 }
 
 /// Whether the process behind `pidfd` has exited (its pidfd is readable).
@@ -285,7 +298,7 @@ fn exited(pidfd: &OwnedFd) -> Result<bool, Status> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
     let ready = poll(&mut fds, PollTimeout::ZERO)
-        .map_err(|e| Status::permission_denied(format!("cannot check the peer's pidfd: {e}")))?;
+        .map_err(|e| refusal("cannot check the peer's pidfd", e.into()))?;
     Ok(ready > 0)
 }
 
@@ -325,5 +338,23 @@ impl PeerWatch {
         self.peer.check(&self.access)?;
         self.checked = Some(std::time::Instant::now());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::errno::Errno;
+
+    #[test]
+    fn a_check_the_broker_lacks_resources_for_is_unavailable_else_denied() {
+        for errno in [Errno::EMFILE, Errno::ENFILE, Errno::ENOMEM] {
+            let s = refusal("cannot check", io::Error::from(errno));
+            assert_eq!(s.code(), tonic::Code::Unavailable, "{errno}");
+            assert!(s.message().contains("try again"), "{}", s.message());
+        }
+        let s = refusal("cannot check", io::Error::from(Errno::EACCES));
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert!(s.message().starts_with("cannot check: "), "{}", s.message());
     }
 }

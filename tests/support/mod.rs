@@ -241,9 +241,14 @@ pub fn assert_paced_out_of_fds<T>(mut serve: Child, held: Vec<T>, verify: impl F
     let spent = cpu_ticks(serve.id()) - before;
     drop(held);
     // The broker frees the dropped connections' fds as it reads their ends:
-    // a client accepted before enough are free is refused and tries
-    // again, within the 20 s.
+    // wait until half are free, so the new client is seldom accepted
+    // before there is an fd for its check. One that is anyway is refused,
+    // naming the errno, and tries again, within the 20 s.
     let give_up = Instant::now() + Duration::from_secs(20);
+    let fds = format!("/proc/{}/fd", serve.id());
+    while std::fs::read_dir(&fds).map_or(0, Iterator::count) > 32 && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         loop {
             let client = verify()
