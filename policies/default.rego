@@ -265,8 +265,14 @@ deny contains reason if {
 	some reason in etc_denials
 }
 
+# By prefix: an editor's or an admin's copy (shadow.bak, shadow~,
+# sudoers.orig) holds the same. etckeeper's repository holds every file of
+# /etc, shadow's contents among them.
 etc_denials contains sprintf("%s holds password hashes or privileges", [input.file.path]) if {
-	input.file.path in {"/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers"}
+	strings.any_prefix_match(input.file.path, [
+		"/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/.git/", "/etc/.hg/", "/etc/.bzr/",
+		"/etc/_darcs/",
+	])
 }
 
 # Private keys and privileges only root can read (a root tool could: its
@@ -287,6 +293,8 @@ etc_denials contains sprintf("%s is a private key or privilege file", [input.fil
 		"/etc/pki/libvirt/private/",
 		"/etc/apt/auth.conf", "/etc/gitlab/", "/etc/docker/key.json", "/etc/salt/pki/", "/etc/chef/",
 		"/etc/msmtprc", "/etc/ssmtp/ssmtp.conf", "/etc/boto.cfg",
+		# npm's global configuration: the tokens of ~/.npmrc, for everyone.
+		"/etc/npmrc",
 	])
 }
 
@@ -352,8 +360,37 @@ write_denials contains sprintf("%s starts programs for the user's session", [inp
 # file runs at every interpreter start), and git's global settings
 # (core.fsmonitor and core.hooksPath run programs in every repository).
 write_denials contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
-	some dir in ["/.local/bin/", "/.local/lib/python", "/.gitconfig/", "/.config/git/config/"]
+	some dir in [
+		"/.local/bin/", "/.local/lib/python", "/.gitconfig/", "/.config/git/config/",
+		# rustup's: ~/.profile sources ~/.cargo/env, which puts ~/.cargo/bin
+		# on PATH.
+		"/.cargo/env/", "/.cargo/bin/",
+		# What editors, the terminal multiplexer and zsh frameworks run when
+		# they start.
+		"/.vimrc/", "/.exrc/", "/.vim/", "/.config/nvim/", "/.emacs/", "/.emacs.d/", "/.tmux.conf/",
+		"/.config/tmux/", "/.oh-my-zsh/", "/.zshrc.d/", "/.config/systemd/user.conf/",
+	]
 	contains(path_with_slash, dir)
+}
+
+# ~/bin, which Debian's ~/.profile puts first on PATH when it exists (it
+# has no dot, so the rule above, behind its test for "/.", never sees it).
+deny contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
+	input.kind == "file"
+	not is_read_only
+	home_bin(split(input.file.path, "/"))
+}
+
+home_bin(parts) if {
+	parts[1] == "home"
+	parts[3] == "bin"
+	count(parts) > 4
+}
+
+home_bin(parts) if {
+	parts[1] == "root"
+	parts[2] == "bin"
+	count(parts) > 3
 }
 
 deny contains reason if {

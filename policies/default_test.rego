@@ -197,16 +197,22 @@ test_code_that_runs_outside_later_not_writable_in_a_home_workdir if {
 	every name in [
 		".local/bin/sudo", ".local/lib/python3.11/site-packages/zz.pth",
 		".local/lib/python3.11/site-packages/usercustomize.py", ".gitconfig", ".config/git/config",
+		"bin/ls", ".cargo/env", ".cargo/bin/cargo", ".vimrc", ".config/nvim/init.lua",
+		".emacs.d/init.el", ".tmux.conf", ".oh-my-zsh/custom/x.zsh", ".config/systemd/user.conf",
 	] {
 		not allowed(object.union(write(sprintf("/home/user/%s", [name])), {"sandbox": home}))
 	}
 	every name in [
 		"job/.venv/lib/python3.11/site-packages/x.pth", "job/.git/config", ".local/share/app/state",
-		".config/git/ignore",
+		".config/git/ignore", "job/bin/run", "binder/x", "job/.cargo/config.toml",
 	] {
 		allowed(object.union(write(sprintf("/home/user/%s", [name])), {"sandbox": home}))
 	}
 	allowed(object.union(read("/home/user/.gitconfig"), {"sandbox": home}))
+	allowed(object.union(read("/home/user/bin/ls"), {"sandbox": home}))
+	root_home := object.union(sandbox, {"workdir": "/root"})
+	not allowed(object.union(write("/root/bin/ls"), {"sandbox": root_home}))
+	allowed(object.union(write("/root/binder"), {"sandbox": root_home}))
 }
 
 # Started in /, the tool does not get every path: only its temp dir.
@@ -348,6 +354,21 @@ test_environment_named_file_allowed if allowed(read("/home/agent/job/environment
 test_shadow_denied if {
 	not allowed(read("/etc/shadow"))
 	"/etc/shadow holds password hashes or privileges" in data.cordon.deny with input as read("/etc/shadow")
+}
+
+# Copies of the password and privilege files, and etckeeper's repository of
+# /etc (which holds shadow's contents); the public files beside them stay
+# readable.
+test_copies_of_shadow_and_etckeeper_denied if {
+	every path in [
+		"/etc/shadow.bak", "/etc/shadow~", "/etc/gshadow.old", "/etc/sudoers.orig",
+		"/etc/.git/objects/ab/cdef", "/etc/.hg/store/data/shadow.i", "/etc/npmrc",
+	] {
+		not allowed(read(path))
+	}
+	every path in ["/etc/passwd", "/etc/group", "/etc/.pwd.lock", "/etc/npm/x", "/etc/.etckeeper"] {
+		allowed(read(path))
+	}
 }
 
 # --- exec ---
