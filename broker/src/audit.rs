@@ -517,6 +517,9 @@ struct Inner {
     head_file: Option<Mutex<(std::fs::File, u64, bool)>>,
     /// For a reader: the head file's seq when it is past the records.
     kept_head: Option<u64>,
+    /// For a reader: the head file's seq and hash when the records reach
+    /// it (verify compares the hash).
+    kept_hash: Option<(u64, String)>,
     records: sled::Tree,
     index: sled::Tree,
     meta: sled::Tree,
@@ -927,12 +930,14 @@ impl SledAudit {
         // them while recovering (damage to its log) or they were cut. No
         // writer numbers new records over them; verify names them.
         let mut kept_head = None;
+        let mut kept_hash = None;
         match std::fs::read_to_string(dir.join(HEAD_FILE)) {
             Ok(text) => {
-                let kept = text
-                    .split_whitespace()
+                let mut words = text.split_whitespace();
+                let kept = words.next().and_then(|s| s.parse::<u64>().ok());
+                let hash = words
                     .next()
-                    .and_then(|s| s.parse::<u64>().ok());
+                    .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
                 match kept {
                     // Read-only (verify, queries): opened, and verify names
                     // the missing records.
@@ -953,6 +958,9 @@ impl SledAudit {
                                 last + 1
                             ),
                         });
+                    }
+                    Some(kept) if read_only && kept > 0 => {
+                        kept_hash = hash.map(|h| (kept, h.to_ascii_lowercase()));
                     }
                     Some(_) => {}
                     // Made by a writer that stopped before its first flush.
@@ -1068,6 +1076,7 @@ impl SledAudit {
                 Some(Mutex::new((file, last, false)))
             },
             kept_head,
+            kept_hash,
             records,
             index,
             meta,
@@ -1196,6 +1205,7 @@ impl Inner {
         let indexed = inner.indexed_upto()?;
         let mut index_check = IndexCheck::default();
         let mut hash_at_head = None;
+        let mut hash_at_kept = None;
         let mut expected = 1u64;
         let mut prev = GENESIS.to_owned();
         let fail = |seq: u64, checked: u64, problem: String, prev: &str| VerifyReport {
@@ -1299,6 +1309,9 @@ impl Inner {
                 if head.as_ref().is_some_and(|(h, _)| *h == seq) {
                     hash_at_head = Some(record.hash.clone());
                 }
+                if inner.kept_hash.as_ref().is_some_and(|(k, _)| *k == seq) {
+                    hash_at_kept = Some(record.hash.clone());
+                }
                 if check_index && page.first <= indexed {
                     add_index_entries(&mut page_index, &index_entry(&record, page.first));
                 }
@@ -1372,6 +1385,22 @@ impl Inner {
                 format!(
                     "records {} to {kept} are missing: the head file ({HEAD_FILE}) names record {kept} (damage to sled's log, which its recovery drops, or a cut)",
                     checked + 1
+                ),
+                &prev,
+            ));
+        }
+        // The head file is written after sled's flush, so the record it
+        // names is stored with the hash it gives (lagging is allowed: an
+        // older record's).
+        if let Some((kept, kept_hash)) = &inner.kept_hash
+            && *kept <= checked
+            && hash_at_kept.as_deref() != Some(kept_hash.as_str())
+        {
+            return Ok(fail(
+                *kept,
+                kept - 1,
+                format!(
+                    "record {kept} was replaced: it does not match the head file ({HEAD_FILE})"
                 ),
                 &prev,
             ));
@@ -3668,6 +3697,50 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// The head file's hash is compared with the record it names: a newest
+    /// record replaced along with sled's own head is named, and a head file
+    /// that lags (written without fsync) names an older record correctly.
+    #[test]
+    fn verify_compares_the_head_files_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        strict_store(dir.path(), 5);
+        let hash_of = |seq: u64| {
+            let reader = reopen(|| SledAudit::open_read_only(dir.path()));
+            let mut hash = String::new();
+            reader
+                .scan(&AuditFilter::default(), &mut |r| {
+                    if r.seq == seq {
+                        hash = r.hash.clone();
+                    }
+                    true
+                })
+                .unwrap();
+            hash
+        };
+        let write_head = |seq: u64, hash: &str| {
+            std::fs::write(dir.path().join(HEAD_FILE), format!("{seq:020} {hash}\n")).unwrap();
+        };
+        let verify = || {
+            reopen(|| SledAudit::open_read_only(dir.path()))
+                .verify()
+                .unwrap()
+        };
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(HEAD_FILE)).unwrap(),
+            format!("{:020} {}\n", 5, hash_of(5))
+        );
+        assert!(verify().ok);
+        write_head(3, &hash_of(3));
+        assert!(verify().ok, "a lagging head file");
+        write_head(5, &hash_of(4));
+        let report = verify();
+        assert!(!report.ok, "{report:?}");
+        assert_eq!(report.first_bad_seq, 5, "{report:?}");
+        assert!(report.problem.contains("head file"), "{report:?}");
+        write_head(2, &"0".repeat(64));
+        assert_eq!(verify().first_bad_seq, 2);
     }
 
     /// A newest page moved to the last possible key: a writer refuses the
