@@ -309,6 +309,22 @@ async fn an_anchor_kept_elsewhere_shows_a_cut_tail_with_a_rewritten_head() {
     // The newest two records cut, the head pointed at record 8 and the index
     // rebuilt: chain, head and index agree, so only the anchor shows it.
     cordon_broker::audit::tamper::cut_tail(&s.db, 8).unwrap();
+    // Before the reindex the index still lists the cut records: verify
+    // says so, with the chain intact, and the anchor's failure outranks it
+    // (reindexing first would rewrite the trace; found by review).
+    let (code, out, err) = run_cordon(&["audit", "verify", "--db", db]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("audit index inconsistent"), "{err}");
+    assert!(
+        out.contains("8 records, hash chain intact; the index is inconsistent"),
+        "{out}"
+    );
+    let (code, out, err) = run_cordon(&["audit", "verify", "--db", db, "--anchor", &anchor]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("audit chain broken at record 9: records 9 to 10 are missing"),
+        "{err}"
+    );
     let (code, out, err) = run_cordon(&["audit", "reindex", "--db", db]);
     assert_eq!(code, 0, "{out}{err}");
     assert_verifies(&s.db);
@@ -326,6 +342,43 @@ async fn an_anchor_kept_elsewhere_shows_a_cut_tail_with_a_rewritten_head() {
     let (code, _, err) = run_cordon(&["audit", "verify", "--db", db, "--anchor", "8:xyz"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a SHA-256 in hex"), "{err}");
+}
+
+/// verify and reindex print their result; a reader that went away (`|
+/// head -0`) changes nothing, a full disk is an error (2), never a panic
+/// (101; found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_and_reindex_survive_a_closed_or_full_stdout() {
+    let s = store_with_records(3).await;
+    let db = path_str(&s.db);
+    for args in [
+        &["audit", "verify", "--db", db][..],
+        &["audit", "verify", "--db", db, "--format", "json"],
+        &["audit", "reindex", "--db", db],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = support::cordon()
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?} {out:?}");
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = support::cordon()
+            .args(args)
+            .stdout(full)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {err}");
+        assert!(err.contains("cannot write the result to stdout"), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -331,6 +331,14 @@ pub struct VerifyReport {
     pub head_hash: String,
 }
 
+impl VerifyReport {
+    /// Whether the chain is intact and only the index (derived from the
+    /// records, rebuilt by `reindex`) disagrees with it.
+    pub fn index_only(&self) -> bool {
+        !self.ok && self.problem.starts_with("the index ")
+    }
+}
+
 /// Appended record's place in the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {

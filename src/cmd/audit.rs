@@ -196,10 +196,11 @@ fn reindex(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    match format {
-        VerifyFormat::Json => println!("{}", serde_json::json!({ "records_indexed": indexed })),
-        VerifyFormat::Text => println!("index rebuilt: {indexed} records indexed"),
-    }
+    let text = match format {
+        VerifyFormat::Json => serde_json::json!({ "records_indexed": indexed }).to_string(),
+        VerifyFormat::Text => format!("index rebuilt: {indexed} records indexed"),
+    };
+    print_result(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -222,8 +223,23 @@ fn parse_anchor(s: &str) -> Result<(u64, String), String> {
     Ok((seq, hash.to_ascii_lowercase()))
 }
 
-/// After a verify that passed: whether record `seq` still has `hash`. The
-/// chain is intact, so a record that does means none before it changed.
+/// Prints a command's result on stdout. A reader gone (`| head -1`) is no
+/// error: the exit status still says the result. A full disk is.
+fn print_result(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write the result to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// After a verify whose chain is intact: whether record `seq` still has
+/// `hash`. A record that does means none before it changed. An anchor that
+/// fails outranks a problem of the index alone: it is what the index's
+/// disagreement may be the trace of.
 fn check_anchor(report: &mut VerifyReport, (seq, hash): (u64, String), found: Option<String>) {
     let checked = report.records_checked;
     let problem = match found {
@@ -272,7 +288,7 @@ fn verify(
                     problem: r.problem,
                     head_hash: r.head_hash,
                 };
-                if let (true, Some((seq, hash))) = (report.ok, anchor) {
+                if let (true, Some((seq, hash))) = (report.ok || report.index_only(), anchor) {
                     if seq > report.records_checked {
                         // Past the store's end: nothing to look up (the
                         // broker refuses a resume point past its newest).
@@ -320,7 +336,7 @@ fn verify(
                 Err(e) => return Err(e),
             };
             let mut report = store.verify()?;
-            if let (true, Some((seq, hash))) = (report.ok, anchor) {
+            if let (true, Some((seq, hash))) = (report.ok || report.index_only(), anchor) {
                 let mut found = None;
                 store.scan(&one(seq), &mut |r| {
                     found = (r.seq == seq).then_some(r.hash);
@@ -346,15 +362,16 @@ fn damaged(e: &anyhow::Error) -> bool {
 
 fn print_verify(report: &VerifyReport, format: VerifyFormat) -> anyhow::Result<ExitCode> {
     match format {
-        VerifyFormat::Json => println!("{}", serde_json::to_string(report)?),
+        VerifyFormat::Json => print_result(&serde_json::to_string(report)?)?,
         VerifyFormat::Text if report.ok => {
-            println!("ok: {} records, hash chain intact", report.records_checked);
+            let mut text = format!("ok: {} records, hash chain intact", report.records_checked);
             if report.records_checked > 0 && !report.head_hash.is_empty() {
-                println!(
-                    "anchor: {}:{} (keep it elsewhere; check later with --anchor)",
+                text.push_str(&format!(
+                    "\nanchor: {}:{} (keep it elsewhere; check later with --anchor)",
                     report.records_checked, report.head_hash
-                );
+                ));
             }
+            print_result(&text)?;
         }
         VerifyFormat::Text => {
             // The index is derived from the records: damage there is no
@@ -363,21 +380,25 @@ fn print_verify(report: &VerifyReport, format: VerifyFormat) -> anyhow::Result<E
                 eprintln!("cordon: audit store damaged: {}", report.problem);
                 return Ok(ExitCode::from(crate::EXIT_NEGATIVE));
             }
-            if report.problem.starts_with("the index ") {
+            if report.index_only() {
                 eprintln!(
-                    "cordon: audit index inconsistent at record {}: {} (the index is derived from the records; `cordon audit reindex` rebuilds it)",
+                    "cordon: audit index inconsistent at record {}: {} (the index is derived from the records; `cordon audit reindex` rebuilds it, but keep a copy first if the store is evidence: a stale index may be the trace of a rewrite, which only an anchor shows)",
                     report.first_bad_seq, report.problem
                 );
+                print_result(&format!(
+                    "{} records, hash chain intact; the index is inconsistent at record {}",
+                    report.records_checked, report.first_bad_seq
+                ))?;
             } else {
                 eprintln!(
                     "cordon: audit chain broken at record {}: {}",
                     report.first_bad_seq, report.problem
                 );
+                print_result(&format!(
+                    "{} records intact before record {}",
+                    report.records_checked, report.first_bad_seq
+                ))?;
             }
-            println!(
-                "{} records intact before record {}",
-                report.records_checked, report.first_bad_seq
-            );
         }
     }
     Ok(if report.ok {
