@@ -1217,6 +1217,43 @@ fn a_store_directory_another_user_owns_is_refused() {
     assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0, "written");
 }
 
+/// A store directory others may write, or holding a file of another user's,
+/// is refused by writers: whoever could write there could replace the files
+/// and every record with them (it was accepted with a warning about reading;
+/// found by review). Readers (verify) still open it.
+#[test]
+fn a_store_others_could_rewrite_is_refused_by_writers() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit");
+    let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
+    assert_eq!(code, 0, "{err}");
+    for mode in [0o770, 0o777, 0o1777, 0o720] {
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
+        assert_eq!(code, 125, "{mode:o}: {err}");
+        assert!(
+            err.contains("writable by its group or by everyone"),
+            "{err}"
+        );
+        let (code, _, err) = run_cordon(&["audit", "verify", "--db", path_str(&db)]);
+        assert_eq!(code, 0, "{mode:o}: {err}");
+    }
+    // Readable by others: a warning, not a refusal.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("open to its group or to everyone"), "{err}");
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped the rest: needs root to chown");
+        return;
+    }
+    std::os::unix::fs::chown(db.join("conf"), Some(65534), Some(65534)).unwrap();
+    let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("conf is owned by uid 65534"), "{err}");
+}
+
 /// One flipped byte early in sled's log: sled's recovery takes it for a
 /// torn tail and drops every record after it, its own `head` record too,
 /// and the store read as empty and intact (found by review: "ok: 0

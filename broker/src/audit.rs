@@ -805,14 +805,40 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     // meanwhile, which a recursive create accepts), is refused (found by
     // review). Root's stores are root's; a user's, that user's.
     let me = nix::unistd::geteuid().as_raw();
-    if meta.is_dir() && meta.uid() != me {
-        return Err(std::io::Error::new(
+    let refused = |why: String| {
+        Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
-            format!(
-                "its directory is owned by uid {}, not by this user (uid {me}), who could read and rewrite every record: use a directory of your own",
-                meta.uid()
-            ),
+            why,
+        ))
+    };
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    if meta.uid() != me {
+        return refused(format!(
+            "its directory is owned by uid {}, not by this user (uid {me}), who could read and rewrite every record: use a directory of your own",
+            meta.uid()
         ));
+    }
+    // Whoever may write the directory may replace its files, and so every
+    // record (the chain with them); a file of another user's in it was put
+    // there by one who could (found by review).
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return refused(format!(
+            "its directory (mode {:o}) is writable by its group or by everyone, who could replace every record: chmod go-w it",
+            mode & 0o7777
+        ));
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let owner = entry.metadata()?.uid();
+        if owner != me {
+            return refused(format!(
+                "{} is owned by uid {owner}, not by this user (uid {me}): whoever put it there could have rewritten the records; keep a copy as evidence and start a new store",
+                entry.path().display()
+            ));
+        }
     }
     Ok(())
 }
