@@ -610,7 +610,20 @@ fn a_store_in_use_is_named_as_such_and_other_open_errors_are_not() {
     let s = Serve::start(ALLOW_ALL_BUT_TMP, &[]);
     let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&s.db), "--", "/bin/true"]);
     assert_eq!(code, 125, "{err}");
-    assert!(err.contains("another cordon is using it"), "{err}");
+    // Named by its pid and command line (/proc/locks), for a writer and a
+    // reader alike.
+    let pid = s.child.as_ref().unwrap().id();
+    assert!(
+        err.contains(&format!("another cordon is using it, pid {pid} (")),
+        "{err}"
+    );
+    assert!(err.contains(" serve --listen "), "{err}");
+    let (code, _, err) = run_cordon(&["audit", "--db", path_str(&s.db)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("the store is in use by pid {pid} (")),
+        "{err}"
+    );
     // A path that is no store (a file): the error, without the lock hint.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");

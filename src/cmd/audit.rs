@@ -168,16 +168,23 @@ fn existing_store(db: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(db)
 }
 
-/// What holds a store that is locked: a broker, or a sandbox's own.
-const IN_USE: &str = "the store is in use: by a `cordon serve` (query it with --broker), or by a \
-                      `cordon run` or `cordon learn` with its embedded broker (wait for it to end)";
+/// What holds a store that is locked: a broker, a sandbox's own, or another
+/// reader (sled has no shared lock: a query paged through `less` holds it).
+fn in_use(db: &std::path::Path) -> String {
+    format!(
+        "the store is in use{}: by a `cordon serve` (query it with --broker), by a `cordon run` or \
+         `cordon learn` with its embedded broker, or by another `cordon audit` (sled lets one process \
+         at a time open a store, readers too): wait for it to end, or examine a copy (cp -a)",
+        super::lock_holder(db).map_or_else(String::new, |h| format!(" by {h}"))
+    )
+}
 
 fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
     let db = existing_store(db)?;
     match SledAudit::open_read_only(&db) {
         Ok(store) => Ok(Arc::new(store)),
         // sled's lock: another process has the store open for writing.
-        Err(e) if e.is_locked() => Err(anyhow::Error::new(e).context(IN_USE)),
+        Err(e) if e.is_locked() => Err(anyhow::Error::new(e).context(in_use(&db))),
         Err(e) => Err(e.into()),
     }
 }
@@ -192,7 +199,7 @@ fn reindex(source: &Source, format: VerifyFormat) -> anyhow::Result<ExitCode> {
     let indexed = match SledAudit::reindex(&db) {
         Ok(n) => n,
         Err(e) if e.is_locked() => {
-            return Err(anyhow::Error::new(e).context(IN_USE));
+            return Err(anyhow::Error::new(e).context(in_use(&db)));
         }
         Err(e) => return Err(e.into()),
     };

@@ -216,10 +216,13 @@ pub fn audit_open_error(
     e: cordon_broker::audit::AuditError,
 ) -> anyhow::Error {
     let hint = if e.is_locked() {
-        " (another cordon is using it: give each embedded broker its own --audit-db, \
-         or share one `cordon serve`)"
+        format!(
+            " (another cordon is using it{}: give each embedded broker its own --audit-db, or \
+             share one `cordon serve`; a `cordon audit --db` reading it holds it too)",
+            lock_holder(db).map_or_else(String::new, |h| format!(", {h}"))
+        )
     } else {
-        ""
+        String::new()
     };
     // Most of the store's errors name it and their cause in their text: as a
     // context over one, anyhow's chain said both twice.
@@ -229,6 +232,45 @@ pub fn audit_open_error(
     } else {
         anyhow::anyhow!("cannot open the audit store {}: {text}{hint}", db.display())
     }
+}
+
+/// The process holding the lock of the store in `db` (sled's `flock` on
+/// its `db` file), as `pid N (command line)`, from /proc/locks.
+pub fn lock_holder(db: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(db.join("db")).ok()?;
+    let dev = meta.dev();
+    let file = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid = locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; a waiter's
+        // line has "->" after the number.
+        if fields.get(1) == Some(&"->") {
+            return None;
+        }
+        let at = fields.iter().position(|f| *f == file)?;
+        fields.get(at.checked_sub(1)?)?.parse::<u32>().ok()
+    })?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut command = String::from_utf8_lossy(&cmdline)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if command.chars().count() > 120 {
+        command = command.chars().take(120).chain("…".chars()).collect();
+    }
+    Some(if command.is_empty() {
+        format!("pid {pid}")
+    } else {
+        format!("pid {pid} ({})", audit::one_line(&command))
+    })
 }
 
 /// A runtime for the async parts of a command.
