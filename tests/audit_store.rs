@@ -1267,6 +1267,36 @@ fn a_store_others_could_rewrite_is_refused_by_writers() {
     assert!(err.contains("conf is owned by uid 65534"), "{err}");
 }
 
+/// A store the auditor may only read (evidence handed over, a read-only
+/// mount) cannot be opened by sled, which writes even to read: the refusal
+/// says so and how to examine a copy (it said only "Permission denied").
+#[test]
+fn a_store_the_auditor_may_only_read_is_refused_saying_to_copy_it() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the auditor as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.path().join("audit");
+    let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for args in [&["audit", "--db"][..], &["audit", "verify", "--db"]] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_cordon"))
+            .args(args)
+            .arg(&db)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {err}");
+        assert!(err.contains("examine a copy (cp -a"), "{err}");
+    }
+}
+
 /// One flipped byte early in sled's log: sled's recovery takes it for a
 /// torn tail and drops every record after it, its own `head` record too,
 /// and the store read as empty and intact (found by review: "ok: 0

@@ -121,6 +121,15 @@ impl AuditError {
         matches!(self, AuditError::Open { source, .. } if source.to_string().contains("could not acquire lock"))
     }
 
+    /// Whether the store could not be opened for want of write access (a
+    /// read-only mount, or files the caller may only read): sled opens a
+    /// store for writing even to read it.
+    pub fn is_unwritable(&self) -> bool {
+        use std::io::ErrorKind;
+        matches!(self, AuditError::Open { source: sled::Error::Io(e), .. }
+            if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem))
+    }
+
     /// Whether the store's files are damaged (as opposed to missing, in
     /// use, or unreadable for want of permission): a failed verify.
     pub fn is_damage(&self) -> bool {
@@ -208,9 +217,10 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<BTreeMap<String, u64>>,
     /// `override` records: the decision record that says allow for a call
-    /// that was in fact denied, because that record could not be flushed
-    /// (strict mode). It is in the store's memory, so it may still reach
-    /// the disk, or the log at exit.
+    /// that was in fact denied, because it was decided after the client's
+    /// deadline, or (strict mode) could not be flushed; such a record is in
+    /// the store's memory, so it may still reach the disk, or the log at
+    /// exit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<u64>,
     /// The policy's `input` document for a decision, as the policy saw it, so

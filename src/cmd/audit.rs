@@ -70,8 +70,9 @@ pub struct AuditArgs {
     #[arg(long, value_enum)]
     kind: Option<KindArg>,
     /// Only allowed or denied decisions, or those a permissive sandbox was allowed and the
-    /// policy would have denied (would-deny). In strict mode an allow whose record could not be
-    /// flushed was denied after all: an `override` record (deny; `overrides` = that seq) follows.
+    /// policy would have denied (would-deny). An allow that was denied after all (decided after
+    /// the client's deadline, or, in strict mode, its record not flushed) is followed by an
+    /// `override` record (deny; `overrides` = that seq).
     #[arg(long, value_enum)]
     decision: Option<DecisionArg>,
     /// Only records whose path starts with this.
@@ -185,6 +186,11 @@ fn open_local(db: Option<&PathBuf>) -> anyhow::Result<Arc<SledAudit>> {
         Ok(store) => Ok(Arc::new(store)),
         // sled's lock: another process has the store open for writing.
         Err(e) if e.is_locked() => Err(anyhow::Error::new(e).context(in_use(&db))),
+        Err(e) if e.is_unwritable() => Err(anyhow::Error::new(e).context(format!(
+            "sled opens a store for writing even to read it, and cannot here: examine a copy \
+             (cp -a {} COPY; then --db COPY)",
+            db.display()
+        ))),
         Err(e) => Err(e.into()),
     }
 }
