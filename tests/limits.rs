@@ -374,6 +374,37 @@ fn a_crash_leaves_no_core_file_and_the_limit_stays_zero() {
     );
 }
 
+/// /dev/userfaultfd gives what the filter refuses as a call, a
+/// userfaultfd, whose pages would stall the supervisor's reads of the tool's
+/// memory (found by review): refused whatever the policy, for a root tool
+/// that opens it natively.
+#[test]
+fn dev_userfaultfd_is_refused_whatever_the_policy() {
+    let native = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd");
+    if let Err(e) = native {
+        eprintln!("skipped: /dev/userfaultfd does not open natively here: {e}");
+        return;
+    }
+    let b = Box_::new();
+    let out = cordon()
+        .current_dir(b.path())
+        .args(["run", "--audit-db", &b.db()])
+        .args(["--policy", path_str(&b.path().join("allow.rego"))])
+        .args([
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            "import os\ntry:\n    os.open('/dev/userfaultfd', os.O_RDWR); print('opened')\n\
+             except OSError as e: print(e.errno)\nos.open('/dev/null', os.O_RDWR); print('null')",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "1\nnull\n", "{}", text(&out.stderr));
+}
+
 fn network_probe(b: &Box_, port: u16, as_nobody: bool) -> Output {
     let probe = format!(
         "import socket\n\

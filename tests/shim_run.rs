@@ -451,6 +451,34 @@ case('openat2-cached', lambda: openat2('f', os.O_RDONLY, 0, 0x20))
 case('openat2-cached-creat', lambda: openat2('f', os.O_CREAT | os.O_WRONLY, 0o600, 0x20))
 case('openat2-beneath-and-in-root', lambda: openat2('f', os.O_RDONLY, 0, 0x08 | 0x10))
 case('creat-through-dangling-symlink', lambda: os.close(os.open('dangling', os.O_CREAT | os.O_WRONLY)))
+# The sticky check is the directory's the last name is in, reached through
+# a /proc link or not.
+case('creat-theirs-in-sticky-via-proc-cwd', lambda: os.close(os.open('/proc/self/cwd/sticky/theirs', os.O_CREAT | os.O_WRONLY)))
+# An empty path is ENOENT before the dirfd is looked at.
+def openat(dirfd, path, flags):
+    fd = libc.openat(dirfd, path, flags)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), path)
+    os.close(fd)
+case('openat-empty-bad-fd', lambda: openat(999, b'', os.O_RDONLY))
+ffd = os.open('f', os.O_RDONLY)
+case('openat-empty-file-fd', lambda: openat(ffd, b'', os.O_RDONLY))
+os.close(ffd)
+# openat2's how: a non-zero byte past the known fields is E2BIG, even
+# with an unreadable page after it (the kernel stops at that byte).
+import mmap
+page = mmap.PAGESIZE
+area = mmap.mmap(-1, 2 * page)
+base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+libc.mprotect(ctypes.c_void_p(base + page), page, 0)
+at = base + page - 32
+ctypes.memmove(at, ctypes.string_at(ctypes.addressof(How(os.O_RDONLY, 0, 0)), 24) + b'\x01' + bytes(7), 32)
+def openat2_raw(size):
+    fd = libc.syscall(437, -100, b'f', ctypes.c_void_p(at), size)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), 'f')
+    os.close(fd)
+case('openat2-junk-then-fault', lambda: openat2_raw(64))
 # A created file's flags are the ones the tool asked for.
 import fcntl
 def getfl(path, flags):
@@ -609,6 +637,10 @@ fn open_flags_mean_what_they_mean_to_the_kernel() {
         "creat-excl f/x/ err 20",
         "bind missing/ err 2",
         "bind f/ err 98",
+        "creat-theirs-in-sticky-via-proc-cwd err 13",
+        "openat-empty-bad-fd err 2",
+        "openat-empty-file-fd err 2",
+        "openat2-junk-then-fault err 7",
     ] {
         assert!(native.contains(refused), "{refused}: {native}");
     }

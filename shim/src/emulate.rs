@@ -127,59 +127,86 @@ fn with_umask<T>(umask: u32, mode: u32, create: impl FnOnce(Mode) -> T) -> T {
 }
 
 /// Whether the kernel refuses an `O_CREAT` open of the existing file found
-/// at `resolved` (of type `kind`, owned by `owner`), asked for as `given`, by
-/// a caller with fs uid `fsuid`, because its directory is sticky and neither
-/// owns the file (`may_create_in_sticky`, with this machine's
-/// `fs.protected_regular` and `fs.protected_fifos`). A directory that cannot
-/// be examined refuses nothing: the check is the kernel's hardening, not the
-/// policy's. The directory the kernel looks at is the one it found the last
-/// name in: the file's own, except through a `/proc` magic link (`/dev/stdout`
-/// → `/proc/self/fd/1`), where it is a `/proc` directory, never sticky; a
-/// `given` path in `/proc`, `/dev/fd/` or one of `/dev/std{in,out,err}`, or
-/// an absolute one whose final symlink leads into `/proc`, is so never
-/// refused (longer link chains, and links named by a relative path, are not
-/// followed here: those are refused).
-pub fn refused_in_sticky(given: &[u8], resolved: &[u8], kind: u32, owner: u32, fsuid: u32) -> bool {
-    let parent = match resolved.iter().rposition(|&b| b == b'/') {
-        Some(0) => &b"/"[..],
-        Some(i) => &resolved[..i],
+/// at `resolved` (of type `kind`, owned by `owner`, `(st_dev, st_ino)`
+/// `file`), asked for as `given`, by a caller with fs uid `fsuid`, because
+/// its directory is sticky and neither owns the file (`may_create_in_sticky`,
+/// with this machine's `fs.protected_regular` and `fs.protected_fifos`).
+///
+/// The directory the kernel looks at is the one it found the last name in:
+/// the file's own, reached by any path (`/proc/self/cwd/x` too), except
+/// where the last name is itself one of the tool's fd entries (`/proc/PID/fd/N`,
+/// `/dev/fd/N`, `/dev/stdout` → `/proc/self/fd/1`), whose directory is in
+/// `/proc`, never sticky (longer link chains, and links named by a relative
+/// path, are not followed here: those are checked).
+///
+/// The directory is read as the supervisor (the tool may reach the file from
+/// a cwd it could not look up by path: that is no reason to skip the check),
+/// by the canonical path's parent, which must still hold the file under its
+/// name: otherwise the tool moved it meanwhile (a rename racing the open),
+/// and the open is refused. Until session 31 the directory was read again
+/// by path as the tool, any `/proc` path skipped the check, and one it could
+/// not read refused nothing (found by review).
+pub fn refused_in_sticky(
+    given: &[u8],
+    resolved: &[u8],
+    (kind, owner, file): (u32, u32, (u64, u64)),
+    fsuid: u32,
+) -> bool {
+    let (parent, name) = match resolved.iter().rposition(|&b| b == b'/') {
+        Some(0) => (&b"/"[..], &resolved[1..]),
+        Some(i) => (&resolved[..i], &resolved[i + 1..]),
         None => return false,
     };
-    let Ok(dir) = nix::sys::stat::lstat(OsStr::from_bytes(parent)) else {
-        return false;
+    let fd_entry = |p: &[u8]| {
+        let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+        let parts: Vec<&[u8]> = p.split(|&b| b == b'/').collect();
+        match parts.as_slice() {
+            [b"", b"proc", _, b"fd", n] | [b"", b"dev", b"fd", n] => digits(n),
+            [b"", b"proc", _, b"task", _, b"fd", n] => digits(n),
+            _ => matches!(p, b"/dev/stdin" | b"/dev/stdout" | b"/dev/stderr"),
+        }
     };
+    // (A relative `given` is not read: it names a file from the tool's cwd.)
+    let through_link = given.first() == Some(&b'/')
+        && std::fs::read_link(OsStr::from_bytes(given))
+            .is_ok_and(|target| fd_entry(target.as_os_str().as_bytes()));
+    if fd_entry(given) || through_link {
+        return false;
+    }
     let sysctl = |name: &str| {
         std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
             .ok()
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(0)
     };
-    if dir.st_mode & libc::S_ISVTX == 0
-        || !sticky_refuses(
-            dir.st_mode,
-            dir.st_uid,
-            kind,
-            owner,
-            fsuid,
-            (sysctl("protected_regular"), sysctl("protected_fifos")),
-        )
-    {
-        return false;
-    }
-    // `/proc`, and the `/dev` names that are symlinks into it; not the rest
-    // of `/dev` (`/dev/shm` and `/dev/mqueue` are sticky), nor a `..` that
-    // leaves either.
-    let in_proc = |p: &[u8]| {
-        !p.split(|&b| b == b'/').any(|c| c == b"..")
-            && (p.starts_with(b"/proc/")
-                || p.starts_with(b"/dev/fd/")
-                || matches!(p, b"/dev/stdin" | b"/dev/stdout" | b"/dev/stderr"))
+    let Ok(dir) = open(
+        OsStr::from_bytes(parent),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        // Its parent gone since the lookup: moved meanwhile.
+        return true;
     };
-    // (A relative `given` is not read: it names a file from the tool's cwd.)
-    let through_link = given.first() == Some(&b'/')
-        && std::fs::read_link(OsStr::from_bytes(given))
-            .is_ok_and(|target| in_proc(target.as_os_str().as_bytes()));
-    !(in_proc(given) || through_link)
+    let Ok(dir_stat) = nix::sys::stat::fstat(&dir) else {
+        return true;
+    };
+    let still_there = nix::sys::stat::fstatat(
+        &dir,
+        OsStr::from_bytes(name),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok_and(|st| (st.st_dev, st.st_ino) == file);
+    if !still_there {
+        return true;
+    }
+    sticky_refuses(
+        dir_stat.st_mode,
+        dir_stat.st_uid,
+        kind,
+        owner,
+        fsuid,
+        (sysctl("protected_regular"), sysctl("protected_fifos")),
+    )
 }
 
 /// The kernel's rule, given the directory's mode and owner and the sysctls

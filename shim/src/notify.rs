@@ -1184,9 +1184,20 @@ impl Supervisor {
                 if size > 4096 {
                     return Err(Errno::E2BIG);
                 }
-                let how = mem.read(a[2], size)?;
-                if how[24..].iter().any(|&b| b != 0) {
-                    return Err(Errno::E2BIG);
+                let how = mem.read(a[2], 24)?;
+                // The rest must be zero: read a page at a time, so that a
+                // non-zero byte before an unreadable page is E2BIG, as the
+                // kernel (which stops at it) says, not EFAULT.
+                // (`read` refused an address range that wraps.)
+                let mut at = a[2] + 24;
+                let end = a[2].checked_add(size as u64).ok_or(Errno::EFAULT)?;
+                while at < end {
+                    let page_end = (at | 4095).saturating_add(1);
+                    let chunk = mem.read(at, (page_end.min(end) - at) as usize)?;
+                    if chunk.iter().any(|&b| b != 0) {
+                        return Err(Errno::E2BIG);
+                    }
+                    at = page_end;
                 }
                 let word = |i: usize| u64::from_ne_bytes(how[i..i + 8].try_into().expect("8"));
                 if word(0) > u32::MAX as u64 {
@@ -1314,12 +1325,13 @@ impl Supervisor {
             if kind == libc::S_IFDIR {
                 return Err(Errno::EISDIR);
             }
-            // As the tool: the directory's mode is read by path.
-            let refused = with_creds(&task.creds, &self.me, || {
-                emulate::refused_in_sticky(&path, &resolved_path, kind, owner, task.creds.fsuid)
-            })
-            .unwrap_or(false);
-            if refused {
+            let file = stat.as_ref().map_or((0, 0), |s| (s.st_dev, s.st_ino));
+            if emulate::refused_in_sticky(
+                &path,
+                &resolved_path,
+                (kind, owner, file),
+                task.creds.fsuid,
+            ) {
                 return Err(Errno::EACCES);
             }
         }
@@ -1344,6 +1356,23 @@ impl Supervisor {
             if theirs == 0 || theirs != controlling_tty(std::process::id() as i32) {
                 return Err(Errno::ENXIO);
             }
+        }
+        // /dev/userfaultfd hands out what the filter refuses as a call: a
+        // userfaultfd, whose registered pages would stall the supervisor's
+        // reads of the tool's memory, and every serving thread with them
+        // (found by review). EPERM, as for the call.
+        if existing
+            .is_some_and(|(kind, dev, _)| (kind, dev) == (libc::S_IFCHR, libc::makedev(10, 257)))
+        {
+            if !self.listener.id_valid(n.id) {
+                return Err(Errno::ESRCH);
+            }
+            self.count(|c| {
+                *c.forbidden
+                    .entry(format!("{}(/dev/userfaultfd)", syscall_name(n.nr)))
+                    .or_default() += 1
+            });
+            return Err(Errno::EPERM);
         }
         // A tun device is bound to its opener's network namespace: ours,
         // were we to open it for a tool in a namespace of its own

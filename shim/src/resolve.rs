@@ -452,7 +452,14 @@ pub fn start(l: &Lookup) -> Start {
         cwd: None,
     };
     let mut failure = None;
-    let (base, base_path) = if absolute && !in_root {
+    // An empty path is ENOENT before the kernel looks at the dirfd (a bad
+    // one is not EBADF, a file not ENOTDIR; found by review).
+    if path.is_empty() {
+        failure = Some(failed(&path, Errno::ENOENT));
+    }
+    let (base, base_path) = if failure.is_some() {
+        (None, b"/".to_vec())
+    } else if absolute && !in_root {
         match own_link {
             Some((_, rest)) if rest.is_empty() => {
                 link_is_object = true;
