@@ -577,6 +577,45 @@ fn a_create_on_another_users_file_in_dev_shm_is_refused_as_natively() {
     assert_eq!(assert_ok(&sandboxed), expected, "under cordon");
 }
 
+/// A tool whose fd table is full gets EMFILE for a create or a truncating
+/// open, and natively nothing happens to the file: the kernel takes the fd
+/// number first. cordon creates or truncates, then injects: it created the
+/// file and emptied the other, then said EMFILE (found by review).
+#[test]
+fn a_full_fd_table_neither_creates_nor_truncates() {
+    let env = Env::new(&[]);
+    let script = "import os, resource\n\
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n\
+        open('keep', 'w').write('data')\n\
+        held = []\n\
+        try:\n    while True: held.append(os.open('/dev/null', os.O_RDONLY))\n\
+        except OSError as e: print('filled', e.errno)\n\
+        for name, flags in (('new', os.O_CREAT | os.O_WRONLY), ('keep', os.O_WRONLY | os.O_TRUNC),\n\
+                            ('newx', os.O_CREAT | os.O_EXCL | os.O_WRONLY)):\n    \
+            try:\n        os.open(name, flags, 0o644); print(name, 'opened')\n    \
+            except OSError as e: print(name, e.errno)\n\
+        for h in held: os.close(h)\n\
+        print(os.path.exists('new'), os.path.exists('newx'), open('keep').read())\n";
+    let expected = "filled 24\nnew 24\nkeep 24\nnewx 24\nFalse False data\n";
+    for (name, sandboxed) in [("native", false), ("sandboxed", true)] {
+        let dir = env.work.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = if sandboxed {
+            env.command(&[], &["/usr/bin/python3", "-c", script])
+                .current_dir(&dir)
+                .output()
+                .unwrap()
+        } else {
+            Command::new("/usr/bin/python3")
+                .args(["-c", script])
+                .current_dir(&dir)
+                .output()
+                .unwrap()
+        };
+        assert_eq!(assert_ok(&out), expected, "{name}");
+    }
+}
+
 #[test]
 fn open_flags_mean_what_they_mean_to_the_kernel() {
     use std::os::unix::fs::PermissionsExt;

@@ -126,6 +126,23 @@ fn with_umask<T>(umask: u32, mode: u32, create: impl FnOnce(Mode) -> T) -> T {
     out
 }
 
+/// Removes the file this supervisor created at `name` in `parent` for an
+/// open whose fd could not be given to the tool (its fd table full, or the
+/// call interrupted and to be restarted): natively nothing was created
+/// (`EMFILE` comes first), and a restarted `O_EXCL` open must not find it.
+/// Only while the name still holds the file created (`created`).
+pub fn undo_create(parent: &OwnedFd, name: &[u8], created: &OwnedFd) {
+    let Ok(ours) = nix::sys::stat::fstat(created) else {
+        return;
+    };
+    let name = OsStr::from_bytes(name);
+    let same = nix::sys::stat::fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino));
+    if same {
+        let _ = nix::unistd::unlinkat(parent, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+}
+
 /// Whether the kernel refuses an `O_CREAT` open of the existing file found
 /// at `resolved` (of type `kind`, owned by `owner`, `(st_dev, st_ino)`
 /// `file`), asked for as `given`, by a caller with fs uid `fsuid`, because

@@ -1410,6 +1410,17 @@ impl Supervisor {
                 || is_tmpfile);
         let how = if writes { Use::Write } else { Use::Read };
         self.refuse_protected(n, &resolved_path, &found, stat.as_ref(), how, false)?;
+        // Natively a full fd table fails the open before it truncates; here
+        // the fd is injected after the open: a file with contents is not
+        // truncated for a tool that cannot take the fd (found by review).
+        let truncates = flags & libc::O_TRUNC != 0
+            && flags & libc::O_PATH == 0
+            && stat
+                .as_ref()
+                .is_some_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFREG && s.st_size > 0);
+        if truncates && !crate::process::has_fd_room(n.tid) {
+            return Err(Errno::EMFILE);
+        }
         let access: Vec<String> = if flags & libc::O_PATH != 0 {
             vec![]
         } else {
@@ -1467,6 +1478,14 @@ impl Supervisor {
                 })
                 .and_then(|r| r)
             };
+            // Where a create happens: to undo it if its fd cannot be given.
+            let creating = match &found {
+                Found::Missing { parent, name } => parent
+                    .try_clone()
+                    .ok()
+                    .map(|parent| (parent, name.clone(), creds.clone())),
+                Found::Existing(_) => None,
+            };
             // Inside the kernel backstop too, when it could refuse this open:
             // on the restricted opener thread, or (a blocking FIFO, on a
             // helper thread of its own) by restricting this thread first.
@@ -1492,9 +1511,18 @@ impl Supervisor {
                     if let Err(e) =
                         me.listener
                             .inject_fd_and_return(id, &fd, flags & libc::O_CLOEXEC != 0)
-                        && e.raw_os_error() != Some(libc::ENOENT)
                     {
-                        let _ = me.listener.fail(id, e.raw_os_error().unwrap_or(libc::EIO));
+                        // Not given (no fd number free: EMFILE; or the call
+                        // was interrupted, ENOENT, and may be restarted):
+                        // what this open created goes again.
+                        if let Some((parent, name, creds)) = &creating {
+                            let _ = with_creds(creds, &me.me, || {
+                                emulate::undo_create(parent, name, &fd)
+                            });
+                        }
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            let _ = me.listener.fail(id, e.raw_os_error().unwrap_or(libc::EIO));
+                        }
                     }
                     drop(fd);
                 }

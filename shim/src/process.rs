@@ -494,6 +494,29 @@ impl Creds {
     }
 }
 
+/// Whether thread `tid` has an fd number free below its `RLIMIT_NOFILE`,
+/// so that a file injected into it gets one (else `EMFILE`). Read from
+/// `/proc` (its limits, and its fd table's entries below the limit); where
+/// either cannot be read, yes: the injection then says. Another thread of
+/// the tool may take the last number after this; that race is the tool's.
+pub fn has_fd_room(tid: i32) -> bool {
+    let limit = fs::read_to_string(format!("/proc/{tid}/limits"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("Max open files"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        });
+    let (Some(limit), Ok(entries)) = (limit, fs::read_dir(format!("/proc/{tid}/fd"))) else {
+        return true;
+    };
+    let used = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|&fd| fd < limit)
+        .count() as u64;
+    used < limit
+}
+
 /// Runs `f` on this thread with the tool's fs ids, groups, and no
 /// effective capability the tool lacks, where they differ from the
 /// supervisor's; then switches back. If a switch is not possible the answer
