@@ -1265,6 +1265,29 @@ fn a_store_others_could_rewrite_is_refused_by_writers() {
     let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
     assert_eq!(code, 125, "{err}");
     assert!(err.contains("conf is owned by uid 65534"), "{err}");
+    // A user's store with a file of root's in it (sled's recovery leaves a
+    // snapshot behind when root reads it) stays the user's to write: root
+    // could rewrite it anyway (found by review).
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    let as_nobody = |db: &std::path::Path| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_cordon"))
+            .args(["run", "--audit-db"])
+            .arg(db)
+            .args(["--", "/bin/true"])
+            .output()
+            .unwrap()
+    };
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody_db = theirs.join("audit");
+    let out = as_nobody(&nobody_db);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(nobody_db.join("left-by-root"), "").unwrap();
+    let out = as_nobody(&nobody_db);
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// A store the auditor may only read (evidence handed over, a read-only

@@ -376,7 +376,7 @@ fn a_crash_leaves_no_core_file_and_the_limit_stays_zero() {
 
 /// /dev/userfaultfd gives what the filter refuses as a call, a
 /// userfaultfd, whose pages would stall the supervisor's reads of the tool's
-/// memory (found by review): refused whatever the policy, for a root tool
+/// memory (found by review): refused (EACCES) whatever the policy, for a root tool
 /// that opens it natively.
 #[test]
 fn dev_userfaultfd_is_refused_whatever_the_policy() {
@@ -398,11 +398,17 @@ fn dev_userfaultfd_is_refused_whatever_the_policy() {
             "/usr/bin/python3",
             "-c",
             "import os\ntry:\n    os.open('/dev/userfaultfd', os.O_RDWR); print('opened')\n\
-             except OSError as e: print(e.errno)\nos.open('/dev/null', os.O_RDWR); print('null')",
+             except OSError as e: print(e.errno)\nos.open('/dev/null', os.O_RDWR); print('null')\n\
+             os.open('/dev/userfaultfd', os.O_PATH); print('path ok')",
         ])
         .output()
         .unwrap();
-    assert_eq!(text(&out.stdout), "1\nnull\n", "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "13\nnull\npath ok\n",
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 fn network_probe(b: &Box_, port: u16, as_nobody: bool) -> Output {

@@ -4209,6 +4209,37 @@ fn a_helper_whose_caller_died_is_freed() {
     assert!(freed, "{left} helper(s) left after their caller died");
 }
 
+/// An `O_CREAT` open of an existing file whose directory the supervisor
+/// cannot open by path (a nobody cordon, the tool in `a/b` after `chmod 0
+/// a`) opens as natively: the sticky check refuses nothing it cannot make
+/// (a first rewrite of it refused every such open: `sh -c 'echo > f'`
+/// failed; found by review).
+#[test]
+fn a_create_open_of_a_file_whose_directory_cannot_be_looked_up_opens() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let policy = dir.path().join("allow-all.rego");
+    std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
+    let script = "import os\n\
+                  os.makedirs('a/b'); open('a/b/f', 'w').write('x')\n\
+                  top = os.getcwd(); os.chdir('a/b'); os.chmod(top + '/a', 0)\n\
+                  try:\n    os.close(os.open('f', os.O_WRONLY | os.O_CREAT)); print('creat ok')\n\
+                  except OSError as e: print('creat', e.errno)\n\
+                  os.chmod(top + '/a', 0o755)\n";
+    let native_dir = dir.path().join("native");
+    std::fs::create_dir(&native_dir).unwrap();
+    std::fs::set_permissions(&native_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let native = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", script])
+        .current_dir(&native_dir)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&native), "creat ok\n", "natively");
+    let out = python_under_cordon_as_nobody(dir.path(), &policy, script);
+    assert_eq!(assert_ok(&out), "creat ok\n", "under cordon");
+}
+
 /// `cordon run` itself as nobody, in `dir` (which nobody may write: its
 /// store and temp dir go there), running a Python `script` under `policy`.
 fn python_under_cordon_as_nobody(dir: &Path, policy: &Path, script: &str) -> Output {

@@ -832,7 +832,9 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     }
     // Whoever may write the directory may replace its files, and so every
     // record (the chain with them); a file of another user's in it was put
-    // there by one who could (found by review).
+    // there by one who could (found by review). Root's are not: root can
+    // rewrite the store anyway, and sled's recovery leaves a snapshot of
+    // root's behind when root reads a user's store.
     let mode = meta.permissions().mode();
     if mode & 0o022 != 0 {
         return refused(format!(
@@ -842,8 +844,14 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     }
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let owner = entry.metadata()?.uid();
-        if owner != me {
+        // One a running broker removed meanwhile (an old snapshot): the
+        // open then says the store is in use.
+        let owner = match entry.metadata() {
+            Ok(meta) => meta.uid(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if owner != me && owner != 0 {
             return refused(format!(
                 "{} is owned by uid {owner}, not by this user (uid {me}): whoever put it there could have rewritten the records; keep a copy as evidence and start a new store",
                 entry.path().display()

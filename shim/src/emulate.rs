@@ -127,10 +127,9 @@ fn with_umask<T>(umask: u32, mode: u32, create: impl FnOnce(Mode) -> T) -> T {
 }
 
 /// Removes the file this supervisor created at `name` in `parent` for an
-/// open whose fd could not be given to the tool (its fd table full, or the
-/// call interrupted and to be restarted): natively nothing was created
-/// (`EMFILE` comes first), and a restarted `O_EXCL` open must not find it.
-/// Only while the name still holds the file created (`created`).
+/// open whose fd could not be given to the tool (its fd table full):
+/// natively nothing was created (`EMFILE` comes first). Only while the name
+/// still holds the file created (`created`).
 pub fn undo_create(parent: &OwnedFd, name: &[u8], created: &OwnedFd) {
     let Ok(ours) = nix::sys::stat::fstat(created) else {
         return;
@@ -160,7 +159,7 @@ pub fn undo_create(parent: &OwnedFd, name: &[u8], created: &OwnedFd) {
 /// a cwd it could not look up by path: that is no reason to skip the check),
 /// by the canonical path's parent, which must still hold the file under its
 /// name: otherwise the tool moved it meanwhile (a rename racing the open),
-/// and the open is refused. Until session 31 the directory was read again
+/// and the open is refused. One the supervisor cannot open refuses nothing. Until session 31 the directory was read again
 /// by path as the tool, any `/proc` path skipped the check, and one it could
 /// not read refused nothing (found by review).
 pub fn refused_in_sticky(
@@ -177,6 +176,9 @@ pub fn refused_in_sticky(
     let fd_entry = |p: &[u8]| {
         let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
         let parts: Vec<&[u8]> = p.split(|&b| b == b'/').collect();
+        if parts.contains(&&b".."[..]) {
+            return false;
+        }
         match parts.as_slice() {
             [b"", b"proc", _, b"fd", n] | [b"", b"dev", b"fd", n] => digits(n),
             [b"", b"proc", _, b"task", _, b"fd", n] => digits(n),
@@ -196,17 +198,22 @@ pub fn refused_in_sticky(
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(0)
     };
+    // A directory the supervisor cannot open (a root squashed by NFS)
+    // refuses nothing, as before: the check is the kernel's hardening, not
+    // the policy's.
     let Ok(dir) = open(
         OsStr::from_bytes(parent),
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     ) else {
-        // Its parent gone since the lookup: moved meanwhile.
-        return true;
+        return false;
     };
     let Ok(dir_stat) = nix::sys::stat::fstat(&dir) else {
-        return true;
+        return false;
     };
+    // It must still hold the file: else it was moved meanwhile (a rename
+    // racing the open, or a sticky directory exchanged for another), and
+    // what the kernel would have looked at is not known.
     let still_there = nix::sys::stat::fstatat(
         &dir,
         OsStr::from_bytes(name),

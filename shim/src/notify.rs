@@ -1184,12 +1184,11 @@ impl Supervisor {
                 if size > 4096 {
                     return Err(Errno::E2BIG);
                 }
-                let how = mem.read(a[2], 24)?;
-                // The rest must be zero: read a page at a time, so that a
+                // The rest must be zero, checked first, as the kernel does
+                // (`copy_struct_from_user`): a page at a time, so that a
                 // non-zero byte before an unreadable page is E2BIG, as the
                 // kernel (which stops at it) says, not EFAULT.
-                // (`read` refused an address range that wraps.)
-                let mut at = a[2] + 24;
+                let mut at = a[2].checked_add(24).ok_or(Errno::EFAULT)?;
                 let end = a[2].checked_add(size as u64).ok_or(Errno::EFAULT)?;
                 while at < end {
                     let page_end = (at | 4095).saturating_add(1);
@@ -1199,6 +1198,7 @@ impl Supervisor {
                     }
                     at = page_end;
                 }
+                let how = mem.read(a[2], 24)?;
                 let word = |i: usize| u64::from_ne_bytes(how[i..i + 8].try_into().expect("8"));
                 if word(0) > u32::MAX as u64 {
                     return Err(Errno::EINVAL);
@@ -1360,9 +1360,12 @@ impl Supervisor {
         // /dev/userfaultfd hands out what the filter refuses as a call: a
         // userfaultfd, whose registered pages would stall the supervisor's
         // reads of the tool's memory, and every serving thread with them
-        // (found by review). EPERM, as for the call.
-        if existing
-            .is_some_and(|(kind, dev, _)| (kind, dev) == (libc::S_IFCHR, libc::makedev(10, 257)))
+        // (found by review). EACCES, what a tool of another uid gets for its
+        // mode 0600; an O_PATH open, which gives no ioctl, goes on.
+        if flags & libc::O_PATH == 0
+            && existing.is_some_and(|(kind, dev, _)| {
+                kind == libc::S_IFCHR && Some(dev) == userfaultfd_device()
+            })
         {
             if !self.listener.id_valid(n.id) {
                 return Err(Errno::ESRCH);
@@ -1372,7 +1375,7 @@ impl Supervisor {
                     .entry(format!("{}(/dev/userfaultfd)", syscall_name(n.nr)))
                     .or_default() += 1
             });
-            return Err(Errno::EPERM);
+            return Err(Errno::EACCES);
         }
         // A tun device is bound to its opener's network namespace: ours,
         // were we to open it for a tool in a namespace of its own
@@ -1512,15 +1515,17 @@ impl Supervisor {
                         me.listener
                             .inject_fd_and_return(id, &fd, flags & libc::O_CLOEXEC != 0)
                     {
-                        // Not given (no fd number free: EMFILE; or the call
-                        // was interrupted, ENOENT, and may be restarted):
-                        // what this open created goes again.
-                        if let Some((parent, name, creds)) = &creating {
-                            let _ = with_creds(creds, &me.me, || {
-                                emulate::undo_create(parent, name, &fd)
-                            });
-                        }
+                        // Not given for want of an fd number (EMFILE, which
+                        // natively comes before the create): what this open
+                        // created goes again. Not when the call is gone
+                        // (ENOENT: killed, or interrupted by a signal),
+                        // where another thread may have opened it by name.
                         if e.raw_os_error() != Some(libc::ENOENT) {
+                            if let Some((parent, name, creds)) = &creating {
+                                let _ = with_creds(creds, &me.me, || {
+                                    emulate::undo_create(parent, name, &fd)
+                                });
+                            }
                             let _ = me.listener.fail(id, e.raw_os_error().unwrap_or(libc::EIO));
                         }
                     }
@@ -2891,6 +2896,24 @@ fn same_namespace(tid: i32, kind: &str) -> bool {
 /// Files that describe or set the IPC namespace of their opener: ours,
 /// were we to open them for a tool in a namespace of its own (a root tool
 /// gets one), whose objects and limits they would then be the host's.
+/// The device number of /dev/userfaultfd: a misc device with a minor given
+/// at registration (257 on this machine, not on every kernel), read once
+/// from /proc/misc.
+fn userfaultfd_device() -> Option<u64> {
+    static DEVICE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *DEVICE.get_or_init(|| {
+        let misc = std::fs::read_to_string("/proc/misc").ok()?;
+        misc.lines().find_map(|l| {
+            let (minor, name) = l.trim().split_once(' ')?;
+            let minor = minor
+                .parse()
+                .ok()
+                .filter(|_| name.trim() == "userfaultfd")?;
+            Some(libc::makedev(10, minor))
+        })
+    })
+}
+
 fn names_ipc_namespace_state(canonical: &[u8]) -> bool {
     const KERNEL: [&[u8]; 11] = [
         b"msgmax",

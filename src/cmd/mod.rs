@@ -255,7 +255,13 @@ pub fn lock_holder(db: &std::path::Path) -> Option<String> {
             return None;
         }
         let at = fields.iter().position(|f| *f == file)?;
-        fields.get(at.checked_sub(1)?)?.parse::<u32>().ok()
+        // 0: a holder in another pid namespace, or one that exited while
+        // a child holds the lock; -1: an OFD lock, no process.
+        fields
+            .get(at.checked_sub(1)?)?
+            .parse::<u32>()
+            .ok()
+            .filter(|&p| p > 0)
     })?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let mut command = String::from_utf8_lossy(&cmdline)
