@@ -85,6 +85,17 @@ dev_allowed if {
 	not contains(substring(input.file.path, 9, -1), "/")
 }
 
+# glibc's sem_open names a new semaphore by linking the temporary file it
+# made (the rule above) to its name: both names of that link, in /dev/shm
+# itself. An object so named still opens only with O_CREAT | O_EXCL, so
+# never another program's.
+dev_allowed if {
+	startswith(input.file.path, "/dev/shm/")
+	data.cordon.shm == true
+	input.syscall in {"link", "linkat"}
+	not contains(substring(input.file.path, 9, -1), "/")
+}
+
 # The tool's own fds that have no path (pipes, sockets), reopened through
 # /proc/PID/fd/N, read and write (`echo x >/dev/stderr` into a pipe, bash's
 # >(...)): an fd that has a path is decided by that path instead.

@@ -238,6 +238,14 @@ test_shm_objects_only_when_asked_and_only_new_ones if {
 	not allowed(write("/dev/shm/sem.AbC123")) with data.cordon.shm as true
 	not allowed(object.union(read("/dev/shm/sem.other"), {"file": {"access": ["read", "write"], "flags": ["O_RDWR"]}})) with data.cordon.shm as true
 	not allowed(exclusive("/dev/shm/dir/x")) with data.cordon.shm as true
+	# glibc's sem_open links its temporary file to the semaphore's name.
+	link_old := object.union(read("/dev/shm/sem.XyZ123"), {"syscall": "link", "file": {"access": ["read", "write"], "flags": ["OLD"]}})
+	link_new := object.union(write("/dev/shm/sem.mp-1"), {"syscall": "link", "file": {"truncate": false, "flags": ["NEW"]}})
+	allowed(link_old) with data.cordon.shm as true
+	allowed(link_new) with data.cordon.shm as true
+	not allowed(link_old)
+	not allowed(object.union(link_old, {"syscall": "rename"})) with data.cordon.shm as true
+	not allowed(object.union(link_new, {"file": {"path": "/dev/shm/dir/x"}})) with data.cordon.shm as true
 	not "/dev/shm" in data.cordon.backstop.write with input as {"sandbox": sandbox}
 	"/dev/shm" in data.cordon.backstop.write with input as {"sandbox": sandbox} with data.cordon.shm as true
 }

@@ -520,6 +520,152 @@ for path in ('acl/f', 'plain'):
 os.umask(old)
 "#;
 
+/// Renames and links, each case's outcome as one line (`name ok` or
+/// `name err ERRNO`), then what the directory holds.
+const NAME_CASES: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def case(name, f):
+    try:
+        f(); print(name, 'ok')
+    except OSError as e:
+        print(name, 'err', e.errno)
+def call(rc, what):
+    if rc != 0:
+        raise OSError(ctypes.get_errno(), what)
+def renameat2(old, new, flags, od=-100, nd=-100):
+    call(libc.syscall(316, od, old, nd, new, flags), 'renameat2')
+def linkat(old, new, flags, od=-100, nd=-100):
+    call(libc.linkat(od, old, nd, new, flags), 'linkat')
+os.mkdir('d'); os.mkdir('e'); open('e/x', 'w').close(); open('f', 'w').write('f'); open('g', 'w').write('g')
+os.symlink('f', 'sl'); os.symlink('missing', 'dangling')
+case('rename-missing', lambda: os.rename('missing', 'm2'))
+case('rename-onto-nonempty-dir', lambda: os.rename('d', 'e'))
+case('rename-dir-into-itself', lambda: os.rename('d', 'd/sub'))
+case('rename-file-to-slash', lambda: os.rename('f', 'f2/'))
+case('rename-file-slash', lambda: os.rename('f/', 'f2'))
+case('rename-dir-onto-file', lambda: os.rename('d', 'f'))
+case('rename-file-onto-dir', lambda: os.rename('f', 'd'))
+case('rename-dot', lambda: os.rename('.', 'x'))
+case('rename-to-dotdot', lambda: os.rename('f', 'd/..'))
+case('rename-missing-parent', lambda: os.rename('f', 'nope/x'))
+case('rename-through-file', lambda: os.rename('f/x', 'y'))
+case('rename-same', lambda: os.rename('f', 'f'))
+case('rename-noreplace-existing', lambda: renameat2(b'f', b'g', 1))
+case('rename-exchange-missing', lambda: renameat2(b'f', b'nothing', 2))
+case('rename-bad-flags', lambda: renameat2(b'f', b'g', 8))
+case('rename-exchange-noreplace', lambda: renameat2(b'f', b'g', 3))
+case('rename-exchange', lambda: renameat2(b'f', b'g', 2))
+print('after exchange', open('f').read(), open('g').read())
+case('rename-symlink', lambda: os.rename('sl', 'sl2'))
+print('sl2', os.readlink('sl2'))
+case('rename-dangling', lambda: os.rename('dangling', 'dangling2'))
+case('rename-empty', lambda: os.rename('', 'x'))
+case('link-existing', lambda: os.link('f', 'g'))
+case('link-dir', lambda: os.link('d', 'd3'))
+case('link-missing', lambda: os.link('missing', 'x'))
+case('link-to-slash', lambda: os.link('f', 'h/'))
+case('link-to-dot', lambda: os.link('f', 'd/.'))
+case('link-symlink-nofollow', lambda: linkat(b'sl2', b'sl3', 0))
+print('sl3 is link', os.path.islink('sl3'))
+case('link-symlink-follow', lambda: linkat(b'sl2', b'sl4', 0x400))
+print('sl4 is link', os.path.islink('sl4'))
+case('link-bad-flags', lambda: linkat(b'f', b'z', 1))
+case('link-empty-no-flag', lambda: linkat(b'', b'z', 0))
+fd = os.open('f', os.O_RDONLY)
+case('link-empty-path', lambda: linkat(b'', b'viafd', 0x1000, od=fd))
+case('link-empty-bad-fd', lambda: linkat(b'', b'z', 0x1000, od=999))
+case('link-proc-fd-follow', lambda: linkat(f'/proc/self/fd/{fd}'.encode(), b'viaproc', 0x400))
+dfd = os.open('d', os.O_RDONLY | os.O_DIRECTORY)
+case('renameat-dirfd', lambda: renameat2(b'../g', b'moved', 0, od=dfd, nd=dfd))
+print('moved', os.path.exists('d/moved'))
+case('rename-ok', lambda: os.rename('d/moved', 'back'))
+case('rename-dir-ok', lambda: os.rename('e', 'e2'))
+if os.path.exists('theirs'):
+    # Another user's files: protected_hardlinks, and a sticky directory.
+    case('link-theirs', lambda: os.link('theirs', 'mine'))
+    case('rename-theirs-in-sticky', lambda: os.rename('sticky/theirs', 'sticky/t2'))
+# (Not the store and temp dir a nobody cordon keeps here.)
+print(sorted(n for n in os.listdir('.') if n != 'audit' and not n.startswith('cordon-')))
+"#;
+
+/// Renames and links answer as natively (the supervisor makes them, from
+/// the names it looked up): errnos in the kernel's order, symlinks moved or
+/// linked as themselves (or followed with AT_SYMLINK_FOLLOW), an fd linked
+/// with AT_EMPTY_PATH, and, as nobody, another user's files refused as the
+/// kernel refuses them (protected_hardlinks, a sticky directory).
+#[test]
+fn renames_and_links_answer_as_natively() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new(&[]);
+    let top = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let policy = top.path().join("allow-all.rego");
+    std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
+    let prepare = |name: &str, theirs: bool| {
+        let dir = top.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        if theirs {
+            std::fs::write(dir.join("theirs"), "root's").unwrap();
+            let sticky = dir.join("sticky");
+            std::fs::create_dir(&sticky).unwrap();
+            std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+            std::fs::write(sticky.join("theirs"), "root's").unwrap();
+        }
+        dir
+    };
+    // As root.
+    let native_dir = prepare("native", false);
+    let native = Command::new("/usr/bin/python3")
+        .args(["-c", NAME_CASES])
+        .current_dir(&native_dir)
+        .output()
+        .unwrap();
+    let native = assert_ok(&native);
+    for refused in [
+        "rename-missing err 2",
+        "rename-onto-nonempty-dir err 39",
+        "rename-dir-into-itself err 22",
+        "rename-file-to-slash err 20",
+        "rename-dot err 16",
+        "rename-noreplace-existing err 17",
+        "rename-exchange-missing err 2",
+        "after exchange g f",
+        "link-existing err 17",
+        "link-dir err 1",
+        "link-to-dot err 17",
+        "sl3 is link True",
+        "sl4 is link False",
+        "link-empty-bad-fd err 9",
+        "link-empty-path ok",
+    ] {
+        assert!(native.contains(refused), "{refused}: {native}");
+    }
+    let sandboxed_dir = prepare("sandboxed", false);
+    let sandboxed = env
+        .command_with_policy(&policy, &["/usr/bin/python3", "-c", NAME_CASES])
+        .current_dir(&sandboxed_dir)
+        .output()
+        .unwrap();
+    assert_eq!(assert_ok(&sandboxed), native, "as root");
+    // As nobody, with root's files beside.
+    let native_dir = prepare("native-nobody", true);
+    let native = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", NAME_CASES])
+        .current_dir(&native_dir)
+        .output()
+        .unwrap();
+    let native = assert_ok(&native);
+    for refused in ["link-theirs err 1", "rename-theirs-in-sticky err 1"] {
+        assert!(native.contains(refused), "{refused}: {native}");
+    }
+    let sandboxed_dir = prepare("sandboxed-nobody", true);
+    let sandboxed = python_under_cordon_as_nobody(&sandboxed_dir, &policy, NAME_CASES);
+    assert_eq!(assert_ok(&sandboxed), native, "as nobody");
+}
+
 /// Sets `fs.protected_regular` for the life of the value, then restores it;
 /// one test at a time (another's restore would change it under this one).
 struct ProtectedRegular(
@@ -1348,7 +1494,9 @@ fn a_name_taken_between_the_lookup_and_the_create_is_decided_again() {
             "package cordon\nimport rego.v1\n\
              allow if input.kind in {{\"exec\", \"network\"}}\n\
              allow if {{\n  input.kind == \"file\"\n  not startswith(input.file.path, \"{out}/\")\n}}\n\
-             allow if {{\n  input.file.path == \"{out}/new\"\n  input.file.create\n}}\n",
+             allow if {{\n  input.file.path == \"{out}/new\"\n  input.file.create\n}}\n\
+             # The planting thread's links (brokered since session 31).\n\
+             allow if input.syscall == \"link\"\n",
             out = out.display()
         ),
     )
@@ -1410,6 +1558,113 @@ fn racing_threads_never_open_a_denied_file() {
         ok > 0 && denied_n > 0,
         "both sides must be exercised: {stdout}"
     );
+}
+
+/// Under the default policy, a `.env` or a key in the workdir gets no new
+/// name (`ln .env x` or `mv .env x`, then reading `x`, read it: link and
+/// rename were not brokered; found by review), while renames and links of
+/// other files work. Each is decided under both names, two records.
+#[test]
+fn a_file_the_policy_denies_gets_no_new_name() {
+    let env = Env::new(&[]);
+    std::fs::write(env.work.join(".env"), "SECRET").unwrap();
+    std::fs::create_dir(env.work.join(".ssh")).unwrap();
+    std::fs::write(env.work.join(".ssh/id_rsa"), "KEY").unwrap();
+    std::fs::write(env.work.join("a"), "a").unwrap();
+    let script = "import os\n\
+        def case(name, f):\n    \
+            try:\n        f(); print(name, 'ok')\n    \
+            except OSError as e: print(name, e.errno)\n\
+        case('link-env', lambda: os.link('.env', 'zz'))\n\
+        case('rename-env', lambda: os.rename('.env', 'z'))\n\
+        case('rename-ssh', lambda: os.rename('.ssh', 's'))\n\
+        case('link-key', lambda: os.link('.ssh/id_rsa', 'k'))\n\
+        case('rename-onto-env', lambda: os.rename('a', '.env'))\n\
+        case('rename', lambda: os.rename('a', 'b'))\n\
+        case('link', lambda: os.link('b', 'c'))\n\
+        print(open('c').read())\n";
+    let out = env.python(script);
+    assert_eq!(
+        assert_ok(&out),
+        "link-env 13\nrename-env 13\nrename-ssh 13\nlink-key 13\nrename-onto-env 13\n\
+         rename ok\nlink ok\na\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.work.join(".env")).unwrap(),
+        "SECRET"
+    );
+    for gone in ["zz", "z", "s", "k", "a"] {
+        assert!(!env.work.join(gone).exists(), "{gone}");
+    }
+    let records = env.audit();
+    let named = |syscall: &str, decision: bool| -> Vec<(String, Vec<String>)> {
+        records
+            .iter()
+            .filter(|r| r["syscall"] == syscall && r["allow"] == decision)
+            .map(|r| {
+                let file = &r["input"]["file"];
+                let path = file["path"].as_str().unwrap_or_default();
+                let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+                let flags = file["flags"].as_array().cloned().unwrap_or_default();
+                (
+                    name,
+                    flags
+                        .iter()
+                        .map(|f| f.as_str().unwrap_or_default().to_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let pair = |old: &str, new: &str| {
+        vec![
+            (old.to_owned(), vec!["OLD".to_owned()]),
+            (new.to_owned(), vec!["NEW".to_owned()]),
+        ]
+    };
+    let one = |name: &str, role: &str| (name.to_owned(), vec![role.to_owned()]);
+    // rename-onto-env: `a` may go, `.env` may not be replaced.
+    let mut allowed = vec![one("a", "OLD")];
+    allowed.extend(pair("a", "b"));
+    assert_eq!(named("rename", true), allowed);
+    assert_eq!(named("link", true), pair("b", "c"));
+    // A denied old name: its new one is never asked.
+    assert_eq!(
+        named("rename", false),
+        vec![one(".env", "OLD"), one(".ssh", "OLD"), one(".env", "NEW")]
+    );
+    assert_eq!(
+        named("link", false),
+        vec![one(".env", "OLD"), one("id_rsa", "OLD")]
+    );
+    env.assert_chain_verifies();
+}
+
+/// A thread flips the path a link or rename names between an allowed file
+/// and a key the policy denies, for 2 s each: the key never gets a new name
+/// (natively it does, tens of thousands of times a second). The supervisor
+/// links the file it decided through its fd, and renames the name it looked
+/// up in the directory it holds.
+#[test]
+fn racing_threads_never_give_a_denied_file_a_new_name() {
+    let env = Env::new(&[]);
+    std::fs::write(env.work.join("allowed.txt"), "fine").unwrap();
+    std::fs::create_dir(env.work.join(".ssh")).unwrap();
+    std::fs::write(env.work.join(".ssh/id_rsa"), "key").unwrap();
+    let allowed = env.work.join("allowed.txt").display().to_string();
+    let denied = env.work.join(".ssh/id_rsa").display().to_string();
+    for race in ["link-race", "rename-race"] {
+        let out = env.run(&[&env.probe(), race, &allowed, &denied, "2"]);
+        let stdout = assert_ok(&out);
+        let (ok, denied_n, violations) = race_counts(&stdout);
+        eprintln!("{race}: {stdout}");
+        assert_eq!(violations, 0, "{race}: {stdout}");
+        assert!(
+            ok > 0 && denied_n > 0,
+            "{race}: both sides must be exercised: {stdout}"
+        );
+        assert_eq!(std::fs::read_to_string(&denied).unwrap(), "key");
+    }
 }
 
 #[test]
@@ -2948,8 +3203,7 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
          try_('store-read', lambda: open(db + '/conf').read())\n\
          try_('store-append', lambda: open(db + '/db', 'ab'))\n\
          try_('store-create', lambda: open(db + '/new', 'w'))\n\
-         os.link(db + '/db', 'linked')\n\
-         try_('store-linked', lambda: open('linked', 'rb').read(1))\n\
+         try_('store-link', lambda: os.link(db + '/db', 'linked'))\n\
          try_('key', lambda: open(key).read())\n\
          try_('ca-read', lambda: open(ca).read())\n\
          try_('ca-write', lambda: open(ca, 'w'))\n\
@@ -2958,7 +3212,7 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
          try_('policy-creat', lambda: os.close(os.open(policy, os.O_RDONLY | os.O_CREAT)))\n\
          open('ready', 'w').close()\n\
          while not os.path.exists('go'): time.sleep(0.01)\n\
-         os.link(db + '/late', 'late-linked')\n\
+         try_('store-linked-outside', lambda: open('linked-outside', 'rb').read(1))\n\
          try_('store-late', lambda: open('late-linked').read())\n",
         db = env.db.display().to_string(),
         key = key.display().to_string(),
@@ -2974,27 +3228,32 @@ fn cordons_own_files_are_out_of_reach_whatever_the_policy() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // A file the store gains once the tool runs (sled makes new ones): a
-    // hard link the tool makes to it makes the supervisor read the store
-    // again.
+    // The tool's own links to the store are refused (a link is brokered,
+    // and the store is cordon's own under either name); links made outside
+    // the sandbox are known by inode: one to the store's log, and one to a
+    // file the store gains once the tool runs (sled makes new ones), which
+    // makes the supervisor read the store again.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !env.work.join("ready").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    std::fs::hard_link(env.db.join("db"), env.work.join("linked-outside")).unwrap();
     std::fs::write(env.db.join("late"), "late\n").unwrap();
+    std::fs::hard_link(env.db.join("late"), env.work.join("late-linked")).unwrap();
     std::fs::write(env.work.join("go"), "").unwrap();
     let out = run.wait_with_output().unwrap();
     assert_eq!(
         assert_ok(&out),
         "beside ok\nstore-list err 13\nstore-read err 13\nstore-append err 13\n\
-         store-create err 13\nstore-linked err 13\nkey err 13\nca-read ok\nca-write err 13\npolicy-read ok\n\
-         policy-write err 13\npolicy-creat ok\nstore-late err 13\n"
+         store-create err 13\nstore-link err 13\nkey err 13\nca-read ok\nca-write err 13\npolicy-read ok\n\
+         policy-write err 13\npolicy-creat ok\nstore-linked-outside err 13\nstore-late err 13\n"
     );
     assert_eq!(std::fs::read_to_string(&key).unwrap(), "secret\n");
     assert_eq!(std::fs::read_to_string(&ca).unwrap(), "ca\n");
     let records = env.audit();
     let reason = exit_reason(&records);
     assert!(reason.contains("openat(protected file)×9"), "{reason}");
+    assert!(reason.contains("link(protected file)×1"), "{reason}");
     // Refused before any decision: no file record names them.
     assert!(find(&records, "openat", "client.key").is_empty());
     assert!(!find(&records, "openat", "beside.txt").is_empty());
@@ -3016,8 +3275,7 @@ fn an_unreadable_store_refuses_files_with_other_names_as_nobody() {
     std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
     let script = &format!(
         "{TRY_}\
-         os.link('audit/db', 'db-link')\n\
-         try_('store-linked', lambda: open('db-link', 'rb').read(1))\n\
+         try_('store-link', lambda: os.link('audit/db', 'db-link'))\n\
          open('own', 'w').write('own')\n\
          os.link('own', 'own-link')\n\
          try_('own-linked', lambda: open('own-link').read())\n\
@@ -3029,7 +3287,7 @@ fn an_unreadable_store_refuses_files_with_other_names_as_nobody() {
     let out = python_under_cordon_as_nobody(dir.path(), &policy, script);
     assert_eq!(
         assert_ok(&out),
-        "store-linked err 13\nown-linked ok\nown-linked-unreadable-store err 13\n\
+        "store-link err 13\nown-linked ok\nown-linked-unreadable-store err 13\n\
          own-single ok\n"
     );
 }

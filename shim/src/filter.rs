@@ -48,6 +48,12 @@ pub const BROKERED: &[i64] = &[
     libc::SYS_sendmmsg,
     libc::SYS_execve,
     libc::SYS_execveat,
+    // A new name for a file: decided under both names (notify/names.rs).
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_link,
+    libc::SYS_linkat,
 ];
 
 /// Syscalls the supervisor inspects without asking the policy: their

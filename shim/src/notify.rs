@@ -210,6 +210,11 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_sendmmsg => "sendmmsg",
         libc::SYS_execve => "execve",
         libc::SYS_execveat => "execveat",
+        libc::SYS_rename => "rename",
+        libc::SYS_renameat => "renameat",
+        libc::SYS_renameat2 => "renameat2",
+        libc::SYS_link => "link",
+        libc::SYS_linkat => "linkat",
         libc::SYS_socket => "socket",
         libc::SYS_personality => "personality",
         libc::SYS_io_uring_setup => "io_uring_setup",
@@ -728,6 +733,11 @@ impl Supervisor {
             libc::SYS_sendto | libc::SYS_sendmsg | libc::SYS_sendmmsg => self.handle_send(&n),
             libc::SYS_listen => self.handle_listen(&n),
             libc::SYS_execve | libc::SYS_execveat => self.handle_exec(&n),
+            libc::SYS_rename
+            | libc::SYS_renameat
+            | libc::SYS_renameat2
+            | libc::SYS_link
+            | libc::SYS_linkat => self.handle_names(&n),
             libc::SYS_socket => {
                 let (domain, protocol) = (n.args[0] as i32, n.args[2] as i32);
                 let sock_type = n.args[1] as i32 & 0xf;
@@ -3073,6 +3083,8 @@ fn parse_shebang(buf: &[u8; BINPRM_BUF_SIZE]) -> Option<Interpreter> {
 
 /// How long a notification may wait for a remote decision by default.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
+
+mod names;
 
 #[cfg(test)]
 mod tests {

@@ -190,7 +190,7 @@ fn has_dotdot(path: &[u8]) -> bool {
     path.split(|&b| b == b'/').any(|c| c == b"..")
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut out = dir.to_vec();
     if out.last() != Some(&b'/') {
         out.push(b'/');
@@ -628,7 +628,7 @@ pub fn walk(l: &Lookup, start: Start) -> Resolved {
 
 /// A path's parent and its last name, trailing `/`s aside (`a/b/`: `a`
 /// and `b`; `b`: `.` and `b`).
-fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
     let end = path.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
     let trimmed = &path[..end];
     match trimmed.iter().rposition(|&b| b == b'/') {

@@ -17,6 +17,8 @@
 //   probe clone3         (clone3: ENOSYS so libc falls back)
 //   probe exec-cwd-race ALLOWED_DIR DENIED_DIR NAME SECONDS   (a thread moves the cwd under an exec)
 //   probe clone-fs       (a child sharing the cwd)
+//   probe link-race ALLOWED DENIED SECONDS    (links the flipped path as "linked")
+//   probe rename-race ALLOWED DENIED SECONDS  (renames it to "moved", and back)
 //
 // Races print "ok=N denied=N violations=N" and exit 0; a violation means a
 // denied object was reached.
@@ -88,6 +90,37 @@ static int open_race(const char *allowed, const char *denied, double secs) {
         fstat(fd, &st);
         if (st.st_ino == bad.st_ino && st.st_dev == bad.st_dev) violations++; else ok++;
         close(fd);
+    }
+    stop = 1;
+    pthread_join(t, NULL);
+    printf("ok=%ld denied=%ld violations=%ld\n", ok, denied_n, violations);
+    return 0;
+}
+
+/* Gives the path another thread flips between ALLOWED and DENIED a new
+   name (a link, or a rename and back): the denied file must never get one. */
+static int name_race(const char *allowed, const char *denied, double secs, int rename_it) {
+    struct stat bad, good;
+    if (stat(denied, &bad) != 0 || stat(allowed, &good) != 0) { perror("stat"); return 2; }
+    strncpy(path_a, allowed, sizeof path_a - 1);
+    strncpy(path_b, denied, sizeof path_b - 1);
+    memcpy(path_buf, path_a, sizeof path_buf);
+    const char *to = rename_it ? "moved" : "linked";
+    unlink(to);
+    pthread_t t;
+    pthread_create(&t, NULL, flip_path, NULL);
+    long ok = 0, denied_n = 0, violations = 0;
+    double end = now() + secs;
+    while (now() < end) {
+        int rc = rename_it ? rename(path_buf, to) : link(path_buf, to);
+        if (rc != 0) { denied_n++; continue; }
+        struct stat st;
+        if (lstat(to, &st) != 0) { perror("lstat"); return 2; }
+        int was_bad = st.st_ino == bad.st_ino && st.st_dev == bad.st_dev;
+        if (was_bad) violations++; else ok++;
+        if (rename_it) {
+            if (rename(to, was_bad ? denied : allowed) != 0) { perror("rename back"); return 2; }
+        } else if (unlink(to) != 0) { perror("unlink"); return 2; }
     }
     stop = 1;
     pthread_join(t, NULL);
@@ -398,6 +431,8 @@ int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *mode = argv[1];
     if (!strcmp(mode, "open-race") && argc == 5) return open_race(argv[2], argv[3], atof(argv[4]));
+    if (!strcmp(mode, "link-race") && argc == 5) return name_race(argv[2], argv[3], atof(argv[4]), 0);
+    if (!strcmp(mode, "rename-race") && argc == 5) return name_race(argv[2], argv[3], atof(argv[4]), 1);
     if (!strcmp(mode, "connect-race") && argc == 7)
         return connect_race(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atof(argv[6]));
     if (!strcmp(mode, "exec-race") && argc == 5) return exec_race(argv[2], argv[3], atof(argv[4]));
