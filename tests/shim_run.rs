@@ -401,9 +401,11 @@ fn calls_from_a_cwd_too_long_to_name_are_eacces() {
     assert!(stdout.contains("absolute err 13"), "{stdout}");
 }
 
-/// Open flags whose meaning the supervisor's own open could lose: each case
-/// prints `ok` or its errno, natively and under cordon, and the two agree.
-const OPEN_FLAG_CASES: &str = r#"
+/// The Python prelude of the case lists: `case(name, f)` prints `name ok`,
+/// or `name err ERRNO` when `f` raises an `OSError`; `libc` for raw calls.
+macro_rules! case_prelude {
+    () => {
+        r#"
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
 def case(name, f):
@@ -411,7 +413,15 @@ def case(name, f):
         f(); print(name, 'ok')
     except OSError as e:
         print(name, 'err', e.errno)
-def tmpfile_then_link(flags, name):
+"#
+    };
+}
+
+/// Open flags whose meaning the supervisor's own open could lose: each case
+/// prints `ok` or its errno, natively and under cordon, and the two agree.
+const OPEN_FLAG_CASES: &str = concat!(
+    case_prelude!(),
+    r#"def tmpfile_then_link(flags, name):
     fd = os.open('.', os.O_TMPFILE | os.O_WRONLY | flags, 0o600)
     try:
         # linkat(fd, "", AT_FDCWD, name, AT_EMPTY_PATH)
@@ -518,19 +528,14 @@ for path in ('acl/f', 'plain'):
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
     print(path, 'mode', oct(os.stat(path).st_mode & 0o777))
 os.umask(old)
-"#;
+"#
+);
 
 /// Renames and links, each case's outcome as one line (`name ok` or
 /// `name err ERRNO`), then what the directory holds.
-const NAME_CASES: &str = r#"
-import ctypes, os
-libc = ctypes.CDLL(None, use_errno=True)
-def case(name, f):
-    try:
-        f(); print(name, 'ok')
-    except OSError as e:
-        print(name, 'err', e.errno)
-def call(rc, what):
+const NAME_CASES: &str = concat!(
+    case_prelude!(),
+    r#"def call(rc, what):
     if rc != 0:
         raise OSError(ctypes.get_errno(), what)
 def renameat2(old, new, flags, od=-100, nd=-100):
@@ -587,7 +592,8 @@ if os.path.exists('theirs'):
     case('rename-theirs-in-sticky', lambda: os.rename('sticky/theirs', 'sticky/t2'))
 # (Not the store and temp dir a nobody cordon keeps here.)
 print(sorted(n for n in os.listdir('.') if n != 'audit' and not n.startswith('cordon-')))
-"#;
+"#
+);
 
 /// Renames and links answer as natively (the supervisor makes them, from
 /// the names it looked up): errnos in the kernel's order, symlinks moved or
