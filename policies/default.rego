@@ -356,32 +356,58 @@ write_denials contains sprintf("%s runs at the user's next login", [input.file.p
 }
 
 write_denials contains sprintf("%s starts programs for the user's session", [input.file.path]) if {
-	some dir in [
-		"/.config/autostart/", "/.config/systemd/user/", "/.local/share/systemd/user/",
-		"/.bashrc.d/", "/.config/fish/", "/.config/environment.d/", "/.config/plasma-workspace/env/",
-		"/.config/plasma-workspace/shutdown/", "/.kde/Autostart/", "/.kde4/Autostart/",
-		"/.config/openbox/autostart", "/.config/lxsession/", "/.config/nushell/", "/.bash_completion.d/",
-		"/.local/share/bash-completion/",
-	]
+	some dir in session_dirs
 	contains(path_with_slash, dir)
 }
+
+session_dirs := [
+	"/.config/autostart/", "/.config/systemd/user/", "/.local/share/systemd/user/",
+	"/.bashrc.d/", "/.config/fish/", "/.config/environment.d/", "/.config/plasma-workspace/env/",
+	"/.config/plasma-workspace/shutdown/", "/.kde/Autostart/", "/.kde4/Autostart/",
+	"/.config/openbox/autostart", "/.config/lxsession/", "/.config/nushell/", "/.bash_completion.d/",
+	"/.local/share/bash-completion/",
+]
 
 # Code that later runs outside the sandbox, by name: the user's bin directory
 # (first on PATH in Debian's ~/.profile), Python's user site-packages (a .pth
 # file runs at every interpreter start), and git's global settings
 # (core.fsmonitor and core.hooksPath run programs in every repository).
 write_denials contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
-	some dir in [
-		"/.local/bin/", "/.local/lib/python", "/.gitconfig/", "/.config/git/config/",
-		# rustup's: ~/.profile sources ~/.cargo/env, which puts ~/.cargo/bin
-		# on PATH.
-		"/.cargo/env/", "/.cargo/bin/",
-		# What editors, the terminal multiplexer and zsh frameworks run when
-		# they start.
-		"/.vimrc/", "/.exrc/", "/.vim/", "/.config/nvim/", "/.emacs/", "/.emacs.d/", "/.tmux.conf/",
-		"/.config/tmux/", "/.oh-my-zsh/", "/.zshrc.d/", "/.config/systemd/user.conf/",
-	]
+	some dir in outside_runs
 	contains(path_with_slash, dir)
+}
+
+outside_runs := [
+	"/.local/bin/", "/.local/lib/python", "/.gitconfig/", "/.config/git/config/",
+	# rustup's: ~/.profile sources ~/.cargo/env, which puts ~/.cargo/bin
+	# on PATH.
+	"/.cargo/env/", "/.cargo/bin/",
+	# What editors, the terminal multiplexer and zsh frameworks run when
+	# they start.
+	"/.vimrc/", "/.exrc/", "/.vim/", "/.config/nvim/", "/.emacs/", "/.emacs.d/", "/.tmux.conf/",
+	"/.config/tmux/", "/.oh-my-zsh/", "/.zshrc.d/", "/.config/systemd/user.conf/",
+]
+
+# A rename or link (flags "OLD" or "NEW") of a directory on the way to a
+# denied name (~/.config, on the way to ~/.config/gh/hosts.yml; ~/.local, to
+# ~/.local/bin/): moved, what is beneath it no longer matches, and what is
+# put in its place is not checked. Decided by its own name, so its own name
+# is kept: ~/bin included (found by review).
+deny contains sprintf("%s is on the way to credentials or to what runs outside the sandbox; it keeps its name", [input.file.path]) if {
+	input.kind == "file"
+	input.file.flags[0] in {"OLD", "NEW"}
+	some pattern in array.concat(array.concat(secret_patterns, session_dirs), outside_runs)
+	parts := split(trim(pattern, "/"), "/")
+	count(parts) > 1
+	some i in numbers.range(1, count(parts) - 1)
+	endswith(path_with_slash, concat("", ["/", concat("/", array.slice(parts, 0, i)), "/"]))
+}
+
+deny contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
+	input.kind == "file"
+	input.file.flags[0] in {"OLD", "NEW"}
+	parts := split(input.file.path, "/")
+	home_bin(array.concat(parts, ["x"]))
 }
 
 # ~/bin, which Debian's ~/.profile puts first on PATH when it exists (it

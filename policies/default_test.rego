@@ -451,3 +451,36 @@ test_backstop_extends_with_data if {
 	"/opt/tools" in b.execute
 	"/srv/out" in b.write
 }
+
+# --- renames and links (two decisions: flags "OLD", then "NEW") ---
+
+name_change(path, role) := object.union(write(path), {
+	"syscall": "rename",
+	"sandbox": object.union(sandbox, {"workdir": "/home/user"}),
+	"file": {"access": ["read", "write"], "create": false, "truncate": false, "flags": [role]},
+})
+
+# A directory on the way to a denied name keeps its name: moved, what is
+# beneath it would match no pattern (~/.config/gh/hosts.yml as
+# c/gh/hosts.yml), and what is put in its place is not checked.
+test_directories_on_the_way_to_denied_names_keep_them if {
+	every path in [
+		"/home/user/.config", "/home/user/.config/gh", "/home/user/.docker", "/home/user/.claude",
+		"/home/user/.local", "/home/user/.local/share", "/home/user/.cache/huggingface",
+		"/home/user/.local/lib", "/home/user/.config/systemd", "/home/user/bin", "/root/bin",
+	] {
+		every role in ["OLD", "NEW"] {
+			not allowed(name_change(path, role))
+		}
+	}
+	every path in [
+		"/home/user/job/src", "/home/user/.configs", "/home/user/notes.txt", "/home/user/binder",
+		"/home/user/job/.venv",
+	] {
+		every role in ["OLD", "NEW"] {
+			allowed(name_change(path, role))
+		}
+	}
+	# An open of the same directory is not a name change.
+	allowed(object.union(read("/home/user/.config"), {"sandbox": object.union(sandbox, {"workdir": "/home/user"})}))
+}

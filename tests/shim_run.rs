@@ -590,6 +590,12 @@ if os.path.exists('theirs'):
     # Another user's files: protected_hardlinks, and a sticky directory.
     case('link-theirs', lambda: os.link('theirs', 'mine'))
     case('rename-theirs-in-sticky', lambda: os.rename('sticky/theirs', 'sticky/t2'))
+# Trailing slashes in an exchange, and a directory linked: in the kernel's order.
+case('exchange-dir-with-file-slash', lambda: renameat2(b'd', b'f/', 2))
+case('exchange-file-with-dir-slash', lambda: renameat2(b'f', b'd/', 2))
+case('exchange-back', lambda: renameat2(b'f', b'd', 2))
+case('link-dir-onto-existing', lambda: os.link('d', 'f'))
+case('link-dir-missing-parent', lambda: os.link('d', 'nod/x'))
 # (Not the store and temp dir a nobody cordon keeps here.)
 print(sorted(n for n in os.listdir('.') if n != 'audit' and not n.startswith('cordon-')))
 "#
@@ -645,6 +651,10 @@ fn renames_and_links_answer_as_natively() {
         "sl4 is link False",
         "link-empty-bad-fd err 9",
         "link-empty-path ok",
+        "exchange-dir-with-file-slash err 20",
+        "exchange-file-with-dir-slash ok",
+        "link-dir-onto-existing err 17",
+        "link-dir-missing-parent err 2",
     ] {
         assert!(native.contains(refused), "{refused}: {native}");
     }
@@ -1577,6 +1587,8 @@ fn a_file_the_policy_denies_gets_no_new_name() {
     std::fs::create_dir(env.work.join(".ssh")).unwrap();
     std::fs::write(env.work.join(".ssh/id_rsa"), "KEY").unwrap();
     std::fs::write(env.work.join("a"), "a").unwrap();
+    std::fs::create_dir_all(env.work.join(".config/gh")).unwrap();
+    std::fs::write(env.work.join(".config/gh/hosts.yml"), "TOKEN").unwrap();
     let script = "import os\n\
         def case(name, f):\n    \
             try:\n        f(); print(name, 'ok')\n    \
@@ -1586,13 +1598,14 @@ fn a_file_the_policy_denies_gets_no_new_name() {
         case('rename-ssh', lambda: os.rename('.ssh', 's'))\n\
         case('link-key', lambda: os.link('.ssh/id_rsa', 'k'))\n\
         case('rename-onto-env', lambda: os.rename('a', '.env'))\n\
+        case('rename-config', lambda: os.rename('.config', 'c'))\n\
         case('rename', lambda: os.rename('a', 'b'))\n\
         case('link', lambda: os.link('b', 'c'))\n\
         print(open('c').read())\n";
     let out = env.python(script);
     assert_eq!(
         assert_ok(&out),
-        "link-env 13\nrename-env 13\nrename-ssh 13\nlink-key 13\nrename-onto-env 13\n\
+        "link-env 13\nrename-env 13\nrename-ssh 13\nlink-key 13\nrename-onto-env 13\nrename-config 13\n\
          rename ok\nlink ok\na\n"
     );
     assert_eq!(
@@ -1635,15 +1648,46 @@ fn a_file_the_policy_denies_gets_no_new_name() {
     assert_eq!(named("rename", true), allowed);
     assert_eq!(named("link", true), pair("b", "c"));
     // A denied old name: its new one is never asked.
+    let dir = |name: &str| (name.to_owned(), vec!["OLD".to_owned(), "DIR".to_owned()]);
     assert_eq!(
         named("rename", false),
-        vec![one(".env", "OLD"), one(".ssh", "OLD"), one(".env", "NEW")]
+        vec![
+            one(".env", "OLD"),
+            dir(".ssh"),
+            one(".env", "NEW"),
+            dir(".config")
+        ]
     );
     assert_eq!(
         named("link", false),
         vec![one(".env", "OLD"), one("id_rsa", "OLD")]
     );
     env.assert_chain_verifies();
+}
+
+/// A directory that holds one of cordon's own files (here the `--policy`
+/// file, in the workdir) keeps its name: moved aside, the policy file under
+/// it could be rewritten and moved back (found by review).
+#[test]
+fn a_directory_holding_cordons_own_files_keeps_its_name() {
+    let env = Env::new(&[]);
+    std::fs::create_dir_all(env.work.join("conf/pol")).unwrap();
+    let policy = env.work.join("conf/pol/allow.rego");
+    std::fs::write(&policy, "package cordon\nallow := true\n").unwrap();
+    std::fs::create_dir(env.work.join("other")).unwrap();
+    let script = "import os\n\
+        def case(name, f):\n    \
+            try:\n        f(); print(name, 'ok')\n    \
+            except OSError as e: print(name, e.errno)\n\
+        case('rename-conf', lambda: os.rename('conf', 'c2'))\n\
+        case('rename-pol', lambda: os.rename('conf/pol', 'conf/p2'))\n\
+        case('rename-other', lambda: os.rename('other', 'o2'))\n";
+    let out = env.run_with_policy(&policy, &["/usr/bin/python3", "-c", script]);
+    assert_eq!(
+        assert_ok(&out),
+        "rename-conf 13\nrename-pol 13\nrename-other ok\n"
+    );
+    assert!(policy.exists());
 }
 
 /// A thread flips the path a link or rename names between an allowed file

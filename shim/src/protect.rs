@@ -251,6 +251,15 @@ fn read_entries(paths: &[(PathBuf, Protection)]) -> Vec<Entry> {
 }
 
 impl Protected {
+    /// Whether a protected entry lies beneath `canonical` (a directory the
+    /// tool would rename, or whose name it would take): the rename would
+    /// move cordon's own files, or put others in their place.
+    pub fn holds_beneath(&self, canonical: &[u8]) -> bool {
+        self.entries()
+            .iter()
+            .any(|e| e.path.len() > canonical.len() && under(canonical, &e.path))
+    }
+
     /// Whether the tool may not `how` use `canonical`, which its lookup
     /// found as `found` (the file, or the directory a name would be created
     /// in; `stat`, the file's status if the caller has read it). Fails

@@ -192,6 +192,21 @@ in_writable_dir if {
 	under(input.file.path, dir)
 }
 
+# A rename or link (flags "OLD" or "NEW") of a repository's .git, or of a
+# submodule's directory under .git/modules: moved aside, a .git put in its
+# place holds hooks that no write to .git/hooks/ made (found by review).
+deny contains sprintf("%s holds git hooks; coding-agent may not rename it", [input.file.path]) if {
+	input.kind == "file"
+	input.file.flags[0] in {"OLD", "NEW"}
+	"DIR" in input.file.flags
+	git_hooks_holder
+}
+
+git_hooks_holder if endswith(input.file.path, "/.git")
+
+# (Directories only: git renames pack and lock files in there.)
+git_hooks_holder if contains(input.file.path, "/.git/modules")
+
 # A standard device opened without creating it.
 writable_device if {
 	not input.file.create

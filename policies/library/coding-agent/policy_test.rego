@@ -87,6 +87,25 @@ test_create_hooks_dir_entry_denied if {
 	hook_reason(path) in policy.deny with input as write(path)
 }
 
+# Moving .git (or a submodule's directory) aside, and one put in its place:
+# refused, under either name; other renames in the repository are not.
+rename_as(path, role) := object.union(update(path), {"syscall": "rename", "file": {"flags": [role]}})
+
+rename_dir_as(path, role) := object.union(update(path), {"syscall": "rename", "file": {"flags": [role, "DIR"]}})
+
+test_renaming_what_holds_hooks_denied if {
+	every path in ["/home/agent/src/app/.git", "/home/agent/src/app/.git/modules/vendor"] {
+		every role in ["OLD", "NEW"] {
+			not allowed(rename_dir_as(path, role))
+		}
+	}
+	allowed(rename_as("/home/agent/src/app/src/main.rs", "OLD"))
+	allowed(rename_as("/home/agent/src/app/.git/index.lock", "OLD"))
+	allowed(rename_as("/home/agent/src/app/.git/index", "NEW"))
+	allowed(rename_as("/home/agent/src/app/.git/modules/vendor/objects/pack/pack-1.pack", "NEW"))
+	allowed(rename_dir_as("/home/agent/src/app/build", "OLD"))
+}
+
 test_submodule_hook_denied if {
 	path := "/home/agent/src/app/.git/modules/vendor/lib/hooks/post-merge"
 	not allowed(write(path))

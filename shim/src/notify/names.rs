@@ -137,9 +137,6 @@ impl Supervisor {
                     return Err(Errno::ENOENT);
                 };
                 let stat = nix::sys::stat::fstat(&fd).map_err(|_| Errno::EACCES)?;
-                if stat.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                    return Err(Errno::EPERM);
-                }
                 (path, (fd, stat), None)
             }
             Change::Rename(_) => {
@@ -150,23 +147,34 @@ impl Supervisor {
                 (name.path, object, Some((name.parent, name.name)))
             }
         };
-        let is_dir = object.1.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        if old.ends_with(b"/") && !is_dir {
+        let is_dir = |st: &FileStat| st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let old_is_dir = is_dir(&object.1);
+        if matches!(change, Change::Rename(_)) && old.ends_with(b"/") && !old_is_dir {
             return Err(Errno::ENOTDIR);
         }
         let new_name = self.name(&mut task, n, new_dir, &new, change, false)?;
-        // What the kernel answers before it changes anything.
+        // What the kernel answers before it changes anything, in its order
+        // (`do_renameat2`, `do_linkat`).
+        let new_is_dir = new_name.existing.as_ref().map(|(_, st)| is_dir(st));
         match change {
             Change::Link(_) if new_name.existing.is_some() => return Err(Errno::EEXIST),
             Change::Link(_) if new.ends_with(b"/") => return Err(Errno::ENOENT),
-            Change::Rename(f) if f & RENAME_NOREPLACE != 0 && new_name.existing.is_some() => {
-                return Err(Errno::EEXIST);
+            Change::Link(_) if old_is_dir => return Err(Errno::EPERM),
+            Change::Link(_) => {}
+            Change::Rename(f) => {
+                if f & RENAME_NOREPLACE != 0 && new_is_dir.is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                if f & RENAME_EXCHANGE != 0 {
+                    match new_is_dir {
+                        None => return Err(Errno::ENOENT),
+                        Some(false) if new.ends_with(b"/") => return Err(Errno::ENOTDIR),
+                        _ => {}
+                    }
+                } else if !old_is_dir && new.ends_with(b"/") {
+                    return Err(Errno::ENOTDIR);
+                }
             }
-            Change::Rename(f) if f & RENAME_EXCHANGE != 0 && new_name.existing.is_none() => {
-                return Err(Errno::ENOENT);
-            }
-            Change::Rename(_) if new.ends_with(b"/") && !is_dir => return Err(Errno::ENOTDIR),
-            _ => {}
         }
         let exchange = matches!(change, Change::Rename(f) if f & RENAME_EXCHANGE != 0);
         // Cordon's own files, under either name.
@@ -198,8 +206,24 @@ impl Supervisor {
             Use::Write,
             false,
         )?;
+        // A directory renamed, or whose name is taken, with cordon's own
+        // files beneath it: they would move, or others take their place.
+        for path in [&old_path, &new_name.path] {
+            if matches!(change, Change::Rename(_)) && self.protected.holds_beneath(path) {
+                self.count(|c| {
+                    *c.forbidden
+                        .entry(format!("{}(protected file)", super::syscall_name(n.nr)))
+                        .or_default() += 1
+                });
+                return Err(Errno::EACCES);
+            }
+        }
         let replaces = new_stat.is_some();
-        let flag_names = flag_names(change);
+        let mut flag_names = flag_names(change);
+        // A directory's name: what is beneath it moves with it.
+        if old_is_dir {
+            flag_names.insert(0, "DIR".to_owned());
+        }
         let file = |path: Vec<u8>, role: &str, access: &[&str], create: bool| FileAccess {
             path,
             access: access.iter().map(|a| (*a).to_owned()).collect(),
@@ -237,17 +261,10 @@ impl Supervisor {
                     OsStr::from_bytes(&new_last),
                     RenameFlags::from_bits_retain(flags),
                 ),
-                (Change::Link(flags), _) if flags & libc::AT_EMPTY_PATH != 0 && old.is_empty() => {
-                    // The kernel's own check of who may link an fd.
-                    nix::unistd::linkat(
-                        object_fd,
-                        "",
-                        &new_parent,
-                        OsStr::from_bytes(&new_last),
-                        AtFlags::AT_EMPTY_PATH,
-                    )
-                }
-                // The very file decided, through our fd on it.
+                // The very file decided, through our fd on it; an fd named
+                // by AT_EMPTY_PATH too: the kernel lets its opener link it
+                // (Linux 6.10+), and our fd's opener is not the tool (any
+                // process may link its own fd through /proc/self/fd).
                 _ => link_fd(object_fd, &new_parent, &new_last),
             }
             .map(|()| 0)
