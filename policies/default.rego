@@ -337,9 +337,12 @@ named_as_secret(path) if strings.any_suffix_match(path, [".key", ".keytab", ".ke
 deny contains reason if {
 	input.kind == "file"
 	not is_read_only
-	contains(input.file.path, "/.") # in every path below; spares the rest
 	some reason in write_denials
 }
+
+# In every name the rules below look for (a rule body that fails at once
+# costs little; one test here spares them the rest).
+dotted if contains(input.file.path, "/.")
 
 # Files a shell or desktop session runs at the next login: a tool started in
 # a home directory must not plant code there.
@@ -351,11 +354,13 @@ login_files := {
 }
 
 write_denials contains sprintf("%s runs at the user's next login", [input.file.path]) if {
+	dotted
 	parts := split(input.file.path, "/")
 	parts[count(parts) - 1] in login_files
 }
 
 write_denials contains sprintf("%s starts programs for the user's session", [input.file.path]) if {
+	dotted
 	some dir in session_dirs
 	contains(path_with_slash, dir)
 }
@@ -373,6 +378,7 @@ session_dirs := [
 # file runs at every interpreter start), and git's global settings
 # (core.fsmonitor and core.hooksPath run programs in every repository).
 write_denials contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
+	dotted
 	some dir in outside_runs
 	contains(path_with_slash, dir)
 }
@@ -393,9 +399,13 @@ outside_runs := [
 # ~/.local/bin/): moved, what is beneath it no longer matches, and what is
 # put in its place is not checked. Decided by its own name, so its own name
 # is kept: ~/bin included (found by review).
-deny contains sprintf("%s is on the way to credentials or to what runs outside the sandbox; it keeps its name", [input.file.path]) if {
+deny contains reason if {
 	input.kind == "file"
 	input.file.flags[0] in {"OLD", "NEW"}
+	some reason in name_change_denials
+}
+
+name_change_denials contains sprintf("%s is on the way to credentials or to what runs outside the sandbox; it keeps its name", [input.file.path]) if {
 	some pattern in array.concat(array.concat(secret_patterns, session_dirs), outside_runs)
 	parts := split(trim(pattern, "/"), "/")
 	count(parts) > 1
@@ -403,18 +413,12 @@ deny contains sprintf("%s is on the way to credentials or to what runs outside t
 	endswith(path_with_slash, concat("", ["/", concat("/", array.slice(parts, 0, i)), "/"]))
 }
 
-deny contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
-	input.kind == "file"
-	input.file.flags[0] in {"OLD", "NEW"}
-	parts := split(input.file.path, "/")
-	home_bin(array.concat(parts, ["x"]))
+name_change_denials contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
+	home_bin(array.concat(split(input.file.path, "/"), ["x"]))
 }
 
-# ~/bin, which Debian's ~/.profile puts first on PATH when it exists (it
-# has no dot, so the rule above, behind its test for "/.", never sees it).
-deny contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
-	input.kind == "file"
-	not is_read_only
+# ~/bin, which Debian's ~/.profile puts first on PATH when it exists.
+write_denials contains sprintf("%s runs as the user outside the sandbox", [input.file.path]) if {
 	home_bin(split(input.file.path, "/"))
 }
 
