@@ -394,7 +394,7 @@ outside_runs := [
 	"/.config/tmux/", "/.oh-my-zsh/", "/.zshrc.d/", "/.config/systemd/user.conf/",
 ]
 
-# A rename or link (flags "OLD" or "NEW") of a directory on the way to a
+# A rename (flags "OLD" or "NEW", and "DIR") of a directory on the way to a
 # denied name (~/.config, on the way to ~/.config/gh/hosts.yml; ~/.local, to
 # ~/.local/bin/): moved, what is beneath it no longer matches, and what is
 # put in its place is not checked. Decided by its own name, so its own name
@@ -402,6 +402,7 @@ outside_runs := [
 deny contains reason if {
 	input.kind == "file"
 	input.file.flags[0] in {"OLD", "NEW"}
+	"DIR" in input.file.flags # a file named .config (the kernel's) is no way to anything
 	some reason in name_change_denials
 }
 

@@ -457,7 +457,7 @@ test_backstop_extends_with_data if {
 name_change(path, role) := object.union(write(path), {
 	"syscall": "rename",
 	"sandbox": object.union(sandbox, {"workdir": "/home/user"}),
-	"file": {"access": ["read", "write"], "create": false, "truncate": false, "flags": [role]},
+	"file": {"access": ["read", "write"], "create": false, "truncate": false, "flags": [role, "DIR"]},
 })
 
 # A directory on the way to a denied name keeps its name: moved, what is
@@ -480,6 +480,11 @@ test_directories_on_the_way_to_denied_names_keep_them if {
 		every role in ["OLD", "NEW"] {
 			allowed(name_change(path, role))
 		}
+	}
+	# A file of such a name is no way to anything (the kernel's build
+	# renames its .config to .config.old).
+	every role in ["OLD", "NEW"] {
+		allowed(object.union(name_change("/home/user/job/linux/.config", role), {"file": {"flags": [role]}}))
 	}
 	# An open of the same directory is not a name change.
 	allowed(object.union(read("/home/user/.config"), {"sandbox": object.union(sandbox, {"workdir": "/home/user"})}))

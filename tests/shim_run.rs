@@ -596,6 +596,9 @@ case('exchange-file-with-dir-slash', lambda: renameat2(b'f', b'd/', 2))
 case('exchange-back', lambda: renameat2(b'f', b'd', 2))
 case('link-dir-onto-existing', lambda: os.link('d', 'f'))
 case('link-dir-missing-parent', lambda: os.link('d', 'nod/x'))
+case('noreplace-file-slash', lambda: renameat2(b'f/', b'g', 1))
+case('exchange-file-slash-missing', lambda: renameat2(b'f/', b'nothing', 2))
+case('rename-file-slash-missing-parent', lambda: os.rename('f/', 'nope/x'))
 # (Not the store and temp dir a nobody cordon keeps here.)
 print(sorted(n for n in os.listdir('.') if n != 'audit' and not n.startswith('cordon-')))
 "#
@@ -1601,12 +1604,17 @@ fn a_file_the_policy_denies_gets_no_new_name() {
         case('rename-config', lambda: os.rename('.config', 'c'))\n\
         case('rename', lambda: os.rename('a', 'b'))\n\
         case('link', lambda: os.link('b', 'c'))\n\
-        print(open('c').read())\n";
+        print(open('c').read())\n\
+        import ctypes\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        def exchange(a, b):\n    \
+            if libc.syscall(316, -100, a, -100, b, 2) != 0: raise OSError(ctypes.get_errno(), 'x')\n\
+        case('exchange-file-with-config', lambda: exchange(b'c', b'.config'))\n";
     let out = env.python(script);
     assert_eq!(
         assert_ok(&out),
         "link-env 13\nrename-env 13\nrename-ssh 13\nlink-key 13\nrename-onto-env 13\nrename-config 13\n\
-         rename ok\nlink ok\na\n"
+         rename ok\nlink ok\na\nexchange-file-with-config 13\n"
     );
     assert_eq!(
         std::fs::read_to_string(env.work.join(".env")).unwrap(),

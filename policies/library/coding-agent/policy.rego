@@ -195,6 +195,8 @@ in_writable_dir if {
 # A rename or link (flags "OLD" or "NEW") of a repository's .git, or of a
 # submodule's directory under .git/modules: moved aside, a .git put in its
 # place holds hooks that no write to .git/hooks/ made (found by review).
+# (`git submodule absorbgitdirs`, which moves a submodule's .git there, is
+# refused too.)
 deny contains sprintf("%s holds git hooks; coding-agent may not rename it", [input.file.path]) if {
 	input.kind == "file"
 	input.file.flags[0] in {"OLD", "NEW"}

@@ -104,6 +104,8 @@ test_renaming_what_holds_hooks_denied if {
 	allowed(rename_as("/home/agent/src/app/.git/index", "NEW"))
 	allowed(rename_as("/home/agent/src/app/.git/modules/vendor/objects/pack/pack-1.pack", "NEW"))
 	allowed(rename_dir_as("/home/agent/src/app/build", "OLD"))
+	# An exchange with a file: the shim says DIR for either side's directory.
+	not allowed(object.union(update("/home/agent/src/app/.git"), {"syscall": "renameat2", "file": {"flags": ["NEW", "DIR", "RENAME_EXCHANGE"]}}))
 }
 
 test_submodule_hook_denied if {

@@ -149,9 +149,6 @@ impl Supervisor {
         };
         let is_dir = |st: &FileStat| st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let old_is_dir = is_dir(&object.1);
-        if matches!(change, Change::Rename(_)) && old.ends_with(b"/") && !old_is_dir {
-            return Err(Errno::ENOTDIR);
-        }
         let new_name = self.name(&mut task, n, new_dir, &new, change, false)?;
         // What the kernel answers before it changes anything, in its order
         // (`do_renameat2`, `do_linkat`).
@@ -161,18 +158,25 @@ impl Supervisor {
             Change::Link(_) if new.ends_with(b"/") => return Err(Errno::ENOENT),
             Change::Link(_) if old_is_dir => return Err(Errno::EPERM),
             Change::Link(_) => {}
+            // (Linux 6.18, measured: an exchange's missing name, then the
+            // trailing slashes, then NOREPLACE's EEXIST.)
             Change::Rename(f) => {
-                if f & RENAME_NOREPLACE != 0 && new_is_dir.is_some() {
-                    return Err(Errno::EEXIST);
-                }
                 if f & RENAME_EXCHANGE != 0 {
                     match new_is_dir {
                         None => return Err(Errno::ENOENT),
                         Some(false) if new.ends_with(b"/") => return Err(Errno::ENOTDIR),
                         _ => {}
                     }
-                } else if !old_is_dir && new.ends_with(b"/") {
+                }
+                // Unless the old name is a directory, a trailing slash on
+                // it, or (but for an exchange) on the new one, is ENOTDIR.
+                if !old_is_dir
+                    && (old.ends_with(b"/") || f & RENAME_EXCHANGE == 0 && new.ends_with(b"/"))
+                {
                     return Err(Errno::ENOTDIR);
+                }
+                if f & RENAME_NOREPLACE != 0 && new_is_dir.is_some() {
+                    return Err(Errno::EEXIST);
                 }
             }
         }
@@ -220,8 +224,9 @@ impl Supervisor {
         }
         let replaces = new_stat.is_some();
         let mut flag_names = flag_names(change);
-        // A directory's name: what is beneath it moves with it.
-        if old_is_dir {
+        // A directory's name: what is beneath it moves with it (either of
+        // an exchange's: both move; found by review).
+        if old_is_dir || new_is_dir == Some(true) {
             flag_names.insert(0, "DIR".to_owned());
         }
         let file = |path: Vec<u8>, role: &str, access: &[&str], create: bool| FileAccess {
