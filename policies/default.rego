@@ -435,6 +435,21 @@ home_bin(parts) if {
 	count(parts) > 3
 }
 
+# The same on ostree systems (Silverblue, CoreOS), where homes are there.
+home_bin(parts) if {
+	parts[1] == "var"
+	parts[2] == "home"
+	parts[4] == "bin"
+	count(parts) > 5
+}
+
+home_bin(parts) if {
+	parts[1] == "var"
+	parts[2] == "roothome"
+	parts[3] == "bin"
+	count(parts) > 4
+}
+
 deny contains reason if {
 	input.kind == "network"
 	some reason in network_denials

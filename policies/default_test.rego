@@ -212,6 +212,9 @@ test_code_that_runs_outside_later_not_writable_in_a_home_workdir if {
 	allowed(object.union(read("/home/user/bin/ls"), {"sandbox": home}))
 	root_home := object.union(sandbox, {"workdir": "/root"})
 	not allowed(object.union(write("/root/bin/ls"), {"sandbox": root_home}))
+	ostree_home := object.union(sandbox, {"workdir": "/var/home/user"})
+	not allowed(object.union(write("/var/home/user/bin/ls"), {"sandbox": ostree_home}))
+	allowed(object.union(write("/var/home/user/binder"), {"sandbox": ostree_home}))
 	allowed(object.union(write("/root/binder"), {"sandbox": root_home}))
 }
 

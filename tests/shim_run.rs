@@ -1723,6 +1723,19 @@ fn racing_threads_never_give_a_denied_file_a_new_name() {
         );
         assert_eq!(std::fs::read_to_string(&denied).unwrap(), "key");
     }
+    // A file renamed to `.config` (allowed: the default policy keeps the
+    // name of a directory `.config`, not a file's) while another thread
+    // exchanges that file with a directory: the kernel looks the name up
+    // again, and a directory it moved there is moved back and refused.
+    std::fs::write(env.work.join("f"), "file").unwrap();
+    std::fs::create_dir(env.work.join("d")).unwrap();
+    let out = env.run(&[&env.probe(), "rename-type-race", ".config", "2"]);
+    let stdout = assert_ok(&out);
+    let (ok, denied_n, violations) = race_counts(&stdout);
+    eprintln!("rename-type-race: {stdout}");
+    assert_eq!(violations, 0, "a directory was moved as a file: {stdout}");
+    assert!(ok > 0, "{stdout}");
+    let _ = denied_n;
 }
 
 #[test]

@@ -19,6 +19,9 @@
 //   probe clone-fs       (a child sharing the cwd)
 //   probe link-race ALLOWED DENIED SECONDS    (links the flipped path as "linked")
 //   probe rename-race ALLOWED DENIED SECONDS  (renames it to "moved", and back)
+//   probe rename-type-race TARGET SECONDS  (renames file "f" to TARGET while a
+//                        thread exchanges "f" with directory "d"; a violation:
+//                        a directory moved to TARGET)
 //
 // Races print "ok=N denied=N violations=N" and exit 0; a violation means a
 // denied object was reached.
@@ -121,6 +124,30 @@ static int name_race(const char *allowed, const char *denied, double secs, int r
         if (rename_it) {
             if (rename(to, was_bad ? denied : allowed) != 0) { perror("rename back"); return 2; }
         } else if (unlink(to) != 0) { perror("unlink"); return 2; }
+    }
+    stop = 1;
+    pthread_join(t, NULL);
+    printf("ok=%ld denied=%ld violations=%ld\n", ok, denied_n, violations);
+    return 0;
+}
+
+static void *exchange_f_d(void *arg) {
+    (void)arg;
+    while (!stop) syscall(SYS_renameat2, AT_FDCWD, "f", AT_FDCWD, "d", 2 /* RENAME_EXCHANGE */);
+    return NULL;
+}
+
+static int rename_type_race(const char *target, double secs) {
+    pthread_t t;
+    pthread_create(&t, NULL, exchange_f_d, NULL);
+    long ok = 0, denied_n = 0, violations = 0;
+    double end = now() + secs;
+    while (now() < end) {
+        if (rename("f", target) != 0) { denied_n++; continue; }
+        struct stat st;
+        if (lstat(target, &st) != 0) { perror("lstat"); return 2; }
+        if (S_ISDIR(st.st_mode)) violations++; else ok++;
+        if (rename(target, "f") != 0) { perror("rename back"); return 2; }
     }
     stop = 1;
     pthread_join(t, NULL);
@@ -433,6 +460,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "open-race") && argc == 5) return open_race(argv[2], argv[3], atof(argv[4]));
     if (!strcmp(mode, "link-race") && argc == 5) return name_race(argv[2], argv[3], atof(argv[4]), 0);
     if (!strcmp(mode, "rename-race") && argc == 5) return name_race(argv[2], argv[3], atof(argv[4]), 1);
+    if (!strcmp(mode, "rename-type-race") && argc == 4) return rename_type_race(argv[2], atof(argv[3]));
     if (!strcmp(mode, "connect-race") && argc == 7)
         return connect_race(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atof(argv[6]));
     if (!strcmp(mode, "exec-race") && argc == 5) return exec_race(argv[2], argv[3], atof(argv[4]));
