@@ -599,6 +599,17 @@ case('link-dir-missing-parent', lambda: os.link('d', 'nod/x'))
 case('noreplace-file-slash', lambda: renameat2(b'f/', b'g', 1))
 case('exchange-file-slash-missing', lambda: renameat2(b'f/', b'nothing', 2))
 case('rename-file-slash-missing-parent', lambda: os.rename('f/', 'nope/x'))
+# Symlinks: the link's name is decided as a create, the link made for the tool.
+case('symlink', lambda: os.symlink('target', 'newlink'))
+print('newlink', os.readlink('newlink'))
+case('symlink-existing', lambda: os.symlink('t', 'f'))
+case('symlink-empty-target', lambda: os.symlink('', 'x1'))
+case('symlink-missing-dir', lambda: os.symlink('t', 'nope/x'))
+case('symlink-through-file', lambda: os.symlink('t', 'f/x'))
+case('symlink-dot', lambda: os.symlink('t', 'd/.'))
+case('symlink-slash', lambda: os.symlink('t', 'x2/'))
+case('symlinkat-dirfd', lambda: call(libc.symlinkat(b't', dfd, b'viadfd'), 'symlinkat'))
+print('viadfd', os.readlink('d/viadfd'))
 # (Not the store and temp dir a nobody cordon keeps here.)
 print(sorted(n for n in os.listdir('.') if n != 'audit' and not n.startswith('cordon-')))
 "#
@@ -1609,12 +1620,14 @@ fn a_file_the_policy_denies_gets_no_new_name() {
         libc = ctypes.CDLL(None, use_errno=True)\n\
         def exchange(a, b):\n    \
             if libc.syscall(316, -100, a, -100, b, 2) != 0: raise OSError(ctypes.get_errno(), 'x')\n\
-        case('exchange-file-with-config', lambda: exchange(b'c', b'.config'))\n";
+        case('exchange-file-with-config', lambda: exchange(b'c', b'.config'))\n\
+        case('symlink-bashrc', lambda: os.symlink('payload', '.bashrc'))\n\
+        case('symlink', lambda: os.symlink('payload', 'ok-link'))\n";
     let out = env.python(script);
     assert_eq!(
         assert_ok(&out),
         "link-env 13\nrename-env 13\nrename-ssh 13\nlink-key 13\nrename-onto-env 13\nrename-config 13\n\
-         rename ok\nlink ok\na\nexchange-file-with-config 13\n"
+         rename ok\nlink ok\na\nexchange-file-with-config 13\nsymlink-bashrc 13\nsymlink ok\n"
     );
     assert_eq!(
         std::fs::read_to_string(env.work.join(".env")).unwrap(),

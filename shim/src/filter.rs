@@ -54,6 +54,9 @@ pub const BROKERED: &[i64] = &[
     libc::SYS_renameat2,
     libc::SYS_link,
     libc::SYS_linkat,
+    // A symlink's name: decided as a create.
+    libc::SYS_symlink,
+    libc::SYS_symlinkat,
 ];
 
 /// Syscalls the supervisor inspects without asking the policy: their

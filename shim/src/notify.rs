@@ -215,6 +215,8 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_renameat2 => "renameat2",
         libc::SYS_link => "link",
         libc::SYS_linkat => "linkat",
+        libc::SYS_symlink => "symlink",
+        libc::SYS_symlinkat => "symlinkat",
         libc::SYS_socket => "socket",
         libc::SYS_personality => "personality",
         libc::SYS_io_uring_setup => "io_uring_setup",
@@ -738,6 +740,7 @@ impl Supervisor {
             | libc::SYS_renameat2
             | libc::SYS_link
             | libc::SYS_linkat => self.handle_names(&n),
+            libc::SYS_symlink | libc::SYS_symlinkat => self.handle_symlink(&n),
             libc::SYS_socket => {
                 let (domain, protocol) = (n.args[0] as i32, n.args[2] as i32);
                 let sock_type = n.args[1] as i32 & 0xf;

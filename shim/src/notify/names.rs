@@ -343,6 +343,61 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// symlink and symlinkat: the link's name is decided as a create
+    /// (`flags: ["NEW", "SYMLINK"]`), as a rename's new name is, so a link
+    /// cannot plant a hook or a command where a write may not (found by
+    /// review). Its target is decided when something opens through it.
+    pub(super) fn handle_symlink(self: &Arc<Self>, n: &Notification) -> Result<(), Errno> {
+        let a = n.args;
+        let (target_ptr, dir, path_ptr) = match n.nr {
+            libc::SYS_symlink => (a[0], libc::AT_FDCWD, a[1]),
+            _ => (a[0], a[1] as i32, a[2]),
+        };
+        let mem = ToolMemory::new(n.tid);
+        let target = mem.read_cstr(target_ptr, PATH_MAX - 1)?;
+        let path = mem.read_cstr(path_ptr, PATH_MAX - 1)?;
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        let mut task = self.task(n)?;
+        let name = self.name(&mut task, n, dir, &path, Change::Link(0), false)?;
+        if name.existing.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if path.ends_with(b"/") {
+            return Err(Errno::ENOENT);
+        }
+        let found = Found::Missing {
+            parent: name.parent.try_clone().map_err(|_| Errno::EMFILE)?,
+            name: name.name.clone(),
+        };
+        self.refuse_protected(n, &name.path, &found, None, Use::Write, false)?;
+        self.ask(self.request(
+            &task,
+            n,
+            Subject::File(FileAccess {
+                path: name.path,
+                access: vec!["write".to_owned()],
+                create: true,
+                truncate: false,
+                flags: vec!["NEW".to_owned(), "SYMLINK".to_owned()],
+            }),
+        ))?;
+        let (parent, last) = (name.parent, name.name);
+        let op = move || -> Result<i64, Errno> {
+            nix::unistd::symlinkat(
+                OsStr::from_bytes(&target),
+                &parent,
+                OsStr::from_bytes(&last),
+            )
+            .map(|()| 0)
+        };
+        self.perform_then(n, &task, false, None, true, op);
+        Ok(())
+    }
+}
+
 /// Renames `old` to `new` (each a directory we hold and a name in it), and
 /// checks that what moved is what was decided (`decided`: the old name's
 /// file, and for an exchange the new name's). The kernel looks the names up
