@@ -223,6 +223,11 @@ pub fn refused_in_sticky(
     if !still_there {
         return true;
     }
+    // (Not sticky: no sysctl to read. Every shell `>` onto an existing file
+    // comes here.)
+    if dir_stat.st_mode & libc::S_ISVTX == 0 {
+        return false;
+    }
     sticky_refuses(
         dir_stat.st_mode,
         dir_stat.st_uid,

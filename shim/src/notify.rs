@@ -997,16 +997,20 @@ impl Supervisor {
         socket: bool,
     ) -> Result<(), Errno> {
         match self.protected(canonical, found, stat, how, socket) {
-            Some(what) => {
-                self.count(|c| {
-                    *c.forbidden
-                        .entry(format!("{}({what})", syscall_name(n.nr)))
-                        .or_default() += 1
-                });
-                Err(Errno::EACCES)
-            }
+            Some(what) => Err(self.refuse_counted(n, what)),
             None => Ok(()),
         }
+    }
+
+    /// Counts call `n` as refused for `what`, whatever the policy says (the
+    /// exit record's `call(what)×N`), and gives its errno, `EACCES`.
+    fn refuse_counted(&self, n: &Notification, what: &str) -> Errno {
+        self.count(|c| {
+            *c.forbidden
+                .entry(format!("{}({what})", syscall_name(n.nr)))
+                .or_default() += 1
+        });
+        Errno::EACCES
     }
 
     /// Remembers the canonical path a unix socket was bound to (by socket
@@ -1370,34 +1374,22 @@ impl Supervisor {
                 return Err(Errno::ENXIO);
             }
         }
+        // Opens no policy may allow (EACCES, whatever it says).
         // /dev/userfaultfd hands out what the filter refuses as a call: a
         // userfaultfd, whose registered pages would stall the supervisor's
         // reads of the tool's memory, and every serving thread with them
-        // (found by review). EACCES, what a tool of another uid gets for its
-        // mode 0600; an O_PATH open, which gives no ioctl, goes on.
-        if flags & libc::O_PATH == 0
-            && existing.is_some_and(|(kind, dev, _)| {
-                kind == libc::S_IFCHR && Some(dev) == userfaultfd_device()
-            })
-        {
-            if !self.listener.id_valid(n.id) {
-                return Err(Errno::ESRCH);
-            }
-            self.count(|c| {
-                *c.forbidden
-                    .entry(format!("{}(/dev/userfaultfd)", syscall_name(n.nr)))
-                    .or_default() += 1
-            });
-            return Err(Errno::EACCES);
-        }
+        // (found by review); an O_PATH open, which gives no ioctl, goes on.
         // A tun device is bound to its opener's network namespace: ours,
         // were we to open it for a tool in a namespace of its own
         // (`--network none`), whose interfaces would then be the host's.
         // The same for the IPC state files, and for the network's sysctls
         // (a root tool's writes would set the host's forwarding).
-        let tun = existing
-            .is_some_and(|(kind, dev, _)| (kind, dev) == (libc::S_IFCHR, libc::makedev(10, 200)));
-        let other_namespace = if tun {
+        let char_device = |want: Option<u64>| {
+            existing.is_some_and(|(kind, dev, _)| kind == libc::S_IFCHR && Some(dev) == want)
+        };
+        let refused = if flags & libc::O_PATH == 0 && char_device(userfaultfd_device()) {
+            Some("/dev/userfaultfd")
+        } else if char_device(Some(libc::makedev(10, 200))) {
             (!same_namespace(n.tid, "net")).then_some("tun device of another netns")
         } else if names_ipc_namespace_state(&resolved_path) {
             (!same_namespace(n.tid, "ipc")).then_some("IPC state of another namespace")
@@ -1406,16 +1398,11 @@ impl Supervisor {
         } else {
             None
         };
-        if let Some(what) = other_namespace {
+        if let Some(what) = refused {
             if !self.listener.id_valid(n.id) {
                 return Err(Errno::ESRCH);
             }
-            self.count(|c| {
-                *c.forbidden
-                    .entry(format!("{}({what})", syscall_name(n.nr)))
-                    .or_default() += 1
-            });
-            return Err(Errno::EACCES);
+            return Err(self.refuse_counted(n, what));
         }
         // Writing, truncating or creating a file (`O_PATH` ignores the
         // rest; `O_CREAT` on a file that exists only opens it).
@@ -1494,30 +1481,27 @@ impl Supervisor {
                 })
                 .and_then(|r| r)
             };
-            // Where a create happens: to undo it if its fd cannot be given.
-            let creating = match &found {
-                Found::Missing { parent, name } => parent
-                    .try_clone()
-                    .ok()
-                    .map(|parent| (parent, name.clone(), creds.clone())),
-                Found::Existing(_) => None,
-            };
             // Inside the kernel backstop too, when it could refuse this open:
             // on the restricted opener thread, or (a blocking FIFO, on a
             // helper thread of its own) by restricting this thread first.
-            let opened = match &me.opener {
+            // What was found comes back, to undo a create whose fd cannot be
+            // given.
+            let (opened, kept) = match &me.opener {
                 Some(o) if o.governs_open(flags) && blocking_fifo => {
-                    match o.restrict_this_thread() {
+                    let opened = match o.restrict_this_thread() {
                         Ok(()) => open(&creds, &me.me, &found),
                         Err(_) => Err(Errno::EACCES),
-                    }
+                    };
+                    (opened, Some((found, creds)))
                 }
                 Some(o) if o.governs_open(flags) => {
                     let mine = me.me.clone();
-                    o.run(move || open(&creds, &mine, &found))
-                        .unwrap_or(Err(Errno::EACCES))
+                    match o.run(move || (open(&creds, &mine, &found), found, creds)) {
+                        Some((opened, found, creds)) => (opened, Some((found, creds))),
+                        None => (Err(Errno::EACCES), None),
+                    }
                 }
-                _ => open(&creds, &me.me, &found),
+                _ => (open(&creds, &me.me, &found), Some((found, creds))),
             };
             match opened {
                 Ok(fd) => {
@@ -1534,7 +1518,7 @@ impl Supervisor {
                         // (ENOENT: killed, or interrupted by a signal),
                         // where another thread may have opened it by name.
                         if e.raw_os_error() != Some(libc::ENOENT) {
-                            if let Some((parent, name, creds)) = &creating {
+                            if let Some((Found::Missing { parent, name }, creds)) = &kept {
                                 let _ = with_creds(creds, &me.me, || {
                                     emulate::undo_create(parent, name, &fd)
                                 });

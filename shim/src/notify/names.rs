@@ -214,12 +214,7 @@ impl Supervisor {
         // files beneath it: they would move, or others take their place.
         for path in [&old_path, &new_name.path] {
             if matches!(change, Change::Rename(_)) && self.protected.holds_beneath(path) {
-                self.count(|c| {
-                    *c.forbidden
-                        .entry(format!("{}(protected file)", super::syscall_name(n.nr)))
-                        .or_default() += 1
-                });
-                return Err(Errno::EACCES);
+                return Err(self.refuse_counted(n, "protected file"));
             }
         }
         let replaces = new_stat.is_some();
