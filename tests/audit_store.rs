@@ -1213,8 +1213,7 @@ fn a_store_sled_cannot_read_fails_verify() {
 /// review). Needs root, to make a directory that is nobody's.
 #[test]
 fn a_store_directory_another_user_owns_is_refused() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to chown");
+    if support::lacks_root("needs root to chown") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1257,8 +1256,7 @@ fn a_store_others_could_rewrite_is_refused_by_writers() {
     let (code, _, err) = run_cordon(&["run", "--audit-db", path_str(&db), "--", "/bin/true"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("open to its group or to everyone"), "{err}");
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped the rest: needs root to chown");
+    if support::lacks_root("needs root to chown, for the rest") {
         return;
     }
     std::os::unix::fs::chown(db.join("conf"), Some(65534), Some(65534)).unwrap();
@@ -1296,8 +1294,7 @@ fn a_store_others_could_rewrite_is_refused_by_writers() {
 #[test]
 fn a_store_the_auditor_may_only_read_is_refused_saying_to_copy_it() {
     use std::os::unix::fs::PermissionsExt;
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run the auditor as nobody");
+    if support::lacks_root("needs root to run the auditor as nobody") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -856,8 +856,7 @@ fn serve_refuses_a_policy_that_denies_every_call() {
 /// named in CORDON_BROKER_UID is; `http://` is refused outright.
 #[test]
 fn run_trusts_a_broker_of_another_user_only_when_named() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root, to start a broker as nobody");
+    if support::lacks_root("needs root, to start a broker as nobody") {
         return;
     }
     let dir = tempfile::tempdir_in("/tmp").unwrap();

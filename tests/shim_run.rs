@@ -727,8 +727,7 @@ impl Drop for ProtectedRegular {
 /// `/dev/stdout`, a link into `/proc`, still opens with `O_CREAT`.
 #[test]
 fn a_create_on_another_users_file_in_dev_shm_is_refused_as_natively() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root, to set fs.protected_regular");
+    if support::lacks_root("needs root, to set fs.protected_regular") {
         return;
     }
     let env = Env::new(&[]);
@@ -2158,8 +2157,7 @@ fn a_script_run_by_a_relative_name_is_the_one_decided_whatever_the_cwd_becomes()
 /// not need them. It killed the script (found by review).
 #[test]
 fn a_script_with_an_execute_only_interpreter_runs_for_another_user() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root, for --user");
+    if support::lacks_root("needs root, for --user") {
         return;
     }
     let dir = tempfile::tempdir_in("/tmp").unwrap();
@@ -2314,8 +2312,7 @@ except OSError as e:
 
 #[test]
 fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root, to show the calls work natively");
+    if support::lacks_root("needs root, to show the calls work natively") {
         return;
     }
     let env = Env::new(&[]);
@@ -2383,8 +2380,7 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
 /// processes; found by review). Opened and closed, never written.
 #[test]
 fn a_tool_of_another_uid_opens_what_its_effective_uid_may() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root, for a tool that drops to nobody");
+    if support::lacks_root("needs root, for a tool that drops to nobody") {
         return;
     }
     let script = r#"
@@ -2431,8 +2427,7 @@ for path, flags in [('/proc/sys/vm/drop_caches', os.O_WRONLY), ('/proc/sys/kerne
 /// filter.)
 #[test]
 fn a_root_tool_reaches_neither_kernel_run_programs_nor_the_hosts_ipc_state() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root, to show the opens work natively");
+    if support::lacks_root("needs root, to show the opens work natively") {
         return;
     }
     let script = r#"
@@ -2553,8 +2548,7 @@ fn a_bind_racing_a_listen_never_moves_it_to_a_refused_port() {
 /// (docs/threat-model.md).
 #[test]
 fn the_hosts_sysv_ipc_objects_are_out_of_the_tools_reach() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root, to run as nobody too");
+    if support::lacks_root("needs root, to run as nobody too") {
         return;
     }
     const IPC_CREAT: i32 = 0o1000;
@@ -3820,8 +3814,7 @@ fn a_unix_socket_the_tools_credentials_cannot_reach_stays_closed() {
 /// client took for a root broker; found by review). Its pid is cordon's.
 #[test]
 fn a_tools_unix_listener_shows_its_peers_the_tools_own_uid() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root, for --user");
+    if support::lacks_root("needs root, for --user") {
         return;
     }
     let env = Env::new(&[]);
@@ -4208,8 +4201,7 @@ fn run_allowing_all(dir: &Path, extra: &[&str], work: &Path, tool: &[&str]) -> O
 /// tool, the saved 0 included (found by review).
 #[test]
 fn a_tool_with_a_saved_root_uid_opens_relative_paths() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root, to keep a saved uid of 0");
+    if support::lacks_root("needs root, to keep a saved uid of 0") {
         return;
     }
     let dir = open_dir_allowing_all();
@@ -4252,8 +4244,7 @@ for what, f in [("relative", lambda: open("rel.txt").read().strip()),
 /// (found by review).
 #[test]
 fn sendmmsg_as_another_user_reports_every_message() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: --user needs root");
+    if support::lacks_root("--user needs root") {
         return;
     }
     let dir = open_dir_allowing_all();

@@ -282,3 +282,14 @@ pub fn assert_paced_out_of_fds<T>(mut serve: Child, held: Vec<T>, verify: impl F
         "never out of fds: {err}"
     );
 }
+
+/// Whether this test runs without root (it says so and the caller returns):
+/// for tests that need root to set the scene (`chown`, `--user`, `setpriv`,
+/// sysctls). `why` says what for, e.g. "needs root, for --user".
+pub fn lacks_root(why: &str) -> bool {
+    let lacks = !nix::unistd::geteuid().is_root();
+    if lacks {
+        eprintln!("skipped: {why}");
+    }
+    lacks
+}
