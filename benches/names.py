@@ -5,7 +5,7 @@ usage: benches/names.py ROUNDS N CORDON [CORDON ...]
 
 Each round runs, for native and then each build (`CORDON run --audit-db
 DIR -- python3 -c LOOP`, a fresh store each, the default policy), a Python
-loop that times N renames (a -> b -> a) and N link+unlink pairs in a
+loop that times N renames (a -> b -> a), N link+unlink and N symlink+unlink pairs in a
 directory of its own, and prints each call's median in µs; the figures
 printed are the medians of the round medians, then each round's.
 
@@ -32,7 +32,11 @@ def rename():
 def link():
     os.link(state[0], 'l')
     os.unlink('l')
-print(json.dumps({'rename': median(rename), 'link+unlink': median(link)}))
+def symlink():
+    os.symlink(state[0], 's')
+    os.unlink('s')
+print(json.dumps({'rename': median(rename), 'link+unlink': median(link),
+                  'symlink+unlink': median(symlink)}))
 """
 
 
@@ -54,7 +58,7 @@ def main():
         for b in results:
             results[b].append(run(None if b == "native" else b, n))
     for b, runs in results.items():
-        for call in ("rename", "link+unlink"):
+        for call in ("rename", "link+unlink", "symlink+unlink"):
             each = [r[call] for r in runs]
             print(f"{b:24} {call:12} {statistics.median(each):8.2f} µs  (rounds: "
                   + ", ".join(f"{v:.2f}" for v in each) + ")")
