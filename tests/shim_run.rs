@@ -2500,14 +2500,9 @@ fn a_bind_racing_a_listen_never_moves_it_to_a_refused_port() {
          allow if {\n\tinput.network.op == \"listen\"\n\tinput.network.port == 0\n}\n",
     )
     .unwrap();
-    // A free port outside the ephemeral range, which the listens' own
-    // autobinds draw from (one of them could draw this one).
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
-    let port = (low.saturating_sub(3000)..low)
-        .rev()
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port below the ephemeral range");
+    // Outside the ephemeral range, which the listens' own autobinds draw
+    // from (one of them could draw this one).
+    let port = support::free_tcp_port();
     let script = format!(
         "import socket, threading, time\n\
          bad = ok = refused = 0\n\

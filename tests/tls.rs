@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{assert_paced_out_of_fds, cordon, exits_within};
+use support::{assert_paced_out_of_fds, cordon, exits_within, free_tcp_port};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -119,14 +119,6 @@ fn connect_when_listening(port: u16) -> std::net::TcpStream {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -138,7 +130,7 @@ fn serve_over_tcp_with_mutual_tls() {
     make_server_and_client(d);
     make_ca(d, "other-ca");
     make_cert(d, "other-ca", "stranger", CLIENT_EXT);
-    let port = free_port();
+    let port = free_tcp_port();
     let listen = format!("tcp://127.0.0.1:{port}");
 
     // Without a client CA, TCP is refused: there would be no way to know the caller.
@@ -250,7 +242,7 @@ fn a_tcp_broker_out_of_fds_neither_spins_nor_stops_accepting() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_server_and_client(d);
-    let port = free_port();
+    let port = free_tcp_port();
     let listen = format!("tcp://127.0.0.1:{port}");
     let mut limited = Command::new("prlimit");
     limited.arg("--nofile=64:64");
@@ -260,13 +252,26 @@ fn a_tcp_broker_out_of_fds_neither_spins_nor_stops_accepting() {
         .args(serve.get_args())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let serve = limited.spawn().unwrap();
+    let mut serve = limited.spawn().unwrap();
     drop(connect_when_listening(port));
     // Each accepted connection, waiting for its handshake, takes an fd;
     // the rest wait in the backlog.
-    let held: Vec<_> = (0..80)
-        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
-        .collect();
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                let _ = serve.kill();
+                let out = serve.wait_with_output().unwrap();
+                panic!(
+                    "connection {} refused ({e}); serve: {}, {}",
+                    held.len(),
+                    out.status,
+                    text(&out.stderr)
+                );
+            }
+        }
+    }
     assert_paced_out_of_fds(serve, held, || {
         let mut verify = cordon();
         verify
@@ -287,7 +292,7 @@ fn a_tcp_peer_that_never_shakes_hands_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_server_and_client(d);
-    let port = free_port();
+    let port = free_tcp_port();
     let mut serve = serve_tls(d, &format!("tcp://127.0.0.1:{port}"), "audit")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -307,5 +312,9 @@ fn a_tcp_peer_that_never_shakes_hands_is_dropped() {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("still connected after {waited:?}: {other:?}"),
     }
-    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    // Dropped for its handshake's time, not for something else before it.
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(20)).contains(&waited),
+        "{waited:?}"
+    );
 }
