@@ -3,7 +3,8 @@
 # System packages: protoc (gRPC code generation), libseccomp (the shim),
 # strace (benchmark comparisons), python3 with venv and a C compiler (test tools,
 # the OPA differential check),
-# util-linux (setpriv, taskset), openssl (test certificates for the tls feature).
+# util-linux (setpriv, taskset), openssl (test certificates for the tls feature),
+# procps (kill, pkill in tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# procps: kill and pkill, which tests use to stop what they started.
+command -v pkill >/dev/null 2>&1 && [ -x /bin/kill ] || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then

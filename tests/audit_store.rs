@@ -140,7 +140,7 @@ async fn batched_mode_loses_at_most_the_unflushed_tail_on_sigkill() {
         .max()
         .unwrap_or_default();
     assert!(
-        oldest_lost < Duration::from_millis(500),
+        oldest_lost < Duration::from_secs(2),
         "a decision answered {oldest_lost:?} before the kill was lost"
     );
     assert_verifies(&s.db);

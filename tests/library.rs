@@ -9,14 +9,14 @@ mod support;
 use cordon_broker::{
     Broker,
     audit::{Durability, Opening, SledAudit},
-    policy::{PolicyEngine, PolicyOptions, PolicySource},
+    policy::{PolicyEngine, PolicySource},
 };
 use cordon_shim::{Embedded, Remote, Sandbox, SpawnError};
 
 #[test]
 fn a_library_host_keeps_its_own_children_when_a_sandbox_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let policy = PolicyEngine::new(PolicySource::Builtin, support::patient_policy()).unwrap();
     let audit = SledAudit::open(
         &dir.path().join("audit"),
         Durability::Batched {
@@ -52,7 +52,7 @@ fn a_store_that_did_not_open_is_named_by_spawn() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_dir = dir.path().join("file");
     std::fs::write(&not_a_dir, "not a store").unwrap();
-    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let policy = PolicyEngine::new(PolicySource::Builtin, support::patient_policy()).unwrap();
     let audit = Opening::start(&not_a_dir, Durability::Strict).unwrap();
     let broker = Broker::new(Arc::new(policy), Arc::new(audit));
     let sandbox = Sandbox::new(Arc::new(Embedded(broker))).workdir(dir.path());
@@ -144,7 +144,7 @@ fn an_async_host_spawns_and_waits_with_an_embedded_broker() {
         .build()
         .unwrap();
     let status = runtime.block_on(async {
-        let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+        let policy = PolicyEngine::new(PolicySource::Builtin, support::patient_policy()).unwrap();
         let audit = SledAudit::open(&store, Durability::Strict).unwrap();
         let broker = Broker::new(Arc::new(policy), Arc::new(audit));
         let sandbox = Sandbox::new(Arc::new(Embedded(broker))).workdir(dir.path());
@@ -162,7 +162,7 @@ fn an_async_host_spawns_and_waits_with_an_embedded_broker() {
 #[test]
 fn a_command_spawned_under_a_sandbox_cannot_be_spawned_again() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let policy = PolicyEngine::new(PolicySource::Builtin, support::patient_policy()).unwrap();
     let audit = SledAudit::open(&dir.path().join("audit"), Durability::Strict).unwrap();
     let broker = Broker::new(Arc::new(policy), Arc::new(audit));
     let sandbox = Sandbox::new(Arc::new(Embedded(broker))).workdir(dir.path());
@@ -195,7 +195,20 @@ fn a_command_spawned_under_a_sandbox_cannot_be_spawned_again() {
 fn each_spawn_of_one_sandbox_has_a_cgroup_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = with_a_cgroup(dir.path());
-    let spawn = || sandbox.spawn(Command::new("/bin/sleep").arg("2")).unwrap();
+    // Each runs until told to end (a fixed sleep could end before its
+    // cgroup is read, on a loaded machine).
+    let go = dir.path().join("go");
+    let spawn = || {
+        sandbox
+            .spawn(
+                Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg("while [ ! -e \"$1\" ]; do sleep 0.05; done")
+                    .arg("sh")
+                    .arg(&go),
+            )
+            .unwrap()
+    };
     let (first, second) = (spawn(), spawn());
     let third = sandbox
         .clone()
@@ -210,6 +223,7 @@ fn each_spawn_of_one_sandbox_has_a_cgroup_of_its_own() {
     let (a, b) = (cgroup(first.id()), cgroup(second.id()));
     assert!(a.contains("/cordon-") && b.contains("/cordon-"), "{a}\n{b}");
     assert_ne!(a, b);
+    std::fs::write(&go, "").unwrap();
     assert!(first.wait().unwrap().success());
     assert!(second.wait().unwrap().success());
 }
@@ -250,7 +264,7 @@ fn dropping_a_sandbox_handle_ends_the_sandbox() {
 /// A sandbox with the built-in policy, a strict store in `dir`, and a pids
 /// cap (so that it has a cgroup).
 fn with_a_cgroup(dir: &std::path::Path) -> Sandbox {
-    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let policy = PolicyEngine::new(PolicySource::Builtin, support::patient_policy()).unwrap();
     let audit = SledAudit::open(&dir.join("audit"), Durability::Strict).unwrap();
     let broker = Broker::new(Arc::new(policy), Arc::new(audit));
     Sandbox::new(Arc::new(Embedded(broker)))

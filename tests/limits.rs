@@ -40,6 +40,7 @@ impl Box_ {
         let mut c = cordon();
         c.current_dir(self.path())
             .args(["run", "--audit-db", &self.db()])
+            .args(support::PATIENT_EVAL)
             .args(["--policy", path_str(&self.path().join("allow.rego"))])
             .args(flags)
             .args(["--", "/bin/sh", "-c", script]);
@@ -191,7 +192,12 @@ def drain(until):
                 os.read(master, 4096)
             except OSError:
                 return
-drain(time.time() + 4)
+# 3 s after the tool started (its 1 s timeout long past), however slow
+# its start.
+give_up = time.time() + 60
+while not os.path.exists(pidfile) and time.time() < give_up and p.poll() is None:
+    drain(time.time() + 0.1)
+drain(time.time() + 3)
 pid = int(open(pidfile).read())
 try:
     # Killed, if not yet reaped, is dead.

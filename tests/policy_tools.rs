@@ -24,6 +24,7 @@ fn run_in(dir: &Path, db: &Path, extra: &[&str], script: &str) -> (i32, String, 
     let out = cordon()
         .current_dir(dir)
         .args(["run", "--audit-db", path_str(db)])
+        .args(support::PATIENT_EVAL)
         .args(extra)
         .args(["--", "/bin/sh", "-c", script])
         .output()

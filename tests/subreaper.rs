@@ -2,17 +2,19 @@
 //! `cordon run` does) and runs two at once. In a test binary of its own: the
 //! subreaper is the whole process's.
 
+mod support;
+
 use std::{process::Command, sync::Arc, time::Duration};
 
 use cordon_broker::{
     Broker,
     audit::{Durability, SledAudit},
-    policy::{PolicyEngine, PolicyOptions, PolicySource},
+    policy::{PolicyEngine, PolicySource},
 };
 use cordon_shim::{Embedded, Sandbox};
 
 fn sandbox(dir: &std::path::Path) -> Sandbox {
-    let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default()).unwrap();
+    let policy = PolicyEngine::new(PolicySource::Builtin, support::patient_policy()).unwrap();
     let audit = SledAudit::open(
         &dir.join("audit"),
         Durability::Batched {

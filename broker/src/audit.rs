@@ -2568,7 +2568,7 @@ mod tests {
     /// What opening gives once the store is no longer locked (by a store
     /// just dropped, whose sled threads may still hold it).
     fn try_reopen<T>(open: impl Fn() -> Result<T, AuditError>) -> Result<T, AuditError> {
-        for _ in 0..300 {
+        for _ in 0..3000 {
             match open() {
                 Err(e) if e.is_locked() => {
                     std::thread::sleep(Duration::from_millis(10));
@@ -2576,7 +2576,7 @@ mod tests {
                 other => return other,
             }
         }
-        panic!("the store stayed locked for 3 s after it was dropped");
+        panic!("the store stayed locked for 30 s after it was dropped");
     }
 
     /// The seqs a scan of every record returns, in order.

@@ -492,6 +492,15 @@ mod tests {
     use cordon_proto::v1::FileAccess;
     use tokio::sync::watch;
 
+    /// Policy options whose evaluation limit a loaded machine does not reach
+    /// (the default, 50 ms of wall time, a stalled debug build can).
+    fn patient() -> PolicyOptions {
+        PolicyOptions {
+            eval_timeout: std::time::Duration::from_secs(10),
+            ..PolicyOptions::default()
+        }
+    }
+
     /// A strict store whose appends return `delay` late: a flush slower than
     /// the client waits.
     #[derive(Debug)]
@@ -544,8 +553,7 @@ mod tests {
 
     fn broker(dir: &std::path::Path, delay: Duration) -> Broker {
         let store = SledAudit::open(dir, Durability::Strict).expect("store");
-        let policy = PolicyEngine::new(PolicySource::Builtin, PolicyOptions::default())
-            .expect("built-in policy");
+        let policy = PolicyEngine::new(PolicySource::Builtin, patient()).expect("built-in policy");
         Broker::new(
             Arc::new(policy),
             Arc::new(SlowStore {

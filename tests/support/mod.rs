@@ -18,6 +18,22 @@ mod requests;
 #[allow(unused_imports)] // each test binary uses its own subset
 pub use requests::*;
 
+/// Options for `cordon run` with its embedded broker in tests: an
+/// evaluation limit a loaded machine does not reach. The default (250 ms
+/// of wall time) a stalled debug build can, and the decision is then a
+/// denial the test did not expect.
+pub const PATIENT_EVAL: [&str; 2] = ["--eval-timeout", "10s"];
+
+/// Policy options for an engine a test builds: an evaluation limit a
+/// loaded machine does not reach (the default, 50 ms of wall time, a
+/// stalled debug build can).
+pub fn patient_policy() -> cordon_broker::policy::PolicyOptions {
+    cordon_broker::policy::PolicyOptions {
+        eval_timeout: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
 /// The `cordon` binary under test.
 pub fn cordon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cordon"))
