@@ -25,6 +25,20 @@ use nix::{
 
 use crate::resolve::Found;
 
+/// `fd`, opened with the tool's `flags` and `O_NONBLOCK`, without the
+/// latter: an open added it only to learn, without waiting, that a lease on
+/// the file is being broken. The tool's file shows the flags it asked for.
+/// (`F_SETFL` reads only the status flags it can change from `flags`, all
+/// as they were opened: one call, no `F_GETFL`.)
+pub fn without_nonblock(fd: OwnedFd, flags: i32) -> Result<OwnedFd, Errno> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    fcntl(
+        &fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_retain(flags & !libc::O_NONBLOCK)),
+    )?;
+    Ok(fd)
+}
+
 /// Opens what the lookup found, with the tool's open flags. `kind` is the
 /// file type of an existing file (`st_mode & S_IFMT`), as the caller read it.
 pub fn open_found(

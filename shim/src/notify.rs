@@ -78,6 +78,36 @@ pub struct Counters {
     pub exec_killed: u64,
     /// Creates that found their name taken since the lookup (decided again).
     pub create_races: u64,
+    /// Opens that found a lease on their file being broken, and waited for
+    /// it on a helper thread.
+    pub lease_waits: u64,
+}
+
+/// An allowed open once decided: all it needs but what it opens.
+#[derive(Debug, Clone, Copy)]
+struct OpenJob {
+    id: u64,
+    tgid: i32,
+    tid: i32,
+    flags: i32,
+    mode: u32,
+    umask: u32,
+    /// The file type found, if the file exists.
+    kind: Option<u32>,
+    /// Whether `EEXIST` means the name was taken since the lookup (a create
+    /// without the tool's own `O_EXCL`).
+    create_raced_if_exists: bool,
+}
+
+/// How [`Supervisor::open_and_inject`] ended.
+enum Opened {
+    /// The tool has its answer: the fd, or an errno.
+    Answered,
+    /// The create found its name taken; nothing was answered.
+    NameTaken,
+    /// A lease on the file is being broken; nothing was answered, and the
+    /// open may wait (on a helper thread) with what it opens.
+    Leased(Found, Creds),
 }
 
 /// The broker's unix socket: its path, and its device and inode (read once).
@@ -1461,88 +1491,33 @@ impl Supervisor {
         // The tool's own O_EXCL: its EEXIST is the answer, not a race.
         let create_raced_if_exists =
             matches!(found, Found::Missing { .. }) && flags & libc::O_EXCL == 0;
-        let me = self.clone();
-        let (id, tgid, tid) = (n.id, task.tgid, n.tid);
-        // Whether the create found the name taken (and nothing was answered).
-        let open_and_inject = move || -> bool {
-            let creds = task.creds;
-            let mode = call.mode;
-            let listener = me.listener.clone();
-            let open = move |creds: &Creds, mine: &Creds, found: &Found| {
-                with_opener_creds(creds, mine, || {
-                    let call = || emulate::open_found(found, kind, flags, mode, umask);
-                    // On its helper thread: a signal the tool handles ends it.
-                    if blocking_fifo {
-                        let waits = move || listener.id_valid(id);
-                        interrupt::while_blocked(tgid, tid, waits, true, call)
-                    } else {
-                        call()
-                    }
-                })
-                .and_then(|r| r)
-            };
-            // Inside the kernel backstop too, when it could refuse this open:
-            // on the restricted opener thread, or (a blocking FIFO, on a
-            // helper thread of its own) by restricting this thread first.
-            // What was found comes back, to undo a create whose fd cannot be
-            // given.
-            let (opened, kept) = match &me.opener {
-                Some(o) if o.governs_open(flags) && blocking_fifo => {
-                    let opened = match o.restrict_this_thread() {
-                        Ok(()) => open(&creds, &me.me, &found),
-                        Err(_) => Err(Errno::EACCES),
-                    };
-                    (opened, Some((found, creds)))
-                }
-                Some(o) if o.governs_open(flags) => {
-                    let mine = me.me.clone();
-                    match o.run(move || (open(&creds, &mine, &found), found, creds)) {
-                        Some((opened, found, creds)) => (opened, Some((found, creds))),
-                        None => (Err(Errno::EACCES), None),
-                    }
-                }
-                _ => (open(&creds, &me.me, &found), Some((found, creds))),
-            };
-            match opened {
-                Ok(fd) => {
-                    // Only a writable file makes an exec of it ETXTBSY.
-                    let _inject =
-                        (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| me.injects.begin());
-                    if let Err(e) =
-                        me.listener
-                            .inject_fd_and_return(id, &fd, flags & libc::O_CLOEXEC != 0)
-                    {
-                        // Not given for want of an fd number (EMFILE, which
-                        // natively comes before the create): what this open
-                        // created goes again. Not when the call is gone
-                        // (ENOENT: killed, or interrupted by a signal),
-                        // where another thread may have opened it by name.
-                        if e.raw_os_error() != Some(libc::ENOENT) {
-                            if let Some((Found::Missing { parent, name }, creds)) = &kept {
-                                let _ = with_creds(creds, &me.me, || {
-                                    emulate::undo_create(parent, name, &fd)
-                                });
-                            }
-                            let _ = me.listener.fail(id, e.raw_os_error().unwrap_or(libc::EIO));
-                        }
-                    }
-                    drop(fd);
-                }
-                Err(Errno::EEXIST) if create_raced_if_exists => return true,
-                Err(e) => {
-                    let _ = me.listener.fail(id, interrupt::answer_errno(e));
-                }
-            }
-            false
+        let job = OpenJob {
+            id: n.id,
+            tgid: task.tgid,
+            tid: n.tid,
+            flags,
+            mode: call.mode,
+            umask,
+            kind,
+            create_raced_if_exists,
         };
+        let creds = task.creds;
+        let me = self.clone();
         if blocking_fifo {
             // Opening a FIFO waits for the other end: not on this thread.
             // (Never a create: the FIFO exists.)
-            self.spawn_helper(n.id, move || {
-                open_and_inject();
-            });
-        } else if open_and_inject() {
-            if retries == 0 {
+            self.spawn_helper(n.id, move || me.open_waiting(job, found, creds));
+            return Ok(());
+        }
+        match self.open_and_inject(job, found, creds, false) {
+            Opened::Answered => {}
+            Opened::Leased(found, creds) => {
+                // Waits until the lease holder lets go (or the kernel's
+                // lease-break-time): on a helper thread, as a FIFO's.
+                self.count(|c| c.lease_waits += 1);
+                self.spawn_helper(n.id, move || me.open_waiting(job, found, creds));
+            }
+            Opened::NameTaken if retries == 0 => {
                 // A tool racing itself on purpose: the call is denied (its
                 // allow records stay: decisions for creates that did not
                 // happen).
@@ -1550,10 +1525,130 @@ impl Supervisor {
                 self.count(|c| c.denied += 1);
                 return Err(Errno::EACCES);
             }
-            self.count(|c| c.create_races += 1);
-            return self.handle_open_attempt(n, retries - 1);
+            Opened::NameTaken => {
+                self.count(|c| c.create_races += 1);
+                return self.handle_open_attempt(n, retries - 1);
+            }
         }
         Ok(())
+    }
+
+    /// [`Self::open_and_inject`] on a helper thread, for an open that may
+    /// wait (a FIFO's other end, a lease being broken). Never a create.
+    fn open_waiting(self: &Arc<Self>, job: OpenJob, found: Found, creds: Creds) {
+        if !matches!(
+            self.open_and_inject(job, found, creds, true),
+            Opened::Answered
+        ) {
+            let _ = self.listener.fail(job.id, libc::EACCES);
+        }
+    }
+
+    /// Performs an allowed open as the tool and injects its fd (or answers
+    /// its errno). `waits`: on a helper thread, where the open may block
+    /// and a signal the tool handles ends it. Otherwise an existing regular
+    /// file the tool opens without `O_NONBLOCK` is opened with it: a lease
+    /// being broken (another process's `F_SETLEASE`) then comes back as
+    /// `EWOULDBLOCK` ([`Opened::Leased`]) instead of holding this thread,
+    /// and behind it the sandbox's other opens, for up to the kernel's
+    /// lease-break-time (45 s).
+    fn open_and_inject(
+        self: &Arc<Self>,
+        job: OpenJob,
+        found: Found,
+        creds: Creds,
+        waits: bool,
+    ) -> Opened {
+        let OpenJob {
+            id,
+            tgid,
+            tid,
+            flags,
+            mode,
+            umask,
+            kind,
+            create_raced_if_exists,
+        } = job;
+        let lease_probe = !waits && flags & libc::O_NONBLOCK == 0 && kind == Some(libc::S_IFREG);
+        let try_flags = if lease_probe {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags
+        };
+        let listener = self.listener.clone();
+        let open = move |creds: &Creds, mine: &Creds, found: &Found| {
+            with_opener_creds(creds, mine, || {
+                let call = || emulate::open_found(found, kind, try_flags, mode, umask);
+                // On its helper thread: a signal the tool handles ends it.
+                if waits {
+                    let pending = move || listener.id_valid(id);
+                    interrupt::while_blocked(tgid, tid, pending, true, call)
+                } else {
+                    call()
+                }
+            })
+            .and_then(|r| r)
+        };
+        // Inside the kernel backstop too, when it could refuse this open:
+        // on the restricted opener thread, or (on a helper thread of its
+        // own) by restricting this thread first. What was found comes back,
+        // to undo a create whose fd cannot be given.
+        let (opened, kept) = match &self.opener {
+            Some(o) if o.governs_open(flags) && waits => {
+                let opened = match o.restrict_this_thread() {
+                    Ok(()) => open(&creds, &self.me, &found),
+                    Err(_) => Err(Errno::EACCES),
+                };
+                (opened, Some((found, creds)))
+            }
+            Some(o) if o.governs_open(flags) => {
+                let mine = self.me.clone();
+                match o.run(move || (open(&creds, &mine, &found), found, creds)) {
+                    Some((opened, found, creds)) => (opened, Some((found, creds))),
+                    None => (Err(Errno::EACCES), None),
+                }
+            }
+            _ => (open(&creds, &self.me, &found), Some((found, creds))),
+        };
+        let opened = match (opened, kept) {
+            (Err(Errno::EAGAIN), Some((found, creds))) if lease_probe => {
+                return Opened::Leased(found, creds);
+            }
+            (Ok(fd), kept) if lease_probe => (emulate::without_nonblock(fd, flags), kept),
+            other => other,
+        };
+        match opened {
+            (Ok(fd), kept) => {
+                // Only a writable file makes an exec of it ETXTBSY.
+                let _inject =
+                    (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| self.injects.begin());
+                if let Err(e) =
+                    self.listener
+                        .inject_fd_and_return(id, &fd, flags & libc::O_CLOEXEC != 0)
+                {
+                    // Not given for want of an fd number (EMFILE, which
+                    // natively comes before the create): what this open
+                    // created goes again. Not when the call is gone
+                    // (ENOENT: killed, or interrupted by a signal), where
+                    // another thread may have opened it by name.
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        if let Some((Found::Missing { parent, name }, creds)) = &kept {
+                            let _ = with_creds(creds, &self.me, || {
+                                emulate::undo_create(parent, name, &fd)
+                            });
+                        }
+                        let _ = self
+                            .listener
+                            .fail(id, e.raw_os_error().unwrap_or(libc::EIO));
+                    }
+                }
+            }
+            (Err(Errno::EEXIST), _) if create_raced_if_exists => return Opened::NameTaken,
+            (Err(e), _) => {
+                let _ = self.listener.fail(id, interrupt::answer_errno(e));
+            }
+        }
+        Opened::Answered
     }
 
     // --- network -------------------------------------------------------------

@@ -982,6 +982,12 @@ impl Sandboxed {
                 c.create_races
             ));
         }
+        if c.lease_waits > 0 {
+            detail.push_str(&format!(
+                ", {} opens waited for a lease on their file to be broken",
+                c.lease_waits
+            ));
+        }
         if !c.forbidden.is_empty() {
             let list: Vec<String> = c
                 .forbidden
