@@ -39,13 +39,24 @@ const BATCHED: Durability = Durability::Batched {
     window: Duration::from_millis(10),
 };
 
+/// `opts` with an evaluation limit no stall reaches: `cargo test
+/// --all-targets` runs each benchmark once in a debug build, whose asserts
+/// a 50 ms limit on a loaded machine could fail. (The limit's check costs
+/// the same whatever its value.)
+fn patient(opts: PolicyOptions) -> PolicyOptions {
+    PolicyOptions {
+        eval_timeout: Duration::from_secs(10),
+        ..opts
+    }
+}
+
 /// The built-in policy, keeping at most `memo` verdicts (0: every request is
 /// evaluated, which is what a tool's first call to each path costs).
 fn engine(memo: usize) -> Arc<PolicyEngine> {
-    let opts = PolicyOptions {
+    let opts = patient(PolicyOptions {
         memo_capacity: memo,
         ..Default::default()
-    };
+    });
     Arc::new(PolicyEngine::new(PolicySource::Builtin, opts).expect("built-in policy loads"))
 }
 
@@ -79,11 +90,11 @@ fn bench_policy(c: &mut Criterion) {
         ("rvm", EngineChoice::Auto),
         ("interpreter", EngineChoice::Interpreter),
     ] {
-        let opts = PolicyOptions {
+        let opts = patient(PolicyOptions {
             engine: choice,
             memo_capacity: 0,
             ..Default::default()
-        };
+        });
         let policy =
             LoadedPolicy::load(&PolicySource::Builtin, &opts).expect("built-in policy loads");
         if choice == EngineChoice::Auto {
@@ -103,10 +114,10 @@ fn bench_policy(c: &mut Criterion) {
     // The same policy from its file (`--policy`): compiled at load, with
     // the decision alone as entry point, where the built-in one runs its
     // stored program (`policy/builtin.rs`).
-    let opts = PolicyOptions {
+    let opts = patient(PolicyOptions {
         memo_capacity: 0,
         ..Default::default()
-    };
+    });
     let file = PolicySource::Paths(vec![
         concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.rego").into(),
     ]);
@@ -123,7 +134,7 @@ fn bench_policy(c: &mut Criterion) {
     g.bench_function("default_rego_etc_read/rvm", |b| {
         b.iter(|| builtin.evaluate(&etc))
     });
-    let memoizing = LoadedPolicy::load(&PolicySource::Builtin, &PolicyOptions::default())
+    let memoizing = LoadedPolicy::load(&PolicySource::Builtin, &patient(PolicyOptions::default()))
         .expect("built-in policy loads");
     assert!(!memoizing.evaluate(&input).memoized);
     assert!(

@@ -80,7 +80,7 @@ impl Fixture {
         .unwrap();
         let socket = dir.path().join("run/broker.sock");
         let serve = Command::new(CORDON)
-            .args(["serve", "--listen"])
+            .args(["serve", "--eval-timeout", "10s", "--listen"])
             .arg(format!("unix://{}", socket.display()))
             .arg("--audit-db")
             .arg(dir.path().join("serve-audit"))
@@ -111,6 +111,11 @@ impl Fixture {
             "cordon_run" => vec![
                 CORDON.into(),
                 "run".into(),
+                // No stall of a loaded machine's debug build (`cargo test
+                // --all-targets` runs each benchmark once) reaches it; its
+                // check costs the same whatever its value.
+                "--eval-timeout".into(),
+                "10s".into(),
                 "--audit-db".into(),
                 d.join("audit").display().to_string(),
                 "--policy".into(),
