@@ -768,6 +768,42 @@ fn check_names_the_broken_line_and_lints_quiet_mistakes() {
     );
 }
 
+/// `policy eval` and `policy replay` limit an evaluation to 5 s unless
+/// told otherwise (`--timeout`): a broker's 50 ms, which they used, a
+/// stalled machine's debug build could reach, and an answer became a
+/// timeout. A policy that takes ~0.3 s in a debug build is answered; with
+/// `--timeout 1ms` it times out, a denial that says so.
+#[test]
+fn eval_waits_for_a_slow_policy_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("slow.rego");
+    std::fs::write(
+        &policy,
+        "package cordon\nimport rego.v1\n\
+         allow if count([x | some x in numbers.range(1, 100000); x % 7 == 0]) > 0\n",
+    )
+    .unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(
+        &input,
+        r#"{"kind":"file","file":{"path":"/a","access":["read"]}}"#,
+    )
+    .unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["policy", "eval", "--policy", path_str(&policy)];
+        args.extend(["--input", path_str(&input), "--format", "json"]);
+        args.extend(extra);
+        let (code, out, err) = run_cordon(&args);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{err}"));
+        (code, v)
+    };
+    let (code, v) = eval(&[]);
+    assert_eq!((code, &v["allow"]), (0, &serde_json::json!(true)), "{v}");
+    let (code, v) = eval(&["--timeout", "1ms"]);
+    assert_eq!(code, 1, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("timed out"), "{v}");
+}
+
 #[test]
 fn eval_explains_which_rules_held() {
     let (code, out, err) = run_cordon(&[

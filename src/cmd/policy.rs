@@ -26,6 +26,10 @@ pub enum PolicyCommand {
         /// The input document (JSON), or - for stdin.
         #[arg(long, value_name = "FILE|-")]
         input: String,
+        /// Evaluation limit. Longer than a broker's (`serve --eval-timeout`, 50 ms): a stalled
+        /// machine must not turn an answer into a timeout here; the time taken is printed.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = super::wait_duration)]
+        timeout: std::time::Duration,
         #[arg(long, value_enum, default_value_t = EvalFormat::Text)]
         format: EvalFormat,
     },
@@ -76,6 +80,10 @@ cordon policy replay --broker unix:///run/cordon/broker.sock --policy new/ --lab
         broker: Option<String>,
         #[command(flatten)]
         scope: super::audit::Scope,
+        /// Evaluation limit per record. Longer than a broker's (`serve --eval-timeout`, 50 ms): a
+        /// stalled machine must not show a decision as changed by a timeout.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = super::wait_duration)]
+        timeout: std::time::Duration,
         #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
         format: ReplayFormat,
     },
@@ -111,16 +119,18 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Eval {
             policy,
             input,
+            timeout,
             format,
-        } => eval(policy, &input, format),
+        } => eval(policy, &input, timeout, format),
         PolicyCommand::Check { paths, format } => check(paths, format),
         PolicyCommand::Replay {
             policy,
             audit_db,
             broker,
             scope,
+            timeout,
             format,
-        } => replay(policy, audit_db, broker, &scope.filter()?, format),
+        } => replay(policy, audit_db, broker, &scope.filter()?, timeout, format),
         PolicyCommand::Test {
             paths,
             verbose,
@@ -132,6 +142,14 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The engine's options with this evaluation limit.
+fn limited(eval_timeout: std::time::Duration) -> PolicyOptions {
+    PolicyOptions {
+        eval_timeout,
+        ..PolicyOptions::default()
+    }
+}
+
 fn source_of(paths: Vec<PathBuf>) -> PolicySource {
     if paths.is_empty() {
         PolicySource::Builtin
@@ -140,7 +158,12 @@ fn source_of(paths: Vec<PathBuf>) -> PolicySource {
     }
 }
 
-fn eval(policy: Vec<PathBuf>, input: &str, format: EvalFormat) -> anyhow::Result<ExitCode> {
+fn eval(
+    policy: Vec<PathBuf>,
+    input: &str,
+    timeout: std::time::Duration,
+    format: EvalFormat,
+) -> anyhow::Result<ExitCode> {
     let text = if input == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -152,7 +175,7 @@ fn eval(policy: Vec<PathBuf>, input: &str, format: EvalFormat) -> anyhow::Result
     };
     let doc: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| usage(format!("{input}: not valid JSON: {e}")))?;
-    let loaded = LoadedPolicy::load(&source_of(policy), &PolicyOptions::default())?;
+    let loaded = LoadedPolicy::load(&source_of(policy), &limited(timeout))?;
     let v = loaded.evaluate(&doc);
     let held = loaded.explain(&doc);
     match format {
@@ -396,9 +419,10 @@ fn replay(
     audit_db: Option<PathBuf>,
     broker: Option<String>,
     filter: &AuditFilter,
+    timeout: std::time::Duration,
     format: ReplayFormat,
 ) -> anyhow::Result<ExitCode> {
-    let loaded = LoadedPolicy::load(&PolicySource::Paths(policy), &PolicyOptions::default())?;
+    let loaded = LoadedPolicy::load(&PolicySource::Paths(policy), &limited(timeout))?;
     let mut replayer = Replayer::new(&loaded);
     super::audit::each_record(
         audit_db.as_ref(),
