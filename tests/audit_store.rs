@@ -182,10 +182,34 @@ fn verify_fails_naming(db: &std::path::Path, needle: &str) {
         err.contains(needle),
         "stderr should name the record ({needle}): {err}"
     );
-    let (code, out, _) = run_cordon(&["audit", "verify", "--db", path_str(db), "--format", "json"]);
+    // The store named before the subcommand, as auditors also write it.
+    let (code, out, _) = run_cordon(&["audit", "--db", path_str(db), "verify", "--format", "json"]);
     assert_eq!(code, 1);
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["ok"], false);
+}
+
+/// The listing's options before `verify` or `reindex` are refused, naming
+/// them, rather than ignored; where the store is read from may come first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_refuses_the_listings_options_before_it() {
+    let s = store_with_records(3).await;
+    let db = path_str(&s.db);
+    for sub in ["verify", "reindex"] {
+        let (code, _, err) = run_cordon(&[
+            "audit", "--db", db, "--since", "1h", "--format", "json", sub,
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(&format!(
+                "`cordon audit {sub}` does not take --since, --format"
+            )),
+            "{err}"
+        );
+    }
+    let (code, out, err) = run_cordon(&["audit", "--db", db, "verify"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hash chain intact"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,7 +54,6 @@ pub struct Source {
 /// Query the decision log; `cordon audit verify` checks its hash chain, `reindex` mends its index.
 #[derive(Debug, clap::Args)]
 #[command(
-    args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  cordon audit --decision deny --since 1h\n  cordon audit --broker unix:///run/cordon/broker.sock --follow --format json\n  cordon audit --sandbox 0193f5c2-... --kind file --path-prefix /home --format csv\n  cordon audit verify --db /var/lib/cordon/audit\n  cordon audit reindex --db /var/lib/cordon/audit\n\n--format json prints one JSON object per line (JSON Lines), each with every field of the record."
 )]
 pub struct AuditArgs {
@@ -124,6 +123,21 @@ pub enum VerifyFormat {
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    // `--db` and `--broker` may come before the subcommand (`cordon audit
+    // --db X verify`); the listing's own options may not, where they would
+    // be ignored (clap's `args_conflicts_with_subcommands` refused both).
+    let listing = listing_options(&args);
+    if let (Some(cmd), false) = (&args.verify, listing.is_empty()) {
+        let name = match cmd {
+            AuditCommand::Verify { .. } => "verify",
+            AuditCommand::Reindex { .. } => "reindex",
+        };
+        return Err(usage(format!(
+            "`cordon audit {name}` does not take {}: they choose the records `cordon audit` lists \
+             (options of {name} go after it, e.g. `cordon audit {name} --format json`)",
+            listing.join(", ")
+        )));
+    }
     match args.verify {
         Some(AuditCommand::Verify { format, anchor }) => verify(&args.source, format, anchor),
         Some(AuditCommand::Reindex { format }) => reindex(&args.source, format),
@@ -450,6 +464,28 @@ impl Scope {
             ..Default::default()
         })
     }
+}
+
+/// The listing's options given (all but where the records are read from).
+fn listing_options(args: &AuditArgs) -> Vec<&'static str> {
+    let s = &args.scope;
+    [
+        ("--since", s.since.is_some()),
+        ("--until", s.until.is_some()),
+        ("--sandbox", s.sandbox.is_some()),
+        ("--label", !s.label.is_empty()),
+        ("--syscall", args.syscall.is_some()),
+        ("--kind", args.kind.is_some()),
+        ("--decision", args.decision.is_some()),
+        ("--path-prefix", args.path_prefix.is_some()),
+        ("--limit", args.limit.is_some()),
+        ("--after-seq", args.after_seq != 0),
+        ("--follow", args.follow),
+        ("--format", args.format != Format::Table),
+    ]
+    .into_iter()
+    .filter_map(|(name, given)| given.then_some(name))
+    .collect()
 }
 
 fn filter_of(args: &AuditArgs) -> anyhow::Result<AuditFilter> {
