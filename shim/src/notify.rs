@@ -99,6 +99,17 @@ struct OpenJob {
     create_raced_if_exists: bool,
 }
 
+/// Where and how [`Supervisor::open_and_inject`] makes an open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// On the serving thread (or the opener thread), without waiting for a
+    /// lease: [`Opened::Leased`] if one is being broken.
+    FirstTry,
+    /// On a helper thread of its own: it may wait, and a signal the tool
+    /// handles ends the wait.
+    OnHelper,
+}
+
 /// How [`Supervisor::open_and_inject`] ended.
 enum Opened {
     /// The tool has its answer: the fd, or an errno.
@@ -1509,13 +1520,18 @@ impl Supervisor {
             self.spawn_helper(n.id, move || me.open_waiting(job, found, creds));
             return Ok(());
         }
-        match self.open_and_inject(job, found, creds, false) {
+        match self.open_and_inject(job, found, creds, Attempt::FirstTry) {
             Opened::Answered => {}
             Opened::Leased(found, creds) => {
                 // Waits until the lease holder lets go (or the kernel's
-                // lease-break-time): on a helper thread, as a FIFO's.
+                // lease-break-time): on a helper thread, as a FIFO's. With
+                // every helper taken (256 calls waiting), EAGAIN, as for a
+                // FIFO: a wait here would hold every brokered call of the
+                // sandbox, a thread's creation (clone3) included.
                 self.count(|c| c.lease_waits += 1);
-                self.spawn_helper(n.id, move || me.open_waiting(job, found, creds));
+                self.spawn_helper(n.id, move || {
+                    me.open_waiting(job, found, creds);
+                });
             }
             Opened::NameTaken if retries == 0 => {
                 // A tool racing itself on purpose: the call is denied (its
@@ -1534,10 +1550,11 @@ impl Supervisor {
     }
 
     /// [`Self::open_and_inject`] on a helper thread, for an open that may
-    /// wait (a FIFO's other end, a lease being broken). Never a create.
+    /// wait (a FIFO's other end, a lease being broken). Never a create, nor
+    /// a first try: answered whatever it ends with.
     fn open_waiting(self: &Arc<Self>, job: OpenJob, found: Found, creds: Creds) {
         if !matches!(
-            self.open_and_inject(job, found, creds, true),
+            self.open_and_inject(job, found, creds, Attempt::OnHelper),
             Opened::Answered
         ) {
             let _ = self.listener.fail(job.id, libc::EACCES);
@@ -1545,10 +1562,9 @@ impl Supervisor {
     }
 
     /// Performs an allowed open as the tool and injects its fd (or answers
-    /// its errno). `waits`: on a helper thread, where the open may block
-    /// and a signal the tool handles ends it. Otherwise an existing regular
-    /// file the tool opens without `O_NONBLOCK` is opened with it: a lease
-    /// being broken (another process's `F_SETLEASE`) then comes back as
+    /// its errno), as `attempt` says. A first try opens an existing regular
+    /// file the tool opens without `O_NONBLOCK` with it: a lease being
+    /// broken (another process's `F_SETLEASE`) then comes back as
     /// `EWOULDBLOCK` ([`Opened::Leased`]) instead of holding this thread,
     /// and behind it the sandbox's other opens, for up to the kernel's
     /// lease-break-time (45 s).
@@ -1557,7 +1573,7 @@ impl Supervisor {
         job: OpenJob,
         found: Found,
         creds: Creds,
-        waits: bool,
+        attempt: Attempt,
     ) -> Opened {
         let OpenJob {
             id,
@@ -1569,7 +1585,10 @@ impl Supervisor {
             kind,
             create_raced_if_exists,
         } = job;
-        let lease_probe = !waits && flags & libc::O_NONBLOCK == 0 && kind == Some(libc::S_IFREG);
+        let waits = attempt == Attempt::OnHelper;
+        let lease_probe = attempt == Attempt::FirstTry
+            && flags & libc::O_NONBLOCK == 0
+            && kind == Some(libc::S_IFREG);
         let try_flags = if lease_probe {
             flags | libc::O_NONBLOCK
         } else {
