@@ -312,9 +312,11 @@ fn a_tcp_peer_that_never_shakes_hands_is_dropped() {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("still connected after {waited:?}: {other:?}"),
     }
-    // Dropped for its handshake's time, not for something else before it.
+    // Dropped for its handshake's time, not for something else before it
+    // (the server's 10 s count from its accept, which can come well before
+    // this thread started counting on a stalled machine).
     assert!(
-        (Duration::from_secs(9)..Duration::from_secs(20)).contains(&waited),
+        (Duration::from_secs(5)..Duration::from_secs(20)).contains(&waited),
         "{waited:?}"
     );
 }

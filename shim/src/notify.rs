@@ -78,8 +78,8 @@ pub struct Counters {
     pub exec_killed: u64,
     /// Creates that found their name taken since the lookup (decided again).
     pub create_races: u64,
-    /// Opens that found a lease on their file being broken, and waited for
-    /// it on a helper thread.
+    /// Opens that found a lease on their file being broken (and waited for
+    /// it on a helper thread, or got `EAGAIN` where none could start).
     pub lease_waits: u64,
 }
 

@@ -984,7 +984,7 @@ impl Sandboxed {
         }
         if c.lease_waits > 0 {
             detail.push_str(&format!(
-                ", {} opens waited for a lease on their file to be broken",
+                ", {} opens found a lease on their file being broken",
                 c.lease_waits
             ));
         }

@@ -467,6 +467,8 @@ impl Scope {
 }
 
 /// The listing's options given (all but where the records are read from).
+/// `--format table` and `--after-seq 0`, their defaults, cannot be told
+/// from their absence, and pass unnoticed (they change nothing).
 fn listing_options(args: &AuditArgs) -> Vec<&'static str> {
     let s = &args.scope;
     [

@@ -232,24 +232,39 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// A free TCP port on 127.0.0.1 for a process the test starts to listen on,
-/// taken from below the ephemeral range. A port that `bind(0)` handed out
-/// and the test released can be drawn again, before the process binds it,
-/// by another test's `bind(0)` or by a connect: even by the test's own
-/// connect waiting for the listener, which then connects to itself and
-/// keeps the port from the listener. Each call in a test binary gets
-/// another port (a counter, offset by the pid).
+/// taken from outside the ephemeral range (below it, or above it where the
+/// range starts low). A port that `bind(0)` handed out and the test
+/// released can be drawn again, before the process binds it, by another
+/// test's `bind(0)` or by a connect: even by the test's own connect waiting
+/// for the listener, which then connects to itself and keeps the port from
+/// the listener. Each call in a test binary gets another port (a counter,
+/// offset by the pid).
 pub fn free_tcp_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-    let low: u32 = range.split_whitespace().next().unwrap().parse().unwrap();
-    let span = low.saturating_sub(1024).min(8000);
-    assert!(span > 0, "no ports below the ephemeral range ({range})");
+    let bounds: Vec<u32> = range
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let (low, high) = (bounds[0], bounds[1]);
+    // Up to 8000 ports next to the range, on its side with more room:
+    // below it (above the privileged ports), or above it.
+    let (first, span) = if low.saturating_sub(1024) >= 65535 - high {
+        let span = (low - 1024).min(8000);
+        (low - span, span)
+    } else {
+        (high + 1, (65535 - high).min(8000))
+    };
+    assert!(
+        span >= 64,
+        "no room for ports outside the ephemeral range ({range})"
+    );
     let offset = std::process::id().wrapping_mul(97);
     (0..span)
         .map(|_| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-        .map(|n| u16::try_from(low - 1 - offset.wrapping_add(n) % span).unwrap())
+        .map(|n| u16::try_from(first + offset.wrapping_add(n) % span).unwrap())
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port below the ephemeral range")
+        .expect("a free port outside the ephemeral range")
 }
 
 /// Waits until a broker listens at `socket` (accepts a connection, not
