@@ -288,6 +288,43 @@ fn replay_reports_exactly_the_decisions_a_policy_change_flips() {
     let decisions = report["decisions"].as_u64().unwrap();
     assert_eq!(report["replayed"].as_u64().unwrap(), decisions);
     assert_eq!(report["unchanged"].as_u64().unwrap(), decisions - 2);
+    let b_seq = changes[0]["first_seq"].as_u64().unwrap();
+
+    // A policy slow on b.txt alone (~0.3 s in a debug build, a rule that
+    // never holds) changes no decision, and names b.txt's record as its
+    // slowest evaluation: a broker's 50 ms would deny it.
+    let slow = tempfile::tempdir().unwrap();
+    std::fs::write(
+        slow.path().join("p.rego"),
+        default.clone()
+            + "\ndeny contains \"never\" if {\n\tendswith(input.file.path, \"/b.txt\")\n\t\
+               count([x | some x in numbers.range(1, 100000); x < 0]) > 0\n}\n",
+    )
+    .unwrap();
+    let replay_slow = |format: &str| {
+        run_cordon(&[
+            "policy",
+            "replay",
+            "--audit-db",
+            path_str(&db),
+            "--policy",
+            path_str(slow.path()),
+            "--format",
+            format,
+        ])
+    };
+    let (code, out, err) = replay_slow("json");
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["slowest_eval_seq"].as_u64(), Some(b_seq), "{out}");
+    assert!(report["slowest_eval_us"].as_u64().unwrap() > 0, "{out}");
+    let (_, out, _) = replay_slow("table");
+    assert!(
+        out.contains(&format!(
+            "(record {b_seq}); a broker whose --eval-timeout is shorter"
+        )),
+        "{out}"
+    );
 
     // The unchanged policy changes nothing: exit 0.
     let (code, out, err) = run_cordon(&[

@@ -64,6 +64,12 @@ pub struct ReplayReport {
     pub recorded_revisions: BTreeSet<String>,
     pub new_revision: String,
     pub changes: Vec<ChangeGroup>,
+    /// The longest evaluation under the new policy, in µs, and its record's
+    /// sequence number (0 when none was replayed): a broker whose
+    /// `--eval-timeout` is shorter would deny that request, which a replay
+    /// with a longer limit shows as unchanged.
+    pub slowest_eval_us: u64,
+    pub slowest_eval_seq: u64,
 }
 
 impl ReplayReport {
@@ -110,6 +116,11 @@ impl<'a> Replayer<'a> {
             .insert(r.policy_revision.clone());
         let was_allowed = r.allow && !r.would_deny;
         let verdict = self.policy.evaluate(&input.json());
+        let took = u64::try_from(verdict.eval_time.as_micros()).unwrap_or(u64::MAX);
+        if self.report.slowest_eval_seq == 0 || took > self.report.slowest_eval_us {
+            self.report.slowest_eval_us = took;
+            self.report.slowest_eval_seq = r.seq;
+        }
         let direction = match (was_allowed, verdict.allow) {
             (true, false) => Direction::AllowToDeny,
             (false, true) => Direction::DenyToAllow,

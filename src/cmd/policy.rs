@@ -447,6 +447,13 @@ fn replay(
                 report.allow_to_deny,
                 report.deny_to_allow
             );
+            if report.replayed > 0 {
+                println!(
+                    "slowest evaluation: {:.1} ms (record {}); a broker whose --eval-timeout is shorter denies that request",
+                    report.slowest_eval_us as f64 / 1000.0,
+                    report.slowest_eval_seq
+                );
+            }
             if report.without_input > 0 {
                 println!(
                     "{} decisions were recorded without their input (malformed requests, requests read after their deadline) and cannot be replayed",
