@@ -505,6 +505,64 @@ fn learn_refuses_an_output_directory_the_tool_wrote_into() {
     assert!(!work.path().join("fresh").exists(), "{err}");
 }
 
+/// A policy learned with a label (`--label tool=fetch`) is for sandboxes
+/// with that label alone: loaded where other tools run, what this one did
+/// grants them nothing (its allows applied to every sandbox).
+#[test]
+fn a_policy_learned_with_a_label_allows_that_tool_alone() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("in.txt"), "data\n").unwrap();
+    let learned = work.path().join("learned");
+    let out = cordon()
+        .current_dir(work.path())
+        .args([
+            "learn",
+            "--label",
+            "tool=fetch",
+            "--output",
+            path_str(&learned),
+        ])
+        .args(["--", "/bin/cat", "in.txt"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, out, err) = run_cordon(&["policy", "test", path_str(&learned)]);
+    assert_eq!(code, 0, "{out}{err}");
+    let db = work.path().join("audit");
+    let run = |labels: &[&str]| {
+        let out = cordon()
+            .current_dir(work.path())
+            .args([
+                "run",
+                "--audit-db",
+                path_str(&db),
+                "--policy",
+                path_str(&learned),
+            ])
+            .args(PATIENT_EVAL)
+            .args(labels)
+            .args(["--", "/bin/cat", "in.txt"])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["--label", "tool=fetch"]);
+    assert_eq!((code, out.as_str()), (0, "data\n"), "{err}");
+    // Another tool, or none: not even the exec is allowed.
+    for labels in [&["--label", "tool=other"][..], &[]] {
+        let (code, out, err) = run(labels);
+        assert_eq!(code, 126, "{labels:?}: {out}{err}");
+    }
+}
+
 #[test]
 fn learn_writes_a_policy_that_lets_the_tool_run_again_and_nothing_else() {
     let work = tempfile::tempdir().unwrap();

@@ -238,7 +238,13 @@ fn learn(args: LearnArgs) -> anyhow::Result<ExitCode> {
     let learned = Learned::from_records(&records);
     check_output(&made_output)?;
     made_output.keep = true;
-    write_policy(&made_output.path, &learned, &command_line, &sandbox_id)?;
+    write_policy(
+        &made_output.path,
+        &learned,
+        &args.label,
+        &command_line,
+        &sandbox_id,
+    )?;
     eprintln!(
         "cordon: learned {} calls ({} distinct) from `{command_line}`; wrote {}",
         learned.calls,
@@ -373,13 +379,20 @@ impl Learned {
         learned
     }
 
-    fn data(&self) -> Value {
+    /// data.json: what was learned, and the labels of the sandbox it was
+    /// learned in (the sandboxes the policy is for).
+    fn data(&self, labels: &[(String, String)]) -> Value {
         let network: Vec<Value> = self
             .network
             .iter()
             .filter_map(|s| serde_json::from_str(s).ok())
             .collect();
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
         json!({"learned": {
+            "labels": labels,
             "read": {"files": self.read_files, "dirs": self.read_dirs},
             "write": {"files": self.write_files, "dirs": self.write_dirs},
             "exec": self.exec,
@@ -512,6 +525,16 @@ import rego.v1
 
 default allow := false
 
+# Only for sandboxes with every label of the run it was learned from
+# (`cordon learn --label tool=NAME`): loaded into a broker that serves other
+# tools too, what this tool did grants them nothing. Learned without labels,
+# for any sandbox.
+for_this_sandbox if {
+	every key, value in data.learned.labels {
+		input.sandbox.labels[key] == value
+	}
+}
+
 # A leading $WORKDIR or $TMPDIR stands for this sandbox's working directory or
 # private temp dir, and /proc/$PID for the calling process, so that the next
 # run (new temp dir, new pids) is allowed the same things. Only as a prefix: a
@@ -579,6 +602,7 @@ names contains concat("", ["/proc/$PID", trim_prefix(subject_path, proc)]) if {
 
 # Files the tool read.
 allow if {
+	for_this_sandbox
 	input.kind == "file"
 	read_only
 	some n in names
@@ -587,6 +611,7 @@ allow if {
 
 # Directories it read many entries of (each ends in /).
 allow if {
+	for_this_sandbox
 	input.kind == "file"
 	read_only
 	some d in data.learned.read.dirs
@@ -595,6 +620,7 @@ allow if {
 
 # Files it wrote or created (and may read).
 allow if {
+	for_this_sandbox
 	input.kind == "file"
 	some n in names
 	n in data.learned.write.files
@@ -602,6 +628,7 @@ allow if {
 
 # Directories it wrote many entries of.
 allow if {
+	for_this_sandbox
 	input.kind == "file"
 	some d in data.learned.write.dirs
 	granted_by_directory(d)
@@ -655,6 +682,7 @@ in_credential_store_below(dir) if {
 
 # Programs it ran.
 allow if {
+	for_this_sandbox
 	input.kind == "exec"
 	some n in names
 	n in data.learned.exec
@@ -662,6 +690,7 @@ allow if {
 
 # Addresses it connected, sent to, bound or listened on.
 allow if {
+	for_this_sandbox
 	input.kind == "network"
 	input.network.family != "unix"
 	some n in data.learned.network
@@ -673,6 +702,7 @@ allow if {
 
 # Unix sockets it used.
 allow if {
+	for_this_sandbox
 	input.kind == "network"
 	input.network.family == "unix"
 	some name in names
@@ -683,6 +713,7 @@ allow if {
 fn write_policy(
     dir: &Path,
     learned: &Learned,
+    labels: &[(String, String)],
     command_line: &str,
     sandbox_id: &str,
 ) -> anyhow::Result<()> {
@@ -706,7 +737,7 @@ fn write_policy(
     write("policy.rego", format!("{header}{POLICY}"))?;
     write(
         "data.json",
-        serde_json::to_string_pretty(&learned.data())? + "\n",
+        serde_json::to_string_pretty(&learned.data(labels))? + "\n",
     )?;
     // The tests in as many files as regorus's limits on one file need
     // (`TEST_FILE_BYTES`, `TEST_FILE_LINES`): policy_test.rego,
@@ -859,7 +890,7 @@ mod tests {
             }));
         }
         let dir = tempfile::tempdir().unwrap();
-        write_policy(dir.path(), &learned, "t", "s").unwrap();
+        write_policy(dir.path(), &learned, &[], "t", "s").unwrap();
         assert!(dir.path().join("policy_2_test.rego").exists());
         let report = cordon_broker::testing::run(
             &[dir.path().to_path_buf()],
@@ -879,7 +910,7 @@ mod tests {
         let mut learned = Learned::default();
         learned.read_files.insert("$WORKDIR/secret".into());
         let dir = tempfile::tempdir().unwrap();
-        write_policy(dir.path(), &learned, "t", "s").unwrap();
+        write_policy(dir.path(), &learned, &[], "t", "s").unwrap();
         let policy = cordon_broker::policy::LoadedPolicy::load(
             &cordon_broker::policy::PolicySource::Paths(vec![dir.path().into()]),
             &Default::default(),
@@ -958,7 +989,7 @@ mod tests {
             "$TMPDIR/tmp.abc",
         ]));
         let dir = tempfile::tempdir().unwrap();
-        write_policy(dir.path(), &learned, "t", "s").unwrap();
+        write_policy(dir.path(), &learned, &[], "t", "s").unwrap();
         let data = std::fs::read_to_string(dir.path().join("data.json")).unwrap();
         assert!(
             data.contains("\"$WORKDIR/\"") && data.contains("\"$TMPDIR/\""),
