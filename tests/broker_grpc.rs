@@ -938,6 +938,25 @@ fn a_run_whose_exit_the_broker_never_recorded_exits_125() {
         .read_line(&mut ready)
         .unwrap();
     assert_eq!(ready, "ready\n");
+    // Killed once the sandbox's start is recorded: on a loaded machine the
+    // start record can still be on its way after the exec's decision, and
+    // the run then ends on the start it could not record instead.
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cordon()
+            .args(["audit", "--format", "json", "--broker", &s.uri()])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("\"event\":\"sandbox_started\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the start was never recorded: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     s.kill9();
     run.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let out = exits_within(
