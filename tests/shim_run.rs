@@ -650,11 +650,7 @@ fn renames_and_links_answer_as_natively() {
     };
     // As root.
     let native_dir = prepare("native", false);
-    let native = Command::new("/usr/bin/python3")
-        .args(["-c", NAME_CASES])
-        .current_dir(&native_dir)
-        .output()
-        .unwrap();
+    let native = python_in(&native_dir, NAME_CASES);
     let native = assert_ok(&native);
     for refused in [
         "rename-missing err 2",
@@ -788,11 +784,7 @@ fn a_full_fd_table_neither_creates_nor_truncates() {
                 .output()
                 .unwrap()
         } else {
-            Command::new("/usr/bin/python3")
-                .args(["-c", script])
-                .current_dir(&dir)
-                .output()
-                .unwrap()
+            python_in(&dir, script)
         };
         assert_eq!(assert_ok(&out), expected, "{name}");
     }
@@ -816,11 +808,7 @@ fn open_flags_mean_what_they_mean_to_the_kernel() {
     };
     let (native_dir, sandboxed_dir) = (prepare("native"), prepare("sandboxed"));
     let _protected = ProtectedRegular::set("1");
-    let native = Command::new("/usr/bin/python3")
-        .args(["-c", OPEN_FLAG_CASES])
-        .current_dir(&native_dir)
-        .output()
-        .unwrap();
+    let native = python_in(&native_dir, OPEN_FLAG_CASES);
     let sandboxed = env
         .command(&[], &["/usr/bin/python3", "-c", OPEN_FLAG_CASES])
         .current_dir(&sandboxed_dir)
@@ -1295,11 +1283,7 @@ fn a_sendmmsg_that_fails_at_a_later_message_sends_the_ones_before() {
     let env = Env::new(&[]);
     let native_dir = env.work.join("native");
     std::fs::create_dir(&native_dir).unwrap();
-    let native = Command::new("/usr/bin/python3")
-        .args(["-c", SENDMMSG_PREFIX_CASES])
-        .current_dir(&native_dir)
-        .output()
-        .unwrap();
+    let native = python_in(&native_dir, SENDMMSG_PREFIX_CASES);
     let native = assert_ok(&native);
     assert_eq!(native, "bad-iov-second 1\nmissing-name-second 1\n");
     let sandboxed = env.run_with_policy(
@@ -2323,11 +2307,7 @@ fn a_root_tools_privileged_calls_past_the_broker_are_refused() {
         return;
     }
     let env = Env::new(&[]);
-    let native = Command::new("/usr/bin/python3")
-        .args(["-c", PRIVILEGED_CASES])
-        .current_dir(&env.work)
-        .output()
-        .unwrap();
+    let native = python_in(&env.work, PRIVILEGED_CASES);
     let native = assert_ok(&native);
     let sandboxed = env.python(PRIVILEGED_CASES);
     let sandboxed = assert_ok(&sandboxed);
@@ -4248,11 +4228,7 @@ for what, f in [("relative", lambda: open("rel.txt").read().strip()),
 "#,
         dir = work.display().to_string()
     );
-    let native = Command::new("/usr/bin/python3")
-        .args(["-c", &script])
-        .current_dir(&work)
-        .output()
-        .unwrap();
+    let native = python_in(&work, &script);
     let native = assert_ok(&native);
     assert_eq!(
         native,
@@ -4617,15 +4593,19 @@ fn python_under_cordon_as_nobody(dir: &Path, policy: &Path, script: &str) -> Out
         .unwrap()
 }
 
+/// Runs a Python `script` natively (not sandboxed) in `dir`.
+fn python_in(dir: impl AsRef<Path>, script: &str) -> Output {
+    Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 /// Runs a Python `script` natively, in a temp dir: it must print `expected`.
 fn python_natively(script: &str, expected: &str) {
     let native_dir = tempfile::tempdir().unwrap();
-    let native = Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .current_dir(native_dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(assert_ok(&native), expected);
+    assert_eq!(assert_ok(&python_in(native_dir.path(), script)), expected);
 }
 
 /// Runs a Python `script` natively (in a temp dir) and under cordon with an
@@ -5611,11 +5591,7 @@ print(' '.join(out))\n";
     let expected = "start ok no-dac err13 no-group err13 in-group ok \
                     thread-with-dac ok main-no-dac err13 groups-gone err13 \
                     fsuid-nobody err13 fsuid-query err13 fsuid-back ok\n";
-    let native = Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .current_dir(&env.work)
-        .output()
-        .unwrap();
+    let native = python_in(&env.work, script);
     assert_eq!(assert_ok(&native), expected, "natively");
     let sandboxed = env.run_with_policy(&allow_all, &["/usr/bin/python3", "-c", script]);
     assert_eq!(assert_ok(&sandboxed), expected, "under cordon run");
