@@ -1760,7 +1760,8 @@ impl Supervisor {
     }
 
     /// Runs `op` now, or on its own thread when it may block (a blocking
-    /// socket), and answers the notification with its result; on `EPIPE` a
+    /// socket), unless the caller no longer waits, and answers the
+    /// notification with its result; on `EPIPE` a
     /// SIGPIPE to `(tgid, tid)` if given.
     /// `in_backstop`: the call is one Landlock governs (connect, bind), so it
     /// runs inside the kernel backstop when there is one.
@@ -1777,6 +1778,13 @@ impl Supervisor {
         let creds = task.creds.clone();
         let id = n.id;
         let run = move || {
+            // Not for a caller that stopped waiting while its decision was
+            // made (killed, or interrupted by a signal): natively its call
+            // would not have happened. (A caller that goes after this check
+            // still has it done.)
+            if !me.listener.id_valid(id) {
+                return;
+            }
             let result = match (&me.opener, in_backstop) {
                 (Some(o), true) if may_block => match o.restrict_this_thread() {
                     Ok(()) => with_creds(&creds, &me.me, op).and_then(|r| r),
