@@ -201,6 +201,75 @@ fn native_vm(input: &serde_json::Value) -> (regorus::rvm::RegoVM, regorus::Value
     (vm, value)
 }
 
+/// The built-in policy on the paths a tool asks for most after libraries:
+/// its working directory (a file, one under `.git`), a write there, a
+/// standard device, its own `/proc` entries, and a credential store (a
+/// denial, errno included). Evaluated every time (memo off); the fixture's
+/// sandbox and process, another path.
+fn bench_policy_paths(c: &mut Criterion) {
+    let mut g = c.benchmark_group("policy_eval_paths");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let opts = patient(PolicyOptions {
+        memo_capacity: 0,
+        ..Default::default()
+    });
+    let policy = LoadedPolicy::load(&PolicySource::Builtin, &opts).expect("built-in policy loads");
+    let base = support::fixture_input("read-system-lib");
+    let workdir = base["sandbox"]["workdir"]
+        .as_str()
+        .expect("fixture has a workdir")
+        .to_owned();
+    let pid = base["process"]["pid"].as_i64().expect("fixture has a pid");
+    let write = |path: &str, create: bool| {
+        let mut input = base.clone();
+        let flags = if create {
+            vec!["O_WRONLY", "O_CREAT", "O_TRUNC"]
+        } else {
+            vec!["O_WRONLY"]
+        };
+        input["file"] = serde_json::json!({"path": path, "access": ["write"], "create": create,
+            "truncate": create, "flags": flags});
+        input
+    };
+    let read = |path: &str| {
+        let mut input = base.clone();
+        input["file"]["path"] = path.into();
+        input
+    };
+    let cases = [
+        (
+            "workdir_read",
+            read(&format!("{workdir}/src/main.py")),
+            true,
+        ),
+        (
+            "workdir_git_read",
+            read(&format!("{workdir}/.git/objects/ab/cdef")),
+            true,
+        ),
+        (
+            "workdir_write",
+            write(&format!("{workdir}/out.txt"), true),
+            true,
+        ),
+        ("dev_null_write", write("/dev/null", false), true),
+        ("proc_self_read", read(&format!("/proc/{pid}/status")), true),
+        (
+            "ssh_key_read",
+            read(&format!("{workdir}/.ssh/id_ed25519")),
+            false,
+        ),
+    ];
+    for (name, input, allowed) in cases {
+        let v = policy.evaluate(&input);
+        assert_eq!(v.allow, allowed, "{name}: {}", v.reason);
+        g.bench_function(name, |b| b.iter(|| policy.evaluate(&input)));
+    }
+    g.finish();
+}
+
 /// Audit append alone, as the caller pays it. Batched: number and queue the
 /// record; the flusher thread seals, stores and flushes it within 10 ms. Here
 /// appends outrun the flusher, so every 1024th append stores the queue itself
@@ -443,6 +512,7 @@ fn bench_session_with(c: &mut Criterion, suffix: &str, memo: usize) {
 criterion_group!(
     benches,
     bench_policy,
+    bench_policy_paths,
     bench_input,
     bench_audit,
     bench_decide,

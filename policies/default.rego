@@ -51,6 +51,17 @@ builtin_allow if {
 	strings.any_prefix_match(input.file.path, system_read_prefixes)
 }
 
+# Everything in the working directory the sandbox started in, and its private
+# temp dir. These are fixed at start; the tool's own cwd is not trusted.
+# Second: after system files, the files most requests are for. (The prefix
+# test is implied by what follows, and spares other paths writable_dirs;
+# a missing member gives "", which every path starts with.)
+builtin_allow if {
+	input.kind == "file"
+	strings.any_prefix_match(input.file.path, [object.get(input.sandbox, "workdir", ""), object.get(input.sandbox, "tmpdir", "")])
+	under_any(input.file.path, writable_dirs)
+}
+
 # The system directories themselves (opened by ls, find, path lookups).
 builtin_allow if {
 	input.kind == "file"
@@ -76,7 +87,8 @@ dev_allowed if {
 # shm_open): a new object in /dev/shm, created exclusively, so never another
 # program's. Off unless data.cordon.shm is true, because the backstop must
 # then let the tool write in /dev/shm, where its uid's other objects could be
-# renamed, unlinked or truncated by calls that open nothing (unbrokered).
+# unlinked or truncated by calls the broker never sees (a rename is decided
+# under its old name, which no rule here allows).
 dev_allowed if {
 	startswith(input.file.path, "/dev/shm/")
 	data.cordon.shm == true
@@ -121,13 +133,6 @@ builtin_allow if {
 	startswith(input.file.path, "/proc/")
 	is_read_only
 	input.file.path in {"/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/filesystems", "/proc/loadavg", "/proc/uptime", "/proc/version", "/proc/sys/kernel/random/uuid", "/proc/sys/vm/overcommit_memory"}
-}
-
-# Everything in the working directory the sandbox started in, and its private
-# temp dir. These are fixed at start; the tool's own cwd is not trusted.
-builtin_allow if {
-	input.kind == "file"
-	under_any(input.file.path, writable_dirs)
 }
 
 # A workdir of / would make every path writable, one of /tmp, /home, /var or
@@ -222,49 +227,37 @@ secret_patterns := [
 	"/.rediscli_history/", "/.sqlite_history/",
 ]
 
-# Each pattern's first name. A path none of whose names starts with one of
-# them matches no pattern, and the loop over the patterns is skipped: on
-# every file under .git, .venv or .cache it cost 10 µs once the list grew.
-secret_roots := [
-	".ssh", ".aws", ".config", ".azure", ".kube", ".docker", ".gnupg", ".local", ".netrc",
-	".git-credentials", ".pgpass", ".npmrc", ".pypirc", ".cargo", ".gem", ".vault-token",
-	".terraform.d", ".dockercfg", ".m2", ".gradle", ".minikube", ".oci", ".databrickscfg", ".s3cfg",
-	".boto", ".terraformrc", ".pulumi", ".password-store", ".my.cnf", ".mylogin.cnf", ".mozilla",
-	".claude", ".codex", ".cache", ".bash_history", ".zsh_history", ".psql_history", ".mysql_history",
-	".var", ".huggingface", ".gemini", ".composer", ".aliyun", ".histfile",
-	".sh_history", ".python_history", ".node_repl_history", ".rediscli_history", ".sqlite_history",
-]
-
-maybe_secret if {
-	some name in split(input.file.path, "/")
-	strings.any_prefix_match(name, secret_roots)
+# Every credential pattern and every .env name has a "/." in it: one test
+# spares every other path the rules of this group.
+deny contains reason if {
+	input.kind == "file"
+	contains(input.file.path, "/.")
+	some reason in dotted_denials
 }
 
-deny contains sprintf("%s is a credential store", [input.file.path]) if {
-	input.kind == "file"
-	contains(input.file.path, "/.") # in every pattern; spares the loop
-	maybe_secret
-	some pattern in secret_patterns
-	contains(path_with_slash, pattern)
+# Every pattern starts with "/.": each place the path has one is where a
+# pattern can start (one loop step for most paths, against one per pattern).
+dotted_denials contains sprintf("%s is a credential store", [input.file.path]) if {
+	some i in indexof_n(input.file.path, "/.")
+	strings.any_prefix_match(substring(path_with_slash, i, -1), secret_patterns)
+}
+
+# .env files hold application secrets by convention.
+dotted_denials contains sprintf("%s is a .env file", [input.file.path]) if {
+	contains(input.file.path, "/.env") # implied by the last line; spares the split
+	parts := split(input.file.path, "/")
+	startswith(parts[count(parts) - 1], ".env")
 }
 
 # Computed once per request, not once per pattern.
 path_with_slash := concat("", [input.file.path, "/"])
 
 # Ubuntu's Chromium (a snap) keeps its profile where no name starts with a
-# dot, which the rule above looks for first.
+# dot, which the rules above look for first.
 deny contains sprintf("%s is a credential store", [input.file.path]) if {
 	input.kind == "file"
 	contains(input.file.path, "/snap/chromium/")
 	contains(input.file.path, "/snap/chromium/common/chromium/")
-}
-
-# .env files hold application secrets by convention.
-deny contains sprintf("%s is a .env file", [input.file.path]) if {
-	input.kind == "file"
-	contains(input.file.path, ".env") # implied by the last line; spares the split
-	parts := split(input.file.path, "/")
-	startswith(parts[count(parts) - 1], ".env")
 }
 
 # Denials are grouped behind one cheap test per group (under /etc, a write,
@@ -399,8 +392,8 @@ outside_runs := [
 # ~/.local/bin/): moved, what is beneath it no longer matches, and what is
 # put in its place is not checked. Decided by its own name, so its own name
 # is kept: ~/bin included (found by review).
-deny contains reason if {
-	input.kind == "file"
+# (Under the writes' group: both names of a rename are decided as writes.)
+write_denials contains reason if {
 	input.file.flags[0] in {"OLD", "NEW"}
 	"DIR" in input.file.flags # a file named .config (the kernel's) is no way to anything
 	some reason in name_change_denials

@@ -348,10 +348,24 @@ test_system_trees_hold_the_exec_prefixes if {
 	}
 }
 
-# The cheap test before the patterns' loop misses none of them.
-test_secret_roots_cover_every_pattern if {
+# The patterns are tried only where the path has a "/.": each must start there.
+test_every_credential_pattern_starts_with_a_dotted_name if {
 	every pattern in data.cordon.secret_patterns {
-		strings.any_prefix_match(split(pattern, "/")[1], data.cordon.secret_roots)
+		startswith(pattern, "/.")
+	}
+}
+
+# A pattern is found after other dotted names, and after names that are not
+# ASCII (where the loop's positions, in characters, must match substring's).
+test_a_credential_store_after_other_dotted_names_is_denied if {
+	every path in [
+		"/home/agent/job/.venv/lib/.ssh/id_rsa", "/home/agent/job/.a/.b/.aws/credentials",
+		"/home/agent/job/é/ü/.ssh/id_rsa", "/home/agent/job/.é/日本/.netrc",
+	] {
+		sprintf("%s is a credential store", [path]) in data.cordon.deny with input as read(path)
+	}
+	every path in ["/home/agent/job/.venv/lib/x.py", "/home/agent/job/é/.sshx/id_rsa", "/home/agent/job/a.ssh/id"] {
+		allowed(read(path))
 	}
 }
 

@@ -51,8 +51,9 @@ allow := data.cordon.allow
 default deny := set()
 deny := data.cordon.deny
 
+# Only a denial has an errno: an allowed request does not evaluate the rules.
 default errno := ""
-errno := data.cordon.errno
+errno := data.cordon.errno if true in {allow != true, count(deny) > 0}
 
 result := {"allow": allow, "deny": deny, "errno": errno}
 "#;
