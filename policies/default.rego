@@ -53,14 +53,18 @@ builtin_allow if {
 
 # Everything in the working directory the sandbox started in, and its private
 # temp dir. These are fixed at start; the tool's own cwd is not trusted.
-# Second: after system files, the files most requests are for. (The prefix
-# test is implied by what follows, and spares other paths writable_dirs;
-# a missing member gives "", which every path starts with.)
+# Second: after system files, the files most requests are for.
 builtin_allow if {
 	input.kind == "file"
-	strings.any_prefix_match(input.file.path, [object.get(input.sandbox, "workdir", ""), object.get(input.sandbox, "tmpdir", "")])
+	maybe_writable
 	under_any(input.file.path, writable_dirs)
 }
+
+# Implied by under_any(path, writable_dirs), whatever slashes end a dir: it
+# spares every other path computing writable_dirs (~2 µs).
+maybe_writable if startswith(input.file.path, trim_right(input.sandbox.workdir, "/"))
+
+maybe_writable if startswith(input.file.path, trim_right(input.sandbox.tmpdir, "/"))
 
 # The system directories themselves (opened by ls, find, path lookups).
 builtin_allow if {
@@ -227,8 +231,8 @@ secret_patterns := [
 	"/.rediscli_history/", "/.sqlite_history/",
 ]
 
-# Every credential pattern and every .env name has a "/." in it: one test
-# spares every other path the rules of this group.
+# Every credential pattern, and every .env name in an absolute path, has a
+# "/." in it: one test spares every other path the rules of this group.
 deny contains reason if {
 	input.kind == "file"
 	contains(input.file.path, "/.")
@@ -244,7 +248,7 @@ dotted_denials contains sprintf("%s is a credential store", [input.file.path]) i
 
 # .env files hold application secrets by convention.
 dotted_denials contains sprintf("%s is a .env file", [input.file.path]) if {
-	contains(input.file.path, "/.env") # implied by the last line; spares the split
+	contains(input.file.path, "/.env") # implied by the last line (an absolute path); spares the split
 	parts := split(input.file.path, "/")
 	startswith(parts[count(parts) - 1], ".env")
 }
