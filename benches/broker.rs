@@ -330,13 +330,13 @@ fn bench_input(c: &mut Criterion) {
     g.bench_function("typed_key_and_copy", |b| {
         b.iter(|| {
             let key = cordon_broker::memo::Memo::<()>::key(&Input::of(&req));
-            (key, Box::new(req.clone()))
+            (key, std::sync::Arc::new(req.clone()))
         })
     });
     let mut record = sample_record(&engine(0));
     record.input = Some(cordon_broker::request::input_document(&req).into());
     let mut typed = record.clone();
-    typed.input = Some(RecordInput::Request(Box::new(req.clone())));
+    typed.input = Some(RecordInput::Request(std::sync::Arc::new(req.clone())));
     let mut bare = record.clone();
     bare.input = None;
     for (name, record) in [

@@ -55,7 +55,7 @@ const INFALLIBLE: &str =
 /// written as the same JSON, and two are equal when their trees are.
 #[derive(Debug, Clone)]
 pub enum RecordInput {
-    Request(Box<DecideRequest>),
+    Request(std::sync::Arc<DecideRequest>),
     Json(serde_json::Value),
 }
 
@@ -114,8 +114,9 @@ impl RecordInput {
                     }
                     None => 0,
                 };
-                // The box (sandbox and process are held in it).
-                chunk(std::mem::size_of::<DecideRequest>())
+                // The shared box, its two counts (sandbox and process are
+                // held in it).
+                chunk(2 * std::mem::size_of::<usize>() + std::mem::size_of::<DecideRequest>())
                     + bytes(req.syscall.as_bytes())
                     + sandbox
                     + process
@@ -588,7 +589,7 @@ mod tests {
     #[test]
     fn a_record_input_is_written_and_compared_as_its_tree() {
         for req in requests() {
-            let typed = RecordInput::Request(Box::new(req.clone()));
+            let typed = RecordInput::Request(std::sync::Arc::new(req.clone()));
             let read = RecordInput::Json(tree(&req));
             assert_eq!(typed, read);
             let text = serde_json::to_string(&typed).unwrap();
@@ -596,7 +597,8 @@ mod tests {
             let back: RecordInput = serde_json::from_str(&text).unwrap();
             assert!(matches!(&back, RecordInput::Json(t) if *t == tree(&req)));
         }
-        let [a, b] = [0, 1].map(|i| RecordInput::Request(Box::new(requests()[i].clone())));
+        let [a, b] =
+            [0, 1].map(|i| RecordInput::Request(std::sync::Arc::new(requests()[i].clone())));
         assert_ne!(a, b);
     }
 
@@ -609,7 +611,7 @@ mod tests {
         req.process.as_mut().unwrap().cwd = long(b'c');
         let paths = 3 * 4001;
         for input in [
-            RecordInput::Request(Box::new(req.clone())),
+            RecordInput::Request(std::sync::Arc::new(req.clone())),
             RecordInput::Json(tree(&req)),
         ] {
             let size = input.approx_bytes();

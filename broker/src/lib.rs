@@ -30,4 +30,4 @@ pub mod service;
 pub mod testing;
 
 pub use cordon_proto::v1 as proto;
-pub use decide::{Broker, Permissive};
+pub use decide::{Broker, Permissive, Rejected};

@@ -341,7 +341,10 @@ fn handle_session_message(
         })),
     };
     match msg.msg {
-        Some(session_request::Msg::Decide(req)) => match broker.decide_received(&req, received) {
+        Some(session_request::Msg::Decide(req)) => match broker
+            .decide_owned(req, received)
+            .map_err(|rejected| rejected.error)
+        {
             Ok(d) => SessionResponse {
                 request_id,
                 msg: Some(session_response::Msg::Decision(d)),

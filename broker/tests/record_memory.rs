@@ -164,7 +164,7 @@ fn requests() -> Vec<(&'static str, DecideRequest)> {
 fn a_record_inputs_estimate_is_near_what_it_holds() {
     for (what, req) in requests() {
         let (tree, tree_held) = held(|| RecordInput::Json(Input::of(&req).to_json()));
-        let (copy, copy_held) = held(|| RecordInput::Request(Box::new(req.clone())));
+        let (copy, copy_held) = held(|| RecordInput::Request(std::sync::Arc::new(req.clone())));
         for (form, input, held) in [("tree", tree, tree_held), ("request", copy, copy_held)] {
             let estimate = input.approx_bytes();
             let ratio = estimate as f64 / held as f64;

@@ -44,6 +44,16 @@ pub enum ClientError {
 /// Something that decides requests and records sandbox lifecycle events.
 pub trait Decider: Send + Sync + std::fmt::Debug {
     fn decide(&self, req: &DecideRequest) -> Result<Decision, ClientError>;
+    /// [`Decider::decide`] for a request its caller is done with, so that a
+    /// decider that keeps it (the embedded broker, in the audit record of a
+    /// memo hit) need not copy it. An error hands it back, for the caller's
+    /// log of the denial.
+    fn decide_owned(
+        &self,
+        req: DecideRequest,
+    ) -> Result<Decision, (ClientError, Box<DecideRequest>)> {
+        self.decide(&req).map_err(|e| (e, Box::new(req)))
+    }
     fn lifecycle(&self, event: Lifecycle) -> Result<u64, ClientError>;
     /// The policy's kernel backstop for this sandbox, if it defines one.
     fn backstop(&self, sandbox: &SandboxInfo) -> Result<Option<serde_json::Value>, ClientError>;
@@ -75,6 +85,15 @@ impl Decider for Embedded {
         self.0
             .decide(req)
             .map_err(|e| ClientError::Refused(e.to_string()))
+    }
+
+    fn decide_owned(
+        &self,
+        req: DecideRequest,
+    ) -> Result<Decision, (ClientError, Box<DecideRequest>)> {
+        self.0
+            .decide_owned(req, std::time::Instant::now())
+            .map_err(|r| (ClientError::Refused(r.error.to_string()), r.request))
     }
 
     fn lifecycle(&self, event: Lifecycle) -> Result<u64, ClientError> {

@@ -1183,10 +1183,10 @@ impl Supervisor {
     /// `Err` carrying a real, non-zero errno (an errno the shim does not know,
     /// or none, is `EACCES`: a zero would complete the call as a success).
     pub fn ask(&self, req: DecideRequest) -> Result<(), Errno> {
-        let answer = match self.decider.decide(&req) {
+        let answer = match self.decider.decide_owned(req) {
             Ok(d) if d.allow => Ok(()),
             Ok(d) => Err(denial_errno(d.errno_code)),
-            Err(e) => {
+            Err((e, req)) => {
                 tracing::warn!(
                     error = %e,
                     pid = req.process.as_ref().map_or(0, |p| p.pid),

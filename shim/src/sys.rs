@@ -151,6 +151,34 @@ impl Listener {
     }
 }
 
+/// Forks this process was the child of since it first asked (see
+/// [`forks_seen`]).
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Run in the child of every `fork`.
+extern "C" fn count_fork() {
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many forks made this process from the one that first called this
+/// (0 there), counted by a `pthread_atfork` child handler registered on the
+/// first call: state a process keeps about itself (an fd on `/proc/self/…`,
+/// which stays its opener's) can tell it was inherited without a `getpid`
+/// per use. `None` where the handler could not be registered. Forks that
+/// skip the handlers (`vfork`, `posix_spawn`, a raw `clone`) are not
+/// counted: their children run nothing of ours before they exec.
+pub fn forks_seen() -> Option<u64> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let registered = *REGISTERED.get_or_init(|| {
+        // SAFETY: `count_fork` only adds to an atomic, which is
+        // async-signal-safe, as a handler run in a fork's child must be; it
+        // is a plain function, alive as long as the program, and the
+        // registration is never undone.
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork)) == 0 }
+    });
+    registered.then(|| FORKS.load(std::sync::atomic::Ordering::Acquire))
+}
+
 /// Whether this kernel has `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19),
 /// which the tool's filter then uses: a tool thread whose notification was
 /// received waits for the answer in a killable sleep, which no ptrace
@@ -1498,6 +1526,22 @@ impl Drop for GuardedPage {
 mod tests {
     use super::*;
 
+    /// Ends a test's forked child with `code`, never returning into the
+    /// harness.
+    fn exit_child(code: i32) -> ! {
+        // SAFETY: _exit takes an integer and never returns.
+        unsafe { libc::_exit(code) }
+    }
+
+    /// Waits for a test's forked child, which must have exited 0.
+    fn assert_child_exited_0(pid: libc::pid_t) {
+        let mut status = 0;
+        // SAFETY: waits for our own child, writing its status on our stack.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{status}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the child's exit code");
+    }
+
     #[test]
     fn every_setup_step_is_read_back_from_its_code() {
         for &step in SetupStep::ALL {
@@ -1575,14 +1619,56 @@ mod tests {
                 }
                 _ => 1,
             };
-            // SAFETY: _exit takes an integer and never returns.
-            unsafe { libc::_exit(code) };
+            exit_child(code);
         }
-        let mut status = 0;
-        // SAFETY: waits for our own child, writing its status on our stack.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(libc::WIFEXITED(status), "{status}");
-        assert_eq!(libc::WEXITSTATUS(status), 0);
+        assert_child_exited_0(pid);
+    }
+
+    /// A child forked after this process kept its `/proc/self/fd` reads
+    /// its own fds: an fd open in the child alone (on a fresh pipe, whose
+    /// number the parent has closed again) is named by `fd_path` as the
+    /// child's pipe, never as whatever that number is in the parent. With a
+    /// pid kept per process, or no fork counted, it would read the
+    /// parent's table. The child exits 0 only if every check holds.
+    #[test]
+    fn a_forked_child_reads_its_own_fds_not_its_parents() {
+        let kept = crate::resolve::own_fd_dir().expect("this process's fd dir");
+        let before = forks_seen().expect("the fork handler registered");
+        // A number free in the parent once the child has it.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let number = r.as_raw_fd();
+        drop((r, w));
+        // SAFETY: the child makes system calls, reads an atomic, and
+        // allocates (glibc's fork leaves malloc usable in the child); it
+        // ends with _exit, never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = (|| {
+                if forks_seen() != Some(before + 1) {
+                    return 1;
+                }
+                let Ok((r, _w)) = nix::unistd::pipe() else {
+                    return 2;
+                };
+                if r.as_raw_fd() != number {
+                    return 3;
+                }
+                let Some(dir) = crate::resolve::own_fd_dir() else {
+                    return 4;
+                };
+                if dir.as_raw_fd() == kept.as_raw_fd() {
+                    return 5;
+                }
+                match crate::resolve::fd_path(&r) {
+                    Some(name) if name.starts_with(b"pipe:[") => 0,
+                    _ => 6,
+                }
+            })();
+            exit_child(code);
+        }
+        assert_child_exited_0(pid);
+        assert_eq!(forks_seen(), Some(before), "the parent counts none");
     }
 
     /// A SIGTERM that comes while the tool is being started (after
