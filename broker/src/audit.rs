@@ -2643,9 +2643,6 @@ mod tests {
         }
     }
 
-    /// Runs `records_a_failed_flush_left_in_sleds_memory_child` in a process
-    /// of its own: it lowers the file size limit, which holds for the whole
-    /// process.
     #[test]
     fn chain_links_are_written_as_hex_encode_writes_them() {
         for text in [&b""[..], b"a", b"cordon", &[0xff; 100]] {
@@ -2655,6 +2652,9 @@ mod tests {
         assert_eq!(hash_hex(&[0xab; 32]), "ab".repeat(32));
     }
 
+    /// Runs `records_a_failed_flush_left_in_sleds_memory_child` in a process
+    /// of its own: it lowers the file size limit, which holds for the whole
+    /// process.
     #[test]
     fn records_a_failed_flush_left_in_sleds_memory_are_handed_back_as_sealed() {
         for durability in ["strict", "batched"] {

@@ -378,7 +378,7 @@ pub fn validate_lifecycle(event: &Lifecycle) -> Result<(), InvalidRequest> {
 }
 
 /// The id is an index key, ended by a NUL: no NUL, nothing odd.
-fn valid_sandbox_id(id: &str) -> bool {
+pub(crate) fn valid_sandbox_id(id: &str) -> bool {
     id.len() <= MAX_ID
         && id
             .bytes()

@@ -263,7 +263,14 @@ impl BrokerService {
             && self
                 .unary_offloads()
                 .active(sandbox_id(&req), Instant::now());
-        let (result, cost, req) = if self.strict || offloaded {
+        // The request goes to the decision (a memo hit's record keeps it):
+        // its sandbox's id, for the offload bookkeeping after, is copied
+        // first, if it can be a valid one.
+        let sandbox = match sandbox_id(&req) {
+            id if crate::request::valid_sandbox_id(id) => id.to_owned(),
+            _ => String::new(),
+        };
+        let (result, cost) = if self.strict || offloaded {
             let permit = if offloaded {
                 // As for sessions: as many at once as there are CPUs.
                 let permit = self.offloaded.clone().acquire_owned().await;
@@ -277,21 +284,21 @@ impl BrokerService {
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let before = Instant::now();
-                let result = broker.decide_received(&req, received);
-                (result, before.elapsed(), req)
+                let result = broker.decide_owned(req, received);
+                (result, before.elapsed())
             })
             .await
             .map_err(|e| Status::internal(format!("decision task failed: {e}")))?
         } else {
             let before = Instant::now();
-            let result = broker.decide_received(&req, received);
-            (result, before.elapsed(), req)
+            let result = broker.decide_owned(req, received);
+            (result, before.elapsed())
         };
         // Valid requests naming a sandbox only: an invalid one's id is
         // unchecked (up to the message size), and calls that name none
         // would share one entry.
-        if !self.strict && result.is_ok() && !sandbox_id(&req).is_empty() {
-            let sandbox = sandbox_id(&req);
+        if !self.strict && result.is_ok() && !sandbox.is_empty() {
+            let sandbox = sandbox.as_str();
             let mut offloads = self.unary_offloads();
             if let Some(window) = offloads.answered(sandbox, cost, Instant::now()) {
                 tracing::debug!(
@@ -303,7 +310,7 @@ impl BrokerService {
                 );
             }
         }
-        result.map_err(|e| Status::invalid_argument(e.to_string()))
+        result.map_err(|rejected| Status::invalid_argument(rejected.error.to_string()))
     }
 
     fn unary_offloads(&self) -> std::sync::MutexGuard<'_, SandboxOffloads> {

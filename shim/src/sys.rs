@@ -155,28 +155,63 @@ impl Listener {
 /// [`forks_seen`]).
 static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Run in the child of every `fork`.
+/// Run in the child of every `fork`, and by our own raw `clone`'s child.
 extern "C" fn count_fork() {
     FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// Where the registration of [`count_fork`] stands.
+static FORK_HANDLER: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNREGISTERED);
+const UNREGISTERED: u8 = 0;
+const REGISTERING: u8 = 1;
+const REGISTERED: u8 = 2;
+const NOT_REGISTERED: u8 = 3;
 
 /// How many forks made this process from the one that first called this
 /// (0 there), counted by a `pthread_atfork` child handler registered on the
 /// first call: state a process keeps about itself (an fd on `/proc/self/…`,
 /// which stays its opener's) can tell it was inherited without a `getpid`
-/// per use. `None` where the handler could not be registered. Forks that
-/// skip the handlers (`vfork`, `posix_spawn`, a raw `clone`) are not
-/// counted: their children run nothing of ours before they exec.
+/// per use. `None` (ask `getpid`) until the handler is registered, where it
+/// cannot be, and in the child of a fork made while it was being
+/// registered: never a wait, which a forked child could make forever.
+///
+/// Forks that skip the handlers (`vfork`, `posix_spawn`, a raw `clone`)
+/// are not counted, so the child of one must not rely on this: ours exec at
+/// once, and the connector's (`sys::connector`) counts itself.
 pub fn forks_seen() -> Option<u64> {
-    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let registered = *REGISTERED.get_or_init(|| {
-        // SAFETY: `count_fork` only adds to an atomic, which is
-        // async-signal-safe, as a handler run in a fork's child must be; it
-        // is a plain function, alive as long as the program, and the
-        // registration is never undone.
-        unsafe { libc::pthread_atfork(None, None, Some(count_fork)) == 0 }
-    });
-    registered.then(|| FORKS.load(std::sync::atomic::Ordering::Acquire))
+    use std::sync::atomic::Ordering;
+    match FORK_HANDLER.load(Ordering::Acquire) {
+        REGISTERED => return Some(FORKS.load(Ordering::Acquire)),
+        UNREGISTERED => {}
+        _ => return None,
+    }
+    if FORK_HANDLER
+        .compare_exchange(
+            UNREGISTERED,
+            REGISTERING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // Another thread registers it: not counted yet.
+        return None;
+    }
+    // SAFETY: `count_fork` only adds to an atomic, which is async-signal-safe,
+    // as a handler run in a fork's child must be; it is a plain function,
+    // alive as long as the program, and the registration is never undone.
+    let registered = unsafe { libc::pthread_atfork(None, None, Some(count_fork)) } == 0;
+    FORK_HANDLER.store(
+        if registered {
+            REGISTERED
+        } else {
+            NOT_REGISTERED
+        },
+        Ordering::Release,
+    );
+    // A fork between the registration and the store is counted in its
+    // child, which still reads `REGISTERING`: it asks `getpid`.
+    registered.then(|| FORKS.load(Ordering::Acquire))
 }
 
 /// Whether this kernel has `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19),
@@ -1625,20 +1660,27 @@ mod tests {
     }
 
     /// A child forked after this process kept its `/proc/self/fd` reads
-    /// its own fds: an fd open in the child alone (on a fresh pipe, whose
-    /// number the parent has closed again) is named by `fd_path` as the
-    /// child's pipe, never as whatever that number is in the parent. With a
-    /// pid kept per process, or no fork counted, it would read the
-    /// parent's table. The child exits 0 only if every check holds.
+    /// its own fds: `fd_path` names a pipe made in the child alone as that
+    /// pipe (by its inode), which the parent's table, under the same
+    /// number, never holds. With the parent's fd kept (a pid or a count
+    /// that a fork does not change), the child's `own_fd_dir` would hand
+    /// back the parent's fd (exit 5), or `fd_path` would name another file
+    /// or none (exit 6). Other tests run meanwhile: a lock held at the fork
+    /// leaves the child on the path through `/proc/self` (no kept fd to
+    /// compare), which names its own pipe as well.
     #[test]
     fn a_forked_child_reads_its_own_fds_not_its_parents() {
-        let kept = crate::resolve::own_fd_dir().expect("this process's fd dir");
+        // Kept here first (another test may hold the lock a moment).
+        let kept = (0..1000)
+            .find_map(|_| {
+                crate::resolve::own_fd_dir().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    None
+                })
+            })
+            .expect("this process's fd dir");
         let before = forks_seen().expect("the fork handler registered");
-        // A number free in the parent once the child has it.
-        let (r, w) = nix::unistd::pipe().unwrap();
-        let number = r.as_raw_fd();
-        drop((r, w));
-        // SAFETY: the child makes system calls, reads an atomic, and
+        // SAFETY: the child makes system calls, reads atomics, and
         // allocates (glibc's fork leaves malloc usable in the child); it
         // ends with _exit, never returning into the test harness.
         let pid = unsafe { libc::fork() };
@@ -1651,17 +1693,15 @@ mod tests {
                 let Ok((r, _w)) = nix::unistd::pipe() else {
                     return 2;
                 };
-                if r.as_raw_fd() != number {
+                let Ok(st) = nix::sys::stat::fstat(&r) else {
                     return 3;
-                }
-                let Some(dir) = crate::resolve::own_fd_dir() else {
-                    return 4;
                 };
-                if dir.as_raw_fd() == kept.as_raw_fd() {
+                if crate::resolve::own_fd_dir().is_some_and(|d| d.as_raw_fd() == kept.as_raw_fd()) {
                     return 5;
                 }
+                let pipe = format!("pipe:[{}]", st.st_ino).into_bytes();
                 match crate::resolve::fd_path(&r) {
-                    Some(name) if name.starts_with(b"pipe:[") => 0,
+                    Some(name) if name == pipe => 0,
                     _ => 6,
                 }
             })();
