@@ -41,7 +41,7 @@ impl ser::Error for NoKey {
 
 /// Writes the encoding, bounded by [`MAX_MEMO_INPUT`]; the key is its
 /// SHA-256, taken once at the end. (The same digest as feeding SHA-256 each
-/// piece as it comes, which made ~150 small updates of a file request and
+/// piece as it comes, which made over a hundred small updates of a file request and
 /// cost half of a memo hit's key.)
 pub(super) struct KeyHasher {
     encoding: Vec<u8>,
