@@ -113,8 +113,9 @@ pub fn own_fd_dir() -> Option<std::os::fd::BorrowedFd<'static>> {
         nix::sys::stat::Mode::empty(),
     )
     .ok()?;
-    // Leaked on purpose: one per process that ever resolves a path (a forked
-    // child's copy of its parent's is left open, harmless).
+    // Leaked on purpose: one per process that ever resolves a path, rarely
+    // two (one kept by pid while the fork handler was being registered; a
+    // forked child's copy of its parent's is left open, harmless).
     let fd: &'static OwnedFd = Box::leak(Box::new(fd));
     *dir = Some((this, fd));
     Some(fd.as_fd())
