@@ -105,7 +105,8 @@ impl Broker {
 
     /// [`Broker::decide_received`] for a request its caller is done with:
     /// a memo hit's record keeps the request itself as its `input`, not a
-    /// copy (a copy and its freeing were ~4 % of an embedded open's time).
+    /// copy (the copy alone was 3.7 % of the serving threads' time in a
+    /// profile of pinned opens, BENCHMARKS.md session 34).
     /// A malformed request comes back with the error.
     pub fn decide_owned(
         &self,

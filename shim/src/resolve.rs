@@ -89,8 +89,8 @@ pub fn fd_path(fd: &impl AsRawFd) -> Option<Vec<u8>> {
 /// must not wait for it forever; it falls back to the path, as does a
 /// contended call.
 pub fn own_fd_dir() -> Option<std::os::fd::BorrowedFd<'static>> {
-    /// Which process: counted forks (no system call; two `getpid`s were
-    /// 1.6 % of an open), or the pid where they are not counted.
+    /// Which process: counted forks (no system call; a `getpid` is 0.18 µs
+    /// here, and an open made two), or the pid where they are not counted.
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum Process {
         Forks(u64),
