@@ -2,7 +2,10 @@
 //! `/proc/TID`), and running an operation with that task's file-system
 //! credentials so an allowed call never gets more than the tool could do.
 
-use std::{fs, os::fd::OwnedFd, os::unix::ffi::OsStrExt};
+use std::{
+    fs,
+    os::fd::{AsFd, OwnedFd},
+};
 
 use nix::errno::Errno;
 
@@ -170,9 +173,7 @@ fn status_text<'a>(file: &fs::File, buf: &'a mut Vec<u8>) -> Result<&'a str, Err
 /// The policy may key on exe or cwd: one it cannot be told (a cwd deeper
 /// than a page makes readlink fail) is a denial, not "".
 fn link(dir: &OwnedFd, what: &str) -> Result<Vec<u8>, Errno> {
-    nix::fcntl::readlinkat(dir, what)
-        .map(|p| p.as_bytes().to_vec())
-        .map_err(|_| Errno::EACCES)
+    sys::readlinkat(dir.as_fd(), what).map_err(|_| Errno::EACCES)
 }
 
 impl TaskFiles {
@@ -729,6 +730,7 @@ impl Drop for Restore<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     /// Supervisor credentials guessed with every capability (what a failed
     /// read of its status assumes) are switched away from and back without

@@ -74,12 +74,11 @@ pub fn fd_path(fd: &impl AsRawFd) -> Option<Vec<u8>> {
     match own_fd_dir() {
         // Relative to a kept `/proc/PID/fd`: a walk through `/proc/self`
         // per call was a third of what reading the link cost.
-        Some(dir) => nix::fcntl::readlinkat(dir, name.as_str()).ok(),
+        Some(dir) => crate::sys::readlinkat(dir, name.as_str()).ok(),
         None => std::fs::read_link(format!("/proc/self/fd/{name}"))
             .ok()
-            .map(|p| p.into_os_string()),
+            .map(|p| std::os::unix::ffi::OsStringExt::into_vec(p.into_os_string())),
     }
-    .map(|p| p.as_bytes().to_vec())
 }
 
 /// `/proc/self/fd` of this process, opened once per process: which process

@@ -268,6 +268,38 @@ pub fn may_execute(fd: &OwnedFd) -> io::Result<bool> {
     Ok(true)
 }
 
+/// `readlinkat(2)` into a buffer on the stack, the link copied out at its
+/// own size. nix's `readlinkat` allocates `PATH_MAX` bytes per call, which
+/// glibc serves as a large request: it consolidated its fast bins at each
+/// (one `malloc_consolidate` per open, `perf probe` in BENCHMARKS.md session
+/// 35). A link as long as the buffer or longer (not one of `/proc`'s, which
+/// stop a byte short) is read again by nix's, which grows its buffer.
+pub fn readlinkat<P: ?Sized + nix::NixPath>(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &P,
+) -> nix::Result<Vec<u8>> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); libc::PATH_MAX as usize];
+    let n = name.with_nix_path(|name| {
+        // SAFETY: `name` is NUL-terminated, `buf` is writable for its
+        // length and outlives the call; the kernel writes at most that much.
+        unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
+    })?;
+    let n = nix::errno::Errno::result(n)? as usize;
+    if n < buf.len() {
+        // SAFETY: the kernel wrote the first `n` bytes of `buf`.
+        let link = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+        return Ok(link.to_vec());
+    }
+    nix::fcntl::readlinkat(dir, name).map(std::os::unix::ffi::OsStringExt::into_vec)
+}
+
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments; returns a new fd or -1.
@@ -1575,6 +1607,45 @@ mod tests {
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status), "{status}");
         assert_eq!(libc::WEXITSTATUS(status), 0, "the child's exit code");
+    }
+
+    /// What the kernel says a link holds, up to the longest a symlink may
+    /// (PATH_MAX less its NUL); an error where there is no link.
+    #[test]
+    fn readlinkat_reads_links_as_std_does_up_to_the_longest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = std::fs::File::open(tmp.path()).unwrap();
+        let dir = std::os::fd::AsFd::as_fd(&dir);
+        let longest = "d/".repeat(2047) + "x";
+        assert_eq!(longest.len(), libc::PATH_MAX as usize - 1);
+        for (name, target) in [("short", "/etc/hosts"), ("longest", longest.as_str())] {
+            std::os::unix::fs::symlink(target, tmp.path().join(name)).unwrap();
+            let read = readlinkat(dir, name).unwrap();
+            assert_eq!(read, target.as_bytes());
+            let std_read = std::fs::read_link(tmp.path().join(name)).unwrap();
+            assert_eq!(read, std_read.as_os_str().as_encoded_bytes());
+        }
+        // One byte more: no such link can be made.
+        let over = longest.clone() + "y";
+        assert!(std::os::unix::fs::symlink(&over, tmp.path().join("over")).is_err());
+        std::fs::write(tmp.path().join("file"), "").unwrap();
+        assert_eq!(readlinkat(dir, "file"), Err(nix::errno::Errno::EINVAL));
+        assert_eq!(readlinkat(dir, "missing"), Err(nix::errno::Errno::ENOENT));
+        // A /proc link, as the supervisor reads them.
+        let fd_dir = std::fs::File::open("/proc/self/fd").unwrap();
+        let this = std::fs::File::open(tmp.path().join("file")).unwrap();
+        let read = readlinkat(
+            std::os::fd::AsFd::as_fd(&fd_dir),
+            this.as_raw_fd().to_string().as_str(),
+        )
+        .unwrap();
+        assert_eq!(
+            read,
+            std::fs::canonicalize(tmp.path().join("file"))
+                .unwrap()
+                .as_os_str()
+                .as_encoded_bytes()
+        );
     }
 
     #[test]

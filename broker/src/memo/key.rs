@@ -53,14 +53,31 @@ pub(super) struct KeyHasher {
 /// take more.
 const TYPICAL_ENCODING: usize = 2048;
 
+thread_local! {
+    /// Each thread's encoding buffer, reused from key to key. A fresh one
+    /// per key was a large request for glibc (over 1 KiB), at which it
+    /// consolidated its fast bins: one `malloc_consolidate` per open
+    /// (`perf probe`, BENCHMARKS.md session 35).
+    static ENCODING: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl KeyHasher {
     pub(super) fn key<T: Serialize + ?Sized>(value: &T) -> Option<[u8; 32]> {
+        // Taken out while in use (a serializer that keys another value
+        // meanwhile gets a buffer of its own), put back after, emptied.
+        let mut encoding = ENCODING.try_with(|e| e.take()).unwrap_or_default();
+        encoding.clear();
+        encoding.reserve(TYPICAL_ENCODING);
         let mut hasher = KeyHasher {
-            encoding: Vec::with_capacity(TYPICAL_ENCODING),
+            encoding,
             in_key: false,
         };
-        value.serialize(&mut hasher).ok()?;
-        Some(Sha256::digest(&hasher.encoding).into())
+        let key = value
+            .serialize(&mut hasher)
+            .ok()
+            .map(|()| Sha256::digest(&hasher.encoding).into());
+        let _ = ENCODING.try_with(|e| e.set(hasher.encoding));
+        key
     }
 
     fn bytes(&mut self, b: &[u8]) -> Result<(), NoKey> {
@@ -350,6 +367,41 @@ mod tests {
             m.serialize_entry(&1, "one")?;
             m.end()
         }
+    }
+
+    /// Keys another value while serializing its own.
+    struct KeysInside(serde_json::Value, std::cell::Cell<Option<[u8; 32]>>);
+
+    impl Serialize for KeysInside {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            self.1.set(KeyHasher::key(&self.0));
+            self.0.serialize(s)
+        }
+    }
+
+    /// The buffer a thread reuses starts empty for every key: after a
+    /// longer key, a refused one (stopped midway) and a key taken inside
+    /// another's serialization, each key is the one a fresh thread gives.
+    #[test]
+    fn a_reused_buffer_gives_the_keys_a_fresh_one_would() {
+        let short = serde_json::json!({"path": "/a", "pid": 7});
+        let fresh = {
+            let short = short.clone();
+            std::thread::spawn(move || KeyHasher::key(&short))
+                .join()
+                .unwrap()
+        };
+        assert!(fresh.is_some());
+        let long = serde_json::json!({"path": "/a".repeat(1000), "pid": 7});
+        assert!(KeyHasher::key(&long).is_some());
+        assert_ne!(KeyHasher::key(&long), fresh);
+        assert_eq!(KeyHasher::key(&short), fresh);
+        assert!(KeyHasher::key(&Miscounted { said: 1, wrote: 2 }).is_none());
+        assert_eq!(KeyHasher::key(&short), fresh);
+        let inside = KeysInside(short.clone(), std::cell::Cell::new(None));
+        assert_eq!(KeyHasher::key(&inside), fresh);
+        assert_eq!(inside.1.get(), fresh);
+        assert_eq!(KeyHasher::key(&short), fresh);
     }
 
     #[test]
