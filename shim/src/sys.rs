@@ -272,13 +272,23 @@ pub fn may_execute(fd: &OwnedFd) -> io::Result<bool> {
 /// own size. nix's `readlinkat` allocates `PATH_MAX` bytes per call, which
 /// glibc serves as a large request: it consolidated its fast bins at each
 /// (one `malloc_consolidate` per open, `perf probe` in BENCHMARKS.md session
-/// 35). A link as long as the buffer or longer (not one of `/proc`'s, which
-/// stop a byte short) is read again by nix's, which grows its buffer.
+/// 35). A link that fills the buffer may be longer (no symlink is, nor a
+/// `/proc` link with 4 KiB pages): it is read again by nix's, which grows
+/// its buffer until the link fits.
 pub fn readlinkat<P: ?Sized + nix::NixPath>(
     dir: std::os::fd::BorrowedFd<'_>,
     name: &P,
 ) -> nix::Result<Vec<u8>> {
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); libc::PATH_MAX as usize];
+    readlinkat_within::<{ libc::PATH_MAX as usize }, P>(dir, name)
+}
+
+/// [`readlinkat`] with a buffer of `N` bytes (tests use a small one to
+/// reach the longer links' path).
+fn readlinkat_within<const N: usize, P: ?Sized + nix::NixPath>(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &P,
+) -> nix::Result<Vec<u8>> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); N];
     let n = name.with_nix_path(|name| {
         // SAFETY: `name` is NUL-terminated, `buf` is writable for its
         // length and outlives the call; the kernel writes at most that much.
@@ -1609,43 +1619,41 @@ mod tests {
         assert_eq!(libc::WEXITSTATUS(status), 0, "the child's exit code");
     }
 
-    /// What the kernel says a link holds, up to the longest a symlink may
-    /// (PATH_MAX less its NUL); an error where there is no link.
+    /// What the kernel says a link holds: as std reads it, a link that
+    /// fills the buffer read whole all the same (a 16-byte buffer here,
+    /// which a symlink can overfill), an error where there is no link.
     #[test]
-    fn readlinkat_reads_links_as_std_does_up_to_the_longest() {
+    fn readlinkat_reads_links_as_std_does_a_longer_one_than_its_buffer_too() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = std::fs::File::open(tmp.path()).unwrap();
         let dir = std::os::fd::AsFd::as_fd(&dir);
-        let longest = "d/".repeat(2047) + "x";
-        assert_eq!(longest.len(), libc::PATH_MAX as usize - 1);
-        for (name, target) in [("short", "/etc/hosts"), ("longest", longest.as_str())] {
+        let targets = [
+            ("short", "/etc/hosts".to_string()),
+            ("just_under", "a".repeat(15)),
+            ("filling", "b".repeat(16)),
+            ("over", "c/".repeat(200)),
+        ];
+        for (name, target) in &targets {
             std::os::unix::fs::symlink(target, tmp.path().join(name)).unwrap();
-            let read = readlinkat(dir, name).unwrap();
-            assert_eq!(read, target.as_bytes());
             let std_read = std::fs::read_link(tmp.path().join(name)).unwrap();
-            assert_eq!(read, std_read.as_os_str().as_encoded_bytes());
+            assert_eq!(std_read.as_os_str().as_encoded_bytes(), target.as_bytes());
+            assert_eq!(readlinkat(dir, *name).unwrap(), target.as_bytes(), "{name}");
+            assert_eq!(
+                readlinkat_within::<16, _>(dir, *name).unwrap(),
+                target.as_bytes(),
+                "{name}, 16-byte buffer"
+            );
         }
-        // One byte more: no such link can be made.
-        let over = longest.clone() + "y";
-        assert!(std::os::unix::fs::symlink(&over, tmp.path().join("over")).is_err());
         std::fs::write(tmp.path().join("file"), "").unwrap();
         assert_eq!(readlinkat(dir, "file"), Err(nix::errno::Errno::EINVAL));
         assert_eq!(readlinkat(dir, "missing"), Err(nix::errno::Errno::ENOENT));
         // A /proc link, as the supervisor reads them.
         let fd_dir = std::fs::File::open("/proc/self/fd").unwrap();
         let this = std::fs::File::open(tmp.path().join("file")).unwrap();
-        let read = readlinkat(
-            std::os::fd::AsFd::as_fd(&fd_dir),
-            this.as_raw_fd().to_string().as_str(),
-        )
-        .unwrap();
-        assert_eq!(
-            read,
-            std::fs::canonicalize(tmp.path().join("file"))
-                .unwrap()
-                .as_os_str()
-                .as_encoded_bytes()
-        );
+        let fd = this.as_raw_fd().to_string();
+        let read = readlinkat(std::os::fd::AsFd::as_fd(&fd_dir), fd.as_str()).unwrap();
+        let path = std::fs::canonicalize(tmp.path().join("file")).unwrap();
+        assert_eq!(read, path.as_os_str().as_encoded_bytes());
     }
 
     #[test]

@@ -64,7 +64,7 @@ thread_local! {
 impl KeyHasher {
     pub(super) fn key<T: Serialize + ?Sized>(value: &T) -> Option<[u8; 32]> {
         // Taken out while in use (a serializer that keys another value
-        // meanwhile gets a buffer of its own), put back after, emptied.
+        // meanwhile gets a buffer of its own), put back after.
         let mut encoding = ENCODING.try_with(|e| e.take()).unwrap_or_default();
         encoding.clear();
         encoding.reserve(TYPICAL_ENCODING);
@@ -76,6 +76,8 @@ impl KeyHasher {
             .serialize(&mut hasher)
             .ok()
             .map(|()| Sha256::digest(&hasher.encoding).into());
+        // Emptied: the request's paths are not kept until the next key.
+        hasher.encoding.clear();
         let _ = ENCODING.try_with(|e| e.set(hasher.encoding));
         key
     }
@@ -369,13 +371,17 @@ mod tests {
         }
     }
 
-    /// Keys another value while serializing its own.
+    /// A list of its value twice, keying the value alone between the two:
+    /// another key taken while its own encoding is half written.
     struct KeysInside(serde_json::Value, std::cell::Cell<Option<[u8; 32]>>);
 
     impl Serialize for KeysInside {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(2))?;
+            seq.serialize_element(&self.0)?;
             self.1.set(KeyHasher::key(&self.0));
-            self.0.serialize(s)
+            seq.serialize_element(&self.0)?;
+            seq.end()
         }
     }
 
@@ -399,7 +405,11 @@ mod tests {
         assert!(KeyHasher::key(&Miscounted { said: 1, wrote: 2 }).is_none());
         assert_eq!(KeyHasher::key(&short), fresh);
         let inside = KeysInside(short.clone(), std::cell::Cell::new(None));
-        assert_eq!(KeyHasher::key(&inside), fresh);
+        let twice = serde_json::json!([short.clone(), short.clone()]);
+        let twice_fresh = std::thread::spawn(move || KeyHasher::key(&twice))
+            .join()
+            .unwrap();
+        assert_eq!(KeyHasher::key(&inside), twice_fresh);
         assert_eq!(inside.1.get(), fresh);
         assert_eq!(KeyHasher::key(&short), fresh);
     }
