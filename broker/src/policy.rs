@@ -1690,38 +1690,6 @@ mod tests {
         );
     }
 
-    /// `errno` is read only for a denial: an allowed call does not evaluate
-    /// it (so a conflict in it cannot deny the call), and a denial keeps the
-    /// policy's errno also when a rule allowed the call.
-    #[test]
-    fn errno_is_evaluated_for_denials_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("p.rego");
-        std::fs::write(
-            &file,
-            "package cordon\nimport rego.v1\nallow := true\n\
-             deny contains \"no\" if input.deny\n\
-             errno := \"EPERM\" if input.conflict\n\
-             errno := \"ENOENT\" if input.conflict\n\
-             errno := \"EROFS\" if not input.conflict\n",
-        )
-        .unwrap();
-        let opts = PolicyOptions {
-            memo_capacity: 0,
-            eval_timeout: Duration::from_secs(30),
-            ..PolicyOptions::default()
-        };
-        let policy = LoadedPolicy::load(&PolicySource::Paths(vec![file]), &opts).unwrap();
-        let allowed = policy.evaluate(&serde_json::json!({"deny": false, "conflict": true}));
-        assert!(allowed.allow, "{}", allowed.reason);
-        let denied = policy.evaluate(&serde_json::json!({"deny": true, "conflict": false}));
-        assert!(!denied.allow);
-        assert_eq!((denied.errno.as_str(), denied.errno_code), ("EROFS", 30));
-        let conflicting = policy.evaluate(&serde_json::json!({"deny": true, "conflict": true}));
-        assert!(!conflicting.allow);
-        assert_eq!(conflicting.errno_code, 13, "{}", conflicting.reason);
-    }
-
     /// A directory that links back to itself, twice: the load names the
     /// link, and the watcher's fingerprint lists each directory once (it
     /// walked 2^40 paths down to the kernel's link limit).

@@ -264,10 +264,10 @@ impl BrokerService {
                 .unary_offloads()
                 .active(sandbox_id(&req), Instant::now());
         // The request goes to the decision (a memo hit's record keeps it):
-        // its sandbox's id, for the offload bookkeeping after, is copied
-        // first, if it can be a valid one.
+        // its sandbox's id, for the offload bookkeeping after (none in
+        // strict mode), is copied first, if it can be a valid one.
         let sandbox = match sandbox_id(&req) {
-            id if crate::request::valid_sandbox_id(id) => id.to_owned(),
+            id if !self.strict && crate::request::valid_sandbox_id(id) => id.to_owned(),
             _ => String::new(),
         };
         let (result, cost) = if self.strict || offloaded {

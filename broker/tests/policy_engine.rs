@@ -114,6 +114,37 @@ fn deny_overrides_allow_and_errno_is_applied() {
     assert_eq!(v.errno, "");
 }
 
+/// `errno` is read only for a denial: an allowed call does not evaluate
+/// it (so a conflict in it cannot deny the call), and a denial keeps the
+/// policy's errno also when a rule allowed the call.
+#[test]
+fn errno_is_evaluated_for_denials_only() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(
+        dir.path(),
+        "p.rego",
+        "package cordon\nimport rego.v1\nallow := true\n\
+         deny contains \"no\" if input.deny\n\
+         errno := \"EPERM\" if input.conflict\n\
+         errno := \"ENOENT\" if input.conflict\n\
+         errno := \"EROFS\" if not input.conflict\n",
+    );
+    let opts = PolicyOptions {
+        memo_capacity: 0,
+        eval_timeout: Duration::from_secs(30),
+        ..PolicyOptions::default()
+    };
+    let policy = LoadedPolicy::load(&PolicySource::Paths(vec![dir.path().into()]), &opts).unwrap();
+    let allowed = policy.evaluate(&serde_json::json!({"deny": false, "conflict": true}));
+    assert!(allowed.allow, "{}", allowed.reason);
+    let denied = policy.evaluate(&serde_json::json!({"deny": true, "conflict": false}));
+    assert!(!denied.allow);
+    assert_eq!((denied.errno.as_str(), denied.errno_code), ("EROFS", 30));
+    let conflicting = policy.evaluate(&serde_json::json!({"deny": true, "conflict": true}));
+    assert!(!conflicting.allow);
+    assert_eq!(conflicting.errno_code, 13, "{}", conflicting.reason);
+}
+
 #[test]
 fn malformed_answers_and_unknown_errno_deny() {
     let dir = tempfile::tempdir().unwrap();
