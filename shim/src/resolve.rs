@@ -88,16 +88,17 @@ pub fn fd_path(fd: &impl AsRawFd) -> Option<Vec<u8>> {
 /// must not wait for it forever; it falls back to the path, as does a
 /// contended call.
 pub fn own_fd_dir() -> Option<std::os::fd::BorrowedFd<'static>> {
-    /// Which process: counted forks (no system call; a `getpid` is 0.18 µs
-    /// here, and an open made two), or the pid where they are not counted.
+    /// Which process: its incarnation (no system call; a `getpid` is
+    /// 0.18 µs here, and an open made two), or its pid where the kernel
+    /// cannot tell the incarnation.
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum Process {
-        Forks(u64),
+        Incarnation(u64),
         Pid(u32),
     }
     static DIR: std::sync::Mutex<Option<(Process, &'static OwnedFd)>> = std::sync::Mutex::new(None);
-    let this = match crate::sys::forks_seen() {
-        Some(forks) => Process::Forks(forks),
+    let this = match crate::sys::incarnation() {
+        Some(n) => Process::Incarnation(n),
         None => Process::Pid(std::process::id()),
     };
     let mut dir = DIR.try_lock().ok()?;
@@ -112,8 +113,7 @@ pub fn own_fd_dir() -> Option<std::os::fd::BorrowedFd<'static>> {
         nix::sys::stat::Mode::empty(),
     )
     .ok()?;
-    // Leaked on purpose: one per process that ever resolves a path, rarely
-    // two (one kept by pid while the fork handler was being registered; a
+    // Leaked on purpose: one per process that ever resolves a path (a
     // forked child's copy of its parent's is left open, harmless).
     let fd: &'static OwnedFd = Box::leak(Box::new(fd));
     *dir = Some((this, fd));

@@ -151,67 +151,96 @@ impl Listener {
     }
 }
 
-/// Forks this process was the child of since it first asked (see
-/// [`forks_seen`]).
-static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// A page the kernel zeroes in every child that does not share this
+/// process's memory (`MADV_WIPEONFORK`, Linux 4.14), however it was made
+/// (`fork`, `clone` or `clone3` without `CLONE_VM`): its first word holds
+/// this process's [`incarnation`]. Null until first asked for.
+static WIPED_IN_CHILDREN: std::sync::atomic::AtomicPtr<std::sync::atomic::AtomicU64> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
-/// Run in the child of every `fork`, and by our own raw `clone`'s child.
-extern "C" fn count_fork() {
-    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// Incarnations handed out; a child inherits the count, so its own
+/// (counted on from there) differs from every one its ancestors hold.
+static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A number that tells this process from its parent and its children
+/// without a system call: state a process keeps about itself (an fd on
+/// `/proc/self/…`, which stays its opener's) can tell that it was inherited
+/// from another process. `None` (ask `getpid`) where the kernel has no
+/// `MADV_WIPEONFORK`. Never a wait (a child forked mid-call would wait
+/// forever): two threads that both make the page keep one.
+///
+/// A child made with `CLONE_VM` but its own fd table shares the page, and
+/// so the number: it must not rely on this (a `vfork` child, which only
+/// execs, does not).
+pub fn incarnation() -> Option<u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut page = WIPED_IN_CHILDREN.load(Ordering::Acquire);
+    if page.is_null() {
+        let made = wiped_in_children()?;
+        page = match WIPED_IN_CHILDREN.compare_exchange(
+            std::ptr::null_mut(),
+            made,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => made,
+            Err(theirs) => {
+                // SAFETY: `made` is the page mapped just above, which no one
+                // else has seen.
+                unsafe { libc::munmap(made.cast(), page_size()) };
+                theirs
+            }
+        };
+    }
+    // SAFETY: a page, once published, stays mapped for the life of the
+    // process (and of its children, which inherit the mapping); its first
+    // word is only ever used as this atomic.
+    let mark: &AtomicU64 = unsafe { &*page };
+    let now = mark.load(Ordering::Acquire);
+    if now != 0 {
+        return Some(now);
+    }
+    // A new process (or the first call): the next number, unless another
+    // thread of this one took one first.
+    let next = INCARNATIONS.fetch_add(1, Ordering::AcqRel) + 1;
+    match mark.compare_exchange(0, next, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Some(next),
+        Err(theirs) => Some(theirs),
+    }
 }
 
-/// Where the registration of [`count_fork`] stands.
-static FORK_HANDLER: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNREGISTERED);
-const UNREGISTERED: u8 = 0;
-const REGISTERING: u8 = 1;
-const REGISTERED: u8 = 2;
-const NOT_REGISTERED: u8 = 3;
+fn page_size() -> usize {
+    // SAFETY: sysconf takes an integer and returns one.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
 
-/// How many forks made this process from the one that first called this
-/// (0 there), counted by a `pthread_atfork` child handler registered on the
-/// first call: state a process keeps about itself (an fd on `/proc/self/…`,
-/// which stays its opener's) can tell it was inherited without a `getpid`
-/// per use. `None` (ask `getpid`) until the handler is registered, where it
-/// cannot be, and in the child of a fork made while it was being
-/// registered: never a wait, which a forked child could make forever.
-///
-/// Forks that skip the handlers (`vfork`, `posix_spawn`, a raw `clone`)
-/// are not counted, so the child of one must not rely on this: ours exec at
-/// once, and the connector's (`sys::connector`) counts itself.
-pub fn forks_seen() -> Option<u64> {
-    use std::sync::atomic::Ordering;
-    match FORK_HANDLER.load(Ordering::Acquire) {
-        REGISTERED => return Some(FORKS.load(Ordering::Acquire)),
-        UNREGISTERED => {}
-        _ => return None,
+/// A zeroed page marked `MADV_WIPEONFORK`, or `None` where it cannot be.
+fn wiped_in_children() -> Option<*mut std::sync::atomic::AtomicU64> {
+    let size = page_size();
+    // SAFETY: a new private anonymous mapping, at an address of the
+    // kernel's choosing: nothing of ours is affected.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return None;
     }
-    match FORK_HANDLER.compare_exchange(
-        UNREGISTERED,
-        REGISTERING,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        Ok(_) => {}
-        // Another thread registered it since the load above.
-        Err(REGISTERED) => return Some(FORKS.load(Ordering::Acquire)),
-        // Another thread registers it (not counted yet), or could not.
-        Err(_) => return None,
+    // SAFETY: `page` is the mapping just made, of `size` bytes.
+    if unsafe { libc::madvise(page, size, libc::MADV_WIPEONFORK) } != 0 {
+        // SAFETY: the same mapping, unused.
+        unsafe { libc::munmap(page, size) };
+        return None;
     }
-    // SAFETY: `count_fork` only adds to an atomic, which is async-signal-safe,
-    // as a handler run in a fork's child must be; it is a plain function,
-    // alive as long as the program, and the registration is never undone.
-    let registered = unsafe { libc::pthread_atfork(None, None, Some(count_fork)) } == 0;
-    FORK_HANDLER.store(
-        if registered {
-            REGISTERED
-        } else {
-            NOT_REGISTERED
-        },
-        Ordering::Release,
-    );
-    // A fork between the registration and the store is counted in its
-    // child, which still reads `REGISTERING`: it asks `getpid`.
-    registered.then(|| FORKS.load(Ordering::Acquire))
+    // Page-aligned and zeroed: a valid `AtomicU64` of value 0.
+    Some(page.cast())
 }
 
 /// Whether this kernel has `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19),
@@ -1738,18 +1767,25 @@ mod tests {
         assert_child_exited_0(pid);
     }
 
-    /// A child forked after this process kept its `/proc/self/fd` reads
-    /// its own fds: `fd_path` names a pipe made in the child alone as that
-    /// pipe (by its inode), which the parent's table, under the same
-    /// number, never holds. With the parent's fd kept (a pid or a count
-    /// that a fork does not change), the child's `own_fd_dir` would hand
-    /// back the parent's fd (exit 5), or `fd_path` would name another file
-    /// or none (exit 6). Other tests run meanwhile: a lock held at the fork
+    /// How a test makes a child that does not share its memory.
+    #[derive(Clone, Copy)]
+    enum Child {
+        /// glibc's `fork`, which runs `pthread_atfork` handlers.
+        Fork,
+        /// A raw `clone(SIGCHLD)`, which runs none.
+        RawClone,
+    }
+
+    /// In a child made `how` after this process kept its `/proc/self/fd`:
+    /// its own incarnation, and `fd_path` naming a pipe made in the child
+    /// alone as that pipe (by its inode), which the parent's table, under
+    /// the same number, never holds. With the parent's fd kept, the child's
+    /// `own_fd_dir` would hand it back (exit 5), or `fd_path` would name
+    /// another file or none (exit 6). A lock another test holds at the fork
     /// leaves the child on the path through `/proc/self` (no kept fd to
-    /// compare), which names its own pipe as well, so in such a run the
-    /// test passes whatever the count says.
-    #[test]
-    fn a_forked_child_reads_its_own_fds_not_its_parents() {
+    /// compare), which names its own pipe as well: in such a run the test
+    /// passes whatever the incarnation says.
+    fn child_reads_its_own_fds(how: Child) {
         // Kept here first (another test may hold the lock a moment).
         let kept = (0..1000)
             .find_map(|_| {
@@ -1759,23 +1795,24 @@ mod tests {
                 })
             })
             .expect("this process's fd dir");
-        // (Another test's thread may be registering it a moment.)
-        let before = (0..1000)
-            .find_map(|_| {
-                forks_seen().or_else(|| {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                    None
-                })
-            })
-            .expect("the fork handler registered");
-        // SAFETY: the child makes system calls, reads atomics, and
-        // allocates (glibc's fork leaves malloc usable in the child); it
-        // ends with _exit, never returning into the test harness.
-        let pid = unsafe { libc::fork() };
+        let before = incarnation().expect("MADV_WIPEONFORK (Linux 4.14)");
+        let pid = match how {
+            // SAFETY: the child makes system calls, reads atomics, and
+            // allocates (glibc's fork leaves malloc usable in the child);
+            // it ends with _exit, never returning into the test harness.
+            Child::Fork => unsafe { libc::fork() },
+            // SAFETY: as a fork without glibc's handlers (no new stack, no
+            // shared memory): the child runs on a copy of this thread. Its
+            // allocations are safe only with no other thread: the caller
+            // runs in a test process of its own, alone.
+            Child::RawClone => unsafe {
+                libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) as i32
+            },
+        };
         assert!(pid >= 0);
         if pid == 0 {
             let code = (|| {
-                if forks_seen() != Some(before + 1) {
+                if incarnation().is_none_or(|n| n == before) {
                     return 1;
                 }
                 let Ok((r, _w)) = nix::unistd::pipe() else {
@@ -1796,7 +1833,34 @@ mod tests {
             exit_child(code);
         }
         assert_child_exited_0(pid);
-        assert_eq!(forks_seen(), Some(before), "the parent counts none");
+        assert_eq!(incarnation(), Some(before), "the parent's own");
+    }
+
+    #[test]
+    fn a_forked_child_reads_its_own_fds_not_its_parents() {
+        child_reads_its_own_fds(Child::Fork);
+    }
+
+    /// The same for a child of a raw `clone`, which no fork handler sees;
+    /// in a process of its own (this test binary again, running only this
+    /// test), alone in it, so that the child may allocate.
+    #[test]
+    fn a_raw_clones_child_reads_its_own_fds_not_its_parents() {
+        const CHILD: &str = "CORDON_TEST_RAW_CLONE_CHILD";
+        const NAME: &str = "sys::tests::a_raw_clones_child_reads_its_own_fds_not_its_parents";
+        if std::env::var_os(CHILD).is_some() {
+            child_reads_its_own_fds(Child::RawClone);
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .expect("test binary");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
     }
 
     /// A SIGTERM that comes while the tool is being started (after

@@ -135,9 +135,6 @@ impl Connector {
             )
         };
         if pid == 0 {
-            // A raw clone runs no fork handlers: counted here, as they
-            // would, so that nothing kept per process is taken for ours.
-            super::count_fork();
             serve(
                 theirs.as_raw_fd(),
                 parent,
