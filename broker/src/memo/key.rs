@@ -64,7 +64,9 @@ thread_local! {
 impl KeyHasher {
     pub(super) fn key<T: Serialize + ?Sized>(value: &T) -> Option<[u8; 32]> {
         // Taken out while in use (a serializer that keys another value
-        // meanwhile gets a buffer of its own), put back after.
+        // meanwhile gets a buffer of its own), put back after; emptied here
+        // (its bytes stay until overwritten: the request it encoded, which
+        // the memo's caller holds anyway).
         let mut encoding = ENCODING.try_with(|e| e.take()).unwrap_or_default();
         encoding.clear();
         encoding.reserve(TYPICAL_ENCODING);
@@ -76,8 +78,6 @@ impl KeyHasher {
             .serialize(&mut hasher)
             .ok()
             .map(|()| Sha256::digest(&hasher.encoding).into());
-        // Emptied: the request's paths are not kept until the next key.
-        hasher.encoding.clear();
         let _ = ENCODING.try_with(|e| e.set(hasher.encoding));
         key
     }
